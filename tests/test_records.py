@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -29,7 +29,8 @@ def test_times_are_normalised_to_utc() -> None:
     obs = Observation(patient_id="p1", code=codes.HEART_RATE, effective=T0, value=Quantity(value=72, unit="/min"))
     assert obs.effective.utcoffset() == timedelta(0)
     assert obs.effective.hour == 6
-    assert isinstance(obs.value, Quantity) and obs.value.value == 72.0
+    assert isinstance(obs.value, Quantity)
+    assert obs.value.value == 72.0
 
 
 def test_naive_datetimes_are_refused_with_the_field_named() -> None:
@@ -54,16 +55,18 @@ def test_blood_pressure_panel_components() -> None:
         ),
     )
     systolic = panel.component(codes.SYSTOLIC_BP)
-    assert systolic is not None and systolic.value == Quantity(value=120.0, unit="mm[Hg]")
+    assert systolic is not None
+    assert systolic.value == Quantity(value=120.0, unit="mm[Hg]")
     assert panel.component(codes.HEART_RATE) is None
 
 
 def test_identity_is_separate_from_clinical_patient() -> None:
     identity = PatientIdentity(family="Chalmers", given=("Peter", "James"))
     patient = Patient(patient_id="p1", gender="male", birth_date=date(1974, 12, 25), identity=identity)
-    assert patient.identity is not None and patient.identity.display_name == "Peter James Chalmers"
+    assert patient.identity is not None
+    assert patient.identity.display_name == "Peter James Chalmers"
     assert dataclasses.replace(patient, identity=None).identity is None
-    assert patient.age_years(datetime(2024, 12, 25, tzinfo=timezone.utc)) == pytest.approx(50.0, abs=0.01)
+    assert patient.age_years(datetime(2024, 12, 25, tzinfo=UTC)) == pytest.approx(50.0, abs=0.01)
 
 
 @pytest.mark.parametrize(

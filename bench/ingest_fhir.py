@@ -1,0 +1,171 @@
+"""Benchmark: medtwin's full FHIR ingest (parse, validate, store) vs. parsing alone with fhir.resources (R4B).
+
+Claim (issue 2): medtwin ingests the shared Synthea bundles end to end at least 3x faster than fhir.resources'
+R4B models merely parse them, and ingesting a 100 MB bulk NDJSON file peaks under 300 MB of RSS (streamed).
+
+Run:  .venv/bin/python bench/ingest_fhir.py [--quick] [--data ../shared/data] [--ndjson-mb 100]
+Needs the `bench` extra (fhir.resources) for the peer; both sides run in this one process, same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _medtwin_ingest_s(files: list[Path], workdir: Path, run: int) -> float:
+    from medtwin.interop.fhir import ingest_paths
+    from medtwin.store import Store
+
+    with Store(f"sqlite:///{workdir / f'bench-{run}.db'}") as store:  # fresh database, migrated before timing
+        t0 = time.perf_counter()
+        report = ingest_paths(store, files)
+        elapsed = time.perf_counter() - t0
+        if not report.ok:
+            raise SystemExit(f"medtwin ingest reported errors: {report.as_dict()['files']}")
+    return elapsed
+
+
+def _peer_parse_s(files: list[Path]) -> float:
+    from fhir.resources.R4B.bundle import Bundle
+
+    t0 = time.perf_counter()
+    for f in files:
+        Bundle.model_validate_json(f.read_bytes())
+    return time.perf_counter() - t0
+
+
+_NDJSON_CHILD = """
+import resource, sys, time
+from medtwin.interop.fhir import ingest_file
+from medtwin.store import Store
+with Store(sys.argv[2]) as store:
+    t0 = time.perf_counter()
+    report = ingest_file(store, sys.argv[1])
+    elapsed = time.perf_counter() - t0
+peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(elapsed, peak_mb, report.inserted, len(report.errors))
+"""
+
+
+def _write_ndjson(path: Path, target_mb: float) -> int:
+    """A bulk-export style Observation.ndjson of about *target_mb* MB (vital signs of 1000 patients)."""
+    lines = 0
+    written = 0
+    with path.open("w") as fh:
+        while written < target_mb * 1e6:
+            pid = f"patient-{lines % 1000:04d}"
+            resource = {
+                "resourceType": "Observation",
+                "id": f"obs-{lines:08d}",
+                "meta": {"lastUpdated": "2024-03-01T08:00:00Z", "source": "bench#generated"},
+                "status": "final",
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                "code": "vital-signs",
+                                "display": "Vital Signs",
+                            }
+                        ]
+                    }
+                ],
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}],
+                    "text": "Heart rate",
+                },
+                "subject": {"reference": f"Patient/{pid}"},
+                "encounter": {"reference": f"Encounter/enc-{lines % 1000:04d}"},
+                "effectiveDateTime": f"2024-03-{1 + (lines // 86400) % 28:02d}T{(lines // 3600) % 24:02d}:"
+                f"{(lines // 60) % 60:02d}:{lines % 60:02d}+00:00",
+                "issued": "2024-03-01T08:00:00.000+00:00",
+                "valueQuantity": {
+                    "value": 60 + lines % 60,
+                    "unit": "beats/minute",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "/min",
+                },
+                "interpretation": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                "code": "N",
+                                "display": "Normal",
+                            }
+                        ]
+                    }
+                ],
+            }
+            line = json.dumps(resource) + "\n"
+            fh.write(line)
+            written += len(line)
+            lines += 1
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
+    parser.add_argument("--quick", action="store_true", help="one repetition and a 10 MB NDJSON file")
+    parser.add_argument("--ndjson-mb", type=float, default=None, help="size of the generated NDJSON (default 100)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions of each side (default 5, quick 1)")
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 5)
+    ndjson_mb = args.ndjson_mb or (10.0 if args.quick else 100.0)
+
+    files = sorted((args.data / "fhir" / "synthea").glob("*.json"))
+    if not files:
+        raise SystemExit(f"no Synthea bundles under {args.data / 'fhir' / 'synthea'}")
+    size_mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"Synthea bundles: {len(files)} files, {size_mb:.2f} MB; {repeats} repetition(s), median reported")
+
+    with tempfile.TemporaryDirectory(prefix="medtwin-bench-") as tmp:
+        work = Path(tmp)
+        _peer_parse_s(files[:1])  # import and warm both sides before timing
+        _medtwin_ingest_s(files[:1], work, -1)
+        ours, peer = [], []
+        for run in range(repeats):
+            ours.append(_medtwin_ingest_s(files, work, run))
+            peer.append(_peer_parse_s(files))
+        ours_s, peer_s = statistics.median(ours), statistics.median(peer)
+        print(
+            f"  medtwin full ingest (parse+validate+store, SQLite, synchronous=FULL): {ours_s:.3f} s  "
+            f"{size_mb / ours_s:6.1f} MB/s  ({ours_s / size_mb:.3f} s/MB)"
+        )
+        print(
+            f"  fhir.resources R4B Bundle.model_validate_json (parse only):          {peer_s:.3f} s  "
+            f"{size_mb / peer_s:6.1f} MB/s  ({peer_s / size_mb:.3f} s/MB)"
+        )
+        print(f"  ratio (peer time / medtwin time): {peer_s / ours_s:.2f}x   (goal >= 3x)")
+
+        ndjson = work / "Observation.ndjson"
+        lines = _write_ndjson(ndjson, ndjson_mb)
+        actual_mb = ndjson.stat().st_size / 1e6
+        out = subprocess.run(
+            [sys.executable, "-c", _NDJSON_CHILD, str(ndjson), f"sqlite:///{work / 'ndjson.db'}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        elapsed, peak_mb, inserted, errors = float(out[0]), float(out[1]), int(out[2]), int(out[3])
+        print(f"Bulk NDJSON: {actual_mb:.1f} MB, {lines} Observations; inserted {inserted}, errors {errors}")
+        print(
+            f"  ingest {elapsed:.1f} s ({actual_mb / elapsed:.1f} MB/s); peak RSS of the ingesting process "
+            f"{peak_mb:.0f} MB   (goal < 300 MB)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Persistence for medtwin (floor 2): records, raw inbound log, events and twin snapshots.
+
+SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is selected by a database URL
+(``MEDTWIN_DATABASE_URL`` or ``[store] url`` in ``medtwin.toml``). The schema is managed by Alembic migrations
+shipped in this package and applied on open. See docs/store.md.
+"""
+
+from medtwin.store.config import StoreConfigError, resolve_database_url
+from medtwin.store.store import EventNotFoundError, RawLogEntry, RawMessage, Store, WriteResult
+
+__all__ = [
+    "EventNotFoundError",
+    "RawLogEntry",
+    "RawMessage",
+    "Store",
+    "StoreConfigError",
+    "WriteResult",
+    "resolve_database_url",
+]

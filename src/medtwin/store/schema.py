@@ -1,0 +1,257 @@
+"""The store's tables, as SQLAlchemy Core metadata (the Alembic migrations are the source of truth on disk).
+
+Each clinical table keeps the columns that queries filter and sort on (patient, code, time, provenance) plus a
+``body`` column holding the whole record as JSON, so that reading a record back is one decode and writing is one
+executemany insert. Direct identifiers live in ``patient_identity``, apart from ``patients``, so that a later
+release can encrypt that one table. Times are stored in UTC (see :class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "UTCDateTime",
+    "conditions",
+    "encounter_locations",
+    "encounters",
+    "events",
+    "medication_administrations",
+    "medication_requests",
+    "metadata",
+    "observations",
+    "patient_identity",
+    "patients",
+    "raw_inbound",
+    "twin_snapshots",
+]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC; SQLite hands back naive values, which are UTC by construction."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored; medtwin stores UTC times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _provenance() -> list[Column[Any]]:
+    return [Column("source_system", String(200)), Column("source_id", String(400))]
+
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("patient_id", String(200), primary_key=True),
+    Column("gender", String(16)),
+    Column("birth_date", String(10)),
+    Column("deceased", UTCDateTime()),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_patients_provenance"),
+)
+
+patient_identity = Table(
+    "patient_identity",
+    metadata,
+    Column(
+        "patient_id",
+        String(200),
+        ForeignKey("patients.patient_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("body", Text, nullable=False),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("observation_id", String(200), primary_key=True),
+    Column("patient_id", String(200), nullable=False),
+    Column("code_system", String(200), nullable=False),
+    Column("code", String(100), nullable=False),
+    Column("loinc_code", String(100)),
+    Column("effective", UTCDateTime(), nullable=False),
+    Column("value_num", Float),
+    Column("unit", String(60)),
+    Column("status", String(30), nullable=False),
+    Column("encounter_id", String(200)),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_observations_provenance"),
+    Index("ix_observations_patient_code_time", "patient_id", "code", "effective"),
+    Index("ix_observations_patient_loinc_time", "patient_id", "loinc_code", "effective"),
+    Index("ix_observations_patient_time", "patient_id", "effective"),
+)
+
+encounters = Table(
+    "encounters",
+    metadata,
+    Column("encounter_id", String(200), primary_key=True),
+    Column("patient_id", String(200), nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("class_code", String(30), nullable=False),
+    Column("start", UTCDateTime(), nullable=False),
+    Column("end", UTCDateTime()),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_encounters_provenance"),
+    Index("ix_encounters_patient_start", "patient_id", "start"),
+    Index("ix_encounters_start", "start"),
+)
+
+encounter_locations = Table(
+    "encounter_locations",
+    metadata,
+    Column(
+        "encounter_id",
+        String(200),
+        ForeignKey("encounters.encounter_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True),
+    Column("unit", String(100), nullable=False),
+    Column("start", UTCDateTime(), nullable=False),
+    Column("end", UTCDateTime()),
+    Column("bed", String(100)),
+    Index("ix_encounter_locations_unit_start", "unit", "start"),
+)
+
+conditions = Table(
+    "conditions",
+    metadata,
+    Column("condition_id", String(200), primary_key=True),
+    Column("patient_id", String(200), nullable=False, index=True),
+    Column("code_system", String(200), nullable=False),
+    Column("code", String(100), nullable=False),
+    Column("clinical_status", String(30)),
+    Column("onset", UTCDateTime()),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_conditions_provenance"),
+)
+
+medication_requests = Table(
+    "medication_requests",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("patient_id", String(200), nullable=False, index=True),
+    Column("medication_code", String(100), nullable=False),
+    Column("intent", String(30), nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("authored", UTCDateTime()),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_medication_requests_provenance"),
+)
+
+medication_administrations = Table(
+    "medication_administrations",
+    metadata,
+    Column("administration_id", String(200), primary_key=True),
+    Column("patient_id", String(200), nullable=False),
+    Column("medication_code", String(100), nullable=False),
+    Column("start", UTCDateTime(), nullable=False),
+    Column("status", String(30), nullable=False),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_medication_administrations_provenance"),
+    Index("ix_medication_administrations_patient_start", "patient_id", "start"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("patient_id", String(200)),
+    Column("kind", String(20), nullable=False),
+    Column("code", String(200), nullable=False),
+    Column("time", UTCDateTime(), nullable=False),
+    Column("severity", String(30)),
+    Column("status", String(20), nullable=False),
+    Column("status_by", String(200)),
+    Column("status_time", UTCDateTime()),
+    *_provenance(),
+    Column("body", Text, nullable=False),
+    UniqueConstraint("source_system", "source_id", name="uq_events_provenance"),
+    Index("ix_events_patient_time", "patient_id", "time"),
+    Index("ix_events_status_time", "status", "time"),
+)
+
+raw_inbound = Table(
+    "raw_inbound",
+    metadata,
+    Column("raw_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("source_system", String(200), nullable=False),
+    Column("source_id", String(400), nullable=False),
+    Column("content_type", String(100), nullable=False),
+    Column("received", UTCDateTime(), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("reason", Text),
+    Column("record_count", Integer, nullable=False, server_default=text("0")),
+    Column("payload", LargeBinary, nullable=False),
+    # One *accepted* row per (source system, source id): that is the idempotency key. Rejected, duplicate and
+    # unmapped arrivals are logged as extra rows (a corrected resend must still be accepted).
+    Index(
+        "uq_raw_inbound_accepted",
+        "source_system",
+        "source_id",
+        unique=True,
+        sqlite_where=text("status = 'accepted'"),
+        postgresql_where=text("status = 'accepted'"),
+    ),
+    Index("ix_raw_inbound_source", "source_system", "source_id"),
+    Index("ix_raw_inbound_status_received", "status", "received"),
+)
+
+twin_snapshots = Table(
+    "twin_snapshots",
+    metadata,
+    Column("snapshot_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("twin_id", String(200), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("blob", LargeBinary, nullable=False),
+    Index("ix_twin_snapshots_twin_at", "twin_id", "at"),
+)

@@ -1,0 +1,563 @@
+"""The :class:`Store`: durable, idempotent persistence of records, raw inbound messages, events and snapshots.
+
+One object per database. Every write is one transaction (the raw message and all its records commit together,
+or nothing does) made of executemany ``INSERT ... ON CONFLICT DO NOTHING`` statements, so loading the same
+source record twice stores it once. SQLite runs in WAL mode with ``synchronous=FULL``, so a returned
+:meth:`Store.write` has reached the disk (safe to acknowledge). The object is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.pool import StaticPool
+
+from medtwin import codes as mcodes
+from medtwin.errors import MedtwinError, ValidationError
+from medtwin.records import (
+    Coding,
+    Condition,
+    Encounter,
+    Event,
+    EventStatus,
+    MedicationAdministration,
+    MedicationRequest,
+    Observation,
+    Patient,
+    Record,
+    utc,
+)
+from medtwin.store import codec, rows, schema
+from medtwin.store.config import resolve_database_url
+from medtwin.store.migrate import upgrade_to_head
+
+__all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
+
+RawStatus = str
+_RAW_STATUSES = ("accepted", "rejected", "duplicate", "unmapped")
+_EVENT_STATUSES = ("active", "acknowledged", "resolved")
+
+
+class EventNotFoundError(MedtwinError, KeyError):
+    """No event with the given id is stored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawMessage:
+    """An inbound payload as received (HL7 v2 message, FHIR bundle, NDJSON chunk...), logged before mapping."""
+
+    source_system: str
+    source_id: str
+    payload: bytes | str
+    content_type: str
+    received: datetime
+    status: str = "accepted"
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.source_system or not self.source_id:
+            raise ValidationError(
+                f"RawMessage: source_system and source_id are required, got {self.source_system!r}/{self.source_id!r}"
+            )
+        if self.status not in _RAW_STATUSES:
+            raise ValidationError(f"RawMessage.status: {self.status!r} is not one of {', '.join(_RAW_STATUSES)}")
+        object.__setattr__(self, "received", utc(self.received, field_name="RawMessage.received"))
+
+    @property
+    def payload_bytes(self) -> bytes:
+        """The payload as bytes (text is stored UTF-8 encoded)."""
+        return self.payload.encode() if isinstance(self.payload, str) else self.payload
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawLogEntry:
+    """One row of the raw inbound log."""
+
+    raw_id: int
+    source_system: str
+    source_id: str
+    content_type: str
+    received: datetime
+    status: str
+    reason: str | None
+    record_count: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteResult:
+    """What one :meth:`Store.write` did: records inserted, records already stored, whether the raw was a resend."""
+
+    inserted: int
+    duplicates: int
+    raw_duplicate: bool = False
+    raw_id: int | None = None
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+    finally:
+        cursor.close()
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """Persistence for medtwin records (SQLite embedded by default, PostgreSQL by URL).
+
+    Parameters
+    ----------
+    url
+        A SQLAlchemy database URL; None resolves it as :func:`medtwin.store.config.resolve_database_url` does.
+    migrate
+        Run the Alembic migrations to head on open (the default).
+    """
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+        self.url = resolve_database_url(url)
+        self._engine = _make_engine(self.url)
+        self._dialect = self._engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValidationError(f"Store: database {self._dialect!r} is not supported (use SQLite or PostgreSQL)")
+        # SQLite has one writer; serialising writers in-process avoids busy-retry storms between threads.
+        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+        if migrate:
+            with self._engine.begin() as conn:
+                upgrade_to_head(conn)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for tools and migrations; domain code uses the methods)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def _insert(self, table: Table) -> Insert:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def _transaction(self) -> _Txn:
+        return _Txn(self._engine, self._write_lock)
+
+    def _insert_raw(
+        self, conn: Connection, raw: RawMessage, status: str, reason: str | None, record_count: int
+    ) -> int | None:
+        row = {
+            "source_system": raw.source_system,
+            "source_id": raw.source_id,
+            "content_type": raw.content_type,
+            "received": raw.received,
+            "status": status,
+            "reason": reason,
+            "record_count": record_count,
+            "payload": raw.payload_bytes,
+        }
+        stmt = self._insert(schema.raw_inbound).returning(schema.raw_inbound.c.raw_id)
+        raw_id = conn.execute(stmt, row).scalar_one_or_none()
+        return None if raw_id is None else int(raw_id)
+
+    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+        """Store *records* (and the *raw* message they came from) in one durable transaction.
+
+        A raw message whose (source system, source id) was already accepted writes nothing and returns
+        ``raw_duplicate=True`` (the resend is logged as a ``duplicate`` row without payload). A record whose
+        provenance, or primary id, is already stored is skipped and counted in ``duplicates``.
+        """
+        groups = self._group(records)
+        with self._transaction() as conn:
+            return self._write_in(conn, records, groups, raw)
+
+    def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
+        """Several :meth:`write` calls in ONE transaction (group commit: one disk sync for all of them).
+
+        Each (records, raw) pair keeps its own idempotency; if anything fails, nothing of the batch is stored.
+        """
+        grouped = [(records, self._group(records), raw) for records, raw in items]
+        with self._transaction() as conn:
+            return [self._write_in(conn, records, groups, raw) for records, groups, raw in grouped]
+
+    @staticmethod
+    def _group(records: Sequence[Record]) -> dict[type[Any], list[Any]]:
+        groups: dict[type[Any], list[Any]] = {}
+        for record in records:
+            kind = type(record)
+            if kind not in rows.TABLE_OF:
+                raise ValidationError(f"Store.write: {kind.__name__} is not a storable record type")
+            groups.setdefault(kind, []).append(record)
+        return groups
+
+    def _write_in(
+        self, conn: Connection, records: Sequence[Record], groups: dict[type[Any], list[Any]], raw: RawMessage | None
+    ) -> WriteResult:
+        raw_id: int | None = None
+        if raw is not None:
+            raw_id = self._insert_raw(conn, raw, raw.status, raw.reason, len(records))
+            if raw_id is None:
+                self._log_duplicate(conn, raw)
+                return WriteResult(inserted=0, duplicates=0, raw_duplicate=True, raw_id=None)
+        inserted = 0
+        for kind, table, pk, row_of in rows.TABLES:
+            batch = groups.get(kind)
+            if not batch:
+                continue
+            stmt = self._insert(table).returning(table.c[pk])
+            new_ids = set(conn.execute(stmt, [row_of(r) for r in batch]).scalars().all())
+            inserted += len(new_ids)
+            if kind is Patient:
+                self._write_identities(conn, batch, new_ids)
+            elif kind is Encounter:
+                self._write_locations(conn, batch, new_ids)
+        return WriteResult(inserted=inserted, duplicates=len(records) - inserted, raw_duplicate=False, raw_id=raw_id)
+
+    def _log_duplicate(self, conn: Connection, raw: RawMessage) -> None:
+        original = conn.execute(
+            select(schema.raw_inbound.c.raw_id).where(
+                schema.raw_inbound.c.source_system == raw.source_system,
+                schema.raw_inbound.c.source_id == raw.source_id,
+                schema.raw_inbound.c.status == "accepted",
+            )
+        ).scalar()
+        dup = dataclasses.replace(raw, payload=b"")
+        self._insert_raw(conn, dup, "duplicate", f"resend of accepted raw_id {original}", 0)
+
+    def _write_identities(self, conn: Connection, patients: list[Patient], new_ids: set[Any]) -> None:
+        rows = [
+            {"patient_id": p.patient_id, "body": codec.encode_identity(p.identity)}
+            for p in patients
+            if p.identity is not None and p.patient_id in new_ids
+        ]
+        if rows:
+            conn.execute(self._insert(schema.patient_identity), rows)
+
+    def _write_locations(self, conn: Connection, encounters: list[Encounter], new_ids: set[Any]) -> None:
+        rows = [
+            {
+                "encounter_id": e.encounter_id,
+                "seq": i,
+                "unit": loc.unit,
+                "start": loc.start,
+                "end": loc.end,
+                "bed": loc.bed,
+            }
+            for e in encounters
+            if e.encounter_id in new_ids
+            for i, loc in enumerate(e.locations)
+        ]
+        if rows:
+            conn.execute(self._insert(schema.encounter_locations), rows)
+
+    def reject(self, raw: RawMessage, reason: str) -> None:
+        """Log *raw* as rejected, with *reason* (dead letter; kept forever)."""
+        with self._transaction() as conn:
+            self._insert_raw(conn, raw, "rejected", reason, 0)
+
+    def log_raw(self, raw: RawMessage, status: str, reason: str | None = None) -> int | None:
+        """Log *raw* with *status* (e.g. ``unmapped``) without records; returns its raw id (None if a resend)."""
+        if status not in _RAW_STATUSES:
+            raise ValidationError(f"Store.log_raw: status {status!r} is not one of {', '.join(_RAW_STATUSES)}")
+        with self._transaction() as conn:
+            return self._insert_raw(conn, raw, status, reason, 0)
+
+    # -- raw log ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _raw_entry(row: Any) -> RawLogEntry:
+        return RawLogEntry(
+            raw_id=int(row.raw_id),
+            source_system=row.source_system,
+            source_id=row.source_id,
+            content_type=row.content_type,
+            received=row.received,
+            status=row.status,
+            reason=row.reason,
+            record_count=int(row.record_count),
+            payload=bytes(row.payload),
+        )
+
+    def raw_log(self, status: str | None = None, limit: int = 100) -> list[RawLogEntry]:
+        """The newest *limit* raw inbound entries (optionally only those with *status*), newest first."""
+        t = schema.raw_inbound
+        stmt = select(t).order_by(t.c.raw_id.desc()).limit(limit)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        with self._engine.connect() as conn:
+            return [self._raw_entry(r) for r in conn.execute(stmt)]
+
+    def raw_seen(self, source_system: str, source_id: str) -> RawLogEntry | None:
+        """The accepted raw entry for (*source_system*, *source_id*), or None when it was never accepted."""
+        t = schema.raw_inbound
+        stmt = select(t).where(t.c.source_system == source_system, t.c.source_id == source_id, t.c.status == "accepted")
+        with self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else self._raw_entry(row)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _bodies(self, stmt: Any) -> list[str]:
+        with self._engine.connect() as conn:
+            return [r[0] for r in conn.execute(stmt)]
+
+    def patients(self) -> list[Patient]:
+        """Every patient, with identity, ordered by patient id."""
+        p, i = schema.patients, schema.patient_identity
+        stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).order_by(p.c.patient_id)
+        with self._engine.connect() as conn:
+            return [self._patient(body, ident) for body, ident in conn.execute(stmt)]
+
+    @staticmethod
+    def _patient(body: str, identity: str | None) -> Patient:
+        patient = codec.decode(Patient, body)
+        if identity is None:
+            return patient
+        return dataclasses.replace(patient, identity=codec.decode_identity(identity))
+
+    def patient(self, patient_id: str) -> Patient | None:
+        """The patient *patient_id* with identity, or None."""
+        p, i = schema.patients, schema.patient_identity
+        stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).where(p.c.patient_id == patient_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else self._patient(row[0], row[1])
+
+    @staticmethod
+    def _code_match(coding: Coding) -> ColumnElement[bool]:
+        t = schema.observations
+        exact = and_(t.c.code_system == coding.system, t.c.code == coding.code)
+        target = mcodes.normalise_to_loinc(coding)
+        if target.system == mcodes.LOINC:
+            return or_(exact, t.c.loinc_code == target.code)
+        return exact
+
+    def observations(
+        self,
+        patient_id: str,
+        code: Coding | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Observation]:
+        """Observations of *patient_id* in time order, optionally of one *code*, with ``since <= t < until``.
+
+        A LOINC *code* also matches observations whose primary MDC code maps to it or that carry it as an
+        alternative code.
+        """
+        t = schema.observations
+        stmt = select(t.c.body).where(t.c.patient_id == patient_id)
+        if code is not None:
+            stmt = stmt.where(self._code_match(code))
+        if since is not None:
+            stmt = stmt.where(t.c.effective >= utc(since, field_name="since"))
+        if until is not None:
+            stmt = stmt.where(t.c.effective < utc(until, field_name="until"))
+        stmt = stmt.order_by(t.c.effective, t.c.observation_id)
+        return [codec.decode(Observation, b) for b in self._bodies(stmt)]
+
+    def latest_observations(
+        self, patient_id: str, codes: Sequence[Coding], since: datetime | None = None
+    ) -> dict[str, Observation]:
+        """The newest observation of *patient_id* for each coding in *codes*, keyed by the coding's code."""
+        t = schema.observations
+        found: dict[str, Observation] = {}
+        with self._engine.connect() as conn:
+            for coding in codes:
+                stmt = select(t.c.body).where(t.c.patient_id == patient_id, self._code_match(coding))
+                if since is not None:
+                    stmt = stmt.where(t.c.effective >= utc(since, field_name="since"))
+                body = conn.execute(stmt.order_by(t.c.effective.desc(), t.c.observation_id.desc()).limit(1)).scalar()
+                if body is not None:
+                    found[coding.code] = codec.decode(Observation, body)
+        return found
+
+    def encounters(
+        self, patient_id: str | None = None, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Encounter]:
+        """Encounters overlapping [*since*, *until*) (open ones count as ongoing), ordered by start."""
+        t = schema.encounters
+        stmt = select(t.c.body)
+        if patient_id is not None:
+            stmt = stmt.where(t.c.patient_id == patient_id)
+        if since is not None:
+            stmt = stmt.where(or_(t.c.end.is_(None), t.c.end >= utc(since, field_name="since")))
+        if until is not None:
+            stmt = stmt.where(t.c.start < utc(until, field_name="until"))
+        stmt = stmt.order_by(t.c.start, t.c.encounter_id)
+        return [codec.decode(Encounter, b) for b in self._bodies(stmt)]
+
+    def conditions(self, patient_id: str) -> list[Condition]:
+        """Conditions of *patient_id*, by onset (unknown onset last)."""
+        t = schema.conditions
+        stmt = select(t.c.body).where(t.c.patient_id == patient_id)
+        stmt = stmt.order_by(t.c.onset.is_(None), t.c.onset, t.c.condition_id)
+        return [codec.decode(Condition, b) for b in self._bodies(stmt)]
+
+    def medication_requests(self, patient_id: str) -> list[MedicationRequest]:
+        """Medication requests (orders and proposals) of *patient_id*, by authored time."""
+        t = schema.medication_requests
+        stmt = select(t.c.body).where(t.c.patient_id == patient_id)
+        stmt = stmt.order_by(t.c.authored.is_(None), t.c.authored, t.c.request_id)
+        return [codec.decode(MedicationRequest, b) for b in self._bodies(stmt)]
+
+    def medication_administrations(self, patient_id: str) -> list[MedicationAdministration]:
+        """Medication administrations of *patient_id*, by start time."""
+        t = schema.medication_administrations
+        stmt = select(t.c.body).where(t.c.patient_id == patient_id).order_by(t.c.start, t.c.administration_id)
+        return [codec.decode(MedicationAdministration, b) for b in self._bodies(stmt)]
+
+    # -- events -------------------------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Store *events* (one transaction; an event id already stored is left as it is)."""
+        for e in events:
+            if not isinstance(e, Event):
+                raise ValidationError(f"Store.add_events: expected Event, got {type(e).__name__}")
+        if events:
+            self.write(events)
+
+    def events(
+        self,
+        patient_id: str | None = None,
+        kind: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+    ) -> list[Event]:
+        """Events in time order, filtered by patient, kind, status and ``time >= since``."""
+        t = schema.events
+        stmt = select(t.c.body)
+        if patient_id is not None:
+            stmt = stmt.where(t.c.patient_id == patient_id)
+        if kind is not None:
+            stmt = stmt.where(t.c.kind == kind)
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        if since is not None:
+            stmt = stmt.where(t.c.time >= utc(since, field_name="since"))
+        stmt = stmt.order_by(t.c.time, t.c.event_id)
+        return [codec.decode(Event, b) for b in self._bodies(stmt)]
+
+    def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
+        """Set the status of event *event_id* (acknowledge / resolve) and return the updated event."""
+        if status not in _EVENT_STATUSES:
+            raise ValidationError(f"update_event_status: {status!r} is not one of {', '.join(_EVENT_STATUSES)}")
+        t = schema.events
+        with self._transaction() as conn:
+            body = conn.execute(select(t.c.body).where(t.c.event_id == event_id)).scalar()
+            if body is None:
+                raise EventNotFoundError(f"update_event_status: no event with id {event_id!r}")
+            updated = dataclasses.replace(codec.decode(Event, body), status=cast(EventStatus, status))
+            conn.execute(
+                update(t)
+                .where(t.c.event_id == event_id)
+                .values(status=status, status_by=by, status_time=datetime.now(UTC), body=codec.encode(updated))
+            )
+        return updated
+
+    # -- twin snapshots -----------------------------------------------------------------------------------
+    def save_snapshot(self, twin_id: str, blob: bytes, at: datetime) -> None:
+        """Store a snapshot *blob* of twin *twin_id* taken at *at*."""
+        if not twin_id:
+            raise ValidationError("save_snapshot: twin_id must be a non-empty string")
+        with self._transaction() as conn:
+            conn.execute(
+                schema.twin_snapshots.insert(),
+                {"twin_id": twin_id, "at": utc(at, field_name="snapshot at"), "blob": bytes(blob)},
+            )
+
+    def latest_snapshot(self, twin_id: str) -> tuple[datetime, bytes] | None:
+        """The newest (time, blob) snapshot of twin *twin_id*, or None."""
+        t = schema.twin_snapshots
+        stmt = select(t.c.at, t.c.blob).where(t.c.twin_id == twin_id)
+        stmt = stmt.order_by(t.c.at.desc(), t.c.snapshot_id.desc()).limit(1)
+        with self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    # -- summaries ----------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Number of rows in each table (for summaries and tests)."""
+        tables: Iterable[Table] = (
+            schema.patients,
+            schema.encounters,
+            schema.conditions,
+            schema.observations,
+            schema.medication_requests,
+            schema.medication_administrations,
+            schema.events,
+            schema.raw_inbound,
+            schema.twin_snapshots,
+        )
+        with self._engine.connect() as conn:
+            return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables}
+
+
+class _Txn:
+    """A write transaction, serialised by *lock* when the database has a single writer."""
+
+    def __init__(self, engine: Engine, lock: threading.Lock | None) -> None:
+        self._engine = engine
+        self._lock = lock
+        self._ctx: Any = None
+
+    def __enter__(self) -> Connection:
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._ctx = self._engine.begin()
+            conn: Connection = self._ctx.__enter__()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        return conn
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._ctx.__exit__(*exc)
+        finally:
+            if self._lock is not None:
+                self._lock.release()

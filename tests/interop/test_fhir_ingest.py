@@ -1,0 +1,146 @@
+"""FHIR files -> store: idempotency, transaction semantics per bundle, raw log, NDJSON streaming."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medtwin.interop.fhir import fhir_files, ingest_file, ingest_paths
+from medtwin.store import Store
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
+LIZ = FIXTURES / "synthea_liz_conn.json"
+LIZ_RECORDS = 46  # Patient 1 + Observation 36 + Encounter 7 + Condition 1 + MedicationRequest 1
+LIZ_UNMAPPED = 27
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(f"sqlite:///{tmp_path / 'fhir.db'}") as s:
+        yield s
+
+
+def _liz() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(LIZ.read_text())
+    return data
+
+
+def test_bundle_ingest_is_idempotent_and_logged(store: Store) -> None:
+    first = ingest_file(store, LIZ)
+    assert (first.status, first.inserted, first.duplicates, first.resources) == ("ok", LIZ_RECORDS, 0, 73)
+    assert sum(first.unmapped.values()) == LIZ_UNMAPPED
+    counts = store.counts()
+    second = ingest_file(store, LIZ)
+    assert (second.status, second.inserted) == ("duplicate", 0)
+    assert store.counts() == {**counts, "raw_inbound": counts["raw_inbound"] + 1}
+    accepted = store.raw_log(status="accepted")
+    assert len(accepted) == 1
+    assert accepted[0].payload == LIZ.read_bytes()
+    assert accepted[0].record_count == LIZ_RECORDS
+    assert accepted[0].reason is not None
+    assert "Claim=8" in accepted[0].reason
+    assert "ExplanationOfBenefit=7" in accepted[0].reason
+    assert len(store.raw_log(status="duplicate")) == 1
+
+
+def test_same_resources_in_another_file_are_not_stored_twice(store: Store, tmp_path: Path) -> None:
+    ingest_file(store, LIZ)
+    other = tmp_path / "liz-again.json"
+    data = _liz()
+    data["id"] = "a-different-bundle"
+    other.write_text(json.dumps(data))
+    report = ingest_file(store, other)
+    assert (report.status, report.inserted, report.duplicates) == ("ok", 0, LIZ_RECORDS)
+    assert store.counts()["observations"] == 36
+
+
+def test_bad_bundle_writes_nothing_and_other_files_continue(store: Store, tmp_path: Path) -> None:
+    data = _liz()
+    bad = copy.deepcopy(data)
+    idx = next(i for i, e in enumerate(bad["entry"]) if e["resource"]["resourceType"] == "Condition")
+    del bad["entry"][idx]["resource"]["code"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_bad.json").write_text(json.dumps(bad))
+    (folder / "b_not_json.json").write_text('{"resourceType": "Bundle", ')
+    (folder / "c_good.json").write_text(json.dumps(data))
+    report = ingest_paths(store, [folder])
+    assert [f.status for f in report.files] == ["rejected", "rejected", "ok"]
+    assert not report.ok
+    cond_id = bad["entry"][idx]["resource"]["id"]
+    assert report.files[0].errors == [
+        f"{folder / 'a_bad.json'}: entry {idx} (Condition/{cond_id}): Condition.code: missing required element"
+    ]
+    assert report.files[1].errors[0].startswith(f"{folder / 'b_not_json.json'}: invalid JSON")
+    assert report.files[2].inserted == LIZ_RECORDS  # nothing of the bad copy had been stored
+    rejected = store.raw_log(status="rejected")
+    assert len(rejected) == 2
+    assert {r.reason for r in rejected} == {report.files[0].errors[0], report.files[1].errors[0]}
+    totals = report.as_dict()["totals"]
+    assert (totals["files"], totals["rejected_files"], totals["inserted"]) == (3, 2, LIZ_RECORDS)
+
+
+def test_single_resources_and_unmapped_files(store: Store) -> None:
+    ok = ingest_file(store, FIXTURES / "observation-example-bloodpressure.json")
+    assert (ok.status, ok.inserted) == ("ok", 1)
+    unmapped = ingest_file(store, FIXTURES / "auditevent-example.json")
+    assert (unmapped.status, dict(unmapped.unmapped)) == ("unmapped", {"AuditEvent": 1})
+    logged = store.raw_log(status="unmapped")
+    assert len(logged) == 1
+    assert logged[0].payload == (FIXTURES / "auditevent-example.json").read_bytes()
+
+
+def _ndjson_lines() -> list[str]:
+    """Liz Conn's resources as bulk-export NDJSON: one resource a line, references as Type/id."""
+    data = _liz()
+    rewrite = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in data["entry"]}
+    lines = []
+    for e in data["entry"]:
+        text = json.dumps(e["resource"])
+        for full_url, ref in rewrite.items():
+            text = text.replace(f'"{full_url}"', f'"{ref}"')
+        lines.append(text)
+    return lines
+
+
+def test_ndjson_streams_in_chunks_and_rejects_bad_lines_alone(store: Store, tmp_path: Path) -> None:
+    lines = _ndjson_lines()
+    lines.insert(10, '{"resourceType": "Observation", "id": "broken"')
+    path = tmp_path / "export.ndjson"
+    path.write_text("\n".join(lines) + "\n\n")
+    report = ingest_file(store, path, chunk_lines=20)
+    assert report.status == "partial"
+    assert report.errors[0].startswith(f"{path}: line 11: invalid JSON")
+    assert len(report.errors) == 1
+    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_RECORDS, LIZ_UNMAPPED)
+    assert len(store.raw_log(status="accepted")) == 4  # 74 lines in chunks of 20
+    assert len(store.raw_log(status="rejected")) == 1
+    again = ingest_file(store, path, chunk_lines=20)
+    assert again.inserted == 0
+    assert store.counts()["observations"] == 36
+
+
+def test_ndjson_matches_the_bundle(tmp_path: Path) -> None:
+    path = tmp_path / "export.ndjson"
+    path.write_text("\n".join(_ndjson_lines()))
+    with Store(f"sqlite:///{tmp_path / 'a.db'}") as a, Store(f"sqlite:///{tmp_path / 'b.db'}") as b:
+        assert ingest_file(a, path).ok
+        assert ingest_file(b, LIZ).ok
+        pid = a.patients()[0].patient_id
+        assert a.patients() == b.patients()
+        assert a.observations(pid) == b.observations(pid)
+        assert a.encounters(pid) == b.encounters(pid)
+
+
+def test_fhir_files_expands_folders_and_names_missing_paths(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("b.json", "sub/a.ndjson", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in fhir_files([tmp_path])] == ["b.json", "a.ndjson"]
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.json: no such file"):
+        fhir_files([tmp_path / "nowhere.json"])

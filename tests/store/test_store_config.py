@@ -1,0 +1,39 @@
+"""Where the store lives: explicit URL, environment, config file, default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medtwin.store import StoreConfigError, resolve_database_url
+from medtwin.store.config import ENV_VAR
+
+
+def test_explicit_url_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(ENV_VAR, "sqlite:///env.db")
+    assert resolve_database_url("sqlite:///explicit.db", cwd=tmp_path, home=tmp_path) == "sqlite:///explicit.db"
+
+
+def test_environment_then_config_files_then_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cwd, home = tmp_path / "work", tmp_path / "home"
+    (home / ".config" / "medtwin").mkdir(parents=True)
+    cwd.mkdir()
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_database_url(cwd=cwd, home=home) == f"sqlite:///{cwd.resolve() / 'medtwin.db'}"
+    (home / ".config" / "medtwin" / "medtwin.toml").write_text('[store]\nurl = "sqlite:///home.db"\n')
+    assert resolve_database_url(cwd=cwd, home=home) == "sqlite:///home.db"
+    (cwd / "medtwin.toml").write_text('[store]\nurl = "postgresql+psycopg://db/medtwin"\n')
+    assert resolve_database_url(cwd=cwd, home=home) == "postgresql+psycopg://db/medtwin"
+    monkeypatch.setenv(ENV_VAR, "sqlite:///env.db")
+    assert resolve_database_url(cwd=cwd, home=home) == "sqlite:///env.db"
+
+
+def test_bad_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    (tmp_path / "medtwin.toml").write_text("[store]\nurl = 5\n")
+    with pytest.raises(StoreConfigError, match=r"medtwin.toml: \[store\] url must be a non-empty string"):
+        resolve_database_url(cwd=tmp_path, home=tmp_path)
+    (tmp_path / "medtwin.toml").write_text("[store\n")
+    with pytest.raises(StoreConfigError, match="not valid TOML"):
+        resolve_database_url(cwd=tmp_path, home=tmp_path)
