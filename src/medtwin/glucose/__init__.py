@@ -1,0 +1,59 @@
+"""medtwin.glucose: the UVA/Padova 2008 type 1 diabetes twin (floor 1).
+
+The 13-state model as simglucose 0.2.11 implements it, its 30 virtual patients, CGM sensor and insulin pump
+models, batched controllers, open- and closed-loop simulation of whole cohorts, consensus CGM metrics, plots
+and Gymnasium environments. See docs/models/uva_padova.md and docs/models/cgm_metrics.md.
+"""
+
+from medtwin.glucose.controllers import (
+    BasalBolusController,
+    BasalOnlyController,
+    Controller,
+    ControllerAction,
+    ControllerObservation,
+)
+from medtwin.glucose.devices import CGMSensor, InsulinPump, PumpSpec, SensorSpec, pump_spec, sensor_spec
+from medtwin.glucose.metrics import CgmMetrics, cgm_metrics, count_episodes, risk_components, summary_metrics_batch
+from medtwin.glucose.patients import Cohort, all_patient_names, load_cohort, resolve_patient_names
+from medtwin.glucose.scenarios import daily_meals, make_controller, run_scenario, run_summary
+from medtwin.glucose.simulation import (
+    ClosedLoopResult,
+    PatientBatch,
+    meal_matrix,
+    simulate_closed_loop,
+    simulate_open_loop,
+)
+from medtwin.glucose.uva_padova import UvaPadova2008
+
+__all__ = [
+    "BasalBolusController",
+    "BasalOnlyController",
+    "CGMSensor",
+    "CgmMetrics",
+    "ClosedLoopResult",
+    "Cohort",
+    "Controller",
+    "ControllerAction",
+    "ControllerObservation",
+    "InsulinPump",
+    "PatientBatch",
+    "PumpSpec",
+    "SensorSpec",
+    "UvaPadova2008",
+    "all_patient_names",
+    "cgm_metrics",
+    "count_episodes",
+    "daily_meals",
+    "load_cohort",
+    "make_controller",
+    "meal_matrix",
+    "pump_spec",
+    "resolve_patient_names",
+    "risk_components",
+    "run_scenario",
+    "run_summary",
+    "sensor_spec",
+    "simulate_closed_loop",
+    "simulate_open_loop",
+    "summary_metrics_batch",
+]

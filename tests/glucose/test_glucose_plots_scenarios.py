@@ -1,0 +1,66 @@
+"""Plots (PNG files) and the scenario runners, including the chunked summary-only cohort."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medtwin.errors import ValidationError
+from medtwin.glucose import daily_meals, run_scenario, run_summary
+from medtwin.glucose.plots import plot_agp, plot_trace
+
+
+def test_plots_write_png(tmp_path: Path) -> None:
+    result = run_scenario(["adult#003"], days=2, randomize_meals=True, seed=3)
+    t = np.arange(result.bg_mg_dl.shape[0], dtype=float)
+    trace = plot_trace(tmp_path / "t.png", t, result.bg_mg_dl[:, 0], cho_g=result.cho_announced_g[:, 0])
+    agp = plot_agp(tmp_path / "a.png", t, result.bg_mg_dl[:, 0])
+    for p in (trace, agp):
+        assert p.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValidationError, match="AGP"):
+        plot_agp(tmp_path / "x.png", t[:5], result.bg_mg_dl[:, 0])
+
+
+def test_randomized_meals_are_seeded_and_bounded() -> None:
+    rng = np.random.default_rng(5)
+    meals = daily_meals(4, 2, rng=rng)
+    assert meals.shape == (4, 6, 2)
+    assert np.all((meals[..., 1] >= 0.7 * 45) & (meals[..., 1] <= 1.3 * 80))
+    assert np.array_equal(meals, daily_meals(4, 2, rng=np.random.default_rng(5)))
+
+
+def test_summary_runs_in_chunks_and_equals_full_run() -> None:
+    summary = run_summary(
+        ["adult#001", "child#001"], n_members=5, chunk_size=2, randomize_meals=False, sensor_noise=False
+    )
+    assert summary["mean_mg_dl"].shape == (5,)
+    # members 0, 2, 4 are adult#001 with identical (deterministic) inputs
+    assert summary["mean_mg_dl"][0] == pytest.approx(summary["mean_mg_dl"][2])
+    full = run_scenario(["adult#001"], sensor_noise=False)
+    assert summary["mean_mg_dl"][0] == pytest.approx(full.bg_mg_dl[1:, 0].mean())
+
+
+def test_progress_reports_in_chunks_without_changing_results() -> None:
+    calls: list[tuple[int, int]] = []
+    with_progress = run_scenario(["all"], replicate=3, seed=2, progress=lambda done, total: calls.append((done, total)))
+    plain = run_scenario(["all"], replicate=3, seed=2)
+    np.testing.assert_array_equal(with_progress.bg_mg_dl, plain.bg_mg_dl)
+    np.testing.assert_array_equal(with_progress.cgm_mg_dl, plain.cgm_mg_dl)
+    assert len(calls) >= 2
+    assert calls[-1] == (1440, 1440)
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_glucose_public_api_is_pinned() -> None:
+    import medtwin.glucose as glucose
+
+    assert set(glucose.__all__) == {
+        "BasalBolusController", "BasalOnlyController", "CGMSensor", "CgmMetrics", "ClosedLoopResult", "Cohort",
+        "Controller", "ControllerAction", "ControllerObservation", "InsulinPump", "PatientBatch", "PumpSpec",
+        "SensorSpec", "UvaPadova2008", "all_patient_names", "cgm_metrics", "count_episodes", "daily_meals",
+        "load_cohort", "make_controller", "meal_matrix", "pump_spec", "resolve_patient_names", "risk_components",
+        "run_scenario", "run_summary", "sensor_spec", "simulate_closed_loop", "simulate_open_loop",
+        "summary_metrics_batch",
+    }  # fmt: skip
