@@ -1,0 +1,501 @@
+"""Patient cases for the dosing twin: read from JSON or CSV, converted to model units, checked.
+
+A case holds the model (library id or model-file path), covariates, doses, measured levels, the
+exposure target and the regimen options (format: docs/dosing-model-format.md, section "Case
+files").  Every quantity may carry a unit; conversions go through :func:`medtwin.codes.convert`
+and each one is recorded in :attr:`PatientCase.notes`.  Problems that make the forecast
+unreliable but not meaningless (a covariate outside the model's validity range, an implausible
+amount) are collected in :attr:`PatientCase.warnings`, which the report prints; problems that
+make it meaningless (missing covariate, unknown unit, level before the first dose, negative
+amount, naive datetime) raise :class:`CaseError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from medtwin import codes
+from medtwin.dosing.covariates import (
+    CovariateSeries,
+    adjusted_body_weight_kg,
+    cockcroft_gault_ml_min,
+    creatinine_mg_dl,
+    ideal_body_weight_kg,
+)
+from medtwin.dosing.estimation import Level
+from medtwin.dosing.model import CovariateSpec, PKModel, load_model
+from medtwin.dosing.optimize import Metric
+from medtwin.dosing.regimen import Dose
+from medtwin.errors import UnitError, ValidationError
+from medtwin.records import utc
+
+__all__ = ["CaseError", "PatientCase", "RegimenOptions", "TargetSpec", "load_case", "parse_case"]
+
+_PLAUSIBLE_MIN_DOSE_MG = 10.0
+_FIELD_UNITS = {"age_y": "a", "weight_kg": "kg", "height_cm": "cm"}
+
+
+class CaseError(ValidationError):
+    """A patient case that cannot be used (names the file, entry and field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """The exposure target: a metric with a *value* to aim at and an acceptable range."""
+
+    metric: Metric
+    value: float
+    low: float
+    high: float
+    start_h: float | None = None
+    end_h: float | None = None
+    time_h: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegimenOptions:
+    """Constraints on the proposed regimen."""
+
+    start_h: float | None
+    intervals_h: tuple[float, ...]
+    increment_mg: float
+    max_dose_mg: float
+    max_rate_mg_h: float
+    min_duration_h: float
+    loading_dose: bool
+    n_doses: int
+
+
+@dataclass(frozen=True, slots=True)
+class PatientCase:
+    """A validated case: model, covariates in model units, doses and levels in mg, h, mg/L."""
+
+    patient_id: str
+    model: PKModel
+    covariates: Mapping[str, float | CovariateSeries]
+    doses: tuple[Dose, ...]
+    levels: tuple[Level, ...]
+    target: TargetSpec
+    regimen: RegimenOptions
+    origin: datetime | None
+    source: str
+    warnings: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())
+
+
+def _num(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        try:
+            value = float(str(value))
+        except ValueError as exc:
+            raise CaseError(f"{where}: expected a number, got {value!r}") from exc
+    if not math.isfinite(float(value)):
+        raise CaseError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _quantity(
+    raw: Any, unit_default: str | None, to_unit: str, where: str, notes: list[str], analyte: str | None = None
+) -> float:
+    """A number or ``{"value": x, "unit": u}`` converted to *to_unit*."""
+    if isinstance(raw, Mapping):
+        if "value" not in raw:
+            raise CaseError(f"{where}: missing 'value'")
+        value = _num(raw["value"], f"{where}.value")
+        unit = str(raw.get("unit", unit_default or to_unit))
+    else:
+        value = _num(raw, where)
+        unit = unit_default or to_unit
+    if unit == to_unit:
+        return value
+    try:
+        out = codes.convert(value, unit, to_unit, analyte=analyte)
+    except UnitError as exc:
+        raise CaseError(f"{where}: {exc}") from exc
+    notes.append(f"{where}: converted {value:g} {unit} to {out:.6g} {to_unit}")
+    return out
+
+
+class _Clock:
+    """Times in a case are hours (``time_h``) or ISO datetimes with a zone (``time``)."""
+
+    def __init__(self, entries: list[Mapping[str, Any]], origin: Any, where: str) -> None:
+        self.origin: datetime | None = None
+        if origin is not None:
+            self.origin = self._parse(origin, f"{where}.origin")
+        else:
+            stamps = [self._parse(e["time"], where) for e in entries if "time" in e]
+            self.origin = min(stamps) if stamps else None
+
+    @staticmethod
+    def _parse(text: Any, where: str) -> datetime:
+        try:
+            dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CaseError(f"{where}: {text!r} is not an ISO 8601 datetime") from exc
+        try:
+            return utc(dt, field_name=where)
+        except ValidationError as exc:
+            raise CaseError(str(exc)) from exc
+
+    def hours(self, entry: Mapping[str, Any], where: str) -> float:
+        if "time_h" in entry:
+            return _num(entry["time_h"], f"{where}.time_h")
+        if "time" in entry:
+            assert self.origin is not None
+            return (self._parse(entry["time"], f"{where}.time") - self.origin).total_seconds() / 3600
+        raise CaseError(f"{where}: give 'time_h' (hours) or 'time' (ISO datetime with zone)")
+
+
+def _covariate(spec: CovariateSpec, raw: Mapping[str, Any], where: str, notes: list[str], warnings: list[str]) -> float:
+    if spec.source is not None:
+        if spec.source in raw:
+            return _quantity(raw[spec.source], None, spec.unit, f"{where}.{spec.source}", notes)
+        if spec.default is not None:
+            notes.append(f"{spec.name}: not given, model default {spec.default:g} used")
+            return spec.default
+        raise CaseError(
+            f"{where}: missing covariate {spec.source!r} ({spec.description}, {spec.unit}) required by the model"
+        )
+    # derive == "cockcroft_gault"
+    cap = spec.options.get("max_ml_min")
+    if "crcl" in raw:
+        crcl = _quantity(raw["crcl"], "mL/min", "mL/min", f"{where}.crcl", notes)
+        if cap is not None and crcl > float(cap):
+            notes.append(f"CrCL {crcl:.4g} mL/min capped at {float(cap):g} mL/min (model rule)")
+            crcl = float(cap)
+    else:
+        need = [k for k in ("age_y", "weight_kg", "scr", "sex") if k not in raw]
+        if need:
+            raise CaseError(f"{where}: {spec.name} needs Cockcroft-Gault inputs {need} (or give 'crcl')")
+        sex = str(raw["sex"]).lower()
+        if sex not in ("male", "female"):
+            raise CaseError(f"{where}.sex: 'male' or 'female' needed for Cockcroft-Gault, got {sex!r}")
+        female = sex == "female"
+        scr_raw = raw["scr"]
+        unit = str(scr_raw.get("unit", "mg/dL")) if isinstance(scr_raw, Mapping) else "mg/dL"
+        value = _num(scr_raw["value"] if isinstance(scr_raw, Mapping) else scr_raw, f"{where}.scr")
+        try:
+            scr = creatinine_mg_dl(value, unit)
+        except UnitError as exc:
+            raise CaseError(f"{where}.scr: {exc}") from exc
+        tbw = _quantity(raw["weight_kg"], "kg", "kg", f"{where}.weight_kg", [])
+        weight_kind = str(spec.options.get("weight", "total"))
+        weight = tbw
+        if weight_kind in ("ideal", "adjusted"):
+            if "height_cm" not in raw:
+                raise CaseError(f"{where}: height_cm needed for the {weight_kind} body weight")
+            h = _quantity(raw["height_cm"], "cm", "cm", f"{where}.height_cm", [])
+            weight = (
+                ideal_body_weight_kg(height_cm=h, female=female)
+                if weight_kind == "ideal"
+                else adjusted_body_weight_kg(weight_kg=tbw, height_cm=h, female=female)
+            )
+        floor = spec.options.get("scr_floor_mg_dl")
+        crcl = cockcroft_gault_ml_min(
+            age_y=_quantity(raw["age_y"], "a", "a", f"{where}.age_y", notes),
+            weight_kg=weight,
+            scr_mg_dl=scr,
+            female=female,
+            scr_floor_mg_dl=None if floor is None else float(floor),
+            scr_floor_min_age_y=float(spec.options.get("scr_floor_above_age_y", 0.0)),
+            max_ml_min=None if cap is None else float(cap),
+        )
+        notes.append(f"CrCL (Cockcroft-Gault, {weight_kind} weight) = {crcl:.4g} mL/min")
+    return codes.convert(crcl, "mL/min", spec.unit) if spec.unit != "mL/min" else crcl
+
+
+def _check_validity(model: PKModel, covs: Mapping[str, float], raw: Mapping[str, Any], warnings: list[str]) -> None:
+    for spec in model.covariates:
+        v = covs[spec.name]
+        lo, hi = spec.valid_min, spec.valid_max
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            warnings.append(
+                f"covariate {spec.name} = {v:.4g} {spec.unit} is outside the validity range "
+                f"[{lo}, {hi}] of {model.id}: the forecast is an extrapolation"
+            )
+    for key, (lo2, hi2) in model.raw_validity.items():
+        if key in raw:
+            unit = _FIELD_UNITS.get(key, "1")
+            v2 = _quantity(raw[key], unit, unit, f"covariates.{key}", [])
+            if not lo2 <= v2 <= hi2:
+                warnings.append(
+                    f"{key} = {v2:g} is outside the validity range [{lo2:g}, {hi2:g}] of "
+                    f"{model.id}: the forecast is an extrapolation"
+                )
+
+
+def _target(raw: Mapping[str, Any], where: str) -> TargetSpec:
+    metric = str(raw.get("metric", "auc24_ss"))
+    if metric not in ("auc", "concentration", "auc24_ss", "trough_ss", "peak_ss"):
+        raise CaseError(f"{where}.metric: unknown metric {metric!r}")
+    low = _num(raw["low"], f"{where}.low") if "low" in raw else None
+    high = _num(raw["high"], f"{where}.high") if "high" in raw else None
+    if "value" in raw:
+        value = _num(raw["value"], f"{where}.value")
+    elif low is not None and high is not None:
+        value = (low + high) / 2.0
+    else:
+        raise CaseError(f"{where}: give 'value' or both 'low' and 'high'")
+    low = value if low is None else low
+    high = value if high is None else high
+    if not low <= value <= high or low <= 0:
+        raise CaseError(f"{where}: need 0 < low <= value <= high, got {low}, {value}, {high}")
+    opt = {k: _num(raw[k], f"{where}.{k}") for k in ("start_h", "end_h", "time_h") if k in raw}
+    if metric == "auc" and not {"start_h", "end_h"} <= opt.keys():
+        raise CaseError(f"{where}: metric 'auc' needs start_h and end_h")
+    if metric == "concentration" and "time_h" not in opt:
+        raise CaseError(f"{where}: metric 'concentration' needs time_h")
+    return TargetSpec(metric=cast(Metric, metric), value=value, low=low, high=high, **opt)
+
+
+def _covariates(
+    model: PKModel,
+    raw: Mapping[str, Any],
+    interpolation: Any,
+    clock: _Clock,
+    source: str,
+    notes: list[str],
+    warnings: list[str],
+) -> dict[str, float | CovariateSeries]:
+    """Model covariates from the case's raw fields; lists of timed values become series."""
+    where = f"{source}: covariates"
+    series: dict[str, list[tuple[float, Any]]] = {}
+    for key, val in raw.items():
+        if isinstance(val, list):
+            if not val:
+                raise CaseError(f"{where}.{key}: empty list")
+            entries = []
+            for i, e in enumerate(val):
+                if not isinstance(e, Mapping) or "value" not in e:
+                    raise CaseError(f"{where}.{key}[{i}]: need an object with time_h/time and value")
+                plain = {k: v for k, v in e.items() if k in ("value", "unit")}
+                entries.append((clock.hours(e, f"{where}.{key}[{i}]"), plain if "unit" in plain else e["value"]))
+            series[key] = sorted(entries, key=lambda te: te[0])
+    if not series:
+        covs = {s.name: _covariate(s, raw, where, notes, warnings) for s in model.covariates}
+        _check_validity(model, covs, raw, warnings)
+        return dict(covs)
+    if interpolation not in ("locf", "nocb", "linear"):
+        raise CaseError(f"{source}: covariate_interpolation must be locf, nocb or linear")
+    times = sorted({t for entries in series.values() for t, _ in entries})
+    per_time: list[dict[str, float]] = []
+    seen_notes: list[str] = []
+    for t in times:
+        raw_t = dict(raw)
+        for key, entries in series.items():
+            ts = [te[0] for te in entries]
+            if interpolation == "nocb":
+                idx = min(int(np.searchsorted(ts, t, side="left")), len(ts) - 1)
+            else:
+                idx = max(int(np.searchsorted(ts, t, side="right")) - 1, 0)
+            raw_t[key] = entries[idx][1]
+        covs_t = {s.name: _covariate(s, raw_t, where, seen_notes, warnings) for s in model.covariates}
+        _check_validity(model, covs_t, raw_t, warnings)
+        per_time.append(covs_t)
+    notes.extend(dict.fromkeys(seen_notes))
+    warnings[:] = list(dict.fromkeys(warnings))
+    out: dict[str, float | CovariateSeries] = {}
+    for spec in model.covariates:
+        values = [c[spec.name] for c in per_time]
+        if len(set(values)) == 1:
+            out[spec.name] = values[0]
+        else:
+            out[spec.name] = CovariateSeries.build(spec.name, times, values, interpolation)
+            notes.append(
+                f"{spec.name} varies in time ({interpolation}): "
+                + ", ".join(f"{v:.4g} from t={t:g} h" for t, v in zip(times, values, strict=True))
+            )
+    return out
+
+
+def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCase:
+    """Validate a case given as a mapping (the JSON structure)."""
+    notes: list[str] = []
+    warnings: list[str] = []
+    if "model" not in data:
+        raise CaseError(f"{source}: missing 'model' (a library id or a model-file path)")
+    model = load_model(str(data["model"]))
+    raw = data.get("covariates", {})
+    if not isinstance(raw, Mapping):
+        raise CaseError(f"{source}: 'covariates' must be an object")
+    dose_entries = list(data.get("doses", []))
+    level_entries = list(data.get("levels", []))
+    clock = _Clock([*dose_entries, *level_entries], data.get("origin"), source)
+    covs = _covariates(model, raw, data.get("covariate_interpolation", "locf"), clock, source, notes, warnings)
+    doses: list[Dose] = []
+    for i, d in enumerate(dose_entries):
+        w = f"{source}: doses[{i}]"
+        amount = (
+            _quantity(
+                d.get("amount", d.get("amount_mg")), "mg" if "amount_mg" in d else None, "mg", f"{w}.amount", notes
+            )
+            if ("amount" in d or "amount_mg" in d)
+            else None
+        )
+        if amount is None:
+            raise CaseError(f"{w}: missing 'amount'")
+        if amount < 0:
+            raise CaseError(f"{w}.amount: negative amount {amount} mg")
+        if 0 < amount < _PLAUSIBLE_MIN_DOSE_MG:
+            warnings.append(f"{w}: {amount:g} mg is implausibly small for {model.drug}; was the unit g instead of mg?")
+        rate = _quantity(d["rate"], "mg/h", "mg/h", f"{w}.rate", notes) if "rate" in d else None
+        try:
+            doses.append(
+                Dose(
+                    time_h=clock.hours(d, w),
+                    amount_mg=amount,
+                    duration_h=_quantity(d.get("duration_h", 0.0), "h", "h", f"{w}.duration_h", notes),
+                    rate_mg_h=rate,
+                    interval_h=_num(d.get("interval_h", 0.0), f"{w}.interval_h"),
+                    additional=int(_num(d.get("additional", 0), f"{w}.additional")),
+                    steady_state=bool(d.get("steady_state", False)),
+                    route=str(d.get("route", "iv")),  # type: ignore[arg-type]
+                )
+            )
+        except ValidationError as exc:
+            raise CaseError(f"{w}: {exc}") from exc
+    levels: list[Level] = []
+    for i, lv in enumerate(level_entries):
+        w = f"{source}: levels[{i}]"
+        if "value" not in lv:
+            raise CaseError(f"{w}: missing 'value'")
+        value = _quantity({"value": lv["value"], "unit": lv.get("unit", "mg/L")}, None, "mg/L", w, notes)
+        oid = str(lv["id"]) if "id" in lv else None
+        levels.append(Level(time_h=clock.hours(lv, w), value_mg_l=value, observation_id=oid))
+    if doses:
+        first = min(d.time_h for d in doses)
+        for i, lv2 in enumerate(levels):
+            if lv2.time_h < first:
+                raise CaseError(f"{source}: levels[{i}] at t={lv2.time_h:g} h is before the first dose (t={first:g} h)")
+    elif levels:
+        raise CaseError(f"{source}: levels given but no doses")
+    target = _target(data.get("target", {"metric": "auc24_ss", "low": 400, "high": 600}), f"{source}: target")
+    reg = data.get("regimen", {})
+    w = f"{source}: regimen"
+    options = RegimenOptions(
+        start_h=_num(reg["start_h"], f"{w}.start_h") if "start_h" in reg else None,
+        intervals_h=tuple(_num(x, f"{w}.intervals_h") for x in reg.get("intervals_h", [8, 12, 24])),
+        increment_mg=_num(reg.get("increment_mg", 250.0), f"{w}.increment_mg"),
+        max_dose_mg=_num(reg.get("max_dose_mg", 4000.0), f"{w}.max_dose_mg"),
+        max_rate_mg_h=_num(reg.get("max_rate_mg_h", 1000.0), f"{w}.max_rate_mg_h"),
+        min_duration_h=_num(reg.get("min_duration_h", 1.0), f"{w}.min_duration_h"),
+        loading_dose=bool(reg.get("loading_dose", not doses)),
+        n_doses=int(_num(reg.get("n_doses", 1), f"{w}.n_doses")),
+    )
+    if not options.intervals_h or min(options.intervals_h) <= 0:
+        raise CaseError(f"{w}.intervals_h: need positive intervals")
+    return PatientCase(
+        patient_id=str(data.get("patient_id", "anonymous")),
+        model=model,
+        covariates=covs,
+        doses=tuple(doses),
+        levels=tuple(sorted(levels, key=lambda x: x.time_h)),
+        target=target,
+        regimen=options,
+        origin=clock.origin,
+        source=source,
+        warnings=tuple(warnings),
+        notes=tuple(notes),
+    )
+
+
+_CSV_FIELDS = (
+    "record",
+    "name",
+    "time_h",
+    "time",
+    "value",
+    "unit",
+    "duration_h",
+    "rate",
+    "interval_h",
+    "additional",
+    "steady_state",
+    "route",
+    "low",
+    "high",
+)
+
+
+def _csv_to_mapping(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = {"covariates": {}, "doses": [], "levels": [], "regimen": {}}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "record" not in reader.fieldnames:
+            raise CaseError(
+                f"{path}: a case CSV needs a header with a 'record' column (columns: {', '.join(_CSV_FIELDS)})"
+            )
+        for n, row in enumerate(reader, start=2):
+            r = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip() != ""}
+            kind = r.get("record", "")
+            where = f"{path}:{n}"
+            if kind == "model":
+                data["model"] = r.get("name", "")
+            elif kind == "patient":
+                data["patient_id"] = r.get("name", "")
+            elif kind == "covariate":
+                if "name" not in r or "value" not in r:
+                    raise CaseError(f"{where}: covariate rows need name and value")
+                val: Any = r["value"] if r["name"] == "sex" else {"value": r["value"]}
+                if "unit" in r and isinstance(val, dict):
+                    val["unit"] = r["unit"]
+                data["covariates"][r["name"]] = val
+            elif kind == "dose":
+                d: dict[str, Any] = {"amount": {"value": r.get("value"), "unit": r.get("unit", "mg")}}
+                for key in ("time_h", "time", "duration_h", "interval_h", "additional", "route"):
+                    if key in r:
+                        d[key] = r[key]
+                if "rate" in r:
+                    d["rate"] = r["rate"]
+                if r.get("steady_state", "").lower() in ("1", "true", "yes"):
+                    d["steady_state"] = True
+                data["doses"].append(d)
+            elif kind == "level":
+                data["levels"].append(
+                    {k: r[k] for k in ("time_h", "time", "value", "unit") if k in r}
+                    | ({"id": r["name"]} if "name" in r else {})
+                )
+            elif kind == "target":
+                data["target"] = {
+                    "metric": r.get("name", "auc24_ss"),
+                    **{k: r[k] for k in ("value", "low", "high", "time_h") if k in r},
+                }
+            elif kind == "regimen":
+                if "name" not in r or "value" not in r:
+                    raise CaseError(f"{where}: regimen rows need name and value")
+                if r["name"] == "intervals_h":
+                    data["regimen"]["intervals_h"] = [float(x) for x in r["value"].split(";")]
+                else:
+                    data["regimen"][r["name"]] = r["value"]
+            else:
+                raise CaseError(f"{where}: unknown record type {kind!r}")
+    return data
+
+
+def load_case(path: str | Path) -> PatientCase:
+    """Read a case from a ``.json`` or ``.csv`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise CaseError(f"case file {p} does not exist")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CaseError(f"{p}: invalid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CaseError(f"{p}: a case file must hold a JSON object")
+    elif p.suffix.lower() == ".csv":
+        data = _csv_to_mapping(p)
+    else:
+        raise CaseError(f"{p}: unsupported case file type (use .json or .csv)")
+    return parse_case(data, source=str(p))

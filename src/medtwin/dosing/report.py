@@ -1,0 +1,539 @@
+"""The dosing twin's analysis of one case and the report a pharmacist reads (text, JSON, records).
+
+:func:`analyze_case` fits the patient (MAP + Laplace + SIR; without levels the prior is used),
+predicts exposure of the current regimen, proposes one regimen per candidate interval (dose rounded
+to the available strength, infusion no faster than the maximum rate), computes the probability of
+target attainment (PTA) over the posterior samples, picks the regimen with the highest PTA, and
+optionally a loading dose.  Ties in PTA are broken by closeness to the target value (to 0.1 %),
+then by the longer interval (fewer administrations).  :meth:`DosingReport.to_dict` is the JSON
+form, :meth:`to_text` the text form; :func:`to_records` gives medtwin records (a
+MedicationRequest with intent ``proposal`` and Observations of predicted exposure,
+``derived_from`` the measured levels) for FHIR export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medtwin.dosing.case import PatientCase
+from medtwin.dosing.covariates import CovariateSeries
+from medtwin.dosing.estimation import MapResult, map_estimate, sir_sample
+from medtwin.dosing.optimize import (
+    Target,
+    dose_for_target,
+    maintenance_doses,
+    round_dose,
+    steady_state_metrics,
+)
+from medtwin.dosing.regimen import (
+    Dose,
+    covariates_at,
+    predict_auc,
+    predict_concentrations,
+    predict_system,
+)
+from medtwin.errors import ValidationError
+from medtwin.records import Coding, MedicationRequest, Observation, Quantity
+
+__all__ = ["EXPOSURE_SYSTEM", "DosingReport", "Proposal", "analyze_case", "to_records"]
+
+FloatArray = npt.NDArray[np.float64]
+EXPOSURE_SYSTEM = "http://medtwin.org/CodeSystem/pk-exposure"
+_METRIC_UNITS = {"auc24_ss": "mg.h/L", "trough_ss": "mg/L", "peak_ss": "mg/L", "auc": "mg.h/L", "concentration": "mg/L"}
+_METRIC_LABELS = {
+    "auc24_ss": "AUC24 at steady state",
+    "trough_ss": "trough at steady state",
+    "peak_ss": "peak at steady state",
+    "auc": "AUC over the target window",
+    "concentration": "concentration at the target time",
+}
+
+
+def _interval(values: FloatArray, value: float) -> dict[str, float]:
+    lo, hi = np.quantile(values, [0.05, 0.95]) if values.size else (math.nan, math.nan)
+    return {"value": float(value), "p05": float(lo), "p95": float(hi)}
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A candidate maintenance regimen with its predicted exposure and PTA."""
+
+    start_h: float
+    amount_mg: float
+    exact_amount_mg: float
+    interval_h: float
+    duration_h: float
+    n_doses: int
+    metrics: dict[str, dict[str, float]]
+    pta: float
+
+    def doses(self, n_doses: int | None = None) -> list[Dose]:
+        """The regimen as dose records (*n_doses* overrides the proposal's count)."""
+        return maintenance_doses(
+            start_h=self.start_h,
+            amount_mg=self.amount_mg,
+            interval_h=self.interval_h,
+            n_doses=n_doses or self.n_doses,
+            duration_h=self.duration_h,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DosingReport:
+    """Result of :func:`analyze_case`."""
+
+    case: PatientCase
+    fit: MapResult | None
+    samples: FloatArray
+    ess: float | None
+    parameters: dict[str, dict[str, float]]
+    level_fit: list[dict[str, float]]
+    current: dict[str, Any] | None
+    proposals: list[Proposal]
+    recommended: Proposal
+    loading_dose: dict[str, float] | None
+    band: dict[str, list[float]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable report."""
+        m = self.case.model
+        t = self.case.target
+        return {
+            "patient_id": self.case.patient_id,
+            "model": {
+                "id": m.id,
+                "title": m.title,
+                "citation": m.citation,
+                "doi": m.doi,
+                "erratum": m.erratum,
+                "error_model": m.error.kind,
+                "omega_convention": m.omega_convention,
+            },
+            "units": {"amount": "mg", "time": "h", "concentration": "mg/L", "auc": "mg.h/L"},
+            "origin": self.case.origin.isoformat() if self.case.origin else None,
+            "covariates": {
+                k: {"times_h": list(v.times_h), "values": list(v.values), "rule": v.interpolation}
+                if isinstance(v, CovariateSeries)
+                else v
+                for k, v in self.case.covariates.items()
+            },
+            "target": {
+                "metric": t.metric,
+                "value": t.value,
+                "low": t.low,
+                "high": t.high,
+                "start_h": t.start_h,
+                "end_h": t.end_h,
+                "time_h": t.time_h,
+            },
+            "estimation": None
+            if self.fit is None
+            else {
+                "method": "MAP (posologyr objective), Laplace covariance, SIR samples",
+                "eta": dict(zip(m.eta_names, self.fit.eta.tolist(), strict=True)),
+                "ofv": self.fit.ofv,
+                "converged": self.fit.converged,
+                "sir_effective_sample_size": self.ess,
+                "n_samples": int(self.samples.shape[0]),
+            },
+            "parameters": self.parameters,
+            "levels": self.level_fit,
+            "current_regimen": self.current,
+            "proposals": [_proposal_dict(p) for p in self.proposals],
+            "recommended": _proposal_dict(self.recommended),
+            "loading_dose": self.loading_dose,
+            "warnings": self.warnings,
+            "notes": list(self.case.notes),
+        }
+
+    def to_text(self) -> str:
+        """The report as plain text for a pharmacist."""
+        d = self.to_dict()
+        m = self.case.model
+        t = self.case.target
+        unit = _METRIC_UNITS[t.metric]
+        lines = [
+            f"medtwin dosing report - patient {self.case.patient_id}",
+            f"Model: {m.title} ({m.id})",
+            f"  {m.citation} doi:{m.doi}",
+            f"  Erratum/version: {m.erratum}",
+            f"  Error model: {m.error.kind}; Omega: {m.omega_convention}",
+            "Covariates: "
+            + ", ".join(
+                f"{k}={v:.4g}" if not isinstance(v, CovariateSeries) else f"{k}=time-varying (see notes)"
+                for k, v in self.case.covariates.items()
+            ),
+            f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} (acceptable {t.low:g}-{t.high:g})",
+        ]
+        if self.warnings:
+            lines.append("WARNINGS:")
+            lines += [f"  ! {w}" for w in self.warnings]
+        if self.fit is not None:
+            lines.append(f"Bayesian fit (MAP, OFV {self.fit.ofv:.3f}; SIR ESS {self.ess:.0f}):")
+            for lv in self.level_fit:
+                lines.append(
+                    f"  level t={lv['time_h']:g} h: observed {lv['observed_mg_l']:.3g}, "
+                    f"predicted {lv['predicted_mg_l']:.3g} mg/L"
+                )
+        else:
+            lines.append("No levels: a priori (population) prediction.")
+        lines.append("Individual parameters (MAP, 90% interval):")
+        for name, v in self.parameters.items():
+            lines.append(f"  {name:>6} = {v['value']:.4g} ({v['p05']:.4g} - {v['p95']:.4g})")
+        if self.current is not None:
+            c = self.current
+            lines.append(f"Current regimen: {c['amount_mg']:g} mg q{c['interval_h']:g}h over {c['duration_h']:g} h ->")
+            lines += [
+                f"  {_METRIC_LABELS[k]}: {v['value']:.4g} ({v['p05']:.4g} - {v['p95']:.4g})"
+                for k, v in c["metrics"].items()
+            ]
+        lines.append("Candidate regimens (MAP prediction, 90% interval, PTA):")
+        for p in self.proposals:
+            mark = "*" if p is self.recommended else " "
+            main = p.metrics[t.metric]
+            lines.append(
+                f" {mark} {p.amount_mg:g} mg q{p.interval_h:g}h over {p.duration_h:g} h "
+                f"from t={p.start_h:g} h: {main['value']:.4g} {unit} "
+                f"({main['p05']:.4g} - {main['p95']:.4g}), PTA {100 * p.pta:.0f}%"
+            )
+        r = self.recommended
+        lines.append(
+            f"PROPOSAL: {r.amount_mg:g} mg every {r.interval_h:g} h, infused over "
+            f"{r.duration_h:g} h, first dose at t={r.start_h:g} h "
+            f"(exact {r.exact_amount_mg:.4g} mg before rounding)."
+        )
+        if self.loading_dose is not None:
+            ld = self.loading_dose
+            lines.append(
+                f"Loading dose: {ld['amount_mg']:g} mg over {ld['duration_h']:g} h at "
+                f"t={ld['start_h']:g} h, then maintenance from t={ld['maintenance_start_h']:g} h."
+            )
+        if d["notes"]:
+            lines.append("Notes:")
+            lines += [f"  - {n}" for n in d["notes"]]
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> None:
+        """Write a PNG: prediction band, observed levels and the proposed regimen."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        t = np.asarray(self.band["time_h"])
+        ax.fill_between(t, self.band["p05"], self.band["p95"], alpha=0.3, label="90% prediction band")
+        ax.plot(t, self.band["median"], label="median prediction")
+        ax.plot(t, self.band["map"], "--", label="MAP prediction")
+        if self.case.levels:
+            ax.plot(
+                [lv.time_h for lv in self.case.levels],
+                [lv.value_mg_l for lv in self.case.levels],
+                "ko",
+                label="measured levels",
+            )
+        ax.axvline(self.recommended.start_h, color="grey", lw=0.8, ls=":", label="proposed regimen starts")
+        ax.set_xlabel("time (h)")
+        ax.set_ylabel(f"{self.case.model.drug} concentration (mg/L)")
+        ax.set_title(
+            f"{self.case.patient_id}: {self.recommended.amount_mg:g} mg "
+            f"q{self.recommended.interval_h:g}h ({self.case.model.id})"
+        )
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def _proposal_dict(p: Proposal) -> dict[str, Any]:
+    return {
+        "start_h": p.start_h,
+        "amount_mg": p.amount_mg,
+        "exact_amount_mg": p.exact_amount_mg,
+        "interval_h": p.interval_h,
+        "duration_h": p.duration_h,
+        "n_doses": p.n_doses,
+        "metrics": p.metrics,
+        "pta": p.pta,
+    }
+
+
+def _next_dose_time(case: PatientCase, notes: list[str]) -> float:
+    if case.regimen.start_h is not None:
+        return case.regimen.start_h
+    if not case.doses:
+        return 0.0
+    last = max(case.doses, key=lambda d: d.times_h[-1])
+    times = sorted(t for d in case.doses for t in d.times_h)
+    gap = last.interval_h if last.interval_h > 0 else (times[-1] - times[-2] if len(times) > 1 else 24.0)
+    start = times[-1] + gap
+    latest_level = max((lv.time_h for lv in case.levels), default=-math.inf)
+    start = max(start, latest_level)
+    notes.append(f"next dose assumed at t={start:g} h (set regimen.start_h to change)")
+    return start
+
+
+def _metrics(
+    case: PatientCase,
+    given: list[Dose],
+    amount: float,
+    interval: float,
+    duration: float,
+    start: float,
+    n_doses: int,
+    etas: FloatArray,
+) -> dict[str, FloatArray]:
+    """Target-relevant metrics for a regimen over a batch of etas."""
+    m, cov, t = case.model, case.covariates, case.target
+    out = steady_state_metrics(m, cov, amount_mg=amount, interval_h=interval, duration_h=duration, etas=etas)
+    doses = [
+        *given,
+        *maintenance_doses(start_h=start, amount_mg=amount, interval_h=interval, n_doses=n_doses, duration_h=duration),
+    ]
+    if t.metric == "auc" and t.start_h is not None and t.end_h is not None:
+        out["auc"] = predict_auc(m, cov, doses, [t.start_h], [t.end_h], etas)[:, 0]
+    elif t.metric == "concentration" and t.time_h is not None:
+        out["concentration"] = predict_concentrations(m, cov, doses, [t.time_h], etas)[:, 0]
+    return out
+
+
+def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> DosingReport:
+    """Fit, forecast and propose a regimen for *case* (see the module docstring)."""
+    model, cov, target, opts = case.model, case.covariates, case.target, case.regimen
+    warnings = list(case.warnings)
+    notes = list(case.notes)
+    k = len(model.eta_names)
+    given = list(case.doses)
+    rng = np.random.default_rng(seed)
+    fit: MapResult | None = None
+    ess: float | None = None
+    if case.levels:
+        fit = map_estimate(model, cov, given, list(case.levels), seed=seed)
+        warnings += list(fit.warnings)
+        sir = sir_sample(
+            model, cov, given, list(case.levels), fit, n_proposals=4 * n_samples, n_samples=n_samples, seed=seed
+        )
+        ess = sir.effective_sample_size
+        if ess < 0.1 * n_samples:
+            warnings.append(f"SIR effective sample size is low ({ess:.0f}): intervals are rough")
+        eta_hat, samples = fit.eta, sir.samples
+    else:
+        eta_hat = np.zeros(k)
+        samples = rng.multivariate_normal(np.zeros(k), model.omega, size=n_samples)
+    e1 = eta_hat[None, :]
+    start = _next_dose_time(case, notes)
+    cov_now = covariates_at(cov, start)  # parameters are reported at the proposed start
+    sys_map = predict_system(model, cov_now, e1)
+    sys_s = predict_system(model, cov_now, samples)
+    parameters = {
+        name: _interval(sys_s.parameters[name], float(sys_map.parameters[name][0])) for name in sys_map.parameters
+    }
+    level_fit = []
+    if case.levels:
+        pred = predict_concentrations(model, cov, given, [lv.time_h for lv in case.levels], e1)[0]
+        level_fit = [
+            {"time_h": lv.time_h, "observed_mg_l": lv.value_mg_l, "predicted_mg_l": float(p)}
+            for lv, p in zip(case.levels, pred, strict=True)
+        ]
+    current: dict[str, Any] | None = None
+    if given:
+        last = max(given, key=lambda d: d.times_h[-1])
+        times = sorted(t for d in given for t in d.times_h)
+        tau = last.interval_h if last.interval_h > 0 else (times[-1] - times[-2] if len(times) > 1 else 0.0)
+        if tau > 0 and last.infusion_duration_h <= tau:
+            cur_map = steady_state_metrics(
+                model, cov, amount_mg=last.amount_mg, interval_h=tau, duration_h=last.infusion_duration_h, etas=e1
+            )
+            cur_s = steady_state_metrics(
+                model, cov, amount_mg=last.amount_mg, interval_h=tau, duration_h=last.infusion_duration_h, etas=samples
+            )
+            current = {
+                "amount_mg": last.amount_mg,
+                "interval_h": tau,
+                "duration_h": last.infusion_duration_h,
+                "metrics": {
+                    key: _interval(cur_s[key], float(cur_map[key][0])) for key in ("auc24_ss", "trough_ss", "peak_ss")
+                },
+            }
+    proposals: list[Proposal] = []
+    for tau in opts.intervals_h:
+        n_doses = max(opts.n_doses, 1)
+        if target.metric == "auc" and target.end_h is not None:
+            n_doses = max(n_doses, math.ceil((target.end_h - start) / tau))
+        dur = opts.min_duration_h
+        exact = math.nan
+        for _ in range(3):  # the duration depends on the dose through the maximum rate
+            tgt = Target(
+                metric=target.metric,
+                value=target.value,
+                start_h=target.start_h,
+                end_h=target.end_h,
+                time_h=target.time_h,
+            )
+            proposed = maintenance_doses(start_h=start, amount_mg=1.0, interval_h=tau, n_doses=n_doses, duration_h=dur)
+            try:
+                exact = float(dose_for_target(model, cov, given, proposed, tgt, e1)[0])
+            except ValidationError as exc:
+                warnings.append(f"q{tau:g}h: {exc}")
+                break
+            new_dur = max(opts.min_duration_h, min(exact, opts.max_dose_mg) / opts.max_rate_mg_h)
+            if new_dur > tau:
+                break
+            if abs(new_dur - dur) < 1e-9:
+                break
+            dur = new_dur
+        if not math.isfinite(exact) or dur > tau:
+            continue
+        amount = round_dose(exact, increment_mg=opts.increment_mg, min_mg=opts.increment_mg, max_mg=opts.max_dose_mg)
+        if exact > opts.max_dose_mg:
+            warnings.append(
+                f"q{tau:g}h: the target needs {exact:.0f} mg, above the maximum dose {opts.max_dose_mg:g} mg; capped"
+            )
+        dur = max(opts.min_duration_h, amount / opts.max_rate_mg_h)
+        mm = _metrics(case, given, amount, tau, dur, start, n_doses, e1)
+        ms = _metrics(case, given, amount, tau, dur, start, n_doses, samples)
+        main = ms[target.metric]
+        pta = float(np.mean((main >= target.low) & (main <= target.high)))
+        proposals.append(
+            Proposal(
+                start_h=start,
+                amount_mg=amount,
+                exact_amount_mg=exact,
+                interval_h=tau,
+                duration_h=dur,
+                n_doses=n_doses,
+                metrics={key: _interval(ms[key], float(mm[key][0])) for key in ms},
+                pta=pta,
+            )
+        )
+    if not proposals:
+        raise ValidationError("no candidate regimen can meet the target within the constraints: " + "; ".join(warnings))
+    # highest PTA, then closest to the target value, then the longer interval (fewer doses)
+    best = max(
+        proposals,
+        key=lambda p: (
+            round(p.pta, 2),
+            -round(abs(p.metrics[target.metric]["value"] - target.value) / target.value, 3),
+            p.interval_h,
+        ),
+    )
+    loading = None
+    if opts.loading_dose and target.metric == "auc24_ss":
+        maint = maintenance_doses(
+            start_h=start + best.interval_h,
+            amount_mg=best.amount_mg,
+            interval_h=best.interval_h,
+            n_doses=max(1, math.ceil(24 / best.interval_h)),
+            duration_h=best.duration_h,
+        )
+        dur = opts.min_duration_h
+        tgt = Target(metric="auc", value=target.value, start_h=start, end_h=start + 24.0)
+        exact_ld = float(
+            dose_for_target(model, cov, [*given, *maint], [Dose(time_h=start, amount_mg=1.0, duration_h=dur)], tgt, e1)[
+                0
+            ]
+        )
+        amount_ld = round_dose(
+            exact_ld, increment_mg=opts.increment_mg, min_mg=opts.increment_mg, max_mg=opts.max_dose_mg
+        )
+        if amount_ld > best.amount_mg:
+            loading = {
+                "amount_mg": amount_ld,
+                "exact_amount_mg": exact_ld,
+                "start_h": start,
+                "duration_h": max(opts.min_duration_h, amount_ld / opts.max_rate_mg_h),
+                "maintenance_start_h": start + best.interval_h,
+            }
+    horizon = start + 3 * max(best.interval_h, 24.0)
+    t0 = min([0.0, *(d.time_h for d in given)])
+    grid = np.linspace(t0, horizon, 301)
+    plan = [*given, *best.doses(n_doses=math.ceil((horizon - start) / best.interval_h) + 1)]
+    band_s = predict_concentrations(model, cov, plan, grid, samples[: min(len(samples), 500)])
+    band_map = predict_concentrations(model, cov, plan, grid, e1)[0]
+    q = np.quantile(band_s, [0.05, 0.5, 0.95], axis=0)
+    band = {
+        "time_h": grid.tolist(),
+        "p05": q[0].tolist(),
+        "median": q[1].tolist(),
+        "p95": q[2].tolist(),
+        "map": band_map.tolist(),
+    }
+    return DosingReport(
+        case=dataclasses.replace(case, notes=tuple(notes)),
+        fit=fit,
+        samples=samples,
+        ess=ess,
+        parameters=parameters,
+        level_fit=level_fit,
+        current=current,
+        proposals=proposals,
+        recommended=best,
+        loading_dose=loading,
+        band=band,
+        warnings=warnings,
+    )
+
+
+def to_records(report: DosingReport, *, authored: datetime | None = None) -> list[Any]:
+    """The proposal as a MedicationRequest (intent ``proposal``) plus predicted-exposure Observations."""
+    case = report.case
+    now = authored or datetime.now(UTC)
+    origin = case.origin
+    rec = report.recommended
+    med = Coding(
+        system=case.model.medication.get("system", "http://snomed.info/sct"),
+        code=case.model.medication.get("code", case.model.drug),
+        display=case.model.medication.get("display", case.model.drug),
+    )
+    start_dt = origin + timedelta(hours=rec.start_h) if origin is not None else None
+    request_id = f"{case.patient_id}-proposal-{int(now.timestamp())}"
+    note = (
+        f"medtwin dosing twin proposal from model {case.model.id} (doi:{case.model.doi}); "
+        f"target {case.target.metric} {case.target.value:g} ({case.target.low:g}-"
+        f"{case.target.high:g}); PTA {100 * rec.pta:.0f}%"
+    )
+    request = MedicationRequest(
+        request_id=request_id,
+        patient_id=case.patient_id,
+        medication=med,
+        intent="proposal",
+        status="draft",
+        authored=now,
+        dose=Quantity(value=rec.amount_mg, unit="mg"),
+        route=Coding(system="http://snomed.info/sct", code="47625008", display="Intravenous route"),
+        interval_h=rec.interval_h,
+        infusion_duration_h=rec.duration_h,
+        rate=Quantity(value=rec.amount_mg / rec.duration_h, unit="mg/h"),
+        start=start_dt,
+        note=note,
+    )
+    level_ids = tuple(lv.observation_id or f"{case.patient_id}-level-{i}" for i, lv in enumerate(case.levels))
+    effective = start_dt or now
+    out: list[Any] = [request]
+    for key in ("auc24_ss", "trough_ss", "peak_ss"):
+        v = rec.metrics[key]
+        out.append(
+            Observation(
+                patient_id=case.patient_id,
+                code=Coding(
+                    system=EXPOSURE_SYSTEM,
+                    code=key.replace("_", "-"),
+                    display=f"Predicted {case.model.drug} {_METRIC_LABELS[key]}",
+                ),
+                effective=effective,
+                value=Quantity(value=round(v["value"], 4), unit=_METRIC_UNITS[key]),
+                status="preliminary",
+                category="laboratory",
+                derived_from=level_ids,
+                observation_id=f"{request_id}-{key.replace('_', '-')}",
+            )
+        )
+    return out
