@@ -97,3 +97,11 @@ def test_canonical_units_and_mdc_mapping() -> None:
     # every canonical unit parses
     for unit in codes.CANONICAL_UNITS.values():
         assert is_compatible(unit, unit)
+
+
+def test_medtwin_code_system_holds_the_predicted_exposure_codes() -> None:
+    predicted = (codes.PREDICTED_AUC24, codes.PREDICTED_TROUGH, codes.PREDICTED_PEAK)
+    assert codes.MEDTWIN == "https://medtwin.dev/fhir/CodeSystem/medtwin"
+    assert {c.system for c in predicted} == {codes.MEDTWIN}
+    assert len({c.code for c in predicted}) == 3
+    assert all(c.display.startswith("Predicted ") for c in predicted)

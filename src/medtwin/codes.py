@@ -47,9 +47,13 @@ __all__ = [
     "MDC",
     "MDC_TO_LOINC",
     "MEAN_BP",
+    "MEDTWIN",
     "NEWS2_TOTAL",
     "OXYGEN_SATURATION",
     "OXYGEN_SATURATION_PULSE_OX",
+    "PREDICTED_AUC24",
+    "PREDICTED_PEAK",
+    "PREDICTED_TROUGH",
     "PULSE_RATE_OXIMETRY",
     "RESPIRATORY_RATE",
     "SNOMED",
@@ -70,6 +74,8 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
 MDC = "urn:iso:std:iso:11073:10101"
+# medtwin's own code system, for concepts no standard terminology has a code for.
+MEDTWIN = "https://medtwin.dev/fhir/CodeSystem/medtwin"
 
 
 def loinc(code: str, display: str) -> Coding:
@@ -106,6 +112,12 @@ CREATININE_SERUM = loinc("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"
 VANCOMYCIN_SERUM = loinc("20578-1", "Vancomycin [Mass/volume] in Serum or Plasma")
 VANCOMYCIN_TROUGH = loinc("4092-3", "Vancomycin [Mass/volume] in Serum or Plasma --trough")
 GENTAMICIN_SERUM = loinc("35668-3", "Gentamicin [Mass/volume] in Serum or Plasma")
+
+# Model-predicted drug exposure (steady state of a proposed regimen). LOINC codes describe measured
+# levels (e.g. 20578-1, 4092-3); no LOINC code exists for a model-predicted exposure, hence MEDTWIN codes.
+PREDICTED_AUC24 = Coding(system=MEDTWIN, code="predicted-auc24-ss", display="Predicted AUC24 at steady state")
+PREDICTED_TROUGH = Coding(system=MEDTWIN, code="predicted-trough-ss", display="Predicted trough at steady state")
+PREDICTED_PEAK = Coding(system=MEDTWIN, code="predicted-peak-ss", display="Predicted peak at steady state")
 
 # ACVPU responses (SNOMED CT), as used by NEWS2
 ACVPU: dict[str, Coding] = {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from medtwin import codes
 from medtwin.cli import app
 from medtwin.dosing import CaseError, analyze_case, load_case, parse_case, to_records
 from medtwin.records import MedicationRequest, Observation
@@ -72,11 +73,11 @@ def test_bad_cases_raise_clear_errors(changes: dict[str, Any], message: str) -> 
 
 
 def test_out_of_range_covariate_and_implausible_dose_are_warned() -> None:
-    cov = {"crcl": 65, "weight_kg": 250, "dialysis": 0, "age_y": 12}
+    cov = {"crcl": 65, "weight_kg": 260, "dialysis": 0, "age_y": 12}
     doses = [{"time_h": 0, "amount": 2, "duration_h": 2}, {"time_h": 24.2, "amount": 1000, "duration_h": 2}]
     case = parse_case(case_dict(covariates=cov, doses=doses))
     text = " ".join(case.warnings)
-    assert "WT = 250 kg is outside the validity range" in text
+    assert "WT = 260 kg is outside the validity range [33.0, 255.0]" in text
     assert "age_y = 12 is outside" in text
     assert "implausibly small" in text
     report = analyze_case(case, n_samples=200)
@@ -100,7 +101,9 @@ def test_records_are_a_proposal_with_derived_observations() -> None:
     assert req.dose is not None
     assert req.dose.unit == "mg"
     obs = [r for r in records if isinstance(r, Observation)]
-    assert {o.code.code for o in obs} == {"auc24-ss", "trough-ss", "peak-ss"}
+    # medtwin's own code system: no LOINC code exists for a model-predicted exposure
+    assert {o.code for o in obs} == {codes.PREDICTED_AUC24, codes.PREDICTED_TROUGH, codes.PREDICTED_PEAK}
+    assert {o.code.system for o in obs} == {"https://medtwin.dev/fhir/CodeSystem/medtwin"}
     assert all(o.derived_from == ("obs-lvl-1", "obs-lvl-2") for o in obs)
 
 
@@ -132,7 +135,7 @@ def test_cli_bad_input_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "before the first dose" in result.output
     warn = tmp_path / "warn.json"
-    warn.write_text(json.dumps(case_dict(covariates={"crcl": 65, "weight_kg": 250})))
+    warn.write_text(json.dumps(case_dict(covariates={"crcl": 65, "weight_kg": 260})))
     result = runner.invoke(app, ["dose", str(warn), "--strict"])
     assert result.exit_code == 2
     assert "validity range" in result.output

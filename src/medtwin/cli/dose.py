@@ -3,12 +3,22 @@
 ``medtwin dose CASEFILE`` (same as ``medtwin dose report CASEFILE``) reads a JSON or CSV case,
 fits the patient and prints the report; ``--json`` prints the JSON form, ``--plot OUT.png`` writes
 the concentration-time plot, ``--fhir OUT.json`` writes a FHIR R4 Bundle of the proposal.
+``--target`` replaces the case's target and ``--also`` adds criteria of a combined target::
+
+    --target "auc24_ss=400-600"                           AUC24 at steady state, 400-600 mg.h/L
+    --target "trough_ss=15"                               trough 15 mg/L
+    --target "time_to_threshold_ss=16-20,threshold_mg_l=1"  C falls to 1 mg/L 16-20 h after each dose
+    --target "auc=400,start_h=48,end_h=72"                AUC over a window
+    --also "trough_ss<=20" --also "peak_ss>=30"           AND criteria counted in the PTA
+
 ``medtwin dose models`` lists the model library.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from medtwin.dosing import analyze_case, library_models, load_case, load_model, to_records
+from medtwin.dosing.case import CaseError, TargetSpec, parse_target
 from medtwin.errors import MedtwinError
 from medtwin.interop.fhir import to_fhir
 
@@ -84,6 +95,58 @@ def _fhir_bundle(records: list[Any]) -> dict[str, Any]:
     }
 
 
+_RANGE = re.compile(r"^(?P<low>[0-9.eE+]+)(?:-(?P<high>[0-9.eE+]+))?$")
+_BOUND = re.compile(r"^(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=|=)\s*(?P<rest>.+)$")
+
+
+def _current_target(t: TargetSpec) -> dict[str, Any]:
+    """The case's target as a case-file mapping (so that ``--also`` alone extends it)."""
+    out: dict[str, Any] = {"metric": t.metric, "value": t.value, "low": t.low, "high": t.high}
+    for key in ("start_h", "end_h", "time_h", "threshold_mg_l"):
+        if getattr(t, key) is not None:
+            out[key] = getattr(t, key)
+    also = [
+        {"metric": c.metric, "low": c.low} | ({"high": c.high} if c.high != float("inf") else {}) for c in t.constraints
+    ]
+    return out | ({"also": also} if also else {})
+
+
+def _target_mapping(text: str | None, also: list[str], current: TargetSpec) -> dict[str, Any]:
+    """``METRIC=LOW-HIGH[,key=value...]`` plus ``--also`` bounds, as a case-file target mapping."""
+    if text is None:
+        out = _current_target(current)
+    else:
+        head, *extras = [part.strip() for part in text.split(",")]
+        metric, sep, rng = head.partition("=")
+        match = _RANGE.match(rng.strip())
+        if not sep or match is None:
+            raise CaseError(f"--target {text!r}: expected METRIC=VALUE or METRIC=LOW-HIGH, e.g. auc24_ss=400-600")
+        out = {"metric": metric.strip()}
+        if match["high"] is None:
+            out["value"] = match["low"]
+        else:
+            out["low"], out["high"] = match["low"], match["high"]
+        for extra in extras:
+            key, sep, value = extra.partition("=")
+            if not sep:
+                raise CaseError(f"--target {text!r}: {extra!r} is not key=value")
+            out[key.strip()] = value.strip()
+    constraints: list[dict[str, Any]] = list(out.get("also", []))
+    for item in also:
+        bound = _BOUND.match(item.strip())
+        if bound is None:
+            raise CaseError(f"--also {item!r}: expected METRIC<=HIGH, METRIC>=LOW or METRIC=LOW-HIGH")
+        op, rest = bound["op"], bound["rest"].strip()
+        if op == "=":
+            lo, _, hi = rest.partition("-")
+            constraints.append({"metric": bound["metric"], "low": lo, "high": hi or lo})
+        else:
+            constraints.append({"metric": bound["metric"], "high" if op == "<=" else "low": rest})
+    if constraints:
+        out["also"] = constraints
+    return out
+
+
 @app.command("report")
 def report_command(
     casefile: Path = typer.Argument(..., help="Patient case (.json or .csv)."),
@@ -95,10 +158,20 @@ def report_command(
     samples: int = typer.Option(1000, "--samples", min=100, help="Posterior (SIR) samples."),
     seed: int = typer.Option(0, "--seed", help="Random seed (multi-start and SIR)."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) instead of warning on validity-range problems."),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Replace the case's target: METRIC=LOW-HIGH[,key=value], e.g. "
+        "'auc24_ss=400-600' or 'time_to_threshold_ss=16-20,threshold_mg_l=1'.",
+    ),
+    also: list[str] = typer.Option([], "--also", help="Extra criterion of a combined target, e.g. 'trough_ss<=20'."),
 ) -> None:
     """Fit the patient in CASEFILE and print the dosing report."""
     try:
         case = load_case(casefile)
+        if target is not None or also:
+            mapping = _target_mapping(target, also, case.target)
+            case = dataclasses.replace(case, target=parse_target(mapping, "--target"))
         if strict and case.warnings:
             typer.echo("error: " + "; ".join(case.warnings), err=True)
             raise typer.Exit(2)

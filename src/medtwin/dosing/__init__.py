@@ -9,11 +9,13 @@ regimen optimization (:func:`dose_for_target` and friends) and the case report
 
 from medtwin.dosing.case import (
     CaseError,
+    Constraint,
     PatientCase,
     RegimenOptions,
     TargetSpec,
     load_case,
     parse_case,
+    parse_target,
 )
 from medtwin.dosing.covariates import (
     CovariateSeries,
@@ -59,6 +61,7 @@ __all__ = [
     "CaseError",
     "CohortData",
     "CohortMapResult",
+    "Constraint",
     "CovariateSeries",
     "CovariateSpec",
     "Dose",
@@ -94,6 +97,7 @@ __all__ = [
     "map_estimate_cohort",
     "objective",
     "parse_case",
+    "parse_target",
     "predict_auc",
     "predict_concentrations",
     "round_dose",

@@ -33,12 +33,21 @@ from medtwin.dosing.covariates import (
 )
 from medtwin.dosing.estimation import Level
 from medtwin.dosing.model import CovariateSpec, PKModel, load_model
-from medtwin.dosing.optimize import Metric
+from medtwin.dosing.optimize import STEADY_STATE_METRICS, Metric
 from medtwin.dosing.regimen import Dose
 from medtwin.errors import UnitError, ValidationError
 from medtwin.records import utc
 
-__all__ = ["CaseError", "PatientCase", "RegimenOptions", "TargetSpec", "load_case", "parse_case"]
+__all__ = [
+    "CaseError",
+    "Constraint",
+    "PatientCase",
+    "RegimenOptions",
+    "TargetSpec",
+    "load_case",
+    "parse_case",
+    "parse_target",
+]
 
 _PLAUSIBLE_MIN_DOSE_MG = 10.0
 _FIELD_UNITS = {"age_y": "a", "weight_kg": "kg", "height_cm": "cm"}
@@ -49,8 +58,30 @@ class CaseError(ValidationError):
 
 
 @dataclass(frozen=True, slots=True)
+class Constraint:
+    """An extra steady-state criterion of a combined target: *low* <= *metric* <= *high*."""
+
+    metric: Metric
+    low: float = 0.0
+    high: float = math.inf
+
+    def describe(self) -> str:
+        """``trough_ss <= 20``, ``peak_ss >= 30`` or ``trough_ss in [10, 20]``."""
+        if math.isinf(self.high):
+            return f"{self.metric} >= {self.low:g}"
+        if self.low <= 0:
+            return f"{self.metric} <= {self.high:g}"
+        return f"{self.metric} in [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True, slots=True)
 class TargetSpec:
-    """The exposure target: a metric with a *value* to aim at and an acceptable range."""
+    """The exposure target: a metric with a *value* to aim at and an acceptable range.
+
+    *constraints* are further steady-state criteria (a combined target such as AUC24 400-600
+    AND trough <= 20 mg/L): the dose is solved on the main metric, and the probability of target
+    attainment counts only samples that meet the main range and every constraint.
+    """
 
     metric: Metric
     value: float
@@ -59,6 +90,8 @@ class TargetSpec:
     start_h: float | None = None
     end_h: float | None = None
     time_h: float | None = None
+    threshold_mg_l: float | None = None
+    constraints: tuple[Constraint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +267,41 @@ def _check_validity(model: PKModel, covs: Mapping[str, float], raw: Mapping[str,
                 )
 
 
-def _target(raw: Mapping[str, Any], where: str) -> TargetSpec:
+_TARGET_METRICS = ("auc", "concentration", *STEADY_STATE_METRICS)
+_TARGET_KEYS = {"metric", "value", "low", "high", "start_h", "end_h", "time_h", "threshold_mg_l", "also"}
+
+
+def _constraint(raw: Any, where: str) -> Constraint:
+    if not isinstance(raw, Mapping):
+        raise CaseError(f"{where}: a constraint is an object like {{'metric': 'trough_ss', 'high': 20}}")
+    metric = str(raw.get("metric", ""))
+    if metric not in ("auc24_ss", "trough_ss", "peak_ss"):
+        raise CaseError(f"{where}.metric: constraints use auc24_ss, trough_ss or peak_ss, got {metric!r}")
+    unknown = set(raw) - {"metric", "low", "high"}
+    if unknown:
+        raise CaseError(f"{where}: unknown keys {sorted(unknown)} (use metric, low, high)")
+    if "low" not in raw and "high" not in raw:
+        raise CaseError(f"{where}: give 'low', 'high' or both")
+    low = _num(raw["low"], f"{where}.low") if "low" in raw else 0.0
+    high = _num(raw["high"], f"{where}.high") if "high" in raw else math.inf
+    if low < 0 or high <= low:
+        raise CaseError(f"{where}: need 0 <= low < high, got {low}, {high}")
+    return Constraint(metric=cast(Metric, metric), low=low, high=high)
+
+
+def parse_target(raw: Mapping[str, Any], where: str = "target") -> TargetSpec:
+    """Check and convert a target mapping (the ``target`` object of a case file).
+
+    Keys: ``metric``, ``value`` and/or ``low`` + ``high``, the metric's own keys (``start_h`` and
+    ``end_h`` for ``auc``, ``time_h`` for ``concentration``, ``threshold_mg_l`` for
+    ``time_to_threshold_ss``) and ``also``: a list of constraints (see :class:`Constraint`).
+    """
     metric = str(raw.get("metric", "auc24_ss"))
-    if metric not in ("auc", "concentration", "auc24_ss", "trough_ss", "peak_ss"):
-        raise CaseError(f"{where}.metric: unknown metric {metric!r}")
+    if metric not in _TARGET_METRICS:
+        raise CaseError(f"{where}.metric: unknown metric {metric!r}; known: {', '.join(_TARGET_METRICS)}")
+    unknown = set(raw) - _TARGET_KEYS
+    if unknown:
+        raise CaseError(f"{where}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(_TARGET_KEYS))})")
     low = _num(raw["low"], f"{where}.low") if "low" in raw else None
     high = _num(raw["high"], f"{where}.high") if "high" in raw else None
     if "value" in raw:
@@ -250,12 +314,20 @@ def _target(raw: Mapping[str, Any], where: str) -> TargetSpec:
     high = value if high is None else high
     if not low <= value <= high or low <= 0:
         raise CaseError(f"{where}: need 0 < low <= value <= high, got {low}, {value}, {high}")
-    opt = {k: _num(raw[k], f"{where}.{k}") for k in ("start_h", "end_h", "time_h") if k in raw}
+    opt = {k: _num(raw[k], f"{where}.{k}") for k in ("start_h", "end_h", "time_h", "threshold_mg_l") if k in raw}
     if metric == "auc" and not {"start_h", "end_h"} <= opt.keys():
         raise CaseError(f"{where}: metric 'auc' needs start_h and end_h")
     if metric == "concentration" and "time_h" not in opt:
         raise CaseError(f"{where}: metric 'concentration' needs time_h")
-    return TargetSpec(metric=cast(Metric, metric), value=value, low=low, high=high, **opt)
+    if metric == "time_to_threshold_ss" and opt.get("threshold_mg_l", 0.0) <= 0:
+        raise CaseError(f"{where}: metric 'time_to_threshold_ss' needs threshold_mg_l > 0 (mg/L)")
+    also = raw.get("also", [])
+    if isinstance(also, Mapping):
+        also = [also]
+    if not isinstance(also, list):
+        raise CaseError(f"{where}.also: expected a list of constraints")
+    constraints = tuple(_constraint(c, f"{where}.also[{i}]") for i, c in enumerate(also))
+    return TargetSpec(metric=cast(Metric, metric), value=value, low=low, high=high, constraints=constraints, **opt)
 
 
 def _covariates(
@@ -379,7 +451,7 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
                 raise CaseError(f"{source}: levels[{i}] at t={lv2.time_h:g} h is before the first dose (t={first:g} h)")
     elif levels:
         raise CaseError(f"{source}: levels given but no doses")
-    target = _target(data.get("target", {"metric": "auc24_ss", "low": 400, "high": 600}), f"{source}: target")
+    target = parse_target(data.get("target", {"metric": "auc24_ss", "low": 400, "high": 600}), f"{source}: target")
     reg = data.get("regimen", {})
     w = f"{source}: regimen"
     options = RegimenOptions(
@@ -424,11 +496,15 @@ _CSV_FIELDS = (
     "route",
     "low",
     "high",
+    "start_h",
+    "end_h",
+    "threshold_mg_l",
 )
 
 
 def _csv_to_mapping(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = {"covariates": {}, "doses": [], "levels": [], "regimen": {}}
+    target_also: list[dict[str, Any]] = []
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "record" not in reader.fieldnames:
@@ -468,8 +544,14 @@ def _csv_to_mapping(path: Path) -> dict[str, Any]:
             elif kind == "target":
                 data["target"] = {
                     "metric": r.get("name", "auc24_ss"),
-                    **{k: r[k] for k in ("value", "low", "high", "time_h") if k in r},
+                    **{
+                        k: r[k]
+                        for k in ("value", "low", "high", "time_h", "start_h", "end_h", "threshold_mg_l")
+                        if k in r
+                    },
                 }
+            elif kind == "target_also":
+                target_also.append({"metric": r.get("name", ""), **{k: r[k] for k in ("low", "high") if k in r}})
             elif kind == "regimen":
                 if "name" not in r or "value" not in r:
                     raise CaseError(f"{where}: regimen rows need name and value")
@@ -479,6 +561,8 @@ def _csv_to_mapping(path: Path) -> dict[str, Any]:
                     data["regimen"][r["name"]] = r["value"]
             else:
                 raise CaseError(f"{where}: unknown record type {kind!r}")
+    if target_also:
+        data.setdefault("target", {"metric": "auc24_ss", "low": 400, "high": 600})["also"] = target_also
     return data
 
 

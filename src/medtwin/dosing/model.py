@@ -1,7 +1,9 @@
 """Population PK models read from model files (TOML), and their evaluation for a batch of etas.
 
 A model file (format: docs/dosing-model-format.md) declares the source (citation, DOI, erratum),
-covariates with units, derivations and validity ranges, individual-parameter expressions with the
+where its validity ranges come from (``validity_source``) and which of its statements could not be
+checked against the original paper (``unverified``), covariates with units, derivations and
+validity ranges, individual-parameter expressions with the
 random effects ``ETA_*`` (log-normal: ``P = TV * exp(ETA)`` is written out in the expression),
 the compartment structure as micro-constants (``k10``, ``k12``, ``k21``, ``k13``, ``k31``, ``ka``),
 the central volume, optional lag time and bioavailability, Omega (variance matrix, or %CV with a
@@ -128,6 +130,8 @@ class PKModel:
     medication: Mapping[str, str]
     level_code: Mapping[str, str]
     source_path: str
+    validity_source: str = ""
+    unverified: tuple[str, ...] = ()
 
     @property
     def has_depot(self) -> bool:
@@ -327,6 +331,9 @@ def _parse_model(data: Mapping[str, Any], source: str) -> PKModel:
     if add_sd < 0 or prop_sd < 0 or (add_sd == 0 and prop_sd == 0):
         raise ModelError(f"{ew}: residual SDs must be >= 0 and not both zero")
     validity = {k: (float(v[0]), float(v[1])) for k, v in dict(data.get("validity", {})).items()}
+    unverified = meta.get("unverified", [])
+    if not isinstance(unverified, list) or not all(isinstance(u, str) for u in unverified):
+        raise ModelError(f"{w}.unverified: expected a list of strings")
     return PKModel(
         id=model_id,
         drug=meta["drug"],
@@ -352,6 +359,8 @@ def _parse_model(data: Mapping[str, Any], source: str) -> PKModel:
         medication={k: str(v) for k, v in dict(meta.get("medication", {})).items()},
         level_code={k: str(v) for k, v in dict(meta.get("level_code", {})).items()},
         source_path=source,
+        validity_source=str(meta.get("validity_source", "")),
+        unverified=tuple(unverified),
     )
 
 

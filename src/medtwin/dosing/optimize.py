@@ -9,7 +9,14 @@ by root bracketing (``brentq``), threshold times on a grid.  Exposure metrics:
 * ``concentration``: C at ``time_h`` (mg/L);
 * ``auc24_ss``, ``trough_ss``, ``peak_ss``: at steady state of a maintenance regimen
   (``AUC24 = AUC_tau * 24 / tau``; trough at the end of the interval; peak at the end of the
-  infusion, or the maximum on a 0.05 h grid for oral doses).
+  infusion, or the maximum on a 0.05 h grid for oral doses);
+* ``time_to_threshold_ss``: at steady state, the time (h, from the start of a dose) at which the
+  concentration has fallen to ``threshold_mg_l`` after the end of the infusion (e.g. the
+  aminoglycoside "drug-free" time, or when a vancomycin level reaches 10 mg/L).  Found on a
+  0.05 h grid with linear interpolation between grid points; ``inf`` when the concentration does
+  not fall to the threshold within the interval (the trough is above it), and the infusion
+  end time when it is already below the threshold there.  Because concentrations are linear in
+  the dose, the dose that puts the crossing at time ``T`` is exact: ``threshold / C_1mg(T)``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from medtwin.dosing.regimen import (
 from medtwin.errors import ValidationError
 
 __all__ = [
+    "STEADY_STATE_METRICS",
     "Metric",
     "Target",
     "dose_for_target",
@@ -46,7 +54,9 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-Metric = Literal["auc", "concentration", "auc24_ss", "trough_ss", "peak_ss"]
+Metric = Literal["auc", "concentration", "auc24_ss", "trough_ss", "peak_ss", "time_to_threshold_ss"]
+STEADY_STATE_METRICS = ("auc24_ss", "trough_ss", "peak_ss", "time_to_threshold_ss")
+_THRESHOLD_GRID_STEP_H = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +68,7 @@ class Target:
     start_h: float | None = None
     end_h: float | None = None
     time_h: float | None = None
+    threshold_mg_l: float | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.value) or self.value <= 0:
@@ -68,6 +79,10 @@ class Target:
             raise ValidationError("target auc: end_h must be after start_h")
         if self.metric == "concentration" and self.time_h is None:
             raise ValidationError("target concentration: time_h is required")
+        if self.metric == "time_to_threshold_ss" and (
+            self.threshold_mg_l is None or not math.isfinite(self.threshold_mg_l) or self.threshold_mg_l <= 0
+        ):
+            raise ValidationError("target time_to_threshold_ss: threshold_mg_l > 0 is required")
 
 
 def maintenance_doses(
@@ -102,11 +117,13 @@ def steady_state_metrics(
     route: Literal["iv", "oral"] = "iv",
     metrics: tuple[str, ...] = ("auc24_ss", "trough_ss", "peak_ss"),
     system: PKSystem | None = None,
+    threshold_mg_l: float | None = None,
 ) -> dict[str, FloatArray]:
     """Steady-state AUC24, trough and peak of a maintenance regimen, each of shape ``(B,)``.
 
     With time-varying covariates, steady state is computed with their last values.  *metrics*
-    selects what is computed; *system* reuses a system already built for these etas.
+    selects what is computed (``time_to_threshold_ss`` needs *threshold_mg_l*); *system* reuses
+    a system already built for these etas.
     """
     covariates = covariates_at(covariates, math.inf)
     dose = [
@@ -125,6 +142,14 @@ def steady_state_metrics(
     if "auc24_ss" in metrics:
         auc_tau = predict_auc(model, covariates, dose, [0.0], [interval_h], etas, system=system)
         out["auc24_ss"] = auc_tau[:, 0] * 24.0 / interval_h
+    if "time_to_threshold_ss" in metrics:
+        if threshold_mg_l is None or threshold_mg_l <= 0:
+            raise ValidationError("time_to_threshold_ss: threshold_mg_l > 0 is required")
+        if route != "iv":
+            raise ValidationError("time_to_threshold_ss: defined for IV doses only (oral levels rise first)")
+        out["time_to_threshold_ss"] = _crossing_time(
+            model, covariates, dose, etas, system, threshold_mg_l, duration_h, interval_h
+        )
     if "trough_ss" not in metrics and "peak_ss" not in metrics:
         return out
     if route == "oral":
@@ -135,6 +160,35 @@ def steady_state_metrics(
         conc = predict_concentrations(model, covariates, dose, [duration_h, interval_h], etas, system=system)
         peak, trough = conc[:, 0], conc[:, 1]
     out["trough_ss"], out["peak_ss"] = trough, peak
+    return out
+
+
+def _crossing_time(
+    model: PKModel,
+    covariates: Covariates,
+    dose: Sequence[Dose],
+    etas: npt.ArrayLike,
+    system: PKSystem,
+    threshold_mg_l: float,
+    start_h: float,
+    end_h: float,
+) -> FloatArray:
+    """First time in ``[start_h, end_h]`` with C <= threshold (linear interpolation), inf if none."""
+    n = max(2, math.ceil((end_h - start_h) / _THRESHOLD_GRID_STEP_H) + 1)
+    grid = np.linspace(start_h, end_h, n)
+    conc = predict_concentrations(model, covariates, dose, grid, etas, system=system)
+    below = conc <= threshold_mg_l
+    first = np.argmax(below, axis=1)
+    reached = below[np.arange(len(conc)), first]
+    out = np.full(len(conc), math.inf)
+    at_start = reached & (first == 0)
+    out[at_start] = grid[0]
+    inner = reached & (first > 0)
+    i = first[inner]
+    rows = np.flatnonzero(inner)
+    c0, c1 = conc[rows, i - 1], conc[rows, i]
+    frac = (c0 - threshold_mg_l) / np.where(c0 > c1, c0 - c1, 1.0)
+    out[inner] = grid[i - 1] + frac * (grid[i] - grid[i - 1])
     return out
 
 
@@ -169,6 +223,29 @@ def dose_for_target(
     eta = np.atleast_2d(np.asarray(etas, dtype=np.float64))
     if not proposed:
         raise ValidationError("dose_for_target: no proposed dose to solve for")
+    if target.metric == "time_to_threshold_ss":
+        p = proposed[0]
+        t_h, thr = target.value, float(target.threshold_mg_l or 0.0)
+        if p.route != "iv":
+            raise ValidationError("target time_to_threshold_ss: defined for IV doses only (oral levels rise first)")
+        end_inf = p.infusion_duration_h
+        if not end_inf < t_h <= p.interval_h:
+            raise ValidationError(
+                f"target time_to_threshold_ss = {t_h:g} h must lie after the end of the infusion "
+                f"({end_inf:g} h) and within the dosing interval ({p.interval_h:g} h)"
+            )
+        ss_dose = [
+            Dose(
+                time_h=0.0,
+                amount_mg=1.0,
+                duration_h=p.infusion_duration_h,
+                interval_h=p.interval_h,
+                steady_state=True,
+                route=p.route,
+            )
+        ]
+        c_unit = predict_concentrations(model, covariates_at(covariates, math.inf), ss_dose, [t_h], eta)[:, 0]
+        return np.asarray(thr / c_unit, dtype=np.float64)
     if target.metric in ("auc24_ss", "trough_ss", "peak_ss"):
         p = proposed[0]
         unit = steady_state_metrics(

@@ -8,7 +8,13 @@ optionally a loading dose.  Ties in PTA are broken by closeness to the target va
 then by the longer interval (fewer administrations).  :meth:`DosingReport.to_dict` is the JSON
 form, :meth:`to_text` the text form; :func:`to_records` gives medtwin records (a
 MedicationRequest with intent ``proposal`` and Observations of predicted exposure,
-``derived_from`` the measured levels) for FHIR export.
+``derived_from`` the measured levels) for FHIR export, coded in medtwin's own code system
+(:data:`medtwin.codes.MEDTWIN`: no LOINC code exists for a model-predicted exposure).
+
+A combined target (``target.also``) counts a posterior sample as attaining the target only when
+the main metric is in range and every constraint holds; the text report lists the criteria.
+Values that do not exist (a threshold never reached within the interval) are ``inf`` in the
+arrays, printed as ``inf`` in the text and written as ``null`` in the JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medtwin import codes
 from medtwin.dosing.case import PatientCase
 from medtwin.dosing.covariates import CovariateSeries
 from medtwin.dosing.estimation import MapResult, map_estimate, sir_sample
@@ -42,23 +49,61 @@ from medtwin.dosing.regimen import (
 from medtwin.errors import ValidationError
 from medtwin.records import Coding, MedicationRequest, Observation, Quantity
 
-__all__ = ["EXPOSURE_SYSTEM", "DosingReport", "Proposal", "analyze_case", "to_records"]
+__all__ = ["DosingReport", "Proposal", "analyze_case", "to_records"]
 
 FloatArray = npt.NDArray[np.float64]
-EXPOSURE_SYSTEM = "http://medtwin.org/CodeSystem/pk-exposure"
-_METRIC_UNITS = {"auc24_ss": "mg.h/L", "trough_ss": "mg/L", "peak_ss": "mg/L", "auc": "mg.h/L", "concentration": "mg/L"}
+_EXPOSURE_CODES = {
+    "auc24_ss": codes.PREDICTED_AUC24,
+    "trough_ss": codes.PREDICTED_TROUGH,
+    "peak_ss": codes.PREDICTED_PEAK,
+}
+_METRIC_UNITS = {
+    "auc24_ss": "mg.h/L",
+    "trough_ss": "mg/L",
+    "peak_ss": "mg/L",
+    "auc": "mg.h/L",
+    "concentration": "mg/L",
+    "time_to_threshold_ss": "h",
+}
 _METRIC_LABELS = {
     "auc24_ss": "AUC24 at steady state",
     "trough_ss": "trough at steady state",
     "peak_ss": "peak at steady state",
     "auc": "AUC over the target window",
     "concentration": "concentration at the target time",
+    "time_to_threshold_ss": "time from dose start to the threshold at steady state",
 }
 
 
 def _interval(values: FloatArray, value: float) -> dict[str, float]:
-    lo, hi = np.quantile(values, [0.05, 0.95]) if values.size else (math.nan, math.nan)
+    if not values.size:
+        return {"value": float(value), "p05": math.nan, "p95": math.nan}
+    # "nearest" keeps an inf (threshold never reached) from turning into nan by interpolation
+    if np.all(np.isfinite(values)):
+        lo, hi = np.quantile(values, [0.05, 0.95])
+    else:
+        lo, hi = np.quantile(values, [0.05, 0.95], method="nearest")
     return {"value": float(value), "p05": float(lo), "p95": float(hi)}
+
+
+def _json_safe(obj: Any) -> Any:
+    """Replace non-finite floats by None so that the JSON is standard (no Infinity/NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _attained(case: PatientCase, values: dict[str, FloatArray]) -> npt.NDArray[np.bool_]:
+    """Samples that meet the main target range and every constraint of a combined target."""
+    t = case.target
+    ok = (values[t.metric] >= t.low) & (values[t.metric] <= t.high)
+    for c in t.constraints:
+        ok &= (values[c.metric] >= c.low) & (values[c.metric] <= c.high)
+    return np.asarray(ok, dtype=np.bool_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +151,7 @@ class DosingReport:
         """JSON-serializable report."""
         m = self.case.model
         t = self.case.target
-        return {
+        out: dict[str, Any] = {
             "patient_id": self.case.patient_id,
             "model": {
                 "id": m.id,
@@ -116,6 +161,8 @@ class DosingReport:
                 "erratum": m.erratum,
                 "error_model": m.error.kind,
                 "omega_convention": m.omega_convention,
+                "validity_source": m.validity_source,
+                "unverified": list(m.unverified),
             },
             "units": {"amount": "mg", "time": "h", "concentration": "mg/L", "auc": "mg.h/L"},
             "origin": self.case.origin.isoformat() if self.case.origin else None,
@@ -133,6 +180,8 @@ class DosingReport:
                 "start_h": t.start_h,
                 "end_h": t.end_h,
                 "time_h": t.time_h,
+                "threshold_mg_l": t.threshold_mg_l,
+                "also": [{"metric": c.metric, "low": c.low, "high": c.high} for c in t.constraints],
             },
             "estimation": None
             if self.fit is None
@@ -153,6 +202,7 @@ class DosingReport:
             "warnings": self.warnings,
             "notes": list(self.case.notes),
         }
+        return dict(_json_safe(out))
 
     def to_text(self) -> str:
         """The report as plain text for a pharmacist."""
@@ -166,13 +216,20 @@ class DosingReport:
             f"  {m.citation} doi:{m.doi}",
             f"  Erratum/version: {m.erratum}",
             f"  Error model: {m.error.kind}; Omega: {m.omega_convention}",
+            f"  Validity ranges: {m.validity_source or 'not stated'}",
+            *(f"  Unverified: {u}" for u in m.unverified),
             "Covariates: "
             + ", ".join(
                 f"{k}={v:.4g}" if not isinstance(v, CovariateSeries) else f"{k}=time-varying (see notes)"
                 for k, v in self.case.covariates.items()
             ),
-            f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} (acceptable {t.low:g}-{t.high:g})",
+            f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} (acceptable {t.low:g}-{t.high:g})"
+            + (
+                f", threshold {t.threshold_mg_l:g} mg/L (inf = not reached in the interval)" if t.threshold_mg_l else ""
+            ),
         ]
+        if t.constraints:
+            lines.append("  and also: " + "; ".join(c.describe() for c in t.constraints) + " (all must hold for PTA)")
         if self.warnings:
             lines.append("WARNINGS:")
             lines += [f"  ! {w}" for w in self.warnings]
@@ -293,7 +350,17 @@ def _metrics(
 ) -> dict[str, FloatArray]:
     """Target-relevant metrics for a regimen over a batch of etas."""
     m, cov, t = case.model, case.covariates, case.target
-    out = steady_state_metrics(m, cov, amount_mg=amount, interval_h=interval, duration_h=duration, etas=etas)
+    wanted = ("auc24_ss", "trough_ss", "peak_ss") + (("time_to_threshold_ss",) if t.threshold_mg_l else ())
+    out = steady_state_metrics(
+        m,
+        cov,
+        amount_mg=amount,
+        interval_h=interval,
+        duration_h=duration,
+        etas=etas,
+        metrics=wanted,
+        threshold_mg_l=t.threshold_mg_l,
+    )
     doses = [
         *given,
         *maintenance_doses(start_h=start, amount_mg=amount, interval_h=interval, n_doses=n_doses, duration_h=duration),
@@ -377,6 +444,7 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
                 start_h=target.start_h,
                 end_h=target.end_h,
                 time_h=target.time_h,
+                threshold_mg_l=target.threshold_mg_l,
             )
             proposed = maintenance_doses(start_h=start, amount_mg=1.0, interval_h=tau, n_doses=n_doses, duration_h=dur)
             try:
@@ -400,8 +468,7 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         dur = max(opts.min_duration_h, amount / opts.max_rate_mg_h)
         mm = _metrics(case, given, amount, tau, dur, start, n_doses, e1)
         ms = _metrics(case, given, amount, tau, dur, start, n_doses, samples)
-        main = ms[target.metric]
-        pta = float(np.mean((main >= target.low) & (main <= target.high)))
+        pta = float(np.mean(_attained(case, ms)))
         proposals.append(
             Proposal(
                 start_h=start,
@@ -523,11 +590,7 @@ def to_records(report: DosingReport, *, authored: datetime | None = None) -> lis
         out.append(
             Observation(
                 patient_id=case.patient_id,
-                code=Coding(
-                    system=EXPOSURE_SYSTEM,
-                    code=key.replace("_", "-"),
-                    display=f"Predicted {case.model.drug} {_METRIC_LABELS[key]}",
-                ),
+                code=_EXPOSURE_CODES[key],
                 effective=effective,
                 value=Quantity(value=round(v["value"], 4), unit=_METRIC_UNITS[key]),
                 status="preliminary",
