@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhirclient.models.bundle import Bundle as R4Bundle
@@ -110,3 +111,107 @@ def test_ingest_folder_with_progress(db: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", str(folder), "--db", db])
     assert result.exit_code == 0, result.output
     assert "2 files" in result.stdout
+
+
+def _lab(obs_id: str, code: str, value: float, unit: str, when: str) -> dict[str, object]:
+    return {
+        "fullUrl": f"urn:uuid:{obs_id}",
+        "resource": {
+            "resourceType": "Observation",
+            "id": obs_id,
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": "urn:uuid:lab-patient"},
+            "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit},
+        },
+    }
+
+
+def test_patient_shows_synthea_blood_labs(db: str, tmp_path: Path) -> None:
+    """Synthea codes glucose as 2339-0 (blood) and creatinine as 38483-4 (blood): both are the latest labs."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:lab-patient", "resource": {"resourceType": "Patient", "id": "lab-patient"}},
+            _lab("g1", "2339-0", 91.0, "mg/dL", "2020-01-01T08:00:00Z"),
+            _lab("g2", "2339-0", 104.0, "mg/dL", "2020-06-01T08:00:00Z"),
+            _lab("c1", "38483-4", 1.1, "mg/dL", "2020-06-01T08:00:00Z"),
+        ],
+    }
+    path = tmp_path / "labs.json"
+    path.write_text(json.dumps(bundle))
+    assert runner.invoke(app, ["ingest", str(path), "--db", db]).exit_code == 0
+    shown = runner.invoke(app, ["patient", "lab-patient", "--db", db, "--json"])
+    assert shown.exit_code == 0, shown.output
+    latest = json.loads(shown.stdout)["latest"]
+    assert latest["2339-0"]["value"] == {"value": 104.0, "unit": "mg/dL"}
+    assert latest["38483-4"]["value"] == {"value": 1.1, "unit": "mg/dL"}
+    table = runner.invoke(app, ["patient", "lab-patient", "--db", db])
+    assert "104 mg/dL" in table.stdout
+
+
+def test_unopenable_database_and_unwritable_export_fail_cleanly(db: str, tmp_path: Path) -> None:
+    for command in (
+        ["patients"],
+        ["patient", "x"],
+        ["export", "x"],
+        ["ingest", str(FIXTURES / "patient-example.json")],
+    ):
+        res = runner.invoke(app, [*command, "--db", f"sqlite:///{tmp_path}/no/such/dir/x.db"])
+        assert res.exit_code == 1, res.output
+        assert isinstance(res.exception, SystemExit), res.output
+        assert "error: cannot open database" in " ".join(res.output.split())
+    assert runner.invoke(app, ["ingest", str(FIXTURES / "patient-example.json"), "--db", db]).exit_code == 0
+    res = runner.invoke(app, ["export", "example", "--db", db, "--out", str(tmp_path / "no" / "x.json")])
+    assert res.exit_code == 1, res.output
+    assert isinstance(res.exception, SystemExit), res.output
+    assert "cannot write" in " ".join(res.output.split())
+
+
+def test_bracketed_text_in_data_is_shown_not_read_as_markup(db: str, tmp_path: Path) -> None:
+    """UCUM units ([lb_av], [in_i]) and drug names carry brackets; rich must print them, not parse them as tags."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "br1",
+        "name": [{"use": "official", "family": "Smith [/b]", "given": ["Jo"]}],
+    }
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1", "display": "Disorder [/usp] x"}]},
+        "subject": {"reference": "Patient/br1"},
+        "onsetDateTime": "2020-01-01",
+    }  # fmt: skip
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}, {"resource": condition}]}
+        )
+    )
+    bad = tmp_path / "bad.json"
+    weight: Any = _lab("w1", "8867-4", 150.0, "[lb_av]", "2020-01-01T08:00:00Z")["resource"]
+    weight["subject"] = {"reference": "Patient/br1"}
+    bad.write_text(json.dumps(weight))
+    ingested = runner.invoke(app, ["ingest", str(good), str(bad), "--db", db])
+    assert ingested.exit_code == 1
+    assert isinstance(ingested.exception, SystemExit), ingested.output
+    assert "unit '[lb_av]'" in "".join(ingested.output.split("\n"))
+    listed = runner.invoke(app, ["patients", "--db", db])
+    assert listed.exit_code == 0, listed.output
+    assert "Smith [/b]" in listed.output
+    shown = runner.invoke(app, ["patient", "br1", "--db", db])
+    assert shown.exit_code == 0, shown.output
+    assert "Disorder [/usp] x" in shown.output
+
+
+def test_a_folder_without_fhir_files_is_an_error_not_an_empty_success(db: str, tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    (folder / "Patient.ndjson.gz").write_bytes(b"\x1f\x8b")  # compressed bulk export: not read, so say so
+    res = runner.invoke(app, ["ingest", str(folder), "--db", db])
+    assert res.exit_code == 1, res.output
+    assert "no FHIR files" in " ".join(res.output.split())

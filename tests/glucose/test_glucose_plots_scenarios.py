@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medtwin.errors import ValidationError
-from medtwin.glucose import daily_meals, run_scenario, run_summary
+from medtwin.glucose import daily_meals, load_cohort, resolve_patient_names, run_scenario, run_summary
 from medtwin.glucose.plots import plot_agp, plot_trace
 
 
@@ -64,3 +64,23 @@ def test_glucose_public_api_is_pinned() -> None:
         "run_scenario", "run_summary", "sensor_spec", "simulate_closed_loop", "simulate_open_loop",
         "summary_metrics_batch",
     }  # fmt: skip
+
+
+def test_meal_plan_rejects_times_outside_the_day() -> None:
+    """A daily meal at minute >= 1440 used to vanish silently (no carbohydrate at all in the run)."""
+    for bad in ([(1440.0, 45.0)], [(2000.0, 45.0)], [(-10.0, 45.0)]):
+        with pytest.raises(ValidationError, match="minute of day"):
+            daily_meals(1, 1, bad)
+        with pytest.raises(ValidationError, match="minute of day"):
+            run_scenario(["adult#001"], meals=bad)
+    with pytest.raises(ValidationError, match=">= 0 g"):
+        daily_meals(1, 1, [(420.0, -5.0)])
+    assert daily_meals(1, 2, [(1439.0, 10.0)])[0, :, 0].tolist() == [1439.0, 2879.0]
+
+
+def test_a_single_name_is_one_patient_not_its_characters() -> None:
+    """`run_scenario("adult#001")` from a notebook used to fail with "unknown virtual patient 'a'"."""
+    result = run_scenario("adult#001", sensor_noise=False)
+    assert result.names == ("adult#001",)
+    assert load_cohort("adolescent").names == resolve_patient_names(["adolescent"])
+    assert run_summary("child", n_members=2, sensor_noise=False, randomize_meals=False)["mean_mg_dl"].shape == (2,)

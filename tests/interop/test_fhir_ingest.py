@@ -95,6 +95,21 @@ def test_single_resources_and_unmapped_files(store: Store) -> None:
     assert logged[0].payload == (FIXTURES / "auditevent-example.json").read_bytes()
 
 
+def test_reingesting_an_unmapped_file_is_a_duplicate(store: Store) -> None:
+    """Synthea's hospitalInformation/practitionerInformation files hold only unmapped resources: a second load
+    must not store another copy of their bytes (idempotent raw log)."""
+    path = FIXTURES / "auditevent-example.json"
+    assert ingest_file(store, path).status == "unmapped"
+    again = ingest_file(store, path)
+    assert (again.status, again.ok, sum(again.unmapped.values())) == ("duplicate", True, 0)
+    assert len(store.raw_log(status="unmapped")) == 1
+    duplicate = store.raw_log(status="duplicate")
+    assert len(duplicate) == 1
+    assert duplicate[0].payload == b""
+    assert store.raw_seen(duplicate[0].source_system, duplicate[0].source_id) is None  # never *accepted*
+    assert store.raw_seen(duplicate[0].source_system, duplicate[0].source_id, statuses=("unmapped",)) is not None
+
+
 def _ndjson_lines() -> list[str]:
     """Liz Conn's resources as bulk-export NDJSON: one resource a line, references as Type/id."""
     data = _liz()
@@ -144,3 +159,37 @@ def test_fhir_files_expands_folders_and_names_missing_paths(tmp_path: Path) -> N
     assert [p.name for p in fhir_files([tmp_path])] == ["b.json", "a.ndjson"]
     with pytest.raises(FileNotFoundError, match=r"nowhere\.json: no such file"):
         fhir_files([tmp_path / "nowhere.json"])
+
+
+def test_json_with_a_utf8_byte_order_mark_is_read(store: Store, tmp_path: Path) -> None:
+    """Windows tools write a BOM in front of JSON; the bytes are still valid FHIR JSON (RFC 8259 8.1 allows
+    a parser to ignore it)."""
+    bom = b"\xef\xbb\xbf"
+    bundle = tmp_path / "bom.json"
+    bundle.write_bytes(bom + (FIXTURES / "observation-example-heart-rate.json").read_bytes())
+    ndjson = tmp_path / "bom.ndjson"
+    line = json.dumps(json.loads((FIXTURES / "observation-example-satO2.json").read_text()))
+    ndjson.write_bytes(bom + line.encode() + b"\r\n")
+    report = ingest_paths(store, [bundle, ndjson])
+    assert report.ok, report.as_dict()
+    assert report.total("inserted") == 2
+
+
+def test_reingesting_ndjson_with_a_bad_line_still_reports_it(store: Store, tmp_path: Path) -> None:
+    """A JSON file that was rejected is rejected again on every run; an NDJSON file with a bad line must not
+    turn into a clean "duplicate" (exit 0) on the second run while that line was never loaded."""
+    lines = _ndjson_lines()
+    lines.insert(3, '{"resourceType": "Observation", "id": "broken"')
+    path = tmp_path / "export.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    first = ingest_file(store, path, chunk_lines=20)
+    counts = store.counts()
+    again = ingest_file(store, path, chunk_lines=20)
+    assert (again.status, again.ok, again.inserted) == ("partial", False, 0)
+    assert again.errors == first.errors
+    assert store.counts()["observations"] == counts["observations"]
+    assert len(store.raw_log(status="accepted")) == 4  # the good chunks are not stored twice
+    clean = tmp_path / "clean.ndjson"
+    clean.write_text("\n".join(_ndjson_lines()) + "\n")
+    assert ingest_file(store, clean).status == "ok"
+    assert ingest_file(store, clean).status == "duplicate"

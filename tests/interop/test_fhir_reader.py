@@ -111,7 +111,9 @@ def test_official_heart_rate_and_spo2_examples() -> None:
 
 def test_unmodelled_types_are_unmapped_not_dropped() -> None:
     assert map_resource(load("auditevent-example.json")) == Unmapped("AuditEvent")
-    assert map_resource(load("observation-example-sample-data.json")) == Unmapped("Observation(component value type)")
+    # the label names the value type that is not modelled (it used to say only "component value type")
+    sampled = Unmapped("Observation(component.valueSampledData)")
+    assert map_resource(load("observation-example-sample-data.json")) == sampled
 
 
 def _obs(**extra: Any) -> dict[str, Any]:
@@ -234,6 +236,14 @@ def test_parse_datetime_forms() -> None:
         ({"code": {"text": "pulse"}}, r"Observation.code: no coding with both system and code"),
         ({"subject": {"reference": "urn:uuid:nowhere"}}, r"urn:uuid:nowhere does not resolve to any entry"),
         ({"subject": {"reference": "Group/g1"}}, r"Observation.subject.reference: Group/g1 refers to a Group"),
+        # malformed structure names the field, not a Python AttributeError
+        ({"code": {"coding": "8867-4"}}, r"Observation/o1: Observation.code: no coding with both system and code"),
+        ({"code": {"coding": ["8867-4"]}}, r"Observation/o1: Observation.code: no coding with both system and code"),
+        ({"id": 123}, r"Observation: Observation.id: expected a string id, got 123"),
+        (
+            {"valueQuantity": {"value": 80, "code": "furlongs"}},
+            r"unit 'furlongs' cannot be used for http://loinc.org\|8867-4: ",
+        ),
     ],
 )
 def test_bad_resources_name_the_resource_and_field(change: dict[str, Any], expected: str) -> None:
@@ -265,3 +275,41 @@ def test_every_bad_entry_of_a_bundle_is_reported(liz: dict[str, Any]) -> None:
 def test_unknown_resource_type_at_top_level() -> None:
     with pytest.raises(FhirInputError, match=r"x.json: Bogus/1: resourceType: unknown resourceType 'Bogus'"):
         parse_payload({"resourceType": "Bogus", "id": "1"}, file="x.json")
+
+
+def test_a_value_with_a_comparator_is_not_stored_as_an_exact_number() -> None:
+    """FHIR `valueQuantity.comparator` ("<0.3 mg/dL" creatinine, ">14 %" HbA1c): medtwin's Quantity has no
+    comparator, and storing "<0.3" as 0.3 would be a wrong value, so such observations are unmapped (kept in the
+    raw log and counted), like the other value types medtwin does not model."""
+    below = _obs(valueQuantity={"value": 30, "comparator": "<", "system": codes.UCUM, "code": "/min"})
+    assert map_resource(below) == Unmapped("Observation(valueQuantity.comparator)")
+    panel = _obs(
+        code={"coding": [{"system": codes.LOINC, "code": "85354-9"}]},
+        valueQuantity=None,
+        component=[
+            {
+                "code": {"coding": [{"system": codes.LOINC, "code": "8480-6"}]},
+                "valueQuantity": {"value": 250, "comparator": ">", "system": codes.UCUM, "code": "mm[Hg]"},
+            }
+        ],
+    )
+    assert map_resource(panel) == Unmapped("Observation(component.valueQuantity.comparator)")
+    exact = map_resource(_obs(valueQuantity={"value": 30, "system": codes.UCUM, "code": "/min"}))
+    assert isinstance(exact, Observation)
+    assert exact.value == Quantity(value=30.0, unit="/min")
+
+
+def test_conflicting_copies_of_one_resource_in_a_bundle_are_warned_about() -> None:
+    """Records are unique on Type/id, so the first copy wins; a second copy with other content must not vanish
+    without a word (an identical copy is harmless and not reported)."""
+    first = _obs(id="dup")
+    changed = _obs(id="dup", valueQuantity={"value": 99, "system": codes.UCUM, "code": "/min"})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": first}, {"resource": copy.deepcopy(first)}, {"resource": changed}],
+    }
+    parsed = parse_payload(bundle, file="b.json")
+    assert parsed.warnings == [
+        "b.json: entry 2 (Observation/dup): same Observation/dup as entry 0 with different content; entry 0 is kept"
+    ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtwin.store import StoreConfigError, resolve_database_url
+from medtwin.store import Store, StoreConfigError, resolve_database_url
 from medtwin.store.config import ENV_VAR
 
 
@@ -37,3 +37,18 @@ def test_bad_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     (tmp_path / "medtwin.toml").write_text("[store\n")
     with pytest.raises(StoreConfigError, match="not valid TOML"):
         resolve_database_url(cwd=tmp_path, home=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:////nonexistent-dir/sub/x.db", r"cannot open database sqlite:////nonexistent-dir/sub/x.db: .*unable"),
+        ("not a url", r"cannot open database 'not a url': not a database URL"),
+        ("postgres://u:secret@127.0.0.1:1/x", r"cannot open database postgres://u:\*\*\*@127.0.0.1:1/x: "),
+        ("postgresql+psycopg://u:secret@127.0.0.1:1/x", r"cannot open database postgresql\+psycopg://u:\*\*\*@"),
+    ],
+)
+def test_unopenable_database_is_a_clear_error_without_the_password(url: str, expected: str) -> None:
+    with pytest.raises(StoreConfigError, match=expected) as info:
+        Store(url)
+    assert "secret" not in str(info.value)

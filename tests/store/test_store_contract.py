@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -284,6 +285,16 @@ def test_latest_observations_by_code(store: Store) -> None:
         "p1", codes=[codes.HEART_RATE, codes.BODY_TEMPERATURE], since=T0 + timedelta(minutes=1)
     )
     assert set(recent) == {codes.HEART_RATE.code}
+
+
+def test_latest_observations_skip_entered_in_error_and_cancelled(store: Store) -> None:
+    """A value retracted as entered-in-error (or a cancelled one) must not show as the patient's latest vital."""
+    wrong = dataclasses.replace(hr(9), status="entered-in-error", provenance=prov("p1-hr-9"))
+    cancelled = dataclasses.replace(hr(8), status="cancelled", provenance=prov("p1-hr-8"))
+    store.write([hr(1), hr(2), cancelled, wrong])
+    latest = store.latest_observations("p1", [codes.HEART_RATE])
+    assert latest[codes.HEART_RATE.code].value == Quantity(value=62, unit="/min")
+    assert len(store.observations("p1", codes.HEART_RATE)) == 4  # kept, and listed, with their status
 
 
 def test_encounters_overlapping_a_window(store: Store) -> None:

@@ -3,32 +3,46 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from medtwin import codes
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.metrics import cgm_metrics, summary_metrics_batch
 from medtwin.glucose.plots import plot_agp, plot_trace
 from medtwin.glucose.scenarios import CONTROLLERS, run_scenario
+from medtwin.glucose.simulation import ClosedLoopResult
 
 __all__ = ["app", "parse_meal"]
 
 app = typer.Typer(help="glucose twin commands.", no_args_is_help=True)
 
-_GLUCOSE_COLUMNS = ("glucose_mg_dl", "gl", "glucose", "cgm_mg_dl", "bg_mg_dl", "CGM", "BG", "sgv")
+_GLUCOSE_COLUMNS = ("glucose_mg_dl", "glucose_mmol_l", "gl", "glucose", "cgm_mg_dl", "bg_mg_dl", "CGM", "BG", "sgv")
 _ID_COLUMNS = ("id", "patient", "subject", "member")
 _TIME_COLUMNS = ("time", "timestamp", "Time", "datetime", "t_min")
+_GLUCOSE_UNITS = ("mg/dL", "mmol/L")
+# CGMs read 40-400 mg/dL: a median outside 30-600 mg/dL means the unit is wrong (mmol/L read as mg/dL or back).
+_MIN_PLAUSIBLE_MEDIAN_MG_DL = 30.0
+_MAX_PLAUSIBLE_MEDIAN_MG_DL = 600.0
 _PROGRESS_THRESHOLD = 200  # patient-days above which a progress bar is shown
+_TABLE_ROWS = 50  # members listed in the simulate table
+# Dexcom (G4-G7) and most CGM exports write "Low" / "High" outside their 40-400 mg/dL reporting range: read them as
+# those limits (dropping them would hide the worst hypo- and hyperglycaemia).
+_SENSOR_LOW_MG_DL = 40.0
+_SENSOR_HIGH_MG_DL = 400.0
 
 
 def _print_json(data: Any) -> None:
@@ -50,58 +64,16 @@ def parse_meal(text: str) -> tuple[float, float]:
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
-@app.command()
-def simulate(
-    patient: Annotated[
-        list[str] | None,
-        typer.Option("--patient", "-p", help="Patient name (adult#001) or group (adult, child, adolescent, all)."),
-    ] = None,
-    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 1,
-    meal: Annotated[list[str] | None, typer.Option("--meal", "-m", help="Daily meal HH:MM=grams (repeatable).")] = None,
-    replicate: Annotated[int, typer.Option(min=1, help="Copies of each patient.")] = 1,
-    randomize_meals: Annotated[bool, typer.Option(help="Jitter meal times (SD 30 min) and sizes (x0.7-1.3).")] = False,
-    controller: Annotated[str, typer.Option(help=f"Controller: {', '.join(CONTROLLERS)}.")] = "basal-bolus",
-    sensor: Annotated[str, typer.Option(help="CGM sensor: Dexcom, GuardianRT, Navigator.")] = "Dexcom",
-    pump: Annotated[str, typer.Option(help="Insulin pump: Insulet, Cozmo.")] = "Insulet",
-    noise: Annotated[bool, typer.Option(help="Sensor noise (seeded).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed: member i's sensor uses seed + i.")] = 1,
-    start: Annotated[str, typer.Option(help="Start time, ISO 8601 with zone.")] = "2018-01-01T00:00:00+00:00",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Per-minute trace (.csv or .parquet).")] = None,
-    plot: Annotated[Path | None, typer.Option(help="PNG of the first patient's trace.")] = None,
-    agp: Annotated[Path | None, typer.Option(help="PNG of the ambulatory glucose profile of the run.")] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
-) -> None:
-    """Simulate virtual patients in closed loop and summarise (or save) their glucose."""
-    try:
-        start_time = datetime.fromisoformat(start)
-        if start_time.tzinfo is None:
-            raise ValidationError(f"--start {start!r} has no time zone (add +00:00)")
-        start_time = start_time.astimezone(UTC)
-        meals = tuple(parse_meal(m) for m in meal) if meal else DEFAULT_MEALS
-        names = patient or ["adult#001"]
-        if output is not None and output.suffix not in (".csv", ".parquet"):
-            raise ValidationError(f"--output {output}: use a .csv or .parquet file name")
-        kwargs: dict[str, Any] = {
-            "days": days, "meals": meals, "replicate": replicate, "randomize_meals": randomize_meals,
-            "controller": controller, "sensor": sensor, "pump": pump, "sensor_noise": noise, "seed": seed,
-        }  # fmt: skip
-        n_members = len(names) * replicate  # groups make this an underestimate; fine for the bar threshold
-        if not json and n_members * days >= _PROGRESS_THRESHOLD:
-            with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(), console=Console(stderr=True)) as bar:  # fmt: skip
-                task = bar.add_task("sim", total=1440 * days)
-                result = run_scenario(names, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
-        else:
-            result = run_scenario(names, **kwargs)
-    except MedtwinError as exc:
-        raise _fail(str(exc)) from None
+def _write_outputs(
+    result: ClosedLoopResult, start_time: datetime, days: int, output: Path | None, plot: Path | None,
+    agp: Path | None,
+) -> None:  # fmt: skip
     minutes = result.bg_mg_dl.shape[0] - 1
     t_min = np.arange(minutes + 1, dtype=np.float64)
-    summary = summary_metrics_batch(result.bg_mg_dl[1:])
     if output is not None:
         n = len(result.names)
         frame = pd.DataFrame(
@@ -127,6 +99,64 @@ def simulate(
                    title=result.names[0])  # fmt: skip
     if agp is not None:
         plot_agp(agp, t_min[1:], result.bg_mg_dl[1:], title=f"AGP, {len(result.names)} patients x {days} d")
+
+
+@app.command()
+def simulate(
+    patient: Annotated[
+        list[str] | None,
+        typer.Option("--patient", "-p", help="Patient name (adult#001) or group (adult, child, adolescent, all)."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Days to simulate.")] = 1,
+    meal: Annotated[list[str] | None, typer.Option("--meal", "-m", help="Daily meal HH:MM=grams (repeatable).")] = None,
+    replicate: Annotated[int, typer.Option(min=1, help="Copies of each patient.")] = 1,
+    randomize_meals: Annotated[bool, typer.Option(help="Jitter meal times (SD 30 min) and sizes (x0.7-1.3).")] = False,
+    controller: Annotated[str, typer.Option(help=f"Controller: {', '.join(CONTROLLERS)}.")] = "basal-bolus",
+    sensor: Annotated[str, typer.Option(help="CGM sensor: Dexcom, GuardianRT, Navigator.")] = "Dexcom",
+    pump: Annotated[str, typer.Option(help="Insulin pump: Insulet, Cozmo.")] = "Insulet",
+    noise: Annotated[bool, typer.Option(help="Sensor noise (seeded).")] = True,
+    seed: Annotated[int, typer.Option(min=0, help="Seed (>= 0): member i's sensor uses seed + i.")] = 1,
+    start: Annotated[str, typer.Option(help="Start time, ISO 8601 with zone.")] = "2018-01-01T00:00:00+00:00",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Per-minute trace (.csv or .parquet).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of the first patient's trace.")] = None,
+    agp: Annotated[Path | None, typer.Option(help="PNG of the ambulatory glucose profile of the run.")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+) -> None:
+    """Simulate virtual patients in closed loop and summarise (or save) their glucose."""
+    try:
+        try:
+            start_time = datetime.fromisoformat(start)
+        except ValueError:
+            raise ValidationError(f"--start {start!r}: not an ISO 8601 time (e.g. 2018-01-01T00:00:00+00:00)") from None
+        if start_time.tzinfo is None:
+            raise ValidationError(f"--start {start!r} has no time zone (add +00:00)")
+        start_time = start_time.astimezone(UTC)
+        for flag, target in (("--output", output), ("--plot", plot), ("--agp", agp)):
+            if target is not None and not target.resolve().parent.is_dir():
+                raise ValidationError(f"{flag} {target}: no such folder {target.resolve().parent}")
+        meals = tuple(parse_meal(m) for m in meal) if meal else DEFAULT_MEALS
+        names = patient or ["adult#001"]
+        if output is not None and output.suffix not in (".csv", ".parquet"):
+            raise ValidationError(f"--output {output}: use a .csv or .parquet file name")
+        kwargs: dict[str, Any] = {
+            "days": days, "meals": meals, "replicate": replicate, "randomize_meals": randomize_meals,
+            "controller": controller, "sensor": sensor, "pump": pump, "sensor_noise": noise, "seed": seed,
+        }  # fmt: skip
+        n_members = len(names) * replicate  # groups make this an underestimate; fine for the bar threshold
+        if not json and n_members * days >= _PROGRESS_THRESHOLD:
+            with Progress(TextColumn("simulating"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                          TimeElapsedColumn(), console=Console(stderr=True)) as bar:  # fmt: skip
+                task = bar.add_task("sim", total=1440 * days)
+                result = run_scenario(names, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
+        else:
+            result = run_scenario(names, **kwargs)
+    except MedtwinError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        _write_outputs(result, start_time, days, output, plot, agp)
+    except OSError as exc:
+        raise _fail(f"cannot write the output: {exc}") from None
+    summary = summary_metrics_batch(result.bg_mg_dl[1:])
     per_patient = [
         {"patient": name, "member": i, **{k: round(float(v[i]), 4) for k, v in summary.items()}}
         for i, name in enumerate(result.names)
@@ -151,7 +181,9 @@ def simulate(
         table.add_column(col)
     tbr = summary["tbr_level1_pct"] + summary["tbr_level2_pct"]
     tar = summary["tar_level1_pct"] + summary["tar_level2_pct"]
-    for i, name in enumerate(result.names[:50]):
+    if len(result.names) > _TABLE_ROWS:
+        table.caption = f"first {_TABLE_ROWS} of {len(result.names)} members shown; --json or --output has all"
+    for i, name in enumerate(result.names[:_TABLE_ROWS]):
         table.add_row(
             name, f"{summary['mean_mg_dl'][i]:.1f}", f"{summary['cv_pct'][i]:.1f}", f"{summary['tir_pct'][i]:.1f}",
             f"{tbr[i]:.1f}", f"{tar[i]:.1f}", f"{summary['lbgi'][i]:.2f}", f"{summary['hbgi'][i]:.2f}",
@@ -167,51 +199,137 @@ def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], w
     return next((c for c in candidates if c in columns), None)
 
 
+def _read_table(file: Path) -> pd.DataFrame:
+    """Read *file* (.parquet, else CSV), turning every reader failure into a ValidationError naming the file."""
+    try:
+        if file.suffix == ".parquet":
+            return pd.read_parquet(file)
+        return pd.read_csv(file)
+    except pd.errors.EmptyDataError:
+        raise ValidationError(f"{file}: the file is empty (expected a header row and CGM readings)") from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"{file}: not a text CSV file (it is not UTF-8 text)") from None
+    except OSError as exc:
+        raise ValidationError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    except (pd.errors.ParserError, ValueError, ImportError) as exc:
+        kind = "Parquet" if file.suffix == ".parquet" else "CSV"
+        raise ValidationError(f"{file}: not a readable {kind} file ({exc})") from None
+
+
+def _glucose_unit(unit: str | None, column: str) -> str:
+    """The unit of the glucose column: *unit* when given, else guessed from the column name (mg/dL by default)."""
+    if unit is None:
+        return "mmol/L" if "mmol" in column.lower() else "mg/dL"
+    for known in _GLUCOSE_UNITS:
+        if unit.replace(" ", "").lower() == known.lower():
+            return known
+    raise ValidationError(f"--unit {unit!r}: use one of {', '.join(_GLUCOSE_UNITS)}")
+
+
+def _subject_ids(frame: pd.DataFrame, i_col: str | None, guessed: bool) -> npt.NDArray[np.str_]:
+    """Subject key per row; a `medtwin glucose simulate` trace is split by member (replicates share a name)."""
+    if i_col is None:
+        return np.full(len(frame), "all")
+    ids = frame[i_col].astype(str)
+    if guessed and i_col != "member" and "member" in frame.columns:
+        members = frame["member"].astype(str)
+        if members.nunique() > ids.nunique():
+            ids = ids + " (member " + members + ")"
+    return ids.to_numpy(dtype=str)
+
+
 @app.command()
 def metrics(
     file: Annotated[Path, typer.Argument(help="CGM readings (.csv or .parquet) with a time and a glucose column.")],
-    column: Annotated[str | None, typer.Option(help="Glucose column (mg/dL); guessed when omitted.")] = None,
+    column: Annotated[str | None, typer.Option(help="Glucose column; guessed when omitted.")] = None,
+    unit: Annotated[
+        str | None,
+        typer.Option(help="Unit of the glucose column: mg/dL or mmol/L (default: mmol/L if the column name says so)."),
+    ] = None,
     id_column: Annotated[str | None, typer.Option(help="Subject id column; guessed when omitted.")] = None,
     time_column: Annotated[str | None, typer.Option(help="Time column (timestamps or t_min minutes).")] = None,
     max_gap_min: Annotated[float, typer.Option(help="Longest interval one reading may stand for (min).")] = 15.0,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Consensus CGM metrics (TIR, GMI, CV, LBGI/HBGI, episodes) per subject of FILE."""
+    """Consensus CGM metrics (TIR, GMI, CV, LBGI/HBGI, episodes) per subject of FILE.
+
+    Rows whose time or glucose cannot be read are skipped and counted (``skipped_rows``); ``Low`` / ``High``
+    sensor readings count as 40 / 400 mg/dL (``limit_readings``).
+    """
     try:
         if not file.exists():
             raise ValidationError(f"{file}: no such file")
-        frame = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
+        frame = _read_table(file)
         cols = [str(c) for c in frame.columns]
         g_col = _pick(cols, column, _GLUCOSE_COLUMNS, "glucose")
         t_col = _pick(cols, time_column, _TIME_COLUMNS, "time")
         if g_col is None or t_col is None:
             raise ValidationError(f"{file}: need a time column {_TIME_COLUMNS} and a glucose column {_GLUCOSE_COLUMNS}")
+        g_unit = _glucose_unit(unit, g_col)
         i_col = _pick(cols, id_column, _ID_COLUMNS, "id")
         if t_col == "t_min":
-            t_all = frame[t_col].to_numpy(dtype=float)
+            t_all = pd.to_numeric(frame[t_col], errors="coerce").to_numpy(dtype=float)
         else:
-            stamps = pd.to_datetime(frame[t_col], errors="coerce", utc=True)
+            with warnings.catch_warnings():  # pandas warns when it falls back to per-element parsing
+                warnings.simplefilter("ignore", UserWarning)
+                stamps = pd.to_datetime(frame[t_col], errors="coerce", utc=True)
             if stamps.isna().all():
                 raise ValidationError(f"{file}: column {t_col!r} holds no readable timestamps")
             t_all = ((stamps - stamps.min()).dt.total_seconds() / 60.0).to_numpy(dtype=float)
-        g_all = pd.to_numeric(frame[g_col], errors="coerce").to_numpy(dtype=float)
-        groups = frame[i_col].astype(str).to_numpy() if i_col else np.full(len(frame), "all")
+        g_all = np.array(pd.to_numeric(frame[g_col], errors="coerce"), dtype=np.float64)
+        if g_unit != "mg/dL":
+            g_all = g_all * codes.convert(1.0, g_unit, "mg/dL", analyte="glucose")
+        words = frame[g_col].astype(str).str.strip().str.lower().to_numpy()
+        g_all[words == "low"] = _SENSOR_LOW_MG_DL
+        g_all[words == "high"] = _SENSOR_HIGH_MG_DL
+        limits = {"low": int(np.count_nonzero(words == "low")), "high": int(np.count_nonzero(words == "high"))}
+        skipped = int(np.count_nonzero(~(np.isfinite(t_all) & np.isfinite(g_all))))
+        valid = g_all[np.isfinite(g_all)]
+        median = float(np.median(valid)) if valid.size else 100.0
+        if not _MIN_PLAUSIBLE_MEDIAN_MG_DL <= median <= _MAX_PLAUSIBLE_MEDIAN_MG_DL:
+            hint = "if the values are mmol/L, pass --unit mmol/L" if g_unit == "mg/dL" else "are they mg/dL?"
+            raise ValidationError(
+                f"{file}: column {g_col!r} read as {g_unit} gives a median of {median:.3g} mg/dL, "
+                f"impossible for CGM; {hint}"
+            )
+        groups = _subject_ids(frame, i_col, guessed=id_column is None)
         results = {}
         for sid in dict.fromkeys(groups):
             sel = groups == sid
-            results[str(sid)] = cgm_metrics(t_all[sel], g_all[sel], max_gap_min=max_gap_min).to_dict()
-    except (MedtwinError, OSError) as exc:
+            try:
+                results[str(sid)] = cgm_metrics(t_all[sel], g_all[sel], max_gap_min=max_gap_min).to_dict()
+            except ValidationError as exc:
+                raise ValidationError(f"{file}: subject {sid!r}: {exc}") from None
+    except MedtwinError as exc:
         raise _fail(str(exc)) from None
     if json:
-        _print_json({"file": str(file), "glucose_column": g_col, "subjects": results})
+        _print_json(
+            {
+                "file": str(file),
+                "glucose_column": g_col,
+                "unit": g_unit,
+                "skipped_rows": skipped,
+                "limit_readings": limits,
+                "subjects": results,
+            }
+        )
         return
     table = Table(title=f"CGM metrics: {file.name}")
+    # "days": days of data (consensus: days of CGM wear), not the first-to-last span (coverage_pct in --json)
     for col in ("subject", "days", "mean", "CV%", "GMI%", "<70%", "TIR%", ">180%", "hypos"):
         table.add_column(col)
     for sid, m in results.items():
         table.add_row(
-            sid, f"{m['duration_h'] / 24:.1f}", f"{m['mean_mg_dl']:.1f}", f"{m['cv_pct']:.1f}", f"{m['gmi_pct']:.2f}",
+            escape(sid), f"{m['duration_h'] * m['coverage_pct'] / 100 / 24:.1f}", f"{m['mean_mg_dl']:.1f}",
+            f"{m['cv_pct']:.1f}", f"{m['gmi_pct']:.2f}",
             f"{m['tbr_level1_pct'] + m['tbr_level2_pct']:.1f}", f"{m['tir_pct']:.1f}",
             f"{m['tar_level1_pct'] + m['tar_level2_pct']:.1f}", str(m["hypo_episodes_level1"]),
         )  # fmt: skip
     Console().print(table)
+    if limits["low"] or limits["high"]:
+        Console(stderr=True).print(
+            f"note: {limits['low']} Low read as {_SENSOR_LOW_MG_DL:.0f} mg/dL, "
+            f"{limits['high']} High as {_SENSOR_HIGH_MG_DL:.0f} mg/dL (the sensor's reporting limits)"
+        )
+    if skipped:
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {skipped} row(s) skipped: unreadable time or glucose")

@@ -12,10 +12,12 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medtwin import codes
+from medtwin.errors import MedtwinError
 from medtwin.interop.fhir import FileReport, IngestReport, fhir_files, ingest_paths, patient_bundle
 from medtwin.records import Observation, ObservationValue, Patient, Quantity
 from medtwin.store import Store
@@ -44,7 +46,10 @@ _LATEST = (
     codes.BODY_HEIGHT,
     codes.BMI,
     codes.GLUCOSE_SERUM,
+    codes.GLUCOSE_BLOOD,
+    codes.HBA1C,
     codes.CREATININE_SERUM,
+    codes.loinc("38483-4", "Creatinine [Mass/volume] in Blood"),  # Synthea's creatinine code
 )
 
 
@@ -53,12 +58,15 @@ def _print_json(data: Any) -> None:
 
 
 def _fail(console: Console, message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
 def _open(db: str | None) -> Store:
-    return Store(db)
+    try:
+        return Store(db)
+    except MedtwinError as exc:
+        raise _fail(Console(stderr=True), str(exc)) from None
 
 
 def _value_text(value: ObservationValue) -> str:
@@ -109,11 +117,12 @@ def _age(p: Patient) -> str:
 def _ingest_table(report: IngestReport) -> Table:
     table = Table(title="FHIR ingest")
     for col in ("file", "status", "resources", "inserted", "duplicates", "unmapped"):
-        table.add_column(col, justify="right" if col in ("resources", "inserted", "duplicates", "unmapped") else "left")
+        numeric = col in ("resources", "inserted", "duplicates", "unmapped")
+        table.add_column(col, justify="right" if numeric else "left", overflow="ellipsis" if numeric else "fold")
     for f in report.files:
         colour = {"ok": "green", "duplicate": "cyan", "unmapped": "yellow"}.get(f.status, "red")
         table.add_row(
-            Path(f.path).name,
+            escape(Path(f.path).name),
             f"[{colour}]{f.status}[/{colour}]",
             str(f.resources),
             str(f.inserted),
@@ -155,13 +164,13 @@ def _ingest(store: Store, paths: Sequence[Path], console: Console, *, source: st
 def _print_problems(report: IngestReport, console: Console) -> None:
     unmapped = report.unmapped
     if unmapped:
-        listed = ", ".join(f"{k}={v}" for k, v in sorted(unmapped.items()))
+        listed = escape(", ".join(f"{k}={v}" for k, v in sorted(unmapped.items())))
         console.print(f"[yellow]unmapped resources (kept in the raw log):[/yellow] {listed}")
     for f in report.files:
         for w in f.warnings[:5]:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            console.print(f"[yellow]warning:[/yellow] {escape(w)}")
         for e in f.errors:
-            console.print(f"[red]rejected:[/red] {e}")
+            console.print(f"[red]rejected:[/red] {escape(e)}")
 
 
 def ingest(
@@ -175,6 +184,9 @@ def ingest(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise _fail(console, f"no such file or folder: {', '.join(missing)}")
+    if not fhir_files(paths):
+        listed = ", ".join(str(p) for p in paths)
+        raise _fail(console, f"no FHIR files (*.json, *.ndjson, *.jsonl; not compressed) in {listed}")
     with _open(db) as store:
         report = _ingest(store, paths, console, source=source, show_progress=not as_json)
     if as_json:
@@ -199,8 +211,8 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
         table.add_column(col)
     for p in found:
         table.add_row(
-            p.patient_id,
-            p.identity.display_name if p.identity else "",
+            escape(p.patient_id),
+            escape(p.identity.display_name or "") if p.identity else "",
             p.gender or "",
             p.birth_date.isoformat() if p.birth_date else "",
             _age(p),
@@ -269,7 +281,7 @@ def patient(
         )
         return
     name = p.identity.display_name if p.identity else ""
-    console.print(f"[bold]{name or p.patient_id}[/bold]  ({p.patient_id})")
+    console.print(f"[bold]{escape(name or p.patient_id)}[/bold]  ({escape(p.patient_id)})")
     born = p.birth_date.isoformat() if p.birth_date else "unknown"
     line = f"{p.gender or 'unknown gender'}, born {born}, age {_age(p) or '?'}"
     if p.deceased:
@@ -279,16 +291,20 @@ def patient(
     for col in ("condition", "status", "onset"):
         cond.add_column(col)
     for c in conditions:
-        cond.add_row(c.code.display or c.code.code, c.clinical_status, c.onset.date().isoformat() if c.onset else "")
+        cond.add_row(
+            escape(c.code.display or c.code.code),
+            escape(c.clinical_status),
+            c.onset.date().isoformat() if c.onset else "",
+        )
     console.print(cond)
     med = Table(title="Medications")
     for col in ("medication", "status", "intent", "authored"):
         med.add_column(col)
     for m in meds:
         med.add_row(
-            m.medication.display or m.medication.code,
-            m.status,
-            m.intent,
+            escape(m.medication.display or m.medication.code),
+            escape(m.status),
+            escape(m.intent),
             m.authored.date().isoformat() if m.authored else "",
         )
     console.print(med)
@@ -298,7 +314,11 @@ def patient(
     for coding in _LATEST:
         o = latest.get(coding.code)
         if o is not None:
-            vit.add_row(o.code.display or coding.display or coding.code, _observation_text(o), o.effective.isoformat())
+            vit.add_row(
+                escape(o.code.display or coding.display or coding.code),
+                escape(_observation_text(o)),
+                o.effective.isoformat(),
+            )
     console.print(vit)
 
 
@@ -317,7 +337,10 @@ def export(
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        out.write_bytes(data)
+        try:
+            out.write_bytes(data)
+        except OSError as exc:
+            raise _fail(console, f"cannot write {out}: {exc.strerror or exc}") from None
         console.print(f"wrote {len(bundle['entry'])} resources to {out}")
 
 
@@ -343,14 +366,14 @@ def run_ingest_demo(console: Console, db_dir: Path = DEMO_DIR) -> Store:
         bmi = latest.get(codes.BMI.code)
         name = p.identity.display_name if p.identity else p.patient_id
         table.add_row(
-            name + (" (deceased)" if p.deceased else ""),
+            escape(name) + (" (deceased)" if p.deceased else ""),
             p.gender or "",
             _age(p),
             str(len(store.conditions(p.patient_id))),
             str(len(store.medication_requests(p.patient_id))),
             str(len(store.observations(p.patient_id))),
-            _observation_text(bp) if bp else "",
-            _observation_text(bmi) if bmi else "",
+            escape(_observation_text(bp)) if bp else "",
+            escape(_observation_text(bmi)) if bmi else "",
         )
     console.print(table)
     console.print(

@@ -41,11 +41,14 @@ def all_patient_names() -> tuple[str, ...]:
     return tuple(row["Name"] for row in _read_csv("vpatient_params.csv"))
 
 
-def resolve_patient_names(selection: Sequence[str]) -> tuple[str, ...]:
-    """Expand group names (``adult``, ``all``, ...) and check patient names; order is kept, duplicates allowed."""
+def resolve_patient_names(selection: str | Sequence[str]) -> tuple[str, ...]:
+    """Expand group names (``adult``, ``all``, ...) and check patient names; order is kept, duplicates allowed.
+
+    *selection* is a list of names and groups, or one name or group as a plain string.
+    """
     known = all_patient_names()
     out: list[str] = []
-    for item in selection:
+    for item in [selection] if isinstance(selection, str) else selection:
         if item == "all":
             out += known
         elif item in GROUPS:
@@ -87,7 +90,7 @@ class Cohort:
         return self.x0[:, 12] / self.params["Vg"]
 
 
-def load_cohort(selection: Sequence[str]) -> Cohort:
+def load_cohort(selection: str | Sequence[str]) -> Cohort:
     """Load the patients named in *selection* (names or groups, see :func:`resolve_patient_names`)."""
     names = resolve_patient_names(selection)
     table = _table("vpatient_params.csv")

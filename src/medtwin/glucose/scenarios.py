@@ -47,11 +47,16 @@ def daily_meals(
     time_sd_min: float = 30.0,
     size_range: tuple[float, float] = (0.7, 1.3),
 ) -> FloatArray:
-    """Per-member meals ``(batch, days * n_meals, 2)``: *meals* (minute of day, grams) repeated every day.
+    """Per-member meals ``(batch, days * n_meals, 2)``: *meals* (minute of day in [0, 1440), grams) every day.
 
     With *rng*, times get N(0, time_sd_min) jitter and sizes a uniform factor in *size_range*.
     """
     base = np.asarray(meals, dtype=np.float64).reshape(-1, 2)
+    outside = base[(base[:, 0] < 0) | (base[:, 0] >= 1440) | ~np.isfinite(base[:, 0])]
+    if outside.size:
+        raise ValidationError(f"meals: time {outside[0, 0]:g} is not a minute of day in [0, 1440)")
+    if np.any(base[:, 1] < 0) or not np.all(np.isfinite(base[:, 1])):
+        raise ValidationError("meals: carbohydrate amounts must be finite and >= 0 g")
     shift = np.array([1440.0, 0.0])
     plan = np.concatenate([base + d * shift for d in range(days)]) if base.size else np.zeros((0, 2))
     out = np.broadcast_to(plan, (batch, *plan.shape)).copy()
@@ -62,7 +67,7 @@ def daily_meals(
 
 
 def run_scenario(
-    patients: Sequence[str],
+    patients: str | Sequence[str],
     *,
     days: int = 1,
     meals: Sequence[tuple[float, float]] = DEFAULT_MEALS,
@@ -98,7 +103,7 @@ def run_scenario(
 
 
 def run_summary(
-    patients: Sequence[str],
+    patients: str | Sequence[str],
     *,
     n_members: int,
     days: int = 1,

@@ -15,7 +15,7 @@ DEFAULT_DATABASE_FILE = "medtwin.db"
 
 
 class StoreConfigError(MedtwinError):
-    """A configuration file that cannot be read or names no usable database URL."""
+    """A configuration file that cannot be read, or a database URL that names no database medtwin can open."""
 
 
 def config_files(cwd: Path | None = None, home: Path | None = None) -> list[Path]:

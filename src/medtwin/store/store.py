@@ -30,6 +30,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from medtwin import codes as mcodes
@@ -48,13 +50,15 @@ from medtwin.records import (
     utc,
 )
 from medtwin.store import codec, rows, schema
-from medtwin.store.config import resolve_database_url
+from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.migrate import upgrade_to_head
 
 __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
 
 RawStatus = str
 _RAW_STATUSES = ("accepted", "rejected", "duplicate", "unmapped")
+# FHIR observation statuses whose value must not be used as the current one
+_NOT_A_VALUE = ("entered-in-error", "cancelled")
 _EVENT_STATUSES = ("active", "acknowledged", "resolved")
 
 
@@ -125,6 +129,25 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _safe_url(url: str) -> str:
+    """*url* with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of the driver's message (SQLAlchemy appends the SQL and a help link)."""
+    if isinstance(exc, ArgumentError) and "Could not parse" in str(exc):
+        return "not a database URL (e.g. sqlite:///medtwin.db or postgresql+psycopg://user@host:5432/db)"
+    if isinstance(exc, NoSuchModuleError):
+        return f"unknown database kind ({exc}); use sqlite:/// or postgresql+psycopg://"
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
@@ -151,15 +174,22 @@ class Store:
 
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = resolve_database_url(url)
-        self._engine = _make_engine(self.url)
+        try:
+            self._engine = _make_engine(self.url)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
         self._dialect = self._engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValidationError(f"Store: database {self._dialect!r} is not supported (use SQLite or PostgreSQL)")
         # SQLite has one writer; serialising writers in-process avoids busy-retry storms between threads.
         self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
         if migrate:
-            with self._engine.begin() as conn:
-                upgrade_to_head(conn)
+            try:
+                with self._engine.begin() as conn:
+                    upgrade_to_head(conn)
+            except (OperationalError, InterfaceError) as exc:
+                self._engine.dispose()
+                raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -332,10 +362,24 @@ class Store:
         with self._engine.connect() as conn:
             return [self._raw_entry(r) for r in conn.execute(stmt)]
 
-    def raw_seen(self, source_system: str, source_id: str) -> RawLogEntry | None:
-        """The accepted raw entry for (*source_system*, *source_id*), or None when it was never accepted."""
+    def raw_seen(
+        self, source_system: str, source_id: str, *, statuses: Sequence[str] = ("accepted",)
+    ) -> RawLogEntry | None:
+        """The first raw entry for (*source_system*, *source_id*) with one of *statuses* (default: accepted), or None.
+
+        ``statuses=("accepted", "unmapped")`` also finds payloads that were kept but held nothing to map, so that
+        a loader can skip them on a resend.
+        """
+        for status in statuses:
+            if status not in _RAW_STATUSES:
+                raise ValidationError(f"Store.raw_seen: status {status!r} is not one of {', '.join(_RAW_STATUSES)}")
         t = schema.raw_inbound
-        stmt = select(t).where(t.c.source_system == source_system, t.c.source_id == source_id, t.c.status == "accepted")
+        stmt = (
+            select(t)
+            .where(t.c.source_system == source_system, t.c.source_id == source_id, t.c.status.in_(list(statuses)))
+            .order_by(t.c.raw_id)
+            .limit(1)
+        )
         with self._engine.connect() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else self._raw_entry(row)
@@ -402,12 +446,18 @@ class Store:
     def latest_observations(
         self, patient_id: str, codes: Sequence[Coding], since: datetime | None = None
     ) -> dict[str, Observation]:
-        """The newest observation of *patient_id* for each coding in *codes*, keyed by the coding's code."""
+        """The newest observation of *patient_id* for each coding in *codes*, keyed by the coding's code.
+
+        Observations with status ``entered-in-error`` or ``cancelled`` are skipped: a retracted value is not a
+        patient's latest value (they stay in :meth:`observations`).
+        """
         t = schema.observations
         found: dict[str, Observation] = {}
         with self._engine.connect() as conn:
             for coding in codes:
-                stmt = select(t.c.body).where(t.c.patient_id == patient_id, self._code_match(coding))
+                stmt = select(t.c.body).where(
+                    t.c.patient_id == patient_id, self._code_match(coding), t.c.status.not_in(_NOT_A_VALUE)
+                )
                 if since is not None:
                     stmt = stmt.where(t.c.effective >= utc(since, field_name="since"))
                 body = conn.execute(stmt.order_by(t.c.effective.desc(), t.c.observation_id.desc()).limit(1)).scalar()

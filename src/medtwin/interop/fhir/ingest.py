@@ -129,9 +129,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _loads(data: bytes, *, file: str, line: int | None = None) -> Any:
     try:
-        return orjson.loads(data)
+        # RFC 8259 8.1: a parser may ignore a leading UTF-8 byte order mark (Windows tools write one)
+        return orjson.loads(data[3:] if data.startswith(_BOM) else data)
     except orjson.JSONDecodeError as exc:
         raise FhirInputError(f"invalid JSON ({exc})", file=file, line=line) from None
 
@@ -167,11 +171,21 @@ def parse_payload(obj: Any, *, file: str = "<input>", source_system: str = "fhir
                             medications[key] = res
             fallback.append(rid)
         errors: list[FhirInputError] = []
+        first_seen: dict[str, tuple[int, Any]] = {}
         for i, entry in enumerate(entries):
             res = entry.get("resource") if isinstance(entry, dict) else None
             if res is None:
                 out.unmapped["(entry without resource)"] += 1
                 continue
+            key = f"{res.get('resourceType')}/{fallback[i]}" if isinstance(res, dict) and fallback[i] else ""
+            if key and key in first_seen and first_seen[key][1] != res:
+                # records are unique on Type/id: the first copy is stored, so say that this one is not
+                where = f"{file}: entry {i} ({key})"
+                out.warnings.append(
+                    f"{where}: same {key} as entry {first_seen[key][0]} with different content; "
+                    f"entry {first_seen[key][0]} is kept"
+                )
+            first_seen.setdefault(key, (i, res))
             out.resources += 1
             try:
                 item = map_resource(
@@ -267,9 +281,10 @@ def _prepare_json(store: Store, path: Path, report: FileReport, source_system: s
         content_type=FHIR_JSON,
         received=_now(),
     )
-    if store.raw_seen(raw.source_system, raw.source_id) is not None:
+    seen = store.raw_seen(raw.source_system, raw.source_id, statuses=("accepted", "unmapped"))
+    if seen is not None:
         report.status = "duplicate"
-        reason = f"{path.name}: same content already accepted"
+        reason = f"{path.name}: same content already logged as {seen.status} (raw_id {seen.raw_id})"
         return _Pending(report, [], _with(raw, payload=b"", status="duplicate", reason=reason))
     try:
         parsed = parse_payload(_loads(data, file=str(path)), file=str(path), source_system=source_system)
@@ -351,18 +366,17 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
             content_type=FHIR_NDJSON,
             received=_now(),
         )
-        if store.raw_seen(raw.source_system, raw.source_id) is not None:
-            store.log_raw(raw, "duplicate", f"{path.name} lines {first}-{last}: already accepted")
-            statuses.add("duplicate")
-            continue
+        # A chunk already accepted is not written again, but its lines are still validated, so that a bad line
+        # is reported (and the file is "partial") on every run, as a rejected JSON file is.
+        seen = store.raw_seen(raw.source_system, raw.source_id) is not None
         records: list[Record] = []
         good: list[bytes] = []
         unmapped: Counter[str] = Counter()
+        warnings: list[str] = []
         for number, line in chunk:
-            report.resources += 1
             try:
                 item = map_resource(
-                    _loads(line, file=str(path), line=number), source_system=source_system, warnings=report.warnings
+                    _loads(line, file=str(path), line=number), source_system=source_system, warnings=warnings
                 )
             except FhirInputError as exc:
                 err = exc.located(file=str(path), line=number)
@@ -375,6 +389,12 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
                 unmapped[item.label] += 1
             else:
                 records.append(item)
+        if seen:
+            store.log_raw(raw, "duplicate", f"{path.name} lines {first}-{last}: already accepted")
+            statuses.add("duplicate")
+            continue
+        report.resources += len(chunk)
+        report.warnings.extend(warnings)
         report.unmapped.update(unmapped)
         payload = b"".join(good)
         chunk_raw = _with(raw, payload=payload, reason=_unmapped_note(unmapped))

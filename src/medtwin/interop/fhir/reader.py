@@ -156,9 +156,9 @@ def _coding(c: Mapping[str, Any]) -> Coding | None:
 
 
 def _codings(cc: Any) -> list[Coding]:
-    if not isinstance(cc, dict):
+    if not isinstance(cc, dict) or not isinstance(cc.get("coding"), list):
         return []
-    return [c for c in (_coding(x) for x in cc.get("coding") or ()) if c is not None]
+    return [c for c in (_coding(x) for x in cc["coding"] if isinstance(x, dict)) if c is not None]
 
 
 def _first_coding(cc: Any, prefer: str | None = None) -> Coding | None:
@@ -238,7 +238,8 @@ def _quantity(ctx: _Ctx, q: Any, fld: str, code: Coding | None = None) -> Quanti
             try:
                 value = codes.convert(float(value), unit, canonical, analyte=analyte)
             except UnitError as exc:
-                raise ctx.fail(f"{fld}.code", f"unit {unit!r} cannot be used for {code}: {exc}") from None
+                where = f"{code.system}|{code.code}" if code is not None else "this code"
+                raise ctx.fail(f"{fld}.code", f"unit {unit!r} cannot be used for {where}: {exc}") from None
             unit = canonical
     elif not _parses(unit):
         ctx.warnings.append(
@@ -329,10 +330,19 @@ def _address(addresses: list[Mapping[str, Any]]) -> str | None:
     return ", ".join(p for p in parts if p) or None
 
 
+def _has_comparator(element: Any) -> bool:
+    """True when *element* (a resource or component) has a ``valueQuantity`` with a comparator (``<``, ``>=``...)."""
+    quantity = element.get("valueQuantity") if isinstance(element, Mapping) else None
+    return isinstance(quantity, Mapping) and quantity.get("comparator") is not None
+
+
 def _observation(ctx: _Ctx, res: Mapping[str, Any]) -> Observation | Unmapped:
     for key in _UNSUPPORTED_VALUES:
         if key in res:
             return Unmapped(f"Observation({key})")
+    # medtwin's Quantity has no comparator: "<0.3" must not become the exact value 0.3
+    if _has_comparator(res):
+        return Unmapped("Observation(valueQuantity.comparator)")
     all_codes = _codings(res.get("code"))
     if "code" not in res:
         raise ctx.fail("code", "missing required element")
@@ -348,8 +358,11 @@ def _observation(ctx: _Ctx, res: Mapping[str, Any]) -> Observation | Unmapped:
         raise ctx.fail("effective[x]", "missing (medtwin needs the time of the observation)")
     components = []
     for i, comp in enumerate(res.get("component") or ()):
-        if any(k in comp for k in _UNSUPPORTED_VALUES):
-            return Unmapped("Observation(component value type)")
+        unsupported = next((k for k in _UNSUPPORTED_VALUES if k in comp), None)
+        if unsupported is not None:
+            return Unmapped(f"Observation(component.{unsupported})")
+        if _has_comparator(comp):
+            return Unmapped("Observation(component.valueQuantity.comparator)")
         ccode = _first_coding(comp.get("code"), prefer=codes.LOINC)
         if ccode is None:
             raise ctx.fail(f"component[{i}].code", "no coding with both system and code")
@@ -558,6 +571,8 @@ def map_resource(
     if not isinstance(rtype, str) or not rtype:
         raise FhirInputError("missing resourceType", field="resourceType")
     rid = resource.get("id") or fallback_id
+    if rid is not None and not isinstance(rid, str):
+        raise FhirInputError(f"expected a string id, got {rid!r}", resource=str(rtype), field=f"{rtype}.id")
     if rtype not in KNOWN_R4_TYPES:
         raise FhirInputError(f"unknown resourceType {rtype!r}", resource=f"{rtype}/{rid}", field="resourceType")
     if rtype not in MAPPED_TYPES:
