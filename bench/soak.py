@@ -1,0 +1,106 @@
+"""Soak test: the medtwin MLLP listener (durable SQLite + twin runtime) at a fixed rate for N minutes.
+
+Checks that no acknowledged message is lost (every ACKed control id is in the store, each once) and reports the
+listener's RSS at the start and the end (memory should stay flat), plus throughput and ACK latency per minute.
+Compares against python-hl7's stock server (parse + ACK, no storage) for the first minute, as the peer.
+
+    .venv/bin/python bench/soak.py                 # 10 minutes at 1,000 msg/s (the issue's reliability run)
+    .venv/bin/python bench/soak.py --quick         # 30 s
+    .venv/bin/python bench/soak.py --minutes 2 --rate 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psutil
+
+import stream
+
+
+def rss_mb(pid: int) -> float:
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+async def soak(port: int, pid: int, rate: float, seconds: float, prefix: str) -> dict[str, object]:
+    """Open-loop load in one-minute chunks (or shorter), sampling the server's RSS between chunks."""
+    chunk_s = min(60.0, seconds)
+    samples: list[dict[str, float]] = [{"t_s": 0.0, "rss_mb": rss_mb(pid)}]
+    results = []
+    sent_total = acked_total = 0
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < seconds - 0.5:
+        n = int(rate * min(chunk_s, seconds - (time.perf_counter() - t0)))
+        if n <= 0:
+            break
+        msgs = stream.make_messages(n, f"{prefix}-{i:03d}", first=sent_total)  # simulated time keeps running
+        r = await stream.open_loop(port, msgs, rate, connections=8)
+        s = r.summary()
+        results.append(s)
+        sent_total += r.sent
+        acked_total += r.acked
+        samples.append({"t_s": time.perf_counter() - t0, "rss_mb": rss_mb(pid)})
+        print(f"  chunk {i + 1}: {s['throughput_per_s']:.0f} msg/s, ACK p50 {s['p50_ms']:.1f} ms, "
+              f"p99 {s['p99_ms']:.1f} ms, acked {r.acked}/{r.sent}, server RSS {samples[-1]['rss_mb']:.0f} MB",
+              flush=True)  # fmt: skip
+        i += 1
+    return {"chunks": results, "rss": samples, "sent": sent_total, "acked": acked_total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--quick", action="store_true", help="30 seconds")
+    args = parser.parse_args()
+    seconds = 30.0 if args.quick else args.minutes * 60
+    print(f"soak {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {seconds:.0f} s at {args.rate:g} msg/s, "
+          f"{os.cpu_count()} CPUs (shared machine: numbers are noisy)")  # fmt: skip
+    from medtwin.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="medtwin-soak-"))
+    db = f"sqlite:///{tmp / 'soak.db'}"
+    Store(db).close()
+    prefix = f"SK{int(time.time())}"
+    with stream.server_process("medtwin", db) as info:
+        run = asyncio.run(soak(info["port"], info["pid"], args.rate, seconds, prefix))
+    with stream.server_process("baseline") as info:
+        peer = asyncio.run(stream.open_loop(info["port"], stream.make_messages(int(args.rate * min(60, seconds)), "B"),
+                                            args.rate, connections=8))  # fmt: skip
+    store = Store(db)
+    try:
+        accepted = store.raw_log(status="accepted", limit=10_000_000)
+        ids = [e.source_id for e in accepted]
+        counts = store.counts()
+    finally:
+        store.close()
+    lost = int(str(run["acked"])) - len(set(ids))
+    rss = run["rss"]
+    assert isinstance(rss, list)
+    print(f"sent {run['sent']}, acknowledged {run['acked']}, stored {len(set(ids))} distinct messages "
+          f"({len(ids) - len(set(ids))} stored twice), lost {max(0, lost)}; "
+          f"observations {counts['observations']}")  # fmt: skip
+    print(f"server RSS start {rss[0]['rss_mb']:.0f} MB, end {rss[-1]['rss_mb']:.0f} MB")
+    ps = peer.summary()
+    print(f"peer python-hl7 (no storage), first minute: {ps['throughput_per_s']:.0f} msg/s, "
+          f"p99 {ps['p99_ms']:.1f} ms")  # fmt: skip
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps({"medtwin": run, "peer": ps, "lost": lost}, indent=2, default=str))
+    if lost > 0 or len(ids) != len(set(ids)):
+        raise SystemExit("FAILED: messages lost or stored twice")
+
+
+if __name__ == "__main__":
+    main()

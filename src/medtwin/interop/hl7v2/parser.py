@@ -1,0 +1,434 @@
+"""A small, fast HL7 v2 parser: decoding, segment splitting, batches, escapes and MSH header access.
+
+HL7 v2 (HL7 Version 2.x Messaging Standard, chapter 2 "Control"): a message is a sequence of segments separated by
+carriage returns; MSH-1 is the field separator and MSH-2 the encoding characters (component, repetition, escape,
+subcomponent, and from v2.7 truncation). Real feeds send LF or CRLF instead of CR, a UTF-8 byte-order mark, and
+FHS/BHS batch envelopes; all are accepted here. Fields are split eagerly (one ``str.split`` per segment) and
+components lazily, so parsing costs little more than reading the message once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+
+from medtwin.errors import ValidationError
+
+__all__ = [
+    "Delimiters",
+    "Hl7EncodingError",
+    "Hl7Error",
+    "Hl7Message",
+    "Hl7ParseError",
+    "Segment",
+    "decode_payload",
+    "parse_hl7_datetime",
+    "parse_message",
+    "split_batch",
+    "unescape",
+]
+
+
+class Hl7Error(ValidationError):
+    """An HL7 v2 message medtwin refuses; ``error_code`` is the HL7 table 0357 code for the ERR segment."""
+
+    def __init__(self, message: str, *, error_code: str = "207", location: str = "") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.location = location
+
+
+class Hl7EncodingError(Hl7Error):
+    """Bytes that are not valid text in the message's declared (or the default UTF-8) character set."""
+
+
+class Hl7ParseError(Hl7Error):
+    """Text that is not an HL7 v2 message, or a message missing a required header field."""
+
+
+_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
+_SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+
+# MSH-18 character-set names (HL7 table 0211) that we decode; anything else is refused with a reason.
+_CHARSETS: dict[str, str] = {
+    "": "utf-8",
+    "ASCII": "ascii",
+    "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "UTF-8": "utf-8",
+    "8859/1": "latin-1",
+    "8859/15": "iso8859-15",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    """The five HL7 delimiters of one message."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        """MSH-2 as it appears in the message."""
+        return self.component + self.repetition + self.escape + self.subcomponent
+
+
+DEFAULT_DELIMITERS = Delimiters()
+
+
+def unescape(value: str, delimiters: Delimiters = DEFAULT_DELIMITERS) -> str:
+    r"""Replace HL7 escape sequences (``\F\ \S\ \T\ \R\ \E\ \Xhh..\ \.br\``) by the characters they stand for.
+
+    Formatting escapes (``\H\``, ``\N\``, ``\.sp\``...) are dropped; an unterminated escape is kept literally.
+    """
+    esc = delimiters.escape
+    if esc not in value:
+        return value
+    out: list[str] = []
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = value.find(esc, i + 1)
+        if end < 0:
+            out.append(value[i:])
+            break
+        seq = value[i + 1 : end]
+        i = end + 1
+        if seq == "F":
+            out.append(delimiters.field)
+        elif seq == "S":
+            out.append(delimiters.component)
+        elif seq == "T":
+            out.append(delimiters.subcomponent)
+        elif seq == "R":
+            out.append(delimiters.repetition)
+        elif seq == "E":
+            out.append(esc)
+        elif seq == ".br":
+            out.append("\n")
+        elif seq.startswith("X") and len(seq) > 1 and len(seq) % 2 == 1:
+            try:
+                out.append(bytes.fromhex(seq[1:]).decode("utf-8", errors="replace"))
+            except ValueError:
+                out.append(esc + seq + esc)
+        elif seq in ("H", "N") or seq.startswith((".sp", ".in", ".ti", ".sk", ".fi", ".nf", ".ce", "Z")):
+            continue
+        else:
+            out.append(esc + seq + esc)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment: its name and raw (still escaped) fields; ``fields[0]`` is the segment name.
+
+    Field numbers follow the standard: ``segment.field(3)`` is PID-3. For MSH, ``field(1)`` is the field separator
+    and ``field(2)`` the encoding characters, as in the standard.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    delimiters: Delimiters
+
+    def raw_field(self, number: int) -> str:
+        """The raw text of field *number* (all repetitions), or "" when absent."""
+        if self.name == "MSH":
+            if number == 1:
+                return self.delimiters.field
+            number -= 1
+        return self.fields[number] if 0 < number < len(self.fields) else ""
+
+    def repetitions(self, number: int) -> list[str]:
+        """The raw repetitions of field *number* (an empty list when the field is empty)."""
+        raw = self.raw_field(number)
+        if not raw:
+            return []
+        if self.name == "MSH" and number == 2:
+            return [raw]
+        return raw.split(self.delimiters.repetition)
+
+    def field(self, number: int, component: int = 1, subcomponent: int = 1, *, repetition: int = 0) -> str:
+        """The unescaped value at field.component.subcomponent (1-based), repetition *repetition* (0-based).
+
+        The HL7 explicit null ``""`` reads as an empty string.
+        """
+        raw = self.raw_field(number)
+        if not raw:
+            return ""
+        d = self.delimiters
+        if (
+            component == 1
+            and subcomponent == 1
+            and repetition == 0
+            and d.component not in raw
+            and d.repetition not in raw
+            and d.escape not in raw
+            and d.subcomponent not in raw
+        ):
+            return "" if raw == '""' else raw  # the common case: a plain value, no splitting needed
+        reps = self.repetitions(number)
+        if repetition >= len(reps):
+            return ""
+        return _pick(reps[repetition], component, subcomponent, d)
+
+    def components(self, number: int, *, repetition: int = 0) -> list[str]:
+        """The unescaped components of one repetition of field *number*."""
+        reps = self.repetitions(number)
+        if repetition >= len(reps):
+            return []
+        d = self.delimiters
+        return [
+            "" if (s := c.split(d.subcomponent)[0]) == '""' else unescape(s, d)
+            for c in reps[repetition].split(d.component)
+        ]
+
+
+def _pick(raw: str, component: int, subcomponent: int, d: Delimiters) -> str:
+    comps = raw.split(d.component)
+    if component > len(comps):
+        return ""
+    subs = comps[component - 1].split(d.subcomponent)
+    if subcomponent > len(subs):
+        return ""
+    value = subs[subcomponent - 1]
+    return "" if value == '""' else unescape(value, d)
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Message:
+    """A parsed HL7 v2 message with typed access to the MSH header."""
+
+    segments: tuple[Segment, ...]
+    delimiters: Delimiters
+    text: str
+
+    @property
+    def msh(self) -> Segment:
+        """The message header segment."""
+        return self.segments[0]
+
+    def first(self, name: str) -> Segment | None:
+        """The first segment called *name*, or None."""
+        return next((s for s in self.segments if s.name == name), None)
+
+    def all(self, name: str) -> list[Segment]:
+        """Every segment called *name*, in message order."""
+        return [s for s in self.segments if s.name == name]
+
+    @property
+    def control_id(self) -> str:
+        """MSH-10, the message control id (the idempotency key of the sender)."""
+        return self.msh.field(10)
+
+    @property
+    def message_type(self) -> str:
+        """MSH-9.1, e.g. ``ORU``."""
+        return self.msh.field(9, 1)
+
+    @property
+    def trigger_event(self) -> str:
+        """MSH-9.2, e.g. ``R01``."""
+        return self.msh.field(9, 2)
+
+    @property
+    def version(self) -> str:
+        """MSH-12.1, e.g. ``2.5.1``."""
+        return self.msh.field(12, 1)
+
+    @property
+    def sending_application(self) -> str:
+        """MSH-3.1."""
+        return self.msh.field(3, 1)
+
+    @property
+    def sending_facility(self) -> str:
+        """MSH-4.1."""
+        return self.msh.field(4, 1)
+
+    @property
+    def source_system(self) -> str:
+        """``application@facility`` of the sender, the namespace of its control ids."""
+        app, fac = self.sending_application, self.sending_facility
+        return f"{app}@{fac}" if fac else (app or "unknown")
+
+    @property
+    def accept_ack_type(self) -> str:
+        """MSH-15 (AL, NE, ER, SU, or "" in original acknowledgment mode)."""
+        return self.msh.field(15)
+
+    @property
+    def application_ack_type(self) -> str:
+        """MSH-16 (AL, NE, ER, SU, or "" in original acknowledgment mode)."""
+        return self.msh.field(16)
+
+    @property
+    def enhanced_mode(self) -> bool:
+        """True when the sender asked for enhanced acknowledgment (MSH-15 or MSH-16 valued)."""
+        return bool(self.accept_ack_type or self.application_ack_type)
+
+
+def decode_payload(payload: bytes | str) -> str:
+    """Decode one frame into text: strip a UTF-8 BOM, honour MSH-18 (ASCII, UTF-8, 8859/1, 8859/15).
+
+    Raises
+    ------
+    Hl7EncodingError
+        The bytes are not valid in the declared character set (or in UTF-8 when none is declared).
+    """
+    if isinstance(payload, str):
+        return payload.removeprefix("\ufeff")
+    data = payload.removeprefix(b"\xef\xbb\xbf")
+    charset = _declared_charset(data)
+    codec = _CHARSETS.get(charset.upper())
+    if codec is None:
+        raise Hl7EncodingError(
+            f"MSH-18: character set {charset!r} is not supported (supported: {', '.join(sorted(_CHARSETS)[1:])})",
+            error_code="203",
+            location="MSH^1^18",
+        )
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise Hl7EncodingError(
+            f"message bytes are not valid {codec} (MSH-18 {charset or 'not valued'}): {exc.reason} at byte {exc.start}",
+            error_code="102",
+            location="MSH^1^18",
+        ) from None
+
+
+def _declared_charset(data: bytes) -> str:
+    if not data.startswith(b"MSH") or len(data) < 8:
+        return ""
+    end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=len(data))
+    header = data[:end].decode("latin-1")
+    sep = header[3]
+    parts = header.split(sep)
+    # parts[0] = "MSH", parts[1] = MSH-2, ... parts[17] = MSH-18
+    return parts[17].split(header[4] if len(header) > 4 else "^")[0].strip() if len(parts) > 17 else ""
+
+
+def split_batch(text: str) -> list[str]:
+    """Split *text* (one message, or an FHS/BHS batch of messages) into message texts, each starting with MSH.
+
+    Batch header/trailer segments (FHS, BHS, BTS, FTS) are dropped; anything before the first MSH other than those
+    is an error.
+
+    Raises
+    ------
+    Hl7ParseError
+        The text holds no MSH segment, or segments that belong to no message.
+    """
+    lines = [s for s in _SEGMENT_SPLIT.split(text.removeprefix("\ufeff").strip("\x00")) if s.strip()]
+    messages: list[list[str]] = []
+    for line in lines:
+        tag = line[:3]
+        if tag in ("FHS", "BHS", "BTS", "FTS"):
+            continue
+        if tag == "MSH":
+            messages.append([line])
+        elif messages:
+            messages[-1].append(line)
+        else:
+            raise Hl7ParseError(f"segment {tag!r} appears before any MSH segment", error_code="100", location=tag)
+    if not messages:
+        raise Hl7ParseError("no MSH segment: the payload is not an HL7 v2 message", error_code="100", location="MSH")
+    return ["\r".join(m) for m in messages]
+
+
+def parse_message(text: str) -> Hl7Message:
+    """Parse one HL7 v2 message (CR, LF or CRLF separated; a leading BOM is ignored).
+
+    The header must hold the delimiters, MSH-9 (message type), MSH-10 (control id) and MSH-12 (version).
+
+    Raises
+    ------
+    Hl7ParseError
+        Not an MSH-first message, bad delimiters, a missing required MSH field or a malformed segment name.
+    """
+    text = text.removeprefix("\ufeff").strip("\x00\r\n ")
+    if not text.startswith("MSH") or len(text) < 8:
+        raise Hl7ParseError("the payload does not start with an MSH segment", error_code="100", location="MSH")
+    sep = text[3]
+    enc = text[4:8]
+    if sep.isalnum() or sep in " \r\n" or len(set(enc[:4])) < 4 or sep in enc or any(c.isalnum() for c in enc):
+        raise Hl7ParseError(f"MSH-1/MSH-2: invalid delimiters {text[3:8]!r}", error_code="102", location="MSH^1^2")
+    delimiters = Delimiters(field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
+    segments: list[Segment] = []
+    for number, line in enumerate(_SEGMENT_SPLIT.split(text), start=1):
+        if not line:
+            continue
+        fields = tuple(line.split(sep))
+        name = fields[0]
+        if not _SEGMENT_NAME.match(name):
+            raise Hl7ParseError(
+                f"segment {number}: {name[:20]!r} is not a segment name", error_code="100", location=f"{number}"
+            )
+        segments.append(Segment(name, fields, delimiters))
+    message = Hl7Message(tuple(segments), delimiters, text)
+    for field, what in ((9, "message type"), (10, "message control id"), (12, "version id")):
+        if not message.msh.field(field):
+            raise Hl7ParseError(
+                f"MSH-{field} ({what}) is required but empty", error_code="101", location=f"MSH^1^{field}"
+            )
+    return message
+
+
+_DTM = re.compile(
+    r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?(?:\.(?P<f>\d{1,4}))?"
+    r"(?P<tz>[+-]\d{4})?$"
+)
+
+
+def parse_hl7_datetime(value: str, *, assume_tz: tzinfo = UTC, where: str = "DTM") -> datetime:
+    """Parse an HL7 DTM/TS value ``YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]`` into an aware UTC datetime.
+
+    A value without an offset is read in *assume_tz* (the feed's configured zone).
+
+    Raises
+    ------
+    Hl7ParseError
+        Not a DTM value, or an impossible date.
+    """
+    try:
+        return _parse_dtm(value, assume_tz)
+    except Hl7ParseError as exc:
+        raise Hl7ParseError(f"{where}: {exc}", error_code="102", location=where) from None
+
+
+@lru_cache(maxsize=4096)
+def _parse_dtm(value: str, assume_tz: tzinfo) -> datetime:
+    m = _DTM.match(value.strip())
+    if m is None:
+        raise Hl7ParseError(f"{value!r} is not an HL7 date/time")
+    tz: tzinfo = assume_tz
+    if m["tz"]:
+        sign = 1 if m["tz"][0] == "+" else -1
+        hours, minutes = int(m["tz"][1:3]), int(m["tz"][3:5])
+        if hours > 14 or minutes > 59:
+            raise Hl7ParseError(f"offset {m['tz']!r} is not a UTC offset")
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        result = datetime(
+            int(m["y"]),
+            int(m["mo"] or 1),
+            int(m["d"] or 1),
+            int(m["h"] or 0),
+            int(m["mi"] or 0),
+            int(m["s"] or 0),
+            int((m["f"] or "0").ljust(6, "0")[:6]),
+            tzinfo=tz,
+        )
+    except ValueError as exc:
+        raise Hl7ParseError(f"{value!r} is not a valid date/time ({exc})") from None
+    return result.astimezone(UTC)

@@ -1,0 +1,650 @@
+"""MLLP (Minimal Lower Layer Protocol) transport for HL7 v2: framing, an asyncio server with group commit, a client.
+
+Framing (HL7 v2.5.1 appendix C, MLLP release 2): ``0x0B <message> 0x1C 0x0D``. The server
+
+* stores every message durably *before* it sends the positive ACK: a writer thread collects the messages that
+  arrive while the previous commit runs and commits them together (group commit: one transaction through
+  ``Store.write_batch``), so ACK latency stays near one commit even under load;
+* answers a resent message (same sender + MSH-10 control id) with a positive ACK again and stores it once;
+* never crashes on bad input: malformed frames, non-HL7 payloads, oversize messages, bad encodings, missing MSH
+  fields get a negative ACK (AR/AE with an ERR segment and the reason, when a reply is possible) and a dead-letter
+  entry in the raw inbound log;
+* bounds everything: message size, connections, idle time, and in-flight messages per connection (a slow store
+  slows readers down through TCP instead of growing queues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any, Protocol
+
+from medtwin.interop.hl7v2 import (
+    Hl7Error,
+    Hl7MappingError,
+    Hl7Message,
+    ack_code_of,
+    build_ack,
+    decode_payload,
+    map_message,
+    parse_message,
+    split_batch,
+    wants_ack,
+)
+from medtwin.records import Patient, Record
+from medtwin.store import RawMessage, WriteResult
+
+__all__ = [
+    "CONTENT_TYPE",
+    "END_BLOCK",
+    "START_BLOCK",
+    "FrameError",
+    "GroupCommitWriter",
+    "IngestSink",
+    "MemorySink",
+    "MllpClient",
+    "MllpConfig",
+    "MllpFramer",
+    "MllpServer",
+    "ServerStats",
+    "StoredBatch",
+    "frame",
+]
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+CONTENT_TYPE = "x-application/hl7-v2+er7"
+
+
+def frame(message: bytes | str) -> bytes:
+    """Wrap one message in MLLP start/end blocks (text is encoded UTF-8)."""
+    body = message.encode() if isinstance(message, str) else message
+    return START_BLOCK + body + END_BLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A malformed or oversize frame: why, and the first bytes of what was received."""
+
+    reason: str
+    payload: bytes
+    oversize: bool = False
+
+
+class MllpFramer:
+    """Incremental MLLP deframer: feed bytes, get complete frames (bytes) and :class:`FrameError` s in order."""
+
+    __slots__ = ("_buf", "_skipping", "max_bytes")
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]:
+        """Consume *data*; return every frame completed by it."""
+        buf = self._buf
+        buf += data
+        out: list[bytes | FrameError] = []
+        while buf:
+            if self._skipping:
+                end = buf.find(END_BLOCK)
+                if end < 0:
+                    del buf[: max(0, len(buf) - 1)]
+                    return out
+                del buf[: end + 2]
+                self._skipping = False
+                continue
+            start = buf.find(START_BLOCK)
+            end = buf.find(END_BLOCK)
+            if end >= 0 and (start < 0 or end < start):
+                junk = bytes(buf[:end]).strip()
+                if junk:
+                    out.append(FrameError("frame has an end block but no start block (0x0B)", junk[:4096]))
+                del buf[: end + 2]
+                continue
+            if start < 0:
+                if len(buf) > self.max_bytes:
+                    out.append(FrameError("bytes outside any MLLP frame", bytes(buf[:4096]), oversize=True))
+                    buf.clear()
+                return out
+            if start > 0:
+                junk = bytes(buf[:start]).strip()
+                if junk:
+                    out.append(FrameError("bytes outside any MLLP frame before a start block", junk[:4096]))
+                del buf[:start]
+                continue
+            nxt = buf.find(START_BLOCK, 1)
+            end = buf.find(END_BLOCK, 1)
+            if nxt > 0 and (end < 0 or nxt < end):
+                out.append(FrameError("frame not terminated (a new start block came first)", bytes(buf[1:nxt][:4096])))
+                del buf[:nxt]
+                continue
+            if end < 0:
+                if len(buf) - 1 > self.max_bytes:
+                    out.append(FrameError(f"message exceeds {self.max_bytes} bytes", bytes(buf[1:4097]), oversize=True))
+                    buf.clear()
+                    self._skipping = True
+                return out
+            payload = bytes(buf[1:end])
+            del buf[: end + 2]
+            if len(payload) > self.max_bytes:
+                out.append(FrameError(f"message exceeds {self.max_bytes} bytes", payload[:4096], oversize=True))
+            else:
+                out.append(payload)
+        return out
+
+
+class IngestSink(Protocol):
+    """What the server needs from storage (a :class:`medtwin.store.Store` satisfies it)."""
+
+    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+        """Store records and their raw message in one durable transaction."""
+        ...
+
+    def reject(self, raw: RawMessage, reason: str) -> None:
+        """Dead-letter *raw* with *reason*."""
+        ...
+
+    def log_raw(self, raw: RawMessage, status: str, reason: str | None = None) -> int | None:
+        """Log *raw* with *status* and no records."""
+        ...
+
+
+class MemorySink:
+    """An in-memory :class:`IngestSink` with the store's idempotency semantics (for tests, demos and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.raw: list[tuple[RawMessage, str, str | None]] = []
+        self._accepted: set[tuple[str, str]] = set()
+        self._provenance: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+        with self._lock:
+            if raw is not None:
+                key = (raw.source_system, raw.source_id)
+                if key in self._accepted:
+                    self.raw.append((raw, "duplicate", None))
+                    return WriteResult(inserted=0, duplicates=0, raw_duplicate=True, raw_id=None)
+                self._accepted.add(key)
+                self.raw.append((raw, raw.status, raw.reason))
+            inserted = 0
+            for r in records:
+                p = r.provenance
+                if p is not None:
+                    pkey = (type(r).__name__ + p.source_system, p.source_id)
+                    if pkey in self._provenance:
+                        continue
+                    self._provenance.add(pkey)
+                self.records.append(r)
+                inserted += 1
+            return WriteResult(inserted=inserted, duplicates=len(records) - inserted, raw_id=len(self.raw))
+
+    def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
+        return [self.write(records, raw) for records, raw in items]
+
+    def reject(self, raw: RawMessage, reason: str) -> None:
+        with self._lock:
+            self.raw.append((raw, "rejected", reason))
+
+    def log_raw(self, raw: RawMessage, status: str, reason: str | None = None) -> int | None:
+        with self._lock:
+            self.raw.append((raw, status, reason))
+            return len(self.raw)
+
+    def entries(self, status: str) -> list[tuple[RawMessage, str, str | None]]:
+        """Raw log entries with *status*."""
+        with self._lock:
+            return [e for e in self.raw if e[1] == status]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    kind: str  # "write" | "reject" | "log"
+    raw: RawMessage
+    records: Sequence[Record] = ()
+    reason: str | None = None
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """Records just committed, with the monotonic receipt time of their message (for the twin runtime)."""
+
+    records: Sequence[Record]
+    received_monotonic: float
+
+
+class GroupCommitWriter:
+    """A writer thread that commits the jobs queued while the previous commit ran, then resolves their futures.
+
+    With a sink that has ``write_batch(items) -> list[WriteResult]`` (as :class:`medtwin.store.Store` does) a group
+    is one transaction; otherwise each job is its own transaction.
+    """
+
+    def __init__(self, sink: IngestSink, *, max_batch: int = 512) -> None:
+        self.sink = sink
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[_Job, Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="mllp-group-commit", daemon=True)
+        self._thread.start()
+        self.commits = 0
+        self.jobs = 0
+        self.busy_s = 0.0
+
+    def submit(self, job: _Job) -> Future[Any]:
+        """Queue *job*; the future resolves to a WriteResult (write) or None once it is durable."""
+        fut: Future[Any] = Future()
+        self._queue.put((job, fut))
+        return fut
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish queued jobs and stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            started = time.perf_counter()
+            self._commit(batch)
+            self.busy_s += time.perf_counter() - started
+            if stop:
+                return
+
+    def _commit(self, batch: list[tuple[_Job, Future[Any]]]) -> None:
+        self.commits += 1
+        self.jobs += len(batch)
+        write_batch = getattr(self.sink, "write_batch", None)
+        writes = [(j, f) for j, f in batch if j.kind == "write"]
+        if write_batch is not None and len(writes) > 1:
+            try:
+                results = write_batch([(j.records, j.raw) for j, _ in writes])
+                for (_, f), r in zip(writes, results, strict=True):
+                    f.set_result(r)
+                batch = [(j, f) for j, f in batch if j.kind != "write"]
+            except Exception:  # isolate the failing message by committing one by one
+                log.exception("group commit of %d messages failed; retrying one by one", len(writes))
+        for job, fut in batch:
+            if fut.done():
+                continue
+            try:
+                if job.kind == "write":
+                    fut.set_result(self.sink.write(job.records, job.raw))
+                elif job.kind == "reject":
+                    self.sink.reject(job.raw, job.reason or "rejected")
+                    fut.set_result(None)
+                else:
+                    fut.set_result(self.sink.log_raw(job.raw, job.status, job.reason))
+            except Exception as exc:
+                fut.set_exception(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class MllpConfig:
+    """Limits and options of an :class:`MllpServer`."""
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    max_message_bytes: int = 1 << 20
+    max_connections: int = 64
+    idle_timeout_s: float = 300.0
+    max_in_flight: int = 64
+    max_batch: int = 512
+    ssl_context: ssl.SSLContext | None = None
+    assume_tz: tzinfo = UTC
+    application: str = "MEDTWIN"
+    facility: str = "MEDTWIN"
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of an :class:`MllpServer`."""
+
+    connections: int = 0
+    refused_connections: int = 0
+    frames: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    unmapped: int = 0
+    rejected: int = 0
+    errors: int = 0
+    records: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class MllpServer:
+    """An asyncio MLLP listener that stores each message durably before acknowledging it.
+
+    *on_stored* is called (in the event loop, after the commit, before the ACK is sent) with each committed
+    :class:`StoredBatch`; it must not block: hand the work to another thread (``TwinRuntime.offer``) and return
+    False when that thread's queue is full: the server then waits and offers again, delaying only this message's
+    ACK (backpressure on that sender) instead of stalling the event loop.
+    """
+
+    def __init__(
+        self,
+        sink: IngestSink,
+        config: MllpConfig = MllpConfig(),
+        *,
+        on_stored: Callable[[StoredBatch], bool | None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.config = config
+        self.on_stored = on_stored
+        self.stats = ServerStats()
+        self._writer: GroupCommitWriter | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._known_patients: set[str] = set()  # patients this server has stored (ORU need not resend them)
+        self._ack_ids = itertools.count(1)
+        self._ack_prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:x}"
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and start accepting; returns the bound port (useful with ``port=0``)."""
+        self._writer = GroupCommitWriter(self.sink, max_batch=self.config.max_batch)
+        self._server = await asyncio.start_server(
+            self._on_connect, self.config.host, self.config.port, ssl=self.config.ssl_context, limit=1 << 16
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, finish queued commits."""
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()  # the reader sees EOF and the handler ends after sending its pending ACKs
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=10)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+            self._writer = None
+
+    async def __aenter__(self) -> MllpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _reason(self, reason: str) -> None:
+        key = reason.split(":")[0][:60]
+        self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._tasks) >= self.config.max_connections:
+            self.stats.refused_connections += 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        assert task is not None
+        self._tasks.add(task)  # type: ignore[arg-type]
+        self._writers.add(writer)
+        self.stats.connections += 1
+        peer = writer.get_extra_info("peername")
+        peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        pending: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(self.config.max_in_flight)
+        acker = asyncio.create_task(self._send_acks(pending, writer))
+        framer = MllpFramer(self.config.max_message_bytes)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(1 << 16), self.config.idle_timeout_s)
+                except TimeoutError:
+                    break
+                if not data:
+                    break
+                for item in framer.feed(data):
+                    self.stats.frames += 1
+                    fut = asyncio.ensure_future(self._handle(item, peer_name))
+                    await pending.put(fut)  # blocks when max_in_flight are waiting: backpressure
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:  # shutdown: end quietly (asyncio's stream callback dislikes cancelled tasks)
+            acker.cancel()
+        finally:
+            if not acker.done():
+                with contextlib.suppress(Exception):  # the sentinel waits for room: ACKs still owed go out first
+                    await asyncio.wait_for(pending.put(None), timeout=30)
+                try:
+                    await asyncio.wait_for(acker, timeout=30)
+                except (TimeoutError, asyncio.CancelledError):
+                    acker.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._writers.discard(writer)
+
+    async def _send_acks(
+        self, pending: asyncio.Queue[asyncio.Future[bytes | None] | None], writer: asyncio.StreamWriter
+    ) -> None:
+        broken = False
+        while True:
+            fut = await pending.get()
+            if fut is None:
+                return
+            try:
+                ack = await fut
+            except Exception:
+                log.exception("unexpected error while handling a frame")
+                self.stats.errors += 1
+                continue
+            if ack is None or broken:
+                continue
+            try:
+                writer.write(frame(ack))
+                if pending.empty():
+                    await writer.drain()
+            except (ConnectionError, RuntimeError):
+                broken = True
+
+    def _ack(self, message: Hl7Message | None, ok: bool, rejected: bool, text: str = "", *, code: str = "",
+             location: str = "") -> bytes | None:  # fmt: skip
+        send, enhanced = wants_ack(message, ok)
+        if not send:
+            return None
+        ack = build_ack(
+            message,
+            ack_code_of(ok, rejected=rejected, enhanced=enhanced),
+            text=text,
+            error_code=code,
+            error_location=location,
+            control_id=f"{self._ack_prefix}-{next(self._ack_ids)}",
+            sending_application=self.config.application,
+            sending_facility=self.config.facility,
+        )
+        return ack.encode()
+
+    async def _commit(self, job: _Job) -> Any:
+        assert self._writer is not None
+        return await asyncio.wrap_future(self._writer.submit(job))
+
+    async def _dead_letter(
+        self, payload: bytes, message: Hl7Message | None, peer: str, reason: str, received: datetime
+    ) -> None:
+        self.stats.rejected += 1
+        self._reason(reason)
+        source_system = message.source_system if message is not None else f"mllp:{peer.rsplit(':', 1)[0]}"
+        control = message.control_id if message is not None else ""
+        source_id = f"{control or 'unparsed'}#rejected-{received.timestamp():.6f}-{next(self._ack_ids)}"
+        raw = RawMessage(
+            source_system=source_system[:200],
+            source_id=source_id[:400],
+            payload=payload,
+            content_type=CONTENT_TYPE,
+            received=received,
+            status="rejected",
+            reason=reason,
+        )
+        await self._commit(_Job("reject", raw, reason=reason))
+
+    async def _handle(self, item: bytes | FrameError, peer: str) -> bytes | None:
+        received = datetime.now(UTC)
+        received_monotonic = time.monotonic()
+        if isinstance(item, FrameError):
+            await self._dead_letter(item.payload, None, peer, f"MLLP framing: {item.reason}", received)
+            header = _salvage_header(item.payload)
+            return self._ack(header, False, True, item.reason, code="100" if not item.oversize else "104")
+        message: Hl7Message | None = None
+        try:
+            text = decode_payload(item)
+            texts = split_batch(text)
+            messages = [parse_message(t) for t in texts]
+            message = messages[0]
+            mapped = [map_message(m, assume_tz=self.config.assume_tz) for m in messages]
+        except Exception as exc:  # bad input never crashes the server: everything unexpected is refused too
+            if isinstance(exc, Hl7Error):
+                error = exc
+            else:
+                log.exception("unexpected error while reading a message")
+                error = Hl7Error(f"cannot process the message: {type(exc).__name__}: {exc}", error_code="207")
+            message = message or _salvage_header(item)
+            reason = f"HL7 {error.error_code}: {error}"
+            try:
+                await self._dead_letter(item, message, peer, reason, received)
+            except Exception:
+                log.exception("could not dead-letter a rejected message")
+                self.stats.errors += 1
+                return self._ack(message, False, False, "storage unavailable; resend later", code="207")
+            rejected = not isinstance(error, Hl7MappingError) and error.error_code != "207"
+            return self._ack(message, False, rejected, str(error), code=error.error_code, location=error.location)
+        records: list[Record] = [
+            r
+            for m in mapped
+            for r in m.records
+            # the store keeps the first Patient row (insert-or-ignore); an ORU repeating a stored patient adds nothing
+            if not (isinstance(r, Patient) and m.message.message_type == "ORU" and r.patient_id in self._known_patients)
+        ]
+        supported = any(m.supported for m in mapped)
+        raw = RawMessage(
+            source_system=message.source_system[:200],
+            source_id=message.control_id[:400],
+            payload=item,
+            content_type=CONTENT_TYPE,
+            received=received,
+            status="accepted",
+            reason="; ".join(n for m in mapped for n in m.notes)[:2000] or None,
+        )
+        try:
+            if not supported:
+                await self._commit(_Job("log", raw, status="unmapped", reason=mapped[0].notes[0]))
+                self.stats.unmapped += 1
+                return self._ack(message, True, False, "stored; message type not mapped to records")
+            result: WriteResult = await self._commit(_Job("write", raw, records=records))
+        except Exception:
+            log.exception("storing message %s failed", message.control_id)
+            self.stats.errors += 1
+            return self._ack(message, False, False, "storage unavailable; resend later", code="207")
+        if result.raw_duplicate:
+            self.stats.duplicates += 1
+            return self._ack(message, True, False, "duplicate of a stored message; not stored again")
+        self.stats.accepted += 1
+        self.stats.records += result.inserted
+        if len(self._known_patients) > 100_000:
+            self._known_patients.clear()
+        self._known_patients.update(r.patient_id for r in records if isinstance(r, Patient))
+        if self.on_stored is not None and records:
+            batch = StoredBatch(records, received_monotonic)
+            try:
+                while self.on_stored(batch) is False:
+                    await asyncio.sleep(0.005)
+            except Exception:
+                log.exception("on_stored subscriber failed")
+        return self._ack(message, True, False)
+
+
+def _salvage_header(payload: bytes) -> Hl7Message | None:
+    """The MSH of a payload that failed to decode or parse, read leniently, so the NAK can reference it."""
+    try:
+        text = payload.decode("latin-1").removeprefix("\xef\xbb\xbf")
+        first = text.replace("\n", "\r").split("\r", 1)[0]
+        return parse_message(first)
+    except Exception:
+        return None
+
+
+class MllpClient:
+    """An asyncio MLLP client: send messages (optionally pipelined) and read the ACKs."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout_s: float = 30.0) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.timeout_s = timeout_s
+
+    @classmethod
+    async def connect(
+        cls, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None, timeout_s: float = 30.0
+    ) -> MllpClient:
+        """Open a connection."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context, limit=1 << 20), timeout_s
+        )
+        return cls(reader, writer, timeout_s=timeout_s)
+
+    async def send_frame(self, message: bytes | str) -> None:
+        """Send one framed message without waiting for its ACK."""
+        self._writer.write(frame(message))
+        await self._writer.drain()
+
+    async def read_ack(self) -> str:
+        """Read the next ACK (decoded text, without framing)."""
+        data = await asyncio.wait_for(self._reader.readuntil(END_BLOCK), self.timeout_s)
+        return data[data.find(START_BLOCK) + 1 : -2].decode("utf-8", errors="replace")
+
+    async def send(self, message: bytes | str) -> str:
+        """Send one message and return its ACK."""
+        await self.send_frame(message)
+        return await self.read_ack()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> MllpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

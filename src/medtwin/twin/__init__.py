@@ -1,0 +1,8 @@
+"""Twins (floor 2): PatientTwin with its components, and the TwinRuntime that keeps twins in sync with the store."""
+
+from __future__ import annotations
+
+from medtwin.twin.patient import News2Forecast, PatientTwin, VitalsComponent
+from medtwin.twin.runtime import RuntimeStore, TwinRuntime
+
+__all__ = ["News2Forecast", "PatientTwin", "RuntimeStore", "TwinRuntime", "VitalsComponent"]

@@ -1,0 +1,231 @@
+"""TwinRuntime: routes stored observations to their patient's twin, persists events and snapshots, publishes events.
+
+The runtime works off the ingest path: :meth:`TwinRuntime.submit` queues a committed batch (bounded queue, so a
+runtime that falls behind slows the listener instead of growing memory) and a worker thread takes every batch
+waiting, updates the twins, stores the events and NEWS2 Observations of the whole group in one transaction and calls
+the in-process subscribers. :meth:`process` does the same
+synchronously (tests, batch replays).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from medtwin.monitoring import DEFAULT_FRESHNESS, AlertRules
+from medtwin.records import Event, Observation, Record
+from medtwin.twin.patient import PatientTwin, VitalsComponent
+
+__all__ = ["RuntimeStore", "TwinRuntime"]
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[Event], None]
+
+
+class RuntimeStore(Protocol):
+    """What the runtime needs from storage (a :class:`medtwin.store.Store` satisfies it)."""
+
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Store events."""
+        ...
+
+    def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
+        """Acknowledge / resolve an event."""
+        ...
+
+    def save_snapshot(self, twin_id: str, blob: bytes, at: datetime) -> None:
+        """Store a twin snapshot."""
+        ...
+
+    def latest_snapshot(self, twin_id: str) -> tuple[datetime, bytes] | None:
+        """The newest snapshot of a twin."""
+        ...
+
+
+class TwinRuntime:
+    """Keeps one :class:`PatientTwin` per patient up to date with the stored observations."""
+
+    def __init__(
+        self,
+        store: RuntimeStore | None = None,
+        *,
+        freshness: timedelta = DEFAULT_FRESHNESS,
+        rules: AlertRules = AlertRules(),
+        snapshot_every: timedelta = timedelta(minutes=1),
+        queue_size: int = 10_000,
+        group_window_s: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.freshness = freshness
+        self.rules = rules
+        self.snapshot_every = snapshot_every
+        self.group_window_s = group_window_s
+        self.twins: dict[str, PatientTwin] = {}
+        self._subscribers: list[Subscriber] = []
+        self._queue: queue.Queue[tuple[Sequence[Record], float] | None] = queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._last_snapshot: dict[str, float] = {}
+        self.alert_latencies_s: deque[float] = deque(maxlen=100_000)
+        self.events_published = 0
+        self.busy_s = 0.0
+
+    # -- subscription --------------------------------------------------------------------------------------
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call *callback* with every new event (in the runtime's thread); returns an unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    # -- twins ---------------------------------------------------------------------------------------------
+    def twin(self, patient_id: str) -> PatientTwin:
+        """The twin of *patient_id* (restored from its latest snapshot, or new)."""
+        with self._lock:
+            twin = self.twins.get(patient_id)
+            if twin is None:
+                vitals = VitalsComponent(patient_id, freshness=self.freshness, rules=self.rules)
+                snap = self.store.latest_snapshot(f"patient:{patient_id}") if self.store is not None else None
+                twin = PatientTwin.restore(snap[1], vitals=vitals) if snap else PatientTwin(patient_id, vitals=vitals)
+                self.twins[patient_id] = twin
+            return twin
+
+    # -- processing ----------------------------------------------------------------------------------------
+    def process(self, records: Sequence[Record], *, received_monotonic: float | None = None) -> list[Event]:
+        """Route *records* to the twins now; store and publish the resulting events; return them."""
+        return self._process_many([(records, received_monotonic)])
+
+    def _process_many(self, items: Sequence[tuple[Sequence[Record], float | None]]) -> list[Event]:
+        events: list[Event] = []
+        to_write: list[Record] = []
+        cleared: list[str] = []
+        touched: dict[str, PatientTwin] = {}
+        with self._lock:
+            for records, received in items:
+                by_patient: dict[str, list[Observation]] = {}
+                for r in records:
+                    if isinstance(r, Observation):
+                        by_patient.setdefault(r.patient_id, []).append(r)
+                for patient_id, observations in by_patient.items():
+                    twin = self.twin(patient_id)
+                    touched[patient_id] = twin
+                    new = twin.observe(observations)
+                    events.extend(new)
+                    to_write.extend(new)
+                    vitals = twin.vitals
+                    if any(e.code == "news2" for e in new) and vitals.last_news2_observation is not None:
+                        to_write.append(vitals.last_news2_observation)
+                    cleared.extend(vitals.cleared)
+                    vitals.cleared = []
+                    if received is not None:
+                        latency = time.monotonic() - received
+                        self.alert_latencies_s.extend(latency for e in new if e.kind == "alert")
+            self._persist(to_write, cleared, list(touched.values()))
+        for event in events:
+            self.events_published += 1
+            for callback in list(self._subscribers):
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("event subscriber failed")
+        return events
+
+    def _persist(self, to_write: list[Record], cleared: list[str], twins: list[PatientTwin]) -> None:
+        if self.store is None:
+            return
+        write = getattr(self.store, "write", None)
+        if to_write:
+            if write is not None:
+                write(to_write)  # events and NEWS2 observations of the whole group: one transaction
+            else:
+                self.store.add_events([r for r in to_write if isinstance(r, Event)])
+        for event_id in cleared:
+            try:
+                self.store.update_event_status(event_id, "resolved", by="medtwin.twin")
+            except KeyError:
+                log.warning("resolved alert %s is not stored", event_id)
+        now = time.monotonic()
+        for twin in twins:
+            if now - self._last_snapshot.get(twin.patient_id, 0.0) >= self.snapshot_every.total_seconds():
+                self._last_snapshot[twin.patient_id] = now
+                self.store.save_snapshot(twin.twin_id, twin.snapshot(), datetime.now(UTC))
+
+    def acknowledge(self, event_id: str, *, by: str | None = None) -> Event | None:
+        """Acknowledge an alert in the store (an escalation of it will still fire)."""
+        return None if self.store is None else self.store.update_event_status(event_id, "acknowledged", by=by)
+
+    # -- background worker ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread that drains :meth:`submit`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="twin-runtime", daemon=True)
+            self._thread.start()
+
+    def submit(self, records: Sequence[Record], received_monotonic: float | None = None) -> None:
+        """Queue committed *records* for the worker (blocks when the queue is full: backpressure)."""
+        self._queue.put((records, received_monotonic if received_monotonic is not None else time.monotonic()))
+
+    def offer(self, records: Sequence[Record], received_monotonic: float | None = None) -> bool:
+        """Queue *records* if there is room; False when the queue is full (for callers that must not block,
+        such as the MLLP server's event loop, which then waits and offers again)."""
+        try:
+            self._queue.put_nowait(
+                (records, received_monotonic if received_monotonic is not None else time.monotonic())
+            )
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            stop = False
+            # collect for a short window: one transaction for the group instead of one per message keeps the
+            # runtime's writes from competing with the listener's commits for the (single) SQLite writer
+            until = time.monotonic() + self.group_window_s
+            while len(group) < 512:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            started = time.perf_counter()
+            try:
+                self._process_many([(records, received) for records, received in group])
+            except Exception:
+                log.exception("twin runtime failed on a group of %d batches", len(group))
+            finally:
+                self.busy_s += time.perf_counter() - started
+                for _ in group:
+                    self._queue.task_done()
+            if stop:
+                self._queue.task_done()
+                return
+
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait until everything submitted so far is processed (up to *timeout_s*)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Process what is queued, stop the worker, and snapshot every twin."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(30)
+            self._thread = None
+        if self.store is not None:
+            with self._lock:
+                for twin in self.twins.values():
+                    self.store.save_snapshot(twin.twin_id, twin.snapshot(), datetime.now(UTC))
