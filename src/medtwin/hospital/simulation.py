@@ -1,0 +1,542 @@
+"""Discrete-event simulation of patient flow through one hospital, on SimPy.
+
+Pathways. ED arrivals follow a non-stationary Poisson process (hour-of-week rates). While the ED is
+on diversion (patients waiting plus boarding >= the threshold) an ambulance arrival is diverted.
+Others wait for a treatment space by triage category, then first come first served; a waiting
+patient whose patience runs out leaves without being seen (LWBS). After treatment a patient goes
+home or, with the configured probabilities, is admitted to an inpatient unit; until a bed there
+is free the patient keeps the ED space (boarding). An inpatient stay lasts the unit's length of
+stay; the patient then goes home or transfers (ward <-> ICU, ...), holding the current bed until
+the next one is free (access block). Elective admissions arrive on a weekly schedule and are
+cancelled when no bed frees within the grace period. A unit's staffed beds follow its nurse
+roster: min(beds, nurses x ratio), changed at each shift start (nobody is moved out of a bed).
+
+Random numbers (common random numbers). One ``numpy.random.SeedSequence(seed, spawn_key=(rep,))``
+per replication spawns independent streams for arrivals, ED patients, elective patients and the
+starting census. Every patient's uniforms are drawn up front (one row per patient) and turned into
+durations and decisions by inverse CDF, so two scenarios run with the same seed see the same
+patients with the same needs: only the hospital's response differs.
+
+Outputs are time-integrated exactly: each unit's occupancy is integrated at every change, so the
+area under the occupancy curve equals the sum of the stays' clipped durations (Little's law,
+L = lambda W, holds exactly on the run). Hourly snapshots give occupancy for forecasts.
+
+Reference: the model structure follows the common ED/inpatient flow models reviewed in
+Vázquez-Serrano J.I., Peimbert-García R.E., Cárdenas-Barrón L.E. (2021) "Discrete-event simulation
+modeling in healthcare: a comprehensive review", Int J Environ Res Public Health 18(22):12262,
+doi:10.3390/ijerph182212262. Valid for capacity planning at the hour-to-months scale; not a model of
+individual clinical decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import numpy.typing as npt
+import simpy
+
+from medtwin.errors import ValidationError
+from medtwin.hospital.beds import BedPool
+from medtwin.hospital.config import HOURS_PER_WEEK, HospitalConfig
+
+__all__ = [
+    "CensusEntry",
+    "ReplicationResult",
+    "SimulationError",
+    "simulate",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+_Proc = Generator[simpy.Event, object, None]
+
+# fixed uniform columns of one ED patient's row; the stays follow (two columns each)
+_COL_AMBULANCE, _COL_PATIENCE, _COL_TREAT, _COL_ADMIT, _COL_TRIAGE, _FIXED = 0, 1, 2, 3, 4, 5
+
+
+class SimulationError(ValidationError):
+    """Simulation inputs that cannot be run (negative horizon, census in an unknown unit, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CensusEntry:
+    """A patient present at the start of a run: in *unit* (the ED or a unit) for *elapsed_h* hours."""
+
+    unit: str
+    elapsed_h: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicationResult:
+    """Everything one replication measured after warm-up.
+
+    Arrays indexed by unit follow ``unit_names`` (the ED first). ``occupancy[u, h]`` is the number of
+    patients in unit *u* at the end of hour *h* (h = 0 .. horizon-1; in the ED: everybody present,
+    waiting, in treatment or boarding); ``capacity[u, h]`` the staffed beds (ED: spaces) then;
+    ``area_h[u]`` the integral of occupancy over the horizon (patient-hours); ``ed_waits_h`` the
+    waits for an ED space (arrival order of being seen) with ``ed_wait_triage`` their categories. ``stays`` (only with
+    ``record_stays``) has one row per unit stay: patient, route (0 ED arrival, 1 elective, 2 census),
+    unit, start, end (NaN if still in the unit), next unit (-1 = home, -2 = left without being seen,
+    -3 still there), all times in hours from the run start.
+    """
+
+    unit_names: tuple[str, ...]
+    seed: int
+    replication: int
+    warmup_h: float
+    horizon_h: float
+    occupancy: IntArray
+    capacity: IntArray
+    area_h: FloatArray
+    ed_waits_h: FloatArray
+    ed_wait_triage: IntArray
+    boarding_h: FloatArray
+    ed_arrivals: int
+    lwbs: int
+    diverted: int
+    diversion_h: float
+    electives_scheduled: int
+    electives_cancelled: int
+    admissions: int
+    staff_hours: float
+    patient_events: int
+    stays: FloatArray | None = None
+
+
+class _Run:
+    """State of one replication (one SimPy environment)."""
+
+    def __init__(
+        self,
+        config: HospitalConfig,
+        *,
+        seed: int,
+        replication: int,
+        horizon_h: float,
+        warmup_h: float,
+        start_how_h: float,
+        census: Sequence[CensusEntry],
+        record_stays: bool,
+    ) -> None:
+        self.cfg = config
+        self.env = simpy.Environment()
+        self.warmup = warmup_h
+        self.end = warmup_h + horizon_h
+        self.start_how = start_how_h
+        self.record = record_stays
+        self.stays: list[tuple[float, float, float, float, float, float]] = []
+        self.active: dict[int, tuple[int, int, float]] = {}
+        self.names = config.unit_names
+        n_units = len(self.names)
+        self.max_stays = config.max_stays
+        env = self.env
+        # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
+        self.pools = [BedPool(env, config.ed.spaces, count_waiting=True)] + [BedPool(env, u.beds) for u in config.units]
+        index = {name: i for i, name in enumerate(self.names)}
+        self.index = index
+        self.transfer_cum: list[list[float]] = []
+        self.transfer_to: list[list[int]] = []
+        for u in config.units:
+            targets = [(index[k], p) for k, p in u.transfers.items() if p > 0]
+            self.transfer_to.append([t for t, _ in targets])
+            self.transfer_cum.append(list(np.cumsum([p for _, p in targets])))
+        streams = np.random.SeedSequence(seed, spawn_key=(replication,)).spawn(4)
+        rng_arr, rng_ed, rng_el, rng_census = (np.random.default_rng(s) for s in streams)
+        width = _FIXED + 2 * self.max_stays
+        # arrivals: unit-rate points, enough for the whole run (Poisson tail bound + margin)
+        total = config.arrivals.expected_arrivals(start_how_h, self.end)
+        n_pts = int(total + 10.0 * math.sqrt(total) + 50)
+        pts = np.cumsum(rng_arr.exponential(1.0, n_pts))
+        while pts[-1] < total:  # practically never: extend deterministically from the same stream
+            pts = np.concatenate((pts, pts[-1] + np.cumsum(rng_arr.exponential(1.0, n_pts))))
+        self.arrivals = config.arrivals.arrival_times(pts, start_how_h, self.end)
+        n = self.arrivals.size
+        u_ed = rng_ed.random((n, width))
+        self.ambulance = u_ed[:, _COL_AMBULANCE] < config.ed.ambulance_fraction
+        self.patience = (
+            np.full(n, np.inf) if config.ed.patience is None else config.ed.patience.ppf(u_ed[:, _COL_PATIENCE])
+        )
+        self.treat = config.ed.treatment.ppf(u_ed[:, _COL_TREAT])
+        admit_to = [index[k] for k, p in config.ed.admit.items() if p > 0]
+        admit_cum = np.cumsum([p for k, p in config.ed.admit.items() if p > 0])
+        pick = np.searchsorted(admit_cum, u_ed[:, _COL_ADMIT], side="right")
+        self.admit_unit = np.where(pick < len(admit_to), np.asarray([*admit_to, -1], dtype=np.int64)[pick], -1).tolist()
+        self.u_ed_stays = u_ed[:, _FIXED:]
+        triage_cum = np.cumsum(config.ed.triage_mix)
+        self.triage_l = np.minimum(
+            np.searchsorted(triage_cum / triage_cum[-1], u_ed[:, _COL_TRIAGE], side="right"),
+            len(triage_cum) - 1,
+        ).tolist()
+        self.los_ppf = [config.ed.treatment.ppf_scalar] + [u.los.ppf_scalar for u in config.units]
+        self.treat_l = self.treat.tolist()
+        self.arrival_l = self.arrivals.tolist()
+        self.n_arrivals_total = len(self.arrival_l)
+        self.patience_l = self.patience.tolist()
+        self.amb_l = self.ambulance.tolist()
+        # electives
+        self.elective_times: list[tuple[float, int]] = []
+        for slot in config.electives:
+            first = (slot.weekday * 24 + slot.hour - start_how_h) % HOURS_PER_WEEK
+            t = first
+            while t < self.end:
+                self.elective_times.extend([(t, index[slot.unit])] * slot.count)
+                t += HOURS_PER_WEEK
+        self.elective_times.sort()
+        u_el = rng_el.random((len(self.elective_times), 2 * self.max_stays))
+        self.u_el_stays = u_el
+        # census
+        self.census = list(census)
+        u_c = rng_census.random((len(self.census), 2 + 2 * self.max_stays))
+        self.census_remaining: list[float] = []
+        for j, entry in enumerate(self.census):
+            if entry.unit not in index:
+                raise SimulationError(f"census entry {j} is in unknown unit {entry.unit!r}; known {self.names}")
+            if not entry.elapsed_h >= 0:
+                raise SimulationError(f"census entry {j}: elapsed_h must be >= 0, got {entry}")
+            dist = config.ed.treatment if entry.unit == config.ed.name else config.unit(entry.unit).los
+            rem = dist.residual_ppf(np.asarray([u_c[j, 0]]), np.asarray([entry.elapsed_h]))
+            self.census_remaining.append(float(rem[0]))
+        self.u_c_stays = u_c[:, 2:]
+        self.admit_to = admit_to
+        self.c_admit = np.searchsorted(admit_cum, u_c[:, 1], side="right").tolist()
+        # outputs
+        hours = math.ceil(horizon_h)
+        self.occ = np.zeros((n_units, hours), dtype=np.int64)
+        self.cap = np.zeros((n_units, hours), dtype=np.int64)
+        self.area_at_warmup = np.zeros(n_units)
+        self.waits: list[float] = []
+        self.wait_triage: list[int] = []
+        self.boarding: list[float] = []
+        self.n_arrivals = self.n_lwbs = self.n_diverted = 0
+        self.n_el = self.n_el_cancel = self.n_admissions = 0
+        self.events = 0
+        self.crowd = 0
+        self.diverting = False
+        self.div_area = 0.0
+        self.div_last = 0.0
+        self.div_at_warmup = 0.0
+        self.next_patient = 0
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _crowd_change(self, delta: int) -> None:
+        self.crowd += delta
+        threshold = self.cfg.ed.divert_threshold
+        if threshold is None:
+            return
+        now = self.env.now
+        if self.diverting:
+            self.div_area += now - self.div_last
+        self.div_last = now
+        self.diverting = self.crowd >= threshold
+
+    def _open(self, pid: int, route: int, unit: int, start: float) -> None:
+        if self.record:
+            self.active[pid] = (route, unit, start)
+
+    def _stay(self, pid: int, route: int, unit: int, start: float, end: float, nxt: int) -> None:
+        if self.record:
+            self.stays.append((pid, route, unit, start, end, nxt))
+            self.active.pop(pid, None)
+
+    # -- processes ------------------------------------------------------------------------------
+    # ED patients are driven by event callbacks rather than one SimPy process each: most of them
+    # need only an arrival and an end of treatment, and a process would cost three more events.
+    def _next_arrival(self, i: int) -> None:
+        if i < self.n_arrivals_total:
+            ev = self.env.timeout(self.arrival_l[i] - self.env.now)
+            ev.callbacks.append(partial(self._arrive, i))
+
+    def _arrive(self, i: int, _ev: simpy.Event | None = None) -> None:
+        self._next_arrival(i + 1)
+        t0 = self.env.now
+        counted = t0 >= self.warmup
+        pid = self.next_patient
+        self.next_patient += 1
+        if counted:
+            self.n_arrivals += 1
+        self.events += 1
+        if self.diverting and self.amb_l[i]:
+            if counted:
+                self.n_diverted += 1
+            return
+        if self.record:
+            self._open(pid, 0, 0, t0)
+        req = self.pools[0].acquire(self.triage_l[i])
+        if req is None:  # a space is free: seen at once, never part of the waiting crowd
+            self._seen(i, pid, t0, False)
+            return
+        self._crowd_change(+1)
+        req.callbacks.append(partial(self._seen, i, pid, t0, True))
+        patience = self.patience_l[i]
+        if patience != math.inf:
+            timer = self.env.timeout(patience)
+            timer.callbacks.append(partial(self._renege, req, pid, t0))
+
+    def _renege(self, req: simpy.Event, pid: int, t0: float, _ev: simpy.Event | None = None) -> None:
+        if req.triggered:  # got a space in time
+            return
+        self.pools[0].cancel(req)
+        self._crowd_change(-1)
+        self.events += 1
+        if t0 >= self.warmup:
+            self.n_lwbs += 1
+        self._stay(pid, 0, 0, t0, self.env.now, -2)
+
+    def _seen(self, i: int, pid: int, t0: float, waited: bool, _ev: simpy.Event | None = None) -> None:
+        env = self.env
+        if waited:
+            self._crowd_change(-1)
+        self.events += 1
+        if t0 >= self.warmup:
+            self.waits.append(env.now - t0)
+            self.wait_triage.append(self.triage_l[i])
+        done = env.timeout(self.treat_l[i])
+        done.callbacks.append(partial(self._treated, i, pid, t0))
+
+    def _treated(self, i: int, pid: int, t0: float, _ev: simpy.Event | None = None) -> None:
+        unit = self.admit_unit[i]
+        if unit < 0:
+            self.events += 1
+            self.pools[0].release()
+            if self.record:
+                self._stay(pid, 0, 0, t0, self.env.now, -1)
+            return
+        self.env.process(self.inpatient(pid, 0, unit, 0, t0, self.u_ed_stays[i]))
+
+    def inpatient(
+        self,
+        pid: int,
+        route: int,
+        unit: int,
+        holding: int,
+        hold_start: float,
+        u: FloatArray,
+        first_los: float | None = None,
+        start: float | None = None,
+    ) -> _Proc:
+        """Stays of one patient from a bed request in *unit*, holding unit *holding* (-1: none).
+
+        With *start* given the patient already has the bed in *unit* since time *start* (an
+        elective admitted at once, a census patient); *first_los* then overrides the first LoS.
+        *u* holds the patient's uniforms: stay k's LoS from ``u[2k]``, its transfer from ``u[2k+1]``.
+        """
+        env = self.env
+        for k in range(self.max_stays):
+            pool = self.pools[unit]
+            if k > 0 or start is None:
+                t_decide = env.now
+                boarding = holding == 0
+                if boarding:
+                    self._crowd_change(+1)
+                req = pool.acquire()
+                if req is not None:
+                    yield req
+                self.events += 1
+                if holding >= 0:
+                    self.pools[holding].release()
+                    self._stay(pid, route, holding, hold_start, env.now, unit)
+                if self.record:
+                    self._open(pid, route, unit, env.now)
+                if boarding:
+                    self._crowd_change(-1)
+                    if t_decide >= self.warmup:
+                        self.boarding.append(env.now - t_decide)
+                if k == 0 and t_decide >= self.warmup:
+                    self.n_admissions += 1
+                start = env.now
+            yield env.timeout(first_los if (k == 0 and first_los is not None) else self.los_ppf[unit](u[2 * k]))
+            nxt = -1
+            if k + 1 < self.max_stays:
+                cum = self.transfer_cum[unit - 1]
+                j = bisect_right(cum, u[2 * k + 1])
+                if j < len(cum):
+                    nxt = self.transfer_to[unit - 1][j]
+            if nxt < 0:
+                pool.release()
+                self.events += 1
+                self._stay(pid, route, unit, start, env.now, -1)
+                return
+            holding, hold_start, unit = unit, start, nxt
+
+    def elective_proc(self) -> _Proc:
+        env = self.env
+        for j, (t, unit) in enumerate(self.elective_times):
+            yield env.timeout(t - env.now)
+            env.process(self.elective_patient(j, unit))
+
+    def elective_patient(self, j: int, unit: int) -> _Proc:
+        env = self.env
+        counted = env.now >= self.warmup
+        pid = self.next_patient
+        self.next_patient += 1
+        if counted:
+            self.n_el += 1
+        pool = self.pools[unit]
+        req = pool.acquire()
+        if req is not None:
+            yield req | env.timeout(self.cfg.elective_grace_h)
+            if not req.triggered:
+                pool.cancel(req)
+                if counted:
+                    self.n_el_cancel += 1
+                return
+        self.events += 2
+        if counted:
+            self.n_admissions += 1
+        self._open(pid, 1, unit, env.now)
+        yield from self.inpatient(pid, 1, unit, -1, env.now, self.u_el_stays[j], start=env.now)
+
+    def census_patient(self, j: int) -> _Proc:
+        env = self.env
+        pid = self.next_patient
+        self.next_patient += 1
+        unit = self.index[self.census[j].unit]
+        start = -self.census[j].elapsed_h
+        self._open(pid, 2, unit, start)
+        if unit == 0:
+            yield env.timeout(self.census_remaining[j])
+            pick = self.c_admit[j]
+            if pick >= len(self.admit_to):
+                self.pools[0].release()
+                self._stay(pid, 2, 0, start, env.now, -1)
+                return
+            yield from self.inpatient(pid, 2, self.admit_to[pick], 0, start, self.u_c_stays[j])
+            return
+        # the patient already holds a bed in *unit*: the first stay is the residual one
+        yield from self.inpatient(pid, 2, unit, -1, start, self.u_c_stays[j], self.census_remaining[j], start)
+
+    def clock_proc(self) -> _Proc:
+        env = self.env
+        hours = self.occ.shape[1]
+        if self.warmup > 0:
+            yield env.timeout(self.warmup - env.now)
+        self._snapshot_warmup()
+        # the last snapshot (at the end of the run) is taken by run() after the clock stops
+        for h in range(hours - 1):
+            yield env.timeout(self.warmup + h + 1 - env.now)
+            self._snapshot(h)
+
+    def _snapshot(self, h: int) -> None:
+        for u, pool in enumerate(self.pools):
+            self.occ[u, h] = pool.present
+            self.cap[u, h] = pool.capacity
+
+    def staffing_proc(self, unit: int) -> _Proc:
+        env = self.env
+        cfg = self.cfg.units[unit - 1]
+        st = cfg.staffing
+        assert st is not None
+        pool = self.pools[unit]
+        while True:
+            hod = (self.start_how + env.now) % 24.0
+            pool.set_capacity(min(cfg.beds, int(st.nurses_at(hod) * st.patients_per_nurse)))
+            since = (hod - st.first_shift_start_h) % st.shift_h
+            yield env.timeout(st.shift_h - since)
+
+    def _snapshot_warmup(self) -> None:
+        for u, pool in enumerate(self.pools):
+            pool._integrate()
+            self.area_at_warmup[u] = pool.area
+        if self.diverting:
+            self.div_area += self.env.now - self.div_last
+        self.div_last = self.env.now
+        self.div_at_warmup = self.div_area
+
+    def run(self) -> None:
+        env = self.env
+        for i in range(1, len(self.pools)):
+            if self.cfg.units[i - 1].staffing is not None:
+                env.process(self.staffing_proc(i))
+        # census patients take their places before anything else happens
+        for j, entry in enumerate(self.census):
+            self.pools[self.index[entry.unit]].occupied += 1
+            env.process(self.census_patient(j))
+        self._next_arrival(0)
+        env.process(self.elective_proc())
+        env.process(self.clock_proc())
+        env.run(until=self.end)
+        self._snapshot(self.occ.shape[1] - 1)
+        for pid, (route, unit, start) in self.active.items():
+            self.stays.append((pid, route, unit, start, math.nan, -3))
+        for pool in self.pools:
+            pool._integrate()
+        if self.diverting:
+            self.div_area += env.now - self.div_last
+
+
+def simulate(
+    config: HospitalConfig,
+    *,
+    seed: int,
+    replication: int = 0,
+    horizon_h: float,
+    warmup_h: float = 0.0,
+    start_how_h: float = 0.0,
+    census: Sequence[CensusEntry] = (),
+    record_stays: bool = False,
+) -> ReplicationResult:
+    """Run one replication of *config* for *horizon_h* hours after *warmup_h* hours of warm-up.
+
+    *seed* and *replication* fix every random number (``SeedSequence(seed, spawn_key=(replication,))``);
+    *start_how_h* is the hour of the week at time 0 (0 = Monday 00:00 UTC); *census* lists the
+    patients present at time 0 (the starting state of a forecast). With *record_stays* the result
+    carries the log of every unit stay (used for synthetic histories and Little's-law checks).
+    """
+    if not (horizon_h > 0 and warmup_h >= 0 and math.isfinite(horizon_h + warmup_h)):
+        raise SimulationError(f"horizon_h must be > 0 and warmup_h >= 0, got {horizon_h} and {warmup_h}")
+    if seed < 0 or replication < 0:
+        raise SimulationError(f"seed and replication must be >= 0, got {seed}, {replication}")
+    run = _Run(
+        config,
+        seed=seed,
+        replication=replication,
+        horizon_h=horizon_h,
+        warmup_h=warmup_h,
+        start_how_h=start_how_h % HOURS_PER_WEEK,
+        census=census,
+        record_stays=record_stays,
+    )
+    run.run()
+    areas = np.asarray([p.area for p in run.pools]) - run.area_at_warmup
+    return ReplicationResult(
+        unit_names=run.names,
+        seed=seed,
+        replication=replication,
+        warmup_h=warmup_h,
+        horizon_h=horizon_h,
+        occupancy=run.occ,
+        capacity=run.cap,
+        area_h=areas,
+        ed_waits_h=np.asarray(run.waits, dtype=np.float64),
+        ed_wait_triage=np.asarray(run.wait_triage, dtype=np.int64),
+        boarding_h=np.asarray(run.boarding, dtype=np.float64),
+        ed_arrivals=run.n_arrivals,
+        lwbs=run.n_lwbs,
+        diverted=run.n_diverted,
+        diversion_h=run.div_area - run.div_at_warmup,
+        electives_scheduled=run.n_el,
+        electives_cancelled=run.n_el_cancel,
+        admissions=run.n_admissions,
+        staff_hours=_staff_hours(config, start_how_h % HOURS_PER_WEEK, warmup_h, horizon_h),
+        patient_events=run.events,
+        stays=np.asarray(run.stays, dtype=np.float64).reshape(-1, 6) if record_stays else None,
+    )
+
+
+def _staff_hours(config: HospitalConfig, start_how_h: float, warmup_h: float, horizon_h: float) -> float:
+    """Rostered nurse-hours in the measured window (quarter-hour resolution)."""
+    step = 0.25
+    t = warmup_h + step / 2 + np.arange(round(horizon_h / step), dtype=np.float64) * step
+    hod = (start_how_h + t) % 24.0
+    total = 0.0
+    for unit in config.units:
+        if unit.staffing is not None:
+            st = unit.staffing
+            idx = (((hod - st.first_shift_start_h) % 24.0) // st.shift_h).astype(np.int64)
+            total += float(np.sum(np.asarray(st.nurses_per_shift)[idx])) * step
+    return total
