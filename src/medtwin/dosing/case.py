@@ -50,11 +50,71 @@ __all__ = [
 ]
 
 _PLAUSIBLE_MIN_DOSE_MG = 10.0
+# A bare CrCL below this (mL/min) is likely L/h; a bare SCr above this (mg/dL) is likely umol/L.
+_SUSPECT_CRCL_ML_MIN = 10.0
+_SUSPECT_SCR_MG_DL = 20.0
 _FIELD_UNITS = {"age_y": "a", "weight_kg": "kg", "height_cm": "cm"}
 
 
 class CaseError(ValidationError):
     """A patient case that cannot be used (names the file, entry and field)."""
+
+
+# Keys each part of a case may hold; anything else is refused (a misspelt "duration_h" must not
+# silently turn an infusion into a bolus).  Keys starting with "_" are comments.
+_CASE_KEYS = frozenset(
+    {"patient_id", "model", "origin", "covariates", "covariate_interpolation", "doses", "levels", "target", "regimen"}
+)
+_DOSE_KEYS = frozenset(
+    {"time_h", "time", "amount", "amount_mg", "duration_h", "rate", "interval_h", "additional", "steady_state", "route"}
+)
+_LEVEL_KEYS = frozenset({"time_h", "time", "value", "unit", "id"})
+_REGIMEN_KEYS = frozenset(
+    {
+        "start_h",
+        "intervals_h",
+        "increment_mg",
+        "max_dose_mg",
+        "max_rate_mg_h",
+        "min_duration_h",
+        "loading_dose",
+        "n_doses",
+    }
+)
+_STANDARD_COVARIATE_FIELDS = frozenset({"age_y", "sex", "weight_kg", "height_cm", "scr", "crcl", "dialysis"})
+_TRUE = frozenset({"true", "yes", "1", "1.0"})
+_FALSE = frozenset({"false", "no", "0", "0.0", ""})
+
+
+def _check_keys(entry: Any, allowed: frozenset[str], where: str) -> Mapping[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise CaseError(f"{where}: expected an object, got {entry!r}")
+    unknown = sorted(str(k) for k in entry if str(k) not in allowed and not str(k).startswith("_"))
+    if unknown:
+        raise CaseError(f"{where}: unknown keys {unknown} (known: {', '.join(sorted(allowed))})")
+    return entry
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise CaseError(f"{where}: expected true or false, got {value!r}")
+
+
+def _unitless(raw: Any) -> bool:
+    return not (isinstance(raw, Mapping) and "unit" in raw)
+
+
+def _count(value: Any, where: str) -> int:
+    number = _num(value, where)
+    if number < 0 or number != int(number):
+        raise CaseError(f"{where}: expected a whole number >= 0, got {value!r}")
+    return int(number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +227,12 @@ class _Clock:
             self.origin = self._parse(origin, f"{where}.origin")
         else:
             stamps = [self._parse(e["time"], where) for e in entries if "time" in e]
+            if stamps and any("time_h" in e and "time" not in e for e in entries):
+                # hours count from the origin: guessing it (the earliest datetime) would shift times silently
+                raise CaseError(
+                    f"{where}: some times are hours ('time_h') and some are datetimes ('time'); "
+                    "give 'origin' (the datetime of t=0 h) to relate them"
+                )
             self.origin = min(stamps) if stamps else None
 
     @staticmethod
@@ -184,7 +250,8 @@ class _Clock:
         if "time_h" in entry:
             return _num(entry["time_h"], f"{where}.time_h")
         if "time" in entry:
-            assert self.origin is not None
+            if self.origin is None:
+                raise CaseError(f"{where}.time: a datetime needs 'origin' (the datetime of t=0 h)")
             return (self._parse(entry["time"], f"{where}.time") - self.origin).total_seconds() / 3600
         raise CaseError(f"{where}: give 'time_h' (hours) or 'time' (ISO datetime with zone)")
 
@@ -192,7 +259,10 @@ class _Clock:
 def _covariate(spec: CovariateSpec, raw: Mapping[str, Any], where: str, notes: list[str], warnings: list[str]) -> float:
     if spec.source is not None:
         if spec.source in raw:
-            return _quantity(raw[spec.source], None, spec.unit, f"{where}.{spec.source}", notes)
+            value = _quantity(raw[spec.source], None, spec.unit, f"{where}.{spec.source}", notes)
+            if spec.unit != "1" and value <= 0:  # a weight or a clearance; flags (unit 1) may be 0
+                raise CaseError(f"{where}.{spec.source}: must be > 0 {spec.unit}, got {value:g}")
+            return value
         if spec.default is not None:
             notes.append(f"{spec.name}: not given, model default {spec.default:g} used")
             return spec.default
@@ -203,6 +273,13 @@ def _covariate(spec: CovariateSpec, raw: Mapping[str, Any], where: str, notes: l
     cap = spec.options.get("max_ml_min")
     if "crcl" in raw:
         crcl = _quantity(raw["crcl"], "mL/min", "mL/min", f"{where}.crcl", notes)
+        if crcl <= 0:
+            raise CaseError(f"{where}.crcl: must be > 0 mL/min, got {crcl:g}")
+        if _unitless(raw["crcl"]) and crcl < _SUSPECT_CRCL_ML_MIN:
+            warnings.append(
+                f"{where}.crcl: CrCL {crcl:g} given without a unit is read as mL/min; if it was L/h "
+                f"({crcl:g} L/h = {codes.convert(crcl, 'L/h', 'mL/min'):.4g} mL/min), give the unit"
+            )
         if cap is not None and crcl > float(cap):
             notes.append(f"CrCL {crcl:.4g} mL/min capped at {float(cap):g} mL/min (model rule)")
             crcl = float(cap)
@@ -219,30 +296,49 @@ def _covariate(spec: CovariateSpec, raw: Mapping[str, Any], where: str, notes: l
         value = _num(scr_raw["value"] if isinstance(scr_raw, Mapping) else scr_raw, f"{where}.scr")
         try:
             scr = creatinine_mg_dl(value, unit)
-        except UnitError as exc:
+        except ValidationError as exc:  # UnitError or a non-positive value
             raise CaseError(f"{where}.scr: {exc}") from exc
-        tbw = _quantity(raw["weight_kg"], "kg", "kg", f"{where}.weight_kg", [])
+        if unit != "mg/dL":
+            notes.append(f"{where}.scr: converted {value:g} {unit} to {scr:.4g} mg/dL")
+        if _unitless(scr_raw) and scr > _SUSPECT_SCR_MG_DL:
+            warnings.append(
+                f"{where}.scr: SCr {value:g} given without a unit is read as mg/dL; if it was umol/L "
+                f"({creatinine_mg_dl(value, 'umol/L'):.3g} mg/dL), give the unit"
+            )
+        tbw = _quantity(raw["weight_kg"], "kg", "kg", f"{where}.weight_kg", notes)
         weight_kind = str(spec.options.get("weight", "total"))
         weight = tbw
         if weight_kind in ("ideal", "adjusted"):
             if "height_cm" not in raw:
                 raise CaseError(f"{where}: height_cm needed for the {weight_kind} body weight")
-            h = _quantity(raw["height_cm"], "cm", "cm", f"{where}.height_cm", [])
+            h = _quantity(raw["height_cm"], "cm", "cm", f"{where}.height_cm", notes)
             weight = (
                 ideal_body_weight_kg(height_cm=h, female=female)
                 if weight_kind == "ideal"
                 else adjusted_body_weight_kg(weight_kg=tbw, height_cm=h, female=female)
             )
         floor = spec.options.get("scr_floor_mg_dl")
-        crcl = cockcroft_gault_ml_min(
-            age_y=_quantity(raw["age_y"], "a", "a", f"{where}.age_y", notes),
-            weight_kg=weight,
-            scr_mg_dl=scr,
-            female=female,
-            scr_floor_mg_dl=None if floor is None else float(floor),
-            scr_floor_min_age_y=float(spec.options.get("scr_floor_above_age_y", 0.0)),
-            max_ml_min=None if cap is None else float(cap),
-        )
+        floor_age = float(spec.options.get("scr_floor_above_age_y", 0.0))
+        age = _quantity(raw["age_y"], "a", "a", f"{where}.age_y", notes)
+        if floor is not None and age > floor_age and scr < float(floor):
+            notes.append(
+                f"SCr {scr:.4g} mg/dL raised to the model's floor {float(floor):g} mg/dL "
+                f"(age {age:g} y > {floor_age:g} y; model rule, see erratum) for Cockcroft-Gault"
+            )
+        try:
+            crcl = cockcroft_gault_ml_min(
+                age_y=age,
+                weight_kg=weight,
+                scr_mg_dl=scr,
+                female=female,
+                scr_floor_mg_dl=None if floor is None else float(floor),
+                scr_floor_min_age_y=floor_age,
+            )
+        except ValidationError as exc:
+            raise CaseError(f"{where} (Cockcroft-Gault): {exc}") from exc
+        if cap is not None and crcl > float(cap):
+            notes.append(f"CrCL (Cockcroft-Gault) {crcl:.4g} mL/min capped at {float(cap):g} mL/min (model rule)")
+            crcl = float(cap)
         notes.append(f"CrCL (Cockcroft-Gault, {weight_kind} weight) = {crcl:.4g} mL/min")
     return codes.convert(crcl, "mL/min", spec.unit) if spec.unit != "mL/min" else crcl
 
@@ -390,20 +486,54 @@ def _covariates(
     return out
 
 
+def _unused_covariates(
+    model: PKModel, raw: Mapping[str, Any], source: str, notes: list[str], warnings: list[str]
+) -> None:
+    """Say which case covariates the model ignores; an unknown name is likely a typo (a warning)."""
+    used = set(model.raw_validity)
+    for spec in model.covariates:
+        if spec.source is not None:
+            used.add(spec.source)
+        elif "crcl" in raw:
+            used.add("crcl")
+        else:
+            used |= {"age_y", "sex", "weight_kg", "scr", "crcl"}
+            if str(spec.options.get("weight", "total")) != "total":
+                used.add("height_cm")
+    for key in raw:
+        if key in used or str(key).startswith("_"):
+            continue
+        if key in _STANDARD_COVARIATE_FIELDS:
+            notes.append(f"covariates.{key}: not used by {model.id} (ignored)")
+        else:
+            warnings.append(
+                f"{source}: covariates.{key}: not used by {model.id} and not a standard field "
+                f"({', '.join(sorted(_STANDARD_COVARIATE_FIELDS))}); a typo? It is ignored"
+            )
+
+
 def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCase:
     """Validate a case given as a mapping (the JSON structure)."""
     notes: list[str] = []
     warnings: list[str] = []
+    _check_keys(data, _CASE_KEYS, source)
     if "model" not in data:
         raise CaseError(f"{source}: missing 'model' (a library id or a model-file path)")
     model = load_model(str(data["model"]))
     raw = data.get("covariates", {})
     if not isinstance(raw, Mapping):
         raise CaseError(f"{source}: 'covariates' must be an object")
-    dose_entries = list(data.get("doses", []))
-    level_entries = list(data.get("levels", []))
-    clock = _Clock([*dose_entries, *level_entries], data.get("origin"), source)
+    for section in ("doses", "levels"):
+        if not isinstance(data.get(section, []), list):
+            raise CaseError(f"{source}: {section!r} must be a list of objects")
+    dose_entries = [_check_keys(d, _DOSE_KEYS, f"{source}: doses[{i}]") for i, d in enumerate(data.get("doses", []))]
+    level_entries = [
+        _check_keys(lv, _LEVEL_KEYS, f"{source}: levels[{i}]") for i, lv in enumerate(data.get("levels", []))
+    ]
+    timed_covariates = [e for v in raw.values() if isinstance(v, list) for e in v if isinstance(e, Mapping)]
+    clock = _Clock([*dose_entries, *level_entries, *timed_covariates], data.get("origin"), source)
     covs = _covariates(model, raw, data.get("covariate_interpolation", "locf"), clock, source, notes, warnings)
+    _unused_covariates(model, raw, source, notes, warnings)
     doses: list[Dose] = []
     for i, d in enumerate(dose_entries):
         w = f"{source}: doses[{i}]"
@@ -429,21 +559,35 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
                     duration_h=_quantity(d.get("duration_h", 0.0), "h", "h", f"{w}.duration_h", notes),
                     rate_mg_h=rate,
                     interval_h=_num(d.get("interval_h", 0.0), f"{w}.interval_h"),
-                    additional=int(_num(d.get("additional", 0), f"{w}.additional")),
-                    steady_state=bool(d.get("steady_state", False)),
+                    additional=_count(d.get("additional", 0), f"{w}.additional"),
+                    steady_state=_bool(d.get("steady_state", False), f"{w}.steady_state"),
                     route=str(d.get("route", "iv")),  # type: ignore[arg-type]
                 )
             )
         except ValidationError as exc:
             raise CaseError(f"{w}: {exc}") from exc
+        if doses[-1].route == "oral" and not model.has_depot:
+            raise CaseError(f"{w}.route: an oral dose, but {model.id} has no absorption (ka); use an IV route or model")
     levels: list[Level] = []
     for i, lv in enumerate(level_entries):
         w = f"{source}: levels[{i}]"
         if "value" not in lv:
             raise CaseError(f"{w}: missing 'value'")
-        value = _quantity({"value": lv["value"], "unit": lv.get("unit", "mg/L")}, None, "mg/L", w, notes)
+        raw_value = lv["value"]
+        if not isinstance(raw_value, Mapping):
+            raw_value = {"value": raw_value, "unit": lv.get("unit", "mg/L")}
+        elif "unit" in lv and "unit" in raw_value and str(lv["unit"]) != str(raw_value["unit"]):
+            raise CaseError(f"{w}: two different units, {lv['unit']!r} and {raw_value['unit']!r}")
+        else:
+            raw_value = {"unit": lv.get("unit", "mg/L"), **raw_value}
+        value = _quantity(raw_value, "mg/L", "mg/L", w, notes)
         oid = str(lv["id"]) if "id" in lv else None
-        levels.append(Level(time_h=clock.hours(lv, w), value_mg_l=value, observation_id=oid))
+        try:
+            levels.append(Level(time_h=clock.hours(lv, w), value_mg_l=value, observation_id=oid))
+        except CaseError:
+            raise
+        except ValidationError as exc:
+            raise CaseError(f"{w}: {exc}") from exc
     if doses:
         first = min(d.time_h for d in doses)
         for i, lv2 in enumerate(levels):
@@ -452,8 +596,8 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
     elif levels:
         raise CaseError(f"{source}: levels given but no doses")
     target = parse_target(data.get("target", {"metric": "auc24_ss", "low": 400, "high": 600}), f"{source}: target")
-    reg = data.get("regimen", {})
     w = f"{source}: regimen"
+    reg = _check_keys(data.get("regimen", {}), _REGIMEN_KEYS, w)
     options = RegimenOptions(
         start_h=_num(reg["start_h"], f"{w}.start_h") if "start_h" in reg else None,
         intervals_h=tuple(_num(x, f"{w}.intervals_h") for x in reg.get("intervals_h", [8, 12, 24])),
@@ -461,11 +605,16 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
         max_dose_mg=_num(reg.get("max_dose_mg", 4000.0), f"{w}.max_dose_mg"),
         max_rate_mg_h=_num(reg.get("max_rate_mg_h", 1000.0), f"{w}.max_rate_mg_h"),
         min_duration_h=_num(reg.get("min_duration_h", 1.0), f"{w}.min_duration_h"),
-        loading_dose=bool(reg.get("loading_dose", not doses)),
-        n_doses=int(_num(reg.get("n_doses", 1), f"{w}.n_doses")),
+        loading_dose=_bool(reg.get("loading_dose", not doses), f"{w}.loading_dose"),
+        n_doses=_count(reg.get("n_doses", 1), f"{w}.n_doses"),
     )
     if not options.intervals_h or min(options.intervals_h) <= 0:
         raise CaseError(f"{w}.intervals_h: need positive intervals")
+    for name in ("increment_mg", "max_dose_mg", "max_rate_mg_h", "n_doses"):
+        if getattr(options, name) <= 0:
+            raise CaseError(f"{w}.{name}: must be > 0, got {getattr(options, name):g}")
+    if options.min_duration_h < 0:
+        raise CaseError(f"{w}.min_duration_h: must be >= 0, got {options.min_duration_h:g}")
     return PatientCase(
         patient_id=str(data.get("patient_id", "anonymous")),
         model=model,
@@ -476,8 +625,8 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
         regimen=options,
         origin=clock.origin,
         source=source,
-        warnings=tuple(warnings),
-        notes=tuple(notes),
+        warnings=tuple(dict.fromkeys(warnings)),
+        notes=tuple(dict.fromkeys(notes)),
     )
 
 
@@ -525,7 +674,21 @@ def _csv_to_mapping(path: Path) -> dict[str, Any]:
                 val: Any = r["value"] if r["name"] == "sex" else {"value": r["value"]}
                 if "unit" in r and isinstance(val, dict):
                     val["unit"] = r["unit"]
-                data["covariates"][r["name"]] = val
+                timed = {k: r[k] for k in ("time_h", "time") if k in r}
+                covs = data["covariates"]
+                previous = covs.get(r["name"])
+                if timed:  # one row per observation: a time-varying covariate
+                    if previous is not None and not isinstance(previous, list):
+                        raise CaseError(f"{where}: covariate {r['name']!r} given both with and without a time")
+                    entry = timed | (val if isinstance(val, dict) else {"value": val})
+                    covs[r["name"]] = [*(previous or []), entry]
+                elif previous is not None:
+                    raise CaseError(
+                        f"{where}: covariate {r['name']!r} given twice; give time_h or time on each row "
+                        "for a value that changes"
+                    )
+                else:
+                    covs[r["name"]] = val
             elif kind == "dose":
                 d: dict[str, Any] = {"amount": {"value": r.get("value"), "unit": r.get("unit", "mg")}}
                 for key in ("time_h", "time", "duration_h", "interval_h", "additional", "route"):

@@ -33,6 +33,7 @@ from medtwin.dosing.case import PatientCase
 from medtwin.dosing.covariates import CovariateSeries
 from medtwin.dosing.estimation import MapResult, map_estimate, sir_sample
 from medtwin.dosing.optimize import (
+    STEADY_STATE_METRICS,
     Target,
     dose_for_target,
     maintenance_doses,
@@ -172,6 +173,7 @@ class DosingReport:
                 else v
                 for k, v in self.case.covariates.items()
             },
+            "covariate_units": {spec.name: spec.unit for spec in m.covariates},
             "target": {
                 "metric": t.metric,
                 "value": t.value,
@@ -210,6 +212,7 @@ class DosingReport:
         m = self.case.model
         t = self.case.target
         unit = _METRIC_UNITS[t.metric]
+        units = {spec.name: spec.unit for spec in m.covariates}
         lines = [
             f"medtwin dosing report - patient {self.case.patient_id}",
             f"Model: {m.title} ({m.id})",
@@ -220,7 +223,9 @@ class DosingReport:
             *(f"  Unverified: {u}" for u in m.unverified),
             "Covariates: "
             + ", ".join(
-                f"{k}={v:.4g}" if not isinstance(v, CovariateSeries) else f"{k}=time-varying (see notes)"
+                (f"{k}={v:.4g}" + (f" {units[k]}" if units.get(k, "1") != "1" else ""))
+                if not isinstance(v, CovariateSeries)
+                else f"{k}=time-varying (see notes)"
                 for k, v in self.case.covariates.items()
             ),
             f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} (acceptable {t.low:g}-{t.high:g})"
@@ -262,10 +267,14 @@ class DosingReport:
                 f"({main['p05']:.4g} - {main['p95']:.4g}), PTA {100 * p.pta:.0f}%"
             )
         r = self.recommended
+        first = (
+            f"first dose at t={r.start_h:g} h"
+            if self.loading_dose is None
+            else f"first maintenance dose at t={self.loading_dose['maintenance_start_h']:g} h, after the loading dose"
+        )
         lines.append(
             f"PROPOSAL: {r.amount_mg:g} mg every {r.interval_h:g} h, infused over "
-            f"{r.duration_h:g} h, first dose at t={r.start_h:g} h "
-            f"(exact {r.exact_amount_mg:.4g} mg before rounding)."
+            f"{r.duration_h:g} h, {first} (exact {r.exact_amount_mg:.4g} mg before rounding)."
         )
         if self.loading_dose is not None:
             ld = self.loading_dose
@@ -353,7 +362,7 @@ def _metrics(
     wanted = ("auc24_ss", "trough_ss", "peak_ss") + (("time_to_threshold_ss",) if t.threshold_mg_l else ())
     out = steady_state_metrics(
         m,
-        cov,
+        covariates_at(cov, start),  # steady state of the patient as at the proposed start
         amount_mg=amount,
         interval_h=interval,
         duration_h=duration,
@@ -417,10 +426,15 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         tau = last.interval_h if last.interval_h > 0 else (times[-1] - times[-2] if len(times) > 1 else 0.0)
         if tau > 0 and last.infusion_duration_h <= tau:
             cur_map = steady_state_metrics(
-                model, cov, amount_mg=last.amount_mg, interval_h=tau, duration_h=last.infusion_duration_h, etas=e1
+                model, cov_now, amount_mg=last.amount_mg, interval_h=tau, duration_h=last.infusion_duration_h, etas=e1
             )
             cur_s = steady_state_metrics(
-                model, cov, amount_mg=last.amount_mg, interval_h=tau, duration_h=last.infusion_duration_h, etas=samples
+                model,
+                cov_now,
+                amount_mg=last.amount_mg,
+                interval_h=tau,
+                duration_h=last.infusion_duration_h,
+                etas=samples,
             )
             current = {
                 "amount_mg": last.amount_mg,
@@ -448,7 +462,8 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
             )
             proposed = maintenance_doses(start_h=start, amount_mg=1.0, interval_h=tau, n_doses=n_doses, duration_h=dur)
             try:
-                exact = float(dose_for_target(model, cov, given, proposed, tgt, e1)[0])
+                cov_target = cov_now if target.metric in STEADY_STATE_METRICS else cov
+                exact = float(dose_for_target(model, cov_target, given, proposed, tgt, e1)[0])
             except ValidationError as exc:
                 warnings.append(f"q{tau:g}h: {exc}")
                 break
@@ -523,6 +538,18 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
     t0 = min([0.0, *(d.time_h for d in given)])
     grid = np.linspace(t0, horizon, 301)
     plan = [*given, *best.doses(n_doses=math.ceil((horizon - start) / best.interval_h) + 1)]
+    if loading is not None:  # the plot shows what is proposed: loading dose, then maintenance
+        plan = [
+            *given,
+            Dose(time_h=start, amount_mg=loading["amount_mg"], duration_h=loading["duration_h"]),
+            *maintenance_doses(
+                start_h=loading["maintenance_start_h"],
+                amount_mg=best.amount_mg,
+                interval_h=best.interval_h,
+                n_doses=math.ceil((horizon - loading["maintenance_start_h"]) / best.interval_h) + 1,
+                duration_h=best.duration_h,
+            ),
+        ]
     band_s = predict_concentrations(model, cov, plan, grid, samples[: min(len(samples), 500)])
     band_map = predict_concentrations(model, cov, plan, grid, e1)[0]
     q = np.quantile(band_s, [0.05, 0.5, 0.95], axis=0)
@@ -560,7 +587,9 @@ def to_records(report: DosingReport, *, authored: datetime | None = None) -> lis
         code=case.model.medication.get("code", case.model.drug),
         display=case.model.medication.get("display", case.model.drug),
     )
-    start_dt = origin + timedelta(hours=rec.start_h) if origin is not None else None
+    ld = report.loading_dose
+    first_h = rec.start_h if ld is None else ld["maintenance_start_h"]
+    start_dt = origin + timedelta(hours=first_h) if origin is not None else None
     request_id = f"{case.patient_id}-proposal-{int(now.timestamp())}"
     note = (
         f"medtwin dosing twin proposal from model {case.model.id} (doi:{case.model.doi}); "
@@ -585,6 +614,24 @@ def to_records(report: DosingReport, *, authored: datetime | None = None) -> lis
     level_ids = tuple(lv.observation_id or f"{case.patient_id}-level-{i}" for i, lv in enumerate(case.levels))
     effective = start_dt or now
     out: list[Any] = [request]
+    if ld is not None:  # a single infusion before the maintenance regimen
+        out.append(
+            MedicationRequest(
+                request_id=f"{request_id}-loading",
+                patient_id=case.patient_id,
+                medication=med,
+                intent="proposal",
+                status="draft",
+                authored=now,
+                dose=Quantity(value=ld["amount_mg"], unit="mg"),
+                route=Coding(system="http://snomed.info/sct", code="47625008", display="Intravenous route"),
+                infusion_duration_h=ld["duration_h"],
+                rate=Quantity(value=ld["amount_mg"] / ld["duration_h"], unit="mg/h"),
+                start=origin + timedelta(hours=ld["start_h"]) if origin is not None else None,
+                number_of_doses=1,
+                note=f"loading dose before the maintenance regimen of {request_id}; {note}",
+            )
+        )
     for key in ("auc24_ss", "trough_ss", "peak_ss"):
         v = rec.metrics[key]
         out.append(
