@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from medtwin.cli import app
 from medtwin.cli.records import run_ingest_demo, sample_bundles
+from medtwin.records import Patient, Provenance
+from medtwin.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
 LIZ_ID = "ee9f8dd8-72d2-4769-8020-89e504b1504b"
@@ -81,6 +83,56 @@ def test_missing_path_and_unknown_patient(db: str) -> None:
     unknown = runner.invoke(app, ["patient", "nobody", "--db", db])
     assert unknown.exit_code == 1
     assert "no patient with id 'nobody'" in unknown.stdout
+
+
+def test_ingest_json_reports_a_missing_path_on_stdout(db: str, tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["ingest", "/nonexistent/file.json", "--db", db, "--json"])
+    assert missing.exit_code == 1
+    summary = json.loads(missing.stdout)
+    assert summary["ok"] is False
+    assert summary["error"] == "no such file or folder: /nonexistent/file.json"
+    assert summary["files"] == []
+    assert summary["totals"]["files"] == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = runner.invoke(app, ["ingest", str(empty), "--db", db, "--json"])
+    assert nothing.exit_code == 1
+    assert json.loads(nothing.stdout)["error"].startswith("no FHIR files")
+    unopenable = runner.invoke(
+        app, ["ingest", str(FIXTURES / "patient-example.json"), "--db", f"sqlite:///{tmp_path}/no/x.db", "--json"]
+    )
+    assert unopenable.exit_code == 1
+    assert json.loads(unopenable.stdout)["error"].startswith("cannot open database")
+
+
+def _store_with_patients(db: str, ids: list[str]) -> None:
+    with Store(db) as store:
+        store.write([Patient(patient_id=i, provenance=Provenance(source_system="t", source_id=i)) for i in ids])
+
+
+def test_patient_prefix_is_resolved_by_a_query_not_by_loading_everyone(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _store_with_patients(db, ["pat-1", "pat-2", "p%t-3", "p_t-4", "PAT-5"])
+
+    def load_all(self: Store) -> list[Patient]:
+        raise AssertionError("Store.patients() must not be used to resolve a prefix")
+
+    monkeypatch.setattr(Store, "patients", load_all)
+    one = runner.invoke(app, ["patient", "p%", "--db", db, "--json"])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.stdout)["patient_id"] == "p%t-3"
+    assert json.loads(runner.invoke(app, ["patient", "p_", "--db", db, "--json"]).stdout)["patient_id"] == "p_t-4"
+    assert json.loads(runner.invoke(app, ["patient", "PA", "--db", db, "--json"]).stdout)["patient_id"] == "PAT-5"
+    ambiguous = runner.invoke(app, ["patient", "pat", "--db", db])
+    assert ambiguous.exit_code == 1
+    assert "'pat' matches 2 patients (pat-1, pat-2); give more of the id" in ambiguous.stdout
+    exported = runner.invoke(app, ["export", "pat-", "--db", db])
+    assert exported.exit_code == 1
+    assert "matches 2 patients" in exported.stderr  # stdout is reserved for the bundle
+    unknown = runner.invoke(app, ["patient", "p-", "--db", db])
+    assert unknown.exit_code == 1
+    assert "no patient with id 'p-'" in unknown.stdout
 
 
 def test_ingest_demo_loads_the_bundled_samples(tmp_path: Path) -> None:

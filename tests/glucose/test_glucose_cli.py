@@ -41,12 +41,45 @@ def test_simulate_json_csv_and_plots(tmp_path: Path) -> None:
     assert agp.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_simulate_summary_names_its_signal_and_matches_metrics_on_that_column(tmp_path: Path) -> None:
+    """The summary used to be true BG while `metrics` on the CSV reads the sensor column: both now say which."""
+    out = tmp_path / "run.csv"
+    means = {}
+    for signal, column in (("bg", "bg_mg_dl"), ("cgm", "cgm_mg_dl")):
+        res = runner.invoke(
+            app, ["glucose", "simulate", "-p", "adult#001", "--signal", signal, "-o", str(out), "--json"]
+        )
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert (report["signal"], report["signal_column"]) == (signal, column)
+        metrics = runner.invoke(app, ["glucose", "metrics", str(out), "--column", column, "--json"])
+        assert metrics.exit_code == 0, metrics.output
+        subject = json.loads(metrics.stdout)["subjects"]["adult#001"]
+        assert report["members"][0]["mean_mg_dl"] == pytest.approx(subject["mean_mg_dl"], abs=1e-3)
+        assert report["members"][0]["tir_pct"] == pytest.approx(subject["tir_pct"], abs=1e-3)
+        means[signal] = report["cohort_mean_mg_dl"]
+    assert means["bg"] != means["cgm"]  # the sensor noise is there: the two signals are not the same
+    guessed = json.loads(runner.invoke(app, ["glucose", "metrics", str(out), "--json"]).stdout)
+    assert guessed["glucose_column"] == "cgm_mg_dl"  # what `metrics` reads by default, as the docs say
+    table = runner.invoke(app, ["glucose", "simulate", "-p", "adult#001", "--controller", "basal"])
+    assert table.exit_code == 0, table.output
+    assert "true blood glucose (bg_mg_dl)" in " ".join(table.stdout.split())
+    cgm_table = runner.invoke(app, ["glucose", "simulate", "-p", "adult#001", "--signal", "cgm"])
+    assert "CGM sensor readings (cgm_mg_dl)" in " ".join(cgm_table.stdout.split())
+    bad = runner.invoke(app, ["glucose", "simulate", "--signal", "smbg"])
+    assert bad.exit_code != 0
+
+
 def test_simulate_parquet_table_and_errors(tmp_path: Path) -> None:
     out = tmp_path / "run.parquet"
     res = runner.invoke(app, ["glucose", "simulate", "-p", "adolescent#003", "--controller", "basal", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert "adolescent#003" in res.stdout
     assert len(pd.read_parquet(out)) == 1440
+    upper = runner.invoke(app, ["glucose", "simulate", "-p", "ADOLESCENT#003", "--controller", "basal", "--json"])
+    assert upper.exit_code == 0, upper.output
+    assert "adolescent#003" in upper.stdout
+    assert "ADOLESCENT#003" not in upper.stdout  # the canonical name is reported
     bad = runner.invoke(app, ["glucose", "simulate", "-p", "adult#099"])
     assert bad.exit_code == 1
     assert "unknown virtual patient" in " ".join(bad.output.split())

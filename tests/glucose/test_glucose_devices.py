@@ -87,6 +87,21 @@ def test_patients_by_name_and_group() -> None:
     assert cohort.params["BW"][0] == pytest.approx(102.32)
     with pytest.raises(ValidationError, match="unknown virtual patient"):
         load_cohort(["adult#011"])
+
+
+def test_patient_names_and_groups_are_case_insensitive_and_canonical_in_outputs() -> None:
+    assert resolve_patient_names(["ADULT#001", "Child#003", " adolescent#010 "]) == (
+        "adult#001",
+        "child#003",
+        "adolescent#010",
+    )
+    assert resolve_patient_names("ADULT") == resolve_patient_names("adult")
+    assert len(resolve_patient_names("All")) == 30
+    upper = load_cohort("ADULT#001")
+    assert upper.names == ("adult#001",)
+    assert upper.basal_glucose_mg_dl[0] == pytest.approx(138.56)
+    with pytest.raises(ValidationError, match=r"unknown virtual patient 'ADULT#011'"):
+        resolve_patient_names("ADULT#011")
     with pytest.raises(ValidationError, match="unknown CGM sensor"):
         sensor_spec("Libre")
     with pytest.raises(ValidationError, match="unknown insulin pump"):

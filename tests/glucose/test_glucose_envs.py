@@ -5,10 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
+from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-from medtwin.glucose.envs import GlucoseEnv, GlucoseVectorEnv, risk_reward
+from medtwin.errors import MedtwinError
+from medtwin.glucose.envs import EpisodeOverError, GlucoseEnv, GlucoseVectorEnv, risk_reward
 
 
 def test_single_env_passes_gymnasium_checker() -> None:
@@ -36,6 +39,40 @@ def test_basal_episode_is_truncated_after_a_day_and_seeding_repeats() -> None:
     env.reset(seed=7)
     again = [env.step(np.array([env.basal_u_per_min]))[0][0] for _ in range(20)]
     np.testing.assert_array_equal(first[:20], again)
+
+
+def test_single_env_refuses_to_step_after_the_episode_ended_until_reset() -> None:
+    """Gymnasium's Env.step contract: after terminated or truncated, reset() must be called. Starting a new
+    episode silently (the vector env's autoreset) would hand an agent a transition across two episodes."""
+    env = GlucoseEnv("adult#001", sensor_noise=False, bg_low=100.0)
+    with pytest.raises(EpisodeOverError, match=r"call reset\(\) before the first step"):
+        env.step(np.array([0.0]))
+    obs0, _ = env.reset(seed=1)
+    terminated = False
+    for _ in range(400):
+        _obs, _reward, terminated, truncated, info = env.step(np.array([0.5]))  # an overdose ends the episode
+        assert not truncated
+        if terminated:
+            break
+    assert terminated
+    assert info["bg_mg_dl"] < 100.0
+    with pytest.raises(
+        EpisodeOverError,
+        match=r"the episode ended \(terminated: glucose left the allowed range\) at minute \d+; call reset\(\)",
+    ) as info_:
+        env.step(np.array([0.0]))
+    assert isinstance(info_.value, MedtwinError)
+    assert isinstance(info_.value, ResetNeeded)  # what Gymnasium's own OrderEnforcing wrapper raises
+    obs, _ = env.reset(seed=1)
+    assert obs[0] == obs0[0]
+    env.step(np.array([0.0]))  # a fresh episode steps again
+
+    short = GlucoseEnv("adult#001", episode_minutes=6)
+    short.reset(seed=0)
+    assert short.step(np.array([0.0]))[3] is False
+    assert short.step(np.array([0.0]))[3] is True
+    with pytest.raises(EpisodeOverError, match=r"\(truncated at episode_minutes\) at minute 6;"):
+        short.step(np.array([0.0]))
 
 
 def test_vector_env_steps_cohort_like_single_envs() -> None:

@@ -193,3 +193,46 @@ def test_reingesting_ndjson_with_a_bad_line_still_reports_it(store: Store, tmp_p
     clean.write_text("\n".join(_ndjson_lines()) + "\n")
     assert ingest_file(store, clean).status == "ok"
     assert ingest_file(store, clean).status == "duplicate"
+
+
+def test_ndjson_line_holding_a_bundle_is_expanded_with_its_transaction_semantics(store: Store, tmp_path: Path) -> None:
+    """Some exporters put a whole Bundle on one NDJSON line: its entries are ingested (urn:uuid references
+    resolved within it), and a bad entry rejects that line's bundle only, never as an unmapped "Bundle"."""
+    good = _liz()
+    bad = copy.deepcopy(good)
+    idx = next(i for i, e in enumerate(bad["entry"]) if e["resource"]["resourceType"] == "Observation")
+    obs_id = bad["entry"][idx]["resource"]["id"]
+    bad["entry"][idx]["resource"]["effectiveDateTime"] = "2019-02-30T10:00:00Z"
+    for e in bad["entry"]:  # other ids, so that a leak of the bad bundle's records would be visible
+        e["resource"]["id"] = "x-" + e["resource"]["id"]
+    heart_rate = json.loads((FIXTURES / "observation-example-heart-rate.json").read_text())
+    heart_rate["subject"] = {"reference": f"Patient/{good['entry'][0]['resource']['id']}"}
+    path = tmp_path / "bundles.ndjson"
+    path.write_text("\n".join(json.dumps(x) for x in (good, bad, heart_rate)) + "\n")
+    report = ingest_file(store, path)
+    assert "Bundle" not in report.unmapped
+    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_RECORDS + 1, LIZ_UNMAPPED)
+    assert report.resources == len(good["entry"]) + 1 + 1  # the bad line counts once, as a rejected line
+    assert report.status == "partial"
+    assert report.errors == [
+        f"{path}: line 2: entry {idx} (Observation/x-{obs_id}): Observation.effectiveDateTime: "
+        "'2019-02-30T10:00:00Z' is not a valid date/time (day is out of range for month)"
+    ]
+    assert store.counts()["patients"] == 1  # nothing of the bad line's bundle was written
+    assert store.counts()["observations"] == 36 + 1
+    rejected = store.raw_log(status="rejected")
+    assert [r.source_id.rsplit("#", 1)[1] for r in rejected] == ["line=2"]
+    again = ingest_file(store, path)
+    assert (again.inserted, again.errors) == (0, report.errors)
+
+
+def test_bundle_entry_that_is_not_a_list_is_rejected(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "odd.json"
+    path.write_text('{"resourceType": "Bundle", "type": "collection", "entry": {}}')
+    report = ingest_file(store, path)
+    assert report.status == "rejected"
+    assert report.errors == [f"{path}: Bundle.entry: must be a list of entries, got a JSON object"]
+    assert store.counts()["patients"] == 0
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"resourceType": "Bundle", "type": "collection", "entry": []}')
+    assert ingest_file(store, empty).ok  # an empty list is a valid, empty bundle

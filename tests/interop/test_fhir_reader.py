@@ -272,6 +272,15 @@ def test_every_bad_entry_of_a_bundle_is_reported(liz: dict[str, Any]) -> None:
         parse_payload(bad, file="liz.json")
 
 
+@pytest.mark.parametrize(
+    ("entry", "kind"), [({}, "a JSON object"), ("x", "a JSON string"), (None, "null"), (3, "a JSON number")]
+)
+def test_bundle_entry_must_be_a_list(entry: Any, kind: str) -> None:
+    with pytest.raises(FhirInputError, match=rf"^b.json: Bundle.entry: must be a list of entries, got {kind}$") as info:
+        parse_payload({"resourceType": "Bundle", "type": "collection", "entry": entry}, file="b.json")
+    assert (info.value.file, info.value.field) == ("b.json", "Bundle.entry")
+
+
 def test_unknown_resource_type_at_top_level() -> None:
     with pytest.raises(FhirInputError, match=r"x.json: Bogus/1: resourceType: unknown resourceType 'Bogus'"):
         parse_payload({"resourceType": "Bogus", "id": "1"}, file="x.json")

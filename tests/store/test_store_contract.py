@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from medtwin import codes
 from medtwin.errors import ValidationError
@@ -200,8 +200,8 @@ def test_raw_message_resend_writes_nothing_and_is_logged(store: Store) -> None:
     assert len(store.observations("p1")) == 1
     seen = store.raw_seen("mllp", "MSG1")
     assert seen is not None
-    assert (seen.raw_id, seen.payload) == (first.raw_id, b"MSH|...")
-    assert seen.record_count == 1
+    assert (seen.raw_id, seen.status, seen.record_count) == (first.raw_id, "accepted", 1)
+    assert seen.payload is None  # an existence check does not read the payload back
     log = store.raw_log()
     assert [e.status for e in log] == ["duplicate", "accepted"]
     assert log[0].reason == f"resend of accepted raw_id {first.raw_id}"
@@ -373,7 +373,7 @@ def test_reopening_runs_migrations_once(store_url: str) -> None:
     with Store(store_url) as s:
         assert len(s.observations("p1")) == 1
         with s.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 def test_write_refuses_non_records(store: Store) -> None:
@@ -421,3 +421,43 @@ def test_migrations_match_the_schema_and_downgrade_cleanly(store_url: str) -> No
         assert set(inspect(s.engine).get_table_names()) <= {"alembic_version"}
     with Store(store_url) as s:
         assert s.counts()["observations"] == 0
+
+
+def test_raw_seen_does_not_select_the_payload(store: Store) -> None:
+    store.write([hr(1)], raw("BIG", "X" * 100_000))
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        seen = store.raw_seen("mllp", "BIG")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert seen is not None
+    assert seen.payload is None
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 1
+    assert "payload" not in selects[0]
+    assert store.raw_log()[0].payload == b"X" * 100_000  # the full log still reads it
+
+
+def _bare_patient(patient_id: str) -> Patient:
+    return Patient(patient_id=patient_id, provenance=prov(f"Patient/{patient_id}"))
+
+
+def test_patient_ids_by_prefix_escapes_like_wildcards(store: Store) -> None:
+    ids = ["abc-1", "abc-2", "abd", "a%c", "a%d", "a_c", "axc", "ABC-3", "x\\y", "x\\z", "xy"]
+    store.write([_bare_patient(i) for i in ids])
+    assert sorted(store.patient_ids()) == sorted(ids)  # SQL order follows the database collation
+    assert sorted(store.patient_ids("abc")) == ["abc-1", "abc-2"]  # case-sensitive on SQLite too (LIKE is not)
+    assert store.patient_ids("ABC") == ["ABC-3"]
+    assert sorted(store.patient_ids("a%")) == ["a%c", "a%d"]  # % is literal, not "any"
+    assert store.patient_ids("a_") == ["a_c"]  # _ is literal, not "any one character"
+    assert sorted(store.patient_ids("x\\")) == ["x\\y", "x\\z"]
+    assert store.patient_ids("abd") == ["abd"]
+    assert store.patient_ids("nothing") == []
+    assert len(store.patient_ids("abc", limit=1)) == 1
+    with pytest.raises(ValidationError, match="limit"):
+        store.patient_ids("a", limit=0)

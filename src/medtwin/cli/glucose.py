@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import warnings
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +44,20 @@ _TABLE_ROWS = 50  # members listed in the simulate table
 # those limits (dropping them would hide the worst hypo- and hyperglycaemia).
 _SENSOR_LOW_MG_DL = 40.0
 _SENSOR_HIGH_MG_DL = 400.0
+
+
+class _Signal(StrEnum):
+    """Which simulated glucose the `simulate` summary describes."""
+
+    bg = "bg"
+    cgm = "cgm"
+
+
+# signal -> (column written by --output, words for the summary)
+_SIGNALS = {
+    _Signal.bg: ("bg_mg_dl", "true blood glucose"),
+    _Signal.cgm: ("cgm_mg_dl", "CGM sensor readings"),
+}
 
 
 def _print_json(data: Any) -> None:
@@ -120,9 +135,19 @@ def simulate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Per-minute trace (.csv or .parquet).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first patient's trace.")] = None,
     agp: Annotated[Path | None, typer.Option(help="PNG of the ambulatory glucose profile of the run.")] = None,
+    signal: Annotated[
+        _Signal,
+        typer.Option(
+            help="Glucose the summary describes: bg (true subcutaneous glucose, column bg_mg_dl) or cgm (sensor "
+            "readings with noise, column cgm_mg_dl, what `medtwin glucose metrics` reads by default)."
+        ),
+    ] = _Signal.bg,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Simulate virtual patients in closed loop and summarise (or save) their glucose."""
+    """Simulate virtual patients in closed loop and summarise (or save) their glucose.
+
+    The summary is of the true blood glucose unless ``--signal cgm`` is given; it says which signal it used.
+    """
     try:
         try:
             start_time = datetime.fromisoformat(start)
@@ -156,7 +181,9 @@ def simulate(
         _write_outputs(result, start_time, days, output, plot, agp)
     except OSError as exc:
         raise _fail(f"cannot write the output: {exc}") from None
-    summary = summary_metrics_batch(result.bg_mg_dl[1:])
+    signal_column, signal_words = _SIGNALS[signal]
+    trace = result.bg_mg_dl if signal is _Signal.bg else result.cgm_mg_dl
+    summary = summary_metrics_batch(trace[1:])
     per_patient = [
         {"patient": name, "member": i, **{k: round(float(v[i]), 4) for k, v in summary.items()}}
         for i, name in enumerate(result.names)
@@ -166,6 +193,8 @@ def simulate(
         "days": days,
         "controller": controller,
         "rhs_evaluations": result.rhs_evaluations,
+        "signal": signal.value,
+        "signal_column": signal_column,
         "cohort_mean_mg_dl": round(float(summary["mean_mg_dl"].mean()), 4),
         "cohort_tir_pct": round(float(summary["tir_pct"].mean()), 4),
         "output": str(output) if output else None,
@@ -181,8 +210,10 @@ def simulate(
         table.add_column(col)
     tbr = summary["tbr_level1_pct"] + summary["tbr_level2_pct"]
     tar = summary["tar_level1_pct"] + summary["tar_level2_pct"]
+    other = _Signal.cgm if signal is _Signal.bg else _Signal.bg
+    table.caption = f"summary of {signal_words} ({signal_column}); --signal {other.value} for {_SIGNALS[other][1]}"
     if len(result.names) > _TABLE_ROWS:
-        table.caption = f"first {_TABLE_ROWS} of {len(result.names)} members shown; --json or --output has all"
+        table.caption += f"; first {_TABLE_ROWS} of {len(result.names)} members shown, --json or --output has all"
     for i, name in enumerate(result.names[:_TABLE_ROWS]):
         table.add_row(
             name, f"{summary['mean_mg_dl'][i]:.1f}", f"{summary['cv_pct'][i]:.1f}", f"{summary['tir_pct'][i]:.1f}",

@@ -57,6 +57,9 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+_SHOWN_MATCHES = 5  # ids listed when a prefix is ambiguous
+
+
 def _fail(console: Console, message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
@@ -181,13 +184,23 @@ def ingest(
 ) -> None:
     """Load FHIR R4 bundles, resources and bulk NDJSON into the store (idempotent)."""
     console = Console(stderr=as_json)
+
+    def refuse(message: str) -> typer.Exit:
+        if as_json:  # scripts read stdout: they get a summary saying why nothing was ingested
+            _print_json({**IngestReport().as_dict(), "ok": False, "error": message})
+        return _fail(console, message)
+
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise _fail(console, f"no such file or folder: {', '.join(missing)}")
+        raise refuse(f"no such file or folder: {', '.join(missing)}")
     if not fhir_files(paths):
         listed = ", ".join(str(p) for p in paths)
-        raise _fail(console, f"no FHIR files (*.json, *.ndjson, *.jsonl; not compressed) in {listed}")
-    with _open(db) as store:
+        raise refuse(f"no FHIR files (*.json, *.ndjson, *.jsonl; not compressed) in {listed}")
+    try:
+        opened = Store(db)
+    except MedtwinError as exc:
+        raise refuse(str(exc)) from None
+    with opened as store:
         report = _ingest(store, paths, console, source=source, show_progress=not as_json)
     if as_json:
         _print_json(report.as_dict())
@@ -225,11 +238,15 @@ def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient
     found = store.patient(patient_id)
     if found is not None:
         return found
-    matches = [p for p in store.patients() if p.patient_id.startswith(patient_id)]
+    # ids only, by a prefix query: loading every patient to match a prefix does not scale
+    matches = store.patient_ids(patient_id)
     if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise _fail(console, f"{patient_id!r} matches {len(matches)} patients; give more of the id")
+        resolved = store.patient(matches[0])
+        if resolved is not None:
+            return resolved
+    if len(matches) > 1:
+        shown = ", ".join(matches[:_SHOWN_MATCHES]) + (", ..." if len(matches) > _SHOWN_MATCHES else "")
+        raise _fail(console, f"{patient_id!r} matches {len(matches)} patients ({shown}); give more of the id")
     raise _fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`)")
 
 

@@ -5,7 +5,9 @@ Each step lasts one CGM sample period (3 minutes for the Dexcom sensor). The act
 The default reward is minus the Kovatchev risk index (LBGI + HBGI components, 0 at 112.5 mg/dL) of the
 period's mean blood glucose; pass ``reward=`` a function ``(bg_previous, bg_now) -> reward`` (arrays, one entry
 per member) to change it. Episodes terminate when BG leaves ``[bg_low, bg_high]`` and are truncated after
-``episode_minutes``. The vector env autoresets a finished member on the next step (Gymnasium's NEXT_STEP mode).
+``episode_minutes``. The vector env autoresets a finished member on the next step (Gymnasium's NEXT_STEP mode);
+the single env follows Gymnasium's ``Env.step`` contract instead: once an episode has terminated or been
+truncated, ``reset()`` must be called, and stepping before it raises :class:`EpisodeOverError`.
 """
 
 from __future__ import annotations
@@ -15,20 +17,26 @@ from typing import Any
 
 import numpy as np
 from gymnasium import Env, spaces
+from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from medtwin.errors import MedtwinError
 from medtwin.glucose.devices import CGMSensor, InsulinPump, pump_spec, sensor_spec
 from medtwin.glucose.metrics import risk_components
 from medtwin.glucose.patients import load_cohort
 from medtwin.glucose.simulation import PatientBatch, meal_matrix
 from medtwin.sim.model import FloatArray
 
-__all__ = ["DEFAULT_MEALS", "GlucoseEnv", "GlucoseVectorEnv", "RewardFunction", "risk_reward"]
+__all__ = ["DEFAULT_MEALS", "EpisodeOverError", "GlucoseEnv", "GlucoseVectorEnv", "RewardFunction", "risk_reward"]
 
 DEFAULT_MEALS: tuple[tuple[float, float], ...] = ((420.0, 45.0), (720.0, 70.0), (1080.0, 80.0))
 """The benchmark day: 07:00 45 g, 12:00 70 g, 18:00 80 g (minutes after midnight, grams)."""
 
 RewardFunction = Callable[[FloatArray, FloatArray], FloatArray]
+
+
+class EpisodeOverError(MedtwinError, ResetNeeded):  # type: ignore[misc]
+    """:meth:`GlucoseEnv.step` was called with no episode running (before ``reset()``, or after it ended)."""
 
 
 def risk_reward(bg_previous: FloatArray, bg_now: FloatArray) -> FloatArray:
@@ -159,6 +167,7 @@ class GlucoseEnv(Env):  # type: ignore[misc]
 
     def __init__(self, patient: str = "adult#001", **kwargs: Any) -> None:
         self._vec = GlucoseVectorEnv((patient,), **kwargs)
+        self._episode_over: str | None = "no episode has started: call reset() before the first step"
         self.observation_space = self._vec.single_observation_space
         self.action_space = self._vec.single_action_space
 
@@ -173,9 +182,24 @@ class GlucoseEnv(Env):  # type: ignore[misc]
         """Start a new episode."""
         super().reset(seed=seed)
         obs, info = self._vec.reset(seed=seed)
+        self._episode_over = None
         return obs[0], {k: v[0] for k, v in info.items()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Deliver *action* (U/min) for one sample period."""
+        """Deliver *action* (U/min) for one sample period.
+
+        Raises
+        ------
+        EpisodeOverError
+            Before the first ``reset()``, or after a step returned ``terminated`` or ``truncated``: Gymnasium's
+            single-env contract is that the caller resets (the vector env autoresets instead).
+        """
+        if self._episode_over is not None:
+            raise EpisodeOverError(f"GlucoseEnv({self._vec.cohort.names[0]!r}).step: {self._episode_over}")
         obs, reward, terminated, truncated, info = self._vec.step(np.asarray(action, dtype=np.float64).reshape(1, 1))
-        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), {k: v[0] for k, v in info.items()}
+        done, cut = bool(terminated[0]), bool(truncated[0])
+        if done or cut:
+            why = "terminated: glucose left the allowed range" if done else "truncated at episode_minutes"
+            t_min = int(self._vec._t[0])
+            self._episode_over = f"the episode ended ({why}) at minute {t_min}; call reset() to start a new one"
+        return obs[0], float(reward[0]), done, cut, {k: v[0] for k, v in info.items()}

@@ -4,7 +4,7 @@ Parameters, initial steady states and the Quest table (carbohydrate ratio CR in 
 mg/dL/U) ship as package data, copied from simglucose 0.2.11 (MIT licence, see data/LICENSE-simglucose.txt),
 whose author states they come from the 2008 academic version of the UVA/Padova simulator.
 Names: ``adolescent#001``..``adolescent#010``, ``adult#001``..``adult#010``, ``child#001``..``child#010``;
-groups: ``adolescent``, ``adult``, ``child``, ``all``.
+groups: ``adolescent``, ``adult``, ``child``, ``all``; matched case-insensitively, reported in this canonical form.
 """
 
 from __future__ import annotations
@@ -44,17 +44,20 @@ def all_patient_names() -> tuple[str, ...]:
 def resolve_patient_names(selection: str | Sequence[str]) -> tuple[str, ...]:
     """Expand group names (``adult``, ``all``, ...) and check patient names; order is kept, duplicates allowed.
 
-    *selection* is a list of names and groups, or one name or group as a plain string.
+    *selection* is a list of names and groups, or one name or group as a plain string. Matching ignores case
+    and surrounding spaces (``ADULT#001`` is ``adult#001``); the result holds the canonical lower-case names.
     """
     known = all_patient_names()
+    canonical = {n.casefold(): n for n in known}
     out: list[str] = []
     for item in [selection] if isinstance(selection, str) else selection:
-        if item == "all":
+        key = item.strip().casefold()
+        if key == "all":
             out += known
-        elif item in GROUPS:
-            out += [n for n in known if n.startswith(item + "#")]
-        elif item in known:
-            out.append(item)
+        elif key in GROUPS:
+            out += [n for n in known if n.startswith(key + "#")]
+        elif key in canonical:
+            out.append(canonical[key])
         else:
             raise ValidationError(
                 f"unknown virtual patient {item!r}: use a name such as 'adult#001' or a group {(*GROUPS, 'all')}"

@@ -58,6 +58,11 @@ def _non_finite(value: object) -> bool:
 
 def _check_finite(record: Record) -> None:
     parts: tuple[object, ...]
+    if isinstance(record, Observation) and not record.components:  # the streaming hot path: one value
+        value = record.value
+        if isinstance(value, Quantity) and not math.isfinite(value.value):
+            raise ValidationError("Observation: an infinite or NaN number cannot be stored")
+        return
     if isinstance(record, Observation):
         parts = (record.value, *(c.value for c in record.components))
     elif isinstance(record, MedicationRequest | MedicationAdministration):

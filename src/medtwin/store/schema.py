@@ -41,8 +41,10 @@ __all__ = [
     "metadata",
     "observations",
     "patient_identity",
+    "patient_identity_versions",
     "patients",
     "raw_inbound",
+    "record_versions",
     "twin_snapshots",
 ]
 
@@ -254,4 +256,35 @@ twin_snapshots = Table(
     Column("at", UTCDateTime(), nullable=False),
     Column("blob", LargeBinary, nullable=False),
     Index("ix_twin_snapshots_twin_at", "twin_id", "at"),
+)
+
+# Every version of a patient or encounter that changed the stored record (see medtwin.store.versions): the
+# current row is the fold of these, and nothing an ADT update replaced is lost. ``kind`` is "patient" or
+# "encounter"; ``as_of`` is the time the version speaks for (encounters; NULL for patients and for rows
+# carried over from before revision 0002); ``version_id`` is the arrival order.
+record_versions = Table(
+    "record_versions",
+    metadata,
+    Column("version_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("record_id", String(200), nullable=False),
+    Column("as_of", UTCDateTime()),
+    *_provenance(),
+    Column("recorded", UTCDateTime()),
+    Column("body", Text, nullable=False),
+    Index("ix_record_versions_kind_record", "kind", "record_id", "version_id"),
+    Index("uq_record_versions_provenance", "kind", "record_id", "source_system", "source_id", unique=True),
+)
+
+# The identity part of each patient version (direct identifiers stay in identity tables only).
+patient_identity_versions = Table(
+    "patient_identity_versions",
+    metadata,
+    Column(
+        "version_id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("record_versions.version_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("body", Text, nullable=False),
 )

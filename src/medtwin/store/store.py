@@ -1,9 +1,11 @@
 """The :class:`Store`: durable, idempotent persistence of records, raw inbound messages, events and snapshots.
 
 One object per database. Every write is one transaction (the raw message and all its records commit together,
-or nothing does) made of executemany ``INSERT ... ON CONFLICT DO NOTHING`` statements, so loading the same
-source record twice stores it once. SQLite runs in WAL mode with ``synchronous=FULL``, so a returned
-:meth:`Store.write` has reached the disk (safe to acknowledge). The object is safe to share between threads.
+or nothing does) made of bulk ``INSERT ... ON CONFLICT DO NOTHING`` statements (:mod:`medtwin.store.batch`), so
+loading the same source record twice stores it once; a newer version of a patient or encounter updates it and
+is kept in the version history (:mod:`medtwin.store.versions`). SQLite runs in WAL mode with
+``synchronous=FULL``, so a returned :meth:`Store.write` has reached the disk (safe to acknowledge). The object is
+safe to share between threads.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from medtwin.records import (
     Record,
     utc,
 )
-from medtwin.store import codec, rows, schema
+from medtwin.store import batch, codec, schema
 from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.migrate import upgrade_to_head
 
@@ -95,7 +97,7 @@ class RawMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RawLogEntry:
-    """One row of the raw inbound log."""
+    """One row of the raw inbound log; *payload* is None when the query did not read it (:meth:`Store.raw_seen`)."""
 
     raw_id: int
     source_system: str
@@ -105,17 +107,29 @@ class RawLogEntry:
     status: str
     reason: str | None
     record_count: int
-    payload: bytes
+    payload: bytes | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteResult:
-    """What one :meth:`Store.write` did: records inserted, records already stored, whether the raw was a resend."""
+    """What one :meth:`Store.write` did: records inserted, updated, already stored; whether the raw was a resend.
+
+    ``inserted + updated + duplicates`` is the number of records given (0 of them counted for a resend).
+    """
 
     inserted: int
     duplicates: int
     raw_duplicate: bool = False
     raw_id: int | None = None
+    updated: int = 0
+
+    def __repr__(self) -> str:
+        # ``updated`` is shown only when non-zero, so the repr of an insert-only write reads as it always did
+        extra = f", updated={self.updated}" if self.updated else ""
+        return (
+            f"WriteResult(inserted={self.inserted}, duplicates={self.duplicates}, "
+            f"raw_duplicate={self.raw_duplicate}, raw_id={self.raw_id}{extra})"
+        )
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -125,6 +139,8 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
+        cursor.execute("PRAGMA cache_size=-65536")
     finally:
         cursor.close()
 
@@ -240,91 +256,34 @@ class Store:
         """Store *records* (and the *raw* message they came from) in one durable transaction.
 
         A raw message whose (source system, source id) was already accepted writes nothing and returns
-        ``raw_duplicate=True`` (the resend is logged as a ``duplicate`` row without payload). A record whose
-        provenance, or primary id, is already stored is skipped and counted in ``duplicates``.
+        ``raw_duplicate=True`` (the resend is logged as a ``duplicate`` row without payload). An insert-once record
+        (observation, condition, medication, event) whose provenance, or primary id, is already stored is skipped
+        and counted in ``duplicates``. A patient or encounter that is already stored is updated when the new
+        version changes it (``updated``; the version is kept in the history, see :mod:`medtwin.store.versions`)
+        and counted in ``duplicates`` when it is a version already stored or changes nothing.
         """
-        groups = self._group(records)
-        with self._transaction() as conn:
-            return self._write_in(conn, records, groups, raw)
+        return self.write_batch([(records, raw)])[0]
 
     def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
         """Several :meth:`write` calls in ONE transaction (group commit: one disk sync for all of them).
 
-        Each (records, raw) pair keeps its own idempotency; if anything fails, nothing of the batch is stored.
+        Each (records, raw) pair keeps its own idempotency, as if written one after the other in order; the whole
+        batch takes one bulk insert per table (:mod:`medtwin.store.batch`). If anything fails, nothing of the batch
+        is stored (a caller that wants per-message isolation retries the items one by one).
         """
-        grouped = [(records, self._group(records), raw) for records, raw in items]
+        groups = [batch.group_records(records) for records, _ in items]
         with self._transaction() as conn:
-            return [self._write_in(conn, records, groups, raw) for records, groups, raw in grouped]
-
-    @staticmethod
-    def _group(records: Sequence[Record]) -> dict[type[Any], list[Any]]:
-        groups: dict[type[Any], list[Any]] = {}
-        for record in records:
-            kind = type(record)
-            if kind not in rows.TABLE_OF:
-                raise ValidationError(f"Store.write: {kind.__name__} is not a storable record type")
-            groups.setdefault(kind, []).append(record)
-        return groups
-
-    def _write_in(
-        self, conn: Connection, records: Sequence[Record], groups: dict[type[Any], list[Any]], raw: RawMessage | None
-    ) -> WriteResult:
-        raw_id: int | None = None
-        if raw is not None:
-            raw_id = self._insert_raw(conn, raw, raw.status, raw.reason, len(records))
-            if raw_id is None:
-                self._log_duplicate(conn, raw)
-                return WriteResult(inserted=0, duplicates=0, raw_duplicate=True, raw_id=None)
-        inserted = 0
-        for kind, table, pk, row_of in rows.TABLES:
-            batch = groups.get(kind)
-            if not batch:
-                continue
-            stmt = self._insert(table).returning(table.c[pk])
-            new_ids = set(conn.execute(stmt, [row_of(r) for r in batch]).scalars().all())
-            inserted += len(new_ids)
-            if kind is Patient:
-                self._write_identities(conn, batch, new_ids)
-            elif kind is Encounter:
-                self._write_locations(conn, batch, new_ids)
-        return WriteResult(inserted=inserted, duplicates=len(records) - inserted, raw_duplicate=False, raw_id=raw_id)
-
-    def _log_duplicate(self, conn: Connection, raw: RawMessage) -> None:
-        original = conn.execute(
-            select(schema.raw_inbound.c.raw_id).where(
-                schema.raw_inbound.c.source_system == raw.source_system,
-                schema.raw_inbound.c.source_id == raw.source_id,
-                schema.raw_inbound.c.status == "accepted",
+            outcomes = batch.write_items(conn, self._dialect, items, groups)
+        return [
+            WriteResult(
+                inserted=o.inserted,
+                duplicates=o.duplicates,
+                raw_duplicate=o.raw_duplicate,
+                raw_id=o.raw_id,
+                updated=o.updated,
             )
-        ).scalar()
-        dup = dataclasses.replace(raw, payload=b"")
-        self._insert_raw(conn, dup, "duplicate", f"resend of accepted raw_id {original}", 0)
-
-    def _write_identities(self, conn: Connection, patients: list[Patient], new_ids: set[Any]) -> None:
-        rows = [
-            {"patient_id": p.patient_id, "body": codec.encode_identity(p.identity)}
-            for p in patients
-            if p.identity is not None and p.patient_id in new_ids
+            for o in outcomes
         ]
-        if rows:
-            conn.execute(self._insert(schema.patient_identity), rows)
-
-    def _write_locations(self, conn: Connection, encounters: list[Encounter], new_ids: set[Any]) -> None:
-        rows = [
-            {
-                "encounter_id": e.encounter_id,
-                "seq": i,
-                "unit": loc.unit,
-                "start": loc.start,
-                "end": loc.end,
-                "bed": loc.bed,
-            }
-            for e in encounters
-            if e.encounter_id in new_ids
-            for i, loc in enumerate(e.locations)
-        ]
-        if rows:
-            conn.execute(self._insert(schema.encounter_locations), rows)
 
     def reject(self, raw: RawMessage, reason: str) -> None:
         """Log *raw* as rejected, with *reason* (dead letter; kept forever)."""
@@ -350,7 +309,7 @@ class Store:
             status=row.status,
             reason=row.reason,
             record_count=int(row.record_count),
-            payload=bytes(row.payload),
+            payload=bytes(row.payload) if "payload" in row._fields else None,
         )
 
     def raw_log(self, status: str | None = None, limit: int = 100) -> list[RawLogEntry]:
@@ -368,14 +327,15 @@ class Store:
         """The first raw entry for (*source_system*, *source_id*) with one of *statuses* (default: accepted), or None.
 
         ``statuses=("accepted", "unmapped")`` also finds payloads that were kept but held nothing to map, so that
-        a loader can skip them on a resend.
+        a loader can skip them on a resend. Only the key columns are read: the entry's ``payload`` is None
+        (use :meth:`raw_log` for payloads), so an existence check stays cheap however large the payload.
         """
         for status in statuses:
             if status not in _RAW_STATUSES:
                 raise ValidationError(f"Store.raw_seen: status {status!r} is not one of {', '.join(_RAW_STATUSES)}")
         t = schema.raw_inbound
         stmt = (
-            select(t)
+            select(*(c for c in t.c if c.name != "payload"))
             .where(t.c.source_system == source_system, t.c.source_id == source_id, t.c.status.in_(list(statuses)))
             .order_by(t.c.raw_id)
             .limit(1)
@@ -395,6 +355,27 @@ class Store:
         stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).order_by(p.c.patient_id)
         with self._engine.connect() as conn:
             return [self._patient(body, ident) for body, ident in conn.execute(stmt)]
+
+    def patient_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
+        """The ids of the patients whose id starts with *prefix* (case-sensitive), at most *limit* of them.
+
+        Reads ids only (no record bodies). The match is ``LIKE 'prefix%'`` with ``%``, ``_`` and the escape
+        character escaped, so they match literally, plus an exact comparison of the leading characters because
+        SQLite's ``LIKE`` ignores ASCII case. Ordered by the database's collation of ``patient_id``.
+        """
+        if limit is not None and limit < 1:
+            raise ValidationError(f"Store.patient_ids: limit must be a positive number of ids, got {limit}")
+        p = schema.patients
+        stmt = select(p.c.patient_id).order_by(p.c.patient_id)
+        if prefix:
+            stmt = stmt.where(
+                p.c.patient_id.startswith(prefix, autoescape=True),
+                func.substr(p.c.patient_id, 1, len(prefix)) == prefix,
+            )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._engine.connect() as conn:
+            return [str(r[0]) for r in conn.execute(stmt)]
 
     @staticmethod
     def _patient(body: str, identity: str | None) -> Patient:

@@ -10,8 +10,8 @@ __all__ = ["FhirInputError"]
 class FhirInputError(ValidationError):
     """FHIR input medtwin refuses (invalid JSON, unknown resourceType, missing element, bad date or unit).
 
-    The message reads ``file: entry N (Type/id): field: problem`` (``line N`` for NDJSON); the parts are also
-    attributes.
+    The message reads ``file: entry N (Type/id): field: problem`` (``line N`` for NDJSON, ``line N: entry M``
+    for a Bundle on an NDJSON line); the parts are also attributes.
     """
 
     def __init__(
@@ -36,11 +36,12 @@ class FhirInputError(ValidationError):
         where = []
         if self.file:
             where.append(self.file)
+        # an NDJSON line may hold a whole Bundle: then both the line and the entry in it are named
         if self.line is not None:
-            where.append(f"line {self.line}" + (f" ({self.resource})" if self.resource else ""))
-        elif self.entry is not None:
+            where.append(f"line {self.line}" + (f" ({self.resource})" if self.resource and self.entry is None else ""))
+        if self.entry is not None:
             where.append(f"entry {self.entry}" + (f" ({self.resource})" if self.resource else ""))
-        elif self.resource:
+        elif self.resource and self.line is None:
             where.append(self.resource)
         if self.field:
             where.append(self.field)

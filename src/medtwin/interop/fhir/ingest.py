@@ -140,6 +140,13 @@ def _loads(data: bytes, *, file: str, line: int | None = None) -> Any:
         raise FhirInputError(f"invalid JSON ({exc})", file=file, line=line) from None
 
 
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return f"a JSON {kinds.get(type(value), type(value).__name__)}"
+
+
 def parse_payload(obj: Any, *, file: str = "<input>", source_system: str = "fhir") -> ParsedPayload:
     """Map a parsed FHIR JSON document (a Bundle or a single resource) to records, all or nothing.
 
@@ -150,9 +157,13 @@ def parse_payload(obj: Any, *, file: str = "<input>", source_system: str = "fhir
     """
     out = ParsedPayload()
     if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
-        entries = obj.get("entry") or []
+        entries = obj.get("entry", [])
         if not isinstance(entries, list):
-            raise FhirInputError("Bundle.entry must be a list", file=file, field="Bundle.entry")
+            # `"entry": {}` or null is not an empty bundle: FHIR JSON has no nulls, and an object is a malformed
+            # producer, which must be told rather than silently given an empty success
+            raise FhirInputError(
+                f"must be a list of entries, got {_json_kind(entries)}", file=file, field="Bundle.entry"
+            )
         refs: dict[str, tuple[str, str]] = {}
         medications: dict[str, Any] = {}
         fallback: list[str | None] = []
@@ -235,8 +246,28 @@ class _ManyInputError(FhirInputError):
         )
 
 
+def _errors(exc: FhirInputError) -> list[FhirInputError]:
+    return list(exc.errors) if isinstance(exc, _ManyInputError) else [exc]
+
+
 def _messages(exc: FhirInputError) -> list[str]:
-    return [str(e) for e in exc.errors] if isinstance(exc, _ManyInputError) else [str(exc)]
+    return [str(e) for e in _errors(exc)]
+
+
+def _parse_ndjson_line(line: bytes, *, file: str, line_number: int, source_system: str) -> ParsedPayload:
+    """One NDJSON line: a resource, or a whole Bundle (some exporters write one a line), all or nothing."""
+    obj = _loads(line, file=file, line=line_number)
+    if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
+        # the bundle's own rules apply to the line: urn:uuid references resolve within it, and any invalid
+        # entry rejects every entry of it
+        return parse_payload(obj, file=file, source_system=source_system)
+    out = ParsedPayload(resources=1)
+    item = map_resource(obj, source_system=source_system, warnings=out.warnings)
+    if isinstance(item, Unmapped):
+        out.unmapped[item.label] += 1
+    else:
+        out.records.append(item)
+    return out
 
 
 def fhir_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -373,27 +404,27 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
         good: list[bytes] = []
         unmapped: Counter[str] = Counter()
         warnings: list[str] = []
+        resources = 0
         for number, line in chunk:
             try:
-                item = map_resource(
-                    _loads(line, file=str(path), line=number), source_system=source_system, warnings=warnings
-                )
+                parsed = _parse_ndjson_line(line, file=str(path), line_number=number, source_system=source_system)
             except FhirInputError as exc:
-                err = exc.located(file=str(path), line=number)
-                report.errors.append(str(err))
+                errors = [e.located(file=str(path), line=number) for e in _errors(exc)]
+                report.errors.extend(str(e) for e in errors)
                 bad = _with(raw, source_id=f"sha256:{digest}#line={number}", payload=line)
-                store.reject(bad, str(err))
+                store.reject(bad, "\n".join(str(e) for e in errors))
+                resources += 1
                 continue
             good.append(line)
-            if isinstance(item, Unmapped):
-                unmapped[item.label] += 1
-            else:
-                records.append(item)
+            resources += parsed.resources
+            warnings.extend(parsed.warnings)
+            unmapped.update(parsed.unmapped)
+            records.extend(parsed.records)
         if seen:
             store.log_raw(raw, "duplicate", f"{path.name} lines {first}-{last}: already accepted")
             statuses.add("duplicate")
             continue
-        report.resources += len(chunk)
+        report.resources += resources
         report.warnings.extend(warnings)
         report.unmapped.update(unmapped)
         payload = b"".join(good)
