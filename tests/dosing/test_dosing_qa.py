@@ -350,3 +350,132 @@ def test_steady_state_uses_the_covariates_at_the_proposed_start_like_the_paramet
     rec = report.recommended
     assert rec.metrics["auc24_ss"]["value"] == pytest.approx(24 / rec.interval_h * rec.amount_mg / cl, rel=1e-6)
     assert rec.exact_amount_mg == pytest.approx(500 * cl * rec.interval_h / 24, rel=1e-4)
+
+
+# --- issue 4 leftovers: out-of-range candidates, interval choice, loading-dose JSON, dialysis ---
+
+
+def _low_crcl_report() -> Any:
+    # CrCL 30 mL/min, 70 kg, no levels: 250 mg q12h rounds to AUC24 about 337 (below 400-600)
+    data = {
+        "patient_id": "lowcrcl",
+        "model": "goti2018_vancomycin",
+        "covariates": {"crcl": {"value": 30, "unit": "mL/min"}, "weight_kg": 70},
+        "target": {"metric": "auc24_ss", "low": 400, "high": 600},
+        "regimen": {"start_h": 0, "intervals_h": [8, 12, 24], "loading_dose": False},
+    }
+    return analyze_case(parse_case(data), n_samples=200)
+
+
+def test_rounded_candidate_outside_the_target_is_flagged_in_text_and_json() -> None:
+    report = _low_crcl_report()
+    by_tau = {p.interval_h: p for p in report.proposals}
+    q12 = by_tau[12.0]
+    assert q12.amount_mg == 250.0
+    assert q12.metrics["auc24_ss"]["value"] < 400.0
+    assert q12.in_target is False
+    assert by_tau[24.0].in_target is True
+    line = next(ln for ln in report.to_text().splitlines() if "q12h" in ln and "from t=" in ln)
+    assert "outside target" in line
+    assert not any("outside target" in ln for ln in report.to_text().splitlines() if "q24h" in ln)
+    proposals = report.to_dict()["proposals"]
+    assert [p["in_target"] for p in proposals] == [p.in_target for p in report.proposals]
+    assert report.to_dict()["recommended"]["in_target"] is True
+
+
+def _proposal(interval_h: float, auc: float, pta: float) -> Any:
+    from medtwin.dosing import Proposal
+
+    return Proposal(
+        start_h=0.0,
+        amount_mg=1000.0,
+        exact_amount_mg=1000.0,
+        interval_h=interval_h,
+        duration_h=1.0,
+        n_doses=1,
+        metrics={"auc24_ss": {"value": auc, "p05": auc * 0.7, "p95": auc * 1.4}},
+        pta=pta,
+        in_target=400.0 <= auc <= 600.0,
+    )
+
+
+def _target() -> Any:
+    from medtwin.dosing import TargetSpec
+
+    return TargetSpec(metric="auc24_ss", value=500.0, low=400.0, high=600.0)
+
+
+def test_an_out_of_range_candidate_is_never_recommended_over_an_in_range_one() -> None:
+    from medtwin.dosing.report import choose_recommendation
+
+    outside = _proposal(12.0, 395.0, 0.60)  # highest PTA, but its MAP AUC misses the range
+    inside = _proposal(24.0, 598.0, 0.40)
+    assert choose_recommendation([outside, inside], _target()) is inside
+    # with no in-range candidate, the best of the rest is still proposed (and flagged)
+    other = _proposal(8.0, 380.0, 0.30)
+    assert choose_recommendation([outside, other], _target()) is outside
+
+
+def test_interval_choice_ignores_pta_differences_within_5_points() -> None:
+    from medtwin.dosing.report import choose_recommendation
+
+    noisy_best = _proposal(8.0, 590.0, 0.52)
+    centred = _proposal(12.0, 505.0, 0.48)  # within 5 points of the best PTA, closer to 500
+    assert choose_recommendation([noisy_best, centred], _target()) is centred
+    assert choose_recommendation([centred, noisy_best], _target()) is centred
+    far_behind = _proposal(12.0, 505.0, 0.46)  # 6 points behind: PTA wins
+    assert choose_recommendation([noisy_best, far_behind], _target()) is noisy_best
+    # equally close to the midpoint: the longer interval (fewer administrations)
+    q12, q24 = _proposal(12.0, 465.9, 0.385), _proposal(24.0, 465.9, 0.38)
+    assert choose_recommendation([q12, q24], _target()) is q24
+
+
+def test_recommendation_is_deterministic_under_the_fixed_seed() -> None:
+    first, second = _low_crcl_report(), _low_crcl_report()
+    assert first.to_dict()["recommended"] == second.to_dict()["recommended"]
+
+
+def test_json_states_the_maintenance_start_after_a_loading_dose() -> None:
+    report = _a_priori_report()
+    rec = report.to_dict()["recommended"]
+    assert next(iter(rec)) == "maintenance_start_h"
+    assert rec["maintenance_start_h"] == report.loading_dose["maintenance_start_h"] == 12.0
+    assert rec["start_h"] == report.loading_dose["start_h"] == 0.0
+    assert "first maintenance dose at t=12 h" in report.to_text()
+
+
+def test_json_maintenance_start_without_a_loading_dose_is_the_start() -> None:
+    report = _low_crcl_report()
+    assert report.loading_dose is None
+    rec = report.to_dict()["recommended"]
+    assert rec["maintenance_start_h"] == rec["start_h"] == 0.0
+
+
+def test_dialysis_with_cockcroft_gault_is_warned() -> None:
+    case = parse_case(cg_case(scr={"value": 600, "unit": "umol/L"}, dialysis=1))
+    assert any("Cockcroft-Gault" in w and "dialysis" in w and "not modelled" in w for w in case.warnings)
+    report = analyze_case(case, n_samples=200)
+    assert any("Cockcroft-Gault" in w and "dialysis" in w for w in report.to_dict()["warnings"])
+    assert "not meaningful on dialysis" in report.to_text()
+
+
+def test_no_dialysis_warning_off_dialysis_or_with_a_measured_crcl() -> None:
+    off = parse_case(cg_case(scr=1.0, dialysis=0))
+    assert not any("dialysis" in w for w in off.warnings)
+    measured = parse_case(cg_case(crcl={"value": 15, "unit": "mL/min"}, dialysis=1))
+    assert not any("Cockcroft-Gault" in w for w in measured.warnings)
+    assert not any("dialysis" in w for w in measured.warnings)  # a measured CrCL: a note, --strict still runs
+    assert any("dialysis sessions are not modelled" in n for n in measured.notes)
+
+
+def test_cli_dialysis_with_cockcroft_gault_warns_and_strict_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(cg_case(scr={"value": 600, "unit": "umol/L"}, dialysis=1)))
+    result = runner.invoke(app, ["dose", str(path), "--json", "--samples", "200"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert any("not meaningful on dialysis" in w for w in out["warnings"])
+    assert out["recommended"]["maintenance_start_h"] == out["recommended"]["start_h"]
+    strict = runner.invoke(app, ["dose", str(path), "--strict"])
+    assert strict.exit_code == 2
+    assert "dialysis" in strict.output

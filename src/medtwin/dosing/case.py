@@ -7,13 +7,12 @@ and each one is recorded in :attr:`PatientCase.notes`.  Problems that make the f
 unreliable but not meaningless (a covariate outside the model's validity range, an implausible
 amount) are collected in :attr:`PatientCase.warnings`, which the report prints; problems that
 make it meaningless (missing covariate, unknown unit, level before the first dose, negative
-amount, naive datetime) raise :class:`CaseError`.
+amount, naive datetime) raise :class:`CaseError`.  Reading the files (JSON, CSV rows) and the
+allowed keys of each part live in :mod:`medtwin.dosing.casefile`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,17 @@ from typing import Any, cast
 import numpy as np
 
 from medtwin import codes
+from medtwin.dosing.casefile import (
+    CASE_KEYS,
+    DOSE_KEYS,
+    LEVEL_KEYS,
+    REGIMEN_KEYS,
+    STANDARD_COVARIATE_FIELDS,
+    CaseError,
+    check_keys,
+    parse_bool,
+    read_case_file,
+)
 from medtwin.dosing.covariates import (
     CovariateSeries,
     adjusted_body_weight_kg,
@@ -54,56 +64,6 @@ _PLAUSIBLE_MIN_DOSE_MG = 10.0
 _SUSPECT_CRCL_ML_MIN = 10.0
 _SUSPECT_SCR_MG_DL = 20.0
 _FIELD_UNITS = {"age_y": "a", "weight_kg": "kg", "height_cm": "cm"}
-
-
-class CaseError(ValidationError):
-    """A patient case that cannot be used (names the file, entry and field)."""
-
-
-# Keys each part of a case may hold; anything else is refused (a misspelt "duration_h" must not
-# silently turn an infusion into a bolus).  Keys starting with "_" are comments.
-_CASE_KEYS = frozenset(
-    {"patient_id", "model", "origin", "covariates", "covariate_interpolation", "doses", "levels", "target", "regimen"}
-)
-_DOSE_KEYS = frozenset(
-    {"time_h", "time", "amount", "amount_mg", "duration_h", "rate", "interval_h", "additional", "steady_state", "route"}
-)
-_LEVEL_KEYS = frozenset({"time_h", "time", "value", "unit", "id"})
-_REGIMEN_KEYS = frozenset(
-    {
-        "start_h",
-        "intervals_h",
-        "increment_mg",
-        "max_dose_mg",
-        "max_rate_mg_h",
-        "min_duration_h",
-        "loading_dose",
-        "n_doses",
-    }
-)
-_STANDARD_COVARIATE_FIELDS = frozenset({"age_y", "sex", "weight_kg", "height_cm", "scr", "crcl", "dialysis"})
-_TRUE = frozenset({"true", "yes", "1", "1.0"})
-_FALSE = frozenset({"false", "no", "0", "0.0", ""})
-
-
-def _check_keys(entry: Any, allowed: frozenset[str], where: str) -> Mapping[str, Any]:
-    if not isinstance(entry, Mapping):
-        raise CaseError(f"{where}: expected an object, got {entry!r}")
-    unknown = sorted(str(k) for k in entry if str(k) not in allowed and not str(k).startswith("_"))
-    if unknown:
-        raise CaseError(f"{where}: unknown keys {unknown} (known: {', '.join(sorted(allowed))})")
-    return entry
-
-
-def _bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise CaseError(f"{where}: expected true or false, got {value!r}")
 
 
 def _unitless(raw: Any) -> bool:
@@ -503,20 +463,55 @@ def _unused_covariates(
     for key in raw:
         if key in used or str(key).startswith("_"):
             continue
-        if key in _STANDARD_COVARIATE_FIELDS:
+        if key in STANDARD_COVARIATE_FIELDS:
             notes.append(f"covariates.{key}: not used by {model.id} (ignored)")
         else:
             warnings.append(
                 f"{source}: covariates.{key}: not used by {model.id} and not a standard field "
-                f"({', '.join(sorted(_STANDARD_COVARIATE_FIELDS))}); a typo? It is ignored"
+                f"({', '.join(sorted(STANDARD_COVARIATE_FIELDS))}); a typo? It is ignored"
             )
+
+
+def _dialysis_warning(
+    model: PKModel,
+    covs: Mapping[str, float | CovariateSeries],
+    raw: Mapping[str, Any],
+    source: str,
+    notes: list[str],
+    warnings: list[str],
+) -> None:
+    """Warn when the patient is on dialysis (a covariate from ``dialysis`` is 1 at some time).
+
+    Dialysis sessions (the drug removed by each session) are not modelled; a Cockcroft-Gault CrCL
+    assumes stable kidney function (SCr at steady state) and is not meaningful on dialysis.
+    """
+    flags = [s.name for s in model.covariates if s.source == "dialysis"]
+    on = False
+    for name in flags:
+        value = covs.get(name)
+        values = value.values if isinstance(value, CovariateSeries) else (value,)
+        on = on or any(v is not None and v >= 0.5 for v in values)
+    if not on:
+        return
+    cockcroft_gault = any(s.derive == "cockcroft_gault" for s in model.covariates) and "crcl" not in raw
+    if cockcroft_gault:
+        warnings.append(
+            f"{source}: covariates.dialysis: the patient is on dialysis; Cockcroft-Gault CrCL (from SCr) "
+            "is not meaningful on dialysis (SCr is not at steady state), and dialysis sessions are not "
+            "modelled: drug removed by each session is not in the forecast; re-dose after dialysis by levels"
+        )
+    else:  # a measured CrCL is the user's call: a note, so that --strict still runs
+        notes.append(
+            f"{source}: covariates.dialysis: the patient is on dialysis; dialysis sessions are not modelled "
+            "(drug removed by each session is not in the forecast); re-dose after dialysis by levels"
+        )
 
 
 def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCase:
     """Validate a case given as a mapping (the JSON structure)."""
     notes: list[str] = []
     warnings: list[str] = []
-    _check_keys(data, _CASE_KEYS, source)
+    check_keys(data, CASE_KEYS, source)
     if "model" not in data:
         raise CaseError(f"{source}: missing 'model' (a library id or a model-file path)")
     model = load_model(str(data["model"]))
@@ -526,14 +521,15 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
     for section in ("doses", "levels"):
         if not isinstance(data.get(section, []), list):
             raise CaseError(f"{source}: {section!r} must be a list of objects")
-    dose_entries = [_check_keys(d, _DOSE_KEYS, f"{source}: doses[{i}]") for i, d in enumerate(data.get("doses", []))]
+    dose_entries = [check_keys(d, DOSE_KEYS, f"{source}: doses[{i}]") for i, d in enumerate(data.get("doses", []))]
     level_entries = [
-        _check_keys(lv, _LEVEL_KEYS, f"{source}: levels[{i}]") for i, lv in enumerate(data.get("levels", []))
+        check_keys(lv, LEVEL_KEYS, f"{source}: levels[{i}]") for i, lv in enumerate(data.get("levels", []))
     ]
     timed_covariates = [e for v in raw.values() if isinstance(v, list) for e in v if isinstance(e, Mapping)]
     clock = _Clock([*dose_entries, *level_entries, *timed_covariates], data.get("origin"), source)
     covs = _covariates(model, raw, data.get("covariate_interpolation", "locf"), clock, source, notes, warnings)
     _unused_covariates(model, raw, source, notes, warnings)
+    _dialysis_warning(model, covs, raw, source, notes, warnings)
     doses: list[Dose] = []
     for i, d in enumerate(dose_entries):
         w = f"{source}: doses[{i}]"
@@ -560,7 +556,7 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
                     rate_mg_h=rate,
                     interval_h=_num(d.get("interval_h", 0.0), f"{w}.interval_h"),
                     additional=_count(d.get("additional", 0), f"{w}.additional"),
-                    steady_state=_bool(d.get("steady_state", False), f"{w}.steady_state"),
+                    steady_state=parse_bool(d.get("steady_state", False), f"{w}.steady_state"),
                     route=str(d.get("route", "iv")),  # type: ignore[arg-type]
                 )
             )
@@ -597,7 +593,7 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
         raise CaseError(f"{source}: levels given but no doses")
     target = parse_target(data.get("target", {"metric": "auc24_ss", "low": 400, "high": 600}), f"{source}: target")
     w = f"{source}: regimen"
-    reg = _check_keys(data.get("regimen", {}), _REGIMEN_KEYS, w)
+    reg = check_keys(data.get("regimen", {}), REGIMEN_KEYS, w)
     options = RegimenOptions(
         start_h=_num(reg["start_h"], f"{w}.start_h") if "start_h" in reg else None,
         intervals_h=tuple(_num(x, f"{w}.intervals_h") for x in reg.get("intervals_h", [8, 12, 24])),
@@ -605,7 +601,7 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
         max_dose_mg=_num(reg.get("max_dose_mg", 4000.0), f"{w}.max_dose_mg"),
         max_rate_mg_h=_num(reg.get("max_rate_mg_h", 1000.0), f"{w}.max_rate_mg_h"),
         min_duration_h=_num(reg.get("min_duration_h", 1.0), f"{w}.min_duration_h"),
-        loading_dose=_bool(reg.get("loading_dose", not doses), f"{w}.loading_dose"),
+        loading_dose=parse_bool(reg.get("loading_dose", not doses), f"{w}.loading_dose"),
         n_doses=_count(reg.get("n_doses", 1), f"{w}.n_doses"),
     )
     if not options.intervals_h or min(options.intervals_h) <= 0:
@@ -630,119 +626,6 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
     )
 
 
-_CSV_FIELDS = (
-    "record",
-    "name",
-    "time_h",
-    "time",
-    "value",
-    "unit",
-    "duration_h",
-    "rate",
-    "interval_h",
-    "additional",
-    "steady_state",
-    "route",
-    "low",
-    "high",
-    "start_h",
-    "end_h",
-    "threshold_mg_l",
-)
-
-
-def _csv_to_mapping(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = {"covariates": {}, "doses": [], "levels": [], "regimen": {}}
-    target_also: list[dict[str, Any]] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or "record" not in reader.fieldnames:
-            raise CaseError(
-                f"{path}: a case CSV needs a header with a 'record' column (columns: {', '.join(_CSV_FIELDS)})"
-            )
-        for n, row in enumerate(reader, start=2):
-            r = {k: v.strip() for k, v in row.items() if k and v is not None and v.strip() != ""}
-            kind = r.get("record", "")
-            where = f"{path}:{n}"
-            if kind == "model":
-                data["model"] = r.get("name", "")
-            elif kind == "patient":
-                data["patient_id"] = r.get("name", "")
-            elif kind == "covariate":
-                if "name" not in r or "value" not in r:
-                    raise CaseError(f"{where}: covariate rows need name and value")
-                val: Any = r["value"] if r["name"] == "sex" else {"value": r["value"]}
-                if "unit" in r and isinstance(val, dict):
-                    val["unit"] = r["unit"]
-                timed = {k: r[k] for k in ("time_h", "time") if k in r}
-                covs = data["covariates"]
-                previous = covs.get(r["name"])
-                if timed:  # one row per observation: a time-varying covariate
-                    if previous is not None and not isinstance(previous, list):
-                        raise CaseError(f"{where}: covariate {r['name']!r} given both with and without a time")
-                    entry = timed | (val if isinstance(val, dict) else {"value": val})
-                    covs[r["name"]] = [*(previous or []), entry]
-                elif previous is not None:
-                    raise CaseError(
-                        f"{where}: covariate {r['name']!r} given twice; give time_h or time on each row "
-                        "for a value that changes"
-                    )
-                else:
-                    covs[r["name"]] = val
-            elif kind == "dose":
-                d: dict[str, Any] = {"amount": {"value": r.get("value"), "unit": r.get("unit", "mg")}}
-                for key in ("time_h", "time", "duration_h", "interval_h", "additional", "route"):
-                    if key in r:
-                        d[key] = r[key]
-                if "rate" in r:
-                    d["rate"] = r["rate"]
-                if r.get("steady_state", "").lower() in ("1", "true", "yes"):
-                    d["steady_state"] = True
-                data["doses"].append(d)
-            elif kind == "level":
-                data["levels"].append(
-                    {k: r[k] for k in ("time_h", "time", "value", "unit") if k in r}
-                    | ({"id": r["name"]} if "name" in r else {})
-                )
-            elif kind == "target":
-                data["target"] = {
-                    "metric": r.get("name", "auc24_ss"),
-                    **{
-                        k: r[k]
-                        for k in ("value", "low", "high", "time_h", "start_h", "end_h", "threshold_mg_l")
-                        if k in r
-                    },
-                }
-            elif kind == "target_also":
-                target_also.append({"metric": r.get("name", ""), **{k: r[k] for k in ("low", "high") if k in r}})
-            elif kind == "regimen":
-                if "name" not in r or "value" not in r:
-                    raise CaseError(f"{where}: regimen rows need name and value")
-                if r["name"] == "intervals_h":
-                    data["regimen"]["intervals_h"] = [float(x) for x in r["value"].split(";")]
-                else:
-                    data["regimen"][r["name"]] = r["value"]
-            else:
-                raise CaseError(f"{where}: unknown record type {kind!r}")
-    if target_also:
-        data.setdefault("target", {"metric": "auc24_ss", "low": 400, "high": 600})["also"] = target_also
-    return data
-
-
 def load_case(path: str | Path) -> PatientCase:
     """Read a case from a ``.json`` or ``.csv`` file."""
-    p = Path(path)
-    if not p.is_file():
-        raise CaseError(f"case file {p} does not exist")
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CaseError(f"{p}: invalid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CaseError(f"{p}: a case file must hold a JSON object")
-    elif p.suffix.lower() == ".csv":
-        data = _csv_to_mapping(p)
-    else:
-        raise CaseError(f"{p}: unsupported case file type (use .json or .csv)")
-    return parse_case(data, source=str(p))
+    return parse_case(read_case_file(path), source=str(Path(path)))

@@ -3,9 +3,15 @@
 :func:`analyze_case` fits the patient (MAP + Laplace + SIR; without levels the prior is used),
 predicts exposure of the current regimen, proposes one regimen per candidate interval (dose rounded
 to the available strength, infusion no faster than the maximum rate), computes the probability of
-target attainment (PTA) over the posterior samples, picks the regimen with the highest PTA, and
-optionally a loading dose.  Ties in PTA are broken by closeness to the target value (to 0.1 %),
-then by the longer interval (fewer administrations).  :meth:`DosingReport.to_dict` is the JSON
+target attainment (PTA) over the posterior samples, recommends one (:func:`choose_recommendation`)
+and optionally a loading dose.  Rounding to the strength can leave a candidate's MAP prediction
+outside the acceptable range: such a candidate is marked ``in_target: false`` in the JSON and
+"outside target" in the text, and is never recommended when an in-range candidate exists.  Among
+the (in-range) candidates whose PTA is within 5 percentage points of the best PTA (differences
+that small are within the sampling noise of the posterior samples), the one whose MAP prediction
+is closest to the middle of the acceptable range is recommended (relative distance rounded to
+0.1 %), then the longer interval (fewer administrations).  The choice is deterministic for a
+given seed.  :meth:`DosingReport.to_dict` is the JSON
 form, :meth:`to_text` the text form; :func:`to_records` gives medtwin records (a
 MedicationRequest with intent ``proposal`` and Observations of predicted exposure,
 ``derived_from`` the measured levels) for FHIR export, coded in medtwin's own code system
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin import codes
-from medtwin.dosing.case import PatientCase
+from medtwin.dosing.case import PatientCase, TargetSpec
 from medtwin.dosing.covariates import CovariateSeries
 from medtwin.dosing.estimation import MapResult, map_estimate, sir_sample
 from medtwin.dosing.optimize import (
@@ -50,9 +57,11 @@ from medtwin.dosing.regimen import (
 from medtwin.errors import ValidationError
 from medtwin.records import Coding, MedicationRequest, Observation, Quantity
 
-__all__ = ["DosingReport", "Proposal", "analyze_case", "to_records"]
+__all__ = ["PTA_TOLERANCE", "DosingReport", "Proposal", "analyze_case", "choose_recommendation", "to_records"]
 
 FloatArray = npt.NDArray[np.float64]
+#: PTA differences up to this (a fraction, 0.05 = 5 percentage points) count as sampling noise.
+PTA_TOLERANCE = 0.05
 _EXPOSURE_CODES = {
     "auc24_ss": codes.PREDICTED_AUC24,
     "trough_ss": codes.PREDICTED_TROUGH,
@@ -107,9 +116,19 @@ def _attained(case: PatientCase, values: dict[str, FloatArray]) -> npt.NDArray[n
     return np.asarray(ok, dtype=np.bool_)
 
 
+def _in_target(target: TargetSpec, values: dict[str, float]) -> bool:
+    """Whether the MAP prediction meets the main range and every constraint."""
+    ok = target.low <= values[target.metric] <= target.high
+    return ok and all(c.low <= values[c.metric] <= c.high for c in target.constraints)
+
+
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """A candidate maintenance regimen with its predicted exposure and PTA."""
+    """A candidate maintenance regimen with its predicted exposure and PTA.
+
+    *in_target* is False when the MAP prediction of the rounded regimen misses the acceptable
+    range (or a constraint of a combined target).
+    """
 
     start_h: float
     amount_mg: float
@@ -119,6 +138,7 @@ class Proposal:
     n_doses: int
     metrics: dict[str, dict[str, float]]
     pta: float
+    in_target: bool = True
 
     def doses(self, n_doses: int | None = None) -> list[Dose]:
         """The regimen as dose records (*n_doses* overrides the proposal's count)."""
@@ -199,7 +219,12 @@ class DosingReport:
             "levels": self.level_fit,
             "current_regimen": self.current,
             "proposals": [_proposal_dict(p) for p in self.proposals],
-            "recommended": _proposal_dict(self.recommended),
+            "recommended": {
+                "maintenance_start_h": self.recommended.start_h
+                if self.loading_dose is None
+                else self.loading_dose["maintenance_start_h"],
+                **_proposal_dict(self.recommended),
+            },
             "loading_dose": self.loading_dose,
             "warnings": self.warnings,
             "notes": list(self.case.notes),
@@ -257,7 +282,10 @@ class DosingReport:
                 f"  {_METRIC_LABELS[k]}: {v['value']:.4g} ({v['p05']:.4g} - {v['p95']:.4g})"
                 for k, v in c["metrics"].items()
             ]
-        lines.append("Candidate regimens (MAP prediction, 90% interval, PTA):")
+        lines.append(
+            "Candidate regimens (MAP prediction, 90% interval, PTA; * = recommended: in target, "
+            f"PTA within {100 * PTA_TOLERANCE:g} points of the best, closest to the middle of the range):"
+        )
         for p in self.proposals:
             mark = "*" if p is self.recommended else " "
             main = p.metrics[t.metric]
@@ -265,6 +293,7 @@ class DosingReport:
                 f" {mark} {p.amount_mg:g} mg q{p.interval_h:g}h over {p.duration_h:g} h "
                 f"from t={p.start_h:g} h: {main['value']:.4g} {unit} "
                 f"({main['p05']:.4g} - {main['p95']:.4g}), PTA {100 * p.pta:.0f}%"
+                + ("" if p.in_target else " [outside target]")
             )
         r = self.recommended
         first = (
@@ -321,6 +350,7 @@ class DosingReport:
 
 def _proposal_dict(p: Proposal) -> dict[str, Any]:
     return {
+        "in_target": p.in_target,
         "start_h": p.start_h,
         "amount_mg": p.amount_mg,
         "exact_amount_mg": p.exact_amount_mg,
@@ -330,6 +360,29 @@ def _proposal_dict(p: Proposal) -> dict[str, Any]:
         "metrics": p.metrics,
         "pta": p.pta,
     }
+
+
+def choose_recommendation(proposals: Sequence[Proposal], target: TargetSpec) -> Proposal:
+    """The candidate to recommend (rule in the module docstring).
+
+    Candidates in target (MAP prediction in range) are preferred to all others; among them, those
+    with a PTA within :data:`PTA_TOLERANCE` of the best are ranked by the relative distance of the
+    MAP prediction to the middle of the acceptable range (the target value when the range is
+    open), then by the longer interval.  Input order does not matter.
+    """
+    if not proposals:
+        raise ValidationError("choose_recommendation: no candidate regimen")
+    pool = [p for p in proposals if p.in_target] or list(proposals)
+    best_pta = max(p.pta for p in pool)
+    close = [p for p in pool if p.pta >= best_pta - PTA_TOLERANCE - 1e-12]
+    mid = (target.low + target.high) / 2 if math.isfinite(target.high) else target.value
+    scale = abs(mid) if mid != 0 else 1.0
+
+    def key(p: Proposal) -> tuple[float, float, float]:
+        distance = round(abs(p.metrics[target.metric]["value"] - mid) / scale, 3)
+        return (distance, -p.interval_h, -p.pta)
+
+    return min(close, key=key)
 
 
 def _next_dose_time(case: PatientCase, notes: list[str]) -> float:
@@ -484,6 +537,7 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         mm = _metrics(case, given, amount, tau, dur, start, n_doses, e1)
         ms = _metrics(case, given, amount, tau, dur, start, n_doses, samples)
         pta = float(np.mean(_attained(case, ms)))
+        map_values = {key: float(mm[key][0]) for key in mm}
         proposals.append(
             Proposal(
                 start_h=start,
@@ -494,19 +548,12 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
                 n_doses=n_doses,
                 metrics={key: _interval(ms[key], float(mm[key][0])) for key in ms},
                 pta=pta,
+                in_target=_in_target(target, map_values),
             )
         )
     if not proposals:
         raise ValidationError("no candidate regimen can meet the target within the constraints: " + "; ".join(warnings))
-    # highest PTA, then closest to the target value, then the longer interval (fewer doses)
-    best = max(
-        proposals,
-        key=lambda p: (
-            round(p.pta, 2),
-            -round(abs(p.metrics[target.metric]["value"] - target.value) / target.value, 3),
-            p.interval_h,
-        ),
-    )
+    best = choose_recommendation(proposals, target)
     loading = None
     if opts.loading_dose and target.metric == "auc24_ss":
         maint = maintenance_doses(
