@@ -1,6 +1,6 @@
 """Hospital operations twin: patient-flow simulation, calibration from admissions, forecasts, what-if.
 
-A SimPy discrete-event model of an ED and inpatient units (:mod:`~medtwin.hospital.simulation`),
+A discrete-event model of an ED and inpatient units (:mod:`~medtwin.hospital.simulation`),
 calibrated from encounters or ADT events (:mod:`~medtwin.hospital.calibration`), run in replications
 sequentially or on Dask (:mod:`~medtwin.hospital.replications`) for occupancy forecasts
 (:mod:`~medtwin.hospital.forecast`) and what-if comparisons on common random numbers

@@ -45,7 +45,6 @@ def stress_des_report(
     """
     cal: Mapping[str, Any] | None = calibration.to_dict() if isinstance(calibration, CalibrationResult) else calibration
     import scipy
-    import simpy
 
     rates = np.asarray(config.arrivals.rates_per_h)
     lines = [
@@ -139,11 +138,12 @@ def stress_des_report(
         "percentiles across replications.",
         "",
         "## 5. Implementation",
-        f"- 5.1 Software: medtwin {__version__}, SimPy {simpy.__version__}, numpy "
+        f"- 5.1 Software: medtwin {__version__}, numpy "
         f"{np.__version__}, scipy {scipy.__version__}, Python {sys.version.split()[0]}.",
         f"- 5.2 Random sampling: numpy PCG64; replication r uses SeedSequence({seed}, "
         "spawn_key=(r,)) spawning streams for arrivals, ED patients, electives and census.",
-        "- 5.3 Execution: event-driven (SimPy); replications sequential or on Dask, identical results either way.",
+        "- 5.3 Execution: event-driven (medtwin's event calendar, SimPy event-ordering semantics: time, then "
+        "scheduling order); replications sequential or on Dask, identical results either way.",
         f"- 5.4 System: {platform.system()} {platform.machine()}.",
         "",
         "## 6. Code access",
