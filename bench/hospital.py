@@ -7,9 +7,9 @@
    year), sequential versus a local Dask cluster of 2 worker processes. Identical results checked.
 3. The issue's goal: one year of that hospital x 100 replications on 2 workers, wall-clock time
    against 120 s.
-4. Before/after: CPU seconds per replication-year of that hospital, the event-calendar engine
-   versus the SimPy-process formulation it replaced (tests/hospital/simpy_reference.py, kept as the
-   equivalence reference), interleaved in one process; results checked identical.
+4. Engines: CPU seconds per replication-year of that hospital, the default event-calendar engine
+   versus the SimPy-process engine (medtwin.hospital.simpy_engine, ``engine="simpy"``), interleaved
+   in one process; results checked identical.
 
 Run:  .venv/bin/python bench/hospital.py            (full: about 2-4 minutes on 2 cores)
       .venv/bin/python bench/hospital.py --quick    (about a minute)
@@ -166,33 +166,25 @@ def bench_parallel(quick: bool) -> None:
 
 
 def bench_engine(quick: bool) -> None:
-    import importlib.util
-    from pathlib import Path
+    from medtwin.hospital.simpy_engine import simulate_simpy
 
-    path = Path(__file__).resolve().parents[1] / "tests" / "hospital" / "simpy_reference.py"
-    spec = importlib.util.spec_from_file_location("hospital_simpy_reference", path)
-    if spec is None or spec.loader is None or not path.exists():
-        print(f"== 4. skipped: {path} not found")
-        return
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
     cfg = hospital_500()
     horizon = 8 * 168.0 if quick else YEAR_H
-    print(f"== 4. engine before/after: CPU s per replication-year, {cfg.name}, {horizon / 24:g} days, best of 3")
-    best = {"SimPy processes (before)": math.inf, "event calendar (now)": math.inf}
+    print(f"== 4. engines, simpy vs calendar: CPU s per replication-year, {cfg.name}, {horizon / 24:g} days, best of 3")
+    best = {"SimPy engine (simpy)": math.inf, "event calendar (default)": math.inf}
     for rep in range(3):
         c = time.process_time()
-        old = ref.simulate_simpy(cfg, seed=3, replication=rep, horizon_h=horizon)
-        best["SimPy processes (before)"] = min(best["SimPy processes (before)"], time.process_time() - c)
+        old = simulate_simpy(cfg, seed=3, replication=rep, horizon_h=horizon)
+        best["SimPy engine (simpy)"] = min(best["SimPy engine (simpy)"], time.process_time() - c)
         c = time.process_time()
         new = simulate(cfg, seed=3, replication=rep, horizon_h=horizon)
-        best["event calendar (now)"] = min(best["event calendar (now)"], time.process_time() - c)
+        best["event calendar (default)"] = min(best["event calendar (default)"], time.process_time() - c)
         assert np.array_equal(old.occupancy, new.occupancy), "engines differ"
         assert old.ed_waits_h.tolist() == new.ed_waits_h.tolist(), "engines differ"
     for name, cpu in best.items():
         print(f"   {name:25s}: {cpu * YEAR_H / horizon:6.2f} s CPU per replication-year")
     print(
-        f"   speed-up                 : {best['SimPy processes (before)'] / best['event calendar (now)']:.2f}x"
+        f"   speed-up                 : {best['SimPy engine (simpy)'] / best['event calendar (default)']:.2f}x"
         " (results identical: yes)"
     )
 

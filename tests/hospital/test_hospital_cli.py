@@ -54,6 +54,43 @@ def test_forecast_from_census_csv_json_and_png(workdir: Path) -> None:
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_forecast_and_whatif_engine_simpy_give_the_default_results(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medtwin.hospital import simpy_engine
+
+    calls: list[int] = []
+    original = simpy_engine.simulate_simpy
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(simpy_engine, "simulate_simpy", counting)
+    forecast = [
+        "hospital", "forecast", "--census-csv", str(workdir / "adt.csv"), "--hours", "12",
+        "--reps", "3", "--workers", "0", "--json",
+    ]  # fmt: skip
+    default = runner.invoke(app, forecast)
+    simpy = runner.invoke(app, [*forecast, "--engine", "simpy"])
+    calendar = runner.invoke(app, [*forecast, "--engine", "calendar"])
+    assert len(calls) == 3  # only the --engine simpy run used SimPy, once per replication
+    assert default.exit_code == simpy.exit_code == calendar.exit_code == 0, simpy.output
+    assert json.loads(simpy.output) == json.loads(default.output) == json.loads(calendar.output)
+    whatif = [
+        "hospital", "whatif", "--beds", "ICU=-3", "--weeks", "0.5", "--warmup-weeks", "0.25",
+        "--reps", "2", "--workers", "0", "--json",
+    ]  # fmt: skip
+    default = runner.invoke(app, whatif)
+    simpy = runner.invoke(app, [*whatif, "--engine", "simpy"])
+    assert len(calls) == 3 + 4  # baseline and scenario x 2 replications
+    assert default.exit_code == simpy.exit_code == 0, simpy.output
+    assert json.loads(simpy.output) == json.loads(default.output)
+    bad = runner.invoke(app, [*whatif, "--engine", "ciw"])
+    assert bad.exit_code == 2
+    assert "ciw" in bad.output
+
+
 def test_forecast_table_without_census() -> None:
     result = runner.invoke(
         app, ["hospital", "forecast", "--hours", "12", "--reps", "4", "--workers", "0", "--at", "2026-03-02T08:00Z"]

@@ -1,17 +1,14 @@
 """The event calendar under the hospital simulation, and its equivalence with the SimPy formulation.
 
-``simpy_reference.py`` (beside this file) is the simulation as it was written on SimPy processes
-before the speed work of issue 6; the calendar version must reproduce it: same patients, same
-events, same KPIs, same stay log, bit for bit.
+``medtwin.hospital.simpy_engine`` is the simulation as it was written on SimPy processes (kept as
+the selectable ``engine="simpy"``); the default calendar engine must reproduce it: same patients,
+same events, same KPIs, same stay log, bit for bit.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import fields, replace
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,19 +28,7 @@ from medtwin.hospital import (
 )
 from medtwin.hospital.beds import BedPool, Calendar
 from medtwin.hospital.replications import DaskRunner
-
-
-def _reference() -> ModuleType:
-    path = Path(__file__).with_name("simpy_reference.py")
-    spec = importlib.util.spec_from_file_location("medtwin_tests_hospital_simpy_reference", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _reference()
+from medtwin.hospital.simpy_engine import simulate_simpy
 
 
 def test_calendar_runs_in_time_order_ties_first_scheduled_first() -> None:
@@ -149,7 +134,7 @@ CASES = {
 def test_calendar_version_reproduces_the_simpy_formulation(case: str, seed: int) -> None:
     cfg, kwargs = CASES[case]
     ours = simulate(cfg, seed=seed, replication=1, **kwargs)  # type: ignore[arg-type]
-    ref = REF.simulate_simpy(cfg, seed=seed, replication=1, **kwargs)
+    ref = simulate_simpy(cfg, seed=seed, replication=1, **kwargs)
     assert ref.patient_events > 0
     _assert_same(ours, ref)
 
@@ -157,7 +142,7 @@ def test_calendar_version_reproduces_the_simpy_formulation(case: str, seed: int)
 def test_the_equivalence_check_can_fail() -> None:
     cfg, kwargs = CASES["crowded ED: LWBS, diversion, boarding"]
     ours = simulate(cfg, seed=0, **kwargs)  # type: ignore[arg-type]
-    other = REF.simulate_simpy(replace(cfg, ed=replace(cfg.ed, spaces=5)), seed=0, **kwargs)
+    other = simulate_simpy(replace(cfg, ed=replace(cfg.ed, spaces=5)), seed=0, **kwargs)
     with pytest.raises(AssertionError):
         _assert_same(ours, other)
 
@@ -165,3 +150,55 @@ def test_the_equivalence_check_can_fail() -> None:
 def test_dask_runner_rejects_empty_chunks() -> None:
     with pytest.raises(SimulationError, match="chunks_per_worker"):
         DaskRunner(chunks_per_worker=0)
+
+
+def test_simulate_engine_simpy_runs_the_simpy_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medtwin.hospital import simpy_engine
+
+    calls: list[int] = []
+    original = simpy_engine.simulate_simpy
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(simpy_engine, "simulate_simpy", counting)
+    cfg, kwargs = CASES["crowded ED: LWBS, diversion, boarding"]
+    via_simpy = simulate(cfg, seed=3, engine="simpy", **kwargs)  # type: ignore[arg-type]
+    assert calls == [1]
+    default = simulate(cfg, seed=3, **kwargs)  # type: ignore[arg-type]
+    assert calls == [1]  # the default engine is the calendar, not SimPy
+    _assert_same(default, via_simpy)
+
+
+def test_forecast_and_whatif_on_the_simpy_engine_match_the_default() -> None:
+    from datetime import UTC, datetime
+
+    from medtwin.hospital import Scenario, compare_scenarios, forecast_occupancy
+    from medtwin.hospital.history import census_from_model
+
+    cfg = example_hospital()
+    start = datetime(2026, 3, 4, 12, tzinfo=UTC)
+    census = census_from_model(cfg, at=start, seed=1)
+    fc = {
+        engine: forecast_occupancy(cfg, start=start, horizon_h=24, census=census, n_reps=3, seed=5, engine=engine)
+        for engine in ("calendar", "simpy")
+    }
+    assert fc["calendar"].to_dict() == fc["simpy"].to_dict()
+    scen = [Scenario(name="icu-4", beds={"ICU": -4})]
+    cmp = {
+        engine: compare_scenarios(cfg, scen, n_reps=2, seed=2, horizon_h=168, warmup_h=48, engine=engine)
+        for engine in ("calendar", "simpy")
+    }
+    assert np.array_equal(cmp["calendar"].values, cmp["simpy"].values)
+    assert np.array_equal(cmp["calendar"].occupancy_bands, cmp["simpy"].occupancy_bands)
+
+
+def test_unknown_engine_is_rejected() -> None:
+    from medtwin.hospital.replications import make_jobs
+
+    cfg, kwargs = CASES["crowded ED: LWBS, diversion, boarding"]
+    with pytest.raises(SimulationError, match="engine must be one of calendar, simpy, got 'ciw'"):
+        simulate(cfg, seed=0, engine="ciw", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(SimulationError, match="engine must be one of"):
+        make_jobs(cfg, n_reps=2, seed=0, horizon_h=24.0, engine="ciw")  # type: ignore[arg-type]

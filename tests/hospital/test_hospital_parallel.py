@@ -47,3 +47,14 @@ def test_parallel_forecast_and_whatif_match_sequential(dask_runner: DaskRunner) 
     c1 = compare_scenarios(cfg, scen, n_reps=3, seed=2, horizon_h=168, warmup_h=168)
     c2 = compare_scenarios(cfg, scen, n_reps=3, seed=2, horizon_h=168, warmup_h=168, runner=dask_runner)
     assert np.array_equal(c1.values, c2.values)
+
+
+def test_parallel_replications_on_the_simpy_engine_match_sequential_calendar(dask_runner: DaskRunner) -> None:
+    cfg = example_hospital()
+    kwargs = {"n_reps": 2, "seed": 4, "horizon_h": 72.0}
+    seq = run_replications(cfg, **kwargs)  # type: ignore[arg-type]
+    par = run_replications(cfg, runner=dask_runner, engine="simpy", **kwargs)  # type: ignore[arg-type]
+    for a, b in zip(seq, par, strict=True):
+        assert np.array_equal(a.occupancy, b.occupancy)
+        assert np.array_equal(a.ed_waits_h, b.ed_waits_h)
+        assert a.patient_events == b.patient_events

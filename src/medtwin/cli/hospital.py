@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,6 +51,19 @@ ModelOpt = Annotated[Path | None, typer.Option("--model", help="model JSON from 
 WorkersOpt = Annotated[int, typer.Option("--workers", help="local Dask workers (0: run in this process)")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="address of a Dask scheduler (real cluster)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+
+
+class EngineChoice(StrEnum):
+    """Simulation engine: the event calendar (default, fast) or the SimPy formulation (same results)."""
+
+    calendar = "calendar"
+    simpy = "simpy"
+
+
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option("--engine", help="simulation engine: calendar (fast) or simpy (SimPy processes); same results"),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -209,6 +223,7 @@ def forecast_cmd(
     scheduler: SchedulerOpt = None,
     png: Annotated[Path | None, typer.Option("--png", help="write a fan chart PNG")] = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = EngineChoice.calendar,
 ) -> None:
     """Forecast occupancy by unit and hour (P10/P50/P90, probability full)."""
     try:
@@ -234,6 +249,7 @@ def forecast_cmd(
                 n_reps=reps,
                 seed=seed,
                 runner=runner,
+                engine=engine.value,
             )
     except MedtwinError as exc:
         raise _fail(str(exc)) from exc
@@ -284,6 +300,7 @@ def whatif_cmd(
     scheduler: SchedulerOpt = None,
     png: Annotated[Path | None, typer.Option("--png", help="write occupancy fans PNG")] = None,
     as_json: JsonOpt = False,
+    engine: EngineOpt = EngineChoice.calendar,
 ) -> None:
     """Compare scenarios with the baseline on common random numbers; KPIs side by side."""
     scenarios: list[Scenario] = []
@@ -332,6 +349,7 @@ def whatif_cmd(
                 horizon_h=weeks * 168,
                 warmup_h=warmup_weeks * 168,
                 runner=runner,
+                engine=engine.value,
             )
     except MedtwinError as exc:
         raise _fail(str(exc)) from exc

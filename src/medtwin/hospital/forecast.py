@@ -19,7 +19,7 @@ import numpy.typing as npt
 from medtwin.errors import ValidationError
 from medtwin.hospital.config import HospitalConfig
 from medtwin.hospital.replications import ReplicationJob, Runner, SequentialRunner, make_jobs
-from medtwin.hospital.simulation import CensusEntry
+from medtwin.hospital.simulation import CensusEntry, Engine
 
 __all__ = ["ForecastError", "OccupancyForecast", "forecast_occupancy", "hour_of_week"]
 
@@ -94,8 +94,10 @@ def forecast_occupancy(
     n_reps: int = 100,
     seed: int = 0,
     runner: Runner | None = None,
+    engine: Engine = "calendar",
 ) -> OccupancyForecast:
-    """Forecast occupancy of every unit for *horizon_h* hours from *start* and *census*."""
+    """Forecast occupancy of every unit for *horizon_h* hours from *start* and *census* on *engine*
+    (``"calendar"``, default, or ``"simpy"``: identical results)."""
     if not 1 <= horizon_h <= 24 * 28:
         raise ForecastError(f"forecast horizon must be 1-672 h, got {horizon_h}")
     if n_reps < 2:
@@ -107,6 +109,7 @@ def forecast_occupancy(
         horizon_h=float(horizon_h),
         start_how_h=hour_of_week(start),
         census=census,
+        engine=engine,
     )
     out = (runner or SequentialRunner()).map(_occupancy_job, jobs)
     occ = np.stack([o for o, _ in out]).astype(np.float64)  # (reps, units, hours)

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from medtwin.hospital.config import HospitalConfig
-from medtwin.hospital.simulation import CensusEntry, ReplicationResult, SimulationError, simulate
+from medtwin.hospital.simulation import ENGINES, CensusEntry, Engine, ReplicationResult, SimulationError, simulate
 
 __all__ = [
     "DaskRunner",
@@ -164,6 +164,7 @@ class ReplicationJob:
     warmup_h: float = 0.0
     start_how_h: float = 0.0
     census: tuple[CensusEntry, ...] = ()
+    engine: Engine = "calendar"
 
     def run(self) -> ReplicationResult:
         """Run this replication."""
@@ -175,6 +176,7 @@ class ReplicationJob:
             warmup_h=self.warmup_h,
             start_how_h=self.start_how_h,
             census=self.census,
+            engine=self.engine,
         )
 
 
@@ -191,8 +193,11 @@ def make_jobs(
     warmup_h: float = 0.0,
     start_how_h: float = 0.0,
     census: Sequence[CensusEntry] = (),
+    engine: Engine = "calendar",
 ) -> list[ReplicationJob]:
-    """The jobs of replications 0 .. *n_reps* - 1."""
+    """The jobs of replications 0 .. *n_reps* - 1 on *engine* (``"calendar"`` or ``"simpy"``)."""
+    if engine not in ENGINES:
+        raise SimulationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     return [
         ReplicationJob(
             config=config,
@@ -202,6 +207,7 @@ def make_jobs(
             warmup_h=warmup_h,
             start_how_h=start_how_h,
             census=tuple(census),
+            engine=engine,
         )
         for r in range(n_reps)
     ]
@@ -217,8 +223,10 @@ def run_replications(
     start_how_h: float = 0.0,
     census: Sequence[CensusEntry] = (),
     runner: Runner | None = None,
+    engine: Engine = "calendar",
 ) -> list[ReplicationResult]:
-    """Run *n_reps* replications on *runner* (sequential by default); results in replication order."""
+    """Run *n_reps* replications on *runner* (sequential by default) and *engine*; results in
+    replication order."""
     jobs = make_jobs(
         config,
         n_reps=n_reps,
@@ -227,5 +235,6 @@ def run_replications(
         warmup_h=warmup_h,
         start_how_h=start_how_h,
         census=census,
+        engine=engine,
     )
     return (runner or SequentialRunner()).map(_run_job, jobs)

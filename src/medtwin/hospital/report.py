@@ -142,8 +142,10 @@ def stress_des_report(
         f"{np.__version__}, scipy {scipy.__version__}, Python {sys.version.split()[0]}.",
         f"- 5.2 Random sampling: numpy PCG64; replication r uses SeedSequence({seed}, "
         "spawn_key=(r,)) spawning streams for arrivals, ED patients, electives and census.",
-        "- 5.3 Execution: event-driven (medtwin's event calendar, SimPy event-ordering semantics: time, then "
-        "scheduling order); replications sequential or on Dask, identical results either way.",
+        "- 5.3 Execution: event-driven, on either of two engines with identical results: medtwin's event "
+        'calendar (default, `engine="calendar"`; SimPy event-ordering semantics: time, then scheduling '
+        'order) or the SimPy-process formulation (`engine="simpy"`, medtwin.hospital.simpy_engine, '
+        "SimPy processes and events); replications sequential or on Dask, identical results either way.",
         f"- 5.4 System: {platform.system()} {platform.machine()}.",
         "",
         "## 6. Code access",

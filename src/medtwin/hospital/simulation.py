@@ -21,9 +21,11 @@ Engine. Events run on :class:`medtwin.hospital.beds.Calendar`, a binary heap ord
 scheduling order): the ordering SimPy gives its normal-priority events. Every patient is a chain
 of callbacks (no generator processes) and the ED arrivals are a sorted stream merged into the heap,
 so an ED patient sent home costs two events and an admitted one an event per unit stay. The model
-was first written on SimPy processes; tests/hospital/simpy_reference.py keeps that version and the
-tests check that this one reproduces it bit for bit (same events, KPIs and stay log) at about
-2.5x the speed (issue 6: 100 replication-years of a 500-bed hospital in under 2 minutes on 2 cores).
+was first written on SimPy processes; :mod:`medtwin.hospital.simpy_engine` keeps that formulation as
+a selectable engine (``simulate(..., engine="simpy")``, readable and extensible with SimPy
+processes) and the tests check that this default calendar engine reproduces it bit for bit (same
+events, KPIs and stay log) at about 2.5x the speed (issue 6: 100 replication-years of a 500-bed
+hospital in under 2 minutes on 2 cores).
 
 Outputs are time-integrated exactly: each unit's occupancy is integrated at every change, so the
 area under the occupancy curve equals the sum of the stays' clipped durations (Little's law,
@@ -43,6 +45,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from heapq import heappush
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +55,9 @@ from medtwin.hospital.beds import BedPool, Calendar, Request
 from medtwin.hospital.config import HOURS_PER_WEEK, HospitalConfig
 
 __all__ = [
+    "ENGINES",
     "CensusEntry",
+    "Engine",
     "ReplicationResult",
     "SimulationError",
     "simulate",
@@ -60,6 +65,10 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+Engine = Literal["calendar", "simpy"]
+#: the simulation engines: the event calendar (default, fast) and the SimPy formulation
+ENGINES: tuple[Engine, ...] = ("calendar", "simpy")
 
 # fixed uniform columns of one ED patient's row; the stays follow (two columns each)
 _COL_AMBULANCE, _COL_PATIENCE, _COL_TREAT, _COL_ADMIT, _COL_TRIAGE, _FIXED = 0, 1, 2, 3, 4, 5
@@ -533,6 +542,7 @@ def simulate(
     start_how_h: float = 0.0,
     census: Sequence[CensusEntry] = (),
     record_stays: bool = False,
+    engine: Engine = "calendar",
 ) -> ReplicationResult:
     """Run one replication of *config* for *horizon_h* hours after *warmup_h* hours of warm-up.
 
@@ -540,7 +550,24 @@ def simulate(
     *start_how_h* is the hour of the week at time 0 (0 = Monday 00:00 UTC); *census* lists the
     patients present at time 0 (the starting state of a forecast). With *record_stays* the result
     carries the log of every unit stay (used for synthetic histories and Little's-law checks).
+    *engine* is ``"calendar"`` (default, fast) or ``"simpy"`` (:mod:`medtwin.hospital.simpy_engine`,
+    the SimPy-process formulation); both give identical results.
     """
+    if engine == "simpy":
+        from medtwin.hospital.simpy_engine import simulate_simpy
+
+        return simulate_simpy(
+            config,
+            seed=seed,
+            replication=replication,
+            horizon_h=horizon_h,
+            warmup_h=warmup_h,
+            start_how_h=start_how_h,
+            census=census,
+            record_stays=record_stays,
+        )
+    if engine != "calendar":
+        raise SimulationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not (horizon_h > 0 and warmup_h >= 0 and math.isfinite(horizon_h + warmup_h)):
         raise SimulationError(f"horizon_h must be > 0 and warmup_h >= 0, got {horizon_h} and {warmup_h}")
     if seed < 0 or replication < 0:

@@ -26,7 +26,7 @@ from scipy import stats
 from medtwin.errors import ValidationError
 from medtwin.hospital.config import ElectiveSlot, HospitalConfig
 from medtwin.hospital.replications import ReplicationJob, Runner, SequentialRunner, make_jobs
-from medtwin.hospital.simulation import ReplicationResult
+from medtwin.hospital.simulation import Engine, ReplicationResult
 
 __all__ = [
     "Comparison",
@@ -258,8 +258,10 @@ def compare_scenarios(
     warmup_h: float = 24 * 7 * 4,
     start_how_h: float = 0.0,
     runner: Runner | None = None,
+    engine: Engine = "calendar",
 ) -> Comparison:
-    """Run the baseline (*config*) and each scenario on the same seeds; KPIs side by side."""
+    """Run the baseline (*config*) and each scenario on the same seeds and *engine* (``"calendar"``,
+    default, or ``"simpy"``: identical results); KPIs side by side."""
     if n_reps < 2:
         raise ScenarioError(f"a comparison needs at least 2 replications, got {n_reps}")
     names = ["baseline", *(s.name for s in scenarios)]
@@ -276,6 +278,7 @@ def compare_scenarios(
             horizon_h=horizon_h,
             warmup_h=warmup_h,
             start_how_h=start_how_h,
+            engine=engine,
         )
     ]
     out = (runner or SequentialRunner()).map(_kpi_job, jobs)

@@ -1,8 +1,19 @@
-"""Reference: the hospital simulation as it was written on SimPy (processes and ``simpy.Event``s).
+"""The hospital simulation on SimPy: patients as ``simpy`` processes, beds as event-driven pools.
 
-A frozen copy of ``medtwin.hospital.simulation`` and ``beds`` before the switch to the event
-calendar (issue 6, speed goal), used only by tests to check that the calendar version reproduces
-its results exactly (same patients, same events, same numbers). Not part of the package.
+This is the SimPy formulation of the model in :mod:`medtwin.hospital.simulation` (same pathways,
+random numbers, KPIs and references; see that module's docstring for the model, its citation and
+validity range). ED arrivals, ED patients, inpatients, electives, staffing changes and hourly
+snapshots are processes on a ``simpy.Environment``; each unit's beds are a :class:`BedPool` whose
+requests are ``simpy.Event``s served by (priority, arrival order). It is the readable, extensible
+form: a new pathway or resource can be written as another SimPy process.
+
+Select it with ``simulate(..., engine="simpy")`` (or ``engine="simpy"`` on forecasts, what-if
+comparisons, replication jobs and ``medtwin hospital forecast|whatif --engine simpy``). The default
+engine (``engine="calendar"``, :class:`medtwin.hospital.beds.Calendar`: callbacks on a binary heap
+ordered like SimPy's normal-priority events) is tested (tests/hospital/test_hospital_engine.py) to
+reproduce this one bit for bit (same events, KPIs, hourly occupancy and stay log) and is about
+2.5x faster; use this one to read, extend or cross-check the model. An extension made here is not
+in the calendar engine until it is ported there (and the equivalence tests will then say so).
 """
 
 from __future__ import annotations
