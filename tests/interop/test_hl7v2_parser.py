@@ -302,3 +302,39 @@ def test_observation_ids_are_stable_and_increase_with_time() -> None:
     later = load("authored_ORU_R01_vitals_loinc_v251.hl7").decode().replace("20250301102900", "20250301113000")
     later_ids = [o.observation_id for o in hl7v2.map_message(hl7v2.parse_message(later)).observations]
     assert min(later_ids) > max(o.observation_id for o in first)
+
+
+def test_header_cut_by_a_segment_break_is_a_parse_error_not_a_crash() -> None:
+    # found by the fuzz test: "MSH" followed at once by CR used to raise IndexError while reading MSH-18
+    with pytest.raises(Hl7ParseError):
+        hl7v2.parse_payload(b"MSH\r|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1")
+
+
+def _reference_components(raw: str, d: hl7v2.Delimiters) -> list[str]:
+    """The general algorithm (first repetition, first subcomponent, unescaped), without any fast path."""
+    if not raw:
+        return []
+    first = raw.split(d.repetition)[0]
+    return ["" if (s := c.split(d.subcomponent)[0]) == '""' else hl7v2.unescape(s, d) for c in first.split(d.component)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab1 ^~&\\"FSTE.', max_size=24))
+def test_field_and_components_fast_paths_agree_with_the_general_algorithm(raw: str) -> None:
+    message = hl7v2.parse_message(f"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1\rOBX|1|ST|{raw}|end")
+    obx = message.segments[1]
+    d = message.delimiters
+    expected = _reference_components(raw, d)
+    assert obx.components(3) == expected
+    assert obx.field(3) == (expected[0] if expected else "")
+
+
+def test_obx_identifiers_are_cached_as_shared_immutable_codings() -> None:
+    first = hl7v2.map_message(one("authored_ORU_R01_vitals_pcd01_mdc_v26.hl7"))
+    again = hl7v2.map_message(one("authored_ORU_R01_vitals_pcd01_mdc_v26.hl7"))
+    for a, b in zip(first.observations, again.observations, strict=True):
+        assert a == b
+        assert a.code is b.code  # one Coding per identifier, shared: records are frozen
+        assert a.code.system == codes.LOINC
+        assert a.alt_codes
+        assert a.alt_codes[0].system == codes.MDC

@@ -7,6 +7,7 @@ import shutil
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -357,3 +358,51 @@ def test_full_subscriber_queue_delays_the_ack_instead_of_blocking_the_loop() -> 
 
     serve(MemorySink(), body, on_stored=on_stored)
     assert len(calls) == 3
+
+
+class PoisonSink(MemorySink):
+    """A batch-capable sink that refuses one message: the group commit must isolate it."""
+
+    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+        if raw is not None and raw.source_id == "POISON":
+            raise OSError("disk says no to this one")
+        return super().write(records, raw)
+
+    def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
+        if any(raw is not None and raw.source_id == "POISON" for _, raw in items):
+            raise OSError("the batch holds a poisoned message")
+        return super().write_batch(items)
+
+
+def test_group_commit_settles_each_asyncio_future_with_its_own_outcome() -> None:
+    from medtwin.interop.mllp import GroupCommitWriter, _Job
+
+    sink = PoisonSink()
+    writer = GroupCommitWriter(sink)
+
+    def raw(control_id: str) -> RawMessage:
+        received = datetime(2026, 1, 1, tzinfo=UTC)
+        return RawMessage(
+            source_system="T@T", source_id=control_id, payload=b"MSH", content_type="x", received=received
+        )
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        futures = [writer.submit_to_loop(_Job("write", raw(c)), loop) for c in ("A", "POISON", "B", "A")]
+        futures.append(writer.submit_to_loop(_Job("reject", raw("R#1"), reason="bad"), loop))
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    try:
+        a, poison, b, again, rejected = asyncio.run(main())
+    finally:
+        writer.close()
+    assert isinstance(a, WriteResult)
+    assert not a.raw_duplicate
+    assert isinstance(poison, OSError)
+    assert isinstance(b, WriteResult)
+    assert not b.raw_duplicate
+    assert isinstance(again, WriteResult)
+    assert again.raw_duplicate
+    assert rejected is None
+    assert [e[0].source_id for e in sink.entries("accepted")] == ["A", "B"]
+    assert [e[0].source_id for e in sink.entries("rejected")] == ["R#1"]

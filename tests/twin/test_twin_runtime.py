@@ -171,3 +171,22 @@ def test_offer_refuses_when_the_queue_is_full() -> None:
     assert runtime.offer(vitals("p1", 10)) is True
     runtime.close()
     assert "p1" in runtime.twins
+
+
+def test_background_worker_stores_alert_resolutions_before_drain_returns(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'twin.db'}")
+    try:
+        runtime = TwinRuntime(store, group_window_s=0.0)
+        runtime.start()
+        runtime.submit(vitals("p1", 0, rr=26, pulse=120))
+        runtime.drain()
+        raised = store.events(patient_id="p1", kind="alert")
+        assert raised
+        assert {e.status for e in raised} == {"active"}
+        for minutes in (5, 10, 15):  # recovery: resolved after the hysteresis of three assessments
+            runtime.submit(vitals("p1", minutes))
+        runtime.drain()
+        assert {e.status for e in store.events(patient_id="p1", kind="alert")} == {"resolved"}
+        runtime.close()
+    finally:
+        store.close()

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
+from functools import lru_cache
 
 from medtwin import codes
 from medtwin.errors import UnitError, ValidationError
@@ -82,6 +83,7 @@ _OBX_STATUS = {"F": "final", "C": "corrected", "R": "preliminary", "P": "prelimi
 _PATIENT_CLASS = {"E": "EMER", "I": "IMP", "O": "AMB", "P": "PRENC", "R": "AMB", "B": "OBSENC", "N": "AMB"}
 _GENDER: dict[str, str] = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
 _ADT_EVENTS = {"A01", "A02", "A03", "A04", "A08", "A11", "A12", "A13", "A28", "A31"}
+_ADMIT_EVENTS = {"A01", "A04", ""}  # events whose PV1-3 location holds from the admit time (PV1-44)
 
 
 def pseudonymous_patient_id(system: str | None, value: str) -> str:
@@ -257,6 +259,8 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
     encounter_id = pv1.field(19) if pv1 is not None and pv1.field(19) else None
     obr_time: str = ""
     device: str | None = None
+    msh_time = message.msh.field(7)
+    sending_application = message.sending_application or None
     out: list[Observation] = []
     for index, seg in enumerate(message.segments):
         if seg.name == "OBR":
@@ -264,7 +268,8 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
             continue
         if seg.name != "OBX":
             continue
-        where = f"OBX[{seg.field(1) or index}]"
+        set_id = seg.field(1) or str(index)
+        where = f"OBX[{set_id}]"
         status_code = seg.field(11).upper()
         if status_code in ("X", "D"):
             ctx.notes.append(f"{where}: result status {status_code} (no value / deleted); skipped")
@@ -278,22 +283,18 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
         if not identifier or not identifier[0]:
             ctx.notes.append(f"{where}: OBX-3 has no code; an unidentified result cannot be used, skipped")
             continue
-        coding = _coding(identifier, f"{where}^3")
-        alt: tuple[Coding, ...] = ()
-        loinc = codes.normalise_to_loinc(coding)
-        if loinc is not coding:
-            alt, coding = (coding,), loinc
+        coding, alt, target, vital = _concept(tuple(identifier))
         value: Quantity | Coding | str
         if value_type in ("NM", "SN"):
-            value = _quantity(seg, value_type, coding, where)
+            value = _quantity(seg, value_type, coding, target, where)
         elif value_type in ("CWE", "CE", "CNE", "CF"):
             value = _coding(seg.components(5), f"{where}^5")
         else:
             value = seg.field(5)
-        when_raw = seg.field(14) or obr_time or message.msh.field(7)
+        when_raw = seg.field(14) or obr_time or msh_time
         effective = ctx.when(when_raw, f"{where}^14")
         device = seg.field(18) or device
-        provenance = _provenance(ctx, f"OBX-{seg.field(1) or index}-{seg.field(4) or ''}")
+        provenance = _provenance(ctx, f"OBX-{set_id}-{seg.field(4)}")
         out.append(
             Observation(
                 observation_id=_stable_id(provenance, effective),
@@ -302,8 +303,8 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
                 effective=effective,
                 value=value,
                 status=_OBX_STATUS.get(status_code, "final"),
-                category="vital-signs" if coding.code in _VITAL_CODES else None,
-                device=device or message.sending_application or None,
+                category="vital-signs" if vital else None,
+                device=device or sending_application,
                 encounter_id=encounter_id,
                 alt_codes=alt,
                 provenance=provenance,
@@ -320,7 +321,21 @@ _VITAL_CODES = frozenset(c.code for c in codes.VITAL_SIGNS) | {
 }
 
 
-def _quantity(seg: Segment, value_type: str, coding: Coding, where: str) -> Quantity:
+@lru_cache(maxsize=2048)
+def _concept(identifier: tuple[str, ...]) -> tuple[Coding, tuple[Coding, ...], str | None, bool]:
+    """OBX-3 components -> (coding normalised to LOINC, original MDC coding if any, canonical unit, is a vital sign).
+
+    Cached: a monitor feed repeats a handful of identifiers, and the records are immutable, so they can be shared.
+    """
+    coding = _coding(list(identifier), "OBX^3")
+    alt: tuple[Coding, ...] = ()
+    loinc = codes.normalise_to_loinc(coding)
+    if loinc is not coding:
+        alt, coding = (coding,), loinc
+    return coding, alt, codes.canonical_unit(coding), coding.code in _VITAL_CODES
+
+
+def _quantity(seg: Segment, value_type: str, coding: Coding, target: str | None, where: str) -> Quantity:
     if value_type == "SN":
         comps = seg.components(5)
         comparator = comps[0] if comps else ""
@@ -342,7 +357,6 @@ def _quantity(seg: Segment, value_type: str, coding: Coding, where: str) -> Quan
     if number != number or number in (float("inf"), float("-inf")):
         raise Hl7MappingError(f"{where}: OBX-5 {text!r} is not a finite number", error_code="102", location=where)
     unit = _unit(seg.components(6))
-    target = codes.canonical_unit(coding)
     if target is None or unit == target:
         return Quantity(value=number, unit=unit or target or "1")
     if not unit:
@@ -379,8 +393,12 @@ def _encounter(ctx: _Ctx, patient_id: str, event: str) -> Encounter | None:
     locations: list[EncounterLocation] = []
     point = pv1.components(3)
     if point and point[0]:
-        loc_start = event_time if event == "A02" else start
-        loc_start = max(loc_start, start)
+        # An admission or registration places the patient from the admit time; any other event (A02 transfer,
+        # A03 discharge, A08 update...) says where the patient is at its event time. The store merges the stays
+        # of successive versions (medtwin.store.versions), joining consecutive ones in the same unit and bed.
+        loc_start = start if event in _ADMIT_EVENTS else max(event_time, start)
+        if end is not None and loc_start > end:
+            loc_start = end
         bed = "/".join(p for p in point[1:3] if p) or None
         locations.append(EncounterLocation(unit=point[0], start=loc_start, end=end, bed=bed))
     return Encounter(

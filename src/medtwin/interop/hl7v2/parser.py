@@ -50,6 +50,16 @@ class Hl7ParseError(Hl7Error):
 
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+# names that passed _SEGMENT_NAME: a set lookup per segment instead of a regex match (at most 26 * 36 * 36 names)
+_SEEN_SEGMENT_NAMES: set[str] = set()
+
+
+def _valid_segment_name(name: str) -> bool:
+    if _SEGMENT_NAME.match(name) is None:
+        return False
+    _SEEN_SEGMENT_NAMES.add(name)
+    return True
+
 
 # MSH-18 character-set names (HL7 table 0211) that we decode; anything else is refused with a reason.
 _CHARSETS: dict[str, str] = {
@@ -163,7 +173,11 @@ class Segment:
 
         The HL7 explicit null ``""`` reads as an empty string.
         """
-        raw = self.raw_field(number)
+        if self.name == "MSH":
+            raw = self.raw_field(number)
+        else:  # inlined raw_field: this is the mapper's hottest call
+            fields = self.fields
+            raw = fields[number] if 0 < number < len(fields) else ""
         if not raw:
             return ""
         d = self.delimiters
@@ -184,10 +198,20 @@ class Segment:
 
     def components(self, number: int, *, repetition: int = 0) -> list[str]:
         """The unescaped components of one repetition of field *number*."""
+        raw = self.raw_field(number)
+        if not raw:
+            return []
+        d = self.delimiters
+        if (
+            repetition == 0
+            and d.escape not in raw
+            and d.subcomponent not in raw
+            and (d.repetition not in raw or (self.name == "MSH" and number == 2))
+        ):
+            return ["" if c == '""' else c for c in raw.split(d.component)]  # no escapes: split only
         reps = self.repetitions(number)
         if repetition >= len(reps):
             return []
-        d = self.delimiters
         return [
             "" if (s := c.split(d.subcomponent)[0]) == '""' else unescape(s, d)
             for c in reps[repetition].split(d.component)
@@ -312,6 +336,8 @@ def _declared_charset(data: bytes) -> str:
         return ""
     end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=len(data))
     header = data[:end].decode("latin-1")
+    if len(header) < 8:  # "MSH" cut short by a segment break: parse_message reports it
+        return ""
     sep = header[3]
     parts = header.split(sep)
     # parts[0] = "MSH", parts[1] = MSH-2, ... parts[17] = MSH-18
@@ -370,7 +396,7 @@ def parse_message(text: str) -> Hl7Message:
             continue
         fields = tuple(line.split(sep))
         name = fields[0]
-        if not _SEGMENT_NAME.match(name):
+        if name not in _SEEN_SEGMENT_NAMES and not _valid_segment_name(name):
             raise Hl7ParseError(
                 f"segment {number}: {name[:20]!r} is not a segment name", error_code="100", location=f"{number}"
             )
