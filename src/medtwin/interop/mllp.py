@@ -620,7 +620,7 @@ class MllpServer:
             self.stats.duplicates += 1
             return self._ack(message, True, False, "duplicate of a stored message; not stored again")
         self.stats.accepted += 1
-        self.stats.records += result.inserted
+        self.stats.records += result.inserted + result.updated  # ADT updates are writes too
         if len(self._known_patients) > 100_000:
             self._known_patients.clear()
         self._known_patients.update(r.patient_id for r in records if isinstance(r, Patient))
