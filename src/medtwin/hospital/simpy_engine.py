@@ -5,7 +5,9 @@ random numbers, KPIs and references; see that module's docstring for the model, 
 validity range). ED arrivals, ED patients, inpatients, electives, staffing changes and hourly
 snapshots are processes on a ``simpy.Environment``; each unit's beds are a :class:`BedPool` whose
 requests are ``simpy.Event``s served by (priority, arrival order). It is the readable, extensible
-form: a new pathway or resource can be written as another SimPy process.
+form: a new pathway or resource can be written as another SimPy process. The random inputs, derived
+tables, counters and result come from :class:`medtwin.hospital.simulation.RunState` (shared with the
+calendar engine); only the event handling lives here.
 
 Select it with ``simulate(..., engine="simpy")`` (or ``engine="simpy"`` on forecasts, what-if
 comparisons, replication jobs and ``medtwin hospital forecast|whatif --engine simpy``). The default
@@ -28,17 +30,14 @@ import numpy as np
 import numpy.typing as npt
 import simpy
 
-from medtwin.hospital.config import HOURS_PER_WEEK, HospitalConfig
-from medtwin.hospital.simulation import CensusEntry, ReplicationResult, SimulationError
+from medtwin.hospital.config import HospitalConfig
+from medtwin.hospital.simulation import CensusEntry, ReplicationResult, RunState, run_replication
 
 __all__ = ["simulate_simpy"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 _Proc = Generator[simpy.Event, object, None]
-
-# fixed uniform columns of one ED patient's row; the stays follow (two columns each)
-_COL_AMBULANCE, _COL_PATIENCE, _COL_TREAT, _COL_ADMIT, _COL_TRIAGE, _FIXED = 0, 1, 2, 3, 4, 5
 
 
 class BedPool:
@@ -124,119 +123,14 @@ class BedPool:
             ev.succeed()
 
 
-class _Run:
+class _Run(RunState):
     """State of one replication (one SimPy environment)."""
 
-    def __init__(
-        self,
-        config: HospitalConfig,
-        *,
-        seed: int,
-        replication: int,
-        horizon_h: float,
-        warmup_h: float,
-        start_how_h: float,
-        census: Sequence[CensusEntry],
-        record_stays: bool,
-    ) -> None:
-        self.cfg = config
-        self.env = simpy.Environment()
-        self.warmup = warmup_h
-        self.end = warmup_h + horizon_h
-        self.start_how = start_how_h
-        self.record = record_stays
-        self.stays: list[tuple[float, float, float, float, float, float]] = []
-        self.active: dict[int, tuple[int, int, float]] = {}
-        self.names = config.unit_names
-        n_units = len(self.names)
-        self.max_stays = config.max_stays
-        env = self.env
+    def _setup(self) -> None:
+        config = self.cfg
+        self.env = env = simpy.Environment()
         # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
         self.pools = [BedPool(env, config.ed.spaces, count_waiting=True)] + [BedPool(env, u.beds) for u in config.units]
-        index = {name: i for i, name in enumerate(self.names)}
-        self.index = index
-        self.transfer_cum: list[list[float]] = []
-        self.transfer_to: list[list[int]] = []
-        for u in config.units:
-            targets = [(index[k], p) for k, p in u.transfers.items() if p > 0]
-            self.transfer_to.append([t for t, _ in targets])
-            self.transfer_cum.append(list(np.cumsum([p for _, p in targets])))
-        streams = np.random.SeedSequence(seed, spawn_key=(replication,)).spawn(4)
-        rng_arr, rng_ed, rng_el, rng_census = (np.random.default_rng(s) for s in streams)
-        width = _FIXED + 2 * self.max_stays
-        # arrivals: unit-rate points, enough for the whole run (Poisson tail bound + margin)
-        total = config.arrivals.expected_arrivals(start_how_h, self.end)
-        n_pts = int(total + 10.0 * math.sqrt(total) + 50)
-        pts = np.cumsum(rng_arr.exponential(1.0, n_pts))
-        while pts[-1] < total:  # practically never: extend deterministically from the same stream
-            pts = np.concatenate((pts, pts[-1] + np.cumsum(rng_arr.exponential(1.0, n_pts))))
-        self.arrivals = config.arrivals.arrival_times(pts, start_how_h, self.end)
-        n = self.arrivals.size
-        u_ed = rng_ed.random((n, width))
-        self.ambulance = u_ed[:, _COL_AMBULANCE] < config.ed.ambulance_fraction
-        self.patience = (
-            np.full(n, np.inf) if config.ed.patience is None else config.ed.patience.ppf(u_ed[:, _COL_PATIENCE])
-        )
-        self.treat = config.ed.treatment.ppf(u_ed[:, _COL_TREAT])
-        admit_to = [index[k] for k, p in config.ed.admit.items() if p > 0]
-        admit_cum = np.cumsum([p for k, p in config.ed.admit.items() if p > 0])
-        pick = np.searchsorted(admit_cum, u_ed[:, _COL_ADMIT], side="right")
-        self.admit_unit = np.where(pick < len(admit_to), np.asarray([*admit_to, -1], dtype=np.int64)[pick], -1).tolist()
-        self.u_ed_stays = u_ed[:, _FIXED:]
-        triage_cum = np.cumsum(config.ed.triage_mix)
-        self.triage_l = np.minimum(
-            np.searchsorted(triage_cum / triage_cum[-1], u_ed[:, _COL_TRIAGE], side="right"),
-            len(triage_cum) - 1,
-        ).tolist()
-        self.los_ppf = [config.ed.treatment.ppf_scalar] + [u.los.ppf_scalar for u in config.units]
-        self.treat_l = self.treat.tolist()
-        self.arrival_l = self.arrivals.tolist()
-        self.n_arrivals_total = len(self.arrival_l)
-        self.patience_l = self.patience.tolist()
-        self.amb_l = self.ambulance.tolist()
-        # electives
-        self.elective_times: list[tuple[float, int]] = []
-        for slot in config.electives:
-            first = (slot.weekday * 24 + slot.hour - start_how_h) % HOURS_PER_WEEK
-            t = first
-            while t < self.end:
-                self.elective_times.extend([(t, index[slot.unit])] * slot.count)
-                t += HOURS_PER_WEEK
-        self.elective_times.sort()
-        u_el = rng_el.random((len(self.elective_times), 2 * self.max_stays))
-        self.u_el_stays = u_el
-        # census
-        self.census = list(census)
-        u_c = rng_census.random((len(self.census), 2 + 2 * self.max_stays))
-        self.census_remaining: list[float] = []
-        for j, entry in enumerate(self.census):
-            if entry.unit not in index:
-                raise SimulationError(f"census entry {j} is in unknown unit {entry.unit!r}; known {self.names}")
-            if not entry.elapsed_h >= 0:
-                raise SimulationError(f"census entry {j}: elapsed_h must be >= 0, got {entry}")
-            dist = config.ed.treatment if entry.unit == config.ed.name else config.unit(entry.unit).los
-            rem = dist.residual_ppf(np.asarray([u_c[j, 0]]), np.asarray([entry.elapsed_h]))
-            self.census_remaining.append(float(rem[0]))
-        self.u_c_stays = u_c[:, 2:]
-        self.admit_to = admit_to
-        self.c_admit = np.searchsorted(admit_cum, u_c[:, 1], side="right").tolist()
-        # outputs
-        hours = math.ceil(horizon_h)
-        self.occ = np.zeros((n_units, hours), dtype=np.int64)
-        self.cap = np.zeros((n_units, hours), dtype=np.int64)
-        self.area_at_warmup = np.zeros(n_units)
-        self.waits: list[float] = []
-        self.wait_triage: list[int] = []
-        self.boarding: list[float] = []
-        self.n_arrivals = self.n_lwbs = self.n_diverted = 0
-        self.n_el = self.n_el_cancel = self.n_admissions = 0
-        self.events = 0
-        self.crowd = 0
-        self.diverting = False
-        self.div_area = 0.0
-        self.div_last = 0.0
-        self.div_at_warmup = 0.0
-        self.next_patient = 0
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _crowd_change(self, delta: int) -> None:
@@ -249,15 +143,6 @@ class _Run:
             self.div_area += now - self.div_last
         self.div_last = now
         self.diverting = self.crowd >= threshold
-
-    def _open(self, pid: int, route: int, unit: int, start: float) -> None:
-        if self.record:
-            self.active[pid] = (route, unit, start)
-
-    def _stay(self, pid: int, route: int, unit: int, start: float, end: float, nxt: int) -> None:
-        if self.record:
-            self.stays.append((pid, route, unit, start, end, nxt))
-            self.active.pop(pid, None)
 
     # -- processes ------------------------------------------------------------------------------
     # ED patients are driven by event callbacks rather than one SimPy process each: most of them
@@ -463,6 +348,9 @@ class _Run:
         self.div_last = self.env.now
         self.div_at_warmup = self.div_area
 
+    def pool_areas(self) -> list[float]:
+        return [p.area for p in self.pools]
+
     def run(self) -> None:
         env = self.env
         for i in range(1, len(self.pools)):
@@ -477,12 +365,9 @@ class _Run:
         env.process(self.clock_proc())
         env.run(until=self.end)
         self._snapshot(self.occ.shape[1] - 1)
-        for pid, (route, unit, start) in self.active.items():
-            self.stays.append((pid, route, unit, start, math.nan, -3))
         for pool in self.pools:
             pool._integrate()
-        if self.diverting:
-            self.div_area += env.now - self.div_last
+        self._close(env.now)
 
 
 def simulate_simpy(
@@ -503,56 +388,14 @@ def simulate_simpy(
     patients present at time 0 (the starting state of a forecast). With *record_stays* the result
     carries the log of every unit stay (used for synthetic histories and Little's-law checks).
     """
-    if not (horizon_h > 0 and warmup_h >= 0 and math.isfinite(horizon_h + warmup_h)):
-        raise SimulationError(f"horizon_h must be > 0 and warmup_h >= 0, got {horizon_h} and {warmup_h}")
-    if seed < 0 or replication < 0:
-        raise SimulationError(f"seed and replication must be >= 0, got {seed}, {replication}")
-    run = _Run(
+    return run_replication(
+        _Run,
         config,
         seed=seed,
         replication=replication,
         horizon_h=horizon_h,
         warmup_h=warmup_h,
-        start_how_h=start_how_h % HOURS_PER_WEEK,
+        start_how_h=start_how_h,
         census=census,
         record_stays=record_stays,
     )
-    run.run()
-    areas = np.asarray([p.area for p in run.pools]) - run.area_at_warmup
-    return ReplicationResult(
-        unit_names=run.names,
-        seed=seed,
-        replication=replication,
-        warmup_h=warmup_h,
-        horizon_h=horizon_h,
-        occupancy=run.occ,
-        capacity=run.cap,
-        area_h=areas,
-        ed_waits_h=np.asarray(run.waits, dtype=np.float64),
-        ed_wait_triage=np.asarray(run.wait_triage, dtype=np.int64),
-        boarding_h=np.asarray(run.boarding, dtype=np.float64),
-        ed_arrivals=run.n_arrivals,
-        lwbs=run.n_lwbs,
-        diverted=run.n_diverted,
-        diversion_h=run.div_area - run.div_at_warmup,
-        electives_scheduled=run.n_el,
-        electives_cancelled=run.n_el_cancel,
-        admissions=run.n_admissions,
-        staff_hours=_staff_hours(config, start_how_h % HOURS_PER_WEEK, warmup_h, horizon_h),
-        patient_events=run.events,
-        stays=np.asarray(run.stays, dtype=np.float64).reshape(-1, 6) if record_stays else None,
-    )
-
-
-def _staff_hours(config: HospitalConfig, start_how_h: float, warmup_h: float, horizon_h: float) -> float:
-    """Rostered nurse-hours in the measured window (quarter-hour resolution)."""
-    step = 0.25
-    t = warmup_h + step / 2 + np.arange(round(horizon_h / step), dtype=np.float64) * step
-    hod = (start_how_h + t) % 24.0
-    total = 0.0
-    for unit in config.units:
-        if unit.staffing is not None:
-            st = unit.staffing
-            idx = (((hod - st.first_shift_start_h) % 24.0) // st.shift_h).astype(np.int64)
-            total += float(np.sum(np.asarray(st.nurses_per_shift)[idx])) * step
-    return total

@@ -15,7 +15,9 @@ Random numbers (common random numbers). One ``numpy.random.SeedSequence(seed, sp
 per replication spawns independent streams for arrivals, ED patients, elective patients and the
 starting census. Every patient's uniforms are drawn up front (one row per patient) and turned into
 durations and decisions by inverse CDF, so two scenarios run with the same seed see the same
-patients with the same needs: only the hospital's response differs.
+patients with the same needs: only the hospital's response differs. :func:`draw_replication_inputs`
+draws all of them (into a frozen :class:`ReplicationInputs`) and :class:`RunState` holds the
+engine-independent state and outputs; both engines build on these, so they consume the same numbers.
 
 Engine. Events run on :class:`medtwin.hospital.beds.Calendar`, a binary heap ordered by (time,
 scheduling order): the ordering SimPy gives its normal-priority events. Every patient is a chain
@@ -41,8 +43,9 @@ individual clinical decisions.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from heapq import heappush
 from typing import Literal
@@ -58,8 +61,13 @@ __all__ = [
     "ENGINES",
     "CensusEntry",
     "Engine",
+    "ReplicationInputs",
     "ReplicationResult",
+    "RunState",
     "SimulationError",
+    "check_run_arguments",
+    "draw_replication_inputs",
+    "run_replication",
     "simulate",
 ]
 
@@ -123,8 +131,149 @@ class ReplicationResult:
     stays: FloatArray | None = None
 
 
-class _Run:
-    """State of one replication (one event calendar)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicationInputs:
+    """Every random number of one replication and the tables derived from the configuration.
+
+    Drawn once by :func:`draw_replication_inputs` and read by both engines (the event calendar here
+    and :mod:`medtwin.hospital.simpy_engine`), so they provably consume the same random numbers.
+    Units are indexed as in ``config.unit_names`` (0 = the ED). Per ED arrival *i*: ``arrival_l[i]``
+    (hours from the run start), ``amb_l`` (ambulance?), ``patience_l`` (hours, inf = never leaves),
+    ``treat_l`` (treatment hours), ``admit_unit`` (-1 = home), ``triage_l`` (category index) and
+    ``u_ed_stays[i]`` (the uniforms of its unit stays: LoS from column 2k, transfer from 2k+1).
+    ``elective_times`` are the (time, unit) admissions in time order with ``u_el_stays`` their
+    uniforms; ``census_remaining[j]`` the residual stay of census entry *j*, ``c_admit[j]`` its
+    admission pick (>= len(admit_to) = home) and ``u_c_stays[j]`` its stay uniforms.
+    """
+
+    index: dict[str, int]
+    transfer_cum: list[list[float]]
+    transfer_to: list[list[int]]
+    los_ppf: list[Callable[[float], float]]
+    arrival_l: list[float]
+    amb_l: list[bool]
+    patience_l: list[float]
+    treat_l: list[float]
+    admit_unit: list[int]
+    triage_l: list[int]
+    u_ed_stays: FloatArray
+    admit_to: list[int]
+    elective_times: list[tuple[float, int]]
+    u_el_stays: FloatArray
+    census: list[CensusEntry]
+    census_remaining: list[float]
+    u_c_stays: FloatArray
+    c_admit: list[int]
+
+
+def draw_replication_inputs(
+    config: HospitalConfig,
+    *,
+    seed: int,
+    replication: int,
+    end_h: float,
+    start_how_h: float,
+    census: Sequence[CensusEntry],
+) -> ReplicationInputs:
+    """Draw replication *replication* of *seed*'s random inputs for a run of *end_h* hours (warm-up included).
+
+    One ``SeedSequence(seed, spawn_key=(replication,))`` spawns four streams: arrivals, ED patients,
+    elective patients and the starting census; *start_how_h* is the hour of the week at time 0.
+    Raises :class:`SimulationError` for a census entry in an unknown unit or with a negative elapsed time.
+    """
+    names = config.unit_names
+    index = {name: i for i, name in enumerate(names)}
+    max_stays = config.max_stays
+    transfer_cum: list[list[float]] = []
+    transfer_to: list[list[int]] = []
+    for u in config.units:
+        targets = [(index[k], p) for k, p in u.transfers.items() if p > 0]
+        transfer_to.append([t for t, _ in targets])
+        transfer_cum.append(list(np.cumsum([p for _, p in targets])))
+    streams = np.random.SeedSequence(seed, spawn_key=(replication,)).spawn(4)
+    rng_arr, rng_ed, rng_el, rng_census = (np.random.default_rng(s) for s in streams)
+    width = _FIXED + 2 * max_stays
+    # arrivals: unit-rate points, enough for the whole run (Poisson tail bound + margin)
+    total = config.arrivals.expected_arrivals(start_how_h, end_h)
+    n_pts = int(total + 10.0 * math.sqrt(total) + 50)
+    pts = np.cumsum(rng_arr.exponential(1.0, n_pts))
+    while pts[-1] < total:  # practically never: extend deterministically from the same stream
+        pts = np.concatenate((pts, pts[-1] + np.cumsum(rng_arr.exponential(1.0, n_pts))))
+    arrivals = config.arrivals.arrival_times(pts, start_how_h, end_h)
+    n = arrivals.size
+    u_ed = rng_ed.random((n, width))
+    ambulance = u_ed[:, _COL_AMBULANCE] < config.ed.ambulance_fraction
+    patience = np.full(n, np.inf) if config.ed.patience is None else config.ed.patience.ppf(u_ed[:, _COL_PATIENCE])
+    treat = config.ed.treatment.ppf(u_ed[:, _COL_TREAT])
+    admit_to = [index[k] for k, p in config.ed.admit.items() if p > 0]
+    admit_cum = np.cumsum([p for k, p in config.ed.admit.items() if p > 0])
+    pick = np.searchsorted(admit_cum, u_ed[:, _COL_ADMIT], side="right")
+    admit_unit = np.where(pick < len(admit_to), np.asarray([*admit_to, -1], dtype=np.int64)[pick], -1).tolist()
+    triage_cum = np.cumsum(config.ed.triage_mix)
+    triage_l = np.minimum(
+        np.searchsorted(triage_cum / triage_cum[-1], u_ed[:, _COL_TRIAGE], side="right"),
+        len(triage_cum) - 1,
+    ).tolist()
+    los_ppf: list[Callable[[float], float]] = [config.ed.treatment.ppf_scalar]
+    los_ppf.extend(u.los.ppf_scalar for u in config.units)
+    # electives
+    elective_times: list[tuple[float, int]] = []
+    for slot in config.electives:
+        t = (slot.weekday * 24 + slot.hour - start_how_h) % HOURS_PER_WEEK
+        while t < end_h:
+            elective_times.extend([(t, index[slot.unit])] * slot.count)
+            t += HOURS_PER_WEEK
+    elective_times.sort()
+    u_el = rng_el.random((len(elective_times), 2 * max_stays))
+    # census
+    census_l = list(census)
+    u_c = rng_census.random((len(census_l), 2 + 2 * max_stays))
+    census_remaining: list[float] = []
+    for j, entry in enumerate(census_l):
+        if entry.unit not in index:
+            raise SimulationError(f"census entry {j} is in unknown unit {entry.unit!r}; known {names}")
+        if not entry.elapsed_h >= 0:
+            raise SimulationError(f"census entry {j}: elapsed_h must be >= 0, got {entry}")
+        dist = config.ed.treatment if entry.unit == config.ed.name else config.unit(entry.unit).los
+        rem = dist.residual_ppf(np.asarray([u_c[j, 0]]), np.asarray([entry.elapsed_h]))
+        census_remaining.append(float(rem[0]))
+    return ReplicationInputs(
+        index=index,
+        transfer_cum=transfer_cum,
+        transfer_to=transfer_to,
+        los_ppf=los_ppf,
+        arrival_l=arrivals.tolist(),
+        amb_l=ambulance.tolist(),
+        patience_l=patience.tolist(),
+        treat_l=treat.tolist(),
+        admit_unit=admit_unit,
+        triage_l=triage_l,
+        u_ed_stays=u_ed[:, _FIXED:],
+        admit_to=admit_to,
+        elective_times=elective_times,
+        u_el_stays=u_el,
+        census=census_l,
+        census_remaining=census_remaining,
+        u_c_stays=u_c[:, 2:],
+        c_admit=np.searchsorted(admit_cum, u_c[:, 1], side="right").tolist(),
+    )
+
+
+def check_run_arguments(*, seed: int, replication: int, horizon_h: float, warmup_h: float) -> None:
+    """Raise :class:`SimulationError` unless horizon_h > 0, warmup_h >= 0 (finite) and seed, replication >= 0."""
+    if not (horizon_h > 0 and warmup_h >= 0 and math.isfinite(horizon_h + warmup_h)):
+        raise SimulationError(f"horizon_h must be > 0 and warmup_h >= 0, got {horizon_h} and {warmup_h}")
+    if seed < 0 or replication < 0:
+        raise SimulationError(f"seed and replication must be >= 0, got {seed}, {replication}")
+
+
+class RunState(ABC):
+    """The engine-independent state of one replication: its inputs, counters and outputs.
+
+    Both engines' run classes derive from it and add their clock and bed pools in :meth:`_setup`;
+    the random inputs and tables are copied onto the instance under the names the event handlers
+    read (one attribute look-up on the hot path). :func:`run_replication` validates, builds and runs one.
+    """
 
     def __init__(
         self,
@@ -139,7 +288,9 @@ class _Run:
         record_stays: bool,
     ) -> None:
         self.cfg = config
-        self.cal = Calendar()
+        self.seed = seed
+        self.replication = replication
+        self.horizon = horizon_h
         self.warmup = warmup_h
         self.end = warmup_h + horizon_h
         self.start_how = start_how_h
@@ -149,80 +300,29 @@ class _Run:
         self.names = config.unit_names
         n_units = len(self.names)
         self.max_stays = config.max_stays
-        cal = self.cal
-        # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
-        self.pools = [BedPool(cal, config.ed.spaces, count_waiting=True)] + [BedPool(cal, u.beds) for u in config.units]
-        index = {name: i for i, name in enumerate(self.names)}
-        self.index = index
-        self.ed_pool = self.pools[0]
-        self.divert_threshold = config.ed.divert_threshold
-        self.queue = cal.queue
-        self.seq = cal.seq
-        self.transfer_cum: list[list[float]] = []
-        self.transfer_to: list[list[int]] = []
-        for u in config.units:
-            targets = [(index[k], p) for k, p in u.transfers.items() if p > 0]
-            self.transfer_to.append([t for t, _ in targets])
-            self.transfer_cum.append(list(np.cumsum([p for _, p in targets])))
-        streams = np.random.SeedSequence(seed, spawn_key=(replication,)).spawn(4)
-        rng_arr, rng_ed, rng_el, rng_census = (np.random.default_rng(s) for s in streams)
-        width = _FIXED + 2 * self.max_stays
-        # arrivals: unit-rate points, enough for the whole run (Poisson tail bound + margin)
-        total = config.arrivals.expected_arrivals(start_how_h, self.end)
-        n_pts = int(total + 10.0 * math.sqrt(total) + 50)
-        pts = np.cumsum(rng_arr.exponential(1.0, n_pts))
-        while pts[-1] < total:  # practically never: extend deterministically from the same stream
-            pts = np.concatenate((pts, pts[-1] + np.cumsum(rng_arr.exponential(1.0, n_pts))))
-        self.arrivals = config.arrivals.arrival_times(pts, start_how_h, self.end)
-        n = self.arrivals.size
-        u_ed = rng_ed.random((n, width))
-        self.ambulance = u_ed[:, _COL_AMBULANCE] < config.ed.ambulance_fraction
-        self.patience = (
-            np.full(n, np.inf) if config.ed.patience is None else config.ed.patience.ppf(u_ed[:, _COL_PATIENCE])
+        inputs = draw_replication_inputs(
+            config, seed=seed, replication=replication, end_h=self.end, start_how_h=start_how_h, census=census
         )
-        self.treat = config.ed.treatment.ppf(u_ed[:, _COL_TREAT])
-        admit_to = [index[k] for k, p in config.ed.admit.items() if p > 0]
-        admit_cum = np.cumsum([p for k, p in config.ed.admit.items() if p > 0])
-        pick = np.searchsorted(admit_cum, u_ed[:, _COL_ADMIT], side="right")
-        self.admit_unit = np.where(pick < len(admit_to), np.asarray([*admit_to, -1], dtype=np.int64)[pick], -1).tolist()
-        self.u_ed_stays = u_ed[:, _FIXED:]
-        triage_cum = np.cumsum(config.ed.triage_mix)
-        self.triage_l = np.minimum(
-            np.searchsorted(triage_cum / triage_cum[-1], u_ed[:, _COL_TRIAGE], side="right"),
-            len(triage_cum) - 1,
-        ).tolist()
-        self.los_ppf = [config.ed.treatment.ppf_scalar] + [u.los.ppf_scalar for u in config.units]
-        self.treat_l = self.treat.tolist()
-        self.arrival_l = self.arrivals.tolist()
-        self.n_arrivals_total = len(self.arrival_l)
-        self.patience_l = self.patience.tolist()
-        self.amb_l = self.ambulance.tolist()
-        # electives
-        self.elective_times: list[tuple[float, int]] = []
-        for slot in config.electives:
-            first = (slot.weekday * 24 + slot.hour - start_how_h) % HOURS_PER_WEEK
-            t = first
-            while t < self.end:
-                self.elective_times.extend([(t, index[slot.unit])] * slot.count)
-                t += HOURS_PER_WEEK
-        self.elective_times.sort()
-        u_el = rng_el.random((len(self.elective_times), 2 * self.max_stays))
-        self.u_el_stays = u_el
-        # census
-        self.census = list(census)
-        u_c = rng_census.random((len(self.census), 2 + 2 * self.max_stays))
-        self.census_remaining: list[float] = []
-        for j, entry in enumerate(self.census):
-            if entry.unit not in index:
-                raise SimulationError(f"census entry {j} is in unknown unit {entry.unit!r}; known {self.names}")
-            if not entry.elapsed_h >= 0:
-                raise SimulationError(f"census entry {j}: elapsed_h must be >= 0, got {entry}")
-            dist = config.ed.treatment if entry.unit == config.ed.name else config.unit(entry.unit).los
-            rem = dist.residual_ppf(np.asarray([u_c[j, 0]]), np.asarray([entry.elapsed_h]))
-            self.census_remaining.append(float(rem[0]))
-        self.u_c_stays = u_c[:, 2:]
-        self.admit_to = admit_to
-        self.c_admit = np.searchsorted(admit_cum, u_c[:, 1], side="right").tolist()
+        self.inputs = inputs
+        self.index = inputs.index
+        self.transfer_cum = inputs.transfer_cum
+        self.transfer_to = inputs.transfer_to
+        self.los_ppf = inputs.los_ppf
+        self.arrival_l = inputs.arrival_l
+        self.n_arrivals_total = len(inputs.arrival_l)
+        self.amb_l = inputs.amb_l
+        self.patience_l = inputs.patience_l
+        self.treat_l = inputs.treat_l
+        self.admit_unit = inputs.admit_unit
+        self.triage_l = inputs.triage_l
+        self.u_ed_stays = inputs.u_ed_stays
+        self.admit_to = inputs.admit_to
+        self.elective_times = inputs.elective_times
+        self.u_el_stays = inputs.u_el_stays
+        self.census = inputs.census
+        self.census_remaining = inputs.census_remaining
+        self.u_c_stays = inputs.u_c_stays
+        self.c_admit = inputs.c_admit
         # outputs
         hours = math.ceil(horizon_h)
         self.occ = np.zeros((n_units, hours), dtype=np.int64)
@@ -240,6 +340,104 @@ class _Run:
         self.div_last = 0.0
         self.div_at_warmup = 0.0
         self.next_patient = 0
+        self._setup()
+
+    @abstractmethod
+    def _setup(self) -> None:
+        """The engine's part of the set-up: its clock and the bed pools (0 = the ED's spaces)."""
+
+    @abstractmethod
+    def run(self) -> None:
+        """Run the replication to its end (all outputs and integrals closed)."""
+
+    @abstractmethod
+    def pool_areas(self) -> list[float]:
+        """Each pool's occupancy integral (patient-hours) from time 0 to now."""
+
+    def _open(self, pid: int, route: int, unit: int, start: float) -> None:
+        if self.record:
+            self.active[pid] = (route, unit, start)
+
+    def _stay(self, pid: int, route: int, unit: int, start: float, end: float, nxt: int) -> None:
+        if self.record:
+            self.stays.append((pid, route, unit, start, end, nxt))
+            self.active.pop(pid, None)
+
+    def _close(self, now: float) -> None:
+        """At the end of the run: log the stays still open and close the diversion integral."""
+        for pid, (route, unit, start) in self.active.items():
+            self.stays.append((pid, route, unit, start, math.nan, -3))
+        if self.diverting:
+            self.div_area += now - self.div_last
+
+    def result(self) -> ReplicationResult:
+        """The measured result (after :meth:`run`)."""
+        areas = np.asarray(self.pool_areas()) - self.area_at_warmup
+        return ReplicationResult(
+            unit_names=self.names,
+            seed=self.seed,
+            replication=self.replication,
+            warmup_h=self.warmup,
+            horizon_h=self.horizon,
+            occupancy=self.occ,
+            capacity=self.cap,
+            area_h=areas,
+            ed_waits_h=np.asarray(self.waits, dtype=np.float64),
+            ed_wait_triage=np.asarray(self.wait_triage, dtype=np.int64),
+            boarding_h=np.asarray(self.boarding, dtype=np.float64),
+            ed_arrivals=self.n_arrivals,
+            lwbs=self.n_lwbs,
+            diverted=self.n_diverted,
+            diversion_h=self.div_area - self.div_at_warmup,
+            electives_scheduled=self.n_el,
+            electives_cancelled=self.n_el_cancel,
+            admissions=self.n_admissions,
+            staff_hours=_staff_hours(self.cfg, self.start_how, self.warmup, self.horizon),
+            patient_events=self.events,
+            stays=np.asarray(self.stays, dtype=np.float64).reshape(-1, 6) if self.record else None,
+        )
+
+
+def run_replication(
+    engine_run: type[RunState],
+    config: HospitalConfig,
+    *,
+    seed: int,
+    replication: int,
+    horizon_h: float,
+    warmup_h: float,
+    start_how_h: float,
+    census: Sequence[CensusEntry],
+    record_stays: bool,
+) -> ReplicationResult:
+    """Check the arguments, then build, run and measure one replication on the engine *engine_run*."""
+    check_run_arguments(seed=seed, replication=replication, horizon_h=horizon_h, warmup_h=warmup_h)
+    run = engine_run(
+        config,
+        seed=seed,
+        replication=replication,
+        horizon_h=horizon_h,
+        warmup_h=warmup_h,
+        start_how_h=start_how_h % HOURS_PER_WEEK,
+        census=census,
+        record_stays=record_stays,
+    )
+    run.run()
+    return run.result()
+
+
+class _Run(RunState):
+    """State of one replication (one event calendar)."""
+
+    def _setup(self) -> None:
+        config = self.cfg
+        self.cal = cal = Calendar()
+        # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
+        self.pools = [BedPool(cal, config.ed.spaces, count_waiting=True)] + [BedPool(cal, u.beds) for u in config.units]
+        self.ed_pool = self.pools[0]
+        self.divert_threshold = config.ed.divert_threshold
+        self.queue = cal.queue
+        self.seq = cal.seq
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _crowd_change(self, delta: int) -> None:
@@ -252,15 +450,6 @@ class _Run:
             self.div_area += now - self.div_last
         self.div_last = now
         self.diverting = self.crowd >= threshold
-
-    def _open(self, pid: int, route: int, unit: int, start: float) -> None:
-        if self.record:
-            self.active[pid] = (route, unit, start)
-
-    def _stay(self, pid: int, route: int, unit: int, start: float, end: float, nxt: int) -> None:
-        if self.record:
-            self.stays.append((pid, route, unit, start, end, nxt))
-            self.active.pop(pid, None)
 
     # -- ED patients ----------------------------------------------------------------------------
     # Every patient is a chain of event callbacks on the calendar (no generator processes): an ED
@@ -485,6 +674,9 @@ class _Run:
         if self.occ.shape[1] > 1:
             self.cal.schedule(self.warmup + 1, self._tick, 0)
 
+    def pool_areas(self) -> list[float]:
+        return [p.area for p in self.pools]
+
     def run(self) -> None:
         cal = self.cal
         for i in range(1, len(self.pools)):
@@ -502,12 +694,9 @@ class _Run:
             self._snapshot_warmup()
         cal.run(self.end, self.arrival_l, self._arrive)
         self._snapshot(self.occ.shape[1] - 1)
-        for pid, (route, unit, start) in self.active.items():
-            self.stays.append((pid, route, unit, start, math.nan, -3))
         for pool in self.pools:
             pool.integrate(cal.now)
-        if self.diverting:
-            self.div_area += cal.now - self.div_last
+        self._close(cal.now)
 
 
 class _Inpatient:
@@ -568,44 +757,16 @@ def simulate(
         )
     if engine != "calendar":
         raise SimulationError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if not (horizon_h > 0 and warmup_h >= 0 and math.isfinite(horizon_h + warmup_h)):
-        raise SimulationError(f"horizon_h must be > 0 and warmup_h >= 0, got {horizon_h} and {warmup_h}")
-    if seed < 0 or replication < 0:
-        raise SimulationError(f"seed and replication must be >= 0, got {seed}, {replication}")
-    run = _Run(
+    return run_replication(
+        _Run,
         config,
         seed=seed,
         replication=replication,
         horizon_h=horizon_h,
         warmup_h=warmup_h,
-        start_how_h=start_how_h % HOURS_PER_WEEK,
+        start_how_h=start_how_h,
         census=census,
         record_stays=record_stays,
-    )
-    run.run()
-    areas = np.asarray([p.area for p in run.pools]) - run.area_at_warmup
-    return ReplicationResult(
-        unit_names=run.names,
-        seed=seed,
-        replication=replication,
-        warmup_h=warmup_h,
-        horizon_h=horizon_h,
-        occupancy=run.occ,
-        capacity=run.cap,
-        area_h=areas,
-        ed_waits_h=np.asarray(run.waits, dtype=np.float64),
-        ed_wait_triage=np.asarray(run.wait_triage, dtype=np.int64),
-        boarding_h=np.asarray(run.boarding, dtype=np.float64),
-        ed_arrivals=run.n_arrivals,
-        lwbs=run.n_lwbs,
-        diverted=run.n_diverted,
-        diversion_h=run.div_area - run.div_at_warmup,
-        electives_scheduled=run.n_el,
-        electives_cancelled=run.n_el_cancel,
-        admissions=run.n_admissions,
-        staff_hours=_staff_hours(config, start_how_h % HOURS_PER_WEEK, warmup_h, horizon_h),
-        patient_events=run.events,
-        stays=np.asarray(run.stays, dtype=np.float64).reshape(-1, 6) if record_stays else None,
     )
 
 
