@@ -1,15 +1,48 @@
-"""The `medtwin` command: one Typer app that gathers the sub-commands of every package."""
+"""The `medtwin` command: one Typer app that gathers the sub-commands of every package.
+
+The glucose, dosing and hospital command groups pull in numba, scipy's optimisers and Dask; they are imported
+only when their group is invoked (or help lists it), so `medtwin news2` or `medtwin listen` start quickly.
+"""
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import Any
 
-from medtwin.cli import dose, glucose, hospital, monitor, records
+import typer
+from typer.core import TyperGroup
+
+from medtwin.cli import monitor, records
 
 __all__ = ["app", "main"]
 
+# name -> (module holding a Typer `app`, one-line help shown in `medtwin --help`)
+_LAZY_GROUPS: dict[str, tuple[str, str]] = {
+    "glucose": ("medtwin.cli.glucose", "Type 1 diabetes twin (UVA/Padova): simulate cohorts, CGM metrics."),
+    "dose": ("medtwin.cli.dose", "Precision dosing twin: `medtwin dose CASEFILE`; `medtwin dose models`."),
+    "hospital": ("medtwin.cli.hospital", "Hospital operations twin: calibrate, forecast, what-if, report."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: eager commands as usual, plus the heavy groups loaded on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *_LAZY_GROUPS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _LAZY_GROUPS:
+            module = importlib.import_module(_LAZY_GROUPS[cmd_name][0])
+            command = typer.main.get_command(module.app)
+            command.name = cmd_name
+            command.short_help = _LAZY_GROUPS[cmd_name][1]
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
     name="medtwin",
+    cls=_LazyGroup,
     help="medtwin: healthcare digital twins (records, glucose, dosing, monitoring, hospital).",
     no_args_is_help=True,
     add_completion=False,
@@ -17,9 +50,6 @@ app = typer.Typer(
 # The monitoring area registers the full `demo`; records adds its ingest-only demo when none exists.
 monitor.register(app)
 records.register(app)
-app.add_typer(glucose.app, name="glucose")
-app.add_typer(dose.app, name="dose")
-app.add_typer(hospital.app, name="hospital")
 
 
 def main() -> None:

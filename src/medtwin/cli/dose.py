@@ -48,6 +48,7 @@ app = typer.Typer(
     help="Precision dosing twin: `medtwin dose CASEFILE` prints the report; "
     "`medtwin dose models` lists the model library.",
     no_args_is_help=True,
+    add_completion=False,
 )
 
 

@@ -29,7 +29,7 @@ from medtwin.glucose.simulation import ClosedLoopResult
 
 __all__ = ["app", "parse_meal"]
 
-app = typer.Typer(help="glucose twin commands.", no_args_is_help=True)
+app = typer.Typer(help="Type 1 diabetes twin (UVA/Padova) commands.", no_args_is_help=True, add_completion=False)
 
 _GLUCOSE_COLUMNS = ("glucose_mg_dl", "glucose_mmol_l", "gl", "glucose", "cgm_mg_dl", "bg_mg_dl", "CGM", "BG", "sgv")
 _ID_COLUMNS = ("id", "patient", "subject", "member")

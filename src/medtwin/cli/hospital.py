@@ -43,7 +43,7 @@ from medtwin.hospital.replications import Runner
 
 __all__ = ["app"]
 
-app = typer.Typer(help="hospital operations twin commands.", no_args_is_help=True)
+app = typer.Typer(help="Hospital operations twin commands.", no_args_is_help=True, add_completion=False)
 
 _console = Console()
 
