@@ -34,6 +34,14 @@ __all__ = [
     "CANONICAL_UNITS",
     "CREATININE_SERUM",
     "DIASTOLIC_BP",
+    "DISCHARGE_AGAINST_ADVICE",
+    "DISCHARGE_DISPOSITION",
+    "DISCHARGE_EXPIRED",
+    "DISCHARGE_HOME",
+    "DISCHARGE_HOSPICE",
+    "DISCHARGE_LWBS",
+    "DISCHARGE_OTHER",
+    "DISCHARGE_OTHER_HCF",
     "GENTAMICIN_SERUM",
     "GLUCOSE_BLOOD",
     "GLUCOSE_INTERSTITIAL",
@@ -76,6 +84,7 @@ UCUM = "http://unitsofmeasure.org"
 MDC = "urn:iso:std:iso:11073:10101"
 # medtwin's own code system, for concepts no standard terminology has a code for.
 MEDTWIN = "https://medtwin.dev/fhir/CodeSystem/medtwin"
+DISCHARGE_DISPOSITION = "http://terminology.hl7.org/CodeSystem/discharge-disposition"
 
 
 def loinc(code: str, display: str) -> Coding:
@@ -118,6 +127,18 @@ GENTAMICIN_SERUM = loinc("35668-3", "Gentamicin [Mass/volume] in Serum or Plasma
 PREDICTED_AUC24 = Coding(system=MEDTWIN, code="predicted-auc24-ss", display="Predicted AUC24 at steady state")
 PREDICTED_TROUGH = Coding(system=MEDTWIN, code="predicted-trough-ss", display="Predicted trough at steady state")
 PREDICTED_PEAK = Coding(system=MEDTWIN, code="predicted-peak-ss", display="Predicted peak at steady state")
+
+# Discharge disposition (Encounter.disposition): FHIR R4 code system discharge-disposition (v4.0.1,
+# https://hl7.org/fhir/R4/codesystem-encounter-discharge-disposition.html), whose codes are also used in
+# HL7 v2 PV1-36 (user-defined table 0112). The code system has no "left without being seen" code, so
+# LWBS is a medtwin-local code.
+DISCHARGE_HOME = Coding(system=DISCHARGE_DISPOSITION, code="home", display="Home")
+DISCHARGE_OTHER_HCF = Coding(system=DISCHARGE_DISPOSITION, code="other-hcf", display="Other healthcare facility")
+DISCHARGE_HOSPICE = Coding(system=DISCHARGE_DISPOSITION, code="hosp", display="Hospice")
+DISCHARGE_AGAINST_ADVICE = Coding(system=DISCHARGE_DISPOSITION, code="aadvice", display="Left against advice")
+DISCHARGE_EXPIRED = Coding(system=DISCHARGE_DISPOSITION, code="exp", display="Expired")
+DISCHARGE_OTHER = Coding(system=DISCHARGE_DISPOSITION, code="oth", display="Other")
+DISCHARGE_LWBS = Coding(system=MEDTWIN, code="lwbs", display="Left without being seen")
 
 # ACVPU responses (SNOMED CT), as used by NEWS2
 ACVPU: dict[str, Coding] = {

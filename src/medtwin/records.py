@@ -245,7 +245,12 @@ class EncounterLocation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Encounter:
-    """A contact between a patient and the hospital (emergency visit, inpatient stay, ambulatory visit)."""
+    """A contact between a patient and the hospital (emergency visit, inpatient stay, ambulatory visit).
+
+    ``disposition`` is where the patient went when the encounter ended (FHIR R4
+    ``Encounter.hospitalization.dischargeDisposition``, HL7 v2 PV1-36 discharge disposition, table 0112);
+    see the ``DISCHARGE_*`` codings in :mod:`medtwin.codes`. None when unknown or still open.
+    """
 
     encounter_id: str
     patient_id: str
@@ -256,6 +261,7 @@ class Encounter:
     locations: tuple[EncounterLocation, ...] = ()
     type: Coding | None = None
     reason: Coding | None = None
+    disposition: Coding | None = None
     provenance: Provenance | None = None
 
     def __post_init__(self) -> None:

@@ -170,9 +170,9 @@ def test_calibrate_from_store(workdir: Path) -> None:
         got = from_store["los_fits"][unit]
         assert got["n"] == fit["n"]
         assert got["duration"]["params"] == pytest.approx(fit["duration"]["params"], rel=1e-9)
-    # Encounter records carry no discharge disposition, so LWBS is not known from the store: its
-    # patients count as seen and sent home, which scales admission fractions by (1 - LWBS share)
-    assert from_store["lwbs_fraction"] == 0.0
+    # Encounter.disposition carries LWBS through the store, so the store calibrates like the CSV
+    assert from_csv["lwbs_fraction"] > 0
+    assert from_store["lwbs_fraction"] == pytest.approx(from_csv["lwbs_fraction"])
     fc = runner.invoke(
         app,
         [
@@ -193,9 +193,8 @@ def test_calibrate_from_store(workdir: Path) -> None:
     assert fc.exit_code == 0, fc.output
     n_open = len(read_adt_csv(workdir / "adt.csv").census())
     assert json.loads(fc.output)["source"] == f"census of {n_open} open stays"
-    scale = 1.0 - from_csv["lwbs_fraction"]
     for unit, p in from_csv["admit_probabilities"].items():
-        assert from_store["admit_probabilities"][unit] == pytest.approx(p * scale, rel=1e-9)
+        assert from_store["admit_probabilities"][unit] == pytest.approx(p, rel=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from medtwin import codes
 from medtwin.interop import hl7v2
-from medtwin.records import Encounter, EncounterLocation
+from medtwin.records import Coding, Encounter, EncounterLocation
 from medtwin.store import RawMessage, Store
 
 ADMIT = "20260301080000"
 TRANSFER = "20260301130000"
 DISCHARGE = "20260302140000"
+V2_0112 = "http://terminology.hl7.org/CodeSystem/v2-0112"
 
 
 def adt(event: str, control_id: str, when: str, unit: str, bed: str, *, family: str = "DOE", sex: str = "F") -> str:
@@ -107,3 +109,23 @@ def test_any_arrival_order_gives_the_same_visit(store: Store, order: tuple[str, 
         ingest(store, text)
     [enc] = store.encounters()
     assert (enc.status, enc.end, enc.locations) == ("finished", t(DISCHARGE), STAYS)
+
+
+@pytest.mark.parametrize(
+    ("pv1_36", "expected"),
+    [
+        ("lwbs", codes.DISCHARGE_LWBS),
+        ("other-hcf", codes.DISCHARGE_OTHER_HCF),
+        ("EXP", codes.DISCHARGE_EXPIRED),
+        ("07^Left against medical advice", Coding(system=V2_0112, code="07", display="Left against medical advice")),
+        ("", None),
+    ],
+)
+def test_pv1_36_discharge_disposition_maps_to_the_encounter(pv1_36: str, expected: Coding | None) -> None:
+    segments = A03.split("\r")
+    pv1 = segments[-1].split("|")
+    pv1[36] = pv1_36
+    segments[-1] = "|".join(pv1)
+    [enc] = [r for r in hl7v2.map_message(hl7v2.parse_message("\r".join(segments))).records if isinstance(r, Encounter)]
+    assert enc.disposition == expected
+    assert (enc.status, enc.end) == ("finished", t(DISCHARGE))

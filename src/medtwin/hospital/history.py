@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from medtwin.codes import DISCHARGE_LWBS
 from medtwin.errors import ValidationError
 from medtwin.hospital.config import HOURS_PER_WEEK, HospitalConfig
 from medtwin.hospital.forecast import hour_of_week
 from medtwin.hospital.simulation import CensusEntry, simulate
-from medtwin.records import Encounter, EncounterLocation
+from medtwin.records import Coding, Encounter, EncounterLocation
 
 __all__ = [
     "ADT_COLUMNS",
@@ -99,10 +100,23 @@ class AdmissionHistory:
         ]
 
 
+def _is_lwbs(disposition: Coding | None) -> bool:
+    """True for the medtwin ``lwbs`` discharge disposition (the FHIR code system has no LWBS code)."""
+    return disposition is not None and (disposition.system, disposition.code) == (
+        DISCHARGE_LWBS.system,
+        DISCHARGE_LWBS.code,
+    )
+
+
 def history_from_encounters(encounters: Iterable[Encounter]) -> AdmissionHistory:
-    """Unit stays from encounters' ``locations`` (an encounter without locations is skipped)."""
+    """Unit stays from encounters' ``locations`` (an encounter without locations is skipped).
+
+    An encounter whose ``disposition`` is :data:`medtwin.codes.DISCHARGE_LWBS` marks its last stay ``lwbs``
+    (left without being seen), as ``disposition=lwbs`` does in the ADT CSV.
+    """
     stays: list[UnitStay] = []
     for enc in encounters:
+        lwbs = _is_lwbs(enc.disposition)
         locs = sorted(enc.locations, key=lambda loc: loc.start)
         for k, loc in enumerate(locs):
             nxt = locs[k + 1].unit if k + 1 < len(locs) else None
@@ -120,6 +134,7 @@ def history_from_encounters(encounters: Iterable[Encounter]) -> AdmissionHistory
                     start=loc.start,
                     end=end,
                     next_unit=nxt,
+                    lwbs=lwbs and nxt is None,
                 )
             )
     return AdmissionHistory(tuple(stays))
@@ -142,6 +157,7 @@ def encounters_from_history(history: AdmissionHistory) -> list[Encounter]:
                 start=stays[0].start,
                 end=last.end,
                 locations=tuple(EncounterLocation(unit=s.unit, start=s.start, end=s.end) for s in stays),
+                disposition=DISCHARGE_LWBS if last.lwbs else None,
             )
         )
     return out

@@ -185,6 +185,7 @@ def _encounter(d: dict[str, Any]) -> Encounter:
         ),
         type=_coding(d["type"]),
         reason=_coding(d["reason"]),
+        disposition=_coding(d.get("disposition")),  # absent in bodies written before the field existed
         provenance=_provenance(d["provenance"]),
     )
 

@@ -9,8 +9,9 @@ fold of those versions:
   empty field means "not sent", not "delete"); a non-empty field replaces it. Identifiers are a union (stored
   order first, new ones appended). So an ORU with a sparse PID does not erase an ADT's name.
 * **Encounter** (ordered by :func:`encounter_as_of`, the latest time the version mentions, then arrival): the
-  start is the earliest start of any version; status, class, end, type, reason and provenance come from the
-  newest version; the locations are the union of all versions' stays, ordered by start, consecutive stays in
+  start is the earliest start of any version; status, class, end and provenance come from the newest version;
+  type, reason and discharge disposition from the newest version that states them; the locations are the
+  union of all versions' stays, ordered by start, consecutive stays in
   the same unit and bed merged into one, each stay closed at the next one's start and the last one at the
   encounter's end. Because the order is by content time, not arrival, an A03 that arrives before the A02 it
   follows gives the same encounter as the in-order stream.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from medtwin.records import Encounter, EncounterLocation, Identifier, Patient, PatientIdentity
 
@@ -138,9 +140,13 @@ def merge_encounter(versions: Sequence[Encounter]) -> Encounter:
         start=start,
         end=end,
         locations=_stays([v for _, v in ordered], end),
-        type=newest.type if newest.type is not None else next((v.type for _, v in ordered[::-1] if v.type), None),
-        reason=newest.reason
-        if newest.reason is not None
-        else next((v.reason for _, v in ordered[::-1] if v.reason), None),
+        type=_latest_known(ordered, "type"),
+        reason=_latest_known(ordered, "reason"),
+        disposition=_latest_known(ordered, "disposition"),
         provenance=newest.provenance,
     )
+
+
+def _latest_known(ordered: Sequence[tuple[int, Encounter]], name: str) -> Any:
+    """The newest version's value of *name*, or the latest earlier one when the newest left it empty."""
+    return next((value for _, v in reversed(ordered) if (value := getattr(v, name)) is not None), None)

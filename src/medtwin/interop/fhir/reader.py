@@ -438,6 +438,7 @@ def _encounter(ctx: _Ctx, res: Mapping[str, Any]) -> Encounter:
             locations=tuple(locations),
             type=_first_coding((res.get("type") or [None])[0]),
             reason=_first_coding((res.get("reasonCode") or [None])[0]),
+            disposition=_first_coding((res.get("hospitalization") or {}).get("dischargeDisposition")),
             provenance=Provenance(source_system=ctx.source_system, source_id=f"Encounter/{ctx.rid}"),
         )
     except ValidationError as exc:

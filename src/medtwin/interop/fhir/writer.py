@@ -185,6 +185,8 @@ def _encounter(e: Encounter) -> dict[str, Any]:
     out["period"] = _period(e.start, e.end)
     if e.reason:
         out["reasonCode"] = [_concept(e.reason)]
+    if e.disposition:
+        out["hospitalization"] = {"dischargeDisposition": _concept(e.disposition)}
     if e.locations:
         out["location"] = [
             {

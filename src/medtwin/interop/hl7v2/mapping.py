@@ -409,5 +409,37 @@ def _encounter(ctx: _Ctx, patient_id: str, event: str) -> Encounter | None:
         start=start,
         end=end,
         locations=tuple(locations),
+        disposition=_disposition(pv1.components(36)),
         provenance=_provenance(ctx, f"PV1-{event or 'ADT'}"),
     )
+
+
+_V2_TABLE_0112 = "http://terminology.hl7.org/CodeSystem/v2-0112"
+_DISPOSITIONS = {
+    c.code: c
+    for c in (
+        codes.DISCHARGE_HOME,
+        codes.DISCHARGE_OTHER_HCF,
+        codes.DISCHARGE_HOSPICE,
+        codes.DISCHARGE_AGAINST_ADVICE,
+        codes.DISCHARGE_EXPIRED,
+        codes.DISCHARGE_OTHER,
+        codes.DISCHARGE_LWBS,
+    )
+}
+
+
+def _disposition(pv1_36: list[str]) -> Coding | None:
+    """PV1-36 discharge disposition (user-defined table 0112).
+
+    A FHIR discharge-disposition code (``home``, ``other-hcf``, ``hosp``, ``aadvice``, ``exp``, ``oth``) or
+    ``lwbs`` maps to the medtwin coding; any other site-local value is kept as a table-0112 coding.
+    """
+    value = pv1_36[0].strip() if pv1_36 else ""
+    if not value:
+        return None
+    known = _DISPOSITIONS.get(value.lower())
+    if known is not None:
+        return known
+    display = pv1_36[1].strip() if len(pv1_36) > 1 and pv1_36[1].strip() else None
+    return Coding(system=_V2_TABLE_0112, code=value, display=display)
