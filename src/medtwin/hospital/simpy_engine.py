@@ -132,18 +132,6 @@ class _Run(RunState):
         # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
         self.pools = [BedPool(env, config.ed.spaces, count_waiting=True)] + [BedPool(env, u.beds) for u in config.units]
 
-    # -- bookkeeping ------------------------------------------------------------------------
-    def _crowd_change(self, delta: int) -> None:
-        self.crowd += delta
-        threshold = self.cfg.ed.divert_threshold
-        if threshold is None:
-            return
-        now = self.env.now
-        if self.diverting:
-            self.div_area += now - self.div_last
-        self.div_last = now
-        self.diverting = self.crowd >= threshold
-
     # -- processes ------------------------------------------------------------------------------
     # ED patients are driven by event callbacks rather than one SimPy process each: most of them
     # need only an arrival and an end of treatment, and a process would cost three more events.
@@ -171,7 +159,7 @@ class _Run(RunState):
         if req is None:  # a space is free: seen at once, never part of the waiting crowd
             self._seen(i, pid, t0, False)
             return
-        self._crowd_change(+1)
+        self._crowd_change(+1, self.env.now)
         req.callbacks.append(partial(self._seen, i, pid, t0, True))
         patience = self.patience_l[i]
         if patience != math.inf:
@@ -182,7 +170,7 @@ class _Run(RunState):
         if req.triggered:  # got a space in time
             return
         self.pools[0].cancel(req)
-        self._crowd_change(-1)
+        self._crowd_change(-1, self.env.now)
         self.events += 1
         if t0 >= self.warmup:
             self.n_lwbs += 1
@@ -191,7 +179,7 @@ class _Run(RunState):
     def _seen(self, i: int, pid: int, t0: float, waited: bool, _ev: simpy.Event | None = None) -> None:
         env = self.env
         if waited:
-            self._crowd_change(-1)
+            self._crowd_change(-1, self.env.now)
         self.events += 1
         if t0 >= self.warmup:
             self.waits.append(env.now - t0)
@@ -233,7 +221,7 @@ class _Run(RunState):
                 t_decide = env.now
                 boarding = holding == 0
                 if boarding:
-                    self._crowd_change(+1)
+                    self._crowd_change(+1, self.env.now)
                 req = pool.acquire()
                 if req is not None:
                     yield req
@@ -244,7 +232,7 @@ class _Run(RunState):
                 if self.record:
                     self._open(pid, route, unit, env.now)
                 if boarding:
-                    self._crowd_change(-1)
+                    self._crowd_change(-1, self.env.now)
                     if t_decide >= self.warmup:
                         self.boarding.append(env.now - t_decide)
                 if k == 0 and t_decide >= self.warmup:

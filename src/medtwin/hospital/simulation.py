@@ -338,6 +338,7 @@ class RunState(ABC):
         self.diverting = False
         self.div_area = 0.0
         self.div_last = 0.0
+        self.divert_threshold = config.ed.divert_threshold
         self.div_at_warmup = 0.0
         self.next_patient = 0
         self._setup()
@@ -353,6 +354,17 @@ class RunState(ABC):
     @abstractmethod
     def pool_areas(self) -> list[float]:
         """Each pool's occupancy integral (patient-hours) from time 0 to now."""
+
+    def _crowd_change(self, delta: int, now: float) -> None:
+        """The ED's crowd changed by *delta* at *now*: update the diversion state and its time integral."""
+        self.crowd += delta
+        threshold = self.divert_threshold
+        if threshold is None:
+            return
+        if self.diverting:
+            self.div_area += now - self.div_last
+        self.div_last = now
+        self.diverting = self.crowd >= threshold
 
     def _open(self, pid: int, route: int, unit: int, start: float) -> None:
         if self.record:
@@ -435,21 +447,8 @@ class _Run(RunState):
         # pool 0 is the ED's treatment spaces; pools 1.. the inpatient units
         self.pools = [BedPool(cal, config.ed.spaces, count_waiting=True)] + [BedPool(cal, u.beds) for u in config.units]
         self.ed_pool = self.pools[0]
-        self.divert_threshold = config.ed.divert_threshold
         self.queue = cal.queue
         self.seq = cal.seq
-
-    # -- bookkeeping ------------------------------------------------------------------------
-    def _crowd_change(self, delta: int) -> None:
-        self.crowd += delta
-        threshold = self.divert_threshold
-        if threshold is None:
-            return
-        now = self.cal.now
-        if self.diverting:
-            self.div_area += now - self.div_last
-        self.div_last = now
-        self.diverting = self.crowd >= threshold
 
     # -- ED patients ----------------------------------------------------------------------------
     # Every patient is a chain of event callbacks on the calendar (no generator processes): an ED
@@ -482,7 +481,7 @@ class _Run(RunState):
             heappush(self.queue, (t0 + self.treat_l[i], next(self.seq), self._treated, (i, pid, t0)))
             return
         req = pool.wait(t0, self._seen, (i, pid, t0), self.triage_l[i])
-        self._crowd_change(+1)
+        self._crowd_change(+1, self.cal.now)
         patience = self.patience_l[i]
         if patience != math.inf:
             self.cal.schedule(t0 + patience, self._renege, (req, pid, t0))
@@ -493,7 +492,7 @@ class _Run(RunState):
             return
         now = self.cal.now
         self.pools[0].cancel(now, req)
-        self._crowd_change(-1)
+        self._crowd_change(-1, self.cal.now)
         self.events += 1
         if t0 >= self.warmup:
             self.n_lwbs += 1
@@ -502,7 +501,7 @@ class _Run(RunState):
     def _seen(self, arg: tuple[int, int, float]) -> None:
         i, _pid, t0 = arg
         now = self.cal.now
-        self._crowd_change(-1)
+        self._crowd_change(-1, self.cal.now)
         self.events += 1
         if t0 >= self.warmup:
             self.waits.append(now - t0)
@@ -532,7 +531,7 @@ class _Run(RunState):
         now = self.cal.now
         p.t_decide = now
         if p.holding == 0:
-            self._crowd_change(+1)
+            self._crowd_change(+1, self.cal.now)
         pool = self.pools[p.unit]
         if pool.try_take(now):
             self._got_bed(p)
@@ -550,7 +549,7 @@ class _Run(RunState):
             self._open(p.pid, p.route, p.unit, now)
         counted = p.t_decide >= self.warmup
         if holding == 0:
-            self._crowd_change(-1)
+            self._crowd_change(-1, self.cal.now)
             if counted:
                 self.boarding.append(now - p.t_decide)
         if p.k == 0 and counted:
