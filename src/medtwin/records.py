@@ -116,6 +116,16 @@ class Provenance:
         _require(self.source_system, "source_system", "Provenance")
         _require(self.source_id, "source_id", "Provenance")
 
+    @classmethod
+    def prevalidated(cls, source_system: str, source_id: str) -> Provenance:
+        """A Provenance from two strings its caller knows are non-empty, without ``__post_init__`` (hot mappers)."""
+        obj: Any = _ProvenanceSlots()  # as in Observation.prevalidated
+        obj.source_system = source_system
+        obj.source_id = source_id
+        obj.__class__ = cls
+        provenance: Provenance = obj
+        return provenance
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Identifier:
@@ -158,6 +168,32 @@ class Patient:
         if self.gender not in (None, "male", "female", "other", "unknown"):
             raise ValidationError(f"Patient.gender: {self.gender!r} is not one of male/female/other/unknown")
         _set(self, "deceased", _utc_or_none(self.deceased, "Patient.deceased"))
+
+    @classmethod
+    def prevalidated(
+        cls,
+        *,
+        patient_id: str,
+        gender: Literal["male", "female", "other", "unknown"] | None,
+        birth_date: date | None,
+        deceased: datetime | None,
+        identity: PatientIdentity | None,
+        provenance: Provenance | None,
+    ) -> Patient:
+        """A Patient from values its caller has already checked, without ``__post_init__`` (hot mappers only).
+
+        The caller guarantees a non-empty *patient_id*, a valid *gender*, and *deceased* None or aware in UTC.
+        """
+        obj: Any = _PatientSlots()  # as in Observation.prevalidated
+        obj.patient_id = patient_id
+        obj.gender = gender
+        obj.birth_date = birth_date
+        obj.deceased = deceased
+        obj.identity = identity
+        obj.provenance = provenance
+        obj.__class__ = cls
+        patient: Patient = obj
+        return patient
 
     def age_years(self, at: datetime) -> float | None:
         """Age in years (365.25-day years) at *at*, or None when the birth date is unknown."""
@@ -217,6 +253,50 @@ class Observation:
         _set(self, "alt_codes", tuple(self.alt_codes))
         _set(self, "derived_from", tuple(self.derived_from))
 
+    @classmethod
+    def prevalidated(
+        cls,
+        *,
+        patient_id: str,
+        code: Coding,
+        effective: datetime,
+        value: ObservationValue,
+        status: str,
+        category: str | None,
+        device: str | None,
+        encounter_id: str | None,
+        observation_id: str,
+        alt_codes: tuple[Coding, ...],
+        provenance: Provenance | None,
+    ) -> Observation:
+        """An Observation built from values its caller has already checked, without ``__post_init__``.
+
+        For mappers on a hot path only (``medtwin.interop.hl7v2``): the caller guarantees what the constructor
+        would check and normalise, namely non-empty *patient_id* and *observation_id*, *effective* aware and in
+        UTC (``tzinfo`` is ``datetime.UTC``), *value* a Quantity, Coding, str or None, and *alt_codes* a tuple.
+        Everything else should call the constructor. No components, no ``derived_from``.
+        """
+        # Filled as a plain slotted object, then given its class: the frozen dataclass's __init__ (or even its slot
+        # descriptors) would cost three times as much. _ObservationSlots has Observation's exact slot layout, which
+        # is what CPython requires to assign __class__.
+        obj: Any = _ObservationSlots()
+        obj.patient_id = patient_id
+        obj.code = code
+        obj.effective = effective
+        obj.value = value
+        obj.components = ()
+        obj.status = status
+        obj.category = category
+        obj.device = device
+        obj.encounter_id = encounter_id
+        obj.observation_id = observation_id
+        obj.alt_codes = alt_codes
+        obj.derived_from = ()
+        obj.provenance = provenance
+        obj.__class__ = cls
+        observation: Observation = obj
+        return observation
+
     def has_code(self, coding: Coding) -> bool:
         """True when the primary code or any alternative code is the same concept as *coding*."""
         return self.code.same_concept(coding) or any(c.same_concept(coding) for c in self.alt_codes)
@@ -224,6 +304,24 @@ class Observation:
     def component(self, coding: Coding) -> ObservationComponent | None:
         """The first component coded as *coding*, or None."""
         return next((c for c in self.components if c.code.same_concept(coding)), None)
+
+
+class _PatientSlots:
+    """Patient's slots, mutable and unchecked: the object :meth:`Patient.prevalidated` fills."""
+
+    __slots__ = Patient.__slots__
+
+
+class _ObservationSlots:
+    """Observation's slots, mutable and unchecked: the object :meth:`Observation.prevalidated` fills."""
+
+    __slots__ = Observation.__slots__
+
+
+class _ProvenanceSlots:
+    """Provenance's slots, mutable and unchecked: the object :meth:`Provenance.prevalidated` fills."""
+
+    __slots__ = Provenance.__slots__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

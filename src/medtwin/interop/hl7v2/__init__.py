@@ -39,6 +39,7 @@ from medtwin.interop.hl7v2.parser import (
     decode_payload,
     parse_hl7_datetime,
     parse_message,
+    parse_payload,
     split_batch,
     unescape,
 )
@@ -70,14 +71,3 @@ __all__ = [
     "unescape",
     "wants_ack",
 ]
-
-
-def parse_payload(payload: bytes | str) -> list[Hl7Message]:
-    """Decode *payload*, split an FHS/BHS batch, and parse every message in it.
-
-    Raises
-    ------
-    Hl7Error
-        Bad encoding, no MSH segment, or a malformed message (the first one found).
-    """
-    return [parse_message(text) for text in split_batch(decode_payload(payload))]

@@ -15,11 +15,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
-from functools import lru_cache
+from typing import Any
 
 from medtwin import codes
-from medtwin.errors import UnitError, ValidationError
-from medtwin.interop.hl7v2.parser import Hl7Message, Hl7ParseError, Segment, parse_hl7_datetime
+from medtwin.errors import ValidationError
+from medtwin.interop.hl7v2.obx import CODING_SYSTEMS, MDC_UNITS, OBX_STATUS, coding_of, concept_of, quantity_of
+from medtwin.interop.hl7v2.parser import Hl7MappingError, Hl7Message, Hl7ParseError, Segment, parse_hl7_datetime
 from medtwin.records import (
     Coding,
     Encounter,
@@ -40,37 +41,10 @@ __all__ = [
     "Hl7MappingError",
     "MappedMessage",
     "map_message",
+    "map_message_general",
     "pseudonymous_patient_id",
 ]
 
-
-class Hl7MappingError(Hl7ParseError):
-    """A well-formed message whose content cannot become records (unknown patient, bad value, bad unit)."""
-
-
-# HL7 table 0396 coding-system names -> URIs.
-CODING_SYSTEMS: dict[str, str] = {
-    "LN": codes.LOINC,
-    "LOINC": codes.LOINC,
-    "SCT": codes.SNOMED,
-    "SNM": codes.SNOMED,
-    "SNOMED": codes.SNOMED,
-    "SNOMED-CT": codes.SNOMED,
-    "MDC": codes.MDC,
-    "UCUM": codes.UCUM,
-}
-
-# ISO/IEEE 11073-10101 dimension codes (partition 4) used by IHE PCD-01 -> UCUM.
-MDC_UNITS: dict[str, str] = {
-    "264864": "/min",  # MDC_DIM_BEAT_PER_MIN
-    "264928": "/min",  # MDC_DIM_RESP_PER_MIN
-    "262688": "%",  # MDC_DIM_PERCENT
-    "266016": "mm[Hg]",  # MDC_DIM_MMHG
-    "268192": "Cel",  # MDC_DIM_DEGC
-    "266560": "[degF]",  # MDC_DIM_FAHR
-    "265216": "L/min",  # MDC_DIM_L_PER_MIN
-    "262656": "1",  # MDC_DIM_DIMLESS
-}
 
 # Segments this mapper reads or knowingly ignores; others are reported as unknown (they stay in the raw log).
 KNOWN_SEGMENTS = frozenset(
@@ -79,7 +53,6 @@ KNOWN_SEGMENTS = frozenset(
      "OH1", "OH2", "OH3", "OH4", "GP1", "GP2", "IAM", "IAR", "ERR", "MSA", "CTI", "TXA"}
 )  # fmt: skip
 
-_OBX_STATUS = {"F": "final", "C": "corrected", "R": "preliminary", "P": "preliminary", "W": "entered-in-error"}
 _PATIENT_CLASS = {"E": "EMER", "I": "IMP", "O": "AMB", "P": "PRENC", "R": "AMB", "B": "OBSENC", "N": "AMB"}
 _GENDER: dict[str, str] = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
 _ADT_EVENTS = {"A01", "A02", "A03", "A04", "A08", "A11", "A12", "A13", "A28", "A31"}
@@ -138,10 +111,37 @@ def map_message(
     Patient (+ Encounter when PV1 is present). Any other type gives ``supported=False`` and no records (the
     message is still kept in the raw log). Times without an offset are read in *assume_tz*.
 
+    A plain ORU^R01 (no repetition, escape or subcomponent in the MSH, PV1, OBR and OBX fields read) takes a
+    shorter path with the same result; see :func:`map_message_general`.
+
     Raises
     ------
     Hl7MappingError
         A required value is missing or invalid (no PID-3, non-numeric NM value, a unit that cannot be converted).
+    """
+    try:
+        mapped = _map_plain_oru(message, assume_tz, patient_id_for)
+    except ValidationError:  # the general path raises the same error, or maps what the shortcut could not
+        mapped = None
+    return (
+        mapped
+        if mapped is not None
+        else map_message_general(message, assume_tz=assume_tz, patient_id_for=patient_id_for)
+    )
+
+
+def map_message_general(
+    message: Hl7Message,
+    *,
+    assume_tz: tzinfo = UTC,
+    patient_id_for: Callable[[str | None, str], str] = pseudonymous_patient_id,
+) -> MappedMessage:
+    """:func:`map_message` without the plain-ORU shortcut: the reference that shortcut is tested against.
+
+    Raises
+    ------
+    Hl7MappingError
+        As :func:`map_message`.
     """
     try:
         return _map(message, assume_tz, patient_id_for)
@@ -153,8 +153,7 @@ def map_message(
 
 def _map(message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]) -> MappedMessage:
     ctx = _Ctx(message, assume_tz, patient_id_for, source_system=message.source_system, control_id=message.control_id)
-    unknown = tuple(sorted({s.name for s in message.segments if s.name not in KNOWN_SEGMENTS and s.name[0] != "Z"}))
-    unknown += tuple(sorted({s.name for s in message.segments if s.name[0] == "Z"}))
+    unknown = _unknown_segments(message)
     mtype, event = message.message_type, message.trigger_event
     records: list[Record] = []
     patient_id: str | None = None
@@ -175,6 +174,16 @@ def _map(message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str |
     return MappedMessage(message, tuple(records), patient_id, unknown, tuple(ctx.notes))
 
 
+def _unknown_segments(message: Hl7Message) -> tuple[str, ...]:
+    """Names of the segments this mapper does not know, sorted, the Z-segments last."""
+    names = {s.name for s in message.segments}
+    if names <= KNOWN_SEGMENTS:
+        return ()
+    return tuple(sorted(n for n in names if n not in KNOWN_SEGMENTS and n[0] != "Z")) + tuple(
+        sorted(n for n in names if n[0] == "Z")
+    )
+
+
 def _provenance(ctx: _Ctx, suffix: str) -> Provenance:
     return Provenance(source_system=ctx.source_system, source_id=f"{ctx.control_id}/{suffix}")
 
@@ -191,6 +200,24 @@ def _patient(ctx: _Ctx) -> Patient:
     pid = ctx.message.first("PID")
     if pid is None:
         raise Hl7MappingError("PID segment is required to know the patient", error_code="100", location="PID")
+    patient_id, gender, birth, deceased, identity, notes = _patient_parts(pid, ctx.assume_tz, ctx.patient_id_for)
+    ctx.notes.extend(notes)
+    return Patient(
+        patient_id=patient_id,
+        gender=gender,  # type: ignore[arg-type]
+        birth_date=birth,
+        deceased=deceased,
+        identity=identity,
+        provenance=_provenance(ctx, "PID"),
+    )
+
+
+_PatientParts = tuple[str, str | None, date | None, datetime | None, PatientIdentity, tuple[str, ...]]
+
+
+def _patient_parts(pid: Segment, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]) -> _PatientParts:
+    """What a PID segment says: (patient id, gender, birth date, deceased time, identity, notes)."""
+    notes: list[str] = []
     identifiers: list[Identifier] = []
     for rep in range(len(pid.repetitions(3))):
         comps = pid.components(3, repetition=rep)
@@ -208,7 +235,7 @@ def _patient(ctx: _Ctx) -> Patient:
             raise Hl7MappingError("PID-3 (patient identifier list) is empty", error_code="101", location="PID^1^3")
         identifiers.append(Identifier(system=None, value=legacy))
     mrn = next((i for i in identifiers if i.type_code == "MR"), identifiers[0])
-    patient_id = ctx.patient_id_for(mrn.system, mrn.value)
+    patient_id = patient_id_for(mrn.system, mrn.value)
     name = pid.components(5)
     family = name[0] if name and name[0] else None
     given = tuple(n for n in name[1:3] if n) if len(name) > 1 else ()
@@ -221,36 +248,30 @@ def _patient(ctx: _Ctx) -> Patient:
     birth: date | None = None
     if raw_birth := pid.field(7):
         try:
-            birth = ctx.when(raw_birth, "PID^1^7").date()
+            birth = parse_hl7_datetime(raw_birth, assume_tz=assume_tz, where="PID^1^7").date()
         except Hl7ParseError:
-            ctx.notes.append(f"PID-7 birth date {raw_birth!r} is not a date; left unknown")
-    deceased = ctx.when(pid.field(29), "PID^1^29") if pid.field(29) else None
-    return Patient(
-        patient_id=patient_id,
-        gender=gender,  # type: ignore[arg-type]
-        birth_date=birth,
-        deceased=deceased,
-        identity=identity,
-        provenance=_provenance(ctx, "PID"),
-    )
+            notes.append(f"PID-7 birth date {raw_birth!r} is not a date; left unknown")
+    deceased = parse_hl7_datetime(pid.field(29), assume_tz=assume_tz, where="PID^1^29") if pid.field(29) else None
+    return patient_id, gender, birth, deceased, identity, tuple(notes)
 
 
-def _coding(comps: list[str], where: str) -> Coding:
-    code = comps[0] if comps else ""
-    if not code:
-        raise Hl7MappingError(f"{where}: the identifier has no code", error_code="101", location=where)
-    system_name = comps[2] if len(comps) > 2 else ""
-    system = CODING_SYSTEMS.get(system_name.upper(), f"urn:hl7v2:table-0396:{system_name or 'unknown'}")
-    return Coding(system=system, code=code, display=(comps[1] if len(comps) > 1 and comps[1] else None))
+_PSEUDONYMOUS_PATIENTS: dict[tuple[tuple[str, ...], str, str, tzinfo], _PatientParts] = {}
 
 
-def _unit(comps: list[str]) -> str:
-    if not comps or not comps[0]:
-        return ""
-    system = comps[2].upper() if len(comps) > 2 else ""
-    if system == "MDC" or (comps[0].isdigit() and comps[0] in MDC_UNITS):
-        return MDC_UNITS.get(comps[0], comps[0])
-    return comps[0]
+def _pseudonymous_patient_parts(pid: Segment, assume_tz: tzinfo) -> _PatientParts:
+    """:func:`_patient_parts` with the default patient id, cached: a feed repeats the PID of each patient.
+
+    Keyed by the raw fields and the delimiters as text (hashing the Delimiters dataclass would cost a Python call).
+    """
+    d = pid.delimiters
+    key = (pid.fields, d.field, d.component + d.repetition + d.escape + d.subcomponent, assume_tz)
+    parts = _PSEUDONYMOUS_PATIENTS.get(key)
+    if parts is None:
+        parts = _patient_parts(pid, assume_tz, pseudonymous_patient_id)
+        if len(_PSEUDONYMOUS_PATIENTS) >= _PLAIN_CACHE_SIZE:
+            _PSEUDONYMOUS_PATIENTS.clear()
+        _PSEUDONYMOUS_PATIENTS[key] = parts
+    return parts
 
 
 def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
@@ -283,12 +304,12 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
         if not identifier or not identifier[0]:
             ctx.notes.append(f"{where}: OBX-3 has no code; an unidentified result cannot be used, skipped")
             continue
-        coding, alt, target, vital = _concept(tuple(identifier))
+        coding, alt, target, vital = concept_of(tuple(identifier))
         value: Quantity | Coding | str
         if value_type in ("NM", "SN"):
-            value = _quantity(seg, value_type, coding, target, where)
+            value = quantity_of(seg, value_type, coding, target, where)
         elif value_type in ("CWE", "CE", "CNE", "CF"):
-            value = _coding(seg.components(5), f"{where}^5")
+            value = coding_of(seg.components(5), f"{where}^5")
         else:
             value = seg.field(5)
         when_raw = seg.field(14) or obr_time or msh_time
@@ -302,7 +323,7 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
                 code=coding,
                 effective=effective,
                 value=value,
-                status=_OBX_STATUS.get(status_code, "final"),
+                status=OBX_STATUS.get(status_code, "final"),
                 category="vital-signs" if vital else None,
                 device=device or sending_application,
                 encounter_id=encounter_id,
@@ -313,62 +334,167 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
     return out
 
 
-_VITAL_CODES = frozenset(c.code for c in codes.VITAL_SIGNS) | {
-    codes.MEAN_BP.code,
-    codes.PULSE_RATE_OXIMETRY.code,
-    codes.INHALED_OXYGEN_CONCENTRATION.code,
-    codes.INHALED_OXYGEN_FLOW.code,
-}
+# The plain-ORU shortcut. Its caches hold immutable values keyed by raw field text and the component delimiter
+# (which decides how that text splits); each is emptied when it reaches _PLAIN_CACHE_SIZE entries.
+_PLAIN_CACHE_SIZE = 4096
+_PLAIN_CONCEPTS: dict[tuple[str, str], tuple[Coding, tuple[Coding, ...], str | None, str | None] | None] = {}
+_PLAIN_QUANTITIES: dict[tuple[str, str, str, str, str], Quantity] = {}
+_PLAIN_CODED_VALUES: dict[tuple[str, str], Coding] = {}
+_ORU_EVENTS = frozenset({"R01", "R30", "R31", "R32", ""})
+_NO_FIELDS = ("",) * 20
+_NOT_CACHED: Any = object()
 
 
-@lru_cache(maxsize=2048)
-def _concept(identifier: tuple[str, ...]) -> tuple[Coding, tuple[Coding, ...], str | None, bool]:
-    """OBX-3 components -> (coding normalised to LOINC, original MDC coding if any, canonical unit, is a vital sign).
+def _map_plain_oru(
+    message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]
+) -> MappedMessage | None:
+    """:func:`map_message_general` for a plain ORU^R01, or None when the message is not one.
 
-    Cached: a monitor feed repeats a handful of identifiers, and the records are immutable, so they can be shared.
+    Plain: no repetition, escape or subcomponent delimiter and no ``""`` in MSH (past MSH-2), the first PV1, the
+    OBRs and the OBXs, so that every value read there is its raw text up to the first component delimiter. The PID
+    is read by the general code (cached per PID segment). An error raised here is raised again by the general
+    path, which the caller then runs instead.
     """
-    coding = _coding(list(identifier), "OBX^3")
-    alt: tuple[Coding, ...] = ()
-    loinc = codes.normalise_to_loinc(coding)
-    if loinc is not coding:
-        alt, coding = (coding,), loinc
-    return coding, alt, codes.canonical_unit(coding), coding.code in _VITAL_CODES
+    d = message.delimiters
+    comp, sep = d.component, d.field
+    segments = message.segments
+    msh = segments[0]
+    m = msh.fields + _NO_FIELDS  # m[n] is MSH-(n + 1)
+    message_type, _, event = m[8].partition(comp)
+    if message_type != "ORU" or event.partition(comp)[0] not in _ORU_EVENTS or msh.name != "MSH":
+        return None  # (an escaped or repeated MSH-9 that reads ORU^R01 is mapped by the general path)
+    read = [sep.join(msh.fields[2:])]
+    pv1: Segment | None = None
+    pid: Segment | None = None
+    for seg in segments:
+        name = seg.name
+        if name == "OBX" or name == "OBR":
+            read.append(sep.join(seg.fields))
+        elif name == "PV1" and pv1 is None:
+            pv1 = seg
+            read.append(sep.join(seg.fields))
+        elif name == "PID" and pid is None:
+            pid = seg
+    text = "\r".join(read)
+    if d.repetition in text or d.escape in text or d.subcomponent in text or '""' in text:
+        return None
+    if pid is None:
+        return None
+    application, facility = m[2].partition(comp)[0], m[3].partition(comp)[0]
+    source_system = f"{application}@{facility}" if facility else (application or "unknown")
+    control_id = m[9].partition(comp)[0]
+    msh_time = m[6].partition(comp)[0]
 
-
-def _quantity(seg: Segment, value_type: str, coding: Coding, target: str | None, where: str) -> Quantity:
-    if value_type == "SN":
-        comps = seg.components(5)
-        comparator = comps[0] if comps else ""
-        if comparator not in ("", "="):
-            raise Hl7MappingError(
-                f"{where}: structured numeric with comparator {comparator!r} is not an exact value",
-                error_code="102",
-                location=f"{where}^5",
-            )
-        text = comps[1] if len(comps) > 1 else ""
+    if patient_id_for is pseudonymous_patient_id:
+        parts = _pseudonymous_patient_parts(pid, assume_tz)
     else:
-        text = seg.field(5)
-    try:
-        number = float(text)
-    except ValueError:
-        raise Hl7MappingError(
-            f"{where}: OBX-5 {text!r} is not a number (value type {value_type})", error_code="102", location=where
-        ) from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise Hl7MappingError(f"{where}: OBX-5 {text!r} is not a finite number", error_code="102", location=where)
-    unit = _unit(seg.components(6))
-    if target is None or unit == target:
-        return Quantity(value=number, unit=unit or target or "1")
-    if not unit:
-        raise Hl7MappingError(
-            f"{where}: OBX-6 unit is empty but {coding.code} needs one (expected {target!r})",
-            error_code="101",
-            location=f"{where}^6",
+        parts = _patient_parts(pid, assume_tz, patient_id_for)
+    patient_id, gender, birth, deceased, identity, patient_notes = parts
+    notes = list(patient_notes)
+    # the default patient id is never empty, the gender comes from _GENDER and times from parse_hl7_datetime (UTC)
+    new_patient = Patient.prevalidated if patient_id_for is pseudonymous_patient_id else Patient
+    patient = new_patient(
+        patient_id=patient_id,
+        gender=gender,  # type: ignore[arg-type]
+        birth_date=birth,
+        deceased=deceased,
+        identity=identity,
+        provenance=Provenance.prevalidated(source_system, f"{control_id}/PID"),
+    )
+    records: list[Record] = [patient]
+
+    encounter_id = (pv1.fields[19].partition(comp)[0] or None) if pv1 is not None and len(pv1.fields) > 19 else None
+    sending_application = application or None
+    source_prefix = f"{control_id}/OBX-"
+    # _stable_id hashes f"{source_system}|{source_id}": hash the part shared by every OBX once, copy it per OBX
+    id_hash = hashlib.blake2b(f"{source_system}|{source_prefix}".encode(), digest_size=10)
+    times: dict[str, tuple[datetime, str]] = {}
+    obr_time = ""
+    device: str | None = None
+    new_observation = Observation.prevalidated
+    new_provenance = Provenance.prevalidated
+    for index, seg in enumerate(segments):
+        name = seg.name
+        if name == "OBR":
+            obr_time = seg.fields[7].partition(comp)[0] if len(seg.fields) > 7 else ""
+            continue
+        if name != "OBX":
+            continue
+        f = seg.fields
+        if len(f) < 19:
+            f = f + _NO_FIELDS[: 19 - len(f)]
+        set_id = f[1].partition(comp)[0] or str(index)
+        status_code = f[11].partition(comp)[0].upper()
+        if status_code in ("X", "D"):
+            notes.append(f"OBX[{set_id}]: result status {status_code} (no value / deleted); skipped")
+            continue
+        raw_value = f[5]
+        if not raw_value:
+            notes.append(f"OBX[{set_id}]: OBX-5 is empty; skipped")
+            continue
+        concept_key = (comp, f[3])
+        concept = _PLAIN_CONCEPTS.get(concept_key, _NOT_CACHED)
+        if concept is _NOT_CACHED:
+            identifier = tuple(f[3].split(comp))
+            if identifier[0]:
+                coding, alt, target, vital = concept_of(identifier)
+                concept = (coding, alt, target, "vital-signs" if vital else None)
+            else:
+                concept = None
+            if len(_PLAIN_CONCEPTS) >= _PLAIN_CACHE_SIZE:
+                _PLAIN_CONCEPTS.clear()
+            _PLAIN_CONCEPTS[concept_key] = concept
+        if concept is None:
+            notes.append(f"OBX[{set_id}]: OBX-3 has no code; an unidentified result cannot be used, skipped")
+            continue
+        coding, alt, target, category = concept
+        value_type = f[2].partition(comp)[0].upper()
+        value: Quantity | Coding | str
+        if value_type in ("NM", "SN"):
+            quantity_key = (comp, f[2], f[3], raw_value, f[6])
+            quantity = _PLAIN_QUANTITIES.get(quantity_key)
+            if quantity is None:
+                quantity = quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
+                if len(_PLAIN_QUANTITIES) >= _PLAIN_CACHE_SIZE:
+                    _PLAIN_QUANTITIES.clear()
+                _PLAIN_QUANTITIES[quantity_key] = quantity
+            value = quantity
+        elif value_type in ("CWE", "CE", "CNE", "CF"):
+            coded_key = (comp, raw_value)
+            coded = _PLAIN_CODED_VALUES.get(coded_key)
+            if coded is None:
+                coded = coding_of(seg.components(5), f"OBX[{set_id}]^5")
+                if len(_PLAIN_CODED_VALUES) >= _PLAIN_CACHE_SIZE:
+                    _PLAIN_CODED_VALUES.clear()
+                _PLAIN_CODED_VALUES[coded_key] = coded
+            value = coded
+        else:
+            value = raw_value.partition(comp)[0]
+        when_raw = f[14].partition(comp)[0] or obr_time or msh_time
+        when = times.get(when_raw)
+        if when is None:  # the OBXs of a message usually share one time: parse it and format its id prefix once
+            effective = parse_hl7_datetime(when_raw, assume_tz=assume_tz, where=f"OBX[{set_id}]^14")
+            when = times[when_raw] = (effective, f"{max(0, int(effective.timestamp() * 1000)):012x}")
+        device = f[18].partition(comp)[0] or device
+        suffix = f"{set_id}-{f[4].partition(comp)[0]}"
+        obx_hash = id_hash.copy()
+        obx_hash.update(suffix.encode())
+        records.append(
+            new_observation(
+                observation_id=when[1] + obx_hash.hexdigest(),
+                patient_id=patient_id,
+                code=coding,
+                effective=when[0],
+                value=value,
+                status=OBX_STATUS.get(status_code, "final"),
+                category=category,
+                device=device or sending_application,
+                encounter_id=encounter_id,
+                alt_codes=alt,
+                provenance=new_provenance(source_system, source_prefix + suffix),
+            )
         )
-    try:
-        return Quantity(value=codes.convert(number, unit, target), unit=target)
-    except UnitError as exc:
-        raise Hl7MappingError(f"{where}: {exc}", error_code="102", location=f"{where}^6") from None
+    return MappedMessage(message, tuple(records), patient_id, _unknown_segments(message), tuple(notes))
 
 
 def _encounter(ctx: _Ctx, patient_id: str, event: str) -> Encounter | None:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
+from typing import Any
 
 from medtwin.errors import ValidationError
 
@@ -20,12 +21,14 @@ __all__ = [
     "Delimiters",
     "Hl7EncodingError",
     "Hl7Error",
+    "Hl7MappingError",
     "Hl7Message",
     "Hl7ParseError",
     "Segment",
     "decode_payload",
     "parse_hl7_datetime",
     "parse_message",
+    "parse_payload",
     "split_batch",
     "unescape",
 ]
@@ -48,16 +51,25 @@ class Hl7ParseError(Hl7Error):
     """Text that is not an HL7 v2 message, or a message missing a required header field."""
 
 
+class Hl7MappingError(Hl7ParseError):
+    """A well-formed message whose content cannot become records (unknown patient, bad value, bad unit)."""
+
+
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_BATCH_SEGMENTS = frozenset({"FHS", "BHS", "BTS", "FTS"})
 # names that passed _SEGMENT_NAME: a set lookup per segment instead of a regex match (at most 26 * 36 * 36 names)
 _SEEN_SEGMENT_NAMES: set[str] = set()
+# the same, less MSH and the batch segments: the names the single-message fast path takes without a second look
+_BODY_SEGMENT_NAMES: set[str] = set()
 
 
 def _valid_segment_name(name: str) -> bool:
     if _SEGMENT_NAME.match(name) is None:
         return False
     _SEEN_SEGMENT_NAMES.add(name)
+    if name != "MSH" and name not in _BATCH_SEGMENTS:
+        _BODY_SEGMENT_NAMES.add(name)
     return True
 
 
@@ -218,6 +230,12 @@ class Segment:
         ]
 
 
+class _SegmentSlots:
+    """Segment's slots, mutable: what the single-message fast path fills before making it a Segment."""
+
+    __slots__ = Segment.__slots__
+
+
 def _pick(raw: str, component: int, subcomponent: int, d: Delimiters) -> str:
     comps = raw.split(d.component)
     if component > len(comps):
@@ -334,14 +352,18 @@ def decode_payload(payload: bytes | str) -> str:
 def _declared_charset(data: bytes) -> str:
     if not data.startswith(b"MSH") or len(data) < 8:
         return ""
-    end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=len(data))
-    header = data[:end].decode("latin-1")
-    if len(header) < 8:  # "MSH" cut short by a segment break: parse_message reports it
+    end = data.find(b"\r")
+    if end < 0:
+        end = len(data)
+    lf = data.find(b"\n", 0, end)
+    if lf >= 0:
+        end = lf
+    if end < 8:  # "MSH" cut short by a segment break: parse_message reports it
         return ""
-    sep = header[3]
-    parts = header.split(sep)
+    # latin-1 maps bytes to characters one to one, so the header can be split as bytes and decoded piecewise;
     # parts[0] = "MSH", parts[1] = MSH-2, ... parts[17] = MSH-18
-    return parts[17].split(header[4] if len(header) > 4 else "^")[0].strip() if len(parts) > 17 else ""
+    parts = data[:end].split(data[3:4], 18)
+    return parts[17].split(data[4:5])[0].decode("latin-1").strip() if len(parts) > 17 else ""
 
 
 def split_batch(text: str) -> list[str]:
@@ -359,7 +381,7 @@ def split_batch(text: str) -> list[str]:
     messages: list[list[str]] = []
     for line in lines:
         tag = line[:3]
-        if tag in ("FHS", "BHS", "BTS", "FTS"):
+        if tag in _BATCH_SEGMENTS:
             continue
         if tag == "MSH":
             messages.append([line])
@@ -386,10 +408,9 @@ def parse_message(text: str) -> Hl7Message:
     if not text.startswith("MSH") or len(text) < 8:
         raise Hl7ParseError("the payload does not start with an MSH segment", error_code="100", location="MSH")
     sep = text[3]
-    enc = text[4:8]
-    if sep.isalnum() or sep in " \r\n" or len(set(enc[:4])) < 4 or sep in enc or any(c.isalnum() for c in enc):
+    delimiters = _delimiters(text[3:8])
+    if delimiters is None:
         raise Hl7ParseError(f"MSH-1/MSH-2: invalid delimiters {text[3:8]!r}", error_code="102", location="MSH^1^2")
-    delimiters = Delimiters(field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
     segments: list[Segment] = []
     for number, line in enumerate(_SEGMENT_SPLIT.split(text), start=1):
         if not line:
@@ -408,6 +429,76 @@ def parse_message(text: str) -> Hl7Message:
                 f"MSH-{field} ({what}) is required but empty", error_code="101", location=f"MSH^1^{field}"
             )
     return message
+
+
+@lru_cache(maxsize=64)
+def _delimiters(header: str) -> Delimiters | None:
+    """The delimiters of MSH-1 and MSH-2 (*header* = ``text[3:8]``), or None when they are not a valid set."""
+    sep, enc = header[0], header[1:5]
+    if sep.isalnum() or sep in " \r\n" or len(set(enc[:4])) < 4 or sep in enc or any(c.isalnum() for c in enc):
+        return None
+    return Delimiters(field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3])
+
+
+def parse_payload(payload: bytes | str) -> list[Hl7Message]:
+    """Decode *payload*, split an FHS/BHS batch, and parse every message in it.
+
+    Same result as ``[parse_message(t) for t in split_batch(decode_payload(payload))]``; a frame holding one
+    message whose segment names are already known takes a shorter path.
+
+    Raises
+    ------
+    Hl7Error
+        Bad encoding, no MSH segment, or a malformed message (the first one found).
+    """
+    text = decode_payload(payload)
+    message = _parse_single(text)
+    if message is not None:
+        return [message]
+    return [parse_message(part) for part in split_batch(text)]
+
+
+def _parse_single(text: str) -> Hl7Message | None:
+    """``parse_message(split_batch(text)[0])`` for the common frame, or None to take the general path.
+
+    The common frame: it starts with MSH, holds no other MSH, no batch segment, no blank or whitespace-only line
+    between segments, and only segment names already validated once. Anything else (including every error) goes
+    the general way, which then raises or parses exactly as before.
+    """
+    if not text.startswith("MSH"):
+        return None
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    # split_batch strips NULs, drops trailing blank lines, and parse_message strips "\x00\r\n " at the end
+    text = text.rstrip("\x00\r\n ")
+    if len(text) < 8 or "\r\r" in text:
+        return None
+    delimiters = _delimiters(text[3:8])
+    if delimiters is None:
+        return None
+    sep = text[3]
+    lines = text.split("\r")
+    segments = [Segment("MSH", tuple(lines[0].split(sep)), delimiters)]
+    known = _BODY_SEGMENT_NAMES
+    for line in lines[1:]:
+        fields = tuple(line.split(sep))
+        if fields[0] not in known:
+            return None
+        # Segment(fields[0], fields, delimiters) at a third of the frozen dataclass's __init__: fill an object with
+        # Segment's exact slot layout, then give it its class (CPython allows that between identical layouts)
+        segment: Any = _SegmentSlots()
+        segment.name = fields[0]
+        segment.fields = fields
+        segment.delimiters = delimiters
+        segment.__class__ = Segment
+        segments.append(segment)
+    # MSH-9, MSH-10 and MSH-12 are required: a value starting with a letter or digit (never a delimiter) has one
+    head = segments[0].fields
+    if not (len(head) > 11 and head[8][:1].isalnum() and head[9][:1].isalnum() and head[11][:1].isalnum()):
+        msh = segments[0]
+        if not (msh.field(9) and msh.field(10) and msh.field(12)):
+            return None
+    return Hl7Message(tuple(segments), delimiters, text)
 
 
 _DTM = re.compile(
