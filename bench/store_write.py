@@ -1,13 +1,21 @@
-"""Store write throughput: ``Store.write_batch`` (bulk, one insert per table per batch) against the previous
-per-message write path (raw insert + one insert per record type per message, each with RETURNING), in one run.
+"""Store write throughput on SQLite, side by side in one run: the SQLite fast path of ``Store.write_batch``
+against the generic bulk path (SQLAlchemy bind processors: what PostgreSQL runs) and against the per-message
+path of older releases.
 
-Both write the same batches of 64 ORU^R01-like messages (1 patient + 7 vital-sign observations + the raw HL7
+All sides write the same batches of ORU^R01-like messages (1 patient + 7 vital-sign observations + the raw HL7
 payload each, mapped by medtwin.interop.hl7v2 before timing, so only the store is measured) into a fresh SQLite
-file in WAL mode with ``synchronous=FULL`` (one durable commit per batch, as the MLLP listener does). The
-baseline is the old code reproduced below, run on the same Store connection settings.
+file in WAL mode with ``synchronous=FULL`` (one durable commit per batch, as the MLLP listener does).
+
+* ``legacy``: the per-message code reproduced below, on the schema and pragmas it ran with (revision 0002, SQLite's
+  default WAL checkpoint of 1,000 pages);
+* ``generic``: ``write_batch`` with the SQLite fast path switched off (multi-row ``INSERT ... RETURNING`` with
+  bind processors), on the current schema and pragmas;
+* ``fast``: ``write_batch`` as shipped (revision 0003, ``executemany`` on value tuples, checkpoint every 10,000
+  pages).
 
     .venv/bin/python bench/store_write.py            # 200 batches (12,800 messages) per side, 3 rounds
     .venv/bin/python bench/store_write.py --quick    # 40 batches per side, 1 round
+    .venv/bin/python bench/store_write.py --batch 512
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from sqlalchemy import create_engine, event
+
 from medtwin.interop import hl7v2
 from medtwin.records import Patient, Record
-from medtwin.store import RawMessage, Store, schema
+from medtwin.store import RawMessage, Store, batch, schema
+from medtwin.store.migrate import alembic_config
 from medtwin.store.rows import TABLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,51 +118,76 @@ def legacy_write_batch(store: Store, items: Sequence[Item]) -> list[tuple[int, i
     return results
 
 
+def _previous_release_store(db: Path) -> Store:
+    """A store on revision 0002 with SQLite's default checkpoint interval (the legacy path's setting)."""
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+    engine.dispose()
+    store = Store(f"sqlite:///{db}", migrate=False)
+    event.listen(store.engine, "connect", lambda dbapi, _rec: dbapi.execute("PRAGMA wal_autocheckpoint=1000"))
+    return store
+
+
 def run(kind: str, batches: list[list[Item]], db: Path) -> tuple[float, float]:
     """(messages per second of wall time, CPU microseconds per message) writing *batches* with the *kind* path."""
-    with Store(f"sqlite:///{db}") as store:
+    store = _previous_release_store(db) if kind == "legacy" else Store(f"sqlite:///{db}")
+    fast_driver = batch._sqlite_driver
+    if kind == "generic":
+        batch._sqlite_driver = lambda conn: None  # type: ignore[assignment,return-value]
+    try:
         start, cpu0 = time.perf_counter(), time.process_time()
         for b in batches:
-            if kind == "bulk":
-                store.write_batch(b)
-            else:
+            if kind == "legacy":
                 legacy_write_batch(store, b)
+            else:
+                store.write_batch(b)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
         counts = store.counts()
+    finally:
+        batch._sqlite_driver = fast_driver
+        store.close()
     n = sum(len(b) for b in batches)
     assert counts["raw_inbound"] == n, counts
     assert counts["observations"] == 7 * n, counts
     return n / elapsed, 1e6 * cpu / n
 
 
+KINDS = ("legacy", "generic", "fast")
+LABELS = {"legacy": "legacy per-message path", "generic": "bulk, generic binds", "fast": "bulk, SQLite fast path"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 batches per side, 1 round")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"messages per batch (default {BATCH})")
     args = parser.parse_args()
     n_batches, rounds = (40, 1) if args.quick else (200, 3)
-    print(f"mapping {n_batches * BATCH} messages ...", file=sys.stderr)
-    items = messages(n_batches * BATCH, 0)
-    batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-    rates: dict[str, list[float]] = {"legacy": [], "bulk": []}
-    cpus: dict[str, list[float]] = {"legacy": [], "bulk": []}
+    size = args.batch
+    n_batches = max(1, n_batches * BATCH // size)
+    print(f"mapping {n_batches * size} messages ...", file=sys.stderr)
+    items = messages(n_batches * size, 0)
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    rates: dict[str, list[float]] = {k: [] for k in KINDS}
+    cpus: dict[str, list[float]] = {k: [] for k in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for kind in ("legacy", "bulk") if r % 2 == 0 else ("bulk", "legacy"):
+            for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
                 rate, cpu = run(kind, batches, Path(tmp) / f"{kind}-{r}.db")
                 rates[kind].append(rate)
                 cpus[kind].append(cpu)
-    med = {k: (statistics.median(rates[k]), statistics.median(cpus[k])) for k in rates}
-    print(f"store_write: {n_batches} batches x {BATCH} ORU messages (1 patient + 7 obs + raw), SQLite WAL sync=FULL")
+    med = {k: (statistics.median(rates[k]), statistics.median(cpus[k])) for k in KINDS}
+    print(f"store_write: {n_batches} batches x {size} ORU messages (1 patient + 7 obs + raw), SQLite WAL sync=FULL")
     print(f"python {platform.python_version()}, {platform.machine()}, rounds={rounds} (median)")
-    for k, label in (("legacy", "legacy per-message path"), ("bulk", "bulk write_batch")):
+    for k in KINDS:
         rate, cpu = med[k]
+        each = [round(x) for x in rates[k]]
+        print(f"  {LABELS[k]:<24}: {rate:8,.0f} msg/s wall  {cpu:7.1f} us CPU/msg  (rounds: {each})")
+    for k in ("legacy", "generic"):
         print(
-            f"  {label:<24}: {rate:8,.0f} msg/s wall  {cpu:7.1f} us CPU/msg  (rounds: {[round(x) for x in rates[k]]})"
+            f"  ratio fast/{k:<13}: {med['fast'][0] / med[k][0]:.2f}x msg/s, "
+            f"{med[k][1] / med['fast'][1]:.2f}x less CPU per message"
         )
-    print(
-        f"  ratio bulk/legacy       : {med['bulk'][0] / med['legacy'][0]:.2f}x msg/s, "
-        f"{med['legacy'][1] / med['bulk'][1]:.2f}x less CPU per message"
-    )
 
 
 if __name__ == "__main__":

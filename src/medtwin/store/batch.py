@@ -1,8 +1,10 @@
 """The store's write path: a whole batch of (records, raw message) items in a few bulk statements.
 
-One call writes every item of a group commit: one multi-row insert per table for the whole batch (not three
-statements per message), raw-log keys matched in Python, record rows encoded once. Semantics per item are those
-of one :meth:`medtwin.store.Store.write` after another, in order:
+One call writes every item of a group commit: one insert per table for the whole batch (not three statements
+per message), raw-log keys matched in Python, record rows encoded once. On SQLite each insert is one prepared
+statement run by the driver's ``executemany`` on value tuples (:data:`medtwin.store.rows.VALUES_OF`), and the
+rows it inserted are told apart by rowid; on PostgreSQL it is a multi-row ``INSERT ... RETURNING``. Semantics
+per item are those of one :meth:`medtwin.store.Store.write` after another, in order:
 
 * raw messages: one *accepted* row per (source system, source id); a resend (of an earlier batch or earlier in
   this one) writes none of its records and is logged as a ``duplicate`` row naming the original ``raw_id``;
@@ -17,6 +19,8 @@ The caller owns the transaction: if anything raises, nothing of the batch is sto
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -116,6 +120,71 @@ def _bulk_insert(
     return out
 
 
+_LAST_ROWID = 2**63 - 1  # past it SQLite picks rowids at random, and "rowid > before" no longer finds new rows
+_SQLITE_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _sqlite_driver(conn: Connection) -> sqlite3.Connection:
+    """The pysqlite connection under *conn*, in a write transaction (``BEGIN IMMEDIATE`` when none is open).
+
+    Holding the write lock from the first statement makes "the rows above the largest rowid read before the
+    insert" exactly the rows this transaction inserted, whatever other connections do.
+    """
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    if not driver.in_transaction:
+        driver.execute("BEGIN IMMEDIATE")
+    return driver
+
+
+def _sqlite_insert(
+    driver: sqlite3.Connection, table: Table, names: Sequence[str], values: list[tuple[Any, ...]]
+) -> tuple[int, int] | None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of *values*, one prepared statement run for each row.
+
+    Returns (the largest rowid before the insert, the number of rows inserted); the rows inserted are those with
+    a larger rowid, because SQLite gives a new row of a rowid table the largest rowid + 1. Returns None, having
+    inserted nothing, when that rule no longer holds (the largest possible rowid is taken).
+    """
+    key = (table.name, tuple(names))
+    sql = _SQLITE_INSERTS.get(key)
+    if sql is None:
+        columns = ", ".join(f'"{n}"' for n in names)
+        marks = ", ".join("?" * len(names))
+        sql = _SQLITE_INSERTS[key] = f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING'
+    cursor = driver.cursor()
+    try:
+        before = cursor.execute(f'SELECT max(rowid) FROM "{table.name}"').fetchone()[0] or 0
+        if before >= _LAST_ROWID:
+            return None
+        cursor.executemany(sql, values)
+        return before, cursor.rowcount
+    finally:
+        cursor.close()
+
+
+def _insert_once(
+    conn: Connection, driver: sqlite3.Connection | None, kind: type[Any], records: list[Any]
+) -> tuple[list[Any], set[Any] | None]:
+    """Insert *records* of *kind* (ON CONFLICT DO NOTHING): their primary keys, and the set of those inserted.
+
+    The set is None when every record was inserted (the common case, which then costs no read back).
+    """
+    table, pk, row_of = rows.TABLE_OF[kind]
+    if driver is not None:
+        values = [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
+        done = _sqlite_insert(driver, table, rows.COLUMNS[kind], values)
+        if done is not None:
+            ids = [v[0] for v in values]
+            before, inserted = done
+            if inserted == len(values):
+                return ids, None
+            stmt = f'SELECT "{pk}" FROM "{table.name}" WHERE rowid > ?'
+            return ids, {r[0] for r in driver.execute(stmt, (before,))}
+    params = [row_of(r) for r in records]
+    return [p[pk] for p in params], {r[0] for r in _bulk_insert(conn, table, params, (pk,))}
+
+
 def _key(p: Provenance | None) -> tuple[str, str] | None:
     return None if p is None else (p.source_system, p.source_id)
 
@@ -130,25 +199,36 @@ def write_items(
     batch = [_Item(records, g, raw) for (records, raw), g in zip(items, groups, strict=True)]
     for item in batch:
         item.outcome.records = len(item.records)
-    _write_raws(conn, dialect, batch)
+    driver = _sqlite_driver(conn) if dialect == "sqlite" else None
+    _write_raws(conn, driver, batch)
     live = [item for item in batch if not item.outcome.raw_duplicate]
-    _write_patients(conn, dialect, live)
+    _write_patients(conn, dialect, driver, live)
     _write_encounters(conn, dialect, live)
-    for kind, table, pk, row_of in _PLAIN:
-        pending = [(item, row_of(r)) for item in live for r in item.groups.get(kind, ())]
-        if not pending:
+    for kind, _table, _pk, _row_of in _PLAIN:
+        owners = [(item, len(g)) for item in live if (g := item.groups.get(kind))]
+        if not owners:
             continue
-        new_ids = {r[0] for r in _bulk_insert(conn, table, [row for _, row in pending], (pk,))}
-        for item, row in pending:
-            if row[pk] in new_ids:
-                new_ids.discard(row[pk])
-                item.outcome.inserted += 1
-            else:
-                item.outcome.duplicates += 1
+        ids, new_ids = _insert_once(conn, driver, kind, [r for item, _ in owners for r in item.groups[kind]])
+        if new_ids is None:
+            for item, n in owners:
+                item.outcome.inserted += n
+            continue
+        pending = iter(ids)
+        for item, n in owners:
+            for record_id in itertools.islice(pending, n):
+                if record_id in new_ids:
+                    new_ids.discard(record_id)  # a later record with the same id was not inserted
+                    item.outcome.inserted += 1
+                else:
+                    item.outcome.duplicates += 1
     return [item.outcome for item in batch]
 
 
 # -- raw log --------------------------------------------------------------------------------------------------
+_RAW_COLUMNS = ("source_system", "source_id", "content_type", "received", "status", "reason", "record_count", "payload")
+_RAW_RETURNING = ("raw_id", "source_system", "source_id", "status")
+
+
 def _raw_row(raw: RawMessage, status: str, reason: str | None, count: int, payload: bytes) -> dict[str, Any]:
     return {
         "source_system": raw.source_system,
@@ -162,7 +242,33 @@ def _raw_row(raw: RawMessage, status: str, reason: str | None, count: int, paylo
     }
 
 
-def _write_raws(conn: Connection, dialect: str, batch: list[_Item]) -> None:
+def _insert_raws(conn: Connection, driver: sqlite3.Connection | None, items: list[_Item]) -> list[tuple[Any, ...]]:
+    """Insert the raw row of each of *items*; (raw id, source system, source id, status) of each row inserted."""
+    pairs = [(i.raw, len(i.records)) for i in items if i.raw is not None]
+    t = schema.raw_inbound
+    if driver is not None:
+        values = [
+            (
+                r.source_system,
+                r.source_id,
+                r.content_type,
+                schema.sqlite_utc_text(r.received),
+                r.status,
+                r.reason,
+                n,
+                r.payload_bytes,
+            )
+            for r, n in pairs
+        ]
+        done = _sqlite_insert(driver, t, _RAW_COLUMNS, values)
+        if done is not None:
+            stmt = f"SELECT {', '.join(_RAW_RETURNING)} FROM raw_inbound WHERE raw_id > ? ORDER BY raw_id"
+            return driver.execute(stmt, (done[0],)).fetchall()
+    params = [_raw_row(r, r.status, r.reason, n, r.payload_bytes) for r, n in pairs]
+    return sorted((tuple(r) for r in _bulk_insert(conn, t, params, _RAW_RETURNING)), key=lambda r: int(r[0]))
+
+
+def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list[_Item]) -> None:
     t = schema.raw_inbound
     first: dict[tuple[str, str], _Item] = {}
     to_insert: list[_Item] = []
@@ -181,18 +287,10 @@ def _write_raws(conn: Connection, dialect: str, batch: list[_Item]) -> None:
     if not to_insert and not resends:
         return
     if to_insert:
-        params = [
-            _raw_row(i.raw, i.raw.status, i.raw.reason, len(i.records), i.raw.payload_bytes)
-            for i in to_insert
-            if i.raw is not None
-        ]
-        returned = sorted(
-            _bulk_insert(conn, t, params, ("raw_id", "source_system", "source_id", "status")),
-            key=lambda r: int(r.raw_id),
-        )
-        accepted_ids = {(r.source_system, r.source_id): int(r.raw_id) for r in returned if r.status == "accepted"}
+        returned = _insert_raws(conn, driver, to_insert)
+        accepted_ids = {(r[1], r[2]): int(r[0]) for r in returned if r[3] == "accepted"}
         # rows that cannot conflict come back in parameter order (ids increase within one statement)
-        others = iter(int(r.raw_id) for r in returned if r.status != "accepted")
+        others = iter(int(r[0]) for r in returned if r[3] != "accepted")
         for item in to_insert:
             assert item.raw is not None
             if item.raw.status == "accepted":
@@ -256,15 +354,18 @@ def _version_row(kind: str, record_id: str, as_of: datetime | None, record: Reco
     }
 
 
-def _write_patients(conn: Connection, dialect: str, live: list[_Item]) -> None:
-    pending: list[tuple[_Item, Patient]] = [(item, p) for item in live for p in item.groups.get(Patient, ())]
-    if not pending:
-        return
-    p_t, i_t = schema.patients, schema.patient_identity
-    ids = sorted({p.patient_id for _, p in pending})
-    stored: dict[str, Patient] = {}
-    stmt = select(p_t.c.body, i_t.c.body).select_from(p_t.outerjoin(i_t)).where(p_t.c.patient_id.in_(ids))
-    for body, identity in conn.execute(stmt):
+_STORED_PATIENTS: dict[tuple[str, str | None], Patient] = {}
+
+
+def _stored_patient(body: str, identity: str | None) -> Patient:
+    """The patient stored as *body* (+ *identity*), decoded once per distinct stored text.
+
+    Every ORU repeats its patient, so a stream reads the same few stored rows in every batch; the key is the
+    stored text itself, so an update (new text) can never be answered from the cache.
+    """
+    key = (body, identity)
+    patient = _STORED_PATIENTS.get(key)
+    if patient is None:
         patient = codec.decode(Patient, body)
         if identity is not None:
             patient = Patient(
@@ -275,6 +376,35 @@ def _write_patients(conn: Connection, dialect: str, live: list[_Item]) -> None:
                 identity=codec.decode_identity(identity),
                 provenance=patient.provenance,
             )
+        if len(_STORED_PATIENTS) >= 4096:
+            _STORED_PATIENTS.clear()
+        _STORED_PATIENTS[key] = patient
+    return patient
+
+
+def _stored_patient_rows(conn: Connection, driver: sqlite3.Connection | None, ids: list[str]) -> list[Any]:
+    """(body, identity body) of the stored patients among *ids*."""
+    if driver is not None and len(ids) <= _MAX_PARAMS:
+        marks = ", ".join("?" * len(ids))
+        return driver.execute(
+            "SELECT p.body, i.body FROM patients AS p LEFT OUTER JOIN patient_identity AS i "
+            f"ON i.patient_id = p.patient_id WHERE p.patient_id IN ({marks})",
+            ids,
+        ).fetchall()
+    p_t, i_t = schema.patients, schema.patient_identity
+    stmt = select(p_t.c.body, i_t.c.body).select_from(p_t.outerjoin(i_t)).where(p_t.c.patient_id.in_(ids))
+    return list(conn.execute(stmt))
+
+
+def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection | None, live: list[_Item]) -> None:
+    pending: list[tuple[_Item, Patient]] = [(item, p) for item in live for p in item.groups.get(Patient, ())]
+    if not pending:
+        return
+    p_t, i_t = schema.patients, schema.patient_identity
+    ids = sorted({p.patient_id for _, p in pending})
+    stored: dict[str, Patient] = {}
+    for body, identity in _stored_patient_rows(conn, driver, ids):
+        patient = _stored_patient(body, identity)
         stored[patient.patient_id] = patient
     new_keys = {k for _, p in pending if p.patient_id not in stored and (k := _key(p.provenance)) is not None}
     taken = _taken_provenance(conn, p_t, new_keys)

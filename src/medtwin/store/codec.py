@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -75,9 +76,85 @@ def _check_finite(record: Record) -> None:
         raise ValidationError(f"{type(record).__name__}: an infinite or NaN number cannot be stored")
 
 
+def _coding_doc(c: Any) -> Any:
+    return {"system": c.system, "code": c.code, "display": c.display} if type(c) is Coding else c
+
+
+def _value_doc(v: Any) -> Any:
+    kind = type(v)
+    if kind is Quantity:
+        return {"value": v.value, "unit": v.unit}
+    return _coding_doc(v) if kind is Coding else v
+
+
+def _component_doc(c: Any) -> Any:
+    return {"code": _coding_doc(c.code), "value": _value_doc(c.value)} if type(c) is ObservationComponent else c
+
+
+def _observation_doc(o: Observation) -> dict[str, Any]:
+    """*o* as the dict whose JSON is byte for byte orjson's serialisation of the dataclass, built ~3x faster.
+
+    orjson serialises each nested slotted dataclass (Coding, Quantity, Provenance) far slower than a dict; the
+    streaming path encodes eight observations per message. Used only while the field lists below are those
+    of the record classes (:data:`_FAST_OBSERVATION`), so a new field can never be dropped silently.
+    """
+    p = o.provenance
+    return {
+        "patient_id": o.patient_id,
+        "code": _coding_doc(o.code),
+        "effective": o.effective,
+        "value": _value_doc(o.value),
+        "components": [_component_doc(c) for c in o.components],
+        "status": o.status,
+        "category": o.category,
+        "device": o.device,
+        "encounter_id": o.encounter_id,
+        "observation_id": o.observation_id,
+        "alt_codes": [_coding_doc(c) for c in o.alt_codes],
+        "derived_from": o.derived_from,
+        "provenance": {"source_system": p.source_system, "source_id": p.source_id} if type(p) is Provenance else p,
+    }
+
+
+def _field_names(kind: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
+
+
+_FAST_OBSERVATION = (
+    _field_names(Observation)
+    == (
+        "patient_id",
+        "code",
+        "effective",
+        "value",
+        "components",
+        "status",
+        "category",
+        "device",
+        "encounter_id",
+        "observation_id",
+        "alt_codes",
+        "derived_from",
+        "provenance",
+    )
+    and _field_names(Coding) == ("system", "code", "display")
+    and _field_names(Quantity) == ("value", "unit")
+    and _field_names(ObservationComponent) == ("code", "value")
+    and _field_names(Provenance) == ("source_system", "source_id")
+)
+"""Whether :func:`_observation_doc` knows every field (else observations take the generic dataclass path)."""
+
+
 def encode(record: Record) -> str:
     """The JSON body of *record* (its identity part is excluded for patients: see :func:`encode_identity`)."""
     _check_finite(record)
+    if type(record) is Observation and _FAST_OBSERVATION:
+        try:
+            return orjson.dumps(
+                _observation_doc(record), default=_default, option=orjson.OPT_PASSTHROUGH_SUBCLASS
+            ).decode()
+        except orjson.JSONEncodeError as exc:
+            raise ValidationError(f"Observation: cannot be stored as JSON ({exc})") from exc
     if isinstance(record, Patient) and record.identity is not None:
         record = Patient(
             patient_id=record.patient_id,

@@ -30,7 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from medtwin.codes import LOINC
+
 __all__ = [
+    "NOT_LOINC_PRIMARY",
     "UTCDateTime",
     "conditions",
     "encounter_locations",
@@ -45,6 +48,7 @@ __all__ = [
     "patients",
     "raw_inbound",
     "record_versions",
+    "sqlite_utc_text",
     "twin_snapshots",
 ]
 
@@ -68,7 +72,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored; medtwin stores UTC times")
+            raise _naive_time_error(value)
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
@@ -77,6 +81,35 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _naive_time_error(value: datetime) -> ValueError:
+    return ValueError(f"naive datetime {value.isoformat()} cannot be stored; medtwin stores UTC times")
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """*value* as :class:`UTCDateTime` stores it on SQLite: naive UTC ISO text with microseconds.
+
+    The text is exactly what SQLAlchemy's SQLite ``DateTime`` bind processor writes (``YYYY-MM-DD
+    HH:MM:SS.ffffff``), so rows written by the fast path of :mod:`medtwin.store.batch` read back, sort and
+    compare like rows written by a Core statement (tests/store/test_store_rows.py checks it).
+    """
+    if value is None:
+        return None
+    stored = _UTC_TEXT.get(value)  # the observations of one message share their time: format it once
+    if stored is not None:
+        return stored
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _naive_time_error(value)
+    stored = value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # less "+00:00"
+    if len(_UTC_TEXT) >= 4096:
+        _UTC_TEXT.clear()
+    _UTC_TEXT[value] = stored
+    return stored
+
+
+# equal aware datetimes are the same instant, so they share one text; a naive datetime never equals an aware one
+_UTC_TEXT: dict[datetime, str] = {}
 
 
 def _provenance() -> list[Column[Any]]:
@@ -107,6 +140,9 @@ patient_identity = Table(
     Column("body", Text, nullable=False),
 )
 
+NOT_LOINC_PRIMARY = text(f"code_system <> '{LOINC}'")
+"""The condition of the partial observation code index; a query must state it (literally) to use that index."""
+
 observations = Table(
     "observations",
     metadata,
@@ -123,7 +159,16 @@ observations = Table(
     *_provenance(),
     Column("body", Text, nullable=False),
     UniqueConstraint("source_system", "source_id", name="uq_observations_provenance"),
-    Index("ix_observations_patient_code_time", "patient_id", "code", "effective"),
+    # Only rows whose primary code is not LOINC: for a LOINC-coded row ``loinc_code = code``, so a query by that
+    # code is answered by the loinc index (revision 0003; see docs/store.md, "Observation indexes").
+    Index(
+        "ix_observations_patient_code_time_not_loinc",
+        "patient_id",
+        "code",
+        "effective",
+        sqlite_where=NOT_LOINC_PRIMARY,
+        postgresql_where=NOT_LOINC_PRIMARY,
+    ),
     Index("ix_observations_patient_loinc_time", "patient_id", "loinc_code", "effective"),
     Index("ix_observations_patient_time", "patient_id", "effective"),
 )

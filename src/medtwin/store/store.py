@@ -24,6 +24,7 @@ from sqlalchemy import (
     Insert,
     Table,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -62,6 +63,7 @@ _RAW_STATUSES = ("accepted", "rejected", "duplicate", "unmapped")
 # FHIR observation statuses whose value must not be used as the current one
 _NOT_A_VALUE = ("entered-in-error", "cancelled")
 _EVENT_STATUSES = ("active", "acknowledged", "resolved")
+_IDS_PER_QUERY = 900  # ids per IN (...) list, well under every driver's bound-parameter limit
 
 
 class EventNotFoundError(MedtwinError, KeyError):
@@ -141,6 +143,9 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
         cursor.execute("PRAGMA cache_size=-65536")
+        # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
+        # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
+        cursor.execute("PRAGMA wal_autocheckpoint=10000")
     finally:
         cursor.close()
 
@@ -394,12 +399,19 @@ class Store:
 
     @staticmethod
     def _code_match(coding: Coding) -> ColumnElement[bool]:
+        """Rows coded as *coding*, its LOINC mapping, or carrying it as their LOINC code (one index per branch).
+
+        A row whose primary code is LOINC has ``loinc_code = code``, so for a LOINC *coding* the exact branch
+        adds nothing; for any other coding it is asked through the partial index of non-LOINC rows, whose
+        condition is stated literally so that the planner can use it (revision 0003).
+        """
         t = schema.observations
-        exact = and_(t.c.code_system == coding.system, t.c.code == coding.code)
         target = mcodes.normalise_to_loinc(coding)
-        if target.system == mcodes.LOINC:
-            return or_(exact, t.c.loinc_code == target.code)
-        return exact
+        by_loinc = t.c.loinc_code == target.code
+        if coding.system == mcodes.LOINC:
+            return by_loinc
+        exact = and_(t.c.code_system == coding.system, t.c.code == coding.code, schema.NOT_LOINC_PRIMARY)
+        return or_(exact, by_loinc) if target.system == mcodes.LOINC else exact
 
     def observations(
         self,
@@ -513,20 +525,49 @@ class Store:
 
     def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
         """Set the status of event *event_id* (acknowledge / resolve) and return the updated event."""
+        return self._set_event_statuses("update_event_status", [event_id], status, by)[0]
+
+    def update_event_statuses(self, event_ids: Sequence[str], status: str, by: str | None = None) -> list[Event]:
+        """Set the status of every event in *event_ids* in ONE transaction; the updated events, in the order given.
+
+        Validation and errors are those of :meth:`update_event_status`: an unknown *status* raises
+        :class:`ValidationError`; ids that are not stored raise :class:`EventNotFoundError` (a ``KeyError``) naming
+        them, and then no event is changed. An id given twice is updated once (and returned twice).
+        """
+        if isinstance(event_ids, str):
+            raise ValidationError(
+                f"update_event_statuses: expected a sequence of event ids, got the string {event_ids!r}"
+            )
+        return self._set_event_statuses("update_event_statuses", event_ids, status, by)
+
+    def _set_event_statuses(self, caller: str, event_ids: Sequence[str], status: str, by: str | None) -> list[Event]:
         if status not in _EVENT_STATUSES:
-            raise ValidationError(f"update_event_status: {status!r} is not one of {', '.join(_EVENT_STATUSES)}")
+            raise ValidationError(f"{caller}: {status!r} is not one of {', '.join(_EVENT_STATUSES)}")
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return []
         t = schema.events
+        updated: dict[str, Event] = {}
         with self._transaction() as conn:
-            body = conn.execute(select(t.c.body).where(t.c.event_id == event_id)).scalar()
-            if body is None:
-                raise EventNotFoundError(f"update_event_status: no event with id {event_id!r}")
-            updated = dataclasses.replace(codec.decode(Event, body), status=cast(EventStatus, status))
+            for i in range(0, len(ids), _IDS_PER_QUERY):
+                stmt = select(t.c.event_id, t.c.body).where(t.c.event_id.in_(ids[i : i + _IDS_PER_QUERY]))
+                for event_id, body in conn.execute(stmt):
+                    event = codec.decode(Event, body)
+                    updated[event_id] = dataclasses.replace(event, status=cast(EventStatus, status))
+            missing = [i for i in ids if i not in updated]
+            if missing:
+                shown = ", ".join(repr(i) for i in missing[:10]) + (
+                    f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                )
+                raise EventNotFoundError(f"{caller}: no event with id {shown}")
+            now = datetime.now(UTC)
             conn.execute(
                 update(t)
-                .where(t.c.event_id == event_id)
-                .values(status=status, status_by=by, status_time=datetime.now(UTC), body=codec.encode(updated))
+                .where(t.c.event_id == bindparam("b_id"))
+                .values(status=status, status_by=by, status_time=now, body=bindparam("b_body")),
+                [{"b_id": i, "b_body": codec.encode(e)} for i, e in updated.items()],
             )
-        return updated
+        return [updated[i] for i in event_ids]
 
     # -- twin snapshots -----------------------------------------------------------------------------------
     def save_snapshot(self, twin_id: str, blob: bytes, at: datetime) -> None:

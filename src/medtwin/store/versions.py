@@ -22,6 +22,7 @@ Everything here is pure (records in, record out); :mod:`medtwin.store.store` doe
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -31,8 +32,10 @@ from medtwin.records import Encounter, EncounterLocation, Identifier, Patient, P
 __all__ = ["encounter_as_of", "merge_encounter", "merge_identity", "merge_patient", "same_content"]
 
 
-_CONTENT_FIELDS = {
-    kind: tuple(f.name for f in dataclasses.fields(kind) if f.name != "provenance") for kind in (Patient, Encounter)
+# every field but the provenance, read as one tuple (the streaming path compares each message's patient)
+_CONTENT = {
+    kind: operator.attrgetter(*(f.name for f in dataclasses.fields(kind) if f.name != "provenance"))
+    for kind in (Patient, Encounter)
 }
 
 
@@ -40,7 +43,8 @@ def same_content(a: Patient | Encounter, b: Patient | Encounter) -> bool:
     """Whether *a* and *b* are equal apart from their provenance (where they came from)."""
     if type(a) is not type(b):
         return False
-    return all(getattr(a, name) == getattr(b, name) for name in _CONTENT_FIELDS[type(a)])
+    content = _CONTENT[type(a)]
+    return bool(content(a) == content(b))
 
 
 def merge_identity(stored: PatientIdentity | None, new: PatientIdentity | None) -> PatientIdentity | None:
