@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -190,3 +191,63 @@ def test_background_worker_stores_alert_resolutions_before_drain_returns(tmp_pat
         runtime.close()
     finally:
         store.close()
+
+
+class _BatchedStatusStore:
+    """A RuntimeStore with the batched status update; *missing* ids make it raise like a store that lacks them."""
+
+    def __init__(self, missing: set[str] | None = None) -> None:
+        self.missing = missing or set()
+        self.batches: list[list[str]] = []
+        self.single: list[str] = []
+        self.events: list[Event] = []
+
+    def add_events(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    def update_event_statuses(self, event_ids: Sequence[str], status: str, by: str | None = None) -> list[Event]:
+        assert (status, by) == ("resolved", "medtwin.twin")
+        if self.missing & set(event_ids):
+            raise KeyError(sorted(self.missing & set(event_ids))[0])
+        self.batches.append(list(event_ids))
+        return []
+
+    def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
+        if event_id in self.missing:
+            raise KeyError(event_id)
+        self.single.append(event_id)
+        return next(e for e in self.events if e.event_id == event_id)
+
+    def save_snapshot(self, twin_id: str, blob: bytes, at: datetime) -> None:
+        pass
+
+    def latest_snapshot(self, twin_id: str) -> tuple[datetime, bytes] | None:
+        return None
+
+
+def _raise_then_recover(store: _BatchedStatusStore, *, lose_first: bool = False) -> list[str]:
+    """Raise two alerts for each of two patients, then recover both (resolved in the same group); the alert ids."""
+    runtime = TwinRuntime(store)
+    raised = runtime.process(vitals("p1", 0, rr=26, pulse=120) + vitals("p2", 0, rr=26, pulse=120))
+    ids = [e.event_id for e in raised if e.kind == "alert"]
+    assert len(ids) == 4  # news2-response and news2-red-parameter for each patient
+    if lose_first:
+        store.missing = {ids[0]}
+    for minutes in (5, 10):
+        runtime.process(vitals("p1", minutes) + vitals("p2", minutes))
+    runtime._process_many([(vitals("p1", 15), None), (vitals("p2", 15), None)])  # both resolve in this group
+    return ids
+
+
+def test_resolutions_of_a_group_are_one_batched_status_update() -> None:
+    store = _BatchedStatusStore()
+    ids = _raise_then_recover(store)
+    assert store.batches == [ids]
+    assert store.single == []
+
+
+def test_a_batched_update_that_misses_an_event_falls_back_to_one_update_per_alert() -> None:
+    store = _BatchedStatusStore()
+    ids = _raise_then_recover(store, lose_first=True)
+    assert store.batches == []
+    assert store.single == ids[1:]  # the alerts the store has are still resolved

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,30 +56,104 @@ class AlertSignal:
 
 
 class TrendHistory:
-    """Time-ordered (time, value) pairs kept for a bounded window and at most *max_points* (oldest dropped)."""
+    """Time-ordered (time, value) pairs kept for a bounded window and at most *max_points* (oldest dropped).
 
-    __slots__ = ("_points", "keep", "max_points")
+    Besides the points it keeps two monotonic queues (the candidates for the lowest and for the highest value of any
+    window that ends at the newest point), so :meth:`lowest` and :meth:`highest` cost O(1) amortised instead of a
+    scan of the whole window on every assessment. A late point (older than the newest) rebuilds them.
+    """
+
+    __slots__ = ("_first", "_highs", "_lows", "_next", "_points", "keep", "max_points")
 
     def __init__(self, keep: timedelta, *, max_points: int = 2048) -> None:
         self.keep = keep
         self.max_points = max_points
         self._points: deque[tuple[datetime, float]] = deque()
+        # (time, value, sequence number): values rise from the front of _lows and fall from the front of _highs
+        self._lows: deque[tuple[datetime, float, int]] = deque()
+        self._highs: deque[tuple[datetime, float, int]] = deque()
+        self._first = 0  # sequence number of _points[0]
+        self._next = 0  # sequence number of the next point appended
 
     def add(self, when: datetime, value: float) -> None:
         """Append a point (a late point, older than the newest, is inserted in time order)."""
-        if self._points and when < self._points[-1][0]:
-            if self._points[-1][0] - when > self.keep:
+        points = self._points
+        if points and when < points[-1][0]:
+            if points[-1][0] - when > self.keep:
                 return  # older than the window: it can no longer matter
-            self._points.insert(bisect.bisect_right(self._points, (when, value)), (when, value))
+            points.insert(bisect.bisect_right(points, (when, value)), (when, value))
+            self._rebuild()
         else:
-            self._points.append((when, value))
-        newest = self._points[-1][0]
-        while self._points and (newest - self._points[0][0] > self.keep or len(self._points) > self.max_points):
-            self._points.popleft()
+            points.append((when, value))
+            self._push(when, value, self._next)
+            self._next += 1
+        newest = points[-1][0]
+        dropped = False
+        while points and (newest - points[0][0] > self.keep or len(points) > self.max_points):
+            points.popleft()
+            self._first += 1
+            dropped = True
+        if dropped:
+            first = self._first
+            while self._lows and self._lows[0][2] < first:
+                self._lows.popleft()
+            while self._highs and self._highs[0][2] < first:
+                self._highs.popleft()
+
+    def _push(self, when: datetime, value: float, seq: int) -> None:
+        lows, highs = self._lows, self._highs
+        # an earlier point of equal value stays the lowest (ties go to the earliest), a later one the highest
+        while lows and lows[-1][1] > value:
+            lows.pop()
+        lows.append((when, value, seq))
+        while highs and highs[-1][1] <= value:
+            highs.pop()
+        highs.append((when, value, seq))
+
+    def _rebuild(self) -> None:
+        self._lows.clear()
+        self._highs.clear()
+        self._first = 0
+        for seq, (when, value) in enumerate(self._points):
+            self._push(when, value, seq)
+        self._next = len(self._points)
 
     def within(self, at: datetime, window: timedelta) -> list[tuple[datetime, float]]:
         """Points in ``[at - window, at]``."""
         return [(t, v) for t, v in self._points if at - window <= t <= at]
+
+    def lowest(self, at: datetime, window: timedelta) -> tuple[datetime, float] | None:
+        """The point of lowest value in ``[at - window, at]`` (the earliest of equal ones), or None."""
+        if self._points and at >= self._points[-1][0]:
+            start = at - window
+            for when, value, _ in self._lows:  # times rise along the queue: the first one in the window wins
+                if when >= start:
+                    return (when, value)
+            return None
+        return min(self.within(at, window), key=lambda p: (p[1], p[0]), default=None)
+
+    def highest(self, at: datetime, window: timedelta) -> tuple[datetime, float] | None:
+        """The point of highest value in ``[at - window, at]`` (the latest of equal ones), or None."""
+        if self._points and at >= self._points[-1][0]:
+            start = at - window
+            for when, value, _ in self._highs:
+                if when >= start:
+                    return (when, value)
+            return None
+        return max(self.within(at, window), key=lambda p: (p[1], p[0]), default=None)
+
+    def newest(self, at: datetime, window: timedelta, count: int) -> list[tuple[datetime, float]]:
+        """The last *count* (or fewer) points in ``[at - window, at]``, oldest first."""
+        start = at - window
+        out: list[tuple[datetime, float]] = []
+        for point in reversed(self._points):
+            if point[0] > at:
+                continue
+            if point[0] < start or len(out) == count:
+                break
+            out.append(point)
+        out.reverse()
+        return out
 
     def points(self) -> list[tuple[datetime, float]]:
         """All points kept."""
@@ -96,58 +170,103 @@ def evaluate_rules(
     rules: AlertRules = AlertRules(),
 ) -> list[AlertSignal]:
     """The signals that fire at *at* given the current scores and the histories (which include the current point)."""
+    return _evaluate(at, news2, news2_history, spo2_history, qsofa, rules, None)
+
+
+# A signal whose message and data nobody will read (its alert is already active at that severity): shared, unformatted.
+_UNREAD: dict[tuple[str, str], AlertSignal] = {}
+
+
+def _unread(code: str, severity: str) -> AlertSignal:
+    signal = _UNREAD.get((code, severity))
+    if signal is None:
+        signal = _UNREAD[(code, severity)] = AlertSignal(code, severity, "")
+    return signal
+
+
+def _evaluate(
+    at: datetime,
+    news2: News2Result | None,
+    news2_history: TrendHistory,
+    spo2_history: TrendHistory,
+    qsofa: QsofaResult | None,
+    rules: AlertRules,
+    fires: Callable[[str, str], bool] | None,
+) -> list[AlertSignal]:
+    """:func:`evaluate_rules`; with *fires*, a signal for which ``fires(code, severity)`` is False is not formatted."""
     signals: list[AlertSignal] = []
     if news2 is not None:
-        partial = "" if news2.complete else f" (partial: missing {', '.join(news2.missing)})"
-        if SEVERITY_RANK[news2.level] >= SEVERITY_RANK[rules.min_level]:
-            signals.append(
-                AlertSignal(
-                    "news2-response",
-                    news2.level,
-                    f"NEWS2 {news2.total}: {news2.level} clinical response{partial}",
-                    {"news2": news2.total, "level": news2.level, "scores": dict(news2.scores)},
-                )
-            )
-        if news2.red_parameters:
-            signals.append(
-                AlertSignal(
-                    "news2-red-parameter",
-                    "low-medium",
-                    f"red score (3) in {', '.join(news2.red_parameters)}",
-                    {"parameters": list(news2.red_parameters)},
-                )
-            )
-        window = news2_history.within(at, rules.rise_window)
-        if window:
-            low_t, low = min(window, key=lambda p: (p[1], p[0]))
-            if news2.total - low >= rules.rise_points and low_t < at:
+        level = news2.level
+        if SEVERITY_RANK[level] >= SEVERITY_RANK[rules.min_level]:
+            if fires is None or fires("news2-response", level):
+                partial = "" if news2.complete else f" (partial: missing {', '.join(news2.missing)})"
                 signals.append(
                     AlertSignal(
-                        "news2-rising",
-                        "medium",
-                        f"NEWS2 rose from {low:g} to {news2.total} since {low_t:%H:%M} UTC",
-                        {"from": low, "to": news2.total, "since": low_t.isoformat()},
+                        "news2-response",
+                        level,
+                        f"NEWS2 {news2.total}: {level} clinical response{partial}",
+                        {"news2": news2.total, "level": level, "scores": dict(news2.scores)},
                     )
                 )
-    spo2 = spo2_history.within(at, rules.spo2_window)
-    if len(spo2) >= 2:
-        high_t, high = max(spo2, key=lambda p: (p[1], p[0]))
-        now_t, now = spo2[-1]
+            else:
+                signals.append(_unread("news2-response", level))
+        red = news2.red_parameters
+        if red:
+            if fires is None or fires("news2-red-parameter", "low-medium"):
+                signals.append(
+                    AlertSignal(
+                        "news2-red-parameter",
+                        "low-medium",
+                        f"red score (3) in {', '.join(red)}",
+                        {"parameters": list(red)},
+                    )
+                )
+            else:
+                signals.append(_unread("news2-red-parameter", "low-medium"))
+        lowest = news2_history.lowest(at, rules.rise_window)
+        if lowest is not None:
+            low_t, low = lowest
+            if news2.total - low >= rules.rise_points and low_t < at:
+                if fires is None or fires("news2-rising", "medium"):
+                    signals.append(
+                        AlertSignal(
+                            "news2-rising",
+                            "medium",
+                            f"NEWS2 rose from {low:g} to {news2.total} since {low_t:%H:%M} UTC",
+                            {"from": low, "to": news2.total, "since": low_t.isoformat()},
+                        )
+                    )
+                else:
+                    signals.append(_unread("news2-rising", "medium"))
+    last_two = spo2_history.newest(at, rules.spo2_window, 2)
+    highest = spo2_history.highest(at, rules.spo2_window) if len(last_two) == 2 else None
+    if highest is not None:
+        high_t, high = highest
+        now_t, now = last_two[-1]
         if high - now >= rules.spo2_drop_percent and high_t < now_t:
+            if fires is None or fires("spo2-falling", "medium"):
+                signals.append(
+                    AlertSignal(
+                        "spo2-falling",
+                        "medium",
+                        f"SpO2 fell from {high:g} % to {now:g} % since {high_t:%H:%M} UTC",
+                        {"from": high, "to": now, "since": high_t.isoformat()},
+                    )
+                )
+            else:
+                signals.append(_unread("spo2-falling", "medium"))
+    if rules.qsofa and qsofa is not None and qsofa.positive:
+        if fires is None or fires("qsofa-positive", "medium"):
             signals.append(
                 AlertSignal(
-                    "spo2-falling",
+                    "qsofa-positive",
                     "medium",
-                    f"SpO2 fell from {high:g} % to {now:g} % since {high_t:%H:%M} UTC",
-                    {"from": high, "to": now, "since": high_t.isoformat()},
+                    f"qSOFA {qsofa.total}/3 (sepsis screen positive)",
+                    {"qsofa": qsofa.total},
                 )
             )
-    if rules.qsofa and qsofa is not None and qsofa.positive:
-        signals.append(
-            AlertSignal(
-                "qsofa-positive", "medium", f"qSOFA {qsofa.total}/3 (sepsis screen positive)", {"qsofa": qsofa.total}
-            )
-        )
+        else:
+            signals.append(_unread("qsofa-positive", "medium"))
     return signals
 
 
@@ -173,6 +292,8 @@ class AlertTracker:
 
     def update(self, signals: Sequence[AlertSignal], *, patient_id: str, at: datetime) -> tuple[list[Event], list[str]]:
         """(new or escalated alert events, ids of alerts whose condition cleared)."""
+        if not signals and not self._active:
+            return [], []  # the common case on a stable ward: nothing fires, nothing to clear
         fired: list[Event] = []
         now_codes = set()
         for signal in signals:
@@ -204,6 +325,27 @@ class AlertTracker:
                 cleared.append(self._active.pop(code)[0])
                 del self._misses[code]
         return fired, cleared
+
+    def evaluate(
+        self,
+        *,
+        at: datetime,
+        news2: News2Result | None,
+        news2_history: TrendHistory,
+        spo2_history: TrendHistory,
+        qsofa: QsofaResult | None = None,
+        rules: AlertRules = AlertRules(),
+        patient_id: str,
+    ) -> tuple[list[Event], list[str]]:
+        """:func:`evaluate_rules` then :meth:`update`, with the same result; the message and data of a signal are
+        only formatted when it fires (an alert already active at that severity, the usual case, needs neither)."""
+        signals = _evaluate(at, news2, news2_history, spo2_history, qsofa, rules, self._fires)
+        return self.update(signals, patient_id=patient_id, at=at)
+
+    def _fires(self, code: str, severity: str) -> bool:
+        """Whether :meth:`update` would turn a signal *code* of *severity* into an event (new or escalated)."""
+        previous = self._active.get(code)
+        return previous is None or SEVERITY_RANK.get(severity, 0) > previous[1]
 
     def state(self) -> dict[str, tuple[str, int]]:
         """A copy of the active alerts (for snapshots)."""

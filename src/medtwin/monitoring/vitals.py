@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from medtwin import codes
 from medtwin.errors import ValidationError
@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 DEFAULT_FRESHNESS = timedelta(hours=1)
+_NO_TIME = timedelta(0)
 
 # NEWS2 parameter -> the LOINC coding of the component in the NEWS2 Observation.
 PARAMETER_CODES: dict[str, Coding] = {
@@ -51,6 +52,23 @@ _CODE_PARAMETER: dict[str, tuple[str, str]] = {
     codes.INHALED_OXYGEN_CONCENTRATION.code: ("fio2", "%"),
 }
 _ACVPU_BY_CODE = {c.code: letter for letter, c in codes.ACVPU.items()}
+
+
+def _dispatch_table() -> dict[str, dict[str, tuple[str, str | None]]]:
+    """system -> code -> (parameter, canonical unit; None for consciousness): LOINC codes and the MDC codes that
+    :func:`medtwin.codes.normalise_to_loinc` maps to them, so :meth:`LatestVitals.update` needs one lookup."""
+    loinc: dict[str, tuple[str, str | None]] = dict(_CODE_PARAMETER)
+    loinc[codes.LEVEL_OF_CONSCIOUSNESS.code] = ("consciousness", None)
+    mdc = {
+        code: loinc[coding.code]
+        for code, coding in codes.MDC_TO_LOINC.items()
+        if coding.system == codes.LOINC and coding.code in loinc
+    }
+    return {codes.LOINC: loinc, codes.MDC: mdc}
+
+
+_DISPATCH = _dispatch_table()
+_IGNORED_STATUSES = ("entered-in-error", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,27 +121,29 @@ class LatestVitals:
 
         Out-of-order arrivals do not overwrite a newer value. Entered-in-error results are ignored.
         """
-        if observation.status in ("entered-in-error", "cancelled"):
+        if observation.status in _IGNORED_STATUSES:
             return None
-        code = observation.code.code if observation.code.system == codes.LOINC else None
-        if code is None:
-            loinc = codes.normalise_to_loinc(observation.code)
-            code = loinc.code if loinc.system == codes.LOINC else None
+        coding = observation.code
+        by_code = _DISPATCH.get(coding.system)
+        target = None if by_code is None else by_code.get(coding.code)
+        if target is None:
+            return None
+        parameter, unit = target
+        raw = observation.value
         value: float | str
-        if code == codes.LEVEL_OF_CONSCIOUSNESS.code:
-            letter = _acvpu(observation.value)
+        if unit is None:
+            letter = _acvpu(raw)
             if letter is None:
                 return None
-            parameter, value = "consciousness", letter
-        elif code in _CODE_PARAMETER and isinstance(observation.value, Quantity):
-            parameter, unit = _CODE_PARAMETER[code]
-            q = observation.value
-            value = q.value if q.unit == unit else codes.convert(q.value, q.unit, unit)
+            value = letter
+        elif isinstance(raw, Quantity):
+            value = raw.value if raw.unit == unit else codes.convert(raw.value, raw.unit, unit)
         else:
             return None
+        effective = observation.effective
         current = self._latest.get(parameter)
-        if current is None or observation.effective >= current[0]:
-            self._latest[parameter] = (observation.effective, value, observation.observation_id)
+        if current is None or effective >= current[0]:
+            self._latest[parameter] = (effective, value, observation.observation_id)
         return parameter
 
     def latest(self, parameter: str) -> tuple[datetime, float | str] | None:
@@ -133,8 +153,9 @@ class LatestVitals:
 
     def snapshot(self, at: datetime, *, freshness: timedelta = DEFAULT_FRESHNESS) -> VitalSigns:
         """The vital signs at *at*: values observed in ``[at - freshness, at]``; older ones are listed as stale."""
-        at = utc(at, field_name="LatestVitals.snapshot(at)")
-        if freshness <= timedelta(0):
+        if type(at) is not datetime or at.tzinfo is not UTC:
+            at = utc(at, field_name="LatestVitals.snapshot(at)")
+        if freshness <= _NO_TIME:
             raise ValidationError(f"freshness window must be positive, got {freshness}")
         fresh: dict[str, float | str] = {}
         ids: list[str] = []
@@ -147,20 +168,31 @@ class LatestVitals:
                 ids.append(obs_id)
             else:
                 stale.append(parameter)
+        get = fresh.get
         on_oxygen: bool | None = None
         if "oxygen_flow" in fresh or "fio2" in fresh:
-            on_oxygen = float(fresh.get("oxygen_flow", 0.0)) > 0.0 or float(fresh.get("fio2", 21.0)) > 21.0
+            on_oxygen = float(get("oxygen_flow", 0.0)) > 0.0 or float(get("fio2", 21.0)) > 21.0
+        ids.sort()
+        stale.sort()
+        rr, spo2, sbp, pulse, temp = (
+            get("respiration_rate"),
+            get("spo2"),
+            get("systolic_bp"),
+            get("pulse"),
+            get("temperature"),
+        )
+        consciousness = get("consciousness")
         return VitalSigns(
             at=at,
-            respiration_rate_per_min=_num(fresh.get("respiration_rate")),
-            spo2_percent=_num(fresh.get("spo2")),
+            respiration_rate_per_min=None if rr is None else float(rr),
+            spo2_percent=None if spo2 is None else float(spo2),
             on_oxygen=on_oxygen,
-            systolic_bp_mm_hg=_num(fresh.get("systolic_bp")),
-            pulse_per_min=_num(fresh.get("pulse")),
-            consciousness=str(fresh["consciousness"]) if "consciousness" in fresh else None,
-            temperature_c=_num(fresh.get("temperature")),
-            observation_ids=tuple(sorted(ids)),
-            stale=tuple(sorted(stale)),
+            systolic_bp_mm_hg=None if sbp is None else float(sbp),
+            pulse_per_min=None if pulse is None else float(pulse),
+            consciousness=None if consciousness is None else str(consciousness),
+            temperature_c=None if temp is None else float(temp),
+            observation_ids=tuple(ids),
+            stale=tuple(stale),
         )
 
     def state(self) -> dict[str, list[str | float]]:
@@ -181,8 +213,21 @@ class LatestVitals:
         return latest
 
 
-def _num(value: float | str | None) -> float | None:
-    return None if value is None else float(value)
+_COMPONENTS: dict[tuple[str, int | None], ObservationComponent] = {}
+
+
+def _component(name: str, points: int | None) -> ObservationComponent:
+    """The (immutable, so shared) component of a NEWS2 Observation for *points* in parameter *name*."""
+    key = (name, points)
+    component = _COMPONENTS.get(key)
+    if component is None:
+        component = ObservationComponent(
+            code=PARAMETER_CODES[name],
+            value=None if points is None else Quantity(value=float(points), unit="{score}"),
+        )
+        if len(_COMPONENTS) < 256:
+            _COMPONENTS[key] = component
+    return component
 
 
 def news2_observation(
@@ -196,13 +241,7 @@ def news2_observation(
 
     ``derived_from`` lists the observation ids the score used; a missing parameter has a component without value.
     """
-    components = tuple(
-        ObservationComponent(
-            code=PARAMETER_CODES[name],
-            value=None if points is None else Quantity(value=float(points), unit="{score}"),
-        )
-        for name, points in result.scores.items()
-    )
+    components = tuple(_component(name, points) for name, points in result.scores.items())
     source_id = f"news2/{patient_id}/{vitals.at.isoformat()}"
     return Observation(
         patient_id=patient_id,

@@ -21,7 +21,7 @@ from medtwin.monitoring import (
     LatestVitals,
     News2Result,
     TrendHistory,
-    evaluate_rules,
+    VitalSigns,
     news2_observation,
     qsofa_score,
 )
@@ -72,12 +72,15 @@ class VitalsComponent:
     def observe(self, observations: Sequence[Observation]) -> list[Event]:
         """Take in *observations* (any order), re-assess once at the newest time, and return the new events."""
         newest: datetime | None = None
+        update = self.latest.update
         for obs in observations:
-            parameter = self.latest.update(obs)
+            parameter = update(obs)
             if parameter is None:
                 continue
-            if parameter == "spo2" and isinstance(obs.value, Quantity):
-                self.spo2_history.add(obs.effective, obs.value.value)
+            if parameter == "spo2":
+                value = obs.value
+                if isinstance(value, Quantity):
+                    self.spo2_history.add(obs.effective, value.value)
             if newest is None or obs.effective > newest:
                 newest = obs.effective
         if newest is None:
@@ -92,49 +95,54 @@ class VitalsComponent:
         vitals = self.latest.snapshot(at, freshness=self.freshness)
         result = vitals.news2(spo2_scale=self.spo2_scale)
         self.last_news2 = result
+        scored = len(result.missing) < len(result.scores)
         events: list[Event] = []
-        if len(result.missing) < len(result.scores):
+        if scored:
             self.news2_history.add(at, float(result.total))
             key = (result.total, result.missing)
-            if key != self._last_key:
+            if key != self._last_key:  # only a changed score makes a derived event and a NEWS2 Observation
                 self._last_key = key
                 self.last_news2_observation = news2_observation(result, vitals, patient_id=self.patient_id)
-                events.append(
-                    Event(
-                        kind="derived",
-                        code="news2",
-                        time=at,
-                        message=f"NEWS2 {result.total} ({result.level})"
-                        + ("" if result.complete else f"; missing {', '.join(result.missing)}"),
-                        patient_id=self.patient_id,
-                        severity=result.level,
-                        data={
-                            "total": result.total,
-                            "level": result.level,
-                            "scores": dict(result.scores),
-                            "missing": list(result.missing),
-                            "stale": list(vitals.stale),
-                            "observation_id": self.last_news2_observation.observation_id,
-                        },
-                        source=self.tracker.source,
-                    )
-                )
+                events.append(self._news2_event(at, result, vitals, self.last_news2_observation.observation_id))
         qsofa = qsofa_score(
             respiration_rate_per_min=vitals.respiration_rate_per_min,
             systolic_bp_mm_hg=vitals.systolic_bp_mm_hg,
             acvpu=vitals.consciousness,
         )
-        signals = evaluate_rules(
+        fired, cleared = self.tracker.evaluate(
             at=at,
-            news2=result if len(result.missing) < len(result.scores) else None,
+            news2=result if scored else None,
             news2_history=self.news2_history,
             spo2_history=self.spo2_history,
             qsofa=qsofa,
             rules=self.rules,
+            patient_id=self.patient_id,
         )
-        fired, cleared = self.tracker.update(signals, patient_id=self.patient_id, at=at)
-        self.cleared.extend(cleared)
-        return events + fired
+        if cleared:
+            self.cleared.extend(cleared)
+        if fired:
+            events.extend(fired)
+        return events
+
+    def _news2_event(self, at: datetime, result: News2Result, vitals: VitalSigns, observation_id: str) -> Event:
+        return Event(
+            kind="derived",
+            code="news2",
+            time=at,
+            message=f"NEWS2 {result.total} ({result.level})"
+            + ("" if result.complete else f"; missing {', '.join(result.missing)}"),
+            patient_id=self.patient_id,
+            severity=result.level,
+            data={
+                "total": result.total,
+                "level": result.level,
+                "scores": dict(result.scores),
+                "missing": list(result.missing),
+                "stale": list(vitals.stale),
+                "observation_id": observation_id,
+            },
+            source=self.tracker.source,
+        )
 
     def forecast(self, horizon: timedelta) -> News2Forecast | None:
         """Extrapolate the NEWS2 total linearly over the trend window; None with fewer than 3 points."""

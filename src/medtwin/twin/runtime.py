@@ -2,9 +2,9 @@
 
 The runtime works off the ingest path: :meth:`TwinRuntime.submit` queues a committed batch (bounded queue, so a
 runtime that falls behind slows the listener instead of growing memory) and a worker thread takes every batch
-waiting, updates the twins, stores the events and NEWS2 Observations of the whole group in one transaction and calls
-the in-process subscribers. :meth:`process` does the same
-synchronously (tests, batch replays).
+waiting, updates the twins, stores the events and NEWS2 Observations of the whole group in one transaction, resolves
+the alerts that cleared in the group (in one transaction when the store has ``update_event_statuses``) and calls the
+in-process subscribers. :meth:`process` does the same synchronously (tests, batch replays).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class RuntimeStore(Protocol):
         ...
 
     def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
-        """Acknowledge / resolve an event."""
+        """Acknowledge / resolve an event (a store may also offer ``update_event_statuses(event_ids, status, by)``,
+        several in one transaction, which the runtime then uses for the alerts that clear)."""
         ...
 
     def save_snapshot(self, twin_id: str, blob: bytes, at: datetime) -> None:
@@ -106,22 +107,32 @@ class TwinRuntime:
         cleared: list[str] = []
         touched: dict[str, PatientTwin] = {}
         with self._lock:
+            twins = self.twins
             for records, received in items:
                 by_patient: dict[str, list[Observation]] = {}
                 for r in records:
                     if isinstance(r, Observation):
-                        by_patient.setdefault(r.patient_id, []).append(r)
+                        mine = by_patient.get(r.patient_id)
+                        if mine is None:
+                            by_patient[r.patient_id] = [r]
+                        else:
+                            mine.append(r)
                 for patient_id, observations in by_patient.items():
-                    twin = self.twin(patient_id)
+                    twin = twins.get(patient_id)
+                    if twin is None:
+                        twin = self.twin(patient_id)
                     touched[patient_id] = twin
                     new = twin.observe(observations)
+                    vitals = twin.vitals
+                    if vitals.cleared:
+                        cleared.extend(vitals.cleared)
+                        vitals.cleared = []
+                    if not new:
+                        continue
                     events.extend(new)
                     to_write.extend(new)
-                    vitals = twin.vitals
-                    if any(e.code == "news2" for e in new) and vitals.last_news2_observation is not None:
+                    if vitals.last_news2_observation is not None and any(e.code == "news2" for e in new):
                         to_write.append(vitals.last_news2_observation)
-                    cleared.extend(vitals.cleared)
-                    vitals.cleared = []
                     if received is not None:
                         latency = time.monotonic() - received
                         self.alert_latencies_s.extend(latency for e in new if e.kind == "alert")
@@ -144,16 +155,29 @@ class TwinRuntime:
                 write(to_write)  # events and NEWS2 observations of the whole group: one transaction
             else:
                 self.store.add_events([r for r in to_write if isinstance(r, Event)])
-        for event_id in cleared:
-            try:
-                self.store.update_event_status(event_id, "resolved", by="medtwin.twin")
-            except KeyError:
-                log.warning("resolved alert %s is not stored", event_id)
+        if cleared:
+            self._resolve(self.store, cleared)
         now = time.monotonic()
         for twin in twins:
             if now - self._last_snapshot.get(twin.patient_id, 0.0) >= self.snapshot_every.total_seconds():
                 self._last_snapshot[twin.patient_id] = now
                 self.store.save_snapshot(twin.twin_id, twin.snapshot(), datetime.now(UTC))
+
+    @staticmethod
+    def _resolve(store: RuntimeStore, event_ids: list[str]) -> None:
+        """Mark the alerts *event_ids* resolved: one transaction when the store offers a batched update."""
+        batched = getattr(store, "update_event_statuses", None)
+        if batched is not None:
+            try:
+                batched(event_ids, "resolved", by="medtwin.twin")
+                return
+            except KeyError:
+                pass  # one of them is not stored: resolve one by one, so the others still are
+        for event_id in event_ids:
+            try:
+                store.update_event_status(event_id, "resolved", by="medtwin.twin")
+            except KeyError:
+                log.warning("resolved alert %s is not stored", event_id)
 
     def acknowledge(self, event_id: str, *, by: str | None = None) -> Event | None:
         """Acknowledge an alert in the store (an escalation of it will still fire)."""
