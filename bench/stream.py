@@ -33,6 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = b"\x0b", b"\x1c\x0d"
 
 
+LOOP = os.environ.get("MEDTWIN_BENCH_LOOP", "uvloop")  # the event loop of every server and of the load generator
+
+
+def _run(main: Any) -> Any:
+    """Run *main* on the chosen event loop (uvloop by default, for both servers and the client: same loop, fair)."""
+    if LOOP == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)
+
+
 # -- servers (run in a child process) -----------------------------------------------------------------------
 async def _serve_medtwin(db_url: str, *, memory: bool = False) -> None:
     from medtwin.interop.mllp import MemorySink, MllpConfig, MllpServer
@@ -330,18 +343,24 @@ def main() -> None:
     parser.add_argument("--serve", choices=["medtwin", "medtwin-memory", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--with-memory", action="store_true", help="also run medtwin on an in-memory sink (no disk)")
     parser.add_argument("--db", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default=LOOP, help="event loop for all processes")
+    parser.add_argument("--max-connections", type=int, default=16, help="connections for the max-rate phase")
+    parser.add_argument("--window", type=int, default=8, help="messages in flight per connection at max rate")
     args = parser.parse_args()
+    os.environ["MEDTWIN_BENCH_LOOP"] = args.loop  # the server processes inherit it
+    globals()["LOOP"] = args.loop
     if args.serve in ("medtwin", "medtwin-memory"):
-        asyncio.run(_serve_medtwin(args.db, memory=args.serve == "medtwin-memory"))
+        _run(_serve_medtwin(args.db, memory=args.serve == "medtwin-memory"))
         return
     if args.serve == "baseline":
-        asyncio.run(_serve_baseline())
+        _run(_serve_baseline())
         return
     if args.quick:
         args.seconds = args.max_seconds = 4.0
 
     print(f"stream benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs (shared machine: numbers are noisy)")  # fmt: skip
+          f"{os.cpu_count()} CPUs (shared machine: numbers are noisy), event loop {args.loop} (all processes), "
+          f"max rate: {args.max_connections} connections x {args.window} in flight")  # fmt: skip
     p = parser_bench(2000 if args.quick else 10000)
     ours, ours_map, theirs = p["medtwin_parse_us"], p["medtwin_parse_map_us"], p["hl7_parse_us"]
     print(f"parser: medtwin parse {ours:.0f} us, parse+map to records {ours_map:.0f} us; hl7.parse {theirs:.0f} us "
@@ -360,8 +379,12 @@ def main() -> None:
         fixed_msgs = make_messages(n_fixed, prefix + "F")
         max_msgs = make_messages(60_000 if not args.quick else 20_000, prefix + "M")
         with server_process(kind, db) as info:
-            fixed = asyncio.run(open_loop(info["port"], fixed_msgs, args.rate, args.connections))
-            peak = asyncio.run(closed_loop(info["port"], max_msgs, args.max_seconds, connections=16, window=8))
+            fixed = _run(open_loop(info["port"], fixed_msgs, args.rate, args.connections))
+            peak = _run(
+                closed_loop(
+                    info["port"], max_msgs, args.max_seconds, connections=args.max_connections, window=args.window
+                )
+            )
         results[kind] = {"fixed": fixed.summary(), "max": peak.summary(), "server": info.get("stats", {})}
     print()
     print(f"{'':34}{'medtwin (SQLite, FULL sync)':>30}{'python-hl7 (no storage)':>26}")

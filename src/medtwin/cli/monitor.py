@@ -9,9 +9,9 @@ import json
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,7 +24,15 @@ from medtwin.records import Event
 
 __all__ = ["register"]
 
+T = TypeVar("T")
 _SEVERITY_STYLE = {"high": "bold red", "medium": "red", "low-medium": "yellow", "low": "green"}
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run *main* on uvloop where installed (see :func:`medtwin.interop.mllp.run`)."""
+    from medtwin.interop.mllp import run
+
+    return run(main)
 
 
 def _open_store(db: str | None) -> Any:
@@ -125,7 +133,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts."""
         console = Console()
-        summary = asyncio.run(
+        summary = run_loop(
             _listen(
                 db,
                 host,
@@ -157,7 +165,7 @@ def register(app: typer.Typer) -> None:
         ward = virtual_ward(patients, start=datetime.now(UTC), seed=seed)
         console = Console()
         console.print(f"{patients} monitors -> {host}:{port} ({', '.join(p.profile for p in ward)})", highlight=False)
-        stats = asyncio.run(
+        stats = run_loop(
             run_virtual_monitors(
                 host,
                 port,
@@ -360,7 +368,7 @@ def register(app: typer.Typer) -> None:
                 summary = await listener
             return summary, feed
 
-        summary, feed = asyncio.run(run())
+        summary, feed = run_loop(run())
         lat = sorted(feed.ack_latencies_s) or [0.0]
         console.rule("summary")
         console.print(

@@ -24,11 +24,12 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from medtwin.interop.hl7v2 import (
     Hl7Error,
@@ -36,10 +37,9 @@ from medtwin.interop.hl7v2 import (
     Hl7Message,
     ack_code_of,
     build_ack,
-    decode_payload,
     map_message,
     parse_message,
-    split_batch,
+    parse_payload,
     wants_ack,
 )
 from medtwin.records import Patient, Record
@@ -60,13 +60,27 @@ __all__ = [
     "ServerStats",
     "StoredBatch",
     "frame",
+    "run",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 CONTENT_TYPE = "x-application/hl7-v2+er7"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run *main* to completion on a new event loop: uvloop's where it is installed (a dependency of medtwin on
+    Linux and macOS; it cut the listener's per-message loop overhead measurably, see docs/benchmarks.md),
+    otherwise asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows, or a trimmed install
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def frame(message: bytes | str) -> bytes:
@@ -222,8 +236,11 @@ class _Job:
     status: str = ""
 
 
-# a queued job, its future, and the event loop that future belongs to (None: a concurrent.futures.Future)
-_Pending = tuple[_Job, Any, asyncio.AbstractEventLoop | None]
+# What a group commit settles for a job: an asyncio future, a concurrent.futures.Future, or a callback
+# ``(succeeded, result or exception) -> None`` run in the job's event loop.
+_Target = Any
+# a queued job, what to settle, and the event loop that target belongs to (None: a concurrent.futures.Future)
+_Pending = tuple[_Job, _Target, asyncio.AbstractEventLoop | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +283,13 @@ class GroupCommitWriter:
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.put((job, fut, loop))
         return fut
+
+    def submit_callback(
+        self, job: _Job, loop: asyncio.AbstractEventLoop, callback: Callable[[bool, Any], None]
+    ) -> None:
+        """Queue *job*; once its group is durable, ``callback(succeeded, result or exception)`` runs in *loop*
+        (one wake-up of the loop per group, like :meth:`submit_to_loop`, without a future per message)."""
+        self._queue.put((job, callback, loop))
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish queued jobs and stop the thread."""
@@ -323,34 +347,44 @@ class GroupCommitWriter:
             except Exception as exc:
                 done[i] = (False, exc)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-        for i, (_, fut, loop) in enumerate(batch):
+        for i, (_, target, loop) in enumerate(batch):
             ok, value = done[i]
             if loop is None:
                 if ok:
-                    fut.set_result(value)
+                    target.set_result(value)
                 else:
-                    fut.set_exception(value)
+                    target.set_exception(value)
             else:
-                by_loop.setdefault(loop, []).append((fut, ok, value))
+                by_loop.setdefault(loop, []).append((target, ok, value))
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for these any more
                 loop.call_soon_threadsafe(_settle, settled)
 
 
 def _settle(settled: list[tuple[Any, bool, Any]]) -> None:
-    """Resolve asyncio futures (in their loop) with the outcomes of a group commit."""
-    for fut, ok, value in settled:
-        if fut.done():  # cancelled while waiting
+    """Resolve asyncio futures and run callbacks (in their loop) with the outcomes of a group commit."""
+    for target, ok, value in settled:
+        if not isinstance(target, asyncio.Future):
+            try:
+                target(ok, value)
+            except Exception:  # one bad callback must not keep the others from running
+                log.exception("group-commit callback failed")
+            continue
+        if target.done():  # cancelled while waiting
             continue
         if ok:
-            fut.set_result(value)
+            target.set_result(value)
         else:
-            fut.set_exception(value)
+            target.set_exception(value)
 
 
 @dataclass(frozen=True, slots=True)
 class MllpConfig:
-    """Limits and options of an :class:`MllpServer`."""
+    """Limits and options of an :class:`MllpServer`.
+
+    ``max_in_flight`` bounds the messages of one connection that are read but not yet acknowledged: when it is
+    reached the server stops reading that socket (TCP then slows the sender) until ACKs have gone out.
+    """
 
     host: str = "127.0.0.1"
     port: int = 2575
@@ -363,6 +397,7 @@ class MllpConfig:
     assume_tz: tzinfo = UTC
     application: str = "MEDTWIN"
     facility: str = "MEDTWIN"
+    reuse_port: bool = False
 
 
 @dataclass(slots=True)
@@ -378,16 +413,151 @@ class ServerStats:
     rejected: int = 0
     errors: int = 0
     records: int = 0
+    reads_paused: int = 0  # times a connection hit max_in_flight and reading stopped (backpressure)
     reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _Slot:
+    """One received frame of a connection, waiting for its ACK (ACKs leave in arrival order)."""
+
+    __slots__ = ("ack", "done")
+
+    def __init__(self) -> None:
+        self.ack: bytes | None = None
+        self.done = False
+
+
+class _Connection(asyncio.Protocol):
+    """One MLLP connection: deframes, hands frames to the server, writes the ACKs in order as commits finish."""
+
+    def __init__(self, server: MllpServer) -> None:
+        self.server = server
+        self.framer = MllpFramer(server.config.max_message_bytes)
+        self.slots: deque[_Slot] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.paused = False
+        self.closing = False  # no more reads: close once every owed ACK is out
+        self.lost = False
+        self.last_active = 0.0
+        self._idle: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        transport = self.transport
+        server = self.server
+        if len(server._connections) >= server.config.max_connections or server._closing:
+            server.stats.refused_connections += 1
+            self.lost = True
+            transport.abort()
+            return
+        server._connections.add(self)
+        server.stats.connections += 1
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.last_active = server._loop_time()
+        self._arm_idle(server.config.idle_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        server = self.server
+        self.last_active = server._loop_time()
+        for item in self.framer.feed(data):
+            server.stats.frames += 1
+            slot = _Slot()
+            self.slots.append(slot)
+            server._receive(item, self, slot)
+        if not self.paused and len(self.slots) >= server.config.max_in_flight and self.transport is not None:
+            self.paused = True  # backpressure: stop reading until ACKs have gone out
+            server.stats.reads_paused += 1
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.closing = True
+        self.flush()
+        return True  # keep the transport open to send the ACKs still owed (flush closes it)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.closing = True
+        if self._idle is not None:
+            self._idle.cancel()
+        self.server._connections.discard(self)
+        self.server._connection_gone()
+
+    # -- ACKs -------------------------------------------------------------------------------------------------
+    def settle(self, slot: _Slot, ack: bytes | None) -> None:
+        """Record *slot* 's ACK (None: none owed); the ACKs now due are sent, in arrival order, by one socket write
+        at the end of this turn of the event loop (a group commit settles many slots of a connection at once)."""
+        slot.ack = ack
+        slot.done = True
+        if not self._flush_scheduled and self.slots and self.slots[0] is slot:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        slots = self.slots
+        out: list[bytes] = []
+        while slots and slots[0].done:
+            ack = slots.popleft().ack
+            if ack is not None:
+                out.append(START_BLOCK + ack + END_BLOCK)
+        transport = self.transport
+        if transport is None or self.lost:
+            return
+        if out:
+            transport.write(b"".join(out))
+        if self.paused and len(slots) <= self.server.config.max_in_flight // 2 and not self.closing:
+            self.paused = False
+            transport.resume_reading()
+        if self.closing and not slots:
+            transport.close()
+
+    def close(self) -> None:
+        """Stop reading; close once the ACKs still owed are sent."""
+        if self.lost:
+            return
+        self.closing = True
+        if self.transport is not None and not self.paused:
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+        self.flush()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    # -- idle timeout -----------------------------------------------------------------------------------------
+    def _arm_idle(self, delay: float) -> None:
+        self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.lost:
+            return
+        timeout = self.server.config.idle_timeout_s
+        quiet = self.server._loop_time() - self.last_active
+        if quiet >= timeout and not self.slots:
+            log.info("closing idle MLLP connection from %s after %.0f s", self.peer, quiet)
+            self.close()
+            return
+        self._arm_idle(max(0.05, timeout - quiet) if not self.slots else timeout)
 
 
 class MllpServer:
     """An asyncio MLLP listener that stores each message durably before acknowledging it.
 
+    Each connection is an :class:`asyncio.Protocol`: frames are parsed and mapped as they arrive (in the event
+    loop), handed to the group-commit writer thread, and their ACKs are written, in arrival order and coalesced
+    into one socket write, when the commit that holds them is durable.
+
     *on_stored* is called (in the event loop, after the commit, before the ACK is sent) with each committed
-    :class:`StoredBatch`; it must not block: hand the work to another thread (``TwinRuntime.offer``) and return
-    False when that thread's queue is full: the server then waits and offers again, delaying only this message's
-    ACK (backpressure on that sender) instead of stalling the event loop.
+    :class:`StoredBatch`; it must not block: hand the work to another thread or process (``TwinRuntime.offer``)
+    and return False when that queue is full: the server then offers again a few milliseconds later, delaying only
+    this message's ACK (backpressure on that sender) instead of stalling the event loop.
     """
 
     def __init__(
@@ -403,40 +573,58 @@ class MllpServer:
         self.stats = ServerStats()
         self._writer: GroupCommitWriter | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections: set[_Connection] = set()
+        self._closing = False
+        self._all_gone: asyncio.Event | None = None
         self._known_patients: set[str] = set()  # patients this server has stored (ORU need not resend them)
         self._ack_ids = itertools.count(1)
         self._ack_prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:x}"
         self.port: int | None = None
 
+    def _loop_time(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
     async def start(self) -> int:
         """Bind and start accepting; returns the bound port (useful with ``port=0``)."""
+        self._loop = asyncio.get_running_loop()
         self._writer = GroupCommitWriter(self.sink, max_batch=self.config.max_batch)
-        self._server = await asyncio.start_server(
-            self._on_connect, self.config.host, self.config.port, ssl=self.config.ssl_context, limit=1 << 16
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self),
+            self.config.host,
+            self.config.port,
+            ssl=self.config.ssl_context,
+            reuse_port=self.config.reuse_port or None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
     async def close(self) -> None:
-        """Stop accepting, close every connection, finish queued commits."""
+        """Stop accepting, send the ACKs still owed, close every connection, finish queued commits."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for w in list(self._writers):
-            w.close()  # the reader sees EOF and the handler ends after sending its pending ACKs
-        if self._tasks:
-            _, late = await asyncio.wait(list(self._tasks), timeout=10)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=5)
+        if self._connections:
+            self._all_gone = asyncio.Event()
+            for conn in list(self._connections):
+                conn.close()
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), timeout=10)
+            except TimeoutError:
+                for conn in list(self._connections):
+                    conn.abort()
+                await asyncio.sleep(0)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
             self._writer = None
+
+    def _connection_gone(self) -> None:
+        if self._all_gone is not None and not self._connections:
+            self._all_gone.set()
 
     async def __aenter__(self) -> MllpServer:
         await self.start()
@@ -448,76 +636,6 @@ class MllpServer:
     def _reason(self, reason: str) -> None:
         key = reason.split(":")[0][:60]
         self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if len(self._tasks) >= self.config.max_connections:
-            self.stats.refused_connections += 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            return
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
-        self._writers.add(writer)
-        self.stats.connections += 1
-        peer = writer.get_extra_info("peername")
-        peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        pending: asyncio.Queue[asyncio.Future[bytes | None] | None] = asyncio.Queue(self.config.max_in_flight)
-        acker = asyncio.create_task(self._send_acks(pending, writer))
-        framer = MllpFramer(self.config.max_message_bytes)
-        try:
-            while True:
-                try:
-                    data = await asyncio.wait_for(reader.read(1 << 16), self.config.idle_timeout_s)
-                except TimeoutError:
-                    break
-                if not data:
-                    break
-                for item in framer.feed(data):
-                    self.stats.frames += 1
-                    fut = asyncio.ensure_future(self._handle(item, peer_name))
-                    await pending.put(fut)  # blocks when max_in_flight are waiting: backpressure
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        except asyncio.CancelledError:  # shutdown: end quietly (asyncio's stream callback dislikes cancelled tasks)
-            acker.cancel()
-        finally:
-            if not acker.done():
-                with contextlib.suppress(Exception):  # the sentinel waits for room: ACKs still owed go out first
-                    await asyncio.wait_for(pending.put(None), timeout=30)
-                try:
-                    await asyncio.wait_for(acker, timeout=30)
-                except (TimeoutError, asyncio.CancelledError):
-                    acker.cancel()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            self._tasks.discard(task)  # type: ignore[arg-type]
-            self._writers.discard(writer)
-
-    async def _send_acks(
-        self, pending: asyncio.Queue[asyncio.Future[bytes | None] | None], writer: asyncio.StreamWriter
-    ) -> None:
-        broken = False
-        while True:
-            fut = await pending.get()
-            if fut is None:
-                return
-            try:
-                ack = await fut
-            except Exception:
-                log.exception("unexpected error while handling a frame")
-                self.stats.errors += 1
-                continue
-            if ack is None or broken:
-                continue
-            try:
-                writer.write(frame(ack))
-                if pending.empty():
-                    await writer.drain()
-            except (ConnectionError, RuntimeError):
-                broken = True
 
     def _ack(self, message: Hl7Message | None, ok: bool, rejected: bool, text: str = "", *, code: str = "",
              location: str = "") -> bytes | None:  # fmt: skip
@@ -536,12 +654,19 @@ class MllpServer:
         )
         return ack.encode()
 
-    async def _commit(self, job: _Job) -> Any:
+    def _submit(self, job: _Job, callback: Callable[[bool, Any], None]) -> None:
         assert self._writer is not None
-        return await self._writer.submit_to_loop(job, asyncio.get_running_loop())
+        assert self._loop is not None
+        self._writer.submit_callback(job, self._loop, callback)
 
-    async def _dead_letter(
-        self, payload: bytes, message: Hl7Message | None, peer: str, reason: str, received: datetime
+    def _dead_letter(
+        self,
+        payload: bytes,
+        message: Hl7Message | None,
+        peer: str,
+        reason: str,
+        received: datetime,
+        then: Callable[[bool, Any], None],
     ) -> None:
         self.stats.rejected += 1
         self._reason(reason)
@@ -557,20 +682,36 @@ class MllpServer:
             status="rejected",
             reason=reason,
         )
-        await self._commit(_Job("reject", raw, reason=reason))
+        self._submit(_Job("reject", raw, reason=reason), then)
 
-    async def _handle(self, item: bytes | FrameError, peer: str) -> bytes | None:
+    def _receive(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
+        """Parse, map and queue one frame for the group commit; its ACK is settled on *slot* after the commit."""
+        try:
+            self._receive_or_raise(item, conn, slot)
+        except Exception:  # never lose a frame to a bug: answer it and keep serving
+            log.exception("unexpected error while handling a frame")
+            self.stats.errors += 1
+            if not slot.done:
+                conn.settle(slot, self._ack(None, False, False, "internal error; resend later", code="207"))
+
+    def _receive_or_raise(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
         received = datetime.now(UTC)
         received_monotonic = time.monotonic()
         if isinstance(item, FrameError):
-            await self._dead_letter(item.payload, None, peer, f"MLLP framing: {item.reason}", received)
             header = _salvage_header(item.payload)
-            return self._ack(header, False, True, item.reason, code="100" if not item.oversize else "104")
+            nak = self._ack(header, False, True, item.reason, code="100" if not item.oversize else "104")
+            self._dead_letter(
+                item.payload,
+                None,
+                conn.peer,
+                f"MLLP framing: {item.reason}",
+                received,
+                lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
+            )
+            return
         message: Hl7Message | None = None
         try:
-            text = decode_payload(item)
-            texts = split_batch(text)
-            messages = [parse_message(t) for t in texts]
+            messages = parse_payload(item)
             message = messages[0]
             mapped = [map_message(m, assume_tz=self.config.assume_tz) for m in messages]
         except Exception as exc:  # bad input never crashes the server: everything unexpected is refused too
@@ -579,16 +720,18 @@ class MllpServer:
             else:
                 log.exception("unexpected error while reading a message")
                 error = Hl7Error(f"cannot process the message: {type(exc).__name__}: {exc}", error_code="207")
-            message = message or _salvage_header(item)
-            reason = f"HL7 {error.error_code}: {error}"
-            try:
-                await self._dead_letter(item, message, peer, reason, received)
-            except Exception:
-                log.exception("could not dead-letter a rejected message")
-                self.stats.errors += 1
-                return self._ack(message, False, False, "storage unavailable; resend later", code="207")
+            header = message or _salvage_header(item)
             rejected = not isinstance(error, Hl7MappingError) and error.error_code != "207"
-            return self._ack(message, False, rejected, str(error), code=error.error_code, location=error.location)
+            nak = self._ack(header, False, rejected, str(error), code=error.error_code, location=error.location)
+            self._dead_letter(
+                item,
+                header,
+                conn.peer,
+                f"HL7 {error.error_code}: {error}",
+                received,
+                lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
+            )
+            return
         records: list[Record] = [
             r
             for m in mapped
@@ -606,32 +749,58 @@ class MllpServer:
             status="accepted",
             reason="; ".join(n for m in mapped for n in m.notes)[:2000] or None,
         )
-        try:
-            if not supported:
-                await self._commit(_Job("log", raw, status="unmapped", reason=mapped[0].notes[0]))
+        head = message
+        if not supported:
+
+            def logged(ok: bool, value: Any) -> None:
+                if not ok:
+                    conn.settle(slot, self._storage_nak(head, value))
+                    return
                 self.stats.unmapped += 1
-                return self._ack(message, True, False, "stored; message type not mapped to records")
-            result: WriteResult = await self._commit(_Job("write", raw, records=records))
+                conn.settle(slot, self._ack(head, True, False, "stored; message type not mapped to records"))
+
+            self._submit(_Job("log", raw, status="unmapped", reason=mapped[0].notes[0]), logged)
+            return
+
+        def stored(ok: bool, result: Any) -> None:
+            if not ok:
+                conn.settle(slot, self._storage_nak(head, result))
+                return
+            assert isinstance(result, WriteResult)
+            if result.raw_duplicate:
+                self.stats.duplicates += 1
+                conn.settle(slot, self._ack(head, True, False, "duplicate of a stored message; not stored again"))
+                return
+            self.stats.accepted += 1
+            self.stats.records += result.inserted + result.updated  # ADT updates are writes too
+            if len(self._known_patients) > 100_000:
+                self._known_patients.clear()
+            self._known_patients.update(r.patient_id for r in records if isinstance(r, Patient))
+            if self.on_stored is not None and records:
+                self._offer(StoredBatch(records, received_monotonic), conn, slot, self._ack(head, True, False))
+            else:
+                conn.settle(slot, self._ack(head, True, False))
+
+        self._submit(_Job("write", raw, records=records), stored)
+
+    def _offer(self, batch: StoredBatch, conn: _Connection, slot: _Slot, ack: bytes | None) -> None:
+        """Hand *batch* to the subscriber; while it answers False (full), retry every 5 ms, holding the ACK back."""
+        assert self.on_stored is not None
+        try:
+            taken = self.on_stored(batch) is not False
         except Exception:
-            log.exception("storing message %s failed", message.control_id)
-            self.stats.errors += 1
-            return self._ack(message, False, False, "storage unavailable; resend later", code="207")
-        if result.raw_duplicate:
-            self.stats.duplicates += 1
-            return self._ack(message, True, False, "duplicate of a stored message; not stored again")
-        self.stats.accepted += 1
-        self.stats.records += result.inserted + result.updated  # ADT updates are writes too
-        if len(self._known_patients) > 100_000:
-            self._known_patients.clear()
-        self._known_patients.update(r.patient_id for r in records if isinstance(r, Patient))
-        if self.on_stored is not None and records:
-            batch = StoredBatch(records, received_monotonic)
-            try:
-                while self.on_stored(batch) is False:
-                    await asyncio.sleep(0.005)
-            except Exception:
-                log.exception("on_stored subscriber failed")
-        return self._ack(message, True, False)
+            log.exception("on_stored subscriber failed")
+            taken = True
+        if taken or conn.lost:
+            conn.settle(slot, ack)
+        else:
+            assert self._loop is not None
+            self._loop.call_later(0.005, self._offer, batch, conn, slot, ack)
+
+    def _storage_nak(self, message: Hl7Message | None, exc: Any) -> bytes | None:
+        log.error("storing a message failed: %s", exc, exc_info=exc if isinstance(exc, BaseException) else None)
+        self.stats.errors += 1
+        return self._ack(message, False, False, "storage unavailable; resend later", code="207")
 
 
 def _salvage_header(payload: bytes) -> Hl7Message | None:
