@@ -47,40 +47,54 @@ def _run(main: Any) -> Any:
 
 
 # -- servers (run in a child process) -----------------------------------------------------------------------
-async def _serve_medtwin(db_url: str, *, memory: bool = False) -> None:
+async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: bool = False) -> None:
+    """medtwin's listener. Default: the twin runtime in its own process following the store's raw log (as
+    ``medtwin listen`` runs it); *thread_runtime*: the runtime as a thread of the listener, fed in memory;
+    *memory*: an in-memory sink with a thread runtime and no persistence (no disk at all)."""
     from medtwin.interop.mllp import MemorySink, MllpConfig, MllpServer
     from medtwin.store import Store
-    from medtwin.twin import TwinRuntime
+    from medtwin.twin import RuntimeProcess, TwinRuntime
 
     store: Any = MemorySink() if memory else Store(db_url)
-    runtime = TwinRuntime(None if memory else store)
-    runtime.start()
+    in_process = memory or thread_runtime
+    runtime = TwinRuntime(None if memory else store) if in_process else None
+    worker = None if in_process else RuntimeProcess(db_url)
+    if runtime is not None:
+        runtime.start()
+    if worker is not None:
+        worker.start()
     server = MllpServer(
         store,
         MllpConfig(port=0, max_connections=256),
-        on_stored=lambda b: runtime.offer(b.records, b.received_monotonic),
+        on_stored=None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic)),
     )
     port = await server.start()
     print(f"PORT {port}", flush=True)
     await _until_stdin_closes()
     writer = server._writer
     await server.close()
-    runtime.close()
-    lat = sorted(runtime.alert_latencies_s)
+    if runtime is not None:
+        runtime.close()
+        lat = sorted(runtime.alert_latencies_s)
+        twin = {"alerts": len(lat), "alert_p50_ms": _pct(lat, 50) * 1e3, "alert_p99_ms": _pct(lat, 99) * 1e3,
+                "runtime_busy_s": runtime.busy_s}  # fmt: skip
+    else:
+        assert worker is not None
+        w = worker.stop()
+        twin = {"alerts": w.get("alerts"), "alert_p50_ms": w.get("alert_p50_ms"),
+                "alert_p99_ms": w.get("alert_p99_ms"), "runtime_busy_s": w.get("busy_s"),
+                "runtime_messages": w.get("messages"), "runtime_error": w.get("error")}  # fmt: skip
     out = {
         "accepted": server.stats.accepted,
         "duplicates": server.stats.duplicates,
         "rejected": server.stats.rejected,
         "errors": server.stats.errors,
-        "alerts": len(lat),
-        "alert_p50_ms": _pct(lat, 50) * 1e3,
-        "alert_p99_ms": _pct(lat, 99) * 1e3,
+        **twin,
         "stored_accepted": len(store.entries("accepted"))
         if memory
         else len(store.raw_log(status="accepted", limit=10_000_000)),
         "group_commits": getattr(writer, "commits", None),
         "writer_busy_s": getattr(writer, "busy_s", None),
-        "runtime_busy_s": runtime.busy_s,
         "rss_mb": _rss_mb(),
     }
     if not memory:
@@ -340,8 +354,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the fixed-rate phase")
     parser.add_argument("--max-seconds", type=float, default=15.0, help="duration of the max-rate phase")
     parser.add_argument("--connections", type=int, default=8, help="connections for the fixed-rate phase")
-    parser.add_argument("--serve", choices=["medtwin", "medtwin-memory", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", choices=["medtwin", "medtwin-thread", "medtwin-memory", "baseline"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--with-memory", action="store_true", help="also run medtwin on an in-memory sink (no disk)")
+    parser.add_argument(
+        "--with-thread", action="store_true", help="also run medtwin with the twin runtime as a thread of the listener"
+    )
     parser.add_argument("--db", default="", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default=LOOP, help="event loop for all processes")
     parser.add_argument("--max-connections", type=int, default=16, help="connections for the max-rate phase")
@@ -349,8 +368,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["MEDTWIN_BENCH_LOOP"] = args.loop  # the server processes inherit it
     globals()["LOOP"] = args.loop
-    if args.serve in ("medtwin", "medtwin-memory"):
-        _run(_serve_medtwin(args.db, memory=args.serve == "medtwin-memory"))
+    if args.serve in ("medtwin", "medtwin-thread", "medtwin-memory"):
+        _run(
+            _serve_medtwin(
+                args.db, memory=args.serve == "medtwin-memory", thread_runtime=args.serve == "medtwin-thread"
+            )
+        )
         return
     if args.serve == "baseline":
         _run(_serve_baseline())
@@ -368,10 +391,11 @@ def main() -> None:
     n_fixed = int(args.rate * args.seconds)
     results: dict[str, Any] = {"parser": p}
     tmp = Path(tempfile.mkdtemp(prefix="medtwin-bench-"))
-    kinds = ["medtwin", "baseline"] + (["medtwin-memory"] if args.with_memory else [])
+    kinds = ["medtwin", "baseline"] + (["medtwin-thread"] if args.with_thread else [])
+    kinds += ["medtwin-memory"] if args.with_memory else []
     for kind in kinds:
         db = f"sqlite:///{tmp / f'{kind}.db'}"
-        if kind == "medtwin":
+        if kind in ("medtwin", "medtwin-thread"):
             from medtwin.store import Store
 
             Store(db).close()  # migrate before the clock starts
@@ -400,6 +424,14 @@ def main() -> None:
           f"stored {s.get('stored_accepted')} messages, {s.get('group_commits')} group commits")  # fmt: skip
     print(f"medtwin server threads busy (both phases): group-commit writer {s.get('writer_busy_s', 0):.1f} s, "
           f"twin runtime {s.get('runtime_busy_s', 0):.1f} s; RSS at exit {s.get('rss_mb', 0):.0f} MB")  # fmt: skip
+    if "medtwin-thread" in results:
+        mt = results["medtwin-thread"]
+        st = mt["server"]
+        print(f"medtwin with the twin runtime as a thread of the listener (previous design): at {args.rate:g} msg/s "
+              f"{mt['fixed']['throughput_per_s']:.0f} msg/s p50 {mt['fixed']['p50_ms']:.1f} ms "
+              f"p99 {mt['fixed']['p99_ms']:.1f} ms; max {mt['max']['throughput_per_s']:.0f} msg/s "
+              f"p99 {mt['max']['p99_ms']:.1f} ms; receipt->alert p50 {st.get('alert_p50_ms', float('nan')):.1f} ms "
+              f"p99 {st.get('alert_p99_ms', float('nan')):.1f} ms")  # fmt: skip
     if "medtwin-memory" in results:
         mm = results["medtwin-memory"]
         print(f"medtwin without storage (in-memory sink, no twin persistence): at {args.rate:g} msg/s "

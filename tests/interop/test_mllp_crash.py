@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from medtwin.interop.mllp import MllpClient
-from medtwin.store import Store
+from medtwin.store import Store, load_cursor
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "hl7v2"
 PCD = (FIXTURES / "authored_ORU_R01_vitals_pcd01_mdc_v26.hl7").read_bytes()
@@ -137,7 +137,11 @@ def test_kill_9_mid_stream_then_resend_is_exactly_once(tmp_path: Path) -> None:
         )
         assert len(per_message) == N_MESSAGES
         assert set(per_message.values()) == {OBX_PER_MESSAGE}
-        assert len(store.raw_log(status="accepted", limit=10_000)) == N_MESSAGES
+        accepted = store.raw_log(status="accepted", limit=10_000)
+        assert len(accepted) == N_MESSAGES
         assert len(store.raw_log(status="duplicate", limit=10_000)) >= 10
+        # the twin runtime (its own process, killed with the listener) resumed at its cursor after the restart and
+        # read every accepted message, those acknowledged just before the kill included
+        assert load_cursor(store, "twin-runtime") == max(e.raw_id for e in accepted)
     finally:
         store.close()

@@ -17,7 +17,17 @@ def test_monitoring_public_api() -> None:
 
 
 def test_twin_public_api() -> None:
-    assert set(twin.__all__) == {"News2Forecast", "PatientTwin", "RuntimeStore", "TwinRuntime", "VitalsComponent"}
+    assert set(twin.__all__) == {
+        "LogFollower",
+        "News2Forecast",
+        "PatientTwin",
+        "RuntimeProcess",
+        "RuntimeStore",
+        "TwinRuntime",
+        "VitalsComponent",
+        "WorkerStats",
+        "follow",
+    }
 
 
 def test_hl7v2_and_mllp_public_api() -> None:

@@ -8,13 +8,18 @@ import medtwin.store as store
 
 def test_store_public_api() -> None:
     assert sorted(store.__all__) == [
+        "AcceptedMessage",
         "EventNotFoundError",
         "RawLogEntry",
         "RawMessage",
         "Store",
         "StoreConfigError",
         "WriteResult",
+        "accepted_after",
+        "last_raw_id",
+        "load_cursor",
         "resolve_database_url",
+        "save_cursor",
     ]
     for name in store.__all__:
         assert getattr(store, name) is not None

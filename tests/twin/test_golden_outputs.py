@@ -220,7 +220,7 @@ def run_ward(*, batched: bool) -> dict[str, Any]:
         runtime = TwinRuntime(store, snapshot_every=timedelta(0))
         runtime.subscribe(lambda e: published.append(labels.plain(e)))
         for i in range(0, len(part), 64):
-            events = runtime._process_many([(m, None) for m in part[i : i + 64]])
+            events = runtime.process_many([(m, None) for m in part[i : i + 64]])
             returned.extend(labels.plain(e) for e in events)
         runtime.close()
     finals = {k: labels.plain(json.loads(v)) for k, v in sorted(store.blobs.items())}

@@ -235,7 +235,7 @@ def _raise_then_recover(store: _BatchedStatusStore, *, lose_first: bool = False)
         store.missing = {ids[0]}
     for minutes in (5, 10):
         runtime.process(vitals("p1", minutes) + vitals("p2", minutes))
-    runtime._process_many([(vitals("p1", 15), None), (vitals("p2", 15), None)])  # both resolve in this group
+    runtime.process_many([(vitals("p1", 15), None), (vitals("p2", 15), None)])  # both resolve in this group
     return ids
 
 

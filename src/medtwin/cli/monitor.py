@@ -57,6 +57,12 @@ def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
+def print_alert(event: Event) -> None:
+    """Print *event* if it is an alert (used in the twin runtime's worker process, hence module level)."""
+    if event.kind == "alert":
+        _print_event(Console(), event)
+
+
 async def _listen(
     db: str | None,
     host: str,
@@ -70,26 +76,44 @@ async def _listen(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
     freshness_minutes: float = 60.0,
+    runtime_mode: str = "process",
 ) -> dict[str, Any]:
     from medtwin.interop.mllp import MllpConfig, MllpServer
-    from medtwin.twin import TwinRuntime
+    from medtwin.twin import RuntimeProcess, TwinRuntime
 
+    if runtime_mode not in ("process", "thread"):
+        raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
     store = _open_store(db)
-    runtime = TwinRuntime(store, freshness=timedelta(minutes=freshness_minutes))
-    if not quiet:
-        runtime.subscribe(lambda e: _print_event(console, e) if e.kind == "alert" else None)
-    runtime.start()
-    config = MllpConfig(host=host, port=port, max_connections=max_connections, ssl_context=ssl_context)
-    server = MllpServer(store, config, on_stored=lambda b: runtime.offer(b.records, b.received_monotonic))
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    freshness = timedelta(minutes=freshness_minutes)
+    runtime: TwinRuntime | None = None
+    worker: RuntimeProcess | None = None
+    if runtime_mode == "thread":
+        runtime = TwinRuntime(store, freshness=freshness)
+        if not quiet:
+            runtime.subscribe(print_alert)
+        runtime.start()
+    else:  # the twins follow the store's raw log in their own process (medtwin.twin.worker)
+        worker = RuntimeProcess(db, freshness=freshness, on_event=None if quiet else print_alert)
+        try:
+            await loop.run_in_executor(None, worker.start)
+        except BaseException:
+            store.close()
+            raise
+    config = MllpConfig(host=host, port=port, max_connections=max_connections, ssl_context=ssl_context)
+    on_stored = None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic))
+    server = MllpServer(store, config, on_stored=on_stored)
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    events: int | None = None
     try:
         bound = await server.start()
         console.print(
-            f"listening on {host}:{bound} (MLLP{', TLS' if ssl_context else ''}) store={store.url}", highlight=False
+            f"listening on {host}:{bound} (MLLP{', TLS' if ssl_context else ''}) store={store.url}; "
+            f"twin runtime: {'own process' if worker is not None else 'thread'}",
+            highlight=False,
         )
         if on_ready is not None:
             on_ready(bound)
@@ -100,7 +124,14 @@ async def _listen(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         await server.close()
-        await loop.run_in_executor(None, runtime.close)
+        if runtime is not None:
+            await loop.run_in_executor(None, runtime.close)
+            events = runtime.events_published
+        if worker is not None:
+            report = await loop.run_in_executor(None, worker.stop)
+            if "error" in report:
+                console.print(f"[red]twin runtime worker: {report['error']}[/red]")
+            events = report.get("events")
         store.close()
     stats = server.stats
     return {
@@ -110,7 +141,7 @@ async def _listen(
         "unmapped": stats.unmapped,
         "errors": stats.errors,
         "records": stats.records,
-        "events": runtime.events_published,
+        "events": events,
     }
 
 
@@ -130,6 +161,9 @@ def register(app: typer.Typer) -> None:
         tls_key: str | None = typer.Option(None, help="PEM private key of --tls-cert."),
         quiet: bool = typer.Option(False, help="Do not print alerts as they fire."),
         freshness_minutes: float = typer.Option(60.0, min=1.0, help="Vitals older than this are not combined."),
+        runtime: str = typer.Option(
+            "process", help="Twin runtime: 'process' (own process, follows the stored log) or 'thread'."
+        ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts."""
         console = Console()
@@ -144,6 +178,7 @@ def register(app: typer.Typer) -> None:
                 ssl_context=_ssl_context(tls_cert, tls_key),
                 quiet=quiet,
                 freshness_minutes=freshness_minutes,
+                runtime_mode=runtime,
             )
         )
         console.print(f"stopped: {json.dumps(summary)}", highlight=False)

@@ -6,14 +6,20 @@ shipped in this package and applied on open. See docs/store.md.
 """
 
 from medtwin.store.config import StoreConfigError, resolve_database_url
+from medtwin.store.cursors import AcceptedMessage, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.store.store import EventNotFoundError, RawLogEntry, RawMessage, Store, WriteResult
 
 __all__ = [
+    "AcceptedMessage",
     "EventNotFoundError",
     "RawLogEntry",
     "RawMessage",
     "Store",
     "StoreConfigError",
     "WriteResult",
+    "accepted_after",
+    "last_raw_id",
+    "load_cursor",
     "resolve_database_url",
+    "save_cursor",
 ]

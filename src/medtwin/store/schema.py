@@ -36,6 +36,7 @@ __all__ = [
     "NOT_LOINC_PRIMARY",
     "UTCDateTime",
     "conditions",
+    "consumer_cursors",
     "encounter_locations",
     "encounters",
     "events",
@@ -332,4 +333,13 @@ patient_identity_versions = Table(
         primary_key=True,
     ),
     Column("body", Text, nullable=False),
+)
+
+# How far each consumer of the raw inbound log has read (revision 0004): the last ``raw_id`` it has processed.
+consumer_cursors = Table(
+    "consumer_cursors",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated", UTCDateTime(), nullable=False),
 )

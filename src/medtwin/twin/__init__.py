@@ -4,5 +4,16 @@ from __future__ import annotations
 
 from medtwin.twin.patient import News2Forecast, PatientTwin, VitalsComponent
 from medtwin.twin.runtime import RuntimeStore, TwinRuntime
+from medtwin.twin.worker import LogFollower, RuntimeProcess, WorkerStats, follow
 
-__all__ = ["News2Forecast", "PatientTwin", "RuntimeStore", "TwinRuntime", "VitalsComponent"]
+__all__ = [
+    "LogFollower",
+    "News2Forecast",
+    "PatientTwin",
+    "RuntimeProcess",
+    "RuntimeStore",
+    "TwinRuntime",
+    "VitalsComponent",
+    "WorkerStats",
+    "follow",
+]

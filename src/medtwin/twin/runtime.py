@@ -99,9 +99,14 @@ class TwinRuntime:
     # -- processing ----------------------------------------------------------------------------------------
     def process(self, records: Sequence[Record], *, received_monotonic: float | None = None) -> list[Event]:
         """Route *records* to the twins now; store and publish the resulting events; return them."""
-        return self._process_many([(records, received_monotonic)])
+        return self.process_many([(records, received_monotonic)])
 
-    def _process_many(self, items: Sequence[tuple[Sequence[Record], float | None]]) -> list[Event]:
+    def process_many(self, items: Sequence[tuple[Sequence[Record], float | None]]) -> list[Event]:
+        """Process several stored messages' records, in order, with ONE store transaction for their events.
+
+        Each item is ``(records, received_monotonic)``: the receipt time (``time.monotonic()`` clock, or None) is
+        used to measure receipt-to-alert latency.
+        """
         events: list[Event] = []
         to_write: list[Record] = []
         cleared: list[str] = []
@@ -226,7 +231,7 @@ class TwinRuntime:
                 group.append(nxt)
             started = time.perf_counter()
             try:
-                self._process_many([(records, received) for records, received in group])
+                self.process_many([(records, received) for records, received in group])
             except Exception:
                 log.exception("twin runtime failed on a group of %d batches", len(group))
             finally:

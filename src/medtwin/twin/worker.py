@@ -1,0 +1,276 @@
+"""The twin runtime as a worker that follows the raw inbound log, in a process of its own beside the MLLP listener.
+
+The listener stores each HL7 v2 message (raw payload + records) durably and acknowledges it; it does no twin work.
+The worker reads the *accepted* HL7 v2 messages after its saved cursor (``medtwin.store.accepted_after``), maps
+each again to the observations the listener stored (the mapping is deterministic: same records, same ids), feeds
+them to a :class:`~medtwin.twin.TwinRuntime` (NEWS2, trends, alerts, stored events and NEWS2 Observations), and
+then saves its cursor. So:
+
+* the listener's interpreter lock no longer serialises parsing, storing and scoring: on two cores the listener
+  and the twins run side by side (docs/benchmarks.md, "Streaming ingest");
+* a crash of either process loses no alert: a restarted worker resumes at its cursor and processes every message
+  acknowledged in between (at least once: a group processed but not yet saved is processed again);
+* receipt-to-alert latency is measured from each message's stored receipt time.
+
+:class:`RuntimeProcess` runs :func:`follow` in a child process (``spawn``); :func:`follow` also runs in-process
+(tests, replays).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from medtwin.interop.hl7v2 import map_message, parse_payload
+from medtwin.interop.mllp import CONTENT_TYPE
+from medtwin.records import Event, Observation, Record
+from medtwin.store import Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.twin.runtime import TwinRuntime
+
+__all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "follow"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONSUMER = "twin-runtime"
+
+
+class LogFollower:
+    """Reads the accepted HL7 v2 messages after a saved cursor and maps them to their observations.
+
+    A consumer that has never saved a cursor starts at the end of the log (it does not replay history) and saves
+    that position at once, so a listener started after it cannot store a message it would skip.
+    """
+
+    def __init__(
+        self, store: Store, *, name: str = DEFAULT_CONSUMER, assume_tz: tzinfo = UTC, batch: int = 500
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.assume_tz = assume_tz
+        self.batch = batch
+        saved = load_cursor(store, name)
+        if saved is None:
+            saved = last_raw_id(store)
+            save_cursor(store, name, saved)
+        self.position = saved
+        self._pending = saved
+        self.messages = 0
+        self.unmappable = 0
+        self.last_poll_full = False
+
+    def poll(self) -> list[tuple[Sequence[Record], float]]:
+        """The next messages' observations with their receipt times on the ``time.monotonic()`` clock.
+
+        Call :meth:`commit` once they are processed. A stored message that no longer maps (a changed mapping, a
+        different time zone setting) is logged with its raw id and skipped, never silently.
+        """
+        found = accepted_after(self.store, self.position, content_type=CONTENT_TYPE, limit=self.batch)
+        self.last_poll_full = len(found) == self.batch
+        if not found:
+            return []
+        now_wall, now_mono = datetime.now(UTC), time.monotonic()
+        out: list[tuple[Sequence[Record], float]] = []
+        for message in found:
+            try:
+                records: list[Record] = [
+                    r
+                    for parsed in parse_payload(message.payload)
+                    for r in map_message(parsed, assume_tz=self.assume_tz).records
+                    if isinstance(r, Observation)
+                ]
+            except Exception as exc:
+                self.unmappable += 1
+                log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
+                continue
+            out.append((records, now_mono - (now_wall - message.received).total_seconds()))
+        self.messages += len(found)
+        self._pending = found[-1].raw_id
+        return out
+
+    def commit(self) -> None:
+        """Save the position after the messages returned by the last :meth:`poll`."""
+        if self._pending != self.position:
+            save_cursor(self.store, self.name, self._pending)
+            self.position = self._pending
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """What a worker did: messages read, events raised, alerts and their receipt-to-alert latency."""
+
+    messages: int
+    unmappable: int
+    events: int
+    alerts: int
+    alert_p50_ms: float
+    alert_p99_ms: float
+    busy_s: float
+    position: int
+
+
+def _pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p / 100))] * 1e3 if values else float("nan")
+
+
+def follow(
+    follower: LogFollower,
+    runtime: TwinRuntime,
+    *,
+    should_stop: Callable[[], bool],
+    group_window_s: float = 0.05,
+) -> WorkerStats:
+    """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
+
+    The worker reads whatever arrived during the last *group_window_s* as one group: one store transaction for the
+    group's events and one for its cursor, instead of several per message (the listener shares the database's
+    single writer, so fewer, larger runtime transactions keep its commit latency low). A backlog is read at once.
+    """
+    busy = 0.0
+    while True:
+        items = follower.poll()
+        if items or follower._pending != follower.position:
+            started = time.perf_counter()
+            runtime.process_many(items)
+            follower.commit()
+            busy += time.perf_counter() - started
+            if follower.last_poll_full:
+                continue
+        elif should_stop():
+            break
+        time.sleep(group_window_s)
+    latencies = sorted(runtime.alert_latencies_s)
+    return WorkerStats(
+        messages=follower.messages,
+        unmappable=follower.unmappable,
+        events=runtime.events_published,
+        alerts=len(latencies),
+        alert_p50_ms=_pct(latencies, 50),
+        alert_p99_ms=_pct(latencies, 99),
+        busy_s=busy,
+        position=follower.position,
+    )
+
+
+def _child(
+    db: str | None,
+    freshness_s: float,
+    name: str,
+    assume_tz: tzinfo,
+    on_event: Callable[[Event], None] | None,
+    conn: multiprocessing.connection.Connection,
+    stop: Any,
+) -> None:
+    """The worker process: follow the log until told to stop (or until the parent dies), then report."""
+    store = Store(db)
+    try:
+        runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
+        if on_event is not None:
+            runtime.subscribe(on_event)
+        follower = LogFollower(store, name=name, assume_tz=assume_tz)
+        conn.send({"ready": follower.position})
+        parent = multiprocessing.parent_process()
+
+        def should_stop() -> bool:
+            return bool(stop.is_set()) or (parent is not None and not parent.is_alive())
+
+        stats = follow(follower, runtime, should_stop=should_stop)
+        runtime.close()  # snapshot every twin
+        conn.send(asdict(stats))
+    except Exception as exc:  # report, then fail: the parent shows why
+        log.exception("twin runtime worker failed")
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    finally:
+        store.close()
+
+
+class RuntimeProcess:
+    """A :class:`TwinRuntime` following the store's raw log in a child process (see the module docstring).
+
+    *db* is the database URL as given to :class:`~medtwin.store.Store` (None: the configured default, resolved
+    in the child exactly as in the parent). *on_event* must be a module-level function (it is sent to the child
+    by reference); it is called in the child for every event, e.g. to print alerts.
+    """
+
+    def __init__(
+        self,
+        db: str | None,
+        *,
+        freshness: timedelta = timedelta(hours=1),
+        name: str = DEFAULT_CONSUMER,
+        assume_tz: tzinfo = UTC,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.freshness = freshness
+        self.name = name
+        self.assume_tz = assume_tz
+        self.on_event = on_event
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self._stop: Any = None
+        self.stats: dict[str, Any] = {}
+
+    def start(self, timeout_s: float = 120.0) -> int:
+        """Start the child and wait until its cursor is in place; returns the log position it starts after."""
+        parent, child = self._ctx.Pipe()
+        self._stop = self._ctx.Event()
+        self._proc = self._ctx.Process(
+            target=_child,
+            args=(
+                self.db,
+                self.freshness.total_seconds(),
+                self.name,
+                self.assume_tz,
+                self.on_event,
+                child,
+                self._stop,
+            ),
+            name="medtwin-twin-runtime",
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(timeout_s):
+            self._proc.kill()
+            raise RuntimeError(f"the twin runtime worker did not start within {timeout_s:.0f} s")
+        reply = parent.recv()
+        if "ready" not in reply:
+            self._proc.join(10)
+            raise RuntimeError(f"the twin runtime worker failed to start: {reply.get('error', reply)}")
+        return int(reply["ready"])
+
+    def stop(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Ask the child to finish what is stored, snapshot its twins and exit; returns its statistics."""
+        if self._proc is None or self._conn is None:
+            return self.stats
+        self._stop.set()
+        if self._conn.poll(timeout_s):
+            try:
+                self.stats = dict(self._conn.recv())
+            except EOFError:
+                self.stats = {"error": "the twin runtime worker exited without a report"}
+        else:
+            self.stats = {"error": f"the twin runtime worker did not stop within {timeout_s:.0f} s"}
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()
+        self._proc = self._conn = None
+        return self.stats
+
+    def __enter__(self) -> RuntimeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,144 @@
+"""The twin runtime's worker: follows the store's raw log from a saved cursor, in-process and in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from medtwin.interop import hl7v2
+from medtwin.interop.mllp import CONTENT_TYPE, MllpClient, MllpConfig, MllpServer
+from medtwin.interop.virtual_feed import sample_to_oru
+from medtwin.monitoring.virtual import virtual_ward
+from medtwin.records import Event
+from medtwin.store import RawMessage, Store, last_raw_id, load_cursor, save_cursor
+from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def feed(n: int, prefix: str = "W", patients: int = 4) -> list[bytes]:
+    """*n* ORU^R01 from virtual monitors (stable, sepsis, hypoxic, post-op), one reading per patient per 5 min."""
+    ward = virtual_ward(patients, start=START, seed=3)
+    out = []
+    for i in range(n):
+        p = ward[i % patients]
+        sample = p.sample(START + timedelta(minutes=5 * (i // patients)))
+        out.append(sample_to_oru(p, sample, f"{prefix}-{i:05d}").encode())
+    return out
+
+
+def store_messages(store: Store, payloads: list[bytes]) -> None:
+    """Store *payloads* as the listener does: raw message + mapped records, one group commit."""
+    items = []
+    for payload in payloads:
+        (message,) = hl7v2.parse_payload(payload)
+        raw = RawMessage(
+            source_system=message.source_system,
+            source_id=message.control_id,
+            payload=payload,
+            content_type=CONTENT_TYPE,
+            received=datetime.now(UTC),
+        )
+        items.append((hl7v2.map_message(message).records, raw))
+    store.write_batch(items)
+
+
+def summary(events: list[Event]) -> list[tuple[str, str, str, datetime, str | None]]:
+    return sorted((e.patient_id or "", e.kind, e.code, e.time, e.severity) for e in events)
+
+
+def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tmp_path: Path) -> None:
+    payloads = feed(120)
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)  # this consumer starts at the beginning of the log
+        store_messages(store, payloads[:70])
+        follower = LogFollower(store, batch=50)
+        runtime = TwinRuntime(store)
+        first = follow(follower, runtime, should_stop=lambda: True, group_window_s=0.0)
+        runtime.close()  # a clean stop snapshots every twin (as RuntimeProcess.stop does)
+        assert first.messages == 70
+        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+        store_messages(store, payloads[70:])
+        runtime = TwinRuntime(store)  # a restart: twins come back from their snapshots, the cursor from the store
+        second = follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
+        assert second.messages == 50  # only what arrived since, nothing twice
+        runtime.close()
+        via_log = store.events()
+    direct = TwinRuntime(None)
+    expected: list[Event] = []
+    for payload in payloads:
+        (message,) = hl7v2.parse_payload(payload)
+        expected += direct.process(hl7v2.map_message(message).records)
+    assert any(e.kind == "alert" for e in expected)
+    alerts = [e for e in expected if e.kind == "alert"]
+    assert summary([e for e in via_log if e.kind == "alert"]) == summary(alerts)  # the same alerts, none twice
+    # a twin restored from its snapshot restates its current NEWS2 once (a derived event, same score): the only
+    # difference a restart makes
+    extra = [e for e in summary(via_log) if e not in summary(expected)]
+    assert all(kind == "derived" and code == "news2" for _, kind, code, _, _ in extra)
+    assert len(via_log) - len(expected) == len(extra) <= 4
+
+
+def test_a_new_consumer_starts_at_the_end_of_the_log(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        store_messages(store, feed(8))
+        follower = LogFollower(store, name="late")
+        assert follower.position == last_raw_id(store) == load_cursor(store, "late")
+        assert follower.poll() == []
+        store_messages(store, feed(4, prefix="NEW"))
+        assert len(follower.poll()) == 4
+
+
+def test_a_stored_message_that_no_longer_maps_is_logged_and_passed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store.write(
+            [],
+            RawMessage(source_system="X@Y", source_id="odd", payload=b"not hl7 at all", content_type=CONTENT_TYPE,
+                       received=datetime.now(UTC)),
+        )  # fmt: skip
+        store_messages(store, feed(4))
+        follower = LogFollower(store)
+        with caplog.at_level(logging.WARNING, logger="medtwin.twin.worker"):
+            stats = follow(follower, TwinRuntime(store), should_stop=lambda: True, group_window_s=0.0)
+        assert stats.messages == 5
+        assert stats.unmappable == 1
+        assert "no longer maps" in caplog.text
+        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+
+
+def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'live.db'}"
+    Store(db).close()
+    payloads = feed(60)
+
+    async def main() -> None:
+        with Store(db) as store:
+            async with MllpServer(store, MllpConfig(port=0)) as server:
+                assert server.port is not None
+                async with await MllpClient.connect("127.0.0.1", server.port, timeout_s=20) as client:
+                    for payload in payloads:
+                        assert "MSA|AA|" in await client.send(payload)
+
+    worker = RuntimeProcess(db)
+    start = worker.start()
+    assert start == 0
+    try:
+        asyncio.run(main())
+    finally:
+        stats = worker.stop()
+    assert "error" not in stats, stats
+    assert stats["messages"] == 60
+    assert stats["alerts"] > 0
+    assert stats["alert_p50_ms"] > 0
+    with Store(db) as store:
+        alerts = store.events(kind="alert")
+        assert len(alerts) == stats["alerts"]
+        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+        assert store.latest_snapshot(f"patient:{alerts[0].patient_id}") is not None  # twins snapshotted at stop
