@@ -1,7 +1,8 @@
 """Soak test: the medtwin MLLP listener (durable SQLite + twin runtime) at a fixed rate for N minutes.
 
-Checks that no acknowledged message is lost (every ACKed control id is in the store, each once) and reports the
-listener's RSS at the start and the end (memory should stay flat), plus throughput and ACK latency per minute.
+Checks that no acknowledged message is lost (every sent control id is in the store, each once) and reports the RSS
+of the listener and its twin runtime process at the start and the end (memory should stay flat), plus throughput
+and ACK latency per minute.
 Compares against python-hl7's stock server (parse + ACK, no storage) for the first minute, as the peer.
 
     .venv/bin/python bench/soak.py                 # 10 minutes at 1,000 msg/s (the issue's reliability run)
@@ -12,6 +13,7 @@ Compares against python-hl7's stock server (parse + ACK, no storage) for the fir
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,7 +31,13 @@ import stream
 
 
 def rss_mb(pid: int) -> float:
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
+    """RSS of the listener process plus its children (the twin runtime's worker process)."""
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_info().rss
+    return float(total) / 2**20
 
 
 _STAMP = re.compile(rb"\|(\d{14})\.0000\+0000")
@@ -103,7 +111,7 @@ def main() -> None:
     seconds = 30.0 if args.quick else args.minutes * 60
     print(f"soak {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {seconds:.0f} s at {args.rate:g} msg/s, "
           f"{os.cpu_count()} CPUs (shared machine: numbers are noisy)")  # fmt: skip
-    from medtwin.store import Store
+    from medtwin.store import Store, load_cursor
 
     tmp = Path(tempfile.mkdtemp(prefix="medtwin-soak-"))
     db = f"sqlite:///{tmp / 'soak.db'}"
@@ -111,6 +119,7 @@ def main() -> None:
     prefix = f"SK{int(time.time())}"
     with stream.server_process("medtwin", db) as info:
         run = stream._run(soak(info["port"], info["pid"], args.rate, seconds, prefix))
+    twin = info.get("stats", {})
     with stream.server_process("baseline") as info:
         peer = stream._run(stream.open_loop(info["port"], stream.make_messages(int(args.rate * min(60, seconds)), "B"),
                                             args.rate, connections=8))  # fmt: skip
@@ -119,6 +128,7 @@ def main() -> None:
         accepted = store.raw_log(status="accepted", limit=10_000_000)
         ids = [e.source_id for e in accepted]
         counts = store.counts()
+        cursor = load_cursor(store, "twin-runtime")
     finally:
         store.close()
     sent_ids = run.pop("sent_ids")
@@ -134,7 +144,14 @@ def main() -> None:
     assert isinstance(rss, list)
     print(f"sent {sent}, acknowledged {acked}, stored {len(stored)} distinct messages ({twice} stored twice), "
           f"sent but not stored {len(missing)}, lost {lost}; observations {counts['observations']}")  # fmt: skip
-    print(f"server RSS start {rss[0]['rss_mb']:.0f} MB, end {rss[-1]['rss_mb']:.0f} MB")
+    first = rss[min(1, len(rss) - 1)]["rss_mb"]
+    print(f"server RSS (listener + twin runtime process) start {rss[0]['rss_mb']:.0f} MB, "
+          f"after the first chunk {first:.0f} MB, end {rss[-1]['rss_mb']:.0f} MB")  # fmt: skip
+    behind = max(e.raw_id for e in accepted) - (cursor or 0) if accepted else 0
+    nan = float("nan")
+    print(f"twin runtime: read {twin.get('runtime_messages')} messages, {twin.get('alerts')} alerts, receipt -> alert "
+          f"p50 {twin.get('alert_p50_ms') or nan:.0f} ms, p99 {twin.get('alert_p99_ms') or nan:.0f} ms; "
+          f"cursor {'at the end of the log' if behind == 0 else f'{behind} raw ids behind'}")  # fmt: skip
     ps = peer.summary()
     print(f"peer python-hl7 (no storage), first minute: {ps['throughput_per_s']:.0f} msg/s, "
           f"p99 {ps['p99_ms']:.1f} ms")  # fmt: skip

@@ -94,6 +94,8 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
         if memory
         else len(store.raw_log(status="accepted", limit=10_000_000)),
         "group_commits": getattr(writer, "commits", None),
+        "commit_p50_ms": _pct(sorted(writer.commit_seconds), 50) * 1e3 if writer is not None else None,
+        "commit_p99_ms": _pct(sorted(writer.commit_seconds), 99) * 1e3 if writer is not None else None,
         "writer_busy_s": getattr(writer, "busy_s", None),
         "rss_mb": _rss_mb(),
     }
@@ -419,11 +421,15 @@ def main() -> None:
         print(f"{label + ' ACK p99 ms':34}{m['p99_ms']:>30.1f}{b['p99_ms']:>26.1f}")
         print(f"{label + ' acked/sent':34}{m['acked']:>24}/{m['sent']:<5}{b['acked']:>20}/{b['sent']:<5}")
     s = results["medtwin"]["server"]
+    nan = float("nan")
     print(f"medtwin receipt->alert event: p50 {s.get('alert_p50_ms', float('nan')):.1f} ms, "
           f"p99 {s.get('alert_p99_ms', float('nan')):.1f} ms over {s.get('alerts', 0)} alerts; "
-          f"stored {s.get('stored_accepted')} messages, {s.get('group_commits')} group commits")  # fmt: skip
+          f"stored {s.get('stored_accepted')} messages, {s.get('group_commits')} group commits "
+          f"(commit p50 {s.get('commit_p50_ms') or nan:.1f} ms, "
+          f"p99 {s.get('commit_p99_ms') or nan:.1f} ms)")  # fmt: skip
     print(f"medtwin server threads busy (both phases): group-commit writer {s.get('writer_busy_s', 0):.1f} s, "
-          f"twin runtime {s.get('runtime_busy_s', 0):.1f} s; RSS at exit {s.get('rss_mb', 0):.0f} MB")  # fmt: skip
+          f"twin runtime {s.get('runtime_busy_s', 0):.1f} s ({s.get('runtime_messages', '-')} messages read by "
+          f"its process); listener RSS at exit {s.get('rss_mb', 0):.0f} MB")  # fmt: skip
     if "medtwin-thread" in results:
         mt = results["medtwin-thread"]
         st = mt["server"]

@@ -58,13 +58,13 @@ def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tm
         store_messages(store, payloads[:70])
         follower = LogFollower(store, batch=50)
         runtime = TwinRuntime(store)
-        first = follow(follower, runtime, should_stop=lambda: True, group_window_s=0.0)
+        first = follow(follower, runtime, should_stop=lambda: True, group_window_s=0.0, cursor_every_s=0.0)
         runtime.close()  # a clean stop snapshots every twin (as RuntimeProcess.stop does)
         assert first.messages == 70
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
         store_messages(store, payloads[70:])
         runtime = TwinRuntime(store)  # a restart: twins come back from their snapshots, the cursor from the store
-        second = follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
+        second = follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0, cursor_every_s=0.0)
         assert second.messages == 50  # only what arrived since, nothing twice
         runtime.close()
         via_log = store.events()
@@ -106,7 +106,9 @@ def test_a_stored_message_that_no_longer_maps_is_logged_and_passed(
         store_messages(store, feed(4))
         follower = LogFollower(store)
         with caplog.at_level(logging.WARNING, logger="medtwin.twin.worker"):
-            stats = follow(follower, TwinRuntime(store), should_stop=lambda: True, group_window_s=0.0)
+            stats = follow(
+                follower, TwinRuntime(store), should_stop=lambda: True, group_window_s=0.0, cursor_every_s=0.0
+            )
         assert stats.messages == 5
         assert stats.unmappable == 1
         assert "no longer maps" in caplog.text

@@ -258,15 +258,17 @@ class GroupCommitWriter:
     is one transaction; otherwise each job is its own transaction.
     """
 
-    def __init__(self, sink: IngestSink, *, max_batch: int = 512) -> None:
+    def __init__(self, sink: IngestSink, *, max_batch: int = 512, gather_s: float = 0.0) -> None:
         self.sink = sink
         self.max_batch = max_batch
+        self.gather_s = gather_s
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="mllp-group-commit", daemon=True)
         self._thread.start()
         self.commits = 0
         self.jobs = 0
         self.busy_s = 0.0
+        self.commit_seconds: deque[float] = deque(maxlen=100_000)  # duration of each recent group commit
 
     def submit(self, job: _Job) -> Future[Any]:
         """Queue *job*; the future resolves to a WriteResult (write) or None once it is durable."""
@@ -303,9 +305,13 @@ class GroupCommitWriter:
                 return
             batch = [item]
             stop = False
+            # wait up to gather_s after the first job for more: a commit costs about as much as a few messages
+            # (every dirty page goes to the WAL and is synced), so at modest rates a short wait saves CPU
+            until = time.monotonic() + self.gather_s
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    left = until - time.monotonic()
+                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -314,7 +320,9 @@ class GroupCommitWriter:
                 batch.append(nxt)
             started = time.perf_counter()
             self._commit(batch)
-            self.busy_s += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.busy_s += took
+            self.commit_seconds.append(took)
             if stop:
                 return
 
@@ -384,6 +392,9 @@ class MllpConfig:
 
     ``max_in_flight`` bounds the messages of one connection that are read but not yet acknowledged: when it is
     reached the server stops reading that socket (TCP then slows the sender) until ACKs have gone out.
+    ``commit_gather_s``: after the first message of a group commit arrives, the writer waits up to this long for
+    more (a commit costs several messages' worth of CPU). Default 0: commit at once; 4 ms measured no better ACK
+    p99 at 1,000 msg/s on SQLite here (p50 4 -> 9 ms), where the disk's sync time dominates the tail.
     """
 
     host: str = "127.0.0.1"
@@ -393,6 +404,7 @@ class MllpConfig:
     idle_timeout_s: float = 300.0
     max_in_flight: int = 64
     max_batch: int = 512
+    commit_gather_s: float = 0.0
     ssl_context: ssl.SSLContext | None = None
     assume_tz: tzinfo = UTC
     application: str = "MEDTWIN"
@@ -589,7 +601,9 @@ class MllpServer:
     async def start(self) -> int:
         """Bind and start accepting; returns the bound port (useful with ``port=0``)."""
         self._loop = asyncio.get_running_loop()
-        self._writer = GroupCommitWriter(self.sink, max_batch=self.config.max_batch)
+        self._writer = GroupCommitWriter(
+            self.sink, max_batch=self.config.max_batch, gather_s=self.config.commit_gather_s
+        )
         self._server = await self._loop.create_server(
             lambda: _Connection(self),
             self.config.host,

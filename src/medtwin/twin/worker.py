@@ -43,8 +43,10 @@ DEFAULT_CONSUMER = "twin-runtime"
 class LogFollower:
     """Reads the accepted HL7 v2 messages after a saved cursor and maps them to their observations.
 
-    A consumer that has never saved a cursor starts at the end of the log (it does not replay history) and saves
-    that position at once, so a listener started after it cannot store a message it would skip.
+    ``position`` is the saved cursor; ``read`` is the position after the messages :meth:`poll` has returned so
+    far, saved by :meth:`commit`. A consumer that has never saved a cursor starts at the end of the log (it does
+    not replay history) and saves that position at once, so a listener started after it cannot store a message it
+    would skip.
     """
 
     def __init__(
@@ -59,7 +61,7 @@ class LogFollower:
             saved = last_raw_id(store)
             save_cursor(store, name, saved)
         self.position = saved
-        self._pending = saved
+        self.read = saved
         self.messages = 0
         self.unmappable = 0
         self.last_poll_full = False
@@ -67,10 +69,11 @@ class LogFollower:
     def poll(self) -> list[tuple[Sequence[Record], float]]:
         """The next messages' observations with their receipt times on the ``time.monotonic()`` clock.
 
-        Call :meth:`commit` once they are processed. A stored message that no longer maps (a changed mapping, a
-        different time zone setting) is logged with its raw id and skipped, never silently.
+        :meth:`commit` saves the position after them once they are processed. A stored message that no longer
+        maps (a changed mapping, a different time zone setting) is logged with its raw id and skipped, never
+        silently.
         """
-        found = accepted_after(self.store, self.position, content_type=CONTENT_TYPE, limit=self.batch)
+        found = accepted_after(self.store, self.read, content_type=CONTENT_TYPE, limit=self.batch)
         self.last_poll_full = len(found) == self.batch
         if not found:
             return []
@@ -90,14 +93,14 @@ class LogFollower:
                 continue
             out.append((records, now_mono - (now_wall - message.received).total_seconds()))
         self.messages += len(found)
-        self._pending = found[-1].raw_id
+        self.read = found[-1].raw_id
         return out
 
     def commit(self) -> None:
-        """Save the position after the messages returned by the last :meth:`poll`."""
-        if self._pending != self.position:
-            save_cursor(self.store, self.name, self._pending)
-            self.position = self._pending
+        """Save the position after every message :meth:`poll` has returned (call once they are processed)."""
+        if self.read != self.position:
+            save_cursor(self.store, self.name, self.read)
+            self.position = self.read
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,27 +126,37 @@ def follow(
     runtime: TwinRuntime,
     *,
     should_stop: Callable[[], bool],
-    group_window_s: float = 0.05,
+    group_window_s: float = 0.2,
+    cursor_every_s: float = 1.0,
 ) -> WorkerStats:
     """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
 
-    The worker reads whatever arrived during the last *group_window_s* as one group: one store transaction for the
-    group's events and one for its cursor, instead of several per message (the listener shares the database's
-    single writer, so fewer, larger runtime transactions keep its commit latency low). A backlog is read at once.
+    The worker reads whatever arrived during the last *group_window_s* as one group (one store transaction for
+    the group's events, one for its resolved alerts) and saves its cursor at most every *cursor_every_s* and when
+    it stops. The listener shares SQLite's single writer lock: every runtime transaction is one more chance for a
+    listener commit to wait on SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries), so a few
+    larger runtime transactions keep the listener's ACK latency low. The price: alerts come up to one window
+    later, and after a crash up to *cursor_every_s* of messages are processed again (at least once).
+    A backlog is read without waiting.
     """
     busy = 0.0
+    saved_at = time.monotonic()
     while True:
+        before = follower.read
         items = follower.poll()
-        if items or follower._pending != follower.position:
+        if follower.read != before:
             started = time.perf_counter()
             runtime.process_many(items)
-            follower.commit()
+            if time.monotonic() - saved_at >= cursor_every_s:
+                follower.commit()
+                saved_at = time.monotonic()
             busy += time.perf_counter() - started
             if follower.last_poll_full:
                 continue
         elif should_stop():
             break
         time.sleep(group_window_s)
+    follower.commit()
     latencies = sorted(runtime.alert_latencies_s)
     return WorkerStats(
         messages=follower.messages,
