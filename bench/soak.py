@@ -32,12 +32,17 @@ import stream
 
 def rss_mb(pid: int) -> float:
     """RSS of the listener process plus its children (the twin runtime's worker process)."""
+    return sum(rss_parts(pid))
+
+
+def rss_parts(pid: int) -> list[float]:
+    """RSS in MB of the listener process, then of each of its children (the twin runtime's worker process)."""
     proc = psutil.Process(pid)
-    total = proc.memory_info().rss
+    parts = [float(proc.memory_info().rss) / 2**20]
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
-    return float(total) / 2**20
+            parts.append(float(child.memory_info().rss) / 2**20)
+    return parts
 
 
 _STAMP = re.compile(rb"\|(\d{14})\.0000\+0000")
@@ -94,9 +99,11 @@ async def soak(port: int, pid: int, rate: float, seconds: float, prefix: str) ->
         results.append(s)
         sent_total += r.sent
         acked_total += r.acked
-        samples.append({"t_s": time.perf_counter() - t0, "rss_mb": rss_mb(pid)})
+        parts = rss_parts(pid)
+        samples.append({"t_s": time.perf_counter() - t0, "rss_mb": sum(parts), "parts_mb": parts})
         print(f"  chunk {i + 1}: {s['throughput_per_s']:.0f} msg/s, ACK p50 {s['p50_ms']:.1f} ms, "
-              f"p99 {s['p99_ms']:.1f} ms, acked {r.acked}/{r.sent}, server RSS {samples[-1]['rss_mb']:.0f} MB",
+              f"p99 {s['p99_ms']:.1f} ms, acked {r.acked}/{r.sent}, server RSS {samples[-1]['rss_mb']:.0f} MB "
+              f"({' + '.join(f'{x:.0f}' for x in parts)})",
               flush=True)  # fmt: skip
         i += 1
     return {"chunks": results, "rss": samples, "sent": sent_total, "acked": acked_total, "sent_ids": sent_ids}

@@ -144,3 +144,24 @@ def test_server_runs_on_uvloop_with_the_same_behaviour() -> None:
     loop_name, acks = run(main())
     assert loop_name.startswith("uvloop")
     assert acks == ["AA", "AA", "AA", "AA", "AR"]
+
+
+def test_reuse_port_lets_two_listeners_share_one_port() -> None:
+    async def main() -> tuple[int, int, list[str]]:
+        first = MllpServer(MemorySink(), MllpConfig(port=0, reuse_port=True))
+        port = await first.start()
+        second = MllpServer(MemorySink(), MllpConfig(port=port, reuse_port=True))  # would fail: address in use
+        try:
+            assert await second.start() == port
+            acks = []
+            for i in range(6):  # the kernel spreads connections over both listeners; each answers
+                async with await MllpClient.connect("127.0.0.1", port, timeout_s=20) as c:
+                    acks.append(msa(await c.send(oru(f"RP-{i}")))[1])
+        finally:
+            await second.close()
+            await first.close()
+        return first.stats.accepted, second.stats.accepted, acks
+
+    a, b, acks = asyncio.run(main())
+    assert acks == ["AA"] * 6
+    assert a + b == 6

@@ -64,3 +64,14 @@ def test_cursor_survives_reopening(tmp_path: object) -> None:
         save_cursor(s, "twin-runtime", 42)
     with Store(url) as s:
         assert load_cursor(s, "twin-runtime") == 42
+
+
+def test_sqlite_page_cache_is_set_per_store(tmp_path: object) -> None:
+    from sqlalchemy import text
+
+    with Store(f"sqlite:///{tmp_path}/c.db", cache_mib=8) as small, small.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -8 * 1024
+    with Store(f"sqlite:///{tmp_path}/c.db") as default, default.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -64 * 1024
+    with pytest.raises(ValidationError, match="cache_mib"):
+        Store(f"sqlite:///{tmp_path}/c.db", cache_mib=0)

@@ -134,7 +134,7 @@ class WriteResult:
         )
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int = 64) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -142,7 +142,7 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
-        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
         # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
         # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
@@ -169,7 +169,7 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, cache_mib: int = 64) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
         engine = create_engine(
@@ -177,7 +177,7 @@ def _make_engine(url: str) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
         )
-        event.listen(engine, "connect", _set_sqlite_pragmas)
+        event.listen(engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, cache_mib))
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -191,12 +191,17 @@ class Store:
         A SQLAlchemy database URL; None resolves it as :func:`medtwin.store.config.resolve_database_url` does.
     migrate
         Run the Alembic migrations to head on open (the default).
+    cache_mib
+        SQLite page cache per connection, in MiB (64: the listener's indexes stay cached; a consumer that streams
+        through the raw log once, like the twin runtime's worker, needs far less).
     """
 
-    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, migrate: bool = True, cache_mib: int = 64) -> None:
+        if cache_mib < 1:
+            raise ValidationError(f"Store: cache_mib must be at least 1, got {cache_mib}")
         self.url = resolve_database_url(url)
         try:
-            self._engine = _make_engine(self.url)
+            self._engine = _make_engine(self.url, cache_mib)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
         self._dialect = self._engine.dialect.name

@@ -38,6 +38,9 @@ __all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "
 log = logging.getLogger(__name__)
 
 DEFAULT_CONSUMER = "twin-runtime"
+# The worker reads each raw page once and writes a few event pages: a small SQLite cache is enough, and keeps its
+# memory flat (with the store's default 64 MiB its RSS grew about 4 MB a minute through a 10-minute soak).
+WORKER_CACHE_MIB = 8
 
 
 class LogFollower:
@@ -180,7 +183,7 @@ def _child(
     stop: Any,
 ) -> None:
     """The worker process: follow the log until told to stop (or until the parent dies), then report."""
-    store = Store(db)
+    store = Store(db, cache_mib=WORKER_CACHE_MIB)
     try:
         runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
         if on_event is not None:
