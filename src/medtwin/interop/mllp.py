@@ -698,6 +698,28 @@ class MllpServer:
         )
         self._submit(_Job("reject", raw, reason=reason), then)
 
+    def _refuse(
+        self,
+        payload: bytes,
+        source: Hl7Message | None,
+        header: Hl7Message | None,
+        nak: bytes | None,
+        reason: str,
+        received: datetime,
+        conn: _Connection,
+        slot: _Slot,
+    ) -> None:
+        """Dead-letter *payload* (its source from *source*, else the peer); once that is durable answer *nak*, or a
+        'storage unavailable' AE built from *header* if the dead letter could not be stored."""
+        self._dead_letter(
+            payload,
+            source,
+            conn.peer,
+            reason,
+            received,
+            lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
+        )
+
     def _receive(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
         """Parse, map and queue one frame for the group commit; its ACK is settled on *slot* after the commit."""
         try:
@@ -714,14 +736,7 @@ class MllpServer:
         if isinstance(item, FrameError):
             header = _salvage_header(item.payload)
             nak = self._ack(header, False, True, item.reason, code="100" if not item.oversize else "104")
-            self._dead_letter(
-                item.payload,
-                None,
-                conn.peer,
-                f"MLLP framing: {item.reason}",
-                received,
-                lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
-            )
+            self._refuse(item.payload, None, header, nak, f"MLLP framing: {item.reason}", received, conn, slot)
             return
         message: Hl7Message | None = None
         try:
@@ -737,14 +752,7 @@ class MllpServer:
             header = message or _salvage_header(item)
             rejected = not isinstance(error, Hl7MappingError) and error.error_code != "207"
             nak = self._ack(header, False, rejected, str(error), code=error.error_code, location=error.location)
-            self._dead_letter(
-                item,
-                header,
-                conn.peer,
-                f"HL7 {error.error_code}: {error}",
-                received,
-                lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
-            )
+            self._refuse(item, header, header, nak, f"HL7 {error.error_code}: {error}", received, conn, slot)
             return
         records: list[Record] = [
             r
