@@ -144,3 +144,40 @@ def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: 
         assert len(alerts) == stats["alerts"]
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
         assert store.latest_snapshot(f"patient:{alerts[0].patient_id}") is not None  # twins snapshotted at stop
+
+
+class FlakyRuntime(TwinRuntime):
+    """Fails its first group, as a store error or a bug would."""
+
+    failures_left = 1
+
+    def process_many(self, items):  # type: ignore[no-untyped-def]
+        if FlakyRuntime.failures_left:
+            FlakyRuntime.failures_left -= 1
+            raise OSError("disk I/O error")
+        return super().process_many(items)
+
+
+def test_a_failing_group_restarts_the_twins_from_the_cursor_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medtwin.twin.worker import recover_and_follow
+
+    payloads = feed(40)
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store_messages(store, payloads)
+        ready: list[int] = []
+        with caplog.at_level(logging.ERROR, logger="medtwin.twin.worker"):
+            report = recover_and_follow(
+                store, lambda: FlakyRuntime(store), should_stop=lambda: True, on_ready=ready.append, retry_pause_s=0
+            )
+        assert ready == [0]
+        assert report["restarts"] == 1
+        assert "restarting from the saved cursor" in caplog.text
+        assert report["messages"] == 40
+        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+        stored_alerts = store.events(kind="alert")
+    direct = TwinRuntime(None)
+    expected = [e for p in payloads for e in direct.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)]
+    assert summary(stored_alerts) == summary([e for e in expected if e.kind == "alert"])

@@ -33,7 +33,7 @@ from medtwin.records import Event, Observation, Record
 from medtwin.store import Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin.runtime import TwinRuntime
 
-__all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "follow"]
+__all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "follow", "recover_and_follow"]
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,45 @@ def follow(
     )
 
 
+def recover_and_follow(
+    store: Store,
+    make_runtime: Callable[[], TwinRuntime],
+    *,
+    should_stop: Callable[[], bool],
+    name: str = DEFAULT_CONSUMER,
+    assume_tz: tzinfo = UTC,
+    on_ready: Callable[[int], None] | None = None,
+    retry_pause_s: float = 1.0,
+) -> dict[str, Any]:
+    """:func:`follow` that survives failures: after an error (a store that cannot be written, a bug) it logs it and
+    starts again from the saved cursor with fresh twins restored from their snapshots, as a restarted process
+    would (at least once). Returns :class:`WorkerStats` as a dict plus ``restarts``.
+
+    Not handled yet: a message that fails every time is retried every *retry_pause_s*, logged each time, and
+    holds the twins back until it is fixed or stepped over by hand (``medtwin.store.save_cursor``).
+    """
+    restarts = stop_retries = 0
+    while True:
+        runtime = make_runtime()
+        follower = LogFollower(store, name=name, assume_tz=assume_tz)
+        if on_ready is not None:
+            on_ready(follower.position)
+            on_ready = None
+        try:
+            stats = follow(follower, runtime, should_stop=should_stop)
+        except Exception:
+            restarts += 1
+            log.exception("twin runtime failed after raw id %d; restarting from the saved cursor", follower.position)
+            if should_stop():  # shutting down: a few more tries to finish what is stored, then give up
+                stop_retries += 1
+                if stop_retries > 3:
+                    return {"error": "stopped while failing", "restarts": restarts}
+            time.sleep(retry_pause_s)
+            continue
+        runtime.close()  # snapshot every twin
+        return {**asdict(stats), "restarts": restarts}
+
+
 def _child(
     db: str | None,
     freshness_s: float,
@@ -185,19 +224,26 @@ def _child(
     """The worker process: follow the log until told to stop (or until the parent dies), then report."""
     store = Store(db, cache_mib=WORKER_CACHE_MIB)
     try:
-        runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
-        if on_event is not None:
-            runtime.subscribe(on_event)
-        follower = LogFollower(store, name=name, assume_tz=assume_tz)
-        conn.send({"ready": follower.position})
         parent = multiprocessing.parent_process()
 
         def should_stop() -> bool:
             return bool(stop.is_set()) or (parent is not None and not parent.is_alive())
 
-        stats = follow(follower, runtime, should_stop=should_stop)
-        runtime.close()  # snapshot every twin
-        conn.send(asdict(stats))
+        def make_runtime() -> TwinRuntime:
+            runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
+            if on_event is not None:
+                runtime.subscribe(on_event)
+            return runtime
+
+        report = recover_and_follow(
+            store,
+            make_runtime,
+            should_stop=should_stop,
+            name=name,
+            assume_tz=assume_tz,
+            on_ready=lambda position: conn.send({"ready": position}),
+        )
+        conn.send(report)
     except Exception as exc:  # report, then fail: the parent shows why
         log.exception("twin runtime worker failed")
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
