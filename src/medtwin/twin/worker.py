@@ -131,6 +131,7 @@ def follow(
     should_stop: Callable[[], bool],
     group_window_s: float = 0.2,
     cursor_every_s: float = 1.0,
+    max_messages: int | None = None,
 ) -> WorkerStats:
     """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
 
@@ -140,7 +141,7 @@ def follow(
     listener commit to wait on SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries), so a few
     larger runtime transactions keep the listener's ACK latency low. The price: alerts come up to one window
     later, and after a crash up to *cursor_every_s* of messages are processed again (at least once).
-    A backlog is read without waiting.
+    A backlog is read without waiting. With *max_messages* it returns once it has read that many.
     """
     busy = 0.0
     saved_at = time.monotonic()
@@ -154,6 +155,8 @@ def follow(
                 follower.commit()
                 saved_at = time.monotonic()
             busy += time.perf_counter() - started
+            if max_messages is not None and follower.messages >= max_messages:
+                break
             if follower.last_poll_full:
                 continue
         elif should_stop():
@@ -182,34 +185,65 @@ def recover_and_follow(
     assume_tz: tzinfo = UTC,
     on_ready: Callable[[int], None] | None = None,
     retry_pause_s: float = 1.0,
+    attempts: int = 3,
+    isolate_messages: int = 100,
 ) -> dict[str, Any]:
-    """:func:`follow` that survives failures: after an error (a store that cannot be written, a bug) it logs it and
-    starts again from the saved cursor with fresh twins restored from their snapshots, as a restarted process
-    would (at least once). Returns :class:`WorkerStats` as a dict plus ``restarts``.
+    """:func:`follow` that survives failures; returns :class:`WorkerStats` as a dict (of the last attempt) plus
+    ``restarts``, ``skipped`` and ``messages_read`` (every read, re-reads after a restart included).
 
-    Not handled yet: a message that fails every time is retried every *retry_pause_s*, logged each time, and
-    holds the twins back until it is fixed or stepped over by hand (``medtwin.store.save_cursor``).
+    After an error (a store that cannot be written, a bug) it logs it and starts again from the saved cursor with
+    fresh twins restored from their snapshots, as a restarted process would (at least once), reading the next
+    *isolate_messages* one at a time with the cursor saved after each. A message that then fails *attempts* times
+    on its own is logged with its raw id and stepped over, so one bad message cannot stop every patient's twin.
+    Stepping over is a cursor write: while the store cannot be written (disk full, database down) nothing is
+    skipped and the worker keeps retrying every *retry_pause_s*.
     """
-    restarts = stop_retries = 0
+    restarts = skipped = failures = stop_retries = read = 0
+    failed_at: int | None = None
+    isolating = False
     while True:
         runtime = make_runtime()
-        follower = LogFollower(store, name=name, assume_tz=assume_tz)
+        follower = LogFollower(store, name=name, assume_tz=assume_tz, batch=1 if isolating else 500)
         if on_ready is not None:
             on_ready(follower.position)
             on_ready = None
         try:
+            if isolating:
+                follow(follower, runtime, should_stop=lambda: True, group_window_s=0.0, cursor_every_s=0.0,
+                       max_messages=isolate_messages)  # fmt: skip
+                runtime.close()
+                isolating = False
+                stop_retries = 0  # progress
+                continue
             stats = follow(follower, runtime, should_stop=should_stop)
         except Exception:
             restarts += 1
-            log.exception("twin runtime failed after raw id %d; restarting from the saved cursor", follower.position)
-            if should_stop():  # shutting down: a few more tries to finish what is stored, then give up
+            position = follower.position
+            failures = failures + 1 if isolating and position == failed_at else 1
+            failed_at = position
+            log.exception("twin runtime failed after raw id %d; restarting from the saved cursor", position)
+            if isolating and failures >= attempts:
+                try:
+                    bad = accepted_after(store, position, content_type=CONTENT_TYPE, limit=1)
+                    if bad:
+                        save_cursor(store, name, bad[0].raw_id)
+                        skipped += 1
+                        failures = stop_retries = 0  # progress
+                        log.error("twin runtime: raw message %d failed %d times on its own; stepped over",
+                                  bad[0].raw_id, attempts)  # fmt: skip
+                except Exception:
+                    log.exception("twin runtime: cannot step over the message after raw id %d; retrying", position)
+            isolating = True
+            if should_stop():  # shutting down: finish what is stored unless failures stop making progress
                 stop_retries += 1
-                if stop_retries > 3:
-                    return {"error": "stopped while failing", "restarts": restarts}
+                if stop_retries > attempts + 1:
+                    return {"error": "stopped while failing", "restarts": restarts, "skipped": skipped}
             time.sleep(retry_pause_s)
             continue
+        finally:
+            read += follower.messages
         runtime.close()  # snapshot every twin
-        return {**asdict(stats), "restarts": restarts}
+        return {**asdict(stats), "restarts": restarts, "skipped": skipped, "messages_read": read}
 
 
 def _child(
