@@ -267,10 +267,7 @@ def _pseudonymous_patient_parts(pid: Segment, assume_tz: tzinfo) -> _PatientPart
     key = (pid.fields, d.field, d.component + d.repetition + d.escape + d.subcomponent, assume_tz)
     parts = _PSEUDONYMOUS_PATIENTS.get(key)
     if parts is None:
-        parts = _patient_parts(pid, assume_tz, pseudonymous_patient_id)
-        if len(_PSEUDONYMOUS_PATIENTS) >= _PLAIN_CACHE_SIZE:
-            _PSEUDONYMOUS_PATIENTS.clear()
-        _PSEUDONYMOUS_PATIENTS[key] = parts
+        parts = _remember(_PSEUDONYMOUS_PATIENTS, key, _patient_parts(pid, assume_tz, pseudonymous_patient_id))
     return parts
 
 
@@ -340,6 +337,16 @@ _PLAIN_CACHE_SIZE = 4096
 _PLAIN_CONCEPTS: dict[tuple[str, str], tuple[Coding, tuple[Coding, ...], str | None, str | None] | None] = {}
 _PLAIN_QUANTITIES: dict[tuple[str, str, str, str, str], Quantity] = {}
 _PLAIN_CODED_VALUES: dict[tuple[str, str], Coding] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """Store *value* under *key* in one of the shortcut's caches (emptied first when full); return *value*."""
+    if len(cache) >= _PLAIN_CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 _ORU_EVENTS = frozenset({"R01", "R30", "R31", "R32", ""})
 _NO_FIELDS = ("",) * 20
 _NOT_CACHED: Any = object()
@@ -441,9 +448,7 @@ def _map_plain_oru(
                 concept = (coding, alt, target, "vital-signs" if vital else None)
             else:
                 concept = None
-            if len(_PLAIN_CONCEPTS) >= _PLAIN_CACHE_SIZE:
-                _PLAIN_CONCEPTS.clear()
-            _PLAIN_CONCEPTS[concept_key] = concept
+            _remember(_PLAIN_CONCEPTS, concept_key, concept)
         if concept is None:
             notes.append(f"OBX[{set_id}]: OBX-3 has no code; an unidentified result cannot be used, skipped")
             continue
@@ -454,19 +459,15 @@ def _map_plain_oru(
             quantity_key = (comp, f[2], f[3], raw_value, f[6])
             quantity = _PLAIN_QUANTITIES.get(quantity_key)
             if quantity is None:
-                quantity = quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
-                if len(_PLAIN_QUANTITIES) >= _PLAIN_CACHE_SIZE:
-                    _PLAIN_QUANTITIES.clear()
-                _PLAIN_QUANTITIES[quantity_key] = quantity
+                quantity = _remember(
+                    _PLAIN_QUANTITIES, quantity_key, quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
+                )
             value = quantity
         elif value_type in ("CWE", "CE", "CNE", "CF"):
             coded_key = (comp, raw_value)
             coded = _PLAIN_CODED_VALUES.get(coded_key)
             if coded is None:
-                coded = coding_of(seg.components(5), f"OBX[{set_id}]^5")
-                if len(_PLAIN_CODED_VALUES) >= _PLAIN_CACHE_SIZE:
-                    _PLAIN_CODED_VALUES.clear()
-                _PLAIN_CODED_VALUES[coded_key] = coded
+                coded = _remember(_PLAIN_CODED_VALUES, coded_key, coding_of(seg.components(5), f"OBX[{set_id}]^5"))
             value = coded
         else:
             value = raw_value.partition(comp)[0]
