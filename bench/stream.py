@@ -51,14 +51,20 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
     """medtwin's listener. Default: the twin runtime in its own process following the store's raw log (as
     ``medtwin listen`` runs it); *thread_runtime*: the runtime as a thread of the listener, fed in memory;
     *memory*: an in-memory sink with a thread runtime and no persistence (no disk at all)."""
+    from medtwin.cli.monitor import LISTENER_CHECKPOINT_S
     from medtwin.interop.mllp import MemorySink, MllpConfig, MllpServer
-    from medtwin.store import Store
+    from medtwin.store import SharedWriteLock, Store
     from medtwin.twin import RuntimeProcess, TwinRuntime
 
-    store: Any = MemorySink() if memory else Store(db_url)
     in_process = memory or thread_runtime
+    lock = None if in_process else SharedWriteLock()  # as `medtwin listen` shares it with its worker
+    store: Any = (
+        MemorySink()
+        if memory
+        else Store(db_url, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=lock and lock.yielding())
+    )
     runtime = TwinRuntime(None if memory else store) if in_process else None
-    worker = None if in_process else RuntimeProcess(db_url)
+    worker = None if in_process else RuntimeProcess(db_url, write_lock=lock)
     if runtime is not None:
         runtime.start()
     if worker is not None:
@@ -97,6 +103,11 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
         "commit_p50_ms": _pct(sorted(writer.commit_seconds), 50) * 1e3 if writer is not None else None,
         "commit_p99_ms": _pct(sorted(writer.commit_seconds), 99) * 1e3 if writer is not None else None,
         "writer_busy_s": getattr(writer, "busy_s", None),
+        "writer_cpu_s": getattr(writer, "cpu_s", None),
+        "listener_cpu_s": sum(os.times()[:2]),
+        "checkpoints": len(ck.seconds) if (ck := getattr(store, "checkpointer", None)) else None,
+        "checkpoint_p50_ms": _pct(sorted(ck.seconds), 50) * 1e3 if ck else None,
+        "checkpoint_max_ms": max(ck.seconds, default=0) * 1e3 if ck else None,
         "rss_mb": _rss_mb(),
     }
     if not memory:
@@ -430,6 +441,10 @@ def main() -> None:
     print(f"medtwin server threads busy (both phases): group-commit writer {s.get('writer_busy_s', 0):.1f} s, "
           f"twin runtime {s.get('runtime_busy_s', 0):.1f} s ({s.get('runtime_messages', '-')} messages read by "
           f"its process); listener RSS at exit {s.get('rss_mb', 0):.0f} MB")  # fmt: skip
+    print(f"medtwin listener CPU (both phases, process start included): {s.get('listener_cpu_s') or nan:.1f} s, of "
+          f"which the group-commit writer thread {s.get('writer_cpu_s') or nan:.1f} s; WAL checkpoints off the commit "
+          f"path: {s.get('checkpoints')} (p50 {s.get('checkpoint_p50_ms') or nan:.1f} ms, "
+          f"max {s.get('checkpoint_max_ms') or nan:.1f} ms)")  # fmt: skip
     if "medtwin-thread" in results:
         mt = results["medtwin-thread"]
         st = mt["server"]

@@ -12,6 +12,7 @@ def test_store_public_api() -> None:
         "EventNotFoundError",
         "RawLogEntry",
         "RawMessage",
+        "SharedWriteLock",
         "Store",
         "StoreConfigError",
         "WriteResult",

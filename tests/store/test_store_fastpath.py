@@ -295,17 +295,38 @@ def test_code_queries_return_the_rows_of_the_previous_predicate(store: Store) ->
             assert latest == ({coding.code: values[-1]} if values else {}), coding
 
 
-def test_sqlite_asks_a_loinc_coding_through_the_loinc_index(tmp_path: Path) -> None:
+def test_sqlite_asks_each_kind_of_code_through_its_index(tmp_path: Path) -> None:
+    """Dense vital signs through (patient, time, LOINC); a sparse LOINC code (creatinine) through the partial
+    per-code index, also for the "latest value" query; a non-LOINC code through the non-LOINC index."""
+    creatinine = Coding(system=codes.LOINC, code="2160-0")
     with Store(f"sqlite:///{tmp_path / 'q.db'}") as store, store.engine.connect() as conn:
         t = schema.observations
         for coding, index in (
-            (codes.HEART_RATE, "ix_observations_patient_loinc_time"),
+            (codes.HEART_RATE, "ix_observations_patient_time_loinc"),
+            (creatinine, "ix_observations_patient_loinc_time_sparse"),
             (Coding(system=LOCAL, code="K"), "ix_observations_patient_code_time_not_loinc"),
         ):
-            stmt = select(t.c.body).where(t.c.patient_id == "p1", Store._code_match(coding))
-            sql = str(stmt.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
-            plan = " ".join(r[-1] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
-            assert f"USING INDEX {index} " in plan, plan
+            for stmt in (
+                select(t.c.body).where(t.c.patient_id == "p1", Store._code_match(coding)),
+                select(t.c.body)
+                .where(t.c.patient_id == "p1", Store._code_match(coding), t.c.effective >= T0)
+                .order_by(t.c.effective.desc(), t.c.observation_id.desc())
+                .limit(1),
+            ):
+                sql = str(stmt.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+                plan = " ".join(r[-1] for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+                assert f"USING INDEX {index} " in plan, plan
+
+
+def test_dense_code_list_is_the_one_revision_0005_froze() -> None:
+    """The query side (schema.DENSE_LOINC) and the partial index on disk (revision 0005) must name the same codes,
+    or a query for a code between the two lists would miss rows or the index."""
+    from importlib import import_module
+
+    rev = import_module("medtwin.store.migrations.versions.0005_observation_time_index")
+    assert frozenset(rev.DENSE_LOINC) == schema.DENSE_LOINC
+    assert list(rev.DENSE_LOINC) == sorted(rev.DENSE_LOINC)  # the order the query states them in
+    assert {c.code for c in codes.VITAL_SIGNS} <= schema.DENSE_LOINC
 
 
 # -- revision 0003 ---------------------------------------------------------------------------------------------
@@ -330,7 +351,7 @@ def test_revision_0003_replaces_the_code_index_and_keeps_the_rows(store_url: str
     with Store(store_url) as store:
         indexes = _observation_indexes(store_url)
         assert "ix_observations_patient_code_time" not in indexes
-        assert {"ix_observations_patient_code_time_not_loinc", "ix_observations_patient_loinc_time"} <= indexes
+        assert {"ix_observations_patient_code_time_not_loinc", "ix_observations_patient_time_loinc"} <= indexes
         assert [o.observation_id for o in store.observations("p1", codes.HEART_RATE)] == ["hr-1", "hr-2"]
         assert [o.observation_id for o in store.observations("p1", local.code)] == ["k1"]
     engine = create_engine(store_url)
@@ -340,6 +361,33 @@ def test_revision_0003_replaces_the_code_index_and_keeps_the_rows(store_url: str
     indexes = _observation_indexes(store_url)
     assert "ix_observations_patient_code_time" in indexes
     assert "ix_observations_patient_code_time_not_loinc" not in indexes
+
+
+def test_revision_0005_replaces_the_patient_indexes_and_keeps_the_rows(store_url: str) -> None:
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0004")
+    creatinine = Observation(
+        patient_id="p1", code=Coding(system=codes.LOINC, code="2160-0"), effective=T0, observation_id="cr1"
+    )
+    with engine.begin() as conn:
+        conn.execute(schema.observations.insert(), [TABLES[3][3](o) for o in (_hr(1), _hr(2), creatinine)])
+    engine.dispose()
+    before = _observation_indexes(store_url)
+    assert {"ix_observations_patient_loinc_time", "ix_observations_patient_time"} <= before
+    with Store(store_url) as store:
+        indexes = _observation_indexes(store_url)
+        assert not {"ix_observations_patient_loinc_time", "ix_observations_patient_time"} & indexes
+        assert {"ix_observations_patient_time_loinc", "ix_observations_patient_loinc_time_sparse"} <= indexes
+        assert [o.observation_id for o in store.observations("p1", codes.HEART_RATE)] == ["hr-1", "hr-2"]
+        assert [o.observation_id for o in store.observations("p1", creatinine.code)] == ["cr1"]
+        assert [o.observation_id for o in store.observations("p1")] == ["cr1", "hr-1", "hr-2"]
+        assert store.latest_observations("p1", [creatinine.code])["2160-0"].observation_id == "cr1"
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    engine.dispose()
+    assert _observation_indexes(store_url) == before
 
 
 # -- update_event_statuses -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from medtwin.interop.mllp import CONTENT_TYPE, MllpClient, MllpConfig, MllpServe
 from medtwin.interop.virtual_feed import sample_to_oru
 from medtwin.monitoring.virtual import virtual_ward
 from medtwin.records import Event
-from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store import RawMessage, SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -115,20 +115,24 @@ def test_a_stored_message_that_no_longer_maps_is_logged_and_passed(
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
 
 
-def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_listen", [False, True], ids=["plain", "shared-lock+checkpointer"])
+def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: Path, as_listen: bool) -> None:
+    """*as_listen*: as `medtwin listen` runs them: a write lock shared with the (spawned) worker, and the listener's
+    WAL checkpoints in a background thread."""
     db = f"sqlite:///{tmp_path / 'live.db'}"
     Store(db).close()
     payloads = feed(60)
+    lock = SharedWriteLock() if as_listen else None
 
     async def main() -> None:
-        with Store(db) as store:
+        with Store(db, write_lock=lock and lock.yielding(), checkpoint_interval_s=0.05 if as_listen else None) as store:
             async with MllpServer(store, MllpConfig(port=0)) as server:
                 assert server.port is not None
                 async with await MllpClient.connect("127.0.0.1", server.port, timeout_s=20) as client:
                     for payload in payloads:
                         assert "MSA|AA|" in await client.send(payload)
 
-    worker = RuntimeProcess(db)
+    worker = RuntimeProcess(db, write_lock=lock)
     start = worker.start()
     assert start == 0
     try:

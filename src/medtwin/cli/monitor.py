@@ -25,6 +25,7 @@ from medtwin.records import Event
 __all__ = ["register"]
 
 T = TypeVar("T")
+LISTENER_CHECKPOINT_S = 0.5  # the listener checkpoints the WAL from a thread, off the commit path (store.checkpoint)
 _SEVERITY_STYLE = {"high": "bold red", "medium": "red", "low-medium": "yellow", "low": "green"}
 
 
@@ -35,10 +36,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return run(main)
 
 
-def _open_store(db: str | None) -> Any:
+def _open_store(db: str | None, *, checkpoint_interval_s: float | None = None, write_lock: Any = None) -> Any:
     from medtwin.store import Store
 
-    return Store(db)
+    return Store(db, checkpoint_interval_s=checkpoint_interval_s, write_lock=write_lock)
 
 
 def _print_event(console: Console, event: Event) -> None:
@@ -83,7 +84,14 @@ async def _listen(
 
     if runtime_mode not in ("process", "thread"):
         raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
-    store = _open_store(db)
+    from medtwin.store import SharedWriteLock
+
+    write_lock = SharedWriteLock() if runtime_mode == "process" else None  # listener and worker take turns fairly
+    store = _open_store(
+        db,
+        checkpoint_interval_s=LISTENER_CHECKPOINT_S,
+        write_lock=None if write_lock is None else write_lock.yielding(),
+    )
     loop = asyncio.get_running_loop()
     freshness = timedelta(minutes=freshness_minutes)
     runtime: TwinRuntime | None = None
@@ -94,7 +102,7 @@ async def _listen(
             runtime.subscribe(print_alert)
         runtime.start()
     else:  # the twins follow the store's raw log in their own process (medtwin.twin.worker)
-        worker = RuntimeProcess(db, freshness=freshness, on_event=None if quiet else print_alert)
+        worker = RuntimeProcess(db, freshness=freshness, on_event=None if quiet else print_alert, write_lock=write_lock)
         try:
             await loop.run_in_executor(None, worker.start)
         except BaseException:

@@ -265,6 +265,7 @@ class GroupCommitWriter:
         self.commits = 0
         self.jobs = 0
         self.busy_s = 0.0
+        self.cpu_s = 0.0  # CPU time of the writer thread (busy_s minus waits for the disk, locks and the GIL)
         self.commit_seconds: deque[float] = deque(maxlen=100_000)  # duration of each recent group commit
 
     def submit(self, job: _Job) -> Future[Any]:
@@ -321,8 +322,10 @@ class GroupCommitWriter:
                     break
                 batch.append(nxt)
             started = time.perf_counter()
+            cpu = time.thread_time()
             self._commit(batch)
             took = time.perf_counter() - started
+            self.cpu_s += time.thread_time() - cpu
             self.busy_s += took
             self.commit_seconds.append(took)
             if stop:

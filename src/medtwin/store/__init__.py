@@ -7,6 +7,7 @@ shipped in this package and applied on open. See docs/store.md.
 
 from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.cursors import AcceptedMessage, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store.locks import SharedWriteLock
 from medtwin.store.store import EventNotFoundError, RawLogEntry, RawMessage, Store, WriteResult
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "EventNotFoundError",
     "RawLogEntry",
     "RawMessage",
+    "SharedWriteLock",
     "Store",
     "StoreConfigError",
     "WriteResult",

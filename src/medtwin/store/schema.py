@@ -144,6 +144,17 @@ patient_identity = Table(
 NOT_LOINC_PRIMARY = text(f"code_system <> '{LOINC}'")
 """The condition of the partial observation code index; a query must state it (literally) to use that index."""
 
+DENSE_LOINC: frozenset[str] = frozenset(
+    ("2708-6", "3151-8", "59408-5", "80288-4", "8310-5", "8462-4", "8478-0", "8480-6", "8867-4", "88330-6",
+     "8889-8", "9279-1")
+)  # fmt: skip
+"""LOINC codes of the dense streams (bedside-monitor vital signs, the runtime's NEWS2 score): they are read through
+the (patient, time, LOINC) index; every other code also through the sparse (patient, LOINC, time) index whose
+condition is :data:`SPARSE_LOINC` (revision 0005 freezes the list)."""
+
+SPARSE_LOINC = text("loinc_code NOT IN (" + ", ".join(f"'{c}'" for c in sorted(DENSE_LOINC)) + ")")
+"""The condition of the sparse per-code index; a query for a code outside :data:`DENSE_LOINC` states it."""
+
 observations = Table(
     "observations",
     metadata,
@@ -170,8 +181,17 @@ observations = Table(
         sqlite_where=NOT_LOINC_PRIMARY,
         postgresql_where=NOT_LOINC_PRIMARY,
     ),
-    Index("ix_observations_patient_loinc_time", "patient_id", "loinc_code", "effective"),
-    Index("ix_observations_patient_time", "patient_id", "effective"),
+    # Revision 0005 (docs/store.md, "Observation indexes"): one leaf per patient per commit for a vital-sign stream,
+    # and a direct per-code lookup for the sparse codes only.
+    Index("ix_observations_patient_time_loinc", "patient_id", "effective", "loinc_code"),
+    Index(
+        "ix_observations_patient_loinc_time_sparse",
+        "patient_id",
+        "loinc_code",
+        "effective",
+        sqlite_where=SPARSE_LOINC,
+        postgresql_where=SPARSE_LOINC,
+    ),
 )
 
 encounters = Table(

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -53,7 +53,9 @@ from medtwin.records import (
     utc,
 )
 from medtwin.store import batch, codec, schema
+from medtwin.store.checkpoint import FALLBACK_AUTOCHECKPOINT, WalCheckpointer
 from medtwin.store.config import StoreConfigError, resolve_database_url
+from medtwin.store.locks import SharedWriteLock
 from medtwin.store.migrate import upgrade_to_head
 
 __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
@@ -134,7 +136,7 @@ class WriteResult:
         )
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int = 64) -> None:
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int = 64, autocheckpoint: int = 10000) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -145,7 +147,8 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int = 64
         cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
         # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
         # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
-        cursor.execute("PRAGMA wal_autocheckpoint=10000")
+        # (far more when a background thread checkpoints: medtwin.store.checkpoint)
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
     finally:
         cursor.close()
 
@@ -169,7 +172,7 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _make_engine(url: str, cache_mib: int = 64) -> Engine:
+def _make_engine(url: str, cache_mib: int = 64, autocheckpoint: int = 10000) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
         engine = create_engine(
@@ -177,7 +180,9 @@ def _make_engine(url: str, cache_mib: int = 64) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
         )
-        event.listen(engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, cache_mib))
+        event.listen(
+            engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, cache_mib, autocheckpoint)
+        )
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -194,21 +199,43 @@ class Store:
     cache_mib
         SQLite page cache per connection, in MiB (64: the listener's indexes stay cached; a consumer that streams
         through the raw log once, like the twin runtime's worker, needs far less).
+    checkpoint_interval_s
+        SQLite file databases: checkpoint the write-ahead log from a background thread every this many seconds
+        instead of inside the commit that fills it (:mod:`medtwin.store.checkpoint`; the MLLP listener uses 0.5 s
+        so that no acknowledgement waits for a checkpoint). None (default): SQLite's own checkpoints.
+    write_lock
+        SQLite: a :class:`~medtwin.store.locks.SharedWriteLock` taken around every write transaction, shared with
+        the other processes that write the file (the listener and its twin runtime worker), so that none of them
+        waits in SQLite's sleeping busy handler. None (default): a lock for this process's threads only.
     """
 
-    def __init__(self, url: str | None = None, *, migrate: bool = True, cache_mib: int = 64) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
+        cache_mib: int = 64,
+        checkpoint_interval_s: float | None = None,
+        write_lock: SharedWriteLock | None = None,
+    ) -> None:
         if cache_mib < 1:
             raise ValidationError(f"Store: cache_mib must be at least 1, got {cache_mib}")
+        if checkpoint_interval_s is not None and not checkpoint_interval_s > 0:
+            raise ValidationError(f"Store: checkpoint_interval_s must be positive, got {checkpoint_interval_s}")
         self.url = resolve_database_url(url)
+        self.checkpointer: WalCheckpointer | None = None
+        background = checkpoint_interval_s is not None
         try:
-            self._engine = _make_engine(self.url, cache_mib)
+            self._engine = _make_engine(self.url, cache_mib, FALLBACK_AUTOCHECKPOINT if background else 10000)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
         self._dialect = self._engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValidationError(f"Store: database {self._dialect!r} is not supported (use SQLite or PostgreSQL)")
         # SQLite has one writer; serialising writers in-process avoids busy-retry storms between threads.
-        self._write_lock = threading.Lock() if self._dialect == "sqlite" else None
+        self._write_lock: _Lock | None = None
+        if self._dialect == "sqlite":
+            self._write_lock = write_lock if write_lock is not None else threading.Lock()
         if migrate:
             try:
                 with self._engine.begin() as conn:
@@ -216,6 +243,10 @@ class Store:
             except (OperationalError, InterfaceError) as exc:
                 self._engine.dispose()
                 raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
+        path = self._engine.url.database
+        if background and self._dialect == "sqlite" and path and path != ":memory:" and "mode=memory" not in self.url:
+            assert checkpoint_interval_s is not None
+            self.checkpointer = WalCheckpointer(path, interval_s=checkpoint_interval_s)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -224,7 +255,9 @@ class Store:
         return self._engine
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Stop the background checkpointer (after a last checkpoint), then release every pooled connection."""
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         self._engine.dispose()
 
     def __enter__(self) -> Store:
@@ -408,11 +441,15 @@ class Store:
 
         A row whose primary code is LOINC has ``loinc_code = code``, so for a LOINC *coding* the exact branch
         adds nothing; for any other coding it is asked through the partial index of non-LOINC rows, whose
-        condition is stated literally so that the planner can use it (revision 0003).
+        condition is stated literally so that the planner can use it (revision 0003). A LOINC code outside the
+        dense vital-sign streams states the sparse index's condition for the same reason (revision 0005); a dense
+        one is read through the (patient, time, LOINC) index.
         """
         t = schema.observations
         target = mcodes.normalise_to_loinc(coding)
-        by_loinc = t.c.loinc_code == target.code
+        by_loinc: ColumnElement[bool] = t.c.loinc_code == target.code
+        if target.code not in schema.DENSE_LOINC:
+            by_loinc = and_(by_loinc, schema.SPARSE_LOINC)
         if coding.system == mcodes.LOINC:
             return by_loinc
         exact = and_(t.c.code_system == coding.system, t.c.code == coding.code, schema.NOT_LOINC_PRIMARY)
@@ -612,10 +649,16 @@ class Store:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables}
 
 
+class _Lock(Protocol):
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class _Txn:
     """A write transaction, serialised by *lock* when the database has a single writer."""
 
-    def __init__(self, engine: Engine, lock: threading.Lock | None) -> None:
+    def __init__(self, engine: Engine, lock: _Lock | None) -> None:
         self._engine = engine
         self._lock = lock
         self._ctx: Any = None

@@ -30,7 +30,7 @@ from typing import Any
 from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
 from medtwin.records import Event, Observation, Record
-from medtwin.store import Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store import SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "follow", "recover_and_follow"]
@@ -254,9 +254,10 @@ def _child(
     on_event: Callable[[Event], None] | None,
     conn: multiprocessing.connection.Connection,
     stop: Any,
+    write_lock: SharedWriteLock | None = None,
 ) -> None:
     """The worker process: follow the log until told to stop (or until the parent dies), then report."""
-    store = Store(db, cache_mib=WORKER_CACHE_MIB)
+    store = Store(db, cache_mib=WORKER_CACHE_MIB, write_lock=write_lock)
     try:
         parent = multiprocessing.parent_process()
 
@@ -291,7 +292,9 @@ class RuntimeProcess:
 
     *db* is the database URL as given to :class:`~medtwin.store.Store` (None: the configured default, resolved
     in the child exactly as in the parent). *on_event* must be a module-level function (it is sent to the child
-    by reference); it is called in the child for every event, e.g. to print alerts.
+    by reference); it is called in the child for every event, e.g. to print alerts. *write_lock*: the
+    :class:`~medtwin.store.locks.SharedWriteLock` of the listener's store (its :meth:`yielding` view there), so the
+    worker's writes are not starved by the listener's commits.
     """
 
     def __init__(
@@ -302,8 +305,10 @@ class RuntimeProcess:
         name: str = DEFAULT_CONSUMER,
         assume_tz: tzinfo = UTC,
         on_event: Callable[[Event], None] | None = None,
+        write_lock: SharedWriteLock | None = None,
     ) -> None:
         self.db = db
+        self.write_lock = write_lock
         self.freshness = freshness
         self.name = name
         self.assume_tz = assume_tz
@@ -328,6 +333,7 @@ class RuntimeProcess:
                 self.on_event,
                 child,
                 self._stop,
+                self.write_lock,
             ),
             name="medtwin-twin-runtime",
             daemon=True,

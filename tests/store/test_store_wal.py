@@ -1,0 +1,162 @@
+"""WAL checkpoints off the commit path (medtwin.store.checkpoint) and the write lock shared between processes
+(medtwin.store.locks)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medtwin import codes
+from medtwin.errors import ValidationError
+from medtwin.records import Observation, Quantity
+from medtwin.store import SharedWriteLock, Store
+from medtwin.store.checkpoint import FALLBACK_AUTOCHECKPOINT, WalCheckpointer
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _observations(n: int, start: int = 0) -> list[Observation]:
+    return [
+        Observation(
+            patient_id=f"p{i % 5}",
+            code=codes.HEART_RATE,
+            effective=T0 + timedelta(seconds=i),
+            value=Quantity(value=60.0 + i % 40, unit="/min"),
+            observation_id=f"o{i}",
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_commits_leave_the_wal_to_the_background_checkpointer(tmp_path: Path) -> None:
+    """With a checkpointer that has not run yet, the commits' pages stay in the WAL (the database file does not
+    grow): no commit checkpoints. Once it runs, they are in the database file."""
+    path = tmp_path / "ck.db"
+    with Store(f"sqlite:///{path}", checkpoint_interval_s=3600) as store:
+        assert store.checkpointer is not None
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == FALLBACK_AUTOCHECKPOINT
+        size = path.stat().st_size
+        for k in range(5):
+            store.write(_observations(200, start=200 * k))
+        assert path.stat().st_size == size
+        wal = Path(f"{path}-wal").stat().st_size
+        assert wal > 500_000
+        with sqlite3.connect(path) as conn:
+            store.checkpointer.checkpoint(conn)
+        assert path.stat().st_size > size + wal // 2
+        assert store.checkpointer.frames[-1] > 100
+        assert store.checkpointer.seconds[-1] > 0
+
+
+def test_background_checkpointer_runs_on_its_own_and_stops_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "bg.db"
+    with Store(f"sqlite:///{path}", checkpoint_interval_s=0.05) as store:
+        assert store.checkpointer is not None
+        size = path.stat().st_size
+        store.write(_observations(1000))
+        _until(lambda: path.stat().st_size > size + 300_000)
+        assert store.checkpointer.failures == 0
+        assert len(store.observations("p1")) == 200
+        thread = store.checkpointer._thread
+    assert not thread.is_alive()
+
+
+def test_default_store_checkpoints_in_its_commits_and_has_no_thread(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path / 'd.db'}") as store:
+        assert store.checkpointer is None
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 10000
+
+
+def test_checkpoint_interval_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="checkpoint_interval_s must be positive"):
+        Store(f"sqlite:///{tmp_path / 'x.db'}", checkpoint_interval_s=0)
+    with pytest.raises(ValueError, match="interval_s must be positive"):
+        WalCheckpointer(str(tmp_path / "x.db"), interval_s=-1)
+
+
+def test_in_memory_store_ignores_the_checkpoint_interval() -> None:
+    with Store("sqlite://", checkpoint_interval_s=0.1) as store:
+        assert store.checkpointer is None
+        store.write(_observations(3))
+        assert len(store.observations("p0")) == 1
+
+
+def test_a_waiting_writer_goes_before_the_yielding_one() -> None:
+    """While the lock is held, an announced waiter (the worker's view) and the busy writer's yielding view both
+    wait; on release the announced waiter gets it first, whatever the threads' timing."""
+    lock = SharedWriteLock(max_yield_s=30.0)
+    busy = lock.yielding()
+    order: list[str] = []
+    lock.acquire()
+
+    def take(view: SharedWriteLock, name: str) -> None:
+        view.acquire()
+        order.append(name)
+        time.sleep(0.05)
+        view.release()
+
+    waiter = threading.Thread(target=take, args=(lock, "worker"))
+    waiter.start()
+    _until(lambda: lock._waiting.value == 1)
+    listener = threading.Thread(target=take, args=(busy, "listener"))
+    listener.start()
+    time.sleep(0.05)
+    assert order == []
+    lock.release()
+    waiter.join(10)
+    listener.join(10)
+    assert order == ["worker", "listener"]
+
+
+def test_yielding_writer_does_not_wait_forever_for_a_waiter() -> None:
+    lock = SharedWriteLock(max_yield_s=0.05)
+    with lock._waiting.get_lock():
+        lock._waiting.value += 1  # a waiter that never takes the lock (e.g. killed while waiting)
+    started = time.monotonic()
+    with lock.yielding():
+        pass
+    assert time.monotonic() - started < 5
+
+
+def _hold_in_child(lock: SharedWriteLock, held: Any, release: Any) -> None:
+    with lock:
+        held.set()
+        release.wait(30)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method to run a test function in a child")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_lock_is_shared_with_a_child_process() -> None:
+    """(The spawn start method, as the twin worker uses it, is covered by tests/twin/test_twin_worker.py.)"""
+    ctx = multiprocessing.get_context("fork")
+    lock = SharedWriteLock(ctx)
+    held, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_in_child, args=(lock, held, release))
+    child.start()
+    try:
+        assert held.wait(60)
+        assert not lock._lock.acquire(timeout=0.1)  # the child holds it
+        release.set()
+        assert lock._lock.acquire(timeout=30)
+        lock.release()
+    finally:
+        release.set()
+        child.join(30)
+    assert child.exitcode == 0
