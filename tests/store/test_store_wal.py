@@ -77,6 +77,33 @@ def test_background_checkpointer_runs_on_its_own_and_stops_on_close(tmp_path: Pa
     assert not thread.is_alive()
 
 
+def test_checkpointer_restarts_the_log_under_a_steady_stream_of_commits(tmp_path: Path) -> None:
+    """Commits that never pause leave a newer frame than every passive checkpoint, so SQLite alone never starts
+    the log again; the checkpointer's RESTART step (under the writers' lock) does, and the file stays bounded."""
+    path = tmp_path / "stream.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT}")
+    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    lock = threading.Lock()
+    checkpointer = WalCheckpointer(str(path), interval_s=0.02, lock=lock, restart_pages=20)
+    try:
+        k = 0
+        deadline = time.monotonic() + 30
+        while checkpointer.restarts < 3:
+            assert time.monotonic() < deadline, "the log was never restarted"
+            with lock:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.executemany("INSERT INTO t VALUES (?, ?)", [(k + i, "x" * 500) for i in range(20)])
+                writer.execute("COMMIT")
+            k += 20
+        assert checkpointer.failures == 0
+        assert writer.execute("SELECT count(*) FROM t").fetchone()[0] == k
+    finally:
+        checkpointer.close()
+        writer.close()
+
+
 def test_default_store_checkpoints_in_its_commits_and_has_no_thread(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 'd.db'}") as store:
         assert store.checkpointer is None
@@ -160,3 +187,17 @@ def test_lock_is_shared_with_a_child_process() -> None:
         release.set()
         child.join(30)
     assert child.exitcode == 0
+
+
+def test_a_store_of_derived_data_can_skip_the_sync_and_leave_checkpoints_to_the_listener(tmp_path: Path) -> None:
+    """As the twin runtime's worker opens the listener's file: commits not synced (NORMAL = 1), no checkpoints in
+    its commits (the listener's thread does them)."""
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    with Store(url, synchronous="NORMAL", checkpoints_elsewhere=True) as store, store.engine.connect() as conn:
+        assert store.checkpointer is None
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == FALLBACK_AUTOCHECKPOINT
+    with Store(url) as store, store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL, the default
+    with pytest.raises(ValidationError, match="synchronous must be 'FULL' or 'NORMAL'"):
+        Store(url, synchronous="OFF")

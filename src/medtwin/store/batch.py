@@ -37,7 +37,7 @@ from medtwin.store.versions import encounter_as_of, merge_encounter, merge_patie
 if TYPE_CHECKING:
     from medtwin.store.store import RawMessage
 
-__all__ = ["ItemOutcome", "group_records", "write_items"]
+__all__ = ["ItemOutcome", "encode_plain", "group_records", "write_items"]
 
 _VERSIONED = (Patient, Encounter)
 _PLAIN = tuple(entry for entry in rows.TABLES if entry[0] not in _VERSIONED)
@@ -60,6 +60,7 @@ class _Item:
     records: Sequence[Record]
     groups: dict[type[Any], list[Any]]
     raw: RawMessage | None
+    encoded: dict[type[Any], list[tuple[Any, ...]]] | None = None
     outcome: ItemOutcome = field(default_factory=ItemOutcome)
 
 
@@ -72,6 +73,19 @@ def group_records(records: Sequence[Record]) -> dict[type[Any], list[Any]]:
             raise ValidationError(f"Store.write: {kind.__name__} is not a storable record type")
         groups.setdefault(kind, []).append(record)
     return groups
+
+
+def encode_plain(groups: dict[type[Any], list[Any]]) -> dict[type[Any], list[tuple[Any, ...]]]:
+    """The SQLite value tuples of the insert-once records in *groups* (observations, conditions, ...), by type.
+
+    Computed before the write transaction (``write_items(..., encoded=...)``), so the write lock, which other
+    threads and processes wait for, is held for SQLite's work only, not for encoding the rows.
+    """
+    return {
+        kind: [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
+        for kind, records in groups.items()
+        if kind not in _VERSIONED
+    }
 
 
 _MAX_PARAMS = 30_000  # bound parameters per statement (SQLite allows 32,766 since 3.32; PostgreSQL 65,535)
@@ -191,15 +205,21 @@ def _sqlite_insert(
 
 
 def _insert_once(
-    conn: Connection, driver: sqlite3.Connection | None, kind: type[Any], records: list[Any]
+    conn: Connection,
+    driver: sqlite3.Connection | None,
+    kind: type[Any],
+    records: list[Any],
+    values: list[tuple[Any, ...]] | None = None,
 ) -> tuple[list[Any], set[Any] | None]:
     """Insert *records* of *kind* (ON CONFLICT DO NOTHING): their primary keys, and the set of those inserted.
 
-    The set is None when every record was inserted (the common case, which then costs no read back).
+    The set is None when every record was inserted (the common case, which then costs no read back). On SQLite
+    *values* are the records' value tuples when already encoded (:func:`encode_plain`).
     """
     table, pk, row_of = rows.TABLE_OF[kind]
     if driver is not None:
-        values = [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
+        if values is None:
+            values = [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
         done = _sqlite_insert(driver, table, rows.COLUMNS[kind], values)
         if done is not None:
             ids = [v[0] for v in values]
@@ -221,9 +241,16 @@ def write_items(
     dialect: str,
     items: Sequence[tuple[Sequence[Record], RawMessage | None]],
     groups: Sequence[dict[type[Any], list[Any]]],
+    encoded: Sequence[dict[type[Any], list[tuple[Any, ...]]]] | None = None,
 ) -> list[ItemOutcome]:
-    """Write *items* (with their records already grouped by :func:`group_records`) on *conn*; one outcome each."""
-    batch = [_Item(records, g, raw) for (records, raw), g in zip(items, groups, strict=True)]
+    """Write *items* (with their records already grouped by :func:`group_records`) on *conn*; one outcome each.
+
+    *encoded* (SQLite): each item's value tuples from :func:`encode_plain`, computed before the transaction.
+    """
+    if encoded is None or dialect != "sqlite":
+        batch = [_Item(records, g, raw) for (records, raw), g in zip(items, groups, strict=True)]
+    else:
+        batch = [_Item(records, g, raw, e) for (records, raw), g, e in zip(items, groups, encoded, strict=True)]
     for item in batch:
         item.outcome.records = len(item.records)
     driver = _sqlite_driver(conn) if dialect == "sqlite" else None
@@ -235,7 +262,11 @@ def write_items(
         owners = [(item, len(g)) for item in live if (g := item.groups.get(kind))]
         if not owners:
             continue
-        ids, new_ids = _insert_once(conn, driver, kind, [r for item, _ in owners for r in item.groups[kind]])
+        records = [r for item, _ in owners for r in item.groups[kind]]
+        values = None
+        if driver is not None and all(item.encoded is not None for item, _ in owners):
+            values = [v for item, _ in owners for v in item.encoded[kind]]  # type: ignore[index]
+        ids, new_ids = _insert_once(conn, driver, kind, records, values)
         if new_ids is None:
             for item, n in owners:
                 item.outcome.inserted += n

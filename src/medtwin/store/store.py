@@ -136,11 +136,19 @@ class WriteResult:
         )
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int = 64, autocheckpoint: int = 10000) -> None:
+@dataclass(frozen=True, slots=True)
+class _SqliteSettings:
+    cache_mib: int = 64
+    autocheckpoint: int = 10000
+    synchronous: str = "FULL"
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: _SqliteSettings) -> None:
+    cache_mib, autocheckpoint = settings.cache_mib, settings.autocheckpoint
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={settings.synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
@@ -172,7 +180,7 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _make_engine(url: str, cache_mib: int = 64, autocheckpoint: int = 10000) -> Engine:
+def _make_engine(url: str, settings: _SqliteSettings) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
         engine = create_engine(
@@ -180,9 +188,7 @@ def _make_engine(url: str, cache_mib: int = 64, autocheckpoint: int = 10000) -> 
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
         )
-        event.listen(
-            engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, cache_mib, autocheckpoint)
-        )
+        event.listen(engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, settings))
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -203,10 +209,19 @@ class Store:
         SQLite file databases: checkpoint the write-ahead log from a background thread every this many seconds
         instead of inside the commit that fills it (:mod:`medtwin.store.checkpoint`; the MLLP listener uses 0.5 s
         so that no acknowledgement waits for a checkpoint). None (default): SQLite's own checkpoints.
+    checkpoints_elsewhere
+        SQLite: another store on the same file checkpoints in the background (the listener's, for the twin
+        runtime's worker), so this one's commits leave the WAL to it too (they checkpoint only past the fallback
+        size, as with ``checkpoint_interval_s``).
     write_lock
         SQLite: a :class:`~medtwin.store.locks.SharedWriteLock` taken around every write transaction, shared with
         the other processes that write the file (the listener and its twin runtime worker), so that none of them
         waits in SQLite's sleeping busy handler. None (default): a lock for this process's threads only.
+    synchronous
+        SQLite: ``"FULL"`` (default): a returned write is on disk. ``"NORMAL"``: commits are not synced (a power
+        loss can take the last ones back, never half of one); only for a writer of derived data that is computed
+        again from the durable raw log after a loss, like the twin runtime's worker (its cursor is saved after its
+        outputs, and SQLite's WAL keeps commits in order).
     """
 
     def __init__(
@@ -217,16 +232,23 @@ class Store:
         cache_mib: int = 64,
         checkpoint_interval_s: float | None = None,
         write_lock: SharedWriteLock | None = None,
+        synchronous: str = "FULL",
+        checkpoints_elsewhere: bool = False,
     ) -> None:
         if cache_mib < 1:
             raise ValidationError(f"Store: cache_mib must be at least 1, got {cache_mib}")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValidationError(f"Store: synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         if checkpoint_interval_s is not None and not checkpoint_interval_s > 0:
             raise ValidationError(f"Store: checkpoint_interval_s must be positive, got {checkpoint_interval_s}")
         self.url = resolve_database_url(url)
         self.checkpointer: WalCheckpointer | None = None
         background = checkpoint_interval_s is not None
+        inline = not (background or checkpoints_elsewhere)
         try:
-            self._engine = _make_engine(self.url, cache_mib, FALLBACK_AUTOCHECKPOINT if background else 10000)
+            self._engine = _make_engine(
+                self.url, _SqliteSettings(cache_mib, 10000 if inline else FALLBACK_AUTOCHECKPOINT, synchronous)
+            )
         except (ArgumentError, NoSuchModuleError) as exc:
             raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
         self._dialect = self._engine.dialect.name
@@ -246,7 +268,7 @@ class Store:
         path = self._engine.url.database
         if background and self._dialect == "sqlite" and path and path != ":memory:" and "mode=memory" not in self.url:
             assert checkpoint_interval_s is not None
-            self.checkpointer = WalCheckpointer(path, interval_s=checkpoint_interval_s)
+            self.checkpointer = WalCheckpointer(path, interval_s=checkpoint_interval_s, lock=self._write_lock)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -315,8 +337,10 @@ class Store:
         is stored (a caller that wants per-message isolation retries the items one by one).
         """
         groups = [batch.group_records(records) for records, _ in items]
+        # rows encoded before the write lock is taken: other writers (threads, the twin worker) wait less
+        encoded = [batch.encode_plain(g) for g in groups] if self._dialect == "sqlite" else None
         with self._transaction() as conn:
-            outcomes = batch.write_items(conn, self._dialect, items, groups)
+            outcomes = batch.write_items(conn, self._dialect, items, groups, encoded)
         return [
             WriteResult(
                 inserted=o.inserted,

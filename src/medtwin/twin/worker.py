@@ -255,9 +255,19 @@ def _child(
     conn: multiprocessing.connection.Connection,
     stop: Any,
     write_lock: SharedWriteLock | None = None,
+    checkpoints_elsewhere: bool = False,
 ) -> None:
     """The worker process: follow the log until told to stop (or until the parent dies), then report."""
-    store = Store(db, cache_mib=WORKER_CACHE_MIB, write_lock=write_lock)
+    # NORMAL sync: the worker writes derived data only (events, NEWS2, snapshots, its cursor after them), computed
+    # again from the durable raw log if a power loss takes its last commits back; its commits then hold the write
+    # lock, which the listener waits for, for the WAL write only, not for a disk sync (docs/store.md)
+    store = Store(
+        db,
+        cache_mib=WORKER_CACHE_MIB,
+        write_lock=write_lock,
+        synchronous="NORMAL",
+        checkpoints_elsewhere=checkpoints_elsewhere,
+    )
     try:
         parent = multiprocessing.parent_process()
 
@@ -294,7 +304,10 @@ class RuntimeProcess:
     in the child exactly as in the parent). *on_event* must be a module-level function (it is sent to the child
     by reference); it is called in the child for every event, e.g. to print alerts. *write_lock*: the
     :class:`~medtwin.store.locks.SharedWriteLock` of the listener's store (its :meth:`yielding` view there), so the
-    worker's writes are not starved by the listener's commits.
+    worker's writes are not starved by the listener's commits. *checkpoints_elsewhere*: the listener's store
+    checkpoints the WAL in the background (``checkpoint_interval_s``), so the worker's commits never do (measured:
+    otherwise every commit of the worker that found the WAL past 10,000 pages ran a 15-30 ms checkpoint while
+    holding the write lock, and the listener's ACKs waited for it).
     """
 
     def __init__(
@@ -306,9 +319,11 @@ class RuntimeProcess:
         assume_tz: tzinfo = UTC,
         on_event: Callable[[Event], None] | None = None,
         write_lock: SharedWriteLock | None = None,
+        checkpoints_elsewhere: bool = False,
     ) -> None:
         self.db = db
         self.write_lock = write_lock
+        self.checkpoints_elsewhere = checkpoints_elsewhere
         self.freshness = freshness
         self.name = name
         self.assume_tz = assume_tz
@@ -334,6 +349,7 @@ class RuntimeProcess:
                 child,
                 self._stop,
                 self.write_lock,
+                self.checkpoints_elsewhere,
             ),
             name="medtwin-twin-runtime",
             daemon=True,
