@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -25,17 +25,13 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    create_engine,
-    event,
     func,
     or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
-from sqlalchemy.pool import StaticPool
 
 from medtwin import codes as mcodes
 from medtwin.errors import MedtwinError, ValidationError
@@ -55,6 +51,7 @@ from medtwin.records import (
 from medtwin.store import batch, codec, schema
 from medtwin.store.checkpoint import FALLBACK_AUTOCHECKPOINT, WalCheckpointer
 from medtwin.store.config import StoreConfigError, resolve_database_url
+from medtwin.store.engine import SqliteSettings, WriteLock, WriteTransaction, make_engine, reason, safe_url
 from medtwin.store.locks import SharedWriteLock
 from medtwin.store.migrate import upgrade_to_head
 
@@ -136,63 +133,6 @@ class WriteResult:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _SqliteSettings:
-    cache_mib: int = 64
-    autocheckpoint: int = 10000
-    synchronous: str = "FULL"
-
-
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: _SqliteSettings) -> None:
-    cache_mib, autocheckpoint = settings.cache_mib, settings.autocheckpoint
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={settings.synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
-        cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
-        # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
-        # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
-        # (far more when a background thread checkpoints: medtwin.store.checkpoint)
-        cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
-    finally:
-        cursor.close()
-
-
-def _safe_url(url: str) -> str:
-    """*url* with any password masked, for messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return repr(url)
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of the driver's message (SQLAlchemy appends the SQL and a help link)."""
-    if isinstance(exc, ArgumentError) and "Could not parse" in str(exc):
-        return "not a database URL (e.g. sqlite:///medtwin.db or postgresql+psycopg://user@host:5432/db)"
-    if isinstance(exc, NoSuchModuleError):
-        return f"unknown database kind ({exc}); use sqlite:/// or postgresql+psycopg://"
-    orig = getattr(exc, "orig", None)
-    lines = str(orig if orig is not None else exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def _make_engine(url: str, settings: _SqliteSettings) -> Engine:
-    if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if memory else None,
-        )
-        event.listen(engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, settings))
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
 class Store:
     """Persistence for medtwin records (SQLite embedded by default, PostgreSQL by URL).
 
@@ -246,16 +186,16 @@ class Store:
         background = checkpoint_interval_s is not None
         inline = not (background or checkpoints_elsewhere)
         try:
-            self._engine = _make_engine(
-                self.url, _SqliteSettings(cache_mib, 10000 if inline else FALLBACK_AUTOCHECKPOINT, synchronous)
+            self._engine = make_engine(
+                self.url, SqliteSettings(cache_mib, 10000 if inline else FALLBACK_AUTOCHECKPOINT, synchronous)
             )
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
+            raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
         self._dialect = self._engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValidationError(f"Store: database {self._dialect!r} is not supported (use SQLite or PostgreSQL)")
         # SQLite has one writer; serialising writers in-process avoids busy-retry storms between threads.
-        self._write_lock: _Lock | None = None
+        self._write_lock: WriteLock | None = None
         if self._dialect == "sqlite":
             self._write_lock = write_lock if write_lock is not None else threading.Lock()
         if migrate:
@@ -264,7 +204,7 @@ class Store:
                     upgrade_to_head(conn)
             except (OperationalError, InterfaceError) as exc:
                 self._engine.dispose()
-                raise StoreConfigError(f"cannot open database {_safe_url(self.url)}: {_reason(exc)}") from exc
+                raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
         path = self._engine.url.database
         if background and self._dialect == "sqlite" and path and path != ":memory:" and "mode=memory" not in self.url:
             assert checkpoint_interval_s is not None
@@ -297,8 +237,8 @@ class Store:
             return postgresql.insert(table).on_conflict_do_nothing()
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def _transaction(self) -> _Txn:
-        return _Txn(self._engine, self._write_lock)
+    def _transaction(self) -> WriteTransaction:
+        return WriteTransaction(self._engine, self._write_lock)
 
     def _insert_raw(
         self, conn: Connection, raw: RawMessage, status: str, reason: str | None, record_count: int
@@ -671,37 +611,3 @@ class Store:
         )
         with self._engine.connect() as conn:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables}
-
-
-class _Lock(Protocol):
-    def acquire(self) -> bool: ...
-
-    def release(self) -> None: ...
-
-
-class _Txn:
-    """A write transaction, serialised by *lock* when the database has a single writer."""
-
-    def __init__(self, engine: Engine, lock: _Lock | None) -> None:
-        self._engine = engine
-        self._lock = lock
-        self._ctx: Any = None
-
-    def __enter__(self) -> Connection:
-        if self._lock is not None:
-            self._lock.acquire()
-        try:
-            self._ctx = self._engine.begin()
-            conn: Connection = self._ctx.__enter__()
-        except BaseException:
-            if self._lock is not None:
-                self._lock.release()
-            raise
-        return conn
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self._ctx.__exit__(*exc)
-        finally:
-            if self._lock is not None:
-                self._lock.release()

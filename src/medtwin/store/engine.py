@@ -1,0 +1,109 @@
+"""How the store opens its database: the SQLAlchemy engine, SQLite's per-connection settings, the write
+transaction and its lock, and readable reasons for connection errors (used by :class:`medtwin.store.Store`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["SqliteSettings", "WriteLock", "WriteTransaction", "make_engine", "reason", "safe_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSettings:
+    """SQLite pragmas set on every new connection (see :class:`medtwin.store.Store` for what each is for)."""
+
+    cache_mib: int = 64
+    autocheckpoint: int = 10000
+    synchronous: str = "FULL"
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: SqliteSettings) -> None:
+    cache_mib, autocheckpoint = settings.cache_mib, settings.autocheckpoint
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={settings.synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
+        cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
+        # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
+        # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
+        # (far more when a background thread checkpoints: medtwin.store.checkpoint)
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+    finally:
+        cursor.close()
+
+
+def safe_url(url: str) -> str:
+    """*url* with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url)
+
+
+def reason(exc: Exception) -> str:
+    """The first line of the driver's message (SQLAlchemy appends the SQL and a help link)."""
+    if isinstance(exc, ArgumentError) and "Could not parse" in str(exc):
+        return "not a database URL (e.g. sqlite:///medtwin.db or postgresql+psycopg://user@host:5432/db)"
+    if isinstance(exc, NoSuchModuleError):
+        return f"unknown database kind ({exc}); use sqlite:/// or postgresql+psycopg://"
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def make_engine(url: str, settings: SqliteSettings) -> Engine:
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+        event.listen(engine, "connect", lambda conn, record: _set_sqlite_pragmas(conn, record, settings))
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class WriteLock(Protocol):
+    """What a write transaction takes: a threading.Lock or a :class:`medtwin.store.locks.SharedWriteLock`."""
+
+    def acquire(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class WriteTransaction:
+    """A write transaction, serialised by *lock* when the database has a single writer."""
+
+    def __init__(self, engine: Engine, lock: WriteLock | None) -> None:
+        self._engine = engine
+        self._lock = lock
+        self._ctx: Any = None
+
+    def __enter__(self) -> Connection:
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._ctx = self._engine.begin()
+            conn: Connection = self._ctx.__enter__()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        return conn
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._ctx.__exit__(*exc)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
