@@ -109,6 +109,7 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
         "checkpoint_p50_ms": _pct(sorted(ck.seconds), 50) * 1e3 if ck else None,
         "checkpoint_max_ms": max(ck.seconds, default=0) * 1e3 if ck else None,
         "wal_restarts": ck.restarts if ck else None,
+        "restart_locked_p99_ms": _pct(sorted(ck.locked_seconds), 99) * 1e3 if ck else None,
         "wal_max_pages": max(ck.frames, default=0) if ck else None,
         "rss_mb": _rss_mb(),
     }
@@ -447,6 +448,7 @@ def main() -> None:
           f"which the group-commit writer thread {s.get('writer_cpu_s') or nan:.1f} s; WAL checkpoints off the commit "
           f"path: {s.get('checkpoints')} (p50 {s.get('checkpoint_p50_ms') or nan:.1f} ms, "
           f"max {s.get('checkpoint_max_ms') or nan:.1f} ms; the log restarted {s.get('wal_restarts')} times, "
+          f"holding the write lock p99 {s.get('restart_locked_p99_ms') or nan:.1f} ms, "
           f"at most {s.get('wal_max_pages')} pages)")  # fmt: skip
     if "medtwin-thread" in results:
         mt = results["medtwin-thread"]

@@ -104,6 +104,37 @@ def test_checkpointer_restarts_the_log_under_a_steady_stream_of_commits(tmp_path
         writer.close()
 
 
+def test_restart_step_does_not_wait_for_a_reader_while_holding_the_writers_lock(tmp_path: Path) -> None:
+    """A reader still on an old snapshot blocks a restart of the log; the step then gives up at once (writers are
+    waiting on the lock), and a later interval restarts it once the reader has gone."""
+    path = tmp_path / "r.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT}")
+    writer.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    reader = sqlite3.connect(path, isolation_level=None)
+    lock = threading.Lock()
+    checkpointer = WalCheckpointer(str(path), interval_s=3600, lock=lock, restart_pages=1)
+    ck = sqlite3.connect(path, timeout=0, check_same_thread=False)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # a snapshot before the rows below
+        writer.executemany("INSERT INTO t VALUES (?, ?)", [(k, "x" * 500) for k in range(200)])
+        started = time.monotonic()
+        checkpointer.checkpoint(ck)
+        assert time.monotonic() - started < 1.0
+        assert checkpointer.restarts == 0
+        assert checkpointer.locked_seconds[-1] < 1.0
+        reader.execute("COMMIT")
+        checkpointer.checkpoint(ck)
+        assert checkpointer.restarts == 1
+    finally:
+        ck.close()
+        checkpointer.close()
+        reader.close()
+        writer.close()
+
+
 def test_default_store_checkpoints_in_its_commits_and_has_no_thread(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 'd.db'}") as store:
         assert store.checkpointer is None

@@ -58,6 +58,7 @@ class WalCheckpointer:
         self.restart_pages = restart_pages
         self.seconds: deque[float] = deque(maxlen=10_000)
         self.frames: deque[int] = deque(maxlen=10_000)
+        self.locked_seconds: deque[float] = deque(maxlen=10_000)  # time the restart step held the writers' lock
         self.restarts = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -69,11 +70,16 @@ class WalCheckpointer:
         started = time.perf_counter()
         busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if not busy and log_frames >= self.restart_pages:
+            # a second passive pass copies what was committed during the first, so that little is left to copy
+            # (and sync) while the writers wait for the lock
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             if self.lock is not None:
                 self.lock.acquire()
+            locked = time.perf_counter()
             try:
                 busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
+                self.locked_seconds.append(time.perf_counter() - locked)
                 if self.lock is not None:
                     self.lock.release()
             self.restarts += not busy
@@ -89,9 +95,10 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         try:
-            # a short busy timeout: the restart waits for readers to finish while writers wait for the lock; if a
-            # long reader is still there, the log is restarted at a later interval
-            conn = sqlite3.connect(self.path, timeout=0.05, check_same_thread=False)
+            # no busy timeout: while writers wait for the lock the restart must not wait for readers in SQLite's
+            # sleeping busy handler (measured: it held the lock up to its 50 ms timeout); if a reader is active the
+            # step reports busy and the log is restarted at a later interval
+            conn = sqlite3.connect(self.path, timeout=0, check_same_thread=False)
         except sqlite3.Error:
             log.exception("WAL checkpointer cannot open %s; commits checkpoint past the fallback size", self.path)
             return
