@@ -76,11 +76,8 @@ def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tm
     assert any(e.kind == "alert" for e in expected)
     alerts = [e for e in expected if e.kind == "alert"]
     assert summary([e for e in via_log if e.kind == "alert"]) == summary(alerts)  # the same alerts, none twice
-    # a twin restored from its snapshot restates its current NEWS2 once (a derived event, same score): the only
-    # difference a restart makes
-    extra = [e for e in summary(via_log) if e not in summary(expected)]
-    assert all(kind == "derived" and code == "news2" for _, kind, code, _, _ in extra)
-    assert len(via_log) - len(expected) == len(extra) <= 4
+    # a twin restored from its snapshot remembers the NEWS2 it last announced: a restart changes nothing
+    assert summary(via_log) == summary(expected)
 
 
 def test_a_new_consumer_starts_at_the_end_of_the_log(tmp_path: Path) -> None:
@@ -223,5 +220,5 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
         if i != 7
         for e in direct.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)
     ]
-    # every other message reached the twins (restarts may restate a NEWS2, never an alert)
+    # every other message reached the twins
     assert summary(alerts) == summary([e for e in expected if e.kind == "alert"])

@@ -171,6 +171,8 @@ class VitalsComponent:
             "spo2_history": [[t.isoformat(), v] for t, v in self.spo2_history.points()],
             "alerts": {k: list(v) for k, v in self.tracker.state().items()},
             "last_time": self.last_time.isoformat() if self.last_time else None,
+            # the last announced NEWS2 (total, missing): a restored twin does not announce an unchanged score again
+            "last_news2": None if self._last_key is None else [self._last_key[0], list(self._last_key[1])],
         }  # fmt: skip
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -182,6 +184,8 @@ class VitalsComponent:
             self.spo2_history.add(datetime.fromisoformat(when), float(v))
         self.tracker.restore({k: (v[0], v[1]) for k, v in state.get("alerts", {}).items()})
         self.last_time = datetime.fromisoformat(state["last_time"]) if state.get("last_time") else None
+        last = state.get("last_news2")  # absent in snapshots of earlier releases: the score is announced once more
+        self._last_key = None if last is None else (int(last[0]), tuple(str(m) for m in last[1]))
 
 
 class PatientTwin:
