@@ -10,12 +10,18 @@ file in WAL mode with ``synchronous=FULL`` (one durable commit per batch, as the
   default WAL checkpoint of 1,000 pages);
 * ``generic``: ``write_batch`` with the SQLite fast path switched off (multi-row ``INSERT ... RETURNING`` with
   bind processors), on the current schema and pragmas;
-* ``fast``: ``write_batch`` as shipped (revision 0003, ``executemany`` on value tuples, checkpoint every 10,000
-  pages).
+* ``fast-0004``: ``write_batch`` as shipped, on the observation indexes of revision 0004 (patient+LOINC+time and
+  patient+time, before revision 0005);
+* ``fast``: ``write_batch`` as shipped (multi-row inserts of value tuples, checkpoint every 10,000 pages) on the
+  current schema (revision 0005's observation indexes).
+
+``--growth N`` instead writes N messages in groups of 16 into one file per schema (0004 and current) and prints the
+CPU per message for every 20,000: whether the write cost grows with the database.
 
     .venv/bin/python bench/store_write.py            # 200 batches (12,800 messages) per side, 3 rounds
     .venv/bin/python bench/store_write.py --quick    # 40 batches per side, 1 round
     .venv/bin/python bench/store_write.py --batch 512
+    .venv/bin/python bench/store_write.py --growth 200000
 """
 
 from __future__ import annotations
@@ -129,9 +135,24 @@ def _previous_release_store(db: Path) -> Store:
     return store
 
 
+def _store_at(db: Path, revision: str) -> Store:
+    """A store whose schema is at *revision* (the current write path on an older schema)."""
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+    engine.dispose()
+    return Store(f"sqlite:///{db}", migrate=False)
+
+
+def _open(kind: str, db: Path) -> Store:
+    if kind == "legacy":
+        return _previous_release_store(db)
+    return _store_at(db, "0004") if kind == "fast-0004" else Store(f"sqlite:///{db}")
+
+
 def run(kind: str, batches: list[list[Item]], db: Path) -> tuple[float, float]:
     """(messages per second of wall time, CPU microseconds per message) writing *batches* with the *kind* path."""
-    store = _previous_release_store(db) if kind == "legacy" else Store(f"sqlite:///{db}")
+    store = _open(kind, db)
     fast_driver = batch._sqlite_driver
     if kind == "generic":
         batch._sqlite_driver = lambda conn: None  # type: ignore[assignment,return-value]
@@ -153,15 +174,48 @@ def run(kind: str, batches: list[list[Item]], db: Path) -> tuple[float, float]:
     return n / elapsed, 1e6 * cpu / n
 
 
-KINDS = ("legacy", "generic", "fast")
-LABELS = {"legacy": "legacy per-message path", "generic": "bulk, generic binds", "fast": "bulk, SQLite fast path"}
+KINDS = ("legacy", "generic", "fast-0004", "fast")
+LABELS = {
+    "legacy": "legacy per-message path",
+    "generic": "bulk, generic binds",
+    "fast-0004": "fast path, 0004 indexes",
+    "fast": "fast path, 0005 indexes",
+}
+
+
+def growth(total: int, size: int = 16, step: int = 20_000) -> None:
+    """Write *total* messages in groups of *size* into one file per schema; CPU per message for every *step*."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("fast-0004", "fast"):
+            db = Path(tmp) / f"growth-{kind}.db"
+            store = _open(kind, db)
+            try:
+                print(f"{LABELS[kind]}, groups of {size}:")
+                for start in range(0, total, step):
+                    items = messages(step, start)
+                    cpu0 = time.process_time()
+                    for i in range(0, step, size):
+                        store.write_batch(items[i : i + size])
+                    cpu = time.process_time() - cpu0
+                    print(
+                        f"  messages {start + step:>8,}: {1e6 * cpu / step:6.0f} us CPU/msg, "
+                        f"file {db.stat().st_size / 1e6:6.0f} MB",
+                        flush=True,
+                    )
+            finally:
+                store.close()
+                db.unlink()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="40 batches per side, 1 round")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"messages per batch (default {BATCH})")
+    parser.add_argument("--growth", type=int, default=0, help="messages for the growth run instead (e.g. 200000)")
     args = parser.parse_args()
+    if args.growth:
+        growth(args.growth)
+        return
     n_batches, rounds = (40, 1) if args.quick else (200, 3)
     size = args.batch
     n_batches = max(1, n_batches * BATCH // size)
@@ -183,7 +237,7 @@ def main() -> None:
         rate, cpu = med[k]
         each = [round(x) for x in rates[k]]
         print(f"  {LABELS[k]:<24}: {rate:8,.0f} msg/s wall  {cpu:7.1f} us CPU/msg  (rounds: {each})")
-    for k in ("legacy", "generic"):
+    for k in ("legacy", "generic", "fast-0004"):
         print(
             f"  ratio fast/{k:<13}: {med['fast'][0] / med[k][0]:.2f}x msg/s, "
             f"{med[k][1] / med['fast'][1]:.2f}x less CPU per message"
