@@ -90,6 +90,7 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
         twin = {"alerts": w.get("alerts"), "alert_p50_ms": w.get("alert_p50_ms"),
                 "alert_p99_ms": w.get("alert_p99_ms"), "runtime_busy_s": w.get("busy_s"),
                 "runtime_messages": w.get("messages"), "runtime_error": w.get("error")}  # fmt: skip
+    rss_mb = _rss_mb()  # before the count below, which reads the whole raw log
     out = {
         "accepted": server.stats.accepted,
         "duplicates": server.stats.duplicates,
@@ -111,7 +112,7 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
         "wal_restarts": ck.restarts if ck else None,
         "restart_locked_p99_ms": _pct(sorted(ck.locked_seconds), 99) * 1e3 if ck else None,
         "wal_max_pages": max(ck.frames, default=0) if ck else None,
-        "rss_mb": _rss_mb(),
+        "rss_mb": rss_mb,
     }
     if not memory:
         store.close()
