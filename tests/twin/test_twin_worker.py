@@ -16,6 +16,7 @@ from medtwin.monitoring.virtual import virtual_ward
 from medtwin.records import Event
 from medtwin.store import RawMessage, SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
+from medtwin.twin.worker import SKIPPED_CODE, record_skipped
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -110,6 +111,13 @@ def test_a_stored_message_that_no_longer_maps_is_logged_and_passed(
         assert stats.unmappable == 1
         assert "no longer maps" in caplog.text
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+        # not only logged: an alert says which message the twins never saw (the payload names no patient)
+        (skipped,) = [e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]
+        assert skipped.data["raw_id"] == 1
+        assert "no longer maps" in skipped.data["reason"]
+        assert skipped.patient_id is None
+        assert skipped.severity == "medium"
+        assert skipped.status == "active"
 
 
 @pytest.mark.parametrize("as_listen", [False, True], ids=["plain", "shared-lock+checkpointer"])
@@ -212,7 +220,14 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
         assert report["skipped"] == 1
         assert f"raw message {poisoned} failed 3 times on its own; stepped over" in caplog.text
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
-        alerts = store.events(kind="alert")
+        alerts = [e for e in store.events(kind="alert") if e.code != SKIPPED_CODE]
+        (skipped,) = [e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]
+        assert skipped.data["raw_id"] == poisoned
+        assert skipped.event_id == f"twin-skipped-{poisoned}"
+        assert skipped.patient_id == hl7v2.map_message(hl7v2.parse_payload(payloads[7])[0]).records[0].patient_id
+        # stepping over the same message again (a restart before the cursor moved on) stores the alert once
+        assert record_skipped(store, poisoned, "again") is not None
+        assert len([e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]) == 1
     direct = TwinRuntime(None)
     expected = [
         e

@@ -33,7 +33,16 @@ from medtwin.records import Event, Observation, Record
 from medtwin.store import SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin.runtime import TwinRuntime
 
-__all__ = ["DEFAULT_CONSUMER", "LogFollower", "RuntimeProcess", "WorkerStats", "follow", "recover_and_follow"]
+__all__ = [
+    "DEFAULT_CONSUMER",
+    "SKIPPED_CODE",
+    "LogFollower",
+    "RuntimeProcess",
+    "WorkerStats",
+    "follow",
+    "record_skipped",
+    "recover_and_follow",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +102,7 @@ class LogFollower:
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
+                record_skipped(self.store, message.raw_id, f"it no longer maps: {exc}")
                 continue
             out.append((records, now_mono - (now_wall - message.received).total_seconds()))
         self.messages += len(found)
@@ -176,6 +186,53 @@ def follow(
     )
 
 
+SKIPPED_CODE = "twin-message-skipped"
+
+
+def record_skipped(
+    store: Store, raw_id: int, reason: str, *, payload: bytes | None = None, assume_tz: tzinfo = UTC
+) -> Event | None:
+    """Store an alert that the twins never saw the accepted raw message *raw_id*, and why (returns it).
+
+    The message and its observations stay stored; only the twin's scores and alerts miss it, so a person has to
+    know (a monitoring gap for that patient): the alert (code :data:`SKIPPED_CODE`, severity medium, the raw id in
+    its data) stays active until acknowledged. Its id comes from the raw id, so a worker that steps over the same
+    message again after a restart stores it once. The patient is named when the payload still maps.
+    """
+    patient_id = None
+    if payload is not None:
+        try:
+            patient_id = next(
+                (
+                    r.patient_id
+                    for parsed in parse_payload(payload)
+                    for r in map_message(parsed, assume_tz=assume_tz).records
+                    if isinstance(r, Observation)
+                ),
+                None,
+            )
+        except Exception:  # it may not map at all: the alert names the raw message only
+            patient_id = None
+    event = Event(
+        kind="alert",
+        code=SKIPPED_CODE,
+        time=datetime.now(UTC),
+        severity="medium",
+        patient_id=patient_id,
+        message=f"raw message {raw_id} was stepped over by the twin runtime ({reason[:300]}): its data is stored but "
+        "not in the scores and alerts",
+        data={"raw_id": raw_id, "reason": reason[:1000]},
+        source="medtwin.twin.worker",
+        event_id=f"twin-skipped-{raw_id}",
+    )
+    try:
+        store.add_events([event])
+    except Exception:
+        log.exception("twin runtime: cannot store the alert for stepped-over raw message %d", raw_id)
+        return None
+    return event
+
+
 def recover_and_follow(
     store: Store,
     make_runtime: Callable[[], TwinRuntime],
@@ -194,7 +251,8 @@ def recover_and_follow(
     After an error (a store that cannot be written, a bug) it logs it and starts again from the saved cursor with
     fresh twins restored from their snapshots, as a restarted process would (at least once), reading the next
     *isolate_messages* one at a time with the cursor saved after each. A message that then fails *attempts* times
-    on its own is logged with its raw id and stepped over, so one bad message cannot stop every patient's twin.
+    on its own is logged with its raw id and stepped over, so one bad message cannot stop every patient's twin; an
+    alert records it (:func:`record_skipped`), as it does for a stored message that no longer maps.
     Stepping over is a cursor write: while the store cannot be written (disk full, database down) nothing is
     skipped and the worker keeps retrying every *retry_pause_s*.
     """
@@ -231,6 +289,8 @@ def recover_and_follow(
                         failures = stop_retries = 0  # progress
                         log.error("twin runtime: raw message %d failed %d times on its own; stepped over",
                                   bad[0].raw_id, attempts)  # fmt: skip
+                        record_skipped(store, bad[0].raw_id, f"it failed {attempts} times on its own",
+                                       payload=bad[0].payload, assume_tz=assume_tz)  # fmt: skip
                 except Exception:
                     log.exception("twin runtime: cannot step over the message after raw id %d; retrying", position)
             isolating = True
