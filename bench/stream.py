@@ -51,20 +51,17 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
     """medtwin's listener. Default: the twin runtime in its own process following the store's raw log (as
     ``medtwin listen`` runs it); *thread_runtime*: the runtime as a thread of the listener, fed in memory;
     *memory*: an in-memory sink with a thread runtime and no persistence (no disk at all)."""
-    from medtwin.cli.monitor import LISTENER_CHECKPOINT_S
     from medtwin.interop.mllp import MemorySink, MllpConfig, MllpServer
-    from medtwin.store import SharedWriteLock, Store
     from medtwin.twin import RuntimeProcess, TwinRuntime
+    from medtwin.twin.worker import listener_store
 
     in_process = memory or thread_runtime
-    lock = None if in_process else SharedWriteLock()  # as `medtwin listen` shares it with its worker
-    store: Any = (
-        MemorySink()
-        if memory
-        else Store(db_url, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=lock and lock.yielding())
-    )
+    lock = None
+    store: Any = MemorySink()
+    if not memory:  # as `medtwin listen` opens it
+        store, lock = listener_store(db_url, with_worker=not in_process)
     runtime = TwinRuntime(None if memory else store) if in_process else None
-    worker = None if in_process else RuntimeProcess(db_url, write_lock=lock, checkpoints_elsewhere=True)
+    worker = None if in_process else RuntimeProcess(db_url, write_lock=lock)
     if runtime is not None:
         runtime.start()
     if worker is not None:

@@ -14,9 +14,9 @@ from medtwin.interop.mllp import CONTENT_TYPE, MllpClient, MllpConfig, MllpServe
 from medtwin.interop.virtual_feed import sample_to_oru
 from medtwin.monitoring.virtual import virtual_ward
 from medtwin.records import Event
-from medtwin.store import RawMessage, SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
-from medtwin.twin.worker import SKIPPED_CODE, record_skipped
+from medtwin.twin.worker import SKIPPED_CODE, listener_store, record_skipped
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -48,6 +48,12 @@ def store_messages(store: Store, payloads: list[bytes]) -> None:
     store.write_batch(items)
 
 
+def direct_events(payloads: list[bytes]) -> list[Event]:
+    """What a runtime fed directly (no store, no log) raises for *payloads*, in order."""
+    runtime = TwinRuntime(None)
+    return [e for p in payloads for e in runtime.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)]
+
+
 def summary(events: list[Event]) -> list[tuple[str, str, str, datetime, str | None]]:
     return sorted((e.patient_id or "", e.kind, e.code, e.time, e.severity) for e in events)
 
@@ -69,11 +75,7 @@ def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tm
         assert second.messages == 50  # only what arrived since, nothing twice
         runtime.close()
         via_log = store.events()
-    direct = TwinRuntime(None)
-    expected: list[Event] = []
-    for payload in payloads:
-        (message,) = hl7v2.parse_payload(payload)
-        expected += direct.process(hl7v2.map_message(message).records)
+    expected = direct_events(payloads)
     assert any(e.kind == "alert" for e in expected)
     alerts = [e for e in expected if e.kind == "alert"]
     assert summary([e for e in via_log if e.kind == "alert"]) == summary(alerts)  # the same alerts, none twice
@@ -125,12 +127,11 @@ def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: 
     """*as_listen*: as `medtwin listen` runs them: a write lock shared with the (spawned) worker, and the listener's
     WAL checkpoints in a background thread."""
     db = f"sqlite:///{tmp_path / 'live.db'}"
-    Store(db).close()
+    listener, lock = listener_store(db) if as_listen else (Store(db), None)
     payloads = feed(60)
-    lock = SharedWriteLock() if as_listen else None
 
     async def main() -> None:
-        with Store(db, write_lock=lock and lock.yielding(), checkpoint_interval_s=0.05 if as_listen else None) as store:
+        with listener as store:
             async with MllpServer(store, MllpConfig(port=0)) as server:
                 assert server.port is not None
                 async with await MllpClient.connect("127.0.0.1", server.port, timeout_s=20) as client:
@@ -188,8 +189,7 @@ def test_a_failing_group_restarts_the_twins_from_the_cursor_and_loses_nothing(
         assert report["messages_read"] >= 40
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
         stored_alerts = store.events(kind="alert")
-    direct = TwinRuntime(None)
-    expected = [e for p in payloads for e in direct.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)]
+    expected = direct_events(payloads)
     assert summary(stored_alerts) == summary([e for e in expected if e.kind == "alert"])
 
 
@@ -228,12 +228,6 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
         # stepping over the same message again (a restart before the cursor moved on) stores the alert once
         assert record_skipped(store, poisoned, "again") is not None
         assert len([e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]) == 1
-    direct = TwinRuntime(None)
-    expected = [
-        e
-        for i, p in enumerate(payloads)
-        if i != 7
-        for e in direct.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)
-    ]
+    expected = direct_events([p for i, p in enumerate(payloads) if i != 7])
     # every other message reached the twins
     assert summary(alerts) == summary([e for e in expected if e.kind == "alert"])

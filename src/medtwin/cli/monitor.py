@@ -25,7 +25,6 @@ from medtwin.records import Event
 __all__ = ["register"]
 
 T = TypeVar("T")
-LISTENER_CHECKPOINT_S = 0.5  # the listener checkpoints the WAL from a thread, off the commit path (store.checkpoint)
 _SEVERITY_STYLE = {"high": "bold red", "medium": "red", "low-medium": "yellow", "low": "green"}
 
 
@@ -36,10 +35,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return run(main)
 
 
-def _open_store(db: str | None, *, checkpoint_interval_s: float | None = None, write_lock: Any = None) -> Any:
+def _open_store(db: str | None) -> Any:
     from medtwin.store import Store
 
-    return Store(db, checkpoint_interval_s=checkpoint_interval_s, write_lock=write_lock)
+    return Store(db)
 
 
 def _print_event(console: Console, event: Event) -> None:
@@ -81,17 +80,12 @@ async def _listen(
 ) -> dict[str, Any]:
     from medtwin.interop.mllp import MllpConfig, MllpServer
     from medtwin.twin import RuntimeProcess, TwinRuntime
+    from medtwin.twin.worker import listener_store
 
     if runtime_mode not in ("process", "thread"):
         raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
-    from medtwin.store import SharedWriteLock
-
-    write_lock = SharedWriteLock() if runtime_mode == "process" else None  # listener and worker take turns fairly
-    store = _open_store(
-        db,
-        checkpoint_interval_s=LISTENER_CHECKPOINT_S,
-        write_lock=None if write_lock is None else write_lock.yielding(),
-    )
+    # listener and worker take turns fairly on one write lock; the listener checkpoints for both
+    store, write_lock = listener_store(db, with_worker=runtime_mode == "process")
     loop = asyncio.get_running_loop()
     freshness = timedelta(minutes=freshness_minutes)
     runtime: TwinRuntime | None = None

@@ -60,7 +60,7 @@ class _Item:
     records: Sequence[Record]
     groups: dict[type[Any], list[Any]]
     raw: RawMessage | None
-    encoded: dict[type[Any], list[tuple[Any, ...]]] | None = None
+    encoded: dict[type[Any], list[tuple[Any, ...]]]  # SQLite value tuples by type (empty elsewhere)
     outcome: ItemOutcome = field(default_factory=ItemOutcome)
 
 
@@ -209,17 +209,15 @@ def _insert_once(
     driver: sqlite3.Connection | None,
     kind: type[Any],
     records: list[Any],
-    values: list[tuple[Any, ...]] | None = None,
+    values: list[tuple[Any, ...]],
 ) -> tuple[list[Any], set[Any] | None]:
     """Insert *records* of *kind* (ON CONFLICT DO NOTHING): their primary keys, and the set of those inserted.
 
     The set is None when every record was inserted (the common case, which then costs no read back). On SQLite
-    *values* are the records' value tuples when already encoded (:func:`encode_plain`).
+    *values* are the records' value tuples (:func:`encode_plain`); elsewhere they are not used.
     """
     table, pk, row_of = rows.TABLE_OF[kind]
     if driver is not None:
-        if values is None:
-            values = [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
         done = _sqlite_insert(driver, table, rows.COLUMNS[kind], values)
         if done is not None:
             ids = [v[0] for v in values]
@@ -245,12 +243,14 @@ def write_items(
 ) -> list[ItemOutcome]:
     """Write *items* (with their records already grouped by :func:`group_records`) on *conn*; one outcome each.
 
-    *encoded* (SQLite): each item's value tuples from :func:`encode_plain`, computed before the transaction.
+    *encoded* (SQLite): each item's value tuples from :func:`encode_plain`, best computed before the transaction
+    (encoded here when not given); ignored elsewhere.
     """
-    if encoded is None or dialect != "sqlite":
-        batch = [_Item(records, g, raw) for (records, raw), g in zip(items, groups, strict=True)]
-    else:
-        batch = [_Item(records, g, raw, e) for (records, raw), g, e in zip(items, groups, encoded, strict=True)]
+    if dialect != "sqlite":
+        encoded = [{} for _ in groups]
+    elif encoded is None:
+        encoded = [encode_plain(g) for g in groups]
+    batch = [_Item(records, g, raw, e) for (records, raw), g, e in zip(items, groups, encoded, strict=True)]
     for item in batch:
         item.outcome.records = len(item.records)
     driver = _sqlite_driver(conn) if dialect == "sqlite" else None
@@ -263,9 +263,7 @@ def write_items(
         if not owners:
             continue
         records = [r for item, _ in owners for r in item.groups[kind]]
-        values = None
-        if driver is not None and all(item.encoded is not None for item, _ in owners):
-            values = [v for item, _ in owners for v in item.encoded[kind]]  # type: ignore[index]
+        values = [v for item, _ in owners for v in item.encoded.get(kind, ())]
         ids, new_ids = _insert_once(conn, driver, kind, records, values)
         if new_ids is None:
             for item, n in owners:

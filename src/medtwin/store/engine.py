@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["SqliteSettings", "WriteLock", "WriteTransaction", "make_engine", "reason", "safe_url"]
+__all__ = ["SqliteSettings", "WriteLock", "WriteTransaction", "is_memory_url", "make_engine", "reason", "safe_url"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,6 @@ class SqliteSettings:
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: SqliteSettings) -> None:
-    cache_mib, autocheckpoint = settings.cache_mib, settings.autocheckpoint
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -32,11 +31,11 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: SqliteSet
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         # 64 MiB page cache (default 2 MiB): the primary-key and provenance indexes of a busy store stay in memory
-        cursor.execute(f"PRAGMA cache_size={-1024 * int(cache_mib)}")
+        cursor.execute(f"PRAGMA cache_size={-1024 * int(settings.cache_mib)}")
         # checkpoint every ~40 MiB of WAL (default ~4 MiB): a stream rewrites the same index leaves in every commit,
         # and a checkpoint copies each page once however many commits changed it (docs/store.md, "Write path")
         # (far more when a background thread checkpoints: medtwin.store.checkpoint)
-        cursor.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={int(settings.autocheckpoint)}")
     finally:
         cursor.close()
 
@@ -60,9 +59,14 @@ def reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def is_memory_url(url: str) -> bool:
+    """Whether *url* names an in-memory SQLite database (one connection, no file)."""
+    return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+
+
 def make_engine(url: str, settings: SqliteSettings) -> Engine:
     if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+        memory = is_memory_url(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},

@@ -51,7 +51,15 @@ from medtwin.records import (
 from medtwin.store import batch, codec, schema
 from medtwin.store.checkpoint import FALLBACK_AUTOCHECKPOINT, WalCheckpointer
 from medtwin.store.config import StoreConfigError, resolve_database_url
-from medtwin.store.engine import SqliteSettings, WriteLock, WriteTransaction, make_engine, reason, safe_url
+from medtwin.store.engine import (
+    SqliteSettings,
+    WriteLock,
+    WriteTransaction,
+    is_memory_url,
+    make_engine,
+    reason,
+    safe_url,
+)
 from medtwin.store.locks import SharedWriteLock
 from medtwin.store.migrate import upgrade_to_head
 
@@ -206,7 +214,7 @@ class Store:
                 self._engine.dispose()
                 raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
         path = self._engine.url.database
-        if background and self._dialect == "sqlite" and path and path != ":memory:" and "mode=memory" not in self.url:
+        if background and self._dialect == "sqlite" and path and not is_memory_url(self.url):
             assert checkpoint_interval_s is not None
             self.checkpointer = WalCheckpointer(path, interval_s=checkpoint_interval_s, lock=self._write_lock)
 

@@ -35,11 +35,13 @@ from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
     "DEFAULT_CONSUMER",
+    "LISTENER_CHECKPOINT_S",
     "SKIPPED_CODE",
     "LogFollower",
     "RuntimeProcess",
     "WorkerStats",
     "follow",
+    "listener_store",
     "record_skipped",
     "recover_and_follow",
 ]
@@ -357,17 +359,32 @@ def _child(
         store.close()
 
 
+LISTENER_CHECKPOINT_S = 0.5  # the listener checkpoints the WAL from a thread, off the commit path (store.checkpoint)
+
+
+def listener_store(db: str | None, *, with_worker: bool = True) -> tuple[Store, SharedWriteLock | None]:
+    """The store of an MLLP listener, as ``medtwin listen`` opens it, and the lock to give its twin worker.
+
+    The store checkpoints the WAL from a thread of its own every :data:`LISTENER_CHECKPOINT_S`. *with_worker*
+    (the twin runtime in a :class:`RuntimeProcess`): it takes a :class:`~medtwin.store.locks.SharedWriteLock`
+    (its yielding view, so the worker's few transactions go first), returned for
+    ``RuntimeProcess(..., write_lock=lock)``; otherwise the lock is None.
+    """
+    lock = SharedWriteLock() if with_worker else None
+    view = None if lock is None else lock.yielding()
+    return Store(db, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=view), lock
+
+
 class RuntimeProcess:
     """A :class:`TwinRuntime` following the store's raw log in a child process (see the module docstring).
 
     *db* is the database URL as given to :class:`~medtwin.store.Store` (None: the configured default, resolved
     in the child exactly as in the parent). *on_event* must be a module-level function (it is sent to the child
-    by reference); it is called in the child for every event, e.g. to print alerts. *write_lock*: the
-    :class:`~medtwin.store.locks.SharedWriteLock` of the listener's store (its :meth:`yielding` view there), so the
-    worker's writes are not starved by the listener's commits. *checkpoints_elsewhere*: the listener's store
-    checkpoints the WAL in the background (``checkpoint_interval_s``), so the worker's commits never do (measured:
-    otherwise every commit of the worker that found the WAL past 10,000 pages ran a 15-30 ms checkpoint while
-    holding the write lock, and the listener's ACKs waited for it).
+    by reference); it is called in the child for every event, e.g. to print alerts. *write_lock*: the lock of the
+    listener's store from :func:`listener_store`, so the worker's writes are not starved by the listener's commits;
+    with it the worker also leaves WAL checkpoints to the listener (measured: otherwise every commit of the worker
+    that found the WAL past 10,000 pages ran a 15-30 ms checkpoint while holding the write lock, and the listener's
+    ACKs waited for it).
     """
 
     def __init__(
@@ -379,11 +396,9 @@ class RuntimeProcess:
         assume_tz: tzinfo = UTC,
         on_event: Callable[[Event], None] | None = None,
         write_lock: SharedWriteLock | None = None,
-        checkpoints_elsewhere: bool = False,
     ) -> None:
         self.db = db
         self.write_lock = write_lock
-        self.checkpoints_elsewhere = checkpoints_elsewhere
         self.freshness = freshness
         self.name = name
         self.assume_tz = assume_tz
@@ -409,7 +424,7 @@ class RuntimeProcess:
                 child,
                 self._stop,
                 self.write_lock,
-                self.checkpoints_elsewhere,
+                self.write_lock is not None,  # a listener's lock: that listener checkpoints (listener_store)
             ),
             name="medtwin-twin-runtime",
             daemon=True,
