@@ -47,11 +47,16 @@ def _run(main: Any) -> Any:
 
 
 # -- servers (run in a child process) -----------------------------------------------------------------------
-async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: bool = False) -> None:
+async def _serve_medtwin(
+    db_url: str, *, memory: bool = False, thread_runtime: bool = False, twins: bool = True, listeners: int = 1
+) -> None:
     """medtwin's listener. Default: the twin runtime in its own process following the store's raw log (as
     ``medtwin listen`` runs it); *thread_runtime*: the runtime as a thread of the listener, fed in memory;
-    *memory*: an in-memory sink with a thread runtime and no persistence (no disk at all)."""
+    *memory*: an in-memory sink with a thread runtime and no persistence (no disk at all); *twins* False: no twin
+    runtime at all (the storage path alone); *listeners*: listener processes on the port (``--processes``)."""
     from medtwin.interop.mllp import MemorySink, MllpConfig, MllpServer
+    from medtwin.interop.mllp_pool import ListenerPool
+    from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store
 
@@ -59,37 +64,47 @@ async def _serve_medtwin(db_url: str, *, memory: bool = False, thread_runtime: b
     lock = None
     store: Any = MemorySink()
     if not memory:  # as `medtwin listen` opens it
-        store, lock = listener_store(db_url, with_worker=not in_process)
+        store, lock = listener_store(db_url, with_worker=(twins and not in_process) or listeners > 1)
     runtime = TwinRuntime(None if memory else store) if in_process else None
-    worker = None if in_process else RuntimeProcess(db_url, write_lock=lock)
+    worker = None if in_process or not twins else RuntimeProcess(db_url, write_lock=lock)
     if runtime is not None:
         runtime.start()
     if worker is not None:
         worker.start()
+    config = MllpConfig(port=0, max_connections=256, reuse_port=listeners > 1)
     server = MllpServer(
         store,
-        MllpConfig(port=0, max_connections=256),
+        config,
         on_stored=None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic)),
     )
+    prepare_service_heap()  # as `medtwin listen` does
     port = await server.start()
+    pool = None
+    if listeners > 1:
+        assert lock is not None
+        pool = ListenerPool(db_url, config, extra=listeners - 1, write_lock=lock)
+        pool.start(port)
     print(f"PORT {port}", flush=True)
     await _until_stdin_closes()
     writer = server._writer
+    children = pool.stop() if pool is not None else []
     await server.close()
     if runtime is not None:
         runtime.close()
         lat = sorted(runtime.alert_latencies_s)
         twin = {"alerts": len(lat), "alert_p50_ms": _pct(lat, 50) * 1e3, "alert_p99_ms": _pct(lat, 99) * 1e3,
                 "runtime_busy_s": runtime.busy_s}  # fmt: skip
+    elif worker is None:
+        twin = {}
     else:
-        assert worker is not None
         w = worker.stop()
         twin = {"alerts": w.get("alerts"), "alert_p50_ms": w.get("alert_p50_ms"),
                 "alert_p99_ms": w.get("alert_p99_ms"), "runtime_busy_s": w.get("busy_s"),
                 "runtime_messages": w.get("messages"), "runtime_error": w.get("error")}  # fmt: skip
     rss_mb = _rss_mb()  # before the count below, which reads the whole raw log
     out = {
-        "accepted": server.stats.accepted,
+        "accepted": server.stats.accepted + sum(int(c.get("accepted", 0)) for c in children),
+        "accepted_by_process": [server.stats.accepted, *(int(c.get("accepted", 0)) for c in children)],
         "duplicates": server.stats.duplicates,
         "rejected": server.stats.rejected,
         "errors": server.stats.errors,
@@ -309,10 +324,10 @@ async def closed_loop(port: int, messages: list[bytes], duration_s: float, conne
 
 
 @contextlib.contextmanager
-def server_process(kind: str, db_url: str = "") -> Any:
+def server_process(kind: str, db_url: str = "", listeners: int = 1) -> Any:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--db", db_url],
+        [sys.executable, __file__, "--serve", kind, "--db", db_url, "--listeners", str(listeners)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -369,7 +384,17 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=15.0, help="duration of the max-rate phase")
     parser.add_argument("--connections", type=int, default=8, help="connections for the fixed-rate phase")
     parser.add_argument(
-        "--serve", choices=["medtwin", "medtwin-thread", "medtwin-memory", "baseline"], help=argparse.SUPPRESS
+        "--serve",
+        choices=["medtwin", "medtwin-ingest", "medtwin-thread", "medtwin-memory", "baseline"],
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--listeners", type=int, default=1, help="medtwin listener processes on the port (medtwin listen --processes)"
+    )
+    parser.add_argument(
+        "--with-ingest-only",
+        action="store_true",
+        help="also run medtwin without the twin runtime (the storage path alone: MLLP + durable commit + ACK)",
     )
     parser.add_argument("--with-memory", action="store_true", help="also run medtwin on an in-memory sink (no disk)")
     parser.add_argument(
@@ -382,10 +407,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["MEDTWIN_BENCH_LOOP"] = args.loop  # the server processes inherit it
     globals()["LOOP"] = args.loop
-    if args.serve in ("medtwin", "medtwin-thread", "medtwin-memory"):
+    if args.serve in ("medtwin", "medtwin-ingest", "medtwin-thread", "medtwin-memory"):
         _run(
             _serve_medtwin(
-                args.db, memory=args.serve == "medtwin-memory", thread_runtime=args.serve == "medtwin-thread"
+                args.db,
+                memory=args.serve == "medtwin-memory",
+                thread_runtime=args.serve == "medtwin-thread",
+                twins=args.serve != "medtwin-ingest",
+                listeners=args.listeners if args.serve in ("medtwin", "medtwin-ingest") else 1,
             )
         )
         return
@@ -397,7 +426,8 @@ def main() -> None:
 
     print(f"stream benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs (shared machine: numbers are noisy), event loop {args.loop} (all processes), "
-          f"max rate: {args.max_connections} connections x {args.window} in flight")  # fmt: skip
+          f"max rate: {args.max_connections} connections x {args.window} in flight; "
+          f"medtwin listener processes: {args.listeners}")  # fmt: skip
     p = parser_bench(2000 if args.quick else 10000)
     ours, ours_map, theirs = p["medtwin_parse_us"], p["medtwin_parse_map_us"], p["hl7_parse_us"]
     print(f"parser: medtwin parse {ours:.0f} us, parse+map to records {ours_map:.0f} us; hl7.parse {theirs:.0f} us "
@@ -405,18 +435,19 @@ def main() -> None:
     n_fixed = int(args.rate * args.seconds)
     results: dict[str, Any] = {"parser": p}
     tmp = Path(tempfile.mkdtemp(prefix="medtwin-bench-"))
-    kinds = ["medtwin", "baseline"] + (["medtwin-thread"] if args.with_thread else [])
+    kinds = ["medtwin", "baseline"] + (["medtwin-ingest"] if args.with_ingest_only else [])
+    kinds += ["medtwin-thread"] if args.with_thread else []
     kinds += ["medtwin-memory"] if args.with_memory else []
     for kind in kinds:
         db = f"sqlite:///{tmp / f'{kind}.db'}"
-        if kind in ("medtwin", "medtwin-thread"):
+        if kind in ("medtwin", "medtwin-ingest", "medtwin-thread"):
             from medtwin.store import Store
 
             Store(db).close()  # migrate before the clock starts
         prefix = f"{kind[:2]}{int(time.time())}"
         fixed_msgs = make_messages(n_fixed, prefix + "F")
-        max_msgs = make_messages(60_000 if not args.quick else 20_000, prefix + "M")
-        with server_process(kind, db) as info:
+        max_msgs = make_messages(int(8_000 * args.max_seconds), prefix + "M")  # more than any run can send
+        with server_process(kind, db, args.listeners) as info:
             fixed = _run(open_loop(info["port"], fixed_msgs, args.rate, args.connections))
             peak = _run(
                 closed_loop(
@@ -436,7 +467,8 @@ def main() -> None:
     nan = float("nan")
     print(f"medtwin receipt->alert event: p50 {s.get('alert_p50_ms', float('nan')):.1f} ms, "
           f"p99 {s.get('alert_p99_ms', float('nan')):.1f} ms over {s.get('alerts', 0)} alerts; "
-          f"stored {s.get('stored_accepted')} messages, {s.get('group_commits')} group commits "
+          f"stored {s.get('stored_accepted')} messages (by process {s.get('accepted_by_process')}), "
+          f"{s.get('group_commits')} group commits "
           f"(commit p50 {s.get('commit_p50_ms') or nan:.1f} ms, "
           f"p99 {s.get('commit_p99_ms') or nan:.1f} ms)")  # fmt: skip
     print(f"medtwin server threads busy (both phases): group-commit writer {s.get('writer_busy_s', 0):.1f} s, "
@@ -456,6 +488,14 @@ def main() -> None:
               f"p99 {mt['fixed']['p99_ms']:.1f} ms; max {mt['max']['throughput_per_s']:.0f} msg/s "
               f"p99 {mt['max']['p99_ms']:.1f} ms; receipt->alert p50 {st.get('alert_p50_ms', float('nan')):.1f} ms "
               f"p99 {st.get('alert_p99_ms', float('nan')):.1f} ms")  # fmt: skip
+    if "medtwin-ingest" in results:
+        mi = results["medtwin-ingest"]
+        si = mi["server"]
+        print(f"medtwin storage path alone (no twin runtime; SQLite, FULL sync): at {args.rate:g} msg/s "
+              f"{mi['fixed']['throughput_per_s']:.0f} msg/s p99 {mi['fixed']['p99_ms']:.1f} ms; "
+              f"max {mi['max']['throughput_per_s']:.0f} msg/s p50 {mi['max']['p50_ms']:.1f} ms "
+              f"p99 {mi['max']['p99_ms']:.1f} ms; {mi['max']['acked']}/{mi['max']['sent']} acked; "
+              f"accepted by process {si.get('accepted_by_process')}")  # fmt: skip
     if "medtwin-memory" in results:
         mm = results["medtwin-memory"]
         print(f"medtwin without storage (in-memory sink, no twin persistence): at {args.rate:g} msg/s "

@@ -19,6 +19,7 @@ FLOORS: dict[str, int] = {
     "records": 0,
     "codes": 0,
     "sim": 0,
+    "service": 0,
     "glucose": 1,
     "dosing": 1,
     "monitoring": 1,

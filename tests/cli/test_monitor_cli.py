@@ -94,3 +94,17 @@ def test_monitors_fail_cleanly_without_a_listener() -> None:
     )
     assert result.exit_code == 1
     assert "acknowledged 0" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        (["--processes", "2", "--runtime", "thread"], "needs --runtime process"),
+        (["--processes", "2", "--db", "sqlite://"], "in-memory database cannot be shared"),
+        (["--runtime", "fiber"], "not one of process, thread"),
+    ],
+)
+def test_listen_refuses_an_option_combination_with_the_reason(options: list[str], why: str) -> None:
+    result = runner.invoke(app, ["listen", "--port", "0", "--quiet", *options])
+    assert result.exit_code == 2
+    assert why in result.output

@@ -25,6 +25,7 @@ from medtwin.records import Event
 __all__ = ["register"]
 
 T = TypeVar("T")
+_SUPERVISE_S = 1.0  # how often `medtwin listen` looks for a listener process that died
 _SEVERITY_STYLE = {"high": "bold red", "medium": "red", "low-medium": "yellow", "low": "green"}
 
 
@@ -50,11 +51,9 @@ def _print_event(console: Console, event: Event) -> None:
 
 
 def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    if cert is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    from medtwin.interop.mllp_pool import server_ssl_context
+
+    return server_ssl_context(cert, key)
 
 
 def print_alert(event: Event) -> None:
@@ -77,15 +76,38 @@ async def _listen(
     on_ready: Callable[[int], None] | None = None,
     freshness_minutes: float = 60.0,
     runtime_mode: str = "process",
+    service_heap: bool = False,
+    processes: int = 1,
+    tls_files: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     from medtwin.interop.mllp import MllpConfig, MllpServer
+    from medtwin.interop.mllp_pool import ListenerPool
+    from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store
 
     if runtime_mode not in ("process", "thread"):
         raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
-    # listener and worker take turns fairly on one write lock; the listener checkpoints for both
-    store, write_lock = listener_store(db, with_worker=runtime_mode == "process")
+    if processes < 1:
+        raise ValidationError(f"--processes: at least 1, got {processes}")
+    if processes > 1 and runtime_mode == "thread":  # the thread sees only its own process's messages
+        raise ValidationError("--processes above 1 needs --runtime process (a runtime thread would miss the messages "
+                              "the other listener processes store)")  # fmt: skip
+    # listeners and worker take turns fairly on one write lock; this process checkpoints for all of them
+    store, write_lock = listener_store(db, with_worker=runtime_mode == "process" or processes > 1)
+    config = MllpConfig(
+        host=host, port=port, max_connections=max_connections, ssl_context=ssl_context, reuse_port=processes > 1
+    )
+    pool: ListenerPool | None = None
+    if processes > 1:  # refused (PostgreSQL, in-memory) before anything is started
+        assert write_lock is not None
+        try:
+            pool = ListenerPool(
+                db, config, extra=processes - 1, write_lock=write_lock, tls_cert=tls_files[0], tls_key=tls_files[1]
+            )
+        except BaseException:
+            store.close()
+            raise
     loop = asyncio.get_running_loop()
     freshness = timedelta(minutes=freshness_minutes)
     runtime: TwinRuntime | None = None
@@ -102,7 +124,6 @@ async def _listen(
         except BaseException:
             store.close()
             raise
-    config = MllpConfig(host=host, port=port, max_connections=max_connections, ssl_context=ssl_context)
     on_stored = None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic))
     server = MllpServer(store, config, on_stored=on_stored)
     stop = stop or asyncio.Event()
@@ -110,21 +131,32 @@ async def _listen(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     events: int | None = None
+    if service_heap:  # this process is the service (`medtwin listen`), not a caller's (medtwin.service)
+        prepare_service_heap()
     try:
         bound = await server.start()
+        if pool is not None:
+            await loop.run_in_executor(None, pool.start, bound)
         console.print(
             f"listening on {host}:{bound} (MLLP{', TLS' if ssl_context else ''}) store={store.url}; "
+            f"{processes} listener process{'es' if processes > 1 else ''}; "
             f"twin runtime: {'own process' if worker is not None else 'thread'}",
             highlight=False,
         )
         if on_ready is not None:
             on_ready(bound)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+        deadline = None if seconds is None else loop.time() + seconds
+        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+            wait = _SUPERVISE_S if deadline is None else max(0.0, min(_SUPERVISE_S, deadline - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            if pool is not None and not stop.is_set():
+                await loop.run_in_executor(None, pool.revive)  # a listener process that died is started again
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+        children = [] if pool is None else await loop.run_in_executor(None, pool.stop)
         await server.close()
         if runtime is not None:
             await loop.run_in_executor(None, runtime.close)
@@ -136,15 +168,17 @@ async def _listen(
             events = report.get("events")
         store.close()
     stats = server.stats
-    return {
-        "accepted": stats.accepted,
-        "duplicates": stats.duplicates,
-        "rejected": stats.rejected,
-        "unmapped": stats.unmapped,
-        "errors": stats.errors,
-        "records": stats.records,
-        "events": events,
+    counters = ("accepted", "duplicates", "rejected", "unmapped", "errors", "records")
+    summary: dict[str, Any] = {
+        name: getattr(stats, name) + sum(int(child.get(name, 0)) for child in children) for name in counters
     }
+    summary["events"] = events
+    if pool is not None:
+        summary["processes"] = processes
+        summary["accepted_by_process"] = [stats.accepted, *(int(child.get("accepted", 0)) for child in children)]
+        summary["process_errors"] = [child["error"] for child in children if "error" in child]
+        summary["processes_revived"] = pool.revived
+    return summary
 
 
 def register(app: typer.Typer) -> None:
@@ -166,23 +200,36 @@ def register(app: typer.Typer) -> None:
         runtime: str = typer.Option(
             "process", help="Twin runtime: 'process' (own process, follows the stored log) or 'thread'."
         ),
+        processes: int = typer.Option(
+            1,
+            min=1,
+            help="Listener processes sharing the port (SO_REUSEPORT; SQLite): more store more messages per second "
+            "on a machine with cores to spare. --max-connections is per process.",
+        ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts."""
         console = Console()
-        summary = run_loop(
-            _listen(
-                db,
-                host,
-                port,
-                None if minutes is None else minutes * 60,
-                console,
-                max_connections=max_connections,
-                ssl_context=_ssl_context(tls_cert, tls_key),
-                quiet=quiet,
-                freshness_minutes=freshness_minutes,
-                runtime_mode=runtime,
+        try:
+            summary = run_loop(
+                _listen(
+                    db,
+                    host,
+                    port,
+                    None if minutes is None else minutes * 60,
+                    console,
+                    max_connections=max_connections,
+                    ssl_context=_ssl_context(tls_cert, tls_key),
+                    quiet=quiet,
+                    freshness_minutes=freshness_minutes,
+                    runtime_mode=runtime,
+                    service_heap=True,
+                    processes=processes,
+                    tls_files=(tls_cert, tls_key),
+                )
             )
-        )
+        except ValidationError as exc:  # a refused option combination: say which, no traceback
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
         console.print(f"stopped: {json.dumps(summary)}", highlight=False)
 
     @app.command("monitors")

@@ -174,11 +174,6 @@ class GroupCommitWriter:
                 return
             batch = [item]
             stop = False
-            import os
-
-            g = float(os.environ.get("GATHER", "0"))
-            if g and self._queue.qsize() < 8:
-                time.sleep(g)
             while len(batch) < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()

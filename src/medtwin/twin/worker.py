@@ -30,6 +30,7 @@ from typing import Any
 from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
 from medtwin.records import Event, Observation, Record
+from medtwin.service import prepare_service_heap
 from medtwin.store import SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin.runtime import TwinRuntime
 
@@ -331,6 +332,7 @@ def _child(
         checkpoints_elsewhere=checkpoints_elsewhere,
     )
     try:
+        prepare_service_heap()  # this process is a service of its own (medtwin.service)
         parent = multiprocessing.parent_process()
 
         def should_stop() -> bool:
