@@ -23,11 +23,11 @@ N_MESSAGES = 300
 OBX_PER_MESSAGE = 6
 
 
-def start_listener(db_url: str, processes: int = 1) -> tuple[subprocess.Popen[str], int]:
+def start_listener(db_url: str, processes: int = 1, *options: str) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}  # the summary on one line
     command = [sys.executable, "-c", "from medtwin.cli import main; main()", "listen", "--port", "0", "--quiet"]
     proc = subprocess.Popen(
-        [*command, "--db", db_url, "--processes", str(processes)],
+        [*command, "--db", db_url, "--processes", str(processes), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
+import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,12 +27,14 @@ CONNECTIONS = 24
 PER_CONNECTION = 10
 
 
-async def send_over_connections(port: int, first: int = 0, connections: int = CONNECTIONS) -> list[str]:
+async def send_over_connections(
+    port: int, first: int = 0, connections: int = CONNECTIONS, ssl_context: ssl.SSLContext | None = None
+) -> list[str]:
     """Each connection sends its own messages, then resends the previous connection's first one (which may
     have been stored by another process); returns the MSA codes."""
 
     async def one(c: int) -> list[str]:
-        async with await MllpClient.connect("127.0.0.1", port, timeout_s=30) as client:
+        async with await MllpClient.connect("127.0.0.1", port, ssl_context=ssl_context, timeout_s=30) as client:
             codes = []
             indices = [first + c * PER_CONNECTION + k for k in range(PER_CONNECTION)]
             if c:
@@ -166,3 +171,30 @@ def test_stop_returns_at_once_for_a_pool_never_started(tmp_path: Path) -> None:
     assert pool.stop() == []
     assert time.monotonic() - started < 1
     assert pool.alive() == 0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not available to make a test cert")
+def test_every_listener_process_serves_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    db_url = f"sqlite:///{tmp_path / 'pool-tls.db'}"
+    Store(db_url).close()
+    proc, port = start_listener(db_url, 2, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        codes = asyncio.run(send_over_connections(port, ssl_context=client))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        finish(proc)
+    assert set(codes) == {"AA"}
+    summary = json.loads(out.split("stopped: ", 1)[1].replace("\n", ""))
+    assert summary["process_errors"] == []
+    assert min(summary["accepted_by_process"]) > 0  # the child loaded the certificate and served TLS too
