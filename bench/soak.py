@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -138,6 +139,7 @@ def main() -> None:
         cursor = load_cursor(store, "twin-runtime")
     finally:
         store.close()
+        shutil.rmtree(tmp, ignore_errors=True)  # gigabytes: do not leave them behind
     sent_ids = run.pop("sent_ids")
     assert isinstance(sent_ids, list)
     stored = set(ids)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -455,6 +456,9 @@ def main() -> None:
                 )
             )
         results[kind] = {"fixed": fixed.summary(), "max": peak.summary(), "server": info.get("stats", {})}
+        with contextlib.suppress(OSError):  # gigabytes per run: do not leave them behind
+            os.remove(db.removeprefix("sqlite:///"))
+    shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(f"{'':34}{'medtwin (SQLite, FULL sync)':>30}{'python-hl7 (no storage)':>26}")
     for phase, label in (("fixed", f"at {args.rate:g} msg/s"), ("max", "max rate")):

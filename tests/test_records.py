@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import time
+import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -20,6 +22,7 @@ from medtwin.records import (
     Patient,
     PatientIdentity,
     Quantity,
+    new_id,
 )
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=timezone(timedelta(hours=2)))
@@ -134,3 +137,20 @@ def test_event_data_is_read_only_and_picklable() -> None:
     clone = pickle.loads(pickle.dumps(event))
     assert clone == event
     assert dict(clone.data) == {"score": 7}
+
+
+def test_new_ids_are_uuid7_and_sort_by_the_time_they_were_made() -> None:
+    first = [new_id() for _ in range(200)]
+    time.sleep(0.003)  # into a later millisecond
+    later = new_id()
+    for value in [*first, later]:
+        parsed = uuid.UUID(value)
+        assert len(value) == 32
+        assert parsed.hex == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+    assert len(set(first)) == len(first)  # 74 random bits: no collision within a millisecond
+    assert max(first) < later  # made later, sorts later: inserted at the end of a primary-key index
+    millis = int(later[:12], 16)
+    assert abs(millis / 1000 - time.time()) < 5  # the leading 48 bits are Unix time in milliseconds
+    assert Event(kind="alert", code="x", time=datetime(2026, 1, 1, tzinfo=UTC), message="m").event_id[12] == "7"

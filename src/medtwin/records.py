@@ -9,7 +9,8 @@ which the store uses to make loading idempotent.
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -58,8 +59,20 @@ def _utc_or_none(value: datetime | None, field_name: str) -> datetime | None:
 
 
 def new_id() -> str:
-    """A new random identifier (UUID4, hex form)."""
-    return uuid.uuid4().hex
+    """A new identifier: a time-ordered UUID, version 7 (RFC 9562, section 5.7), as 32 hex digits.
+
+    48 bits of Unix time in milliseconds, then the version, 74 random bits and the variant. Ids made later sort
+    later, so a database inserts them near the end of its primary-key index; random UUID4 ids land on a random page
+    of an index that keeps growing (events, the twins' NEWS2 observations), which spreads every commit and
+    checkpoint over more and more pages (docs/store.md, "Record ids").
+    """
+    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: the top 12 are rand_a, the low 62 rand_b
+    return f"{millis << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | rand & _RAND_B_MASK:032x}"
+
+
+_MILLIS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
 
 
 def _require(value: str, field_name: str, record: str) -> None:

@@ -23,7 +23,10 @@ N_MESSAGES = 300
 OBX_PER_MESSAGE = 6
 
 
-def start_listener(db_url: str, processes: int = 1, *options: str) -> tuple[subprocess.Popen[str], int]:
+def start_listener(
+    db_url: str, processes: int = 1, *options: str, new_session: bool = False
+) -> tuple[subprocess.Popen[str], int]:
+    """`medtwin listen` on *db_url* (any free port); *new_session*: in a process group of its own, as in a terminal."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}  # the summary on one line
     command = [sys.executable, "-c", "from medtwin.cli import main; main()", "listen", "--port", "0", "--quiet"]
     proc = subprocess.Popen(
@@ -32,6 +35,7 @@ def start_listener(db_url: str, processes: int = 1, *options: str) -> tuple[subp
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        start_new_session=new_session,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -48,24 +48,40 @@ async def send_over_connections(
     return [code for codes in results for code in codes]
 
 
+def migrated(tmp_path: Path) -> str:
+    """The URL of a new, migrated SQLite file (so the listeners start fast)."""
+    db_url = f"sqlite:///{tmp_path / 'pool.db'}"
+    Store(db_url).close()
+    return db_url
+
+
+def stop(proc: subprocess.Popen[str], *, group_interrupt: bool = False) -> tuple[str, dict[str, Any]]:
+    """Stop `medtwin listen` with SIGTERM (or Ctrl-C to its process group); its output and its summary."""
+    if group_interrupt:
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole process group
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        finish(proc)
+    assert proc.returncode == 0, out
+    return out, json.loads(out.split("stopped: ", 1)[1].replace("\n", ""))
+
+
 def children_of(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children() if "resource_tracker" not in " ".join(p.cmdline())]
 
 
 @pytest.mark.timeout(180)
 def test_listen_with_two_processes_stores_each_message_once_and_the_twins_see_all(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'pool.db'}"
-    Store(db_url).close()
+    db_url = migrated(tmp_path)
     proc, port = start_listener(db_url, processes=2)
     try:
         codes = asyncio.run(send_over_connections(port))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        finish(proc)
-    assert proc.returncode == 0, out
+        _, summary = stop(proc)
     assert codes == ["AA"] * (CONNECTIONS * PER_CONNECTION + CONNECTIONS - 1)
-    summary = json.loads(out.split("stopped: ", 1)[1].replace("\n", ""))
     assert summary["accepted"] == CONNECTIONS * PER_CONNECTION
     assert summary["duplicates"] == CONNECTIONS - 1
     assert summary["processes"] == 2
@@ -89,8 +105,7 @@ def test_listen_with_two_processes_stores_each_message_once_and_the_twins_see_al
 
 @pytest.mark.timeout(180)
 def test_kill_9_of_listen_stops_its_listener_processes_and_a_restart_serves_again(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'pool-kill.db'}"
-    Store(db_url).close()
+    db_url = migrated(tmp_path)
     proc, port = start_listener(db_url, processes=3)
     try:
         children = children_of(proc.pid)
@@ -105,11 +120,9 @@ def test_kill_9_of_listen_stops_its_listener_processes_and_a_restart_serves_agai
     proc, port = start_listener(db_url, processes=2)
     try:
         codes = asyncio.run(send_over_connections(port, connections=6))  # the same messages again: resends
-        assert set(codes) == {"AA"}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-        finish(proc)
+        stop(proc)
+    assert set(codes) == {"AA"}
     store = Store(db_url)
     try:
         assert len(store.raw_log(status="accepted", limit=10_000)) == 6 * PER_CONNECTION
@@ -174,27 +187,29 @@ def test_stop_returns_at_once_for_a_pool_never_started(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not available to make a test cert")
-def test_every_listener_process_serves_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )  # fmt: skip
-    db_url = f"sqlite:///{tmp_path / 'pool-tls.db'}"
-    Store(db_url).close()
-    proc, port = start_listener(db_url, 2, "--tls-cert", str(cert), "--tls-key", str(key))
+def test_every_listener_process_serves_tls(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    proc, port = start_listener(migrated(tmp_path), 2, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         client = ssl.create_default_context(cafile=str(cert))
         codes = asyncio.run(send_over_connections(port, ssl_context=client))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        finish(proc)
+        out, summary = stop(proc)
     assert set(codes) == {"AA"}
-    summary = json.loads(out.split("stopped: ", 1)[1].replace("\n", ""))
-    assert summary["process_errors"] == []
+    assert summary["process_errors"] == [], out
     assert min(summary["accepted_by_process"]) > 0  # the child loaded the certificate and served TLS too
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_listen_its_listener_processes_and_its_worker_cleanly(tmp_path: Path) -> None:
+    proc, port = start_listener(migrated(tmp_path), processes=2, new_session=True)
+    try:
+        codes = asyncio.run(send_over_connections(port, connections=8))
+    finally:
+        out, summary = stop(proc, group_interrupt=True)
+    assert set(codes) == {"AA"}
+    assert "Traceback" not in out
+    assert "twin runtime worker:" not in out  # the worker reported instead of dying on the interrupt
+    assert summary["process_errors"] == []
+    assert summary["accepted"] == 8 * PER_CONNECTION
+    assert summary["events"] is not None

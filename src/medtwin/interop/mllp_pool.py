@@ -33,6 +33,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import ssl
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -188,6 +189,9 @@ def _child(
     conn: multiprocessing.connection.Connection,
 ) -> None:
     """A listener process: serve *port* until *stop* is set or the parent dies, then report the counters."""
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops this process through *stop*, after
+    # it has sent the ACKs it owes; an interrupt would drop them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run(_serve(spec, port, lock, stop, conn))
     except Exception as exc:  # report, then fail: the parent logs why

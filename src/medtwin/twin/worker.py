@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -331,6 +332,9 @@ def _child(
         synchronous="NORMAL",
         checkpoints_elsewhere=checkpoints_elsewhere,
     )
+    # Ctrl-C in a terminal reaches the whole process group: the parent asks this process to stop (``stop``), and
+    # an interrupt here would skip the final snapshots and the report
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         prepare_service_heap()  # this process is a service of its own (medtwin.service)
         parent = multiprocessing.parent_process()
