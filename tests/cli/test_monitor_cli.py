@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medtwin.cli import app
+from medtwin.cli.monitor import short_id
 from medtwin.records import Event
 from medtwin.store import Store
 
@@ -108,3 +109,26 @@ def test_listen_refuses_an_option_combination_with_the_reason(options: list[str]
     result = runner.invoke(app, ["listen", "--port", "0", "--quiet", *options])
     assert result.exit_code == 2
     assert why in result.output
+
+
+def test_alerts_raised_together_are_told_apart_by_the_short_id_the_list_shows(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'alerts.db'}"
+    at = datetime(2026, 1, 1, 8, tzinfo=UTC)
+    events = [
+        Event(kind="alert", code=f"rule-{i}", time=at, message=f"alert {i}", patient_id="p1", severity="high")
+        for i in range(20)
+    ]
+    assert len({e.event_id[:8] for e in events}) < len(events)  # time-ordered ids: made together, same start
+    store = Store(db)
+    store.add_events(events)
+    store.close()
+    listed = runner.invoke(app, ["alerts", "list", "--db", db]).output
+    for event in events:
+        assert short_id(event.event_id) in listed
+    target = events[7]
+    acked = runner.invoke(app, ["alerts", "ack", short_id(target.event_id), "--db", db])
+    assert acked.exit_code == 0, acked.output
+    assert f"{target.event_id} rule-7 -> acknowledged" in acked.output
+    ambiguous = runner.invoke(app, ["alerts", "ack", target.event_id[:8], "--db", db])
+    assert ambiguous.exit_code == 2
+    assert "alerts match" in ambiguous.output

@@ -22,7 +22,7 @@ from medtwin.monitoring import mews_score, news2_score, qsofa_score
 from medtwin.monitoring.virtual import PROFILES, virtual_ward
 from medtwin.records import Event
 
-__all__ = ["register"]
+__all__ = ["register", "short_id"]
 
 T = TypeVar("T")
 _SUPERVISE_S = 1.0  # how often `medtwin listen` looks for a listener process that died
@@ -42,11 +42,18 @@ def _open_store(db: str | None) -> Any:
     return Store(db)
 
 
+def short_id(event_id: str) -> str:
+    """What `medtwin alerts list` shows of an alert id: its last 8 characters. Ids are time-ordered UUIDs
+    (``medtwin.records.new_id``) whose first characters are the time, shared by alerts raised together; the
+    tail is random. `alerts ack` / `resolve` take the whole id, a unique prefix, or this tail."""
+    return event_id[-8:]
+
+
 def _print_event(console: Console, event: Event) -> None:
     style = _SEVERITY_STYLE.get(event.severity or "", "white")
     console.print(
         f"[dim]{event.time:%Y-%m-%d %H:%M}[/dim] [{style}]{(event.severity or '').upper():>10}[/{style}] "
-        f"{event.patient_id}  [bold]{event.code}[/bold]  {event.message}  [dim]{event.event_id[:8]}[/dim]"
+        f"{event.patient_id}  [bold]{event.code}[/bold]  {event.message}  [dim]{short_id(event.event_id)}[/dim]"
     )
 
 
@@ -367,7 +374,10 @@ def register(app: typer.Typer) -> None:
     def _set_status(event_id: str, new_status: str, db: str | None, by: str | None) -> None:
         store = _open_store(db)
         try:
-            matches = [e for e in store.events(kind="alert") if e.event_id.startswith(event_id)]
+            alerts = store.events(kind="alert")
+            matches = [e for e in alerts if e.event_id == event_id] or [
+                e for e in alerts if e.event_id.startswith(event_id) or e.event_id.endswith(event_id)
+            ]
             if len(matches) != 1:
                 typer.echo(f"error: {len(matches)} alerts match id {event_id!r} (give more characters)", err=True)
                 raise typer.Exit(2)
@@ -381,7 +391,7 @@ def register(app: typer.Typer) -> None:
 
     @alerts_app.command("ack")
     def alerts_ack(
-        event_id: str = typer.Argument(..., help="Alert id (or a unique prefix)."),
+        event_id: str = typer.Argument(..., help="Alert id, a unique prefix, or the short id the list shows."),
         db: str | None = typer.Option(None, help="Database URL."),
         by: str | None = typer.Option(None, help="Who acknowledges."),
     ) -> None:
@@ -390,7 +400,7 @@ def register(app: typer.Typer) -> None:
 
     @alerts_app.command("resolve")
     def alerts_resolve(
-        event_id: str = typer.Argument(..., help="Alert id (or a unique prefix)."),
+        event_id: str = typer.Argument(..., help="Alert id, a unique prefix, or the short id the list shows."),
         db: str | None = typer.Option(None, help="Database URL."),
         by: str | None = typer.Option(None, help="Who resolves."),
     ) -> None:
