@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -213,3 +214,22 @@ def test_ctrl_c_stops_listen_its_listener_processes_and_its_worker_cleanly(tmp_p
     assert summary["process_errors"] == []
     assert summary["accepted"] == 8 * PER_CONNECTION
     assert summary["events"] is not None
+
+
+def test_a_child_that_cannot_bind_the_port_fails_the_start_with_its_reason(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # bound without SO_REUSEPORT: nobody can share this port
+    taken.listen()
+    port = taken.getsockname()[1]
+    db_url = migrated(tmp_path)
+    store, lock = listener_store(db_url)
+    assert lock is not None
+    pool = ListenerPool(db_url, MllpConfig(port=port), extra=1, write_lock=lock)
+    try:
+        with pytest.raises(RuntimeError, match=r"failed to start: OSError.*(in use|address)"):
+            pool.start(port)
+        assert pool.alive() == 0
+    finally:
+        pool.stop()
+        store.close()
+        taken.close()

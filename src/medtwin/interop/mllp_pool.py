@@ -131,12 +131,19 @@ class ListenerPool:
         )
         proc.start()
         child.close()
-        if not parent.poll(timeout_s):
+        reply: dict[str, Any] = {}
+        if parent.poll(timeout_s):
+            try:
+                reply = dict(parent.recv())
+            except EOFError:  # it died before it could say why (its log has the reason)
+                proc.join(10)
+                reply = {"error": f"the process exited with code {proc.exitcode}"}
+        else:
             proc.kill()
-            raise RuntimeError(f"an MLLP listener process did not start within {timeout_s:.0f} s")
-        reply = parent.recv()
+            reply = {"error": f"not accepting within {timeout_s:.0f} s"}
         if "ready" not in reply:
             proc.join(10)
+            parent.close()
             raise RuntimeError(f"an MLLP listener process failed to start: {reply.get('error', reply)}")
         return proc, parent
 
@@ -151,8 +158,13 @@ class ListenerPool:
             if proc.is_alive() or self._stop is None or self._stop.is_set():
                 continue
             log.error("MLLP listener process %s exited (code %s); starting another", proc.pid, proc.exitcode)
+            try:
+                replacement = self._spawn(timeout_s)
+            except RuntimeError:  # the others keep serving; the next call tries again
+                log.exception("could not start an MLLP listener process in place of %s", proc.pid)
+                continue
             conn.close()
-            self._children[i] = self._spawn(timeout_s)
+            self._children[i] = replacement
             started += 1
         self.revived += started
         return started
