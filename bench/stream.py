@@ -65,7 +65,7 @@ async def _serve_medtwin(
     lock = None
     store: Any = MemorySink()
     if not memory:  # as `medtwin listen` opens it
-        store, lock = listener_store(db_url, with_worker=(twins and not in_process) or listeners > 1)
+        store, lock = listener_store(db_url, shared_lock=(twins and not in_process) or listeners > 1)
     runtime = TwinRuntime(None if memory else store) if in_process else None
     worker = None if in_process or not twins else RuntimeProcess(db_url, write_lock=lock)
     if runtime is not None:

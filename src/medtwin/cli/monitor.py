@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import json
 import signal
-import ssl
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -57,12 +56,6 @@ def _print_event(console: Console, event: Event) -> None:
     )
 
 
-def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    from medtwin.interop.mllp_pool import server_ssl_context
-
-    return server_ssl_context(cert, key)
-
-
 def print_alert(event: Event) -> None:
     """Print *event* if it is an alert (used in the twin runtime's worker process, hence module level)."""
     if event.kind == "alert":
@@ -77,7 +70,6 @@ async def _listen(
     console: Console,
     *,
     max_connections: int,
-    ssl_context: ssl.SSLContext | None,
     quiet: bool,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
@@ -88,7 +80,7 @@ async def _listen(
     tls_files: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     from medtwin.interop.mllp import MllpConfig, MllpServer
-    from medtwin.interop.mllp_pool import ListenerPool
+    from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
     from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store
@@ -100,8 +92,9 @@ async def _listen(
     if processes > 1 and runtime_mode == "thread":  # the thread sees only its own process's messages
         raise ValidationError("--processes above 1 needs --runtime process (a runtime thread would miss the messages "
                               "the other listener processes store)")  # fmt: skip
+    ssl_context = server_ssl_context(*tls_files)  # PEM files (cert, key); every listener process loads them
     # listeners and worker take turns fairly on one write lock; this process checkpoints for all of them
-    store, write_lock = listener_store(db, with_worker=runtime_mode == "process" or processes > 1)
+    store, write_lock = listener_store(db, shared_lock=runtime_mode == "process" or processes > 1)
     config = MllpConfig(
         host=host, port=port, max_connections=max_connections, ssl_context=ssl_context, reuse_port=processes > 1
     )
@@ -225,7 +218,6 @@ def register(app: typer.Typer) -> None:
                     None if minutes is None else minutes * 60,
                     console,
                     max_connections=max_connections,
-                    ssl_context=_ssl_context(tls_cert, tls_key),
                     quiet=quiet,
                     freshness_minutes=freshness_minutes,
                     runtime_mode=runtime,
@@ -446,7 +438,6 @@ def register(app: typer.Typer) -> None:
                     None,
                     console,
                     max_connections=max(64, patients + 8),
-                    ssl_context=None,
                     quiet=False,
                     stop=stop,
                     on_ready=ready.set_result,

@@ -368,15 +368,16 @@ def _child(
 LISTENER_CHECKPOINT_S = 0.5  # the listener checkpoints the WAL from a thread, off the commit path (store.checkpoint)
 
 
-def listener_store(db: str | None, *, with_worker: bool = True) -> tuple[Store, SharedWriteLock | None]:
-    """The store of an MLLP listener, as ``medtwin listen`` opens it, and the lock to give its twin worker.
+def listener_store(db: str | None, *, shared_lock: bool = True) -> tuple[Store, SharedWriteLock | None]:
+    """The store of an MLLP listener, as ``medtwin listen`` opens it, and the lock to give the other writers.
 
-    The store checkpoints the WAL from a thread of its own every :data:`LISTENER_CHECKPOINT_S`. *with_worker*
-    (the twin runtime in a :class:`RuntimeProcess`): it takes a :class:`~medtwin.store.locks.SharedWriteLock`
+    The store checkpoints the WAL from a thread of its own every :data:`LISTENER_CHECKPOINT_S`. *shared_lock*
+    (other processes write the file too: the twin runtime in a :class:`RuntimeProcess`, more listener processes of
+    a :class:`~medtwin.interop.mllp_pool.ListenerPool`): it takes a :class:`~medtwin.store.locks.SharedWriteLock`
     (its yielding view, so the worker's few transactions go first), returned for
-    ``RuntimeProcess(..., write_lock=lock)``; otherwise the lock is None.
+    ``RuntimeProcess(..., write_lock=lock)`` and ``ListenerPool(..., write_lock=lock)``; otherwise the lock is None.
     """
-    lock = SharedWriteLock() if with_worker else None
+    lock = SharedWriteLock() if shared_lock else None
     view = None if lock is None else lock.yielding()
     return Store(db, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=view), lock
 
