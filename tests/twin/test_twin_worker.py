@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -79,8 +80,23 @@ def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tm
     assert any(e.kind == "alert" for e in expected)
     alerts = [e for e in expected if e.kind == "alert"]
     assert summary([e for e in via_log if e.kind == "alert"]) == summary(alerts)  # the same alerts, none twice
+    assert first.alerts + second.alerts == len(alerts)  # the count, not the latency window (bench/soak.py read it)
     # a twin restored from its snapshot remembers the NEWS2 it last announced: a restart changes nothing
     assert summary(via_log) == summary(expected)
+
+
+def test_alert_count_is_not_capped_by_the_latency_window() -> None:
+    runtime = TwinRuntime(None)
+    runtime.alert_latencies_s = deque(maxlen=3)
+    events = [
+        e
+        for p in feed(60)
+        for e in runtime.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records, received_monotonic=0.0)
+    ]
+    raised = sum(1 for e in events if e.kind == "alert")
+    assert raised > 3
+    assert runtime.alerts_raised == raised
+    assert len(runtime.alert_latencies_s) == 3
 
 
 def test_a_new_consumer_starts_at_the_end_of_the_log(tmp_path: Path) -> None:

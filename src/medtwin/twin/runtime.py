@@ -74,7 +74,8 @@ class TwinRuntime:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self._last_snapshot: dict[str, float] = {}
-        self.alert_latencies_s: deque[float] = deque(maxlen=100_000)
+        self.alert_latencies_s: deque[float] = deque(maxlen=100_000)  # the most recent alerts' receipt-to-alert
+        self.alerts_raised = 0  # every alert, also those whose latency has left the window above
         self.events_published = 0
         self.busy_s = 0.0
 
@@ -138,9 +139,10 @@ class TwinRuntime:
                     to_write.extend(new)
                     if vitals.last_news2_observation is not None and any(e.code == "news2" for e in new):
                         to_write.append(vitals.last_news2_observation)
-                    if received is not None:
-                        latency = time.monotonic() - received
-                        self.alert_latencies_s.extend(latency for e in new if e.kind == "alert")
+                    alerts = sum(1 for e in new if e.kind == "alert")
+                    self.alerts_raised += alerts
+                    if received is not None and alerts:
+                        self.alert_latencies_s.extend([time.monotonic() - received] * alerts)
             self._persist(to_write, cleared, list(touched.values()))
         for event in events:
             self.events_published += 1

@@ -122,7 +122,8 @@ class LogFollower:
 
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
-    """What a worker did: messages read, events raised, alerts and their receipt-to-alert latency."""
+    """What a worker did: messages read, events raised, alerts and their receipt-to-alert latency (over the most
+    recent 100,000 alerts)."""
 
     messages: int
     unmappable: int
@@ -182,7 +183,7 @@ def follow(
         messages=follower.messages,
         unmappable=follower.unmappable,
         events=runtime.events_published,
-        alerts=len(latencies),
+        alerts=runtime.alerts_raised,
         alert_p50_ms=_pct(latencies, 50),
         alert_p99_ms=_pct(latencies, 99),
         busy_s=busy,
