@@ -99,6 +99,29 @@ def test_alert_count_is_not_capped_by_the_latency_window() -> None:
     assert len(runtime.alert_latencies_s) == 3
 
 
+def test_a_group_and_its_cursor_are_stored_together_or_not_at_all(tmp_path: Path) -> None:
+    payloads = feed(40)
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store_messages(store, payloads)
+        follower = LogFollower(store)
+        items = follower.poll()
+
+        def cursor_then_crash() -> None:
+            follower.commit()
+            raise OSError("disk full")
+
+        with pytest.raises(OSError, match="disk full"):
+            TwinRuntime(store).process_many(items, also=cursor_then_crash)
+        assert store.events() == []  # neither the group's events nor its cursor were stored
+        assert load_cursor(store, "twin-runtime") == 0
+        again = LogFollower(store)
+        events = TwinRuntime(store).process_many(again.poll(), also=again.commit)
+        assert any(e.kind == "alert" for e in events)
+        assert summary(store.events()) == summary(events)
+        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+
+
 def test_a_new_consumer_starts_at_the_end_of_the_log(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
         store_messages(store, feed(8))
@@ -177,11 +200,11 @@ class FlakyRuntime(TwinRuntime):
 
     failures_left = 1
 
-    def process_many(self, items):  # type: ignore[no-untyped-def]
+    def process_many(self, items, **options):  # type: ignore[no-untyped-def]
         if FlakyRuntime.failures_left:
             FlakyRuntime.failures_left -= 1
             raise OSError("disk I/O error")
-        return super().process_many(items)
+        return super().process_many(items, **options)
 
 
 def test_a_failing_group_restarts_the_twins_from_the_cursor_and_loses_nothing(
@@ -212,11 +235,11 @@ def test_a_failing_group_restarts_the_twins_from_the_cursor_and_loses_nothing(
 class PoisonedRuntime(TwinRuntime):
     """Fails on every group that holds message W-00007 (a bug triggered by one message)."""
 
-    def process_many(self, items):  # type: ignore[no-untyped-def]
+    def process_many(self, items, **options):  # type: ignore[no-untyped-def]
         for records, _ in items:
             if any(r.provenance is not None and r.provenance.source_id.startswith("W-00007/") for r in records):
                 raise ValueError("twin bug on this message")
-        return super().process_many(items)
+        return super().process_many(items, **options)
 
 
 def test_a_message_that_always_fails_is_isolated_and_stepped_over(

@@ -85,6 +85,20 @@ class WriteLock(Protocol):
     def release(self) -> None: ...
 
 
+class JoinedTransaction:
+    """A write inside a unit of work (:meth:`medtwin.store.Store.unit_of_work`): it runs on the unit's connection,
+    and the unit commits (or rolls back) it with everything else in the block."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> Connection:
+        return self._conn
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 class WriteTransaction:
     """A write transaction, serialised by *lock* when the database has a single writer."""
 

@@ -2,8 +2,9 @@
 
 The runtime works off the ingest path: :meth:`TwinRuntime.submit` queues a committed batch (bounded queue, so a
 runtime that falls behind slows the listener instead of growing memory) and a worker thread takes every batch
-waiting, updates the twins, stores the events and NEWS2 Observations of the whole group in one transaction, resolves
-the alerts that cleared in the group (in one transaction when the store has ``update_event_statuses``) and calls the
+waiting, updates the twins, stores the group's events and NEWS2 Observations, resolves the alerts that cleared in
+it and saves the snapshots that are due, all in one transaction when the store has ``unit_of_work`` (else one
+transaction for the events and one for the resolutions when it has ``update_event_statuses``), then calls the
 in-process subscribers. :meth:`process` does the same synchronously (tests, batch replays).
 """
 
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -102,11 +104,19 @@ class TwinRuntime:
         """Route *records* to the twins now; store and publish the resulting events; return them."""
         return self.process_many([(records, received_monotonic)])
 
-    def process_many(self, items: Sequence[tuple[Sequence[Record], float | None]]) -> list[Event]:
-        """Process several stored messages' records, in order, with ONE store transaction for their events.
+    def process_many(
+        self,
+        items: Sequence[tuple[Sequence[Record], float | None]],
+        *,
+        also: Callable[[], None] | None = None,
+    ) -> list[Event]:
+        """Process several stored messages' records, in order, with ONE store transaction for their outputs.
 
         Each item is ``(records, received_monotonic)``: the receipt time (``time.monotonic()`` clock, or None) is
-        used to measure receipt-to-alert latency.
+        used to measure receipt-to-alert latency. The group's events, NEWS2 Observations, resolved alerts and due
+        snapshots are written in one transaction when the store offers ``unit_of_work`` (a
+        :class:`medtwin.store.Store` does); *also* runs inside it, after them (the worker saves its cursor there,
+        so the cursor never moves past outputs that were not stored). Subscribers are called after the commit.
         """
         events: list[Event] = []
         to_write: list[Record] = []
@@ -143,7 +153,11 @@ class TwinRuntime:
                     self.alerts_raised += alerts
                     if received is not None and alerts:
                         self.alert_latencies_s.extend([time.monotonic() - received] * alerts)
-            self._persist(to_write, cleared, list(touched.values()))
+            unit = getattr(self.store, "unit_of_work", None)
+            with unit() if unit is not None else nullcontext():
+                self._persist(to_write, cleared, list(touched.values()))
+                if also is not None:
+                    also()
         for event in events:
             self.events_published += 1
             for callback in list(self._subscribers):

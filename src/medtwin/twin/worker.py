@@ -150,12 +150,12 @@ def follow(
 ) -> WorkerStats:
     """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
 
-    The worker reads whatever arrived during the last *group_window_s* as one group (one store transaction for
-    the group's events, one for its resolved alerts) and saves its cursor at most every *cursor_every_s* and when
-    it stops. The listener shares SQLite's single writer lock: every runtime transaction is one more chance for a
-    listener commit to wait on SQLite's busy handler (which sleeps 1, 2, 5, 10... ms between tries), so a few
-    larger runtime transactions keep the listener's ACK latency low. The price: alerts come up to one window
-    later, and after a crash up to *cursor_every_s* of messages are processed again (at least once).
+    The worker reads whatever arrived during the last *group_window_s* as one group, stores the group's outputs
+    (events, NEWS2 Observations, resolved alerts, due snapshots) in one transaction, and saves its cursor in that
+    transaction at most every *cursor_every_s* (and when it stops). The listener shares SQLite's single writer
+    lock: every runtime transaction is one more wait for the lock, for the worker and for the listener, so a few
+    larger runtime transactions keep both moving. The price: alerts come up to one window later, and after a
+    crash up to *cursor_every_s* of messages are processed again (at least once).
     A backlog is read without waiting. With *max_messages* it returns once it has read that many.
     """
     busy = 0.0
@@ -165,10 +165,11 @@ def follow(
         items = follower.poll()
         if follower.read != before:
             started = time.perf_counter()
-            runtime.process_many(items)
-            if time.monotonic() - saved_at >= cursor_every_s:
-                follower.commit()
+            if time.monotonic() - saved_at >= cursor_every_s:  # the cursor goes in the group's transaction
+                runtime.process_many(items, also=follower.commit)
                 saved_at = time.monotonic()
+            else:
+                runtime.process_many(items)
             busy += time.perf_counter() - started
             if max_messages is not None and follower.messages >= max_messages:
                 break
