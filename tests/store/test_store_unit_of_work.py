@@ -33,19 +33,67 @@ def test_a_failed_unit_stores_nothing(store: Store) -> None:
     assert store.latest_snapshot("patient:P1") is None
 
 
-def test_a_unit_commits_everything_at_its_end(store: Store) -> None:
+def test_a_unit_commits_everything_at_its_end(store_url: str) -> None:
+    with Store(store_url) as store:
+        _commits_everything_at_its_end(store, store_url)
+
+
+def _commits_everything_at_its_end(store: Store, url: str) -> None:
     with store.unit_of_work():
         store.add_events([event("first")])
         with store.unit_of_work():  # a nested block joins the outer one
             save_cursor(store, "twin-runtime", 5)
         store.save_snapshot("patient:P1", b"{}", T0)
-        assert store.events() == []  # reads use their own connections: nothing is committed yet
+        assert [e.code for e in store.events()] == ["first"]  # this thread reads in the unit: its own writes
+        assert load_cursor(store, "twin-runtime") == 5
+        with Store(url) as other:  # another connection sees nothing before the unit commits
+            assert other.events() == []
+            assert load_cursor(other, "twin-runtime") is None
         alert = event("second")
         store.add_events([alert])
         store.update_event_status(alert.event_id, "acknowledged", by="nurse")  # sees the unit's own writes
     assert [(e.code, e.status) for e in store.events()] == [("first", "active"), ("second", "acknowledged")]
     assert load_cursor(store, "twin-runtime") == 5
     assert store.latest_snapshot("patient:P1") == (T0, b"{}")
+
+
+def test_reads_in_a_unit_on_an_in_memory_store_keep_its_writes() -> None:
+    # an in-memory database has one connection that every caller shares: a read that took it from the pool and
+    # gave it back rolled the unit's earlier writes back, silently
+    with Store("sqlite://") as store:
+        with store.unit_of_work():
+            store.add_events([event("a")])
+            assert [e.code for e in store.events()] == ["a"]
+            store.add_events([event("b")])
+        assert sorted(e.code for e in store.events()) == ["a", "b"]
+
+
+def test_a_read_on_another_thread_does_not_undo_an_open_transaction_of_an_in_memory_store() -> None:
+    # before: the reader took the one shared connection from the pool and handed it back with a rollback, undoing
+    # the writer's open transaction ('a' was lost while the writer went on and committed 'b')
+    with Store("sqlite://") as store:
+        started, go_on = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with store.unit_of_work():
+                store.add_events([event("a")])
+                started.set()
+                go_on.wait(5)
+                store.add_events([event("b")])
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert started.wait(5)
+        seen: list[list[str]] = []
+        reader = threading.Thread(target=lambda: seen.append([e.code for e in store.events()]))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive()  # it waits for the writer's transaction instead of reading into it
+        go_on.set()
+        thread.join(5)
+        reader.join(5)
+        assert seen == [["a", "b"]]
+        assert sorted(e.code for e in store.events()) == ["a", "b"]
 
 
 class CountingLock:

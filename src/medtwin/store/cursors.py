@@ -52,14 +52,14 @@ def accepted_after(
     )
     if content_type is not None:
         stmt = stmt.where(t.c.content_type == content_type)
-    with store.engine.connect() as conn:
+    with store._reading() as conn:
         rows = conn.execute(stmt.order_by(t.c.raw_id).limit(limit)).all()
     return [AcceptedMessage(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
 
 
 def last_raw_id(store: Store) -> int:
     """The highest ``raw_id`` in the raw inbound log (0 when it is empty)."""
-    with store.engine.connect() as conn:
+    with store._reading() as conn:
         value = conn.execute(select(func.max(schema.raw_inbound.c.raw_id))).scalar()
     return int(value or 0)
 
@@ -67,7 +67,7 @@ def last_raw_id(store: Store) -> int:
 def load_cursor(store: Store, name: str) -> int | None:
     """The saved position of consumer *name*, or None when it has never saved one."""
     t = schema.consumer_cursors
-    with store.engine.connect() as conn:
+    with store._reading() as conn:
         value = conn.execute(select(t.c.position).where(t.c.name == name)).scalar()
     return None if value is None else int(value)
 

@@ -70,12 +70,54 @@ __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Stor
 RawStatus = str
 
 
+class _LockedRead:
+    """A pooled connection held under the write lock (an in-memory database: one connection for every thread)."""
+
+    def __init__(self, engine: Any, lock: WriteLock) -> None:
+        self._engine = engine
+        self._lock = lock
+        self._conn: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        self._lock.acquire()
+        try:
+            self._conn = self._engine.connect()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._conn
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        finally:
+            self._lock.release()
+
+
 class _UnitOfWork(threading.local):
     """This thread's open unit of work (:meth:`Store.unit_of_work`): its depth, transaction and connection."""
 
     depth = 0
     tx: WriteTransaction | None = None
     conn: Connection | None = None
+
+
+class _ThreadTransaction(WriteTransaction):
+    """A write transaction that this thread's reads and nested writes join while it is open."""
+
+    def __init__(self, engine: Any, lock: WriteLock | None, unit: _UnitOfWork) -> None:
+        super().__init__(engine, lock)
+        self._unit = unit
+
+    def __enter__(self) -> Connection:
+        conn = super().__enter__()
+        self._unit.conn = conn
+        return conn
+
+    def __exit__(self, *exc: Any) -> None:
+        self._unit.conn = None
+        super().__exit__(*exc)
 
 
 _RAW_STATUSES = ("accepted", "rejected", "duplicate", "unmapped")
@@ -215,6 +257,7 @@ class Store:
         if self._dialect not in ("sqlite", "postgresql"):
             raise ValidationError(f"Store: database {self._dialect!r} is not supported (use SQLite or PostgreSQL)")
         self._unit = _UnitOfWork()
+        self._one_connection = self._dialect == "sqlite" and is_memory_url(self.url)
         # SQLite has one writer; serialising writers in-process avoids busy-retry storms between threads.
         self._write_lock: WriteLock | None = None
         if self._dialect == "sqlite":
@@ -260,12 +303,25 @@ class Store:
 
     def _transaction(self) -> WriteTransaction | JoinedTransaction:
         unit = self._unit
-        if not unit.depth:
-            return WriteTransaction(self._engine, self._write_lock)
-        if unit.conn is None:  # the unit's first write: take the lock now (its rows were encoded before)
+        if unit.conn is not None:  # this thread's open transaction: a unit of work, or a write in progress
+            return JoinedTransaction(unit.conn)
+        if unit.depth:  # the unit's first write: take the lock now (its rows were encoded before)
             unit.tx = WriteTransaction(self._engine, self._write_lock)
             unit.conn = unit.tx.__enter__()
-        return JoinedTransaction(unit.conn)
+            return JoinedTransaction(unit.conn)
+        return _ThreadTransaction(self._engine, self._write_lock, unit)
+
+    def _reading(self) -> Any:
+        """A connection to read with: this thread's open transaction if there is one (its writes are visible);
+        on an in-memory database, whose one connection every thread shares, the pooled connection under the write
+        lock (handing it back rolls back what is on it: a read beside another thread's open transaction undid that
+        transaction, silently); else a pooled connection."""
+        unit = self._unit.conn
+        if unit is not None:
+            return JoinedTransaction(unit)
+        if self._one_connection and self._write_lock is not None:
+            return _LockedRead(self._engine, self._write_lock)
+        return self._engine.connect()
 
     @contextmanager
     def unit_of_work(self) -> Iterator[None]:
@@ -276,8 +332,9 @@ class Store:
         encodes, does not hold up other writers) and kept until the block ends. The twin runtime's worker stores
         each group's events, resolved alerts, due snapshots and its cursor this way: with separate transactions it
         waited for the write lock once per write, half its time beside two listener processes
-        (docs/benchmarks.md). Nested blocks join the outer one. Reads (``events``, ``latest_snapshot``...) use
-        their own connections and see only what is committed.
+        (docs/benchmarks.md). Nested blocks join the outer one. Reads through the store on the same thread after
+        the unit's first write (``events``, ``latest_snapshot``, :func:`~medtwin.store.accepted_after`...) run in
+        the unit and see its writes; other threads and processes see them once the block ends.
         """
         unit = self._unit
         unit.depth += 1
@@ -383,7 +440,7 @@ class Store:
         stmt = select(t).order_by(t.c.raw_id.desc()).limit(limit)
         if status is not None:
             stmt = stmt.where(t.c.status == status)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [self._raw_entry(r) for r in conn.execute(stmt)]
 
     def raw_seen(
@@ -405,20 +462,20 @@ class Store:
             .order_by(t.c.raw_id)
             .limit(1)
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else self._raw_entry(row)
 
     # -- reading ------------------------------------------------------------------------------------------
     def _bodies(self, stmt: Any) -> list[str]:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [r[0] for r in conn.execute(stmt)]
 
     def patients(self) -> list[Patient]:
         """Every patient, with identity, ordered by patient id."""
         p, i = schema.patients, schema.patient_identity
         stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).order_by(p.c.patient_id)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [self._patient(body, ident) for body, ident in conn.execute(stmt)]
 
     def patient_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
@@ -439,7 +496,7 @@ class Store:
             )
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return [str(r[0]) for r in conn.execute(stmt)]
 
     @staticmethod
@@ -453,7 +510,7 @@ class Store:
         """The patient *patient_id* with identity, or None."""
         p, i = schema.patients, schema.patient_identity
         stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).where(p.c.patient_id == patient_id)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else self._patient(row[0], row[1])
 
@@ -510,7 +567,7 @@ class Store:
         """
         t = schema.observations
         found: dict[str, Observation] = {}
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             for coding in codes:
                 stmt = select(t.c.body).where(
                     t.c.patient_id == patient_id, self._code_match(coding), t.c.status.not_in(_NOT_A_VALUE)
@@ -649,7 +706,7 @@ class Store:
         t = schema.twin_snapshots
         stmt = select(t.c.at, t.c.blob).where(t.c.twin_id == twin_id)
         stmt = stmt.order_by(t.c.at.desc(), t.c.snapshot_id.desc()).limit(1)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(stmt).first()
         return None if row is None else (row[0], bytes(row[1]))
 
@@ -667,5 +724,5 @@ class Store:
             schema.raw_inbound,
             schema.twin_snapshots,
         )
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables}
