@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from medtwin.errors import ValidationError
 from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor
@@ -79,41 +75,3 @@ def test_sqlite_page_cache_is_set_per_store(tmp_path: object) -> None:
         assert conn.execute(text("PRAGMA cache_size")).scalar() == -64 * 1024
     with pytest.raises(ValidationError, match="cache_mib"):
         Store(f"sqlite:///{tmp_path}/c.db", cache_mib=0)
-
-
-def _plans(store: Store, run: Callable[[], object], table: str) -> list[str]:
-    """SQLite's query plan of each SELECT on *table* that *run* executes (EXPLAIN QUERY PLAN, same parameters)."""
-    seen: list[tuple[str, Any]] = []
-
-    def grab(conn: object, cursor: object, statement: str, parameters: Any, context: object, many: bool) -> None:
-        if statement.lstrip().startswith("SELECT") and f"FROM {table}" in statement:
-            seen.append((statement, parameters))
-
-    event.listen(store.engine, "before_cursor_execute", grab)
-    try:
-        run()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", grab)
-    with store.engine.connect() as conn:
-        return [" / ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + s, p)) for s, p in seen]
-
-
-def test_log_reads_do_not_scan_every_accepted_row(tmp_path: Path) -> None:
-    # SQLite's planner, without statistics, preferred the (status, received) index for ``status = 'accepted'``:
-    # every poll of the twin worker then scanned the whole accepted log and sorted it (26 ms of CPU per poll at
-    # 300,000 rows, growing with the log), and so did the lookup of a resent message's original
-    store = Store(f"sqlite:///{tmp_path}/plan.db")
-    try:
-        store.write([], raw("A"))
-        hl7 = "x-application/hl7-v2+er7"
-        (poll,) = _plans(store, lambda: accepted_after(store, 0, content_type=hl7), "raw_inbound")
-        assert "USING INTEGER PRIMARY KEY (rowid>?)" in poll, poll
-        assert "TEMP B-TREE" not in poll, poll
-        lookups = _plans(store, lambda: store.write([], raw("A")), "raw_inbound")  # a resend in a new transaction
-        original = [p for p in lookups if "source" in p]
-        assert original, lookups
-        assert all("ix_raw_inbound_source" in p for p in original), lookups
-        (first,) = accepted_after(store, 0)
-        assert store.raw_log(status="duplicate")[0].reason == f"resend of accepted raw_id {first.raw_id}"
-    finally:
-        store.close()

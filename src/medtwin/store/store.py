@@ -638,7 +638,9 @@ class Store:
         if kind is not None:
             stmt = stmt.where(t.c.kind == kind)
         if status is not None:
-            stmt = stmt.where(t.c.status == status)
+            # for one patient, the (patient_id, time) index: SQLite's planner, without statistics, took the
+            # (status, time) index and scanned every event of that status (all resolved alerts, say) instead
+            stmt = stmt.where((t.c.status.concat("") if patient_id is not None else t.c.status) == status)
         if since is not None:
             stmt = stmt.where(t.c.time >= utc(since, field_name="since"))
         stmt = stmt.order_by(t.c.time, t.c.event_id)
