@@ -46,7 +46,7 @@ def accepted_after(
     t = schema.raw_inbound
     # ``status || ''`` keeps SQLite's planner off the (status, received) index: with it, each call scanned every
     # accepted row of the log and sorted the matches (26 ms of CPU per call at 300,000 rows, growing with the log);
-    # the primary-key range reads only the rows after *position* (bench/poll_cost.py)
+    # the primary-key range reads only the rows after *position* (bench/raw_log_poll.py)
     stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload).where(
         t.c.raw_id > position, t.c.status.concat("") == "accepted"
     )

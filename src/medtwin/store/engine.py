@@ -86,8 +86,8 @@ class WriteLock(Protocol):
 
 
 class JoinedTransaction:
-    """A write inside a unit of work (:meth:`medtwin.store.Store.unit_of_work`): it runs on the unit's connection,
-    and the unit commits (or rolls back) it with everything else in the block."""
+    """A statement run on the thread's open transaction (a :meth:`medtwin.store.Store.unit_of_work`, or a write
+    in progress): it uses that connection, and whoever opened the transaction commits or rolls it back."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
