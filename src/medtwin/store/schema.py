@@ -51,6 +51,7 @@ __all__ = [
     "record_versions",
     "sqlite_utc_text",
     "twin_snapshots",
+    "unindexed",
 ]
 
 metadata = MetaData(
@@ -86,6 +87,17 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def _naive_time_error(value: datetime) -> ValueError:
     return ValueError(f"naive datetime {value.isoformat()} cannot be stored; medtwin stores UTC times")
+
+
+def unindexed(column: Column[Any]) -> Any:
+    """*column* as an expression no index can serve (``column || ''``), for a filter the planner must not lead with.
+
+    SQLite's planner has no table statistics here (no ANALYZE) and prefers an index with an equality on it: for
+    ``status = 'accepted'`` that meant the ``(status, ...)`` index, a scan of nearly the whole growing table, where
+    another index or the primary-key range reads a few rows (docs/store.md, "Consumer cursors";
+    tests/store/test_store_query_plans.py pins the plans). The comparison itself is unchanged.
+    """
+    return column.concat("")
 
 
 def sqlite_utc_text(value: datetime | None) -> str | None:

@@ -165,11 +165,10 @@ def follow(
         items = follower.poll()
         if follower.read != before:
             started = time.perf_counter()
-            if time.monotonic() - saved_at >= cursor_every_s:  # the cursor goes in the group's transaction
-                runtime.process_many(items, also=follower.commit)
+            save = time.monotonic() - saved_at >= cursor_every_s
+            runtime.process_many(items, also=follower.commit if save else None)  # in the group's transaction
+            if save:
                 saved_at = time.monotonic()
-            else:
-                runtime.process_many(items)
             busy += time.perf_counter() - started
             if max_messages is not None and follower.messages >= max_messages:
                 break
