@@ -11,7 +11,9 @@ the concentration-time plot, ``--fhir OUT.json`` writes a FHIR R4 Bundle of the 
     --target "auc=400,start_h=48,end_h=72"                AUC over a window
     --also "trough_ss<=20" --also "peak_ss>=30"           AND criteria counted in the PTA
 
-``medtwin dose models`` lists the model library.
+``medtwin dose models [PATH ...]`` lists the model library (or the model files at PATH: files or
+folders); ``medtwin dose check MODEL`` validates a model file and prints what medtwin understood of
+it (parameters, covariates with units, Omega, error model) and a typical patient's profile.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typer.core import TyperGroup
 
 from medtwin.dosing import analyze_case, library_models, load_case, load_model, to_records
 from medtwin.dosing.case import CaseError, TargetSpec, parse_target
+from medtwin.dosing.check import check_model
 from medtwin.errors import MedtwinError
 from medtwin.interop.fhir import to_fhir
 
@@ -45,24 +48,44 @@ class _CaseFileGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_CaseFileGroup,
-    help="Precision dosing twin: `medtwin dose CASEFILE` prints the report; "
-    "`medtwin dose models` lists the model library.",
+    help="Precision dosing twin.\n\n"
+    "medtwin dose CASEFILE [OPTIONS]: fit the patient in CASEFILE (.json or .csv) and print the dosing report "
+    "(the same as `medtwin dose report CASEFILE`; options: `medtwin dose report --help`).",
     no_args_is_help=True,
     add_completion=False,
 )
 
 
+def _model_paths(paths: list[Path]) -> list[str]:
+    """Model files named on the command line: files as given, folders by their *.toml files."""
+    out: list[str] = []
+    for path in paths:
+        if path.is_dir():
+            out += [str(p) for p in sorted(path.glob("*.toml"))]
+        else:
+            out.append(str(path))
+    return out
+
+
 @app.command("models")
 def models_command(
-    as_json: bool = typer.Option(False, "--json", help="Print the library as JSON."),
+    paths: list[Path] = typer.Argument(None, help="Model files or folders (default: the library shipped with medtwin)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
-    """List the population PK models shipped with medtwin."""
+    """List population PK models: the library, or the model files at PATH."""
     rows: list[dict[str, Any]] = []
-    for model_id in library_models():
-        m = load_model(model_id)
+    failed = 0
+    for name in _model_paths(paths) if paths else library_models():
+        try:
+            m = load_model(name)
+        except MedtwinError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
         rows.append(
             {
                 "id": m.id,
+                "file": m.source_path,
                 "drug": m.drug,
                 "compartments": m.compartments,
                 "error_model": m.error.kind,
@@ -73,12 +96,53 @@ def models_command(
         )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        typer.echo(
-            f"{r['id']:<24} {r['drug']:<11} {r['compartments']}-cmt  error={r['error_model']:<11}"
-            f" covariates={','.join(r['covariates'])}  doi:{r['doi']}"
+    else:
+        for r in rows:
+            typer.echo(
+                f"{r['id']:<24} {r['drug']:<11} {r['compartments']}-cmt  error={r['error_model']:<11}"
+                f" covariates={','.join(r['covariates'])}  doi:{r['doi']}"
+            )
+    if failed or (paths and not rows):
+        raise typer.Exit(2)
+
+
+def _covariate_values(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise CaseError(f"--covariate {item!r}: expected NAME=NUMBER in the model's unit, e.g. WT=80")
+    return out
+
+
+@app.command("check")
+def check_command(
+    model: str = typer.Argument(..., help="Model file (.toml) or library model id."),
+    covariate: list[str] = typer.Option(
+        [], "--covariate", help="A covariate of the typical patient, NAME=VALUE in the model's unit (repeatable)."
+    ),
+    dose_mg: float = typer.Option(1000.0, "--dose-mg", min=0.0, help="Dose of the typical profile (mg)."),
+    duration_h: float = typer.Option(1.0, "--duration-h", min=0.0, help="Infusion duration (h; 0 = bolus)."),
+    interval_h: float = typer.Option(12.0, "--interval-h", min=0.0, help="Dosing interval for steady state (h)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Validate a model file; print what medtwin understood of it and a typical patient's profile."""
+    try:
+        result = check_model(
+            model,
+            covariates=_covariate_values(covariate),
+            dose_mg=dose_mg,
+            duration_h=duration_h,
+            interval_h=interval_h,
         )
+    except MedtwinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
 
 
 def _fhir_bundle(records: list[Any]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ from medtwin.dosing.covariates import (
     ideal_body_weight_kg,
 )
 from medtwin.dosing.estimation import Level
-from medtwin.dosing.model import CovariateSpec, PKModel, load_model
+from medtwin.dosing.model import CovariateSpec, PKModel
+from medtwin.dosing.modelfile import load_model
 from medtwin.dosing.optimize import STEADY_STATE_METRICS, Metric
 from medtwin.dosing.regimen import Dose
 from medtwin.errors import UnitError, ValidationError
@@ -112,6 +113,11 @@ class TargetSpec:
     time_h: float | None = None
     threshold_mg_l: float | None = None
     constraints: tuple[Constraint, ...] = ()
+
+    @property
+    def is_point(self) -> bool:
+        """True for a target given as a *value* only (no acceptable range, hence no PTA)."""
+        return self.low == self.high
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,14 +513,20 @@ def _dialysis_warning(
         )
 
 
-def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCase:
-    """Validate a case given as a mapping (the JSON structure)."""
+def parse_case(
+    data: Mapping[str, Any], *, source: str = "<case>", relative_to: str | Path | None = None
+) -> PatientCase:
+    """Validate a case given as a mapping (the JSON structure).
+
+    A model given as a relative path is read relative to *relative_to* (the case file's folder, as
+    :func:`load_case` passes it), else relative to the current folder.
+    """
     notes: list[str] = []
     warnings: list[str] = []
     check_keys(data, CASE_KEYS, source)
     if "model" not in data:
         raise CaseError(f"{source}: missing 'model' (a library id or a model-file path)")
-    model = load_model(str(data["model"]))
+    model = load_model(str(data["model"]), relative_to=relative_to)
     raw = data.get("covariates", {})
     if not isinstance(raw, Mapping):
         raise CaseError(f"{source}: 'covariates' must be an object")
@@ -627,5 +639,5 @@ def parse_case(data: Mapping[str, Any], *, source: str = "<case>") -> PatientCas
 
 
 def load_case(path: str | Path) -> PatientCase:
-    """Read a case from a ``.json`` or ``.csv`` file."""
-    return parse_case(read_case_file(path), source=str(Path(path)))
+    """Read a case from a ``.json`` or ``.csv`` file (a model path in it is relative to the file's folder)."""
+    return parse_case(read_case_file(path), source=str(Path(path)), relative_to=Path(path).parent)

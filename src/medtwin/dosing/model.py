@@ -1,4 +1,5 @@
-"""Population PK models read from model files (TOML), and their evaluation for a batch of etas.
+"""Population PK models (read from model files by :mod:`medtwin.dosing.modelfile`) and their evaluation
+for a batch of etas.
 
 A model file (format: docs/dosing-model-format.md) declares the source (citation, DOI, erratum),
 where its validity ranges come from (``validity_source``) and which of its statements could not be
@@ -18,35 +19,23 @@ Units are fixed for the whole library: amounts mg, time h, volumes L, concentrat
 
 from __future__ import annotations
 
-import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from medtwin.dosing.expressions import Expression, compile_expression
+from medtwin.dosing.expressions import Expression, ExpressionError
 from medtwin.errors import ValidationError
 from medtwin.sim.linear import ModalSystem, modal_decomposition
 
-__all__ = [
-    "CovariateSpec",
-    "ErrorModel",
-    "ModelError",
-    "PKModel",
-    "PKSystem",
-    "library_models",
-    "load_model",
-]
+__all__ = ["RATE_NAMES", "CovariateSpec", "ErrorKind", "ErrorModel", "ModelError", "PKModel", "PKSystem"]
 
 FloatArray = npt.NDArray[np.float64]
 ErrorKind = Literal["additive", "proportional", "combined1", "combined2"]
-_RATE_NAMES = ("k10", "k12", "k21", "k13", "k31", "ka")
-_DERIVATIONS = ("cockcroft_gault",)
+#: The rate constants of the compartment structure, in the order :meth:`PKModel.expressions` lists them.
+RATE_NAMES = ("k10", "k12", "k21", "k13", "k31", "ka")
 
 
 class ModelError(ValidationError):
@@ -66,6 +55,18 @@ class CovariateSpec:
     valid_min: float | None = None
     valid_max: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    typical: float | None = None
+
+    @property
+    def typical_value(self) -> float:
+        """The value for a typical patient: ``typical``, else ``default``, else the middle of ``valid``."""
+        if self.typical is not None:
+            return self.typical
+        if self.default is not None:
+            return self.default
+        if self.valid_min is not None and self.valid_max is not None:
+            return (self.valid_min + self.valid_max) / 2.0
+        raise ModelError(f"covariate {self.name}: no typical value (give 'typical' or 'valid')")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,20 @@ class PKModel:
     source_path: str
     validity_source: str = ""
     unverified: tuple[str, ...] = ()
+    parameter_units: Mapping[str, str] = field(default_factory=dict)
+
+    def typical_covariates(self) -> dict[str, float]:
+        """Covariate values of the model's typical patient (see :attr:`CovariateSpec.typical_value`)."""
+        return {c.name: c.typical_value for c in self.covariates}
+
+    def expressions(self) -> list[tuple[str, Expression]]:
+        """Every expression of the model with the field it comes from, in evaluation order."""
+        out = [(f"[parameters].{name}", e) for name, e in self.parameters]
+        out += [(f"[structure].{r}", self.rates[r]) for r in RATE_NAMES if r in self.rates]
+        out.append(("[structure].central_volume", self.central_volume))
+        out += [(f"[structure].{n}", e) for n, e in (("lag", self.lag), ("bioavailability", self.bioavailability))
+                if e is not None]  # fmt: skip
+        return out
 
     @property
     def has_depot(self) -> bool:
@@ -154,11 +169,15 @@ class PKModel:
         if eta.shape[1] != len(self.eta_names):
             raise ValidationError(f"model {self.id}: expected {len(self.eta_names)} etas, got {eta.shape[1]}")
         B = eta.shape[0]
-        env: dict[str, FloatArray | float] = {
-            k: float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64) for k, v in covariates.items()
+        env: dict[str, Any] = {
+            k: np.float64(v) if np.ndim(v) == 0 else np.asarray(v, dtype=np.float64) for k, v in covariates.items()
         }
         for i, name in enumerate(self.eta_names):
             env[name] = eta[:, i]
+        with np.errstate(all="ignore"):  # IEEE results, checked below (and explained by _explain)
+            return self._system(env, B, covariates)
+
+    def _system(self, env: dict[str, Any], B: int, covariates: Mapping[str, Any]) -> PKSystem:
         params: dict[str, FloatArray] = {}
         for name, expr in self.parameters:
             value = _batch(expr(env), B)
@@ -189,10 +208,14 @@ class PKModel:
         weights[:, central] = 1.0 / vc
         lag = np.zeros(B) if self.lag is None else _batch(self.lag(env), B)
         fbio = np.ones(B) if self.bioavailability is None else _batch(self.bioavailability(env), B)
-        if not (np.all(np.isfinite(A)) and np.all(vc > 0) and np.all(np.isfinite(vc))):
-            raise ValidationError(
-                f"model {self.id}: non-finite rates or non-positive volume for covariates {dict(covariates)}"
-            )
+        if not (
+            np.all(np.isfinite(A))
+            and np.all(vc > 0)
+            and np.all(np.isfinite(vc))
+            and np.all(np.isfinite(lag))
+            and np.all(np.isfinite(fbio))
+        ):
+            self._explain(env, covariates)
         return PKSystem(
             matrix=A,
             modal=modal_decomposition(A),
@@ -205,186 +228,22 @@ class PKModel:
         )
 
 
+    def _explain(self, env: Mapping[str, Any], covariates: Mapping[str, Any]) -> None:
+        """Raise the error that names the first expression with a non-finite (or a non-positive volume) value."""
+        shown = {k: v for k, v in covariates.items() if np.ndim(v) == 0}
+        for field_name, expr in self.expressions():
+            try:
+                expr.evaluate(env)
+            except ExpressionError as exc:
+                raise ModelError(f"{self.source_path}: {exc} (covariates {shown})") from None
+        raise ModelError(
+            f"{self.source_path}: [structure].central_volume {self.central_volume.text!r} is not positive "
+            f"for covariates {shown}"
+        )
+
+
 def _batch(value: Any, B: int) -> FloatArray:
     """An expression result as an array of shape (B,) (scalars are repeated)."""
     if isinstance(value, np.ndarray) and value.shape == (B,):
         return value
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (B,))
-
-
-def _get(table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in table:
-        raise ModelError(f"{where}: missing required field {key!r}")
-    value = table[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ModelError(f"{where}.{key}: expected {kind}, got {value!r}")
-    return value
-
-
-def _expr(text: str, *, where: str) -> Expression:
-    try:
-        return compile_expression(text, where=where)
-    except ModelError:
-        raise
-    except ValidationError as exc:
-        raise ModelError(str(exc)) from exc
-
-
-def _omega(table: Mapping[str, Any], n: int, where: str) -> tuple[FloatArray, str]:
-    if "variance" in table:
-        om = np.asarray(table["variance"], dtype=np.float64)
-        convention = "variance (log-scale eta, P = TV * exp(eta))"
-    elif "cv_percent" in table:
-        cv = np.asarray(table["cv_percent"], dtype=np.float64) / 100.0
-        conv = str(table.get("cv_to_variance", ""))
-        if conv == "log":
-            var = np.log(cv**2 + 1.0)
-            convention = "from %CV via omega^2 = ln(CV^2 + 1)"
-        elif conv == "square":
-            var = cv**2
-            convention = "from %CV via omega^2 = CV^2"
-        else:
-            raise ModelError(f"{where}.cv_to_variance: must be 'log' or 'square', got {conv!r}")
-        corr = np.asarray(table.get("correlation", np.eye(cv.size)), dtype=np.float64)
-        sd = np.sqrt(var)
-        om = corr * np.outer(sd, sd)
-    else:
-        raise ModelError(f"{where}: give 'variance' (matrix) or 'cv_percent' (+ cv_to_variance)")
-    if om.ndim == 1:
-        om = np.diag(om)
-    if om.shape != (n, n):
-        raise ModelError(f"{where}: Omega has shape {om.shape}, expected ({n}, {n}) for the etas")
-    if not np.allclose(om, om.T) or np.any(np.linalg.eigvalsh(om) <= 0):
-        raise ModelError(f"{where}: Omega must be symmetric positive definite")
-    return om, convention
-
-
-def _parse_model(data: Mapping[str, Any], source: str) -> PKModel:
-    meta = _get(data, "model", source, dict)
-    w = f"{source}: [model]"
-    model_id = _get(meta, "id", w, str)
-    for key in ("drug", "title", "citation", "doi"):
-        _get(meta, key, w, str)
-    covs: list[CovariateSpec] = []
-    for name, spec in dict(data.get("covariates", {})).items():
-        cw = f"{source}: [covariates.{name}]"
-        if not isinstance(spec, dict):
-            raise ModelError(f"{cw}: expected a table")
-        derive = spec.get("derive")
-        src = spec.get("from")
-        if (derive is None) == (src is None):
-            raise ModelError(f"{cw}: give exactly one of 'from' (a patient field) or 'derive'")
-        if derive is not None and derive not in _DERIVATIONS:
-            raise ModelError(f"{cw}.derive: unknown derivation {derive!r}; known: {_DERIVATIONS}")
-        valid = spec.get("valid", [None, None])
-        opts = {k: v for k, v in spec.items() if k not in ("unit", "description", "from", "derive", "default", "valid")}
-        covs.append(
-            CovariateSpec(
-                name=name,
-                unit=_get(spec, "unit", cw, str),
-                description=str(spec.get("description", "")),
-                source=src,
-                derive=derive,
-                default=None if spec.get("default") is None else float(spec["default"]),
-                valid_min=None if valid[0] is None else float(valid[0]),
-                valid_max=None if valid[1] is None else float(valid[1]),
-                options=opts,
-            )
-        )
-    params_table = _get(data, "parameters", source, dict)
-    params = tuple((name, _expr(text, where=f"{source}: [parameters].{name}")) for name, text in params_table.items())
-    struct = _get(data, "structure", source, dict)
-    sw = f"{source}: [structure]"
-    n_cmt = _get(struct, "compartments", sw, int)
-    if n_cmt not in (1, 2, 3):
-        raise ModelError(f"{sw}.compartments: must be 1, 2 or 3, got {n_cmt}")
-    needed = ["k10"] + (["k12", "k21"] if n_cmt >= 2 else []) + (["k13", "k31"] * (n_cmt == 3))
-    rates = {r: _expr(str(struct[r]), where=f"{sw}.{r}") for r in _RATE_NAMES if r in struct}
-    missing = [r for r in needed if r not in rates]
-    if missing:
-        raise ModelError(f"{sw}: a {n_cmt}-compartment model needs rates {missing}")
-    extra = [r for r in rates if r not in needed and r != "ka"]
-    if extra:
-        raise ModelError(f"{sw}: rates {extra} do not belong to a {n_cmt}-compartment model")
-    volume = _expr(str(_get(struct, "central_volume", sw, str)), where=f"{sw}.vc")
-    lag = _expr(str(struct["lag"]), where=f"{sw}.lag") if "lag" in struct else None
-    fbio = _expr(str(struct["bioavailability"]), where=f"{sw}.bioavailability") if "bioavailability" in struct else None
-    om_table = _get(data, "omega", source, dict)
-    eta_names = tuple(_get(om_table, "etas", f"{source}: [omega]", list))
-    omega, om_conv = _omega(om_table, len(eta_names), f"{source}: [omega]")
-    known = {c.name for c in covs} | set(eta_names)
-    for name, expr in params:
-        unknown = expr.names - known
-        if unknown:
-            raise ModelError(f"{source}: [parameters].{name} uses undefined names {sorted(unknown)}")
-        known.add(name)
-    for label, expr2 in [*rates.items(), ("central_volume", volume), ("lag", lag), ("F", fbio)]:
-        if expr2 is not None and expr2.names - known:
-            raise ModelError(f"{sw}.{label}: undefined names {sorted(expr2.names - known)}")
-    err = _get(data, "error", source, dict)
-    ew = f"{source}: [error]"
-    kind = _get(err, "model", ew, str)
-    if kind not in ("additive", "proportional", "combined1", "combined2"):
-        raise ModelError(f"{ew}.model: unknown error model {kind!r}")
-    add_sd = float(err.get("additive_sd_mg_l", math.sqrt(float(err.get("additive_var", 0.0)))))
-    prop_sd = float(err.get("proportional_sd", math.sqrt(float(err.get("proportional_var", 0.0)))))
-    if add_sd < 0 or prop_sd < 0 or (add_sd == 0 and prop_sd == 0):
-        raise ModelError(f"{ew}: residual SDs must be >= 0 and not both zero")
-    validity = {k: (float(v[0]), float(v[1])) for k, v in dict(data.get("validity", {})).items()}
-    unverified = meta.get("unverified", [])
-    if not isinstance(unverified, list) or not all(isinstance(u, str) for u in unverified):
-        raise ModelError(f"{w}.unverified: expected a list of strings")
-    return PKModel(
-        id=model_id,
-        drug=meta["drug"],
-        title=meta["title"],
-        citation=meta["citation"],
-        doi=meta["doi"],
-        erratum=str(meta.get("erratum", "none known")),
-        version=str(meta.get("version", "")),
-        population=str(meta.get("population", "")),
-        notes=str(meta.get("notes", "")),
-        compartments=n_cmt,
-        covariates=tuple(covs),
-        raw_validity=validity,
-        parameters=params,
-        rates=rates,
-        central_volume=volume,
-        lag=lag,
-        bioavailability=fbio,
-        eta_names=eta_names,
-        omega=omega,
-        omega_convention=om_conv,
-        error=ErrorModel(kind=kind, additive_sd=add_sd, proportional_sd=prop_sd),  # type: ignore[arg-type]
-        medication={k: str(v) for k, v in dict(meta.get("medication", {})).items()},
-        level_code={k: str(v) for k, v in dict(meta.get("level_code", {})).items()},
-        source_path=source,
-        validity_source=str(meta.get("validity_source", "")),
-        unverified=tuple(unverified),
-    )
-
-
-def load_model(name_or_path: str | Path) -> PKModel:
-    """Load a library model by id (e.g. ``"goti2018_vancomycin"``) or a model file by path."""
-    text = str(name_or_path)
-    if text.endswith(".toml") or Path(text).is_file():
-        path = Path(text)
-        if not path.is_file():
-            raise ModelError(f"model file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ModelError(f"model file {path}: invalid TOML: {exc}") from exc
-        return _parse_model(data, str(path))
-    files = resources.files("medtwin.dosing") / "models"
-    entry = files / f"{text}.toml"
-    if not entry.is_file():
-        known = ", ".join(library_models())
-        raise ModelError(f"unknown model {text!r}; library models: {known}")
-    return _parse_model(tomllib.loads(entry.read_text(encoding="utf-8")), f"{text}.toml")
-
-
-def library_models() -> list[str]:
-    """Ids of the models shipped with medtwin."""
-    files = resources.files("medtwin.dosing") / "models"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))

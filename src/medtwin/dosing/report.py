@@ -57,17 +57,13 @@ from medtwin.dosing.regimen import (
 from medtwin.errors import ValidationError
 from medtwin.records import Coding, MedicationRequest, Observation, Quantity
 
-__all__ = ["PTA_TOLERANCE", "DosingReport", "Proposal", "analyze_case", "choose_recommendation", "to_records"]
+__all__ = ["METRIC_UNITS", "PTA_TOLERANCE", "DosingReport", "Proposal", "analyze_case", "choose_recommendation"]
 
 FloatArray = npt.NDArray[np.float64]
 #: PTA differences up to this (a fraction, 0.05 = 5 percentage points) count as sampling noise.
 PTA_TOLERANCE = 0.05
-_EXPOSURE_CODES = {
-    "auc24_ss": codes.PREDICTED_AUC24,
-    "trough_ss": codes.PREDICTED_TROUGH,
-    "peak_ss": codes.PREDICTED_PEAK,
-}
-_METRIC_UNITS = {
+#: The unit of each target metric.
+METRIC_UNITS = {
     "auc24_ss": "mg.h/L",
     "trough_ss": "mg/L",
     "peak_ss": "mg/L",
@@ -117,9 +113,14 @@ def _attained(case: PatientCase, values: dict[str, FloatArray]) -> npt.NDArray[n
 
 
 def _in_target(target: TargetSpec, values: dict[str, float]) -> bool:
-    """Whether the MAP prediction meets the main range and every constraint."""
-    ok = target.low <= values[target.metric] <= target.high
+    """Whether the MAP prediction meets the main range and every constraint (a point target has no range to
+    miss: only its constraints count)."""
+    ok = target.is_point or target.low <= values[target.metric] <= target.high
     return ok and all(c.low <= values[c.metric] <= c.high for c in target.constraints)
+
+
+def _pta_text(p: Proposal) -> str:
+    return "PTA n/a" if math.isnan(p.pta) else f"PTA {100 * p.pta:.0f}%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,8 @@ class Proposal:
     """A candidate maintenance regimen with its predicted exposure and PTA.
 
     *in_target* is False when the MAP prediction of the rounded regimen misses the acceptable
-    range (or a constraint of a combined target).
+    range (or a constraint of a combined target).  *pta* is NaN for a point target (a value
+    without a range: the probability of hitting one value exactly is not a useful number).
     """
 
     start_h: float
@@ -236,7 +238,7 @@ class DosingReport:
         d = self.to_dict()
         m = self.case.model
         t = self.case.target
-        unit = _METRIC_UNITS[t.metric]
+        unit = METRIC_UNITS[t.metric]
         units = {spec.name: spec.unit for spec in m.covariates}
         lines = [
             f"medtwin dosing report - patient {self.case.patient_id}",
@@ -253,7 +255,8 @@ class DosingReport:
                 else f"{k}=time-varying (see notes)"
                 for k, v in self.case.covariates.items()
             ),
-            f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} (acceptable {t.low:g}-{t.high:g})"
+            f"Target: {_METRIC_LABELS[t.metric]} {t.value:g} {unit} "
+            + ("(a point target: no acceptable range given)" if t.is_point else f"(acceptable {t.low:g}-{t.high:g})")
             + (
                 f", threshold {t.threshold_mg_l:g} mg/L (inf = not reached in the interval)" if t.threshold_mg_l else ""
             ),
@@ -263,37 +266,53 @@ class DosingReport:
         if self.warnings:
             lines.append("WARNINGS:")
             lines += [f"  ! {w}" for w in self.warnings]
+        level_lines = [
+            f"  level t={lv['time_h']:g} h: observed {lv['observed_mg_l']:.3g}, predicted {lv['predicted_mg_l']:.3g} mg/L"
+            for lv in self.level_fit
+        ]
         if self.fit is not None:
             lines.append(f"Bayesian fit (MAP, OFV {self.fit.ofv:.3f}; SIR ESS {self.ess:.0f}):")
-            for lv in self.level_fit:
-                lines.append(
-                    f"  level t={lv['time_h']:g} h: observed {lv['observed_mg_l']:.3g}, "
-                    f"predicted {lv['predicted_mg_l']:.3g} mg/L"
-                )
+            lines += level_lines
+        elif self.level_fit:
+            lines.append("Levels (not fitted: the model has no random effects to individualise):")
+            lines += level_lines
         else:
             lines.append("No levels: a priori (population) prediction.")
-        lines.append("Individual parameters (MAP, 90% interval):")
-        for name, v in self.parameters.items():
-            lines.append(f"  {name:>6} = {v['value']:.4g} ({v['p05']:.4g} - {v['p95']:.4g})")
+        lines.append(
+            "Individual parameters (MAP, 90% interval):"
+            if self.fit is not None
+            else "Parameters (typical patient with these covariates; 90% range of the population):"
+        )
+        lines += _parameter_lines(self.parameters)
         if self.current is not None:
             c = self.current
             lines.append(f"Current regimen: {c['amount_mg']:g} mg q{c['interval_h']:g}h over {c['duration_h']:g} h ->")
             lines += [
-                f"  {_METRIC_LABELS[k]}: {v['value']:.4g} ({v['p05']:.4g} - {v['p95']:.4g})"
+                f"  {_METRIC_LABELS[k]}: {v['value']:.4g} {METRIC_UNITS[k]} ({v['p05']:.4g} - {v['p95']:.4g})"
                 for k, v in c["metrics"].items()
             ]
-        lines.append(
-            "Candidate regimens (MAP prediction, 90% interval, PTA; * = recommended: in target, "
-            f"PTA within {100 * PTA_TOLERANCE:g} points of the best, closest to the middle of the range):"
-        )
+        if t.is_point:
+            lines.append(
+                "Candidate regimens (MAP prediction, 90% interval, distance from the target value; * = recommended: "
+                "closest to the value). A point target has no acceptable range, so no PTA: give low and high "
+                "(e.g. --target trough_ss=15-20) for the probability of target attainment."
+            )
+        else:
+            lines.append(
+                "Candidate regimens (MAP prediction, 90% interval, PTA; * = recommended: in target, "
+                f"PTA within {100 * PTA_TOLERANCE:g} points of the best, closest to the middle of the range):"
+            )
         for p in self.proposals:
             mark = "*" if p is self.recommended else " "
             main = p.metrics[t.metric]
+            if t.is_point:
+                judged = f"{100 * (main['value'] - t.value) / t.value:+.1f}% from {t.value:g} {unit}"
+            else:
+                judged = _pta_text(p)
             lines.append(
                 f" {mark} {p.amount_mg:g} mg q{p.interval_h:g}h over {p.duration_h:g} h "
                 f"from t={p.start_h:g} h: {main['value']:.4g} {unit} "
-                f"({main['p05']:.4g} - {main['p95']:.4g}), PTA {100 * p.pta:.0f}%"
-                + ("" if p.in_target else " [outside target]")
+                f"({main['p05']:.4g} - {main['p95']:.4g}), {judged}" + ("" if p.in_target else " [outside target]")
             )
         r = self.recommended
         first = (
@@ -348,6 +367,21 @@ class DosingReport:
         plt.close(fig)
 
 
+def _parameter_lines(parameters: dict[str, dict[str, Any]]) -> list[str]:
+    """``CL = 3.1 L/h (2.2 - 4.4)``; a parameter without a random effect says so instead of a zero-width interval."""
+    lines = []
+    for name, v in parameters.items():
+        unit = f" {v['unit']}" if v.get("unit") not in (None, "1") else ""
+        if v.get("random_effect", True):
+            lines.append(f"  {name:>6} = {v['value']:.4g}{unit} ({v['p05']:.4g} - {v['p95']:.4g})")
+        else:
+            lines.append(
+                f"  {name:>6} = {v['value']:.4g}{unit} (no random effect in the model: the same for every patient "
+                "with these covariates, so no interval)"
+            )
+    return lines
+
+
 def _proposal_dict(p: Proposal) -> dict[str, Any]:
     return {
         "in_target": p.in_target,
@@ -373,8 +407,11 @@ def choose_recommendation(proposals: Sequence[Proposal], target: TargetSpec) -> 
     if not proposals:
         raise ValidationError("choose_recommendation: no candidate regimen")
     pool = [p for p in proposals if p.in_target] or list(proposals)
-    best_pta = max(p.pta for p in pool)
-    close = [p for p in pool if p.pta >= best_pta - PTA_TOLERANCE - 1e-12]
+    if target.is_point:  # no PTA: the closest to the value wins
+        close = pool
+    else:
+        best_pta = max(p.pta for p in pool)
+        close = [p for p in pool if p.pta >= best_pta - PTA_TOLERANCE - 1e-12]
     mid = (target.low + target.high) / 2 if math.isfinite(target.high) else target.value
     scale = abs(mid) if mid != 0 else 1.0
 
@@ -444,7 +481,12 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     fit: MapResult | None = None
     ess: float | None = None
-    if case.levels:
+    if case.levels and k == 0:
+        warnings.append(
+            f"{model.id} has no random effects (etas = []): measured levels cannot individualise it; "
+            "the prediction is the population one for these covariates"
+        )
+    if case.levels and k > 0:
         fit = map_estimate(model, cov, given, list(case.levels), seed=seed)
         warnings += list(fit.warnings)
         sir = sir_sample(
@@ -456,15 +498,22 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         eta_hat, samples = fit.eta, sir.samples
     else:
         eta_hat = np.zeros(k)
-        samples = rng.multivariate_normal(np.zeros(k), model.omega, size=n_samples)
+        # with no random effects every sample is the typical patient (multivariate_normal refuses a 0x0 Omega)
+        samples = rng.multivariate_normal(np.zeros(k), model.omega, size=n_samples) if k else np.zeros((n_samples, 0))
     e1 = eta_hat[None, :]
     start = _next_dose_time(case, notes)
     cov_now = covariates_at(cov, start)  # parameters are reported at the proposed start
     sys_map = predict_system(model, cov_now, e1)
     sys_s = predict_system(model, cov_now, samples)
-    parameters = {
-        name: _interval(sys_s.parameters[name], float(sys_map.parameters[name][0])) for name in sys_map.parameters
-    }
+    units = model.parameter_units
+    parameters: dict[str, dict[str, Any]] = {}
+    for name in sys_map.parameters:
+        spread = sys_s.parameters[name]
+        parameters[name] = {
+            **_interval(spread, float(sys_map.parameters[name][0])),
+            "unit": units.get(name),
+            "random_effect": bool(spread.size and np.ptp(spread) > 1e-12 * max(1.0, float(np.max(np.abs(spread))))),
+        }
     level_fit = []
     if case.levels:
         pred = predict_concentrations(model, cov, given, [lv.time_h for lv in case.levels], e1)[0]
@@ -536,7 +585,7 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         dur = max(opts.min_duration_h, amount / opts.max_rate_mg_h)
         mm = _metrics(case, given, amount, tau, dur, start, n_doses, e1)
         ms = _metrics(case, given, amount, tau, dur, start, n_doses, samples)
-        pta = float(np.mean(_attained(case, ms)))
+        pta = math.nan if target.is_point else float(np.mean(_attained(case, ms)))
         map_values = {key: float(mm[key][0]) for key in mm}
         proposals.append(
             Proposal(
@@ -621,76 +670,3 @@ def analyze_case(case: PatientCase, *, n_samples: int = 1000, seed: int = 0) -> 
         band=band,
         warnings=warnings,
     )
-
-
-def to_records(report: DosingReport, *, authored: datetime | None = None) -> list[Any]:
-    """The proposal as a MedicationRequest (intent ``proposal``) plus predicted-exposure Observations."""
-    case = report.case
-    now = authored or datetime.now(UTC)
-    origin = case.origin
-    rec = report.recommended
-    med = Coding(
-        system=case.model.medication.get("system", "http://snomed.info/sct"),
-        code=case.model.medication.get("code", case.model.drug),
-        display=case.model.medication.get("display", case.model.drug),
-    )
-    ld = report.loading_dose
-    first_h = rec.start_h if ld is None else ld["maintenance_start_h"]
-    start_dt = origin + timedelta(hours=first_h) if origin is not None else None
-    request_id = f"{case.patient_id}-proposal-{int(now.timestamp())}"
-    note = (
-        f"medtwin dosing twin proposal from model {case.model.id} (doi:{case.model.doi}); "
-        f"target {case.target.metric} {case.target.value:g} ({case.target.low:g}-"
-        f"{case.target.high:g}); PTA {100 * rec.pta:.0f}%"
-    )
-    request = MedicationRequest(
-        request_id=request_id,
-        patient_id=case.patient_id,
-        medication=med,
-        intent="proposal",
-        status="draft",
-        authored=now,
-        dose=Quantity(value=rec.amount_mg, unit="mg"),
-        route=Coding(system="http://snomed.info/sct", code="47625008", display="Intravenous route"),
-        interval_h=rec.interval_h,
-        infusion_duration_h=rec.duration_h,
-        rate=Quantity(value=rec.amount_mg / rec.duration_h, unit="mg/h"),
-        start=start_dt,
-        note=note,
-    )
-    level_ids = tuple(lv.observation_id or f"{case.patient_id}-level-{i}" for i, lv in enumerate(case.levels))
-    effective = start_dt or now
-    out: list[Any] = [request]
-    if ld is not None:  # a single infusion before the maintenance regimen
-        out.append(
-            MedicationRequest(
-                request_id=f"{request_id}-loading",
-                patient_id=case.patient_id,
-                medication=med,
-                intent="proposal",
-                status="draft",
-                authored=now,
-                dose=Quantity(value=ld["amount_mg"], unit="mg"),
-                route=Coding(system="http://snomed.info/sct", code="47625008", display="Intravenous route"),
-                infusion_duration_h=ld["duration_h"],
-                rate=Quantity(value=ld["amount_mg"] / ld["duration_h"], unit="mg/h"),
-                start=origin + timedelta(hours=ld["start_h"]) if origin is not None else None,
-                number_of_doses=1,
-                note=f"loading dose before the maintenance regimen of {request_id}; {note}",
-            )
-        )
-    for key in ("auc24_ss", "trough_ss", "peak_ss"):
-        v = rec.metrics[key]
-        out.append(
-            Observation(
-                patient_id=case.patient_id,
-                code=_EXPOSURE_CODES[key],
-                effective=effective,
-                value=Quantity(value=round(v["value"], 4), unit=_METRIC_UNITS[key]),
-                status="preliminary",
-                category="laboratory",
-                derived_from=level_ids,
-                observation_id=f"{request_id}-{key.replace('_', '-')}",
-            )
-        )
-    return out
