@@ -69,7 +69,9 @@ def _model_paths(paths: list[Path]) -> list[str]:
 
 @app.command("models")
 def models_command(
-    paths: list[Path] = typer.Argument(None, help="Model files or folders (default: the library shipped with medtwin)."),
+    paths: list[Path] = typer.Argument(
+        None, help="Model files or folders (default: the library shipped with medtwin)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List population PK models: the library, or the model files at PATH."""

@@ -35,6 +35,7 @@ from medtwin.dosing.estimation import (
     objective,
     sir_sample,
 )
+from medtwin.dosing.export import to_records
 from medtwin.dosing.model import CovariateSpec, ErrorModel, ModelError, PKModel, PKSystem
 from medtwin.dosing.modelfile import library_models, load_model
 from medtwin.dosing.optimize import (
@@ -48,7 +49,6 @@ from medtwin.dosing.optimize import (
 )
 from medtwin.dosing.population import CohortData, CohortMapResult, map_estimate_cohort
 from medtwin.dosing.regimen import Dose, DoseError, predict_auc, predict_concentrations
-from medtwin.dosing.export import to_records
 from medtwin.dosing.report import DosingReport, Proposal, analyze_case
 
 __all__ = [

@@ -23,7 +23,7 @@ import numpy as np
 from medtwin.dosing.model import PKModel
 from medtwin.dosing.modelfile import SCHEMA_VERSION, did_you_mean, load_model
 from medtwin.dosing.optimize import steady_state_metrics
-from medtwin.dosing.regimen import Dose, predict_concentrations, predict_system
+from medtwin.dosing.regimen import Dose, Route, predict_concentrations, predict_system
 from medtwin.errors import ValidationError
 
 __all__ = ["PROFILE_TIMES_H", "ModelCheck", "check_model"]
@@ -183,7 +183,7 @@ def check_model(
                 f"(covariates: {', '.join(values) or 'none'})"
             )
         values[name] = float(value)
-    route = "oral" if model.has_depot else "iv"
+    route: Route = "oral" if model.has_depot else "iv"
     dose = Dose(time_h=0.0, amount_mg=dose_mg, duration_h=0.0 if route == "oral" else duration_h, route=route)
     eta0 = np.zeros((1, len(model.eta_names)))
     conc = predict_concentrations(model, values, [dose], list(PROFILE_TIMES_H), eta0)[0]
@@ -200,9 +200,7 @@ def check_model(
             route=route,
         )
         steady = {k: float(v[0]) for k, v in metrics.items()}
-    dose = Dose(
-        time_h=0.0, amount_mg=dose_mg, duration_h=dose.duration_h, route=route, interval_h=max(interval_h, 0.0)
-    )
+    dose = Dose(time_h=0.0, amount_mg=dose_mg, duration_h=dose.duration_h, route=route, interval_h=max(interval_h, 0.0))
     return ModelCheck(
         model=model,
         covariates=values,

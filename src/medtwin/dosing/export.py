@@ -9,6 +9,7 @@ LOINC code exists for a model-predicted exposure.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,7 +44,7 @@ def to_records(report: DosingReport, *, authored: datetime | None = None) -> lis
     note = (
         f"medtwin dosing twin proposal from model {case.model.id} (doi:{case.model.doi}); "
         f"target {case.target.metric} {case.target.value:g} ({case.target.low:g}-"
-        f"{case.target.high:g}); PTA {100 * rec.pta:.0f}%"
+        f"{case.target.high:g}); " + ("point target, no PTA" if math.isnan(rec.pta) else f"PTA {100 * rec.pta:.0f}%")
     )
     request = MedicationRequest(
         request_id=request_id,
@@ -88,7 +89,7 @@ def to_records(report: DosingReport, *, authored: datetime | None = None) -> lis
                 patient_id=case.patient_id,
                 code=_EXPOSURE_CODES[key],
                 effective=effective,
-                value=Quantity(value=round(v["value"], 4), unit=_METRIC_UNITS[key]),
+                value=Quantity(value=round(v["value"], 4), unit=METRIC_UNITS[key]),
                 status="preliminary",
                 category="laboratory",
                 derived_from=level_ids,

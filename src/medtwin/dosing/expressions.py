@@ -28,8 +28,8 @@ __all__ = ["MAX_CHARS", "MAX_DEPTH", "MAX_NODES", "Expression", "ExpressionError
 
 #: Limits on one expression: far above any published covariate model, far below what hurts.
 MAX_CHARS = 1000
-MAX_NODES = 200
-MAX_DEPTH = 24
+MAX_NODES = 400
+MAX_DEPTH = 100
 
 Value = npt.NDArray[np.float64] | np.float64 | float
 _Evaluator = Callable[[Mapping[str, Value]], Value]
@@ -49,10 +49,11 @@ _FUNCTIONS: dict[str, Callable[..., Value]] = {
     "min": np.minimum,
     "max": np.maximum,
 }
+_FUNCTION_NAMES = "exp, log (natural), sqrt, abs, min, max"
 _ALLOWED = "numbers, names, + - * / **, exp, log, sqrt, abs, min, max"
 # What people write from other languages, and what to write instead.
 _INSTEAD_OPERATORS: dict[type[ast.operator], str] = {
-    ast.BitXor: "'^' is not a power here: write ** (e.g. (WT / 70)**0.75)",
+    ast.BitXor: "'^' is not a power here: use ** (e.g. (WT / 70)**0.75)",
     ast.FloorDiv: "'//' (integer division) is not allowed: write /",
     ast.Mod: "'%' is not allowed",
     ast.MatMult: "'@' is not allowed",
@@ -161,13 +162,13 @@ def _build(node: ast.AST, names: set[str], where: str) -> _Evaluator:
 
 def _call(node: ast.Call, names: set[str], where: str) -> _Evaluator:
     if not isinstance(node.func, ast.Name):
-        raise ExpressionError(f"{where}: {_describe(node.func)} cannot be called; functions: exp, log, sqrt, abs, min, max")
+        raise ExpressionError(f"{where}: {_describe(node.func)} cannot be called; functions: {_FUNCTION_NAMES}")
     fname = node.func.id
     if fname not in _FUNCTIONS:
         hint = _INSTEAD_FUNCTIONS.get(fname.lower())
         raise ExpressionError(
             f"{where}: unknown function {fname}()" + (f"; use {hint}" if hint else "")
-            + "; functions: exp, log (natural), sqrt, abs, min, max"
+            + f"; functions: {_FUNCTION_NAMES}"
         )  # fmt: skip
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise ExpressionError(f"{where}: {fname}() takes plain arguments only")
@@ -210,14 +211,13 @@ def _describe(node: ast.AST) -> str:
 
 
 def _check_size(tree: ast.AST, where: str) -> None:
-    """Refuse trees over :data:`MAX_NODES` nodes or :data:`MAX_DEPTH` deep (iteratively: no recursion)."""
-    count = 0
+    """Refuse trees over :data:`MAX_NODES` nodes, then over :data:`MAX_DEPTH` deep (iteratively: no recursion)."""
+    for count, _ in enumerate(ast.walk(tree), start=1):
+        if count > MAX_NODES:
+            raise ExpressionError(f"{where}: expression too large (over {MAX_NODES} terms); split it into parameters")
     stack: list[tuple[ast.AST, int]] = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
-        count += 1
-        if count > MAX_NODES:
-            raise ExpressionError(f"{where}: expression too large (over {MAX_NODES} terms); split it into parameters")
         if depth > MAX_DEPTH:
             raise ExpressionError(
                 f"{where}: expression nested too deeply (over {MAX_DEPTH} levels); split it into parameters"

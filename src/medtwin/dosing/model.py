@@ -209,7 +209,8 @@ class PKModel:
         lag = np.zeros(B) if self.lag is None else _batch(self.lag(env), B)
         fbio = np.ones(B) if self.bioavailability is None else _batch(self.bioavailability(env), B)
         if not (
-            np.all(np.isfinite(A))
+            all(np.all(np.isfinite(v)) for v in params.values())
+            and np.all(np.isfinite(A))
             and np.all(vc > 0)
             and np.all(np.isfinite(vc))
             and np.all(np.isfinite(lag))
@@ -227,11 +228,10 @@ class PKModel:
             parameters=params,
         )
 
-
     def _explain(self, env: Mapping[str, Any], covariates: Mapping[str, Any]) -> None:
         """Raise the error that names the first expression with a non-finite (or a non-positive volume) value."""
         shown = {k: v for k, v in covariates.items() if np.ndim(v) == 0}
-        for field_name, expr in self.expressions():
+        for _field_name, expr in self.expressions():
             try:
                 expr.evaluate(env)
             except ExpressionError as exc:

@@ -477,7 +477,11 @@ def _parse_model(data: Mapping[str, Any], source: str) -> PKModel:
         raise ModelError(f"{ow}.etas: {clash} also name a covariate or a parameter")
     omega, om_conv = _omega(om_table, len(eta_names), ow)
     model = PKModel(
-        **required,
+        id=required["id"],
+        drug=required["drug"],
+        title=required["title"],
+        citation=required["citation"],
+        doi=required["doi"],
         erratum=_read_text(meta, "erratum", w, required=False, default="none known"),
         version=_read_text(meta, "version", w, required=False),
         population=_read_text(meta, "population", w, required=False),

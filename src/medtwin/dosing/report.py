@@ -29,13 +29,11 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from medtwin import codes
 from medtwin.dosing.case import PatientCase, TargetSpec
 from medtwin.dosing.covariates import CovariateSeries
 from medtwin.dosing.estimation import MapResult, map_estimate, sir_sample
@@ -55,7 +53,6 @@ from medtwin.dosing.regimen import (
     predict_system,
 )
 from medtwin.errors import ValidationError
-from medtwin.records import Coding, MedicationRequest, Observation, Quantity
 
 __all__ = ["METRIC_UNITS", "PTA_TOLERANCE", "DosingReport", "Proposal", "analyze_case", "choose_recommendation"]
 
@@ -267,7 +264,8 @@ class DosingReport:
             lines.append("WARNINGS:")
             lines += [f"  ! {w}" for w in self.warnings]
         level_lines = [
-            f"  level t={lv['time_h']:g} h: observed {lv['observed_mg_l']:.3g}, predicted {lv['predicted_mg_l']:.3g} mg/L"
+            f"  level t={lv['time_h']:g} h: observed {lv['observed_mg_l']:.3g}, "
+            f"predicted {lv['predicted_mg_l']:.3g} mg/L"
             for lv in self.level_fit
         ]
         if self.fit is not None:
