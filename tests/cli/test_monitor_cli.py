@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medtwin.cli import app
-from medtwin.cli.monitor import short_id
+from medtwin.cli.alerts import short_id
 from medtwin.records import Event
 from medtwin.store import Store
 
@@ -33,12 +33,26 @@ def test_news2_json_reproduces_a_reference_case() -> None:
 def test_news2_table_partial_and_bad_input() -> None:
     result = runner.invoke(app, ["news2", "--rr", "26"])
     assert result.exit_code == 0
-    assert "NEWS2 3" in result.output
-    assert "partial" in result.output
-    assert "missing" in result.output
+    assert "NEWS2 3 - low-medium clinical response - PARTIAL: 6 of 7 missing: a lower bound" in result.output
+    assert result.output.count("MISSING") == 6
+    # qSOFA and MEWS say they are lower bounds too, and what they miss
+    assert "qSOFA >= 1/3 (missing: altered_mentation, systolic_bp)" in result.output
+    assert "MEWS >= 2 (missing: systolic_bp, heart_rate, temperature, avpu)" in result.output
     bad = runner.invoke(app, ["news2", "--acvpu", "Z"])
     assert bad.exit_code == 2
     assert "ACVPU" in bad.output
+
+
+def test_news2_without_vitals_scores_nothing_and_says_what_to_give() -> None:
+    result = runner.invoke(app, ["news2"])
+    assert result.exit_code == 2
+    assert "no vital signs given: nothing to score" in result.stderr
+    assert "--rr, --spo2, --oxygen/--air, --sbp, --pulse, --acvpu, --temp" in result.stderr
+    assert "qSOFA 0/3" not in result.output
+    complete = runner.invoke(app, ["news2", "--rr", "14", "--spo2", "97", "--air", "--sbp", "120", "--pulse", "70",
+                                   "--acvpu", "A", "--temp", "37"])  # fmt: skip
+    assert "PARTIAL" not in complete.output
+    assert "qSOFA 0/3; MEWS 0" in complete.output
 
 
 def test_alerts_list_ack_resolve(tmp_path: Path) -> None:
@@ -71,14 +85,37 @@ def test_alerts_list_ack_resolve(tmp_path: Path) -> None:
     assert missing.exit_code == 2
 
 
-def test_demo_runs_listener_and_monitors_and_exits_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the ingest part of the demo writes ./.medtwin-demo
-    result = runner.invoke(app, ["demo", "--minutes", "0.05", "--patients", "4", "--interval", "0.2"])
-    assert result.exit_code == 0, result.output
-    assert "summary" in result.output
-    assert "negative 0" in result.output
-    assert "Sample patients" in result.output  # the ingest demo ran first
-    store = Store(f"sqlite:///{tmp_path / '.medtwin-demo' / 'medtwin.db'}")
+def _demo_counts(output: str) -> tuple[int, int]:
+    """(ingested resources inserted, twin events) of one demo run, from its output."""
+    import re
+
+    inserted = re.search(r"4 files\s*│\s*ok\s*│\s*\d+\s*│\s*(\d+)", output)
+    events = re.search(r"events (\d+);", output)
+    assert inserted is not None, output
+    assert events is not None, output
+    return int(inserted.group(1)), int(events.group(1))
+
+
+def test_demo_tells_the_whole_story_on_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the demo writes ./.medtwin-demo/run-<time>/
+    args = ["demo", "--minutes", "0.05", "--patients", "4", "--interval", "0.2", "--time-scale", "3600"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    for result in (first, second):
+        assert "summary" in result.output
+        assert "negative 0" in result.output
+        assert "Sample patients" in result.output  # the ingest demo ran first
+        assert "active alert(s)" in result.output  # and the alert list closes the story
+    runs = sorted((tmp_path / ".medtwin-demo").glob("run-*"))
+    assert len(runs) == 2  # a fresh folder per run: nothing is a duplicate, no twin resumes
+    (ingested1, events1), (ingested2, events2) = _demo_counts(first.output), _demo_counts(second.output)
+    assert ingested1 == ingested2 > 0  # the second run ingests the samples again (before: 0, all duplicates)
+    assert events1 > 0
+    assert events2 > 0
+    assert events2 >= events1 // 3  # before: a second run was nearly silent (5 events instead of 241)
+    store = Store(f"sqlite:///{runs[-1] / 'medtwin.db'}")
     try:
         counts = store.counts()
         assert counts["raw_inbound"] > 0
@@ -87,6 +124,21 @@ def test_demo_runs_listener_and_monitors_and_exits_cleanly(tmp_path: Path, monke
         assert store.events(kind="derived")
     finally:
         store.close()
+
+
+def test_demo_keeps_the_five_most_recent_runs(tmp_path: Path) -> None:
+    from medtwin.cli.demo import new_run_folder
+
+    import os
+
+    made = [new_run_folder(tmp_path, now=datetime(2026, 1, 1, 8, 0, i, tzinfo=UTC), keep=100) for i in range(7)]
+    for i, folder in enumerate(made):  # mtime order = run order
+        os.utime(folder, (1_000_000 + i, 1_000_000 + i))
+    newest = new_run_folder(tmp_path, now=datetime(2026, 1, 1, 8, 0, 59, tzinfo=UTC))
+    left = sorted(p.name for p in tmp_path.glob("run-*"))
+    assert len(left) == 5
+    assert newest.name in left
+    assert made[0].name not in left
 
 
 def test_monitors_fail_cleanly_without_a_listener() -> None:

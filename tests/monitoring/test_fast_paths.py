@@ -294,14 +294,11 @@ assessments = st.lists(
 
 
 def _comparable(events: list[Event], ids: dict[str, int]) -> list[tuple[object, ...]]:
-    """Events without their random ids (an escalation names the position of the alert it escalates)."""
+    """Events with their random ids replaced by their order of appearance (an escalation keeps its alert's id)."""
     out: list[tuple[object, ...]] = []
     for e in events:
-        ids.setdefault(e.event_id, len(ids))
-        data = dict(e.data)
-        if "escalated_from" in data:
-            data["escalated_from"] = ids[data["escalated_from"]]
-        out.append((e.kind, e.code, e.time, e.severity, e.status, e.message, e.patient_id, e.source, data))
+        label = ids.setdefault(e.event_id, len(ids))
+        out.append((label, e.kind, e.code, e.time, e.severity, e.status, e.message, e.patient_id, e.source, e.data))
     return out
 
 
@@ -310,7 +307,8 @@ def _comparable(events: list[Event], ids: dict[str, int]) -> list[tuple[object, 
 def test_tracker_evaluate_matches_evaluate_rules_then_update(
     steps: list[tuple[dict[str, float], int, float | None]], rules: AlertRules
 ) -> None:
-    fast, slow = AlertTracker(clear_after=2), AlertTracker(clear_after=2)
+    fast = AlertTracker(clear_after=2, clear_after_time=timedelta(minutes=10))
+    slow = AlertTracker(clear_after=2, clear_after_time=timedelta(minutes=10))
     news2_history, spo2_history = TrendHistory(timedelta(hours=6)), TrendHistory(timedelta(hours=1))
     fast_ids: dict[str, int] = {}
     slow_ids: dict[str, int] = {}

@@ -123,8 +123,11 @@ def test_spo2_falling_rule() -> None:
     assert "spo2-falling" not in _evaluate([], [(0, 97), (70, 93)])  # outside the 1 h window
 
 
-def test_tracker_deduplicates_escalates_and_resolves_with_hysteresis() -> None:
-    tracker = AlertTracker(clear_after=2)
+@pytest.mark.parametrize("reopen_minutes", [360, 1])
+def test_tracker_deduplicates_escalates_and_resolves_with_hysteresis(reopen_minutes: int) -> None:
+    tracker = AlertTracker(
+        clear_after=2, clear_after_time=timedelta(minutes=5), reopen_within=timedelta(minutes=reopen_minutes)
+    )
     rules = AlertRules()
     empty = TrendHistory(timedelta(hours=6))
 
@@ -140,19 +143,22 @@ def test_tracker_deduplicates_escalates_and_resolves_with_hysteresis() -> None:
     first_id = tracker.active["news2-response"]
     assert step(5, respiration_rate_per_min=26, pulse_per_min=120)[0] == []  # same level: de-duplicated
     fired, _ = step(10, respiration_rate_per_min=26, pulse_per_min=135, systolic_bp_mm_hg=95)  # 3+3+2 = 8: high
-    assert fired == ["news2-response:high"]
-    escalated = tracker.active["news2-response"]
-    assert escalated != first_id
+    assert fired == ["news2-response:high"]  # the open alert, updated: not a second alert
+    assert tracker.active["news2-response"] == first_id
     assert step(15, respiration_rate_per_min=26, pulse_per_min=135)[0] == []  # lower again: no new alert
     assert step(20, respiration_rate_per_min=15)[1] == []  # cleared once: hysteresis keeps it
     fired, cleared = step(25, respiration_rate_per_min=15)
-    assert escalated in cleared
+    assert first_id in cleared
     assert fired == []
     assert tracker.active == {}
-    assert step(30, respiration_rate_per_min=26, pulse_per_min=120)[0]  # recurrence fires anew
+    assert step(30, respiration_rate_per_min=26, pulse_per_min=120)[0]
+    if reopen_minutes == 360:  # back within the reopen window: the same alert reopens
+        assert tracker.active["news2-response"] == first_id
+    else:  # a new episode: a new alert
+        assert tracker.active["news2-response"] != first_id
 
 
-def test_tracker_escalation_links_previous_alert() -> None:
+def test_tracker_escalation_updates_the_open_alert() -> None:
     tracker = AlertTracker()
     sig = evaluate_rules(
         at=T0,
@@ -169,7 +175,13 @@ def test_tracker_escalation_links_previous_alert() -> None:
     )
     fired2, _ = tracker.update(sig2, patient_id="p1", at=T0 + timedelta(minutes=1))
     response = next(e for e in fired2 if e.code == "news2-response")
-    assert response.data["escalated_from"] == next(e.event_id for e in fired if e.code == "news2-response")
+    first = next(e for e in fired if e.code == "news2-response")
+    assert response.event_id == first.event_id  # the same alert, a new version of it
+    assert response.time == first.time == T0  # raised then; updated now
+    assert (response.severity, response.status) == ("high", "active")
+    assert response.data["escalated_from"] == first.severity == "low-medium"
+    assert response.data["revision"] == 2
+    assert response.data["updated"] == (T0 + timedelta(minutes=1)).isoformat()
 
 
 def test_virtual_profiles_are_reproducible_and_deteriorate() -> None:

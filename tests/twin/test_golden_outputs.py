@@ -114,6 +114,12 @@ class RecordingStore:
     def add_events(self, events: Sequence[Event]) -> None:
         raise AssertionError("the runtime writes through write() when the store has it")
 
+    def upsert_events(self, events: Sequence[Event]) -> None:
+        """Escalations: new versions of alerts already written (recorded as a write of their own)."""
+        plain = self.labels.records(events)
+        self.records.extend(plain)
+        self.writes.append(["upsert", *_pinned(plain)])
+
     def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
         if self.batched:
             raise AssertionError("the batched update should have been used")
@@ -407,6 +413,7 @@ def _check_coverage(records: list[Any], resolutions: list[Any]) -> None:
     alerts = {r[1]["code"] for r in records if r[0] == "Event" and r[1]["kind"] == "alert"}
     assert alerts == {"news2-response", "news2-red-parameter", "news2-rising", "spo2-falling", "qsofa-positive"}
     assert any(r[1]["data"].get("escalated_from") for r in records if r[0] == "Event")
+    assert any(r[1]["data"].get("recurred") for r in records if r[0] == "Event")
     assert any(r[1]["data"].get("stale") for r in records if r[0] == "Event")
     assert len(resolutions) > 20
 

@@ -49,8 +49,8 @@ def test_patient_twin_news2_derived_events_and_alerts() -> None:
     assert alert_codes(events) == [
         "news2-red-parameter:low-medium",
         "news2-response:high",
-        "news2-rising:medium",
-        "qsofa-positive:medium",
+        "news2-rising:high",  # the severity of a rise is the level it rose to (RCP 2017 clinical response)
+        "qsofa-positive:high",  # at least medium, and the NEWS2 level when higher
     ]
     news2 = twin.vitals.last_news2_observation
     assert news2 is not None
@@ -110,8 +110,8 @@ def test_runtime_persists_events_snapshots_and_publishes(tmp_path: Path) -> None
         runtime2 = TwinRuntime(store)
         again = runtime2.process(vitals("p1", 15, rr=26, pulse=120))
         assert alert_codes(again) == []
-        # recovery resolves them (after the hysteresis of three assessments)
-        for minutes in (20, 25, 30):
+        # recovery resolves them (after the hysteresis: three assessments spanning at least 30 minutes)
+        for minutes in (20, 35, 50):
             runtime2.process(vitals("p1", minutes))
         assert {e.status for e in store.events(patient_id="p1", kind="alert")} == {"resolved"}
     finally:
@@ -184,7 +184,7 @@ def test_background_worker_stores_alert_resolutions_before_drain_returns(tmp_pat
         raised = store.events(patient_id="p1", kind="alert")
         assert raised
         assert {e.status for e in raised} == {"active"}
-        for minutes in (5, 10, 15):  # recovery: resolved after the hysteresis of three assessments
+        for minutes in (5, 20, 35):  # recovery: resolved after three assessments spanning at least 30 minutes
             runtime.submit(vitals("p1", minutes))
         runtime.drain()
         assert {e.status for e in store.events(patient_id="p1", kind="alert")} == {"resolved"}
@@ -233,9 +233,9 @@ def _raise_then_recover(store: _BatchedStatusStore, *, lose_first: bool = False)
     assert len(ids) == 4  # news2-response and news2-red-parameter for each patient
     if lose_first:
         store.missing = {ids[0]}
-    for minutes in (5, 10):
+    for minutes in (5, 20):
         runtime.process(vitals("p1", minutes) + vitals("p2", minutes))
-    runtime.process_many([(vitals("p1", 15), None), (vitals("p2", 15), None)])  # both resolve in this group
+    runtime.process_many([(vitals("p1", 35), None), (vitals("p2", 35), None)])  # both resolve in this group
     return ids
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from medtwin.cli import monitor, records
+from medtwin.cli import demo, monitor, records
+from medtwin.cli.console import tidy_help, tidy_options
 
 __all__ = ["app", "main"]
 
@@ -30,14 +31,17 @@ class _LazyGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return [*super().list_commands(ctx), *_LAZY_GROUPS]
 
+    def get_params(self, ctx: Any) -> list[Any]:
+        return tidy_options(super().get_params(ctx), ctx)
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name in _LAZY_GROUPS:
             module = importlib.import_module(_LAZY_GROUPS[cmd_name][0])
             command = typer.main.get_command(module.app)
             command.name = cmd_name
             command.short_help = _LAZY_GROUPS[cmd_name][1]
-            return command
-        return super().get_command(ctx, cmd_name)
+            return tidy_help(command)
+        return tidy_help(super().get_command(ctx, cmd_name))
 
 
 app = typer.Typer(
@@ -47,7 +51,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-# The monitoring area registers the full `demo`; records adds its ingest-only demo when none exists.
+# The demo registers `medtwin demo` first; records adds its ingest-only demo only when none exists.
+demo.register(app)
 monitor.register(app)
 records.register(app)
 

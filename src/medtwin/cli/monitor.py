@@ -1,13 +1,11 @@
-"""Top-level `medtwin` commands of the monitor area: listen, monitors, news2, alerts, demo."""
+"""Top-level `medtwin` commands of the monitor area: listen, monitors, news2 (and the alerts group, cli.alerts)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -16,16 +14,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medtwin.errors import MedtwinError, ValidationError
+from medtwin.cli import alerts
+from medtwin.cli.console import make_console
+from medtwin.errors import ValidationError
 from medtwin.monitoring import mews_score, news2_score, qsofa_score
-from medtwin.monitoring.virtual import PROFILES, virtual_ward
-from medtwin.records import Event
+from medtwin.monitoring.virtual import virtual_ward
 
-__all__ = ["register", "short_id"]
+__all__ = ["listen_for", "register", "run_loop"]
 
 T = TypeVar("T")
 _SUPERVISE_S = 1.0  # how often `medtwin listen` looks for a listener process that died
-_SEVERITY_STYLE = {"high": "bold red", "medium": "red", "low-medium": "yellow", "low": "green"}
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -35,34 +33,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return run(main)
 
 
-def _open_store(db: str | None) -> Any:
-    from medtwin.store import Store
-
-    return Store(db)
-
-
-def short_id(event_id: str) -> str:
-    """What `medtwin alerts list` shows of an alert id: its last 8 characters. Ids are time-ordered UUIDs
-    (``medtwin.records.new_id``) whose first characters are the time, shared by alerts raised together; the
-    tail is random. `alerts ack` / `resolve` take the whole id, a unique prefix, or this tail."""
-    return event_id[-8:]
-
-
-def _print_event(console: Console, event: Event) -> None:
-    style = _SEVERITY_STYLE.get(event.severity or "", "white")
-    console.print(
-        f"[dim]{event.time:%Y-%m-%d %H:%M}[/dim] [{style}]{(event.severity or '').upper():>10}[/{style}] "
-        f"{event.patient_id}  [bold]{event.code}[/bold]  {event.message}  [dim]{short_id(event.event_id)}[/dim]"
-    )
-
-
-def print_alert(event: Event) -> None:
-    """Print *event* if it is an alert (used in the twin runtime's worker process, hence module level)."""
-    if event.kind == "alert":
-        _print_event(Console(), event)
-
-
-async def _listen(
+async def listen_for(
     db: str | None,
     host: str,
     port: int,
@@ -78,7 +49,13 @@ async def _listen(
     service_heap: bool = False,
     processes: int = 1,
     tls_files: tuple[str | None, str | None] = (None, None),
+    pseudonymous: bool = False,
 ) -> dict[str, Any]:
+    """Run the MLLP listener and the twin runtime until *stop* is set or *seconds* pass; returns the counts.
+
+    Alerts are printed as they fire (unless *quiet*) with the patient's name, MRN and location from the store, or
+    the pseudonymous id only with *pseudonymous* (:class:`medtwin.cli.alerts.AlertPrinter`).
+    """
     from medtwin.interop.mllp import MllpConfig, MllpServer
     from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
     from medtwin.service import prepare_service_heap
@@ -112,13 +89,14 @@ async def _listen(
     freshness = timedelta(minutes=freshness_minutes)
     runtime: TwinRuntime | None = None
     worker: RuntimeProcess | None = None
+    printer = None if quiet else alerts.AlertPrinter(db, pseudonymous=pseudonymous)
     if runtime_mode == "thread":
         runtime = TwinRuntime(store, freshness=freshness)
-        if not quiet:
-            runtime.subscribe(print_alert)
+        if printer is not None:
+            runtime.subscribe(printer)
         runtime.start()
     else:  # the twins follow the store's raw log in their own process (medtwin.twin.worker)
-        worker = RuntimeProcess(db, freshness=freshness, on_event=None if quiet else print_alert, write_lock=write_lock)
+        worker = RuntimeProcess(db, freshness=freshness, on_event=printer, write_lock=write_lock)
         try:
             await loop.run_in_executor(None, worker.start)
         except BaseException:
@@ -181,8 +159,16 @@ async def _listen(
     return summary
 
 
+def _partial_score(name: str, total: int, missing: tuple[str, ...], suffix: str) -> str:
+    """``qSOFA 1/3`` or, with missing inputs, ``qSOFA >= 1/3 (missing: sbp, acvpu)``: a lower bound, said so."""
+    if not missing:
+        return f"{name} {total}{suffix}"
+    return f"{name} >= {total}{suffix} (missing: {', '.join(missing)})"
+
+
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level *app*."""
+    """Add this module's commands (and the alerts group) to the top-level *app*."""
+    alerts.register(app)
 
     @app.command("listen")
     def listen(
@@ -196,6 +182,9 @@ def register(app: typer.Typer) -> None:
         tls_cert: str | None = typer.Option(None, help="PEM certificate chain: serve MLLP over TLS."),
         tls_key: str | None = typer.Option(None, help="PEM private key of --tls-cert."),
         quiet: bool = typer.Option(False, help="Do not print alerts as they fire."),
+        pseudonymous: bool = typer.Option(
+            False, "--pseudonymous", help="Print alerts with pseudonymous patient ids only (no name, MRN, location)."
+        ),
         freshness_minutes: float = typer.Option(60.0, min=1.0, help="Vitals older than this are not combined."),
         runtime: str = typer.Option(
             "process", help="Twin runtime: 'process' (own process, follows the stored log) or 'thread'."
@@ -208,10 +197,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts."""
-        console = Console()
+        console = make_console()
         try:
             summary = run_loop(
-                _listen(
+                listen_for(
                     db,
                     host,
                     port,
@@ -224,6 +213,7 @@ def register(app: typer.Typer) -> None:
                     service_heap=True,
                     processes=processes,
                     tls_files=(tls_cert, tls_key),
+                    pseudonymous=pseudonymous,
                 )
             )
         except ValidationError as exc:  # a refused option combination: say which, no traceback
@@ -246,7 +236,7 @@ def register(app: typer.Typer) -> None:
         from medtwin.interop.virtual_feed import run_virtual_monitors
 
         ward = virtual_ward(patients, start=datetime.now(UTC), seed=seed)
-        console = Console()
+        console = make_console()
         console.print(f"{patients} monitors -> {host}:{port} ({', '.join(p.profile for p in ward)})", highlight=False)
         stats = run_loop(
             run_virtual_monitors(
@@ -280,7 +270,16 @@ def register(app: typer.Typer) -> None:
         scale: int = typer.Option(1, "--scale", min=1, max=2, help="SpO2 scale (2: hypercapnic respiratory failure)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
-        """Score one set of vitals: NEWS2 (RCP 2017) with qSOFA and MEWS alongside."""
+        """Score one set of vitals: NEWS2 (RCP 2017) with qSOFA and MEWS alongside; missing vitals are marked."""
+        given: dict[str, object] = {"--rr": rr, "--spo2": spo2, "--oxygen/--air": oxygen, "--sbp": sbp}
+        given |= {"--pulse": pulse, "--acvpu": acvpu, "--temp": temp}
+        if all(v is None for v in given.values()):
+            typer.echo(
+                "error: no vital signs given: nothing to score. Give some of " + ", ".join(given)
+                + ", e.g. medtwin news2 --rr 21 --spo2 97 --air --sbp 100 --pulse 95 --acvpu A --temp 38.5",
+                err=True,
+            )  # fmt: skip
+            raise typer.Exit(2)
         try:
             r = news2_score(
                 respiration_rate_per_min=rr,
@@ -312,156 +311,19 @@ def register(app: typer.Typer) -> None:
                 "complete": r.complete,
                 "spo2_scale": r.spo2_scale,
             },
-            "qsofa": {"total": q.total, "positive": q.positive, "missing": list(q.missing)},
-            "mews": {"total": m.total, "high_risk": m.high_risk, "missing": list(m.missing)},
+            "qsofa": {"total": q.total, "positive": q.positive, "missing": list(q.missing), "complete": not q.missing},
+            "mews": {"total": m.total, "high_risk": m.high_risk, "missing": list(m.missing), "complete": not m.missing},
         }
         if as_json:
             typer.echo(json.dumps(result, indent=2))
             return
-        console = Console()
-        table = Table(title=f"NEWS2 {r.total} - {r.level} clinical response" + ("" if r.complete else " (partial)"))
+        console = make_console()
+        partial = "" if r.complete else f" - PARTIAL: {len(r.missing)} of {len(r.scores)} missing: a lower bound"
+        table = Table(title=f"NEWS2 {r.total} - {r.level} clinical response{partial}", title_justify="left")
         table.add_column("parameter")
         table.add_column("points", justify="right")
         for name, points in r.scores.items():
-            table.add_row(name, "missing" if points is None else str(points))
+            table.add_row(name, "[yellow]MISSING[/yellow]" if points is None else str(points))
         console.print(table)
-        console.print(f"qSOFA {q.total}/3{' positive' if q.positive else ''}; MEWS {m.total}", highlight=False)
-
-    alerts_app = typer.Typer(help="List and acknowledge alerts.", no_args_is_help=True)
-    app.add_typer(alerts_app, name="alerts")
-
-    @alerts_app.command("list")
-    def alerts_list(
-        db: str | None = typer.Option(None, help="Database URL."),
-        patient: str | None = typer.Option(None, help="Only this patient id."),
-        status: str | None = typer.Option("active", help="active, acknowledged, resolved, or 'all'."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    ) -> None:
-        """List alert events (newest last)."""
-        store = _open_store(db)
-        try:
-            events = store.events(patient_id=patient, kind="alert", status=None if status == "all" else status)
-        finally:
-            store.close()
-        if as_json:
-            payload = [
-                {
-                    "event_id": e.event_id,
-                    "patient_id": e.patient_id,
-                    "code": e.code,
-                    "severity": e.severity,
-                    "status": e.status,
-                    "time": e.time.isoformat(),
-                    "message": e.message,
-                }
-                for e in events
-            ]
-            typer.echo(json.dumps(payload, indent=2))
-            return
-        console = Console()
-        for e in events:
-            _print_event(console, e)
-        console.print(f"{len(events)} alert(s)", highlight=False)
-
-    def _set_status(event_id: str, new_status: str, db: str | None, by: str | None) -> None:
-        store = _open_store(db)
-        try:
-            alerts = store.events(kind="alert")
-            matches = [e for e in alerts if e.event_id == event_id] or [
-                e for e in alerts if e.event_id.startswith(event_id) or e.event_id.endswith(event_id)
-            ]
-            if len(matches) != 1:
-                typer.echo(f"error: {len(matches)} alerts match id {event_id!r} (give more characters)", err=True)
-                raise typer.Exit(2)
-            event = store.update_event_status(matches[0].event_id, new_status, by=by)
-        except MedtwinError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        finally:
-            store.close()
-        typer.echo(f"{event.event_id} {event.code} -> {event.status}")
-
-    @alerts_app.command("ack")
-    def alerts_ack(
-        event_id: str = typer.Argument(..., help="Alert id, a unique prefix, or the short id the list shows."),
-        db: str | None = typer.Option(None, help="Database URL."),
-        by: str | None = typer.Option(None, help="Who acknowledges."),
-    ) -> None:
-        """Acknowledge an alert (an escalation will still fire)."""
-        _set_status(event_id, "acknowledged", db, by)
-
-    @alerts_app.command("resolve")
-    def alerts_resolve(
-        event_id: str = typer.Argument(..., help="Alert id, a unique prefix, or the short id the list shows."),
-        db: str | None = typer.Option(None, help="Database URL."),
-        by: str | None = typer.Option(None, help="Who resolves."),
-    ) -> None:
-        """Mark an alert resolved."""
-        _set_status(event_id, "resolved", db, by)
-
-    @app.command("demo")
-    def demo(
-        minutes: float = typer.Option(1.0, min=0.05, help="How long the live part runs."),
-        patients: int = typer.Option(4, min=1, help="Virtual patients (stable, sepsis, hypoxic, post-op, ...)."),
-        db: str | None = typer.Option(None, help="Database URL."),
-        time_scale: float = typer.Option(720.0, help="Simulated seconds per real second (720: 12 min per second)."),
-        interval: float = typer.Option(0.5, min=0.01, help="Seconds between readings of one monitor."),
-    ) -> None:
-        """Ingest demo, then an MLLP listener + virtual bedside monitors; alerts are printed as they fire."""
-        console = Console()
-        with contextlib.suppress(ImportError, AttributeError):
-            records_cli = importlib.import_module("medtwin.cli.records")
-            ingest_demo = getattr(records_cli, "run_ingest_demo", None)
-            if callable(ingest_demo):
-                demo_store = ingest_demo(console)
-                if db is None:  # the live part goes into the same database as the ingested sample patients
-                    db = getattr(demo_store, "url", None)
-                demo_store.close()
-        from medtwin.interop.virtual_feed import run_virtual_monitors
-
-        ward = virtual_ward(patients, start=datetime.now(UTC), seed=int(time.time()) % 1000)
-        console.rule("live monitoring")
-        console.print(
-            f"{patients} virtual patients ({', '.join(p.profile for p in ward)}); {minutes:g} min at "
-            f"{time_scale:g}x simulated time; profiles: {', '.join(PROFILES)}",
-            highlight=False,
-        )
-
-        async def run() -> tuple[dict[str, Any], Any]:
-            stop = asyncio.Event()
-            ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            listener = asyncio.create_task(
-                _listen(
-                    db,
-                    "127.0.0.1",
-                    0,
-                    None,
-                    console,
-                    max_connections=max(64, patients + 8),
-                    quiet=False,
-                    stop=stop,
-                    on_ready=ready.set_result,
-                )
-            )
-            port = await ready
-            try:
-                feed = await run_virtual_monitors(
-                    "127.0.0.1", port, ward, interval_s=interval, duration_s=minutes * 60, time_scale=time_scale
-                )
-            finally:
-                stop.set()
-                summary = await listener
-            return summary, feed
-
-        summary, feed = run_loop(run())
-        lat = sorted(feed.ack_latencies_s) or [0.0]
-        console.rule("summary")
-        console.print(
-            f"messages sent {feed.sent}, acknowledged {feed.acked}, negative {feed.negative}; "
-            f"stored {summary['accepted']} messages ({summary['records']} records), "
-            f"duplicates {summary['duplicates']}, rejected {summary['rejected']}; "
-            f"events {summary['events']}; ACK latency p50 {lat[len(lat) // 2] * 1e3:.1f} ms, "
-            f"p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f} ms",
-            highlight=False,
-        )
-        console.print("list alerts with: medtwin alerts list" + (f" --db {db}" if db else ""), highlight=False)
+        console.print(f"{_partial_score('qSOFA', q.total, q.missing, '/3')}{' positive' if q.positive else ''}; "
+                      f"{_partial_score('MEWS', m.total, m.missing, '')}", highlight=False)  # fmt: skip

@@ -158,12 +158,13 @@ class VirtualPatient:
 
 
 def virtual_ward(
-    n: int, *, start: datetime, seed: int = 0, profiles: tuple[str, ...] = PROFILES
+    n: int, *, start: datetime, seed: int = 0, profiles: tuple[str, ...] = PROFILES, key_prefix: str = "VM"
 ) -> list[VirtualPatient]:
-    """*n* virtual patients cycling through *profiles* (keys ``VM-0001``...), each with its own seed."""
+    """*n* virtual patients cycling through *profiles* (keys ``VM-0001``... with *key_prefix* ``VM``), each with
+    its own seed."""
     if n < 1:
         raise ValidationError(f"virtual_ward: n must be >= 1, got {n}")
     return [
-        VirtualPatient(f"VM-{i + 1:04d}", profiles[i % len(profiles)], start=start, seed=seed * 100_003 + i)
+        VirtualPatient(f"{key_prefix}-{i + 1:04d}", profiles[i % len(profiles)], start=start, seed=seed * 100_003 + i)
         for i in range(n)
     ]

@@ -645,6 +645,57 @@ class Store:
         stmt = stmt.order_by(t.c.time, t.c.event_id)
         return [codec.decode(Event, b) for b in self._bodies(stmt)]
 
+    def upsert_events(self, events: Sequence[Event]) -> None:
+        """Store the latest version of each event in ONE transaction: ids already stored are replaced (severity,
+        status, time, body: an alert escalated by its twin), the others inserted as by :meth:`add_events`."""
+        latest = {e.event_id: e for e in events if isinstance(e, Event)}
+        if len(latest) != len({e.event_id for e in events}):
+            raise ValidationError("Store.upsert_events: expected Event records only")
+        if not latest:
+            return
+        t = schema.events
+        ids = list(latest)
+        with self._transaction() as conn:
+            known: set[str] = set()
+            for i in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[i : i + _IDS_PER_QUERY]
+                known.update(conn.execute(select(t.c.event_id).where(t.c.event_id.in_(chunk))).scalars())
+            if known:
+                conn.execute(
+                    update(t)
+                    .where(t.c.event_id == bindparam("b_id"))
+                    .values(
+                        severity=bindparam("b_severity"),
+                        status=bindparam("b_status"),
+                        time=bindparam("b_time"),
+                        body=bindparam("b_body"),
+                    ),
+                    [
+                        {
+                            "b_id": i,
+                            "b_severity": latest[i].severity,
+                            "b_status": latest[i].status,
+                            "b_time": latest[i].time,
+                            "b_body": codec.encode(latest[i]),
+                        }
+                        for i in known
+                    ],
+                )
+            fresh = [e for i, e in latest.items() if i not in known]
+            if fresh:
+                self.write(fresh)  # joins this transaction
+
+    def event_counts(self, *, kind: str | None = None, patient_id: str | None = None) -> dict[str, int]:
+        """How many events there are by status (``{"active": 4, "resolved": 15}``), for a kind and a patient."""
+        t = schema.events
+        stmt = select(t.c.status, func.count()).group_by(t.c.status)
+        if kind is not None:
+            stmt = stmt.where(t.c.kind == kind)
+        if patient_id is not None:
+            stmt = stmt.where(t.c.patient_id == patient_id)
+        with self._reading() as conn:
+            return {str(status): int(n) for status, n in conn.execute(stmt)}
+
     def update_event_status(self, event_id: str, status: str, by: str | None = None) -> Event:
         """Set the status of event *event_id* (acknowledge / resolve) and return the updated event."""
         return self._set_event_statuses("update_event_status", [event_id], status, by)[0]

@@ -169,7 +169,7 @@ class VitalsComponent:
             "latest": self.latest.state(),
             "news2_history": [[t.isoformat(), v] for t, v in self.news2_history.points()],
             "spo2_history": [[t.isoformat(), v] for t, v in self.spo2_history.points()],
-            "alerts": {k: list(v) for k, v in self.tracker.state().items()},
+            "alerts": self.tracker.state(),
             "last_time": self.last_time.isoformat() if self.last_time else None,
             # the last announced NEWS2 (total, missing): a restored twin does not announce an unchanged score again
             "last_news2": None if self._last_key is None else [self._last_key[0], list(self._last_key[1])],
@@ -182,7 +182,7 @@ class VitalsComponent:
             self.news2_history.add(datetime.fromisoformat(when), float(v))
         for when, v in state.get("spo2_history", []):
             self.spo2_history.add(datetime.fromisoformat(when), float(v))
-        self.tracker.restore({k: (v[0], v[1]) for k, v in state.get("alerts", {}).items()})
+        self.tracker.restore(state.get("alerts", {}))
         self.last_time = datetime.fromisoformat(state["last_time"]) if state.get("last_time") else None
         last = state.get("last_news2")  # absent in snapshots of earlier releases: the score is announced once more
         self._last_key = None if last is None else (int(last[0]), tuple(str(m) for m in last[1]))

@@ -51,6 +51,10 @@ class RuntimeStore(Protocol):
         """The newest snapshot of a twin."""
         ...
 
+    def upsert_events(self, events: Sequence[Event]) -> None:
+        """Store the latest version of each event (an escalated alert replaces its stored version)."""
+        ...
+
 
 class TwinRuntime:
     """Keeps one :class:`PatientTwin` per patient up to date with the stored observations."""
@@ -149,8 +153,8 @@ class TwinRuntime:
                     to_write.extend(new)
                     if vitals.last_news2_observation is not None and any(e.code == "news2" for e in new):
                         to_write.append(vitals.last_news2_observation)
-                    alerts = sum(1 for e in new if e.kind == "alert")
-                    self.alerts_raised += alerts
+                    alerts = sum(1 for e in new if e.kind == "alert")  # new ones and escalations: both reach a person
+                    self.alerts_raised += sum(1 for e in new if e.kind == "alert" and e.data.get("revision", 1) == 1)
                     if received is not None and alerts:
                         self.alert_latencies_s.extend([time.monotonic() - received] * alerts)
             unit = getattr(self.store, "unit_of_work", None)
@@ -170,12 +174,18 @@ class TwinRuntime:
     def _persist(self, to_write: list[Record], cleared: list[str], twins: list[PatientTwin]) -> None:
         if self.store is None:
             return
+        # an escalation is a new version of an alert already raised (medtwin.monitoring.alerts): stored over it
+        updates = [r for r in to_write if isinstance(r, Event) and r.data.get("revision", 1) > 1]
+        if updates:
+            to_write = [r for r in to_write if not (isinstance(r, Event) and r.data.get("revision", 1) > 1)]
         write = getattr(self.store, "write", None)
         if to_write:
             if write is not None:
                 write(to_write)  # events and NEWS2 observations of the whole group: one transaction
             else:
                 self.store.add_events([r for r in to_write if isinstance(r, Event)])
+        if updates:  # after the inserts: an alert raised and escalated in the same group is stored, then replaced
+            self.store.upsert_events(updates)
         if cleared:
             self._resolve(self.store, cleared)
         now = time.monotonic()
