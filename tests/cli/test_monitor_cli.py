@@ -127,9 +127,9 @@ def test_demo_tells_the_whole_story_on_every_run(tmp_path: Path, monkeypatch: py
 
 
 def test_demo_keeps_the_five_most_recent_runs(tmp_path: Path) -> None:
-    from medtwin.cli.demo import new_run_folder
-
     import os
+
+    from medtwin.cli.demo import new_run_folder
 
     made = [new_run_folder(tmp_path, now=datetime(2026, 1, 1, 8, 0, i, tzinfo=UTC), keep=100) for i in range(7)]
     for i, folder in enumerate(made):  # mtime order = run order
