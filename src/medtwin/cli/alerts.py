@@ -79,8 +79,9 @@ def _line(event: Event, label: PatientLabel | None) -> str:
     where = f" ({escape(label[1])})" if label and label[1] else ""
     update = _change(event)
     update = f" [dim]({update})[/dim]" if update else ""
+    when = str(event.data["updated"])[:16].replace("T", " ") if update else f"{event.time:%Y-%m-%d %H:%M}"
     return (
-        f"[dim]{event.time:%Y-%m-%d %H:%M}[/dim] [{style}]{(event.severity or '').upper():>10}[/{style}] "
+        f"[dim]{when}[/dim] [{style}]{(event.severity or '').upper():>10}[/{style}] "
         f"{who}{where}  [bold]{event.code}[/bold]  {escape(event.message)}{update}  "
         f"[dim]{short_id(event.event_id)}[/dim]"
     )
@@ -173,8 +174,10 @@ def list_alerts(
         typer.echo(json.dumps(payload, indent=2))
         return
     table = Table(title=f"{len(events)} {'' if status == 'all' else status + ' '}alert(s)", title_justify="left")
-    for column in ("raised", "severity", "patient", "where", "alert", "message", "status", "id"):
+    located = any(label[1] for label in labels.values())  # a ward column only when some patient has one
+    for column in ("raised", "severity", "patient", *(["where"] if located else []), "alert", "message", "status"):
         table.add_column(column)
+    table.add_column("id")
     for e in events:
         style = _SEVERITY_STYLE.get(e.severity or "", "white")
         who, where = (e.patient_id or "", "") if pseudonymous else labels[e.patient_id]
@@ -184,7 +187,7 @@ def list_alerts(
             f"{e.time:%Y-%m-%d %H:%M}",
             f"[{style}]{(e.severity or '').upper()}[/{style}]",
             escape(who),
-            escape(where),
+            *([escape(where)] if located else []),
             e.code,
             escape(e.message) + updated,
             e.status,
