@@ -63,9 +63,14 @@ def test_simulate_summary_names_its_signal_and_matches_metrics_on_that_column(tm
     assert guessed["glucose_column"] == "cgm_mg_dl"  # what `metrics` reads by default, as the docs say
     table = runner.invoke(app, ["glucose", "simulate", "-p", "adult#001", "--controller", "basal"])
     assert table.exit_code == 0, table.output
-    assert "true blood glucose (bg_mg_dl)" in " ".join(table.stdout.split())
+    assert "summary of blood glucose (simulated, noise-free model BG) (bg_mg_dl)" in " ".join(table.stdout.split())
     cgm_table = runner.invoke(app, ["glucose", "simulate", "-p", "adult#001", "--signal", "cgm"])
-    assert "CGM sensor readings (cgm_mg_dl)" in " ".join(cgm_table.stdout.split())
+    assert "summary of CGM (sensor glucose), with the sensor's noise (cgm_mg_dl)" in " ".join(cgm_table.stdout.split())
+    # and metrics says which signal it read, in JSON and in the table
+    assert guessed["signal"] == "CGM (sensor glucose)"
+    assert "the file also has bg_mg_dl" in guessed["notes"][0]
+    on_bg = runner.invoke(app, ["glucose", "metrics", str(out), "--column", "bg_mg_dl"])
+    assert "signal: blood glucose (simulated, noise-free model BG), column 'bg_mg_dl'" in " ".join(on_bg.stdout.split())
     bad = runner.invoke(app, ["glucose", "simulate", "--signal", "smbg"])
     assert bad.exit_code != 0
 
@@ -109,7 +114,8 @@ def test_metrics_errors(tmp_path: Path) -> None:
     bad.write_text("a,b\n1,2\n")
     res = runner.invoke(app, ["glucose", "metrics", str(bad)])
     assert res.exit_code == 1
-    assert "need a time column" in " ".join(res.output.split())
+    assert "not a known CGM export" in " ".join(res.output.split())
+    assert "give --column / --time-column" in " ".join(res.output.split())
 
 
 def test_parse_meal() -> None:
@@ -231,7 +237,8 @@ def test_metrics_table_days_are_days_of_data_not_the_span(tmp_path: Path) -> Non
     path.write_text("time,gl\n" + "\n".join(rows) + "\n")
     table = runner.invoke(app, ["glucose", "metrics", str(path)])
     assert table.exit_code == 0, table.output
-    cells = [c.strip() for c in table.stdout.splitlines()[-2].split("│")]
+    row = next(line for line in table.stdout.splitlines() if line.startswith("│ all"))
+    cells = [c.strip() for c in row.split("│")]
     assert cells[1:4] == ["all", "2.0", "120.0"]  # 2 days of data (over a 61-day span), mean 120
 
 

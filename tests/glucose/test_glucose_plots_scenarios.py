@@ -62,7 +62,7 @@ def test_glucose_public_api_is_pinned() -> None:
         "SensorSpec", "UvaPadova2008", "all_patient_names", "cgm_metrics", "count_episodes", "daily_meals",
         "load_cohort", "make_controller", "meal_matrix", "pump_spec", "resolve_patient_names", "risk_components",
         "run_scenario", "run_summary", "sensor_spec", "simulate_closed_loop", "simulate_open_loop",
-        "summary_metrics_batch",
+        "summary_metrics_batch", "DormandPrince", "RK4", "OpenLoopResult", "member_sensor_seeds",
     }  # fmt: skip
 
 

@@ -31,7 +31,7 @@ def _open_loop(ref: pd.DataFrame, solver: RK4 | DormandPrince | None) -> np.ndar
     cohort = load_cohort(["adult#001"])
     return simulate_open_loop(
         cohort, ref.eaten_CHO_g_per_min.to_numpy(), ref.insulin_U_per_min.to_numpy(), solver=solver
-    )[1:, 0, :]
+    ).states[1:, 0, :]
 
 
 def test_open_loop_dormand_prince_reproduces_every_state(adult001_1min: pd.DataFrame) -> None:
@@ -99,8 +99,10 @@ def test_closed_loop_all_30_patients_match_simglucose(batch_reference: dict[str,
 def test_steady_state_holds_for_all_30_patients() -> None:
     """Basal insulin (u2ss * BW / 6000), no meal: every patient stays at its basal glucose for a day."""
     cohort = load_cohort(["all"])
-    states = simulate_open_loop(cohort, np.zeros((1440, 30)), np.tile(cohort.basal_u_per_min, (1440, 1)))
-    bg = states[:, :, 12] / cohort.params["Vg"]
+    result = simulate_open_loop(cohort, np.zeros((1440, 30)), np.tile(cohort.basal_u_per_min, (1440, 1)))
+    states = result.states
+    bg = result.bg_mg_dl
+    np.testing.assert_allclose(bg, states[:, :, 12] / cohort.params["Vg"])
     assert np.max(np.abs(bg - cohort.basal_glucose_mg_dl)) < 0.01
     np.testing.assert_allclose(states[-1], cohort.x0, rtol=1e-6, atol=1e-9)
     model = UvaPadova2008()
@@ -118,7 +120,7 @@ def test_meal_mass_balance_for_all_30_patients() -> None:
     cho[60:72] = 5.0  # a 60 g meal eaten at 5 g/min
     states = simulate_open_loop(
         cohort, cho, np.tile(cohort.basal_u_per_min, (minutes, 1)), solver=DormandPrince(rtol=1e-9, atol=1e-9)
-    )
+    ).states
     absorbed = np.trapezoid(cohort.params["kabs"] * states[:, :, 2], dx=1.0, axis=0)
     remaining = states[-1, :, 0:3].sum(axis=1)
     np.testing.assert_allclose(absorbed + remaining, 60_000.0, rtol=2e-3)

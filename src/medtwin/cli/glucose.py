@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import typer
@@ -19,31 +17,21 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medtwin import codes
+from medtwin.cli.console import make_console
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.metrics import cgm_metrics, summary_metrics_batch
 from medtwin.glucose.plots import plot_agp, plot_trace
-from medtwin.glucose.scenarios import CONTROLLERS, run_scenario
+from medtwin.glucose.scenarios import CONTROLLERS, SEED_MODES, run_scenario
 from medtwin.glucose.simulation import ClosedLoopResult
+from medtwin.interop.cgm import SENSOR_HIGH_MG_DL, SENSOR_LOW_MG_DL, SIGNAL_BG, SIGNAL_CGM, read_cgm_file
 
 __all__ = ["app", "parse_meal"]
 
 app = typer.Typer(help="Type 1 diabetes twin (UVA/Padova) commands.", no_args_is_help=True, add_completion=False)
 
-_GLUCOSE_COLUMNS = ("glucose_mg_dl", "glucose_mmol_l", "gl", "glucose", "cgm_mg_dl", "bg_mg_dl", "CGM", "BG", "sgv")
-_ID_COLUMNS = ("id", "patient", "subject", "member")
-_TIME_COLUMNS = ("time", "timestamp", "Time", "datetime", "t_min")
-_GLUCOSE_UNITS = ("mg/dL", "mmol/L")
-# CGMs read 40-400 mg/dL: a median outside 30-600 mg/dL means the unit is wrong (mmol/L read as mg/dL or back).
-_MIN_PLAUSIBLE_MEDIAN_MG_DL = 30.0
-_MAX_PLAUSIBLE_MEDIAN_MG_DL = 600.0
 _PROGRESS_THRESHOLD = 200  # patient-days above which a progress bar is shown
 _TABLE_ROWS = 50  # members listed in the simulate table
-# Dexcom (G4-G7) and most CGM exports write "Low" / "High" outside their 40-400 mg/dL reporting range: read them as
-# those limits (dropping them would hide the worst hypo- and hyperglycaemia).
-_SENSOR_LOW_MG_DL = 40.0
-_SENSOR_HIGH_MG_DL = 400.0
 
 
 class _Signal(StrEnum):
@@ -55,8 +43,8 @@ class _Signal(StrEnum):
 
 # signal -> (column written by --output, words for the summary)
 _SIGNALS = {
-    _Signal.bg: ("bg_mg_dl", "true blood glucose"),
-    _Signal.cgm: ("cgm_mg_dl", "CGM sensor readings"),
+    _Signal.bg: ("bg_mg_dl", SIGNAL_BG),
+    _Signal.cgm: ("cgm_mg_dl", f"{SIGNAL_CGM}, with the sensor's noise"),
 }
 
 
@@ -79,7 +67,7 @@ def parse_meal(text: str) -> tuple[float, float]:
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
+    make_console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
@@ -130,7 +118,17 @@ def simulate(
     sensor: Annotated[str, typer.Option(help="CGM sensor: Dexcom, GuardianRT, Navigator.")] = "Dexcom",
     pump: Annotated[str, typer.Option(help="Insulin pump: Insulet, Cozmo.")] = "Insulet",
     noise: Annotated[bool, typer.Option(help="Sensor noise (seeded).")] = True,
-    seed: Annotated[int, typer.Option(min=0, help="Seed (>= 0): member i's sensor uses seed + i.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Seed (>= 0) of the sensor noise and meal randomization.")] = 1,
+    seed_mode: Annotated[
+        str,
+        typer.Option(
+            help="Sensor seeds: member (member i uses seed + i) or patient (every member uses seed, as simglucose "
+            "seeds each patient's sensor on its own: member i equals a run of that patient alone)."
+        ),
+    ] = "member",
+    sensor_seeds: Annotated[
+        str | None, typer.Option(help="One sensor seed per member, comma-separated (overrides --seed-mode).")
+    ] = None,
     start: Annotated[str, typer.Option(help="Start time, ISO 8601 with zone.")] = "2018-01-01T00:00:00+00:00",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Per-minute trace (.csv or .parquet).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first patient's trace.")] = None,
@@ -138,8 +136,8 @@ def simulate(
     signal: Annotated[
         _Signal,
         typer.Option(
-            help="Glucose the summary describes: bg (true subcutaneous glucose, column bg_mg_dl) or cgm (sensor "
-            "readings with noise, column cgm_mg_dl, what `medtwin glucose metrics` reads by default)."
+            help="Glucose the summary describes: bg (the model's noise-free glucose, simglucose's BG, column bg_mg_dl) "
+            "or cgm (sensor readings with noise, column cgm_mg_dl, what `medtwin glucose metrics` reads by default)."
         ),
     ] = _Signal.bg,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
@@ -163,9 +161,18 @@ def simulate(
         names = patient or ["adult#001"]
         if output is not None and output.suffix not in (".csv", ".parquet"):
             raise ValidationError(f"--output {output}: use a .csv or .parquet file name")
+        if seed_mode not in SEED_MODES:
+            raise ValidationError(f"--seed-mode {seed_mode!r}: use {' or '.join(SEED_MODES)}")
+        explicit = None
+        if sensor_seeds is not None:
+            try:
+                explicit = [int(s) for s in sensor_seeds.split(",")]
+            except ValueError:
+                raise ValidationError(f"--sensor-seeds {sensor_seeds!r}: expected integers, e.g. 1,2,3") from None
         kwargs: dict[str, Any] = {
             "days": days, "meals": meals, "replicate": replicate, "randomize_meals": randomize_meals,
             "controller": controller, "sensor": sensor, "pump": pump, "sensor_noise": noise, "seed": seed,
+            "seed_mode": seed_mode, "sensor_seeds": explicit,
         }  # fmt: skip
         n_members = len(names) * replicate  # groups make this an underestimate; fine for the bar threshold
         if not json and n_members * days >= _PROGRESS_THRESHOLD:
@@ -194,7 +201,9 @@ def simulate(
         "controller": controller,
         "rhs_evaluations": result.rhs_evaluations,
         "signal": signal.value,
+        "signal_description": signal_words,
         "signal_column": signal_column,
+        "seed_mode": "explicit" if sensor_seeds is not None else seed_mode,
         "cohort_mean_mg_dl": round(float(summary["mean_mg_dl"].mean()), 4),
         "cohort_tir_pct": round(float(summary["tir_pct"].mean()), 4),
         "output": str(output) if output else None,
@@ -205,7 +214,7 @@ def simulate(
     if json:
         _print_json(report)
         return
-    table = Table(title=f"{len(result.names)} patient(s) x {days} day(s), {controller}")
+    table = Table(title=f"{len(result.names)} patient(s) x {days} day(s), {controller}", title_justify="left")
     for col in ("patient", "mean", "CV %", "TIR %", "TBR<70 %", "TAR>180 %", "LBGI", "HBGI"):
         table.add_column(col)
     tbr = summary["tbr_level1_pct"] + summary["tbr_level2_pct"]
@@ -219,133 +228,70 @@ def simulate(
             name, f"{summary['mean_mg_dl'][i]:.1f}", f"{summary['cv_pct'][i]:.1f}", f"{summary['tir_pct'][i]:.1f}",
             f"{tbr[i]:.1f}", f"{tar[i]:.1f}", f"{summary['lbgi'][i]:.2f}", f"{summary['hbgi'][i]:.2f}",
         )  # fmt: skip
-    Console().print(table)
-
-
-def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str | None:
-    if wanted is not None:
-        if wanted not in columns:
-            raise ValidationError(f"column {wanted!r} not in the file (columns: {columns})")
-        return wanted
-    return next((c for c in candidates if c in columns), None)
-
-
-def _read_table(file: Path) -> pd.DataFrame:
-    """Read *file* (.parquet, else CSV), turning every reader failure into a ValidationError naming the file."""
-    try:
-        if file.suffix == ".parquet":
-            return pd.read_parquet(file)
-        return pd.read_csv(file)
-    except pd.errors.EmptyDataError:
-        raise ValidationError(f"{file}: the file is empty (expected a header row and CGM readings)") from None
-    except UnicodeDecodeError:
-        raise ValidationError(f"{file}: not a text CSV file (it is not UTF-8 text)") from None
-    except OSError as exc:
-        raise ValidationError(f"{file}: cannot read ({exc.strerror or exc})") from None
-    except (pd.errors.ParserError, ValueError, ImportError) as exc:
-        kind = "Parquet" if file.suffix == ".parquet" else "CSV"
-        raise ValidationError(f"{file}: not a readable {kind} file ({exc})") from None
-
-
-def _glucose_unit(unit: str | None, column: str) -> str:
-    """The unit of the glucose column: *unit* when given, else guessed from the column name (mg/dL by default)."""
-    if unit is None:
-        return "mmol/L" if "mmol" in column.lower() else "mg/dL"
-    for known in _GLUCOSE_UNITS:
-        if unit.replace(" ", "").lower() == known.lower():
-            return known
-    raise ValidationError(f"--unit {unit!r}: use one of {', '.join(_GLUCOSE_UNITS)}")
-
-
-def _subject_ids(frame: pd.DataFrame, i_col: str | None, guessed: bool) -> npt.NDArray[np.str_]:
-    """Subject key per row; a `medtwin glucose simulate` trace is split by member (replicates share a name)."""
-    if i_col is None:
-        return np.full(len(frame), "all")
-    ids = frame[i_col].astype(str)
-    if guessed and i_col != "member" and "member" in frame.columns:
-        members = frame["member"].astype(str)
-        if members.nunique() > ids.nunique():
-            ids = ids + " (member " + members + ")"
-    return ids.to_numpy(dtype=str)
+    make_console().print(table)
 
 
 @app.command()
 def metrics(
-    file: Annotated[Path, typer.Argument(help="CGM readings (.csv or .parquet) with a time and a glucose column.")],
-    column: Annotated[str | None, typer.Option(help="Glucose column; guessed when omitted.")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CGM file: a Dexcom Clarity or FreeStyle Libre CSV export, Nightscout entries (JSON or CSV), or a "
+            "table (.csv or .parquet) with a time and a glucose column."
+        ),
+    ],
+    column: Annotated[str | None, typer.Option(help="Glucose column of a table; guessed when omitted.")] = None,
     unit: Annotated[
         str | None,
-        typer.Option(help="Unit of the glucose column: mg/dL or mmol/L (default: mmol/L if the column name says so)."),
+        typer.Option(help="Unit of the glucose values when the file does not say: mg/dL (default) or mmol/L."),
     ] = None,
-    id_column: Annotated[str | None, typer.Option(help="Subject id column; guessed when omitted.")] = None,
-    time_column: Annotated[str | None, typer.Option(help="Time column (timestamps or t_min minutes).")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Subject id column of a table; guessed when omitted.")] = None,
+    time_column: Annotated[str | None, typer.Option(help="Time column of a table (timestamps or t_min).")] = None,
+    date_order: Annotated[
+        str | None, typer.Option(help="FreeStyle Libre dates: dmy or mdy, when the dates do not tell.")
+    ] = None,
     max_gap_min: Annotated[float, typer.Option(help="Longest interval one reading may stand for (min).")] = 15.0,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Consensus CGM metrics (TIR, GMI, CV, LBGI/HBGI, episodes) per subject of FILE.
+    """Consensus CGM metrics (TIR, GMI, CV, LBGI/HBGI, episodes) per subject of FILE; says which signal it read.
 
     Rows whose time or glucose cannot be read are skipped and counted (``skipped_rows``); ``Low`` / ``High``
     sensor readings count as 40 / 400 mg/dL (``limit_readings``).
     """
     try:
-        if not file.exists():
-            raise ValidationError(f"{file}: no such file")
-        frame = _read_table(file)
-        cols = [str(c) for c in frame.columns]
-        g_col = _pick(cols, column, _GLUCOSE_COLUMNS, "glucose")
-        t_col = _pick(cols, time_column, _TIME_COLUMNS, "time")
-        if g_col is None or t_col is None:
-            raise ValidationError(f"{file}: need a time column {_TIME_COLUMNS} and a glucose column {_GLUCOSE_COLUMNS}")
-        g_unit = _glucose_unit(unit, g_col)
-        i_col = _pick(cols, id_column, _ID_COLUMNS, "id")
-        if t_col == "t_min":
-            t_all = pd.to_numeric(frame[t_col], errors="coerce").to_numpy(dtype=float)
-        else:
-            with warnings.catch_warnings():  # pandas warns when it falls back to per-element parsing
-                warnings.simplefilter("ignore", UserWarning)
-                stamps = pd.to_datetime(frame[t_col], errors="coerce", utc=True)
-            if stamps.isna().all():
-                raise ValidationError(f"{file}: column {t_col!r} holds no readable timestamps")
-            t_all = ((stamps - stamps.min()).dt.total_seconds() / 60.0).to_numpy(dtype=float)
-        g_all = np.array(pd.to_numeric(frame[g_col], errors="coerce"), dtype=np.float64)
-        if g_unit != "mg/dL":
-            g_all = g_all * codes.convert(1.0, g_unit, "mg/dL", analyte="glucose")
-        words = frame[g_col].astype(str).str.strip().str.lower().to_numpy()
-        g_all[words == "low"] = _SENSOR_LOW_MG_DL
-        g_all[words == "high"] = _SENSOR_HIGH_MG_DL
-        limits = {"low": int(np.count_nonzero(words == "low")), "high": int(np.count_nonzero(words == "high"))}
-        skipped = int(np.count_nonzero(~(np.isfinite(t_all) & np.isfinite(g_all))))
-        valid = g_all[np.isfinite(g_all)]
-        median = float(np.median(valid)) if valid.size else 100.0
-        if not _MIN_PLAUSIBLE_MEDIAN_MG_DL <= median <= _MAX_PLAUSIBLE_MEDIAN_MG_DL:
-            hint = "if the values are mmol/L, pass --unit mmol/L" if g_unit == "mg/dL" else "are they mg/dL?"
-            raise ValidationError(
-                f"{file}: column {g_col!r} read as {g_unit} gives a median of {median:.3g} mg/dL, "
-                f"impossible for CGM; {hint}"
-            )
-        groups = _subject_ids(frame, i_col, guessed=id_column is None)
+        readings = read_cgm_file(
+            file, column=column, unit=unit, id_column=id_column, time_column=time_column, date_order=date_order
+        )
         results = {}
-        for sid in dict.fromkeys(groups):
-            sel = groups == sid
+        for sid in dict.fromkeys(readings.subjects):
+            sel = readings.subjects == sid
             try:
-                results[str(sid)] = cgm_metrics(t_all[sel], g_all[sel], max_gap_min=max_gap_min).to_dict()
+                found = cgm_metrics(readings.time_min[sel], readings.glucose_mg_dl[sel], max_gap_min=max_gap_min)
             except ValidationError as exc:
                 raise ValidationError(f"{file}: subject {sid!r}: {exc}") from None
+            results[str(sid)] = found.to_dict()
     except MedtwinError as exc:
         raise _fail(str(exc)) from None
+    limits, skipped = readings.limit_readings, readings.skipped_rows
     if json:
         _print_json(
             {
                 "file": str(file),
-                "glucose_column": g_col,
-                "unit": g_unit,
+                "format": readings.format,
+                "signal": readings.signal,
+                "glucose_column": readings.glucose_column,
+                "unit": readings.unit,
                 "skipped_rows": skipped,
                 "limit_readings": limits,
+                "notes": list(readings.notes),
                 "subjects": results,
             }
         )
         return
-    table = Table(title=f"CGM metrics: {file.name}")
+    table = Table(title=f"CGM metrics: {file.name}", title_justify="left")
+    table.caption = (
+        f"{readings.format}; signal: {readings.signal}, column {readings.glucose_column!r} in {readings.unit}"
+    )
     # "days": days of data (consensus: days of CGM wear), not the first-to-last span (coverage_pct in --json)
     for col in ("subject", "days", "mean", "CV%", "GMI%", "<70%", "TIR%", ">180%", "hypos"):
         table.add_column(col)
@@ -356,11 +302,15 @@ def metrics(
             f"{m['tbr_level1_pct'] + m['tbr_level2_pct']:.1f}", f"{m['tir_pct']:.1f}",
             f"{m['tar_level1_pct'] + m['tar_level2_pct']:.1f}", str(m["hypo_episodes_level1"]),
         )  # fmt: skip
-    Console().print(table)
+    make_console().print(table)
+    err = make_console(stderr=True)
+    for note in readings.notes:
+        err.print(f"note: {escape(note)}", highlight=False)
     if limits["low"] or limits["high"]:
-        Console(stderr=True).print(
-            f"note: {limits['low']} Low read as {_SENSOR_LOW_MG_DL:.0f} mg/dL, "
-            f"{limits['high']} High as {_SENSOR_HIGH_MG_DL:.0f} mg/dL (the sensor's reporting limits)"
+        err.print(
+            f"note: {limits['low']} Low read as {SENSOR_LOW_MG_DL:.0f} mg/dL, "
+            f"{limits['high']} High as {SENSOR_HIGH_MG_DL:.0f} mg/dL (the sensor's reporting limits)",
+            highlight=False,
         )
     if skipped:
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {skipped} row(s) skipped: unreadable time or glucose")
+        err.print(f"[yellow]warning:[/yellow] {skipped} row(s) skipped: unreadable time or glucose")

@@ -2,7 +2,9 @@
 
 The 13-state model as simglucose 0.2.11 implements it, its 30 virtual patients, CGM sensor and insulin pump
 models, batched controllers, open- and closed-loop simulation of whole cohorts, consensus CGM metrics, plots
-and Gymnasium environments. See docs/models/uva_padova.md and docs/models/cgm_metrics.md.
+and Gymnasium environments. The solvers the simulations take are exported here too: ``DormandPrince`` (the
+accurate reference) and ``RK4`` (the default, compiled). See docs/models/uva_padova.md and
+docs/models/cgm_metrics.md.
 """
 
 from medtwin.glucose.controllers import (
@@ -15,17 +17,20 @@ from medtwin.glucose.controllers import (
 from medtwin.glucose.devices import CGMSensor, InsulinPump, PumpSpec, SensorSpec, pump_spec, sensor_spec
 from medtwin.glucose.metrics import CgmMetrics, cgm_metrics, count_episodes, risk_components, summary_metrics_batch
 from medtwin.glucose.patients import Cohort, all_patient_names, load_cohort, resolve_patient_names
-from medtwin.glucose.scenarios import daily_meals, make_controller, run_scenario, run_summary
+from medtwin.glucose.scenarios import daily_meals, make_controller, member_sensor_seeds, run_scenario, run_summary
 from medtwin.glucose.simulation import (
     ClosedLoopResult,
+    OpenLoopResult,
     PatientBatch,
     meal_matrix,
     simulate_closed_loop,
     simulate_open_loop,
 )
 from medtwin.glucose.uva_padova import UvaPadova2008
+from medtwin.sim.solvers import RK4, DormandPrince  # the solvers simulate_* take: the accurate one and the default
 
 __all__ = [
+    "RK4",
     "BasalBolusController",
     "BasalOnlyController",
     "CGMSensor",
@@ -35,7 +40,9 @@ __all__ = [
     "Controller",
     "ControllerAction",
     "ControllerObservation",
+    "DormandPrince",
     "InsulinPump",
+    "OpenLoopResult",
     "PatientBatch",
     "PumpSpec",
     "SensorSpec",
@@ -47,6 +54,7 @@ __all__ = [
     "load_cohort",
     "make_controller",
     "meal_matrix",
+    "member_sensor_seeds",
     "pump_spec",
     "resolve_patient_names",
     "risk_components",

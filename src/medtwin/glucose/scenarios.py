@@ -2,6 +2,12 @@
 
 ``run_scenario`` keeps full per-minute traces; ``run_summary`` runs very large cohorts in chunks and keeps only
 per-member summary metrics, so memory stays bounded by the chunk size.
+
+Sensor noise is seeded per member (:func:`member_sensor_seeds`): ``seed_mode="member"`` (default) gives member i the
+seed ``seed + i``, so replicates of one patient see different noise; ``seed_mode="patient"`` gives every member
+``seed``, as simglucose seeds each patient's sensor on its own: member i of a batched run then equals a run of
+that patient alone with the same seed (replicates of one patient see the same noise). ``sensor_seeds`` sets one
+seed per member explicitly.
 """
 
 from __future__ import annotations
@@ -19,9 +25,33 @@ from medtwin.glucose.patients import Cohort, load_cohort, resolve_patient_names
 from medtwin.glucose.simulation import ClosedLoopResult, meal_matrix, simulate_closed_loop
 from medtwin.sim.model import FloatArray
 
-__all__ = ["CONTROLLERS", "daily_meals", "make_controller", "run_scenario", "run_summary"]
+__all__ = [
+    "CONTROLLERS",
+    "SEED_MODES",
+    "daily_meals",
+    "make_controller",
+    "member_sensor_seeds",
+    "run_scenario",
+    "run_summary",
+]
 
 CONTROLLERS = ("basal-bolus", "basal")
+SEED_MODES = ("member", "patient")
+
+
+def member_sensor_seeds(
+    size: int, seed: int, *, mode: str = "member", explicit: Sequence[int] | None = None
+) -> list[int]:
+    """One sensor seed per member: *explicit* when given, else ``seed + i`` (mode ``member``) or ``seed`` for
+    every member (mode ``patient``, simglucose's: each patient's sensor seeded on its own)."""
+    if explicit is not None:
+        seeds = [int(s) for s in explicit]
+        if len(seeds) != size:
+            raise ValidationError(f"sensor seeds: {len(seeds)} given for {size} member(s); give one per member")
+        return seeds
+    if mode not in SEED_MODES:
+        raise ValidationError(f"seed mode {mode!r}: use {' or '.join(SEED_MODES)}")
+    return [seed + i for i in range(size)] if mode == "member" else [seed] * size
 
 
 def make_controller(name: str, cohort: Cohort, *, target_mg_dl: float = 140.0) -> Controller:
@@ -78,11 +108,15 @@ def run_scenario(
     pump: str = "Insulet",
     sensor_noise: bool = True,
     seed: int = 1,
+    seed_mode: str = "member",
+    sensor_seeds: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ClosedLoopResult:
     """Simulate *patients* (names or groups, each repeated *replicate* times) for *days* days in closed loop.
 
-    Sensor noise of member i is seeded with ``seed + i``; meal randomization uses ``default_rng(seed)``.
+    Sensor noise of member i is seeded with ``seed + i`` (*seed_mode* ``member``), ``seed`` (``patient``: as a
+    run of that patient alone, simglucose's seeding) or ``sensor_seeds[i]``; meal randomization uses
+    ``default_rng(seed)``.
     """
     if days < 1 or replicate < 1:
         raise ValidationError(f"days ({days}) and replicate ({replicate}) must be >= 1")
@@ -96,7 +130,11 @@ def run_scenario(
         minutes=minutes,
         meals=plan,
         controller=make_controller(controller, cohort),
-        sensor=CGMSensor(sensor_spec(sensor), [seed + i for i in range(cohort.size)], noise=sensor_noise),
+        sensor=CGMSensor(
+            sensor_spec(sensor),
+            member_sensor_seeds(cohort.size, seed, mode=seed_mode, explicit=sensor_seeds),
+            noise=sensor_noise,
+        ),
         pump=InsulinPump(pump_spec(pump)),
         progress=progress,
     )
@@ -112,6 +150,7 @@ def run_summary(
     controller: str = "basal-bolus",
     sensor_noise: bool = True,
     seed: int = 1,
+    seed_mode: str = "member",
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, FloatArray]:
     """Per-member summary metrics (see :func:`summary_metrics_batch`) of *n_members* patients cycled from
@@ -128,7 +167,8 @@ def run_summary(
             randomize_meals=randomize_meals,
             controller=controller,
             sensor_noise=sensor_noise,
-            seed=seed + start,
+            seed=seed + start if seed_mode == "member" else seed,  # member mode: seed + global member index
+            seed_mode=seed_mode,
         )
         for key, values in summary_metrics_batch(result.bg_mg_dl[1:]).items():
             out.setdefault(key, []).append(values)

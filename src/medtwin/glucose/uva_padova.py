@@ -14,8 +14,9 @@ Conventions (those of simglucose, kept on purpose so results are comparable)
 - Time in minutes; 13 states: Qsto1, Qsto2, Qgut (mg); Gp, Gt (mg/kg); Ip (pmol/kg); X (1/min); I' (pmol/L);
   Id (pmol/L); Il (pmol/kg); Isc1, Isc2 (pmol/kg); Gs (mg/kg).
 - Inputs: carbohydrate d (mg/min) = CHO (g/min) x 1000; insulin (pmol/kg/min) = U/min x 6000 / BW; and
-  ``dbar_mg``, the amount of the meal being digested, which simglucose computes as
-  ``Qsto(at meal start, mg) + carbohydrate eaten since (g)``: the mixed units are simglucose's, reproduced.
+  ``dbar_mg``, the amount of the meal being digested in mg: ``Qsto at meal start (mg) + carbohydrate eaten
+  since (g) x 1000``, as simglucose computes it (``last_Qsto + last_foodtaken * 1000``) and as the caller
+  (:class:`medtwin.glucose.simulation.PatientBatch`) passes it.
 - Gastric emptying kgut = kmin + (kmax - kmin)/2 [tanh(a(Qsto - b Dbar)) - tanh(c(Qsto - d Dbar)) + 2],
   a = 5/(2 Dbar (1 - b)), c = 5/(2 Dbar d); kgut = kmax when Dbar = 0.
 - EGP = max(kp1 - kp2 Gp - kp3 Id, 0); renal excretion ke1 (Gp - ke2) above ke2; insulin-independent
