@@ -137,7 +137,14 @@ def test_whatif_flags_and_scenario_file(workdir: Path) -> None:
         ],
     )
     assert table.exit_code == 0, table.output
-    assert "boarding_mean_h" in table.output
+    # KPI names in words, cost with its currency and period (JSON keeps the keys and adds the labels)
+    assert "Boarding, admission decision to bed, mean (h)" in table.output
+    assert "Occupancy ICU (% of beds)" in table.output
+    assert "Cost per week (EUR: staffed beds + nurse hours)" in table.output
+    assert "boarding_mean_h" not in table.output
+    assert data["labels"]["cost_per_week"] == "Cost per week (EUR: staffed beds + nurse hours)"
+    cost = data["scenarios"]["scenario"]["cost_per_week"]["diff_vs_baseline"]
+    assert cost == pytest.approx(4 * 7 * 550.0)  # 4 ICU beds at 550 EUR per staffed bed-day
     assert "icu+4" in table.output
 
 

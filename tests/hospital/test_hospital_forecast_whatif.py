@@ -95,8 +95,8 @@ def test_whatif_kpis_move_the_right_way(comparison: Comparison) -> None:
     assert mean[surge, k["ed_wait_mean_h"]] > mean[base, k["ed_wait_mean_h"]]
     assert mean[surge, k["occupancy_pct_Medicine"]] > mean[base, k["occupancy_pct_Medicine"]]
     assert mean[elect, k["occupancy_pct_Surgery"]] > mean[base, k["occupancy_pct_Surgery"]]
-    # cost: 4 ICU beds x 14 days x 550 + the same rostered nurses (unchanged)
-    assert mean[icu, k["cost"]] - mean[base, k["cost"]] == pytest.approx(4 * 14 * 550.0)
+    # 4 more ICU beds at 550 per staffed bed-day: 4 x 7 x 550 more per week
+    assert mean[icu, k["cost_per_week"]] - mean[base, k["cost_per_week"]] == pytest.approx(4 * 7 * 550.0)
     # common random numbers: paired intervals are narrower than the unpaired ones
     occ = k["occupancy_pct_Medicine"]
     assert comparison.difference_half_width()[icu, occ] < comparison.half_width()[icu, occ]
@@ -170,4 +170,4 @@ def test_fewer_icu_night_nurses_raise_icu_access_block_on_common_random_numbers(
     # 8 nurses x 2 = 16 staffed ICU beds at night instead of 24: lower ICU occupancy, more boarding
     assert mean[1, k["occupancy_pct_ICU"]] < mean[0, k["occupancy_pct_ICU"]]
     assert mean[1, k["boarding_mean_h"]] > mean[0, k["boarding_mean_h"]]
-    assert mean[1, k["cost"]] < mean[0, k["cost"]]
+    assert mean[1, k["cost_per_week"]] < mean[0, k["cost_per_week"]]

@@ -213,12 +213,23 @@ class ElectiveSlot:
             )
 
 
+def _costs(data: dict[str, Any]) -> Costs:
+    """:class:`Costs` from a model's ``costs`` mapping (missing keys take the defaults)."""
+    defaults = Costs()
+    return Costs(
+        bed_day=float(data.get("bed_day", defaults.bed_day)),
+        staff_hour=float(data.get("staff_hour", defaults.staff_hour)),
+        currency=str(data.get("currency", defaults.currency)),
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Costs:
-    """Unit costs used by what-if comparisons (any currency): per staffed bed-day, per nurse-hour."""
+    """Unit costs used by what-if comparisons, in *currency* (ISO 4217): per staffed bed-day, per nurse-hour."""
 
     bed_day: float = 500.0
     staff_hour: float = 45.0
+    currency: str = "EUR"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,7 +315,11 @@ class HospitalConfig:
                 {"unit": s.unit, "weekday": s.weekday, "hour": s.hour, "count": s.count} for s in self.electives
             ],
             "elective_grace_h": self.elective_grace_h,
-            "costs": {"bed_day": self.costs.bed_day, "staff_hour": self.costs.staff_hour},
+            "costs": {
+                "bed_day": self.costs.bed_day,
+                "staff_hour": self.costs.staff_hour,
+                "currency": self.costs.currency,
+            },
             "max_stays": self.max_stays,
         }
 
@@ -353,7 +368,7 @@ class HospitalConfig:
                     for s in data.get("electives", [])
                 ),
                 elective_grace_h=float(data.get("elective_grace_h", 4.0)),
-                costs=Costs(**{k: float(v) for k, v in data.get("costs", {}).items()}),
+                costs=_costs(data.get("costs", {})),
                 max_stays=int(data.get("max_stays", 4)),
             )
         except (KeyError, TypeError, AttributeError) as exc:

@@ -9,8 +9,10 @@ their confidence intervals are the paired-t intervals (Law, "Simulation Modeling
 
 KPIs per replication (over the measured window, after warm-up): mean occupancy (% of beds) per
 unit, mean ED wait for a treatment space (h), mean boarding time from admission decision to bed
-(h), LWBS (% of ED arrivals), diversion hours, elective cancellations, and cost = staffed
-bed-days x bed-day cost + rostered nurse-hours x staff-hour cost.
+(h), LWBS (% of ED arrivals), diversion hours, elective cancellations, and cost per week =
+(staffed bed-days x bed-day cost + rostered nurse-hours x staff-hour cost) x 168 h / measured hours, in the
+model's currency. The KPI keys are snake_case (``cost_per_week``); :func:`kpi_label` gives the words a report
+shows ("Cost per week (EUR)").
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "compare_scenarios",
+    "kpi_label",
     "replication_kpis",
 ]
 
@@ -178,8 +181,29 @@ def replication_kpis(config: HospitalConfig, result: ReplicationResult) -> dict[
     kpis["diversion_h"] = result.diversion_h
     kpis["elective_cancellations"] = float(result.electives_cancelled)
     bed_days = sum(u.beds for u in config.units) * horizon / 24.0
-    kpis["cost"] = bed_days * config.costs.bed_day + result.staff_hours * config.costs.staff_hour
+    cost = bed_days * config.costs.bed_day + result.staff_hours * config.costs.staff_hour
+    kpis["cost_per_week"] = cost * _HOURS_PER_WEEK / horizon if horizon else 0.0
     return kpis
+
+
+_HOURS_PER_WEEK = 168.0
+_KPI_LABELS = {
+    "ed_wait_mean_h": "ED wait for a treatment space, mean (h)",
+    "ed_wait_p90_h": "ED wait for a treatment space, 90th percentile (h)",
+    "boarding_mean_h": "Boarding, admission decision to bed, mean (h)",
+    "lwbs_pct": "Left without being seen (% of ED arrivals)",
+    "diversion_h": "Ambulance diversion (h)",
+    "elective_cancellations": "Elective admissions cancelled",
+}
+
+
+def kpi_label(name: str, currency: str = "EUR") -> str:
+    """The words for KPI *name* in a report: ``occupancy_pct_ICU`` -> ``Occupancy ICU (% of beds)``."""
+    if name.startswith("occupancy_pct_"):
+        return f"Occupancy {name.removeprefix('occupancy_pct_')} (% of beds)"
+    if name == "cost_per_week":
+        return f"Cost per week ({currency}: staffed beds + nurse hours)"
+    return _KPI_LABELS.get(name, name)
 
 
 def _kpi_job(job: ReplicationJob) -> tuple[dict[str, float], npt.NDArray[np.int64]]:
@@ -204,6 +228,7 @@ class Comparison:
     seed: int
     horizon_h: float
     warmup_h: float
+    currency: str = "EUR"
 
     def mean(self) -> FloatArray:
         """Mean over replications, shape (scenarios, KPIs)."""
@@ -225,6 +250,7 @@ class Comparison:
             "horizon_h": self.horizon_h,
             "warmup_h": self.warmup_h,
             "replications": int(self.values.shape[1]),
+            "labels": {kpi: kpi_label(kpi, self.currency) for kpi in self.kpi_names},
             "scenarios": {
                 name: {
                     kpi: {
@@ -295,4 +321,5 @@ def compare_scenarios(
         seed=seed,
         horizon_h=horizon_h,
         warmup_h=warmup_h,
+        currency=config.costs.currency,
     )
