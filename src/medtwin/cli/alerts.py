@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> None:
     def alerts_list(
         db: str | None = typer.Option(None, help="Database URL (default: the configured store)."),
         patient: str | None = typer.Option(None, help="Only this patient (pseudonymous id)."),
-        status: str = typer.Option("active", help="active, acknowledged, resolved, or all."),
+        status: str = typer.Option("active", help="Which alerts: active, acknowledged, resolved, or all."),
         pseudonymous: bool = typer.Option(
             False, "--pseudonymous", help="Show pseudonymous patient ids only, no name, MRN or location."
         ),

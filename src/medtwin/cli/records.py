@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from medtwin import codes
+from medtwin.cli.console import make_console
 from medtwin.errors import MedtwinError
 from medtwin.interop.fhir import FileReport, IngestReport, fhir_files, ingest_paths, patient_bundle
 from medtwin.records import Observation, ObservationValue, Patient, Quantity
@@ -69,7 +70,7 @@ def _open(db: str | None) -> Store:
     try:
         return Store(db)
     except MedtwinError as exc:
-        raise _fail(Console(stderr=True), str(exc)) from None
+        raise _fail(make_console(stderr=True), str(exc)) from None
 
 
 def _value_text(value: ObservationValue) -> str:
@@ -183,7 +184,7 @@ def ingest(
     as_json: JsonOption = False,
 ) -> None:
     """Load FHIR R4 bundles, resources and bulk NDJSON into the store (idempotent)."""
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
 
     def refuse(message: str) -> typer.Exit:
         if as_json:  # scripts read stdout: they get a summary saying why nothing was ingested
@@ -231,7 +232,7 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
             _age(p),
             p.deceased.date().isoformat() if p.deceased else "",
         )
-    Console().print(table)
+    make_console().print(table)
 
 
 def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
@@ -256,7 +257,7 @@ def patient(
     as_json: JsonOption = False,
 ) -> None:
     """Show one patient: demographics, conditions, medications and latest vitals."""
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     with _open(db) as store:
         p = _resolve_patient(store, patient_id, console)
         conditions = store.conditions(p.patient_id)
@@ -345,7 +346,7 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the bundle here instead of stdout.")] = None,
 ) -> None:
     """Export a patient's record as a FHIR R4 Bundle (JSON)."""
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with _open(db) as store:
         p = _resolve_patient(store, patient_id, console)
         bundle = patient_bundle(store, p.patient_id)
@@ -402,7 +403,7 @@ def run_ingest_demo(console: Console, db_dir: Path = DEMO_DIR) -> Store:
 
 def demo() -> None:
     """Ingest the bundled sample patients into ./.medtwin-demo and print their summary."""
-    run_ingest_demo(Console()).close()
+    run_ingest_demo(make_console()).close()
 
 
 def register(app: typer.Typer) -> None:
