@@ -208,14 +208,10 @@ class PKModel:
         weights[:, central] = 1.0 / vc
         lag = np.zeros(B) if self.lag is None else _batch(self.lag(env), B)
         fbio = np.ones(B) if self.bioavailability is None else _batch(self.bioavailability(env), B)
-        if not (
-            all(np.all(np.isfinite(v)) for v in params.values())
-            and np.all(np.isfinite(A))
-            and np.all(vc > 0)
-            and np.all(np.isfinite(vc))
-            and np.all(np.isfinite(lag))
-            and np.all(np.isfinite(fbio))
-        ):
+        # one reduction over everything computed (a parameter can be inf while the rates stay finite: V2 = inf
+        # makes k21 = 0), then the explanation only on failure
+        values = np.concatenate([A.reshape(-1), vc, lag, fbio, *params.values()])
+        if not (np.isfinite(values).all() and (vc > 0).all()):
             self._explain(env, covariates)
         return PKSystem(
             matrix=A,
