@@ -47,7 +47,7 @@ def test_help_shows_no_type_tag_on_flags_and_plain_ones_on_values(path: list[str
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=[" ".join(p) for p, _ in COMMANDS])
 def test_every_option_help_is_a_sentence(path: list[str]) -> None:
     """One style in every group (the hospital group's were lower case without a full stop)."""
-    command = dict((tuple(p), c) for p, c in COMMANDS)[tuple(path)]
+    command = {tuple(p): c for p, c in COMMANDS}[tuple(path)]
     for param in command.params:
         text = (param.help or "").strip()
         if not text:
