@@ -24,7 +24,15 @@ import numpy.typing as npt
 
 from medtwin.errors import ValidationError
 
-__all__ = ["MAX_CHARS", "MAX_DEPTH", "MAX_NODES", "Expression", "ExpressionError", "compile_expression"]
+__all__ = [
+    "MAX_CHARS",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "Expression",
+    "ExpressionError",
+    "compile_expression",
+    "finite_number",
+]
 
 #: Limits on one expression: far above any published covariate model, far below what hurts.
 MAX_CHARS = 1000
@@ -121,17 +129,21 @@ def _show(value: Value) -> str:
     return f"[{arr.size} values, {int(bad.sum())} non-finite, range {np.nanmin(arr):.4g}..{np.nanmax(arr):.4g}]"
 
 
-def _constant(node: ast.Constant, where: str) -> _Evaluator:
-    value = node.value
+def finite_number(value: object, where: str) -> float:
+    """*value* (an int or a float, not a bool or a string) as a finite double, else an :class:`ExpressionError`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ExpressionError(f"{where}: {value!r} is not a number; expressions use {_ALLOWED}")
+        raise ExpressionError(f"{where}: expected a number, got {value!r}")
     try:
         number = float(value)
-    except OverflowError:
+    except OverflowError:  # an integer literal of hundreds of digits
         raise ExpressionError(f"{where}: the number {str(value)[:20]}... is too large for a double") from None
     if not math.isfinite(number):
-        raise ExpressionError(f"{where}: the number {str(value)[:20]} is too large for a double")
-    const = np.float64(number)  # IEEE arithmetic: 5 / 0 gives inf (refused by evaluate), not ZeroDivisionError
+        raise ExpressionError(f"{where}: expected a finite number, got {value!r}")
+    return number
+
+
+def _constant(node: ast.Constant, where: str) -> _Evaluator:
+    const = np.float64(finite_number(node.value, where))  # IEEE arithmetic: 5 / 0 gives inf, refused by evaluate
     return lambda env: const
 
 

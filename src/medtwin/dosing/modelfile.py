@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medtwin import codes
-from medtwin.dosing.expressions import Expression, ExpressionError, compile_expression
+from medtwin.dosing.expressions import Expression, ExpressionError, compile_expression, finite_number
 from medtwin.dosing.model import RATE_NAMES, CovariateSpec, ErrorKind, ErrorModel, ModelError, PKModel
 from medtwin.errors import UnitError
 
@@ -137,15 +137,10 @@ def _read_text_list(data: Mapping[str, Any], key: str, where: str) -> tuple[str,
 
 def _read_number(value: Any, where: str) -> float:
     """A finite number (TOML integer or float; a string such as ``"70"`` or a boolean is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ModelError(f"{where}: expected a number, got {value!r}")
     try:
-        out = float(value)
-    except OverflowError:
-        raise ModelError(f"{where}: the number {str(value)[:20]}... is too large") from None
-    if not math.isfinite(out):
-        raise ModelError(f"{where}: expected a finite number, got {value!r}")
-    return out
+        return finite_number(value, where)
+    except ExpressionError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def _read_pair(value: Any, where: str) -> tuple[float, float]:
