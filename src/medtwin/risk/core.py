@@ -33,6 +33,7 @@ __all__ = [
     "Inputs",
     "Problem",
     "RiskResult",
+    "cohort_size",
     "column",
     "flag_column",
     "sex_column",
@@ -46,16 +47,19 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
 
-def _length(inputs: Inputs) -> int:
-    for value in inputs.values():
-        if np.ndim(value) > 0:
-            return len(value)
-    return 1
+def cohort_size(inputs: Inputs) -> int:
+    """The number of people in *inputs*: the length of its longest column (scalars broadcast; 1 if all are)."""
+    sizes = {len(v) for v in inputs.values() if np.ndim(v) > 0}
+    if len(sizes) > 1 and 1 in sizes:
+        sizes.discard(1)
+    if len(sizes) > 1:
+        raise ValidationError(f"risk inputs: columns of different lengths {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
 
 
 def column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
     """Column *name* of *inputs* as floats (``NaN`` where absent or None); an absent column is all ``NaN``."""
-    n = _length(inputs) if n is None else n
+    n = cohort_size(inputs) if n is None else n
     if name not in inputs:
         return np.full(n, np.nan)
     raw = inputs[name]
@@ -72,7 +76,7 @@ def column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
 
 def flag_column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
     """Yes/no column *name* as 1.0/0.0 (``NaN`` unknown); accepts booleans, 0/1 and yes/no/true/false strings."""
-    n = _length(inputs) if n is None else n
+    n = cohort_size(inputs) if n is None else n
     if name not in inputs:
         return np.full(n, np.nan)
     try:
@@ -102,7 +106,7 @@ def flag_column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
 def sex_column(inputs: Inputs, n: int | None = None) -> FloatArray:
     """Column ``sex`` as 1.0 male / 0.0 female / ``NaN`` (other, unknown or absent: these equations are
     sex-specific). Accepts ``male``/``female`` (any case, or ``m``/``f``) or 1/0 (1 = male)."""
-    n = _length(inputs) if n is None else n
+    n = cohort_size(inputs) if n is None else n
     if "sex" not in inputs:
         return np.full(n, np.nan)
     raw = inputs["sex"]
@@ -239,7 +243,8 @@ class RiskResult:
         if self.link == "logistic":
             out: FloatArray = 1.0 / (1.0 + np.exp(-lp))
             return out
-        assert self.s0 is not None and self.lp_mean is not None
+        assert self.s0 is not None
+        assert self.lp_mean is not None
         return 1.0 - np.power(self.s0, np.exp(lp - self.lp_mean))
 
     @property

@@ -35,19 +35,23 @@ class Equation:
 
 _KHAN = "Khan SS et al. Circulation 2024;149:430"
 EQUATIONS: dict[str, Equation] = {
-    "pce": Equation("pce", "Goff DC Jr et al. Circulation 2014;129:S49", "10.1161/01.cir.0000437741.48606.98",
-                    pooled_cohort),
+    "pce": Equation(
+        "pce", "Goff DC Jr et al. Circulation 2014;129:S49", "10.1161/01.cir.0000437741.48606.98", pooled_cohort
+    ),
     **{
-        f"prevent-{o}-{y}y": Equation(f"prevent-{o}-{y}y", _KHAN, "10.1161/CIRCULATIONAHA.123.067626",
-                                      partial(prevent, outcome=o, years=y))  # type: ignore[arg-type]
+        f"prevent-{o}-{y}y": Equation(
+            f"prevent-{o}-{y}y", _KHAN, "10.1161/CIRCULATIONAHA.123.067626", partial(prevent, outcome=o, years=y)
+        )  # type: ignore[arg-type]
         for y in (10, 30)
         for o in ("cvd", "ascvd", "hf")
     },
     "qrisk3": Equation("qrisk3", "Hippisley-Cox J et al. BMJ 2017;357:j2099", "10.1136/bmj.j2099", qrisk3),
-    "findrisc": Equation("findrisc", "Lindström J, Tuomilehto J. Diabetes Care 2003;26:725",
-                         "10.2337/diacare.26.3.725", findrisc),
-    "cha2ds2-vasc": Equation("cha2ds2-vasc", "Lip GYH et al. Chest 2010;137:263", "10.1378/chest.09-1584",
-                             cha2ds2_vasc),
+    "findrisc": Equation(
+        "findrisc", "Lindström J, Tuomilehto J. Diabetes Care 2003;26:725", "10.2337/diacare.26.3.725", findrisc
+    ),
+    "cha2ds2-vasc": Equation(
+        "cha2ds2-vasc", "Lip GYH et al. Chest 2010;137:263", "10.1378/chest.09-1584", cha2ds2_vasc
+    ),
     "has-bled": Equation("has-bled", "Pisters R et al. Chest 2010;138:1093", "10.1378/chest.10-0134", has_bled),
 }
 

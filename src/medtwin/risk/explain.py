@@ -103,15 +103,21 @@ def explain(result: RiskResult | ScoreResult, i: int, what_ifs: tuple[WhatIf, ..
     """Person *i*'s result in clinical words: factors sorted by their effect, reasons, and the *what_ifs*."""
     reasons = tuple(result.reasons(i))
     if isinstance(result, ScoreResult):
-        lines = tuple(
+        items = tuple(
             ExplanationLine(k, result.item_words[k](i), float(v[i]), float("nan"))
             for k, v in result.items.items()
             if v[i] != 0 and not np.isnan(result.points[i])
         )
         risk = None if result.risk is None else _finite(float(result.risk[i]))
         return Explanation(
-            model=result.model, title=result.title, risk=risk, points=_finite(float(result.points[i])),
-            band=result.band[i], reference_risk=None, reference_text="no risk factors (0 points)", lines=lines,
+            model=result.model,
+            title=result.title,
+            risk=risk,
+            points=_finite(float(result.points[i])),
+            band=result.band[i],
+            reference_risk=None,
+            reference_text="no risk factors (0 points)",
+            lines=items,
             reasons=reasons,
         )
     refused = bool(np.isnan(result.risk[i]))
@@ -200,8 +206,10 @@ def statin(result: RiskResult, inputs: Inputs, ldl_reduction: float = 0.5) -> Wh
         f"high-intensity statin lowers LDL-C by {100 * ldl_reduction:.0f} %; RR {STATIN_RR_PER_MMOL} per mmol/L lower "
         "LDL-C applied to the equation's risk"
     )
-    notes = {int(i): base + "; non-HDL cholesterol stood in for the unrecorded LDL-C (benefit overstated)"
-             for i in np.flatnonzero(applies & proxy)}
+    notes = {
+        int(i): base + "; non-HDL cholesterol stood in for the unrecorded LDL-C (benefit overstated)"
+        for i in np.flatnonzero(applies & proxy)
+    }
     return WhatIf(
         name="statin",
         description="starts a high-intensity statin",

@@ -28,7 +28,17 @@ from importlib import resources
 
 import numpy as np
 
-from medtwin.risk.core import Checks, Factor, FloatArray, Inputs, RiskResult, column, flag_column, sex_column
+from medtwin.risk.core import (
+    Checks,
+    Factor,
+    FloatArray,
+    Inputs,
+    RiskResult,
+    cohort_size,
+    column,
+    flag_column,
+    sex_column,
+)
 
 __all__ = ["PCE_REFERENCE", "pooled_cohort"]
 
@@ -72,7 +82,7 @@ def pooled_cohort(inputs: Inputs) -> RiskResult:
         Columns ``age_years``, ``sex``, ``race``, ``total_chol_mg_dl``, ``hdl_mg_dl``, ``sbp_mm_hg``,
         ``bp_treated``, ``smoker`` (current), ``diabetes``; optional ``prior_ascvd``.
     """
-    n = len(np.atleast_1d(next(iter(inputs.values())))) if inputs else 0
+    n = cohort_size(inputs)
     checks = Checks("PCE", n)
     age = column(inputs, "age_years", n)
     male = sex_column(inputs, n)
@@ -101,7 +111,9 @@ def pooled_cohort(inputs: Inputs) -> RiskResult:
     checks.within("total_chol_mg_dl", "total cholesterol", tc, 130, 320, "mg/dL", source="ASCVD Risk Estimator")
     checks.within("hdl_mg_dl", "HDL cholesterol", hdl, 20, 100, "mg/dL", source="ASCVD Risk Estimator")
     checks.within("sbp_mm_hg", "systolic BP", sbp, 90, 200, "mmHg", source="ASCVD Risk Estimator")
-    checks.refuse("prior_ascvd", prior == 1, "clinical ASCVD already recorded (the equations are for primary prevention)")
+    checks.refuse(
+        "prior_ascvd", prior == 1, "clinical ASCVD already recorded (the equations are for primary prevention)"
+    )
     checks.flag(
         "race",
         other == 1,
@@ -180,6 +192,15 @@ def pooled_cohort(inputs: Inputs) -> RiskResult:
             f"{age[i]:.0f}-year-old {race_word(i)} {'man' if male[i] == 1 else 'woman'} with total cholesterol "
             "170 mg/dL, HDL 50 mg/dL, untreated systolic BP 110 mmHg, non-smoker, no diabetes"
         ),
-        inputs={"age_years": age, "sex": male, "total_chol_mg_dl": tc, "hdl_mg_dl": hdl, "sbp_mm_hg": sbp,
-                "bp_treated": treated, "smoker": smoker, "diabetes": diabetes, "black": black},
+        inputs={
+            "age_years": age,
+            "sex": male,
+            "total_chol_mg_dl": tc,
+            "hdl_mg_dl": hdl,
+            "sbp_mm_hg": sbp,
+            "bp_treated": treated,
+            "smoker": smoker,
+            "diabetes": diabetes,
+            "black": black,
+        },
     )

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from medtwin.risk.core import Checks, FloatArray, Inputs, Problem, column, flag_column, sex_column
+from medtwin.risk.core import Checks, FloatArray, Inputs, Problem, cohort_size, column, flag_column, sex_column
 
 __all__ = ["FINDRISC_BANDS", "ScoreResult", "cha2ds2_vasc", "findrisc", "has_bled"]
 
@@ -77,8 +77,17 @@ class ScoreResult:
         return [p.describe(i) for p in self.problems if p.mask[i]]
 
 
-def _n(inputs: Inputs) -> int:
-    return len(np.atleast_1d(next(iter(inputs.values())))) if inputs else 0
+def _band(points: FloatArray, labels: npt.ArrayLike) -> npt.NDArray[np.object_]:
+    out = np.asarray(labels, dtype=object).copy()
+    out[np.isnan(points)] = None
+    return out
+
+
+def _yes_no(flags: dict[str, FloatArray], labels: dict[str, str]) -> dict[str, Callable[[int], str]]:
+    def words(key: str, label: str) -> Callable[[int], str]:
+        return lambda i: label if flags[key][i] == 1 else f"no {label}"
+
+    return {k: words(k, label) for k, label in labels.items()}
 
 
 def _finish(checks: Checks, items: dict[str, FloatArray]) -> FloatArray:
@@ -93,7 +102,7 @@ def findrisc(inputs: Inputs) -> ScoreResult:
     ``daily_fruit_veg``, ``bp_medication_ever``, ``high_glucose_ever``, ``family_history_diabetes`` (0/1/2);
     optional ``diabetes`` (known diabetes is refused).
     """
-    n = _n(inputs)
+    n = cohort_size(inputs)
     checks = Checks("FINDRISC", n)
     age = column(inputs, "age_years", n)
     male = sex_column(inputs, n)
@@ -105,8 +114,10 @@ def findrisc(inputs: Inputs) -> ScoreResult:
     glucose = flag_column(inputs, "high_glucose_ever", n)
     family = column(inputs, "family_history_diabetes", n)
     for name, label, values in (
-        ("age_years", "age", age), ("sex", "sex (male or female; the waist bands are sex-specific)", male),
-        ("bmi_kg_m2", "BMI", bmi), ("waist_cm", "waist circumference", waist),
+        ("age_years", "age", age),
+        ("sex", "sex (male or female; the waist bands are sex-specific)", male),
+        ("bmi_kg_m2", "BMI", bmi),
+        ("waist_cm", "waist circumference", waist),
         ("physically_active", "daily physical activity answer", active),
         ("daily_fruit_veg", "daily vegetables/fruit answer", fruit),
         ("bp_medication_ever", "blood-pressure medication history", bp_med),
@@ -115,8 +126,11 @@ def findrisc(inputs: Inputs) -> ScoreResult:
     ):
         checks.require(name, label, values)
     checks.within("age_years", "age", age, 18, 120, "years", source="adults")
-    checks.refuse("family_history_diabetes", ~np.isnan(family) & ~np.isin(family, (0, 1, 2)),
-                  "family_history_diabetes must be 0 (none), 1 (second-degree) or 2 (first-degree)")
+    checks.refuse(
+        "family_history_diabetes",
+        ~np.isnan(family) & ~np.isin(family, (0, 1, 2)),
+        "family_history_diabetes must be 0 (none), 1 (second-degree) or 2 (first-degree)",
+    )
     checks.refuse("diabetes", flag_column(inputs, "diabetes", n) == 1, "diabetes already diagnosed")
     low, high = np.where(male == 1, 94.0, 80.0), np.where(male == 1, 102.0, 88.0)
     with np.errstate(invalid="ignore"):
@@ -143,12 +157,20 @@ def findrisc(inputs: Inputs) -> ScoreResult:
         "diet": lambda i: "vegetables/fruit not every day" if fruit[i] == 0 else "vegetables/fruit every day",
         "bp_medication": lambda i: "has taken BP medication" if bp_med[i] == 1 else "never on BP medication",
         "high_glucose": lambda i: "high glucose found before" if glucose[i] == 1 else "no high glucose found before",
-        "family": lambda i: ("no family history", "diabetes in grandparent/aunt/uncle/cousin",
-                             "diabetes in parent/sibling/child")[int(np.nan_to_num(family[i]))],
+        "family": lambda i: (
+            "no family history",
+            "diabetes in grandparent/aunt/uncle/cousin",
+            "diabetes in parent/sibling/child",
+        )[int(np.nan_to_num(family[i]))],
     }
     return ScoreResult(
-        model="findrisc", title="FINDRISC (Lindström 2003), 10-year type 2 diabetes", points=points, items=items,
-        item_words=words, band=np.where(np.isnan(points), None, names), problems=tuple(checks.problems),
+        model="findrisc",
+        title="FINDRISC (Lindström 2003), 10-year type 2 diabetes",
+        points=points,
+        items=items,
+        item_words=words,
+        band=_band(points, names),
+        problems=tuple(checks.problems),
         risk=np.where(np.isnan(points), np.nan, risk),
     )
 
@@ -159,7 +181,7 @@ def cha2ds2_vasc(inputs: Inputs, *, require_af: bool = True) -> ScoreResult:
     Columns: ``age_years``, ``sex``, ``heart_failure``, ``hypertension``, ``diabetes``, ``stroke_tia`` (stroke,
     TIA or thromboembolism), ``vascular_disease`` (MI, peripheral arterial disease, aortic plaque), ``af``.
     """
-    n = _n(inputs)
+    n = cohort_size(inputs)
     checks = Checks("CHA2DS2-VASc", n)
     age = column(inputs, "age_years", n)
     male = sex_column(inputs, n)
@@ -183,16 +205,20 @@ def cha2ds2_vasc(inputs: Inputs, *, require_af: bool = True) -> ScoreResult:
             "sex": np.where(male == 0, 1.0, 0.0),
         }
     points = _finish(checks, items)
-    words: dict[str, Callable[[int], str]] = {
-        k: (lambda i, k=k, label=label: label if flags[k][i] == 1 else f"no {label}")
-        for k, label in zip(names, labels, strict=True)
-    }
+    words = _yes_no(flags, dict(zip(names, labels, strict=True)))
     words["age"] = lambda i: f"age {age[i]:.0f}"
     words["sex"] = lambda i: "female" if male[i] == 0 else "male"
-    band = np.where(np.isnan(points), None, np.where(points - items["sex"] >= 2, "high", np.where(
-        points - items["sex"] == 1, "intermediate", "low")))
-    return ScoreResult(model="cha2ds2-vasc", title="CHA2DS2-VASc (Lip 2010), stroke risk in AF", points=points,
-                       items=items, item_words=words, band=band.astype(object), problems=tuple(checks.problems))
+    without_sex = points - items["sex"]
+    band = _band(points, np.where(without_sex >= 2, "high", np.where(without_sex == 1, "intermediate", "low")))
+    return ScoreResult(
+        model="cha2ds2-vasc",
+        title="CHA2DS2-VASc (Lip 2010), stroke risk in AF",
+        points=points,
+        items=items,
+        item_words=words,
+        band=band,
+        problems=tuple(checks.problems),
+    )
 
 
 def has_bled(inputs: Inputs) -> ScoreResult:
@@ -202,7 +228,7 @@ def has_bled(inputs: Inputs) -> ScoreResult:
     ``abnormal_liver``, ``stroke``, ``bleeding``, ``labile_inr`` (optional), ``antiplatelet_or_nsaid``,
     ``alcohol_excess``.
     """
-    n = _n(inputs)
+    n = cohort_size(inputs)
     checks = Checks("HAS-BLED", n)
     age = column(inputs, "age_years", n)
     if "uncontrolled_hypertension" in inputs:
@@ -212,8 +238,14 @@ def has_bled(inputs: Inputs) -> ScoreResult:
         with np.errstate(invalid="ignore"):
             htn = np.where(np.isnan(sbp), np.nan, (sbp > 160).astype(float))
     names = ("abnormal_renal", "abnormal_liver", "stroke", "bleeding", "antiplatelet_or_nsaid", "alcohol_excess")
-    labels = ("abnormal renal function", "abnormal liver function", "stroke", "bleeding history or predisposition",
-              "antiplatelet or NSAID", "alcohol >= 8 drinks a week")
+    labels = (
+        "abnormal renal function",
+        "abnormal liver function",
+        "stroke",
+        "bleeding history or predisposition",
+        "antiplatelet or NSAID",
+        "alcohol >= 8 drinks a week",
+    )
     flags = {k: flag_column(inputs, k, n) for k in names}
     labile = flag_column(inputs, "labile_inr", n)
     checks.require("age_years", "age", age)
@@ -222,16 +254,24 @@ def has_bled(inputs: Inputs) -> ScoreResult:
         checks.require(k, label, flags[k])
     checks.flag("labile_inr", np.isnan(labile), "labile INR not known (applies to vitamin K antagonists): counted 0")
     with np.errstate(invalid="ignore"):
-        items = {"hypertension": np.nan_to_num(htn), **{k: np.nan_to_num(v) for k, v in flags.items()},
-                 "labile_inr": np.nan_to_num(labile), "elderly": (age > 65).astype(float)}
+        items = {
+            "hypertension": np.nan_to_num(htn),
+            **{k: np.nan_to_num(v) for k, v in flags.items()},
+            "labile_inr": np.nan_to_num(labile),
+            "elderly": (age > 65).astype(float),
+        }
     points = _finish(checks, items)
-    words: dict[str, Callable[[int], str]] = {
-        k: (lambda i, k=k, label=label: label if items[k][i] == 1 else f"no {label}")
-        for k, label in zip(names, labels, strict=True)
-    }
+    words = _yes_no(items, dict(zip(names, labels, strict=True)))
     words["hypertension"] = lambda i: "uncontrolled hypertension" if items["hypertension"][i] else "BP controlled"
     words["labile_inr"] = lambda i: "labile INR" if labile[i] == 1 else "INR not labile or not applicable"
     words["elderly"] = lambda i: f"age {age[i]:.0f}"
-    band = np.where(np.isnan(points), None, np.where(points >= 3, "high", "not high"))
-    return ScoreResult(model="has-bled", title="HAS-BLED (Pisters 2010), 1-year major bleeding in AF", points=points,
-                       items=items, item_words=words, band=band.astype(object), problems=tuple(checks.problems))
+    band = _band(points, np.where(points >= 3, "high", "not high"))
+    return ScoreResult(
+        model="has-bled",
+        title="HAS-BLED (Pisters 2010), 1-year major bleeding in AF",
+        points=points,
+        items=items,
+        item_words=words,
+        band=band,
+        problems=tuple(checks.problems),
+    )

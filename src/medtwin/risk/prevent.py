@@ -42,7 +42,17 @@ from typing import Literal
 import numpy as np
 
 from medtwin.errors import ValidationError
-from medtwin.risk.core import Checks, Factor, FloatArray, Inputs, RiskResult, column, flag_column, sex_column
+from medtwin.risk.core import (
+    Checks,
+    Factor,
+    FloatArray,
+    Inputs,
+    RiskResult,
+    cohort_size,
+    column,
+    flag_column,
+    sex_column,
+)
 
 __all__ = ["PREVENT_OUTCOMES", "PREVENT_VARIANTS", "prevent"]
 
@@ -100,7 +110,7 @@ def prevent(
         raise ValidationError(f"prevent: years must be 10 or 30, got {years!r}")
     if variant != "auto" and variant not in PREVENT_VARIANTS:
         raise ValidationError(f"prevent: variant must be 'auto' or one of {PREVENT_VARIANTS}, got {variant!r}")
-    n = len(np.atleast_1d(next(iter(inputs.values())))) if inputs else 0
+    n = cohort_size(inputs)
     name = f"PREVENT {years}-year {_OUTCOME_TITLE[outcome]}"
     checks = Checks(name, n)
     age = column(inputs, "age_years", n)
@@ -192,9 +202,20 @@ def prevent(
         c = _coefs(v, years, outcome, male)
 
         def parts(
-            tc_: FloatArray, hdl_: FloatArray, sbp_: FloatArray, treated_: FloatArray, statin_: FloatArray,
-            dm: FloatArray, smoke: FloatArray, bmi_: FloatArray, egfr_: FloatArray, acr_: FloatArray,
-            a1c: FloatArray, sdi_: FloatArray, c: dict[str, FloatArray] = c, v: str = v,
+            tc_: FloatArray,
+            hdl_: FloatArray,
+            sbp_: FloatArray,
+            treated_: FloatArray,
+            statin_: FloatArray,
+            dm: FloatArray,
+            smoke: FloatArray,
+            bmi_: FloatArray,
+            egfr_: FloatArray,
+            acr_: FloatArray,
+            a1c: FloatArray,
+            sdi_: FloatArray,
+            c: dict[str, FloatArray] = c,
+            v: str = v,
         ) -> dict[str, FloatArray]:
             nh = np.nan_to_num(non_hdl(tc_, hdl_))
             ht = np.nan_to_num(hdl_term(hdl_))
@@ -202,17 +223,21 @@ def prevent(
             bmi_hi = np.nan_to_num((np.maximum(bmi_, 30) - 30) / 5)
             egfr_lo = (np.minimum(egfr_, 60) - 60) / -15
             out = {
-                "cholesterol": c["non_hdl_c_per_1_mmol_l"] * nh + c["statin_use"] * statin_
-                + c["treated_non_hdl_c"] * nh * statin_ + c["age_per_10yr_x_non_hdl_c_per_1_mmol_l"] * a * nh,
+                "cholesterol": c["non_hdl_c_per_1_mmol_l"] * nh
+                + c["statin_use"] * statin_
+                + c["treated_non_hdl_c"] * nh * statin_
+                + c["age_per_10yr_x_non_hdl_c_per_1_mmol_l"] * a * nh,
                 "hdl": c["hdl_c_per_0.3_mmol_l"] * ht + c["age_per_10yr_x_hdl_c_per_0.3_mml_l"] * a * ht,
                 "bp": c["sbp_lt110_per_20_mmhg"] * (np.minimum(sbp_, 110) - 110) / 20
-                + c["sbp_gteq110_per_20_mmhg"] * sbp_hi + c["anti_hypertensive_use"] * treated_
+                + c["sbp_gteq110_per_20_mmhg"] * sbp_hi
+                + c["anti_hypertensive_use"] * treated_
                 + c["treated_sbp_gteq110_mm_hg_per_20_mm_hg"] * sbp_hi * treated_
                 + c["age_per_10yr_x_sbp_gteq110_mm_hg_per_20_mmhg"] * a * sbp_hi,
                 "diabetes": c["diabetes"] * dm + c["age_per_10yr_x_diabetes"] * a * dm,
                 "smoking": c["current_smoking"] * smoke + c["age_per_10yr_x_current_smoking"] * a * smoke,
                 "bmi": c["bmi_lt30_per_5_kg_m2"] * np.nan_to_num((np.minimum(bmi_, 30) - 25) / 5)
-                + c["bmi_gt30_per_5_kg_m2"] * bmi_hi + c["age_per_10yr_x_bmi_gteq30_per_5_kg_m2"] * a * bmi_hi,
+                + c["bmi_gt30_per_5_kg_m2"] * bmi_hi
+                + c["age_per_10yr_x_bmi_gteq30_per_5_kg_m2"] * a * bmi_hi,
                 "egfr": c["egfr_lt60_per_15_ml"] * egfr_lo
                 + c["egfr_gteq60_per_15_ml"] * (np.maximum(egfr_, 60) - 90) / -15
                 + c["age_per_10yr_x_egfr_lt60_per_15_ml"] * a * egfr_lo,
@@ -229,7 +254,8 @@ def prevent(
                 out["hba1c"] = np.where(
                     np.isnan(a1c),
                     c["miss_hba1c"],
-                    c["hba1c_minus_5.3_x_diabetes"] * shift * dm + c["hba1c_minus_5.3_x_1_minus_diabetes"] * shift * (1 - dm),
+                    c["hba1c_minus_5.3_x_diabetes"] * shift * dm
+                    + c["hba1c_minus_5.3_x_1_minus_diabetes"] * shift * (1 - dm),
                 )
             if v in ("sdi", "full"):
                 out["sdi"] = np.where(
@@ -245,8 +271,18 @@ def prevent(
             ref = {k: np.full(n, val) for k, val in _REFERENCE.items()}
             zero = np.zeros(n)
             reference = parts(
-                ref["tc"], ref["hdl"], ref["sbp"], zero, zero, zero, zero, ref["bmi"], ref["egfr"], ref["acr"],
-                ref["hba1c"], np.ones(n),
+                ref["tc"],
+                ref["hdl"],
+                ref["sbp"],
+                zero,
+                zero,
+                zero,
+                zero,
+                ref["bmi"],
+                ref["egfr"],
+                ref["acr"],
+                ref["hba1c"],
+                np.ones(n),
             )
             base = c["const"] + c["age_per_10_years"] * a + c["age_per_10_years_squared"] * a * a
             ref_total = base + sum(reference.values())
@@ -259,8 +295,10 @@ def prevent(
     risk = np.where(checks.refused, np.nan, risk)
 
     factors = (
-        Factor("cholesterol", lambda i: f"non-HDL cholesterol {tc[i] - hdl[i]:.0f} mg/dL"
-               + (", on a statin" if statin[i] == 1 else "")),
+        Factor(
+            "cholesterol",
+            lambda i: f"non-HDL cholesterol {tc[i] - hdl[i]:.0f} mg/dL" + (", on a statin" if statin[i] == 1 else ""),
+        ),
         Factor("hdl", lambda i: f"HDL cholesterol {hdl[i]:.0f} mg/dL"),
         Factor("bp", lambda i: f"systolic BP {sbp[i]:.0f} mmHg {'on' if treated[i] == 1 else 'without'} treatment"),
         Factor("diabetes", lambda i: "diabetes" if diabetes[i] == 1 else "no diabetes"),
@@ -271,8 +309,11 @@ def prevent(
         Factor("acr", lambda i: "urine ACR not recorded" if np.isnan(acr[i]) else f"urine ACR {acr[i]:g} mg/g"),
         Factor("sdi", lambda i: "deprivation (SDI) not recorded" if np.isnan(sdi[i]) else f"SDI decile {sdi[i]:.0f}"),
     )
-    used = {"cholesterol", "hdl", "bp", "diabetes", "smoking", "egfr"} if uses_lipids else {
-        "bp", "diabetes", "smoking", "bmi", "egfr"}
+    used = (
+        {"cholesterol", "hdl", "bp", "diabetes", "smoking", "egfr"}
+        if uses_lipids
+        else {"bp", "diabetes", "smoking", "bmi", "egfr"}
+    )
     used |= {k for k, m in (("acr", uses_acr), ("hba1c", uses_a1c), ("sdi", uses_sdi)) if m.any()}
     return RiskResult(
         model=f"prevent-{outcome}-{years}y",
@@ -290,6 +331,15 @@ def prevent(
             f"{age[i]:.0f}-year-old {'man' if male[i] == 1 else 'woman'} with total cholesterol 170 mg/dL, HDL "
             "50 mg/dL, untreated systolic BP 110 mmHg, no diabetes, non-smoker, BMI 25, eGFR 90, no statin"
         ),
-        inputs={"age_years": age, "sex": male, "sbp_mm_hg": sbp, "bp_treated": treated, "smoker": smoker,
-                "statin": statin, "total_chol_mg_dl": tc, "hdl_mg_dl": hdl, "variant": chosen},  # type: ignore[dict-item]
+        inputs={
+            "age_years": age,
+            "sex": male,
+            "sbp_mm_hg": sbp,
+            "bp_treated": treated,
+            "smoker": smoker,
+            "statin": statin,
+            "total_chol_mg_dl": tc,
+            "hdl_mg_dl": hdl,
+            "variant": chosen,
+        },  # type: ignore[dict-item]
     )

@@ -37,16 +37,38 @@ from typing import Any
 
 import numpy as np
 
-from medtwin.risk.core import Checks, Factor, FloatArray, Inputs, RiskResult, column, flag_column, sex_column
+from medtwin.risk.core import (
+    Checks,
+    Factor,
+    FloatArray,
+    Inputs,
+    RiskResult,
+    cohort_size,
+    column,
+    flag_column,
+    sex_column,
+)
 
 __all__ = ["QRISK3_CONDITIONS", "QRISK3_ETHNICITY", "QRISK3_SMOKING", "qrisk3"]
 
 QRISK3_ETHNICITY = (
-    "white or not stated", "Indian", "Pakistani", "Bangladeshi", "other Asian", "Black Caribbean", "Black African",
-    "Chinese", "other ethnic group",
+    "white or not stated",
+    "Indian",
+    "Pakistani",
+    "Bangladeshi",
+    "other Asian",
+    "Black Caribbean",
+    "Black African",
+    "Chinese",
+    "other ethnic group",
 )
-QRISK3_SMOKING = ("non-smoker", "ex-smoker", "light smoker (<10/day)", "moderate smoker (10-19/day)",
-                  "heavy smoker (20+/day)")
+QRISK3_SMOKING = (
+    "non-smoker",
+    "ex-smoker",
+    "light smoker (<10/day)",
+    "moderate smoker (10-19/day)",
+    "heavy smoker (20+/day)",
+)
 # input column -> (QRISK3 term, clinical words)
 QRISK3_CONDITIONS: dict[str, tuple[str, str]] = {
     "af": ("b_AF", "atrial fibrillation"),
@@ -92,7 +114,7 @@ def qrisk3(inputs: Inputs) -> RiskResult:
         ``diabetes``, flagged as type 2); optional ``ethnicity_qrisk``, ``sbp_sd_mm_hg``, ``townsend``,
         ``prior_cvd`` and the yes/no columns of :data:`QRISK3_CONDITIONS`.
     """
-    n = len(np.atleast_1d(next(iter(inputs.values())))) if inputs else 0
+    n = cohort_size(inputs)
     checks = Checks("QRISK3", n)
     age = column(inputs, "age_years", n)
     male = sex_column(inputs, n)
@@ -130,8 +152,9 @@ def qrisk3(inputs: Inputs) -> RiskResult:
     bad_cat |= ~np.isnan(eth) & ~np.isin(eth, np.arange(1, 10))
     checks.refuse("category", bad_cat, "smoking category must be 0-4, diabetes type 0-2, ethnicity 1-9")
     bmi_u = checks.within("bmi_kg_m2", "BMI", bmi, 20, 40, "kg/m2", clamp=True, source="QRISK3 calculator")
-    rati_u = checks.within("chol_hdl_ratio", "cholesterol/HDL ratio", rati, 1, 12, "", clamp=True,
-                           source="QRISK3 calculator")
+    rati_u = checks.within(
+        "chol_hdl_ratio", "cholesterol/HDL ratio", rati, 1, 12, "", clamp=True, source="QRISK3 calculator"
+    )
     sbp_u = checks.within("sbp_mm_hg", "systolic BP", sbp, 70, 210, "mmHg", clamp=True, source="QRISK3 calculator")
     town_u = checks.within("townsend", "Townsend score", town, -8, 12, "", clamp=True, source="QRISK3 calculator")
     checks.flag("sbp_sd_mm_hg", np.isnan(sbps5), "SD of recent systolic BPs not known: 0 used, as QRISK3's engine does")
@@ -160,8 +183,11 @@ def qrisk3(inputs: Inputs) -> RiskResult:
 
         def eff(term: str) -> FloatArray:
             """Coefficient of *term* at each person's age (main effect plus both age interactions)."""
-            main = _per_sex(male, ("continuous", term)) if term in _model()["female"]["continuous"] else (
-                _per_sex(male, ("boolean", term)))
+            main = (
+                _per_sex(male, ("continuous", term))
+                if term in _model()["female"]["continuous"]
+                else (_per_sex(male, ("boolean", term)))
+            )
             x1 = _model()["female"]["age_1_x"]
             a1 = _per_sex(male, ("age_1_x", term)) if term in x1 else 0.0
             a2 = _per_sex(male, ("age_2_x", term)) if term in x1 else 0.0
@@ -217,7 +243,9 @@ def qrisk3(inputs: Inputs) -> RiskResult:
         "bmi": lambda i: f"BMI {bmi[i]:.1f} kg/m2",
         "ratio": lambda i: f"cholesterol/HDL ratio {rati[i]:.1f}",
         "sbp": lambda i: f"systolic BP {sbp[i]:.0f} mmHg",
-        "sbp_sd": lambda i: "SBP variability not known" if np.isnan(sbps5[i]) else f"SBP variability (SD) {sbps5[i]:.0f} mmHg",
+        "sbp_sd": lambda i: (
+            "SBP variability not known" if np.isnan(sbps5[i]) else f"SBP variability (SD) {sbps5[i]:.0f} mmHg"
+        ),
         "townsend": lambda i: "Townsend score not known" if np.isnan(town[i]) else f"Townsend score {town[i]:+.1f}",
         "diabetes": lambda i: ("no diabetes", "type 1 diabetes", "type 2 diabetes")[dtype_i[i]],
     }
@@ -246,5 +274,11 @@ def qrisk3(inputs: Inputs) -> RiskResult:
             f"{age[i]:.0f}-year-old {'man' if male[i] == 1 else 'woman'} ({QRISK3_ETHNICITY[eth_i[i]]}), "
             "non-smoker, BMI 25, cholesterol/HDL ratio 4.0, SBP 125 mmHg, none of the QRISK3 conditions"
         ),
-        inputs={"age_years": age, "sex": male, "sbp_mm_hg": sbp, "smoking_category": smoke, "bp_treated": flags["b_treatedhyp"]},
+        inputs={
+            "age_years": age,
+            "sex": male,
+            "sbp_mm_hg": sbp,
+            "smoking_category": smoke,
+            "bp_treated": flags["b_treatedhyp"],
+        },
     )
