@@ -224,6 +224,11 @@ class RecordInputs:
     ) -> None:
         self.values[name] = InputValue(name, value, source, time, reference)
 
+    def number(self, name: str) -> float | None:
+        """The numeric value of input *name*, or None."""
+        v = self.values.get(name)
+        return float(v.value) if v is not None and isinstance(v.value, int | float) else None
+
     def as_inputs(self) -> dict[str, list[float | str | None]]:
         """One-row inputs for :mod:`medtwin.risk` (``sex`` as text)."""
         out: dict[str, list[float | str | None]] = {
@@ -327,13 +332,13 @@ def assemble_from_records(
             out.put("smoking_category", category, f"{src}: {words}", obs.effective, ref)
         else:
             out.put(rule.name, _quantity_in(obs, rule.unit, rule.name), src, obs.effective, ref)
-    if "bmi_kg_m2" not in out.values and "weight_kg" in out.values and "height_cm" in out.values:
-        w, h = out.values["weight_kg"], out.values["height_cm"]
-        assert w.value is not None and h.value is not None
+    weight, height = out.number("weight_kg"), out.number("height_cm")
+    if "bmi_kg_m2" not in out.values and weight is not None and height:
+        w = out.values["weight_kg"]
         out.put(
             "bmi_kg_m2",
-            w.value / (h.value / 100) ** 2,
-            f"weight {w.value:g} kg / height {h.value:g} cm squared",
+            weight / (height / 100) ** 2,
+            f"weight {weight:g} kg / height {height:g} cm squared",
             w.time,
             w.reference,
         )
@@ -348,9 +353,9 @@ def assemble_from_records(
         out.put(
             "sbp_sd_mm_hg", float(np.std(values, ddof=1)), f"SD of {len(values)} systolic BPs in {SBP_SD_YEARS} years"
         )
-    tc, hdl = out.values.get("total_chol_mg_dl"), out.values.get("hdl_mg_dl")
-    if tc is not None and hdl is not None and tc.value and hdl.value:
-        out.put("chol_hdl_ratio", tc.value / hdl.value, "total cholesterol / HDL cholesterol")
+    tc, hdl = out.number("total_chol_mg_dl"), out.number("hdl_mg_dl")
+    if tc is not None and hdl:
+        out.put("chol_hdl_ratio", tc / hdl, "total cholesterol / HDL cholesterol")
     _conditions(out, conditions)
     _medications(out, medications)
     for key, value in (overrides or {}).items():
@@ -378,10 +383,10 @@ def _conditions(out: RecordInputs, conditions: Iterable[Condition]) -> None:
             if c.code.code in snomed and name not in found:
                 found[name] = c
     for name in CONDITION_CODES:
-        c = found.get(name)
-        if c is None:
+        if name not in found:
             out.put(name, 0.0, "no coded condition")
         else:
+            c = found[name]
             out.put(
                 name,
                 1.0,
@@ -438,10 +443,10 @@ def _medications(out: RecordInputs, medications: Iterable[MedicationRequest]) ->
         ("corticosteroids", "corticosteroids"),
         ("antiplatelet_or_nsaid", "antiplatelet_or_nsaid"),
     ):
-        med = current.get(cls)
-        if med is None:
+        if cls not in current:
             out.put(key, 0.0, f"no active {cls.replace('_', ' ')} order")
         else:
+            med = current[cls]
             out.put(
                 key,
                 1.0,
@@ -449,13 +454,13 @@ def _medications(out: RecordInputs, medications: Iterable[MedicationRequest]) ->
                 med.authored,
                 f"MedicationRequest/{med.request_id}",
             )
-    med = ever.get("antihypertensive")
+    first = ever.get("antihypertensive")
     out.put(
         "bp_medication_ever",
-        0.0 if med is None else 1.0,
-        "no antihypertensive order" if med is None else (med.medication.display or med.medication.code),
-        None if med is None else med.authored,
-        None if med is None else f"MedicationRequest/{med.request_id}",
+        0.0 if first is None else 1.0,
+        "no antihypertensive order" if first is None else (first.medication.display or first.medication.code),
+        None if first is None else first.authored,
+        None if first is None else f"MedicationRequest/{first.request_id}",
     )
 
 
