@@ -148,7 +148,7 @@ def patient(
     table = Table(title=f"Risk for {patient_id} at {result.inputs.as_of:%Y-%m-%d %H:%M} UTC")
     for col in ("equation", "result", "status / reason"):
         table.add_column(col)
-    for name, e in result.explanations.items():
+    for _name, e in result.explanations.items():
         if e.points is not None:
             value = f"{e.points:g} points" + (f" ({e.band})" if e.band else "")
         elif e.risk is not None:
@@ -157,7 +157,7 @@ def patient(
             value = "-"
         table.add_row(escape(e.title), value, escape("; ".join(e.reasons) or "ok"))
     console.print(table)
-    for name, e in result.explanations.items():
+    for _name, e in result.explanations.items():
         if not e.lines:
             continue
         console.print(f"\n[bold]{escape(e.title)}[/bold]")
