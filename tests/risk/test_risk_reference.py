@@ -47,3 +47,15 @@ def test_points(cohort: dict[str, np.ndarray]) -> None:
     c = cha2ds2_vasc(cohort, require_af=False)
     assert c.points.tolist() == [cha2ds2_vasc_one(p) for p in people]  # type: ignore[arg-type]
     assert has_bled(cohort).points.tolist() == [has_bled_one(p) for p in people]  # type: ignore[arg-type]
+
+
+def test_prevent_cohort_equals_prevent_for_all_30_models() -> None:
+    from medtwin.risk.prevent import prevent_cohort
+
+    c = synthetic_cohort(2000, seed=22)  # ages 40-79: the 30-year models refuse those over 59
+    c["uacr_mg_g"][:5] = 0.01  # outside the range: refused by both
+    everything = prevent_cohort(c)
+    assert len(everything) == 30
+    for (variant, years, outcome), risk in everything.items():
+        want = prevent(c, outcome=outcome, years=years, variant=variant).risk  # type: ignore[arg-type]
+        np.testing.assert_allclose(risk, want, rtol=1e-10, equal_nan=True)

@@ -37,6 +37,7 @@ __all__ = [
     "column",
     "flag_column",
     "sex_column",
+    "text_codes",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -88,19 +89,52 @@ def flag_column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
         if bad.any():
             raise ValidationError(f"risk input {name!r}: expected yes/no (0/1), got {numeric[bad][0]:g}")
         return numeric
-    raw = np.atleast_1d(np.asarray(inputs[name], dtype=object))
-    out = np.full(len(raw), np.nan)
-    for i, v in enumerate(raw):
+    table = {**dict.fromkeys(_TRUE, 1.0), **dict.fromkeys(_FALSE, 0.0)}
+    out, unknown = text_codes(inputs[name], n, table, name)
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise ValidationError(
+            f"risk input {name!r}: expected yes/no, got {np.asarray(inputs[name], dtype=object)[i]!r} (row {i})"
+        )
+    return out
+
+
+def text_codes(raw: Any, n: int, table: Mapping[str, float], name: str) -> tuple[FloatArray, BoolArray]:
+    """Map a text column through *table* (keys lower case): (codes, unknown-but-present mask).
+
+    Exact lower-case matches are compared column-wide (fast for pandas/Arrow strings and numpy arrays alike);
+    only the remaining values are looked at one by one (trimmed, lower-cased).
+    """
+    out = np.full(n, np.nan)
+    matched = np.zeros(n, dtype=bool)
+    if isinstance(raw, str) or raw is None:
+        raw = [raw] * n
+    series = raw if hasattr(raw, "to_numpy") and hasattr(raw, "isna") else None
+    arr = None if series is not None else np.broadcast_to(np.asarray(raw, dtype=object), (n,))
+    for key, value in table.items():
+        if series is not None:
+            hit = np.asarray((series == key).to_numpy(dtype=bool, na_value=False))
+        else:
+            assert arr is not None
+            hit = np.asarray(arr == key, dtype=bool)
+        out[hit] = value
+        matched |= hit
+    values = series.to_numpy(dtype=object) if series is not None else arr
+    assert values is not None
+    unknown = np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(~matched):
+        v = values[i]
         if v is None or (isinstance(v, float) and np.isnan(v)):
             continue
         text = str(v).strip().lower()
-        if text in _TRUE:
-            out[i] = 1.0
-        elif text in _FALSE:
-            out[i] = 0.0
-        elif text not in ("", "unknown", "nan", "none"):
-            raise ValidationError(f"risk input {name!r}: expected yes/no, got {v!r} (row {i})")
-    return np.broadcast_to(out, (n,)).astype(np.float64, copy=True)
+        if text in table:
+            out[i] = table[text]
+        elif text not in ("", "unknown", "nan", "none", "<na>"):
+            unknown[i] = True
+    return out, unknown
+
+
+_SEX = {"male": 1.0, "female": 0.0, "m": 1.0, "f": 0.0}
 
 
 def sex_column(inputs: Inputs, n: int | None = None) -> FloatArray:
@@ -110,16 +144,15 @@ def sex_column(inputs: Inputs, n: int | None = None) -> FloatArray:
     if "sex" not in inputs:
         return np.full(n, np.nan)
     raw = inputs["sex"]
-    arr = np.atleast_1d(np.asarray(raw))
-    if arr.dtype.kind in "biuf":
-        out = arr.astype(np.float64)
+    kind = getattr(getattr(raw, "dtype", None), "kind", None)
+    if kind in ("b", "i", "u", "f"):
+        out = np.broadcast_to(np.asarray(raw, dtype=np.float64), (n,)).astype(np.float64, copy=True)
         bad = ~np.isnan(out) & (out != 0) & (out != 1)
         if bad.any():
             raise ValidationError(f"risk input 'sex': numeric sex must be 1 (male) or 0 (female), got {out[bad][0]}")
-        return np.broadcast_to(out, (n,)).astype(np.float64, copy=True)
-    codes = {"male": 1.0, "m": 1.0, "female": 0.0, "f": 0.0}
-    out = np.array([codes.get(str(v).strip().lower(), np.nan) if v is not None else np.nan for v in arr])
-    return np.broadcast_to(out, (n,)).astype(np.float64, copy=True)
+        return out
+    codes, _ = text_codes(raw, n, _SEX, "sex")
+    return codes
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from medtwin.risk.core import (
     column,
     flag_column,
     sex_column,
+    text_codes,
 )
 
 __all__ = ["PCE_REFERENCE", "pooled_cohort"]
@@ -55,22 +56,16 @@ def _coefficients() -> dict[str, dict[str, float]]:
     return {g: {r["term"]: float(r[g]) for r in rows} for g in _GROUPS}
 
 
+_RACE = {"white": 0.0, "caucasian": 0.0, **dict.fromkeys(_BLACK, 1.0)}
+
+
 def _race_black(inputs: Inputs, n: int) -> tuple[FloatArray, FloatArray]:
     """(1.0 black / 0.0 white or other / NaN unknown, 1.0 where 'other' so the white equations stand in)."""
-    black = np.full(n, np.nan)
-    other = np.zeros(n)
     if "race" not in inputs:
-        return black, other
-    raw = np.broadcast_to(np.asarray(inputs["race"], dtype=object), (n,))
-    for i, v in enumerate(raw):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            continue
-        text = str(v).strip().lower()
-        if text in ("", "unknown", "nan"):
-            continue
-        black[i] = 1.0 if text in _BLACK else 0.0
-        other[i] = 0.0 if text in _BLACK or text in _WHITE else 1.0
-    return black, other
+        return np.full(n, np.nan), np.zeros(n)
+    black, other = text_codes(inputs["race"], n, _RACE, "race")
+    black[other] = 0.0
+    return black, other.astype(np.float64)
 
 
 def pooled_cohort(inputs: Inputs) -> RiskResult:

@@ -54,7 +54,7 @@ from medtwin.risk.core import (
     sex_column,
 )
 
-__all__ = ["PREVENT_OUTCOMES", "PREVENT_VARIANTS", "prevent"]
+__all__ = ["PREVENT_OUTCOMES", "PREVENT_VARIANTS", "prevent", "prevent_cohort"]
 
 Variant = Literal["base", "acr", "hba1c", "sdi", "full"]
 PREVENT_VARIANTS: tuple[Variant, ...] = ("base", "acr", "hba1c", "sdi", "full")
@@ -86,47 +86,39 @@ def _auto_variant(acr: FloatArray, hba1c: FloatArray, sdi: FloatArray) -> np.nda
     return np.where(count >= 2, "full", np.where(count == 1, single, "base"))
 
 
-def prevent(
-    inputs: Inputs,
-    *,
-    outcome: Literal["cvd", "ascvd", "hf"] = "cvd",
-    years: Literal[10, 30] = 10,
-    variant: Literal["auto", "base", "acr", "hba1c", "sdi", "full"] = "auto",
-) -> RiskResult:
-    """PREVENT risk of *outcome* within *years* for every person in *inputs*.
+_NUMBERS = (
+    "age_years",
+    "total_chol_mg_dl",
+    "hdl_mg_dl",
+    "sbp_mm_hg",
+    "egfr_ml_min_1_73m2",
+    "bmi_kg_m2",
+    "uacr_mg_g",
+    "hba1c_pct",
+    "sdi_decile",
+)
+_FLAGS = ("bp_treated", "statin", "diabetes", "smoker")
 
-    Parameters
-    ----------
-    inputs
-        Columns ``age_years``, ``sex``, ``total_chol_mg_dl``, ``hdl_mg_dl``, ``sbp_mm_hg``, ``bp_treated``,
-        ``statin``, ``diabetes``, ``smoker``, ``egfr_ml_min_1_73m2``, ``bmi_kg_m2`` (heart failure); optional
-        ``uacr_mg_g``, ``hba1c_pct``, ``sdi_decile``, ``prior_cvd``.
-    variant
-        ``auto`` picks per person as the AHA calculator does; a named variant is used for everyone.
-    """
-    if outcome not in PREVENT_OUTCOMES:
-        raise ValidationError(f"prevent: outcome must be one of {PREVENT_OUTCOMES}, got {outcome!r}")
-    if years not in (10, 30):
-        raise ValidationError(f"prevent: years must be 10 or 30, got {years!r}")
-    if variant != "auto" and variant not in PREVENT_VARIANTS:
-        raise ValidationError(f"prevent: variant must be 'auto' or one of {PREVENT_VARIANTS}, got {variant!r}")
-    n = cohort_size(inputs)
-    name = f"PREVENT {years}-year {_OUTCOME_TITLE[outcome]}"
-    checks = Checks(name, n)
-    age = column(inputs, "age_years", n)
-    male = sex_column(inputs, n)
-    tc = column(inputs, "total_chol_mg_dl", n)
-    hdl = column(inputs, "hdl_mg_dl", n)
-    sbp = column(inputs, "sbp_mm_hg", n)
-    treated = flag_column(inputs, "bp_treated", n)
-    statin = flag_column(inputs, "statin", n)
-    diabetes = flag_column(inputs, "diabetes", n)
-    smoker = flag_column(inputs, "smoker", n)
-    egfr = column(inputs, "egfr_ml_min_1_73m2", n)
-    bmi = column(inputs, "bmi_kg_m2", n)
-    acr = column(inputs, "uacr_mg_g", n)
-    hba1c = column(inputs, "hba1c_pct", n)
-    sdi = column(inputs, "sdi_decile", n)
+
+def _columns(inputs: Inputs, n: int) -> dict[str, FloatArray]:
+    cols = {k: column(inputs, k, n) for k in _NUMBERS} | {k: flag_column(inputs, k, n) for k in _FLAGS}
+    cols["sex"] = sex_column(inputs, n)
+    return cols
+
+
+def _validate(inputs: Inputs, n: int, outcome: str, years: int, cols: dict[str, FloatArray] | None = None) -> Checks:
+    """The validity checks of one PREVENT outcome and horizon (see the module docstring)."""
+    checks = Checks(f"PREVENT {years}-year {_OUTCOME_TITLE[outcome]}", n)
+    c = _columns(inputs, n) if cols is None else cols
+    age, male, tc, hdl, sbp = c["age_years"], c["sex"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
+    treated, statin, diabetes, smoker = c["bp_treated"], c["statin"], c["diabetes"], c["smoker"]
+    egfr, bmi, acr, hba1c, sdi = (
+        c["egfr_ml_min_1_73m2"],
+        c["bmi_kg_m2"],
+        c["uacr_mg_g"],
+        c["hba1c_pct"],
+        c["sdi_decile"],
+    )
 
     uses_lipids = outcome != "hf"
     checks.require("age_years", "age", age)
@@ -161,6 +153,48 @@ def prevent(
     checks.within("hba1c_pct", "HbA1c", hba1c, 4.5, 15, "%", source="AHA PREVENT calculator")
     checks.within("sdi_decile", "social deprivation index decile", sdi, 1, 10, "", source="SDI deciles")
     checks.refuse("prior_cvd", flag_column(inputs, "prior_cvd", n) == 1, "CVD already recorded (primary prevention)")
+
+    return checks
+
+
+def prevent(
+    inputs: Inputs,
+    *,
+    outcome: Literal["cvd", "ascvd", "hf"] = "cvd",
+    years: Literal[10, 30] = 10,
+    variant: Literal["auto", "base", "acr", "hba1c", "sdi", "full"] = "auto",
+) -> RiskResult:
+    """PREVENT risk of *outcome* within *years* for every person in *inputs*.
+
+    Parameters
+    ----------
+    inputs
+        Columns ``age_years``, ``sex``, ``total_chol_mg_dl``, ``hdl_mg_dl``, ``sbp_mm_hg``, ``bp_treated``,
+        ``statin``, ``diabetes``, ``smoker``, ``egfr_ml_min_1_73m2``, ``bmi_kg_m2`` (heart failure); optional
+        ``uacr_mg_g``, ``hba1c_pct``, ``sdi_decile``, ``prior_cvd``.
+    variant
+        ``auto`` picks per person as the AHA calculator does; a named variant is used for everyone.
+    """
+    if outcome not in PREVENT_OUTCOMES:
+        raise ValidationError(f"prevent: outcome must be one of {PREVENT_OUTCOMES}, got {outcome!r}")
+    if years not in (10, 30):
+        raise ValidationError(f"prevent: years must be 10 or 30, got {years!r}")
+    if variant != "auto" and variant not in PREVENT_VARIANTS:
+        raise ValidationError(f"prevent: variant must be 'auto' or one of {PREVENT_VARIANTS}, got {variant!r}")
+    n = cohort_size(inputs)
+    cols = _columns(inputs, n)
+    checks = _validate(inputs, n, outcome, years, cols)
+    c = cols
+    age, male, tc, hdl, sbp = c["age_years"], c["sex"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
+    treated, statin, diabetes, smoker = c["bp_treated"], c["statin"], c["diabetes"], c["smoker"]
+    egfr, bmi, acr, hba1c, sdi = (
+        c["egfr_ml_min_1_73m2"],
+        c["bmi_kg_m2"],
+        c["uacr_mg_g"],
+        c["hba1c_pct"],
+        c["sdi_decile"],
+    )
+    uses_lipids = outcome != "hf"
 
     chosen = _auto_variant(acr, hba1c, sdi) if variant == "auto" else np.full(n, variant)
     uses_acr = np.isin(chosen, ("acr", "full"))
@@ -343,3 +377,77 @@ def prevent(
             "variant": chosen,
         },  # type: ignore[dict-item]
     )
+
+
+def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
+    """The PREVENT terms of every person as one matrix (columns named as the coefficient tables' rows)."""
+    age, tc, hdl, sbp = c["age_years"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
+    bmi, egfr, acr, a1c, sdi = c["bmi_kg_m2"], c["egfr_ml_min_1_73m2"], c["uacr_mg_g"], c["hba1c_pct"], c["sdi_decile"]
+    dm, smoke, bpt, st = (np.nan_to_num(c[k]) for k in ("diabetes", "smoker", "bp_treated", "statin"))
+    a = (age - 55) / 10
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nh = np.nan_to_num((tc - hdl) * MG_DL_TO_MMOL_L - 3.5)
+        ht = np.nan_to_num((hdl * MG_DL_TO_MMOL_L - 1.3) / 0.3)
+        sbp_hi = (np.maximum(sbp, 110) - 130) / 20
+        bmi_hi = np.nan_to_num((np.maximum(bmi, 30) - 30) / 5)
+        egfr_lo = (np.minimum(egfr, 60) - 60) / -15
+        shift = np.nan_to_num(a1c - 5.3)
+        terms = {
+            "age_per_10_years": a,
+            "age_per_10_years_squared": a * a,
+            "non_hdl_c_per_1_mmol_l": nh,
+            "hdl_c_per_0.3_mmol_l": ht,
+            "sbp_lt110_per_20_mmhg": (np.minimum(sbp, 110) - 110) / 20,
+            "sbp_gteq110_per_20_mmhg": sbp_hi,
+            "diabetes": dm,
+            "current_smoking": smoke,
+            "bmi_lt30_per_5_kg_m2": np.nan_to_num((np.minimum(bmi, 30) - 25) / 5),
+            "bmi_gt30_per_5_kg_m2": bmi_hi,
+            "egfr_lt60_per_15_ml": egfr_lo,
+            "egfr_gteq60_per_15_ml": (np.maximum(egfr, 60) - 90) / -15,
+            "anti_hypertensive_use": bpt,
+            "statin_use": st,
+            "treated_sbp_gteq110_mm_hg_per_20_mm_hg": sbp_hi * bpt,
+            "treated_non_hdl_c": nh * st,
+            "age_per_10yr_x_non_hdl_c_per_1_mmol_l": a * nh,
+            "age_per_10yr_x_hdl_c_per_0.3_mml_l": a * ht,
+            "age_per_10yr_x_sbp_gteq110_mm_hg_per_20_mmhg": a * sbp_hi,
+            "age_per_10yr_x_diabetes": a * dm,
+            "age_per_10yr_x_current_smoking": a * smoke,
+            "age_per_10yr_x_bmi_gteq30_per_5_kg_m2": a * bmi_hi,
+            "age_per_10yr_x_egfr_lt60_per_15_ml": a * egfr_lo,
+            "sdi_decile_between_4_and_6": ((sdi >= 4) & (sdi <= 6)).astype(float),
+            "sdi_decile_between_7_and_10": (sdi >= 7).astype(float),
+            "miss_sdi": np.isnan(sdi).astype(float),
+            "ln_acr": np.nan_to_num(np.log(acr)),
+            "miss_ln_acr": np.isnan(acr).astype(float),
+            "hba1c_minus_5.3_x_diabetes": shift * dm,
+            "hba1c_minus_5.3_x_1_minus_diabetes": shift * (1 - dm),
+            "miss_hba1c": np.isnan(a1c).astype(float),
+            "const": np.ones(n),
+        }
+    names = list(terms)
+    return names, np.column_stack([terms[k] for k in names])
+
+
+def prevent_cohort(inputs: Inputs, *, chunk: int = 200_000) -> dict[tuple[str, int, str], FloatArray]:
+    """All 30 PREVENT models (5 variants x 10/30 years x 3 outcomes) for a cohort at once, keyed by
+    ``(variant, years, outcome)``: one design matrix times one coefficient matrix (BLAS), for cohort runs where
+    no explanation is wanted. Refusals are those of :func:`prevent` (the same checks); a test holds the two
+    equal."""
+    n = cohort_size(inputs)
+    cols = _columns(inputs, n)
+    male = cols["sex"] == 1
+    names, design = _design(cols, n)
+    keys = [(v, y, o) for v in PREVENT_VARIANTS for y in (10, 30) for o in PREVENT_OUTCOMES]
+    coefs = np.array(
+        [[_table(v, y)[t][2 * PREVENT_OUTCOMES.index(o) + s] for t in names] for v, y, o in keys for s in (0, 1)]
+    ).T  # terms x (models x sexes)
+    lp = np.empty((n, len(keys)))
+    for start in range(0, n, chunk):
+        block = design[start : start + chunk] @ coefs
+        sex = male[start : start + chunk, None]
+        lp[start : start + chunk] = np.where(sex, block[:, 1::2], block[:, 0::2])
+    risk = 1.0 / (1.0 + np.exp(-lp))
+    refused = {(y, o): _validate(inputs, n, o, y, cols).refused for y in (10, 30) for o in PREVENT_OUTCOMES}
+    return {k: np.where(refused[(k[1], k[2])], np.nan, risk[:, j]) for j, k in enumerate(keys)}

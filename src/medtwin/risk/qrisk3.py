@@ -93,14 +93,66 @@ def _model() -> dict[str, Any]:
     return model
 
 
-def _per_sex(male: FloatArray, path: tuple[str, ...]) -> FloatArray:
-    def get(sex: str) -> Any:
-        node: Any = _model()[sex]
-        for p in path:
-            node = node[int(p)] if isinstance(node, list) else node[p]
-        return node
+def _value(sex: str, path: tuple[str, ...]) -> float:
+    node: Any = _model()[sex]
+    for p in path:
+        node = node[p]
+    return float(node)
 
-    return np.where(male == 1, np.asarray(get("male"), dtype=np.float64), np.asarray(get("female"), dtype=np.float64))
+
+def _linear_predictor(sex: str, x: dict[str, np.ndarray]) -> tuple[FloatArray, FloatArray, dict[str, FloatArray]]:
+    """(linear predictor, reference person's, factor contributions) of people of one *sex* (scalar coefficients)."""
+    model = _model()[sex]
+    centre, x1, x2 = model["centre"], model["age_1_x"], model["age_2_x"]
+    n = len(x["age"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dage = x["age"] / 10
+        age_1 = (dage**-1.0 if sex == "male" else dage**-2.0) - centre["age_1"]
+        age_2 = (dage**3.0 if sex == "male" else dage) - centre["age_2"]
+
+        def eff(term: str) -> FloatArray:
+            """Coefficient of *term* at each person's age (main effect plus both age interactions)."""
+            main = model["continuous"].get(term, model["boolean"].get(term))
+            out: FloatArray = main + x1.get(term, 0.0) * age_1 + x2.get(term, 0.0) * age_2
+            return out
+
+        def bmi_part(b: FloatArray | float) -> FloatArray:
+            d = np.asarray(b) / 10
+            out: FloatArray = eff("bmi_1") * (d**-2.0 - centre["bmi_1"]) + eff("bmi_2") * (
+                d**-2.0 * np.log(d) - centre["bmi_2"]
+            )
+            return out
+
+        def centred(term: str, value: FloatArray | float) -> FloatArray:
+            out: FloatArray = eff(term) * (value - centre[term])
+            return out
+
+        smoke_main = np.asarray(model["smoke"])[x["smoke"]]
+        smoke_x1 = np.array([0.0] + [x1[f"smoke_{k}"] for k in range(1, 5)])[x["smoke"]]
+        smoke_x2 = np.array([0.0] + [x2[f"smoke_{k}"] for k in range(1, 5)])[x["smoke"]]
+        contributions = {
+            "smoking": smoke_main + smoke_x1 * age_1 + smoke_x2 * age_2,
+            "bmi": bmi_part(x["bmi"]) - bmi_part(_REF["bmi"]),
+            "ratio": centred("rati", x["rati"]) - centred("rati", _REF["rati"]),
+            "sbp": centred("sbp", x["sbp"]) - centred("sbp", _REF["sbp"]),
+            "sbp_sd": centred("sbps5", x["sbps5"]) - centred("sbps5", _REF["sbps5"]),
+            "townsend": centred("town", x["town"]) - centred("town", _REF["town"]),
+            "diabetes": eff("b_type1") * x["b_type1"] + eff("b_type2") * x["b_type2"],
+        }
+        for col, (term, _) in QRISK3_CONDITIONS.items():
+            contributions[col] = eff(term) * x[term]
+        reference_lp = (
+            np.asarray(model["ethrisk"])[x["eth"]]
+            + model["continuous"]["age_1"] * age_1
+            + model["continuous"]["age_2"] * age_2
+            + bmi_part(_REF["bmi"])
+            + centred("rati", _REF["rati"])
+            + centred("sbp", _REF["sbp"])
+            + centred("sbps5", _REF["sbps5"])
+            + centred("town", _REF["town"])
+        ) * np.ones(n)
+        lp = reference_lp + sum(contributions.values())
+    return lp, reference_lp, contributions
 
 
 def qrisk3(inputs: Inputs) -> RiskResult:
@@ -176,65 +228,26 @@ def qrisk3(inputs: Inputs) -> RiskResult:
     flags["b_type1"] = (dtype_i == 1).astype(float)
     flags["b_type2"] = (dtype_i == 2).astype(float)
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dage = age / 10
-        age_1 = np.where(male == 1, dage**-1.0, dage**-2.0) - _per_sex(male, ("centre", "age_1"))
-        age_2 = np.where(male == 1, dage**3.0, dage) - _per_sex(male, ("centre", "age_2"))
-
-        def eff(term: str) -> FloatArray:
-            """Coefficient of *term* at each person's age (main effect plus both age interactions)."""
-            main = (
-                _per_sex(male, ("continuous", term))
-                if term in _model()["female"]["continuous"]
-                else (_per_sex(male, ("boolean", term)))
-            )
-            x1 = _model()["female"]["age_1_x"]
-            a1 = _per_sex(male, ("age_1_x", term)) if term in x1 else 0.0
-            a2 = _per_sex(male, ("age_2_x", term)) if term in x1 else 0.0
-            out: FloatArray = main + a1 * age_1 + a2 * age_2
-            return out
-
-        def bmi_part(b: FloatArray) -> FloatArray:
-            d = b / 10
-            b1 = d**-2.0 - _per_sex(male, ("centre", "bmi_1"))
-            b2 = d**-2.0 * np.log(d) - _per_sex(male, ("centre", "bmi_2"))
-            out: FloatArray = eff("bmi_1") * b1 + eff("bmi_2") * b2
-            return out
-
-        def centred(term: str, x: FloatArray | float) -> FloatArray:
-            out: FloatArray = eff(term) * (x - _per_sex(male, ("centre", term)))
-            return out
-
-        smoke_table = np.stack([_per_sex(male, ("smoke", str(k))) for k in range(5)])
-        smoke_terms = [np.zeros(n)] + [
-            _per_sex(male, ("age_1_x", f"smoke_{k}")) * age_1 + _per_sex(male, ("age_2_x", f"smoke_{k}")) * age_2
-            for k in range(1, 5)
-        ]
-        smoking = smoke_table[smoke_i, np.arange(n)] + np.stack(smoke_terms)[smoke_i, np.arange(n)]
-        ethnicity = np.stack([_per_sex(male, ("ethrisk", str(k))) for k in range(9)])[eth_i, np.arange(n)]
-        contributions = {
-            "smoking": smoking,
-            "bmi": bmi_part(bmi_u) - bmi_part(np.full(n, _REF["bmi"])),
-            "ratio": centred("rati", rati_u) - centred("rati", _REF["rati"]),
-            "sbp": centred("sbp", sbp_u) - centred("sbp", _REF["sbp"]),
-            "sbp_sd": centred("sbps5", sbps5_u) - centred("sbps5", _REF["sbps5"]),
-            "townsend": centred("town", town_u) - centred("town", _REF["town"]),
-            "diabetes": eff("b_type1") * flags["b_type1"] + eff("b_type2") * flags["b_type2"],
-        }
-        for col, (term, _) in QRISK3_CONDITIONS.items():
-            contributions[col] = eff(term) * flags[term]
-        reference_lp = (
-            ethnicity
-            + _per_sex(male, ("continuous", "age_1")) * age_1
-            + _per_sex(male, ("continuous", "age_2")) * age_2
-            + bmi_part(np.full(n, _REF["bmi"]))
-            + centred("rati", _REF["rati"])
-            + centred("sbp", _REF["sbp"])
-            + centred("sbps5", _REF["sbps5"])
-            + centred("town", _REF["town"])
-        )
-        lp = reference_lp + sum(contributions.values())
-        s0 = _per_sex(male, ("survivor_10y",))
+    x = {
+        "age": age,
+        "bmi": bmi_u,
+        "rati": rati_u,
+        "sbp": sbp_u,
+        "sbps5": sbps5_u,
+        "town": town_u,
+        "smoke": smoke_i,
+        "eth": eth_i,
+        **flags,
+    }
+    lp, reference_lp, s0 = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    contributions: dict[str, FloatArray] = {}
+    for sex in ("female", "male"):
+        rows = np.flatnonzero(male == (1 if sex == "male" else 0))
+        part_lp, part_ref, part_terms = _linear_predictor(sex, {k: v[rows] for k, v in x.items()})
+        lp[rows], reference_lp[rows], s0[rows] = part_lp, part_ref, _value(sex, ("survivor_10y",))
+        for k, v in part_terms.items():
+            contributions.setdefault(k, np.zeros(n))[rows] = v
+    with np.errstate(invalid="ignore", over="ignore"):
         risk = 1.0 - np.power(s0, np.exp(lp))
     risk = np.where(checks.refused, np.nan, risk)
 

@@ -43,7 +43,7 @@ def pce_one(p: Mapping[str, float | str]) -> float:
         + (b["smoker"] + b["ln_age_x_smoker"] * la) * float(p["smoker"])
         + b["diabetes"] * float(p["diabetes"])
     )
-    return 1.0 - b["s0_10y"] ** math.exp(s - b["mean"])
+    return float(1.0 - b["s0_10y"] ** math.exp(s - b["mean"]))
 
 
 def prevent_one(p: Mapping[str, float | str], variant: str, years: int, outcome: str) -> float:
@@ -153,7 +153,7 @@ def qrisk3_one(p: Mapping[str, float | str]) -> float:
             a += age_term * table[f"smoke_{smoke}"]
         a += age_term * sum(table[k] * v for k, v in flags.items() if k in table)
         a += age_term * sum(table[k] * terms[k] for k in ("bmi_1", "bmi_2", "sbp", "town"))
-    return 1.0 - m["survivor_10y"] ** math.exp(a)
+    return float(1.0 - m["survivor_10y"] ** math.exp(a))
 
 
 def findrisc_one(p: Mapping[str, float | str]) -> int:
