@@ -82,12 +82,18 @@ def bench_equations(n: int, sample: int, workdir: Path) -> None:
     t_one = (time.perf_counter() - t0) / sample
     total = t_read + t_eq
     print(f"== equations: {n:,} people, {models} models (PREVENT 30 + PCE, QRISK3, FINDRISC, CHA2DS2-VASc, HAS-BLED)")
-    print(f"medtwin.risk (vectorised): read Parquet {t_read:.2f} s + equations {t_eq:.2f} s = {total:.2f} s "
-          f"({n / total:,.0f} people/s)")
-    print(f"per-person Python baseline: {1e6 * t_one:.0f} us/person measured on {sample:,} people; "
-          f"scaled to {n:,}: {t_one * n:.0f} s (not run in full)")
-    print(f"ratio (baseline / medtwin, equations only): {t_one * n / t_eq:.0f}x; goal <= 10 s total: "
-          f"{'met' if total <= 10 else 'NOT met'}")
+    print(
+        f"medtwin.risk (vectorised): read Parquet {t_read:.2f} s + equations {t_eq:.2f} s = {total:.2f} s "
+        f"({n / total:,.0f} people/s)"
+    )
+    print(
+        f"per-person Python baseline: {1e6 * t_one:.0f} us/person measured on {sample:,} people; "
+        f"scaled to {n:,}: {t_one * n:.0f} s (not run in full)"
+    )
+    print(
+        f"ratio (baseline / medtwin, equations only): {t_one * n / t_eq:.0f}x; goal <= 10 s total: "
+        f"{'met' if total <= 10 else 'NOT met'}"
+    )
 
 
 def synthetic_store(store: Store, patients: int, seed: int = 2) -> int:
@@ -97,34 +103,85 @@ def synthetic_store(store: Store, patients: int, seed: int = 2) -> int:
     snomed = codes.SNOMED
     written = 0
     batch: list[tuple[list[object], None]] = []
-    labs = [("2093-3", "Total cholesterol", 200, 30, "mg/dL"), ("2085-9", "HDL cholesterol", 50, 12, "mg/dL"),
-            ("18262-6", "LDL cholesterol", 120, 25, "mg/dL"), ("33914-3", "eGFR", 85, 15, "mL/min/{1.73_m2}"),
-            ("4548-4", "HbA1c", 5.8, 0.8, "%"), ("39156-5", "BMI", 28, 4, "kg/m2"), ("29463-7", "Weight", 80, 12, "kg"),
-            ("8302-2", "Height", 170, 9, "cm"), ("8867-4", "Heart rate", 72, 10, "/min"),
-            ("9279-1", "Respiratory rate", 15, 2, "/min"), ("8462-4", "Diastolic BP", 80, 9, "mm[Hg]")]
+    labs = [
+        ("2093-3", "Total cholesterol", 200, 30, "mg/dL"),
+        ("2085-9", "HDL cholesterol", 50, 12, "mg/dL"),
+        ("18262-6", "LDL cholesterol", 120, 25, "mg/dL"),
+        ("33914-3", "eGFR", 85, 15, "mL/min/{1.73_m2}"),
+        ("4548-4", "HbA1c", 5.8, 0.8, "%"),
+        ("39156-5", "BMI", 28, 4, "kg/m2"),
+        ("29463-7", "Weight", 80, 12, "kg"),
+        ("8302-2", "Height", 170, 9, "cm"),
+        ("8867-4", "Heart rate", 72, 10, "/min"),
+        ("9279-1", "Respiratory rate", 15, 2, "/min"),
+        ("8462-4", "Diastolic BP", 80, 9, "mm[Hg]"),
+    ]
     for k in range(patients):
         pid = f"bench-{k:06d}"
-        recs: list[object] = [Patient(patient_id=pid, gender="male" if k % 2 else "female",
-                                      birth_date=date(1950 + int(rng.integers(0, 40)), 1 + k % 12, 1 + k % 28))]
+        recs: list[object] = [
+            Patient(
+                patient_id=pid,
+                gender="male" if k % 2 else "female",
+                birth_date=date(1950 + int(rng.integers(0, 40)), 1 + k % 12, 1 + k % 28),
+            )
+        ]
         for visit in range(4):  # yearly visits over three years
             when = now - timedelta(days=365 * visit + int(rng.integers(0, 60)))
-            recs.append(Observation(patient_id=pid, code=codes.loinc("8480-6", "Systolic BP"), effective=when,
-                                    value=Quantity(value=float(rng.normal(132, 16)), unit="mm[Hg]")))
-            recs.append(Observation(patient_id=pid, code=codes.loinc("72166-2", "Tobacco smoking status"),
-                                    effective=when, value=Coding(system=snomed, code=("266919005", "8517006",
-                                                                                      "449868002")[k % 3])))
+            recs.append(
+                Observation(
+                    patient_id=pid,
+                    code=codes.loinc("8480-6", "Systolic BP"),
+                    effective=when,
+                    value=Quantity(value=float(rng.normal(132, 16)), unit="mm[Hg]"),
+                )
+            )
+            recs.append(
+                Observation(
+                    patient_id=pid,
+                    code=codes.loinc("72166-2", "Tobacco smoking status"),
+                    effective=when,
+                    value=Coding(system=snomed, code=("266919005", "8517006", "449868002")[k % 3]),
+                )
+            )
             for code, label, mean, sd, unit in labs:
-                recs.append(Observation(patient_id=pid, code=codes.loinc(code, label), effective=when,
-                                        value=Quantity(value=float(abs(rng.normal(mean, sd))), unit=unit)))
+                recs.append(
+                    Observation(
+                        patient_id=pid,
+                        code=codes.loinc(code, label),
+                        effective=when,
+                        value=Quantity(value=float(abs(rng.normal(mean, sd))), unit=unit),
+                    )
+                )
         if k % 8 == 0:
-            recs.append(Condition(condition_id=f"{pid}-dm", patient_id=pid, onset=now - timedelta(days=2000),
-                                  code=Coding(system=snomed, code="44054006", display="Diabetes mellitus type 2")))
+            recs.append(
+                Condition(
+                    condition_id=f"{pid}-dm",
+                    patient_id=pid,
+                    onset=now - timedelta(days=2000),
+                    code=Coding(system=snomed, code="44054006", display="Diabetes mellitus type 2"),
+                )
+            )
         if k % 3 == 0:
-            recs.append(Condition(condition_id=f"{pid}-htn", patient_id=pid, onset=now - timedelta(days=3000),
-                                  code=Coding(system=snomed, code="59621000", display="Essential hypertension")))
-            recs.append(MedicationRequest(request_id=f"{pid}-acei", patient_id=pid, authored=now - timedelta(days=900),
-                                          medication=Coding(system="http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                            code="314076", display="lisinopril 10 MG Oral Tablet")))
+            recs.append(
+                Condition(
+                    condition_id=f"{pid}-htn",
+                    patient_id=pid,
+                    onset=now - timedelta(days=3000),
+                    code=Coding(system=snomed, code="59621000", display="Essential hypertension"),
+                )
+            )
+            recs.append(
+                MedicationRequest(
+                    request_id=f"{pid}-acei",
+                    patient_id=pid,
+                    authored=now - timedelta(days=900),
+                    medication=Coding(
+                        system="http://www.nlm.nih.gov/research/umls/rxnorm",
+                        code="314076",
+                        display="lisinopril 10 MG Oral Tablet",
+                    ),
+                )
+            )
         written += len(recs)
         batch.append((recs, None))
         if len(batch) == 200:
@@ -153,11 +210,15 @@ def bench_assembly(patients: int, sample: int, workdir: Path) -> None:
             assemble(store, pid, as_of)
         t_one = (time.perf_counter() - t0) / sample
     print(f"== input assembly: {patients:,} patients, {records:,} records (written in {t_write:.0f} s)")
-    print(f"cohort reader (4 queries per 500 patients): {t_cohort:.2f} s = {len(rows) / t_cohort:,.0f} patients/s, "
-          f"{records / t_cohort:,.0f} records/s")
-    print(f"one patient at a time (Store.patient/observations/conditions/medication_requests): "
-          f"{1e3 * t_one:.1f} ms/patient on {sample:,} patients; scaled: {t_one * patients:.1f} s; "
-          f"ratio {t_one * patients / t_cohort:.1f}x")
+    print(
+        f"cohort reader (4 queries per 500 patients): {t_cohort:.2f} s = {len(rows) / t_cohort:,.0f} patients/s, "
+        f"{records / t_cohort:,.0f} records/s"
+    )
+    print(
+        f"one patient at a time (Store.patient/observations/conditions/medication_requests): "
+        f"{1e3 * t_one:.1f} ms/patient on {sample:,} patients; scaled: {t_one * patients:.1f} s; "
+        f"ratio {t_one * patients / t_cohort:.1f}x"
+    )
 
 
 def main() -> None:
@@ -165,8 +226,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 people and 1,000 patients")
     args = parser.parse_args()
     n, patients = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"numpy {np.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"numpy {np.__version__}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bench_equations(n, 2_000, Path(tmp))
         bench_assembly(patients, 200, Path(tmp))

@@ -59,7 +59,7 @@ ModelOption = Annotated[list[str] | None, typer.Option("--model", help="Equation
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}")
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
@@ -207,7 +207,11 @@ def cohort(
             overrides=overrides,
             on_batch=lambda done, total: progress.update(task, completed=done, total=total),
         ):
-            frame = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+            # text stays text even in a batch where a column is all empty
+            data = pd.DataFrame(
+                {k: pd.array(v, dtype="string") if v.dtype == object else v for k, v in columns.items()}
+            )
+            frame = pa.Table.from_pandas(data, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(out, frame.schema)
             writer.write_table(frame.cast(writer.schema))

@@ -58,6 +58,14 @@ def cohort_size(inputs: Inputs) -> int:
     return sizes.pop() if sizes else 1
 
 
+def _as_length(values: FloatArray, n: int) -> FloatArray:
+    """*values* as *n* floats: the array itself when it already is one (no copy; equations never write to
+    their inputs), else broadcast into a new array."""
+    if values.shape == (n,) and values.dtype == np.float64:
+        return values
+    return np.broadcast_to(values, (n,)).astype(np.float64, copy=True)
+
+
 def column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
     """Column *name* of *inputs* as floats (``NaN`` where absent or None); an absent column is all ``NaN``."""
     n = cohort_size(inputs) if n is None else n
@@ -72,7 +80,7 @@ def column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
             values = values.astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"risk input {name!r}: not numbers ({exc})") from exc
-    return np.broadcast_to(values, (n,)).astype(np.float64, copy=True)
+    return _as_length(values, n)
 
 
 def flag_column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
@@ -81,7 +89,7 @@ def flag_column(inputs: Inputs, name: str, n: int | None = None) -> FloatArray:
     if name not in inputs:
         return np.full(n, np.nan)
     try:
-        numeric = np.broadcast_to(np.asarray(inputs[name], dtype=np.float64), (n,)).astype(np.float64, copy=True)
+        numeric = _as_length(np.asarray(inputs[name], dtype=np.float64), n)
     except (TypeError, ValueError):
         numeric = None
     if numeric is not None:
@@ -146,7 +154,7 @@ def sex_column(inputs: Inputs, n: int | None = None) -> FloatArray:
     raw = inputs["sex"]
     kind = getattr(getattr(raw, "dtype", None), "kind", None)
     if kind in ("b", "i", "u", "f"):
-        out = np.broadcast_to(np.asarray(raw, dtype=np.float64), (n,)).astype(np.float64, copy=True)
+        out = _as_length(np.asarray(raw, dtype=np.float64), n)
         bad = ~np.isnan(out) & (out != 0) & (out != 1)
         if bad.any():
             raise ValidationError(f"risk input 'sex': numeric sex must be 1 (male) or 0 (female), got {out[bad][0]}")

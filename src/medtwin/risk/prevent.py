@@ -380,7 +380,7 @@ def prevent(
 
 
 def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
-    """The PREVENT terms of every person as one matrix (columns named as the coefficient tables' rows)."""
+    """The PREVENT terms of every person as one matrix, terms x people (rows named as the coefficient tables')."""
     age, tc, hdl, sbp = c["age_years"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
     bmi, egfr, acr, a1c, sdi = c["bmi_kg_m2"], c["egfr_ml_min_1_73m2"], c["uacr_mg_g"], c["hba1c_pct"], c["sdi_decile"]
     dm, smoke, bpt, st = (np.nan_to_num(c[k]) for k in ("diabetes", "smoker", "bp_treated", "statin"))
@@ -427,10 +427,10 @@ def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
             "const": np.ones(n),
         }
     names = list(terms)
-    return names, np.column_stack([terms[k] for k in names])
+    return names, np.stack([terms[k] for k in names])
 
 
-def prevent_cohort(inputs: Inputs, *, chunk: int = 200_000) -> dict[tuple[str, int, str], FloatArray]:
+def prevent_cohort(inputs: Inputs, *, chunk: int = 100_000) -> dict[tuple[str, int, str], FloatArray]:
     """All 30 PREVENT models (5 variants x 10/30 years x 3 outcomes) for a cohort at once, keyed by
     ``(variant, years, outcome)``: one design matrix times one coefficient matrix (BLAS), for cohort runs where
     no explanation is wanted. Refusals are those of :func:`prevent` (the same checks); a test holds the two
@@ -438,16 +438,30 @@ def prevent_cohort(inputs: Inputs, *, chunk: int = 200_000) -> dict[tuple[str, i
     n = cohort_size(inputs)
     cols = _columns(inputs, n)
     male = cols["sex"] == 1
-    names, design = _design(cols, n)
     keys = [(v, y, o) for v in PREVENT_VARIANTS for y in (10, 30) for o in PREVENT_OUTCOMES]
-    coefs = np.array(
-        [[_table(v, y)[t][2 * PREVENT_OUTCOMES.index(o) + s] for t in names] for v, y, o in keys for s in (0, 1)]
-    ).T  # terms x (models x sexes)
-    lp = np.empty((n, len(keys)))
-    for start in range(0, n, chunk):
-        block = design[start : start + chunk] @ coefs
-        sex = male[start : start + chunk, None]
-        lp[start : start + chunk] = np.where(sex, block[:, 1::2], block[:, 0::2])
-    risk = 1.0 / (1.0 + np.exp(-lp))
-    refused = {(y, o): _validate(inputs, n, o, y, cols).refused for y in (10, 30) for o in PREVENT_OUTCOMES}
-    return {k: np.where(refused[(k[1], k[2])], np.nan, risk[:, j]) for j, k in enumerate(keys)}
+    coefs: list[FloatArray] = []
+    risk = np.empty((len(keys), n))
+    for start in range(0, n, chunk):  # a chunk's design stays in cache; the whole cohort's would not
+        stop = min(n, start + chunk)
+        names, design = _design({k: v[start:stop] for k, v in cols.items()}, stop - start)
+        if not coefs:  # per sex: models x terms
+            coefs = [
+                np.array([[_table(v, y)[t][2 * PREVENT_OUTCOMES.index(o) + s] for t in names] for v, y, o in keys])
+                for s in (0, 1)
+            ]
+        for s, rows in enumerate((np.flatnonzero(~male[start:stop]), np.flatnonzero(male[start:stop]))):
+            if rows.size == 0:
+                continue
+            lp = coefs[s] @ design[:, rows]
+            np.negative(lp, out=lp)
+            np.exp(lp, out=lp)
+            lp += 1.0
+            np.reciprocal(lp, out=lp)
+            risk[:, start + rows] = lp
+    for y in (10, 30):
+        for o in PREVENT_OUTCOMES:
+            refused = _validate(inputs, n, o, y, cols).refused
+            for j, k in enumerate(keys):
+                if k[1:] == (y, o):
+                    risk[j, refused] = np.nan
+    return {k: risk[j] for j, k in enumerate(keys)}

@@ -34,6 +34,7 @@ from medtwin.store import Store, codec, schema
 
 __all__ = [
     "CONDITION_CODES",
+    "INPUT_COLUMNS",
     "MEDICATION_CLASSES",
     "RULES",
     "InputValue",
@@ -517,9 +518,31 @@ def assemble_cohort(
     return out
 
 
+# every input assemble_from_records can fill (besides overrides), so that every batch has the same columns
+_DERIVED = (
+    "age_years",
+    "smoker",
+    "smoking_category",
+    "sbp_sd_mm_hg",
+    "chol_hdl_ratio",
+    "diabetes",
+    "diabetes_type",
+    "stroke",
+    "prior_cvd",
+    "bp_treated",
+    "statin",
+    "atypical_antipsychotic",
+    "corticosteroids",
+    "antiplatelet_or_nsaid",
+    "bp_medication_ever",
+)
+INPUT_COLUMNS = tuple(sorted({*(r for r in RULES if r != "smoking"), *CONDITION_CODES, *_DERIVED}))
+
+
 def inputs_table(rows: Sequence[RecordInputs]) -> dict[str, np.ndarray]:
-    """Columns for :mod:`medtwin.risk` from many patients' inputs (missing values ``NaN``)."""
-    names = sorted({k for r in rows for k in r.values})
+    """Columns for :mod:`medtwin.risk` from many patients' inputs (missing values ``NaN``): the same columns
+    (:data:`INPUT_COLUMNS` plus any override) whatever the patients have."""
+    names = sorted({*INPUT_COLUMNS, *(k for r in rows for k in r.values)})
     table: dict[str, np.ndarray] = {"patient_id": np.array([r.patient_id for r in rows], dtype=object)}
     for name in names:
         if name in ("sex", "race"):
