@@ -106,54 +106,50 @@ def _columns(inputs: Inputs, n: int) -> dict[str, FloatArray]:
     return cols
 
 
+_LABELS = {
+    "age_years": "age",
+    "sbp_mm_hg": "systolic BP",
+    "bp_treated": "blood-pressure treatment status",
+    "diabetes": "diabetes status",
+    "smoker": "smoking status",
+    "egfr_ml_min_1_73m2": "eGFR",
+    "total_chol_mg_dl": "total cholesterol",
+    "hdl_mg_dl": "HDL cholesterol",
+    "statin": "statin use",
+    "bmi_kg_m2": "BMI",
+    "uacr_mg_g": "urine albumin-creatinine ratio",
+    "hba1c_pct": "HbA1c",
+    "sdi_decile": "social deprivation index decile",
+}
+_CALCULATOR = "AHA PREVENT calculator"
+
+
 def _validate(inputs: Inputs, n: int, outcome: str, years: int, cols: dict[str, FloatArray] | None = None) -> Checks:
     """The validity checks of one PREVENT outcome and horizon (see the module docstring)."""
     checks = Checks(f"PREVENT {years}-year {_OUTCOME_TITLE[outcome]}", n)
     c = _columns(inputs, n) if cols is None else cols
-    age, male, tc, hdl, sbp = c["age_years"], c["sex"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
-    treated, statin, diabetes, smoker = c["bp_treated"], c["statin"], c["diabetes"], c["smoker"]
-    egfr, bmi, acr, hba1c, sdi = (
-        c["egfr_ml_min_1_73m2"],
-        c["bmi_kg_m2"],
-        c["uacr_mg_g"],
-        c["hba1c_pct"],
-        c["sdi_decile"],
-    )
-
-    uses_lipids = outcome != "hf"
-    checks.require("age_years", "age", age)
-    checks.require("sex", "sex (male or female)", male, why="the equations are sex-specific")
-    required = [
-        ("sbp_mm_hg", "systolic BP", sbp),
-        ("bp_treated", "blood-pressure treatment status", treated),
-        ("diabetes", "diabetes status", diabetes),
-        ("smoker", "smoking status", smoker),
-        ("egfr_ml_min_1_73m2", "eGFR", egfr),
+    checks.require("sex", "sex (male or female)", c["sex"], why="the equations are sex-specific")
+    lipids = outcome != "hf"
+    required = ["age_years", "sbp_mm_hg", "bp_treated", "diabetes", "smoker", "egfr_ml_min_1_73m2"]
+    required += ["total_chol_mg_dl", "hdl_mg_dl", "statin"] if lipids else ["bmi_kg_m2"]
+    for key in required:
+        checks.require(key, _LABELS[key], c[key])
+    ranges = [
+        ("age_years", 30, 59 if years == 30 else 79, "years", f"PREVENT {years}-year validity"),
+        ("sbp_mm_hg", 90, 180, "mmHg", _CALCULATOR),
+        ("egfr_ml_min_1_73m2", 15, 140, "mL/min/1.73m2", _CALCULATOR),
+        *(
+            [("total_chol_mg_dl", 130, 320, "mg/dL", _CALCULATOR), ("hdl_mg_dl", 20, 100, "mg/dL", _CALCULATOR)]
+            if lipids
+            else [("bmi_kg_m2", 18.5, 39.9, "kg/m2", _CALCULATOR)]
+        ),
+        ("uacr_mg_g", 0.1, 25000, "mg/g", _CALCULATOR),
+        ("hba1c_pct", 4.5, 15, "%", _CALCULATOR),
+        ("sdi_decile", 1, 10, "", "SDI deciles"),
     ]
-    if uses_lipids:
-        required += [
-            ("total_chol_mg_dl", "total cholesterol", tc),
-            ("hdl_mg_dl", "HDL cholesterol", hdl),
-            ("statin", "statin use", statin),
-        ]
-    else:
-        required.append(("bmi_kg_m2", "BMI", bmi))
-    for key, label, values in required:
-        checks.require(key, label, values)
-    high_age = 59 if years == 30 else 79
-    checks.within("age_years", "age", age, 30, high_age, "years", source=f"PREVENT {years}-year validity")
-    checks.within("sbp_mm_hg", "systolic BP", sbp, 90, 180, "mmHg", source="AHA PREVENT calculator")
-    checks.within("egfr_ml_min_1_73m2", "eGFR", egfr, 15, 140, "mL/min/1.73m2", source="AHA PREVENT calculator")
-    if uses_lipids:
-        checks.within("total_chol_mg_dl", "total cholesterol", tc, 130, 320, "mg/dL", source="AHA PREVENT calculator")
-        checks.within("hdl_mg_dl", "HDL cholesterol", hdl, 20, 100, "mg/dL", source="AHA PREVENT calculator")
-    else:
-        checks.within("bmi_kg_m2", "BMI", bmi, 18.5, 39.9, "kg/m2", source="AHA PREVENT calculator")
-    checks.within("uacr_mg_g", "urine albumin-creatinine ratio", acr, 0.1, 25000, "mg/g", source="AHA calculator")
-    checks.within("hba1c_pct", "HbA1c", hba1c, 4.5, 15, "%", source="AHA PREVENT calculator")
-    checks.within("sdi_decile", "social deprivation index decile", sdi, 1, 10, "", source="SDI deciles")
+    for key, low, high, unit, source in ranges:
+        checks.within(key, _LABELS[key], c[key], low, high, unit, source=source)
     checks.refuse("prior_cvd", flag_column(inputs, "prior_cvd", n) == 1, "CVD already recorded (primary prevention)")
-
     return checks
 
 

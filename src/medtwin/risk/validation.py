@@ -362,26 +362,7 @@ _COLUMNS = (
 def _subgroup_row(variable: str, group: str, perf: Performance | None, n: int, events: int) -> dict[str, Any]:
     row: dict[str, Any] = {"variable": variable, "group": group, "n": n, "events": events, "too_small": perf is None}
     if perf is None:
-        row.update(
-            {
-                k: float("nan")
-                for k in (
-                    "c",
-                    "c_low",
-                    "c_high",
-                    "oe",
-                    "oe_low",
-                    "oe_high",
-                    "citl",
-                    "slope",
-                    "slope_low",
-                    "slope_high",
-                    "brier",
-                    "mean_predicted",
-                    "observed",
-                )
-            }
-        )
+        row.update(dict.fromkeys(_COLUMNS[5:-1], float("nan")))
         row["miscalibrated"] = None
         return row
     row.update(
