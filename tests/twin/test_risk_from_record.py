@@ -244,3 +244,12 @@ def test_cli_risk_evaluate(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["risk", "evaluate", str(path), "--pred", "nope", "--event", "event"])
     assert bad.exit_code == 1
     assert "no column(s) nope" in bad.output
+
+
+def test_a_value_in_an_unknown_unit_is_reported_not_used() -> None:
+    with Store("sqlite://") as s:
+        s.write([*_patient(), _obs("pt-1", "2085-9", 1.2, "g", 5, "pt-1-hdl-bad")])
+        got = assemble(s, "pt-1", NOW)
+    assert got is not None
+    assert got.values["hdl_mg_dl"].reference == "Observation/pt-1-hdl"  # the older readable value
+    assert any("1.2 'g' cannot be read as mg/dL (Observation/pt-1-hdl-bad)" in n for n in got.notes)

@@ -271,6 +271,11 @@ def _latest(out: RecordInputs, rule: ObservationRule, observations: Sequence[Obs
         else:
             usable = _quantity_in(obs, rule.unit, rule.name) is not None
         if not usable:
+            if isinstance(obs.value, Quantity):
+                out.notes.append(
+                    f"{rule.label} {obs.effective.date().isoformat()}: {obs.value.value:g} "
+                    f"{obs.value.unit!r} cannot be read as {rule.unit} (Observation/{obs.observation_id})"
+                )
             continue
         if obs.effective < window_start:
             older = older or obs
