@@ -203,6 +203,7 @@ CANONICAL_UNITS: dict[str, str] = {
 ANALYTE_MOLAR_MASS_G_PER_MOL: dict[str, float] = {
     "glucose": 180.156,  # C6H12O6; 1 mmol/L = 18.0156 mg/dL
     "creatinine": 113.12,  # C4H7N3O; 1 mg/dL = 88.40 umol/L
+    "cholesterol": 386.65,  # C27H46O; 1 mmol/L = 38.665 mg/dL (total, HDL, LDL and non-HDL cholesterol)
 }
 
 
