@@ -20,7 +20,8 @@ the severity rises the open alert is *updated* (same id, new severity and messag
 ``escalated_from`` the previous severity, status back to active even if acknowledged) instead of a second alert.
 The alert resolves only when the condition has been absent in ``clear_after`` consecutive evaluations spanning at
 least ``clear_after_time`` (default 3 and 30 minutes); if it comes back within ``reopen_within`` (6 h, the NEWS2
-trend window) of resolving, the same alert reopens (``recurred``, status active) instead of a new one, so noise
+trend window) of resolving, the same alert reopens (``recurred``, status active, the severity it has now) instead
+of a new one, so noise
 near a threshold does not raise the same alert again and again. A recurrence after that is a new alert.
 """
 
@@ -371,7 +372,8 @@ class AlertTracker:
                     change["escalated_from"] = previous
                 if recurred:
                     change["recurred"] = True
-                alert.rank = max(rank, alert.rank)
+                # a recurrence is the condition as it is now; an escalation only ever raises the severity
+                alert.rank = rank if recurred else max(rank, alert.rank)
                 event = Event(
                     kind="alert",
                     code=signal.code,

@@ -648,9 +648,10 @@ class Store:
     def upsert_events(self, events: Sequence[Event]) -> None:
         """Store the latest version of each event in ONE transaction: ids already stored are replaced (severity,
         status, time, body: an alert escalated by its twin), the others inserted as by :meth:`add_events`."""
-        latest = {e.event_id: e for e in events if isinstance(e, Event)}
-        if len(latest) != len({e.event_id for e in events}):
-            raise ValidationError("Store.upsert_events: expected Event records only")
+        for e in events:
+            if not isinstance(e, Event):
+                raise ValidationError(f"Store.upsert_events: expected Event, got {type(e).__name__}")
+        latest = {e.event_id: e for e in events}  # an id given twice: its last version
         if not latest:
             return
         t = schema.events
