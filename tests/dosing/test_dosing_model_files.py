@@ -147,6 +147,7 @@ def test_each_mistake_is_one_line_naming_file_and_field(
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(str(path)), message
+    assert message.count(str(path)) == 1, message
     for word in words:
         assert word in message, (word, message)
     # the CLI prints the same line, exit code 2, no traceback
@@ -181,8 +182,9 @@ def test_did_you_mean() -> None:
 def test_a_division_by_zero_for_one_patient_names_the_field(tmp_path: Path) -> None:
     path = write_model(tmp_path, edited('V2 = "30"', 'V2 = "30 * 70 / (WT - 50)"'))
     m = load_model(path)  # fine for the typical patient (70 kg)
-    with pytest.raises(ModelError, match=r"\[parameters\]\.V2: .* is not a finite number for WT=50"):
+    with pytest.raises(ModelError, match=r"\[parameters\]\.V2: .* is not a finite number for WT=50") as caught:
         m.system({"WT": 50.0}, np.zeros((1, 2)))
+    assert str(caught.value).count(str(path)) == 1
 
 
 def test_dose_check_prints_what_it_understood(tmp_path: Path) -> None:

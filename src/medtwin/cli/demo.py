@@ -3,7 +3,7 @@
 Every run tells the whole story again: it works in a fresh folder ``.medtwin-demo/run-<UTC time>/`` (the five
 most recent runs are kept, older ones deleted), so no twin resumes from an earlier run's snapshots and no record
 is a duplicate of one stored before. With ``--db`` the live part goes to that database instead, and the virtual
-patients get MRNs unique to the run (``VM<time>-01``...) for the same reason.
+patients get MRNs unique to the run (``VM<hhmmss>-0001``...) for the same reason.
 """
 
 from __future__ import annotations

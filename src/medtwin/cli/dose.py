@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,15 +110,17 @@ def models_command(
 
 
 def _covariate_values(items: list[str]) -> dict[str, float]:
+    """``--covariate WT=80`` options as ``{"WT": 80.0}``."""
     out: dict[str, float] = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
-            out[name.strip()] = float(value)
+            number = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not name.strip():
+            number = math.nan
+        if not name.strip() or not math.isfinite(number):
             raise CaseError(f"--covariate {item!r}: expected NAME=NUMBER in the model's unit, e.g. WT=80")
+        out[name.strip()] = number
     return out
 
 

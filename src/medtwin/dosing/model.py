@@ -231,7 +231,7 @@ class PKModel:
             try:
                 expr.evaluate(env)
             except ExpressionError as exc:
-                raise ModelError(f"{self.source_path}: {exc} (covariates {shown})") from None
+                raise ModelError(f"{exc} (covariates {shown})") from None  # exc names the file and field
         raise ModelError(
             f"{self.source_path}: [structure].central_volume {self.central_volume.text!r} is not positive "
             f"for covariates {shown}"

@@ -414,7 +414,7 @@ def _typical_check(model: PKModel) -> None:
         try:
             value = float(np.asarray(expr.evaluate(env)).reshape(-1)[0])
         except ExpressionError as exc:
-            raise ModelError(f"{model.source_path}: {exc} (typical patient, etas 0)") from None
+            raise ModelError(f"{exc} (typical patient, etas 0)") from None  # exc names the file and field
         values[field_name] = value
         if field_name.startswith("[parameters]."):
             env[field_name.removeprefix("[parameters].")] = np.float64(value)
