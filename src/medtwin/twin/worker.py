@@ -32,7 +32,17 @@ from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
 from medtwin.records import Event, Observation, Record
 from medtwin.service import prepare_service_heap
-from medtwin.store import SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store import (
+    SharedWriteLock,
+    Store,
+    accepted_after,
+    last_raw_id,
+    load_cursor,
+    resolve_database_url,
+    save_cursor,
+)
+from medtwin.store.engine import sqlite_file
+from medtwin.store.locks import lock_path_for
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
@@ -378,7 +388,10 @@ def listener_store(db: str | None, *, shared_lock: bool = True) -> tuple[Store, 
     (its yielding view, so the worker's few transactions go first), returned for
     ``RuntimeProcess(..., write_lock=lock)`` and ``ListenerPool(..., write_lock=lock)``; otherwise the lock is None.
     """
-    lock = SharedWriteLock() if shared_lock else None
+    lock: SharedWriteLock | None = None
+    if shared_lock:  # an flock on the database's lock file: it dies with a killed holder (medtwin.store.locks)
+        path = sqlite_file(resolve_database_url(db))
+        lock = SharedWriteLock(lock_path_for(path) if path else None)
     view = None if lock is None else lock.yielding()
     return Store(db, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=view), lock
 
