@@ -56,6 +56,7 @@ __all__ = [
     "listener_store",
     "record_skipped",
     "recover_and_follow",
+    "stored_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,15 @@ DEFAULT_CONSUMER = "twin-runtime"
 # The worker reads each raw page once and writes a few event pages: a small SQLite cache is enough, and keeps its
 # memory flat (with the store's default 64 MiB its RSS grew about 4 MB a minute through a 10-minute soak).
 WORKER_CACHE_MIB = 8
+
+
+def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[Record]:
+    """The records of a stored HL7 v2 raw entry, mapped again as the listener mapped them: with the entry's key
+    (*key*, its ``source_id``: a conflicting resend's records carry a key of their own) when it holds one message;
+    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key."""
+    messages = parse_payload(payload)
+    one = key if len(messages) == 1 else None
+    return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
 
 
 class LogFollower:
@@ -108,11 +118,9 @@ class LogFollower:
         for message in found:
             try:
                 records: list[Record] = [
-                    r
-                    for parsed in parse_payload(message.payload)
-                    for r in map_message(parsed, assume_tz=self.assume_tz).records
+                    r for r in stored_records(message.payload, message.source_id, self.assume_tz)
                     if isinstance(r, Observation)
-                ]
+                ]  # fmt: skip
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
@@ -218,13 +226,7 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (
-                    r.patient_id
-                    for parsed in parse_payload(payload)
-                    for r in map_message(parsed, assume_tz=assume_tz).records
-                    if isinstance(r, Observation)
-                ),
-                None,
+                (r.patient_id for r in stored_records(payload, None, assume_tz) if isinstance(r, Observation)), None
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None

@@ -26,6 +26,7 @@ __all__ = [
     "Hl7ParseError",
     "Segment",
     "decode_payload",
+    "encode_message",
     "parse_hl7_datetime",
     "parse_message",
     "parse_payload",
@@ -347,6 +348,17 @@ def decode_payload(payload: bytes | str) -> str:
             error_code="102",
             location="MSH^1^18",
         ) from None
+
+
+def encode_message(text: str) -> bytes:
+    """The bytes of one message *text* in the character set its MSH-18 declares (UTF-8 when none, or when the text
+    does not fit it), so that :func:`decode_payload` reads them back as the same text: how a message split out of
+    a batch frame is kept in the raw log."""
+    codec = _CHARSETS.get(_declared_charset(text.encode("latin-1", errors="replace")).upper(), "utf-8")
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 def _declared_charset(data: bytes) -> str:
