@@ -7,9 +7,8 @@ for duplicates; and the same rows from every code query as the predicate used be
 
 from __future__ import annotations
 
-import hashlib
-
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
