@@ -42,6 +42,7 @@ from medtwin.interop.hl7v2 import (
     ack_code_of,
     build_ack,
     control_key,
+    message_digest,
     parse_message,
     source_key,
     wants_ack,
@@ -49,7 +50,7 @@ from medtwin.interop.hl7v2 import (
 from medtwin.interop.mllp_framing import END_BLOCK, START_BLOCK, FrameError, MllpFramer, frame
 from medtwin.interop.mllp_units import ACCEPTED, ERROR, REJECTED, Outcome, Unit, combine, map_again, prepare_frame
 from medtwin.records import Patient, Record
-from medtwin.store import RawMessage, WriteResult, raw_digest
+from medtwin.store import RawMessage, WriteResult
 
 __all__ = [
     "CONTENT_TYPE",
@@ -497,6 +498,8 @@ class MllpServer:
     def _ack(self, message: Hl7Message | None, outcome: Outcome) -> bytes | None:
         ok = outcome.severity == ACCEPTED
         send, enhanced = wants_ack(message, ok)
+        if outcome.stored and not ok and wants_ack(message, True) == (True, True):
+            ok, send, enhanced = True, True, True  # committed: CA, the refused results as warnings
         if not send:
             return None
         ack = build_ack(
@@ -646,6 +649,7 @@ class MllpServer:
             reason="; ".join(notes)[:2000] or None,
             related_raw_id=conflict_of,
             relation="conflict-of" if conflict_of is not None else None,
+            digest=message_digest(mapped.message),
         )
         head = mapped.message
 
@@ -662,7 +666,7 @@ class MllpServer:
                         Outcome(ERROR, errors=(("205", "MSH^1^10", "conflicting resend could not be keyed"),)),
                     )
                     return
-                key = control_key(head, raw_digest(unit.payload))
+                key = control_key(head, message_digest(head))
                 self._write_unit(
                     unit, received, done, result.related_raw_id, map_again(unit, key, self.config.assume_tz)
                 )
@@ -696,7 +700,8 @@ class MllpServer:
         self.stats.refused_results += len(mapped.refused)
         kept = sum(1 for r in mapped.records if not isinstance(r, Patient))
         summary = f"stored {kept} result(s); {len(mapped.refused)} refused (see ERR)" + (f"; {text}" if text else "")
-        return Outcome(ERROR, summary, tuple((r.error_code, r.location, r.reason) for r in mapped.refused))
+        errors = tuple((r.error_code, r.location, r.reason) for r in mapped.refused)
+        return Outcome(ERROR, summary, errors, stored=True)
 
     def _offer(self, batch: StoredBatch, then: Callable[[], None]) -> None:
         """Hand *batch* to the subscriber; while it answers False (full), retry every 5 ms, holding the ACK back."""

@@ -47,11 +47,13 @@ class Unit:
 @dataclass(slots=True)
 class Outcome:
     """What the ACK says of one unit: severity (:data:`ACCEPTED`, :data:`ERROR`, :data:`REJECTED`), MSA-3 text,
-    and the ERR segments as (HL7 table 0357 code, location, reason)."""
+    the ERR segments as (HL7 table 0357 code, location, reason), and whether it was *stored* (an error then means
+    some of its results were refused: a commit ACK says CA, with the ERRs as warnings)."""
 
     severity: int
     text: str = ""
     errors: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
+    stored: bool = False
 
 
 def _read(unit: Unit, assume_tz: tzinfo) -> Unit:
@@ -115,4 +117,4 @@ def combine(outcomes: Sequence[Outcome]) -> Outcome:
         for i, o in enumerate(outcomes, start=1)
         for code, location, reason in (o.errors or ((("207", "", o.text),) if o.severity else ()))
     )
-    return Outcome(max(o.severity for o in outcomes), text, errors)
+    return Outcome(max(o.severity for o in outcomes), text, errors, all(o.stored for o in outcomes))

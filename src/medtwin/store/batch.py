@@ -319,6 +319,10 @@ def raw_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def _digest(raw: RawMessage) -> str:
+    return raw.digest or raw_digest(raw.payload_bytes)
+
+
 def raw_values(
     raw: RawMessage,
     status: str,
@@ -335,6 +339,7 @@ def raw_values(
     to another (else the message's own); *time* turns the receipt time into what the driver binds.
     """
     data = raw.payload_bytes if payload is None else payload
+    digest = (raw.digest or raw_digest(data)) if payload is None else (raw_digest(data) if data else None)
     related_id, relation = related if related is not None else (raw.related_raw_id, raw.relation)
     return (
         raw.source_system,
@@ -345,7 +350,7 @@ def raw_values(
         reason,
         count,
         data,
-        raw_digest(data) if data else None,
+        digest,
         related_id,
         relation if related_id is not None else None,
     )
@@ -427,7 +432,7 @@ def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list
     if not resends:
         return
     originals = {
-        k: (i.outcome.raw_id, raw_digest(i.raw.payload_bytes))
+        k: (i.outcome.raw_id, _digest(i.raw))
         for k, i in first.items()
         if i.outcome.raw_id is not None and i.raw is not None
     }
@@ -439,7 +444,7 @@ def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list
         raw = item.raw
         assert raw is not None
         original_id, original_digest = originals[(raw.source_system, raw.source_id)]
-        same = raw_digest(raw.payload_bytes) == original_digest
+        same = _digest(raw) == original_digest
         item.outcome = ItemOutcome(
             raw_duplicate=same, raw_conflict=not same, related_raw_id=original_id, records=item.outcome.records
         )

@@ -151,6 +151,7 @@ class RawMessage:
     reason: str | None = None
     related_raw_id: int | None = None
     relation: str | None = None
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if not self.source_system or not self.source_id:

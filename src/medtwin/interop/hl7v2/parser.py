@@ -9,6 +9,7 @@ components lazily, so parsing costs little more than reading the message once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -27,6 +28,7 @@ __all__ = [
     "Segment",
     "decode_payload",
     "encode_message",
+    "message_digest",
     "parse_hl7_datetime",
     "parse_message",
     "parse_payload",
@@ -359,6 +361,19 @@ def encode_message(text: str) -> bytes:
         return text.encode(codec)
     except UnicodeEncodeError:
         return text.encode("utf-8")
+
+
+def message_digest(message: Hl7Message) -> str:
+    """SHA-256 (hex) of a message's content as parsed: decoded text, segments joined by CR, no trailing separators.
+
+    Two copies of a message that differ only in transport details (CR, LF or CRLF between segments, a trailing
+    separator, a BOM, the character set it came in, sent alone or inside a batch) have the same digest; a different
+    value anywhere gives another (how the listener tells a resend from a conflicting one).
+    """
+    text = message.text
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    return hashlib.sha256(text.rstrip("\r\n\x00 ").encode()).hexdigest()
 
 
 def _declared_charset(data: bytes) -> str:
