@@ -9,11 +9,14 @@ from medtwin.store.batch import raw_digest
 from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.cursors import AcceptedMessage, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.store.locks import SharedWriteLock
+from medtwin.store.resources import FhirResource, PatientLinks
 from medtwin.store.store import EventNotFoundError, RawLogEntry, RawMessage, Store, WriteResult
 
 __all__ = [
     "AcceptedMessage",
     "EventNotFoundError",
+    "FhirResource",
+    "PatientLinks",
     "RawLogEntry",
     "RawMessage",
     "SharedWriteLock",

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from medtwin.errors import ValidationError
 from medtwin.records import Encounter, Patient, Provenance, Record
 from medtwin.store import codec, rows, schema
+from medtwin.store.resources import FhirResource, PatientLinks, write_links, write_resources
 from medtwin.store.versions import encounter_as_of, merge_encounter, merge_patient, same_content
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 _VERSIONED = (Patient, Encounter)
+_KEPT = (FhirResource, PatientLinks)  # written by medtwin.store.resources
 _PLAIN = tuple(entry for entry in rows.TABLES if entry[0] not in _VERSIONED)
 
 
@@ -73,19 +75,19 @@ class ItemOutcome:
 
 @dataclass(slots=True)
 class _Item:
-    records: Sequence[Record]
+    records: Sequence[Record | FhirResource | PatientLinks]
     groups: dict[type[Any], list[Any]]
     raw: RawMessage | None
     encoded: dict[type[Any], list[tuple[Any, ...]]]  # SQLite value tuples by type (empty elsewhere)
     outcome: ItemOutcome = field(default_factory=ItemOutcome)
 
 
-def group_records(records: Sequence[Record]) -> dict[type[Any], list[Any]]:
+def group_records(records: Sequence[Record | FhirResource | PatientLinks]) -> dict[type[Any], list[Any]]:
     """*records* grouped by type; raises :class:`ValidationError` for anything the store cannot hold."""
     groups: dict[type[Any], list[Any]] = {}
     for record in records:
         kind = type(record)
-        if kind not in rows.TABLE_OF:
+        if kind not in rows.TABLE_OF and kind not in _KEPT:
             raise ValidationError(f"Store.write: {kind.__name__} is not a storable record type")
         groups.setdefault(kind, []).append(record)
     return groups
@@ -100,7 +102,7 @@ def encode_plain(groups: dict[type[Any], list[Any]]) -> dict[type[Any], list[tup
     return {
         kind: [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
         for kind, records in groups.items()
-        if kind not in _VERSIONED
+        if kind not in _VERSIONED and kind not in _KEPT
     }
 
 
@@ -253,7 +255,7 @@ def _key(p: Provenance | None) -> tuple[str, str] | None:
 def write_items(
     conn: Connection,
     dialect: str,
-    items: Sequence[tuple[Sequence[Record], RawMessage | None]],
+    items: Sequence[tuple[Sequence[Record | FhirResource | PatientLinks], RawMessage | None]],
     groups: Sequence[dict[type[Any], list[Any]]],
     encoded: Sequence[dict[type[Any], list[tuple[Any, ...]]]] | None = None,
 ) -> list[ItemOutcome]:
@@ -268,7 +270,7 @@ def write_items(
         encoded = [encode_plain(g) for g in groups]
     batch = [_Item(records, g, raw, e) for (records, raw), g, e in zip(items, groups, encoded, strict=True)]
     for item in batch:
-        item.outcome.records = len(item.records)
+        item.outcome.records = len(item.records) - len(item.groups.get(PatientLinks, ()))
     driver = _sqlite_driver(conn) if dialect == "sqlite" else None
     _write_raws(conn, driver, batch)
     live = [item for item in batch if not (item.outcome.raw_duplicate or item.outcome.raw_conflict)]
@@ -293,6 +295,15 @@ def write_items(
                     item.outcome.inserted += 1
                 else:
                     item.outcome.duplicates += 1
+    kept = [(item, r) for item in live for r in item.groups.get(FhirResource, ())]
+    for (item, _), status in zip(kept, write_resources(conn, dialect, [r for _, r in kept]), strict=True):
+        if status == "inserted":
+            item.outcome.inserted += 1
+        elif status == "updated":
+            item.outcome.updated += 1
+        else:
+            item.outcome.duplicates += 1
+    write_links(conn, dialect, [link for item in live for link in item.groups.get(PatientLinks, ())])
     return [item.outcome for item in batch]
 
 
@@ -363,7 +374,7 @@ def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **opti
 
 def _insert_raws(conn: Connection, driver: sqlite3.Connection | None, items: list[_Item]) -> list[tuple[Any, ...]]:
     """Insert the raw row of each of *items*; (raw id, source system, source id, status) of each row inserted."""
-    pairs = [(i.raw, len(i.records)) for i in items if i.raw is not None]
+    pairs = [(i.raw, i.outcome.records) for i in items if i.raw is not None]
     t = schema.raw_inbound
     if driver is not None:
         values = [raw_values(r, r.status, r.reason, n, time=schema.sqlite_utc_text) for r, n in pairs]

@@ -67,6 +67,7 @@ from medtwin.store.engine import (
 )
 from medtwin.store.locks import SharedWriteLock, file_lock, lock_path_for
 from medtwin.store.migrate import upgrade_to_head
+from medtwin.store.resources import FhirResource, PatientLinks, kept_bodies
 
 __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
 
@@ -393,7 +394,9 @@ class Store:
         stmt = schema.raw_inbound.insert().returning(schema.raw_inbound.c.raw_id)
         return int(conn.execute(stmt, batch.raw_row(raw, status, reason, 0)).scalar_one())
 
-    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+    def write(
+        self, records: Sequence[Record | FhirResource | PatientLinks], raw: RawMessage | None = None
+    ) -> WriteResult:
         """Store *records* (and the *raw* message they came from) in one durable transaction.
 
         A raw message whose (source system, source id) was already accepted writes nothing and returns
@@ -406,7 +409,9 @@ class Store:
         """
         return self.write_batch([(records, raw)])[0]
 
-    def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
+    def write_batch(
+        self, items: Sequence[tuple[Sequence[Record | FhirResource | PatientLinks], RawMessage | None]]
+    ) -> list[WriteResult]:
         """Several :meth:`write` calls in ONE transaction (group commit: one disk sync for all of them).
 
         Each (records, raw) pair keeps its own idempotency, as if written one after the other in order; the whole
@@ -645,6 +650,12 @@ class Store:
         t = schema.medication_administrations
         stmt = select(t.c.body).where(t.c.patient_id == patient_id).order_by(t.c.start, t.c.administration_id)
         return [codec.decode(MedicationAdministration, b) for b in self._bodies(stmt)]
+
+    def kept_resources(self, patient_id: str) -> list[str]:
+        """The FHIR resources kept whole for *patient_id* (JSON text): those in the patient's compartment, then the
+        resources outside any compartment that they refer to (see :mod:`medtwin.store.resources`)."""
+        with self._reading() as conn:
+            return kept_bodies(conn, patient_id)
 
     # -- events -------------------------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> None:
