@@ -47,6 +47,7 @@ __all__ = [
     "ItemOutcome",
     "encode_plain",
     "group_records",
+    "insert_rows",
     "raw_digest",
     "raw_row",
     "raw_values",
@@ -150,6 +151,11 @@ def _bulk_insert(
         if returning:
             out.extend(result.all())
     return out
+
+
+def insert_rows(conn: Connection, table: Table, params: list[dict[str, Any]]) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of *params* in multi-row statements (:func:`_bulk_insert`)."""
+    _bulk_insert(conn, table, params)
 
 
 _LAST_ROWID = 2**63 - 1  # past it SQLite picks rowids at random, and "rowid > before" no longer finds new rows
@@ -296,14 +302,14 @@ def write_items(
                 else:
                     item.outcome.duplicates += 1
     kept = [(item, r) for item in live for r in item.groups.get(FhirResource, ())]
-    for (item, _), status in zip(kept, write_resources(conn, dialect, [r for _, r in kept]), strict=True):
+    for (item, _), status in zip(kept, write_resources(conn, insert_rows, [r for _, r in kept]), strict=True):
         if status == "inserted":
             item.outcome.inserted += 1
         elif status == "updated":
             item.outcome.updated += 1
         else:
             item.outcome.duplicates += 1
-    write_links(conn, dialect, [link for item in live for link in item.groups.get(PatientLinks, ())])
+    write_links(conn, insert_rows, [link for item in live for link in item.groups.get(PatientLinks, ())])
     return [item.outcome for item in batch]
 
 

@@ -11,19 +11,18 @@ per patient (``patient_references``, written as :class:`PatientLinks`), so a pat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Table, bindparam, select, text, tuple_, update
 
 from medtwin.errors import ValidationError
 from medtwin.records import Provenance
 from medtwin.store import schema
 
-__all__ = ["FhirResource", "PatientLinks", "kept_bodies", "write_links", "write_resources"]
+__all__ = ["FhirResource", "Inserter", "PatientLinks", "kept_bodies", "write_links", "write_resources"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,21 +53,19 @@ class PatientLinks:
     references: tuple[tuple[str, str], ...]
 
 
-def write_links(conn: Connection, dialect: str, links: Sequence[PatientLinks]) -> None:
+Inserter = Callable[[Connection, Table, list[dict[str, Any]]], object]
+"""Inserts rows, ``ON CONFLICT DO NOTHING`` (the store's multi-row insert, :func:`medtwin.store.batch.insert_rows`)."""
+
+
+def write_links(conn: Connection, insert: Inserter, links: Sequence[PatientLinks]) -> None:
     """Note *links* (in the caller's transaction; a link already noted is left as it is)."""
     rows = {(link.patient_id, rt, ri) for link in links for rt, ri in link.references}
     if rows:
-        conn.execute(
-            _insert(dialect, schema.patient_references),
-            [{"patient_id": p, "resource_type": rt, "resource_id": ri} for p, rt, ri in sorted(rows)],
-        )
+        columns = ("patient_id", "resource_type", "resource_id")
+        insert(conn, schema.patient_references, [dict(zip(columns, row, strict=True)) for row in sorted(rows)])
 
 
-def _insert(dialect: str, table: Any) -> Any:
-    return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)).on_conflict_do_nothing()
-
-
-def write_resources(conn: Connection, dialect: str, resources: Sequence[FhirResource]) -> list[str]:
+def write_resources(conn: Connection, insert: Inserter, resources: Sequence[FhirResource]) -> list[str]:
     """Store *resources* (in the caller's transaction); for each, ``inserted``, ``updated`` or ``duplicate``."""
     if not resources:
         return []
@@ -90,7 +87,7 @@ def write_resources(conn: Connection, dialect: str, resources: Sequence[FhirReso
     new = [r for k, r in latest.items() if k not in stored]
     changed = [r for k, r in latest.items() if k in stored and stored[k][0] != r.body]
     if new:
-        conn.execute(_insert(dialect, t), [_row(r, now) for r in new])
+        insert(conn, t, [_row(r, now) for r in new])
     if changed:
         conn.execute(
             v.insert(),

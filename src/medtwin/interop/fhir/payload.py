@@ -166,7 +166,9 @@ def parse_payload(
     _raise([FhirInputError(p.problem, file=file, resource=where, field=p.path) for p in problems])
     out.resources = 1
     entry = _Entry(None, obj, str(rtype), rid, references)
-    _keep_or_map(entry, {}, {}, out, file, source_system, {})
+    links: dict[str, dict[tuple[str, str], None]] = {}
+    _keep_or_map(entry, {}, {}, out, file, source_system, {}, links)
+    out.links = [PatientLinks(patient_id=p, references=tuple(targets)) for p, targets in links.items()]
     return out
 
 
@@ -206,6 +208,7 @@ def _parse_bundle(
     _raise(errors[:_MAX_ERRORS])
     first_seen: dict[str, tuple[int | None, Any]] = {}
     compartments = {(e.rtype, e.rid): _compartment(e, refs) for e in parsed}
+    links: dict[str, dict[tuple[str, str], None]] = {}
     for entry in parsed:
         key = f"{entry.rtype}/{entry.rid}" if entry.rid else ""
         if key and key in first_seen and first_seen[key][1] != entry.resource:
@@ -216,7 +219,8 @@ def _parse_bundle(
             )
         first_seen.setdefault(key, (entry.index, entry.resource))
         out.resources += 1
-        _keep_or_map(entry, refs, medications, out, file, source_system, compartments)
+        _keep_or_map(entry, refs, medications, out, file, source_system, compartments, links)
+    out.links = [PatientLinks(patient_id=p, references=tuple(targets)) for p, targets in links.items()]
     return out
 
 
@@ -228,12 +232,14 @@ def _keep_or_map(
     file: str,
     source_system: str,
     compartments: Mapping[tuple[str, str | None], str | None],
+    links: dict[str, dict[tuple[str, str], None]],
 ) -> None:
     """Map one valid resource to a record, or keep it whole; note the patient's links to resources outside it."""
     patient = compartments.get((entry.rtype, entry.rid)) if compartments else _compartment(entry, refs)
-    outside = _outside(entry, refs, compartments)
-    if patient is not None and outside:
-        out.links.append(PatientLinks(patient_id=patient, references=outside))
+    if patient is not None:
+        outside = _outside(entry, refs, compartments)
+        if outside:
+            links.setdefault(patient, {}).update(dict.fromkeys(outside))
     where = f"{file}: " + (f"entry {entry.index} " if entry.index is not None else "") + f"({entry.rtype}/{entry.rid})"
     why = ""
     if entry.rtype in MAPPED_TYPES:
@@ -282,7 +288,10 @@ def _outside(
     tells: resources of the bundle that are in none, and resources of other types than Patient not in it."""
     found: dict[tuple[str, str], None] = {}
     for reference in entry.references:
-        target = _resolve(reference.get("reference"), refs)
+        ref = reference.get("reference")
+        target = refs.get(ref) if type(ref) is str else None
+        if target is None:
+            target = _resolve(ref, refs)
         if target is None or target[0] == "Patient":
             continue
         if target in compartments and compartments[target] is not None:

@@ -98,12 +98,14 @@ class _Tables:
         self.resources: frozenset[str] = frozenset(data["resources"])
         self.required: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {}
         self.fast: dict[str, dict[str, tuple[int, bool, str, str]]] = {}
+        self.required_keys: dict[str, tuple[tuple[str, ...], ...]] = {}
         for name, elements in self.elements.items():
             groups: dict[str, list[str]] = {}
             for key, (_, _, choice, required) in elements.items():
                 if required:
                     groups.setdefault(choice or key, []).append(key)
             self.required[name] = tuple((group, tuple(keys)) for group, keys in groups.items())
+            self.required_keys[name] = tuple(tuple(keys) for keys in groups.values())
             self.fast[name] = {
                 key: (_CODES.get(t, _FORMATTED if t in _FORMATS else _COMPLEX), repeats, choice, t)
                 for key, (t, repeats, choice, _) in elements.items()
@@ -257,14 +259,15 @@ class _Walk:
 def _valid(obj: Any, type_name: str, t: _Tables, refs: list[dict[str, Any]], max_string: int, depth: int) -> bool:
     """True when *obj* is a valid *type_name* (the first pass: no paths, no messages; any doubt answers False and the
     second pass, :class:`_Walk`, says where and why). Collects the Reference objects into *refs*."""
-    if type(obj) is not dict or depth > _MAX_DEPTH:
+    if type(obj) is not dict or depth > 64:  # _MAX_DEPTH, inlined: this runs once per JSON object
         return False
     if type_name == "FHIRReference":
         refs.append(obj)
     spec = t.fast[type_name]
+    get = spec.get
     chosen: set[str] | None = None
     for key, value in obj.items():
-        element = spec.get(key)
+        element = get(key)
         if element is None:
             if key == "resourceType" and type_name in t.resources:
                 continue
@@ -277,43 +280,52 @@ def _valid(obj: Any, type_name: str, t: _Tables, refs: list[dict[str, Any]], max
                 return False
             else:
                 chosen.add(choice)
-        items: list[Any] | tuple[Any]
-        if repeats:
-            if type(value) is not list or not value:
-                return False
-            items = value
-        else:
-            items = (value,)
-        for item in items:
+        if not repeats:  # most elements: one value, most of them strings or objects
             if code == _STRING:
-                if type(item) is not str or len(item) > max_string:
+                if type(value) is not str or len(value) > max_string:
                     return False
             elif code == _COMPLEX:
+                if not _valid(value, etype, t, refs, max_string, depth + 1):
+                    return False
+            elif not _valid_item(value, code, etype, t, refs, max_string, depth):
+                return False
+            continue
+        if type(value) is not list or not value:
+            return False
+        if code == _COMPLEX:
+            for item in value:
                 if not _valid(item, etype, t, refs, max_string, depth + 1):
                     return False
-            elif code == _FORMATTED:
-                if type(item) is not str or not _well_formed(item, etype):
+        else:
+            for item in value:
+                if not _valid_item(item, code, etype, t, refs, max_string, depth):
                     return False
-            elif code == _BOOLEAN:
-                if type(item) is not bool:
-                    return False
-            elif code == _INTEGER:
-                if type(item) is not int:
-                    return False
-            elif code == _DECIMAL:
-                if type(item) is not int and type(item) is not float:
-                    return False
-            else:  # a resource (contained, Bundle.entry.resource, Parameters.parameter.resource)
-                rtype = item.get("resourceType") if type(item) is dict else None
-                if rtype not in t.resources or not _valid(item, rtype, t, refs, max_string, depth + 1):
-                    return False
-    for _, keys in t.required[type_name]:
-        if len(keys) == 1:
-            if keys[0] not in obj:
+    required = t.required_keys[type_name]
+    if required:
+        for keys in required:
+            if not any(k in obj for k in keys):
                 return False
-        elif not any(k in obj for k in keys):
-            return False
     return True
+
+
+def _valid_item(
+    item: Any, code: int, etype: str, t: _Tables, refs: list[dict[str, Any]], max_string: int, depth: int
+) -> bool:
+    if code == _STRING:
+        return type(item) is str and len(item) <= max_string
+    if code == _COMPLEX:
+        return _valid(item, etype, t, refs, max_string, depth + 1)
+    if code == _FORMATTED:
+        return type(item) is str and _well_formed(item, etype)
+    if code == _BOOLEAN:
+        return type(item) is bool
+    if code == _INTEGER:
+        return type(item) is int
+    if code == _DECIMAL:
+        return type(item) is int or type(item) is float
+    # a resource (contained, Bundle.entry.resource, Parameters.parameter.resource)
+    rtype = item.get("resourceType") if type(item) is dict else None
+    return rtype in t.resources and _valid(item, rtype, t, refs, max_string, depth + 1)
 
 
 def validate_resource(
@@ -339,6 +351,23 @@ def validate_resource(
 def validate_bundle_shell(bundle: Any, *, max_string: int | None = None) -> list[StructureError]:
     """The R4 structure errors of a Bundle outside its entries' resources (checked one by one with
     :func:`validate_resource`): ``type``, ``entry`` as an array of objects, ``fullUrl`` a string...)."""
+    t, limit = tables(), max_string if max_string is not None else 1 << 62
+    refs: list[dict[str, Any]] = []
+    if type(bundle) is dict:
+        entries = bundle.get("entry")
+        shell = {k: v for k, v in bundle.items() if k != "entry"}
+        if _valid(shell, "Bundle", t, refs, limit, 0) and (
+            entries is None
+            or (
+                type(entries) is list
+                and all(
+                    type(e) is dict and _valid({k: v for k, v in e.items() if k != "resource"}, "BundleEntry", t,
+                                               refs, limit, 1)
+                    for e in entries
+                )
+            )
+        ):  # fmt: skip
+            return []
     walk = _Walk(max_string)
     walk.complex(bundle, "Bundle", "Bundle", 0, skip="entry")
     entries = bundle.get("entry") if isinstance(bundle, dict) else None
