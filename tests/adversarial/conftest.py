@@ -40,7 +40,8 @@ def serving(sink: Any, config: MllpConfig | None = None) -> Iterator[MllpServer]
 
     thread = threading.Thread(target=run, name="test-mllp-server", daemon=True)
     thread.start()
-    assert ready.wait(60) and "server" in held, "the server did not start"
+    assert ready.wait(60), "the server did not start"
+    assert "server" in held, "the server did not start"
     try:
         yield held["server"]
     finally:

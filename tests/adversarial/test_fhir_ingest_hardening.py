@@ -160,8 +160,9 @@ def test_size_limits_are_clear_errors(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
         report = ingest_paths(store, [tmp_path], limits=limits)
         by_name = {Path(f.path).name: f for f in report.files}
-        assert "Patient.name[0].family: a string of 20000 characters, over the limit of 10000" in (
-            by_name["string.json"].errors[0]
+        assert (
+            "Patient.name[0].family: a string of 20000 characters, over the limit of 10000"
+            in (by_name["string.json"].errors[0])
         )
         assert "bytes, over the limit of 300000 for one JSON file" in by_name["big.json"].errors[0]
         assert "line 1: a line of" in by_name["lines.ndjson"].errors[0]

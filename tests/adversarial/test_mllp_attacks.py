@@ -4,6 +4,7 @@ runs them all while a well-behaved client streams."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -73,11 +74,13 @@ def test_one_peer_cannot_take_every_connection(store: Store, mllp: Any) -> None:
         try:
             refused = attacker_socket(server.port)
             refused.settimeout(5)
-            with pytest.raises((ConnectionError, OSError)):  # closed at once: EOF or a reset
+            try:  # closed at once: EOF, or a reset
                 refused.sendall(frame(oru("REFUSED")))
-                if not refused.recv(100):
-                    raise ConnectionResetError("closed by the server")
+                answer = refused.recv(100)
+            except OSError:
+                answer = b""
             refused.close()
+            assert answer == b""
             (ack,) = mllp.exchange(server.port, [oru("FROM-ELSEWHERE")])  # another address still gets in
             assert mllp.msa(ack)[1] == "AA"
         finally:
@@ -197,8 +200,11 @@ def test_attacks_do_not_deny_service_to_a_well_behaved_client(tmp_path: Path, ml
     import psutil
 
     db = f"sqlite:///{tmp_path / 'attacks.db'}"
-    proc = subprocess.Popen([sys.executable, "-c", _SERVER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdin is not None
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdin is not None
     port = int(proc.stdout.readline())
     rss = psutil.Process(proc.pid)
     latencies: list[float] = []
@@ -234,10 +240,8 @@ def test_attacks_do_not_deny_service_to_a_well_behaved_client(tmp_path: Path, ml
         end = time.monotonic() + 8
         while time.monotonic() < end:
             for s in socks:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendall(b"x")
-                except OSError:
-                    pass
             time.sleep(1.0)
         for s in socks:
             s.close()

@@ -21,6 +21,7 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "glucose": ("medtwin.cli.glucose", "Type 1 diabetes twin (UVA/Padova): simulate cohorts, CGM metrics."),
     "dose": ("medtwin.cli.dose", "Precision dosing twin: `medtwin dose CASEFILE`; `medtwin dose models`."),
     "hospital": ("medtwin.cli.hospital", "Hospital operations twin: calibrate, forecast, what-if, report."),
+    "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
 }
 
 

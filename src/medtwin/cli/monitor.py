@@ -36,9 +36,9 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _open_store(db: str | None) -> Any:
-    from medtwin.store import Store
+    from medtwin.cli.records import open_existing
 
-    return Store(db)
+    return open_existing(db)  # these commands read alerts: never a new, empty database
 
 
 def short_id(event_id: str) -> str:

@@ -31,7 +31,7 @@ class IngestSink(Protocol):
         """Store records and their raw message in one durable transaction."""
         ...
 
-    def reject(self, raw: RawMessage, reason: str) -> None:
+    def reject(self, raw: RawMessage, reason: str) -> object:
         """Dead-letter *raw* with *reason*."""
         ...
 

@@ -337,6 +337,13 @@ raw_inbound = Table(
     ),
     Index("ix_raw_inbound_source", "source_system", "source_id"),
     Index("ix_raw_inbound_status_received", "status", "received"),
+    # the entries that refer to one (its duplicates, conflicting resends, retries): `medtwin inbox show` (0006)
+    Index(
+        "ix_raw_inbound_related",
+        "related_raw_id",
+        sqlite_where=text("related_raw_id IS NOT NULL"),
+        postgresql_where=text("related_raw_id IS NOT NULL"),
+    ),
 )
 
 twin_snapshots = Table(

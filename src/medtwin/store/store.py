@@ -436,10 +436,10 @@ class Store:
             for o in outcomes
         ]
 
-    def reject(self, raw: RawMessage, reason: str) -> None:
-        """Log *raw* as rejected, with *reason* (dead letter; kept forever)."""
+    def reject(self, raw: RawMessage, reason: str) -> int:
+        """Log *raw* as rejected, with *reason* (dead letter; kept forever); returns its raw id."""
         with self._transaction() as conn:
-            self._insert_raw(conn, raw, "rejected", reason)
+            return self._insert_raw(conn, raw, "rejected", reason)
 
     def log_raw(self, raw: RawMessage, status: str, reason: str | None = None) -> int | None:
         """Log *raw* with *status* (e.g. ``unmapped``) without records; returns its raw id (None if a resend).
@@ -471,14 +471,36 @@ class Store:
             relation=row.relation,
         )
 
-    def raw_log(self, status: str | None = None, limit: int = 100) -> list[RawLogEntry]:
-        """The newest *limit* raw inbound entries (optionally only those with *status*), newest first."""
+    def raw_log(
+        self, status: str | None = None, limit: int = 100, *, relation: str | None = None, before: int | None = None
+    ) -> list[RawLogEntry]:
+        """The newest *limit* raw inbound entries, newest first: only those with *status* and *relation*
+        (``conflict-of``, ``retry-of``, ``duplicate-of``) when given, and with a raw id below *before* (paging)."""
         t = schema.raw_inbound
         stmt = select(t).order_by(t.c.raw_id.desc()).limit(limit)
         if status is not None:
             stmt = stmt.where(t.c.status == status)
+        if relation is not None:
+            stmt = stmt.where(schema.unindexed(t.c.relation) == relation)
+        if before is not None:
+            stmt = stmt.where(t.c.raw_id < before)
         with self._reading() as conn:
             return [self._raw_entry(r) for r in conn.execute(stmt)]
+
+    def raw_entry(self, raw_id: int) -> RawLogEntry | None:
+        """The raw inbound entry *raw_id*, payload included, or None."""
+        t = schema.raw_inbound
+        with self._reading() as conn:
+            row = conn.execute(select(t).where(t.c.raw_id == raw_id)).first()
+        return None if row is None else self._raw_entry(row)
+
+    def raw_related(self, raw_id: int) -> list[RawLogEntry]:
+        """The entries that refer to entry *raw_id* (its duplicates, conflicting resends and retries), oldest first,
+        without their payloads."""
+        t = schema.raw_inbound
+        stmt = select(*(c for c in t.c if c.name != "payload")).where(t.c.related_raw_id == raw_id)
+        with self._reading() as conn:
+            return [self._raw_entry(r) for r in conn.execute(stmt.order_by(t.c.raw_id))]
 
     def raw_seen(
         self, source_system: str, source_id: str, *, statuses: Sequence[str] = ("accepted",)
@@ -615,6 +637,30 @@ class Store:
                 if body is not None:
                     found[coding.code] = codec.decode(Observation, body)
         return found
+
+    def latest_results(self, patient_id: str, limit: int = 50) -> list[Observation]:
+        """The newest observation of each code of *patient_id* outside the dense vital-sign streams (labs and
+        other results: what ``medtwin patient`` shows under "Results"), newest first, at most *limit* codes.
+
+        Read through the two partial indexes that hold exactly those rows (revisions 0003 and 0005), so a
+        patient with months of 1 Hz vital signs costs no scan of them.
+        """
+        t = schema.observations
+        sparse = select(t.c.body, t.c.effective).where(t.c.patient_id == patient_id, schema.SPARSE_LOINC)
+        other = select(t.c.body, t.c.effective).where(
+            t.c.patient_id == patient_id, schema.NOT_LOINC_PRIMARY, t.c.loinc_code.is_(None)
+        )
+        with self._reading() as conn:
+            rows = [*conn.execute(sparse), *conn.execute(other)]
+        rows.sort(key=lambda r: r[1], reverse=True)
+        found: dict[tuple[str, str], Observation] = {}
+        for body, _ in rows:
+            obs = codec.decode(Observation, body)
+            if obs.status not in _NOT_A_VALUE:
+                found.setdefault((obs.code.system, obs.code.code), obs)
+                if len(found) >= limit:
+                    break
+        return list(found.values())
 
     def encounters(
         self, patient_id: str | None = None, since: datetime | None = None, until: datetime | None = None

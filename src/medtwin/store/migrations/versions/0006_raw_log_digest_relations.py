@@ -6,7 +6,8 @@ Why (issue 13):
   answered "duplicate" and dropped. The store now compares digests: the same content is a duplicate, other content
   a conflicting resend, which the listener keeps (docs/hl7v2.md, "Duplicates and conflicting resends").
 * ``related_raw_id`` + ``relation``: what an entry refers to: the original of a ``duplicate-of`` or
-  ``conflict-of`` resend, the rejected entry a ``retry-of`` re-processed (``medtwin inbox retry``).
+  ``conflict-of`` resend, the rejected entry a ``retry-of`` re-processed (``medtwin inbox retry``); indexed where
+  set, so an entry's history is found without a scan.
 * The unique index on (source system, source id) now covers ``unmapped`` rows as well as ``accepted`` ones (it is
   renamed ``uq_raw_inbound_kept``): an unmapped message type resent three times was stored three times. Older
   repeats of an unmapped key are turned into ``duplicate`` rows (payload kept, related to the first) before the
@@ -31,6 +32,7 @@ depends_on: str | None = None
 
 _KEPT = sa.text("status IN ('accepted', 'unmapped')")
 _ACCEPTED = sa.text("status = 'accepted'")
+_RELATED = sa.text("related_raw_id IS NOT NULL")
 
 
 def upgrade() -> None:
@@ -59,10 +61,18 @@ def upgrade() -> None:
         sqlite_where=_KEPT,
         postgresql_where=_KEPT,
     )
+    op.create_index(
+        "ix_raw_inbound_related",
+        "raw_inbound",
+        ["related_raw_id"],
+        sqlite_where=_RELATED,
+        postgresql_where=_RELATED,
+    )
 
 
 def downgrade() -> None:
     """Back to one accepted row per key (unmapped repeats stay duplicates); drop the new columns."""
+    op.drop_index("ix_raw_inbound_related", table_name="raw_inbound")
     op.drop_index("uq_raw_inbound_kept", table_name="raw_inbound")
     op.create_index(
         "uq_raw_inbound_accepted",
