@@ -543,8 +543,13 @@ def _map_plain_oru(
         return None
     if pid is None:
         return None
-    source_system = source_key(message)
-    control_id = key if key is not None else control_key(message)
+    application, facility = m[2].partition(comp)[0], m[3].partition(comp)[0]
+    source_system = f"{application}@{facility}" if facility else (application or "unknown")
+    if len(source_system) > SOURCE_SYSTEM_CHARS:
+        source_system = bounded_key(source_system, SOURCE_SYSTEM_CHARS)
+    control_id = key if key is not None else m[9].partition(comp)[0]
+    if len(control_id) > SOURCE_ID_CHARS and key is None:
+        control_id = bounded_key(control_id, SOURCE_ID_CHARS)
     msh_time = m[6].partition(comp)[0]
 
     if patient_id_for is pseudonymous_patient_id:
@@ -588,15 +593,17 @@ def _map_plain_oru(
         if len(f) < 19:
             f = f + _NO_FIELDS[: 19 - len(f)]
         set_id = f[1].partition(comp)[0] or str(index)
-        where = f"OBX[{set_id}]" if group < 2 else f"OBR[{group}]/OBX[{set_id}]"
-        suffix = _obx_key(group, set_id, f[4].partition(comp)[0], index, used)
+        suffix = f"OBX-{set_id}-{f[4].partition(comp)[0]}"
+        if suffix in used or group > 1:
+            return None  # a repeated set id, a second OBR group: the general path keys them
+        used.add(suffix)
         status_code = f[11].partition(comp)[0].upper()
         if status_code in ("X", "D"):
-            notes.append(f"{where}: result status {status_code} (no value / deleted); skipped")
+            notes.append(f"OBX[{set_id}]: result status {status_code} (no value / deleted); skipped")
             continue
         raw_value = f[5]
         if not raw_value:
-            notes.append(f"{where}: OBX-5 is empty; skipped")
+            notes.append(f"OBX[{set_id}]: OBX-5 is empty; skipped")
             continue
         concept_key = (comp, f[3])
         concept = _PLAIN_CONCEPTS.get(concept_key, _NOT_CACHED)
@@ -618,17 +625,17 @@ def _map_plain_oru(
             quantity_key = (comp, f[2], f[3], raw_value, f[6])
             quantity = _PLAIN_QUANTITIES.get(quantity_key)
             if quantity is None:
-                quantity = quantity_of(seg, value_type, coding, target, where)
+                quantity = quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
+                if not codes.is_ucum(quantity.unit):
+                    return None  # the general path notes the unit
                 if sum(map(len, quantity_key)) <= _CACHED_CHARS:
                     _remember(_PLAIN_QUANTITIES, quantity_key, quantity)
-            if not codes.is_ucum(quantity.unit):
-                notes.append(f"{where}: OBX-6 unit {quantity.unit[:40]!r} is not UCUM; kept as written")
             value = quantity
         elif value_type in ("CWE", "CE", "CNE", "CF"):
             coded_key = (comp, raw_value)
             coded = _PLAIN_CODED_VALUES.get(coded_key)
             if coded is None:
-                coded = coding_of(seg.components(5), f"{where}^5")
+                coded = coding_of(seg.components(5), f"OBX[{set_id}]^5")
                 if len(raw_value) <= _CACHED_CHARS:
                     _remember(_PLAIN_CODED_VALUES, coded_key, coded)
             value = coded
@@ -637,7 +644,7 @@ def _map_plain_oru(
         when_raw = f[14].partition(comp)[0] or obr_time or msh_time
         when = times.get(when_raw)
         if when is None:  # the OBXs of a message usually share one time: parse it and format its id prefix once
-            effective = parse_hl7_datetime(when_raw, assume_tz=assume_tz, where=f"{where}^14")
+            effective = parse_hl7_datetime(when_raw, assume_tz=assume_tz, where=f"OBX[{set_id}]^14")
             when = times[when_raw] = (effective, f"{max(0, int(effective.timestamp() * 1000)):012x}")
         obx_hash = id_hash.copy()
         obx_hash.update(suffix.encode())
