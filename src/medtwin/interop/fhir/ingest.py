@@ -197,20 +197,22 @@ class _Pending:
     raw: RawMessage
 
 
-def _refused_file(path: Path, report: FileReport, source_system: str, reason: str, data: bytes) -> _Pending:
-    """A file logged as rejected with *reason* (its first 4 KiB when it was refused for its size)."""
-    report.errors.append(reason)
-    report.status = "rejected"
-    raw = RawMessage(
+def _file_raw(data: bytes, source_system: str) -> RawMessage:
+    """The raw-log entry of a JSON file's bytes, keyed by their SHA-256."""
+    return RawMessage(
         source_system=source_system,
         source_id=f"sha256:{hashlib.sha256(data).hexdigest()}",
         payload=data,
         content_type=FHIR_JSON,
         received=_now(),
-        status="rejected",
-        reason=reason,
     )
-    return _Pending(report, [], raw)
+
+
+def _refused_file(path: Path, report: FileReport, source_system: str, reason: str, data: bytes) -> _Pending:
+    """A file logged as rejected with *reason* (its first 4 KiB when it was refused for its size)."""
+    report.errors.append(reason)
+    report.status = "rejected"
+    return _Pending(report, [], _with(_file_raw(data, source_system), status="rejected", reason=reason))
 
 
 def _prepare_json(store: Store, path: Path, report: FileReport, source_system: str, limits: FhirLimits) -> _Pending:
@@ -225,13 +227,7 @@ def _prepare_json(store: Store, path: Path, report: FileReport, source_system: s
         )
         return _refused_file(path, report, source_system, reason, sample)
     data = path.read_bytes()
-    raw = RawMessage(
-        source_system=source_system,
-        source_id=f"sha256:{hashlib.sha256(data).hexdigest()}",
-        payload=data,
-        content_type=FHIR_JSON,
-        received=_now(),
-    )
+    raw = _file_raw(data, source_system)
     seen = store.raw_seen(raw.source_system, raw.source_id, statuses=("accepted", "unmapped"))
     if seen is not None:
         report.status = "duplicate"
