@@ -203,6 +203,7 @@ class _Connection(asyncio.Protocol):
         then, self._after_busy = self._after_busy, None
         if then is not None:
             self.busy_or_drain_then(then)
+            self.flush()  # a closing connection closes once nothing is owed
         elif not self.lost and not self.closing:
             self.drain()
             self._resume_if_room()
