@@ -136,11 +136,14 @@ class _Connection(asyncio.Protocol):
 
     def _frame_deadline(self, since: float) -> None:
         self._frame_timer = None
-        if self.lost or self.partial_since != since or self.busy:
-            if not self.lost and self.partial_since is not None and self.partial_since != since:
-                wait = self.partial_since + self.server.config.frame_timeout_s - self.server._loop_time()
-                loop = asyncio.get_running_loop()
-                self._frame_timer = loop.call_later(max(0.05, wait), self._frame_deadline, self.partial_since)
+        if self.lost or self.partial_since is None:
+            return
+        if self.partial_since != since or self.busy:  # another frame since, or one is being read: look again later
+            wait = (
+                0.5 if self.busy else self.partial_since + self.server.config.frame_timeout_s - self.server._loop_time()
+            )
+            loop = asyncio.get_running_loop()
+            self._frame_timer = loop.call_later(max(0.05, wait), self._frame_deadline, self.partial_since)
             return
         self.server.stats.timeouts += 1
         self._give_up_partial(f"frame not completed within {self.server.config.frame_timeout_s:g} s")
