@@ -66,7 +66,7 @@ def test_fhir_doc_examples_run(
     run_doc(doc)
     printed = capsys.readouterr().out.splitlines()
     ok, inserted, unmapped = printed[0].split(" ", 2)
-    assert (ok, inserted) == ("True", "49")  # Liz Conn's 46 records + the example patient + 2 observations
+    assert (ok, inserted) == ("True", "76")  # Liz Conn's 46 records and 27 kept resources + the patient + 2 obs
     assert sum(ast.literal_eval(unmapped).values()) == 27
     assert printed[1] == "1 {} []"
     assert printed[2] == "p1 8867-4 Quantity(value=72.0, unit='/min')"

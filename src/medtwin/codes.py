@@ -67,6 +67,7 @@ __all__ = [
     "SNOMED",
     "SYSTOLIC_BP",
     "UCUM",
+    "UNIT_SYNONYMS",
     "VANCOMYCIN_SERUM",
     "VANCOMYCIN_TROUGH",
     "VITAL_SIGNS",
@@ -74,8 +75,10 @@ __all__ = [
     "conversion_factor",
     "convert",
     "is_compatible",
+    "is_ucum",
     "loinc",
     "normalise_to_loinc",
+    "to_ucum",
 ]
 
 LOINC = "http://loinc.org"
@@ -395,6 +398,53 @@ def _parse(unit: str) -> _Unit:
         scale, _ = _TEMPERATURES[text]
         return _Unit(scale, _dim(K=1))
     return _term(text, unit)
+
+
+_UCUM_MAX_CHARS = 64
+# Common spellings of units that are not UCUM, as feeds send them in HL7 v2 OBX-6, and the UCUM code they mean.
+# Only unambiguous ones: "C" (coulomb in UCUM) or "deg" are not guessed.
+UNIT_SYNONYMS: dict[str, str] = {
+    "bpm": "/min",
+    "beats/min": "/min",
+    "breaths/min": "/min",
+    "/min.": "/min",
+    "mmhg": "mm[Hg]",
+    "mm hg": "mm[Hg]",
+    "degc": "Cel",
+    "deg c": "Cel",
+    "\u00b0c": "Cel",
+    "degf": "[degF]",
+    "deg f": "[degF]",
+    "\u00b0f": "[degF]",
+    "percent": "%",
+    "tera.l-1": "10*12/L",
+    "giga.l-1": "10*9/L",
+    "x10e9/l": "10*9/L",
+    "x10e12/l": "10*12/L",
+    "10^9/l": "10*9/L",
+    "10^12/l": "10*12/L",
+}
+
+
+def is_ucum(unit: str) -> bool:
+    """True when *unit* is a UCUM code medtwin's parser reads (the subset of UCUM this module implements; a valid
+    UCUM code outside it reads False, so the answer errs on the side of "not known to be UCUM")."""
+    if not isinstance(unit, str) or len(unit) > _UCUM_MAX_CHARS:
+        return False
+    try:
+        _parse(unit)
+    except UnitError:
+        return False
+    return True
+
+
+def to_ucum(unit: str) -> str | None:
+    """The UCUM code for a unit as written: itself when it is UCUM (:func:`is_ucum`), the UCUM code of a common
+    non-UCUM spelling (:data:`UNIT_SYNONYMS`, case-insensitive: ``bpm`` -> ``/min``, ``tera.l-1`` ->
+    ``10*12/L``), else None (not UCUM: keep the text, and do not label it UCUM)."""
+    if is_ucum(unit):
+        return unit
+    return UNIT_SYNONYMS.get(unit.strip().lower()) if isinstance(unit, str) else None
 
 
 def is_compatible(from_unit: str, to_unit: str) -> bool:

@@ -1,5 +1,10 @@
 """Process settings for medtwin's long-running services: the MLLP listener and the twin runtime's worker.
 
+A service's child process (the twin worker, more listener processes) must not outlive its parent:
+:func:`exit_with_parent` watches the parent from a thread, asks the child to stop when the parent is gone, and ends
+it after a grace period whatever it is doing. (Until issue 13 a child blocked on a lock held by its killed parent
+waited forever, orphaned; the lock is now released by the kernel, and this is the second line of defence.)
+
 Python's cyclic garbage collector walks every container object that is old enough, and in a service most of
 them were made at start-up and never die (modules, SQLAlchemy's metadata, compiled statements, caches). With
 the default thresholds (700, 10, 10) the listener of ``bench/stream.py`` at its maximum rate spent 1.3 s of its
@@ -16,8 +21,18 @@ object is never collected, so a library or test process must not call it.
 from __future__ import annotations
 
 import gc
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
 
-__all__ = ["SERVICE_GC_THRESHOLDS", "prepare_service_heap"]
+__all__ = ["PARENT_GRACE_S", "SERVICE_GC_THRESHOLDS", "exit_with_parent", "prepare_service_heap"]
+
+log = logging.getLogger(__name__)
+
+PARENT_GRACE_S = 10.0
+"""Seconds a child has, after its parent died, to stop on its own before it is ended (``os._exit``)."""
 
 SERVICE_GC_THRESHOLDS = (10_000, 20, 100)
 """Young generation collected after 10,000 net new containers (about 1-2 ms each time), the middle after 20 of
@@ -32,3 +47,30 @@ def prepare_service_heap(thresholds: tuple[int, int, int] = SERVICE_GC_THRESHOLD
     gc.collect()
     gc.freeze()
     gc.set_threshold(*thresholds)
+
+
+def exit_with_parent(
+    on_parent_death: Callable[[], None], *, grace_s: float = PARENT_GRACE_S, poll_s: float = 0.2
+) -> threading.Thread | None:
+    """In a child process started by :mod:`multiprocessing`: when the parent dies, call *on_parent_death* (ask the
+    child's work to stop), and end the process after *grace_s* if it has not ended by itself.
+
+    Returns the watching thread (a daemon), or None in a process that has no multiprocessing parent.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return None
+
+    def watch() -> None:
+        while parent.is_alive():
+            parent.join(poll_s)  # waits on the parent's sentinel
+        log.error("parent process %s is gone; stopping (ending in %.0f s at the latest)", parent.pid, grace_s)
+        try:
+            on_parent_death()
+        finally:
+            threading.Event().wait(grace_s)
+            os._exit(70)  # EX_SOFTWARE: the parent died; nothing may outlive it
+
+    thread = threading.Thread(target=watch, name="medtwin-parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -16,7 +16,8 @@ from medtwin.store import Store
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
 LIZ = FIXTURES / "synthea_liz_conn.json"
 LIZ_RECORDS = 46  # Patient 1 + Observation 36 + Encounter 7 + Condition 1 + MedicationRequest 1
-LIZ_UNMAPPED = 27
+LIZ_UNMAPPED = 27  # not mapped to records, kept whole as FHIR resources (Claim 8, ExplanationOfBenefit 7, ...)
+LIZ_STORED = LIZ_RECORDS + LIZ_UNMAPPED
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def _liz() -> dict[str, Any]:
 
 def test_bundle_ingest_is_idempotent_and_logged(store: Store) -> None:
     first = ingest_file(store, LIZ)
-    assert (first.status, first.inserted, first.duplicates, first.resources) == ("ok", LIZ_RECORDS, 0, 73)
+    assert (first.status, first.inserted, first.duplicates, first.resources) == ("ok", LIZ_STORED, 0, 73)
     assert sum(first.unmapped.values()) == LIZ_UNMAPPED
     counts = store.counts()
     second = ingest_file(store, LIZ)
@@ -41,7 +42,7 @@ def test_bundle_ingest_is_idempotent_and_logged(store: Store) -> None:
     accepted = store.raw_log(status="accepted")
     assert len(accepted) == 1
     assert accepted[0].payload == LIZ.read_bytes()
-    assert accepted[0].record_count == LIZ_RECORDS
+    assert accepted[0].record_count == LIZ_STORED
     assert accepted[0].reason is not None
     assert "Claim=8" in accepted[0].reason
     assert "ExplanationOfBenefit=7" in accepted[0].reason
@@ -55,7 +56,7 @@ def test_same_resources_in_another_file_are_not_stored_twice(store: Store, tmp_p
     data["id"] = "a-different-bundle"
     other.write_text(json.dumps(data))
     report = ingest_file(store, other)
-    assert (report.status, report.inserted, report.duplicates) == ("ok", 0, LIZ_RECORDS)
+    assert (report.status, report.inserted, report.duplicates) == ("ok", 0, LIZ_STORED)
     assert store.counts()["observations"] == 36
 
 
@@ -63,7 +64,7 @@ def test_bad_bundle_writes_nothing_and_other_files_continue(store: Store, tmp_pa
     data = _liz()
     bad = copy.deepcopy(data)
     idx = next(i for i, e in enumerate(bad["entry"]) if e["resource"]["resourceType"] == "Condition")
-    del bad["entry"][idx]["resource"]["code"]
+    bad["entry"][idx]["resource"]["code"] = "diabetes"  # not R4: a CodeableConcept is an object
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a_bad.json").write_text(json.dumps(bad))
@@ -74,40 +75,40 @@ def test_bad_bundle_writes_nothing_and_other_files_continue(store: Store, tmp_pa
     assert not report.ok
     cond_id = bad["entry"][idx]["resource"]["id"]
     assert report.files[0].errors == [
-        f"{folder / 'a_bad.json'}: entry {idx} (Condition/{cond_id}): Condition.code: missing required element"
+        f"{folder / 'a_bad.json'}: entry {idx} (Condition/{cond_id}): Condition.code: expected an object "
+        "(CodeableConcept), got a string"
     ]
     assert report.files[1].errors[0].startswith(f"{folder / 'b_not_json.json'}: invalid JSON")
-    assert report.files[2].inserted == LIZ_RECORDS  # nothing of the bad copy had been stored
+    assert report.files[2].inserted == LIZ_STORED  # nothing of the bad copy had been stored
     rejected = store.raw_log(status="rejected")
     assert len(rejected) == 2
     assert {r.reason for r in rejected} == {report.files[0].errors[0], report.files[1].errors[0]}
     totals = report.as_dict()["totals"]
-    assert (totals["files"], totals["rejected_files"], totals["inserted"]) == (3, 2, LIZ_RECORDS)
+    assert (totals["files"], totals["rejected_files"], totals["inserted"]) == (3, 2, LIZ_STORED)
 
 
 def test_single_resources_and_unmapped_files(store: Store) -> None:
     ok = ingest_file(store, FIXTURES / "observation-example-bloodpressure.json")
     assert (ok.status, ok.inserted) == ("ok", 1)
-    unmapped = ingest_file(store, FIXTURES / "auditevent-example.json")
-    assert (unmapped.status, dict(unmapped.unmapped)) == ("unmapped", {"AuditEvent": 1})
-    logged = store.raw_log(status="unmapped")
-    assert len(logged) == 1
+    kept = ingest_file(store, FIXTURES / "auditevent-example.json")  # a type medtwin does not map: kept whole
+    assert (kept.status, kept.inserted, dict(kept.unmapped)) == ("ok", 1, {"AuditEvent": 1})
+    logged = store.raw_log(status="accepted")
+    assert len(logged) == 2
     assert logged[0].payload == (FIXTURES / "auditevent-example.json").read_bytes()
 
 
 def test_reingesting_an_unmapped_file_is_a_duplicate(store: Store) -> None:
-    """Synthea's hospitalInformation/practitionerInformation files hold only unmapped resources: a second load
-    must not store another copy of their bytes (idempotent raw log)."""
+    """Synthea's hospitalInformation/practitionerInformation files hold only unmapped resources (kept whole): a
+    second load must not store another copy of their bytes (idempotent raw log)."""
     path = FIXTURES / "auditevent-example.json"
-    assert ingest_file(store, path).status == "unmapped"
+    assert ingest_file(store, path).status == "ok"
     again = ingest_file(store, path)
     assert (again.status, again.ok, sum(again.unmapped.values())) == ("duplicate", True, 0)
-    assert len(store.raw_log(status="unmapped")) == 1
+    assert len(store.raw_log(status="accepted")) == 1
     duplicate = store.raw_log(status="duplicate")
     assert len(duplicate) == 1
     assert duplicate[0].payload == b""
-    assert store.raw_seen(duplicate[0].source_system, duplicate[0].source_id) is None  # never *accepted*
-    assert store.raw_seen(duplicate[0].source_system, duplicate[0].source_id, statuses=("unmapped",)) is not None
+    assert store.raw_seen(duplicate[0].source_system, duplicate[0].source_id) is not None
 
 
 def _ndjson_lines() -> list[str]:
@@ -132,7 +133,7 @@ def test_ndjson_streams_in_chunks_and_rejects_bad_lines_alone(store: Store, tmp_
     assert report.status == "partial"
     assert report.errors[0].startswith(f"{path}: line 11: invalid JSON")
     assert len(report.errors) == 1
-    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_RECORDS, LIZ_UNMAPPED)
+    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_STORED, LIZ_UNMAPPED)
     assert len(store.raw_log(status="accepted")) == 4  # 74 lines in chunks of 20
     assert len(store.raw_log(status="rejected")) == 1
     again = ingest_file(store, path, chunk_lines=20)
@@ -211,12 +212,12 @@ def test_ndjson_line_holding_a_bundle_is_expanded_with_its_transaction_semantics
     path.write_text("\n".join(json.dumps(x) for x in (good, bad, heart_rate)) + "\n")
     report = ingest_file(store, path)
     assert "Bundle" not in report.unmapped
-    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_RECORDS + 1, LIZ_UNMAPPED)
+    assert (report.inserted, sum(report.unmapped.values())) == (LIZ_STORED + 1, LIZ_UNMAPPED)
     assert report.resources == len(good["entry"]) + 1 + 1  # the bad line counts once, as a rejected line
     assert report.status == "partial"
     assert report.errors == [
         f"{path}: line 2: entry {idx} (Observation/x-{obs_id}): Observation.effectiveDateTime: "
-        "'2019-02-30T10:00:00Z' is not a valid date/time (day is out of range for month)"
+        "'2019-02-30T10:00:00Z' is not an R4 dateTime"
     ]
     assert store.counts()["patients"] == 1  # nothing of the bad line's bundle was written
     assert store.counts()["observations"] == 36 + 1

@@ -127,9 +127,14 @@ def test_unknown_segments_are_reported() -> None:
     assert hl7v2.map_message(hl7v2.parse_message(text)).unknown_segments == ("ZXT",)
 
 
-def test_stress_oru_with_unitless_heart_rate_is_refused_with_reason() -> None:
-    with pytest.raises(Hl7MappingError, match=r"OBX-6 unit is empty but 8867-4 needs one"):
-        hl7v2.map_message(one("msfhirconv_ORU-R01-01.hl7"))
+def test_stress_oru_with_unitless_heart_rate_refuses_that_result_only() -> None:
+    """A published public-health ORU^R01 whose heart-rate OBX has an empty OBX-6: that result is refused with its
+    reason and location, every other result is mapped (until issue 13 the whole message was refused)."""
+    mapped = hl7v2.map_message(one("msfhirconv_ORU-R01-01.hl7"))
+    assert [(str(e), e.error_code, e.location) for e in mapped.refused] == [
+        ("OBX[2]: OBX-6 unit is empty but 8867-4 needs one (expected '/min')", "101", "OBX[2]^6")
+    ]
+    assert len(mapped.observations) == 3
 
 
 def test_fahrenheit_is_converted_and_bad_units_refused() -> None:
@@ -138,12 +143,12 @@ def test_fahrenheit_is_converted_and_bad_units_refused() -> None:
     temp = by_code(hl7v2.map_message(hl7v2.parse_message(f)).observations)["8310-5"]
     assert isinstance(temp.value, Quantity)
     assert temp.value.value == pytest.approx(38.0)
-    bad = base.replace("|88|/min^per minute^UCUM|", "|88|mm[Hg]^^UCUM|")
-    with pytest.raises(Hl7MappingError, match="OBX\\[1\\]"):
-        hl7v2.map_message(hl7v2.parse_message(bad))
-    nan = base.replace("|88|/min^", "|abc|/min^")
-    with pytest.raises(Hl7MappingError, match="not a number"):
-        hl7v2.map_message(hl7v2.parse_message(nan))
+    bad = hl7v2.map_message(hl7v2.parse_message(base.replace("|88|/min^per minute^UCUM|", "|88|mm[Hg]^^UCUM|")))
+    assert [e.location for e in bad.refused] == ["OBX[1]^6"]
+    assert "8867-4" not in by_code(bad.observations)  # the heart rate is refused, the other vitals are kept
+    assert len(bad.observations) == len(hl7v2.map_message(hl7v2.parse_message(base)).observations) - 1
+    nan = hl7v2.map_message(hl7v2.parse_message(base.replace("|88|/min^", "|abc|/min^")))
+    assert "not a number" in str(nan.refused[0])
 
 
 def test_escape_sequences() -> None:

@@ -149,7 +149,6 @@ def test_ack_after_store_and_duplicates_stored_once() -> None:
         (b"\x00\x01\x02", "AR", "100", "MSH"),
         (oru("E-1").replace(b"|ORU^R01^ORU_R01|", b"||"), "AR", "101", "MSH-9"),
         (oru("E-2").replace(b"Testpatient", b"Test\xff\xfe"), "AR", "102", "not valid utf-8"),
-        (oru("E-3").replace(b"|88|264864^", b"|fast|264864^"), "AE", "102", "not a number"),
         (oru("E-4").replace(b"PID|||MRN-4711^^^DT_HOSP^MR|", b"PID||||"), "AE", "101", "PID-3"),
     ],
 )
@@ -170,6 +169,29 @@ def test_bad_input_gets_negative_ack_and_dead_letter(payload: bytes, code: str, 
     assert dead[0].payload == payload
     assert server.stats.rejected == 1
     assert server.stats.accepted == 1
+
+
+def test_a_result_that_cannot_be_used_costs_only_itself() -> None:
+    """One OBX with a value that is not a number: the other five results and the patient are stored, the message is
+    kept whole in the raw log (accepted, the refusal in its reason), and the ACK is AE with an ERR naming the OBX."""
+    sink = MemorySink()
+
+    async def body(server: MllpServer) -> None:
+        async with await connect(server) as c:
+            ack = await c.send(oru("E-3").replace(b"|88|264864^", b"|fast|264864^"))
+            assert msa(ack)[1:4] == ["AE", "E-3", "stored 5 result(s); 1 refused (see ERR)"]
+            assert err(ack)[2:4] == ["OBX[1]^5", "102^Data type error^HL70357"]
+            assert "not a number" in err(ack)[8]
+            again = await c.send(oru("E-3").replace(b"|88|264864^", b"|fast|264864^"))
+            assert msa(again)[1] == "AA"  # the same message again: a duplicate of what is stored
+
+    server = serve(sink, body)
+    assert not sink.entries("rejected")
+    ((raw, _, reason),) = sink.entries("accepted")
+    assert raw.source_id == "E-3"
+    assert "refused OBX[1]^5" in (reason or "")
+    assert sum(isinstance(r, Observation) for r in sink.records) == 5
+    assert (server.stats.accepted, server.stats.refused_results, server.stats.duplicates) == (1, 1, 1)
 
 
 def test_bad_encoding_nak_references_the_control_id() -> None:

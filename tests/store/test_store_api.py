@@ -10,6 +10,8 @@ def test_store_public_api() -> None:
     assert sorted(store.__all__) == [
         "AcceptedMessage",
         "EventNotFoundError",
+        "FhirResource",
+        "PatientLinks",
         "RawLogEntry",
         "RawMessage",
         "SharedWriteLock",
@@ -19,6 +21,7 @@ def test_store_public_api() -> None:
         "accepted_after",
         "last_raw_id",
         "load_cursor",
+        "raw_digest",
         "resolve_database_url",
         "save_cursor",
     ]
@@ -29,6 +32,7 @@ def test_store_public_api() -> None:
 def test_fhir_public_api() -> None:
     assert sorted(fhir.__all__) == [
         "FhirInputError",
+        "FhirLimits",
         "FileReport",
         "IngestReport",
         "MAPPED_TYPES",

@@ -42,7 +42,10 @@ def test_bad_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("sqlite:////nonexistent-dir/sub/x.db", r"cannot open database sqlite:////nonexistent-dir/sub/x.db: .*unable"),
+        (
+            "sqlite:////nonexistent-dir/sub/x.db",
+            r"cannot create database sqlite:////nonexistent-dir/sub/x.db: its folder",
+        ),
         ("not a url", r"cannot open database 'not a url': not a database URL"),
         ("postgres://u:secret@127.0.0.1:1/x", r"cannot open database postgres://u:\*\*\*@127.0.0.1:1/x: "),
         ("postgresql+psycopg://u:secret@127.0.0.1:1/x", r"cannot open database postgresql\+psycopg://u:\*\*\*@"),

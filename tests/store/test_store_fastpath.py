@@ -8,6 +8,7 @@ for duplicates; and the same rows from every code query as the predicate used be
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -147,6 +148,7 @@ def _core_write(store: Store, items: Sequence[tuple[Sequence[Record], RawMessage
                         "reason": raw.reason,
                         "record_count": len(records),
                         "payload": raw.payload_bytes,
+                        "digest": hashlib.sha256(raw.payload_bytes).hexdigest(),
                     },
                 )
             for kind, table, _, row_of in TABLES:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -156,41 +159,57 @@ def test_in_memory_store_ignores_the_checkpoint_interval() -> None:
         assert len(store.observations("p0")) == 1
 
 
-def test_a_waiting_writer_goes_before_the_yielding_one() -> None:
-    """While the lock is held, an announced waiter (the worker's view) and the busy writer's yielding view both
-    wait; on release the announced waiter gets it first, whatever the threads' timing."""
-    lock = SharedWriteLock(max_yield_s=30.0)
-    busy = lock.yielding()
-    order: list[str] = []
-    lock.acquire()
-
-    def take(view: SharedWriteLock, name: str) -> None:
-        view.acquire()
-        order.append(name)
+def _take_and_note(lock: SharedWriteLock, name: str, notes: str) -> None:
+    with lock:
+        with open(notes, "a") as fh:
+            fh.write(name + "\n")
         time.sleep(0.05)
-        view.release()
 
-    waiter = threading.Thread(target=take, args=(lock, "worker"))
+
+def _wait_for_the_lock_file(path: str, held: Any) -> None:
+    """Hold the lock from another process and die holding it (SIGKILL: no chance to let go)."""
+    lock = SharedWriteLock(path)
+    lock.acquire()
+    held.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method to run a test function in a child")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_waiting_process_goes_before_the_yielding_writer(tmp_path: Path) -> None:
+    """While the lock is held, an announced waiter in another process (the worker's view) and the busy writer's
+    yielding view both wait; on release the waiting process gets it first, whatever the timing."""
+    lock = SharedWriteLock(str(tmp_path / "w.lock"), max_yield_s=30.0)
+    busy = lock.yielding()
+    notes = str(tmp_path / "order.txt")
+    lock.acquire()
+    ctx = multiprocessing.get_context("fork")
+    waiter = ctx.Process(target=_take_and_note, args=(lock, "worker", notes))
     waiter.start()
-    _until(lambda: lock._waiting.value == 1)
-    listener = threading.Thread(target=take, args=(busy, "listener"))
-    listener.start()
-    time.sleep(0.05)
-    assert order == []
-    lock.release()
-    waiter.join(10)
-    listener.join(10)
-    assert order == ["worker", "listener"]
+    try:
+        _until(lambda: busy._someone_waits(busy._state()))
+        listener = threading.Thread(target=_take_and_note, args=(busy, "listener", notes))
+        listener.start()
+        time.sleep(0.05)
+        assert not Path(notes).exists()
+        lock.release()
+        listener.join(30)
+    finally:
+        waiter.join(30)
+    assert Path(notes).read_text().split() == ["worker", "listener"]
 
 
-def test_yielding_writer_does_not_wait_forever_for_a_waiter() -> None:
-    lock = SharedWriteLock(max_yield_s=0.05)
-    with lock._waiting.get_lock():
-        lock._waiting.value += 1  # a waiter that never takes the lock (e.g. killed while waiting)
-    started = time.monotonic()
-    with lock.yielding():
-        pass
-    assert time.monotonic() - started < 5
+def test_yielding_writer_does_not_wait_forever_for_a_waiter(tmp_path: Path) -> None:
+    lock = SharedWriteLock(str(tmp_path / "w.lock"), max_yield_s=0.05)
+    never = os.open(lock.path + "-wait", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(never, fcntl.LOCK_SH)  # a waiter that never takes the lock
+    try:
+        started = time.monotonic()
+        with lock.yielding():
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(never)
 
 
 def _hold_in_child(lock: SharedWriteLock, held: Any, release: Any) -> None:
@@ -201,23 +220,41 @@ def _hold_in_child(lock: SharedWriteLock, held: Any, release: Any) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method to run a test function in a child")
 @pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
-def test_lock_is_shared_with_a_child_process() -> None:
+def test_lock_is_shared_with_a_child_process(tmp_path: Path) -> None:
     """(The spawn start method, as the twin worker uses it, is covered by tests/twin/test_twin_worker.py.)"""
     ctx = multiprocessing.get_context("fork")
-    lock = SharedWriteLock(ctx)
+    lock = SharedWriteLock(str(tmp_path / "w.lock"))
     held, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold_in_child, args=(lock, held, release))
     child.start()
     try:
         assert held.wait(60)
-        assert not lock._lock.acquire(timeout=0.1)  # the child holds it
+        assert not lock.acquire(timeout=0.1)  # the child holds it
         release.set()
-        assert lock._lock.acquire(timeout=30)
+        assert lock.acquire(timeout=30)
         lock.release()
     finally:
         release.set()
         child.join(30)
     assert child.exitcode == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses the fork start method to run a test function in a child")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
+    """kill -9 of the process holding the write lock (the listener, mid-commit) must not leave the others blocked
+    forever: the kernel drops the dead process's flock. (Until issue 13 the lock was a semaphore: acquire timed out.)"""
+    ctx = multiprocessing.get_context("fork")
+    path = str(tmp_path / "w.lock")
+    held = ctx.Event()
+    child = ctx.Process(target=_wait_for_the_lock_file, args=(path, held))
+    child.start()
+    assert held.wait(60)
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    lock = SharedWriteLock(path)
+    assert lock.acquire(timeout=10)
+    lock.release()
 
 
 def test_a_store_of_derived_data_can_skip_the_sync_and_leave_checkpoints_to_the_listener(tmp_path: Path) -> None:

@@ -131,13 +131,9 @@ class AlertPrinter:
 
 
 def _open_store(db: str | None) -> Any:
-    from medtwin.store import Store
+    from medtwin.cli.records import open_existing
 
-    try:
-        return Store(db)
-    except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    return open_existing(db)  # these commands read alerts: never a new, empty database
 
 
 def list_alerts(

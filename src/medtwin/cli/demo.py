@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
                     None,
                     console,
                     max_connections=max(64, patients + 8),
+                    max_connections_per_peer=max(64, patients + 8),  # every virtual monitor is on this host
                     quiet=False,
                     stop=stop,
                     on_ready=ready.set_result,

@@ -50,6 +50,7 @@ async def listen_for(
     processes: int = 1,
     tls_files: tuple[str | None, str | None] = (None, None),
     pseudonymous: bool = False,
+    max_connections_per_peer: int | None = None,
 ) -> dict[str, Any]:
     """Run the MLLP listener and the twin runtime until *stop* is set or *seconds* pass; returns the counts.
 
@@ -73,7 +74,12 @@ async def listen_for(
     # listeners and worker take turns fairly on one write lock; this process checkpoints for all of them
     store, write_lock = listener_store(db, shared_lock=runtime_mode == "process" or processes > 1)
     config = MllpConfig(
-        host=host, port=port, max_connections=max_connections, ssl_context=ssl_context, reuse_port=processes > 1
+        host=host,
+        port=port,
+        max_connections=max_connections,
+        max_connections_per_peer=max_connections_per_peer,
+        ssl_context=ssl_context,
+        reuse_port=processes > 1,
     )
     pool: ListenerPool | None = None
     if processes > 1:  # refused (PostgreSQL, in-memory) before anything is started
@@ -179,6 +185,9 @@ def register(app: typer.Typer) -> None:
         ),
         minutes: float | None = typer.Option(None, help="Stop after this many minutes (default: until Ctrl-C)."),
         max_connections: int = typer.Option(64, help="Concurrent connections accepted."),
+        max_connections_per_peer: int | None = typer.Option(
+            None, min=1, help="Concurrent connections from one address (default: half of --max-connections)."
+        ),
         tls_cert: str | None = typer.Option(None, help="PEM certificate chain: serve MLLP over TLS."),
         tls_key: str | None = typer.Option(None, help="PEM private key of --tls-cert."),
         quiet: bool = typer.Option(False, help="Do not print alerts as they fire."),
@@ -207,6 +216,7 @@ def register(app: typer.Typer) -> None:
                     None if minutes is None else minutes * 60,
                     console,
                     max_connections=max_connections,
+                    max_connections_per_peer=max_connections_per_peer,
                     quiet=quiet,
                     freshness_minutes=freshness_minutes,
                     runtime_mode=runtime,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -15,15 +17,28 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from medtwin import codes
 from medtwin.cli.console import make_console
 from medtwin.errors import MedtwinError
-from medtwin.interop.fhir import FileReport, IngestReport, fhir_files, ingest_paths, patient_bundle
+from medtwin.interop.fhir import FhirLimits, FileReport, IngestReport, fhir_files, ingest_paths, patient_bundle
 from medtwin.records import Observation, ObservationValue, Patient, Quantity
 from medtwin.store import Store
+from medtwin.store.engine import reason
 
-__all__ = ["DEMO_DIR", "register", "run_ingest_demo", "sample_bundles"]
+__all__ = [
+    "DEMO_DIR",
+    "DbOption",
+    "JsonOption",
+    "fail",
+    "open_existing",
+    "print_json",
+    "register",
+    "run_ingest_demo",
+    "sample_bundles",
+    "store_errors",
+]
 
 DEMO_DIR = Path(".medtwin-demo")
 
@@ -54,23 +69,38 @@ _LATEST = (
 )
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
+    """Write *data* to stdout as indented JSON (what ``--json`` prints)."""
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 _SHOWN_MATCHES = 5  # ids listed when a prefix is ambiguous
+_MAX_ID_CHARS = 200  # the store's id columns
 
 
-def _fail(console: Console, message: str) -> typer.Exit:
+def fail(console: Console, message: str) -> typer.Exit:
+    """Print *message* as an error on *console*; the exit (status 1) to raise."""
     console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
-def _open(db: str | None) -> Store:
+def open_existing(db: str | None, console: Console | None = None) -> Store:
+    """The store at *db* for a command that reads (or changes what is there): it must exist; a mistyped path is a
+    clear error, never a new empty database."""
     try:
-        return Store(db)
+        return Store(db, create=False)
     except MedtwinError as exc:
-        raise _fail(make_console(stderr=True), str(exc)) from None
+        raise fail(console or make_console(stderr=True), str(exc)) from None
+
+
+@contextmanager
+def store_errors(console: Console) -> Iterator[None]:
+    """Turn a database error inside the block (a read-only file, a disk that is full, a locked database) into a
+    clear message and exit status 1 instead of a traceback."""
+    try:
+        yield
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # the store's fast write path runs on the driver directly
+        raise fail(console, f"database error: {reason(exc)}") from None
 
 
 def _value_text(value: ObservationValue) -> str:
@@ -145,7 +175,15 @@ def _ingest_table(report: IngestReport) -> Table:
     return table
 
 
-def _ingest(store: Store, paths: Sequence[Path], console: Console, *, source: str, show_progress: bool) -> IngestReport:
+def _ingest(
+    store: Store,
+    paths: Sequence[Path],
+    console: Console,
+    *,
+    source: str,
+    show_progress: bool,
+    limits: FhirLimits = FhirLimits(),
+) -> IngestReport:
     files = fhir_files(paths)
     with Progress(
         TextColumn("{task.description}"),
@@ -162,7 +200,7 @@ def _ingest(store: Store, paths: Sequence[Path], console: Console, *, source: st
             progress.update(task, description=f"ingested {Path(file_report.path).name[:40]}")
             progress.advance(task)
 
-        return ingest_paths(store, files, source_system=source, on_file=done)
+        return ingest_paths(store, files, source_system=source, on_file=done, limits=limits)
 
 
 def _print_problems(report: IngestReport, console: Console) -> None:
@@ -182,14 +220,22 @@ def ingest(
     db: DbOption = None,
     source: Annotated[str, typer.Option("--source", help="Source system name for provenance.")] = "fhir",
     as_json: JsonOption = False,
+    max_file_mb: Annotated[float, typer.Option(min=0.001, help="Largest JSON file read whole (MB).")] = 64.0,
+    max_line_mb: Annotated[float, typer.Option(min=0.001, help="Largest NDJSON line (MB).")] = 16.0,
+    max_string_mb: Annotated[float, typer.Option(min=0.001, help="Longest JSON string (million characters).")] = 8.0,
 ) -> None:
-    """Load FHIR R4 bundles, resources and bulk NDJSON into the store (idempotent)."""
+    """Load FHIR R4 bundles, resources and bulk NDJSON into the store (idempotent; every valid resource is kept)."""
     console = make_console(stderr=as_json)
+    limits = FhirLimits(
+        max_file_bytes=int(max_file_mb * 2**20),
+        max_line_bytes=int(max_line_mb * 2**20),
+        max_string_chars=int(max_string_mb * 2**20),
+    )
 
     def refuse(message: str) -> typer.Exit:
         if as_json:  # scripts read stdout: they get a summary saying why nothing was ingested
-            _print_json({**IngestReport().as_dict(), "ok": False, "error": message})
-        return _fail(console, message)
+            print_json({**IngestReport().as_dict(), "ok": False, "error": message})
+        return fail(console, message)
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -201,10 +247,13 @@ def ingest(
         opened = Store(db)
     except MedtwinError as exc:
         raise refuse(str(exc)) from None
-    with opened as store:
-        report = _ingest(store, paths, console, source=source, show_progress=not as_json)
+    try:
+        with opened as store:
+            report = _ingest(store, paths, console, source=source, show_progress=not as_json, limits=limits)
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # a read-only or full database: nothing more can be written
+        raise refuse(f"database error: {reason(exc)}") from None
     if as_json:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         console.print(_ingest_table(report))
         _print_problems(report, console)
@@ -214,10 +263,11 @@ def ingest(
 
 def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
     """List the patients in the store."""
-    with _open(db) as store:
+    console = make_console(stderr=True)
+    with store_errors(console), open_existing(db, console) as store:
         found = store.patients()
     if as_json:
-        _print_json([_patient_json(p) for p in found])
+        print_json([_patient_json(p) for p in found])
         return
     table = Table(title=f"{len(found)} patients")
     table.add_column("id", overflow="fold")
@@ -236,6 +286,8 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
+    if not patient_id or len(patient_id) > _MAX_ID_CHARS:
+        raise fail(console, f"a patient id has 1 to {_MAX_ID_CHARS} characters; this one has {len(patient_id)}")
     found = store.patient(patient_id)
     if found is not None:
         return found
@@ -247,8 +299,8 @@ def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient
             return resolved
     if len(matches) > 1:
         shown = ", ".join(matches[:_SHOWN_MATCHES]) + (", ..." if len(matches) > _SHOWN_MATCHES else "")
-        raise _fail(console, f"{patient_id!r} matches {len(matches)} patients ({shown}); give more of the id")
-    raise _fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`)")
+        raise fail(console, f"{patient_id!r} matches {len(matches)} patients ({shown}); give more of the id")
+    raise fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`)")
 
 
 def patient(
@@ -256,15 +308,17 @@ def patient(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one patient: demographics, conditions, medications and latest vitals."""
+    """Show one patient: demographics, conditions, medications, latest vitals and results (labs)."""
     console = make_console(stderr=as_json)
-    with _open(db) as store:
+    with store_errors(console), open_existing(db, console) as store:
         p = _resolve_patient(store, patient_id, console)
         conditions = store.conditions(p.patient_id)
         meds = store.medication_requests(p.patient_id)
         latest = store.latest_observations(p.patient_id, _LATEST)
+        shown = {(o.code.system, o.code.code) for o in latest.values()}
+        results = [o for o in store.latest_results(p.patient_id) if (o.code.system, o.code.code) not in shown]
     if as_json:
-        _print_json(
+        print_json(
             {
                 **_patient_json(p),
                 "conditions": [
@@ -295,6 +349,17 @@ def patient(
                     }
                     for code, o in latest.items()
                 },
+                "results": [
+                    {
+                        "system": o.code.system,
+                        "code": o.code.code,
+                        "display": o.code.display,
+                        "effective": o.effective.isoformat(),
+                        "value": _value_json(o.value),
+                        "status": o.status,
+                    }
+                    for o in results
+                ],
             }
         )
         return
@@ -338,6 +403,14 @@ def patient(
                 o.effective.isoformat(),
             )
     console.print(vit)
+    res = Table(title="Results (labs and other observations; newest of each code)")
+    for col in ("result", "value", "status", "when"):
+        res.add_column(col)
+    for o in results:
+        res.add_row(
+            escape(o.code.display or o.code.code), escape(_observation_text(o)), o.status, o.effective.isoformat()
+        )
+    console.print(res)
 
 
 def export(
@@ -347,7 +420,7 @@ def export(
 ) -> None:
     """Export a patient's record as a FHIR R4 Bundle (JSON)."""
     console = make_console(stderr=True)
-    with _open(db) as store:
+    with store_errors(console), open_existing(db, console) as store:
         p = _resolve_patient(store, patient_id, console)
         bundle = patient_bundle(store, p.patient_id)
     data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
@@ -358,7 +431,7 @@ def export(
         try:
             out.write_bytes(data)
         except OSError as exc:
-            raise _fail(console, f"cannot write {out}: {exc.strerror or exc}") from None
+            raise fail(console, f"cannot write {out}: {exc.strerror or exc}") from None
         console.print(f"wrote {len(bundle['entry'])} resources to {out}")
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medtwin.records import Record
-from medtwin.store import RawMessage, WriteResult
+from medtwin.store import RawMessage, WriteResult, raw_digest
 
 __all__ = ["GroupCommitWriter", "IngestSink", "MemorySink", "StoredBatch"]
 
@@ -31,7 +31,7 @@ class IngestSink(Protocol):
         """Store records and their raw message in one durable transaction."""
         ...
 
-    def reject(self, raw: RawMessage, reason: str) -> None:
+    def reject(self, raw: RawMessage, reason: str) -> object:
         """Dead-letter *raw* with *reason*."""
         ...
 
@@ -46,7 +46,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.raw: list[tuple[RawMessage, str, str | None]] = []
-        self._accepted: set[tuple[str, str]] = set()
+        self._kept: dict[tuple[str, str], tuple[int, str]] = {}  # key -> (raw id, digest)
         self._provenance: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -54,11 +54,15 @@ class MemorySink:
         with self._lock:
             if raw is not None:
                 key = (raw.source_system, raw.source_id)
-                if key in self._accepted:
+                digest = raw.digest or raw_digest(raw.payload_bytes)
+                kept = self._kept.get(key)
+                if kept is not None:  # a resend: the same content is a duplicate, other content a conflict
+                    if kept[1] != digest:
+                        return WriteResult(inserted=0, duplicates=0, raw_conflict=True, related_raw_id=kept[0])
                     self.raw.append((raw, "duplicate", None))
-                    return WriteResult(inserted=0, duplicates=0, raw_duplicate=True, raw_id=None)
-                self._accepted.add(key)
+                    return WriteResult(inserted=0, duplicates=0, raw_duplicate=True, related_raw_id=kept[0])
                 self.raw.append((raw, raw.status, raw.reason))
+                self._kept[key] = (len(self.raw), digest)
             inserted = 0
             for r in records:
                 p = r.provenance

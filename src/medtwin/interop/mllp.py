@@ -1,16 +1,22 @@
-"""MLLP (Minimal Lower Layer Protocol) transport for HL7 v2: framing, an asyncio server with group commit, a client.
+"""MLLP (Minimal Lower Layer Protocol) transport for HL7 v2: an asyncio server with group commit, and a client.
 
-Framing (HL7 v2.5.1 appendix C, MLLP release 2): ``0x0B <message> 0x1C 0x0D``. The server
+Framing (HL7 v2.5.1 appendix C, MLLP release 2): ``0x0B <message> 0x1C 0x0D`` (:mod:`medtwin.interop.mllp_framing`).
+The server
 
 * stores every message durably *before* it sends the positive ACK: a writer thread collects the messages that
   arrive while the previous commit runs and commits them together (group commit: one transaction through
   ``Store.write_batch``), so ACK latency stays near one commit even under load;
-* answers a resent message (same sender + MSH-10 control id) with a positive ACK again and stores it once;
+* answers a resent message (same sender + MSH-10 control id, same content) with a positive ACK again and stores it
+  once; a resend with the same control id and *other* content is kept beside the first (a conflict, recorded);
+* processes each message of a batch frame on its own (:mod:`medtwin.interop.mllp_units`);
 * never crashes on bad input: malformed frames, non-HL7 payloads, oversize messages, bad encodings, missing MSH
   fields get a negative ACK (AR/AE with an ERR segment and the reason, when a reply is possible) and a dead-letter
-  entry in the raw inbound log;
-* bounds everything: message size, connections, idle time, and in-flight messages per connection (a slow store
-  slows readers down through TCP instead of growing queues).
+  entry in the raw inbound log; a burst of garbage is ONE dead letter with its counts and a sample; a result that
+  cannot be used costs only itself (the rest of its message is stored, the ACK names it);
+* bounds everything, so that one client cannot deny service to the others: message size, connections (in all and
+  per peer address), idle time, the time to assemble one frame (a client trickling a frame byte by byte is cut off),
+  and in-flight messages per connection (deframing stops there: a slow store or a flood slows that sender through
+  TCP instead of growing queues); a large message is parsed and mapped in a worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -22,24 +28,27 @@ import logging
 import os
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar, cast
 
 from medtwin.interop.group_commit import GroupCommitWriter, IngestSink, MemorySink, StoredBatch, _Job
 from medtwin.interop.hl7v2 import (
-    Hl7Error,
     Hl7MappingError,
     Hl7Message,
     ack_code_of,
     build_ack,
-    map_message,
+    control_key,
+    message_digest,
     parse_message,
-    parse_payload,
+    source_key,
     wants_ack,
 )
+from medtwin.interop.mllp_connection import _Connection, _Slot
+from medtwin.interop.mllp_framing import END_BLOCK, START_BLOCK, FrameError, MllpFramer, frame
+from medtwin.interop.mllp_units import ACCEPTED, ERROR, REJECTED, Outcome, Unit, combine, map_again, prepare_frame
 from medtwin.records import Patient, Record
 from medtwin.store import RawMessage, WriteResult
 
@@ -64,8 +73,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-START_BLOCK = b"\x0b"
-END_BLOCK = b"\x1c\x0d"
 CONTENT_TYPE = "x-application/hl7-v2+er7"
 
 
@@ -81,91 +88,17 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def frame(message: bytes | str) -> bytes:
-    """Wrap one message in MLLP start/end blocks (text is encoded UTF-8)."""
-    body = message.encode() if isinstance(message, str) else message
-    return START_BLOCK + body + END_BLOCK
-
-
-@dataclass(frozen=True, slots=True)
-class FrameError:
-    """A malformed or oversize frame: why, and the first bytes of what was received."""
-
-    reason: str
-    payload: bytes
-    oversize: bool = False
-
-
-class MllpFramer:
-    """Incremental MLLP deframer: feed bytes, get complete frames (bytes) and :class:`FrameError` s in order."""
-
-    __slots__ = ("_buf", "_skipping", "max_bytes")
-
-    def __init__(self, max_bytes: int = 1 << 20) -> None:
-        self.max_bytes = max_bytes
-        self._buf = bytearray()
-        self._skipping = False
-
-    def feed(self, data: bytes) -> list[bytes | FrameError]:
-        """Consume *data*; return every frame completed by it."""
-        buf = self._buf
-        buf += data
-        out: list[bytes | FrameError] = []
-        while buf:
-            if self._skipping:
-                end = buf.find(END_BLOCK)
-                if end < 0:
-                    del buf[: max(0, len(buf) - 1)]
-                    return out
-                del buf[: end + 2]
-                self._skipping = False
-                continue
-            start = buf.find(START_BLOCK)
-            end = buf.find(END_BLOCK)
-            if end >= 0 and (start < 0 or end < start):
-                junk = bytes(buf[:end]).strip()
-                if junk:
-                    out.append(FrameError("frame has an end block but no start block (0x0B)", junk[:4096]))
-                del buf[: end + 2]
-                continue
-            if start < 0:
-                if len(buf) > self.max_bytes:
-                    out.append(FrameError("bytes outside any MLLP frame", bytes(buf[:4096]), oversize=True))
-                    buf.clear()
-                return out
-            if start > 0:
-                junk = bytes(buf[:start]).strip()
-                if junk:
-                    out.append(FrameError("bytes outside any MLLP frame before a start block", junk[:4096]))
-                del buf[:start]
-                continue
-            nxt = buf.find(START_BLOCK, 1)
-            end = buf.find(END_BLOCK, 1)
-            if nxt > 0 and (end < 0 or nxt < end):
-                out.append(FrameError("frame not terminated (a new start block came first)", bytes(buf[1:nxt][:4096])))
-                del buf[:nxt]
-                continue
-            if end < 0:
-                if len(buf) - 1 > self.max_bytes:
-                    out.append(FrameError(f"message exceeds {self.max_bytes} bytes", bytes(buf[1:4097]), oversize=True))
-                    buf.clear()
-                    self._skipping = True
-                return out
-            payload = bytes(buf[1:end])
-            del buf[: end + 2]
-            if len(payload) > self.max_bytes:
-                out.append(FrameError(f"message exceeds {self.max_bytes} bytes", payload[:4096], oversize=True))
-            else:
-                out.append(payload)
-        return out
-
-
 @dataclass(frozen=True, slots=True)
 class MllpConfig:
     """Limits and options of an :class:`MllpServer`.
 
     ``max_in_flight`` bounds the messages of one connection that are read but not yet acknowledged: when it is
-    reached the server stops reading that socket (TCP then slows the sender) until ACKs have gone out.
+    reached the server stops deframing and reading that socket (TCP then slows the sender) until ACKs have gone out.
+    ``max_connections_per_peer`` (default: half of ``max_connections``) bounds the connections of one peer address,
+    so one host cannot take every connection; ``frame_timeout_s`` is the time a client has to send one whole frame
+    from its start block (a client that trickles bytes is cut off: its partial frame is dead-lettered and refused);
+    ``idle_timeout_s`` closes a connection that has sent no frame for that long (bytes that complete no frame do
+    not count). Frames of more than ``offload_bytes`` are parsed and mapped in a worker thread.
     """
 
     host: str = "127.0.0.1"
@@ -180,6 +113,16 @@ class MllpConfig:
     application: str = "MEDTWIN"
     facility: str = "MEDTWIN"
     reuse_port: bool = False
+    max_connections_per_peer: int | None = None
+    frame_timeout_s: float = 30.0
+    offload_bytes: int = 64 << 10
+
+    @property
+    def per_peer(self) -> int:
+        """Connections allowed from one peer address."""
+        if self.max_connections_per_peer is not None:
+            return self.max_connections_per_peer
+        return max(1, self.max_connections // 2)
 
 
 @dataclass(slots=True)
@@ -191,150 +134,24 @@ class ServerStats:
     frames: int = 0
     accepted: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # resends with a stored control id and other content, kept beside the first
     unmapped: int = 0
     rejected: int = 0
+    refused_results: int = 0  # results (OBX) refused inside messages whose other records were stored
+    timeouts: int = 0  # connections cut off for not finishing a frame in frame_timeout_s
     errors: int = 0
     records: int = 0
     reads_paused: int = 0  # times a connection hit max_in_flight and reading stopped (backpressure)
+    offloaded: int = 0  # frames parsed and mapped in a worker thread
     reasons: dict[str, int] = field(default_factory=dict)
-
-
-class _Slot:
-    """One received frame of a connection, waiting for its ACK (ACKs leave in arrival order)."""
-
-    __slots__ = ("ack", "done")
-
-    def __init__(self) -> None:
-        self.ack: bytes | None = None
-        self.done = False
-
-
-class _Connection(asyncio.Protocol):
-    """One MLLP connection: deframes, hands frames to the server, writes the ACKs in order as commits finish."""
-
-    def __init__(self, server: MllpServer) -> None:
-        self.server = server
-        self.framer = MllpFramer(server.config.max_message_bytes)
-        self.slots: deque[_Slot] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.paused = False
-        self.closing = False  # no more reads: close once every owed ACK is out
-        self.lost = False
-        self.last_active = 0.0
-        self._idle: asyncio.TimerHandle | None = None
-        self._flush_scheduled = False
-
-    # -- asyncio.Protocol -------------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        transport = self.transport
-        server = self.server
-        if len(server._connections) >= server.config.max_connections or server._closing:
-            server.stats.refused_connections += 1
-            self.lost = True
-            transport.abort()
-            return
-        server._connections.add(self)
-        server.stats.connections += 1
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.last_active = server._loop_time()
-        self._arm_idle(server.config.idle_timeout_s)
-
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        server = self.server
-        self.last_active = server._loop_time()
-        for item in self.framer.feed(data):
-            server.stats.frames += 1
-            slot = _Slot()
-            self.slots.append(slot)
-            server._receive(item, self, slot)
-        if not self.paused and len(self.slots) >= server.config.max_in_flight and self.transport is not None:
-            self.paused = True  # backpressure: stop reading until ACKs have gone out
-            server.stats.reads_paused += 1
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self.closing = True
-        self.flush()
-        return True  # keep the transport open to send the ACKs still owed (flush closes it)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.closing = True
-        if self._idle is not None:
-            self._idle.cancel()
-        self.server._connections.discard(self)
-        self.server._connection_gone()
-
-    # -- ACKs -------------------------------------------------------------------------------------------------
-    def settle(self, slot: _Slot, ack: bytes | None) -> None:
-        """Record *slot* 's ACK (None: none owed); the ACKs now due are sent, in arrival order, by one socket write
-        at the end of this turn of the event loop (a group commit settles many slots of a connection at once)."""
-        slot.ack = ack
-        slot.done = True
-        if not self._flush_scheduled and self.slots and self.slots[0] is slot:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        slots = self.slots
-        out: list[bytes] = []
-        while slots and slots[0].done:
-            ack = slots.popleft().ack
-            if ack is not None:
-                out.append(START_BLOCK + ack + END_BLOCK)
-        transport = self.transport
-        if transport is None or self.lost:
-            return
-        if out:
-            transport.write(b"".join(out))
-        if self.paused and len(slots) <= self.server.config.max_in_flight // 2 and not self.closing:
-            self.paused = False
-            transport.resume_reading()
-        if self.closing and not slots:
-            transport.close()
-
-    def close(self) -> None:
-        """Stop reading; close once the ACKs still owed are sent."""
-        if self.lost:
-            return
-        self.closing = True
-        if self.transport is not None and not self.paused:
-            with contextlib.suppress(RuntimeError):
-                self.transport.pause_reading()
-        self.flush()
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.lost:
-            self.transport.abort()
-
-    # -- idle timeout -----------------------------------------------------------------------------------------
-    def _arm_idle(self, delay: float) -> None:
-        self._idle = asyncio.get_running_loop().call_later(delay, self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self.lost:
-            return
-        timeout = self.server.config.idle_timeout_s
-        quiet = self.server._loop_time() - self.last_active
-        if quiet >= timeout and not self.slots:
-            log.info("closing idle MLLP connection from %s after %.0f s", self.peer, quiet)
-            self.close()
-            return
-        self._arm_idle(max(0.05, timeout - quiet) if not self.slots else timeout)
 
 
 class MllpServer:
     """An asyncio MLLP listener that stores each message durably before acknowledging it.
 
     Each connection is an :class:`asyncio.Protocol`: frames are parsed and mapped as they arrive (in the event
-    loop), handed to the group-commit writer thread, and their ACKs are written, in arrival order and coalesced
-    into one socket write, when the commit that holds them is durable.
+    loop; a large one in a worker thread), handed to the group-commit writer thread, and their ACKs are written, in
+    arrival order and coalesced into one socket write, when the commit that holds them is durable.
 
     *on_stored* is called (in the event loop, after the commit, before the ACK is sent) with each committed
     :class:`StoredBatch`; it must not block: hand the work to another thread or process (``TwinRuntime.offer``)
@@ -356,7 +173,9 @@ class MllpServer:
         self._writer: GroupCommitWriter | None = None
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: ThreadPoolExecutor | None = None
         self._connections: set[_Connection] = set()
+        self._peers: dict[str, int] = {}
         self._closing = False
         self._all_gone: asyncio.Event | None = None
         self._known_patients: set[str] = set()  # patients this server has stored (ORU need not resend them)
@@ -372,6 +191,7 @@ class MllpServer:
         """Bind and start accepting; returns the bound port (useful with ``port=0``)."""
         self._loop = asyncio.get_running_loop()
         self._writer = GroupCommitWriter(self.sink, max_batch=self.config.max_batch)
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mllp-large-frame")
         self._server = await self._loop.create_server(
             lambda: _Connection(self),
             self.config.host,
@@ -400,6 +220,9 @@ class MllpServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
             self._writer = None
@@ -419,17 +242,18 @@ class MllpServer:
         key = reason.split(":")[0][:60]
         self.stats.reasons[key] = self.stats.reasons.get(key, 0) + 1
 
-    def _ack(self, message: Hl7Message | None, ok: bool, rejected: bool, text: str = "", *, code: str = "",
-             location: str = "") -> bytes | None:  # fmt: skip
+    def _ack(self, message: Hl7Message | None, outcome: Outcome) -> bytes | None:
+        ok = outcome.severity == ACCEPTED
         send, enhanced = wants_ack(message, ok)
+        if outcome.stored and not ok and wants_ack(message, True) == (True, True):
+            ok, send, enhanced = True, True, True  # committed: CA, the refused results as warnings
         if not send:
             return None
         ack = build_ack(
             message,
-            ack_code_of(ok, rejected=rejected, enhanced=enhanced),
-            text=text,
-            error_code=code,
-            error_location=location,
+            ack_code_of(ok, rejected=outcome.severity == REJECTED, enhanced=enhanced),
+            text=outcome.text,
+            errors=outcome.errors,
             control_id=f"{self._ack_prefix}-{next(self._ack_ids)}",
             sending_application=self.config.application,
             sending_facility=self.config.facility,
@@ -441,139 +265,192 @@ class MllpServer:
         assert self._loop is not None
         self._writer.submit_callback(job, self._loop, callback)
 
-    def _dead_letter(
-        self,
-        payload: bytes,
-        message: Hl7Message | None,
-        peer: str,
-        reason: str,
-        received: datetime,
-        then: Callable[[bool, Any], None],
-    ) -> None:
+    # -- one frame ----------------------------------------------------------------------------------------------
+    def _receive(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
+        """Read one frame (in a worker thread when large) and queue its messages for the group commit; the frame's
+        ACK is settled on *slot* once every message of it is durable (or refused)."""
+        received = datetime.now(UTC)
+        try:
+            if isinstance(item, FrameError):
+                self._refuse_frame(item, conn, slot, received)
+            elif len(item) > self.config.offload_bytes and self._readers is not None and self._loop is not None:
+                self.stats.offloaded += 1
+                conn.busy = True
+                future = self._loop.run_in_executor(self._readers, prepare_frame, item, self.config.assume_tz)
+                future.add_done_callback(lambda f: self._prepared(f, item, conn, slot, received))
+            else:
+                self._store_units(prepare_frame(item, self.config.assume_tz), conn, slot, received)
+        except Exception:  # never lose a frame to a bug: answer it and keep serving
+            self._internal_error(conn, slot)
+
+    def _prepared(self, future: asyncio.Future[list[Unit]], item: bytes, conn: _Connection, slot: _Slot,
+                  received: datetime) -> None:  # fmt: skip
+        try:
+            units = future.result()
+        except Exception:
+            log.exception("unexpected error while reading a large frame")
+            units = [Unit(item, error=Hl7MappingError("cannot process the message", error_code="207"))]
+        try:
+            self._store_units(units, conn, slot, received)
+        except Exception:
+            self._internal_error(conn, slot)
+        conn.offload_done()
+
+    def _internal_error(self, conn: _Connection, slot: _Slot) -> None:
+        log.exception("unexpected error while handling a frame")
+        self.stats.errors += 1
+        if not slot.done:
+            conn.settle(slot, self._ack(None, Outcome(ERROR, errors=(("207", "", "internal error; resend later"),))))
+
+    def _refuse_frame(self, item: FrameError, conn: _Connection, slot: _Slot, received: datetime) -> None:
+        header = _salvage_header(item.payload)
+        outcome = Outcome(REJECTED, errors=(("104" if item.oversize else "100", "", item.reason),))
+        raw = self._dead_letter_raw(item.payload, None, conn.peer, f"MLLP framing: {item.reason}", received)
+        self._reject(raw, self._settler(conn, slot, header, [None], 0), outcome)
+
+    def _reject(self, raw: RawMessage, done: Callable[..., None], outcome: Outcome) -> None:
+        """Queue the dead letter *raw*; once it is durable the unit's *outcome* is recorded by *done*."""
+
+        def logged(ok: bool, value: Any) -> None:
+            done(ok, value, outcome)
+
+        self._submit(_Job("reject", raw, reason=raw.reason), logged)
+
+    def _store_units(self, units: list[Unit], conn: _Connection, slot: _Slot, received: datetime) -> None:
+        header = units[0].message or _salvage_header(units[0].payload)
+        outcomes: list[Outcome | None] = [None] * len(units)
+        for i, unit in enumerate(units):
+            done = self._settler(conn, slot, header, outcomes, i)
+            if unit.error is not None:
+                error = unit.error
+                severity = ERROR if isinstance(error, Hl7MappingError) or error.error_code == "207" else REJECTED
+                outcome = Outcome(severity, errors=((error.error_code, error.location, str(error)),))
+                message = unit.message or (_salvage_header(unit.payload) if len(units) > 1 else header)
+                reason = f"HL7 {error.error_code}: {error}"
+                self._reject(self._dead_letter_raw(unit.payload, message, conn.peer, reason, received), done, outcome)
+            else:
+                self._write_unit(unit, received, done)
+
+    def _settler(
+        self, conn: _Connection, slot: _Slot, header: Hl7Message | None, outcomes: list[Outcome | None], index: int
+    ) -> Callable[..., None]:
+        """The callback that records unit *index* 's outcome and, once every unit of the frame has one, settles the
+        frame's ACK. Called as ``(ok, value)`` by a dead letter's commit (then *outcome* is given) or with the
+        outcome directly; a failed commit makes the unit an AE 'storage unavailable; resend later'."""
+
+        def done(ok: bool, value: Any, outcome: Outcome | None = None) -> None:
+            if not ok:
+                self._storage_failed(value)
+                outcome = Outcome(ERROR, errors=(("207", "", "storage unavailable; resend later"),))
+            assert outcome is not None
+            outcomes[index] = outcome
+            if all(o is not None for o in outcomes):
+                conn.settle(slot, self._ack(header, combine(cast(list[Outcome], outcomes))))
+
+        return done
+
+    def _dead_letter_raw(
+        self, payload: bytes, message: Hl7Message | None, peer: str, reason: str, received: datetime
+    ) -> RawMessage:
         self.stats.rejected += 1
         self._reason(reason)
-        source_system = message.source_system if message is not None else f"mllp:{peer.rsplit(':', 1)[0]}"
-        control = message.control_id if message is not None else ""
-        source_id = f"{control or 'unparsed'}#rejected-{received.timestamp():.6f}-{next(self._ack_ids)}"
-        raw = RawMessage(
-            source_system=source_system[:200],
-            source_id=source_id[:400],
+        source_system = source_key(message) if message is not None else f"mllp:{peer.rsplit(':', 1)[0]}"
+        control = control_key(message) if message is not None else "unparsed"
+        # a unique key of its own, so a corrected resend with the same control id is still accepted
+        return RawMessage(
+            source_system=source_system,
+            source_id=f"{control[:300]}#rejected-{received.timestamp():.6f}-{next(self._ack_ids)}",
             payload=payload,
             content_type=CONTENT_TYPE,
             received=received,
             status="rejected",
             reason=reason,
         )
-        self._submit(_Job("reject", raw, reason=reason), then)
 
-    def _refuse(
-        self,
-        payload: bytes,
-        source: Hl7Message | None,
-        header: Hl7Message | None,
-        nak: bytes | None,
-        reason: str,
-        received: datetime,
-        conn: _Connection,
-        slot: _Slot,
-    ) -> None:
-        """Dead-letter *payload* (its source from *source*, else the peer); once that is durable answer *nak*, or a
-        'storage unavailable' AE built from *header* if the dead letter could not be stored."""
-        self._dead_letter(
-            payload,
-            source,
-            conn.peer,
-            reason,
-            received,
-            lambda ok, value: conn.settle(slot, nak if ok else self._storage_nak(header, value)),
-        )
-
-    def _receive(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
-        """Parse, map and queue one frame for the group commit; its ACK is settled on *slot* after the commit."""
-        try:
-            self._receive_or_raise(item, conn, slot)
-        except Exception:  # never lose a frame to a bug: answer it and keep serving
-            log.exception("unexpected error while handling a frame")
-            self.stats.errors += 1
-            if not slot.done:
-                conn.settle(slot, self._ack(None, False, False, "internal error; resend later", code="207"))
-
-    def _receive_or_raise(self, item: bytes | FrameError, conn: _Connection, slot: _Slot) -> None:
-        received = datetime.now(UTC)
+    # -- one message ----------------------------------------------------------------------------------------------
+    def _write_unit(self, unit: Unit, received: datetime, done: Callable[..., None], conflict_of: int | None = None,
+                    mapped: Any = None) -> None:  # fmt: skip
+        """Queue *unit* 's raw message and records for the group commit (unmapped types too: kept once per key)."""
+        mapped = mapped or unit.mapped
+        assert mapped is not None
         received_monotonic = time.monotonic()
-        if isinstance(item, FrameError):
-            header = _salvage_header(item.payload)
-            nak = self._ack(header, False, True, item.reason, code="100" if not item.oversize else "104")
-            self._refuse(item.payload, None, header, nak, f"MLLP framing: {item.reason}", received, conn, slot)
-            return
-        message: Hl7Message | None = None
-        try:
-            messages = parse_payload(item)
-            message = messages[0]
-            mapped = [map_message(m, assume_tz=self.config.assume_tz) for m in messages]
-        except Exception as exc:  # bad input never crashes the server: everything unexpected is refused too
-            if isinstance(exc, Hl7Error):
-                error = exc
-            else:
-                log.exception("unexpected error while reading a message")
-                error = Hl7Error(f"cannot process the message: {type(exc).__name__}: {exc}", error_code="207")
-            header = message or _salvage_header(item)
-            rejected = not isinstance(error, Hl7MappingError) and error.error_code != "207"
-            nak = self._ack(header, False, rejected, str(error), code=error.error_code, location=error.location)
-            self._refuse(item, header, header, nak, f"HL7 {error.error_code}: {error}", received, conn, slot)
-            return
         records: list[Record] = [
             r
-            for m in mapped
-            for r in m.records
+            for r in mapped.records
             # the store keeps the first Patient row (insert-or-ignore); an ORU repeating a stored patient adds nothing
-            if not (isinstance(r, Patient) and m.message.message_type == "ORU" and r.patient_id in self._known_patients)
+            if not (
+                isinstance(r, Patient) and mapped.message.message_type == "ORU" and r.patient_id in self._known_patients
+            )
         ]
-        supported = any(m.supported for m in mapped)
+        notes = [*mapped.notes, *(f"refused {r.location}: {r.reason}" for r in mapped.refused)]
+        if conflict_of is not None:
+            notes.insert(0, f"conflicting resend: control id {mapped.message.control_id[:100]!r} was stored with other "
+                            f"content as raw_id {conflict_of}; both are kept")  # fmt: skip
         raw = RawMessage(
-            source_system=message.source_system[:200],
-            source_id=message.control_id[:400],
-            payload=item,
+            source_system=mapped.source_system,
+            source_id=mapped.source_id,
+            payload=unit.payload,
             content_type=CONTENT_TYPE,
             received=received,
-            status="accepted",
-            reason="; ".join(n for m in mapped for n in m.notes)[:2000] or None,
+            status="accepted" if mapped.supported else "unmapped",
+            reason="; ".join(notes)[:2000] or None,
+            related_raw_id=conflict_of,
+            relation="conflict-of" if conflict_of is not None else None,
+            digest=message_digest(mapped.message),
         )
-        head = message
-        if not supported:
-
-            def logged(ok: bool, value: Any) -> None:
-                if not ok:
-                    conn.settle(slot, self._storage_nak(head, value))
-                    return
-                self.stats.unmapped += 1
-                conn.settle(slot, self._ack(head, True, False, "stored; message type not mapped to records"))
-
-            self._submit(_Job("log", raw, status="unmapped", reason=mapped[0].notes[0]), logged)
-            return
+        head = mapped.message
 
         def stored(ok: bool, result: Any) -> None:
             if not ok:
-                conn.settle(slot, self._storage_nak(head, result))
+                done(False, result)
                 return
             assert isinstance(result, WriteResult)
+            if result.raw_conflict:
+                if conflict_of is not None:  # the digest-qualified key is taken by yet other content
+                    done(
+                        True,
+                        None,
+                        Outcome(ERROR, errors=(("205", "MSH^1^10", "conflicting resend could not be keyed"),)),
+                    )
+                    return
+                key = control_key(head, message_digest(head))
+                self._write_unit(
+                    unit, received, done, result.related_raw_id, map_again(unit, key, self.config.assume_tz)
+                )
+                return
             if result.raw_duplicate:
                 self.stats.duplicates += 1
-                conn.settle(slot, self._ack(head, True, False, "duplicate of a stored message; not stored again"))
+                done(True, None, Outcome(ACCEPTED, "duplicate of a stored message; not stored again"))
+                return
+            if not mapped.supported:
+                self.stats.unmapped += 1
+                done(True, None, Outcome(ACCEPTED, "stored; message type not mapped to records"))
                 return
             self.stats.accepted += 1
+            self.stats.conflicts += conflict_of is not None
             self.stats.records += result.inserted + result.updated  # ADT updates are writes too
             if len(self._known_patients) > 100_000:
                 self._known_patients.clear()
             self._known_patients.update(r.patient_id for r in records if isinstance(r, Patient))
+            outcome = self._stored_outcome(mapped, conflict_of)
             if self.on_stored is not None and records:
-                self._offer(StoredBatch(records, received_monotonic), conn, slot, self._ack(head, True, False))
+                self._offer(StoredBatch(records, received_monotonic), lambda: done(True, None, outcome))
             else:
-                conn.settle(slot, self._ack(head, True, False))
+                done(True, None, outcome)
 
         self._submit(_Job("write", raw, records=records), stored)
 
-    def _offer(self, batch: StoredBatch, conn: _Connection, slot: _Slot, ack: bytes | None) -> None:
+    def _stored_outcome(self, mapped: Any, conflict_of: int | None) -> Outcome:
+        text = f"stored beside raw_id {conflict_of}: same control id, other content" if conflict_of is not None else ""
+        if not mapped.refused:
+            return Outcome(ACCEPTED, text)
+        self.stats.refused_results += len(mapped.refused)
+        kept = sum(1 for r in mapped.records if not isinstance(r, Patient))
+        summary = f"stored {kept} result(s); {len(mapped.refused)} refused (see ERR)" + (f"; {text}" if text else "")
+        errors = tuple((r.error_code, r.location, r.reason) for r in mapped.refused)
+        return Outcome(ERROR, summary, errors, stored=True)
+
+    def _offer(self, batch: StoredBatch, then: Callable[[], None]) -> None:
         """Hand *batch* to the subscriber; while it answers False (full), retry every 5 ms, holding the ACK back."""
         assert self.on_stored is not None
         try:
@@ -581,22 +458,21 @@ class MllpServer:
         except Exception:
             log.exception("on_stored subscriber failed")
             taken = True
-        if taken or conn.lost:
-            conn.settle(slot, ack)
+        if taken:
+            then()
         else:
             assert self._loop is not None
-            self._loop.call_later(0.005, self._offer, batch, conn, slot, ack)
+            self._loop.call_later(0.005, self._offer, batch, then)
 
-    def _storage_nak(self, message: Hl7Message | None, exc: Any) -> bytes | None:
+    def _storage_failed(self, exc: Any) -> None:
         log.error("storing a message failed: %s", exc, exc_info=exc if isinstance(exc, BaseException) else None)
         self.stats.errors += 1
-        return self._ack(message, False, False, "storage unavailable; resend later", code="207")
 
 
 def _salvage_header(payload: bytes) -> Hl7Message | None:
     """The MSH of a payload that failed to decode or parse, read leniently, so the NAK can reference it."""
     try:
-        text = payload.decode("latin-1").removeprefix("\xef\xbb\xbf")
+        text = payload[:65536].decode("latin-1").removeprefix("\xef\xbb\xbf")
         first = text.replace("\n", "\r").split("\r", 1)[0]
         return parse_message(first)
     except Exception:

@@ -40,7 +40,7 @@ from typing import Any
 
 from medtwin.errors import ValidationError
 from medtwin.interop.mllp import MllpConfig, MllpServer, run
-from medtwin.service import prepare_service_heap
+from medtwin.service import exit_with_parent, prepare_service_heap
 from medtwin.store import SharedWriteLock, Store
 from medtwin.store.config import resolve_database_url
 from medtwin.store.engine import is_memory_url
@@ -223,6 +223,7 @@ async def _serve(
         prepare_service_heap()  # this process is a service of its own (medtwin.service)
         await server.start()
         conn.send({"ready": os.getpid()})
+        exit_with_parent(lambda: None)  # the loop below notices within 0.2 s; ended after a grace period at the latest
         parent = multiprocessing.parent_process()
         while not stop.is_set() and (parent is None or parent.is_alive()):
             await asyncio.sleep(_PARENT_POLL_S)

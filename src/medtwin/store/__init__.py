@@ -5,14 +5,18 @@ SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is select
 shipped in this package and applied on open. See docs/store.md.
 """
 
+from medtwin.store.batch import raw_digest
 from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.cursors import AcceptedMessage, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.store.locks import SharedWriteLock
+from medtwin.store.resources import FhirResource, PatientLinks
 from medtwin.store.store import EventNotFoundError, RawLogEntry, RawMessage, Store, WriteResult
 
 __all__ = [
     "AcceptedMessage",
     "EventNotFoundError",
+    "FhirResource",
+    "PatientLinks",
     "RawLogEntry",
     "RawMessage",
     "SharedWriteLock",
@@ -22,6 +26,7 @@ __all__ = [
     "accepted_after",
     "last_raw_id",
     "load_cursor",
+    "raw_digest",
     "resolve_database_url",
     "save_cursor",
 ]

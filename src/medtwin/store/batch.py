@@ -6,8 +6,10 @@ statement (many rows each) run by the driver on value tuples (:data:`medtwin.sto
 rows it inserted are told apart by rowid; on PostgreSQL it is a multi-row ``INSERT ... RETURNING``. Semantics
 per item are those of one :meth:`medtwin.store.Store.write` after another, in order:
 
-* raw messages: one *accepted* row per (source system, source id); a resend (of an earlier batch or earlier in
-  this one) writes none of its records and is logged as a ``duplicate`` row naming the original ``raw_id``;
+* raw messages: one *kept* row (accepted, or unmapped) per (source system, source id); a resend of the same
+  content (of an earlier batch or earlier in this one) writes none of its records and is logged as a
+  ``duplicate`` row naming the original ``raw_id``; a resend of *other* content under that key is a conflict:
+  nothing of it is written, and the outcome says so (the caller keeps it under a key of its own);
 * insert-once records (observations, conditions, medications, events): ``ON CONFLICT DO NOTHING`` on the id and
   the provenance, the skipped ones counted as duplicates;
 * patients and encounters: insert, or update through :mod:`medtwin.store.versions` (the version that changed
@@ -19,6 +21,7 @@ The caller owns the transaction: if anything raises, nothing of the batch is sto
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -32,20 +35,34 @@ from sqlalchemy.dialects import postgresql, sqlite
 from medtwin.errors import ValidationError
 from medtwin.records import Encounter, Patient, Provenance, Record
 from medtwin.store import codec, rows, schema
+from medtwin.store.resources import FhirResource, PatientLinks, write_links, write_resources
 from medtwin.store.versions import encounter_as_of, merge_encounter, merge_patient, same_content
 
 if TYPE_CHECKING:
     from medtwin.store.store import RawMessage
 
-__all__ = ["ItemOutcome", "encode_plain", "group_records", "write_items"]
+__all__ = [
+    "KEPT_STATUSES",
+    "RAW_COLUMNS",
+    "ItemOutcome",
+    "encode_plain",
+    "group_records",
+    "insert_rows",
+    "raw_digest",
+    "raw_row",
+    "raw_values",
+    "write_items",
+]
 
 _VERSIONED = (Patient, Encounter)
+_KEPT = (FhirResource, PatientLinks)  # written by medtwin.store.resources
 _PLAIN = tuple(entry for entry in rows.TABLES if entry[0] not in _VERSIONED)
 
 
 @dataclass(slots=True)
 class ItemOutcome:
-    """What happened to one item: records inserted, updated and skipped; the raw row id or a resend."""
+    """What happened to one item: records inserted, updated and skipped; the raw row id, or a resend of a kept key
+    (``raw_duplicate``: the same content; ``raw_conflict``: other content, nothing written) and its original."""
 
     inserted: int = 0
     updated: int = 0
@@ -53,23 +70,25 @@ class ItemOutcome:
     raw_duplicate: bool = False
     raw_id: int | None = None
     records: int = 0
+    raw_conflict: bool = False
+    related_raw_id: int | None = None
 
 
 @dataclass(slots=True)
 class _Item:
-    records: Sequence[Record]
+    records: Sequence[Record | FhirResource | PatientLinks]
     groups: dict[type[Any], list[Any]]
     raw: RawMessage | None
     encoded: dict[type[Any], list[tuple[Any, ...]]]  # SQLite value tuples by type (empty elsewhere)
     outcome: ItemOutcome = field(default_factory=ItemOutcome)
 
 
-def group_records(records: Sequence[Record]) -> dict[type[Any], list[Any]]:
+def group_records(records: Sequence[Record | FhirResource | PatientLinks]) -> dict[type[Any], list[Any]]:
     """*records* grouped by type; raises :class:`ValidationError` for anything the store cannot hold."""
     groups: dict[type[Any], list[Any]] = {}
     for record in records:
         kind = type(record)
-        if kind not in rows.TABLE_OF:
+        if kind not in rows.TABLE_OF and kind not in _KEPT:
             raise ValidationError(f"Store.write: {kind.__name__} is not a storable record type")
         groups.setdefault(kind, []).append(record)
     return groups
@@ -84,7 +103,7 @@ def encode_plain(groups: dict[type[Any], list[Any]]) -> dict[type[Any], list[tup
     return {
         kind: [rows.VALUES_OF[kind](r, schema.sqlite_utc_text) for r in records]
         for kind, records in groups.items()
-        if kind not in _VERSIONED
+        if kind not in _VERSIONED and kind not in _KEPT
     }
 
 
@@ -132,6 +151,11 @@ def _bulk_insert(
         if returning:
             out.extend(result.all())
     return out
+
+
+def insert_rows(conn: Connection, table: Table, params: list[dict[str, Any]]) -> None:
+    """``INSERT ... ON CONFLICT DO NOTHING`` of *params* in multi-row statements (:func:`_bulk_insert`)."""
+    _bulk_insert(conn, table, params)
 
 
 _LAST_ROWID = 2**63 - 1  # past it SQLite picks rowids at random, and "rowid > before" no longer finds new rows
@@ -237,7 +261,7 @@ def _key(p: Provenance | None) -> tuple[str, str] | None:
 def write_items(
     conn: Connection,
     dialect: str,
-    items: Sequence[tuple[Sequence[Record], RawMessage | None]],
+    items: Sequence[tuple[Sequence[Record | FhirResource | PatientLinks], RawMessage | None]],
     groups: Sequence[dict[type[Any], list[Any]]],
     encoded: Sequence[dict[type[Any], list[tuple[Any, ...]]]] | None = None,
 ) -> list[ItemOutcome]:
@@ -252,10 +276,10 @@ def write_items(
         encoded = [encode_plain(g) for g in groups]
     batch = [_Item(records, g, raw, e) for (records, raw), g, e in zip(items, groups, encoded, strict=True)]
     for item in batch:
-        item.outcome.records = len(item.records)
+        item.outcome.records = len(item.records) - len(item.groups.get(PatientLinks, ()))
     driver = _sqlite_driver(conn) if dialect == "sqlite" else None
     _write_raws(conn, driver, batch)
-    live = [item for item in batch if not item.outcome.raw_duplicate]
+    live = [item for item in batch if not (item.outcome.raw_duplicate or item.outcome.raw_conflict)]
     _write_patients(conn, dialect, driver, live)
     _write_encounters(conn, dialect, live)
     for kind, _table, _pk, _row_of in _PLAIN:
@@ -277,55 +301,122 @@ def write_items(
                     item.outcome.inserted += 1
                 else:
                     item.outcome.duplicates += 1
+    kept = [(item, r) for item in live for r in item.groups.get(FhirResource, ())]
+    for (item, _), status in zip(kept, write_resources(conn, insert_rows, [r for _, r in kept]), strict=True):
+        if status == "inserted":
+            item.outcome.inserted += 1
+        elif status == "updated":
+            item.outcome.updated += 1
+        else:
+            item.outcome.duplicates += 1
+    write_links(conn, insert_rows, [link for item in live for link in item.groups.get(PatientLinks, ())])
     return [item.outcome for item in batch]
 
 
 # -- raw log --------------------------------------------------------------------------------------------------
-_RAW_COLUMNS = ("source_system", "source_id", "content_type", "received", "status", "reason", "record_count", "payload")
+RAW_COLUMNS = (
+    "source_system",
+    "source_id",
+    "content_type",
+    "received",
+    "status",
+    "reason",
+    "record_count",
+    "payload",
+    "digest",
+    "related_raw_id",
+    "relation",
+)
 _RAW_RETURNING = ("raw_id", "source_system", "source_id", "status")
+KEPT_STATUSES = ("accepted", "unmapped")  # one row per (source system, source id) among these (revision 0006)
 
 
-def _raw_row(raw: RawMessage, status: str, reason: str | None, count: int, payload: bytes) -> dict[str, Any]:
-    return {
-        "source_system": raw.source_system,
-        "source_id": raw.source_id,
-        "content_type": raw.content_type,
-        "received": raw.received,
-        "status": status,
-        "reason": reason,
-        "record_count": count,
-        "payload": payload,
-    }
+def raw_digest(payload: bytes) -> str:
+    """The digest the raw log keeps of a payload (SHA-256, hex): equal digests mean the same content."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _digest(raw: RawMessage) -> str:
+    return raw.digest or raw_digest(raw.payload_bytes)
+
+
+def raw_values(
+    raw: RawMessage,
+    status: str,
+    reason: str | None,
+    count: int,
+    *,
+    payload: bytes | None = None,
+    related: tuple[int | None, str] | None = None,
+    time: Callable[[datetime], Any] | None = None,
+) -> tuple[Any, ...]:
+    """The raw log row of *raw* in :data:`RAW_COLUMNS` order: the one place a raw entry is encoded.
+
+    *payload* replaces the message's (a duplicate keeps none); *related* is (raw id, relation) when the entry refers
+    to another (else the message's own); *time* turns the receipt time into what the driver binds.
+    """
+    data = raw.payload_bytes if payload is None else payload
+    digest = (raw.digest or raw_digest(data)) if payload is None else (raw_digest(data) if data else None)
+    related_id, relation = related if related is not None else (raw.related_raw_id, raw.relation)
+    return (
+        raw.source_system,
+        raw.source_id,
+        raw.content_type,
+        raw.received if time is None else time(raw.received),
+        status,
+        reason,
+        count,
+        data,
+        digest,
+        related_id,
+        relation if related_id is not None else None,
+    )
+
+
+def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **options: Any) -> dict[str, Any]:
+    """:func:`raw_values` as a dict of column values (for SQLAlchemy statements)."""
+    return dict(zip(RAW_COLUMNS, raw_values(raw, status, reason, count, **options), strict=True))
 
 
 def _insert_raws(conn: Connection, driver: sqlite3.Connection | None, items: list[_Item]) -> list[tuple[Any, ...]]:
     """Insert the raw row of each of *items*; (raw id, source system, source id, status) of each row inserted."""
-    pairs = [(i.raw, len(i.records)) for i in items if i.raw is not None]
+    pairs = [(i.raw, i.outcome.records) for i in items if i.raw is not None]
     t = schema.raw_inbound
     if driver is not None:
-        values = [
-            (
-                r.source_system,
-                r.source_id,
-                r.content_type,
-                schema.sqlite_utc_text(r.received),
-                r.status,
-                r.reason,
-                n,
-                r.payload_bytes,
-            )
-            for r, n in pairs
-        ]
-        done = _sqlite_insert(driver, t, _RAW_COLUMNS, values)
+        values = [raw_values(r, r.status, r.reason, n, time=schema.sqlite_utc_text) for r, n in pairs]
+        done = _sqlite_insert(driver, t, RAW_COLUMNS, values)
         if done is not None:
             stmt = f"SELECT {', '.join(_RAW_RETURNING)} FROM raw_inbound WHERE raw_id > ? ORDER BY raw_id"
             return driver.execute(stmt, (done[0],)).fetchall()
-    params = [_raw_row(r, r.status, r.reason, n, r.payload_bytes) for r, n in pairs]
+    params = [raw_row(r, r.status, r.reason, n) for r, n in pairs]
     return sorted((tuple(r) for r in _bulk_insert(conn, t, params, _RAW_RETURNING)), key=lambda r: int(r[0]))
 
 
-def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list[_Item]) -> None:
+def _stored_originals(conn: Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+    """(raw id, digest) of the kept raw row of each of *keys* that has one (by the (source system, source id)
+    index, not the (status, received) one: a scan of the whole log)."""
     t = schema.raw_inbound
+    stmt = select(t.c.raw_id, t.c.source_system, t.c.source_id, t.c.digest).where(
+        schema.unindexed(t.c.status).in_(KEPT_STATUSES),
+        t.c.source_system.in_(sorted({system for system, _ in keys})),
+        t.c.source_id.in_(sorted({sid for _, sid in keys})),
+    )
+    found: dict[tuple[str, str], tuple[int, str | None]] = {}
+    for r in conn.execute(stmt):
+        if (r.source_system, r.source_id) in keys:
+            found[(r.source_system, r.source_id)] = (int(r.raw_id), r.digest)
+    legacy = [raw_id for raw_id, digest in found.values() if digest is None]  # written before revision 0006
+    digests = {}
+    if legacy:
+        rows = conn.execute(select(t.c.raw_id, t.c.payload).where(t.c.raw_id.in_(legacy)))
+        digests = {int(r.raw_id): raw_digest(bytes(r.payload)) for r in rows}
+    return {k: (raw_id, digest or digests[raw_id]) for k, (raw_id, digest) in found.items()}
+
+
+def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list[_Item]) -> None:
+    """Log the raw message of each item: a new key is inserted; a key already kept (earlier in the batch or in an
+    earlier transaction) is a ``duplicate`` when the content is the same (logged without payload, records not
+    written) and a *conflict* when it differs (nothing written: the caller keeps it under a key of its own)."""
     first: dict[tuple[str, str], _Item] = {}
     to_insert: list[_Item] = []
     resends: list[_Item] = []
@@ -333,51 +424,52 @@ def _write_raws(conn: Connection, driver: sqlite3.Connection | None, batch: list
         raw = item.raw
         if raw is None:
             continue
-        if raw.status == "accepted":
+        if raw.status in KEPT_STATUSES:
             key = (raw.source_system, raw.source_id)
             if key in first:
                 resends.append(item)
                 continue
             first[key] = item
         to_insert.append(item)
-    if not to_insert and not resends:
-        return
     if to_insert:
         returned = _insert_raws(conn, driver, to_insert)
-        accepted_ids = {(r[1], r[2]): int(r[0]) for r in returned if r[3] == "accepted"}
+        kept_ids = {(r[1], r[2]): int(r[0]) for r in returned if r[3] in KEPT_STATUSES}
         # rows that cannot conflict come back in parameter order (ids increase within one statement)
-        others = iter(int(r[0]) for r in returned if r[3] != "accepted")
+        others = iter(int(r[0]) for r in returned if r[3] not in KEPT_STATUSES)
         for item in to_insert:
             assert item.raw is not None
-            if item.raw.status == "accepted":
-                raw_id = accepted_ids.get((item.raw.source_system, item.raw.source_id))
+            if item.raw.status in KEPT_STATUSES:
+                raw_id = kept_ids.get((item.raw.source_system, item.raw.source_id))
                 if raw_id is None:
-                    resends.append(item)  # accepted by an earlier transaction
+                    resends.append(item)  # kept by an earlier transaction
                     continue
                 item.outcome.raw_id = raw_id
             else:
                 item.outcome.raw_id = next(others)
     if not resends:
         return
-    originals = {k: i.outcome.raw_id for k, i in first.items() if i.outcome.raw_id is not None}
+    originals = {
+        k: (i.outcome.raw_id, _digest(i.raw))
+        for k, i in first.items()
+        if i.outcome.raw_id is not None and i.raw is not None
+    }
     unknown = {(i.raw.source_system, i.raw.source_id) for i in resends if i.raw is not None} - originals.keys()
     if unknown:
-        # by the (source system, source id) index, not the (status, received) one (a scan of the whole log)
-        stmt_sel = select(t.c.raw_id, t.c.source_system, t.c.source_id).where(
-            schema.unindexed(t.c.status) == "accepted",
-            t.c.source_system.in_(sorted({system for system, _ in unknown})),
-            t.c.source_id.in_(sorted({sid for _, sid in unknown})),
-        )
-        for r in conn.execute(stmt_sel):
-            if (r.source_system, r.source_id) in unknown:
-                originals[(r.source_system, r.source_id)] = int(r.raw_id)
+        originals.update(_stored_originals(conn, unknown))
     dup_rows = []
     for item in resends:
-        assert item.raw is not None
-        item.outcome = ItemOutcome(raw_duplicate=True, records=item.outcome.records)
-        original = originals.get((item.raw.source_system, item.raw.source_id))
-        dup_rows.append(_raw_row(item.raw, "duplicate", f"resend of accepted raw_id {original}", 0, b""))
-    conn.execute(t.insert(), dup_rows)
+        raw = item.raw
+        assert raw is not None
+        original_id, original_digest = originals[(raw.source_system, raw.source_id)]
+        same = _digest(raw) == original_digest
+        item.outcome = ItemOutcome(
+            raw_duplicate=same, raw_conflict=not same, related_raw_id=original_id, records=item.outcome.records
+        )
+        if same:
+            reason = f"resend of {raw.status} raw_id {original_id}"
+            dup_rows.append(raw_row(raw, "duplicate", reason, 0, payload=b"", related=(original_id, "duplicate-of")))
+    if dup_rows:
+        conn.execute(schema.raw_inbound.insert(), dup_rows)
 
 
 # -- versioned records ----------------------------------------------------------------------------------------

@@ -29,12 +29,14 @@ __all__ = ["AcceptedMessage", "accepted_after", "last_raw_id", "load_cursor", "s
 
 @dataclass(frozen=True, slots=True)
 class AcceptedMessage:
-    """One accepted raw message: its log id, when it was received (UTC) and its payload."""
+    """One accepted raw message: its log id, when it was received (UTC), its payload, and its key in the raw log
+    (``source_id``: the key its records' provenance was built from, which a consumer mapping it again must use)."""
 
     raw_id: int
     received: datetime
     content_type: str
     payload: bytes
+    source_id: str = ""
 
 
 def accepted_after(
@@ -46,14 +48,14 @@ def accepted_after(
     t = schema.raw_inbound
     # the primary-key range after *position*: by the (status, received) index each call scanned every accepted row
     # of the log and sorted the matches (26 ms of CPU per call at 300,000 rows; bench/raw_log_poll.py)
-    stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload).where(
+    stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload, t.c.source_id).where(
         t.c.raw_id > position, schema.unindexed(t.c.status) == "accepted"
     )
     if content_type is not None:
         stmt = stmt.where(t.c.content_type == content_type)
     with store._reading() as conn:
         rows = conn.execute(stmt.order_by(t.c.raw_id).limit(limit)).all()
-    return [AcceptedMessage(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
+    return [AcceptedMessage(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in rows]
 
 
 def last_raw_id(store: Store) -> int:

@@ -3,6 +3,8 @@ transaction and its lock, and readable reasons for connection errors (used by :c
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,7 +13,20 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["SqliteSettings", "WriteLock", "WriteTransaction", "is_memory_url", "make_engine", "reason", "safe_url"]
+from medtwin.store.config import StoreConfigError
+
+__all__ = [
+    "SqliteSettings",
+    "WriteLock",
+    "WriteTransaction",
+    "is_memory_url",
+    "make_engine",
+    "prepare_sqlite_file",
+    "reason",
+    "safe_url",
+    "shorten",
+    "sqlite_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +55,17 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any, settings: SqliteSet
         cursor.close()
 
 
+def shorten(text: str, most: int = 160) -> str:
+    """*text*, or its start and end around "..." when longer than *most* characters (for messages)."""
+    return text if len(text) <= most else f"{text[: most * 2 // 3]}...{text[-(most // 3) :]}"
+
+
 def safe_url(url: str) -> str:
-    """*url* with any password masked, for messages."""
+    """*url* with any password masked (and a very long one shortened), for messages."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return shorten(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
-        return repr(url)
+        return shorten(repr(url))
 
 
 def reason(exc: Exception) -> str:
@@ -62,6 +82,77 @@ def reason(exc: Exception) -> str:
 def is_memory_url(url: str) -> bool:
     """Whether *url* names an in-memory SQLite database (one connection, no file)."""
     return url in ("sqlite://", "sqlite:///:memory:") or "mode=memory" in url
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite *url* as SQLite will open it (None: not SQLite, in memory, or a URI filename)."""
+    if not url.startswith("sqlite") or is_memory_url(url):
+        return None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.query.get("uri") or not parsed.database:
+        return None
+    return parsed.database
+
+
+def _slash_hint(url: str, path: str) -> str:
+    """A hint for ``sqlite:///path`` (relative to the current folder) where ``sqlite:////path`` (absolute) was meant."""
+    try:
+        folder = os.path.dirname("/" + path)
+        if os.path.isabs(path) or not (os.path.exists("/" + path) or (folder != "/" and os.path.isdir(folder))):
+            return ""
+    except OSError:
+        return ""
+    scheme, short = url.split(":", 1)[0], shorten(path)
+    return (
+        f" ({scheme}:///{short} is a path relative to the current folder {shorten(os.getcwd())!r}; "
+        f"for the absolute path /{short} write {scheme}:////{short})"
+    )
+
+
+def prepare_sqlite_file(url: str, *, create: bool) -> None:
+    """Check the database file of a SQLite *url*; with *create*, make a missing one, readable by its owner only.
+
+    SQLite would create a missing file with the process's umask (typically world-readable, 0644) and without a
+    word; a database holds health data, so medtwin creates it 0600 (SQLite gives its -wal and -shm files the same
+    mode), and a command that only reads (*create* False) refuses a path where no database exists instead of making
+    an empty one.
+
+    Raises
+    ------
+    StoreConfigError
+        No database there (and *create* is False), a folder where the file should be, or the file cannot be
+        created (missing folder, permission, name too long), with a hint when ``sqlite:///`` was likely meant as an
+        absolute path.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return
+    shown = safe_url(url)
+    try:
+        if os.path.isdir(path):
+            raise StoreConfigError(f"cannot open database {shown}: that is a folder, not a database file")
+        if os.path.exists(path):
+            return
+    except OSError as exc:  # a name too long for the file system, say
+        raise StoreConfigError(f"cannot open database {shown}: {exc.strerror or exc}") from None
+    if not create:
+        raise StoreConfigError(
+            f"no database at {shorten(path)!r}; commands that only read never create one: check the path, "
+            "or load data first (medtwin ingest / medtwin listen)" + _slash_hint(url, path)
+        )
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process made it in between: fine
+        return
+    except OSError as exc:
+        why = {errno.ENOENT: "its folder does not exist", errno.ENAMETOOLONG: "the path is too long"}.get(
+            exc.errno or 0, exc.strerror or str(exc)
+        )
+        hint = "" if exc.errno == errno.ENAMETOOLONG else _slash_hint(url, path)
+        raise StoreConfigError(f"cannot create database {shown}: {why}" + hint) from None
 
 
 def make_engine(url: str, settings: SqliteSettings) -> Engine:

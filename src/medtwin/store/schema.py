@@ -33,6 +33,7 @@ from sqlalchemy.types import TypeDecorator
 from medtwin.codes import LOINC
 
 __all__ = [
+    "KEPT_RAW",
     "NOT_LOINC_PRIMARY",
     "UTCDateTime",
     "conditions",
@@ -40,12 +41,14 @@ __all__ = [
     "encounter_locations",
     "encounters",
     "events",
+    "fhir_resources",
     "medication_administrations",
     "medication_requests",
     "metadata",
     "observations",
     "patient_identity",
     "patient_identity_versions",
+    "patient_references",
     "patients",
     "raw_inbound",
     "record_versions",
@@ -300,6 +303,9 @@ events = Table(
     Index("ix_events_status_time", "status", "time"),
 )
 
+KEPT_RAW = text("status IN ('accepted', 'unmapped')")
+"""The condition of the raw log's unique (source system, source id) index (revision 0006)."""
+
 raw_inbound = Table(
     "raw_inbound",
     metadata,
@@ -312,18 +318,32 @@ raw_inbound = Table(
     Column("reason", Text),
     Column("record_count", Integer, nullable=False, server_default=text("0")),
     Column("payload", LargeBinary, nullable=False),
-    # One *accepted* row per (source system, source id): that is the idempotency key. Rejected, duplicate and
-    # unmapped arrivals are logged as extra rows (a corrected resend must still be accepted).
+    # revision 0006: SHA-256 of the payload (a resend with the same key and other content is a conflict, kept), and
+    # the entry this one relates to: the original of a duplicate or conflicting resend, the rejected entry a retry
+    # re-processed
+    Column("digest", String(64)),
+    Column("related_raw_id", BigInteger),
+    Column("relation", String(20)),
+    # One *kept* row (accepted, or unmapped: stored without records) per (source system, source id): that is the
+    # idempotency key. Rejected and duplicate arrivals are logged as extra rows (a corrected resend must still be
+    # accepted).
     Index(
-        "uq_raw_inbound_accepted",
+        "uq_raw_inbound_kept",
         "source_system",
         "source_id",
         unique=True,
-        sqlite_where=text("status = 'accepted'"),
-        postgresql_where=text("status = 'accepted'"),
+        sqlite_where=KEPT_RAW,
+        postgresql_where=KEPT_RAW,
     ),
     Index("ix_raw_inbound_source", "source_system", "source_id"),
     Index("ix_raw_inbound_status_received", "status", "received"),
+    # the entries that refer to one (its duplicates, conflicting resends, retries): `medtwin inbox show` (0006)
+    Index(
+        "ix_raw_inbound_related",
+        "related_raw_id",
+        sqlite_where=text("related_raw_id IS NOT NULL"),
+        postgresql_where=text("related_raw_id IS NOT NULL"),
+    ),
 )
 
 twin_snapshots = Table(
@@ -365,6 +385,32 @@ patient_identity_versions = Table(
         primary_key=True,
     ),
     Column("body", Text, nullable=False),
+)
+
+# FHIR resources kept as they came (revision 0007): every valid resource that medtwin does not turn into a record
+# (Immunization, Procedure, Claim, ... and a resource of a mapped type that lacks what medtwin needs), keyed by type
+# and id, in its patient's compartment (``patient_id``; NULL for resources outside any, e.g. Organization). The
+# FHIR export of a patient returns them (medtwin.interop.fhir.writer).
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(200), primary_key=True),
+    Column("patient_id", String(200)),
+    *_provenance(),
+    Column("recorded", UTCDateTime(), nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_fhir_resources_patient", "patient_id", "resource_type"),
+)
+
+# Resources outside a patient's compartment that the patient's resources refer to (Organization, Practitioner,
+# Location, Medication...): the export of the patient includes them, as FHIR's Patient/$everything does.
+patient_references = Table(
+    "patient_references",
+    metadata,
+    Column("patient_id", String(200), primary_key=True),
+    Column("resource_type", String(64), primary_key=True),
+    Column("resource_id", String(200), primary_key=True),
 )
 
 # How far each consumer of the raw inbound log has read (revision 0004): the last ``raw_id`` it has processed.

@@ -10,6 +10,7 @@ safe to share between threads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,11 +60,14 @@ from medtwin.store.engine import (
     WriteTransaction,
     is_memory_url,
     make_engine,
+    prepare_sqlite_file,
     reason,
     safe_url,
+    sqlite_file,
 )
-from medtwin.store.locks import SharedWriteLock
+from medtwin.store.locks import SharedWriteLock, file_lock, lock_path_for
 from medtwin.store.migrate import upgrade_to_head
+from medtwin.store.resources import FhirResource, PatientLinks, kept_bodies
 
 __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
 
@@ -133,7 +137,11 @@ class EventNotFoundError(MedtwinError, KeyError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RawMessage:
-    """An inbound payload as received (HL7 v2 message, FHIR bundle, NDJSON chunk...), logged before mapping."""
+    """An inbound payload as received (HL7 v2 message, FHIR bundle, NDJSON chunk...), logged before mapping.
+
+    *related_raw_id* and *relation* name an entry this one refers to: ``conflict-of`` (a resend under a kept key
+    with other content), ``retry-of`` (a rejected entry processed again); the store adds ``duplicate-of`` itself.
+    """
 
     source_system: str
     source_id: str
@@ -142,6 +150,9 @@ class RawMessage:
     received: datetime
     status: str = "accepted"
     reason: str | None = None
+    related_raw_id: int | None = None
+    relation: str | None = None
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         if not self.source_system or not self.source_id:
@@ -171,13 +182,18 @@ class RawLogEntry:
     reason: str | None
     record_count: int
     payload: bytes | None
+    related_raw_id: int | None = None
+    relation: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteResult:
     """What one :meth:`Store.write` did: records inserted, updated, already stored; whether the raw was a resend.
 
-    ``inserted + updated + duplicates`` is the number of records given (0 of them counted for a resend).
+    ``inserted + updated + duplicates`` is the number of records given (0 of them counted for a resend). A resend
+    under a key already kept is ``raw_duplicate`` when its content is the same (logged as a duplicate) and
+    ``raw_conflict`` when it differs: then nothing was written, and the caller must keep it under a key of its own
+    (``related_raw_id`` is the kept entry in both cases).
     """
 
     inserted: int
@@ -185,10 +201,16 @@ class WriteResult:
     raw_duplicate: bool = False
     raw_id: int | None = None
     updated: int = 0
+    raw_conflict: bool = False
+    related_raw_id: int | None = None
 
     def __repr__(self) -> str:
-        # ``updated`` is shown only when non-zero, so the repr of an insert-only write reads as it always did
+        # the fields added later are shown only when set, so the repr of a plain write reads as it always did
         extra = f", updated={self.updated}" if self.updated else ""
+        if self.raw_conflict:
+            extra += ", raw_conflict=True"
+        if self.related_raw_id is not None:
+            extra += f", related_raw_id={self.related_raw_id}"
         return (
             f"WriteResult(inserted={self.inserted}, duplicates={self.duplicates}, "
             f"raw_duplicate={self.raw_duplicate}, raw_id={self.raw_id}{extra})"
@@ -215,6 +237,10 @@ class Store:
         SQLite: another store on the same file checkpoints in the background (the listener's, for the twin
         runtime's worker), so this one's commits leave the WAL to it too (they checkpoint only past the fallback
         size, as with ``checkpoint_interval_s``).
+    create
+        SQLite: create the database file when it does not exist (mode 0600, readable by its owner only). False
+        for commands that only read: a path where no database exists is then a :class:`StoreConfigError`
+        (with a hint when ``sqlite:///`` was meant as an absolute path), not a new empty database.
     write_lock
         SQLite: a :class:`~medtwin.store.locks.SharedWriteLock` taken around every write transaction, shared with
         the other processes that write the file (the listener and its twin runtime worker), so that none of them
@@ -236,6 +262,7 @@ class Store:
         write_lock: SharedWriteLock | None = None,
         synchronous: str = "FULL",
         checkpoints_elsewhere: bool = False,
+        create: bool = True,
     ) -> None:
         if cache_mib < 1:
             raise ValidationError(f"Store: cache_mib must be at least 1, got {cache_mib}")
@@ -245,6 +272,7 @@ class Store:
             raise ValidationError(f"Store: checkpoint_interval_s must be positive, got {checkpoint_interval_s}")
         self.url = resolve_database_url(url)
         self.checkpointer: WalCheckpointer | None = None
+        prepare_sqlite_file(self.url, create=create)
         background = checkpoint_interval_s is not None
         inline = not (background or checkpoints_elsewhere)
         try:
@@ -263,16 +291,23 @@ class Store:
         if self._dialect == "sqlite":
             self._write_lock = write_lock if write_lock is not None else threading.Lock()
         if migrate:
-            try:
-                with self._engine.begin() as conn:
-                    upgrade_to_head(conn)
-            except (OperationalError, InterfaceError) as exc:
-                self._engine.dispose()
-                raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
+            self._migrate()
         path = self._engine.url.database
         if background and self._dialect == "sqlite" and path and not is_memory_url(self.url):
             assert checkpoint_interval_s is not None
             self.checkpointer = WalCheckpointer(path, interval_s=checkpoint_interval_s, lock=self._write_lock)
+
+    def _migrate(self) -> None:
+        """Upgrade the schema to head; processes opening one fresh SQLite file take turns (an OS-level lock):
+        SQLite runs each ``CREATE TABLE`` in a transaction of its own, so two processes both found no schema and
+        the second failed with "table ... already exists"."""
+        path = sqlite_file(self.url)
+        try:
+            with file_lock(lock_path_for(path)) if path else contextlib.nullcontext(), self._engine.begin() as conn:
+                upgrade_to_head(conn)
+        except (OperationalError, InterfaceError) as exc:
+            self._engine.dispose()
+            raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -355,28 +390,18 @@ class Store:
             if tx is not None:  # commit, or roll back on failure
                 tx.__exit__(type(failure) if failure else None, failure, failure.__traceback__ if failure else None)
 
-    def _insert_raw(
-        self, conn: Connection, raw: RawMessage, status: str, reason: str | None, record_count: int
-    ) -> int | None:
-        row = {
-            "source_system": raw.source_system,
-            "source_id": raw.source_id,
-            "content_type": raw.content_type,
-            "received": raw.received,
-            "status": status,
-            "reason": reason,
-            "record_count": record_count,
-            "payload": raw.payload_bytes,
-        }
-        stmt = self._insert(schema.raw_inbound).returning(schema.raw_inbound.c.raw_id)
-        raw_id = conn.execute(stmt, row).scalar_one_or_none()
-        return None if raw_id is None else int(raw_id)
+    def _insert_raw(self, conn: Connection, raw: RawMessage, status: str, reason: str | None) -> int:
+        stmt = schema.raw_inbound.insert().returning(schema.raw_inbound.c.raw_id)
+        return int(conn.execute(stmt, batch.raw_row(raw, status, reason, 0)).scalar_one())
 
-    def write(self, records: Sequence[Record], raw: RawMessage | None = None) -> WriteResult:
+    def write(
+        self, records: Sequence[Record | FhirResource | PatientLinks], raw: RawMessage | None = None
+    ) -> WriteResult:
         """Store *records* (and the *raw* message they came from) in one durable transaction.
 
         A raw message whose (source system, source id) was already accepted writes nothing and returns
-        ``raw_duplicate=True`` (the resend is logged as a ``duplicate`` row without payload). An insert-once record
+        ``raw_duplicate=True`` (the resend is logged as a ``duplicate`` row without payload); one with other content
+        writes nothing and returns ``raw_conflict=True`` (see :class:`WriteResult`). An insert-once record
         (observation, condition, medication, event) whose provenance, or primary id, is already stored is skipped
         and counted in ``duplicates``. A patient or encounter that is already stored is updated when the new
         version changes it (``updated``; the version is kept in the history, see :mod:`medtwin.store.versions`)
@@ -384,7 +409,9 @@ class Store:
         """
         return self.write_batch([(records, raw)])[0]
 
-    def write_batch(self, items: Sequence[tuple[Sequence[Record], RawMessage | None]]) -> list[WriteResult]:
+    def write_batch(
+        self, items: Sequence[tuple[Sequence[Record | FhirResource | PatientLinks], RawMessage | None]]
+    ) -> list[WriteResult]:
         """Several :meth:`write` calls in ONE transaction (group commit: one disk sync for all of them).
 
         Each (records, raw) pair keeps its own idempotency, as if written one after the other in order; the whole
@@ -403,21 +430,29 @@ class Store:
                 raw_duplicate=o.raw_duplicate,
                 raw_id=o.raw_id,
                 updated=o.updated,
+                raw_conflict=o.raw_conflict,
+                related_raw_id=o.related_raw_id,
             )
             for o in outcomes
         ]
 
-    def reject(self, raw: RawMessage, reason: str) -> None:
-        """Log *raw* as rejected, with *reason* (dead letter; kept forever)."""
+    def reject(self, raw: RawMessage, reason: str) -> int:
+        """Log *raw* as rejected, with *reason* (dead letter; kept forever); returns its raw id."""
         with self._transaction() as conn:
-            self._insert_raw(conn, raw, "rejected", reason, 0)
+            return self._insert_raw(conn, raw, "rejected", reason)
 
     def log_raw(self, raw: RawMessage, status: str, reason: str | None = None) -> int | None:
-        """Log *raw* with *status* (e.g. ``unmapped``) without records; returns its raw id (None if a resend)."""
+        """Log *raw* with *status* (e.g. ``unmapped``) without records; returns its raw id (None if a resend).
+
+        An ``unmapped`` (or ``accepted``) entry is kept once per key, like :meth:`write`'s raw message: a resend of
+        the same content is logged as a duplicate and returns None.
+        """
         if status not in _RAW_STATUSES:
             raise ValidationError(f"Store.log_raw: status {status!r} is not one of {', '.join(_RAW_STATUSES)}")
+        if status in batch.KEPT_STATUSES:
+            return self.write([], dataclasses.replace(raw, status=status, reason=reason)).raw_id
         with self._transaction() as conn:
-            return self._insert_raw(conn, raw, status, reason, 0)
+            return self._insert_raw(conn, raw, status, reason)
 
     # -- raw log ------------------------------------------------------------------------------------------
     @staticmethod
@@ -432,16 +467,40 @@ class Store:
             reason=row.reason,
             record_count=int(row.record_count),
             payload=bytes(row.payload) if "payload" in row._fields else None,
+            related_raw_id=None if row.related_raw_id is None else int(row.related_raw_id),
+            relation=row.relation,
         )
 
-    def raw_log(self, status: str | None = None, limit: int = 100) -> list[RawLogEntry]:
-        """The newest *limit* raw inbound entries (optionally only those with *status*), newest first."""
+    def raw_log(
+        self, status: str | None = None, limit: int = 100, *, relation: str | None = None, before: int | None = None
+    ) -> list[RawLogEntry]:
+        """The newest *limit* raw inbound entries, newest first: only those with *status* and *relation*
+        (``conflict-of``, ``retry-of``, ``duplicate-of``) when given, and with a raw id below *before* (paging)."""
         t = schema.raw_inbound
         stmt = select(t).order_by(t.c.raw_id.desc()).limit(limit)
         if status is not None:
             stmt = stmt.where(t.c.status == status)
+        if relation is not None:
+            stmt = stmt.where(schema.unindexed(t.c.relation) == relation)
+        if before is not None:
+            stmt = stmt.where(t.c.raw_id < before)
         with self._reading() as conn:
             return [self._raw_entry(r) for r in conn.execute(stmt)]
+
+    def raw_entry(self, raw_id: int) -> RawLogEntry | None:
+        """The raw inbound entry *raw_id*, payload included, or None."""
+        t = schema.raw_inbound
+        with self._reading() as conn:
+            row = conn.execute(select(t).where(t.c.raw_id == raw_id)).first()
+        return None if row is None else self._raw_entry(row)
+
+    def raw_related(self, raw_id: int) -> list[RawLogEntry]:
+        """The entries that refer to entry *raw_id* (its duplicates, conflicting resends and retries), oldest first,
+        without their payloads."""
+        t = schema.raw_inbound
+        stmt = select(*(c for c in t.c if c.name != "payload")).where(t.c.related_raw_id == raw_id)
+        with self._reading() as conn:
+            return [self._raw_entry(r) for r in conn.execute(stmt.order_by(t.c.raw_id))]
 
     def raw_seen(
         self, source_system: str, source_id: str, *, statuses: Sequence[str] = ("accepted",)
@@ -579,6 +638,30 @@ class Store:
                     found[coding.code] = codec.decode(Observation, body)
         return found
 
+    def latest_results(self, patient_id: str, limit: int = 50) -> list[Observation]:
+        """The newest observation of each code of *patient_id* outside the dense vital-sign streams (labs and
+        other results: what ``medtwin patient`` shows under "Results"), newest first, at most *limit* codes.
+
+        Read through the two partial indexes that hold exactly those rows (revisions 0003 and 0005), so a
+        patient with months of 1 Hz vital signs costs no scan of them.
+        """
+        t = schema.observations
+        sparse = select(t.c.body, t.c.effective).where(t.c.patient_id == patient_id, schema.SPARSE_LOINC)
+        other = select(t.c.body, t.c.effective).where(
+            t.c.patient_id == patient_id, schema.NOT_LOINC_PRIMARY, t.c.loinc_code.is_(None)
+        )
+        with self._reading() as conn:
+            rows = [*conn.execute(sparse), *conn.execute(other)]
+        rows.sort(key=lambda r: r[1], reverse=True)
+        found: dict[tuple[str, str], Observation] = {}
+        for body, _ in rows:
+            obs = codec.decode(Observation, body)
+            if obs.status not in _NOT_A_VALUE:
+                found.setdefault((obs.code.system, obs.code.code), obs)
+                if len(found) >= limit:
+                    break
+        return list(found.values())
+
     def encounters(
         self, patient_id: str | None = None, since: datetime | None = None, until: datetime | None = None
     ) -> list[Encounter]:
@@ -613,6 +696,12 @@ class Store:
         t = schema.medication_administrations
         stmt = select(t.c.body).where(t.c.patient_id == patient_id).order_by(t.c.start, t.c.administration_id)
         return [codec.decode(MedicationAdministration, b) for b in self._bodies(stmt)]
+
+    def kept_resources(self, patient_id: str) -> list[str]:
+        """The FHIR resources kept whole for *patient_id* (JSON text): those in the patient's compartment, then the
+        resources outside any compartment that they refer to (see :mod:`medtwin.store.resources`)."""
+        with self._reading() as conn:
+            return kept_bodies(conn, patient_id)
 
     # -- events -------------------------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> None:

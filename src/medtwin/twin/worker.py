@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,8 +32,18 @@ from typing import Any
 from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
 from medtwin.records import Event, Observation, Record
-from medtwin.service import prepare_service_heap
-from medtwin.store import SharedWriteLock, Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.service import exit_with_parent, prepare_service_heap
+from medtwin.store import (
+    SharedWriteLock,
+    Store,
+    accepted_after,
+    last_raw_id,
+    load_cursor,
+    resolve_database_url,
+    save_cursor,
+)
+from medtwin.store.engine import sqlite_file
+from medtwin.store.locks import lock_path_for
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
@@ -46,6 +57,7 @@ __all__ = [
     "listener_store",
     "record_skipped",
     "recover_and_follow",
+    "stored_records",
 ]
 
 log = logging.getLogger(__name__)
@@ -54,6 +66,15 @@ DEFAULT_CONSUMER = "twin-runtime"
 # The worker reads each raw page once and writes a few event pages: a small SQLite cache is enough, and keeps its
 # memory flat (with the store's default 64 MiB its RSS grew about 4 MB a minute through a 10-minute soak).
 WORKER_CACHE_MIB = 8
+
+
+def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[Record]:
+    """The records of a stored HL7 v2 raw entry, mapped again as the listener mapped them: with the entry's key
+    (*key*, its ``source_id``: a conflicting resend's records carry a key of their own) when it holds one message;
+    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key."""
+    messages = parse_payload(payload)
+    one = key if len(messages) == 1 else None
+    return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
 
 
 class LogFollower:
@@ -98,11 +119,9 @@ class LogFollower:
         for message in found:
             try:
                 records: list[Record] = [
-                    r
-                    for parsed in parse_payload(message.payload)
-                    for r in map_message(parsed, assume_tz=self.assume_tz).records
+                    r for r in stored_records(message.payload, message.source_id, self.assume_tz)
                     if isinstance(r, Observation)
-                ]
+                ]  # fmt: skip
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
@@ -147,6 +166,7 @@ def follow(
     group_window_s: float = 0.2,
     cursor_every_s: float = 1.0,
     max_messages: int | None = None,
+    abandon: Callable[[], bool] | None = None,
 ) -> WorkerStats:
     """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
 
@@ -156,7 +176,8 @@ def follow(
     lock: every runtime transaction is one more wait for the lock, for the worker and for the listener, so a few
     larger runtime transactions keep both moving. The price: alerts come up to one window later, and after a
     crash up to *cursor_every_s* of messages are processed again (at least once).
-    A backlog is read without waiting. With *max_messages* it returns once it has read that many.
+    A backlog is read without waiting. With *max_messages* it returns once it has read that many; once *abandon*
+    returns True (the parent process died) it saves its cursor and returns at once, backlog or not.
     """
     busy = 0.0
     saved_at = time.monotonic()
@@ -171,6 +192,8 @@ def follow(
                 saved_at = time.monotonic()
             busy += time.perf_counter() - started
             if max_messages is not None and follower.messages >= max_messages:
+                break
+            if abandon is not None and abandon():
                 break
             if follower.last_poll_full:
                 continue
@@ -208,13 +231,7 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (
-                    r.patient_id
-                    for parsed in parse_payload(payload)
-                    for r in map_message(parsed, assume_tz=assume_tz).records
-                    if isinstance(r, Observation)
-                ),
-                None,
+                (r.patient_id for r in stored_records(payload, None, assume_tz) if isinstance(r, Observation)), None
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None
@@ -249,6 +266,7 @@ def recover_and_follow(
     retry_pause_s: float = 1.0,
     attempts: int = 3,
     isolate_messages: int = 100,
+    abandon: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """:func:`follow` that survives failures; returns :class:`WorkerStats` as a dict (of the last attempt) plus
     ``restarts``, ``skipped`` and ``messages_read`` (every read, re-reads after a restart included).
@@ -259,7 +277,8 @@ def recover_and_follow(
     on its own is logged with its raw id and stepped over, so one bad message cannot stop every patient's twin; an
     alert records it (:func:`record_skipped`), as it does for a stored message that no longer maps.
     Stepping over is a cursor write: while the store cannot be written (disk full, database down) nothing is
-    skipped and the worker keeps retrying every *retry_pause_s*.
+    skipped and the worker keeps retrying every *retry_pause_s*. *abandon*: as for :func:`follow` (and no retry
+    once it returns True).
     """
     restarts = skipped = failures = stop_retries = read = 0
     failed_at: int | None = None
@@ -278,7 +297,7 @@ def recover_and_follow(
                 isolating = False
                 stop_retries = 0  # progress
                 continue
-            stats = follow(follower, runtime, should_stop=should_stop)
+            stats = follow(follower, runtime, should_stop=should_stop, abandon=abandon)
         except Exception:
             restarts += 1
             position = follower.position
@@ -299,6 +318,8 @@ def recover_and_follow(
                 except Exception:
                     log.exception("twin runtime: cannot step over the message after raw id %d; retrying", position)
             isolating = True
+            if abandon is not None and abandon():
+                return {"error": "the parent process died while failing", "restarts": restarts, "skipped": skipped}
             if should_stop():  # shutting down: finish what is stored unless failures stop making progress
                 stop_retries += 1
                 if stop_retries > attempts + 1:
@@ -338,10 +359,11 @@ def _child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         prepare_service_heap()  # this process is a service of its own (medtwin.service)
-        parent = multiprocessing.parent_process()
+        orphaned = threading.Event()
+        exit_with_parent(orphaned.set)  # stop at once if the parent dies; ended after a grace period at the latest
 
         def should_stop() -> bool:
-            return bool(stop.is_set()) or (parent is not None and not parent.is_alive())
+            return bool(stop.is_set()) or orphaned.is_set()
 
         def make_runtime() -> TwinRuntime:
             runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
@@ -356,6 +378,7 @@ def _child(
             name=name,
             assume_tz=assume_tz,
             on_ready=lambda position: conn.send({"ready": position}),
+            abandon=orphaned.is_set,
         )
         conn.send(report)
     except Exception as exc:  # report, then fail: the parent shows why
@@ -378,7 +401,10 @@ def listener_store(db: str | None, *, shared_lock: bool = True) -> tuple[Store, 
     (its yielding view, so the worker's few transactions go first), returned for
     ``RuntimeProcess(..., write_lock=lock)`` and ``ListenerPool(..., write_lock=lock)``; otherwise the lock is None.
     """
-    lock = SharedWriteLock() if shared_lock else None
+    lock: SharedWriteLock | None = None
+    if shared_lock:  # an flock on the database's lock file: it dies with a killed holder (medtwin.store.locks)
+        path = sqlite_file(resolve_database_url(db))
+        lock = SharedWriteLock(lock_path_for(path) if path else None)
     view = None if lock is None else lock.yielding()
     return Store(db, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=view), lock
 

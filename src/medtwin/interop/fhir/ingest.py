@@ -9,9 +9,11 @@ skipped as a duplicate, and records are idempotent on (source system, ``Type/id`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +22,12 @@ from typing import Any
 import orjson
 
 from medtwin.interop.fhir.errors import FhirInputError
-from medtwin.interop.fhir.reader import Unmapped, map_resource
+from medtwin.interop.fhir.payload import ParsedPayload, input_errors, parse_payload
 from medtwin.records import Record
-from medtwin.store import RawMessage, Store
+from medtwin.store import FhirResource, PatientLinks, RawMessage, Store
 
 __all__ = [
+    "FhirLimits",
     "FileReport",
     "IngestReport",
     "ParsedPayload",
@@ -37,17 +40,23 @@ __all__ = [
 FHIR_JSON = "application/fhir+json"
 FHIR_NDJSON = "application/fhir+ndjson"
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
-_MAX_ERRORS = 20
+_SAMPLE = 4096  # bytes of a refused over-limit file kept in the raw log (not the whole file)
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class ParsedPayload:
-    """The records of one bundle or resource, the unmapped resources by type, and non-fatal warnings."""
+@dataclass(frozen=True, slots=True)
+class FhirLimits:
+    """Size limits of FHIR input (each refused with a clear error, the rest of the run goes on).
 
-    records: list[Record] = field(default_factory=list)
-    unmapped: Counter[str] = field(default_factory=Counter)
-    warnings: list[str] = field(default_factory=list)
-    resources: int = 0
+    *max_file_bytes*: a JSON file (Bundle or resource) is read whole, so it is bounded; NDJSON files are streamed
+    line by line, and each line is bounded by *max_line_bytes*. *max_string_chars*: any JSON string in a resource
+    (a 200 MB string field took 1.78 GB of memory and 630 MB of database before these limits).
+    """
+
+    max_file_bytes: int = 64 << 20
+    max_line_bytes: int = 16 << 20
+    max_string_chars: int = 8 << 20
 
 
 @dataclass(slots=True)
@@ -140,134 +149,20 @@ def _loads(data: bytes, *, file: str, line: int | None = None) -> Any:
         raise FhirInputError(f"invalid JSON ({exc})", file=file, line=line) from None
 
 
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return f"a JSON {kinds.get(type(value), type(value).__name__)}"
-
-
-def parse_payload(obj: Any, *, file: str = "<input>", source_system: str = "fhir") -> ParsedPayload:
-    """Map a parsed FHIR JSON document (a Bundle or a single resource) to records, all or nothing.
-
-    Raises
-    ------
-    FhirInputError
-        Listing every invalid entry (up to 20), each with file, entry index, resource and field.
-    """
-    out = ParsedPayload()
-    if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
-        entries = obj.get("entry", [])
-        if not isinstance(entries, list):
-            # `"entry": {}` or null is not an empty bundle: FHIR JSON has no nulls, and an object is a malformed
-            # producer, which must be told rather than silently given an empty success
-            raise FhirInputError(
-                f"must be a list of entries, got {_json_kind(entries)}", file=file, field="Bundle.entry"
-            )
-        refs: dict[str, tuple[str, str]] = {}
-        medications: dict[str, Any] = {}
-        fallback: list[str | None] = []
-        for entry in entries:
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            full_url = entry.get("fullUrl") if isinstance(entry, dict) else None
-            rid: str | None = None
-            if isinstance(res, dict):
-                rid = res.get("id") or (full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1] if full_url else None)
-                rtype = res.get("resourceType")
-                if isinstance(rtype, str) and rid:
-                    keys = [f"{rtype}/{rid}", *([full_url] if full_url else [])]
-                    for key in keys:
-                        refs[key] = (rtype, rid)
-                        if rtype == "Medication":
-                            medications[key] = res
-            fallback.append(rid)
-        errors: list[FhirInputError] = []
-        first_seen: dict[str, tuple[int, Any]] = {}
-        for i, entry in enumerate(entries):
-            res = entry.get("resource") if isinstance(entry, dict) else None
-            if res is None:
-                out.unmapped["(entry without resource)"] += 1
-                continue
-            key = f"{res.get('resourceType')}/{fallback[i]}" if isinstance(res, dict) and fallback[i] else ""
-            if key and key in first_seen and first_seen[key][1] != res:
-                # records are unique on Type/id: the first copy is stored, so say that this one is not
-                where = f"{file}: entry {i} ({key})"
-                out.warnings.append(
-                    f"{where}: same {key} as entry {first_seen[key][0]} with different content; "
-                    f"entry {first_seen[key][0]} is kept"
-                )
-            first_seen.setdefault(key, (i, res))
-            out.resources += 1
-            try:
-                item = map_resource(
-                    res,
-                    source_system=source_system,
-                    refs=refs,
-                    medications=medications,
-                    warnings=out.warnings,
-                    fallback_id=fallback[i],
-                )
-            except FhirInputError as exc:
-                errors.append(exc.located(file=file, entry=i))
-                if len(errors) >= _MAX_ERRORS:
-                    break
-                continue
-            if isinstance(item, Unmapped):
-                out.unmapped[item.label] += 1
-            else:
-                out.records.append(item)
-        if errors:
-            raise errors[0] if len(errors) == 1 else _ManyInputError(errors)
-        return out
-    out.resources = 1
-    try:
-        item = map_resource(obj, source_system=source_system, warnings=out.warnings)
-    except FhirInputError as exc:
-        raise exc.located(file=file) from None
-    if isinstance(item, Unmapped):
-        out.unmapped[item.label] += 1
-    else:
-        out.records.append(item)
-    return out
-
-
-class _ManyInputError(FhirInputError):
-    """Several invalid entries of one bundle."""
-
-    def __init__(self, errors: Sequence[FhirInputError]) -> None:
-        self.errors = list(errors)
-        first = errors[0]
-        super().__init__(
-            f"{first.problem} (and {len(errors) - 1} more problem(s))",
-            file=first.file,
-            entry=first.entry,
-            resource=first.resource,
-            field=first.field,
-        )
-
-
-def _errors(exc: FhirInputError) -> list[FhirInputError]:
-    return list(exc.errors) if isinstance(exc, _ManyInputError) else [exc]
-
-
 def _messages(exc: FhirInputError) -> list[str]:
-    return [str(e) for e in _errors(exc)]
+    return [str(e) for e in input_errors(exc)]
 
 
-def _parse_ndjson_line(line: bytes, *, file: str, line_number: int, source_system: str) -> ParsedPayload:
+def _parse_ndjson_line(
+    line: bytes, *, file: str, line_number: int, source_system: str, limits: FhirLimits
+) -> ParsedPayload:
     """One NDJSON line: a resource, or a whole Bundle (some exporters write one a line), all or nothing."""
+    if len(line) > limits.max_line_bytes:
+        raise FhirInputError(f"a line of {len(line)} bytes, over the limit of {limits.max_line_bytes}", file=file,
+                             line=line_number)  # fmt: skip
     obj = _loads(line, file=file, line=line_number)
-    if isinstance(obj, dict) and obj.get("resourceType") == "Bundle":
-        # the bundle's own rules apply to the line: urn:uuid references resolve within it, and any invalid
-        # entry rejects every entry of it
-        return parse_payload(obj, file=file, source_system=source_system)
-    out = ParsedPayload(resources=1)
-    item = map_resource(obj, source_system=source_system, warnings=out.warnings)
-    if isinstance(item, Unmapped):
-        out.unmapped[item.label] += 1
-    else:
-        out.records.append(item)
-    return out
+    # a Bundle on a line keeps its rules: urn:uuid references resolve within it, one invalid entry rejects it all
+    return parse_payload(obj, file=file, source_system=source_system, max_string=limits.max_string_chars)
 
 
 def fhir_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -298,27 +193,53 @@ class _Pending:
     """One JSON file, parsed, waiting for the group commit."""
 
     report: FileReport
-    records: list[Record]
+    items: list[Record | FhirResource | PatientLinks]
     raw: RawMessage
 
 
-def _prepare_json(store: Store, path: Path, report: FileReport, source_system: str) -> _Pending:
-    data = path.read_bytes()
-    report.size_bytes = len(data)
-    raw = RawMessage(
+def _file_raw(data: bytes, source_system: str) -> RawMessage:
+    """The raw-log entry of a JSON file's bytes, keyed by their SHA-256."""
+    return RawMessage(
         source_system=source_system,
         source_id=f"sha256:{hashlib.sha256(data).hexdigest()}",
         payload=data,
         content_type=FHIR_JSON,
         received=_now(),
     )
+
+
+def _refused_file(path: Path, report: FileReport, source_system: str, reason: str, data: bytes) -> _Pending:
+    """A file logged as rejected with *reason* (its first 4 KiB when it was refused for its size)."""
+    report.errors.append(reason)
+    report.status = "rejected"
+    return _Pending(report, [], _with(_file_raw(data, source_system), status="rejected", reason=reason))
+
+
+def _prepare_json(store: Store, path: Path, report: FileReport, source_system: str, limits: FhirLimits) -> _Pending:
+    size = path.stat().st_size
+    report.size_bytes = size
+    if size > limits.max_file_bytes:
+        with path.open("rb") as fh:
+            sample = fh.read(_SAMPLE)
+        reason = (
+            f"{path}: {size} bytes, over the limit of {limits.max_file_bytes} for one JSON file (medtwin ingest "
+            f"--max-file-mb; bulk data belongs in NDJSON, which is streamed); its first {len(sample)} bytes are kept"
+        )
+        return _refused_file(path, report, source_system, reason, sample)
+    data = path.read_bytes()
+    raw = _file_raw(data, source_system)
     seen = store.raw_seen(raw.source_system, raw.source_id, statuses=("accepted", "unmapped"))
     if seen is not None:
         report.status = "duplicate"
         reason = f"{path.name}: same content already logged as {seen.status} (raw_id {seen.raw_id})"
         return _Pending(report, [], _with(raw, payload=b"", status="duplicate", reason=reason))
     try:
-        parsed = parse_payload(_loads(data, file=str(path)), file=str(path), source_system=source_system)
+        parsed = parse_payload(
+            _loads(data, file=str(path)),
+            file=str(path),
+            source_system=source_system,
+            max_string=limits.max_string_chars,
+        )
     except FhirInputError as exc:
         report.errors.extend(_messages(exc))
         report.status = "rejected"
@@ -327,18 +248,18 @@ def _prepare_json(store: Store, path: Path, report: FileReport, source_system: s
     report.unmapped = parsed.unmapped
     report.warnings = parsed.warnings
     note = _unmapped_note(parsed.unmapped)
-    if not parsed.records and parsed.unmapped:
+    if not parsed.records and not parsed.kept and parsed.unmapped:
         report.status = "unmapped"
         return _Pending(report, [], _with(raw, status="unmapped", reason=note))
-    return _Pending(report, parsed.records, _with(raw, reason=note))
+    return _Pending(report, parsed.items, _with(raw, reason=note))
 
 
 def _commit(store: Store, pending: list[_Pending], on_file: Callable[[FileReport], None] | None) -> None:
     if not pending:
         return
-    results = store.write_batch([(p.records, p.raw) for p in pending])
+    results = store.write_batch([(p.items, p.raw) for p in pending])
     for p, result in zip(pending, results, strict=True):
-        p.report.inserted, p.report.duplicates = result.inserted, result.duplicates
+        p.report.inserted, p.report.duplicates = result.inserted + result.updated, result.duplicates
         if result.raw_duplicate:
             p.report.status = "duplicate"
         if on_file is not None:
@@ -347,33 +268,31 @@ def _commit(store: Store, pending: list[_Pending], on_file: Callable[[FileReport
 
 
 def _with(raw: RawMessage, **changes: Any) -> RawMessage:
-    return RawMessage(**{**_fields(raw), **changes})
-
-
-def _fields(raw: RawMessage) -> dict[str, Any]:
-    return {
-        "source_system": raw.source_system,
-        "source_id": raw.source_id,
-        "payload": raw.payload,
-        "content_type": raw.content_type,
-        "received": raw.received,
-        "status": raw.status,
-        "reason": raw.reason,
-    }
+    return dataclasses.replace(raw, **changes)
 
 
 def _unmapped_note(unmapped: Counter[str]) -> str | None:
     if not unmapped:
         return None
-    return "unmapped (kept here, not turned into records): " + ", ".join(
+    return "not mapped to records (kept whole as FHIR resources): " + ", ".join(
         f"{k}={v}" for k, v in sorted(unmapped.items())
     )
 
 
-def _ndjson_chunks(path: Path, chunk_lines: int) -> Iterator[list[tuple[int, bytes]]]:
+def _ndjson_chunks(path: Path, chunk_lines: int, max_line: int) -> Iterator[list[tuple[int, bytes]]]:
+    """Chunks of (line number, line); a line over *max_line* bytes is read no further than that (the caller
+    refuses it: its length says so) and the rest of it is skipped, so memory stays bounded."""
     chunk: list[tuple[int, bytes]] = []
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):
+        number = 0
+        while True:
+            line = fh.readline(max_line + 1)
+            if not line:
+                break
+            number += 1
+            if len(line) > max_line and not line.endswith(b"\n"):
+                while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass
             if not line.strip():
                 continue
             chunk.append((number, line))
@@ -384,11 +303,13 @@ def _ndjson_chunks(path: Path, chunk_lines: int) -> Iterator[list[tuple[int, byt
         yield chunk
 
 
-def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: str, chunk_lines: int) -> None:
+def _ingest_ndjson(
+    store: Store, path: Path, report: FileReport, source_system: str, chunk_lines: int, limits: FhirLimits
+) -> None:
     report.size_bytes = path.stat().st_size
     digest = _sha256_file(path)
     statuses: set[str] = set()
-    for chunk in _ndjson_chunks(path, chunk_lines):
+    for chunk in _ndjson_chunks(path, chunk_lines, limits.max_line_bytes):
         first, last = chunk[0][0], chunk[-1][0]
         raw = RawMessage(
             source_system=source_system,
@@ -400,18 +321,20 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
         # A chunk already accepted is not written again, but its lines are still validated, so that a bad line
         # is reported (and the file is "partial") on every run, as a rejected JSON file is.
         seen = store.raw_seen(raw.source_system, raw.source_id) is not None
-        records: list[Record] = []
+        items: list[Record | FhirResource | PatientLinks] = []
         good: list[bytes] = []
         unmapped: Counter[str] = Counter()
         warnings: list[str] = []
         resources = 0
         for number, line in chunk:
             try:
-                parsed = _parse_ndjson_line(line, file=str(path), line_number=number, source_system=source_system)
+                parsed = _parse_ndjson_line(
+                    line, file=str(path), line_number=number, source_system=source_system, limits=limits
+                )
             except FhirInputError as exc:
-                errors = [e.located(file=str(path), line=number) for e in _errors(exc)]
+                errors = [e.located(file=str(path), line=number) for e in input_errors(exc)]
                 report.errors.extend(str(e) for e in errors)
-                bad = _with(raw, source_id=f"sha256:{digest}#line={number}", payload=line)
+                bad = _with(raw, source_id=f"sha256:{digest}#line={number}", payload=line[:_SAMPLE])
                 store.reject(bad, "\n".join(str(e) for e in errors))
                 resources += 1
                 continue
@@ -419,7 +342,7 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
             resources += parsed.resources
             warnings.extend(parsed.warnings)
             unmapped.update(parsed.unmapped)
-            records.extend(parsed.records)
+            items.extend(parsed.items)
         if seen:
             store.log_raw(raw, "duplicate", f"{path.name} lines {first}-{last}: already accepted")
             statuses.add("duplicate")
@@ -429,8 +352,8 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
         report.unmapped.update(unmapped)
         payload = b"".join(good)
         chunk_raw = _with(raw, payload=payload, reason=_unmapped_note(unmapped))
-        result = store.write(records, chunk_raw)
-        report.inserted += result.inserted
+        result = store.write(items, chunk_raw)
+        report.inserted += result.inserted + result.updated
         report.duplicates += result.duplicates
         statuses.add("duplicate" if result.raw_duplicate else "ok")
     if report.errors:
@@ -439,9 +362,16 @@ def _ingest_ndjson(store: Store, path: Path, report: FileReport, source_system: 
         report.status = "duplicate"
 
 
-def ingest_file(store: Store, path: str | Path, *, source_system: str = "fhir", chunk_lines: int = 2000) -> FileReport:
+def ingest_file(
+    store: Store,
+    path: str | Path,
+    *,
+    source_system: str = "fhir",
+    chunk_lines: int = 2000,
+    limits: FhirLimits = FhirLimits(),
+) -> FileReport:
     """Ingest one FHIR file (bundle, resource or NDJSON) into *store*; problems go in the report, not raised."""
-    report = ingest_paths(store, [path], source_system=source_system, chunk_lines=chunk_lines)
+    report = ingest_paths(store, [path], source_system=source_system, chunk_lines=chunk_lines, limits=limits)
     return report.files[0]
 
 
@@ -453,12 +383,15 @@ def ingest_paths(
     on_file: Callable[[FileReport], None] | None = None,
     chunk_lines: int = 2000,
     group_bytes: int = 16 << 20,
+    limits: FhirLimits = FhirLimits(),
 ) -> IngestReport:
     """Ingest every FHIR file under *paths* (files or folders); *on_file* is called as each file is committed.
 
     JSON files are validated one by one and committed in groups of up to *group_bytes* (group commit: one disk
-    sync per group instead of one per file); a file that fails validation is logged as rejected and does not
-    affect the others. NDJSON files are streamed in chunks of *chunk_lines* lines, one transaction per chunk.
+    sync per group instead of one per file); a file that fails validation (or is over *limits*) is logged as
+    rejected and does not affect the others. NDJSON files are streamed in chunks of *chunk_lines* lines, one
+    transaction per chunk. Whatever goes wrong with one file (even a bug) is reported for that file: the files
+    before it are committed and the ones after it are read.
     """
     report = IngestReport()
     pending: list[_Pending] = []
@@ -471,11 +404,11 @@ def ingest_paths(
             if ndjson:
                 _commit(store, pending, on_file)
                 pending_bytes = 0
-                _ingest_ndjson(store, path, file_report, source_system, chunk_lines)
+                _ingest_ndjson(store, path, file_report, source_system, chunk_lines, limits)
                 if on_file is not None:
                     on_file(file_report)
                 continue
-            pending.append(_prepare_json(store, path, file_report, source_system))
+            pending.append(_prepare_json(store, path, file_report, source_system, limits))
             pending_bytes += file_report.size_bytes
         except OSError as exc:
             file_report.errors.append(f"{path}: cannot read ({exc.strerror or exc})")
@@ -483,6 +416,16 @@ def ingest_paths(
             if on_file is not None:
                 on_file(file_report)
             continue
+        except Exception as exc:  # a bug must not cost the other files: this one is refused and logged
+            log.exception("ingesting %s failed", path)
+            reason = f"{path}: cannot be ingested ({type(exc).__name__}: {exc}); nothing of it was stored"
+            if ndjson:
+                file_report.errors.append(reason)
+                file_report.status = "rejected"
+                if on_file is not None:
+                    on_file(file_report)
+                continue
+            pending.append(_refused_file(path, file_report, source_system, reason, path.read_bytes()[:_SAMPLE]))
         if pending_bytes >= group_bytes:
             _commit(store, pending, on_file)
             pending_bytes = 0

@@ -17,10 +17,11 @@ taken as midnight UTC of its first day; a time without a zone is an error (FHIR 
 from __future__ import annotations
 
 import re
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 from medtwin import codes
 from medtwin.errors import UnitError, ValidationError
@@ -581,10 +582,14 @@ def map_resource(
     if not isinstance(rid, str) or not rid:
         raise FhirInputError("missing id (and no fullUrl to take it from)", resource=rtype, field=f"{rtype}.id")
     ctx = _Ctx(source_system=source_system, refs=refs or {}, rtype=rtype, rid=rid)
-    contained = dict(medications or {})
-    for c in resource.get("contained") or ():
-        if isinstance(c, dict) and c.get("resourceType") == "Medication" and c.get("id"):
-            contained[f"#{c['id']}"] = c
+    # its own contained Medications, then the bundle's: looked up, never copied (a copy of the bundle's for each
+    # MedicationRequest made N Medications + N MedicationRequests take quadratic time)
+    own = {
+        f"#{c['id']}": c
+        for c in (resource.get("contained") or ())
+        if isinstance(c, dict) and c.get("resourceType") == "Medication" and c.get("id")
+    }
+    contained: Mapping[str, Any] = ChainMap(own, cast("dict[str, Any]", medications)) if medications else own
     try:
         record: Record | Unmapped
         if rtype == "Patient":

@@ -61,6 +61,7 @@ class PatientRecordSource(Protocol):
     def medication_requests(self, patient_id: str) -> list[MedicationRequest]: ...
     def medication_administrations(self, patient_id: str) -> list[MedicationAdministration]: ...
     def events(self, patient_id: str | None = None) -> list[Event]: ...
+    def kept_resources(self, patient_id: str) -> list[str]: ...
 
 
 def _instant(t: datetime) -> str:
@@ -83,7 +84,11 @@ def _concept(*cs: Coding, text: str | None = None) -> dict[str, Any]:
 
 
 def _quantity(q: Quantity) -> dict[str, Any]:
-    return {"value": q.value, "unit": q.unit, "system": codes.UCUM, "code": q.unit}
+    """A FHIR Quantity; labelled UCUM (system and code) only when the unit is UCUM medtwin can read, else the unit
+    text alone (units from HL7 v2 OBX-6 such as ``tera.l-1`` are kept as written and must not claim to be UCUM)."""
+    if codes.is_ucum(q.unit):
+        return {"value": q.value, "unit": q.unit, "system": codes.UCUM, "code": q.unit}
+    return {"value": q.value, "unit": q.unit}
 
 
 def _ref(rtype: str, rid: str) -> dict[str, str]:
@@ -397,7 +402,9 @@ def patient_bundle(
     base_url: str = "https://medtwin.invalid/fhir",
     timestamp: datetime | None = None,
 ) -> dict[str, Any]:
-    """A FHIR R4 ``collection`` Bundle of everything known about *patient_id*.
+    """A FHIR R4 ``collection`` Bundle of everything known about *patient_id*: its records as FHIR, and the FHIR
+    resources kept whole for it (those of its compartment medtwin does not map, and the resources outside any
+    compartment that they refer to: Organization, Practitioner, ...), as Patient/$everything would.
 
     Parameters
     ----------
@@ -413,10 +420,12 @@ def patient_bundle(
     records = _collect(source, patient_id)
     if not any(isinstance(r, Patient) for r in records):
         raise ValidationError(f"patient_bundle: no Patient record with id {patient_id!r}")
-    entries = []
-    for r in records:
-        res = to_fhir(r)
-        entries.append({"fullUrl": f"{base_url.rstrip('/')}/{res['resourceType']}/{res['id']}", "resource": res})
+    resources = [to_fhir(r) for r in records]
+    if not isinstance(source, Sequence):  # the resources kept whole (types medtwin does not map), as they came
+        resources.extend(orjson.loads(body) for body in source.kept_resources(patient_id))
+    entries = [
+        {"fullUrl": f"{base_url.rstrip('/')}/{res['resourceType']}/{res['id']}", "resource": res} for res in resources
+    ]
     return {
         "resourceType": "Bundle",
         "type": "collection",

@@ -19,8 +19,23 @@ from typing import Any
 
 from medtwin import codes
 from medtwin.errors import ValidationError
-from medtwin.interop.hl7v2.obx import CODING_SYSTEMS, MDC_UNITS, OBX_STATUS, coding_of, concept_of, quantity_of
-from medtwin.interop.hl7v2.parser import Hl7MappingError, Hl7Message, Hl7ParseError, Segment, parse_hl7_datetime
+from medtwin.interop.hl7v2.obx import (
+    CODING_SYSTEMS,
+    MDC_UNITS,
+    OBX_STATUS,
+    coding_of,
+    coding_system,
+    concept_of,
+    quantity_of,
+)
+from medtwin.interop.hl7v2.parser import (
+    Hl7MappingError,
+    Hl7Message,
+    Hl7ParseError,
+    Segment,
+    parse_hl7_datetime,
+    unescape,
+)
 from medtwin.records import (
     Coding,
     Encounter,
@@ -38,12 +53,50 @@ __all__ = [
     "CODING_SYSTEMS",
     "KNOWN_SEGMENTS",
     "MDC_UNITS",
+    "SOURCE_ID_CHARS",
+    "SOURCE_SYSTEM_CHARS",
     "Hl7MappingError",
     "MappedMessage",
+    "RefusedResult",
+    "bounded_key",
+    "control_key",
     "map_message",
     "map_message_general",
     "pseudonymous_patient_id",
+    "source_key",
 ]
+
+SOURCE_SYSTEM_CHARS = 200  # the store's provenance and raw-log key columns (source_system, source_id)
+SOURCE_ID_CHARS = 300  # of the 400 of source_id: room for the record suffix ("/OBR2/OBX-12-1.1.1.1@40")
+
+
+def bounded_key(value: str, most: int) -> str:
+    """*value* when it has at most *most* characters, else its start and its SHA-256: never cut into a collision.
+
+    Two different long control ids (or senders) keep different keys; the same one always gets the same key.
+    """
+    if len(value) <= most:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    return f"{value[: most - len(digest) - 2]}#~{digest}"
+
+
+def source_key(message: Hl7Message) -> str:
+    """The sender's key (``MSH-3.1@MSH-4.1``) within the store's bound (:func:`bounded_key`)."""
+    return bounded_key(message.source_system, SOURCE_SYSTEM_CHARS)
+
+
+def control_key(message: Hl7Message, digest: str | None = None) -> str:
+    """The idempotency key of *message* in its sender's namespace: MSH-10 within the store's bound.
+
+    With *digest* (of a resend whose content differs from what is stored under the plain key) the key is qualified
+    by it, so that the conflicting resend is kept beside the first (docs/hl7v2.md, "Duplicates and conflicting
+    resends").
+    """
+    if digest is None:
+        return bounded_key(message.control_id, SOURCE_ID_CHARS)
+    suffix = f"#conflict-{digest[:16]}"
+    return bounded_key(message.control_id, SOURCE_ID_CHARS - len(suffix)) + suffix
 
 
 # Segments this mapper reads or knowingly ignores; others are reported as unknown (they stay in the raw log).
@@ -70,8 +123,26 @@ def pseudonymous_patient_id(system: str | None, value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedResult:
+    """A result (OBX) of a message that could not be used: where (ERR-2), the HL7 table 0357 code and why."""
+
+    location: str
+    error_code: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
 class MappedMessage:
-    """The records one message yields, plus what the mapper noticed (unknown segments, skipped results)."""
+    """The records one message yields, plus what the mapper noticed (unknown segments, skipped results).
+
+    ``refused`` holds one error per result (OBX) that could not be used (a value that is not a number, a unit of the
+    wrong dimension, no unit where one is needed...): the other results are mapped, the message stays whole in the
+    raw log, and the sender is told which results were refused. ``source_system`` and ``source_id`` are the keys
+    the records' provenance uses (:func:`source_key`, :func:`control_key`), as the raw log must.
+    """
 
     message: Hl7Message
     records: tuple[Record, ...]
@@ -79,6 +150,9 @@ class MappedMessage:
     unknown_segments: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     supported: bool = True
+    refused: tuple[RefusedResult, ...] = ()
+    source_system: str = ""
+    source_id: str = ""
 
     @property
     def observations(self) -> list[Observation]:
@@ -92,6 +166,7 @@ class _Ctx:
     assume_tz: tzinfo
     patient_id_for: Callable[[str | None, str], str]
     notes: list[str] = field(default_factory=list)
+    refused: list[RefusedResult] = field(default_factory=list)
     source_system: str = ""
     control_id: str = ""
 
@@ -104,12 +179,15 @@ def map_message(
     *,
     assume_tz: tzinfo = UTC,
     patient_id_for: Callable[[str | None, str], str] = pseudonymous_patient_id,
+    key: str | None = None,
 ) -> MappedMessage:
     """Turn a parsed message into records.
 
     ORU^R01 (and R30/R31/R32) -> Patient + Observations; ADT^A01/A02/A03/A04/A08 (and A11-A13, A28, A31) ->
     Patient (+ Encounter when PV1 is present). Any other type gives ``supported=False`` and no records (the
-    message is still kept in the raw log). Times without an offset are read in *assume_tz*.
+    message is still kept in the raw log). Times without an offset are read in *assume_tz*. *key*: the control key
+    of the records' provenance (default :func:`control_key` of the message; the raw log's ``source_id`` of the
+    entry when mapping a stored message again).
 
     A plain ORU^R01 (no repetition, escape or subcomponent in the MSH, PV1, OBR and OBX fields read) takes a
     shorter path with the same result; see :func:`map_message_general`.
@@ -120,13 +198,13 @@ def map_message(
         A required value is missing or invalid (no PID-3, non-numeric NM value, a unit that cannot be converted).
     """
     try:
-        mapped = _map_plain_oru(message, assume_tz, patient_id_for)
+        mapped = _map_plain_oru(message, assume_tz, patient_id_for, key)
     except ValidationError:  # the general path raises the same error, or maps what the shortcut could not
         mapped = None
     return (
         mapped
         if mapped is not None
-        else map_message_general(message, assume_tz=assume_tz, patient_id_for=patient_id_for)
+        else map_message_general(message, assume_tz=assume_tz, patient_id_for=patient_id_for, key=key)
     )
 
 
@@ -135,6 +213,7 @@ def map_message_general(
     *,
     assume_tz: tzinfo = UTC,
     patient_id_for: Callable[[str | None, str], str] = pseudonymous_patient_id,
+    key: str | None = None,
 ) -> MappedMessage:
     """:func:`map_message` without the plain-ORU shortcut: the reference that shortcut is tested against.
 
@@ -144,15 +223,18 @@ def map_message_general(
         As :func:`map_message`.
     """
     try:
-        return _map(message, assume_tz, patient_id_for)
+        return _map(message, assume_tz, patient_id_for, key)
     except Hl7ParseError:
         raise
     except ValidationError as exc:  # a record refused the value (NaN, end before start, ...): say where
         raise Hl7MappingError(f"{message.message_type}^{message.trigger_event}: {exc}", error_code="102") from None
 
 
-def _map(message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]) -> MappedMessage:
-    ctx = _Ctx(message, assume_tz, patient_id_for, source_system=message.source_system, control_id=message.control_id)
+def _map(
+    message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str], key: str | None
+) -> MappedMessage:
+    ctx = _Ctx(message, assume_tz, patient_id_for, source_system=source_key(message))
+    ctx.control_id = key if key is not None else control_key(message)
     unknown = _unknown_segments(message)
     mtype, event = message.message_type, message.trigger_event
     records: list[Record] = []
@@ -170,8 +252,19 @@ def _map(message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str |
         if encounter is not None:
             records.append(encounter)
     else:
-        return MappedMessage(message, (), None, unknown, (f"message type {mtype}^{event} is not mapped",), False)
-    return MappedMessage(message, tuple(records), patient_id, unknown, tuple(ctx.notes))
+        note = f"message type {mtype}^{event} is not mapped"
+        return MappedMessage(message, (), None, unknown, (note,), False, (), ctx.source_system, ctx.control_id)
+    return MappedMessage(
+        message,
+        tuple(records),
+        patient_id,
+        unknown,
+        tuple(ctx.notes),
+        True,
+        tuple(ctx.refused),
+        ctx.source_system,
+        ctx.control_id,
+    )
 
 
 def _unknown_segments(message: Hl7Message) -> tuple[str, ...]:
@@ -215,12 +308,29 @@ def _patient(ctx: _Ctx) -> Patient:
 _PatientParts = tuple[str, str | None, date | None, datetime | None, PatientIdentity, tuple[str, ...]]
 
 
+def _repetition_components(pid: Segment, number: int) -> list[list[str]]:
+    """The unescaped components of every repetition of field *number*: one split per repetition (linear in the
+    field's size; asking ``components(n, repetition=i)`` for each *i* split the field again each time, quadratic
+    in the repetitions: 18.8 s for a PID-3 of 40,000 empty repetitions)."""
+    d = pid.delimiters
+    out: list[list[str]] = []
+    for rep in pid.repetitions(number):
+        if not rep:
+            out.append([])
+        elif d.escape not in rep and d.subcomponent not in rep:
+            out.append(["" if c == '""' else c for c in rep.split(d.component)])
+        else:
+            out.append(
+                ["" if (x := c.split(d.subcomponent)[0]) == '""' else unescape(x, d) for c in rep.split(d.component)]
+            )
+    return out
+
+
 def _patient_parts(pid: Segment, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]) -> _PatientParts:
     """What a PID segment says: (patient id, gender, birth date, deceased time, identity, notes)."""
     notes: list[str] = []
     identifiers: list[Identifier] = []
-    for rep in range(len(pid.repetitions(3))):
-        comps = pid.components(3, repetition=rep)
+    for comps in _repetition_components(pid, 3):
         if comps and comps[0]:
             identifiers.append(
                 Identifier(
@@ -239,7 +349,7 @@ def _patient_parts(pid: Segment, assume_tz: tzinfo, patient_id_for: Callable[[st
     name = pid.components(5)
     family = name[0] if name and name[0] else None
     given = tuple(n for n in name[1:3] if n) if len(name) > 1 else ()
-    telecom = tuple(t for rep in range(len(pid.repetitions(13))) if (t := pid.field(13, repetition=rep)))
+    telecom = tuple(c[0] for c in _repetition_components(pid, 13) if c and c[0])
     address = " ".join(p for p in pid.components(11)[:5] if p) or None
     identity = PatientIdentity(
         identifiers=tuple(identifiers), family=family, given=given, telecom=telecom, address=address
@@ -263,6 +373,8 @@ def _pseudonymous_patient_parts(pid: Segment, assume_tz: tzinfo) -> _PatientPart
 
     Keyed by the raw fields and the delimiters as text (hashing the Delimiters dataclass would cost a Python call).
     """
+    if sum(map(len, pid.fields)) > _CACHED_CHARS:  # not kept: a hostile feed must not fill memory with huge PIDs
+        return _patient_parts(pid, assume_tz, pseudonymous_patient_id)
     d = pid.delimiters
     key = (pid.fields, d.field, d.component + d.repetition + d.escape + d.subcomponent, assume_tz)
     parts = _PSEUDONYMOUS_PATIENTS.get(key)
@@ -271,28 +383,46 @@ def _pseudonymous_patient_parts(pid: Segment, assume_tz: tzinfo) -> _PatientPart
     return parts
 
 
+def _obx_key(group: int, set_id: str, sub_id: str, index: int, used: set[str]) -> str:
+    """The provenance suffix of an OBX, unique in its message: ``OBX-<set id>-<sub id>``, prefixed ``OBR<n>/`` in
+    the n-th OBR group from the second on (set ids start again in each group: a lab ORU^R01 with two OBR groups lost
+    the second group's results as "duplicates"), and suffixed ``@<segment index>`` if a sender repeats one."""
+    key = f"OBX-{set_id}-{sub_id}" if group < 2 else f"OBR{group}/OBX-{set_id}-{sub_id}"
+    if key in used:
+        key = f"{key}@{index}"
+    used.add(key)
+    return key
+
+
+def _refusal(exc: ValidationError, where: str) -> RefusedResult:
+    if isinstance(exc, Hl7MappingError):
+        return RefusedResult(exc.location or where, exc.error_code, str(exc))
+    return RefusedResult(where, "102", f"{where}: {exc}")
+
+
 def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
     message = ctx.message
     pv1 = message.first("PV1")
-    encounter_id = pv1.field(19) if pv1 is not None and pv1.field(19) else None
+    encounter_id = bounded_key(pv1.field(19), SOURCE_SYSTEM_CHARS) if pv1 is not None and pv1.field(19) else None
     obr_time: str = ""
-    device: str | None = None
     msh_time = message.msh.field(7)
-    sending_application = message.sending_application or None
+    group = 0
+    used: set[str] = set()
     out: list[Observation] = []
     for index, seg in enumerate(message.segments):
         if seg.name == "OBR":
             obr_time = seg.field(7)
+            group += 1
             continue
         if seg.name != "OBX":
             continue
         set_id = seg.field(1) or str(index)
-        where = f"OBX[{set_id}]"
+        where = f"OBX[{set_id}]" if group < 2 else f"OBR[{group}]/OBX[{set_id}]"
+        key = _obx_key(group, set_id, seg.field(4), index, used)
         status_code = seg.field(11).upper()
         if status_code in ("X", "D"):
             ctx.notes.append(f"{where}: result status {status_code} (no value / deleted); skipped")
             continue
-        value_type = seg.field(2).upper()
         raw_values = seg.repetitions(5)
         if not raw_values or not raw_values[0]:
             ctx.notes.append(f"{where}: OBX-5 is empty; skipped")
@@ -301,39 +431,62 @@ def _observations(ctx: _Ctx, patient_id: str) -> list[Observation]:
         if not identifier or not identifier[0]:
             ctx.notes.append(f"{where}: OBX-3 has no code; an unidentified result cannot be used, skipped")
             continue
-        coding, alt, target, vital = concept_of(tuple(identifier))
-        value: Quantity | Coding | str
-        if value_type in ("NM", "SN"):
-            value = quantity_of(seg, value_type, coding, target, where)
-        elif value_type in ("CWE", "CE", "CNE", "CF"):
-            value = coding_of(seg.components(5), f"{where}^5")
-        else:
-            value = seg.field(5)
-        when_raw = seg.field(14) or obr_time or msh_time
-        effective = ctx.when(when_raw, f"{where}^14")
-        device = seg.field(18) or device
-        provenance = _provenance(ctx, f"OBX-{set_id}-{seg.field(4)}")
-        out.append(
-            Observation(
-                observation_id=_stable_id(provenance, effective),
-                patient_id=patient_id,
-                code=coding,
-                effective=effective,
-                value=value,
-                status=OBX_STATUS.get(status_code, "final"),
-                category="vital-signs" if vital else None,
-                device=device or sending_application,
-                encounter_id=encounter_id,
-                alt_codes=alt,
-                provenance=provenance,
+        try:
+            out.append(
+                _observation(ctx, seg, tuple(identifier), where, key, obr_time or msh_time, patient_id, encounter_id)
             )
-        )
+        except ValidationError as exc:  # this result is refused; the others are still stored
+            ctx.refused.append(_refusal(exc, where))
     return out
+
+
+def _observation(
+    ctx: _Ctx,
+    seg: Segment,
+    identifier: tuple[str, ...],
+    where: str,
+    key: str,
+    default_time: str,
+    patient_id: str,
+    encounter_id: str | None,
+) -> Observation:
+    coding, alt, target, vital = concept_of(identifier)
+    if len(identifier) > 2 and not coding_system(identifier[2])[1]:
+        ctx.notes.append(
+            f"{where}: OBX-3.3 {identifier[2][:60]!r} is not a coding-system name; code {identifier[0]!r} kept with "
+            "an unknown system"
+        )
+    value_type = seg.field(2).upper()
+    value: Quantity | Coding | str
+    if value_type in ("NM", "SN"):
+        value = quantity_of(seg, value_type, coding, target, where)
+        if not codes.is_ucum(value.unit):
+            ctx.notes.append(f"{where}: OBX-6 unit {value.unit[:40]!r} is not UCUM; kept as written")
+    elif value_type in ("CWE", "CE", "CNE", "CF"):
+        value = coding_of(seg.components(5), f"{where}^5")
+    else:
+        value = seg.field(5)
+    effective = ctx.when(seg.field(14) or default_time, f"{where}^14")
+    provenance = Provenance(source_system=ctx.source_system, source_id=f"{ctx.control_id}/{key}")
+    return Observation(
+        observation_id=_stable_id(provenance, effective),
+        patient_id=patient_id,
+        code=coding,
+        effective=effective,
+        value=value,
+        status=OBX_STATUS.get(seg.field(11).upper(), "final"),
+        category="vital-signs" if vital else None,
+        device=seg.field(18) or None,
+        encounter_id=encounter_id,
+        alt_codes=alt,
+        provenance=provenance,
+    )
 
 
 # The plain-ORU shortcut. Its caches hold immutable values keyed by raw field text and the component delimiter
 # (which decides how that text splits); each is emptied when it reaches _PLAIN_CACHE_SIZE entries.
 _PLAIN_CACHE_SIZE = 4096
+_CACHED_CHARS = 2048  # longer keys are computed each time, not cached (bounded memory whatever a sender sends)
 _PLAIN_CONCEPTS: dict[tuple[str, str], tuple[Coding, tuple[Coding, ...], str | None, str | None] | None] = {}
 _PLAIN_QUANTITIES: dict[tuple[str, str, str, str, str], Quantity] = {}
 _PLAIN_CODED_VALUES: dict[tuple[str, str], Coding] = {}
@@ -353,14 +506,17 @@ _NOT_CACHED: Any = object()
 
 
 def _map_plain_oru(
-    message: Hl7Message, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str]
+    message: Hl7Message,
+    assume_tz: tzinfo,
+    patient_id_for: Callable[[str | None, str], str],
+    key: str | None = None,
 ) -> MappedMessage | None:
     """:func:`map_message_general` for a plain ORU^R01, or None when the message is not one.
 
     Plain: no repetition, escape or subcomponent delimiter and no ``""`` in MSH (past MSH-2), the first PV1, the
     OBRs and the OBXs, so that every value read there is its raw text up to the first component delimiter. The PID
     is read by the general code (cached per PID segment). An error raised here is raised again by the general
-    path, which the caller then runs instead.
+    path, which the caller then runs instead (and which maps the other results of a message with a refused one).
     """
     d = message.delimiters
     comp, sep = d.component, d.field
@@ -389,7 +545,11 @@ def _map_plain_oru(
         return None
     application, facility = m[2].partition(comp)[0], m[3].partition(comp)[0]
     source_system = f"{application}@{facility}" if facility else (application or "unknown")
-    control_id = m[9].partition(comp)[0]
+    if len(source_system) > SOURCE_SYSTEM_CHARS:
+        source_system = bounded_key(source_system, SOURCE_SYSTEM_CHARS)
+    control_id = key if key is not None else m[9].partition(comp)[0]
+    if len(control_id) > SOURCE_ID_CHARS and key is None:
+        control_id = bounded_key(control_id, SOURCE_ID_CHARS)
     msh_time = m[6].partition(comp)[0]
 
     if patient_id_for is pseudonymous_patient_id:
@@ -410,20 +570,22 @@ def _map_plain_oru(
     )
     records: list[Record] = [patient]
 
-    encounter_id = (pv1.fields[19].partition(comp)[0] or None) if pv1 is not None and len(pv1.fields) > 19 else None
-    sending_application = application or None
-    source_prefix = f"{control_id}/OBX-"
+    visit = pv1.fields[19].partition(comp)[0] if pv1 is not None and len(pv1.fields) > 19 else ""
+    encounter_id = bounded_key(visit, SOURCE_SYSTEM_CHARS) if visit else None
+    source_prefix = f"{control_id}/"
     # _stable_id hashes f"{source_system}|{source_id}": hash the part shared by every OBX once, copy it per OBX
     id_hash = hashlib.blake2b(f"{source_system}|{source_prefix}".encode(), digest_size=10)
     times: dict[str, tuple[datetime, str]] = {}
     obr_time = ""
-    device: str | None = None
+    group = 0
+    used: set[str] = set()
     new_observation = Observation.prevalidated
     new_provenance = Provenance.prevalidated
     for index, seg in enumerate(segments):
         name = seg.name
         if name == "OBR":
             obr_time = seg.fields[7].partition(comp)[0] if len(seg.fields) > 7 else ""
+            group += 1
             continue
         if name != "OBX":
             continue
@@ -431,6 +593,10 @@ def _map_plain_oru(
         if len(f) < 19:
             f = f + _NO_FIELDS[: 19 - len(f)]
         set_id = f[1].partition(comp)[0] or str(index)
+        suffix = f"OBX-{set_id}-{f[4].partition(comp)[0]}"
+        if suffix in used or group > 1:
+            return None  # a repeated set id, a second OBR group: the general path keys them
+        used.add(suffix)
         status_code = f[11].partition(comp)[0].upper()
         if status_code in ("X", "D"):
             notes.append(f"OBX[{set_id}]: result status {status_code} (no value / deleted); skipped")
@@ -443,15 +609,15 @@ def _map_plain_oru(
         concept = _PLAIN_CONCEPTS.get(concept_key, _NOT_CACHED)
         if concept is _NOT_CACHED:
             identifier = tuple(f[3].split(comp))
-            if identifier[0]:
+            if identifier[0] and not (len(identifier) > 2 and not coding_system(identifier[2])[1]):
                 coding, alt, target, vital = concept_of(identifier)
                 concept = (coding, alt, target, "vital-signs" if vital else None)
-            else:
+            else:  # no code, or a malformed system name: the general path says so
                 concept = None
-            _remember(_PLAIN_CONCEPTS, concept_key, concept)
+            if len(f[3]) <= _CACHED_CHARS:
+                _remember(_PLAIN_CONCEPTS, concept_key, concept)
         if concept is None:
-            notes.append(f"OBX[{set_id}]: OBX-3 has no code; an unidentified result cannot be used, skipped")
-            continue
+            return None
         coding, alt, target, category = concept
         value_type = f[2].partition(comp)[0].upper()
         value: Quantity | Coding | str
@@ -459,15 +625,19 @@ def _map_plain_oru(
             quantity_key = (comp, f[2], f[3], raw_value, f[6])
             quantity = _PLAIN_QUANTITIES.get(quantity_key)
             if quantity is None:
-                quantity = _remember(
-                    _PLAIN_QUANTITIES, quantity_key, quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
-                )
+                quantity = quantity_of(seg, value_type, coding, target, f"OBX[{set_id}]")
+                if not codes.is_ucum(quantity.unit):
+                    return None  # the general path notes the unit
+                if sum(map(len, quantity_key)) <= _CACHED_CHARS:
+                    _remember(_PLAIN_QUANTITIES, quantity_key, quantity)
             value = quantity
         elif value_type in ("CWE", "CE", "CNE", "CF"):
             coded_key = (comp, raw_value)
             coded = _PLAIN_CODED_VALUES.get(coded_key)
             if coded is None:
-                coded = _remember(_PLAIN_CODED_VALUES, coded_key, coding_of(seg.components(5), f"OBX[{set_id}]^5"))
+                coded = coding_of(seg.components(5), f"OBX[{set_id}]^5")
+                if len(raw_value) <= _CACHED_CHARS:
+                    _remember(_PLAIN_CODED_VALUES, coded_key, coded)
             value = coded
         else:
             value = raw_value.partition(comp)[0]
@@ -476,8 +646,6 @@ def _map_plain_oru(
         if when is None:  # the OBXs of a message usually share one time: parse it and format its id prefix once
             effective = parse_hl7_datetime(when_raw, assume_tz=assume_tz, where=f"OBX[{set_id}]^14")
             when = times[when_raw] = (effective, f"{max(0, int(effective.timestamp() * 1000)):012x}")
-        device = f[18].partition(comp)[0] or device
-        suffix = f"{set_id}-{f[4].partition(comp)[0]}"
         obx_hash = id_hash.copy()
         obx_hash.update(suffix.encode())
         records.append(
@@ -489,13 +657,16 @@ def _map_plain_oru(
                 value=value,
                 status=OBX_STATUS.get(status_code, "final"),
                 category=category,
-                device=device or sending_application,
+                device=f[18].partition(comp)[0] or None,
                 encounter_id=encounter_id,
                 alt_codes=alt,
                 provenance=new_provenance(source_system, source_prefix + suffix),
             )
         )
-    return MappedMessage(message, tuple(records), patient_id, _unknown_segments(message), tuple(notes))
+    return MappedMessage(
+        message, tuple(records), patient_id, _unknown_segments(message), tuple(notes), True, (), source_system,
+        control_id,
+    )  # fmt: skip
 
 
 def _encounter(ctx: _Ctx, patient_id: str, event: str) -> Encounter | None:
@@ -516,7 +687,7 @@ def _encounter(ctx: _Ctx, patient_id: str, event: str) -> Encounter | None:
         end = None
     status = {"A03": "finished", "A04": "arrived", "A11": "cancelled", "A13": "in-progress"}.get(event, "in-progress")
     visit = pv1.field(19)
-    encounter_id = visit or f"{patient_id}/{ctx.message.control_id}"
+    encounter_id = bounded_key(visit, SOURCE_SYSTEM_CHARS) if visit else f"{patient_id}/{ctx.control_id}"
     locations: list[EncounterLocation] = []
     point = pv1.components(3)
     if point and point[0]:

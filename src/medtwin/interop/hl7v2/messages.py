@@ -86,11 +86,14 @@ def build_ack(
     now: datetime | None = None,
     sending_application: str = "MEDTWIN",
     sending_facility: str = "MEDTWIN",
+    errors: Sequence[tuple[str, str, str]] = (),
 ) -> str:
     """An ACK for *message* (or for an unparseable payload when *message* is None), CR-separated, no MLLP framing.
 
     A negative code carries an ERR segment with the HL7 table 0357 *error_code*, the *error_location* and the
-    reason *text*; an AE/AR/CE/CR with no *error_code* uses 207 (application internal error).
+    reason *text*; an AE/AR/CE/CR with no *error_code* uses 207 (application internal error). *errors* are
+    (code, location, reason) of one ERR segment each instead (e.g. one per refused OBX), and then *text* goes to
+    MSA-3; on a positive code they are warnings (ERR-4 W: a commit ACK of a message stored without some results).
     """
     d = message.delimiters if message is not None else DEFAULT_DELIMITERS
     f = d.field
@@ -122,13 +125,15 @@ def build_ack(
                 version,
             ]
         ),
-        f.join(["MSA", code, acked] + ([escape(text[:200], d)] if text and code[1] == "A" else [])),
+        f.join(["MSA", code, acked] + ([escape(text[:200], d)] if text and (code[1] == "A" or errors) else [])),
     ]
-    if code[1] != "A":
-        err_code = error_code or "207"
-        location = error_location.replace("^", d.component)
-        err = d.component.join([err_code, _ERROR_TEXT.get(err_code, "Error"), "HL70357"])
-        segments.append(f.join(["ERR", "", location, err, "E", "", "", "", escape(text[:500], d)]))
+    if code[1] != "A" or errors:  # on a positive ACK (a commit ACK of a stored message) the ERRs are warnings
+        severity = "W" if code[1] == "A" else "E"
+        for err_code, location, reason in errors or ((error_code, error_location, text),):
+            err_code = err_code or "207"
+            err = d.component.join([err_code, _ERROR_TEXT.get(err_code, "Error"), "HL70357"])
+            where = location.replace("^", d.component)
+            segments.append(f.join(["ERR", "", where, err, severity, "", "", "", escape(reason[:500], d)]))
     return "\r".join(segments) + "\r"
 
 

@@ -7,6 +7,7 @@ concept, and values are converted to medtwin's canonical unit for the concept wi
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from medtwin import codes
@@ -14,7 +15,17 @@ from medtwin.errors import UnitError
 from medtwin.interop.hl7v2.parser import Hl7MappingError, Segment
 from medtwin.records import Coding, Quantity
 
-__all__ = ["CODING_SYSTEMS", "MDC_UNITS", "OBX_STATUS", "coding_of", "concept_of", "quantity_of", "unit_of"]
+__all__ = [
+    "CODING_SYSTEMS",
+    "MDC_UNITS",
+    "OBX_STATUS",
+    "UNKNOWN_SYSTEM",
+    "coding_of",
+    "coding_system",
+    "concept_of",
+    "quantity_of",
+    "unit_of",
+]
 
 # HL7 table 0396 coding-system names -> URIs.
 CODING_SYSTEMS: dict[str, str] = {
@@ -44,6 +55,32 @@ MDC_UNITS: dict[str, str] = {
 OBX_STATUS = {"F": "final", "C": "corrected", "R": "preliminary", "P": "preliminary", "W": "entered-in-error"}
 
 
+UNKNOWN_SYSTEM = "urn:hl7v2:table-0396:unknown"
+# a name of HL7 table 0396 (LN, SCT, 99zzz, L, local names such as XYZ): letters, digits and a few marks, no spaces
+_SYSTEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+
+
+def coding_system(name: str) -> tuple[str, bool]:
+    """(URI of the coding system named *name* in a CWE/CE third component, whether the name was usable).
+
+    Known names map to their URIs (``LN`` -> LOINC...), an OID to ``urn:oid:``, another table-0396 style name to
+    ``urn:hl7v2:table-0396:<name>``. Text that cannot be a system name (spaces, colons: a component shifted by a
+    malformed OBX-3, e.g. ``POST 12H CFST:MCNC:PT:SER/PLAS:QN``) gives :data:`UNKNOWN_SYSTEM` and False, so no URI
+    holds spaces.
+    """
+    known = CODING_SYSTEMS.get(name.upper())
+    if known is not None:
+        return known, True
+    if not name:
+        return UNKNOWN_SYSTEM, True
+    if _OID.match(name):
+        return f"urn:oid:{name}", True
+    if _SYSTEM_NAME.match(name):
+        return f"urn:hl7v2:table-0396:{name}", True
+    return UNKNOWN_SYSTEM, False
+
+
 def coding_of(comps: list[str], where: str) -> Coding:
     """The Coding of CWE/CE components ``code^text^system`` (*where* names the field in errors).
 
@@ -55,19 +92,19 @@ def coding_of(comps: list[str], where: str) -> Coding:
     code = comps[0] if comps else ""
     if not code:
         raise Hl7MappingError(f"{where}: the identifier has no code", error_code="101", location=where)
-    system_name = comps[2] if len(comps) > 2 else ""
-    system = CODING_SYSTEMS.get(system_name.upper(), f"urn:hl7v2:table-0396:{system_name or 'unknown'}")
+    system, _ = coding_system(comps[2] if len(comps) > 2 else "")
     return Coding(system=system, code=code, display=(comps[1] if len(comps) > 1 and comps[1] else None))
 
 
 def unit_of(comps: list[str]) -> str:
-    """The UCUM unit of OBX-6 components (an MDC dimension code is translated), or "" when none is given."""
+    """The unit of OBX-6 components, or "" when none is given: an MDC dimension code translated to UCUM, a common
+    non-UCUM spelling to its UCUM code (:func:`medtwin.codes.to_ucum`); anything else as written."""
     if not comps or not comps[0]:
         return ""
     system = comps[2].upper() if len(comps) > 2 else ""
     if system == "MDC" or (comps[0].isdigit() and comps[0] in MDC_UNITS):
         return MDC_UNITS.get(comps[0], comps[0])
-    return comps[0]
+    return codes.to_ucum(comps[0]) or comps[0]
 
 
 _VITAL_CODES = frozenset(c.code for c in codes.VITAL_SIGNS) | {
@@ -78,18 +115,27 @@ _VITAL_CODES = frozenset(c.code for c in codes.VITAL_SIGNS) | {
 }
 
 
-@lru_cache(maxsize=2048)
 def concept_of(identifier: tuple[str, ...]) -> tuple[Coding, tuple[Coding, ...], str | None, bool]:
     """OBX-3 components -> (coding normalised to LOINC, original MDC coding if any, canonical unit, is a vital sign).
 
-    Cached: a monitor feed repeats a handful of identifiers, and the records are immutable, so they can be shared.
+    Cached: a monitor feed repeats a handful of identifiers, and the records are immutable, so they can be shared
+    (identifiers of more than 512 characters are not cached: a hostile feed must not fill the cache with them).
     """
+    if sum(map(len, identifier)) > 512:
+        return _concept(identifier)
+    return _cached_concept(identifier)
+
+
+def _concept(identifier: tuple[str, ...]) -> tuple[Coding, tuple[Coding, ...], str | None, bool]:
     coding = coding_of(list(identifier), "OBX^3")
     alt: tuple[Coding, ...] = ()
     loinc = codes.normalise_to_loinc(coding)
     if loinc is not coding:
         alt, coding = (coding,), loinc
     return coding, alt, codes.canonical_unit(coding), coding.code in _VITAL_CODES
+
+
+_cached_concept = lru_cache(maxsize=2048)(_concept)
 
 
 def quantity_of(seg: Segment, value_type: str, coding: Coding, target: str | None, where: str) -> Quantity:
@@ -117,10 +163,14 @@ def quantity_of(seg: Segment, value_type: str, coding: Coding, target: str | Non
         number = float(text)
     except ValueError:
         raise Hl7MappingError(
-            f"{where}: OBX-5 {text!r} is not a number (value type {value_type})", error_code="102", location=where
+            f"{where}: OBX-5 {text[:40]!r} is not a number (value type {value_type})",
+            error_code="102",
+            location=f"{where}^5",
         ) from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise Hl7MappingError(f"{where}: OBX-5 {text!r} is not a finite number", error_code="102", location=where)
+        raise Hl7MappingError(
+            f"{where}: OBX-5 {text[:40]!r} is not a finite number", error_code="102", location=f"{where}^5"
+        )
     unit = unit_of(seg.components(6))
     if target is None or unit == target:
         return Quantity(value=number, unit=unit or target or "1")

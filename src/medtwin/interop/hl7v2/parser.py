@@ -9,6 +9,7 @@ components lazily, so parsing costs little more than reading the message once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -26,6 +27,8 @@ __all__ = [
     "Hl7ParseError",
     "Segment",
     "decode_payload",
+    "encode_message",
+    "message_digest",
     "parse_hl7_datetime",
     "parse_message",
     "parse_payload",
@@ -347,6 +350,30 @@ def decode_payload(payload: bytes | str) -> str:
             error_code="102",
             location="MSH^1^18",
         ) from None
+
+
+def encode_message(text: str) -> bytes:
+    """The bytes of one message *text* in the character set its MSH-18 declares (UTF-8 when none, or when the text
+    does not fit it), so that :func:`decode_payload` reads them back as the same text: how a message split out of
+    a batch frame is kept in the raw log."""
+    codec = _CHARSETS.get(_declared_charset(text.encode("latin-1", errors="replace")).upper(), "utf-8")
+    try:
+        return text.encode(codec)
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def message_digest(message: Hl7Message) -> str:
+    """SHA-256 (hex) of a message's content as parsed: decoded text, segments joined by CR, no trailing separators.
+
+    Two copies of a message that differ only in transport details (CR, LF or CRLF between segments, a trailing
+    separator, a BOM, the character set it came in, sent alone or inside a batch) have the same digest; a different
+    value anywhere gives another (how the listener tells a resend from a conflicting one).
+    """
+    text = message.text
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    return hashlib.sha256(text.rstrip("\r\n\x00 ").encode()).hexdigest()
 
 
 def _declared_charset(data: bytes) -> str:
