@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "dosing": 1,
     "monitoring": 1,
     "hospital": 1,
+    "trials": 1,
     "twin": 2,
     "interop": 2,
     "store": 2,

@@ -21,6 +21,7 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "glucose": ("medtwin.cli.glucose", "Type 1 diabetes twin (UVA/Padova): simulate cohorts, CGM metrics."),
     "dose": ("medtwin.cli.dose", "Precision dosing twin: `medtwin dose CASEFILE`; `medtwin dose models`."),
     "hospital": ("medtwin.cli.hospital", "Hospital operations twin: calibrate, forecast, what-if, report."),
+    "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
 }
 
 
