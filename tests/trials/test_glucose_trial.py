@@ -48,7 +48,8 @@ def _spec(**changes: Any) -> TrialSpec:
 def test_crossover_on_the_30_original_patients_reproduces_direct_glucose_runs_exactly() -> None:
     spec = _spec()
     data = simulate_trial(spec)
-    assert data.arm is None and data.cohort.ids == load_cohort("all").names
+    assert data.arm is None
+    assert data.cohort.ids == load_cohort("all").names
     for a, controller in enumerate(("basal-bolus", "basal")):
         direct = run_scenario("all", days=1, controller=controller, seed=spec.seed)
         expected = glucose_endpoints(summary_metrics_batch(direct.bg_mg_dl[1:]))
@@ -68,11 +69,13 @@ def test_randomised_meals_crossover_equals_the_closed_loop_built_by_hand() -> No
     plans = np.stack([patient_meals(sc, 2, spec.seed, 0, i) for i in range(cohort.size)])
     assert np.any(plans[:, :, 1] == 0)  # some meals skipped
     result = simulate_closed_loop(
-        cohort, minutes=2880, meals=meal_matrix(2880, plans, cohort.size),
+        cohort,
+        minutes=2880,
+        meals=meal_matrix(2880, plans, cohort.size),
         controller=make_controller("basal-bolus", cohort),
         sensor=CGMSensor(sensor_spec("Dexcom"), [spec.seed + i for i in range(cohort.size)]),
         pump=InsulinPump(pump_spec("Insulet")),
-    )  # fmt: skip
+    )
     expected = glucose_endpoints(summary_metrics_batch(result.bg_mg_dl[1:]))
     assert np.array_equal(data.outcomes["tir_pct"][0], expected["tir_pct"])
     assert np.array_equal(data.outcomes["lbgi"][0], expected["lbgi"])
@@ -101,7 +104,8 @@ def test_dask_local_cluster_gives_identical_results(dask_runner: DaskRunner) -> 
     cpu = dask_runner.worker_cpu_seconds()
     par = simulate_trial(spec, dask_runner)
     assert dask_runner.worker_cpu_seconds() > cpu  # the workers did the simulating
-    assert seq.cohort.ids == par.cohort.ids and np.array_equal(seq.arm, par.arm)  # type: ignore[arg-type]
+    assert seq.cohort.ids == par.cohort.ids
+    assert np.array_equal(seq.arm, par.arm)
     for k in seq.outcomes:
         assert np.array_equal(seq.outcomes[k], par.outcomes[k], equal_nan=True)
         assert np.array_equal(seq.prognostic[k], par.prognostic[k])
@@ -133,13 +137,14 @@ def test_stratified_allocation_balances_groups_and_seeds_reproduce() -> None:
 def null_pool() -> TrialData:
     """400 fitted patients simulated under two identical arms (1 day, 1-day run-in, their twins)."""
     spec = parse_spec(
-        _PARALLEL | {
+        _PARALLEL
+        | {
             "population": {"source": "fitted", "size": 400, "groups": {"adult": 1}, "therapy": "sampled"},
             "arms": [{"name": "a", "control": True}, {"name": "same"}],
             "execution": {"chunk_size": 400},
             "allocation": {},
         }
-    )  # fmt: skip
+    )
     return simulate_trial(spec, size=400, potential=True)
 
 
@@ -159,12 +164,14 @@ def test_type_i_error_of_glucose_trials_drawn_from_a_simulated_pool(null_pool: T
 @pytest.mark.slow
 def test_type_i_error_over_1000_fully_simulated_glucose_trials() -> None:
     spec = parse_spec(
-        _PARALLEL | {
+        _PARALLEL
+        | {
             "population": {"source": "fitted", "size": 40, "groups": {"adult": 1}, "therapy": "sampled"},
             "arms": [{"name": "a", "control": True}, {"name": "same"}],
-            "allocation": {}, "execution": {"chunk_size": 40},
+            "allocation": {},
+            "execution": {"chunk_size": 40},
         }
-    )  # fmt: skip
+    )
     rejections: dict[str, list[bool]] = {"difference": [], "ancova": [], "procova": []}
     for r in range(1000):
         data = simulate_trial(spec, stream=5000 + r, offset=r * 40)

@@ -25,7 +25,8 @@ def test_steady_state_equations_reproduce_all_30_source_subjects() -> None:
     for name in ("Gpb", "Gtb", "Vm0", "kp1", "Ipb", "m4", "m30", "Ilb", "u2ss", "isc1ss", "isc2ss", "kmin", "b"):
         assert np.allclose(params[name], source.params[name], rtol=1e-8), name
     assert np.allclose(x0, source.x0, rtol=1e-8, atol=1e-9)
-    assert np.allclose(params["CR"], source.cr_g_per_u) and np.allclose(params["CF"], source.cf_mg_dl_per_u)
+    assert np.allclose(params["CR"], source.cr_g_per_u)
+    assert np.allclose(params["CF"], source.cf_mg_dl_per_u)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,13 @@ def big_sample() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(2024)
     groups = [g for g in GROUPS for _ in range(20_000)]
     drawn = sample_glucose_patients(groups, rng=rng)
-    return {"transformed": drawn.transformed, "groups": np.array(drawn.groups), "x0": drawn.cohort.x0,
-            **drawn.cohort.params, "rejected": np.array([drawn.rejected])}  # fmt: skip
+    return {
+        "transformed": drawn.transformed,
+        "groups": np.array(drawn.groups),
+        "x0": drawn.cohort.x0,
+        **drawn.cohort.params,
+        "rejected": np.array([drawn.rejected]),
+    }
 
 
 def test_sampled_summary_statistics_match_the_source_per_group(big_sample: dict[str, np.ndarray]) -> None:
@@ -58,8 +64,10 @@ def test_sampled_summary_statistics_match_the_source_per_group(big_sample: dict[
 
 
 def test_every_sampled_patient_is_at_its_basal_steady_state(big_sample: dict[str, np.ndarray]) -> None:
-    assert np.all(big_sample["Gtb"] > 0) and np.all(big_sample["Gpb"] < big_sample["ke2"])
-    assert np.all(big_sample["Vm0"] > 0) and np.all(big_sample["kmin"] < big_sample["kmax"])
+    assert np.all(big_sample["Gtb"] > 0)
+    assert np.all(big_sample["Gpb"] < big_sample["ke2"])
+    assert np.all(big_sample["Vm0"] > 0)
+    assert np.all(big_sample["kmin"] < big_sample["kmax"])
     assert 0 < big_sample["rejected"][0] < 0.01 * big_sample["x0"].shape[0]
     rows = np.arange(0, big_sample["x0"].shape[0], 97)
     model = UvaPadova2008()
@@ -82,7 +90,8 @@ def test_sampling_is_reproducible_and_names_are_indexed() -> None:
 def test_titration_picks_the_risk_minimizing_factor() -> None:
     cohort = sample_glucose_patients(["adult"] * 4, rng=np.random.default_rng(9)).cohort
     factors = titrate_therapy(cohort)
-    assert factors.shape == (4,) and set(factors) <= set(TITRATION_FACTORS)
+    assert factors.shape == (4,)
+    assert set(factors) <= set(TITRATION_FACTORS)
     # the source subjects titrated from their own Quest settings stay within the grid and mostly near 1
     source = titrate_therapy(load_cohort("adult"))
     assert np.median(source) == pytest.approx(1.0, rel=0.3)

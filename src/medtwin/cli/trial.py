@@ -65,7 +65,7 @@ def _load(spec: str) -> TrialSpec:
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
 
 
 def _table(comparisons: list[Comparison], title: str) -> Table:
@@ -75,10 +75,15 @@ def _table(comparisons: list[Comparison], title: str) -> Table:
     for c in comparisons:
         for k, e in enumerate(c.estimates):
             table.add_row(
-                c.endpoint if k == 0 else "", f"{c.arm} vs {c.control}" if k == 0 else "",
-                f"{c.control_summary.mean:.3g}" if k == 0 else "", f"{c.treated_summary.mean:.3g}" if k == 0 else "",
-                e.method, f"{e.estimate:+.3g}", f"[{e.ci_low:.3g}, {e.ci_high:.3g}]", f"{e.p_value:.3g}",
-            )  # fmt: skip
+                c.endpoint if k == 0 else "",
+                f"{c.arm} vs {c.control}" if k == 0 else "",
+                f"{c.control_summary.mean:.3g}" if k == 0 else "",
+                f"{c.treated_summary.mean:.3g}" if k == 0 else "",
+                e.method,
+                f"{e.estimate:+.3g}",
+                f"[{e.ci_low:.3g}, {e.ci_high:.3g}]",
+                f"{e.p_value:.3g}",
+            )
     return table
 
 
@@ -128,8 +133,9 @@ def run_cmd(
         _print_json(trial_json(data, comparisons, seconds=seconds))
         return
     console = Console()
-    console.print(" -> ".join(f"{f.stage} {f.remaining}" + (f" (-{f.removed})" if f.removed else "")
-                              for f in data.flow))  # fmt: skip
+    console.print(
+        " -> ".join(f"{f.stage} {f.remaining}" + (f" (-{f.removed})" if f.removed else "") for f in data.flow)
+    )
     console.print(_table(comparisons, f"{s.name}: effects (treated - control), seed {s.seed}, {seconds:.1f} s"))
     if out is not None:
         console.print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -166,8 +172,10 @@ def power_cmd(
         return
     console = Console()
     for st in studies:
-        table = Table(title=f"{st.endpoint}: {st.arm} vs {st.control}, pool effect {st.effect:+.3g} "
-                            f"({s.power.replicates} trials per size, {seconds:.1f} s)")  # fmt: skip
+        table = Table(
+            title=f"{st.endpoint}: {st.arm} vs {st.control}, pool effect {st.effect:+.3g} "
+            f"({s.power.replicates} trials per size, {seconds:.1f} s)"
+        )
         table.add_column("method")
         for n in s.power.sizes:
             table.add_column(f"n={n}")
@@ -176,7 +184,9 @@ def power_cmd(
             cells = [f"{p:.2f} ({q:.2f})" for p, q in zip(c.simulated, c.analytic, strict=True)]
             table.add_row(c.method, *cells, str(c.sample_size) if c.sample_size else "-")
         console.print(table)
-        console.print("cells: simulated power (formula)" + (f"; prognostic rho {st.rho:.2f}" if st.rho == st.rho else ""))
+        console.print(
+            "cells: simulated power (formula)" + (f"; prognostic rho {st.rho:.2f}" if st.rho == st.rho else "")
+        )
 
 
 @app.command("hybrid")
@@ -206,8 +216,17 @@ def hybrid_cmd(
     for e, arms in result.estimates.items():
         for name, estimates in arms.items():
             for est in estimates:
-                table.add_row(e, name, est.method, f"{est.estimate:+.3g}", f"[{est.ci_low:.3g}, {est.ci_high:.3g}]",
-                              f"{est.p_value:.3g}", f"{result.rho_control[e]:.2f}")  # fmt: skip
+                table.add_row(
+                    e,
+                    name,
+                    est.method,
+                    f"{est.estimate:+.3g}",
+                    f"[{est.ci_low:.3g}, {est.ci_high:.3g}]",
+                    f"{est.p_value:.3g}",
+                    f"{result.rho_control[e]:.2f}",
+                )
     Console().print(table)
     if skipped:
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {skipped} run-in row(s) skipped: unreadable time or glucose")
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {skipped} run-in row(s) skipped: unreadable time or glucose"
+        )

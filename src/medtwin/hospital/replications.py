@@ -26,6 +26,7 @@ __all__ = [
     "run_replications",
 ]
 
+
 class DaskRunner(sim_runners.DaskRunner):
     """:class:`medtwin.sim.runners.DaskRunner` with the hospital model imported on every worker at start-up.
 

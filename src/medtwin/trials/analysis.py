@@ -39,10 +39,10 @@ from medtwin.sim.model import FloatArray
 __all__ = [
     "ArmSummary",
     "Estimate",
-    "ancova",
-    "ancova_variance",
     "analytic_power",
     "analytic_sample_size",
+    "ancova",
+    "ancova_variance",
     "arm_summary",
     "difference_in_means",
     "paired_difference",
@@ -101,18 +101,40 @@ def arm_summary(y: npt.ArrayLike) -> ArmSummary:
     )
 
 
-def _finish(method: str, est: float, se: float, df: float, alpha: float, n1: int, n0: int,
-            covariates: tuple[str, ...] = ()) -> Estimate:  # fmt: skip
+def _finish(
+    method: str, est: float, se: float, df: float, alpha: float, n1: int, n0: int, covariates: tuple[str, ...] = ()
+) -> Estimate:
+    est, se, df = float(est), float(se), float(df)
     if not se > 0 or not math.isfinite(se):
         # identical outcomes in both arms (a null trial of a deterministic model): no sampling variability
         p = 1.0 if est == 0 else 0.0
-        return Estimate(method=method, estimate=est, se=0.0, ci_low=est, ci_high=est, p_value=p, df=df,
-                        n_treated=n1, n_control=n0, covariates=covariates)  # fmt: skip
+        return Estimate(
+            method=method,
+            estimate=est,
+            se=0.0,
+            ci_low=est,
+            ci_high=est,
+            p_value=p,
+            df=df,
+            n_treated=n1,
+            n_control=n0,
+            covariates=covariates,
+        )
     # scipy.special's Student t functions: the same values as scipy.stats.t, without its per-call overhead
     q = float(special.stdtrit(df, 1.0 - alpha / 2.0))
     p = float(2.0 * special.stdtr(df, -abs(est) / se))
-    return Estimate(method=method, estimate=est, se=se, ci_low=est - q * se, ci_high=est + q * se, p_value=p, df=df,
-                    n_treated=n1, n_control=n0, covariates=covariates)  # fmt: skip
+    return Estimate(
+        method=method,
+        estimate=est,
+        se=se,
+        ci_low=est - q * se,
+        ci_high=est + q * se,
+        p_value=p,
+        df=df,
+        n_treated=n1,
+        n_control=n0,
+        covariates=covariates,
+    )
 
 
 def _split(y: npt.ArrayLike, treated: npt.ArrayLike) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
@@ -143,8 +165,9 @@ def paired_difference(y_treated: npt.ArrayLike, y_control: npt.ArrayLike, *, alp
     d = np.asarray(y_treated, dtype=np.float64) - np.asarray(y_control, dtype=np.float64)
     if d.ndim != 1 or d.size < 2:
         raise ValidationError("paired analysis: need at least 2 patients with both outcomes")
-    return _finish("difference", float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), d.size - 1.0, alpha,
-                   d.size, d.size)  # fmt: skip
+    return _finish(
+        "difference", float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), d.size - 1.0, alpha, d.size, d.size
+    )
 
 
 def ancova(
@@ -176,8 +199,16 @@ def ancova(
         cov = xtx_inv @ (X.T * w) @ X @ xtx_inv
     else:
         cov = xtx_inv * float(resid @ resid) / df
-    return _finish(method, float(beta[1]), math.sqrt(max(float(cov[1, 1]), 0.0)), df, alpha, int(t.sum()),
-                   int((~t).sum()), tuple(names))  # fmt: skip
+    return _finish(
+        method,
+        float(beta[1]),
+        math.sqrt(max(float(cov[1, 1]), 0.0)),
+        df,
+        alpha,
+        int(t.sum()),
+        int((~t).sum()),
+        tuple(names),
+    )
 
 
 def ancova_variance(
@@ -220,9 +251,15 @@ def analytic_power(delta: float, variance: float, n_total: int, *, alpha: float 
 
 
 def analytic_sample_size(
-    delta: float, variance: float, *, power: float = 0.8, alpha: float = 0.05, n_covariates: int = 0,
-    multiple: int = 2, limit: int = 10_000_000,
-) -> int | None:  # fmt: skip
+    delta: float,
+    variance: float,
+    *,
+    power: float = 0.8,
+    alpha: float = 0.05,
+    n_covariates: int = 0,
+    multiple: int = 2,
+    limit: int = 10_000_000,
+) -> int | None:
     """Smallest total n (a multiple of *multiple*, the allocation block) with :func:`analytic_power` >= *power*.
 
     ``None`` when the effect is zero or the size would exceed *limit*.

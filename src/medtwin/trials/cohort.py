@@ -95,8 +95,14 @@ def apply_criteria(
         keep &= np.isfinite(v)
         removed = int((~keep).sum())
         cohort = cohort.take(np.flatnonzero(keep))
-        flow.append(FlowStep(stage=f"{c.action}: {c.describe()}", remaining=cohort.size, removed=removed,
-                             reason=("excluded: " if c.action == "exclude" else "not eligible: ") + c.describe()))  # fmt: skip
+        flow.append(
+            FlowStep(
+                stage=f"{c.action}: {c.describe()}",
+                remaining=cohort.size,
+                removed=removed,
+                reason=("excluded: " if c.action == "exclude" else "not eligible: ") + c.describe(),
+            )
+        )
     return cohort
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,9 @@ class PkPatients:
 
     def rows(self, r: IntArray) -> PkPatients:
         """The patients at *r*."""
-        return PkPatients(covariates={k: v[r] for k, v in self.covariates.items()}, weight_kg=self.weight_kg[r],
-                          eta=self.eta[r])  # fmt: skip
+        return PkPatients(
+            covariates={k: v[r] for k, v in self.covariates.items()}, weight_kg=self.weight_kg[r], eta=self.eta[r]
+        )
 
 
 def _subset(payload: PkPatients, rows: IntArray) -> PkPatients:
@@ -102,25 +104,40 @@ def draw_fields(dists: tuple[CovariateDistribution, ...], n: int, rng: np.random
     return out
 
 
-def _unit_ss(model: PKModel, pts: PkPatients, eta: FloatArray, tau: FloatArray, infusion_h: float) -> dict[str, FloatArray]:
+def _unit_ss(
+    model: PKModel, pts: PkPatients, eta: FloatArray, tau: FloatArray, infusion_h: float
+) -> dict[str, FloatArray]:
     """Steady-state AUC24 and trough per mg of dose for each patient's interval *tau*."""
     auc = np.empty(tau.size)
     trough = np.empty(tau.size)
     for t in np.unique(tau):
         rows = np.flatnonzero(tau == t)
         covs = {k: v[rows] for k, v in pts.covariates.items()}
-        m = steady_state_metrics(model, covs, amount_mg=1.0, interval_h=float(t), duration_h=infusion_h,
-                                 etas=eta[rows], metrics=("auc24_ss", "trough_ss"))  # fmt: skip
+        m = steady_state_metrics(
+            model,
+            covs,
+            amount_mg=1.0,
+            interval_h=float(t),
+            duration_h=infusion_h,
+            etas=eta[rows],
+            metrics=("auc24_ss", "trough_ss"),
+        )
         auc[rows], trough[rows] = m["auc24_ss"], m["trough_ss"]
     return {"auc24_ss": auc, "trough_ss": trough}
 
 
 def _rounded(amount: FloatArray, arm: DosingArm) -> FloatArray:
-    return np.array([round_dose(float(a), increment_mg=arm.increment_mg, min_mg=arm.increment_mg,
-                                max_mg=arm.max_dose_mg) for a in amount])  # fmt: skip
+    return np.array(
+        [
+            round_dose(float(a), increment_mg=arm.increment_mg, min_mg=arm.increment_mg, max_mg=arm.max_dose_mg)
+            for a in amount
+        ]
+    )
 
 
-def _initial_regimen(model: PKModel, arm: DosingArm, sc: DosingScenario, pts: PkPatients) -> tuple[FloatArray, FloatArray]:
+def _initial_regimen(
+    model: PKModel, arm: DosingArm, sc: DosingScenario, pts: PkPatients
+) -> tuple[FloatArray, FloatArray]:
     n = pts.weight_kg.size
     if arm.strategy == "nomogram":
         tau = np.full(n, arm.interval_h)
@@ -148,8 +165,15 @@ def _initial_regimen(model: PKModel, arm: DosingArm, sc: DosingScenario, pts: Pk
     return amount, tau
 
 
-def _tdm(model: PKModel, arm: DosingArm, sc: DosingScenario, pts: PkPatients, amount: FloatArray,
-         tau: FloatArray, noise: FloatArray) -> FloatArray:  # fmt: skip
+def _tdm(
+    model: PKModel,
+    arm: DosingArm,
+    sc: DosingScenario,
+    pts: PkPatients,
+    amount: FloatArray,
+    tau: FloatArray,
+    noise: FloatArray,
+) -> FloatArray:
     """The adjusted dose after the arm's monitoring (see the module docstring)."""
     assert arm.tdm is not None
     k = arm.tdm.after_doses
@@ -194,15 +218,25 @@ class DosingJob:
     stream: int
 
 
+@cache
+def _model(model_id: str) -> PKModel:
+    """A model loaded once per process (jobs of a trial all use the same one)."""
+    return load_model(model_id)
+
+
 def run_dosing_job(job: DosingJob) -> dict[str, FloatArray]:
     """Endpoint values ``{endpoint: (n,)}`` of the chunk."""
-    model, sc, pts = load_model(job.model_id), job.scenario, job.patients
+    model, sc, pts = _model(job.model_id), job.scenario, job.patients
     amount, tau = _initial_regimen(model, job.arm, sc, pts)
     if job.arm.tdm is not None:
-        noise = np.stack([
-            np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(job.stream, int(i)))).standard_normal(2)
-            for i in job.indices
-        ])  # fmt: skip
+        noise = np.stack(
+            [
+                np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(job.stream, int(i)))).standard_normal(
+                    2
+                )
+                for i in job.indices
+            ]
+        )
         amount = _tdm(model, job.arm, sc, pts, amount, tau, noise)
     unit = _unit_ss(model, pts, pts.eta, tau, sc.infusion_h)
     auc, trough = amount * unit["auc24_ss"], amount * unit["trough_ss"]
@@ -224,7 +258,7 @@ class DosingSimulator:
             raise ValidationError("DosingSimulator: the spec is not a dosing trial")
         self.spec = spec
         self.scenario: DosingScenario = spec.scenario
-        self.model = load_model(spec.population.model)
+        self.model = _model(spec.population.model)
         self.runner: Runner = runner or SequentialRunner()
 
     def screen(self, size: int, *, stream: int, offset: int) -> tuple[Screened, list[FlowStep]]:
@@ -251,13 +285,25 @@ class DosingSimulator:
             raise SpecError(f"{self.spec.source}: population.covariates needs weight_kg (doses are per kg)")
         payload = PkPatients(covariates=covariates, weight_kg=np.asarray(fields["weight_kg"], float), eta=eta)
         ids = tuple(f"pk{offset >> 22}-{i:06d}" for i in range(size))
-        cohort = Screened(ids=ids, index=offset + np.arange(size, dtype=np.int64), groups=("all",) * size,
-                          variables=variables, payload=payload, subset_payload=_subset)  # fmt: skip
+        cohort = Screened(
+            ids=ids,
+            index=offset + np.arange(size, dtype=np.int64),
+            groups=("all",) * size,
+            variables=variables,
+            payload=payload,
+            subset_payload=_subset,
+        )
         flow: list[FlowStep] = []
         if pop.within_validity:
             cohort = cohort.take(np.flatnonzero(valid))
-            flow.append(FlowStep(stage=f"within the validity ranges of {self.model.id}", remaining=cohort.size,
-                                 removed=int((~valid).sum()), reason="covariates outside the model's validity ranges"))  # fmt: skip
+            flow.append(
+                FlowStep(
+                    stage=f"within the validity ranges of {self.model.id}",
+                    remaining=cohort.size,
+                    removed=int((~valid).sum()),
+                    reason="covariates outside the model's validity ranges",
+                )
+            )
         return cohort, flow
 
     def baseline(self, patients: Screened) -> dict[str, FloatArray]:
@@ -271,9 +317,15 @@ class DosingSimulator:
         assert isinstance(arm, DosingArm)
         chunk = self.spec.chunk_size
         jobs = [
-            DosingJob(model_id=self.spec.population.model, patients=patients.payload.rows(np.arange(a, min(a + chunk,
-                      patients.size))), indices=patients.index[a : a + chunk], arm=arm, scenario=self.scenario,
-                      seed=self.spec.seed, stream=stream)  # fmt: skip
+            DosingJob(
+                model_id=self.spec.population.model,
+                patients=patients.payload.rows(np.arange(a, min(a + chunk, patients.size))),
+                indices=patients.index[a : a + chunk],
+                arm=arm,
+                scenario=self.scenario,
+                seed=self.spec.seed,
+                stream=stream,
+            )
             for a in range(0, patients.size, chunk)
         ]
         parts = self.runner.map(run_dosing_job, jobs)
@@ -293,12 +345,18 @@ class DosingSimulator:
         replicas = patients.take(rows)
         # replica r of patient i: its covariates, etas from the patient's own twin stream (chunk-independent)
         zeros = np.zeros(len(self.model.eta_names))
-        eta = np.concatenate([
-            np.random.default_rng(np.random.SeedSequence(self.spec.seed, spawn_key=(STREAM_TWIN, int(i))))
-            .multivariate_normal(zeros, self.model.omega, size=k)
-            for i in patients.index
-        ])  # fmt: skip
-        replicas = replace(replicas, payload=replace(replicas.payload, eta=eta),
-                           index=replicas.index * _MAX_REPLICAS + np.tile(np.arange(k), patients.size))  # fmt: skip
+        eta = np.concatenate(
+            [
+                np.random.default_rng(
+                    np.random.SeedSequence(self.spec.seed, spawn_key=(STREAM_TWIN, int(i)))
+                ).multivariate_normal(zeros, self.model.omega, size=k)
+                for i in patients.index
+            ]
+        )
+        replicas = replace(
+            replicas,
+            payload=replace(replicas.payload, eta=eta),
+            index=replicas.index * _MAX_REPLICAS + np.tile(np.arange(k), patients.size),
+        )
         out = self._run(replicas, self.spec.control, STREAM_TWIN)
         return {e: v.reshape(patients.size, k).mean(axis=1) for e, v in out.items()}

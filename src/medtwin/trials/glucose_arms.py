@@ -63,22 +63,21 @@ def glucose_endpoints(metrics: Mapping[str, FloatArray]) -> dict[str, FloatArray
 def patient_meals(scenario: GlucoseScenario, days: int, seed: int, stream: int, index: int) -> FloatArray:
     """Meals ``(days * n_meals, 2)`` (minute, grams) of patient *index* in *stream* (module docstring)."""
     if not scenario.randomise_meals:
-        return daily_meals(1, days, scenario.meals)[0]
+        return np.asarray(daily_meals(1, days, scenario.meals)[0], dtype=np.float64)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
-    plan = daily_meals(1, days, scenario.meals, rng=rng, time_sd_min=scenario.time_sd_min,
-                       size_range=scenario.size_range)[0]  # fmt: skip
+    plan = daily_meals(
+        1, days, scenario.meals, rng=rng, time_sd_min=scenario.time_sd_min, size_range=scenario.size_range
+    )[0]
     if scenario.skip_probability > 0:
         plan[:, 1] *= rng.random(plan.shape[0]) >= scenario.skip_probability
-    return plan
+    return np.asarray(plan, dtype=np.float64)
 
 
 def sensor_seeds(seed: int, stream: int, indices: FloatArray | np.ndarray) -> list[int]:
     """CGM seeds of patients *indices* in *stream*: ``seed + i`` in the trial period, else drawn per patient."""
     if stream == STREAM_TRIAL:
         return [seed + int(i) for i in indices]
-    return [
-        int(np.random.SeedSequence(seed, spawn_key=(stream, int(i), 1)).generate_state(1)[0]) for i in indices
-    ]
+    return [int(np.random.SeedSequence(seed, spawn_key=(stream, int(i), 1)).generate_state(1)[0]) for i in indices]
 
 
 def arm_controller(arm: GlucoseArm, cohort: Cohort) -> Controller:
@@ -118,8 +117,9 @@ def run_glucose_job(job: GlucoseJob) -> dict[str, FloatArray]:
         minutes=minutes,
         meals=meal_matrix(minutes, plans, cohort.size),
         controller=arm_controller(job.arm, cohort),
-        sensor=CGMSensor(sensor_spec(sc.sensor), sensor_seeds(job.seed, job.stream, job.indices),
-                         noise=sc.sensor_noise),  # fmt: skip
+        sensor=CGMSensor(
+            sensor_spec(sc.sensor), sensor_seeds(job.seed, job.stream, job.indices), noise=sc.sensor_noise
+        ),
         pump=InsulinPump(pump_spec(sc.pump)),
         # the compiled basal-bolus loop delivers each patient's own basal; scaled basal takes the general path
         fused=job.arm.basal_scale == 1.0,

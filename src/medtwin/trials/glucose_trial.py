@@ -87,16 +87,33 @@ class GlucoseSimulator:
             labels = [g for g, c in counts.items() for _ in range(c)]
             order = rng.permutation(len(labels))
             drawn = sample_glucose_patients([labels[i] for i in order], rng=rng, prefix=f"vp{offset >> 22}")
-            flow.append(FlowStep(stage="sampled from the fitted population", remaining=size, removed=0,
-                                 reason=f"{drawn.rejected} draws with a non-physiological basal state redrawn"))  # fmt: skip
+            flow.append(
+                FlowStep(
+                    stage="sampled from the fitted population",
+                    remaining=size,
+                    removed=0,
+                    reason=f"{drawn.rejected} draws with a non-physiological basal state redrawn",
+                )
+            )
             cohort, groups, ids = drawn.cohort, drawn.groups, drawn.cohort.names
             if pop.therapy == "titrated":
                 cohort = self._titrated(cohort)
-                flow.append(FlowStep(stage="therapy titrated", remaining=size, reason="CR and CF x the factor "
-                                     "minimizing LBGI + HBGI of a standard day (docs/trials.md)"))  # fmt: skip
+                flow.append(
+                    FlowStep(
+                        stage="therapy titrated",
+                        remaining=size,
+                        reason="CR and CF x the factor minimizing LBGI + HBGI of a standard day (docs/trials.md)",
+                    )
+                )
         index = offset + np.arange(size, dtype=np.int64)
-        screened = Screened(ids=ids, index=index, groups=groups, variables=_variables(cohort), payload=cohort,
-                            subset_payload=cohort_rows)  # fmt: skip
+        screened = Screened(
+            ids=ids,
+            index=index,
+            groups=groups,
+            variables=_variables(cohort),
+            payload=cohort,
+            subset_payload=cohort_rows,
+        )
         return screened, flow
 
     def _titrated(self, cohort: Cohort) -> Cohort:
@@ -156,9 +173,7 @@ class GlucoseSimulator:
                 for r in range(a.prognostic_replicates)
             ]
             return {k: np.mean([run[k] for run in runs], axis=0) for k in runs[0]}
-        baseline = BaselineData(
-            ids=patients.ids, run_in={f: patients.variables[f"baseline:{f}"] for f in FEATURES}
-        )
+        baseline = BaselineData(ids=patients.ids, run_in={f: patients.variables[f"baseline:{f}"] for f in FEATURES})
         return self.matched_twin().predict(baseline, self.spec.endpoints)
 
     def matched_twin(self) -> MatchedTwin:

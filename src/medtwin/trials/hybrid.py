@@ -133,7 +133,9 @@ class HybridResult:
             "participants": len(self.ids),
             "skipped_run_in_rows": self.skipped_rows,
             "prognostic_rho_control": self.rho_control,
-            "estimates": {e: {a: [x.to_dict() for x in v] for a, v in arms.items()} for e, arms in self.estimates.items()},
+            "estimates": {
+                e: {a: [x.to_dict() for x in v] for a, v in arms.items()} for e, arms in self.estimates.items()
+            },
         }
 
 
@@ -172,7 +174,14 @@ def hybrid_analysis(
             estimates[e][arm_spec.name] = [
                 difference_in_means(y, treated, alpha=a.alpha),
                 ancova(y, treated, base_e, names=(f"run_in:{e}",), alpha=a.alpha, robust=a.robust_se),
-                ancova(y, treated, np.column_stack([prognostic[e][rows], base_e]), method="procova",
-                       names=(f"prognostic:{e}", f"run_in:{e}"), alpha=a.alpha, robust=a.robust_se),
-            ]  # fmt: skip
+                ancova(
+                    y,
+                    treated,
+                    np.column_stack([prognostic[e][rows], base_e]),
+                    method="procova",
+                    names=(f"prognostic:{e}", f"run_in:{e}"),
+                    alpha=a.alpha,
+                    robust=a.robust_se,
+                ),
+            ]
     return HybridResult(ids=ids, prognostic=prognostic, estimates=estimates, rho_control=rho, skipped_rows=skipped_rows)

@@ -59,9 +59,19 @@ def plot_power(path: str | Path, studies: Sequence[PowerStudy], *, target: float
         for c in s.curves:
             colour = _METHOD_COLOURS.get(c.method, "k")
             sizes = np.asarray(c.sizes)
-            ax.plot(sizes, c.analytic, color=colour, lw=1.5, label=f"{_METHOD_LABELS.get(c.method, c.method)} (formula)")
-            ax.errorbar(sizes, c.simulated, yerr=2 * np.asarray(c.simulated_se), fmt="o", color=colour, ms=4,
-                        capsize=2, label=f"{_METHOD_LABELS.get(c.method, c.method)} (simulated)")  # fmt: skip
+            ax.plot(
+                sizes, c.analytic, color=colour, lw=1.5, label=f"{_METHOD_LABELS.get(c.method, c.method)} (formula)"
+            )
+            ax.errorbar(
+                sizes,
+                c.simulated,
+                yerr=2 * np.asarray(c.simulated_se),
+                fmt="o",
+                color=colour,
+                ms=4,
+                capsize=2,
+                label=f"{_METHOD_LABELS.get(c.method, c.method)} (simulated)",
+            )
         ax.axhline(target, color="k", lw=0.8, ls=":")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("patients in the trial (both arms)")
@@ -109,8 +119,9 @@ def plot_consort(path: str | Path, flow: Sequence[FlowStep], *, title: str = "")
             ax.text(x, y - 1.2, f"analysed\nn = {a.remaining}", ha="center", va="center", fontsize=8, bbox=box)
             ax.annotate("", (x, y - 0.85), (x, y - 0.35), arrowprops=arrow)
     elif analysed is not None:
-        ax.text(3.5, y, f"every arm, analysed\nn = {analysed.remaining}", ha="center", va="center", fontsize=8,
-                bbox=box)  # fmt: skip
+        ax.text(
+            3.5, y, f"every arm, analysed\nn = {analysed.remaining}", ha="center", va="center", fontsize=8, bbox=box
+        )
         ax.annotate("", (3.5, y + 0.35), (3.5, y + 0.85), arrowprops=arrow)
     if title:
         ax.set_title(title, fontsize=10)

@@ -31,7 +31,15 @@ from medtwin.sim.runners import Runner
 from medtwin.trials.analysis import analytic_power, analytic_sample_size, ancova_variance, paired_difference
 from medtwin.trials.cohort import allocate, strata_labels
 from medtwin.trials.spec import AllocationSpec, TrialSpec
-from medtwin.trials.trial import Simulator, TrialData, analyse, compare, method_covariates, simulate_trial, simulator_for
+from medtwin.trials.trial import (
+    Simulator,
+    TrialData,
+    analyse,
+    compare,
+    method_covariates,
+    simulate_trial,
+    simulator_for,
+)
 
 __all__ = ["PowerCurve", "PowerStudy", "power_study", "simulated_power"]
 
@@ -93,8 +101,12 @@ class PowerStudy:
 
 def _two_arm_allocation(spec: TrialSpec, arm: int) -> AllocationSpec:
     r = spec.allocation.ratio
-    return AllocationSpec(method=spec.allocation.method, ratio=(r[spec.control], r[arm]),
-                          block_size=spec.allocation.block_size, strata=spec.allocation.strata)  # fmt: skip
+    return AllocationSpec(
+        method=spec.allocation.method,
+        ratio=(r[spec.control], r[arm]),
+        block_size=spec.allocation.block_size,
+        strata=spec.allocation.strata,
+    )
 
 
 def simulated_power(
@@ -137,8 +149,9 @@ def _fisher_lower(rho: float, n: int) -> float:
 def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStudy]:
     """Power curves for each arm against the control on the primary endpoint (see the module docstring)."""
     sim = simulator_for(spec, runner)
-    pool = simulate_trial(spec, size=spec.power.pool, stream=POOL_POPULATION, offset=POOL_OFFSET, potential=True,
-                          simulator=sim)  # fmt: skip
+    pool = simulate_trial(
+        spec, size=spec.power.pool, stream=POOL_POPULATION, offset=POOL_OFFSET, potential=True, simulator=sim
+    )
     p = spec.power
     c, endpoint = spec.control, spec.primary
     y = pool.outcomes[endpoint]
@@ -167,8 +180,9 @@ def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStud
             if method == "procova" and not math.isnan(rho_lower) and x is not None and x.shape[1] == 1:
                 sd0, sd1 = float(np.std(y[c], ddof=1)), float(np.std(y[arm], ddof=1))
                 v_cons = (sd0**2 / (1 - p1) + sd1**2 / p1) * (1 - max(rho_lower, 0.0) ** 2)
-                conservative = analytic_sample_size(effect, v_cons, power=p.target_power, alpha=spec.analysis.alpha,
-                                                    n_covariates=k)  # fmt: skip
+                conservative = analytic_sample_size(
+                    effect, v_cons, power=p.target_power, alpha=spec.analysis.alpha, n_covariates=k
+                )
             mc = np.sqrt(rej.mean(axis=1) * (1 - rej.mean(axis=1)) / rej.shape[1])
             curves.append(
                 PowerCurve(
@@ -178,18 +192,30 @@ def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStud
                     simulated_se=tuple(float(v) for v in mc),
                     estimate_mean=tuple(float(v) for v in est.mean(axis=1)),
                     estimate_sd=tuple(float(v) for v in est.std(axis=1, ddof=1)),
-                    analytic=tuple(analytic_power(effect, variance, n, alpha=spec.analysis.alpha, n_covariates=k)
-                                   for n in p.sizes),  # fmt: skip
+                    analytic=tuple(
+                        analytic_power(effect, variance, n, alpha=spec.analysis.alpha, n_covariates=k) for n in p.sizes
+                    ),
                     variance=variance,
-                    sample_size=analytic_sample_size(effect, variance, power=p.target_power, alpha=spec.analysis.alpha,
-                                                     n_covariates=k),  # fmt: skip
+                    sample_size=analytic_sample_size(
+                        effect, variance, power=p.target_power, alpha=spec.analysis.alpha, n_covariates=k
+                    ),
                     sample_size_conservative=conservative,
                 )
             )
         check = _full_simulation_check(spec, sim, pool, arm, draws) if p.full_simulation_check else {}
-        out.append(PowerStudy(endpoint=endpoint, arm=spec.arms[arm].name, control=spec.arms[c].name, effect=effect,
-                              curves=tuple(curves), pool_size=pool.cohort.size, rho=rho, rho_lower=rho_lower,
-                              check=check))  # fmt: skip
+        out.append(
+            PowerStudy(
+                endpoint=endpoint,
+                arm=spec.arms[arm].name,
+                control=spec.arms[c].name,
+                effect=effect,
+                curves=tuple(curves),
+                pool_size=pool.cohort.size,
+                rho=rho,
+                rho_lower=rho_lower,
+                check=check,
+            )
+        )
     return out
 
 
@@ -204,8 +230,13 @@ def _full_simulation_check(
     if len(spec.arms) == 2:
         check_spec = replace(spec, secondary=())
     else:  # a two-arm spec and its own simulator (arm indices change)
-        check_spec = replace(spec, arms=(spec.arms[spec.control], spec.arms[arm]), control=0,
-                             allocation=_two_arm_allocation(spec, arm), secondary=())  # fmt: skip
+        check_spec = replace(
+            spec,
+            arms=(spec.arms[spec.control], spec.arms[arm]),
+            control=0,
+            allocation=_two_arm_allocation(spec, arm),
+            secondary=(),
+        )
         sim = simulator_for(check_spec, getattr(sim, "runner", None))
     enrolled = next(f.remaining for f in pool.flow if f.stage == "enrolled")
     enrolled_fraction = enrolled / pool.flow[0].remaining
@@ -213,8 +244,14 @@ def _full_simulation_check(
     rejected: dict[str, list[float]] = {}
     estimates: dict[str, list[float]] = {}
     for r in range(spec.power.full_simulation_check):
-        data = simulate_trial(check_spec, size=screen, enrol=n, stream=CHECK_POPULATION + r,
-                              offset=CHECK_OFFSET + r * screen, simulator=sim)  # fmt: skip
+        data = simulate_trial(
+            check_spec,
+            size=screen,
+            enrol=n,
+            stream=CHECK_POPULATION + r,
+            offset=CHECK_OFFSET + r * screen,
+            simulator=sim,
+        )
         for e in analyse(data)[0].estimates:
             rejected.setdefault(e.method, []).append(float(e.p_value < spec.analysis.alpha))
             estimates.setdefault(e.method, []).append(e.estimate)

@@ -70,7 +70,7 @@ def trial_json(data: TrialData, comparisons: Sequence[Comparison], *, seconds: f
         n = data.cohort.size if data.arm is None else int(np.sum(data.arm == a))
         arms.append({"name": arm.name, "control": a == spec.control, "n": n, "settings": asdict(arm)})
     primary = [c.to_dict() for c in comparisons if c.endpoint == spec.primary]
-    out = {
+    out: dict[str, Any] = {
         "medtwin": _version(),
         "generated": datetime.now(UTC).isoformat(),
         "trial": _spec_json(spec),
@@ -95,11 +95,15 @@ def _notes(spec: TrialSpec) -> list[str]:
             "effects exist, so a crossover's sequences do not matter."
         )
         if spec.population.source == "fitted":
-            notes.append("Patients are draws from the joint distribution fitted to the 30 UVA/Padova subjects "
-                         "(docs/trials.md); their outcomes spread wider than the 30 subjects' own.")  # fmt: skip
+            notes.append(
+                "Patients are draws from the joint distribution fitted to the 30 UVA/Padova subjects "
+                "(docs/trials.md); their outcomes spread wider than the 30 subjects' own."
+            )
     if spec.analysis.prognostic == "known-parameters":
-        notes.append("Prognostic twins use each virtual patient's own parameters (a perfectly identified twin) with "
-                     "fresh meals and sensor noise; real participants' twins are matched or identified from run-in data.")  # fmt: skip
+        notes.append(
+            "Prognostic twins use each virtual patient's own parameters (a perfectly identified twin) with "
+            "fresh meals and sensor noise; real participants' twins are matched or identified from run-in data."
+        )
     return notes
 
 
@@ -168,6 +172,7 @@ def write_power_report(
     paths = {"json": out / "power.json", "spec": out / "spec.toml"}
     paths["json"].write_bytes(orjson.dumps(power_json(spec, studies, seconds=seconds), option=orjson.OPT_INDENT_2))
     _write_spec(spec, out)
-    paths["power"] = plot_power(out / "power.png", studies, target=spec.power.target_power,
-                                title=f"{spec.name} (seed {spec.seed})")  # fmt: skip
+    paths["power"] = plot_power(
+        out / "power.png", studies, target=spec.power.target_power, title=f"{spec.name} (seed {spec.seed})"
+    )
     return paths

@@ -298,7 +298,9 @@ def _glucose_population(t: Table) -> PopulationSpec:
     criteria = _criteria(t, _GLUCOSE_VARIABLES)
     if source == "original":
         if "size" in t or "groups" in t or "therapy" in t:
-            raise SpecError(f"{t.where}: source 'original' takes 'patients' (names or groups), not size, groups, therapy")
+            raise SpecError(
+                f"{t.where}: source 'original' takes 'patients' (names or groups), not size, groups, therapy"
+            )
         try:
             patients = resolve_patient_names(list(t.texts("patients", ("all",))))
         except SpecError:
@@ -309,7 +311,9 @@ def _glucose_population(t: Table) -> PopulationSpec:
             source="original", size=len(patients), patients=patients, criteria=criteria, variables=_GLUCOSE_VARIABLES
         )
     if "patients" in t:
-        raise SpecError(f"{t.where}: 'patients' belongs to source 'original'; a fitted population takes size and groups")
+        raise SpecError(
+            f"{t.where}: 'patients' belongs to source 'original'; a fitted population takes size and groups"
+        )
     groups = t.table("groups", GROUPS)
     weights = {g: groups.number(g, 0.0, low=0.0) for g in GROUPS if g in groups} or {"adult": 1.0}
     if sum(weights.values()) <= 0:
@@ -330,7 +334,9 @@ _DISTRIBUTION_KEYS = ("distribution", "mean", "sd", "median", "cv_pct", "min", "
 def _covariate_distribution(name: str, raw: Any, where: str) -> CovariateDistribution:
     if name not in STANDARD_COVARIATE_FIELDS:
         known = sorted(STANDARD_COVARIATE_FIELDS)
-        raise SpecError(f"{where}: unknown patient field {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+        raise SpecError(
+            f"{where}: unknown patient field {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
+        )
     if not isinstance(raw, Mapping):
         return CovariateDistribution(field=name, distribution="fixed", a=check_number(raw, where))
     t = Table(raw, where, _DISTRIBUTION_KEYS)
@@ -426,13 +432,28 @@ def _dosing_scenario(t: Table) -> DosingScenario:
 
 
 _GLUCOSE_ARM_KEYS = (
-    "name", "control", "controller", "target_mg_dl", "correction_threshold_mg_dl", "cr_scale", "cf_scale",
+    "name",
+    "control",
+    "controller",
+    "target_mg_dl",
+    "correction_threshold_mg_dl",
+    "cr_scale",
+    "cf_scale",
     "basal_scale",
-)  # fmt: skip
+)
 _DOSING_ARM_KEYS = (
-    "name", "control", "strategy", "mg_per_kg", "interval_h", "crcl_intervals", "intervals_h", "max_dose_mg",
-    "increment_mg", "trough_max_mg_l", "tdm",
-)  # fmt: skip
+    "name",
+    "control",
+    "strategy",
+    "mg_per_kg",
+    "interval_h",
+    "crcl_intervals",
+    "intervals_h",
+    "max_dose_mg",
+    "increment_mg",
+    "trough_max_mg_l",
+    "tdm",
+)
 
 
 def _glucose_arm(t: Table) -> GlucoseArm:
@@ -518,15 +539,29 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", text: str = "
     kind: Kind = trial.text("kind", choices=("glucose", "dosing"))  # type: ignore[assignment]
     design: Design = trial.text("design", "parallel", choices=("parallel", "crossover"))  # type: ignore[assignment]
     glucose = kind == "glucose"
-    pop_keys = ("source", "size", "groups", "therapy", "patients", "include", "exclude") if glucose else (
-        "model", "size", "covariates", "within_validity", "include", "exclude"
-    )  # fmt: skip
+    pop_keys = (
+        ("source", "size", "groups", "therapy", "patients", "include", "exclude")
+        if glucose
+        else ("model", "size", "covariates", "within_validity", "include", "exclude")
+    )
     population = (_glucose_population if glucose else _dosing_population)(top.table("population", pop_keys))
     scenario_keys = (
-        ("days", "run_in_days", "meals", "randomise_meals", "time_sd_min", "size_range", "skip_probability",
-         "sensor", "pump", "sensor_noise", "signal")
-        if glucose else ("target_auc24", "toxicity_trough_mg_l", "infusion_h")
-    )  # fmt: skip
+        (
+            "days",
+            "run_in_days",
+            "meals",
+            "randomise_meals",
+            "time_sd_min",
+            "size_range",
+            "skip_probability",
+            "sensor",
+            "pump",
+            "sensor_noise",
+            "signal",
+        )
+        if glucose
+        else ("target_auc24", "toxicity_trough_mg_l", "infusion_h")
+    )
     if "scenario" not in top and glucose:
         raise SpecError(f"{source}: missing [scenario] (at least days)")
     scenario = (_glucose_scenario if glucose else _dosing_scenario)(top.table("scenario", scenario_keys))
@@ -545,8 +580,9 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", text: str = "
     primary = ends.text("primary", next(iter(catalogue)), choices=tuple(catalogue))
     secondary = ends.texts("secondary", (), choices=tuple(catalogue))
     variables = population.variables
-    allocation = _allocation(top.table("allocation", ("method", "ratio", "block_size", "strata")), len(arms), design,
-                             variables)  # fmt: skip
+    allocation = _allocation(
+        top.table("allocation", ("method", "ratio", "block_size", "strata")), len(arms), design, variables
+    )
     analysis = _analysis(top, kind, design, scenario, variables)
     pw = top.table("power", ("sizes", "replicates", "pool", "target_power", "full_simulation_check"))
     sizes = tuple(int(s) for s in pw.numbers("sizes", _DEFAULT_SIZES, low=4.0))
@@ -585,11 +621,21 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", text: str = "
 def _analysis(top: Table, kind: Kind, design: Design, scenario: Any, variables: tuple[str, ...]) -> AnalysisSpec:
     t = top.table(
         "analysis",
-        ("alpha", "methods", "baseline", "robust_se", "prognostic", "prognostic_replicates", "library_size",
-         "neighbours"),
-    )  # fmt: skip
+        (
+            "alpha",
+            "methods",
+            "baseline",
+            "robust_se",
+            "prognostic",
+            "prognostic_replicates",
+            "library_size",
+            "neighbours",
+        ),
+    )
     choices = _GLUCOSE_PROGNOSTIC if kind == "glucose" else _DOSING_PROGNOSTIC
-    methods = t.texts("methods", ANALYSIS_METHODS if design == "parallel" else ("difference",), choices=ANALYSIS_METHODS)
+    methods = t.texts(
+        "methods", ANALYSIS_METHODS if design == "parallel" else ("difference",), choices=ANALYSIS_METHODS
+    )
     if design == "crossover" and set(methods) - {"difference"}:
         raise SpecError(f"{t.at('methods')}: a crossover is analysed by paired differences only ('difference')")
     run_in = isinstance(scenario, GlucoseScenario) and scenario.run_in_days > 0
@@ -641,7 +687,9 @@ def load_spec(name_or_path: str | Path) -> TrialSpec:
     else:
         entry = _examples_dir() / f"{text}.toml"
         if not entry.is_file():
-            raise SpecError(f"unknown trial spec {text!r}: not a file, and not an example ({', '.join(example_specs())})")
+            raise SpecError(
+                f"unknown trial spec {text!r}: not a file, and not an example ({', '.join(example_specs())})"
+            )
         content, source = entry.read_text(encoding="utf-8"), f"{text}.toml"
     try:
         data = tomllib.loads(content)

@@ -69,9 +69,14 @@ class Table:
         return value
 
     def number(
-        self, key: str, default: float | None = None, *, low: float = -math.inf, high: float = math.inf,
+        self,
+        key: str,
+        default: float | None = None,
+        *,
+        low: float = -math.inf,
+        high: float = math.inf,
         low_open: bool = False,
-    ) -> float:  # fmt: skip
+    ) -> float:
         """A finite number in ``[low, high]`` (``(low, high]`` with *low_open*)."""
         value = self.required(key) if default is None else self.raw.get(key, default)
         return check_number(value, self.at(key), low=low, high=high, low_open=low_open)
@@ -126,7 +131,9 @@ class Table:
         return [Table(v, f"{self.at(key)}[{i}]", known) for i, v in enumerate(value)]
 
 
-def check_number(value: Any, where: str, *, low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> float:
+def check_number(
+    value: Any, where: str, *, low: float = -math.inf, high: float = math.inf, low_open: bool = False
+) -> float:
     """*value* as a finite float within the bounds, or a :class:`SpecError` naming *where*."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
         raise SpecError(f"{where}: expected a finite number, got {value!r}")

@@ -131,8 +131,14 @@ def simulate_trial(
     if enrol is not None:
         if cohort.size < enrol:
             raise ValidationError(f"{spec.source}: {cohort.size} eligible of {n} screened, fewer than {enrol}")
-        flow.append(FlowStep(stage="enrolment closed", remaining=enrol, removed=cohort.size - enrol,
-                             reason="eligible after the target enrolment"))  # fmt: skip
+        flow.append(
+            FlowStep(
+                stage="enrolment closed",
+                remaining=enrol,
+                removed=cohort.size - enrol,
+                reason="eligible after the target enrolment",
+            )
+        )
         cohort = cohort.take(np.arange(enrol))
     flow.append(FlowStep(stage="enrolled", remaining=cohort.size))
     if cohort.size < 2:
@@ -251,9 +257,16 @@ def analyse(data: TrialData) -> list[Comparison]:
                 continue
             if data.arm is None:
                 est = [paired_difference(values[a], values[c], alpha=spec.analysis.alpha)]
-                out.append(Comparison(endpoint=endpoint, arm=arm.name, control=spec.arms[c].name,
-                                      treated_summary=arm_summary(values[a]), control_summary=arm_summary(values[c]),
-                                      estimates=tuple(est)))  # fmt: skip
+                out.append(
+                    Comparison(
+                        endpoint=endpoint,
+                        arm=arm.name,
+                        control=spec.arms[c].name,
+                        treated_summary=arm_summary(values[a]),
+                        control_summary=arm_summary(values[c]),
+                        estimates=tuple(est),
+                    )
+                )
                 continue
             rows = np.flatnonzero((data.arm == a) | (data.arm == c))
             sub = data.cohort.take(rows)
@@ -269,10 +282,17 @@ def analyse(data: TrialData) -> list[Comparison]:
                 rho = float(np.corrcoef(x[ctrl, 0], y[ctrl])[0, 1])
                 r2 = _r_squared(y[ctrl], x[ctrl])
             out.append(
-                Comparison(endpoint=endpoint, arm=arm.name, control=spec.arms[c].name,
-                           treated_summary=arm_summary(y[treated]), control_summary=arm_summary(y[~treated]),
-                           estimates=tuple(compare(spec, y, treated, covs)), prognostic_rho=rho, prognostic_r2=r2)
-            )  # fmt: skip
+                Comparison(
+                    endpoint=endpoint,
+                    arm=arm.name,
+                    control=spec.arms[c].name,
+                    treated_summary=arm_summary(y[treated]),
+                    control_summary=arm_summary(y[~treated]),
+                    estimates=tuple(compare(spec, y, treated, covs)),
+                    prognostic_rho=rho,
+                    prognostic_r2=r2,
+                )
+            )
     return out
 
 

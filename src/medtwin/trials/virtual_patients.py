@@ -19,10 +19,6 @@ Method (docs/trials.md, "Virtual glucose populations")
    Isc2ss = kd Isc1ss / ka2; x0 = (0, 0, 0, Gpb, Gtb, Ipb, 0, Ib, Ib, Ilb, Isc1ss, Isc2ss, Gpb).
 4. A draw is rejected (and counted) when the steady state is not physiological: Gtb <= 0, or Gpb >= ke2 (renal
    excretion at basal, which no source subject has and the equations above leave out).
-
-Every sampled patient is therefore at rest at its basal state (dx/dt(x0) = 0, tested), and a population is a pure
-function of its seed.
-
 5. Therapy titration (``population.therapy = "titrated"``, the default): the sampled CR and CF are a starting
    point, as a clinician's first settings are; both are multiplied by the factor (one of
    :data:`TITRATION_FACTORS`, 0.5-2) that minimizes the Kovatchev risk index LBGI + HBGI (Kovatchev BP et al.
@@ -30,8 +26,13 @@ function of its seed.
    noise-free Dexcom, Insulet pump). Measured on 300 sampled adults: with the sampled CR and CF 26 % spend more
    than 5 % of the standard day below 54 mg/dL (the 30 source subjects: none), after titration 1.7 %: the
    physiology the joint draw gives is plausible, its therapy settings are not matched to it, as the source
-   subjects' Quest settings are. ``"sampled"`` keeps the drawn CR and CF. The fit is checked in tests/trials/test_virtual_patients.py: sampled means and SDs on the
-transformed scale match the source per group, and the constraints hold.
+   subjects' Quest settings are. ``"sampled"`` keeps the drawn CR and CF.
+
+Every sampled patient is at rest at its basal state (dx/dt(x0) = 0 under basal insulin, tested), and a population
+is a pure function of its seed.
+
+The fit is checked in tests/trials/test_virtual_patients.py: sampled means and SDs on the transformed scale match
+the source per group, and the constraints hold.
 """
 
 from __future__ import annotations
@@ -63,9 +64,34 @@ __all__ = [
 ]
 
 FREE_PARAMETERS = (
-    "BW", "Gb", "Ib", "EGPb", "kabs", "kmax", "kmin", "b", "d", "Vg", "Vi", "Vmx", "Km0", "k1", "k2", "p2u",
-    "m1", "m2", "ki", "kp2", "kp3", "kd", "ksc", "ka1", "ka2", "CR", "CF",
-)  # fmt: skip
+    "BW",
+    "Gb",
+    "Ib",
+    "EGPb",
+    "kabs",
+    "kmax",
+    "kmin",
+    "b",
+    "d",
+    "Vg",
+    "Vi",
+    "Vmx",
+    "Km0",
+    "k1",
+    "k2",
+    "p2u",
+    "m1",
+    "m2",
+    "ki",
+    "kp2",
+    "kp3",
+    "kd",
+    "ksc",
+    "ka1",
+    "ka2",
+    "CR",
+    "CF",
+)
 """Sampled quantities: per-subject model parameters of the 2008 simulator and the Quest CR (g/U), CF (mg/dL/U)."""
 
 _LOGIT = ("b", "d")
@@ -109,7 +135,9 @@ def _from_unbounded(z: FloatArray, fsnc: float) -> dict[str, FloatArray]:
     return out
 
 
-def steady_state(free: Mapping[str, FloatArray], shared: Mapping[str, float]) -> tuple[dict[str, FloatArray], FloatArray]:
+def steady_state(
+    free: Mapping[str, FloatArray], shared: Mapping[str, float]
+) -> tuple[dict[str, FloatArray], FloatArray]:
     """Model parameters and basal state ``(n, 13)`` of patients given their free parameters (module docstring)."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in free.items()}
     n = p["BW"].shape[0]
@@ -128,9 +156,22 @@ def steady_state(free: Mapping[str, FloatArray], shared: Mapping[str, float]) ->
     p["isc2ss"] = p["kd"] * p["isc1ss"] / p["ka2"]
     zeros = np.zeros(n)
     x0 = np.column_stack(
-        [zeros, zeros, zeros, p["Gpb"], p["Gtb"], p["Ipb"], zeros, p["Ib"], p["Ib"], p["Ilb"], p["isc1ss"],
-         p["isc2ss"], p["Gpb"]]
-    )  # fmt: skip
+        [
+            zeros,
+            zeros,
+            zeros,
+            p["Gpb"],
+            p["Gtb"],
+            p["Ipb"],
+            zeros,
+            p["Ib"],
+            p["Ib"],
+            p["Ilb"],
+            p["isc1ss"],
+            p["isc2ss"],
+            p["Gpb"],
+        ]
+    )
     assert x0.shape[1] == len(STATE_NAMES)
     return p, x0
 
