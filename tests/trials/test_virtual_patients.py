@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,30 @@ def test_titration_picks_the_risk_minimizing_factor() -> None:
     # the source subjects titrated from their own Quest settings stay within the grid and mostly near 1
     source = titrate_therapy(load_cohort("adult"))
     assert np.median(source) == pytest.approx(1.0, rel=0.3)
+
+
+@pytest.mark.slow
+def test_titrated_populations_match_the_source_outcomes_on_the_standard_day() -> None:
+    from dataclasses import replace
+
+    from medtwin.glucose import (
+        CGMSensor, InsulinPump, make_controller, meal_matrix, pump_spec, sensor_spec, simulate_closed_loop,
+        summary_metrics_batch,
+    )  # fmt: skip
+    from medtwin.glucose.scenarios import daily_meals
+
+    def day(c: Any) -> dict[str, np.ndarray]:
+        r = simulate_closed_loop(
+            c, minutes=1440, meals=meal_matrix(1440, daily_meals(c.size, 1), c.size),
+            controller=make_controller("basal-bolus", c), sensor=CGMSensor(sensor_spec("Dexcom"), [1] * c.size,
+            noise=False), pump=InsulinPump(pump_spec("Insulet")),
+        )  # fmt: skip
+        return summary_metrics_batch(r.bg_mg_dl[1:])
+
+    for group, most_hypo in (("adult", 0.03), ("adolescent", 0.08), ("child", 0.2)):
+        sampled = sample_glucose_patients([group] * 300, rng=np.random.default_rng(5)).cohort
+        f = titrate_therapy(sampled)
+        titrated = replace(sampled, cr_g_per_u=sampled.cr_g_per_u * f, cf_mg_dl_per_u=sampled.cf_mg_dl_per_u * f)
+        before, after, source = day(sampled), day(titrated), day(load_cohort(group))
+        assert np.mean(after["tbr_level2_pct"] > 5) < min(most_hypo, np.mean(before["tbr_level2_pct"] > 5))
+        assert np.median(after["tir_pct"]) == pytest.approx(np.median(source["tir_pct"]), abs=4.0), group

@@ -185,6 +185,7 @@ def ancova(
     x = np.asarray(covariates, dtype=np.float64).reshape(v.size, -1)
     if not np.all(np.isfinite(x)):
         raise ValidationError(f"{method}: covariates must be finite")
+    x = x[:, np.ptp(x, axis=0) > 0]  # a covariate constant in this sample (a stratum not drawn) carries nothing
     X = np.column_stack([np.ones(v.size), t.astype(np.float64), x - x.mean(axis=0)])
     n, p = X.shape
     if n <= p:

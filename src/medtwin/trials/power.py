@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner
 from medtwin.trials.analysis import analytic_power, analytic_sample_size, ancova_variance, paired_difference
@@ -153,6 +154,11 @@ def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStud
         spec, size=spec.power.pool, stream=POOL_POPULATION, offset=POOL_OFFSET, potential=True, simulator=sim
     )
     p = spec.power
+    if pool.cohort.size < max(p.sizes):
+        raise ValidationError(
+            f"{spec.source}: the pool enrolled {pool.cohort.size} of {p.pool} screened patients, fewer than the "
+            f"largest trial ({max(p.sizes)}); raise power.pool"
+        )
     c, endpoint = spec.control, spec.primary
     y = pool.outcomes[endpoint]
     out: list[PowerStudy] = []

@@ -589,7 +589,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", text: str = "
     power = PowerSpec(
         sizes=sizes,
         replicates=pw.integer("replicates", 1000, low=10),
-        pool=pw.integer("pool", max(1000, 2 * max(sizes)), low=8),
+        pool=pw.integer("pool", max(1000, 5 * max(sizes)), low=8),
         target_power=pw.number("target_power", 0.8, low=0.0, high=1.0, low_open=True),
         full_simulation_check=pw.integer("full_simulation_check", 0),
     )

@@ -210,20 +210,27 @@ def method_covariates(
     """Covariates ``(n, k)`` and their names that *method* adjusts for (None for the unadjusted difference).
 
     ANCOVA adjusts for the baseline (the run-in value of the same endpoint, or the named variable); PROCOVA for the
-    twin-predicted control outcome and, when the spec has one, the same baseline.
+    twin-predicted control outcome and, when the spec has one, the same baseline. After stratified allocation both
+    also adjust for the strata (indicators), as the FDA's 2023 guidance recommends: the unadjusted difference
+    ignores the balance stratification buys and is conservative.
     """
+    if method == "difference":
+        return None, ()
     base = spec.analysis.baseline
     columns: list[FloatArray] = []
     names: list[str] = []
     if method == "procova":
         columns.append(prognostic[endpoint])
         names.append(f"prognostic:{endpoint}")
-    if method in ("ancova", "procova") and base:
+    if base:
         variable = f"baseline:{endpoint}" if base == "run_in" else base
         columns.append(cohort.value(variable))
         names.append(variable)
-    if method == "difference":
-        return None, ()
+    if spec.allocation.method == "stratified":
+        labels = strata_labels(cohort, spec.allocation.strata)
+        for stratum in np.unique(labels)[1:]:
+            columns.append((labels == stratum).astype(np.float64))
+            names.append(f"stratum:{stratum}")
     return np.column_stack(columns), tuple(names)
 
 
