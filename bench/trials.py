@@ -36,6 +36,7 @@ from medtwin.sim.runners import DaskRunner, Runner, SequentialRunner
 from medtwin.trials import analyse, load_spec, parse_spec, power_study, simulate_trial
 from medtwin.trials.glucose_arms import arm_controller, patient_meals
 from medtwin.trials.spec import GlucoseArm, GlucoseScenario
+from medtwin.trials.virtual_patients import TITRATION_FACTORS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -104,6 +105,14 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_seconds(runner: Runner) -> float:
+    """CPU seconds used so far by whoever simulates: this process (all its threads) or the Dask workers."""
+    if isinstance(runner, DaskRunner):
+        return runner.worker_cpu_seconds()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _runner(workers: int) -> Runner:
     return DaskRunner(n_workers=workers, preload=("medtwin.trials",)) if workers else SequentialRunner()
 
@@ -112,20 +121,24 @@ def part_a(patients: int, workers: int) -> tuple[Any, Any, float, int]:
     spec = parse_spec(TRIAL | {"population": TRIAL["population"] | {"size": patients}})
     runner = _runner(workers)
     rss0 = rss_mib()
+    cpu0 = _cpu_seconds(runner)
     t0 = time.perf_counter()
     data = simulate_trial(spec, runner)
     seconds = time.perf_counter() - t0
+    cpu = _cpu_seconds(runner) - cpu0
     comparisons = analyse(data)
     if isinstance(runner, DaskRunner):
         runner.close()
     patient_days = 2 * 14 * data.cohort.size
     tir = comparisons[0].estimate("difference")
     print(f"A. {patients:,}-patient x 14-day two-arm trial (crossover): {patient_days:,} patient-days")
-    print(
-        f"   wall time {seconds:8.1f} s (goal <= 300 s)  incl. screening + titration "
-        f"({5 * data.cohort.size:,} extra patient-days)"
-    )
+    extra = len(TITRATION_FACTORS) * data.cohort.size
+    print(f"   wall time {seconds:8.1f} s (goal <= 300 s)  incl. screening + titration ({extra:,} extra patient-days)")
     print(f"   throughput {patient_days / seconds:8.0f} patient-days/s ({seconds / patient_days * 1e3:.3f} ms each)")
+    print(
+        f"   CPU time {cpu:8.1f} s ({cpu / (patient_days + extra) * 1e3:.3f} ms per simulated patient-day); on 2 idle "
+        f"cores the wall time would be about {cpu / 2:.0f} s"
+    )
     print(f"   peak RSS {rss_mib():.0f} MiB (before the trial {rss0:.0f} MiB); summaries only are kept")
     print(f"   TIR target-120 - target-140: {tir.estimate:+.2f} points [{tir.ci_low:.2f}, {tir.ci_high:.2f}]")
     return spec, data, seconds, patient_days
@@ -160,7 +173,7 @@ def _peer_days(spec: Any, data: Any, k: int) -> tuple[list[dict[str, Any]], list
                 "params": params, "x0": cohort.x0[i].tolist(), "cr": float(cohort.cr_g_per_u[i]),
                 "cf": float(cohort.cf_mg_dl_per_u[i]), "basal": float(cohort.basal_u_per_min[i]),
                 "target": arm.target_mg_dl, "sensor_seed": spec.seed + i,
-                "meals": [[int(round(m)), float(g)] for m, g in first[i]],
+                "meals": [[round(m), float(g)] for m, g in first[i]],
             })  # fmt: skip
             ours.append(float(sampled[1:, i].mean()))
     return days, ours
@@ -207,6 +220,8 @@ def part_c(pool: int, replicates: int, workers: int) -> None:
     for c in s.curves:
         cells = ", ".join(f"n={n}: {p:.3f} ({q:.3f})" for n, p, q in zip(c.sizes, c.simulated, c.analytic, strict=True))
         print(f"   {c.method:10s} simulated (formula) {cells}; n for 80 %: {c.sample_size}")
+        sds = ", ".join(f"{a:.3f} ({(c.variance / n) ** 0.5:.3f})" for n, a in zip(c.sizes, c.estimate_sd, strict=True))
+        print(f"   {'':10s} SD of the estimates, simulated (formula) {sds}")
     print(f"   prognostic rho {s.rho:.3f} (lower 95 % {s.rho_lower:.3f}); pool effect {s.effect:+.3f}")
 
 
