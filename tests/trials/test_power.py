@@ -51,3 +51,23 @@ def test_simulated_power_matches_the_formula_and_rises_with_size() -> None:
     difference = next(c for c in study.curves if c.method == "difference")
     assert ancova.variance < difference.variance
     assert ancova.sample_size <= difference.sample_size  # type: ignore[operator]
+
+
+@pytest.mark.slow
+def test_glucose_pool_draws_agree_with_fully_simulated_trials() -> None:
+    spec = parse_spec(
+        {
+            "trial": {"name": "g", "kind": "glucose", "seed": 8},
+            "population": {"source": "fitted", "size": 10, "groups": {"adult": 1}, "therapy": "sampled"},
+            "scenario": {"days": 1, "run_in_days": 1},
+            "arms": [{"name": "standard", "control": True}, {"name": "t120", "target_mg_dl": 120}],
+            "endpoints": {"primary": "tbr70_pct"},
+            "power": {"sizes": [30], "replicates": 1000, "pool": 600, "full_simulation_check": 300},
+        }
+    )
+    check = power_study(spec)[0].check
+    for method in ("difference", "ancova", "procova"):
+        p_full, p_pool = check[f"{method}_power_full"], check[f"{method}_power_pool"]
+        se = math.sqrt(p_pool * (1 - p_pool) * (1 / 300 + 1 / 1000))
+        assert abs(p_full - p_pool) < 3.5 * se + 0.01, method
+        assert check[f"{method}_estimate_sd_full"] == pytest.approx(check[f"{method}_estimate_sd_pool"], rel=0.2)

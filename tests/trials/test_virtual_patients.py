@@ -104,17 +104,26 @@ def test_titrated_populations_match_the_source_outcomes_on_the_standard_day() ->
     from dataclasses import replace
 
     from medtwin.glucose import (
-        CGMSensor, InsulinPump, make_controller, meal_matrix, pump_spec, sensor_spec, simulate_closed_loop,
+        CGMSensor,
+        InsulinPump,
+        make_controller,
+        meal_matrix,
+        pump_spec,
+        sensor_spec,
+        simulate_closed_loop,
         summary_metrics_batch,
-    )  # fmt: skip
+    )
     from medtwin.glucose.scenarios import daily_meals
 
     def day(c: Any) -> dict[str, np.ndarray]:
         r = simulate_closed_loop(
-            c, minutes=1440, meals=meal_matrix(1440, daily_meals(c.size, 1), c.size),
-            controller=make_controller("basal-bolus", c), sensor=CGMSensor(sensor_spec("Dexcom"), [1] * c.size,
-            noise=False), pump=InsulinPump(pump_spec("Insulet")),
-        )  # fmt: skip
+            c,
+            minutes=1440,
+            meals=meal_matrix(1440, daily_meals(c.size, 1), c.size),
+            controller=make_controller("basal-bolus", c),
+            sensor=CGMSensor(sensor_spec("Dexcom"), [1] * c.size, noise=False),
+            pump=InsulinPump(pump_spec("Insulet")),
+        )
         return summary_metrics_batch(r.bg_mg_dl[1:])
 
     for group, most_hypo in (("adult", 0.03), ("adolescent", 0.08), ("child", 0.2)):
