@@ -61,7 +61,7 @@ def test_glucose_pool_draws_agree_with_fully_simulated_trials() -> None:
             "population": {"source": "fitted", "size": 10, "groups": {"adult": 1}, "therapy": "sampled"},
             "scenario": {"days": 1, "run_in_days": 1},
             "arms": [{"name": "standard", "control": True}, {"name": "t120", "target_mg_dl": 120}],
-            "endpoints": {"primary": "tbr70_pct"},
+            "endpoints": {"primary": "tir_pct"},
             "power": {"sizes": [30], "replicates": 1000, "pool": 600, "full_simulation_check": 300},
         }
     )

@@ -44,6 +44,7 @@ __all__ = [
     "ancova",
     "ancova_variance",
     "arm_summary",
+    "correlation",
     "difference_in_means",
     "paired_difference",
 ]
@@ -99,6 +100,14 @@ def arm_summary(y: npt.ArrayLike) -> ArmSummary:
         q1=float(q1),
         q3=float(q3),
     )
+
+
+def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
+    """Pearson correlation; NaN when either variable is constant (e.g. no time below range in any patient)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _finish(
@@ -248,7 +257,10 @@ def analytic_power(delta: float, variance: float, n_total: int, *, alpha: float 
         return math.nan
     ncp = abs(delta) / math.sqrt(variance / n_total)
     crit = float(stats.t.ppf(1.0 - alpha / 2.0, df))
-    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    power = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    if not math.isfinite(power):  # scipy's noncentral t fails far in the tail (ncp of ~40 and more): power ~ 1
+        power = float(stats.norm.sf(crit - ncp) + stats.norm.cdf(-crit - ncp))
+    return min(power, 1.0)
 
 
 def analytic_sample_size(

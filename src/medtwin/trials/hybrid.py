@@ -29,7 +29,7 @@ from medtwin.errors import ValidationError
 from medtwin.glucose.metrics import cgm_metrics
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner
-from medtwin.trials.analysis import Estimate, ancova, difference_in_means
+from medtwin.trials.analysis import Estimate, ancova, correlation, difference_in_means
 from medtwin.trials.glucose_arms import glucose_endpoints
 from medtwin.trials.glucose_trial import GlucoseSimulator
 from medtwin.trials.prognostic import BaselineData, PrognosticModel
@@ -163,7 +163,7 @@ def hybrid_analysis(
     rho: dict[str, float] = {}
     for e in spec.endpoints:
         rows_c = arm == c
-        rho[e] = float(np.corrcoef(prognostic[e][rows_c], outcomes[e][rows_c])[0, 1]) if rows_c.sum() > 2 else np.nan
+        rho[e] = correlation(prognostic[e][rows_c], outcomes[e][rows_c])
         estimates[e] = {}
         for k, arm_spec in enumerate(spec.arms):
             if k == c:

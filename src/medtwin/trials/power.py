@@ -29,7 +29,13 @@ import numpy as np
 from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner
-from medtwin.trials.analysis import analytic_power, analytic_sample_size, ancova_variance, paired_difference
+from medtwin.trials.analysis import (
+    analytic_power,
+    analytic_sample_size,
+    ancova_variance,
+    correlation,
+    paired_difference,
+)
 from medtwin.trials.cohort import allocate, strata_labels
 from medtwin.trials.spec import AllocationSpec, TrialSpec
 from medtwin.trials.trial import (
@@ -171,7 +177,7 @@ def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStud
         effect = float(np.mean(y[arm] - y[c]))
         rho = rho_lower = math.nan
         if pool.prognostic:
-            rho = float(np.corrcoef(pool.prognostic[endpoint], y[c])[0, 1])
+            rho = correlation(pool.prognostic[endpoint], y[c])
             rho_lower = _fisher_lower(rho, pool.cohort.size)
         curves = []
         for method, (rej, est) in draws.items():

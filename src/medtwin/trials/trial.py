@@ -28,6 +28,7 @@ from medtwin.trials.analysis import (
     Estimate,
     ancova,
     arm_summary,
+    correlation,
     difference_in_means,
     paired_difference,
 )
@@ -286,7 +287,7 @@ def analyse(data: TrialData) -> list[Comparison]:
                 x = covs["procova"][0]
                 assert x is not None
                 ctrl = ~treated
-                rho = float(np.corrcoef(x[ctrl, 0], y[ctrl])[0, 1])
+                rho = correlation(x[ctrl, 0], y[ctrl])
                 r2 = _r_squared(y[ctrl], x[ctrl])
             out.append(
                 Comparison(
