@@ -35,7 +35,7 @@ from medtwin.glucose import CGMSensor, InsulinPump, meal_matrix, pump_spec, sens
 from medtwin.sim.runners import DaskRunner, Runner, SequentialRunner
 from medtwin.trials import analyse, load_spec, parse_spec, power_study, simulate_trial
 from medtwin.trials.glucose_arms import arm_controller, patient_meals
-from medtwin.trials.spec import GlucoseArm, GlucoseScenario
+from medtwin.trials.protocol import GlucoseArm, GlucoseScenario
 from medtwin.trials.virtual_patients import TITRATION_FACTORS
 
 HERE = Path(__file__).resolve().parent

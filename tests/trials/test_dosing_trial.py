@@ -13,7 +13,7 @@ import pytest
 from medtwin.dosing import load_model
 from medtwin.trials import analyse, load_spec, parse_spec, simulate_trial
 from medtwin.trials.dosing_trial import DosingJob, DosingSimulator, PkPatients, draw_fields, run_dosing_job
-from medtwin.trials.spec import CovariateDistribution, DosingArm, DosingScenario, TdmSpec
+from medtwin.trials.protocol import CovariateDistribution, DosingArm, DosingScenario, TdmSpec
 
 SPEC = load_spec("vancomycin-mipd")
 

@@ -25,7 +25,7 @@ from medtwin.glucose import (
 from medtwin.sim.runners import DaskRunner, SequentialRunner
 from medtwin.trials import analyse, parse_spec, simulate_trial, simulated_power
 from medtwin.trials.glucose_arms import glucose_endpoints, patient_meals
-from medtwin.trials.spec import GlucoseScenario, TrialSpec
+from medtwin.trials.protocol import GlucoseScenario, TrialSpec
 from medtwin.trials.trial import TrialData
 
 

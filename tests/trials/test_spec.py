@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from medtwin.trials import SpecError, example_specs, load_spec, parse_spec
-from medtwin.trials.spec import DosingArm, GlucoseArm, GlucoseScenario
+from medtwin.trials.protocol import DosingArm, GlucoseArm, GlucoseScenario
 
 GLUCOSE: dict[str, Any] = {
     "trial": {"name": "t", "kind": "glucose", "seed": 3},

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +26,9 @@ from medtwin.errors import MedtwinError
 from medtwin.sim.runners import DaskRunner, Runner, SequentialRunner
 from medtwin.trials.hybrid import hybrid_analysis, read_outcomes, read_run_in
 from medtwin.trials.power import power_study
+from medtwin.trials.protocol import TrialSpec
 from medtwin.trials.report import power_json, trial_json, write_power_report, write_trial_report
-from medtwin.trials.spec import TrialSpec, example_specs, load_spec
+from medtwin.trials.spec import example_specs, load_spec
 from medtwin.trials.trial import Comparison, analyse, simulate_trial
 
 __all__ = ["app"]
@@ -151,8 +153,6 @@ def power_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Power and sample size of SPEC: simulated trials drawn from a simulated pool, and the formulas."""
-    from dataclasses import replace
-
     s = _load(spec)
     if replicates is not None:
         if replicates < 10:

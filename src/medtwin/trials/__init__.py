@@ -20,8 +20,9 @@ from medtwin.trials.analysis import (
 from medtwin.trials.hybrid import HybridResult, hybrid_analysis, read_outcomes, read_run_in
 from medtwin.trials.power import PowerCurve, PowerStudy, power_study, simulated_power
 from medtwin.trials.prognostic import BaselineData, MatchedTwin, PrognosticModel
+from medtwin.trials.protocol import TrialSpec
 from medtwin.trials.report import write_power_report, write_trial_report
-from medtwin.trials.spec import TrialSpec, example_specs, load_spec, parse_spec
+from medtwin.trials.spec import example_specs, load_spec, parse_spec
 from medtwin.trials.specfile import SpecError
 from medtwin.trials.trial import Comparison, TrialData, analyse, simulate_trial
 from medtwin.trials.virtual_patients import fit_glucose_population, sample_glucose_patients

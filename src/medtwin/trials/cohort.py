@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
-from medtwin.trials.spec import AllocationSpec, Criterion
+from medtwin.trials.protocol import AllocationSpec, Criterion
 
 __all__ = ["FlowStep", "Screened", "allocate", "apply_criteria", "strata_labels"]
 

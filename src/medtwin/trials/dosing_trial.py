@@ -43,7 +43,7 @@ from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner, SequentialRunner
 from medtwin.trials.cohort import FlowStep, IntArray, Screened
-from medtwin.trials.spec import CovariateDistribution, DosingArm, DosingScenario, TrialSpec
+from medtwin.trials.protocol import CovariateDistribution, DosingArm, DosingScenario, TrialSpec
 from medtwin.trials.specfile import SpecError
 
 __all__ = ["DosingJob", "DosingSimulator", "PkPatients", "draw_fields", "run_dosing_job"]

@@ -23,7 +23,7 @@ from medtwin.glucose.patients import Cohort
 from medtwin.glucose.scenarios import daily_meals
 from medtwin.glucose.simulation import meal_matrix, simulate_closed_loop
 from medtwin.sim.model import FloatArray
-from medtwin.trials.spec import GlucoseArm, GlucoseScenario
+from medtwin.trials.protocol import GlucoseArm, GlucoseScenario
 
 __all__ = [
     "STREAM_LIBRARY",

@@ -26,10 +26,13 @@ from medtwin.trials.glucose_arms import (
     run_glucose_job,
 )
 from medtwin.trials.prognostic import FEATURES, BaselineData, MatchedTwin
-from medtwin.trials.spec import GlucoseArm, GlucoseScenario, TrialSpec
+from medtwin.trials.protocol import GlucoseArm, GlucoseScenario, TrialSpec
 from medtwin.trials.virtual_patients import FREE_PARAMETERS, sample_glucose_patients, titrate_therapy
 
 __all__ = ["GlucoseSimulator", "cohort_rows", "group_counts"]
+
+LIBRARY_POPULATION = 101  # the matched twins' library: its own population stream and screening indices
+LIBRARY_OFFSET = 1 << 22
 
 
 def cohort_rows(cohort: Cohort, rows: IntArray) -> Cohort:
@@ -187,7 +190,3 @@ class GlucoseSimulator:
                 {k.removeprefix("baseline:"): v for k, v in run_in.items()}, control, neighbours=a.neighbours
             )
         return self._library
-
-
-LIBRARY_POPULATION = 101
-LIBRARY_OFFSET = 1 << 22

@@ -33,7 +33,7 @@ from medtwin.trials.analysis import Estimate, ancova, correlation, difference_in
 from medtwin.trials.glucose_arms import glucose_endpoints
 from medtwin.trials.glucose_trial import GlucoseSimulator
 from medtwin.trials.prognostic import BaselineData, PrognosticModel
-from medtwin.trials.spec import GLUCOSE_ENDPOINTS, TrialSpec
+from medtwin.trials.protocol import GLUCOSE_ENDPOINTS, TrialSpec
 
 __all__ = ["HybridResult", "hybrid_analysis", "read_outcomes", "read_run_in"]
 

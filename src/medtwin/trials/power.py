@@ -37,7 +37,7 @@ from medtwin.trials.analysis import (
     paired_difference,
 )
 from medtwin.trials.cohort import allocate, strata_labels
-from medtwin.trials.spec import AllocationSpec, TrialSpec
+from medtwin.trials.protocol import AllocationSpec, TrialSpec
 from medtwin.trials.trial import (
     Simulator,
     TrialData,
@@ -189,11 +189,12 @@ def power_study(spec: TrialSpec, runner: Runner | None = None) -> list[PowerStud
                 variance = ancova_variance(y[c], y[arm], x, x, p1=p1)
                 k = 0 if x is None else x.shape[1]
             conservative = None
-            if method == "procova" and not math.isnan(rho_lower) and x is not None and x.shape[1] == 1:
+            if method == "procova" and not math.isnan(rho_lower):
+                # planning on the prognostic score alone at the lower 95 % bound of its correlation
                 sd0, sd1 = float(np.std(y[c], ddof=1)), float(np.std(y[arm], ddof=1))
                 v_cons = (sd0**2 / (1 - p1) + sd1**2 / p1) * (1 - max(rho_lower, 0.0) ** 2)
                 conservative = analytic_sample_size(
-                    effect, v_cons, power=p.target_power, alpha=spec.analysis.alpha, n_covariates=k
+                    effect, v_cons, power=p.target_power, alpha=spec.analysis.alpha, n_covariates=1
                 )
             mc = np.sqrt(rej.mean(axis=1) * (1 - rej.mean(axis=1)) / rej.shape[1])
             curves.append(
@@ -253,6 +254,8 @@ def _full_simulation_check(
     enrolled = next(f.remaining for f in pool.flow if f.stage == "enrolled")
     enrolled_fraction = enrolled / pool.flow[0].remaining
     screen = math.ceil(n / max(enrolled_fraction, 1e-3) * 1.5) + 8
+    if spec.power.full_simulation_check * screen >= 1 << 22:
+        raise ValidationError(f"{spec.source}: power.full_simulation_check screens more than 4,194,304 patients")
     rejected: dict[str, list[float]] = {}
     estimates: dict[str, list[float]] = {}
     for r in range(spec.power.full_simulation_check):

@@ -22,7 +22,7 @@ import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
 from medtwin.trials.plots import plot_consort, plot_forest, plot_power
 from medtwin.trials.power import PowerStudy
-from medtwin.trials.spec import DOSING_ENDPOINTS, GLUCOSE_ENDPOINTS, TrialSpec
+from medtwin.trials.protocol import DOSING_ENDPOINTS, GLUCOSE_ENDPOINTS, TrialSpec
 from medtwin.trials.trial import Comparison, TrialData
 
 __all__ = ["patients_frame", "power_json", "trial_json", "write_power_report", "write_trial_report"]

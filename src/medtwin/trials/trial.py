@@ -33,7 +33,7 @@ from medtwin.trials.analysis import (
     paired_difference,
 )
 from medtwin.trials.cohort import FlowStep, IntArray, Screened, allocate, apply_criteria, strata_labels
-from medtwin.trials.spec import TrialSpec
+from medtwin.trials.protocol import TrialSpec
 
 __all__ = [
     "ALLOCATION",
