@@ -91,11 +91,22 @@ PEER_SCRIPT = textwrap.dedent(
                         InsulinPump.withName("Insulet"), CustomScenario(start_time=start, scenario=meals))
         ctrl = GivenBB(d["target"], d["cr"], d["cf"], d["basal"])
         sims.append(SimObj(env, ctrl, timedelta(days=1), animate=False, path="/tmp/simglucose-trials-bench"))
+    import simglucose.simulation.sim_engine as engine
+    untimed = engine.sim
+    def timed(sim_object):  # each worker reports the CPU its simulation used (pool workers are not our children)
+        import time
+        c0 = time.process_time()
+        result = untimed(sim_object)
+        return result, time.process_time() - c0
+    engine.sim = timed
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        results = batch_sim(sims, parallel=True)
+        timed_results = batch_sim(sims, parallel=True)
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"seconds": elapsed, "mean_bg": [float(r.BG.iloc[1:].mean()) for r in results]}))
+    results = [r for r, _ in timed_results]
+    cpu_s = sum(c for _, c in timed_results)
+    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu_s,
+                      "mean_bg": [float(r.BG.iloc[1:].mean()) for r in results]}))
     """
 )
 
@@ -117,7 +128,7 @@ def _runner(workers: int) -> Runner:
     return DaskRunner(n_workers=workers, preload=("medtwin.trials",)) if workers else SequentialRunner()
 
 
-def part_a(patients: int, workers: int) -> tuple[Any, Any, float, int]:
+def part_a(patients: int, workers: int) -> tuple[Any, Any, float, float, int]:
     spec = parse_spec(TRIAL | {"population": TRIAL["population"] | {"size": patients}})
     runner = _runner(workers)
     rss0 = rss_mib()
@@ -137,11 +148,11 @@ def part_a(patients: int, workers: int) -> tuple[Any, Any, float, int]:
     print(f"   throughput {patient_days / seconds:8.0f} patient-days/s ({seconds / patient_days * 1e3:.3f} ms each)")
     print(
         f"   CPU time {cpu:8.1f} s ({cpu / (patient_days + extra) * 1e3:.3f} ms per simulated patient-day); on 2 idle "
-        f"cores the wall time would be about {cpu / 2:.0f} s"
+        f"cores the wall time would be {cpu / 2:.0f}-{cpu:.0f} s (all of it parallel - none of it)"
     )
     print(f"   peak RSS {rss_mib():.0f} MiB (before the trial {rss0:.0f} MiB); summaries only are kept")
     print(f"   TIR target-120 - target-140: {tir.estimate:+.2f} points [{tir.ci_low:.2f}, {tir.ci_high:.2f}]")
-    return spec, data, seconds, patient_days
+    return spec, data, seconds, cpu / (patient_days + extra), patient_days
 
 
 def _peer_days(spec: Any, data: Any, k: int) -> tuple[list[dict[str, Any]], list[float]]:
@@ -179,7 +190,7 @@ def _peer_days(spec: Any, data: Any, k: int) -> tuple[list[dict[str, Any]], list
     return days, ours
 
 
-def part_b(spec: Any, data: Any, k: int, medtwin_seconds: float, medtwin_days: int) -> None:
+def part_b(spec: Any, data: Any, k: int, medtwin_seconds: float, medtwin_cpu_per_day: float, medtwin_days: int) -> None:
     python, note = ensure_peer()
     print(f"B. simglucose 0.2.11 batch_sim (parallel), venv: {note}")
     if python is None:
@@ -201,6 +212,11 @@ def part_b(spec: Any, data: Any, k: int, medtwin_seconds: float, medtwin_days: i
     )
     print(f"   same patient-days, mean BG medtwin vs simglucose: max |difference| {diff.max():.3f} mg/dL")
     print(f"RATIO medtwin / simglucose batch_sim throughput (patient-days per second): {ours_rate / peer_rate:,.0f}x")
+    peer_cpu = peer["cpu_seconds"] / len(days)
+    print(
+        f"RATIO CPU time per patient-day, simglucose / medtwin: {peer_cpu:.2f} s / "
+        f"{medtwin_cpu_per_day * 1e3:.3f} ms = {peer_cpu / medtwin_cpu_per_day:,.0f}x (whatever else loads the machine)"
+    )
 
 
 def part_c(pool: int, replicates: int, workers: int) -> None:
@@ -236,9 +252,9 @@ def main() -> None:
     args = parser.parse_args()
     patients = 1000 if args.quick else args.patients
     print(f"machine: {cpu_model()}, Python {sys.version.split()[0]}")
-    spec, data, seconds, patient_days = part_a(patients, args.workers)
+    spec, data, seconds, cpu_per_day, patient_days = part_a(patients, args.workers)
     if not args.skip_peer:
-        part_b(spec, data, 2 if args.quick else args.peer_patients, seconds, patient_days)
+        part_b(spec, data, 2 if args.quick else args.peer_patients, seconds, cpu_per_day, patient_days)
     if not args.skip_power:
         part_c(400 if args.quick else 2000, 1000, args.workers)
 

@@ -28,32 +28,13 @@ __all__ = [
 
 
 class DaskRunner(sim_runners.DaskRunner):
-    """:class:`medtwin.sim.runners.DaskRunner` with the hospital model imported on every worker at start-up.
+    """:class:`medtwin.sim.runners.DaskRunner` that imports the hospital model on every worker at start-up.
 
     See the base class for the arguments; a bad *chunks_per_worker* is a :class:`SimulationError`.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        n_workers: int = 2,
-        processes: bool = True,
-        threads_per_worker: int = 1,
-        chunks_per_worker: int = 4,
-        worker_profile: bool = False,
-    ) -> None:
-        if chunks_per_worker < 1:
-            raise SimulationError(f"DaskRunner: chunks_per_worker must be >= 1, got {chunks_per_worker}")
-        super().__init__(
-            address,
-            n_workers=n_workers,
-            processes=processes,
-            threads_per_worker=threads_per_worker,
-            chunks_per_worker=chunks_per_worker,
-            worker_profile=worker_profile,
-            preload=("medtwin.hospital",),
-        )
+    error = SimulationError
+    default_preload = ("medtwin.hospital",)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -52,8 +52,12 @@ class DaskRunner:
     but the GIL serializes pure-Python work). Jobs go to the workers in chunks of about
     ``len(jobs) / (workers x chunks_per_worker)``; a local cluster runs with Dask's worker profiler off unless
     *worker_profile* (it costs CPU on every worker). *preload* names modules every worker imports when the
-    client connects, so the first jobs do not pay for them.
+    client connects, so the first jobs do not pay for them. Subclasses set :attr:`error` (what a bad argument
+    raises) and :attr:`default_preload`.
     """
+
+    error: type[ValidationError] = ValidationError
+    default_preload: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -64,17 +68,17 @@ class DaskRunner:
         threads_per_worker: int = 1,
         chunks_per_worker: int = 4,
         worker_profile: bool = False,
-        preload: Sequence[str] = (),
+        preload: Sequence[str] | None = None,
     ) -> None:
         if chunks_per_worker < 1:
-            raise ValidationError(f"DaskRunner: chunks_per_worker must be >= 1, got {chunks_per_worker}")
+            raise self.error(f"DaskRunner: chunks_per_worker must be >= 1, got {chunks_per_worker}")
         self.chunks_per_worker = chunks_per_worker
         self.worker_profile = worker_profile
         self.address = address
         self.n_workers = n_workers
         self.processes = processes
         self.threads_per_worker = threads_per_worker
-        self.preload = tuple(preload)
+        self.preload = self.default_preload if preload is None else tuple(preload)
         self._cluster: Any = None
         self._client: Any = None
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
+from medtwin.sim.runners import Runner
 from medtwin.trials.protocol import AllocationSpec, Criterion
 
-__all__ = ["FlowStep", "Screened", "allocate", "apply_criteria", "strata_labels"]
+__all__ = ["FlowStep", "Screened", "allocate", "apply_criteria", "map_chunks", "strata_labels"]
 
 IntArray = npt.NDArray[np.int64]
+J = TypeVar("J")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,3 +136,15 @@ def allocate(labels: IntArray, spec: AllocationSpec, rng: np.random.Generator) -
             arms.append(rng.permutation(block))
         out[rows] = np.concatenate(arms)[: rows.size]
     return out
+
+
+def map_chunks(
+    runner: Runner, fn: Callable[[J], dict[str, FloatArray]], size: int, chunk: int, job: Callable[[IntArray], J]
+) -> dict[str, FloatArray]:
+    """Run *fn* on *runner* over jobs of at most *chunk* patients (``job(rows)`` builds the job of *rows*) and join
+    the chunks' ``{endpoint: values}`` in patient order."""
+    if size == 0:
+        return {}
+    jobs = [job(np.arange(a, min(a + chunk, size))) for a in range(0, size, chunk)]
+    parts = runner.map(fn, jobs)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -42,7 +42,7 @@ from medtwin.dosing.regimen import Dose, predict_concentrations
 from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner, SequentialRunner
-from medtwin.trials.cohort import FlowStep, IntArray, Screened
+from medtwin.trials.cohort import FlowStep, IntArray, Screened, map_chunks
 from medtwin.trials.protocol import CovariateDistribution, DosingArm, DosingScenario, TrialSpec
 from medtwin.trials.specfile import SpecError
 
@@ -311,25 +311,21 @@ class DosingSimulator:
         return {}
 
     def _run(self, patients: Screened, arm_index: int, stream: int) -> dict[str, FloatArray]:
-        if patients.size == 0:
-            return {}
         arm = self.spec.arms[arm_index]
         assert isinstance(arm, DosingArm)
-        chunk = self.spec.chunk_size
-        jobs = [
-            DosingJob(
+
+        def job(rows: IntArray) -> DosingJob:
+            return DosingJob(
                 model_id=self.spec.population.model,
-                patients=patients.payload.rows(np.arange(a, min(a + chunk, patients.size))),
-                indices=patients.index[a : a + chunk],
+                patients=patients.payload.rows(rows),
+                indices=patients.index[rows],
                 arm=arm,
                 scenario=self.scenario,
                 seed=self.spec.seed,
                 stream=stream,
             )
-            for a in range(0, patients.size, chunk)
-        ]
-        parts = self.runner.map(run_dosing_job, jobs)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+        return map_chunks(self.runner, run_dosing_job, patients.size, self.spec.chunk_size, job)
 
     def outcomes(self, patients: Screened, arm_index: int) -> dict[str, FloatArray]:
         """Endpoints of *patients* under arm *arm_index*."""

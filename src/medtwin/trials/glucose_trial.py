@@ -17,7 +17,7 @@ from medtwin.errors import ValidationError
 from medtwin.glucose.patients import Cohort, load_cohort
 from medtwin.sim.model import FloatArray
 from medtwin.sim.runners import Runner, SequentialRunner
-from medtwin.trials.cohort import FlowStep, IntArray, Screened
+from medtwin.trials.cohort import FlowStep, IntArray, Screened, map_chunks
 from medtwin.trials.glucose_arms import (
     STREAM_RUN_IN,
     STREAM_TRIAL,
@@ -127,23 +127,19 @@ class GlucoseSimulator:
 
     def period(self, patients: Screened, arm: GlucoseArm, *, days: int, stream: int) -> dict[str, FloatArray]:
         """Endpoint values ``{endpoint: (n,)}`` of *patients* under *arm* for *days* in *stream*."""
-        if patients.size == 0:
-            return {}
-        chunk = self.spec.chunk_size
-        jobs = [
-            GlucoseJob(
-                cohort=cohort_rows(patients.payload, np.arange(a, min(a + chunk, patients.size))),
-                indices=patients.index[a : a + chunk],
+
+        def job(rows: IntArray) -> GlucoseJob:
+            return GlucoseJob(
+                cohort=cohort_rows(patients.payload, rows),
+                indices=patients.index[rows],
                 arm=arm,
                 scenario=self.scenario,
                 days=days,
                 seed=self.spec.seed,
                 stream=stream,
             )
-            for a in range(0, patients.size, chunk)
-        ]
-        parts = self.runner.map(run_glucose_job, jobs)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+        return map_chunks(self.runner, run_glucose_job, patients.size, self.spec.chunk_size, job)
 
     @property
     def control(self) -> GlucoseArm:

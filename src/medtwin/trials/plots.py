@@ -21,6 +21,15 @@ _METHOD_LABELS = {"difference": "difference in means", "ancova": "ANCOVA (baseli
 _METHOD_COLOURS = {"difference": "tab:gray", "ancova": "tab:blue", "procova": "tab:orange"}
 
 
+def _save(fig: Figure, path: str | Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def plot_forest(path: str | Path, comparisons: Sequence[Comparison], *, title: str = "") -> Path:
     """One panel per endpoint (own scale): each method's estimate and confidence interval, a line at no effect."""
     endpoints = list(dict.fromkeys(c.endpoint for c in comparisons))
@@ -43,12 +52,7 @@ def plot_forest(path: str | Path, comparisons: Sequence[Comparison], *, title: s
         ax.set_title(endpoint, fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel("effect (treated - control), with confidence interval")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, path, title)
 
 
 def plot_power(path: str | Path, studies: Sequence[PowerStudy], *, target: float = 0.8, title: str = "") -> Path:
@@ -79,12 +83,7 @@ def plot_power(path: str | Path, studies: Sequence[PowerStudy], *, target: float
         ax.set_title(f"{s.endpoint}: {s.arm} vs {s.control} (pool effect {s.effect:.3g})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, path, title)
 
 
 def plot_consort(path: str | Path, flow: Sequence[FlowStep], *, title: str = "") -> Path:
@@ -123,9 +122,4 @@ def plot_consort(path: str | Path, flow: Sequence[FlowStep], *, title: str = "")
             3.5, y, f"every arm, analysed\nn = {analysed.remaining}", ha="center", va="center", fontsize=8, bbox=box
         )
         ax.annotate("", (3.5, y + 0.35), (3.5, y + 0.85), arrowprops=arrow)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, path, title)

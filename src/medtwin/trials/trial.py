@@ -27,6 +27,7 @@ from medtwin.trials.analysis import (
     ArmSummary,
     Estimate,
     ancova,
+    ancova_variance,
     arm_summary,
     correlation,
     difference_in_means,
@@ -176,6 +177,7 @@ class Comparison:
     estimates: tuple[Estimate, ...]
     prognostic_rho: float = math.nan  # correlation of prognostic score and outcome in the control arm
     prognostic_r2: float = math.nan  # R^2 of the outcome on the PROCOVA covariates in the control arm
+    expected_ratio: float = math.nan  # Var(PROCOVA) / Var(difference) by the asymptotic formula on this trial's data
 
     def estimate(self, method: str) -> Estimate:
         """The estimate by *method*."""
@@ -197,7 +199,7 @@ class Comparison:
         if not math.isnan(self.prognostic_rho):
             out["prognostic_rho_control"] = self.prognostic_rho
             out["procova_r2_control"] = self.prognostic_r2
-            out["expected_variance_ratio_procova"] = 1.0 - self.prognostic_r2
+            out["expected_variance_ratio_procova"] = self.expected_ratio
             unadjusted = self.estimate("difference").se if any(e.method == "difference" for e in self.estimates) else 0
             procova = [e for e in self.estimates if e.method == "procova"]
             if unadjusted > 0 and procova:
@@ -264,44 +266,50 @@ def analyse(data: TrialData) -> list[Comparison]:
             if a == c:
                 continue
             if data.arm is None:
-                est = [paired_difference(values[a], values[c], alpha=spec.analysis.alpha)]
-                out.append(
-                    Comparison(
-                        endpoint=endpoint,
-                        arm=arm.name,
-                        control=spec.arms[c].name,
-                        treated_summary=arm_summary(values[a]),
-                        control_summary=arm_summary(values[c]),
-                        estimates=tuple(est),
-                    )
-                )
-                continue
-            rows = np.flatnonzero((data.arm == a) | (data.arm == c))
-            sub = data.cohort.take(rows)
-            y = values[data.arm[rows], rows]
-            treated = data.arm[rows] == a
-            prog = {k: v[rows] for k, v in data.prognostic.items()}
-            covs = {m: method_covariates(spec, m, endpoint, sub, prog) for m in spec.analysis.methods}
-            rho = r2 = math.nan
-            if "procova" in covs:
-                x = covs["procova"][0]
-                assert x is not None
-                ctrl = ~treated
-                rho = correlation(x[ctrl, 0], y[ctrl])
-                r2 = _r_squared(y[ctrl], x[ctrl])
+                treated_y, control_y = values[a], values[c]
+                estimates = [paired_difference(treated_y, control_y, alpha=spec.analysis.alpha)]
+                rho = r2 = ratio = math.nan
+            else:
+                rows = np.flatnonzero((data.arm == a) | (data.arm == c))
+                y = values[data.arm[rows], rows]
+                treated = data.arm[rows] == a
+                prog = {k: v[rows] for k, v in data.prognostic.items()}
+                sub = data.cohort.take(rows)
+                covs = {m: method_covariates(spec, m, endpoint, sub, prog) for m in spec.analysis.methods}
+                estimates = compare(spec, y, treated, covs)
+                treated_y, control_y = y[treated], y[~treated]
+                rho, r2, ratio = _prognostic_quality(covs, y, treated)
             out.append(
                 Comparison(
                     endpoint=endpoint,
                     arm=arm.name,
                     control=spec.arms[c].name,
-                    treated_summary=arm_summary(y[treated]),
-                    control_summary=arm_summary(y[~treated]),
-                    estimates=tuple(compare(spec, y, treated, covs)),
+                    treated_summary=arm_summary(treated_y),
+                    control_summary=arm_summary(control_y),
+                    estimates=tuple(estimates),
                     prognostic_rho=rho,
                     prognostic_r2=r2,
+                    expected_ratio=ratio,
                 )
             )
     return out
+
+
+def _prognostic_quality(
+    covs: dict[str, tuple[FloatArray | None, tuple[str, ...]]], y: FloatArray, treated: np.ndarray
+) -> tuple[float, float, float]:
+    """PROCOVA's prognostic score against the control outcome: correlation, R^2 of its covariates, and the variance
+    ratio to the unadjusted difference that the asymptotic formula expects from both arms' data."""
+    if "procova" not in covs:
+        return math.nan, math.nan, math.nan
+    x = covs["procova"][0]
+    assert x is not None
+    ctrl = ~treated
+    y0, y1, x0, x1 = y[ctrl], y[treated], x[ctrl], x[treated]
+    p1 = float(treated.mean())
+    unadjusted = ancova_variance(y0, y1, None, None, p1=p1)
+    ratio = ancova_variance(y0, y1, x0, x1, p1=p1) / unadjusted if unadjusted > 0 else math.nan
+    return correlation(x0[:, 0], y0), _r_squared(y0, x0), ratio
 
 
 def _r_squared(y: FloatArray, x: FloatArray) -> float:
