@@ -264,6 +264,8 @@ class DosingSimulator:
     def screen(self, size: int, *, stream: int, offset: int) -> tuple[Screened, list[FlowStep]]:
         """*size* patients drawn from the spec's fields and the model's Omega; validity exclusions as flow steps."""
         pop = self.spec.population
+        if "weight_kg" not in {d.field for d in pop.covariates}:
+            raise SpecError(f"{self.spec.source}: population.covariates needs weight_kg (nomogram doses are per kg)")
         rng = np.random.default_rng(np.random.SeedSequence(self.spec.seed, spawn_key=(stream,)))
         fields = draw_fields(pop.covariates, size, rng)
         eta = rng.multivariate_normal(np.zeros(len(self.model.eta_names)), self.model.omega, size=size)
@@ -281,8 +283,6 @@ class DosingSimulator:
         variables = {f"covariate:{k}": v for k, v in covariates.items()}
         for k, v in fields.items():
             variables[f"covariate:{k}"] = (v == "female").astype(np.float64) if k == "sex" else np.asarray(v, float)
-        if "weight_kg" not in fields:
-            raise SpecError(f"{self.spec.source}: population.covariates needs weight_kg (doses are per kg)")
         payload = PkPatients(covariates=covariates, weight_kg=np.asarray(fields["weight_kg"], float), eta=eta)
         ids = tuple(f"pk{offset >> 22}-{i:06d}" for i in range(size))
         cohort = Screened(

@@ -84,7 +84,9 @@ class GlucoseSimulator:
             reps = -(-size // len(pop.patients))
             cohort = load_cohort(list((pop.patients * reps)[:size]))
             groups = tuple(n.split("#")[0] for n in cohort.names)
-            ids = cohort.names
+            # a pool larger than the list repeats patients (with their own meals and noise): ids stay unique
+            k = len(pop.patients)
+            ids = tuple(n if i < k else f"{n} (repeat {i // k})" for i, n in enumerate(cohort.names))
         else:
             counts = group_counts(size, dict(pop.groups))
             labels = [g for g, c in counts.items() for _ in range(c)]
