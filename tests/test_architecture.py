@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "monitoring": 1,
     "hospital": 1,
     "risk": 1,
+    "trials": 1,
     "twin": 2,
     "interop": 2,
     "store": 2,

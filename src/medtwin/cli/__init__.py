@@ -24,6 +24,7 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "hospital": ("medtwin.cli.hospital", "Hospital operations twin: calibrate, forecast, what-if, report."),
     "risk": ("medtwin.cli.risk", "Risk equations from the record (PCE, PREVENT, QRISK3...) and local validation."),
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
+    "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
 }
 
 

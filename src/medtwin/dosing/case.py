@@ -56,6 +56,7 @@ __all__ = [
     "RegimenOptions",
     "TargetSpec",
     "load_case",
+    "model_covariates",
     "parse_case",
     "parse_target",
 ]
@@ -327,6 +328,22 @@ def _check_validity(model: PKModel, covs: Mapping[str, float], raw: Mapping[str,
                     f"{key} = {v2:g} is outside the validity range [{lo2:g}, {hi2:g}] of "
                     f"{model.id}: the forecast is an extrapolation"
                 )
+
+
+def model_covariates(
+    model: PKModel, fields: Mapping[str, Any], *, where: str = "covariates"
+) -> tuple[dict[str, float], list[str]]:
+    """The model's covariates (model units) from patient *fields* (``age_y``, ``weight_kg``, ``scr``, ``sex``, ...),
+    derived by the model's own rules (Cockcroft-Gault weight, floors, caps), and validity-range warnings.
+
+    The same derivation a case file gets; virtual populations use it so a sampled patient's CrCL is computed the
+    way a real patient's would be. A field that is missing or unusable is a :class:`CaseError`.
+    """
+    notes: list[str] = []
+    warnings: list[str] = []
+    covs = {s.name: _covariate(s, fields, where, notes, warnings) for s in model.covariates}
+    _check_validity(model, covs, fields, warnings)
+    return covs, warnings
 
 
 _TARGET_METRICS = ("auc", "concentration", *STEADY_STATE_METRICS)

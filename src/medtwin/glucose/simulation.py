@@ -285,7 +285,8 @@ def _fused_basal_bolus(
         rows = slice(b0, min(b0 + chunk, n))
         x = np.ascontiguousarray(patients.x[rows])
         state = np.ascontiguousarray(patients.meal_state[rows])
-        outs = [np.empty((a.shape[0], x.shape[0])) for a in (bg, cgm, eaten, insulin)]
+        whole = rows.stop - rows.start == n  # one chunk: the kernel writes the result arrays directly
+        outs = [a if whole else np.empty((a.shape[0], x.shape[0])) for a in (bg, cgm, eaten, insulin)]
         bb_closed_loop(
             x, np.ascontiguousarray(patients._p_matrix[rows]), state, np.ascontiguousarray(meals[:, rows]),
             np.ascontiguousarray(noise[:, rows]), limits, st, warmup, pump_vec, np.ascontiguousarray(quest[rows]),
@@ -293,8 +294,9 @@ def _fused_basal_bolus(
         )  # fmt: skip
         patients.x[rows] = x
         patients.meal_state[rows] = state
-        for full, part in zip((bg, cgm, eaten, insulin), outs, strict=True):
-            full[:, rows] = part
+        if not whole:
+            for full, part in zip((bg, cgm, eaten, insulin), outs, strict=True):
+                full[:, rows] = part
         if progress is not None:
             progress(minutes * rows.stop // n, minutes)
     patients.solver.rhs_evaluations += 4 * patients._n_sub * minutes
