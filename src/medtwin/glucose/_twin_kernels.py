@@ -56,7 +56,8 @@ def _run_inputs_parallel(
     bg_out: FloatArray,
 ) -> None:  # pragma: no cover
     for b in prange(x.shape[0]):
-        _member_inputs(int(b), x, p, meal_state, meals_g, insulin_u_min, n_sub, bg_out)
+        # prange's index is unsigned: unified with the literal 0 inside, it would become a float
+        _member_inputs(np.int64(b), x, p, meal_state, meals_g, insulin_u_min, n_sub, bg_out)  # type: ignore[arg-type]
 
 
 @njit(cache=True)
