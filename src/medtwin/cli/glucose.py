@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medtwin import codes
+from medtwin.cli import glucose_twin
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.metrics import cgm_metrics, summary_metrics_batch
@@ -30,6 +31,7 @@ from medtwin.glucose.simulation import ClosedLoopResult
 __all__ = ["app", "parse_meal"]
 
 app = typer.Typer(help="Type 1 diabetes twin (UVA/Padova) commands.", no_args_is_help=True, add_completion=False)
+app.add_typer(glucose_twin.app, name="twin")
 
 _GLUCOSE_COLUMNS = ("glucose_mg_dl", "glucose_mmol_l", "gl", "glucose", "cgm_mg_dl", "bg_mg_dl", "CGM", "BG", "sgv")
 _ID_COLUMNS = ("id", "patient", "subject", "member")

@@ -97,7 +97,10 @@ def _compression_lows(data: TherapyData, t: FloatArray, g: FloatArray) -> list[t
     return found
 
 
-def _unexplained_rises(data: TherapyData, t: FloatArray, g: FloatArray) -> list[tuple[float, float, float]]:
+def _unexplained_rises(
+    data: TherapyData, t: FloatArray, g: FloatArray, artefacts: list[tuple[float, float, float]]
+) -> list[tuple[float, float, float]]:
+    """Rises without carbohydrate; the rebound of a compression low is the artefact ending, not a rise."""
     found: list[tuple[float, float, float]] = []
     j = 0
     for k in range(t.size):
@@ -106,6 +109,8 @@ def _unexplained_rises(data: TherapyData, t: FloatArray, g: FloatArray) -> list[
         base = j + int(np.argmin(g[j : k + 1]))
         rise = g[k] - g[base]
         if rise < _RISE_MG_DL or (found and t[base] <= found[-1][1]):
+            continue
+        if any(a0 <= t[base] <= a1 for a0, a1, _ in artefacts):
             continue
         if not _carbs_between(data, t[base] - 60.0, t[k]):
             found.append((float(t[base]), float(t[base]) + _RISE_EXCLUDE_AFTER_MIN, float(rise)))
@@ -129,11 +134,12 @@ def assess_quality(data: TherapyData, *, gap_min: float = 15.0, exclude_unexplai
         mask &= ~censored
         issues.append(DataIssue("sensor-limit", float(t[censored][0]), float(t[censored][-1]),
                                 f"{int(censored.sum())} Low/High readings (censored) left out of the fit"))  # fmt: skip
-    for t0, t1, nadir in _compression_lows(data, t, g):
+    lows = _compression_lows(data, t, g)
+    for t0, t1, nadir in lows:
         mask &= ~((t >= t0) & (t <= t1))
         issues.append(DataIssue("compression-low", t0, t1, f"fast fall to {nadir:.0f} mg/dL and rebound without "
                                 "carbohydrate: sensor compression, readings left out of the fit"))  # fmt: skip
-    for t0, t1, rise in _unexplained_rises(data, t, g):
+    for t0, t1, rise in _unexplained_rises(data, t, g, lows):
         if exclude_unexplained_rises:
             mask &= ~((t >= t0 - _RISE_EXCLUDE_BEFORE_MIN) & (t <= t1))
         issues.append(

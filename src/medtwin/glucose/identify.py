@@ -74,6 +74,13 @@ class FitSettings:
     sensor_noise_sd_mg_dl: float = 10.0
     seed: int = 1
 
+    def __post_init__(self) -> None:
+        if self.max_steps < self.burn_in + 2 * self.check_every:
+            raise ValidationError(
+                f"max_steps {self.max_steps} < burn_in + 2 x check_every = {self.burn_in + 2 * self.check_every} "
+                "(convergence is judged on at least two blocks after the warm-up)"
+            )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Diagnostics:

@@ -33,6 +33,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_offset
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -49,6 +50,7 @@ __all__ = [
     "SENSOR_LOW_MG_DL",
     "SkippedRecord",
     "TherapyData",
+    "TherapyDataBuilder",
     "read_nightscout",
     "read_therapy_csv",
 ]
@@ -171,6 +173,30 @@ class TherapyData:
             basal_t_min=at, basal_u_h=au, carbs_t_min=ct, carbs_g=cg,
         )  # fmt: skip
 
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the documented CSV (times in UTC offset *utc_offset_min*; one row per time)."""
+        zone = fixed_offset(timedelta(minutes=self.utc_offset_min))
+        rows: dict[float, dict[str, str]] = {}
+        for t, v, c in zip(self.cgm_t_min, self.cgm_mg_dl, self.cgm_censored, strict=True):
+            rows.setdefault(float(t), {})["cgm_mg_dl"] = (
+                ("Low" if v <= SENSOR_LOW_MG_DL else "High") if c else f"{v:.1f}"
+            )
+        for column, times, values in (("bolus_u", self.bolus_t_min, self.bolus_u),
+                                      ("basal_u_h", self.basal_t_min, self.basal_u_h),
+                                      ("carbs_g", self.carbs_t_min, self.carbs_g)):  # fmt: skip
+            for t, v in zip(times, values, strict=True):
+                cell = rows.setdefault(float(t), {})
+                cell[column] = f"{float(cell.get(column, 0.0)) + v:.4g}" if column != "basal_u_h" else f"{v:.4g}"
+        out = Path(path)
+        with out.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            columns = ("cgm_mg_dl", "bolus_u", "basal_u_h", "carbs_g")
+            writer.writerow(("time", *columns))
+            for t in sorted(rows):
+                stamp = (self.start + timedelta(minutes=t)).astimezone(zone).isoformat()
+                writer.writerow((stamp, *(rows[t].get(c, "") for c in columns)))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (kept inside a twin's snapshot so replays need no other file)."""
         out: dict[str, Any] = {
@@ -200,8 +226,9 @@ _ARRAYS = (
 )  # fmt: skip
 
 
-class _Builder:
-    """Collects timed values from a reader, then builds TherapyData relative to the first CGM reading."""
+class TherapyDataBuilder:
+    """Collects timed values from any reader (files, stored records), then builds TherapyData relative to the first
+    CGM reading; *where* strings locate each value in its source for the skipped-records report."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -214,9 +241,27 @@ class _Builder:
         self.utc_offset_min = 0.0
 
     def skip(self, where: str, reason: str, text: str = "") -> None:
+        """Keep a record that is not used, with the reason."""
         self.skipped.append(SkippedRecord(where, reason, text[:200]))
 
+    def add_cgm(self, at: datetime, mg_dl: float, where: str, *, censored: bool = False) -> None:
+        """A sensor reading (mg/dL) at *at*."""
+        self.cgm.append((at.astimezone(UTC), mg_dl, censored, where))
+
+    def add_bolus(self, at: datetime, units: float, where: str) -> None:
+        """An insulin bolus (U) at *at*."""
+        self.bolus.append((at.astimezone(UTC), units, where))
+
+    def add_basal(self, at: datetime, rate_u_h: float, where: str) -> None:
+        """A basal rate (U/h) from *at* on."""
+        self.basal.append((at.astimezone(UTC), rate_u_h, where))
+
+    def add_carbs(self, at: datetime, grams: float, where: str) -> None:
+        """Carbohydrate (g) eaten at *at*."""
+        self.carbs.append((at.astimezone(UTC), grams, where))
+
     def build(self, body_weight_kg: float | None) -> TherapyData:
+        """The TherapyData of everything added (raises ValidationError with fewer than 2 CGM readings)."""
         if len(self.cgm) < 2:
             reasons = "; ".join(f"{s.where}: {s.reason}" for s in self.skipped[:3])
             raise ValidationError(
@@ -334,7 +379,7 @@ def read_therapy_csv(
             f"{', '.join(CSV_COLUMNS[1:])} (units are part of the names)"
         )
     col = {h: i for i, h in enumerate(header)}
-    b = _Builder(name)
+    b = TherapyDataBuilder(name)
     if basal_u_h is not None:
         constant = _number(str(basal_u_h), "basal_u_h", 0, _MAX_BASAL_U_H)
         b.basal.append((datetime(1970, 1, 1, tzinfo=UTC), constant, "constant basal rate"))
@@ -454,7 +499,7 @@ def read_nightscout(
     trt = _load_json(treatments, "treatments")
     if not isinstance(ent, list) or not isinstance(trt, list):
         raise ValidationError(f"{name}: entries and treatments must be JSON arrays (Nightscout API exports)")
-    b = _Builder(name)
+    b = TherapyDataBuilder(name)
     for i, rec in enumerate(ent):
         where = f"entries[{i}]"
         if not isinstance(rec, Mapping):
@@ -491,7 +536,7 @@ def read_nightscout(
 
 
 def _read_treatment(
-    rec: Mapping[str, Any], where: str, b: _Builder, temp_basals: list[tuple[datetime, datetime, float, str]]
+    rec: Mapping[str, Any], where: str, b: TherapyDataBuilder, temp_basals: list[tuple[datetime, datetime, float, str]]
 ) -> None:
     kind = str(rec.get("eventType", ""))
     t = _ns_time(rec)
