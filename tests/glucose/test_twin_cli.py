@@ -44,13 +44,16 @@ def test_fit_writes_a_twin_and_a_plot(tmp_path: Path, twin_days: Any) -> None:
 
 def test_fit_errors_are_clear(tmp_path: Path) -> None:
     res = runner.invoke(app, ["glucose", "twin", "fit", str(tmp_path / "nope.csv"), "--weight-kg", "70"])
-    assert res.exit_code == 1 and "no such file" in res.output
+    assert res.exit_code == 1
+    assert "no such file" in res.output
     bad = tmp_path / "bad.csv"
     bad.write_text("time,cgm_mg_dl,basal_u_h\n2024-01-01T00:00:00+00:00,100,1\n2024-01-01T00:05:00+00:00,101,\n")
     res = runner.invoke(app, ["glucose", "twin", "fit", str(bad)])
-    assert res.exit_code == 1 and "--weight-kg is required" in res.output
+    assert res.exit_code == 1
+    assert "--weight-kg is required" in res.output
     res = runner.invoke(app, ["glucose", "twin", "fit", str(bad), "--weight-kg", "70"])
-    assert res.exit_code == 1 and "usable CGM readings" in res.output
+    assert res.exit_code == 1
+    assert "usable CGM readings" in res.output
     res = runner.invoke(app, ["glucose", "twin", "fit", str(tmp_path / "e.json"), "--weight-kg", "70"])
     assert res.exit_code == 1
 
@@ -95,4 +98,5 @@ def test_commands_refuse_a_bad_twin_file(tmp_path: Path) -> None:
     bad.write_text('{"kind": "other"}')
     for args in (["replay", str(bad)], ["forecast", str(bad)], ["advise", str(bad), "--carbs", "20"]):
         res = runner.invoke(app, ["glucose", "twin", *args])
-        assert res.exit_code == 1 and "not a glucose twin snapshot" in res.output
+        assert res.exit_code == 1
+        assert "not a glucose twin snapshot" in res.output

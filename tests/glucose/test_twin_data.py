@@ -103,7 +103,8 @@ def test_nightscout_entries_treatments_profile() -> None:
         {"eventType": "Meal Bolus", "insulin": 5.0, "carbs": 45, "created_at": "2024-05-01T12:30:00Z"},
         {"eventType": "Temp Basal", "absolute": 0.0, "duration": 30, "created_at": "2024-05-01T13:00:00Z"},
         {"eventType": "Site Change", "created_at": "2024-05-01T13:10:00Z"},
-        {"eventType": "Combo Bolus", "insulin": 1.0, "relative": 1.2, "duration": 10, "created_at": "2024-05-01T12:40:00Z"},
+        {"eventType": "Combo Bolus", "insulin": 1.0, "relative": 1.2, "duration": 10,
+         "created_at": "2024-05-01T12:40:00Z"},
         {"eventType": "Temp Basal", "duration": 30, "created_at": "2024-05-01T13:40:00Z"},
     ]  # fmt: skip
     profile = {"defaultProfile": "Default", "store": {"Default": {"timezone": "UTC", "basal": [
@@ -157,7 +158,8 @@ def test_quality_flags_unexplained_rises_gaps_and_days_without_meals() -> None:
     values = [110.0] * 30 + [110 + 6 * k for k in range(1, 13)] + [182.0] * 30
     q = assess_quality(_trace(values))
     rise = [i for i in q.issues if i.kind == "unexplained-rise"]
-    assert len(rise) == 1 and "cannot infer" in rise[0].detail
+    assert len(rise) == 1
+    assert "cannot infer" in rise[0].detail
     assert q.n_excluded > 0
     assert assess_quality(_trace(values), exclude_unexplained_rises=False).n_excluded == 0
     explained = assess_quality(_trace(values, carbs=[(140.0, 40.0)]))

@@ -67,7 +67,8 @@ def test_open_loop_replay_of_the_records_reproduces_the_closed_loop_truth() -> N
 
 def test_population_prior_leave_one_out_and_refusals() -> None:
     prior = population_prior("adult", exclude=["ADULT#004"])
-    assert "adult#004" not in prior.members and len(prior.members) == 9
+    assert "adult#004" not in prior.members
+    assert len(prior.members) == 9
     full = population_prior("adult")
     assert not np.allclose(prior.mean, full.mean)
     assert prior.cov.shape == (prior.dim, prior.dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -95,8 +96,11 @@ def test_low_glucose_alert_before_the_low(twin_days: Any, twin_posterior: Poster
     medium = [(k, e) for k, e in events if e.severity == "medium"]
     assert len(medium) == 1, events
     k, alert = medium[0]
-    assert alert.code == "glucose-low-predicted" and alert.kind == "alert" and alert.status == "active"
-    assert k < first_low - 20 and truth[k] > 90
+    assert alert.code == "glucose-low-predicted"
+    assert alert.kind == "alert"
+    assert alert.status == "active"
+    assert k < first_low - 20
+    assert truth[k] > 90
     assert [e.severity for _, e in events] in (["medium"], ["medium", "high"])  # at most one escalation
 
 
@@ -107,7 +111,8 @@ def test_twin_snapshot_restores_the_filter_exactly(twin_days: Any, twin_posterio
     back = PersonalGlucoseTwin.restore(twin.snapshot())
     assert back.bolus_settings == twin.bolus_settings
     a, b = twin.forecast((30, 60)), back.forecast((30, 60))
-    assert a.median_mg_dl == b.median_mg_dl and a.hi95_mg_dl == b.hi95_mg_dl
+    assert a.median_mg_dl == b.median_mg_dl
+    assert a.hi95_mg_dl == b.hi95_mg_dl
     with pytest.raises(ValidationError, match="not a glucose twin"):
         PersonalGlucoseTwin.restore(b'{"kind": "something else"}')
     with pytest.raises(ValidationError, match="not a glucose twin"):
@@ -118,7 +123,7 @@ def test_insulin_on_board_and_the_standard_calculator() -> None:
     assert insulin_on_board([0.0], [1.0], 0.0) == pytest.approx(1.0)
     assert insulin_on_board([0.0], [1.0], 360.0) == pytest.approx(0.0, abs=1e-12)
     curve = [insulin_on_board([0.0], [1.0], t) for t in range(0, 361, 15)]
-    assert all(a >= b for a, b in zip(curve, curve[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(curve))
     assert 0.4 < insulin_on_board([0.0], [1.0], 120.0) < 0.7  # rapid-acting: about half left after 2 h
     assert calculator_bolus(60, 160, 1.0, cr_g_per_u=10, cf_mg_dl_per_u=50, target_mg_dl=110) == pytest.approx(6.0)
     assert calculator_bolus(10, 60, 2.0, cr_g_per_u=10, cf_mg_dl_per_u=50) == 0.0
@@ -130,8 +135,10 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
         f.update(data.start + timedelta(minutes=float(t)), float(g))
     small = advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
     big = advise_meal_bolus(f, 90.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
-    assert small.feasible and big.feasible
-    assert small.twin.hypo_probability <= 0.05 and big.twin.hypo_probability <= 0.05
+    assert small.feasible
+    assert big.feasible
+    assert small.twin.hypo_probability <= 0.05
+    assert big.twin.hypo_probability <= 0.05
     assert big.twin.bolus_u > small.twin.bolus_u
     assert big.twin.risk_index <= big.calculator.risk_index + 1e-12  # the calculator's dose is one of the candidates
     assert abs(round(big.twin.bolus_u / 0.05) * 0.05 - big.twin.bolus_u) < 1e-9

@@ -50,10 +50,11 @@ def _records() -> tuple[list[Observation], list[MedicationAdministration]]:
                                  start=T0 + timedelta(minutes=30), dose=Quantity(value=24.0, unit="U")),
         MedicationAdministration(administration_id="x1", patient_id="p1", medication=PARACETAMOL, start=T0,
                                  dose=Quantity(value=500.0, unit="mg")),
-        MedicationAdministration(administration_id="b2", patient_id="p1", medication=ASPART, start=T0 + timedelta(minutes=40),
-                                 dose=Quantity(value=3.0, unit="mg")),
-        MedicationAdministration(administration_id="b3", patient_id="p1", medication=ASPART, start=T0 + timedelta(minutes=50),
-                                 dose=Quantity(value=2.0, unit="U"), status="not-done"),
+        MedicationAdministration(administration_id="b2", patient_id="p1", medication=ASPART,
+                                 start=T0 + timedelta(minutes=40), dose=Quantity(value=3.0, unit="mg")),
+        MedicationAdministration(administration_id="b3", patient_id="p1", medication=ASPART,
+                                 start=T0 + timedelta(minutes=50), dose=Quantity(value=2.0, unit="U"),
+                                 status="not-done"),
     ]  # fmt: skip
     return obs, adm
 
@@ -72,7 +73,8 @@ def test_records_become_therapy_data_with_every_problem_reported() -> None:
     reasons = {s.where: s.reason for s in d.skipped}
     assert any("kg" in r for w, r in reasons.items() if w.startswith("Observation"))
     assert "status entered-in-error" in reasons.values()
-    assert "MedicationAdministration b2" in reasons and "not insulin units" in reasons["MedicationAdministration b2"]
+    assert "MedicationAdministration b2" in reasons
+    assert "not insulin units" in reasons["MedicationAdministration b2"]
     assert reasons["MedicationAdministration b3"] == "status not-done"
     assert not any("x1" in w for w in reasons)  # other medications are not the glucose twin's business
     assert is_insulin(Coding(system="http://snomed.info/sct", code="1", display="Insulin lispro"))
@@ -84,7 +86,10 @@ def test_load_from_the_store(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
         store.write([*obs, *adm])
         d = load_therapy_data(store, "p1", since=T0, until=T0 + timedelta(hours=2))
-        assert d.cgm_t_min.size == 13 and d.body_weight_kg == 72.5
+        assert d.cgm_t_min.size == 13
+        assert d.body_weight_kg == 72.5
         np.testing.assert_array_equal(d.bolus_u, [4.0])
         later = load_therapy_data(store, "p1", since=T0 + timedelta(minutes=20), body_weight_kg=60.0)
-        assert later.body_weight_kg == 60.0 and later.cgm_t_min[0] == 0.0 and later.bolus_u.size == 0
+        assert later.body_weight_kg == 60.0
+        assert later.cgm_t_min[0] == 0.0
+        assert later.bolus_u.size == 0

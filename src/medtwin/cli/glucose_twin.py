@@ -129,7 +129,7 @@ def fit_command(
     cf: _Cf = None,
     target: _Target = None,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 1,
-    max_steps: Annotated[int, typer.Option(min=250, help="Most sampler steps before giving up on convergence (>= 250).")] = 1500,
+    max_steps: Annotated[int, typer.Option(min=250, help="Most sampler steps before giving up (>= 250).")] = 1500,
     allow_unconverged: Annotated[bool, typer.Option(help="Keep a posterior that missed R-hat/ESS (marked).")] = False,
     keep_unexplained: Annotated[bool, typer.Option(help="Fit also the hours after unexplained rises.")] = False,
     plot: Annotated[Path | None, typer.Option(help="PNG of the data with the twin's fit band.")] = None,
