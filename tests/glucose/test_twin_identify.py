@@ -25,7 +25,7 @@ def test_fit_converges_and_brackets_the_truth(twin_posterior: Posterior) -> None
     # basal glucose and insulin sensitivity: the truth lies inside the 95 % interval
     for name in ("Gb", "Vmx"):
         assert summary[name]["lo95"] < truth[name][0] < summary[name]["hi95"], name
-    assert 5.0 < twin_posterior.noise_sd_mg_dl < 20.0  # the Dexcom noise of the simulator has an SD of ~11 mg/dL
+    assert 5.0 < twin_posterior.residual_sd_mg_dl < 20.0  # the Dexcom noise of the simulator has an SD of ~11 mg/dL
     assert twin_posterior.data_summary["fitted_readings"] < twin_posterior.data_summary["readings"]
 
 

@@ -164,8 +164,8 @@ def fit_command(
     post = result.posterior
     report = {
         "twin": str(twin), "data": post.data_summary, "parameters": post.summary(),
-        "diagnostics": post.diagnostics.to_dict(), "noise_sd_mg_dl": post.noise_sd_mg_dl,
-        "noise_tau_min": post.noise_tau_min, "discrepancy_sd_mg_dl": post.discrepancy_sd_mg_dl,
+        "diagnostics": post.diagnostics.to_dict(), "residual_sd_mg_dl": post.residual_sd_mg_dl,
+        "residual_tau_min": post.residual_tau_min,
         "skipped": [{"where": s.where, "reason": s.reason} for s in records.skipped], "notes": list(records.notes),
         "plot": str(plot) if plot else None,
     }  # fmt: skip

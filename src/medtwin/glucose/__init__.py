@@ -3,8 +3,14 @@
 The 13-state model as simglucose 0.2.11 implements it, its 30 virtual patients, CGM sensor and insulin pump
 models, batched controllers, open- and closed-loop simulation of whole cohorts, consensus CGM metrics, plots
 and Gymnasium environments. See docs/models/uva_padova.md and docs/models/cgm_metrics.md.
+
+A person's twin (docs/models/glucose_twin.md): their CGM, insulin and meal records (:class:`TherapyData`), the
+Bayesian identification of their model (:func:`fit` -> :class:`Posterior`), replays under other therapies,
+forecasts with low-glucose alerts (:class:`GlucoseForecaster`) and bolus advice, together in
+:class:`PersonalGlucoseTwin`.
 """
 
+from medtwin.glucose.advise import BolusAdvice, advise_meal_bolus, calculator_bolus, insulin_on_board
 from medtwin.glucose.controllers import (
     BasalBolusController,
     BasalOnlyController,
@@ -13,8 +19,12 @@ from medtwin.glucose.controllers import (
     ControllerObservation,
 )
 from medtwin.glucose.devices import CGMSensor, InsulinPump, PumpSpec, SensorSpec, pump_spec, sensor_spec
+from medtwin.glucose.forecast import Forecast, GlucoseForecaster
+from medtwin.glucose.identify import ConvergenceError, FitSettings, Posterior, fit, update
 from medtwin.glucose.metrics import CgmMetrics, cgm_metrics, count_episodes, risk_components, summary_metrics_batch
 from medtwin.glucose.patients import Cohort, all_patient_names, load_cohort, resolve_patient_names
+from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
+from medtwin.glucose.replay import ReplayResult, replay
 from medtwin.glucose.scenarios import daily_meals, make_controller, run_scenario, run_summary
 from medtwin.glucose.simulation import (
     ClosedLoopResult,
@@ -23,11 +33,16 @@ from medtwin.glucose.simulation import (
     simulate_closed_loop,
     simulate_open_loop,
 )
+from medtwin.glucose.therapy import Therapy
+from medtwin.glucose.therapy_data import TherapyData, read_nightscout, read_therapy_csv
+from medtwin.glucose.twin_model import PopulationPrior, population_prior
 from medtwin.glucose.uva_padova import UvaPadova2008
 
 __all__ = [
     "BasalBolusController",
     "BasalOnlyController",
+    "BolusAdvice",
+    "BolusSettings",
     "CGMSensor",
     "CgmMetrics",
     "ClosedLoopResult",
@@ -35,19 +50,37 @@ __all__ = [
     "Controller",
     "ControllerAction",
     "ControllerObservation",
+    "ConvergenceError",
+    "FitSettings",
+    "Forecast",
+    "GlucoseForecaster",
     "InsulinPump",
     "PatientBatch",
+    "PersonalGlucoseTwin",
+    "PopulationPrior",
+    "Posterior",
     "PumpSpec",
+    "ReplayResult",
     "SensorSpec",
+    "Therapy",
+    "TherapyData",
     "UvaPadova2008",
+    "advise_meal_bolus",
     "all_patient_names",
+    "calculator_bolus",
     "cgm_metrics",
     "count_episodes",
     "daily_meals",
+    "fit",
+    "insulin_on_board",
     "load_cohort",
     "make_controller",
     "meal_matrix",
+    "population_prior",
     "pump_spec",
+    "read_nightscout",
+    "read_therapy_csv",
+    "replay",
     "resolve_patient_names",
     "risk_components",
     "run_scenario",
@@ -56,4 +89,5 @@ __all__ = [
     "simulate_closed_loop",
     "simulate_open_loop",
     "summary_metrics_batch",
+    "update",
 ]

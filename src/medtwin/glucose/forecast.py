@@ -122,9 +122,9 @@ class GlucoseForecaster:
         self._quiet_updates = 0
         self._last_reading_min: float | None = None
         self.last_cgm_mg_dl = float("nan")
-        sensor_sd = max(posterior.noise_sd_mg_dl, 1.0)
+        sensor_sd = max(posterior.residual_sd_mg_dl, 1.0)
         self.sensor_sd = float(sensor_sd)
-        self.tau_min = float(posterior.noise_tau_min)
+        self.tau_min = float(posterior.residual_tau_min)
 
     @classmethod
     def from_data(

@@ -41,7 +41,7 @@ from medtwin.sim.ensemble import TProposal, run_ensemble
 from medtwin.sim.mcmc_diagnostics import summarize_chains
 from medtwin.sim.model import FloatArray
 
-__all__ = ["ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit", "update"]
+__all__ = ["ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit", "fit_map", "update"]
 
 _G0_LOG_SD = 0.1
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
@@ -55,11 +55,7 @@ class ConvergenceError(MedtwinError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitSettings:
-    """Sampler settings. ``walkers=0`` picks an even number >= 2 (d + 1) + 2 and >= 24.
-
-    *sensor_noise_sd_mg_dl* is the CGM's own error SD (10 mg/dL: Dexcom G6-class sensors, MARD ~9 %); what the fit
-    residuals show beyond it is the model discrepancy that widens replay and forecast bands.
-    """
+    """Sampler settings. ``walkers=0`` picks an even number >= 2 (d + 1) + 2 and >= 24."""
 
     walkers: int = 0
     burn_in: int = 150
@@ -71,7 +67,6 @@ class FitSettings:
     starts: int = 4
     keep_draws: int = 400
     exclude_unexplained_rises: bool = True
-    sensor_noise_sd_mg_dl: float = 10.0
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -246,16 +241,20 @@ def _levenberg_marquardt(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Posterior:
-    """Posterior draws of a person's identified parameters (log space; last column log G0) and how they were got."""
+    """Posterior draws of a person's identified parameters (log space; last column log G0) and how they were got.
+
+    ``residual_sd_mg_dl`` / ``residual_tau_min``: SD and correlation time of CGM minus the twin at the MAP, sensor
+    error and model error together (the data cannot tell them apart); replays, forecasts and advice use them as the
+    twin's own error.
+    """
 
     prior: PopulationPrior
     draws: FloatArray
     map_theta: FloatArray
     body_weight_kg: float
     basal_u_h: float
-    noise_tau_min: float
-    noise_sd_mg_dl: float
-    discrepancy_sd_mg_dl: float
+    residual_tau_min: float
+    residual_sd_mg_dl: float
     diagnostics: Diagnostics
     data_summary: dict[str, Any] = field(default_factory=dict)
 
@@ -287,8 +286,8 @@ class Posterior:
         return {
             "prior": self.prior.to_dict(), "draws": self.draws.tolist(), "map_theta": self.map_theta.tolist(),
             "body_weight_kg": self.body_weight_kg, "basal_u_h": self.basal_u_h,
-            "noise_tau_min": self.noise_tau_min, "noise_sd_mg_dl": self.noise_sd_mg_dl,
-            "discrepancy_sd_mg_dl": self.discrepancy_sd_mg_dl, "diagnostics": self.diagnostics.to_dict(),
+            "residual_tau_min": self.residual_tau_min, "residual_sd_mg_dl": self.residual_sd_mg_dl,
+            "diagnostics": self.diagnostics.to_dict(),
             "data_summary": self.data_summary,
         }  # fmt: skip
 
@@ -298,9 +297,8 @@ class Posterior:
         return cls(
             prior=PopulationPrior.from_dict(d["prior"]), draws=np.asarray(d["draws"], dtype=np.float64),
             map_theta=np.asarray(d["map_theta"], dtype=np.float64), body_weight_kg=float(d["body_weight_kg"]),
-            basal_u_h=float(d["basal_u_h"]), noise_tau_min=float(d["noise_tau_min"]),
-            noise_sd_mg_dl=float(d["noise_sd_mg_dl"]), discrepancy_sd_mg_dl=float(d["discrepancy_sd_mg_dl"]),
-            diagnostics=Diagnostics(**d["diagnostics"]),
+            basal_u_h=float(d["basal_u_h"]), residual_tau_min=float(d["residual_tau_min"]),
+            residual_sd_mg_dl=float(d["residual_sd_mg_dl"]), diagnostics=Diagnostics(**d["diagnostics"]),
             data_summary=dict(d.get("data_summary", {})),
         )  # fmt: skip
 
@@ -334,11 +332,7 @@ def fit(data: TherapyData, prior: PopulationPrior | None = None, *, settings: Fi
     objective = Objective(model, data, quality)
     rng = np.random.default_rng(settings.seed)
     d = objective.dim
-    starts = np.tile(objective.mean, (max(1, settings.starts), 1))
-    starts[1:, :-1] = prior.mean + (prior.sample(starts.shape[0] - 1, rng) - prior.mean) * 0.5
-    theta_map, _ = _levenberg_marquardt(objective, starts)
-    objective.tau_min = objective.estimate_tau(theta_map)
-    theta_map, jac = _levenberg_marquardt(objective, theta_map[None, :], iterations=15)
+    theta_map, jac = _map(objective, settings, rng)
     sigma = _residual_sd(model, data, quality, theta_map)
     cov = np.asarray(np.linalg.inv(jac.T @ jac + 1e-9 * np.eye(d)), dtype=np.float64)
     walkers = settings.walkers or max(24, 2 * d + 2 + (2 * d + 2) % 2)
@@ -366,11 +360,33 @@ def fit(data: TherapyData, prior: PopulationPrior | None = None, *, settings: Fi
     }  # fmt: skip
     return Posterior(
         prior=prior, draws=flat[pick], map_theta=theta_map, body_weight_kg=float(data.body_weight_kg),
-        basal_u_h=model.basal_u_h, noise_tau_min=objective.tau_min, noise_sd_mg_dl=sigma,
-        discrepancy_sd_mg_dl=float(np.sqrt(max(sigma**2 - settings.sensor_noise_sd_mg_dl**2, 0.0))),
+        basal_u_h=model.basal_u_h, residual_tau_min=objective.tau_min, residual_sd_mg_dl=sigma,
         diagnostics=diagnostics,
         data_summary=summary,
     )  # fmt: skip
+
+
+def _map(objective: Objective, settings: FitSettings, rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+    """MAP from the prior mean and prior draws, then again after the residual correlation time is estimated."""
+    prior = objective.model.prior
+    starts = np.tile(objective.mean, (max(1, settings.starts), 1))
+    starts[1:, :-1] = prior.mean + (prior.sample(starts.shape[0] - 1, rng) - prior.mean) * 0.5
+    theta, _ = _levenberg_marquardt(objective, starts)
+    objective.tau_min = objective.estimate_tau(theta)
+    return _levenberg_marquardt(objective, theta[None, :], iterations=15)
+
+
+def fit_map(
+    data: TherapyData, prior: PopulationPrior, *, settings: FitSettings = FitSettings()
+) -> tuple[FloatArray, PersonalModel]:
+    """The MAP log parameters (identified ones, then log G0) and the model they parametrise, without sampling: for
+    quick comparisons of priors or parameter sets (the twin itself is always the sampled posterior)."""
+    if data.body_weight_kg is None:
+        raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
+    quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
+    model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
+    theta, _ = _map(Objective(model, data, quality), settings, np.random.default_rng(settings.seed))
+    return theta, model
 
 
 def _sample(

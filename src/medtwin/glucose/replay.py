@@ -4,11 +4,13 @@ consensus CGM metrics side by side.
 Every posterior draw is simulated over the recorded days (meals as recorded) under each therapy
 (:mod:`medtwin.glucose.therapy`): open-loop changes through the recorded-input kernel, controllers in closed loop
 with the draws as a cohort (noise-free Dexcom-rate sensor, Insulet pump, as the simulator). The band is pointwise:
-the 2.5-97.5 % quantiles of draw + model discrepancy, where the discrepancy is Gaussian with the SD the fit's
-residuals show beyond the sensor's own noise (``Posterior.discrepancy_sd_mg_dl``): the parameters the twin holds
-fixed and the model's simplifications are otherwise invisible in a parameter-only band. Metrics are computed per
-draw (without the discrepancy) and reported as median and 95 % interval (Battelino 2019 consensus ranges, see
-:mod:`medtwin.glucose.metrics`).
+the 2.5-97.5 % quantiles of draw + model error, the error Gaussian with the SD of the fit's residuals
+(``Posterior.residual_sd_mg_dl``). Sensor noise and model error cannot be told apart in the data, and fitting 10
+parameters to strongly autocorrelated CGM noise absorbs part of it (the residual SD comes out below the sensor's own
+noise), so "residual minus sensor noise" would leave nothing for the parameters the twin holds fixed and the
+model's simplifications: the band for true glucose is conservative by at most the sensor's noise. Metrics are
+computed per draw (without the model error) and reported as median and 95 % interval (Battelino 2019 consensus
+ranges, see :mod:`medtwin.glucose.metrics`).
 """
 
 from __future__ import annotations
@@ -103,9 +105,9 @@ def _closed_loop(
     return result.bg_mg_dl, result.insulin_u_min.sum(axis=0)
 
 
-def _summarise(therapy: Therapy, bg: FloatArray, insulin: FloatArray, discrepancy_sd: float,
+def _summarise(therapy: Therapy, bg: FloatArray, insulin: FloatArray, error_sd: float,
                rng: np.random.Generator) -> ReplayResult:  # fmt: skip
-    noisy = bg + rng.normal(0.0, discrepancy_sd, bg.shape) if discrepancy_sd > 0 else bg
+    noisy = bg + rng.normal(0.0, error_sd, bg.shape) if error_sd > 0 else bg
     lo, hi = np.percentile(noisy, [2.5, 97.5], axis=1)
     per_draw = summary_metrics_batch(bg[1:])
     metrics = {}
@@ -142,5 +144,5 @@ def replay(
             bg = model.simulate(theta[:, :-1], changed, initial_glucose_mg_dl=np.exp(theta[:, -1]))
             _, per_minute = changed.minute_inputs(bg.shape[0] - 1)
             insulin = np.full(theta.shape[0], per_minute.sum())
-        out.append(_summarise(therapy, bg, insulin, posterior.discrepancy_sd_mg_dl, rng))
+        out.append(_summarise(therapy, bg, insulin, posterior.residual_sd_mg_dl, rng))
     return out
