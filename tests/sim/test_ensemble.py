@@ -35,8 +35,8 @@ def test_every_move_samples_a_correlated_gaussian(moves: tuple[tuple[str, float]
         calls.append(x.shape[0])
         return _log_prob(x)
 
-    run = run_ensemble(counted, start, 1500, rng=rng, moves=moves, proposal=proposal)
-    draws = run.chain[500:].reshape(-1, 3)
+    run = run_ensemble(counted, start, 700, rng=rng, moves=moves, proposal=proposal)
+    draws = run.chain[200:].reshape(-1, 3)
     np.testing.assert_allclose(draws.mean(axis=0), MEAN, atol=0.12)
     np.testing.assert_allclose(np.cov(draws, rowvar=False), COV, atol=0.2)
     assert set(calls[1:]) == {8}  # each step evaluates one half of the walkers in one batch
