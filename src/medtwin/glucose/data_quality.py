@@ -6,8 +6,7 @@
 - **Compression lows**: a fall of >= 30 mg/dL at >= 2 mg/dL/min to a nadir below 70 mg/dL and a rise of >= 30
   mg/dL at the same speed within an hour, with no carbohydrate recorded in between. Interstitial glucose cannot
   fall and recover that fast without treatment (the model's plasma-to-interstitial exchange limits both), so it is
-  the sensor being pressed (Baysal N, et al. J Diabetes Sci Technol 2014;8(6):1213-20, doi:10.1177/1932296814548862
-  describe and detect these artefacts). Those readings are left out of the fit.
+  the sensor being pressed (a known artefact of night-time CGM). Those readings are left out of the fit.
 - **Unexplained rises** (possibly unrecorded meals): glucose rising >= 40 mg/dL within 60 minutes with no
   carbohydrate recorded from an hour before. The twin cannot infer the size or time of a meal nobody recorded; a
   fit that used these hours would explain the rise by lower insulin sensitivity or faster absorption of the
