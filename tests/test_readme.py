@@ -75,7 +75,7 @@ _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtu
 # together through `medtwin demo` (listener, twin runtime and virtual monitors in one command).
 _NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ")
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
-_NEEDS_YOUR_DATA = ("medtwin risk evaluate ",)
+_NEEDS_YOUR_DATA = ("medtwin risk evaluate ", "medtwin glucose twin ")  # twin: until a sample therapy file ships
 # Lines that take tens of seconds (Dask clusters, 20 patient-days): run by `make test-slow`.
 _SLOW = ("medtwin glucose simulate ", "medtwin glucose metrics run.parquet", "medtwin hospital ")
 

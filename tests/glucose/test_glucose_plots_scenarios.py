@@ -63,6 +63,11 @@ def test_glucose_public_api_is_pinned() -> None:
         "load_cohort", "make_controller", "meal_matrix", "pump_spec", "resolve_patient_names", "risk_components",
         "run_scenario", "run_summary", "sensor_spec", "simulate_closed_loop", "simulate_open_loop",
         "summary_metrics_batch", "DormandPrince", "RK4", "OpenLoopResult", "member_sensor_seeds",
+    } | {  # the personal twin (issue 17)
+        "BolusAdvice", "BolusSettings", "ConvergenceError", "FitSettings", "Forecast", "GlucoseForecaster",
+        "PersonalGlucoseTwin", "PopulationPrior", "Posterior", "ReplayResult", "Therapy", "TherapyData",
+        "advise_meal_bolus", "calculator_bolus", "fit", "insulin_on_board", "population_prior", "read_nightscout",
+        "read_therapy_csv", "replay", "update",
     }  # fmt: skip
 
 

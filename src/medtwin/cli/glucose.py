@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from medtwin.cli import glucose_twin
 from medtwin.cli.console import make_console
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.envs import DEFAULT_MEALS
@@ -29,6 +30,7 @@ from medtwin.interop.cgm import SENSOR_HIGH_MG_DL, SENSOR_LOW_MG_DL, SIGNAL_BG, 
 __all__ = ["app", "parse_meal"]
 
 app = typer.Typer(help="Type 1 diabetes twin (UVA/Padova) commands.", no_args_is_help=True, add_completion=False)
+app.add_typer(glucose_twin.app, name="twin")
 
 _PROGRESS_THRESHOLD = 200  # patient-days above which a progress bar is shown
 _TABLE_ROWS = 50  # members listed in the simulate table

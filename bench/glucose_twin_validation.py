@@ -1,0 +1,128 @@
+"""In-silico validation of the personal glucose twin over the 30 virtual patients, and the identifiability analysis
+behind its choice of parameters; prints the tables of docs/models/glucose_twin.md.
+
+    .venv/bin/python bench/glucose_twin_validation.py --seed 2 --out validation.json      # 30 patients, ~15 min
+    .venv/bin/python bench/glucose_twin_validation.py --patients adult#001,child#003      # a few
+    .venv/bin/python bench/glucose_twin_validation.py --identifiability                   # the parameter choice
+    .venv/bin/python bench/glucose_twin_validation.py --compare-sets                      # its empirical check (MAP)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from medtwin.glucose import all_patient_names
+from medtwin.glucose.identifiability import analyse_identifiability
+from medtwin.glucose.therapy import Therapy
+from medtwin.glucose.twin_model import DEFAULT_IDENTIFIED
+from medtwin.glucose.twin_validation import compare_parameter_sets, validate_twin
+
+
+def identifiability() -> None:
+    for therapy in (Therapy(name="boluses x1.3", bolus_scale=1.3), Therapy(name="boluses 20 min earlier",
+                                                                          bolus_shift_min=-20.0)):  # fmt: skip
+        t0 = time.perf_counter()
+        r = analyse_identifiability(all_patient_names(), therapy_b=therapy, max_parameters=14)
+        print(f"\n### therapy B: {therapy.name} ({r.patients} patients, {time.perf_counter() - t0:.1f} s)\n")
+        print("| parameter | CGM sensitivity (mg/dL per unit log) | prior SD (log) | posterior SD alone (log) |")
+        print("|---|---|---|---|")
+        for c in sorted(r.candidates, key=lambda c: -r.sensitivity_mg_dl[c]):
+            print(f"| {c} | {r.sensitivity_mg_dl[c]:.1f} | {r.prior_sd[c]:.3f} | {r.posterior_sd_alone[c]:.3f} |")
+        print("\n| step | parameter added | expected replay RMSE (mg/dL, median) | collinearity index (median) |")
+        print("|---|---|---|---|")
+        for k, (name, err, gamma) in enumerate(r.path, start=1):
+            print(f"| {k} | {name} | {err:.1f} | {gamma:.1f} |")
+        print(f"\nselected (gain >= 0.5 mg/dL, collinearity <= 20): {', '.join(r.selected)}")
+
+
+CANDIDATE_SETS = (
+    ("Gb", "Vmx", "kp3", "kabs", "kmax", "ka2", "p2u", "kp2"),  # textbook choice: sensitivities, absorption rates
+    ("Gb", "m4", "kmin", "ki", "k1", "kmax"),  # the analysis' pick for boluses x1.3
+    ("Gb", "Vmx", "kp3", "kmax", "kmin", "ki", "k2"),  # the analysis' pick for boluses 20 min earlier
+    DEFAULT_IDENTIFIED,  # both picks, with d (second in line for x1.3) and without k2
+    (*DEFAULT_IDENTIFIED, "b", "k2"),  # larger: two more
+)
+
+
+def compare_sets() -> None:
+    t0 = time.perf_counter()
+    rows = compare_parameter_sets(all_patient_names(), CANDIDATE_SETS)
+    print(f"\nMAP fits of 30 patients per set ({time.perf_counter() - t0:.0f} s)\n")
+    print(
+        "| identified | fit RMSE vs true BG | x1.3: replay RMSE, abs dTIR <= 5 | -20 min: replay RMSE, abs dTIR <= 5 |"
+    )
+    print("|---|---|---|---|")
+    for r in rows:
+        a, b = r["boluses x1.3"], r["boluses 20 min earlier"]
+        print(
+            f"| {', '.join(r['identified'])} | {r['fit_rmse_median_mg_dl']:.1f} | {a['rmse_median_mg_dl']:.1f}, "
+            f"{100 * a['share_abs_dtir_le_5']:.0f} % | {b['rmse_median_mg_dl']:.1f}, "
+            f"{100 * b['share_abs_dtir_le_5']:.0f} % |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="write the full report (JSON)")
+    parser.add_argument("--identifiability", action="store_true")
+    parser.add_argument("--compare-sets", action="store_true")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, load {os.getloadavg()}")
+    if args.identifiability:
+        identifiability()
+        return
+    if args.compare_sets:
+        compare_sets()
+        return
+    names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
+    t0 = time.perf_counter()
+    report = validate_twin(names, seed=args.seed)
+    wall = time.perf_counter() - t0
+    doc = report.to_dict()
+    doc["wall_s"] = wall
+    if args.out is not None:
+        args.out.write_text(json.dumps(doc, indent=1))
+    s = doc["summary"]
+    print(f"\n{s['patients']} patients, seed {args.seed}, {wall:.0f} s")
+    f = s["fit"]
+    print(f"fit: converged {f['converged']}/{s['patients']}, median {f['simulations_median']:.0f} simulations, "
+          f"{f['seconds_median']:.1f} s; worst R-hat {f['rhat_max']:.3f}, smallest ESS {f['ess_min']:.0f}")  # fmt: skip
+    print("\n| therapy B | replay RMSE median (p90), mg/dL | abs dTIR <= 5 points | abs dTIR median | 95 % band |")
+    print("|---|---|---|---|---|")
+    for key, r in s.items():
+        if key.startswith("replay: "):
+            print(f"| {key[8:]} | {r['rmse_median_mg_dl']:.1f} ({r['rmse_p90_mg_dl']:.1f}) | "
+                  f"{100 * r['share_abs_dtir_le_5']:.0f} % | {r['abs_dtir_median']:.1f} | "
+                  f"{100 * r['coverage_95_pooled']:.1f} % |")  # fmt: skip
+    fc = s.get("forecast")
+    if fc:
+        print(
+            "\n| horizon | twin RMSE / MAE vs CGM | twin RMSE vs true BG | persistence RMSE | linear RMSE | "
+            "gain vs persistence / linear | Parkes A+B | 95 % PI coverage |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for h in (30, 60):
+            print(f"| {h} min | {fc[f'twin_rmse_{h}']:.1f} / {fc[f'twin_mae_{h}']:.1f} | "
+                  f"{fc[f'twin_rmse_vs_bg_{h}']:.1f} "
+                  f"| {fc[f'persistence_rmse_{h}']:.1f} | {fc[f'linear_rmse_{h}']:.1f} | "
+                  f"{fc[f'gain_vs_persistence_{h}_pct']:.0f} % / {fc[f'gain_vs_linear_{h}_pct']:.0f} % | "
+                  f"{fc[f'parkes_ab_pct_{h}']:.1f} % | {100 * fc[f'coverage_95_{h}']:.1f} % |")  # fmt: skip
+        print(f"forecaster update per reading: median {fc['update_ms_median']:.1f} ms (per-patient medians, median)")
+    adv = s.get("advice")
+    if adv:
+        print("\n| bolus | TIR % | time < 70 mg/dL % | insulin U/day |")
+        print("|---|---|---|---|")
+        for arm in ("calculator", "twin"):
+            print(
+                f"| {arm} | {adv[f'{arm}_tir_pct']:.1f} | {adv[f'{arm}_tbr_pct']:.2f} | {adv[f'{arm}_insulin_u']:.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""A meal bolus chosen on the person's twin, against the standard bolus calculator.
+
+Standard bolus calculator (what pumps' "bolus wizards" compute): ``carbs / CR + (glucose - target) / CF - IOB``,
+floored at 0, with insulin on board from the exponential insulin action curve of LoopKit (``ExponentialInsulinModel``,
+rapid-acting adult preset: peak 75 min, duration 360 min; Loop, github.com/LoopKit/LoopKit, after Maksimovic's
+derivation in LoopKit/Loop issue 388):
+
+    tau = tp (1 - tp/td) / (1 - 2 tp/td), a = 2 tau / td, S = 1 / (1 - a + (1 + a) exp(-td / tau))
+    IOB(t) = 1 - S (1 - a) ((t^2 / (tau td (1 - a)) - t / tau - 1) exp(-t / tau) + 1)   for 0 <= t <= td.
+
+Twin: every candidate dose (0 to twice the calculator's, or to carbs / CR x 2) is given now with the meal on every
+particle of the forecaster, over *horizon_min* (5 h); the dose chosen minimises the expected blood glucose risk
+index (Kovatchev LBGI + HBGI, averaged over the horizon) among the doses whose probability of any glucose below
+70 mg/dL in the horizon is at most *max_hypo_probability* (5 %); when none is, the dose with the smallest
+probability. Both count the model's own error, not only the particles' spread: with s the fit's residual SD
+(``Posterior.residual_sd_mg_dl``), the risk index is averaged over a level error e ~ N(0, (risk_error s)^2) and a
+particle whose lowest glucose is n mg/dL counts P(n + e < 70) with e ~ N(0, (hypo_error s)^2). The weights 1.0 and
+0.5 were chosen on an in-silico tuning run (seed 1; particles alone gave more time below 70 mg/dL than the
+calculator, the full residual SD in the constraint gave less time in range) and validated on another (seed 2,
+docs/models/glucose_twin.md). Doses are in pump steps of 0.05 U.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import ndtr
+
+from medtwin.errors import ValidationError
+from medtwin.glucose.forecast import GlucoseForecaster
+from medtwin.glucose.metrics import risk_components
+from medtwin.sim.model import FloatArray
+
+__all__ = ["BolusAdvice", "DoseOutcome", "advise_meal_bolus", "calculator_bolus", "insulin_on_board"]
+
+_STEP_U = 0.05
+
+
+def insulin_on_board(
+    bolus_t_min: Sequence[float] | FloatArray, bolus_u: Sequence[float] | FloatArray, now_min: float, *,
+    peak_min: float = 75.0, duration_min: float = 360.0,
+) -> float:  # fmt: skip
+    """Insulin (U) still to act at *now_min* from boluses given at *bolus_t_min* (LoopKit exponential curve)."""
+    if not 0 < 2 * peak_min < duration_min:
+        raise ValidationError(f"insulin curve: need 0 < 2 x peak ({peak_min}) < duration ({duration_min})")
+    tp, td = peak_min, duration_min
+    tau = tp * (1 - tp / td) / (1 - 2 * tp / td)
+    a = 2 * tau / td
+    s = 1 / (1 - a + (1 + a) * math.exp(-td / tau))
+    t = now_min - np.asarray(bolus_t_min, dtype=np.float64)
+    units = np.asarray(bolus_u, dtype=np.float64)
+    live = (t >= 0) & (t < td)
+    tl = t[live]
+    iob = 1 - s * (1 - a) * ((tl**2 / (tau * td * (1 - a)) - tl / tau - 1) * np.exp(-tl / tau) + 1)
+    return float(np.sum(units[live] * iob))
+
+
+def calculator_bolus(
+    carbs_g: float, glucose_mg_dl: float, iob_u: float, *, cr_g_per_u: float, cf_mg_dl_per_u: float,
+    target_mg_dl: float = 110.0,
+) -> float:  # fmt: skip
+    """The standard calculator's bolus (U): carbs / CR + (glucose - target) / CF - IOB, at least 0, pump steps."""
+    if cr_g_per_u <= 0 or cf_mg_dl_per_u <= 0:
+        raise ValidationError("bolus calculator: CR and CF must be > 0")
+    dose = carbs_g / cr_g_per_u + (glucose_mg_dl - target_mg_dl) / cf_mg_dl_per_u - iob_u
+    return round(max(dose, 0.0) / _STEP_U) * _STEP_U
+
+
+@dataclass(frozen=True, slots=True)
+class DoseOutcome:
+    """What the twin predicts for one dose over the horizon (expectations over its particles)."""
+
+    bolus_u: float
+    risk_index: float
+    hypo_probability: float
+    tir_pct: float
+    tbr_pct: float
+    median_nadir_mg_dl: float
+    median_peak_mg_dl: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BolusAdvice:
+    """The twin's dose and the calculator's, each with the twin's prediction, and every candidate tried."""
+
+    carbs_g: float
+    glucose_mg_dl: float
+    iob_u: float
+    twin: DoseOutcome
+    calculator: DoseOutcome
+    candidates: tuple[DoseOutcome, ...]
+    feasible: bool
+    horizon_min: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (candidates left out)."""
+        return {
+            "carbs_g": self.carbs_g, "glucose_mg_dl": round(self.glucose_mg_dl, 1), "iob_u": round(self.iob_u, 2),
+            "horizon_min": self.horizon_min, "feasible": self.feasible,
+            "twin": {k: round(v, 4) for k, v in _asdict(self.twin).items()},
+            "calculator": {k: round(v, 4) for k, v in _asdict(self.calculator).items()},
+        }  # fmt: skip
+
+
+def _asdict(o: DoseOutcome) -> dict[str, float]:
+    return {k: float(getattr(o, k)) for k in o.__slots__}
+
+
+_GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(5)
+_GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
+
+
+def _outcomes(doses: FloatArray, bg: FloatArray, weights: FloatArray, risk_sd: float,
+              hypo_sd: float) -> list[DoseOutcome]:  # fmt: skip
+    """Outcomes of each dose from BG paths ``(T, doses, particles)``: the risk index averaged over a model error
+    e ~ N(0, risk_sd^2) (a level shift over the horizon, Gauss-Hermite quadrature), the hypo probability over
+    e ~ N(0, hypo_sd^2)."""
+    risk = np.zeros(bg.shape[1:])
+    for node, w in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
+        rl, rh = risk_components(bg + node * risk_sd)
+        risk += w * (rl + rh).mean(axis=0)
+    nadir = bg.min(axis=0)
+    below = ndtr((70.0 - nadir) / hypo_sd) if hypo_sd > 0 else (nadir < 70.0).astype(np.float64)
+    tir = ((bg >= 70) & (bg <= 180)).mean(axis=0) * 100
+    tbr = (bg < 70).mean(axis=0) * 100
+    out = []
+    for c, dose in enumerate(doses):
+        out.append(DoseOutcome(
+            bolus_u=float(dose), risk_index=float(weights @ risk[c]),
+            hypo_probability=float(weights @ below[c]), tir_pct=float(weights @ tir[c]),
+            tbr_pct=float(weights @ tbr[c]), median_nadir_mg_dl=float(np.median(nadir[c])),
+            median_peak_mg_dl=float(np.median(bg[:, c].max(axis=0))),
+        ))  # fmt: skip
+    return out
+
+
+def advise_meal_bolus(
+    forecaster: GlucoseForecaster,
+    carbs_g: float,
+    *,
+    cr_g_per_u: float,
+    cf_mg_dl_per_u: float,
+    target_mg_dl: float = 110.0,
+    horizon_min: int = 300,
+    max_hypo_probability: float = 0.05,
+    candidates: int = 41,
+    risk_error: float = 1.0,
+    hypo_error: float = 0.5,
+) -> BolusAdvice:
+    """The twin's bolus for *carbs_g* eaten at the forecaster's last reading, and the calculator's for comparison
+    (see the module docstring); neither is given: the caller records the bolus it chooses."""
+    if not 0 < carbs_g <= 400:
+        raise ValidationError(f"carbohydrate {carbs_g} g must be in (0, 400] g")
+    if not forecaster.started:
+        raise ValidationError("advice needs the twin's current state: assimilate a CGM reading first")
+    now = forecaster.t_min
+    bolus_t = np.array([t for t, _ in forecaster.bolus])
+    bolus_u = np.array([u for _, u in forecaster.bolus])
+    iob = insulin_on_board(bolus_t, bolus_u, now) if bolus_t.size else 0.0
+    glucose = forecaster.last_cgm_mg_dl
+    calc = calculator_bolus(carbs_g, glucose, iob, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=cf_mg_dl_per_u,
+                            target_mg_dl=target_mg_dl)  # fmt: skip
+    top = max(2.0 * calc, 2.0 * carbs_g / cr_g_per_u, 1.0)
+    doses = np.unique(np.round(np.concatenate([np.linspace(0.0, top, candidates), [calc]]) / _STEP_U) * _STEP_U)
+    bg = forecaster.simulate_ahead(horizon_min, boluses_u=doses, carbs_g=carbs_g)
+    sd = forecaster.posterior.residual_sd_mg_dl
+    outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd)
+    feasible = [o for o in outcomes if o.hypo_probability <= max_hypo_probability]
+    if feasible:
+        best = min(feasible, key=lambda o: o.risk_index)
+    else:
+        best = min(outcomes, key=lambda o: (o.hypo_probability, o.bolus_u))
+    at_calc = next(o for o in outcomes if abs(o.bolus_u - calc) < 1e-9)
+    return BolusAdvice(
+        carbs_g=float(carbs_g), glucose_mg_dl=glucose, iob_u=iob, twin=best, calculator=at_calc,
+        candidates=tuple(outcomes), feasible=bool(feasible), horizon_min=horizon_min,
+    )  # fmt: skip

@@ -1,0 +1,244 @@
+"""The personal UVA/Padova model: which parameters a person's data identify, their population prior, and the
+map from an identified parameter vector to the full 2008 model (steady state, initial state).
+
+Parametrisation (Dalla Man et al. 2007, "basal steady state" constraints): instead of the endogenous glucose
+production parameter kp1 the model takes the basal glucose Gb (mg/dL) reached under the reference basal insulin
+rate u2ss; kp1 and the basal insulin Ib then follow from the steady state:
+
+    Isc1 = u2ss / (kd + ka1), Isc2 = kd Isc1 / ka2, Ip = u2ss / (m2 + m4 - m1 m2 / (m1 + m30)), Ib = Ip / Vi
+    Gp = Gb Vg, Gt solves k1 Gp = Vm0 Gt / (Km0 + Gt) + k2 Gt
+    kp1 = Fsnc + ke1 max(Gp - ke2, 0) + k1 Gp - k2 Gt + kp2 Gp + kp3 Ib
+
+These reproduce the 30 virtual patients' own x0, kp1 and Ib to 1e-11 (tests). The identified parameters are
+estimated in log space with a log-normal prior built from the virtual patients (mean and covariance of their log
+values, leave-one-out when validating); every other parameter is fixed at the population geometric mean of the
+chosen group. Which parameters are identified, and why, is in docs/models/glucose_twin.md (identifiability
+analysis over the 30 patients, :mod:`medtwin.glucose.identifiability`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medtwin.errors import ValidationError
+from medtwin.glucose._kernels import PARAM_ORDER
+from medtwin.glucose._twin_kernels import run_inputs
+from medtwin.glucose.patients import GROUPS, load_cohort
+from medtwin.glucose.therapy_data import TherapyData
+from medtwin.glucose.uva_padova import PMOL_PER_UNIT_INSULIN
+from medtwin.sim.model import FloatArray
+
+__all__ = [
+    "CANDIDATE_PARAMETERS",
+    "DEFAULT_IDENTIFIED",
+    "PersonalModel",
+    "PopulationPrior",
+    "population_prior",
+    "population_values",
+]
+
+CANDIDATE_PARAMETERS = (
+    "Gb", "Vg", "Vmx", "Vm0", "Km0", "kp2", "kp3", "k1", "k2", "kabs", "kmax", "kmin", "b", "d",
+    "ka1", "ka2", "kd", "p2u", "ki", "m1", "m2", "m4", "m30", "Vi", "ksc",
+)  # fmt: skip
+"""Parameters that differ between the 30 virtual patients (f, Fsnc, ke1, ke2 are the same for all; BW is known;
+kp1 and Ib are derived)."""
+
+DEFAULT_IDENTIFIED = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki")
+"""Identified by default: the identifiability analysis (docs/models/glucose_twin.md) keeps these."""
+
+_PARAM_INDEX = {name: i for i, name in enumerate(PARAM_ORDER)}
+_GB_PRIOR_SD = 0.25
+"""Log-SD of the basal-glucose prior. The virtual patients all sit at 133-153 mg/dL on their own basal rate; a
+real person's basal rate is rarely that exact, so Gb gets a wide prior and the overnight data decide it."""
+
+
+def population_values(names: Sequence[str]) -> dict[str, FloatArray]:
+    """Per-patient values of every model parameter plus ``Gb`` (basal glucose, mg/dL) for virtual patients."""
+    cohort = load_cohort(list(names))
+    values = {k: np.asarray(v, dtype=np.float64) for k, v in cohort.params.items()}
+    values["Gb"] = cohort.x0[:, 3] / cohort.params["Vg"]
+    return values
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PopulationPrior:
+    """Log-normal prior of the identified parameters and the values the others are fixed at.
+
+    *mean*/*cov* are of the natural logarithms of *names*; *fixed* holds every model parameter (per kg where the
+    model is per kg) at the population value, BW, kp1 and Ib excepted (person-specific or derived).
+    """
+
+    names: tuple[str, ...]
+    mean: FloatArray
+    cov: FloatArray
+    fixed: dict[str, float]
+    group: str
+    members: tuple[str, ...]
+
+    @property
+    def dim(self) -> int:
+        """Number of identified parameters."""
+        return len(self.names)
+
+    def logpdf(self, theta: FloatArray) -> FloatArray:
+        """Log density (up to a constant) of each row of *theta* ``(B, dim)``."""
+        diff = np.atleast_2d(theta) - self.mean
+        sol = np.linalg.solve(self.cov, diff.T).T
+        return np.asarray(-0.5 * np.sum(diff * sol, axis=1), dtype=np.float64)
+
+    def sample(self, n: int, rng: np.random.Generator) -> FloatArray:
+        """*n* draws ``(n, dim)`` of the log parameters."""
+        return np.asarray(rng.multivariate_normal(self.mean, self.cov, size=n), dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (saved with the posterior)."""
+        return {
+            "names": list(self.names), "mean": self.mean.tolist(), "cov": self.cov.tolist(), "fixed": self.fixed,
+            "group": self.group, "members": list(self.members),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PopulationPrior:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            names=tuple(d["names"]), mean=np.asarray(d["mean"], dtype=np.float64),
+            cov=np.asarray(d["cov"], dtype=np.float64), fixed={k: float(v) for k, v in d["fixed"].items()},
+            group=str(d["group"]), members=tuple(d["members"]),
+        )  # fmt: skip
+
+
+def population_prior(
+    group: str = "all",
+    *,
+    identified: Sequence[str] = DEFAULT_IDENTIFIED,
+    exclude: Sequence[str] = (),
+    sd_inflation: float = 1.0,
+) -> PopulationPrior:
+    """The prior over *identified* from the virtual patients of *group* (``adult``, ``adolescent``, ``child``,
+    ``all``), leaving out the patients in *exclude* (leave-one-out validation).
+
+    The mean is the group's mean log value; the covariance is the within-group covariance pooled over all 30
+    patients (10 per group are too few for a covariance of their own), with the prior SDs multiplied by
+    *sd_inflation*. Gb gets a wide prior (log-SD 0.25). Parameters not identified are fixed at the group's
+    geometric mean.
+    """
+    if group not in (*GROUPS, "all"):
+        raise ValidationError(f"unknown population {group!r} (use one of {(*GROUPS, 'all')})")
+    unknown = [n for n in identified if n not in CANDIDATE_PARAMETERS]
+    if unknown or len(set(identified)) != len(identified) or not identified:
+        raise ValidationError(f"identified parameters {list(identified)}: distinct names from {CANDIDATE_PARAMETERS}")
+    everyone = load_cohort("all").names
+    excluded = {e.casefold() for e in exclude}
+    pool = tuple(n for n in everyone if n.casefold() not in excluded)
+    members = tuple(n for n in pool if group == "all" or n.startswith(group + "#"))
+    if len(members) < 3:
+        raise ValidationError(f"population {group!r} without {list(exclude)} has {len(members)} patients, need 3")
+    values = population_values(pool)
+    logs = np.log(np.stack([values[n] for n in identified], axis=1))
+    groups = np.array([n.split("#")[0] for n in pool])
+    centred = logs.copy()
+    for g in set(groups):
+        centred[groups == g] -= logs[groups == g].mean(axis=0)
+    cov = centred.T @ centred / max(1, len(pool) - len(set(groups)))
+    if "Gb" in identified:
+        i = list(identified).index("Gb")
+        cov[i, :] = cov[:, i] = 0.0
+        cov[i, i] = _GB_PRIOR_SD**2
+    scale = np.full(len(identified), sd_inflation)
+    cov = cov * np.outer(scale, scale) + np.eye(len(identified)) * 1e-6
+    in_group = np.array([n in members for n in pool])
+    mean = logs[in_group].mean(axis=0)
+    fixed = {k: float(np.exp(np.mean(np.log(v[in_group])))) for k, v in values.items() if k not in ("BW", "kp1", "Ib")}
+    return PopulationPrior(names=tuple(identified), mean=mean, cov=cov, fixed=fixed, group=group, members=members)
+
+
+class PersonalModel:
+    """Maps identified log parameters to full UVA/Padova parameter rows and states for one person.
+
+    *body_weight_kg* is the person's weight; *basal_u_h* the reference basal rate at which Gb is the steady state
+    (the rate in force at the start of the data).
+    """
+
+    def __init__(self, prior: PopulationPrior, *, body_weight_kg: float, basal_u_h: float) -> None:
+        if body_weight_kg <= 0 or basal_u_h <= 0:
+            raise ValidationError(f"body weight ({body_weight_kg} kg) and basal rate ({basal_u_h} U/h) must be > 0")
+        self.prior = prior
+        self.body_weight_kg = float(body_weight_kg)
+        self.basal_u_h = float(basal_u_h)
+        base = np.zeros(len(PARAM_ORDER))
+        for name, value in prior.fixed.items():
+            if name in _PARAM_INDEX:
+                base[_PARAM_INDEX[name]] = value
+        base[_PARAM_INDEX["BW"]] = self.body_weight_kg
+        base[_PARAM_INDEX["u2ss"]] = basal_u_h / 60.0 * PMOL_PER_UNIT_INSULIN / self.body_weight_kg
+        self._base = base
+        self._columns = [(_PARAM_INDEX[n] if n != "Gb" else -1) for n in prior.names]
+
+    def parameters(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Full parameter rows ``(B, 32)`` in ``PARAM_ORDER`` and basal glucose ``(B,)`` for log parameters
+        *theta* ``(B, dim)``; kp1 and Ib are set so the basal state is a steady state."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+        p = np.tile(self._base, (theta.shape[0], 1))
+        gb = np.full(theta.shape[0], self.prior.fixed["Gb"])
+        values = np.exp(theta)
+        for j, col in enumerate(self._columns):
+            if col < 0:
+                gb = values[:, j]
+            else:
+                p[:, col] = values[:, j]
+        state = self._basal_state(p, gb)
+        i = _PARAM_INDEX
+        gp, gt, ip = state[:, 3], state[:, 4], state[:, 5]
+        ib = ip / p[:, i["Vi"]]
+        renal = p[:, i["ke1"]] * np.maximum(gp - p[:, i["ke2"]], 0.0)
+        p[:, i["kp1"]] = (p[:, i["Fsnc"]] + renal + p[:, i["k1"]] * gp - p[:, i["k2"]] * gt
+                          + p[:, i["kp2"]] * gp + p[:, i["kp3"]] * ib)  # fmt: skip
+        p[:, i["Ib"]] = ib
+        return np.ascontiguousarray(p), gb
+
+    @staticmethod
+    def _basal_state(p: FloatArray, gb: FloatArray) -> FloatArray:
+        """States ``(B, 13)`` at basal insulin u2ss with plasma and interstitial glucose at *gb* (mg/dL)."""
+        i = _PARAM_INDEX
+        u2ss, kd, ka1, ka2 = p[:, i["u2ss"]], p[:, i["kd"]], p[:, i["ka1"]], p[:, i["ka2"]]
+        m1, m2, m4, m30 = p[:, i["m1"]], p[:, i["m2"]], p[:, i["m4"]], p[:, i["m30"]]
+        x = np.zeros((p.shape[0], 13))
+        x[:, 10] = u2ss / (kd + ka1)
+        x[:, 11] = kd * x[:, 10] / ka2
+        x[:, 5] = u2ss / (m2 + m4 - m1 * m2 / (m1 + m30))
+        x[:, 9] = m2 * x[:, 5] / (m1 + m30)
+        x[:, 7] = x[:, 8] = x[:, 5] / p[:, i["Vi"]]
+        gp = gb * p[:, i["Vg"]]
+        k1, k2, km0, vm0 = p[:, i["k1"]], p[:, i["k2"]], p[:, i["Km0"]], p[:, i["Vm0"]]
+        bq = vm0 + k2 * km0 - k1 * gp
+        x[:, 4] = (-bq + np.sqrt(bq * bq + 4.0 * k2 * k1 * gp * km0)) / (2.0 * k2)
+        x[:, 3] = x[:, 12] = gp
+        return x
+
+    def initial_state(self, p: FloatArray, glucose_mg_dl: float | FloatArray) -> FloatArray:
+        """States ``(B, 13)`` at the basal insulin state with glucose *glucose_mg_dl* in plasma and interstitium
+        (tissue glucose in equilibrium with it): the state at the first CGM reading when nothing earlier is known."""
+        g = np.broadcast_to(np.asarray(glucose_mg_dl, dtype=np.float64), (p.shape[0],))
+        return self._basal_state(p, np.maximum(g, 1.0))
+
+    def simulate(
+        self,
+        theta: FloatArray,
+        data: TherapyData,
+        *,
+        initial_glucose_mg_dl: float | FloatArray,
+        minutes: int | None = None,
+    ) -> FloatArray:
+        """BG (mg/dL) ``(minutes + 1, B)`` of each parameter row of *theta* under the inputs recorded in *data*,
+        from the basal state at *initial_glucose_mg_dl* (index k = minute k after the first reading)."""
+        p, _ = self.parameters(theta)
+        x = self.initial_state(p, initial_glucose_mg_dl)
+        meal_state = np.zeros((p.shape[0], 5))
+        meals, insulin = data.minute_inputs(minutes)
+        bg = run_inputs(x, p, meal_state, meals, insulin)
+        return np.concatenate([x[None, :, 12] / p[None, :, _PARAM_INDEX["Vg"]], bg], axis=0)

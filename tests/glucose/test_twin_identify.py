@@ -1,0 +1,69 @@
+"""Identification of a person's twin: convergence enforced, posterior persisted and updated, bad data refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medtwin.errors import ValidationError
+from medtwin.glucose.identify import ConvergenceError, FitSettings, Posterior, fit, update
+from medtwin.glucose.twin_model import population_prior, population_values
+
+
+def test_fit_converges_and_brackets_the_truth(twin_posterior: Posterior) -> None:
+    d = twin_posterior.diagnostics
+    assert d.converged
+    assert max(d.rhat.values()) <= 1.05
+    assert min(min(d.ess_bulk.values()), min(d.ess_tail.values())) >= 200
+    assert d.simulations < 15_000
+    summary = twin_posterior.summary()
+    truth = population_values(["adult#001"])
+    # basal glucose and insulin sensitivity: the truth lies inside the 95 % interval
+    for name in ("Gb", "Vmx"):
+        assert summary[name]["lo95"] < truth[name][0] < summary[name]["hi95"], name
+    assert 5.0 < twin_posterior.residual_sd_mg_dl < 20.0  # the Dexcom noise of the simulator has an SD of ~11 mg/dL
+    assert twin_posterior.data_summary["fitted_readings"] < twin_posterior.data_summary["readings"]
+
+
+def test_posterior_round_trips_through_json(twin_posterior: Posterior) -> None:
+    back = Posterior.from_dict(json.loads(json.dumps(twin_posterior.to_dict())))
+    np.testing.assert_array_equal(back.draws, twin_posterior.draws)
+    assert back.diagnostics == twin_posterior.diagnostics
+    assert back.prior.to_dict() == twin_posterior.prior.to_dict()
+
+
+def test_unconverged_runs_are_refused_unless_allowed(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    strict = FitSettings(burn_in=30, check_every=10, max_steps=50, ess_min=1e6, walkers=24)
+    with pytest.raises(ConvergenceError, match="not converged after 50 steps"):
+        fit(data, population_prior("adult", exclude=["adult#001"]), settings=strict)
+    prior = population_prior("adult", exclude=["adult#001"])
+    post = fit(data, prior, settings=replace(strict, require_convergence=False))
+    assert not post.diagnostics.converged
+    assert post.draws.shape[1] == post.prior.dim + 1
+
+
+def test_update_with_new_days_narrows_the_posterior(twin_days: Any, twin_posterior: Posterior) -> None:
+    day3 = twin_days.data[0].window(2880.0, 4320.0)
+    later = update(twin_posterior, replace(day3, body_weight_kg=None))
+    assert later.prior.group.startswith("posterior(")
+    assert later.body_weight_kg == twin_posterior.body_weight_kg
+    sd_before = twin_posterior.draws[:, :-1].std(axis=0)
+    sd_after = later.draws[:, :-1].std(axis=0)
+    assert np.median(sd_after / sd_before) < 1.0
+
+
+def test_fit_refuses_data_it_cannot_use(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    with pytest.raises(ValidationError, match="body weight"):
+        fit(replace(data, body_weight_kg=None))
+    few = data.window(0.0, 20.0)
+    with pytest.raises(ValidationError, match="usable CGM readings"):
+        fit(few)
+    no_basal = replace(data, basal_t_min=np.zeros(1), basal_u_h=np.zeros(1))
+    with pytest.raises(ValidationError, match="basal rate is 0"):
+        fit(no_basal)

@@ -1,0 +1,112 @@
+"""The personal model's parametrisation, the recorded-input kernel and the in-silico ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtwin.errors import ValidationError
+from medtwin.glucose import load_cohort
+from medtwin.glucose._kernels import PARAM_ORDER
+from medtwin.glucose._twin_kernels import run_inputs
+from medtwin.glucose.identifiability import collinearity_index, ou_whiten, sensitivities
+from medtwin.glucose.insilico import simulate_therapy_a, true_glucose
+from medtwin.glucose.simulation import PatientBatch, simulate_open_loop
+from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+
+
+def test_basal_glucose_parametrisation_reproduces_all_30_patients() -> None:
+    """With Gb in place of kp1 (Dalla Man 2007 steady-state constraints) kp1, Ib and x0 come out as published."""
+    cohort = load_cohort("all")
+    values = population_values(cohort.names)
+    prior = population_prior("all", identified=CANDIDATE_PARAMETERS)
+    for b in range(cohort.size):
+        model = PersonalModel(prior, body_weight_kg=float(cohort.params["BW"][b]),
+                              basal_u_h=float(cohort.basal_u_per_min[b] * 60.0))  # fmt: skip
+        theta = np.log([values[c][b] for c in CANDIDATE_PARAMETERS])
+        p, gb = model.parameters(theta[None, :])
+        truth = np.array([cohort.params[k][b] for k in PARAM_ORDER])
+        np.testing.assert_allclose(p[0], truth, rtol=1e-9)
+        np.testing.assert_allclose(model.initial_state(p, gb)[0], cohort.x0[b], rtol=1e-9, atol=1e-12)
+
+
+def test_steady_state_holds_for_any_identified_values() -> None:
+    prior = population_prior("adult")
+    model = PersonalModel(prior, body_weight_kg=70.0, basal_u_h=0.9)
+    rng = np.random.default_rng(3)
+    theta = prior.sample(6, rng)
+    p, gb = model.parameters(theta)
+    x = model.initial_state(p, gb)
+    minutes = 600
+    bg = run_inputs(x, p, np.zeros((6, 5)), np.zeros(minutes), np.full(minutes, 0.9 / 60.0))
+    np.testing.assert_allclose(bg[-1], gb, rtol=2e-6)
+
+
+def test_recorded_input_kernel_equals_the_open_loop_reference() -> None:
+    cohort = load_cohort(["adult#003", "child#004"])
+    rng = np.random.default_rng(5)
+    minutes = 300
+    cho = np.zeros((minutes, 2))
+    cho[30:39] = 5.0
+    insulin = np.repeat(cohort.basal_u_per_min[None, :], minutes, axis=0) + (rng.random((minutes, 2)) < 0.05) * 0.5
+    reference = simulate_open_loop(cohort, cho, insulin)
+    batch = PatientBatch(cohort)
+    announced = np.zeros((minutes, 2))
+    announced[30] = 45.0  # eaten at 5 g/min over 9 minutes, as the open-loop reference is fed
+    bg = run_inputs(batch.x, batch._p_matrix, batch.meal_state, announced, insulin)
+    np.testing.assert_allclose(bg, reference.bg_mg_dl[1:], rtol=1e-9)
+
+
+def test_open_loop_replay_of_the_records_reproduces_the_closed_loop_truth() -> None:
+    sim = simulate_therapy_a(["adult#001", "adolescent#002", "child#003"], days=1, seed=2)
+    replayed = true_glucose(sim.cohort, sim.data)
+    # the only difference: a recorded bolus is delivered within one minute, the pump spread it over 3
+    assert np.max(np.abs(replayed - sim.result.bg_mg_dl)) < 4.0
+    assert np.median(np.abs(replayed - sim.result.bg_mg_dl)) < 0.5
+
+
+def test_population_prior_leave_one_out_and_refusals() -> None:
+    prior = population_prior("adult", exclude=["ADULT#004"])
+    assert "adult#004" not in prior.members
+    assert len(prior.members) == 9
+    full = population_prior("adult")
+    assert not np.allclose(prior.mean, full.mean)
+    assert prior.cov.shape == (prior.dim, prior.dim)
+    np.testing.assert_allclose(prior.cov, prior.cov.T)
+    assert np.all(np.linalg.eigvalsh(prior.cov) > 0)
+    for kwargs in ({"identified": ("Gb", "nonsense")}, {"identified": ("Gb", "Gb")}):
+        with pytest.raises(ValidationError):
+            population_prior("all", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="unknown population"):
+        population_prior("teen")
+
+
+def test_sensitivities_match_a_direct_difference() -> None:
+    sim = simulate_therapy_a(["adult#001"], days=1, seed=1)
+    data = sim.data[0]
+    prior = population_prior("all")
+    model = PersonalModel(prior, body_weight_kg=data.body_weight_kg or 0, basal_u_h=float(data.basal_u_h[0]))
+    theta = prior.mean.copy()
+    t = data.cgm_t_min[::10]
+    bg, s = sensitivities(model, data, theta, t)
+    j = prior.names.index("Vmx")
+    up = theta.copy()
+    up[j] += 1e-4
+    _, gb = model.parameters(up[None])
+    direct = model.simulate(up[None], data, initial_glucose_mg_dl=gb)[np.rint(t).astype(int), 0]
+    np.testing.assert_allclose((direct - bg) / 1e-4, s[:, j], rtol=0.02, atol=0.05)
+    assert np.all(s[t > 480, j] <= 1e-9)  # more insulin-dependent uptake never raises glucose after the first meal
+    assert collinearity_index(np.column_stack([s[:, j], 2 * s[:, j] + 1e-9])) > 1e3
+
+
+def test_ou_whitening_decorrelates_an_ou_process() -> None:
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.uniform(3, 8, 20000))
+    rho = np.exp(-np.diff(t) / 45.0)
+    e = np.empty(t.size)
+    e[0] = rng.standard_normal()
+    for i in range(1, t.size):
+        e[i] = rho[i - 1] * e[i - 1] + np.sqrt(1 - rho[i - 1] ** 2) * rng.standard_normal()
+    w = ou_whiten(e, t, 45.0)
+    assert abs(np.corrcoef(w[1:], w[:-1])[0, 1]) < 0.03
+    assert np.std(w) == pytest.approx(1.0, abs=0.03)

@@ -1,0 +1,157 @@
+"""Using the twin: replay under other therapies, forecasting with alerts, bolus advice, snapshots, error grid."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from medtwin.errors import ValidationError
+from medtwin.glucose.advise import advise_meal_bolus, calculator_bolus, insulin_on_board
+from medtwin.glucose.error_grid import parkes_zone_fractions, parkes_zones
+from medtwin.glucose.forecast import GlucoseForecaster
+from medtwin.glucose.identify import Posterior
+from medtwin.glucose.insilico import true_glucose
+from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
+from medtwin.glucose.therapy import Therapy, apply_therapy
+
+
+def test_replay_tracks_the_truth_of_another_therapy(twin_days: Any, twin_posterior: Posterior) -> None:
+    data = twin_days.data[0].window(0.0, 2880.0)
+    twin = PersonalGlucoseTwin(data, twin_posterior)
+    recorded, more, earlier = twin.replay(
+        [Therapy(), Therapy(name="x1.3", bolus_scale=1.3), Therapy(name="-20", bolus_shift_min=-20)], draws=100
+    )
+    # the recorded days: the band (of true glucose, not of noisy readings) holds the virtual patient's glucose
+    true_bg = twin_days.result.bg_mg_dl[: recorded.median_mg_dl.size, 0]
+    inside = (true_bg >= recorded.lo95_mg_dl) & (true_bg <= recorded.hi95_mg_dl)
+    assert inside.mean() > 0.8
+    for result, therapy in ((more, Therapy(bolus_scale=1.3)), (earlier, Therapy(bolus_shift_min=-20))):
+        truth = true_glucose(twin_days.cohort, [apply_therapy(data, therapy)])[:, 0]
+        n = min(truth.size, result.median_mg_dl.size)
+        assert np.sqrt(np.mean((result.median_mg_dl[:n] - truth[:n]) ** 2)) < 15.0
+    assert more.metrics["mean_mg_dl"][0] < recorded.metrics["mean_mg_dl"][0] - 5.0  # more insulin, lower glucose
+    assert more.insulin_u[0] > recorded.insulin_u[0]
+    assert set(more.to_dict()["metrics"]) >= {"tir_pct", "tbr_level1_pct", "cv_pct", "lbgi"}
+
+
+def test_closed_loop_replay_with_a_controller(twin_days: Any, twin_posterior: Posterior) -> None:
+    data = twin_days.data[0].window(0.0, 1440.0)
+    twin = PersonalGlucoseTwin(data, twin_posterior)
+    basal_only, bb = twin.replay(
+        [Therapy(name="basal only", controller="basal"),
+         Therapy(name="bb", controller="basal-bolus", cr_g_per_u=10.0, cf_mg_dl_per_u=20.0)], draws=40,
+    )  # fmt: skip
+    assert basal_only.metrics["mean_mg_dl"][0] > bb.metrics["mean_mg_dl"][0] + 20  # no meal boluses: high glucose
+    assert bb.insulin_u[0] > basal_only.insulin_u[0]
+
+
+def _forecaster(twin_days: Any, twin_posterior: Posterior) -> tuple[GlucoseForecaster, Any]:
+    data = twin_days.data[0]
+    f = GlucoseForecaster(twin_posterior, data.start, particles=128)
+    f.basal = list(zip(data.basal_t_min.tolist(), data.basal_u_h.tolist(), strict=True))
+    f.bolus = list(zip(data.bolus_t_min.tolist(), data.bolus_u.tolist(), strict=True))
+    f.carbs = list(zip(data.carbs_t_min.tolist(), data.carbs_g.tolist(), strict=True))
+    return f, data
+
+
+def test_forecast_beats_persistence_on_an_unseen_day(twin_days: Any, twin_posterior: Posterior) -> None:
+    f, data = _forecaster(twin_days, twin_posterior)
+    errors: dict[str, list[float]] = {"twin": [], "persistence": []}
+    inside = []
+    for i, (t, g) in enumerate(zip(data.cgm_t_min, data.cgm_mg_dl, strict=True)):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+        if t < 2880 or t + 30 > data.cgm_t_min[-1] or i % 4:
+            continue
+        fc = f.forecast((30,))
+        future = data.cgm_mg_dl[np.searchsorted(data.cgm_t_min, t + 30)]
+        errors["twin"].append(fc.median_mg_dl[0] - future)
+        errors["persistence"].append(g - future)
+        inside.append(fc.lo95_mg_dl[0] <= future <= fc.hi95_mg_dl[0])
+    rmse = {k: float(np.sqrt(np.mean(np.square(v)))) for k, v in errors.items()}
+    assert rmse["twin"] < 0.85 * rmse["persistence"]
+    assert np.mean(inside) > 0.75
+    with pytest.raises(ValidationError, match="older than"):
+        f.update(data.start, 120.0)
+    with pytest.raises(ValidationError, match="outside 20-600"):
+        f.update(data.end + timedelta(minutes=5), 900.0)
+
+
+def test_low_glucose_alert_before_the_low(twin_days: Any, twin_posterior: Posterior) -> None:
+    """A 25 U correction without food: the alert comes while glucose is still well above 70 mg/dL, once."""
+    data = twin_days.data[0]
+    f = GlucoseForecaster(twin_posterior, data.start, particles=128, basal_u_h=float(data.basal_u_h[0]))
+    f.add_bolus(data.start + timedelta(minutes=60), 25.0)
+    truth = true_glucose(twin_days.cohort, [replace(data, bolus_t_min=np.array([60.0]), bolus_u=np.array([25.0]),
+                                                    carbs_t_min=np.zeros(0), carbs_g=np.zeros(0))])[:, 0]  # fmt: skip
+    first_low = int(np.argmax(truth < 70.0))
+    events = []
+    for k in range(0, first_low + 30, 5):
+        for e in f.update(data.start + timedelta(minutes=k), float(truth[k])):
+            events.append((k, e))
+    medium = [(k, e) for k, e in events if e.severity == "medium"]
+    assert len(medium) == 1, events
+    k, alert = medium[0]
+    assert alert.code == "glucose-low-predicted"
+    assert alert.kind == "alert"
+    assert alert.status == "active"
+    assert k < first_low - 20
+    assert truth[k] > 90
+    assert [e.severity for _, e in events] in (["medium"], ["medium", "high"])  # at most one escalation
+
+
+def test_twin_snapshot_restores_the_filter_exactly(twin_days: Any, twin_posterior: Posterior) -> None:
+    data = twin_days.data[0].window(0.0, 2880.0)
+    twin = PersonalGlucoseTwin(data, twin_posterior, bolus_settings=BolusSettings(cr_g_per_u=10, cf_mg_dl_per_u=20))
+    twin.forecaster  # noqa: B018 - assimilate the recorded days
+    back = PersonalGlucoseTwin.restore(twin.snapshot())
+    assert back.bolus_settings == twin.bolus_settings
+    a, b = twin.forecast((30, 60)), back.forecast((30, 60))
+    assert a.median_mg_dl == b.median_mg_dl
+    assert a.hi95_mg_dl == b.hi95_mg_dl
+    with pytest.raises(ValidationError, match="not a glucose twin"):
+        PersonalGlucoseTwin.restore(b'{"kind": "something else"}')
+    with pytest.raises(ValidationError, match="not a glucose twin"):
+        PersonalGlucoseTwin.restore(b"\x00garbage")
+
+
+def test_insulin_on_board_and_the_standard_calculator() -> None:
+    assert insulin_on_board([0.0], [1.0], 0.0) == pytest.approx(1.0)
+    assert insulin_on_board([0.0], [1.0], 360.0) == pytest.approx(0.0, abs=1e-12)
+    curve = [insulin_on_board([0.0], [1.0], t) for t in range(0, 361, 15)]
+    assert all(a >= b for a, b in itertools.pairwise(curve))
+    assert 0.4 < insulin_on_board([0.0], [1.0], 120.0) < 0.7  # rapid-acting: about half left after 2 h
+    assert calculator_bolus(60, 160, 1.0, cr_g_per_u=10, cf_mg_dl_per_u=50, target_mg_dl=110) == pytest.approx(6.0)
+    assert calculator_bolus(10, 60, 2.0, cr_g_per_u=10, cf_mg_dl_per_u=50) == 0.0
+
+
+def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Posterior) -> None:
+    f, data = _forecaster(twin_days, twin_posterior)
+    for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+    small = advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
+    big = advise_meal_bolus(f, 90.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
+    assert small.feasible
+    assert big.feasible
+    assert small.twin.hypo_probability <= 0.05
+    assert big.twin.hypo_probability <= 0.05
+    assert big.twin.bolus_u > small.twin.bolus_u
+    assert big.twin.risk_index <= big.calculator.risk_index + 1e-12  # the calculator's dose is one of the candidates
+    assert abs(round(big.twin.bolus_u / 0.05) * 0.05 - big.twin.bolus_u) < 1e-9
+    with pytest.raises(ValidationError):
+        advise_meal_bolus(f, 0.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0)
+
+
+def test_parkes_grid_zones() -> None:
+    ref = np.array([100.0, 100.0, 100.0, 100.0, 300.0, 20.0, 50.0, 300.0])
+    est = np.array([100.0, 140.0, 200.0, 400.0, 150.0, 160.0, 200.0, 30.0])
+    np.testing.assert_array_equal(parkes_zones(ref, est), [0, 1, 2, 3, 1, 4, 3, 3])
+    frac = parkes_zone_fractions(ref, est)
+    assert sum(frac.values()) == pytest.approx(100.0)
+    assert frac["A"] == pytest.approx(12.5)
+    with pytest.raises(ValidationError):
+        parkes_zones([100.0], [-1.0])
