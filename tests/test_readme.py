@@ -73,9 +73,14 @@ ROOT = README.parent
 _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtures/pk")
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
 # together through `medtwin demo` (listener, twin runtime and virtual monitors in one command).
-_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ")
+_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ", "medtwin devices simulate ")  # simulate: a broker
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
-_NEEDS_YOUR_DATA = ("medtwin risk evaluate ", "medtwin glucose twin ")  # twin: until a sample therapy file ships
+_NEEDS_YOUR_DATA = (
+    "medtwin risk evaluate ",
+    "medtwin glucose twin ",
+    "medtwin dose --patient ",
+)  # glucose twin: until a
+# sample therapy file ships; dose --patient: a drug course in the record (tests/twin/test_drug_component.py runs it)
 # Lines that take tens of seconds (Dask clusters, 20 patient-days): run by `make test-slow`.
 _SLOW = ("medtwin glucose simulate ", "medtwin glucose metrics run.parquet", "medtwin hospital ")
 

@@ -20,11 +20,16 @@ __all__ = ["app", "main"]
 # name -> (module holding a Typer `app`, one-line help shown in `medtwin --help`)
 _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "glucose": ("medtwin.cli.glucose", "Type 1 diabetes twin (UVA/Padova): simulate cohorts, CGM metrics."),
-    "dose": ("medtwin.cli.dose", "Precision dosing twin: `medtwin dose CASEFILE`; `medtwin dose models`."),
+    "dose": (
+        "medtwin.cli.dose",
+        "Precision dosing twin: `medtwin dose CASEFILE`, `--patient ID`; `medtwin dose models`.",
+    ),
     "hospital": ("medtwin.cli.hospital", "Hospital operations twin: calibrate, forecast, what-if, report."),
     "risk": ("medtwin.cli.risk", "Risk equations from the record (PCE, PREVENT, QRISK3...) and local validation."),
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
+    "twin": ("medtwin.cli.twin", "The living twin of a patient from the record: show, forecast, whatif, recommend."),
+    "devices": ("medtwin.cli.devices", "Wearables over MQTT: register and bind devices, simulate CGM wearers."),
 }
 
 

@@ -1,6 +1,7 @@
 """`medtwin dose ...`: the precision-dosing twin on the command line.
 
-``medtwin dose CASEFILE`` (same as ``medtwin dose report CASEFILE``) reads a JSON or CSV case,
+``medtwin dose CASEFILE`` (same as ``medtwin dose report CASEFILE``) reads a JSON or CSV case
+(``medtwin dose --patient ID`` builds it from the patient's stored record: medtwin.dosing.record_case),
 fits the patient and prints the report; ``--json`` prints the JSON form, ``--plot OUT.png`` writes
 the concentration-time plot, ``--fhir OUT.json`` writes a FHIR R4 Bundle of the proposal.
 ``--target`` replaces the case's target and ``--also`` adds criteria of a combined target::
@@ -30,7 +31,7 @@ import typer
 from typer.core import TyperGroup
 
 from medtwin.dosing import analyze_case, library_models, load_case, load_model, to_records
-from medtwin.dosing.case import CaseError, TargetSpec, parse_target
+from medtwin.dosing.case import CaseError, PatientCase, TargetSpec, parse_target
 from medtwin.dosing.check import check_model
 from medtwin.errors import MedtwinError
 from medtwin.interop.fhir import to_fhir
@@ -42,7 +43,9 @@ class _CaseFileGroup(TyperGroup):
     """A group where an unknown first word is a case file for the ``report`` command."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if (args and not args[0].startswith("-") and args[0] not in self.commands) or (
+            args and (args[0] == "--patient" or args[0].startswith("--patient="))
+        ):
             args = ["report", *args]
         return super().parse_args(ctx, args)
 
@@ -217,9 +220,46 @@ def _target_mapping(text: str | None, also: list[str], current: TargetSpec) -> d
     return out
 
 
+def _record_case(patient_id: str, db: str | None, drug: str | None, model: str | None) -> PatientCase:
+    """The case of *patient_id* from the store (:mod:`medtwin.dosing.record_case`)."""
+    from medtwin.dosing.record_case import DEFAULT_MODELS, case_from_records, drug_of, recorded_course
+    from medtwin.store import Store
+
+    store = Store(db, create=False)
+    try:
+        patient = store.patient(patient_id)
+        if patient is None:
+            matches = store.patient_ids(patient_id)
+            if len(matches) != 1:
+                raise CaseError(
+                    f"no single patient with id {patient_id!r} ({len(matches)} match; see `medtwin patients`)"
+                )
+            patient = store.patient(matches[0])
+            assert patient is not None
+        administrations = store.medication_administrations(patient.patient_id)
+        observations = store.observations(patient.patient_id)
+    finally:
+        store.close()
+    drugs = sorted({d for a in administrations if (d := drug_of(a.medication)) is not None})
+    if drug is None:
+        if len(drugs) != 1:
+            raise CaseError(f"patient {patient.patient_id}: {'no' if not drugs else 'several'} drugs with a library "
+                            f"model in the record ({', '.join(drugs) or 'none of ' + ', '.join(DEFAULT_MODELS)}); "
+                            "name one with --drug")  # fmt: skip
+        drug = drugs[0]
+    course = recorded_course(drug, patient, administrations, observations)
+    return case_from_records(patient.patient_id, course, model=model)
+
+
 @app.command("report")
 def report_command(
-    casefile: Path = typer.Argument(..., help="Patient case (.json or .csv)."),
+    casefile: Path | None = typer.Argument(None, help="Patient case (.json or .csv); or --patient."),
+    patient: str | None = typer.Option(None, "--patient", help="Build the case from this patient's stored record."),
+    db: str | None = typer.Option(None, "--db", help="Database URL for --patient (default: the configured store)."),
+    drug: str | None = typer.Option(None, "--drug", help="With --patient: the drug (when the record has several)."),
+    model: str | None = typer.Option(
+        None, "--model", help="With --patient: a library model id instead of the drug's default."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG plot here."),
     fhir_out: Path | None = typer.Option(
@@ -238,7 +278,9 @@ def report_command(
 ) -> None:
     """Fit the patient in CASEFILE and print the dosing report."""
     try:
-        case = load_case(casefile)
+        if (casefile is None) == (patient is None):
+            raise CaseError("give a case file or --patient ID (one of them)")
+        case = load_case(casefile) if casefile is not None else _record_case(str(patient), db, drug, model)
         if target is not None or also:
             mapping = _target_mapping(target, also, case.target)
             case = dataclasses.replace(case, target=parse_target(mapping, "--target"))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import threading
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from medtwin.errors import ValidationError
 from medtwin.monitoring import mews_score, news2_score, qsofa_score
 from medtwin.monitoring.virtual import virtual_ward
 
-__all__ = ["listen_for", "register", "run_loop"]
+__all__ = ["listen_for", "listen_mqtt", "register", "run_loop"]
 
 T = TypeVar("T")
 _SUPERVISE_S = 1.0  # how often `medtwin listen` looks for a listener process that died
@@ -165,6 +166,52 @@ async def listen_for(
     return summary
 
 
+def listen_mqtt(
+    db: str | None,
+    url: str,
+    topic: str,
+    seconds: float | None,
+    console: Console,
+    *,
+    quiet: bool,
+    client_id: str = "medtwin-listener",
+    freshness_minutes: float = 60.0,
+    pseudonymous: bool = False,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Store device readings from MQTT (QoS 1, persistent session, PUBACK after the commit) with the twin runtime
+    following the store in its own process (medtwin.interop.mqtt, medtwin.twin.worker); returns the counts."""
+    from medtwin.interop.mqtt import MqttListener
+    from medtwin.twin import RuntimeProcess
+    from medtwin.twin.worker import listener_store
+
+    store, write_lock = listener_store(db, shared_lock=True)
+    printer = None if quiet else alerts.AlertPrinter(db, pseudonymous=pseudonymous)
+    worker = RuntimeProcess(db, freshness=timedelta(minutes=freshness_minutes), on_event=printer, write_lock=write_lock)
+    stop = stop or threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    listener: MqttListener | None = None
+    report: dict[str, Any] = {}
+    try:
+        worker.start()
+        listener = MqttListener(store, url, topic, client_id=client_id)
+        listener.start()
+        console.print(f"listening on {url} topic {topic!r} (MQTT, QoS 1, session {client_id!r}) store={store.url}; "
+                      "twin runtime: own process", highlight=False)  # fmt: skip
+        stop.wait(seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stats = listener.stop() if listener is not None else None
+        report = worker.stop()
+        store.close()
+    if "error" in report:
+        console.print(f"[red]twin runtime worker: {report['error']}[/red]")
+    return {"stored": 0 if stats is None else stats.stored, "duplicates": 0 if stats is None else stats.duplicates,
+            "rejected": 0 if stats is None else stats.rejected, "acked": 0 if stats is None else stats.acked,
+            "events": report.get("events")}  # fmt: skip
+
+
 def _partial_score(name: str, total: int, missing: tuple[str, ...], suffix: str) -> str:
     """``qSOFA 1/3`` or, with missing inputs, ``qSOFA >= 1/3 (missing: sbp, acvpu)``: a lower bound, said so."""
     if not missing:
@@ -204,9 +251,28 @@ def register(app: typer.Typer) -> None:
             help="Listener processes sharing the port (SO_REUSEPORT; SQLite): more store more messages per second "
             "on a machine with cores to spare. --max-connections is per process.",
         ),
+        mqtt: str | None = typer.Option(
+            None, "--mqtt", help="Listen to an MQTT broker instead (mqtt://HOST[:PORT]): device readings, QoS 1."
+        ),
+        topic: str = typer.Option("devices/+/obs", "--topic", help="With --mqtt: the topic filter to subscribe to."),
+        client_id: str = typer.Option(
+            "medtwin-listener", "--client-id", help="With --mqtt: the persistent session's client id."
+        ),
     ) -> None:
-        """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts."""
+        """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
+
+        With --mqtt: device readings from an MQTT broker instead (docs/living-twin.md)."""
         console = make_console()
+        if mqtt is not None:
+            try:
+                summary = listen_mqtt(db, mqtt, topic, None if minutes is None else minutes * 60, console,
+                                      quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
+                                      pseudonymous=pseudonymous)  # fmt: skip
+            except (ValidationError, RuntimeError) as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from exc
+            console.print(f"stopped: {json.dumps(summary)}", highlight=False)
+            return
         try:
             summary = run_loop(
                 listen_for(

@@ -280,7 +280,11 @@ class GlucoseForecaster:
         )  # fmt: skip
 
     def _check_alert(self) -> list[Event]:
-        bg = self._paths(_ALERT_HORIZON_MIN)
+        return self._alert_from_paths(self._paths(_ALERT_HORIZON_MIN))
+
+    def _alert_from_paths(self, bg: FloatArray) -> list[Event]:
+        """The alert events for the particles' model BG paths *bg* ``(minutes + 1, N)`` over the alert horizon (the
+        batched filter of :mod:`medtwin.glucose.stream` computes the paths of many people in one call)."""
         low = bg.min(axis=0)
         p70 = float(np.sum(self.weights[low < _HYPO_MG_DL]))
         p54 = float(np.sum(self.weights[low < _SEVERE_HYPO_MG_DL]))

@@ -362,6 +362,9 @@ class AlertTracker:
                     severity=signal.severity,
                     data=data | {"revision": 1},
                     source=self.source,
+                    # from the patient, the condition and the time it was raised: the same input raises the same
+                    # alert, so a twin that processes messages again after a crash stores it once
+                    event_id=f"{patient_id or self.source}-{signal.code}-{at.strftime('%Y%m%dT%H%M%S.%f')}",
                 )
                 self._open[signal.code] = _OpenAlert(event.event_id, rank, at)
             else:

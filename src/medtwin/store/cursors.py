@@ -12,6 +12,7 @@ was read; such a consumer must re-read a window behind its cursor (not needed by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -40,9 +41,10 @@ class AcceptedMessage:
 
 
 def accepted_after(
-    store: Store, position: int, *, content_type: str | None = None, limit: int = 1000
+    store: Store, position: int, *, content_type: str | Sequence[str] | None = None, limit: int = 1000
 ) -> list[AcceptedMessage]:
-    """The accepted raw messages with ``raw_id > position`` (of *content_type* when given), oldest first."""
+    """The accepted raw messages with ``raw_id > position`` (of *content_type*, or of any of several, when given),
+    oldest first."""
     if limit < 1:
         raise ValidationError(f"accepted_after: limit must be at least 1, got {limit}")
     t = schema.raw_inbound
@@ -51,8 +53,10 @@ def accepted_after(
     stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload, t.c.source_id).where(
         t.c.raw_id > position, schema.unindexed(t.c.status) == "accepted"
     )
-    if content_type is not None:
+    if isinstance(content_type, str):
         stmt = stmt.where(t.c.content_type == content_type)
+    elif content_type is not None:
+        stmt = stmt.where(t.c.content_type.in_(list(content_type)))
     with store._reading() as conn:
         rows = conn.execute(stmt.order_by(t.c.raw_id).limit(limit)).all()
     return [AcceptedMessage(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in rows]

@@ -8,12 +8,16 @@ the state as JSON.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from medtwin.errors import ValidationError
 from medtwin.monitoring import (
     DEFAULT_FRESHNESS,
     AlertRules,
@@ -25,9 +29,32 @@ from medtwin.monitoring import (
     news2_observation,
     qsofa_score,
 )
-from medtwin.records import Event, Observation, Quantity
+from medtwin.records import (
+    Condition,
+    Encounter,
+    Event,
+    MedicationAdministration,
+    MedicationRequest,
+    Observation,
+    Patient,
+    Quantity,
+    Record,
+)
+from medtwin.store import codec
+from medtwin.twin.component import Component, ComponentRegistry, ComponentSpec, UnsupportedQuestionError
 
-__all__ = ["News2Forecast", "PatientTwin", "VitalsComponent"]
+__all__ = ["PENDING_PER_CODE", "News2Forecast", "PatientTwin", "VitalsComponent"]
+
+log = logging.getLogger(__name__)
+
+
+PENDING_PER_CODE = 20
+"""Records kept per kind and code for a component that has not started yet (the newest)."""
+
+_RECORD_TYPES: dict[str, type[Any]] = {
+    t.__name__: t
+    for t in (Observation, MedicationAdministration, MedicationRequest, Patient, Encounter, Condition, Event)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +169,10 @@ class VitalsComponent:
                 "observation_id": observation_id,
             },
             source=self.tracker.source,
+            # from the time and the observations scored: the same input gives the same id, a score changed by a late
+            # arrival (same time, other observations) another one
+            event_id=f"{self.patient_id}-news2-{at.strftime('%Y%m%dT%H%M%S.%f')}-"
+            + hashlib.blake2b("|".join(sorted(vitals.observation_ids)).encode(), digest_size=8).hexdigest(),
         )
 
     def forecast(self, horizon: timedelta) -> News2Forecast | None:
@@ -162,6 +193,24 @@ class VitalsComponent:
         x_end = (self.last_time + horizon - t0) / timedelta(hours=1)
         expected = min(20.0, max(0.0, intercept + slope * x_end))
         return News2Forecast(self.last_time, horizon, expected, slope, sd, n)
+
+    def what_if(self, scenario: Mapping[str, Any]) -> Any:
+        """Not offered: the vitals component scores what was measured; it does not simulate the patient."""
+        raise UnsupportedQuestionError("the vitals component has no what-if: it scores measured vital signs")
+
+    def recommend(self, goal: Mapping[str, Any] | None = None) -> Any:
+        """The latest NEWS2 and its RCP 2017 clinical response level (None before any score)."""
+        if self.last_news2 is None:
+            return None
+        return {"news2": self.last_news2.total, "clinical_response_level": self.last_news2.level}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The component contract's name for :meth:`state`."""
+        return self.state()
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """The component contract's name for :meth:`load_state`."""
+        self.load_state(dict(state))
 
     def state(self) -> dict[str, Any]:
         """JSON-ready state."""
@@ -189,34 +238,160 @@ class VitalsComponent:
 
 
 class PatientTwin:
-    """The twin of one patient: a composition of components (here: vitals)."""
+    """The twin of one patient: the vitals component always, and the other components of its *registry* that its
+    records call for (docs/architecture.md, "Patient twin components").
 
-    def __init__(self, patient_id: str, *, vitals: VitalsComponent | None = None) -> None:
+    A record goes to every component that consumes it (:class:`~medtwin.twin.component.Consumes`). A component
+    starts with the first record that starts it (a CGM reading, a dose of a drug with a library model); records it
+    consumes that arrive before that (a weight, a creatinine) are kept, at most :data:`PENDING_PER_CODE` per kind
+    and code, and handed to it when it starts.
+    """
+
+    def __init__(
+        self,
+        patient_id: str,
+        *,
+        vitals: VitalsComponent | None = None,
+        registry: ComponentRegistry | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.patient_id = patient_id
         self.vitals = vitals or VitalsComponent(patient_id)
+        self.registry = registry
+        self.settings: Mapping[str, Any] = settings or {}
+        self.components: dict[str, Component] = {}
+        self.patient: Patient | None = None  # the latest Patient record (sex, birth date for the components)
+        self._pending: dict[str, list[Record]] = {}
+        self._other_specs = [] if registry is None else [s for s in registry.specs() if s.name != VitalsComponent.name]
 
     @property
     def twin_id(self) -> str:
         """The id snapshots are stored under."""
         return f"patient:{self.patient_id}"
 
-    def observe(self, observations: Sequence[Observation]) -> list[Event]:
-        """Route *observations* of this patient to the components; return the events they produce."""
-        mine = [o for o in observations if o.patient_id == self.patient_id]
-        return self.vitals.observe(mine)
+    def _others(self) -> list[ComponentSpec]:
+        return self._other_specs
+
+    def observe(self, records: Sequence[Record], *, defer: bool = False) -> list[Record]:
+        """Route *records* of this patient to the components; return the events and derived records they produce.
+
+        Observations go to the vitals component as before; every record goes to the other components that consume
+        it. *defer*: leave the work a component batches across patients (the glucose filter) for the runtime to
+        flush for many twins at once (:meth:`TwinRuntime.process_many`); otherwise it is flushed here.
+        """
+        mine = [r for r in records if getattr(r, "patient_id", None) == self.patient_id]
+        out: list[Record] = list(self.vitals.observe([r for r in mine if isinstance(r, Observation)]))
+        others = self._others()
+        if not others:
+            return out
+        for r in mine:
+            if isinstance(r, Patient):
+                self.patient = r
+        for spec in others:
+            wanted = [r for r in mine if spec.wants(r)]
+            if not wanted:
+                continue
+            component = self.components.get(spec.name)
+            if component is None:
+                if not any(spec.starts(r) for r in wanted):
+                    self._keep_pending(spec.name, [r for r in wanted if not isinstance(r, Patient)])
+                    continue
+                component = spec.factory(self.patient_id, self.settings)
+                self.components[spec.name] = component
+                wanted = [r for r in wanted if not isinstance(r, Patient)]
+                patient = self._known_patient()
+                if patient is not None and spec.wants(patient):
+                    wanted.insert(0, patient)
+                wanted = [*self._pending.pop(spec.name, []), *wanted]
+            out.extend(component.observe(wanted))
+        if not defer:
+            out.extend(self.flush())
+        return out
+
+    def flush(self) -> list[Record]:
+        """Finish the work the components deferred (see :meth:`observe`); return what it produced."""
+        out: list[Record] = []
+        for component in self.components.values():
+            flush = getattr(component, "flush", None)
+            if flush is not None:
+                out.extend(flush())
+        return out
+
+    def _known_patient(self) -> Patient | None:
+        """The latest Patient record seen, else the one the *settings*' ``patient_lookup`` finds (the store's)."""
+        if self.patient is None:
+            lookup = self.settings.get("patient_lookup")
+            if lookup is not None:
+                self.patient = lookup(self.patient_id)
+        return self.patient
+
+    def _keep_pending(self, name: str, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        kept = self._pending.setdefault(name, [])
+        kept.extend(records)
+        counts: dict[tuple[str, str], int] = {}
+        keep: list[Record] = []
+        for r in reversed(kept):  # the newest PENDING_PER_CODE of each kind and code
+            key = (type(r).__name__, r.code.code if isinstance(r, Observation) else "")
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] <= PENDING_PER_CODE:
+                keep.append(r)
+        self._pending[name] = keep[::-1]
+
+    def component(self, name: str) -> Component | VitalsComponent:
+        """The component called *name* (a :class:`ValidationError` when this twin has none of that name)."""
+        if name == VitalsComponent.name:
+            return self.vitals
+        try:
+            return self.components[name]
+        except KeyError:
+            have = ", ".join([VitalsComponent.name, *self.components])
+            raise ValidationError(f"patient {self.patient_id} has no {name} component (it has: {have})") from None
 
     def forecast(self, horizon: timedelta) -> News2Forecast | None:
         """The vitals component's NEWS2 forecast."""
         return self.vitals.forecast(horizon)
 
     def snapshot(self) -> bytes:
-        """The twin state as JSON bytes."""
-        return json.dumps({"patient_id": self.patient_id, "vitals": self.vitals.state()}).encode()
+        """The twin state as JSON bytes (the vitals state, then the other components' and the kept records)."""
+        state: dict[str, Any] = {"patient_id": self.patient_id, "vitals": self.vitals.state()}
+        if self.components:
+            state["components"] = {name: c.snapshot() for name, c in self.components.items()}
+            if self.patient is not None:  # without the identity (it is kept apart in the store)
+                state["patient"] = codec.encode(dataclasses.replace(self.patient, identity=None))
+        if self._pending:
+            state["pending"] = {
+                name: [[type(r).__name__, codec.encode(r)] for r in kept] for name, kept in self._pending.items()
+            }
+        return json.dumps(state).encode()
 
     @classmethod
-    def restore(cls, blob: bytes, *, vitals: VitalsComponent | None = None) -> PatientTwin:
-        """A twin from :meth:`snapshot` bytes (optionally into a configured, empty vitals component)."""
+    def restore(
+        cls,
+        blob: bytes,
+        *,
+        vitals: VitalsComponent | None = None,
+        registry: ComponentRegistry | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> PatientTwin:
+        """A twin from :meth:`snapshot` bytes (optionally into a configured, empty vitals component); the other
+        components are made by *registry* (a component the registry no longer has is logged and dropped)."""
         state = json.loads(blob)
-        twin = cls(state["patient_id"], vitals=vitals)
+        twin = cls(state["patient_id"], vitals=vitals, registry=registry, settings=settings)
         twin.vitals.load_state(state["vitals"])
+        known = {s.name: s for s in twin._others()}
+        for name, comp_state in state.get("components", {}).items():
+            spec = known.get(name)
+            if spec is None:
+                log.warning("twin %s: component %r of the snapshot is not registered; dropped", twin.twin_id, name)
+                continue
+            component = spec.factory(twin.patient_id, twin.settings)
+            component.restore(comp_state)
+            twin.components[name] = component
+        if state.get("patient"):
+            twin.patient = codec.decode(Patient, state["patient"])
+        for name, kept in state.get("pending", {}).items():
+            if name in known:
+                twin._pending[name] = [codec.decode(_RECORD_TYPES[kind], body) for kind, body in kept]
         return twin

@@ -15,13 +15,21 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from medtwin.monitoring import DEFAULT_FRESHNESS, AlertRules
-from medtwin.records import Event, Observation, Record
+from medtwin.records import (
+    Event,
+    MedicationAdministration,
+    MedicationRequest,
+    Observation,
+    Patient,
+    Record,
+)
+from medtwin.twin.component import ComponentRegistry
 from medtwin.twin.patient import PatientTwin, VitalsComponent
 
 __all__ = ["RuntimeStore", "TwinRuntime"]
@@ -29,6 +37,9 @@ __all__ = ["RuntimeStore", "TwinRuntime"]
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[Event], None]
+
+# the record kinds the runtime routes to twins (each has a patient_id); events are outputs, not inputs
+_ROUTED = (Observation, MedicationAdministration, MedicationRequest, Patient)
 
 
 class RuntimeStore(Protocol):
@@ -65,11 +76,20 @@ class TwinRuntime:
         *,
         freshness: timedelta = DEFAULT_FRESHNESS,
         rules: AlertRules = AlertRules(),
-        snapshot_every: timedelta = timedelta(minutes=1),
+        snapshot_every: timedelta | None = timedelta(minutes=1),
         queue_size: int = 10_000,
         group_window_s: float = 0.05,
+        registry: ComponentRegistry | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
+        # the built-in components and the installed packages' (entry points); only those a patient's records call
+        # for run in that patient's twin, so a vitals-only feed costs a routing check per record
+        self.registry = registry if registry is not None else ComponentRegistry.default()
+        lookup = getattr(store, "patient", None)
+        self.settings: dict[str, Any] = {"patient_lookup": lookup} if lookup is not None else {}
+        if settings:
+            self.settings.update(settings)
         self.freshness = freshness
         self.rules = rules
         self.snapshot_every = snapshot_every
@@ -80,8 +100,11 @@ class TwinRuntime:
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self._last_snapshot: dict[str, float] = {}
+        self._dirty: set[str] = set()  # twins changed since the last checkpoint
         self.alert_latencies_s: deque[float] = deque(maxlen=100_000)  # the most recent alerts' receipt-to-alert
         self.alerts_raised = 0  # every alert, also those whose latency has left the window above
+        # receipt-to-processed (twins updated, forecasts made, outputs committed) of the most recent messages
+        self.processed_latencies_s: deque[float] = deque(maxlen=100_000)
         self.events_published = 0
         self.busy_s = 0.0
 
@@ -99,7 +122,8 @@ class TwinRuntime:
             if twin is None:
                 vitals = VitalsComponent(patient_id, freshness=self.freshness, rules=self.rules)
                 snap = self.store.latest_snapshot(f"patient:{patient_id}") if self.store is not None else None
-                twin = PatientTwin.restore(snap[1], vitals=vitals) if snap else PatientTwin(patient_id, vitals=vitals)
+                kw: dict[str, Any] = {"vitals": vitals, "registry": self.registry, "settings": self.settings}
+                twin = PatientTwin.restore(snap[1], **kw) if snap else PatientTwin(patient_id, **kw)
                 self.twins[patient_id] = twin
             return twin
 
@@ -113,6 +137,7 @@ class TwinRuntime:
         items: Sequence[tuple[Sequence[Record], float | None]],
         *,
         also: Callable[[], None] | None = None,
+        checkpoint: bool = False,
     ) -> list[Event]:
         """Process several stored messages' records, in order, with ONE store transaction for their outputs.
 
@@ -120,48 +145,65 @@ class TwinRuntime:
         used to measure receipt-to-alert latency. The group's events, NEWS2 Observations, resolved alerts and due
         snapshots are written in one transaction when the store offers ``unit_of_work`` (a
         :class:`medtwin.store.Store` does); *also* runs inside it, after them (the worker saves its cursor there,
-        so the cursor never moves past outputs that were not stored). Subscribers are called after the commit.
+        so the cursor never moves past outputs that were not stored). With *checkpoint* the transaction also holds
+        a snapshot of every twin changed since the last checkpoint (:meth:`checkpoint`). Subscribers are called after
+        the commit.
         """
         events: list[Event] = []
         to_write: list[Record] = []
         cleared: list[str] = []
         touched: dict[str, PatientTwin] = {}
+        routed = _ROUTED
+        latest_received: float | None = None
         with self._lock:
             twins = self.twins
             for records, received in items:
-                by_patient: dict[str, list[Observation]] = {}
+                if received is not None:
+                    latest_received = received
+                by_patient: dict[str, list[Record]] = {}
                 for r in records:
-                    if isinstance(r, Observation):
-                        mine = by_patient.get(r.patient_id)
+                    if isinstance(r, routed):
+                        pid = r.patient_id
+                        mine = by_patient.get(pid)
                         if mine is None:
-                            by_patient[r.patient_id] = [r]
+                            by_patient[pid] = [r]
                         else:
                             mine.append(r)
-                for patient_id, observations in by_patient.items():
+                for patient_id, mine_records in by_patient.items():
                     twin = twins.get(patient_id)
                     if twin is None:
                         twin = self.twin(patient_id)
                     touched[patient_id] = twin
-                    new = twin.observe(observations)
+                    new = twin.observe(mine_records, defer=True)
                     vitals = twin.vitals
                     if vitals.cleared:
                         cleared.extend(vitals.cleared)
                         vitals.cleared = []
                     if not new:
                         continue
-                    events.extend(new)
-                    to_write.extend(new)
-                    if vitals.last_news2_observation is not None and any(e.code == "news2" for e in new):
+                    self._collect(new, received, events, to_write, cleared)
+                    if vitals.last_news2_observation is not None and any(
+                        isinstance(e, Event) and e.code == "news2" for e in new
+                    ):
                         to_write.append(vitals.last_news2_observation)
-                    alerts = sum(1 for e in new if e.kind == "alert")  # new ones and escalations: both reach a person
-                    self.alerts_raised += sum(1 for e in new if e.kind == "alert" and e.data.get("revision", 1) == 1)
-                    if received is not None and alerts:
-                        self.alert_latencies_s.extend([time.monotonic() - received] * alerts)
+            flushed = self._flush(list(touched.values()))
+            for twin in touched.values():  # alerts the other components saw clear (vitals: above)
+                for component in twin.components.values():
+                    gone = getattr(component, "cleared", None)
+                    if gone:
+                        cleared.extend(gone)
+                        gone.clear()
+            if flushed:
+                self._collect(flushed, latest_received, events, to_write, cleared)
+            if self.store is not None:
+                self._dirty.update(touched)
             unit = getattr(self.store, "unit_of_work", None)
             with unit() if unit is not None else nullcontext():
-                self._persist(to_write, cleared, list(touched.values()))
+                self._persist(to_write, cleared, list(touched.values()), checkpoint=checkpoint)
                 if also is not None:
                     also()
+            done = time.monotonic()
+            self.processed_latencies_s.extend(done - received for _, received in items if received is not None)
         for event in events:
             self.events_published += 1
             for callback in list(self._subscribers):
@@ -171,7 +213,53 @@ class TwinRuntime:
                     log.exception("event subscriber failed")
         return events
 
-    def _persist(self, to_write: list[Record], cleared: list[str], twins: list[PatientTwin]) -> None:
+    def _collect(
+        self,
+        new: Sequence[Record],
+        received: float | None,
+        events: list[Event],
+        to_write: list[Record],
+        cleared: list[str],
+    ) -> None:
+        """Add a twin's outputs to the group's writes and events; count the alerts and their latency.
+
+        An alert that cleared earlier in the group and is raised again now (a recurrence reopens the same id) is no
+        longer to be resolved: the group's resolutions are written after its events, so without this the outcome
+        would depend on how messages were grouped (and a worker restarted after a crash groups them differently).
+        """
+        to_write.extend(new)
+        raised = [e for e in new if isinstance(e, Event)]
+        if cleared and raised:
+            again = {e.event_id for e in raised}
+            cleared[:] = [c for c in cleared if c not in again]
+        events.extend(raised)
+        alerts = sum(1 for e in raised if e.kind == "alert")  # new ones and escalations: both reach a person
+        self.alerts_raised += sum(1 for e in raised if e.kind == "alert" and e.data.get("revision", 1) == 1)
+        if received is not None and alerts:
+            self.alert_latencies_s.extend([time.monotonic() - received] * alerts)
+
+    def _flush(self, twins: list[PatientTwin]) -> list[Record]:
+        """The components' deferred work for the group's twins: one batched call per component kind that offers
+        one (the glucose filter of every patient with a new reading), else each component's ``flush``."""
+        out: list[Record] = []
+        if self.registry is None:
+            return out
+        for spec in self.registry.specs():
+            components = [t.components[spec.name] for t in twins if spec.name in t.components]
+            if not components:
+                continue
+            if spec.flush_many is not None:
+                out.extend(spec.flush_many(components))
+                continue
+            for component in components:
+                flush = getattr(component, "flush", None)
+                if flush is not None:
+                    out.extend(flush())
+        return out
+
+    def _persist(
+        self, to_write: list[Record], cleared: list[str], twins: list[PatientTwin], *, checkpoint: bool = False
+    ) -> None:
         if self.store is None:
             return
         # an escalation is a new version of an alert already raised (medtwin.monitoring.alerts): stored over it
@@ -188,11 +276,37 @@ class TwinRuntime:
             self.store.upsert_events(updates)
         if cleared:
             self._resolve(self.store, cleared)
+        if checkpoint:
+            self._save_dirty()
+            return
+        if self.snapshot_every is None:  # snapshots only at checkpoints (the log-following worker)
+            return
         now = time.monotonic()
         for twin in twins:
             if now - self._last_snapshot.get(twin.patient_id, 0.0) >= self.snapshot_every.total_seconds():
                 self._last_snapshot[twin.patient_id] = now
                 self.store.save_snapshot(twin.twin_id, twin.snapshot(), datetime.now(UTC))
+
+    def _save_dirty(self) -> None:
+        assert self.store is not None
+        at = datetime.now(UTC)
+        for patient_id in sorted(self._dirty):
+            twin = self.twins.get(patient_id)
+            if twin is not None:
+                self.store.save_snapshot(twin.twin_id, twin.snapshot(), at)
+        self._dirty.clear()
+
+    def checkpoint(self, *, also: Callable[[], None] | None = None) -> None:
+        """Snapshot every twin changed since the last checkpoint and run *also* (the worker saves its cursor) in ONE
+        transaction: the saved twins and the saved cursor always describe the same point of the log, so a worker
+        restarted after a crash resumes from a consistent state (docs/architecture.md, "Durability")."""
+        with self._lock:
+            unit = getattr(self.store, "unit_of_work", None)
+            with unit() if unit is not None else nullcontext():
+                if self.store is not None:
+                    self._save_dirty()
+                if also is not None:
+                    also()
 
     @staticmethod
     def _resolve(store: RuntimeStore, event_ids: list[str]) -> None:

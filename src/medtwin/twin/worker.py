@@ -29,11 +29,13 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+from medtwin.interop.device_obs import DEVICE_CONTENT_TYPE, stored_device_records
 from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
-from medtwin.records import Event, Observation, Record
+from medtwin.records import Event, MedicationAdministration, MedicationRequest, Observation, Patient, Record
 from medtwin.service import exit_with_parent, prepare_service_heap
 from medtwin.store import (
+    AcceptedMessage,
     SharedWriteLock,
     Store,
     accepted_after,
@@ -47,7 +49,9 @@ from medtwin.store.locks import lock_path_for
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
+    "CHECKPOINT_EVERY_S",
     "DEFAULT_CONSUMER",
+    "FOLLOWED_CONTENT_TYPES",
     "LISTENER_CHECKPOINT_S",
     "SKIPPED_CODE",
     "LogFollower",
@@ -57,6 +61,7 @@ __all__ = [
     "listener_store",
     "record_skipped",
     "recover_and_follow",
+    "stored_message_records",
     "stored_records",
 ]
 
@@ -66,6 +71,10 @@ DEFAULT_CONSUMER = "twin-runtime"
 # The worker reads each raw page once and writes a few event pages: a small SQLite cache is enough, and keeps its
 # memory flat (with the store's default 64 MiB its RSS grew about 4 MB a minute through a 10-minute soak).
 WORKER_CACHE_MIB = 8
+CHECKPOINT_EVERY_S = 60.0
+"""How often the worker saves its cursor with its twins' snapshots (each twin changed in between is saved once:
+the snapshot volume of the runtime's one-a-minute snapshots; a restart processes at most this much again)."""
+_TAKEN = (Observation, MedicationAdministration, MedicationRequest, Patient)
 
 
 def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[Record]:
@@ -75,6 +84,19 @@ def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[R
     messages = parse_payload(payload)
     one = key if len(messages) == 1 else None
     return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
+
+
+FOLLOWED_CONTENT_TYPES = (CONTENT_TYPE, DEVICE_CONTENT_TYPE)
+"""The raw-log entries the twins follow: HL7 v2 messages (MLLP) and device readings (MQTT)."""
+
+
+def stored_message_records(message: AcceptedMessage, assume_tz: tzinfo = UTC) -> list[Record]:
+    """The records a stored raw entry was mapped to, mapped again (the mappings are deterministic): an HL7 v2
+    message (:func:`stored_records`) or a device reading (:func:`medtwin.interop.device_obs.stored_device_records`);
+    only the kinds the twins take (observations, medication administrations and requests, patients)."""
+    if message.content_type == DEVICE_CONTENT_TYPE:
+        return list(stored_device_records(message.payload))
+    return [r for r in stored_records(message.payload, message.source_id, assume_tz) if isinstance(r, _TAKEN)]
 
 
 class LogFollower:
@@ -110,7 +132,7 @@ class LogFollower:
         maps (a changed mapping, a different time zone setting) is logged with its raw id and skipped, never
         silently.
         """
-        found = accepted_after(self.store, self.read, content_type=CONTENT_TYPE, limit=self.batch)
+        found = accepted_after(self.store, self.read, content_type=FOLLOWED_CONTENT_TYPES, limit=self.batch)
         self.last_poll_full = len(found) == self.batch
         if not found:
             return []
@@ -118,10 +140,7 @@ class LogFollower:
         out: list[tuple[Sequence[Record], float]] = []
         for message in found:
             try:
-                records: list[Record] = [
-                    r for r in stored_records(message.payload, message.source_id, self.assume_tz)
-                    if isinstance(r, Observation)
-                ]  # fmt: skip
+                records = stored_message_records(message, self.assume_tz)
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
@@ -142,7 +161,8 @@ class LogFollower:
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
     """What a worker did: messages read, events raised, alerts and their receipt-to-alert latency (over the most
-    recent 100,000 alerts)."""
+    recent 100,000 alerts), and the receipt-to-processed latency of the most recent 100,000 messages (twins updated,
+    forecasts made, outputs committed)."""
 
     messages: int
     unmappable: int
@@ -152,6 +172,8 @@ class WorkerStats:
     alert_p99_ms: float
     busy_s: float
     position: int
+    processed_p50_ms: float = float("nan")
+    processed_p99_ms: float = float("nan")
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -164,7 +186,7 @@ def follow(
     *,
     should_stop: Callable[[], bool],
     group_window_s: float = 0.2,
-    cursor_every_s: float = 1.0,
+    cursor_every_s: float = CHECKPOINT_EVERY_S,
     max_messages: int | None = None,
     abandon: Callable[[], bool] | None = None,
 ) -> WorkerStats:
@@ -172,10 +194,13 @@ def follow(
 
     The worker reads whatever arrived during the last *group_window_s* as one group, stores the group's outputs
     (events, NEWS2 Observations, resolved alerts, due snapshots) in one transaction, and saves its cursor in that
-    transaction at most every *cursor_every_s* (and when it stops). The listener shares SQLite's single writer
-    lock: every runtime transaction is one more wait for the lock, for the worker and for the listener, so a few
-    larger runtime transactions keep both moving. The price: alerts come up to one window later, and after a
-    crash up to *cursor_every_s* of messages are processed again (at least once).
+    transaction at most every *cursor_every_s* (and when it stops), together with a snapshot of every twin changed
+    since the last such checkpoint (:meth:`TwinRuntime.checkpoint`): the saved twins and the saved cursor always
+    describe the same point of the log. The listener shares SQLite's single writer lock: every runtime transaction
+    is one more wait for the lock, for the worker and for the listener, so a few larger runtime transactions keep
+    both moving. The price: alerts come up to one window later, and after a crash up to *cursor_every_s* of
+    messages are processed again from the checkpoint's state; the twins are deterministic and their outputs' ids
+    come from their inputs, so that gives the same alerts and proposals again, stored once.
     A backlog is read without waiting. With *max_messages* it returns once it has read that many; once *abandon*
     returns True (the parent process died) it saves its cursor and returns at once, backlog or not.
     """
@@ -187,7 +212,8 @@ def follow(
         if follower.read != before:
             started = time.perf_counter()
             save = time.monotonic() - saved_at >= cursor_every_s
-            runtime.process_many(items, also=follower.commit if save else None)  # in the group's transaction
+            # the cursor, and the snapshots of the twins changed since the last one, in the group's transaction
+            runtime.process_many(items, also=follower.commit if save else None, checkpoint=save)
             if save:
                 saved_at = time.monotonic()
             busy += time.perf_counter() - started
@@ -200,8 +226,9 @@ def follow(
         elif should_stop():
             break
         time.sleep(group_window_s)
-    follower.commit()
+    runtime.checkpoint(also=follower.commit)
     latencies = sorted(runtime.alert_latencies_s)
+    processed = sorted(runtime.processed_latencies_s)
     return WorkerStats(
         messages=follower.messages,
         unmappable=follower.unmappable,
@@ -211,6 +238,8 @@ def follow(
         alert_p99_ms=_pct(latencies, 99),
         busy_s=busy,
         position=follower.position,
+        processed_p50_ms=_pct(processed, 50),
+        processed_p99_ms=_pct(processed, 99),
     )
 
 
@@ -306,7 +335,7 @@ def recover_and_follow(
             log.exception("twin runtime failed after raw id %d; restarting from the saved cursor", position)
             if isolating and failures >= attempts:
                 try:
-                    bad = accepted_after(store, position, content_type=CONTENT_TYPE, limit=1)
+                    bad = accepted_after(store, position, content_type=FOLLOWED_CONTENT_TYPES, limit=1)
                     if bad:
                         save_cursor(store, name, bad[0].raw_id)
                         skipped += 1
@@ -342,6 +371,7 @@ def _child(
     stop: Any,
     write_lock: SharedWriteLock | None = None,
     checkpoints_elsewhere: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """The worker process: follow the log until told to stop (or until the parent dies), then report."""
     # NORMAL sync: the worker writes derived data only (events, NEWS2, snapshots, its cursor after them), computed
@@ -366,7 +396,9 @@ def _child(
             return bool(stop.is_set()) or orphaned.is_set()
 
         def make_runtime() -> TwinRuntime:
-            runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s))
+            # snapshots only at checkpoints, with the cursor (follow): a restart resumes from a consistent state
+            runtime = TwinRuntime(store, freshness=timedelta(seconds=freshness_s), snapshot_every=None,
+                                  settings=settings)  # fmt: skip
             if on_event is not None:
                 runtime.subscribe(on_event)
             return runtime
@@ -418,7 +450,8 @@ class RuntimeProcess:
     listener's store from :func:`listener_store`, so the worker's writes are not starved by the listener's commits;
     with it the worker also leaves WAL checkpoints to the listener (measured: otherwise every commit of the worker
     that found the WAL past 10,000 pages ran a 15-30 ms checkpoint while holding the write lock, and the listener's
-    ACKs waited for it).
+    ACKs waited for it). *settings*: the twin components' settings (picklable values, e.g.
+    ``{"glucose_particles": 64}``).
     """
 
     def __init__(
@@ -430,8 +463,10 @@ class RuntimeProcess:
         assume_tz: tzinfo = UTC,
         on_event: Callable[[Event], None] | None = None,
         write_lock: SharedWriteLock | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.db = db
+        self.settings = settings
         self.write_lock = write_lock
         self.freshness = freshness
         self.name = name
@@ -459,6 +494,7 @@ class RuntimeProcess:
                 self._stop,
                 self.write_lock,
                 self.write_lock is not None,  # a listener's lock: that listener checkpoints (listener_store)
+                self.settings,
             ),
             name="medtwin-twin-runtime",
             daemon=True,

@@ -1,4 +1,5 @@
-"""Map parsed HL7 v2 messages to medtwin records: ORU^R01 vital signs -> Observations, ADT^A0x -> Encounter + Patient.
+"""Map parsed HL7 v2 messages to medtwin records: ORU^R01 results -> Observations, ADT^A0x -> Encounter + Patient,
+RAS^O17 / RDE^O11 -> MedicationAdministrations / MedicationRequests.
 
 Vital signs arrive coded in LOINC (``LN``) or in ISO/IEEE 11073-10101 MDC codes (IHE PCD-01 "Communicate PCD
 Data", ``MDC``); MDC codes are normalised to the LOINC concept (the MDC coding is kept in ``alt_codes``), and
@@ -19,6 +20,7 @@ from typing import Any
 
 from medtwin import codes
 from medtwin.errors import ValidationError
+from medtwin.interop.hl7v2 import pharmacy
 from medtwin.interop.hl7v2.obx import (
     CODING_SYSTEMS,
     MDC_UNITS,
@@ -104,7 +106,7 @@ KNOWN_SEGMENTS = frozenset(
     {"MSH", "SFT", "UAC", "EVN", "PID", "PD1", "NK1", "PV1", "PV2", "ORC", "OBR", "OBX", "NTE", "TQ1", "TQ2", "SPM",
      "AL1", "DG1", "PR1", "GT1", "IN1", "IN2", "IN3", "ROL", "DB1", "ARV", "PRT", "ACC", "UB1", "UB2", "PDA",
      "OH1", "OH2", "OH3", "OH4", "GP1", "GP2", "IAM", "IAR", "ERR", "MSA", "CTI", "TXA"}
-)  # fmt: skip
+) | pharmacy.PHARMACY_SEGMENTS  # fmt: skip
 
 _PATIENT_CLASS = {"E": "EMER", "I": "IMP", "O": "AMB", "P": "PRENC", "R": "AMB", "B": "OBSENC", "N": "AMB"}
 _GENDER: dict[str, str] = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
@@ -184,10 +186,11 @@ def map_message(
     """Turn a parsed message into records.
 
     ORU^R01 (and R30/R31/R32) -> Patient + Observations; ADT^A01/A02/A03/A04/A08 (and A11-A13, A28, A31) ->
-    Patient (+ Encounter when PV1 is present). Any other type gives ``supported=False`` and no records (the
-    message is still kept in the raw log). Times without an offset are read in *assume_tz*. *key*: the control key
-    of the records' provenance (default :func:`control_key` of the message; the raw log's ``source_id`` of the
-    entry when mapping a stored message again).
+    Patient (+ Encounter when PV1 is present); RAS^O17 -> Patient + MedicationAdministrations and RDE^O11 ->
+    Patient + MedicationRequests (:mod:`medtwin.interop.hl7v2.pharmacy`). Any other type gives ``supported=False``
+    and no records (the message is still kept in the raw log). Times without an offset are read in *assume_tz*.
+    *key*: the control key of the records' provenance (default :func:`control_key` of the message; the raw log's
+    ``source_id`` of the entry when mapping a stored message again).
 
     A plain ORU^R01 (no repetition, escape or subcomponent in the MSH, PV1, OBR and OBX fields read) takes a
     shorter path with the same result; see :func:`map_message_general`.
@@ -244,6 +247,16 @@ def _map(
         patient_id = patient.patient_id
         records.append(patient)
         records.extend(_observations(ctx, patient_id))
+    elif (mtype, event) in (("RAS", "O17"), ("RDE", "O11")):
+        patient = _patient(ctx)
+        patient_id = patient.patient_id
+        records.append(patient)
+        segments = list(message.segments)
+        if mtype == "RAS":
+            records.extend(pharmacy.administrations(segments, patient_id, ctx.when,
+                                                    lambda suffix: _provenance(ctx, suffix), _stable_id))  # fmt: skip
+        else:
+            records.extend(pharmacy.orders(segments, patient_id, ctx.when, lambda suffix: _provenance(ctx, suffix)))
     elif mtype == "ADT" and (event in _ADT_EVENTS or event == ""):
         patient = _patient(ctx)
         patient_id = patient.patient_id

@@ -1,0 +1,225 @@
+"""Living-twin benchmark: CGM wearers' readings through MQTT into the patient twins with forecasting on.
+
+Two measurements, in one run:
+
+1. In process, the glucose component's work alone: R readings of P patients assimilated with the 30-minute
+   predicted-low forecast on each, batched across patients (:func:`medtwin.twin.glucose_component.flush_glucose`,
+   what the runtime does) against the same readings one patient at a time (the baseline: the forecaster's own
+   ``update``); readings/s of each and the ratio. The outputs are identical (tests/twin/test_glucose_component.py).
+2. End to end: P simulated wearers (UVA/Padova, medtwin.glucose, closed loop) publish D days of 5-minute CGM as
+   compact JSON over MQTT (QoS 1) from a publisher process as fast as the broker takes them; ``medtwin listen
+   --mqtt`` 's listener (PUBACK after the durable commit) stores them and the twin runtime worker (own process,
+   following the store) forecasts on each. Readings/s from the first publish to the last reading processed;
+   receipt-to-processed latency p50/p99 from the worker (the time from the listener's commit, when its PUBACK
+   goes, to the twins having processed the reading, forecast included, and committed their outputs); CPU seconds
+   of every process.
+
+A private Mosquitto (``mosquitto`` on PATH) is started on a free port with no in-flight limit, so the broker's
+default window of 20 unacknowledged messages per client does not cap the group commit; without one it uses
+127.0.0.1:1883 and says so.
+
+    .venv/bin/python bench/twin_stream.py --patients 1000 --days 7     # the issue's week (about 2 million readings)
+    .venv/bin/python bench/twin_stream.py --patients 1000 --days 1     # one day
+    .venv/bin/python bench/twin_stream.py --quick                      # 100 patients, 1 day
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+# -- 1. the glucose component alone ------------------------------------------------------------------------------
+def in_process(patients: int, readings: int, particles: int) -> dict[str, Any]:
+    """Batched vs one patient at a time over the same readings."""
+    import numpy as np
+
+    from medtwin.glucose.forecast import GlucoseForecaster
+    from medtwin.glucose.stream import population_posterior, update_many
+
+    posterior = population_posterior(body_weight_kg=70, basal_u_h=1.0, draws=256)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rng = np.random.default_rng(0)
+    values = (
+        130
+        + 40 * np.sin(np.arange(readings)[:, None] / 20 + rng.uniform(0, 6, patients))
+        + rng.normal(0, 5, (readings, patients))
+    )
+    out: dict[str, Any] = {"patients": patients, "readings_each": readings, "particles": particles}
+    for mode in ("one_at_a_time", "batched"):
+        fs = [GlucoseForecaster(posterior, start, particles=particles, seed=i) for i in range(patients)]
+        for f in fs:  # warm the kernels outside the timing
+            f.update(start, float(values[0, 0]))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for k in range(1, readings):
+            at = start + timedelta(minutes=5 * k)
+            if mode == "batched":
+                update_many([(f, at, float(values[k, i])) for i, f in enumerate(fs)])
+            else:
+                for i, f in enumerate(fs):
+                    f.update(at, float(values[k, i]))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        n = patients * (readings - 1)
+        out[mode] = {"readings": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "readings_per_s": round(n / wall)}
+    out["ratio_batched_vs_one_at_a_time"] = round(
+        out["batched"]["readings_per_s"] / out["one_at_a_time"]["readings_per_s"], 2
+    )
+    return out
+
+
+# -- 2. end to end through MQTT ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broker(tmp: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        return None, 1883, "shared broker 127.0.0.1:1883 (no mosquitto executable: default in-flight window of 20)"
+    port = _free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_inflight_messages 0\nmax_queued_messages 0\n")  # fmt: skip
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port, f"private mosquitto on 127.0.0.1:{port} (no in-flight or queue limit)"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the private mosquitto did not start")
+
+
+PUBLISHER = """
+import json, sys, time
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from medtwin.cli.devices import simulated_readings
+port, patients, days = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+_, readings = simulated_readings(patients, days, seed=1)
+payloads = [(f"devices/sim-cgm-{i:04d}/obs", json.dumps(p)) for _, i, p in readings]
+client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
+client.max_inflight_messages_set(0)
+client.max_queued_messages_set(0)
+client.connect("127.0.0.1", port)
+client.loop_start()
+print(json.dumps({"ready": len(payloads)}), flush=True)
+sys.stdin.readline()
+t0 = time.time()
+infos = [client.publish(topic, body, qos=1) for topic, body in payloads]
+for info in infos:
+    info.wait_for_publish(600)
+print(json.dumps({"first_publish": t0, "published": len(infos), "seconds": time.time() - t0}), flush=True)
+client.loop_stop()
+client.disconnect()
+"""
+
+
+def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str, Any]:
+    from medtwin.interop.devices import register_device
+    from medtwin.interop.mqtt import MqttListener
+    from medtwin.records import Patient
+    from medtwin.store import Store, last_raw_id, load_cursor
+    from medtwin.twin import RuntimeProcess
+    from medtwin.twin.worker import DEFAULT_CONSUMER, listener_store
+
+    broker, port, broker_note = _broker(tmp)
+    db = f"sqlite:///{tmp / 'twins.db'}"
+    setup = Store(db)
+    setup.write([Patient(patient_id=f"pt-sim-cgm-{i:04d}", gender="unknown") for i in range(patients)])
+    for i in range(patients):
+        register_device(setup, f"sim-cgm-{i:04d}", f"pt-sim-cgm-{i:04d}")
+    setup.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(patients), str(days)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    assert publisher.stdout is not None
+    assert publisher.stdin is not None
+    expected = json.loads(publisher.stdout.readline())["ready"]
+    store, lock = listener_store(db)
+    worker = RuntimeProcess(db, write_lock=lock,
+                            settings={"glucose_particles": particles, "glucose_reidentify": False})  # fmt: skip
+    worker.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{port}", "devices/+/obs", client_id="bench-listener")
+    listener.start()
+    cpu0 = _cpu()
+    publisher.stdin.write("go\n")
+    publisher.stdin.flush()
+    published = json.loads(publisher.stdout.readline())
+    deadline = time.monotonic() + 3600
+    while listener.stats.stored + listener.stats.duplicates < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stored_at = time.time()
+    last = last_raw_id(store)
+    while (load_cursor(store, DEFAULT_CONSUMER) or 0) < last and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done_at = time.time()
+    stats = listener.stop()
+    report = worker.stop()
+    store.close()
+    publisher.wait(60)
+    cpu = _cpu() - cpu0
+    if broker is not None:
+        broker.terminate()
+        broker.wait(10)
+    first = float(published["first_publish"])
+    return {
+        "patients": patients, "days": days, "particles": particles, "readings": expected, "broker": broker_note,
+        "stored": stats.stored, "duplicates": stats.duplicates, "rejected": stats.rejected, "commits": stats.commits,
+        "publish_s": round(published["seconds"], 2), "stored_s": round(stored_at - first, 2),
+        "end_to_end_s": round(done_at - first, 2), "readings_per_s": round(expected / (done_at - first)),
+        "stored_per_s": round(expected / (stored_at - first)),
+        "processed_p50_ms": report.get("processed_p50_ms"), "processed_p99_ms": report.get("processed_p99_ms"),
+        "worker_busy_s": round(float(report.get("busy_s", 0.0)), 2), "alerts": report.get("alerts"),
+        "cpu_s_all_processes": round(cpu, 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--particles", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="100 patients, 1 day")
+    parser.add_argument("--skip-mqtt", action="store_true", help="only the in-process comparison")
+    args = parser.parse_args()
+    if args.quick:
+        args.patients, args.days = 100, 1
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+    }  # fmt: skip
+    result["in_process"] = in_process(min(args.patients, 1000), 24, args.particles)
+    print(json.dumps(result["in_process"]), flush=True)
+    if not args.skip_mqtt:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["end_to_end"] = end_to_end(args.patients, args.days, args.particles, Path(tmp))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Registered devices and the patient each is bound to, kept as FHIR R4 Device resources in the store.
+
+A device is stored as a Device resource (``id`` the device id, ``type.text`` its kind, ``patient`` the reference
+of the patient it is bound to, ``status`` active) through the store's kept FHIR resources, so it is exported with
+the patient's record. Binding a device again to another patient replaces the resource; the earlier version stays
+in the store's version history. The MQTT listener accepts readings only from registered, bound, active devices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from medtwin.errors import ValidationError
+from medtwin.store import FhirResource, Store
+from medtwin.store import schema as store_schema
+
+__all__ = ["DeviceBinding", "bound_patient", "list_devices", "register_device"]
+
+_DEVICE_ID_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceBinding:
+    """A registered device: its id, kind (``cgm``, ``pulse-oximeter``...), the bound patient and its status."""
+
+    device_id: str
+    kind: str
+    patient_id: str | None
+    status: str
+
+
+def _check_id(device_id: str) -> None:
+    ok = device_id and len(device_id) <= _DEVICE_ID_CHARS and all(c.isalnum() or c in "-_." for c in device_id)
+    if not ok:
+        raise ValidationError(
+            f"device id {device_id[:80]!r}: 1-{_DEVICE_ID_CHARS} letters, digits, '-', '_' or '.' (it is a topic level)"
+        )
+
+
+def register_device(store: Store, device_id: str, patient_id: str, *, kind: str = "cgm") -> DeviceBinding:
+    """Register *device_id* (of *kind*) and bind it to *patient_id* (a stored patient); returns the binding."""
+    _check_id(device_id)
+    if store.patient(patient_id) is None:
+        raise ValidationError(f"patient {patient_id!r} is not stored: bind devices to stored patients")
+    body = {
+        "resourceType": "Device",
+        "id": device_id,
+        "identifier": [{"system": "urn:medtwin:device", "value": device_id}],
+        "status": "active",
+        "type": {"text": kind},
+        "patient": {"reference": f"Patient/{patient_id}"},
+    }
+    store.write([FhirResource(resource_type="Device", resource_id=device_id, body=json.dumps(body),
+                              patient_id=patient_id)])  # fmt: skip
+    return DeviceBinding(device_id, kind, patient_id, "active")
+
+
+def _binding(body: str) -> DeviceBinding:
+    doc = json.loads(body)
+    reference = str((doc.get("patient") or {}).get("reference") or "")
+    return DeviceBinding(
+        device_id=str(doc["id"]),
+        kind=str((doc.get("type") or {}).get("text") or ""),
+        patient_id=reference.removeprefix("Patient/") or None,
+        status=str(doc.get("status") or "unknown"),
+    )
+
+
+def list_devices(store: Store) -> list[DeviceBinding]:
+    """Every registered device, by id."""
+    t = store_schema.fhir_resources
+    stmt = select(t.c.body).where(t.c.resource_type == "Device").order_by(t.c.resource_id)
+    with store._reading() as conn:
+        return [_binding(body) for body in conn.execute(stmt).scalars()]
+
+
+def bound_patient(store: Store, device_id: str) -> str | None:
+    """The patient *device_id* is bound to (None: not registered, unbound or not active)."""
+    t = store_schema.fhir_resources
+    stmt = select(t.c.body).where(t.c.resource_type == "Device", t.c.resource_id == device_id)
+    with store._reading() as conn:
+        body = conn.execute(stmt).scalar()
+    if body is None:
+        return None
+    binding = _binding(body)
+    return binding.patient_id if binding.status == "active" else None
