@@ -131,7 +131,12 @@ class MqttListener:
             return
         with self._generation_lock:
             self._generation += 1
-        client.subscribe(self.topic, qos=1)
+        client.subscribe(self.topic, qos=1)  # the SUBACK sets _subscribed (start() waits for it)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if any(getattr(code, "is_failure", False) for code in reason_codes):
+            log.error("MQTT subscription to %r refused: %s", self.topic, reason_codes)
+            return
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -148,7 +153,8 @@ class MqttListener:
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> None:
-        """Connect (persistent session), subscribe and start storing; raises when the broker cannot be reached."""
+        """Connect (persistent session), subscribe and start storing; returns once the subscription is acknowledged;
+        raises when the broker cannot be reached or refuses."""
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
@@ -158,6 +164,7 @@ class MqttListener:
                              manual_ack=True)  # fmt: skip
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
@@ -171,9 +178,12 @@ class MqttListener:
             raise ValidationError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from None
         self._client = client
         client.loop_start()
-        if not self._connected.wait(timeout_s):
+        if not self._connected.wait(timeout_s):  # connected and subscribed: nothing published after start() is lost
             self.stop()
-            raise ValidationError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
+            raise ValidationError(
+                f"the MQTT broker at {self.host}:{self.port} did not accept the connection and subscription to "
+                f"{self.topic!r}"
+            )
 
     def stop(self) -> MqttStats:
         """Store and acknowledge what has arrived, then disconnect (the session stays on the broker)."""
