@@ -48,8 +48,13 @@ def evaluate(days: int, seed: int = 1, particles: int = 128) -> dict[str, Any]:
     minutes = result.cgm_mg_dl.shape[0] - 1
     alerts: dict[int, list[datetime]] = {i: [] for i in twins}
     t0 = time.perf_counter()
-    for i, twin in twins.items():
-        twin.observe([MedicationAdministration(administration_id=f"basal-{i}", patient_id=twin.patient_id,
+    from medtwin.glucose.patients import load_cohort
+
+    weights = load_cohort(names).params["BW"]
+    for i, twin in twins.items():  # the record has the person's weight and basal rate
+        twin.observe([Observation(patient_id=twin.patient_id, code=codes.BODY_WEIGHT, effective=START,
+                                  value=Quantity(value=float(weights[i]), unit="kg"), observation_id=f"w-{i}"),
+                      MedicationAdministration(administration_id=f"basal-{i}", patient_id=twin.patient_id,
                                                medication=insulin, start=START,
                                                rate=Quantity(value=float(basal[i] * 60), unit="U/h"))])  # fmt: skip
     for minute in range(minutes):

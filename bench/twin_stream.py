@@ -123,14 +123,18 @@ port, patients, days = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 _, readings = simulated_readings(patients, days, seed=1)
 payloads = [(f"devices/sim-cgm-{i:04d}/obs", json.dumps(p)) for _, i, p in readings]
 client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-client.max_inflight_messages_set(0)
-client.max_queued_messages_set(0)
+client.max_inflight_messages_set(1000)
 client.connect("127.0.0.1", port)
 client.loop_start()
 print(json.dumps({"ready": len(payloads)}), flush=True)
 sys.stdin.readline()
 t0 = time.time()
-infos = [client.publish(topic, body, qos=1) for topic, body in payloads]
+infos = []
+for k, (topic, body) in enumerate(payloads):
+    infos.append(client.publish(topic, body, qos=1))
+    if k % 2000 == 1999:  # flow control: the client's queue is bounded
+        for info in infos[-4000:-2000]:
+            info.wait_for_publish(600)
 for info in infos:
     info.wait_for_publish(600)
 print(json.dumps({"first_publish": t0, "published": len(infos), "seconds": time.time() - t0}), flush=True)
