@@ -68,8 +68,9 @@ def _read_parquet(p: Path, columns: Sequence[str] | None) -> pa.Table:
             if (wanted is None or f.name in wanted)
             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type))
         ]
-        # text read as the file's dictionary pages: codes, never one Python string per row
-        return pq.read_table(p, columns=wanted, read_dictionary=text or None)
+        # text read as the file's dictionary pages: codes, never one Python string per row; one chunk per row group
+        with pq.ParquetFile(p, read_dictionary=text or None) as parquet:
+            return parquet.read(columns=wanted)
     except (OSError, pa.ArrowException) as exc:
         raise ValidationError(f"{p}: cannot read as Parquet ({exc})") from None
 

@@ -377,8 +377,9 @@ def prevent(
     )
 
 
-def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
-    """The PREVENT terms of every person as one matrix, terms x people (rows named as the coefficient tables')."""
+def _design(c: dict[str, FloatArray], n: int, out: FloatArray | None = None) -> tuple[list[str], FloatArray]:
+    """The PREVENT terms of every person as one matrix, terms x people (rows named as the coefficient tables'),
+    written into the first *n* columns of *out* when given (a buffer reused from chunk to chunk)."""
     age, tc, hdl, sbp = c["age_years"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
     bmi, egfr, acr, a1c, sdi = c["bmi_kg_m2"], c["egfr_ml_min_1_73m2"], c["uacr_mg_g"], c["hba1c_pct"], c["sdi_decile"]
     dm, smoke, bpt, st = (nan_to_num(c[k]) for k in ("diabetes", "smoker", "bp_treated", "statin"))
@@ -425,7 +426,11 @@ def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
             "const": np.ones(n),
         }
     names = list(terms)
-    return names, np.stack([terms[k] for k in names])
+    if out is None:
+        return names, np.stack([terms[k] for k in names])
+    for i, k in enumerate(names):
+        out[i, :n] = terms[k]
+    return names, out[: len(names), :n]
 
 
 def prevent_cohort(inputs: Inputs, *, chunk: int = 100_000) -> dict[tuple[str, int, str], FloatArray]:
@@ -439,23 +444,24 @@ def prevent_cohort(inputs: Inputs, *, chunk: int = 100_000) -> dict[tuple[str, i
     keys = [(v, y, o) for v in PREVENT_VARIANTS for y in (10, 30) for o in PREVENT_OUTCOMES]
     coefs: list[FloatArray] = []
     risk = np.empty((len(keys), n))
+    buffer: FloatArray | None = None  # the first (largest) chunk's design matrix, refilled by the next chunks
     for start in range(0, n, chunk):  # a chunk's design stays in cache; the whole cohort's would not
         stop = min(n, start + chunk)
-        names, design = _design({k: v[start:stop] for k, v in cols.items()}, stop - start)
+        names, design = _design({k: v[start:stop] for k, v in cols.items()}, stop - start, buffer)
+        if buffer is None:
+            buffer = design
         if not coefs:  # per sex: models x terms
             coefs = [
                 np.array([[_table(v, y)[t][2 * PREVENT_OUTCOMES.index(o) + s] for t in names] for v, y, o in keys])
                 for s in (0, 1)
             ]
-        for s, rows in enumerate((np.flatnonzero(~male[start:stop]), np.flatnonzero(male[start:stop]))):
-            if rows.size == 0:
-                continue
-            lp = coefs[s] @ design[:, rows]
-            np.negative(lp, out=lp)
-            np.exp(lp, out=lp)
-            lp += 1.0
-            np.reciprocal(lp, out=lp)
-            risk[:, start + rows] = lp
+        # both sexes' coefficients for everyone, then each person's own: cheaper than gathering and scattering
+        lp = coefs[1] @ design
+        np.copyto(lp, coefs[0] @ design, where=~male[start:stop])
+        np.negative(lp, out=lp)
+        np.exp(lp, out=lp)
+        lp += 1.0
+        np.reciprocal(lp, out=risk[:, start:stop])
     refusals: dict[tuple[int, bool], npt.NDArray[np.bool_]] = {}
     for j, (_, y, o) in enumerate(keys):
         lipids = o != "hf"  # total CVD and ASCVD read the same inputs with the same ranges: one check serves both
