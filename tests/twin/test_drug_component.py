@@ -181,3 +181,36 @@ def test_dose_patient_errors_are_one_line(course_store: tuple[Store, str, str]) 
     both = CliRunner().invoke(app, ["dose", "report", "case.json", "--patient", "x", "--db", url])
     assert both.exit_code == 2
     assert "one of them" in both.output
+
+
+def test_twin_commands_answer_from_the_record(course_store: tuple[Store, str, str]) -> None:
+    _, url, patient_id = course_store
+    runner = CliRunner()
+    show = runner.invoke(app, ["twin", "show", patient_id[:10], "--db", url, "--json"])
+    assert show.exit_code == 0, show.output
+    shown = json.loads(show.output)
+    assert shown["components"]["drug"]["vancomycin"]["levels"] == 2
+    assert len(shown["proposals"]) == 2
+    assert {a["code"] for a in shown["active_alerts"]} >= {"drug-exposure-off-target"}
+    rec = runner.invoke(app, ["twin", "recommend", patient_id, "--db", url, "--json"])
+    assert rec.exit_code == 0, rec.output
+    last = json.loads(rec.output)["drug"]["vancomycin"]["recommended"]
+    dose = json.loads(runner.invoke(app, ["dose", "--patient", patient_id, "--db", url, "--json"]).output)
+    assert (last["amount_mg"], last["interval_h"]) == (
+        dose["recommended"]["amount_mg"],
+        dose["recommended"]["interval_h"],
+    )
+    whatif = runner.invoke(app, ["twin", "whatif", patient_id, "--db", url, "--drug", "vancomycin",
+                                 "--target", "trough_ss=15-20", "--json"])  # fmt: skip
+    assert whatif.exit_code == 0, whatif.output
+    assert json.loads(whatif.output)["drug"]["target"]["metric"] == "trough_ss"
+    forecast = runner.invoke(app, ["twin", "forecast", patient_id, "--db", url, "--json"])
+    assert forecast.exit_code == 0, forecast.output
+    assert json.loads(forecast.output)["drug"]["vancomycin"]["current_regimen"]["amount_mg"] == 1000.0
+    nothing = runner.invoke(app, ["twin", "whatif", patient_id, "--db", url])
+    assert nothing.exit_code == 2
+    assert "nothing to simulate" in nothing.output
+    assert "Traceback" not in nothing.output
+    unknown = runner.invoke(app, ["twin", "show", "pt-nobody", "--db", url])
+    assert unknown.exit_code == 1
+    assert "no patient" in unknown.output

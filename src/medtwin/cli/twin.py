@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from medtwin.cli.console import make_console
-from medtwin.cli.records import _resolve_patient, open_existing, print_json, store_errors
+from medtwin.cli.records import open_existing, print_json, resolve_patient, store_errors
 from medtwin.errors import MedtwinError
 from medtwin.records import Event, MedicationRequest, Record
 from medtwin.twin.component import ComponentRegistry
@@ -56,7 +56,7 @@ def _twin(patient_id: str, db: str | None) -> tuple[str, PatientTwin, list[Recor
     store = open_existing(db, console)
     try:
         with store_errors(console):
-            patient = _resolve_patient(store, patient_id, console)
+            patient = resolve_patient(store, patient_id, console)
             try:
                 twin, produced = twin_from_record(store, patient.patient_id, registry=ComponentRegistry.default())
             except MedtwinError as exc:
