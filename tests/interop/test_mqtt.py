@@ -295,3 +295,38 @@ def test_cgm_stream_over_mqtt_raises_the_predicted_low_before_the_low(tmp_path: 
     assert lows[0].time < first_below
     glucose = runtime.twins["pt-1"].components["glucose"]
     assert glucose.forecast(timedelta(minutes=60)) is not None  # type: ignore[attr-defined]
+
+
+def test_devices_commands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medtwin.cli import app
+
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    store = Store(url)
+    store.write([Patient(patient_id="pt-7", gender="male")])
+    store.close()
+    runner = CliRunner()
+    ok = runner.invoke(
+        app, ["devices", "register", "oxi-7", "--patient", "pt-7", "--kind", "pulse-oximeter", "--db", url]
+    )
+    assert ok.exit_code == 0, ok.output
+    listed = json.loads(runner.invoke(app, ["devices", "list", "--db", url, "--json"]).output)
+    assert listed == [{"device": "oxi-7", "kind": "pulse-oximeter", "patient_id": "pt-7", "status": "active"}]
+    bad = runner.invoke(app, ["devices", "register", "a/b", "--patient", "pt-7", "--db", url])
+    assert bad.exit_code == 2
+    assert "topic level" in bad.output
+    unbound = runner.invoke(app, ["devices", "register", "oxi-8", "--patient", "pt-none", "--db", url])
+    assert unbound.exit_code == 2
+    assert "not stored" in unbound.output
+    if not _broker_up():
+        pytest.skip(f"NOTICE: no MQTT broker at {BROKER[0]}:{BROKER[1]}; `devices simulate` was not run")
+    prefix = f"medtwin-test-{uuid.uuid4().hex[:10]}/"
+    sim = runner.invoke(app, ["devices", "simulate", "--mqtt", "mqtt://127.0.0.1:1883", "--cgm", "2", "--speed", "0",
+                              "--prefix", prefix, "--register", "--db", url, "--json"])  # fmt: skip
+    assert sim.exit_code == 0, sim.output
+    summary = json.loads(sim.output)
+    assert summary["published"] >= 2 * 288  # a day of 5-minute CGM each, and their meals
+    store = Store(url)
+    assert bound_patient(store, "sim-cgm-0001") == "pt-sim-cgm-0001"
+    store.close()
