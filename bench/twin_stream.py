@@ -144,6 +144,17 @@ client.disconnect()
 
 
 def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str, Any]:
+    """The MQTT run (module docstring); the private broker is stopped whatever happens."""
+    broker, port, broker_note = _broker(tmp)
+    try:
+        return _end_to_end(patients, days, particles, tmp, port, broker_note)
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+
+
+def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, broker_note: str) -> dict[str, Any]:
     from medtwin.interop.devices import register_device
     from medtwin.interop.mqtt import MqttListener
     from medtwin.records import Patient
@@ -151,7 +162,6 @@ def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str,
     from medtwin.twin import RuntimeProcess
     from medtwin.twin.worker import DEFAULT_CONSUMER, listener_store
 
-    broker, port, broker_note = _broker(tmp)
     db = f"sqlite:///{tmp / 'twins.db'}"
     setup = Store(db)
     setup.write([Patient(patient_id=f"pt-sim-cgm-{i:04d}", gender="unknown") for i in range(patients)])
@@ -194,9 +204,6 @@ def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str,
     store.close()
     publisher.wait(60)
     cpu = _cpu() - cpu0
-    if broker is not None:
-        broker.terminate()
-        broker.wait(10)
     first = float(published["first_publish"])
     return {
         "patients": patients, "days": days, "particles": particles, "readings": expected, "broker": broker_note,
