@@ -1,0 +1,157 @@
+/* Ward board: the user's ward patients with latest vitals, NEWS2 band, sparkline, alerts; live over SSE. */
+"use strict";
+(async () => {
+  const me = await MT.ready;
+  if (!me) return;
+  const el = MT.el;
+  const rows = new Map();          // patient id -> row data
+  const pending = new Map();       // patient id -> timer (debounced refresh)
+  const tbody = document.querySelector("#board tbody");
+  const sortSel = document.getElementById("sort");
+  const unitSel = document.getElementById("unit-filter");
+  const VITALS = [["rr", 0], ["spo2", 0], ["o2", 0], ["sbp", 0], ["hr", 0], ["temp", 1], ["acvpu"]];
+  const SEV = { high: 3, medium: 2, "low-medium": 1, low: 0 };
+  window.mtBoard = { updates: 0, lastUpdate: {} };   // read by the benchmark and the tests
+
+  function band(news2) {
+    if (news2.total === null || news2.total === undefined) return "none";
+    return news2.level;
+  }
+
+  function riskKey(r) {
+    const worst = Math.max(-1, ...r.alerts.map((a) => SEV[a.severity] ?? 0));
+    return [r.news2.total ?? -1, worst, r.alerts.length];
+  }
+
+  function sparkline(points) {
+    const w = 90, h = 24;
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("width", w); svg.setAttribute("height", h); svg.setAttribute("class", "spark");
+    svg.setAttribute("role", "img");
+    const values = points.map((p) => p[1]).filter((v) => typeof v === "number");
+    svg.setAttribute("aria-label", values.length ? "NEWS2 trend " + values.slice(-8).join(", ") : "no NEWS2 trend yet");
+    if (values.length < 2) return svg;
+    const max = Math.max(7, ...values);
+    const step = w / (values.length - 1);
+    const pts = values.map((v, i) => (i * step).toFixed(1) + "," + (h - 2 - (v / max) * (h - 4)).toFixed(1)).join(" ");
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", pts); line.setAttribute("fill", "none"); line.setAttribute("stroke", "#17324d");
+    line.setAttribute("stroke-width", "1.5");
+    svg.append(line);
+    return svg;
+  }
+
+  function vitalCell(v, digits) {
+    if (v.value === null || v.value === undefined) return el("td", { class: "num muted", text: "–" });
+    const text = typeof v.value === "number" ? MT.fmt(v.value, digits) : String(v.value);
+    const td = el("td", { class: "num" + (v.stale ? " stale" : ""), title: v.label + " at " + MT.fmtTime(v.time, true) });
+    td.append(text);
+    if (v.stale) td.append(el("span", { class: "stale-tag", text: "stale" }));
+    return td;
+  }
+
+  async function acknowledge(alert, pid, button) {
+    button.disabled = true;
+    const r = await MT.apiJson("/api/alerts/" + encodeURIComponent(alert.id) + "/acknowledge", { method: "POST" });
+    if (!r.ok) { MT.status("board-status", "Could not acknowledge: " + ((r.body && r.body.message) || r.status), true); button.disabled = false; return; }
+    MT.status("board-status", "Alert acknowledged.");
+    refreshRow(pid, 0);
+  }
+
+  function renderRow(r) {
+    const tr = el("tr", { id: "row-" + r.patient_id, "data-patient": r.patient_id, "data-news2": r.news2.total ?? "" });
+    tr.append(el("td", { text: [r.unit, r.bed].filter(Boolean).join(" · ") || "–" }));
+    tr.append(el("td", {}, el("a", { href: "/app/patient/" + encodeURIComponent(r.patient_id), text: r.name || r.patient_id }),
+      r.mrn ? el("span", { class: "muted small", text: " " + r.mrn }) : null));
+    const total = r.news2.total;
+    const stale = r.news2.stale.length ? " (stale: " + r.news2.stale.join(", ") + ")" : "";
+    const missing = r.news2.missing.length ? "missing " + r.news2.missing.join(", ") : "complete";
+    tr.append(el("td", {}, el("span", { class: "news2 band-" + band(r.news2), title: "NEWS2 " + (total ?? "not scored") + ", " + r.news2.level + "; " + missing + stale,
+      text: total === null || total === undefined ? "–" : String(total) })));
+    tr.append(el("td", {}, sparkline(r.trend)));
+    for (const [k, d] of VITALS) tr.append(vitalCell(r.vitals[k], d));
+    tr.append(el("td", { text: r.no_data ? "no data" : MT.fmtTime(r.last_reading) }));
+    const alerts = el("td", { class: "alerts" });
+    for (const a of r.alerts) {
+      const ack = el("button", { type: "button", class: "secondary", "aria-label": "Acknowledge " + a.code + " alert for " + (r.name || r.patient_id), text: "Ack" });
+      ack.addEventListener("click", () => acknowledge(a, r.patient_id, ack));
+      alerts.append(el("span", { class: "alert", "data-alert": a.id }, el("span", { class: "sev sev-" + a.severity, text: a.severity }), " " + a.message + " ", ack));
+    }
+    if (!r.alerts.length) alerts.append(el("span", { class: "muted", text: "none" }));
+    tr.append(alerts);
+    return tr;
+  }
+
+  function render() {
+    const list = [...rows.values()];
+    const by = sortSel.value;
+    list.sort((a, b) => {
+      if (by === "name") return (a.name || "").localeCompare(b.name || "");
+      if (by === "bed") return ((a.unit || "") + (a.bed || "")).localeCompare((b.unit || "") + (b.bed || ""), undefined, { numeric: true });
+      const ka = riskKey(a), kb = riskKey(b);
+      for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i]) return kb[i] - ka[i];
+      return 0;
+    });
+    const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("tr") : null;
+    const focusId = focused ? focused.dataset.patient : null;
+    tbody.replaceChildren(...list.map(renderRow));
+    if (focusId) document.querySelector("#row-" + CSS.escape(focusId) + " a")?.focus();
+    MT.status("board-status", list.length + " patients · " + list.filter((r) => r.alerts.length).length + " with active alerts");
+  }
+
+  async function loadBoard() {
+    const unit = unitSel.value;
+    const r = await MT.apiJson("/app/api/ward" + (unit ? "?unit=" + encodeURIComponent(unit) : ""));
+    if (!r.ok) { MT.status("board-status", (r.body && r.body.message) || "Cannot load the ward board.", true); return false; }
+    document.getElementById("ward-names").textContent = r.body.wards ? r.body.wards.join(", ") : "all units";
+    if (r.body.all_units && unitSel.options.length === 1) {
+      for (const u of r.body.all_units) unitSel.append(el("option", { value: u, text: u }));
+      unitSel.hidden = false; document.getElementById("unit-label").hidden = false;
+    }
+    rows.clear();
+    for (const row of r.body.rows) rows.set(row.patient_id, row);
+    render();
+    return true;
+  }
+
+  function refreshRow(pid, delay, eventTime) {
+    if (!rows.has(pid) || pending.has(pid)) return;
+    pending.set(pid, setTimeout(async () => {
+      pending.delete(pid);
+      const r = await MT.apiJson("/app/api/ward/row/" + encodeURIComponent(pid));
+      if (!r.ok) return;
+      rows.set(pid, r.body);
+      render();
+      document.getElementById("row-" + pid)?.classList.add("flash");
+      window.mtBoard.updates += 1;
+      window.mtBoard.lastUpdate[pid] = performance.timeOrigin + performance.now();
+    }, delay));
+  }
+
+  // live events: SSE with the access token in the URL (EventSource cannot send headers)
+  let source = null;
+  async function connect() {
+    const token = await MT.accessToken();
+    if (!token) return;
+    if (source) source.close();
+    source = new EventSource("/api/stream?access_token=" + encodeURIComponent(token));
+    const live = document.getElementById("live");
+    source.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
+    source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
+    const onEvent = (ev) => {
+      const e = JSON.parse(ev.data);
+      if (e.patient_id) refreshRow(e.patient_id, 150, e.time);
+    };
+    source.addEventListener("alert", onEvent);
+    source.addEventListener("derived", onEvent);
+  }
+
+  sortSel.addEventListener("change", render);
+  unitSel.addEventListener("change", loadBoard);
+  if (await loadBoard()) {
+    await connect();
+    setInterval(connect, 10 * 60 * 1000);     // a fresh token in the stream URL before the old one expires
+    setInterval(loadBoard, 30 * 1000);        // freshness (stale marks) and admissions
+  }
+})();
