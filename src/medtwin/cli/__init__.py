@@ -25,6 +25,7 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "risk": ("medtwin.cli.risk", "Risk equations from the record (PCE, PREVENT, QRISK3...) and local validation."),
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
+    "audit": ("medtwin.cli.audit", "The audit chain: verify, export as FHIR AuditEvent, review break-glass."),
 }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "raw_digest",
     "raw_row",
     "raw_values",
+    "sqlite_begin_immediate",
     "write_items",
 ]
 
@@ -161,6 +162,11 @@ def insert_rows(conn: Connection, table: Table, params: list[dict[str, Any]]) ->
 _LAST_ROWID = 2**63 - 1  # past it SQLite picks rowids at random, and "rowid > before" no longer finds new rows
 _SQLITE_INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
 _SQLITE_MAX_ROWS = 1024  # rows per statement at most (and at most the driver's bound-parameter limit allows)
+
+
+def sqlite_begin_immediate(conn: Connection) -> None:
+    """Start *conn*'s write transaction with ``BEGIN IMMEDIATE`` (the write lock now) unless one is open."""
+    _sqlite_driver(conn)
 
 
 def _sqlite_driver(conn: Connection) -> sqlite3.Connection:

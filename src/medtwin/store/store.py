@@ -390,6 +390,17 @@ class Store:
             if tx is not None:  # commit, or roll back on failure
                 tx.__exit__(type(failure) if failure else None, failure, failure.__traceback__ if failure else None)
 
+    @contextmanager
+    def audit_transaction(self) -> Iterator[Connection]:
+        """A write transaction for a read-then-append (the audit chain: read the head, append after it), joining
+        this thread's open unit of work. On SQLite it holds the database's write lock from its first statement
+        (``BEGIN IMMEDIATE``), so no other process appends between the read and the write; PostgreSQL callers
+        take a lock of their own (an advisory lock)."""
+        with self._transaction() as conn:
+            if self._dialect == "sqlite":
+                batch.sqlite_begin_immediate(conn)
+            yield conn
+
     def _insert_raw(self, conn: Connection, raw: RawMessage, status: str, reason: str | None) -> int:
         stmt = schema.raw_inbound.insert().returning(schema.raw_inbound.c.raw_id)
         return int(conn.execute(stmt, batch.raw_row(raw, status, reason, 0)).scalar_one())
