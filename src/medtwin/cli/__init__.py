@@ -25,6 +25,9 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "risk": ("medtwin.cli.risk", "Risk equations from the record (PCE, PREVENT, QRISK3...) and local validation."),
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
+    "audit": ("medtwin.cli.audit", "The audit chain: verify, export as FHIR AuditEvent, review break-glass."),
+    "keys": ("medtwin.cli.keys", "Keys of encryption at rest: status, rotate the master key."),
+    "certs": ("medtwin.cli.certs", "Development certificates: `medtwin certs dev` (a CA, server and client)."),
 }
 
 
