@@ -72,7 +72,7 @@ ROOT = README.parent
 # What a fresh clone has that the tour's command lines read (copied into an empty folder, which is the working folder).
 _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtures/pk")
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
-# together through `medtwin demo` (listener, twin runtime and virtual monitors in one command).
+# together through `medtwin demo-terminal` (listener, twin runtime and virtual monitors in one command).
 _NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ")
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
 _NEEDS_YOUR_DATA = ("medtwin risk evaluate ", "medtwin glucose twin ")  # twin: until a sample therapy file ships

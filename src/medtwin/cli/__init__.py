@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from medtwin.cli import demo, monitor, records
+from medtwin.cli import demo, monitor, platform_demo, records
 from medtwin.cli.console import tidy_help, tidy_options
 
 __all__ = ["app", "main"]
@@ -57,7 +57,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-# The demo registers `medtwin demo` first; records adds its ingest-only demo only when none exists.
+# `medtwin demo` is the platform in the browser; `medtwin demo-terminal` the terminal story; records adds its
+# ingest-only demo only when no `demo` exists.
+platform_demo.register(app)
 demo.register(app)
 monitor.register(app)
 records.register(app)

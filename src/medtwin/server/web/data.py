@@ -146,10 +146,14 @@ def board_row(store: Store, patient_id: str, *, unit: str | None = None, bed: st
     vitals: dict[str, Any] = {}
     for key, (_coding, label, unit_text) in VITALS.items():
         o = obs_by_key[key]
+        value = None if o is None else _value(o)
+        if key == "acvpu" and o is not None:  # the ACVPU letter, not the code's display text
+            letter = vitals_state.latest("consciousness")
+            value = None if letter is None else str(letter[1])
         vitals[key] = {
             "label": label,
             "unit": unit_text,
-            "value": None if o is None else _value(o),
+            "value": value,
             "time": None if o is None else _iso(o.effective),
             "stale": o is not None and (at - o.effective) > _FRESHNESS,
         }

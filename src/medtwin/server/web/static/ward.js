@@ -115,18 +115,28 @@
     return true;
   }
 
-  function refreshRow(pid, delay, eventTime) {
-    if (!rows.has(pid) || pending.has(pid)) return;
+  let reloadTimer = null;
+  function refreshRow(pid, delay) {
+    if (!rows.has(pid)) {
+      // the stream only carries patients this user may see: an unknown one was just admitted to the ward
+      if (!reloadTimer) reloadTimer = setTimeout(async () => { reloadTimer = null; await loadBoard(); markUpdate(pid); }, delay);
+      return;
+    }
+    if (pending.has(pid)) return;
     pending.set(pid, setTimeout(async () => {
       pending.delete(pid);
       const r = await MT.apiJson("/app/api/ward/row/" + encodeURIComponent(pid));
       if (!r.ok) return;
       rows.set(pid, r.body);
       render();
-      document.getElementById("row-" + pid)?.classList.add("flash");
-      window.mtBoard.updates += 1;
-      window.mtBoard.lastUpdate[pid] = performance.timeOrigin + performance.now();
+      markUpdate(pid);
     }, delay));
+  }
+
+  function markUpdate(pid) {
+    document.getElementById("row-" + pid)?.classList.add("flash");
+    window.mtBoard.updates += 1;
+    window.mtBoard.lastUpdate[pid] = performance.timeOrigin + performance.now();
   }
 
   // live events: SSE with the access token in the URL (EventSource cannot send headers)
@@ -141,7 +151,7 @@
     source.onerror = () => { live.textContent = "reconnecting…"; live.classList.remove("on"); };
     const onEvent = (ev) => {
       const e = JSON.parse(ev.data);
-      if (e.patient_id) refreshRow(e.patient_id, 150, e.time);
+      if (e.patient_id) refreshRow(e.patient_id, 150);
     };
     source.addEventListener("alert", onEvent);
     source.addEventListener("derived", onEvent);
