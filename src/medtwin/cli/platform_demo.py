@@ -53,6 +53,17 @@ async def _admit_and_monitor(host: str, mllp_port: int, ward: list[Any], *, minu
                                       time_scale=time_scale, resend_grace_s=2.0)  # fmt: skip
 
 
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Cancel *task* until it is done (Python 3.11's ``wait_for`` can swallow one cancellation)."""
+    while task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({task}, timeout=0.5)
+    if task is not None and not task.cancelled():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
+
+
 async def run_platform_demo(
     *,
     data_dir: Path,
@@ -140,13 +151,15 @@ async def run_platform_demo(
                       highlight=False)  # fmt: skip
         if on_ready is not None:
             on_ready({"origin": origin, "mllp_port": bound_mllp, "users": users, "url": url})
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({server, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        await _cancel(feed_task)  # the monitors first, while the listener still answers them
+        feed_task = None
         summary = await server
     finally:
         stop.set()
-        if feed_task is not None:
-            feed_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await feed_task
+        await _cancel(feed_task)
         if not server.done():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(server, 30)

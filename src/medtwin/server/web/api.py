@@ -98,7 +98,7 @@ async def ward(request: Request, unit: str | None = Query(None, max_length=80),
         team_ids = platform.accounts.patients_of(sorted(principal.teams))
         seen = {pid for pid, _, _ in listed}
         everyone = {pid: (u, b) for pid, u, b in await run_in_threadpool(data.ward_patients, store, None)}
-        listed += [(pid, *everyone.get(pid, ("(not on a ward)", None))) for pid in sorted(team_ids - seen)]
+        listed += [(pid, *everyone.get(pid, (None, None))) for pid in sorted(team_ids - seen)]
     rows = []
     now = datetime.now(UTC)
     for pid, unit_name, bed in listed:

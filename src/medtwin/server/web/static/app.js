@@ -97,7 +97,13 @@ const MT = (() => {
 
   function tokens() { return JSON.parse(S.getItem(TOKEN) || "null"); }
 
-  async function refresh() {
+  let refreshing = null;   // one refresh at a time: a refresh token is single use (reuse revokes the session)
+  function refresh() {
+    if (!refreshing) refreshing = doRefresh().finally(() => { refreshing = null; });
+    return refreshing;
+  }
+
+  async function doRefresh() {
     const t = tokens();
     if (!t || !t.refresh) return false;
     const c = await getConfig();

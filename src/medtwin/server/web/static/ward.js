@@ -88,7 +88,10 @@
     const by = sortSel.value;
     list.sort((a, b) => {
       if (by === "name") return (a.name || "").localeCompare(b.name || "");
-      if (by === "bed") return ((a.unit || "") + (a.bed || "")).localeCompare((b.unit || "") + (b.bed || ""), undefined, { numeric: true });
+      if (by === "bed") {
+        if (!a.unit !== !b.unit) return a.unit ? -1 : 1;   // patients not on a ward last
+        return ((a.unit || "") + (a.bed || "")).localeCompare((b.unit || "") + (b.bed || ""), undefined, { numeric: true });
+      }
       const ka = riskKey(a), kb = riskKey(b);
       for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i]) return kb[i] - ka[i];
       return 0;
