@@ -145,7 +145,10 @@ const MT = (() => {
     return { ok: r.ok, status: r.status, body };
   }
 
+  let signingOut = false;
   async function signOut(reason) {
+    if (signingOut) return;   // the first reason wins (a request failing because of this sign-out says nothing new)
+    signingOut = true;
     const t = tokens();
     S.removeItem(TOKEN); S.removeItem(ME);
     if (t) {
