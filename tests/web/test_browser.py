@@ -422,6 +422,9 @@ def test_every_page_has_no_serious_or_critical_accessibility_violation(platform:
     page.wait_for_selector("#signin")
     scan(page, "login")
     page.screenshot(path=str(shots / "login.png"))
+    page.click("#signin")
+    page.wait_for_url("**/oauth/authorize**")
+    scan(page, "issuer sign-in form")
     sign_in(page, platform, "admin")
     pages = {"ward": ("/app/ward", "#board tbody tr"), "patients": ("/app/patients", "#patients tbody tr"),
              "patient": (f"/app/patient/{ids['Liz Conn']}", "#agp-chart .main-svg"),

@@ -16,7 +16,7 @@
       el("div", { class: "big", text: u.census + " / " + u.beds }),
       el("div", { class: "small", text: "P(full) next 24 h: " + Math.round(100 * u.p_full_24h) + " % · 72 h: " + Math.round(100 * u.p_full_max) + " %" })));
     const id = "fc-" + i;
-    charts.append(el("div", { id, class: "chart", role: "img", "aria-label": "Occupancy forecast fan chart for " + u.name }));
+    charts.append(el("div", { id, class: "chart", role: "figure", "aria-label": "Occupancy forecast fan chart for " + u.name }));
     Charts.draw(id, [
       ...Charts.band(h.times, u.p10, u.p90, "P10-P90", "rgba(11,92,173,0.25)"),
       { x: h.times, y: u.p50, type: "scatter", mode: "lines", name: "median", line: { color: "#17324d", width: 2 } },
