@@ -26,6 +26,9 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
     "audit": ("medtwin.cli.audit", "The audit chain: verify, export as FHIR AuditEvent, review break-glass."),
+    "serve": ("medtwin.cli.serve", "API server (FHIR R4 facade, OAuth2, live events); --mllp adds listener + twins."),
+    "users": ("medtwin.cli.users", "API users: add, list, disable; assign patients to care teams."),
+    "clients": ("medtwin.cli.clients", "OAuth clients of the API: devices, services, browser apps."),
 }
 
 
