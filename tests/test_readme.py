@@ -73,7 +73,9 @@ ROOT = README.parent
 _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtures/pk")
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
 # together through `medtwin demo-terminal` (listener, twin runtime and virtual monitors in one command).
-_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ")
+_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ", "medtwin serve ")
+# Lines that ask for a password at a prompt (tests/server/test_cli_access.py runs users/clients with --password-stdin).
+_NEEDS_A_PROMPT = ("medtwin users add ",)
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
 _NEEDS_YOUR_DATA = ("medtwin risk evaluate ", "medtwin glucose twin ")  # twin: until a sample therapy file ships
 # Lines that take tens of seconds (Dask clusters, 20 patient-days): run by `make test-slow`.
@@ -81,7 +83,7 @@ _SLOW = ("medtwin glucose simulate ", "medtwin glucose metrics run.parquet", "me
 
 
 def _tour(slow: bool) -> list[str]:
-    skipped = (*_NEEDS_A_LISTENER, *_NEEDS_YOUR_DATA)
+    skipped = (*_NEEDS_A_LISTENER, *_NEEDS_YOUR_DATA, *_NEEDS_A_PROMPT)
     lines = [line for line in _command_lines(keep_redirect=True) if not line.startswith(skipped)]
     return [line for line in lines if line.startswith(_SLOW) == slow]
 

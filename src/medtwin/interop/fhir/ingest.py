@@ -29,11 +29,13 @@ from medtwin.records import Record
 from medtwin.store import FhirResource, PatientLinks, RawMessage, Store
 
 __all__ = [
+    "DocumentResult",
     "FhirLimits",
     "FileReport",
     "IngestReport",
     "ParsedPayload",
     "fhir_files",
+    "ingest_document",
     "ingest_file",
     "ingest_paths",
     "parse_payload",
@@ -454,3 +456,63 @@ def ingest_paths(
             pending_bytes = 0
     _commit(store, pending, on_file)
     return report
+
+
+@dataclass(slots=True)
+class DocumentResult:
+    """What ingesting one document received over the network did: the *report* (as for a file), each problem
+    (*problems*: located errors with their element paths; empty when it was stored) and the parsed records."""
+
+    report: FileReport
+    problems: list[FhirInputError] = field(default_factory=list)
+    parsed: ParsedPayload | None = None
+    raw_id: int | None = None
+
+
+def ingest_document(
+    store: Store,
+    data: bytes,
+    *,
+    name: str = "<request>",
+    source_system: str = "fhir-api",
+    limits: FhirLimits = FhirLimits(),
+    check: Callable[[ParsedPayload], None] | None = None,
+) -> DocumentResult:
+    """Ingest one FHIR JSON document (a Bundle or a resource) given as bytes, as :func:`ingest_paths` ingests a
+    file: the same validation, the same raw inbound log (a refused document is logged as rejected with its
+    reasons), the same idempotency (the same bytes again are a duplicate).
+
+    *check* is called with the parsed document before anything is written (the API server's authorization); an
+    exception it raises propagates and nothing is stored.
+    """
+    report = FileReport(path=name, kind="json", size_bytes=len(data))
+    if len(data) > limits.max_file_bytes:
+        reason = f"{name}: {len(data)} bytes, over the limit of {limits.max_file_bytes} for one JSON document"
+        problem = FhirInputError(f"{len(data)} bytes, over the limit of {limits.max_file_bytes}", file=name)
+        pending = _refused_file(Path(name), report, source_system, reason, data[:_SAMPLE])
+        raw_id = store.reject(pending.raw, reason)
+        return DocumentResult(report, [problem], None, raw_id)
+    raw = _file_raw(data, source_system)
+    try:
+        parsed = parse_payload(_loads(data, file=name), file=name, source_system=source_system,
+                               max_string=limits.max_string_chars)  # fmt: skip
+    except FhirInputError as exc:
+        problems = input_errors(exc)
+        report.errors.extend(str(e) for e in problems)
+        report.status = "rejected"
+        raw_id = store.reject(raw, "\n".join(report.errors))
+        return DocumentResult(report, problems, None, raw_id)
+    if check is not None:
+        check(parsed)
+    report.resources = parsed.resources
+    report.unmapped = parsed.unmapped
+    report.warnings = parsed.warnings
+    note = _unmapped_note(parsed.unmapped)
+    if not parsed.records and not parsed.kept and parsed.unmapped:
+        report.status = "unmapped"
+        return DocumentResult(report, [], parsed, store.log_raw(raw, "unmapped", note))
+    result = store.write(parsed.items, _with(raw, reason=note))
+    report.inserted, report.duplicates = result.inserted + result.updated, result.duplicates
+    if result.raw_duplicate:
+        report.status = "duplicate"
+    return DocumentResult(report, [], parsed, result.raw_id or result.related_raw_id)
