@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+playwright_sync = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])"
+)
 CHROMIUM = os.environ.get("MEDTWIN_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
     pytest.skip(f"NOTICE: no Chromium at {CHROMIUM} (apt-get install chromium): browser tests skipped",
@@ -208,9 +210,11 @@ def _send_deteriorating_patient(platform: Platform, mrn: str) -> None:
     now = datetime.now(UTC)
     patient = VirtualPatient(mrn, "sepsis", start=now)
     oru = build_oru_r01(control_id=f"T{mrn}", mrn=mrn, observed=now, family="Virtual", given="Sepsis",
-                        results=[OruResult(codes.RESPIRATORY_RATE, 30.0, "/min"), OruResult(codes.HEART_RATE, 135.0, "/min"),
+                        results=[OruResult(codes.RESPIRATORY_RATE, 30.0, "/min"),
+                                 OruResult(codes.HEART_RATE, 135.0, "/min"),
                                  OruResult(codes.OXYGEN_SATURATION_PULSE_OX, 89.0, "%"),
-                                 OruResult(codes.SYSTOLIC_BP, 88.0, "mm[Hg]"), OruResult(codes.BODY_TEMPERATURE, 39.4, "Cel"),
+                                 OruResult(codes.SYSTOLIC_BP, 88.0, "mm[Hg]"),
+                                 OruResult(codes.BODY_TEMPERATURE, 39.4, "Cel"),
                                  OruResult(codes.INHALED_OXYGEN_FLOW, 0.0, "L/min"),
                                  OruResult(codes.LEVEL_OF_CONSCIOUSNESS, codes.ACVPU["A"])])  # fmt: skip
 
@@ -242,7 +246,7 @@ def test_a_deteriorating_patients_alert_appears_live_and_is_acknowledged(platfor
     page.screenshot(path=str(shots / "ward-alert.png"), full_page=True)
     alert_id = row.locator(".alert").first.get_attribute("data-alert")
     row.locator("button:has-text('Ack')").first.click()
-    page.wait_for_selector("#board-status:has-text('acknowledged')")
+    page.wait_for_selector("#action-status:has-text('acknowledged')")
     page.wait_for_function(f"() => !document.querySelector('[data-alert=\"{alert_id}\"]')")
     store = platform.store()
     try:
@@ -256,7 +260,9 @@ def test_the_board_sorts_by_risk(platform: Platform, context: Any) -> None:
     page = context.new_page()
     sign_in(page, platform, "dr.lee")
     page.wait_for_function("() => document.querySelectorAll('#board tbody tr').length >= 5")
-    scores = [int(s) if s else -1 for s in page.eval_on_selector_all("#board tbody tr", "rs => rs.map(r => r.dataset.news2)")]
+    scores = [
+        int(s) if s else -1 for s in page.eval_on_selector_all("#board tbody tr", "rs => rs.map(r => r.dataset.news2)")
+    ]
     assert scores == sorted(scores, reverse=True)
     page.select_option("#sort", "bed")
     first = page.inner_text("#board tbody tr:first-child td:first-child")
@@ -363,7 +369,8 @@ def test_a_clinician_breaks_the_glass_and_it_is_reviewed(platform: Platform, con
     assert "Break-glass access" in page.inner_text("#patient-status")
     admin = context.new_page()
     sign_in(admin, platform, "admin", path="/app/admin")
-    admin.wait_for_selector("#chain:has-text('Chain verified')")
+    admin.wait_for_selector("#audit-table tbody tr", timeout=60_000)
+    assert "Chain verified" in admin.inner_text("#chain"), admin.inner_text("#chain")
     assert "covering WARD-B overnight" in admin.inner_text("#bg-table")
     admin.screenshot(path=str(shots / "admin.png"), full_page=True)
 
@@ -429,7 +436,8 @@ def test_every_page_has_no_serious_or_critical_accessibility_violation(platform:
     pages = {"ward": ("/app/ward", "#board tbody tr"), "patients": ("/app/patients", "#patients tbody tr"),
              "patient": (f"/app/patient/{ids['Liz Conn']}", "#agp-chart .main-svg"),
              "dosing-patient": (f"/app/patient/{ids['Alberto Atencio']}", "#vitals-chart .main-svg"),
-             "hospital": ("/app/hospital", "#forecast-charts .main-svg"), "admin": ("/app/admin", "#audit-table tbody tr"),
+             "hospital": ("/app/hospital", "#forecast-charts .main-svg"),
+             "admin": ("/app/admin", "#audit-table tbody tr"),
              "research": ("/app/research", "#research tbody tr")}  # fmt: skip
     for name, (path, ready) in pages.items():
         page.goto(platform.origin + path)

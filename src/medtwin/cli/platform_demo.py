@@ -112,19 +112,20 @@ async def run_platform_demo(
     stop = stop or asyncio.Event()
     settings = ServerSettings(issuer=origin, idle_timeout_s=int(idle_s) if idle_s else 900)
     mllp_ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    api_ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    api_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-    def set_once(fut: asyncio.Future[int], value: int) -> None:
+    def set_once(fut: asyncio.Future[Any], value: int) -> None:
         if not fut.done():
             fut.set_result(value)
 
-    server = asyncio.create_task(serve_for(settings, url, host, port, mllp_port=mllp_port, stop=stop,
+    server: asyncio.Task[Any] = asyncio.create_task(serve_for(settings, url, host, port, mllp_port=mllp_port, stop=stop,
                                            on_ready=lambda p: set_once(api_ready, p),
                                            on_mllp_ready=lambda p: set_once(mllp_ready, p), quiet=True,
                                            seconds=None if minutes is None else minutes * 60))  # fmt: skip
     feed_task: asyncio.Task[Any] | None = None
     try:
-        done, _ = await asyncio.wait({server, api_ready}, return_when=asyncio.FIRST_COMPLETED)
+        first: set[asyncio.Future[Any]] = {server, api_ready}
+        done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if server in done:  # it stopped (or failed) before it was ready
             return {"api": server.result(), "users": users}
         bound_mllp = await asyncio.wait_for(mllp_ready, 60)
@@ -142,8 +143,9 @@ async def run_platform_demo(
                           "then).", highlight=False)  # fmt: skip
         if monitors:
             ward = virtual_ward(patients, start=now_utc(), seed=7)
-            console.print(f"{patients} virtual monitored patients on WARD-A/WARD-B ({', '.join(p.profile for p in ward)}),"
-                          f" one reading every {interval_s:g} s, {time_scale:g}x simulated time", highlight=False)  # fmt: skip
+            profiles = ", ".join(p.profile for p in ward)
+            console.print(f"{patients} virtual monitored patients on WARD-A/WARD-B ({profiles}), one reading every "
+                          f"{interval_s:g} s, {time_scale:g}x simulated time", highlight=False)  # fmt: skip
             feed_task = asyncio.create_task(_admit_and_monitor(host, bound_mllp, ward, minutes=minutes,
                                                                interval_s=interval_s, time_scale=time_scale,
                                                                console=console))  # fmt: skip
@@ -151,8 +153,9 @@ async def run_platform_demo(
                       highlight=False)  # fmt: skip
         if on_ready is not None:
             on_ready({"origin": origin, "mllp_port": bound_mllp, "users": users, "url": url})
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({server, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+        watched: set[asyncio.Task[Any]] = {server, stopping}
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         await _cancel(feed_task)  # the monitors first, while the listener still answers them
         feed_task = None
@@ -201,4 +204,3 @@ def register(app: typer.Typer) -> None:
             if temp:
                 shutil.rmtree(folder, ignore_errors=True)
         console.print("medtwin demo stopped" + ("" if temp else f"; data kept in {folder}"), highlight=False)
-

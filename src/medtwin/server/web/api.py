@@ -79,6 +79,10 @@ async def me(principal: Principal = Depends(caller)) -> JSONBody:
                      "wards": sorted(principal.wards), "teams": sorted(principal.teams)})  # fmt: skip
 
 
+def _row(store: Any, pid: str, unit: str | None, bed: str | None, now: datetime) -> dict[str, Any]:
+    return data.board_row(store, pid, unit=unit, bed=bed, now=now)
+
+
 @router.get("/ward")
 async def ward(request: Request, unit: str | None = Query(None, max_length=80),
                principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
@@ -93,7 +97,7 @@ async def ward(request: Request, unit: str | None = Query(None, max_length=80),
         wards: list[str] | None = None if unit is None else [unit]
     else:
         wards = sorted(principal.wards) if unit is None else [w for w in principal.wards if w == unit]
-    listed = await run_in_threadpool(data.ward_patients, store, wards)
+    listed: list[tuple[str, str | None, str | None]] = list(await run_in_threadpool(data.ward_patients, store, wards))
     if principal.teams:
         team_ids = platform.accounts.patients_of(sorted(principal.teams))
         seen = {pid for pid, _, _ in listed}
@@ -106,10 +110,9 @@ async def ward(request: Request, unit: str | None = Query(None, max_length=80),
                                       audit_denied=False)  # fmt: skip
         if access is None or access.deidentify:
             continue
-        rows.append(await run_in_threadpool(lambda p=pid, u=unit_name, b=bed: data.board_row(store, p, unit=u, bed=b,
-                                                                                            now=now)))  # fmt: skip
+        rows.append(await run_in_threadpool(_row, store, pid, unit_name, bed, now))
     await platform.record(principal, "search", what, source=source_of(request), detail=f"{len(rows)} patients")
-    units = sorted({u for _, u, _ in await run_in_threadpool(data.ward_patients, store, None)})
+    units = sorted({u for _, u, _ in await run_in_threadpool(data.ward_patients, store, None) if u})
     return JSONBody({"wards": wards, "all_units": units if principal.role in ("admin", "pharmacist") else None,
                      "rows": rows, "at": now.isoformat()})  # fmt: skip
 
@@ -216,7 +219,10 @@ async def glucose_whatif(request: Request, patient_id: str, principal: Principal
     args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0))}
     platform = platform_of(request)
     try:
-        out = await run_in_threadpool(lambda: data.glucose_whatif(platform.store, patient_id, **args))
+        out = await run_in_threadpool(
+            lambda: data.glucose_whatif(platform.store, patient_id, bolus_scale=args["bolus_scale"],
+                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"])
+        )  # fmt: skip
     except KeyError:
         raise ApiError(404, "not-found", "this patient has no glucose twin") from None
     except MedtwinError as exc:

@@ -159,9 +159,9 @@ def board_row(store: Store, patient_id: str, *, unit: str | None = None, bed: st
         }
     alerts = [_alert_json(e) for e in store.events(patient_id, kind="alert", status="active")]
     since = (newest or now) - timedelta(hours=6)
-    trend = [
-        [_iso(o.effective), _value(o)] for o in store.observations(patient_id, codes.NEWS2_TOTAL, since=since)
-    ][-60:]
+    trend = [[_iso(o.effective), _value(o)] for o in store.observations(patient_id, codes.NEWS2_TOTAL, since=since)][
+        -60:
+    ]
     row: dict[str, Any] = {
         "patient_id": patient_id,
         "unit": unit,
@@ -198,7 +198,9 @@ def _series(store: Store, patient_id: str, coding: Coding, since: datetime | Non
     return {"t": t, "v": v}
 
 
-def patient_view(store: Store, patient_id: str, *, hours: float | None = 24.0, identified: bool = True) -> dict[str, Any]:
+def patient_view(
+    store: Store, patient_id: str, *, hours: float | None = 24.0, identified: bool = True
+) -> dict[str, Any]:
     """The patient page's data: summary, vitals and NEWS2 series over the last *hours* of data, alerts, record.
 
     Raises
@@ -241,7 +243,8 @@ def patient_view(store: Store, patient_id: str, *, hours: float | None = 24.0, i
              "type": None if e.type is None else (e.type.display or e.type.code),
              "unit": e.locations[-1].unit if e.locations else None} for e in encounters
         ][-15:],
-        "has_glucose": _has_cgm(store, patient_id) or store.latest_snapshot(GLUCOSE_TWIN_PREFIX + patient_id) is not None,
+        "has_glucose": _has_cgm(store, patient_id)
+        or store.latest_snapshot(GLUCOSE_TWIN_PREFIX + patient_id) is not None,
         "has_dosing": bool(_vancomycin_doses(store, patient_id)),
     }  # fmt: skip
     if identified:
@@ -368,26 +371,29 @@ def dosing_case(store: Store, patient_id: str, *, now: datetime | None = None) -
         missing.append("birth date and sex")
     if missing:
         raise ValidationError(f"patient {patient_id}: the dosing model needs {', '.join(missing)} in the record")
-    assert weight is not None and scr is not None and p is not None and p.birth_date is not None
-    assert isinstance(weight.value, Quantity) and isinstance(scr.value, Quantity)
+    if weight is None or scr is None or p is None or p.birth_date is None:  # pragma: no cover - refused above
+        raise ValidationError(f"patient {patient_id}: weight, creatinine, birth date and sex are required")
+    if not isinstance(weight.value, Quantity) or not isinstance(scr.value, Quantity):  # pragma: no cover
+        raise ValidationError(f"patient {patient_id}: weight and creatinine must be quantities")
     age = (origin.date() - p.birth_date).days / 365.25
 
     def h(t: datetime) -> float:
         return round((t - origin).total_seconds() / 3600.0, 4)
 
-    dose_rows = []
+    dose_rows: list[dict[str, Any]] = []
     for a in doses:
         if a.dose is None:
             continue
         duration = 1.0 if a.end is None else max(0.05, h(a.end) - h(a.start))
         dose_rows.append({"time_h": h(a.start), "amount": {"value": a.dose.value, "unit": a.dose.unit},
                           "duration_h": round(duration, 4)})  # fmt: skip
-    levels = [
+    levels: list[dict[str, Any]] = [
         {"time_h": h(o.effective), "value": o.value.value, "unit": o.value.unit, "id": o.observation_id}
         for o in store.observations(patient_id, codes.VANCOMYCIN_SERUM)
         if isinstance(o.value, Quantity)
     ]
-    last = max([r["time_h"] for r in dose_rows] + [lv["time_h"] for lv in levels])
+    times: list[float] = [float(r["time_h"]) for r in dose_rows] + [float(lv["time_h"]) for lv in levels]
+    last = max(times)
     now_h = h(now) if now is not None else last
     start_h = max(math.ceil(max(now_h, last) + 1.0), 1)
     return {
@@ -433,8 +439,13 @@ def dosing_view(store: Store, patient_id: str, *, n_samples: int = 500) -> dict[
         "level_fit": d["levels"],
         "parameters": d["parameters"],
         "estimation": d["estimation"],
-        "band": {"t": [at(x) for x in band["time_h"]], "p05": list(band["p05"]), "median": list(band["median"]),
-                 "p95": list(band["p95"]), "map": list(band["map"])},  # fmt: skip
+        "band": {
+            "t": [at(x) for x in band["time_h"]],
+            "p05": list(band["p05"]),
+            "median": list(band["median"]),
+            "p95": list(band["p95"]),
+            "map": list(band["map"]),
+        },
         "proposals": d["proposals"],
         "recommended": d["recommended"],
         "loading_dose": d["loading_dose"],
@@ -465,7 +476,9 @@ _HOSPITAL_LOCK = threading.Lock()
 _HOSPITAL_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
-def hospital_view(*, start: datetime | None = None, horizon_h: int = 72, n_reps: int = 40, seed: int = 0) -> dict[str, Any]:
+def hospital_view(
+    *, start: datetime | None = None, horizon_h: int = 72, n_reps: int = 40, seed: int = 0
+) -> dict[str, Any]:
     """The example hospital: census by unit now and the occupancy forecast (fan chart bands, P(unit full)).
 
     Cached per (hour, horizon, replications, seed): the command centre refreshes hourly.
@@ -487,15 +500,16 @@ def hospital_view(*, start: datetime | None = None, horizon_h: int = 72, n_reps:
         d = fc.to_dict()
         units = []
         for i, name in enumerate(fc.unit_names):
-            u = d["units"][name]  # type: ignore[index]
-            p_full = u["p_full"]
+            u: dict[str, Any] = d["units"][name]  # type: ignore[index]
+            p_full: list[float] = list(u["p_full"])
             units.append({
                 "name": name, "beds": fc.beds[i], "census": counts.get(name, 0),
                 "p10": u["p10"], "p50": u["p50"], "p90": u["p90"], "p_full": p_full,
-                "p_full_24h": max(p_full[:24]) if p_full else 0.0, "p_full_max": max(p_full) if p_full else 0.0,
+                "p_full_24h": max(p_full[:24]) if p_full else 0.0,
+                "p_full_max": max(p_full) if p_full else 0.0,
             })  # fmt: skip
-        out = {"start": _iso(start), "horizon_h": horizon_h, "n_reps": n_reps, "seed": seed,
-               "times": d["times"], "units": units, "hospital": "example hospital (medtwin.hospital.example)"}  # fmt: skip
+        out = {"start": _iso(start), "horizon_h": horizon_h, "n_reps": n_reps, "seed": seed, "times": d["times"],
+               "units": units, "hospital": "example hospital (medtwin.hospital.example)"}  # fmt: skip
         _HOSPITAL_CACHE.clear()
         _HOSPITAL_CACHE[key] = out
         return out

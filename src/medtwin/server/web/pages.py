@@ -14,11 +14,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-__all__ = ["PAGE_CSP", "PAGES", "router"]
+__all__ = ["PAGES", "PAGE_CSP", "router"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -32,8 +32,12 @@ no inline script, no other origin."""
 PAGES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "ward": ("ward.html", "Ward board", "ward.js", ("admin", "clinician", "nurse", "pharmacist")),
     "patients": ("patients.html", "Patients", "patients.js", ("admin", "clinician", "nurse", "pharmacist")),
-    "hospital": ("hospital.html", "Hospital", "hospital.js", ("admin", "clinician", "nurse", "pharmacist",
-                                                              "researcher")),
+    "hospital": (
+        "hospital.html",
+        "Hospital",
+        "hospital.js",
+        ("admin", "clinician", "nurse", "pharmacist", "researcher"),
+    ),
     "research": ("research.html", "Research", "research.js", ("researcher", "admin")),
     "admin": ("admin.html", "Administration", "admin.js", ("admin",)),
 }
@@ -117,14 +121,9 @@ async def named_page(page: str) -> Response:
 
 @lru_cache(maxsize=1)
 def _plotly_path() -> Path:
-    import plotly
+    import plotly  # type: ignore[import-untyped]
 
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not path.is_file():  # pragma: no cover - a broken plotly install
         raise FileNotFoundError(f"{path}: plotly.min.js is missing from the installed plotly package")
     return path
-
-
-def request_origin(request: Request) -> str:
-    """``scheme://host:port`` of *request*."""
-    return str(request.base_url).rstrip("/")

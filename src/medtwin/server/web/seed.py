@@ -38,13 +38,13 @@ from medtwin.store import Store
 
 __all__ = [
     "DEMO_USERS",
-    "DemoUser",
     "SOURCE",
+    "DemoUser",
     "add_glucose_twin",
     "add_stale_vitals",
     "add_vancomycin_course",
-    "adt_a01",
     "admit",
+    "adt_a01",
     "create_users",
     "find_patient",
     "load_samples",
@@ -107,8 +107,8 @@ def find_patient(names: dict[str, str], needle: str) -> str:
 
 
 def _obs(pid: str, coding: Coding, when: datetime, value: float, unit: str, key: str, category: str) -> Observation:
-    return Observation(patient_id=pid, code=coding, effective=when, value=Quantity(value=value, unit=unit), category=category,
-                       provenance=Provenance(source_system=SOURCE, source_id=key))  # fmt: skip
+    return Observation(patient_id=pid, code=coding, effective=when, value=Quantity(value=value, unit=unit),
+                       category=category, provenance=Provenance(source_system=SOURCE, source_id=key))  # fmt: skip
 
 
 def admit(store: Store, patient_id: str, unit: str, bed: str, *, at: datetime) -> Encounter:

@@ -54,8 +54,8 @@
   async function acknowledge(alert, pid, button) {
     button.disabled = true;
     const r = await MT.apiJson("/api/alerts/" + encodeURIComponent(alert.id) + "/acknowledge", { method: "POST" });
-    if (!r.ok) { MT.status("board-status", "Could not acknowledge: " + ((r.body && r.body.message) || r.status), true); button.disabled = false; return; }
-    MT.status("board-status", "Alert acknowledged.");
+    if (!r.ok) { MT.status("action-status", "Could not acknowledge: " + ((r.body && r.body.message) || r.status), true); button.disabled = false; return; }
+    MT.status("action-status", "Alert acknowledged.");
     refreshRow(pid, 0);
   }
 
