@@ -489,13 +489,14 @@ def ingest_document(
     if len(data) > limits.max_file_bytes:
         reason = f"{name}: {len(data)} bytes, over the limit of {limits.max_file_bytes} for one JSON document"
         problem = FhirInputError(f"{len(data)} bytes, over the limit of {limits.max_file_bytes}", file=name)
-        pending = _refused_file(Path(name), report, source_system, reason, data[:_SAMPLE])
+        pending = _refused_file(Path(name), report, source_system, reason, data[:_SAMPLE], store.keyring)
         raw_id = store.reject(pending.raw, reason)
         return DocumentResult(report, [problem], None, raw_id)
-    raw = _file_raw(data, source_system)
+    raw = _file_raw(data, source_system, store.keyring)
     try:
         parsed = parse_payload(_loads(data, file=name), file=name, source_system=source_system,
-                               max_string=limits.max_string_chars)  # fmt: skip
+                               max_string=limits.max_string_chars,
+                               patient_id_for=store.keyring.pseudonym.fhir)  # fmt: skip
     except FhirInputError as exc:
         problems = input_errors(exc)
         report.errors.extend(str(e) for e in problems)
