@@ -183,6 +183,9 @@ def register(app: typer.Typer) -> None:
         time_scale: float = typer.Option(60.0, min=1.0, help="Simulated seconds per real second of the monitors."),
         interval: float = typer.Option(1.0, min=0.05, help="Seconds between readings of one monitor."),
         host: str = typer.Option("127.0.0.1", help="Address to bind."),
+        no_glucose_twin: bool = typer.Option(
+            False, "--no-glucose-twin", help="Skip fitting the glucose twin (faster)."
+        ),
     ) -> None:
         """The whole platform in the browser: web app, API, MLLP listener, twins, virtual monitors, demo users."""
         from medtwin.cli.monitor import run_loop
@@ -195,7 +198,7 @@ def register(app: typer.Typer) -> None:
             run_loop(run_platform_demo(
                 data_dir=folder, host=host, port=port or free_port(host), mllp_port=mllp_port, minutes=minutes,
                 monitors=not no_monitors, patients=patients, time_scale=time_scale, interval_s=interval,
-                console=console))  # fmt: skip
+                console=console, glucose=not no_glucose_twin))  # fmt: skip
         except (MedtwinError, OSError) as exc:
             raise fail(console, str(exc)) from None
         except KeyboardInterrupt:  # pragma: no cover - the signal handler normally stops it first
