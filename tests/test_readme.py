@@ -74,7 +74,13 @@ _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtu
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
 # together through `medtwin demo-terminal` (listener, twin runtime and virtual monitors in one command).
 # `medtwin demo` (the platform, until Ctrl-C) runs in tests/web/test_browser.py; `demo-terminal` in test_monitor_cli.py.
-_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ", "medtwin serve ", "medtwin demo ", "medtwin demo-terminal ")
+_NEEDS_A_LISTENER = (
+    "medtwin listen ",
+    "medtwin monitors ",
+    "medtwin serve ",
+    "medtwin demo ",
+    "medtwin demo-terminal ",
+)
 # Lines that ask for a password at a prompt (tests/server/test_cli_access.py runs users/clients with --password-stdin).
 _NEEDS_A_PROMPT = ("medtwin users add ",)
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
