@@ -17,6 +17,11 @@ __all__ = ["app"]
 app = typer.Typer(help="Development certificates.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Development certificates (`medtwin certs dev`)."""
+
+
 @app.command("dev")
 def dev(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the PEM files to.")] = Path("certs"),

@@ -159,4 +159,4 @@ def erase_patient(
     finally:
         if own_trail:
             audit.close()
-    return ErasureReport(patient_id, removed, destroyed, seq, shared)
+    return ErasureReport(patient_id, {str(k): v for k, v in removed.items()}, destroyed, seq, shared)
