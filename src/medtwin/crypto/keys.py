@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ __all__ = [
 MASTER_KEY_ENV = "MEDTWIN_MASTER_KEY"
 KEY_FILE_ENV = "MEDTWIN_KEY_FILE"
 _FORMAT = "medtwin-keyring/1"
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 _log = logging.getLogger("medtwin.crypto")
 
 
@@ -94,7 +96,12 @@ class PseudonymKey:
         return f"pt-{digest[:16]}"
 
     def fhir(self, resource_id: str) -> str:
-        """The patient id for the FHIR Patient *resource_id* (a logical id is often the MRN itself: Synthea's is)."""
+        """The patient id for the FHIR Patient *resource_id* (a logical id is often the MRN itself: Synthea's is).
+
+        An id that already is a medtwin pseudonym (``pt-`` + 16 hex digits: a medtwin export read back) is kept, so
+        an export re-imports as the same patient."""
+        if len(resource_id) == 19 and resource_id.startswith("pt-") and _HEX16.fullmatch(resource_id[3:]):
+            return resource_id
         return self("fhir-id", resource_id)
 
 
