@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +255,8 @@ def default_key_path(url: str) -> Path | None:
         return None
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        if path.startswith("file:"):  # a URI filename (sqlite:///file:/path/db?mode=ro&uri=true)
+            path = urllib.parse.unquote(path.removeprefix("file:"))
         if path and path != ":memory:":
             return Path(path + ".keys")
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]
