@@ -35,13 +35,16 @@ _PG_UNAVAILABLE = _pg_reason()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL for an empty store: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A database URL for an empty store: a SQLite file, or a fresh PostgreSQL schema dropped afterwards (its key
+    file and audit signing key in the test's folder, not under ~/.config)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     if _PG_UNAVAILABLE is not None:
         pytest.skip(_PG_UNAVAILABLE)
+    monkeypatch.setenv("MEDTWIN_KEY_FILE", str(tmp_path / "pg.keys"))
+    monkeypatch.setenv("MEDTWIN_AUDIT_KEY_FILE", str(tmp_path / "pg.audit-key"))
     import psycopg
 
     schema = f"medtwin_test_{uuid.uuid4().hex[:12]}"
@@ -62,3 +65,23 @@ def store(store_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def pg_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, str]]:
+    """(store URL, schema name, libpq DSN) of a fresh PostgreSQL schema, dropped afterwards; skipped with the
+    reason when PostgreSQL is not reachable."""
+    if _PG_UNAVAILABLE is not None:
+        pytest.skip(_PG_UNAVAILABLE)
+    import psycopg
+
+    monkeypatch.setenv("MEDTWIN_KEY_FILE", str(tmp_path / "pg.keys"))
+    monkeypatch.setenv("MEDTWIN_AUDIT_KEY_FILE", str(tmp_path / "pg.audit-key"))
+    name = f"medtwin_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_pg_dsn(PG_URL), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{name}", name, _pg_dsn(PG_URL)
+    finally:
+        with psycopg.connect(_pg_dsn(PG_URL), autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')

@@ -517,9 +517,6 @@ class AuditTrail:
                 )
                 return VerifyResult(False, covered + 1, why, n, len(checkpoints))
             covered = seq
-        if covered < last:
-            why = f"records {covered + 1}..{last} are not covered by a signed checkpoint (appended outside medtwin)"
-            return VerifyResult(False, covered + 1, why, n, len(checkpoints))
         head = self._read_head()
         if head is not None:
             hseq, hhash = head
@@ -529,6 +526,9 @@ class AuditTrail:
             if hseq > 0 and good.get(hseq) != hhash:
                 why = f"record {hseq} does not match the head file outside the database"
                 return VerifyResult(False, hseq, why, n, len(checkpoints))
+        if covered < last:
+            why = f"records {covered + 1}..{last} are not covered by a signed checkpoint (appended outside medtwin)"
+            return VerifyResult(False, covered + 1, why, n, len(checkpoints))
         return VerifyResult(True, None, f"{n} records and {len(checkpoints)} checkpoints verified", n, len(checkpoints))
 
     def _read_head(self) -> tuple[int, str] | None:

@@ -68,13 +68,20 @@ DEFAULT_CONSUMER = "twin-runtime"
 WORKER_CACHE_MIB = 8
 
 
-def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[Record]:
+def stored_records(
+    payload: bytes, key: str | None, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str] | None = None
+) -> list[Record]:
     """The records of a stored HL7 v2 raw entry, mapped again as the listener mapped them: with the entry's key
     (*key*, its ``source_id``: a conflicting resend's records carry a key of their own) when it holds one message;
-    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key."""
+    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key.
+    *patient_id_for*: the store's keyed patient ids (``store.keyring.pseudonym``), as the listener used."""
     messages = parse_payload(payload)
     one = key if len(messages) == 1 else None
-    return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
+    if patient_id_for is None:
+        return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
+    return [
+        r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one, patient_id_for=patient_id_for).records
+    ]
 
 
 class LogFollower:
@@ -119,7 +126,7 @@ class LogFollower:
         for message in found:
             try:
                 records: list[Record] = [
-                    r for r in stored_records(message.payload, message.source_id, self.assume_tz)
+                    r for r in stored_records(message.payload, message.source_id, self.assume_tz, self.store.keyring.pseudonym)
                     if isinstance(r, Observation)
                 ]  # fmt: skip
             except Exception as exc:
@@ -231,7 +238,12 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (r.patient_id for r in stored_records(payload, None, assume_tz) if isinstance(r, Observation)), None
+                (
+                    r.patient_id
+                    for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym)
+                    if isinstance(r, Observation)
+                ),
+                None,
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None
