@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -58,6 +59,13 @@ def _pg_reason() -> str | None:
 PG_UNAVAILABLE = _pg_reason()
 
 
+@pytest.fixture(autouse=True)
+def _key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's master key file for this test (beside a SQLite file it is found anyway; a PostgreSQL store and
+    the processes a test starts find it through the environment)."""
+    monkeypatch.setenv("MEDTWIN_KEY_FILE", str(tmp_path / "medtwin-keys.json"))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A SQLite file URL, or a fresh PostgreSQL schema (skipped with the reason when none is reachable)."""
@@ -98,7 +106,7 @@ class Seeded:
 
 def seed_patient(store: Store, key: str, *, ward: str | None, index: int) -> Seeded:
     """Store a patient with identity, an open encounter (on *ward*), a heart rate, a condition, an order, an alert."""
-    pid = f"pt-{key}"
+    pid = f"pt-{hashlib.sha256(key.encode()).hexdigest()[:16]}"  # the form of medtwin's keyed pseudonyms
     name = f"Ada{index} Zyx{key.replace('-', '')}"
     mrn = f"MRN-{9000 + index}"
     birth = date(1950 + index, 3, 1 + index)

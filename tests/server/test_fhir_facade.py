@@ -13,7 +13,6 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from .conftest import Api, make_api, seed_patient
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
-LIZ = "ee9f8dd8-72d2-4769-8020-89e504b1504b"  # the patient of synthea_liz_conn.json
 
 
 def valid_r4(resource: dict[str, Any]) -> dict[str, Any]:
@@ -26,13 +25,17 @@ def _admin(api: Api) -> dict[str, str]:
     return api.headers(api.token("admin"))
 
 
-def _load_liz(api: Api) -> None:
+def _load_liz(api: Api) -> str:
+    """Post the Synthea bundle of Liz Conn; her medtwin (keyed, pseudonymous) patient id."""
     data = (FIXTURES / "synthea_liz_conn.json").read_bytes()
     r = api.client.post("/fhir", content=data, headers={**_admin(api), "Content-Type": "application/fhir+json"})
     assert r.status_code == 200, r.text
     body = valid_r4(r.json())
     assert body["type"] == "transaction-response"
     assert all(e["response"]["status"] == "201 Created" for e in body["entry"])
+    found = api.client.get("/fhir/Patient", params={"name": "Conn"}, headers=_admin(api)).json()
+    (entry,) = found["entry"]
+    return str(entry["resource"]["id"])
 
 
 def test_metadata_is_a_valid_capability_statement(api: Api) -> None:
@@ -54,7 +57,7 @@ def test_metadata_is_a_valid_capability_statement(api: Api) -> None:
 
 
 def test_a_bundle_posted_is_readable_and_searchable_as_valid_r4(api: Api) -> None:
-    _load_liz(api)
+    LIZ = _load_liz(api)
     h = _admin(api)
     patient = valid_r4(api.client.get(f"/fhir/Patient/{LIZ}", headers=h).json())
     assert patient["name"][0]["family"] == "Conn"
@@ -84,7 +87,7 @@ def test_a_bundle_posted_is_readable_and_searchable_as_valid_r4(api: Api) -> Non
 
 
 def test_observation_paging_follows_next_links_without_gaps_or_repeats(api: Api) -> None:
-    _load_liz(api)
+    LIZ = _load_liz(api)
     h = _admin(api)
     everything = api.client.get("/fhir/Observation", params={"patient": LIZ, "_count": 1000}, headers=h).json()
     total = everything["total"]
@@ -104,7 +107,7 @@ def test_observation_paging_follows_next_links_without_gaps_or_repeats(api: Api)
 
 
 def test_observation_date_ranges_sort_and_code(api: Api) -> None:
-    _load_liz(api)
+    LIZ = _load_liz(api)
     h = _admin(api)
     allobs = api.client.get("/fhir/Observation", params={"patient": LIZ, "_count": 1000}, headers=h).json()["entry"]
     times = sorted({e["resource"]["effectiveDateTime"] for e in allobs})
@@ -217,7 +220,7 @@ def test_create_a_single_resource_assigns_an_id_and_answers_201(api: Api) -> Non
 def test_the_facade_runs_on_postgresql_too(any_store_url: str, tmp_path: Path) -> None:
     made = make_api(any_store_url, tmp_path)
     try:
-        _load_liz(made)
+        LIZ = _load_liz(made)
         h = _admin(made)
         r = made.client.get("/fhir/Observation", params={"patient": LIZ, "date": "ge2000", "_count": 5}, headers=h)
         bundle = valid_r4(r.json())
@@ -226,3 +229,24 @@ def test_the_facade_runs_on_postgresql_too(any_store_url: str, tmp_path: Path) -
         assert valid_r4(made.client.get(f"/fhir/Patient/{LIZ}", headers=h).json())["id"] == LIZ
     finally:
         made.close()
+
+
+def test_admins_erase_a_patient_and_nobody_else_can(api: Api) -> None:
+    seeded = seed_patient(api.store, "erase-me", ward="W1", index=3)
+    url = f"/fhir/Patient/{seeded.patient_id}"
+    clinician = api.headers(api.token("clinician", wards=("W1",)))
+    assert api.client.delete(url, headers=clinician).status_code == 403
+    assert api.store.patient(seeded.patient_id) is not None
+    r = api.client.delete(url, headers=_admin(api))
+    assert r.status_code == 200, r.text
+    assert valid_r4(r.json())["issue"][0]["severity"] == "information"
+    assert api.store.patient(seeded.patient_id) is None
+    assert api.store.observations(seeded.patient_id) == []
+    assert api.client.get(url, headers=_admin(api)).status_code == 404
+    assert api.client.delete(url, headers=_admin(api)).status_code == 404  # already gone: as for any missing id
+    audit = api.platform.audit
+    assert audit is not None
+    audit.flush()
+    erased = audit.records(action="erase")
+    assert [e.event.patient_id for e in erased] == [seeded.patient_id]
+    assert audit.verify().ok

@@ -26,11 +26,11 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "inbox": ("medtwin.cli.inbox", "The raw inbound log: dead letters, conflicts, retry after a fix."),
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
     "audit": ("medtwin.cli.audit", "The audit chain: verify, export as FHIR AuditEvent, review break-glass."),
-    "keys": ("medtwin.cli.keys", "Keys of encryption at rest: status, rotate the master key."),
-    "certs": ("medtwin.cli.certs", "Development certificates: `medtwin certs dev` (a CA, server and client)."),
     "serve": ("medtwin.cli.serve", "API server (FHIR R4 facade, OAuth2, live events); --mllp adds listener + twins."),
     "users": ("medtwin.cli.users", "API users: add, list, disable; assign patients to care teams."),
     "clients": ("medtwin.cli.clients", "OAuth clients of the API: devices, services, browser apps."),
+    "keys": ("medtwin.cli.keys", "Keys of encryption at rest: status, rotate the master key."),
+    "certs": ("medtwin.cli.certs", "Development certificates: `medtwin certs dev` (a CA, server and client)."),
 }
 
 

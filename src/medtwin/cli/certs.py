@@ -17,13 +17,20 @@ __all__ = ["app"]
 app = typer.Typer(help="Development certificates.", no_args_is_help=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Development certificates (`medtwin certs dev`)."""
+
+
 @app.command("dev")
 def dev(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the PEM files to.")] = Path("certs"),
     client: Annotated[
         list[str] | None, typer.Option("--client", help="A sending facility (MSH-4) to issue a client certificate for.")
     ] = None,
-    server_name: Annotated[list[str] | None, typer.Option("--server-name", help="Extra DNS name of the server.")] = None,
+    server_name: Annotated[
+        list[str] | None, typer.Option("--server-name", help="Extra DNS name of the server.")
+    ] = None,
 ) -> None:
     """Make a development CA, a server certificate (localhost) and client certificates; not for production."""
     console = make_console(stderr=True)

@@ -288,7 +288,7 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
 def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
     if not patient_id or len(patient_id) > _MAX_ID_CHARS:
         raise fail(console, f"a patient id has 1 to {_MAX_ID_CHARS} characters; this one has {len(patient_id)}")
-    found = store.patient(patient_id)
+    found = store.patient(patient_id) or store.patient(store.keyring.pseudonym.fhir(patient_id))  # or a FHIR id
     if found is not None:
         return found
     # ids only, by a prefix query: loading every patient to match a prefix does not scale
@@ -308,17 +308,19 @@ def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient
     if len(by_identifier) > 1:
         raise fail(console, f"identifier {patient_id!r} belongs to {len(by_identifier)} patients: "
                             f"{', '.join(by_identifier[:_SHOWN_MATCHES])}")  # fmt: skip
-    raise fail(console, f"no patient with id or identifier {patient_id!r} (see `medtwin patients`)")
+    raise fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`; an MRN is looked up too)")
 
 
 def patient(
     patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it, or an MRN); `erase ID`.")],
-    target: Annotated[str | None, typer.Argument(help="With `erase`: the patient to erase.", show_default=False)] = None,
+    target: Annotated[
+        str | None, typer.Argument(help="With `erase`: the patient to erase.", show_default=False)
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
-    yes: Annotated[bool, typer.Option("--yes", help="erase: do not ask for confirmation.")] = False,
-    reason_: Annotated[str | None, typer.Option("--reason", help="erase: why (kept in the audit record).")] = None,
-    actor: Annotated[str, typer.Option("--actor", help="erase: who erases (the audit record's actor).")] = "cli",
+    yes: Annotated[bool, typer.Option("--yes", help="With erase: do not ask for confirmation.")] = False,
+    reason_: Annotated[str | None, typer.Option("--reason", help="With erase: why (kept in the audit record).")] = None,
+    actor: Annotated[str, typer.Option("--actor", help="With erase: who erases (the audit record's actor).")] = "cli",
 ) -> None:
     """Show one patient: demographics, conditions, medications, latest vitals and results (labs).
 

@@ -204,6 +204,14 @@ class DataKeys:
         except InvalidTag:
             raise KeyError_(f"a value sealed under {ref!r} does not open (damaged or moved)") from None
 
+    def open_texts(self, values: list[str]) -> list[str | None]:
+        """:meth:`open_text` of many values, their keys fetched together first (one query per 500 uncached keys
+        instead of one per value: a cohort read of thousands of patients)."""
+        refs = {sealed_key_ref(v) for v in values if v.startswith(_TEXT)}
+        if refs:
+            self.keys_for(refs)
+        return [self.open_text(v) for v in values]
+
     def open_text(self, value: str) -> str | None:
         """The plaintext of sealed text (plain text is returned as it is); None when its key was destroyed."""
         if not value.startswith(_TEXT):

@@ -24,7 +24,9 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ __all__ = [
 MASTER_KEY_ENV = "MEDTWIN_MASTER_KEY"
 KEY_FILE_ENV = "MEDTWIN_KEY_FILE"
 _FORMAT = "medtwin-keyring/1"
+_HEX16 = re.compile(r"[0-9a-f]{16}")
 _log = logging.getLogger("medtwin.crypto")
 
 
@@ -94,7 +97,12 @@ class PseudonymKey:
         return f"pt-{digest[:16]}"
 
     def fhir(self, resource_id: str) -> str:
-        """The patient id for the FHIR Patient *resource_id* (a logical id is often the MRN itself: Synthea's is)."""
+        """The patient id for the FHIR Patient *resource_id* (a logical id is often the MRN itself: Synthea's is).
+
+        An id that already is a medtwin pseudonym (``pt-`` + 16 hex digits: a medtwin export read back) is kept, so
+        an export re-imports as the same patient."""
+        if len(resource_id) == 19 and resource_id.startswith("pt-") and _HEX16.fullmatch(resource_id[3:]):
+            return resource_id
         return self("fhir-id", resource_id)
 
 
@@ -191,7 +199,7 @@ def parse_keyring(data: bytes | str, *, where: str, path: Path | None = None) ->
     except orjson.JSONDecodeError as exc:
         raise KeyError_(f"{where}: not a medtwin keyring (JSON: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise KeyError_(f"{where}: not a medtwin keyring (no \"format\": \"{_FORMAT}\")")
+        raise KeyError_(f'{where}: not a medtwin keyring (no "format": "{_FORMAT}")')
     masters = doc.get("master_keys")
     if not isinstance(masters, list) or not masters:
         raise KeyError_(f"{where}: master_keys must be a non-empty list")
@@ -247,6 +255,8 @@ def default_key_path(url: str) -> Path | None:
         return None
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        if path.startswith("file:"):  # a URI filename (sqlite:///file:/path/db?mode=ro&uri=true)
+            path = urllib.parse.unquote(path.removeprefix("file:"))
         if path and path != ":memory:":
             return Path(path + ".keys")
     digest = hashlib.sha256(url.encode()).hexdigest()[:12]

@@ -66,7 +66,14 @@ ROLE_PERMISSIONS: Mapping[str, Mapping[str, str]] = {
         "MedicationAdministration": "rs",
         "DetectedIssue": "rs",
     },
-    "researcher": {"*": "rs", "Consent": ""},
+    "researcher": {
+        "Patient": "rs",
+        "Observation": "rs",
+        "Encounter": "rs",
+        "Condition": "rs",
+        "MedicationRequest": "rs",
+        "MedicationAdministration": "rs",
+    },
     "device": {"Observation": "c"},
 }
 """What each role may do (letters of ``cruds``) per resource type; ``*`` is any type not listed."""

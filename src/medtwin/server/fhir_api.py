@@ -27,12 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from medtwin.errors import ValidationError
 from medtwin.interop.fhir import FhirLimits, ParsedPayload, ingest_document, parse_datetime, to_fhir
 from medtwin.records import Event, Patient, Record, new_id
-from medtwin.security.policy import Access
+from medtwin.security.erasure import PatientNotFoundError, erase_patient
 from medtwin.security.principal import Principal
 from medtwin.server.errors import ApiError, FhirJSON, fhir_responses, not_found
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
 from medtwin.server.queries import ObservationQuery, in_date_range, parse_date_param, record_by_id, search_observations
-from medtwin.server.research_view import research_view
+from medtwin.server.research_view import research_resource, research_resources
 from medtwin.store import schema
 
 __all__ = ["FHIR_ID", "SEARCH_TYPES", "capability_statement", "check_id", "router", "searchset"]
@@ -179,10 +179,6 @@ def _patient_param(patient: str | None, principal: Principal) -> str:
     return pid
 
 
-def _view(resource: dict[str, Any], access: Access) -> dict[str, Any]:
-    return research_view(resource) if access.deidentify else resource
-
-
 _RESPONSES = fhir_responses(200)
 
 
@@ -272,7 +268,9 @@ async def search_patients(
             request, principal, p.patient_id, "Patient", "s", what, raise_denied=False, audit_denied=False
         )
         if access is not None:
-            found.append(_view(to_fhir(p), access))
+            found.append(
+                research_resources(platform.store, p.patient_id, "Patient")[0] if access.deidentify else to_fhir(p)
+            )
     page = found[start : start + size]
     await platform.record(principal, "search", what, source=source_of(request), detail=f"{len(found)} match(es)")
     return FhirJSON(searchset(request, page, len(found), size, start))
@@ -298,7 +296,47 @@ async def read_patient(request: Request, patient_id: str, principal: Principal =
         source=source_of(request),
         purpose="research" if access.deidentify else None,
     )
-    return FhirJSON(_view(to_fhir(patient), access))
+    return FhirJSON(
+        research_resources(platform.store, patient_id, "Patient")[0] if access.deidentify else to_fhir(patient)
+    )
+
+
+@router.delete(
+    "/Patient/{patient_id}",
+    response_class=FhirJSON,
+    responses=_RESPONSES,
+    summary="Erase a patient (GDPR Art. 17; admins)",
+)
+async def erase(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> FhirJSON:
+    """Erase the patient: records, twin state, raw payloads, and their data key (crypto-shredding); audited as
+    ``erase`` in the same transaction (:func:`medtwin.security.erasure.erase_patient`)."""
+    check_id(patient_id, "Patient id")
+    what = f"Patient/{patient_id}"
+    await require(request, principal, "Patient", "d", what)
+    await patient_access(request, principal, patient_id, "Patient", "d", what)
+    platform = platform_of(request)
+    try:
+        report = await run_in_threadpool(
+            erase_patient,
+            platform.store,
+            patient_id,
+            actor=principal.subject,
+            role=principal.role,
+            source=source_of(request),
+            reason=request.headers.get("x-erasure-reason"),
+            trail=platform.audit,
+        )
+    except PatientNotFoundError:
+        raise not_found(what) from None
+    platform.policy.invalidate(patient_id)
+    removed = sum(report.removed.values())
+    message = f"erased: {removed} row(s), data key destroyed: {report.key_destroyed}"
+    return FhirJSON(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": message}],
+        }
+    )
 
 
 # -- other types --------------------------------------------------------------------------------------------------
@@ -315,9 +353,10 @@ def _read_route(rtype: str) -> Callable[..., Any]:
             )
             with platform.store.engine.connect() as conn:
                 row = conn.execute(stmt).first()
-            if row is None or row.patient_id is None:
+            body = None if row is None or row.patient_id is None else platform.store.keys.open_text(row.body)
+            if row is None or body is None:
                 raise not_found(what)
-            resource, patient_id = orjson.loads(row.body), str(row.patient_id)
+            resource, patient_id = orjson.loads(body), str(row.patient_id)
         else:
             record = record_by_id(platform.store, _RECORD_KIND[rtype], resource_id)
             if record is None or _fhir_type(record) != rtype or record.patient_id is None:
@@ -333,7 +372,12 @@ def _read_route(rtype: str) -> Callable[..., Any]:
             source=source_of(request),
             purpose="research" if access.deidentify else None,
         )
-        return FhirJSON(_view(resource, access))
+        if access.deidentify:
+            deidentified = research_resource(platform.store, patient_id, rtype, resource_id)
+            if deidentified is None:  # a type the de-identified record does not carry
+                raise not_found(what)
+            resource = deidentified
+        return FhirJSON(resource)
 
     read.__name__ = f"read_{rtype.lower()}"
     read.__doc__ = f"One {rtype} (of a patient the caller may see)."
@@ -384,7 +428,17 @@ def _search_route(rtype: str) -> Callable[..., Any]:
         access = await patient_access(request, principal, pid, rtype, "s", what, raise_denied=False)
         if access is None:  # denied: the same answer as a patient without such resources
             return FhirJSON(searchset(request, [], 0, size, start))
-        if rtype == "Observation":
+        if access.deidentify:  # the de-identified record: dates are shifted, so ranges apply to shifted dates
+            found = research_resources(platform.store, pid, rtype)
+            if code:
+                wanted = {_code_token(t)[1] for t in code.split(",")}
+                found = [r for r in found if wanted & {c.get("code") for c in r.get("code", {}).get("coding", [])}]
+            if dates:
+                found = [r for r in found if in_date_range(_resource_date(r), list(dates))]
+            if sort == "-date":
+                found.reverse()
+            total, page = len(found), found[start : start + size]
+        elif rtype == "Observation":
             codes = tuple(_code_token(t) for t in code.split(",")) if code else ()
             query = ObservationQuery(pid, codes, dates, sort == "-date", size, start)
             total, observations = search_observations(platform.store, query)
@@ -405,7 +459,7 @@ def _search_route(rtype: str) -> Callable[..., Any]:
             purpose="research" if access.deidentify else None,
             detail=f"{total} match(es)",
         )
-        return FhirJSON(searchset(request, [_view(r, access) for r in page], total, size, start))
+        return FhirJSON(searchset(request, page, total, size, start))
 
     search.__name__ = f"search_{rtype.lower()}"
     search.__doc__ = f"Search {rtype} of one patient (patient=<id>)."

@@ -96,7 +96,9 @@ class StoreFacts:
         t = schema.fhir_resources
         stmt = select(t.c.body).where(t.c.resource_type == "Consent", t.c.patient_id == patient_id)
         with self.store.engine.connect() as conn:
-            return [orjson.loads(b) for b in conn.execute(stmt).scalars()]
+            bodies = list(conn.execute(stmt).scalars())
+        opened = (self.store.keys.open_text(b) for b in bodies)  # kept resources are sealed at rest
+        return [orjson.loads(b) for b in opened if b is not None]
 
 
 def _unverified_issuer(token: str) -> str | None:

@@ -1,44 +1,32 @@
-"""What the researcher role sees of a FHIR resource: no direct identifier of the patient.
+"""What the researcher role sees: the de-identified record of :mod:`medtwin.security.deid` (HIPAA Safe Harbor).
 
-Removed: the patient's ``identifier``, ``name``, ``telecom``, ``address``, ``photo``, ``contact`` and
-``link``; the birth date is reduced to its year, and to ``1900`` past age 89 (HIPAA Safe Harbor 164.514(b)(2)(i)(C):
-ages over 89 are aggregated); every resource loses its ``identifier`` (source ids) and ``text``; display names in
-references are dropped. Patient ids are already pseudonymous. Dates of care are not shifted here: medtwin's full
-de-identification for research export (per-patient date shift, ZIP3) is ``medtwin export --deidentify``
-(issue 15, data-protection half), which this view is to call once merged (docs/security.md, "Not done").
+The same function as ``medtwin export --deidentify``: no names, identifiers, contact details or free text; dates
+shifted by the patient's secret offset; ages over 89 aggregated; ZIP3; resource ids and references replaced by
+research ids (``rs-...``). It covers Patient, Encounter, Condition, Observation, MedicationRequest and
+MedicationAdministration, which is why the researcher role reads those types only (medtwin.security.policy).
+A request names a record by its platform id; :func:`research_resource` finds its de-identified version by the
+research id that id maps to.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["research_view"]
+from medtwin.security.deid import deidentify_patient, research_id
+from medtwin.store import Store
 
-_PATIENT_IDENTIFIERS = ("identifier", "name", "telecom", "address", "photo", "contact", "link")
-
-
-def _strip_displays(value: Any) -> Any:
-    if isinstance(value, dict):
-        out = {k: _strip_displays(v) for k, v in value.items() if not (k == "display" and "reference" in value)}
-        return out
-    if isinstance(value, list):
-        return [_strip_displays(v) for v in value]
-    return value
+__all__ = ["research_resource", "research_resources"]
 
 
-def research_view(resource: dict[str, Any], *, today: datetime | None = None) -> dict[str, Any]:
-    """A copy of *resource* without the patient's direct identifiers (see the module docstring)."""
-    out = {k: _strip_displays(v) for k, v in resource.items() if k not in ("identifier", "text")}
-    if resource.get("resourceType") == "Patient":
-        for key in _PATIENT_IDENTIFIERS:
-            out.pop(key, None)
-        birth = resource.get("birthDate")
-        if isinstance(birth, str) and len(birth) >= 4 and birth[:4].isdigit():
-            year = int(birth[:4])
-            now = (today or datetime.now(UTC)).year
-            out["birthDate"] = "1900" if now - year > 89 else f"{year:04d}"
-        if "deceasedDateTime" in out:
-            out["deceasedBoolean"] = True
-            del out["deceasedDateTime"]
-    return out
+def research_resources(store: Store, patient_id: str, resource_type: str | None = None) -> list[dict[str, Any]]:
+    """The de-identified resources of *patient_id* (of *resource_type* only, when given); Patient first."""
+    if store.patient(patient_id) is None:
+        return []
+    found = deidentify_patient(store, patient_id)
+    return found if resource_type is None else [r for r in found if r.get("resourceType") == resource_type]
+
+
+def research_resource(store: Store, patient_id: str, resource_type: str, record_id: str) -> dict[str, Any] | None:
+    """The de-identified version of record *record_id* (of *resource_type*) of *patient_id*, or None."""
+    wanted = research_id(store.keyring, record_id)
+    return next((r for r in research_resources(store, patient_id, resource_type) if r.get("id") == wanted), None)

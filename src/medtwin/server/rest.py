@@ -16,13 +16,13 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.records import Event, Patient
-from medtwin.security.policy import Access
+from medtwin.security.policy import REACH, Access
 from medtwin.security.principal import Principal
 from medtwin.server.errors import ERROR_RESPONSES, ApiError, JSONBody, not_found
 from medtwin.server.fhir_api import check_id, patient_matches
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
 from medtwin.server.queries import record_by_id
-from medtwin.server.research_view import research_view
+from medtwin.server.research_view import research_resources
 from medtwin.twin import PatientTwin
 
 __all__ = ["patient_summary", "router"]
@@ -61,15 +61,16 @@ def _mrn(p: Patient) -> str | None:
     return next((i.value for i in ident.identifiers if i.type_code == "MR"), ident.identifiers[0].value)
 
 
-def patient_summary(p: Patient, access: Access) -> dict[str, Any]:
-    """A patient as the JSON API lists it (no identity for a de-identified view)."""
+def patient_summary(store: Any, p: Patient, access: Access) -> dict[str, Any]:
+    """A patient as the JSON API lists it (the de-identified Patient's fields for a researcher)."""
     if access.deidentify:
-        view = research_view(
-            {"resourceType": "Patient", "birthDate": p.birth_date.isoformat()}
-            if p.birth_date
-            else {"resourceType": "Patient"}
-        )
-        return {"id": p.patient_id, "gender": p.gender, "birth_year": view.get("birthDate")}
+        (view,) = research_resources(store, p.patient_id, "Patient")
+        return {
+            "id": p.patient_id,
+            "research_id": view["id"],
+            "gender": view.get("gender"),
+            "birth_date": view.get("birthDate"),
+        }
     ident = p.identity
     return {
         "id": p.patient_id,
@@ -104,7 +105,7 @@ async def list_patients(
             request, principal, p.patient_id, "Patient", "s", what, raise_denied=False, audit_denied=False
         )
         if access is not None:
-            out.append(patient_summary(p, access))
+            out.append(patient_summary(platform.store, p, access))
         if len(out) >= limit:
             break
     await platform.record(principal, "search", what, source=source_of(request), detail=f"{len(out)} listed")
@@ -124,7 +125,7 @@ async def get_patient(request: Request, patient_id: str, principal: Principal = 
     if patient is None:
         raise not_found(what)
     await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request))
-    return JSONBody(patient_summary(patient, access))
+    return JSONBody(patient_summary(platform.store, patient, access))
 
 
 @router.get("/api/patients/{patient_id}/twin", responses=_RESPONSES, summary="Twin state and NEWS2 forecast")
@@ -139,6 +140,8 @@ async def twin_state(
     check_id(patient_id, "patient id")
     what = f"Patient/{patient_id}/twin"
     await require(request, principal, "Observation", "r", what)
+    if REACH.get(principal.role) == "research":  # its times and state are identifiable: never de-identified here
+        raise ApiError(403, "forbidden", "the twin's live state is not available de-identified (researcher role)")
     await patient_access(request, principal, patient_id, "Observation", "r", what)
     platform = platform_of(request)
     snap = platform.store.latest_snapshot(f"patient:{patient_id}")

@@ -415,11 +415,13 @@ def _item_ref(item: _Item) -> str:
 
 
 def seal_raw(sealer: Sealer, raw: RawMessage, ref: str) -> RawMessage:
-    """*raw* with its payload sealed under *ref* and its digest keyed (the plain SHA-256 is never stored)."""
+    """*raw* with its payload and reason sealed under *ref* and its digest keyed (the plain SHA-256 is never
+    stored). The reason is sealed because the reasons of mappers and validators may quote the input."""
     data = raw.payload_bytes
     digest = sealer.digest(raw.digest or raw_digest(data))
     payload = sealer.seal_bytes(ref, data) if data else data
-    return dataclasses.replace(raw, payload=payload, digest=digest, key_ref=ref)
+    reason = sealer.seal_text(ref, raw.reason) if raw.reason else raw.reason
+    return dataclasses.replace(raw, payload=payload, digest=digest, key_ref=ref, reason=reason)
 
 
 def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **options: Any) -> dict[str, Any]:

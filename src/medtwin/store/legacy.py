@@ -123,13 +123,9 @@ def protect_rows(conn: Connection, sealer: Sealer) -> None:
                 conn.execute(i.insert(), {"patient_id": new, "body": ident_body})
             _rename(conn, pid, new)
             body = plain_body
-        conn.execute(
-            update(p).where(p.c.patient_id == new).values(body=sealer.seal_text(new, body), birth_date=None)
-        )
+        conn.execute(update(p).where(p.c.patient_id == new).values(body=sealer.seal_text(new, body), birth_date=None))
         if identity is not None:
-            conn.execute(
-                update(i).where(i.c.patient_id == new).values(body=sealer.seal_text(new, ident_body))
-            )
+            conn.execute(update(i).where(i.c.patient_id == new).values(body=sealer.seal_text(new, ident_body)))
             blinds = sealer.blind_rows(new, identity)
             if blinds:
                 conn.execute(schema.identity_index.insert(), blinds)
@@ -146,7 +142,9 @@ def protect_rows(conn: Connection, sealer: Sealer) -> None:
         if not is_sealed_text(body):
             conn.execute(update(iv).where(iv.c.version_id == vid).values(body=sealer.seal_text(record_id, body)))
     f = schema.fhir_resources
-    for rtype, rid, patient, body in conn.execute(select(f.c.resource_type, f.c.resource_id, f.c.patient_id, f.c.body)).all():
+    for rtype, rid, patient, body in conn.execute(
+        select(f.c.resource_type, f.c.resource_id, f.c.patient_id, f.c.body)
+    ).all():
         if not is_sealed_text(body):
             conn.execute(
                 update(f)

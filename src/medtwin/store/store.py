@@ -457,9 +457,13 @@ class Store:
 
     def _insert_raw(self, conn: Connection, raw: RawMessage, status: str, reason: str | None) -> int:
         """A raw row tied to no records (a dead letter): sealed under the system key (its patient is not known)."""
-        sealed = batch.seal_raw(self.sealer(conn), raw, raw.key_ref or SYSTEM_KEY) if self.encryption else raw
+        if self.encryption:
+            sealer = self.sealer(conn)
+            ref = raw.key_ref or SYSTEM_KEY
+            raw = batch.seal_raw(sealer, dataclasses.replace(raw, reason=None), ref)
+            reason = sealer.seal_text(ref, reason) if reason else reason
         stmt = schema.raw_inbound.insert().returning(schema.raw_inbound.c.raw_id)
-        return int(conn.execute(stmt, batch.raw_row(sealed, status, reason, 0)).scalar_one())
+        return int(conn.execute(stmt, batch.raw_row(raw, status, reason, 0)).scalar_one())
 
     def write(
         self, records: Sequence[Record | FhirResource | PatientLinks], raw: RawMessage | None = None
@@ -536,7 +540,7 @@ class Store:
             content_type=row.content_type,
             received=row.received,
             status=row.status,
-            reason=row.reason,
+            reason=None if row.reason is None else (self.keys.open_text(row.reason) or ""),
             record_count=int(row.record_count),
             payload=payload,
             related_raw_id=None if row.related_raw_id is None else int(row.related_raw_id),

@@ -238,7 +238,12 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (r.patient_id for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym) if isinstance(r, Observation)), None
+                (
+                    r.patient_id
+                    for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym)
+                    if isinstance(r, Observation)
+                ),
+                None,
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None

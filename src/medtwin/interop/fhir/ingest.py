@@ -494,9 +494,13 @@ def ingest_document(
         return DocumentResult(report, [problem], None, raw_id)
     raw = _file_raw(data, source_system, store.keyring)
     try:
-        parsed = parse_payload(_loads(data, file=name), file=name, source_system=source_system,
-                               max_string=limits.max_string_chars,
-                               patient_id_for=store.keyring.pseudonym.fhir)  # fmt: skip
+        parsed = parse_payload(
+            _loads(data, file=name),
+            file=name,
+            source_system=source_system,
+            max_string=limits.max_string_chars,
+            patient_id_for=store.keyring.pseudonym.fhir,
+        )  # fmt: skip
     except FhirInputError as exc:
         problems = input_errors(exc)
         report.errors.extend(str(e) for e in problems)

@@ -360,7 +360,8 @@ def _patient_parts(pid: Segment, assume_tz: tzinfo, patient_id_for: Callable[[st
         try:
             birth = parse_hl7_datetime(raw_birth, assume_tz=assume_tz, where="PID^1^7").date()
         except Hl7ParseError:
-            notes.append(f"PID-7 birth date {raw_birth!r} is not a date; left unknown")
+            # the value is not quoted: notes become the raw log's reason, and a birth date is an identifier
+            notes.append(f"PID-7 birth date ({len(raw_birth)} characters) is not a date; left unknown")
     deceased = parse_hl7_datetime(pid.field(29), assume_tz=assume_tz, where="PID^1^29") if pid.field(29) else None
     return patient_id, gender, birth, deceased, identity, tuple(notes)
 
