@@ -28,7 +28,9 @@ def dev(
     client: Annotated[
         list[str] | None, typer.Option("--client", help="A sending facility (MSH-4) to issue a client certificate for.")
     ] = None,
-    server_name: Annotated[list[str] | None, typer.Option("--server-name", help="Extra DNS name of the server.")] = None,
+    server_name: Annotated[
+        list[str] | None, typer.Option("--server-name", help="Extra DNS name of the server.")
+    ] = None,
 ) -> None:
     """Make a development CA, a server certificate (localhost) and client certificates; not for production."""
     console = make_console(stderr=True)

@@ -313,7 +313,9 @@ def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient
 
 def patient(
     patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it, or an MRN); `erase ID`.")],
-    target: Annotated[str | None, typer.Argument(help="With `erase`: the patient to erase.", show_default=False)] = None,
+    target: Annotated[
+        str | None, typer.Argument(help="With `erase`: the patient to erase.", show_default=False)
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
     yes: Annotated[bool, typer.Option("--yes", help="With erase: do not ask for confirmation.")] = False,

@@ -122,7 +122,12 @@ def _retry_hl7(store: Store, entry: RawLogEntry, data: bytes, assume_tz: tzinfo)
         )
         result = store.write(list(mapped.records), raw)
         if result.raw_conflict:  # the control id is stored with other content: kept beside it, as the listener does
-            again = map_again(unit, control_key(mapped.message, store.keyring.digest((raw.digest or "").encode())), assume_tz, store.keyring.pseudonym)
+            again = map_again(
+                unit,
+                control_key(mapped.message, store.keyring.digest((raw.digest or "").encode())),
+                assume_tz,
+                store.keyring.pseudonym,
+            )
             raw = dataclasses.replace(raw, source_id=again.source_id, related_raw_id=result.related_raw_id,
                                       relation="conflict-of")  # fmt: skip
             result = store.write(list(again.records), raw)

@@ -352,7 +352,9 @@ class MllpServer:
         header = units[0].message or _salvage_header(units[0].payload)
         refused = self._refused_sender(units, conn, header)
         if refused is not None:  # nothing of an unauthenticated sender is stored: NAK, then close
-            conn.settle(slot, self._ack(header, Outcome(REJECTED, "sender not authorized", (("207", "MSH^1^4", refused),))))
+            conn.settle(
+                slot, self._ack(header, Outcome(REJECTED, "sender not authorized", (("207", "MSH^1^4", refused),)))
+            )
             conn.close()
             return
         outcomes: list[Outcome | None] = [None] * len(units)

@@ -203,7 +203,5 @@ def deidentified_bundle(
 ) -> dict[str, Any]:
     """A FHIR ``collection`` Bundle of the de-identified records of *patient_ids* (no timestamp: a time of export
     is not needed and would be a date)."""
-    entries = [
-        {"resource": res} for pid in patient_ids for res in deidentify_patient(store, pid, dates=dates)
-    ]
+    entries = [{"resource": res} for pid in patient_ids for res in deidentify_patient(store, pid, dates=dates)]
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}

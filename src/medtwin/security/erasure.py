@@ -100,7 +100,9 @@ def erase_patient(
         with store.audit_transaction() as conn:
             shared = _shared_payloads(store, conn, patient)
             e_t, f_t, v_t = schema.encounters, schema.fhir_resources, schema.record_versions
-            encounter_ids = list(conn.execute(select(e_t.c.encounter_id).where(e_t.c.patient_id == patient_id)).scalars())
+            encounter_ids = list(
+                conn.execute(select(e_t.c.encounter_id).where(e_t.c.patient_id == patient_id)).scalars()
+            )
             kept = [f"{t}/{i}" for t, i in conn.execute(
                 select(f_t.c.resource_type, f_t.c.resource_id).where(f_t.c.patient_id == patient_id))]  # fmt: skip
             versions = or_(
@@ -124,7 +126,8 @@ def erase_patient(
             removed["patient_references"] = _count(conn, delete(pr).where(pr.c.patient_id == patient_id))
             s_t = schema.twin_snapshots
             removed["twin_snapshots"] = _count(
-                conn, delete(s_t).where(or_(s_t.c.twin_id == f"patient:{patient_id}", s_t.c.twin_id.contains(patient_id)))
+                conn,
+                delete(s_t).where(or_(s_t.c.twin_id == f"patient:{patient_id}", s_t.c.twin_id.contains(patient_id))),
             )
             r_t = schema.raw_inbound
             removed["raw_inbound"] = _count(conn, delete(r_t).where(r_t.c.key_ref == patient_id))

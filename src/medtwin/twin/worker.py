@@ -125,10 +125,10 @@ class LogFollower:
         out: list[tuple[Sequence[Record], float]] = []
         for message in found:
             try:
-                records: list[Record] = [
-                    r for r in stored_records(message.payload, message.source_id, self.assume_tz, self.store.keyring.pseudonym)
-                    if isinstance(r, Observation)
-                ]  # fmt: skip
+                mapped = stored_records(
+                    message.payload, message.source_id, self.assume_tz, self.store.keyring.pseudonym
+                )
+                records: list[Record] = [r for r in mapped if isinstance(r, Observation)]
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
@@ -238,7 +238,12 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (r.patient_id for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym) if isinstance(r, Observation)), None
+                (
+                    r.patient_id
+                    for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym)
+                    if isinstance(r, Observation)
+                ),
+                None,
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None
