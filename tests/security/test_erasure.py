@@ -55,8 +55,8 @@ def _rows(store: Store, pid: str) -> dict[str, int]:
     return out
 
 
-def test_erase_removes_everything_and_destroys_the_key(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'e.db'}")
+def test_erase_removes_everything_and_destroys_the_key(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
     trail = AuditTrail(store, tmp_path / "audit.key")
     gone = _load(store, "C1", "MRN-111", "Erased")
     kept = _load(store, "C2", "MRN-222", "Kept")
