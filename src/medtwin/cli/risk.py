@@ -109,7 +109,7 @@ def _dump(data: Any) -> None:
 
 @app.command("patient")
 def patient(
-    patient_id: Annotated[str, typer.Argument(help="Patient id.")],
+    patient_id: Annotated[str, typer.Argument(help="Patient id (or its FHIR Patient id, or an MRN).")],
     db: DbOption = None,
     at: AtOption = None,
     model: ModelOption = None,
@@ -121,6 +121,10 @@ def patient(
 ) -> None:
     """Every equation for one patient from their record: a table, then each result explained."""
     with _open(db) as store:
+        if store.patient(patient_id) is None:  # a FHIR Patient id (its medtwin id is keyed) or an MRN
+            keyed = store.keyring.pseudonym.fhir(patient_id)
+            by_mrn = store.find_patients(patient_id)
+            patient_id = keyed if store.patient(keyed) is not None else (by_mrn[0] if len(by_mrn) == 1 else patient_id)
         result = assess_patient(
             store,
             patient_id,

@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from medtwin import codes as mcodes
-from medtwin.crypto import SYSTEM_KEY, DataKeys, KeyError_, Keyring, open_keyring
+from medtwin.crypto import SYSTEM_KEY, DataKeys, Keyring, KeyringError, open_keyring
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.records import (
     Coding,
@@ -339,7 +339,7 @@ class Store:
         keyring belongs to this database, and seal what an older release stored in clear (once)."""
         try:
             self.keyring = keyring if keyring is not None else open_keyring(self.url, create=create)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             self._engine.dispose()
             raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
         self.keys = DataKeys(self.keyring, self._load_keys)
@@ -351,7 +351,7 @@ class Store:
 
         try:
             legacy.check_and_protect(self)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             self._engine.dispose()
             raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
 
