@@ -131,6 +131,42 @@ async def ward_row(request: Request, patient_id: str, principal: Principal = Dep
     return JSONBody(row)
 
 
+@router.get("/ward/rows")
+async def ward_rows(request: Request, ids: str = Query(..., max_length=40_000),
+                    principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """Several board rows at once (comma-separated patient ids, at most 500): the board's live refresh. A patient the
+    caller may not see is left out (audited as a denial)."""
+    import asyncio
+
+    _identified_only(principal)
+    wanted = list(dict.fromkeys(i for i in ids.split(",") if i))[:500]
+    what = "Patient?board-rows"
+    await require(request, principal, "Observation", "r", what)
+    platform = platform_of(request)
+    store = platform.store
+    allowed = []
+    for pid in wanted:
+        if len(pid) > 64:
+            continue
+        access = await patient_access(request, principal, pid, "Observation", "r", f"Patient/{pid}/board",
+                                      raise_denied=False)  # fmt: skip
+        if access is not None and not access.deidentify:
+            allowed.append(pid)
+
+    def read() -> list[dict[str, Any]]:
+        out = []
+        for pid in allowed:
+            where = data.ward_of(store.encounters(pid))
+            out.append(data.board_row(store, pid, unit=where[0] if where else None, bed=where[1] if where else None))
+        return out
+
+    rows = await run_in_threadpool(read)
+    source = source_of(request)
+    await asyncio.gather(*(platform.record(principal, "read", f"Patient/{pid}/board", patient_id=pid, source=source)
+                           for pid in allowed))  # fmt: skip
+    return JSONBody({"rows": rows})
+
+
 @router.get("/patients")
 async def patients(request: Request, q: str | None = Query(None, max_length=100),
                    principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip

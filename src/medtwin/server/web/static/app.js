@@ -21,11 +21,12 @@ const MT = (() => {
     return node;
   }
 
-  function fmtTime(iso, withDate) {
+  const timeFmt = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const dateFmt = new Intl.DateTimeFormat([], { year: "numeric", month: "2-digit", day: "2-digit" });
+  function fmtTime(iso, withDate) {   // formatters made once: toLocaleTimeString builds one per call
     if (!iso) return "–";
     const d = new Date(iso);
-    const t = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-    return withDate ? d.toLocaleDateString() + " " + t : t;
+    return withDate ? dateFmt.format(d) + " " + timeFmt.format(d) : timeFmt.format(d);
   }
 
   function fmt(v, digits) {
