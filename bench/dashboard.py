@@ -166,6 +166,8 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=os.environ.get("MEDTWIN_CHROMIUM", "/usr/bin/chromium"),
                                      args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])  # fmt: skip
         page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(info["origin"] + "/app/login")
         page.click("#signin")
         page.fill("input[name=username]", "nurse.kim")
@@ -178,7 +180,9 @@ def main() -> None:
         cdp.send("Performance.enable")
 
         def task_s() -> float:
-            return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration")
+            return next(
+                m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration"
+            )
 
         t0, b0 = time.monotonic(), task_s()
         page.wait_for_timeout(5000)
@@ -210,6 +214,7 @@ def main() -> None:
         sender.join(args.seconds + 60)
         page.wait_for_timeout(3000)  # the last readings reach the board
         log = page.evaluate("window.mtBoard.log")
+        result["browser_errors"] = errors[:5]
         cpu1, wall1 = proc.cpu_times(), time.monotonic()
         browser.close()
     stop_platform()
@@ -228,6 +233,7 @@ def main() -> None:
     children_cpu = sum(c.cpu_times().user + c.cpu_times().system for c in proc.children(recursive=True)
                        if c.is_running()) if proc.children() else 0.0  # fmt: skip
     result = {
+        **result,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.python_version()}, shared (noisy)",
         "patients": args.patients,

@@ -109,9 +109,16 @@ class EventBroker:
 
     def _read_after(self, floor: str) -> list[Event]:
         t = schema.events
-        stmt = select(t.c.event_id, t.c.body).where(t.c.event_id > floor).order_by(t.c.event_id).limit(1000)
+        rows: list[Any] = []
+        after = floor
         with self.store.engine.connect() as conn:
-            rows = list(conn.execute(stmt))
+            while True:  # page on: a lookback window can hold more than one page of events (200+ events/s)
+                stmt = select(t.c.event_id, t.c.body).where(t.c.event_id > after).order_by(t.c.event_id).limit(1000)
+                page = list(conn.execute(stmt))
+                rows.extend(page)
+                if len(page) < 1000:
+                    break
+                after = page[-1][0]
         fresh = []
         for event_id, body in rows:
             if event_id in self._sent:

@@ -134,8 +134,9 @@ async def ward_row(request: Request, patient_id: str, principal: Principal = Dep
 @router.get("/ward/rows")
 async def ward_rows(request: Request, ids: str = Query(..., max_length=40_000),
                     principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
-    """Several board rows at once (comma-separated patient ids, at most 500): the board's live refresh. A patient the
-    caller may not see is left out (audited as a denial)."""
+    """Several board rows at once (comma-separated patient ids, at most 500): the board's live refresh, without the
+    NEWS2 trend (the board appends the new score to the trend it has). A patient the caller may not see is left out
+    (audited as a denial)."""
     import asyncio
 
     _identified_only(principal)
@@ -157,7 +158,8 @@ async def ward_rows(request: Request, ids: str = Query(..., max_length=40_000),
         out = []
         for pid in allowed:
             where = data.ward_of(store.encounters(pid))
-            out.append(data.board_row(store, pid, unit=where[0] if where else None, bed=where[1] if where else None))
+            out.append(data.board_row(store, pid, unit=where[0] if where else None, bed=where[1] if where else None,
+                                      trend=False))  # fmt: skip
         return out
 
     rows = await run_in_threadpool(read)

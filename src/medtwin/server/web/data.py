@@ -131,8 +131,27 @@ def _alert_json(e: Event) -> dict[str, Any]:
     }
 
 
+def _recent(store: Store, patient_id: str, coding: Coding, since: datetime, n: int) -> list[Observation]:
+    """The newest *n* observations of *coding* (LOINC, primary code) since *since*, oldest first: read with a
+    limit, not decoded whole (a twin writes a NEWS2 observation at every change of the score)."""
+    from sqlalchemy import select
+
+    from medtwin.store import codec, schema
+
+    t = schema.observations
+    stmt = (
+        select(t.c.body)
+        .where(t.c.patient_id == patient_id, t.c.loinc_code == coding.code, t.c.effective >= since)
+        .order_by(t.c.effective.desc())
+        .limit(n)
+    )
+    with store.engine.connect() as conn:
+        bodies = [r[0] for r in conn.execute(stmt)]
+    return [codec.decode(Observation, b) for b in reversed(bodies)]
+
+
 def board_row(store: Store, patient_id: str, *, unit: str | None = None, bed: str | None = None,
-              now: datetime | None = None, identified: bool = True) -> dict[str, Any]:  # fmt: skip
+              now: datetime | None = None, identified: bool = True, trend: bool = True) -> dict[str, Any]:  # fmt: skip
     """One row of the ward board: vitals (with their time and staleness), NEWS2, active alerts, NEWS2 trend."""
     now = now or datetime.now(UTC)
     latest = store.latest_observations(patient_id, [c for c, _, _ in VITALS.values()])
@@ -159,9 +178,8 @@ def board_row(store: Store, patient_id: str, *, unit: str | None = None, bed: st
         }
     alerts = [_alert_json(e) for e in store.events(patient_id, kind="alert", status="active")]
     since = (newest or now) - timedelta(hours=6)
-    trend = [[_iso(o.effective), _value(o)] for o in store.observations(patient_id, codes.NEWS2_TOTAL, since=since)][
-        -60:
-    ]
+    points = _recent(store, patient_id, codes.NEWS2_TOTAL, since, 40) if trend else []
+    trend_points = [[_iso(o.effective), _value(o)] for o in points]
     row: dict[str, Any] = {
         "patient_id": patient_id,
         "unit": unit,
@@ -177,7 +195,7 @@ def board_row(store: Store, patient_id: str, *, unit: str | None = None, bed: st
             "scores": dict(news2.scores),
         },
         "alerts": alerts,
-        "trend": trend,
+        "trend": trend_points if trend else None,
     }
     if identified:
         p = store.patient(patient_id)

@@ -170,7 +170,14 @@
     flushTimer = null;
     if (due.size) flushTimer = setTimeout(flush, 250);
     if (!r.ok) return;
-    for (const row of r.body.rows) rows.set(row.patient_id, row);
+    for (const row of r.body.rows) {   // the live rows carry no trend: extend the one the board has
+      const old = rows.get(row.patient_id);
+      const trend = old && old.trend ? old.trend.slice(-39) : [];
+      const last = trend.length ? trend[trend.length - 1][1] : null;
+      if (row.news2.total !== null && row.news2.total !== last) trend.push([row.last_reading, row.news2.total]);
+      row.trend = trend;
+      rows.set(row.patient_id, row);
+    }
     update(r.body.rows.map((row) => row.patient_id));
     for (const row of r.body.rows) markUpdate(row.patient_id, row.last_reading);
   }
