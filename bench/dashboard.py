@@ -5,8 +5,8 @@ reading, and the page's main-thread busy time.
 The platform runs as ``medtwin demo`` runs it (API + web app on uvicorn, MLLP listener, twin worker process; SQLite)
 in this process's background thread; 200 patients are admitted to WARD-A over ADT^A01; then 10 MLLP gateway
 connections (the listener's per-peer limit) carry a reading of every patient every second whose heart rate
-alternates between 85 and 95 /min (NEWS2 0 and 1), so every message changes the patient's NEWS2 and must reach the board (ACK -> twin worker -> NEWS2 event -> SSE ->
-the board's batched row refresh -> DOM). The page logs each row update with the reading's time
+alternates between 85 and 95 /min (NEWS2 0 and 1), so every message changes the patient's NEWS2 and must reach the
+board (ACK -> twin worker -> NEWS2 event -> SSE -> the board's batched row refresh -> DOM). The page logs each row update with the reading's time
 (``window.mtBoard.log``); a reading's delay is the DOM time minus its ACK time (same machine clock). A reading
 overtaken by the patient's next one before the board showed it is counted as superseded, not as a delay.
 
@@ -164,8 +164,8 @@ def main() -> None:
     result: dict[str, Any] = {}
     with sync_playwright() as pw:
         exe = os.environ.get("MEDTWIN_CHROMIUM", "/usr/bin/chromium")
-        browser = pw.chromium.launch(executable_path=exe,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])  # fmt: skip
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        browser = pw.chromium.launch(executable_path=exe, args=flags)
         page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
