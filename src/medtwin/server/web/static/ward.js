@@ -166,10 +166,16 @@
   async function flush() {   // every row that changed in the last moment, in one request
     const ids = [...due];
     due.clear();
-    const r = await MT.apiJson("/app/api/ward/rows?ids=" + ids.map(encodeURIComponent).join(","));
-    flushTimer = null;
-    if (due.size) flushTimer = setTimeout(flush, 250);
-    if (!r.ok) return;
+    let r = null;
+    try {
+      r = await MT.apiJson("/app/api/ward/rows?ids=" + ids.map(encodeURIComponent).join(","));
+    } catch (e) {
+      r = null;   // a network hiccup: the next event or the 30 s reload brings the rows
+    } finally {
+      flushTimer = null;
+      if (due.size) flushTimer = setTimeout(flush, 250);
+    }
+    if (!r || !r.ok) return;
     for (const row of r.body.rows) {   // the live rows carry no trend: extend the one the board has
       const old = rows.get(row.patient_id);
       const trend = old && old.trend ? old.trend.slice(-39) : [];
