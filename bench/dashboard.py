@@ -8,7 +8,8 @@ connections (the listener's per-peer limit) carry a reading of every patient eve
 alternates between 85 and 95 /min (NEWS2 0 and 1), so every message changes the patient's NEWS2 and must reach the
 board (ACK -> twin worker -> NEWS2 event -> SSE -> the board's batched row refresh -> DOM). The page logs each row
 update with the reading's time (``window.mtBoard.log``); a reading's delay is the DOM time minus its ACK time (same
-machine clock). A reading overtaken by the patient's next one before the board showed it is counted as superseded, not as a delay.
+machine clock). A reading overtaken by the patient's next one before the board showed it is counted as superseded,
+not as a delay.
 
 Main-thread busy time: Chrome's ``Performance.getMetrics`` ``TaskDuration`` (all main-thread task time) over the
 measurement window, divided by the window's wall time. Baseline: the same page with the platform idle (no stream).
