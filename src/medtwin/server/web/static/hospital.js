@@ -15,8 +15,15 @@
     tiles.append(el("div", { class: "tile" }, el("div", { class: "muted", text: u.name }),
       el("div", { class: "big", text: u.census + " / " + u.beds }),
       el("div", { class: "small", text: "P(full) next 24 h: " + Math.round(100 * u.p_full_24h) + " % · 72 h: " + Math.round(100 * u.p_full_max) + " %" })));
+    charts.append(el("div", { id: "fc-" + i, class: "chart", role: "figure", "aria-label": "Occupancy forecast fan chart for " + u.name }));
+    if (i > 0) {
+      const inputId = "beds-" + i;
+      bedInputs.append(el("label", { for: inputId, text: u.name + " beds +" }),
+        el("input", { id: inputId, type: "number", step: "1", min: "-20", max: "50", value: "0", "data-unit": u.name }));
+    }
+  });
+  h.units.forEach((u, i) => {   // drawn once every container is in the grid (Plotly sizes a chart to its container)
     const id = "fc-" + i;
-    charts.append(el("div", { id, class: "chart", role: "figure", "aria-label": "Occupancy forecast fan chart for " + u.name }));
     Charts.draw(id, [
       ...Charts.band(h.times, u.p10, u.p90, "P10-P90", "rgba(11,92,173,0.25)"),
       { x: h.times, y: u.p50, type: "scatter", mode: "lines", name: "median", line: { color: "#17324d", width: 2 } },
@@ -24,11 +31,6 @@
       { x: h.times, y: u.p_full.map((p) => 100 * p), type: "scatter", mode: "lines", name: "P(full) %", yaxis: "y2", line: { color: "#8a5300", width: 1 } },
     ], { title: { text: u.name }, height: 300, yaxis: { title: { text: "occupied" }, rangemode: "tozero" },
       yaxis2: { title: { text: "P(full) %" }, overlaying: "y", side: "right", range: [0, 100] }, margin: { l: 50, r: 50, t: 30, b: 40 } });
-    if (i > 0) {
-      const inputId = "beds-" + i;
-      bedInputs.append(el("label", { for: inputId, text: u.name + " beds +" }),
-        el("input", { id: inputId, type: "number", step: "1", min: "-20", max: "50", value: "0", "data-unit": u.name }));
-    }
   });
   document.getElementById("hwhatif").addEventListener("submit", async (ev) => {
     ev.preventDefault();
