@@ -103,6 +103,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        timeout_keep_alive=120,
     )
     server = uvicorn.Server(config)
 
@@ -149,10 +150,11 @@ def _request(i: int, ids: list[str], tokens: list[str]) -> tuple[str, dict[str, 
 
 
 async def _fixed_rate(base: str, ids: list[str], tokens: list[str], rate: float, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    # no pool timeout: a request waits for a connection, and that wait counts in its latency (from its due time)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
         start = time.perf_counter()
         total = int(rate * seconds)
         tasks = []
@@ -160,7 +162,11 @@ async def _fixed_rate(base: str, ids: list[str], tokens: list[str], rate: float,
         async def one(i: int, due: float) -> None:
             nonlocal errors
             path, headers = _request(i, ids, tokens)
-            r = await client.get(path, headers=headers)
+            try:
+                r = await client.get(path, headers=headers)
+            except httpx.HTTPError:
+                errors += 1
+                return
             if r.status_code != 200:
                 errors += 1
             latencies.append(time.perf_counter() - due)
@@ -187,7 +193,7 @@ async def _max_rate(base: str, ids: list[str], tokens: list[str], concurrency: i
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     done = 0
     errors = 0
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
         stop = time.perf_counter() + seconds
         counter = iter(range(10**9))
 
@@ -195,7 +201,11 @@ async def _max_rate(base: str, ids: list[str], tokens: list[str], concurrency: i
             nonlocal done, errors
             while time.perf_counter() < stop:
                 path, headers = _request(next(counter), ids, tokens)
-                r = await client.get(path, headers=headers)
+                try:
+                    r = await client.get(path, headers=headers)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
                 done += 1
                 errors += r.status_code != 200
             return None
