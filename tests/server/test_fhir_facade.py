@@ -250,3 +250,30 @@ def test_admins_erase_a_patient_and_nobody_else_can(api: Api) -> None:
     erased = audit.records(action="erase")
     assert [e.event.patient_id for e in erased] == [seeded.patient_id]
     assert audit.verify().ok
+
+
+def test_the_twin_state_and_news2_forecast_of_a_patient(api: Api) -> None:
+    from datetime import timedelta
+
+    from medtwin import codes
+    from medtwin.records import Observation, Quantity
+    from medtwin.twin import PatientTwin
+
+    from .conftest import T0
+
+    seeded = seed_patient(api.store, "twin", ward="W1", index=4)
+    twin = PatientTwin(seeded.patient_id)
+    for minutes, rr in ((0, 14), (30, 22), (60, 26)):  # a rising respiratory rate: NEWS2 0, 2, 3
+        at = T0 + timedelta(minutes=minutes)
+        twin.observe([Observation(patient_id=seeded.patient_id, code=codes.RESPIRATORY_RATE, effective=at,
+                                  value=Quantity(value=rr, unit="/min"))])  # fmt: skip
+    api.store.save_snapshot(twin.twin_id, twin.snapshot(), T0 + timedelta(minutes=60))
+    expected = twin.forecast(timedelta(hours=2))
+    assert expected is not None
+    r = api.client.get(f"/api/patients/{seeded.patient_id}/twin", params={"horizon_h": 2}, headers=_admin(api))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["forecast"]["expected_news2"] == round(expected.expected_total, 2)
+    assert body["forecast"]["slope_per_h"] > 0
+    assert body["forecast"]["points"] == 3
+    assert body["state"]["last_news2"][0] == 3
