@@ -22,7 +22,6 @@ The caller owns the transaction: if anything raises, nothing of the batch is sto
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import itertools
 import sqlite3
@@ -432,9 +431,14 @@ def seal_raw(sealer: Sealer, raw: RawMessage, ref: str) -> RawMessage:
     return sealed
 
 
-@functools.cache
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def _field_names(kind: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(kind))
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
 
 
 def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **options: Any) -> dict[str, Any]:
