@@ -87,12 +87,15 @@ def hl7_secrets() -> set[str]:
 
 def leaks(data: bytes, secrets: set[str]) -> list[str]:
     """The secrets found in *data*. A secret under 6 characters counts only between delimiters (quotes, HL7
-    separators, spaces): 3 letters occur by chance in megabytes of ciphertext, 5 bytes with delimiters do not."""
+    separators, spaces): 3 letters occur by chance in megabytes of ciphertext, 5 bytes with delimiters do not; a
+    short number only outside hex digits (pg_dump writes sealed bytes as hex, where 7 digits occur by chance)."""
     out = []
     for s in sorted(secrets):
         token = re.escape(s.encode())
         # a short name: as plaintext holds it (a JSON string, an HL7 component, a word), never by chance
         pattern = token if len(s) >= 6 else rb"[\s\"^|~&,:]" + token + rb"[\s\"^|~&,:]"
+        if len(s) < 16 and re.fullmatch(r"[0-9a-fA-F-]+", s):  # pg_dump writes bytea as hex: a number by chance
+            pattern = rb"(?<![0-9a-fA-F])" + token + rb"(?![0-9a-fA-F])"
         if re.search(pattern, data):
             out.append(s)
     return out
