@@ -326,7 +326,12 @@ async def closed_loop(port: int, messages: list[bytes], duration_s: float, conne
 
 @contextlib.contextmanager
 def server_process(kind: str, db_url: str = "", listeners: int = 1) -> Any:
+    """The server of *kind* in a process of its own; a kind ending ``-clear`` is that medtwin kind with encryption at
+    rest switched off (``MEDTWIN_UNSAFE_NO_ENCRYPTION=1``, inherited by its listener and twin worker processes)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if kind.endswith("-clear"):
+        env["MEDTWIN_UNSAFE_NO_ENCRYPTION"] = "1"
+        kind = kind.removesuffix("-clear")
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--db", db_url, "--listeners", str(listeners)],
         stdin=subprocess.PIPE,
@@ -404,6 +409,12 @@ def main() -> None:
     parser.add_argument("--db", default="", help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default=LOOP, help="event loop for all processes")
     parser.add_argument("--max-connections", type=int, default=16, help="connections for the max-rate phase")
+    parser.add_argument(
+        "--encryption",
+        choices=["on", "off", "both"],
+        default="on",
+        help="medtwin with encryption at rest (on: always in production), in clear (off), or both side by side",
+    )
     parser.add_argument("--window", type=int, default=8, help="messages in flight per connection at max rate")
     args = parser.parse_args()
     os.environ["MEDTWIN_BENCH_LOOP"] = args.loop  # the server processes inherit it
@@ -437,11 +448,15 @@ def main() -> None:
     results: dict[str, Any] = {"parser": p}
     tmp = Path(tempfile.mkdtemp(prefix="medtwin-bench-"))
     kinds = ["medtwin", "baseline"] + (["medtwin-ingest"] if args.with_ingest_only else [])
+    if args.encryption != "on":  # the same medtwin runs with encryption at rest switched off
+        kinds += [f"{k}-clear" for k in ("medtwin", "medtwin-ingest") if k in kinds]
+        if args.encryption == "off":
+            kinds = [k for k in kinds if k not in ("medtwin", "medtwin-ingest")]
     kinds += ["medtwin-thread"] if args.with_thread else []
     kinds += ["medtwin-memory"] if args.with_memory else []
     for kind in kinds:
         db = f"sqlite:///{tmp / f'{kind}.db'}"
-        if kind in ("medtwin", "medtwin-ingest", "medtwin-thread"):
+        if kind.removesuffix("-clear") in ("medtwin", "medtwin-ingest", "medtwin-thread"):
             from medtwin.store import Store
 
             Store(db).close()  # migrate before the clock starts
@@ -459,6 +474,9 @@ def main() -> None:
         with contextlib.suppress(OSError):  # gigabytes per run: do not leave them behind
             os.remove(db.removeprefix("sqlite:///"))
     shutil.rmtree(tmp, ignore_errors=True)
+    for kind in [k for k in results if isinstance(k, str) and k.endswith("-clear")]:
+        if args.encryption == "off":
+            results[kind.removesuffix("-clear")] = results[kind]
     print()
     print(f"{'':34}{'medtwin (SQLite, FULL sync)':>30}{'python-hl7 (no storage)':>26}")
     for phase, label in (("fixed", f"at {args.rate:g} msg/s"), ("max", "max rate")):
@@ -505,6 +523,17 @@ def main() -> None:
         print(f"medtwin without storage (in-memory sink, no twin persistence): at {args.rate:g} msg/s "
               f"{mm['fixed']['throughput_per_s']:.0f} msg/s p99 {mm['fixed']['p99_ms']:.1f} ms; "
               f"max {mm['max']['throughput_per_s']:.0f} msg/s p99 {mm['max']['p99_ms']:.1f} ms")  # fmt: skip
+    if args.encryption == "both":
+        for base in ("medtwin", "medtwin-ingest"):
+            if base in results and f"{base}-clear" in results:
+                on, off = results[base], results[f"{base}-clear"]
+                print(f"{base} encryption on vs off: at {args.rate:g} msg/s p99 {on['fixed']['p99_ms']:.1f} vs "
+                      f"{off['fixed']['p99_ms']:.1f} ms, throughput {on['fixed']['throughput_per_s']:.0f} vs "
+                      f"{off['fixed']['throughput_per_s']:.0f} msg/s; max rate {on['max']['throughput_per_s']:.0f} vs "
+                      f"{off['max']['throughput_per_s']:.0f} msg/s (p99 {on['max']['p99_ms']:.1f} vs "
+                      f"{off['max']['p99_ms']:.1f} ms)")  # fmt: skip
+    elif args.encryption == "off":
+        print("medtwin ran with encryption at rest OFF (MEDTWIN_UNSAFE_NO_ENCRYPTION=1)")
     ratio = results["medtwin"]["max"]["throughput_per_s"] / max(1e-9, results["baseline"]["max"]["throughput_per_s"])
     print(f"ratio medtwin/baseline max throughput: {ratio:.2f}")
     out = ROOT / "bench" / "results"

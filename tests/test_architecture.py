@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "twin": 2,
     "interop": 2,
     "store": 2,
+    "crypto": 2,
     "cli": 3,
     "server": 3,
     "security": 3,

@@ -72,8 +72,19 @@ ROOT = README.parent
 # What a fresh clone has that the tour's command lines read (copied into an empty folder, which is the working folder).
 _TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtures/pk")
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
-# together through `medtwin demo` (listener, twin runtime and virtual monitors in one command).
-_NEEDS_A_LISTENER = ("medtwin listen ", "medtwin monitors ", "medtwin devices simulate ")  # simulate: a broker
+# together through `medtwin demo-terminal` (listener, twin runtime and virtual monitors in one command).
+# `medtwin demo` (the platform, until Ctrl-C) runs in tests/web/test_browser.py; `demo-terminal` in test_monitor_cli.py.
+# `devices simulate` needs a broker (tests/interop/test_mqtt.py).
+_NEEDS_A_LISTENER = (
+    "medtwin listen ",
+    "medtwin monitors ",
+    "medtwin serve ",
+    "medtwin demo ",
+    "medtwin demo-terminal ",
+    "medtwin devices simulate ",
+)
+# Lines that ask for a password at a prompt (tests/server/test_cli_access.py runs users/clients with --password-stdin).
+_NEEDS_A_PROMPT = ("medtwin users add ",)
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
 _NEEDS_YOUR_DATA = (
     "medtwin risk evaluate ",
@@ -86,7 +97,7 @@ _SLOW = ("medtwin glucose simulate ", "medtwin glucose metrics run.parquet", "me
 
 
 def _tour(slow: bool) -> list[str]:
-    skipped = (*_NEEDS_A_LISTENER, *_NEEDS_YOUR_DATA)
+    skipped = (*_NEEDS_A_LISTENER, *_NEEDS_YOUR_DATA, *_NEEDS_A_PROMPT)
     lines = [line for line in _command_lines(keep_redirect=True) if not line.startswith(skipped)]
     return [line for line in lines if line.startswith(_SLOW) == slow]
 

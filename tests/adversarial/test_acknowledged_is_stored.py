@@ -36,8 +36,8 @@ def kept(store: Store) -> list[Any]:
     return sorted(entries, key=lambda e: e.raw_id)
 
 
-def expected_units(payload: bytes) -> list[hl7v2.MappedMessage | None]:
-    """What the mapper makes of each message of *payload* (None: a message it refuses)."""
+def expected_units(payload: bytes, store: Store) -> list[hl7v2.MappedMessage | None]:
+    """What the mapper makes of each message of *payload* with *store*'s keyed patient ids (None: refused)."""
     try:
         texts = hl7v2.split_batch(hl7v2.decode_payload(payload))
     except hl7v2.Hl7Error:
@@ -45,7 +45,7 @@ def expected_units(payload: bytes) -> list[hl7v2.MappedMessage | None]:
     out: list[hl7v2.MappedMessage | None] = []
     for t in texts:
         try:
-            out.append(hl7v2.map_message(hl7v2.parse_message(t)))
+            out.append(hl7v2.map_message(hl7v2.parse_message(t), patient_id_for=store.keyring.pseudonym))
         except hl7v2.Hl7Error:
             out.append(None)
     return out
@@ -55,9 +55,9 @@ def expected_units(payload: bytes) -> list[hl7v2.MappedMessage | None]:
 def test_every_fixture_stores_every_record_it_maps(name: str, tmp_path: Path, mllp: Any) -> None:
     """Walk every HL7 fixture through the listener: for each message the records mapped = the records stored."""
     payload = mllp.fixture_bytes(name)
-    units = expected_units(payload)
-    first = units[0].message if units[0] is not None else None
     with Store(f"sqlite:///{tmp_path / 'walk.db'}") as store:
+        units = expected_units(payload, store)
+        first = units[0].message if units[0] is not None else None
         with mllp.serving(store) as server:
             if hl7v2.wants_ack(first, True)[0]:
                 (ack,) = mllp.exchange(server.port, [payload])

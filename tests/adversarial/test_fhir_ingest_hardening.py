@@ -107,7 +107,7 @@ def test_a_valid_resource_medtwin_cannot_map_is_kept_with_a_warning(tmp_path: Pa
         assert report.status == "ok", report.errors
         assert any(f"(Observation/{observation['id']}): kept as FHIR JSON" in w for w in report.warnings)
         assert store.counts()["observations"] == 35
-        patient = entry_of(bundle, "Patient")["id"]
+        patient = store.keyring.pseudonym.fhir(entry_of(bundle, "Patient")["id"])  # FHIR ids are keyed (issue 15)
         kept = [orjson.loads(b) for b in store.kept_resources(patient)]
         assert any(r["resourceType"] == "Observation" and r["id"] == observation["id"] for r in kept)
 
@@ -228,17 +228,36 @@ def test_two_ingests_on_a_fresh_sqlite_file_do_not_race_the_schema(tmp_path: Pat
         assert store.counts()["patients"] == 2
 
 
-def _normalised(bundle: dict[str, Any]) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+def _normalised(bundle: dict[str, Any], pseudonym: Any = None) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     """The bundle's resources by type, with references inside it rewritten to Type/id (the documented
-    normalisation of kept resources)."""
+    normalisation of kept resources); with *pseudonym* (a store's ``keyring.pseudonym.fhir``) the Patient's id
+    and the references to it become the keyed patient id, without their display (docs/security-data.md)."""
     refs = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"]}
     text = json.dumps([e["resource"] for e in bundle["entry"]])
     for full_url, ref in refs.items():
         text = text.replace(f'"{full_url}"', f'"{ref}"')
+    resources = json.loads(text)
+    if pseudonym is not None:
+        for res in resources:
+            if res["resourceType"] == "Patient":
+                old, res["id"] = res["id"], pseudonym(res["id"])
+                _rekey(resources, f"Patient/{old}", f"Patient/{res['id']}")
     out: dict[str, dict[tuple[str, str], dict[str, Any]]] = collections.defaultdict(dict)
-    for res in json.loads(text):
+    for res in resources:
         out[res["resourceType"]][(res["resourceType"], res["id"])] = res
     return out
+
+
+def _rekey(node: Any, old: str, new: str) -> None:
+    if isinstance(node, dict):
+        if node.get("reference") == old:
+            node["reference"] = new
+            node.pop("display", None)
+        for v in node.values():
+            _rekey(v, old, new)
+    elif isinstance(node, list):
+        for v in node:
+            _rekey(v, old, new)
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name.split("_")[0])
@@ -246,8 +265,8 @@ def test_export_returns_what_was_ingested_type_by_type(sample: Path, tmp_path: P
     """Every Synthea sample: the patient's export holds, type by type, the resources that were ingested; those
     medtwin does not map (Claim, Immunization, Procedure, ...) exactly as they came (references normalised), the
     mapped ones (Patient, Encounter, Condition, Observation, MedicationRequest) with the same ids."""
-    ingested = _normalised(json.loads(sample.read_text()))
     with Store(f"sqlite:///{tmp_path / 's.db'}") as store:
+        ingested = _normalised(json.loads(sample.read_text()), store.keyring.pseudonym.fhir)
         assert ingest_file(store, sample).ok
         (patient,) = store.patients()
         exported = _normalised(patient_bundle(store, patient.patient_id))

@@ -98,7 +98,7 @@ def _demo_counts(output: str) -> tuple[int, int]:
 
 def test_demo_tells_the_whole_story_on_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # the demo writes ./.medtwin-demo/run-<time>/
-    args = ["demo", "--minutes", "0.05", "--patients", "4", "--interval", "0.2", "--time-scale", "3600"]
+    args = ["demo-terminal", "--minutes", "0.05", "--patients", "4", "--interval", "0.2", "--time-scale", "3600"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     second = runner.invoke(app, args)

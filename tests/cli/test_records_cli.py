@@ -39,13 +39,17 @@ def test_ingest_then_list_show_and_export(db: str, tmp_path: Path) -> None:
     listed = runner.invoke(app, ["patients", "--db", db, "--json"])
     assert listed.exit_code == 0, listed.output
     patients = json.loads(listed.stdout)
-    assert [p["patient_id"] for p in patients] == [LIZ_ID]
+    with Store(db) as store:  # the FHIR id is the MRN in Synthea: the medtwin id is keyed (docs/security-data.md)
+        pid = store.keyring.pseudonym.fhir(LIZ_ID)
+    assert [p["patient_id"] for p in patients] == [pid]
     assert patients[0]["birth_date"] == "1986-11-28"
 
-    shown = runner.invoke(app, ["patient", LIZ_ID[:8], "--db", db, "--json"])  # a unique prefix is enough
+    shown = runner.invoke(app, ["patient", pid[:8], "--db", db, "--json"])  # a unique prefix is enough
     assert shown.exit_code == 0, shown.output
     detail = json.loads(shown.stdout)
-    assert detail["patient_id"] == LIZ_ID
+    assert detail["patient_id"] == pid
+    by_mrn = runner.invoke(app, ["patient", LIZ_ID, "--db", db, "--json"])  # the MRN (blind index), the FHIR id
+    assert json.loads(by_mrn.stdout)["patient_id"] == pid
     assert len(detail["conditions"]) == 1
     assert len(detail["medications"]) == 1
     bp = detail["latest"]["55284-4"]
@@ -63,7 +67,7 @@ def test_ingest_then_list_show_and_export(db: str, tmp_path: Path) -> None:
 
     out = tmp_path / "liz.json"
     assert runner.invoke(app, ["export", LIZ_ID, "--db", db, "--out", str(out)]).exit_code == 0
-    assert json.loads(out.read_text())["entry"][0]["resource"]["id"] == LIZ_ID
+    assert json.loads(out.read_text())["entry"][0]["resource"]["id"] == pid
 
 
 def test_ingest_table_and_failure_exit_code(db: str, tmp_path: Path) -> None:

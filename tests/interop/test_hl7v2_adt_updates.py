@@ -99,7 +99,8 @@ def test_a08_updates_the_patient_and_keeps_the_old_name(store: Store) -> None:
     assert patient.identity is not None
     assert patient.identity.family == "SMITH"
     with store.engine.connect() as conn:
-        history = [r[0] for r in conn.exec_driver_sql("SELECT body FROM patient_identity_versions")]
+        sealed = [r[0] for r in conn.exec_driver_sql("SELECT body FROM patient_identity_versions")]
+    history = [store.keys.open_text(b) or "" for b in sealed]  # encrypted at rest (docs/security-data.md)
     assert any('"DOE"' in b for b in history)
 
 

@@ -35,13 +35,16 @@ _PG_UNAVAILABLE = _pg_reason()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL for an empty store: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A database URL for an empty store: a SQLite file, or a fresh PostgreSQL schema dropped afterwards (its key
+    file and audit signing key in the test's folder, not under ~/.config)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     if _PG_UNAVAILABLE is not None:
         pytest.skip(_PG_UNAVAILABLE)
+    monkeypatch.setenv("MEDTWIN_KEY_FILE", str(tmp_path / "pg.keys"))
+    monkeypatch.setenv("MEDTWIN_AUDIT_KEY_FILE", str(tmp_path / "pg.audit-key"))
     import psycopg
 
     schema = f"medtwin_test_{uuid.uuid4().hex[:12]}"

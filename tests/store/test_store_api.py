@@ -31,6 +31,7 @@ def test_store_public_api() -> None:
 
 def test_fhir_public_api() -> None:
     assert sorted(fhir.__all__) == [
+        "DocumentResult",
         "FhirInputError",
         "FhirLimits",
         "FileReport",
@@ -39,6 +40,7 @@ def test_fhir_public_api() -> None:
         "ParsedPayload",
         "Unmapped",
         "fhir_files",
+        "ingest_document",
         "ingest_file",
         "ingest_paths",
         "map_resource",

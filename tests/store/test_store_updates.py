@@ -148,7 +148,9 @@ def test_patient_update_replaces_demographics_and_keeps_history(store: Store) ->
     assert versions(store, "patient") == [("A01/PID", "p1"), ("A08/PID", "p1")]
     iv = schema.patient_identity_versions
     with store.engine.connect() as conn:
-        bodies = conn.execute(select(iv.c.body).order_by(iv.c.version_id)).scalars().all()
+        sealed = conn.execute(select(iv.c.body).order_by(iv.c.version_id)).scalars().all()
+    assert all(b.startswith("mte1.") for b in sealed)  # encrypted at rest (docs/security-data.md)
+    bodies = [store.keys.open_text(b) or "" for b in sealed]
     assert ['"Doe"' in b for b in bodies] == [True, False]  # the replaced name is kept in the history
     assert store.write([patient("A08", family="Smith", gender="male")]).duplicates == 1  # resend: no change
     assert len(versions(store, "patient")) == 2

@@ -7,6 +7,7 @@ import logging
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,14 +46,19 @@ def store_messages(store: Store, payloads: list[bytes]) -> None:
             content_type=CONTENT_TYPE,
             received=datetime.now(UTC),
         )
-        items.append((hl7v2.map_message(message).records, raw))
+        items.append((hl7v2.map_message(message, patient_id_for=store.keyring.pseudonym).records, raw))
     store.write_batch(items)
 
 
-def direct_events(payloads: list[bytes]) -> list[Event]:
-    """What a runtime fed directly (no store, no log) raises for *payloads*, in order."""
+def direct_events(payloads: list[bytes], key: Any) -> list[Event]:
+    """What a runtime fed directly (no store, no log) raises for *payloads*, in order (patient ids keyed by *key*,
+    the store's ``keyring.pseudonym``, as the listener and the worker key them)."""
     runtime = TwinRuntime(None)
-    return [e for p in payloads for e in runtime.process(hl7v2.map_message(hl7v2.parse_payload(p)[0]).records)]
+    return [
+        e
+        for p in payloads
+        for e in runtime.process(hl7v2.map_message(hl7v2.parse_payload(p)[0], patient_id_for=key).records)
+    ]
 
 
 def latest(events: list[Event]) -> list[Event]:
@@ -81,7 +87,7 @@ def test_worker_reads_stored_messages_once_and_matches_a_directly_fed_runtime(tm
         assert second.messages == 50  # only what arrived since, nothing twice
         runtime.close()
         via_log = store.events()
-    expected = direct_events(payloads)
+    expected = direct_events(payloads, store.keyring.pseudonym)
     assert any(e.kind == "alert" for e in expected)
     alerts = latest([e for e in expected if e.kind == "alert"])
     assert summary([e for e in via_log if e.kind == "alert"]) == summary(alerts)  # the same alerts, none twice
@@ -233,7 +239,7 @@ def test_a_failing_group_restarts_the_twins_from_the_cursor_and_loses_nothing(
         assert report["messages_read"] >= 40
         assert load_cursor(store, "twin-runtime") == last_raw_id(store)
         stored_alerts = store.events(kind="alert")
-    expected = direct_events(payloads)
+    expected = direct_events(payloads, store.keyring.pseudonym)
     assert summary(stored_alerts) == summary([e for e in expected if e.kind == "alert"])
 
 
@@ -268,10 +274,15 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
         (skipped,) = [e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]
         assert skipped.data["raw_id"] == poisoned
         assert skipped.event_id == f"twin-skipped-{poisoned}"
-        assert skipped.patient_id == hl7v2.map_message(hl7v2.parse_payload(payloads[7])[0]).records[0].patient_id
+        assert (
+            skipped.patient_id
+            == hl7v2.map_message(hl7v2.parse_payload(payloads[7])[0], patient_id_for=store.keyring.pseudonym)
+            .records[0]
+            .patient_id
+        )
         # stepping over the same message again (a restart before the cursor moved on) stores the alert once
         assert record_skipped(store, poisoned, "again") is not None
         assert len([e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]) == 1
-    expected = direct_events([p for i, p in enumerate(payloads) if i != 7])
+    expected = direct_events([p for i, p in enumerate(payloads) if i != 7], store.keyring.pseudonym)
     # every other message reached the twins
     assert summary(alerts) == summary([e for e in expected if e.kind == "alert"])

@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from medtwin.cli import demo, monitor, records
+from medtwin.cli import demo, monitor, platform_demo, records
 from medtwin.cli.console import tidy_help, tidy_options
 
 __all__ = ["app", "main"]
@@ -30,6 +30,12 @@ _LAZY_GROUPS: dict[str, tuple[str, str]] = {
     "trial": ("medtwin.cli.trial", "Virtual trials: `medtwin trial run SPEC`, `medtwin trial power SPEC`."),
     "twin": ("medtwin.cli.twin", "The living twin of a patient from the record: show, forecast, whatif, recommend."),
     "devices": ("medtwin.cli.devices", "Wearables over MQTT: register and bind devices, simulate CGM wearers."),
+    "audit": ("medtwin.cli.audit", "The audit chain: verify, export as FHIR AuditEvent, review break-glass."),
+    "serve": ("medtwin.cli.serve", "API server (FHIR R4 facade, OAuth2, live events); --mllp adds listener + twins."),
+    "users": ("medtwin.cli.users", "API users: add, list, disable; assign patients to care teams."),
+    "clients": ("medtwin.cli.clients", "OAuth clients of the API: devices, services, browser apps."),
+    "keys": ("medtwin.cli.keys", "Keys of encryption at rest: status, rotate the master key."),
+    "certs": ("medtwin.cli.certs", "Development certificates: `medtwin certs dev` (a CA, server and client)."),
 }
 
 
@@ -59,7 +65,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-# The demo registers `medtwin demo` first; records adds its ingest-only demo only when none exists.
+# `medtwin demo` is the platform in the browser; `medtwin demo-terminal` the terminal story; records adds its
+# ingest-only demo only when no `demo` exists.
+platform_demo.register(app)
 demo.register(app)
 monitor.register(app)
 records.register(app)

@@ -1,4 +1,4 @@
-"""`medtwin demo`: sample patients ingested, then live monitoring of virtual patients, then the alert list.
+"""`medtwin demo-terminal`: sample patients ingested, then live monitoring of virtual patients, then the alert list.
 
 Every run tells the whole story again: it works in a fresh folder ``.medtwin-demo/run-<UTC time>/`` (the five
 most recent runs are kept, older ones deleted), so no twin resumes from an earlier run's snapshots and no record
@@ -45,9 +45,9 @@ def new_run_folder(root: Path = DEMO_DIR, *, now: datetime | None = None, keep: 
 
 
 def register(app: typer.Typer) -> None:
-    """Add `medtwin demo` to the top-level *app*."""
+    """Add `medtwin demo-terminal` to the top-level *app*."""
 
-    @app.command("demo")
+    @app.command("demo-terminal")
     def demo(
         minutes: float = typer.Option(1.0, min=0.05, help="How long the live part runs (real minutes)."),
         patients: int = typer.Option(4, min=1, help="Virtual patients (stable, sepsis, hypoxic, post-op, ...)."),

@@ -52,14 +52,22 @@ async def listen_for(
     tls_files: tuple[str | None, str | None] = (None, None),
     pseudonymous: bool = False,
     max_connections_per_peer: int | None = None,
+    client_ca: str | None = None,
+    senders: str | None = None,
 ) -> dict[str, Any]:
     """Run the MLLP listener and the twin runtime until *stop* is set or *seconds* pass; returns the counts.
 
     Alerts are printed as they fire (unless *quiet*) with the patient's name, MRN and location from the store, or
-    the pseudonymous id only with *pseudonymous* (:class:`medtwin.cli.alerts.AlertPrinter`).
+    the pseudonymous id only with *pseudonymous* (:class:`medtwin.cli.alerts.AlertPrinter`). Senders are
+    authenticated (:mod:`medtwin.interop.mllp_auth`): by client certificate with *client_ca*, by the allow-list in
+    the *senders* file, else from this host only; a refused sender is recorded in the audit chain.
     """
+    from pathlib import Path
+
     from medtwin.interop.mllp import MllpConfig, MllpServer
+    from medtwin.interop.mllp_auth import LOOPBACK_ONLY, SenderPolicy, load_senders
     from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
+    from medtwin.security.audit import AuditEvent, AuditTrail
     from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store
@@ -71,7 +79,13 @@ async def listen_for(
     if processes > 1 and runtime_mode == "thread":  # the thread sees only its own process's messages
         raise ValidationError("--processes above 1 needs --runtime process (a runtime thread would miss the messages "
                               "the other listener processes store)")  # fmt: skip
-    ssl_context = server_ssl_context(*tls_files)  # PEM files (cert, key); every listener process loads them
+    if client_ca is not None and tls_files[0] is None:
+        raise ValidationError("--client-ca needs --tls-cert and --tls-key (mutual TLS)")
+    if senders is not None:
+        policy = load_senders(Path(senders), tls=client_ca is not None)
+    else:
+        policy = SenderPolicy(tls=True) if client_ca is not None else LOOPBACK_ONLY
+    ssl_context = server_ssl_context(tls_files[0], tls_files[1], client_ca)  # every listener process loads them
     # listeners and worker take turns fairly on one write lock; this process checkpoints for all of them
     store, write_lock = listener_store(db, shared_lock=runtime_mode == "process" or processes > 1)
     config = MllpConfig(
@@ -81,13 +95,20 @@ async def listen_for(
         max_connections_per_peer=max_connections_per_peer,
         ssl_context=ssl_context,
         reuse_port=processes > 1,
+        senders=policy,
     )
     pool: ListenerPool | None = None
     if processes > 1:  # refused (PostgreSQL, in-memory) before anything is started
         assert write_lock is not None
         try:
             pool = ListenerPool(
-                db, config, extra=processes - 1, write_lock=write_lock, tls_cert=tls_files[0], tls_key=tls_files[1]
+                db,
+                config,
+                extra=processes - 1,
+                write_lock=write_lock,
+                tls_cert=tls_files[0],
+                tls_key=tls_files[1],
+                client_ca=client_ca,
             )
         except BaseException:
             store.close()
@@ -110,7 +131,15 @@ async def listen_for(
             store.close()
             raise
     on_stored = None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic))
-    server = MllpServer(store, config, on_stored=on_stored)
+    trail = AuditTrail(store)
+
+    def refused(facility: str, peer: str, why: str) -> None:  # queued: the event loop does not wait for the commit
+        trail.record_nowait(
+            AuditEvent(time=datetime.now(UTC), actor=facility or "unknown", role="device", action="refused-sender",
+                       resource="MLLP", outcome="denied", source=peer, detail=why)
+        )  # fmt: skip
+
+    server = MllpServer(store, config, on_stored=on_stored, on_refused=refused)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -151,6 +180,7 @@ async def listen_for(
             if "error" in report:
                 console.print(f"[red]twin runtime worker: {report['error']}[/red]")
             events = report.get("events")
+        trail.close()
         store.close()
     stats = server.stats
     counters = ("accepted", "duplicates", "rejected", "unmapped", "errors", "records")
@@ -237,6 +267,12 @@ def register(app: typer.Typer) -> None:
         ),
         tls_cert: str | None = typer.Option(None, help="PEM certificate chain: serve MLLP over TLS."),
         tls_key: str | None = typer.Option(None, help="PEM private key of --tls-cert."),
+        client_ca: str | None = typer.Option(
+            None, help="PEM CA of the senders' client certificates: mutual TLS, MSH-4 must be named by the certificate."
+        ),
+        senders: str | None = typer.Option(
+            None, help="TOML allow-list: [senders] FACILITY = [networks]. Default: senders on this host only."
+        ),
         quiet: bool = typer.Option(False, help="Do not print alerts as they fire."),
         pseudonymous: bool = typer.Option(
             False, "--pseudonymous", help="Print alerts with pseudonymous patient ids only (no name, MRN, location)."
@@ -290,6 +326,8 @@ def register(app: typer.Typer) -> None:
                     processes=processes,
                     tls_files=(tls_cert, tls_key),
                     pseudonymous=pseudonymous,
+                    client_ca=client_ca,
+                    senders=senders,
                 )
             )
         except ValidationError as exc:  # a refused option combination: say which, no traceback

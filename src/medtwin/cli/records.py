@@ -287,11 +287,12 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
 
 
 def resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
-    """The patient whose id is *patient_id* or, failing that, starts with it (one only); otherwise the exit to
-    raise after printing why on *console* (no such patient, or an ambiguous prefix with the ids it matches)."""
+    """The patient whose id is *patient_id*, whose FHIR Patient id it is (medtwin ids are keyed from it), whose id
+    starts with it (one only), or whose identifier (MRN) it is (the keyed blind index); otherwise the exit to raise
+    after printing why on *console* (no such patient, or an ambiguous prefix with the ids it matches)."""
     if not patient_id or len(patient_id) > _MAX_ID_CHARS:
         raise fail(console, f"a patient id has 1 to {_MAX_ID_CHARS} characters; this one has {len(patient_id)}")
-    found = store.patient(patient_id)
+    found = store.patient(patient_id) or store.patient(store.keyring.pseudonym.fhir(patient_id))  # or a FHIR id
     if found is not None:
         return found
     # ids only, by a prefix query: loading every patient to match a prefix does not scale
@@ -303,16 +304,38 @@ def resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
     if len(matches) > 1:
         shown = ", ".join(matches[:_SHOWN_MATCHES]) + (", ..." if len(matches) > _SHOWN_MATCHES else "")
         raise fail(console, f"{patient_id!r} matches {len(matches)} patients ({shown}); give more of the id")
-    raise fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`)")
+    by_identifier = store.find_patients(patient_id)  # an MRN, through the keyed blind index
+    if len(by_identifier) == 1:
+        resolved = store.patient(by_identifier[0])
+        if resolved is not None:
+            return resolved
+    if len(by_identifier) > 1:
+        raise fail(console, f"identifier {patient_id!r} belongs to {len(by_identifier)} patients: "
+                            f"{', '.join(by_identifier[:_SHOWN_MATCHES])}")  # fmt: skip
+    raise fail(console, f"no patient with id {patient_id!r} (see `medtwin patients`; an MRN is looked up too)")
 
 
 def patient(
-    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it).")],
+    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it, or an MRN); `erase ID`.")],
+    target: Annotated[
+        str | None, typer.Argument(help="With `erase`: the patient to erase.", show_default=False)
+    ] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With erase: do not ask for confirmation.")] = False,
+    reason_: Annotated[str | None, typer.Option("--reason", help="With erase: why (kept in the audit record).")] = None,
+    actor: Annotated[str, typer.Option("--actor", help="With erase: who erases (the audit record's actor).")] = "cli",
 ) -> None:
-    """Show one patient: demographics, conditions, medications, latest vitals and results (labs)."""
+    """Show one patient: demographics, conditions, medications, latest vitals and results (labs).
+
+    `medtwin patient erase ID` erases the patient: records, twin state, raw payloads, and their data key (audited).
+    """
+    if patient_id == "erase" and target is not None:
+        _erase(target, db, as_json, yes, reason_, actor)
+        return
     console = make_console(stderr=as_json)
+    if target is not None:
+        raise fail(console, f"unexpected argument {target!r} (did you mean `medtwin patient erase {target}`?)")
     with store_errors(console), open_existing(db, console) as store:
         p = resolve_patient(store, patient_id, console)
         conditions = store.conditions(p.patient_id)
@@ -417,15 +440,34 @@ def patient(
 
 
 def export(
-    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it).")],
+    patient_id: Annotated[
+        str | None, typer.Argument(help="Patient id (or a unique prefix of it); with --deidentify, none = all.")
+    ] = None,
     db: DbOption = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the bundle here instead of stdout.")] = None,
+    deidentify: Annotated[
+        bool, typer.Option("--deidentify", help="HIPAA Safe Harbor de-identification (docs/security-data.md).")
+    ] = False,
+    dates: Annotated[
+        str, typer.Option(help="With --deidentify: 'shift' (secret per-patient offset) or 'year' (year only).")
+    ] = "shift",
 ) -> None:
-    """Export a patient's record as a FHIR R4 Bundle (JSON)."""
+    """Export a patient's record as a FHIR R4 Bundle (JSON); --deidentify for research (all patients by default)."""
     console = make_console(stderr=True)
+    if dates not in ("shift", "year"):
+        raise fail(console, f"--dates: {dates!r} is not 'shift' or 'year'")
+    if patient_id is None and not deidentify:
+        raise fail(console, "give a patient id (or --deidentify to export every patient de-identified)")
     with store_errors(console), open_existing(db, console) as store:
-        p = resolve_patient(store, patient_id, console)
-        bundle = patient_bundle(store, p.patient_id)
+        if deidentify:
+            from medtwin.security.deid import deidentified_bundle
+
+            ids = [resolve_patient(store, patient_id, console).patient_id] if patient_id else store.patient_ids()
+            bundle = deidentified_bundle(store, ids, dates=dates)  # type: ignore[arg-type]
+        else:
+            assert patient_id is not None
+            p = resolve_patient(store, patient_id, console)
+            bundle = patient_bundle(store, p.patient_id)
     data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
     if out is None:
         sys.stdout.buffer.write(data)
@@ -436,6 +478,30 @@ def export(
         except OSError as exc:
             raise fail(console, f"cannot write {out}: {exc.strerror or exc}") from None
         console.print(f"wrote {len(bundle['entry'])} resources to {out}")
+
+
+def _erase(target: str, db: str | None, as_json: bool, yes: bool, why: str | None, actor: str) -> None:
+    from medtwin.security.erasure import erase_patient
+
+    console = make_console(stderr=as_json)
+    with store_errors(console), open_existing(db, console) as store:
+        p = resolve_patient(store, target, console)
+        if not yes and not typer.confirm(f"erase patient {p.patient_id} and destroy their key? this cannot be undone"):
+            raise fail(console, "not erased")
+        try:
+            report = erase_patient(store, p.patient_id, actor=actor, reason=why)
+        except MedtwinError as exc:
+            raise fail(console, str(exc)) from None
+    if as_json:
+        print_json({"patient_id": report.patient_id, "removed": report.removed, "key_destroyed": report.key_destroyed,
+                    "audit_seq": report.audit_seq, "shared_payloads": report.shared_payloads})  # fmt: skip
+        return
+    out = make_console()
+    out.print(f"erased patient {escape(report.patient_id)}: {sum(report.removed.values())} rows removed, "
+              f"data key destroyed: {report.key_destroyed} (audit record {report.audit_seq})")  # fmt: skip
+    if report.shared_payloads:
+        out.print(f"[yellow]{report.shared_payloads} payload(s) under the system key mention this patient beside "
+                  "others; they were kept (see docs/security-data.md)[/yellow]")  # fmt: skip
 
 
 def sample_bundles() -> list[Path]:

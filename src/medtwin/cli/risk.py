@@ -109,7 +109,7 @@ def _dump(data: Any) -> None:
 
 @app.command("patient")
 def patient(
-    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it).")],
+    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it, its FHIR id, or an MRN).")],
     db: DbOption = None,
     at: AtOption = None,
     model: ModelOption = None,

@@ -10,7 +10,6 @@ on its own, conflicting resends kept beside the first), FHIR JSON as ``medtwin i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -86,10 +85,15 @@ def _rejected(store: Store, entry: RawLogEntry, data: bytes, reason: str, **fiel
 
 def _retry_fhir(store: Store, entry: RawLogEntry, data: bytes) -> RetryOutcome:
     try:
-        parsed = parse_payload(orjson.loads(data), file=f"raw {entry.raw_id}", source_system=entry.source_system)
+        parsed = parse_payload(
+            orjson.loads(data),
+            file=f"raw {entry.raw_id}",
+            source_system=entry.source_system,
+            patient_id_for=store.keyring.pseudonym.fhir,
+        )
     except (FhirInputError, orjson.JSONDecodeError) as exc:
         return _rejected(store, entry, data, f"retry of raw_id {entry.raw_id}: {exc}")
-    key = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    key = f"hmac:{store.keyring.digest(data)}"  # the key medtwin ingest gives a file of these bytes
     notes = "; ".join([f"retry of raw_id {entry.raw_id}", *parsed.warnings])[:2000]
     result = store.write(parsed.items, _retry_raw(entry, data, source_id=key, reason=notes))
     status = "duplicate" if result.raw_duplicate else "accepted"
@@ -98,7 +102,7 @@ def _retry_fhir(store: Store, entry: RawLogEntry, data: bytes) -> RetryOutcome:
 
 def _retry_hl7(store: Store, entry: RawLogEntry, data: bytes, assume_tz: tzinfo) -> list[RetryOutcome]:
     out = []
-    for unit in prepare_frame(data, assume_tz):
+    for unit in prepare_frame(data, assume_tz, store.keyring.pseudonym):
         if unit.error is not None or unit.mapped is None:
             error = unit.error
             out.append(_rejected(store, entry, unit.payload, f"retry of raw_id {entry.raw_id}: HL7 "
@@ -118,7 +122,12 @@ def _retry_hl7(store: Store, entry: RawLogEntry, data: bytes, assume_tz: tzinfo)
         )
         result = store.write(list(mapped.records), raw)
         if result.raw_conflict:  # the control id is stored with other content: kept beside it, as the listener does
-            again = map_again(unit, control_key(mapped.message, raw.digest), assume_tz)
+            again = map_again(
+                unit,
+                control_key(mapped.message, store.keyring.digest((raw.digest or "").encode())),
+                assume_tz,
+                store.keyring.pseudonym,
+            )
             raw = dataclasses.replace(raw, source_id=again.source_id, related_raw_id=result.related_raw_id,
                                       relation="conflict-of")  # fmt: skip
             result = store.write(list(again.records), raw)

@@ -46,6 +46,7 @@ from medtwin.interop.hl7v2 import (
     source_key,
     wants_ack,
 )
+from medtwin.interop.mllp_auth import SenderPolicy
 from medtwin.interop.mllp_connection import _Connection, _Slot
 from medtwin.interop.mllp_framing import END_BLOCK, START_BLOCK, FrameError, MllpFramer, frame
 from medtwin.interop.mllp_units import ACCEPTED, ERROR, REJECTED, Outcome, Unit, combine, map_again, prepare_frame
@@ -116,6 +117,7 @@ class MllpConfig:
     max_connections_per_peer: int | None = None
     frame_timeout_s: float = 30.0
     offload_bytes: int = 64 << 10
+    senders: SenderPolicy | None = None  # None: every sender that can connect (medtwin listen: loopback only)
 
     @property
     def per_peer(self) -> int:
@@ -138,6 +140,7 @@ class ServerStats:
     unmapped: int = 0
     rejected: int = 0
     refused_results: int = 0  # results (OBX) refused inside messages whose other records were stored
+    refused_senders: int = 0  # frames refused because their sender failed authentication (mllp_auth)
     timeouts: int = 0  # connections cut off for not finishing a frame in frame_timeout_s
     errors: int = 0
     records: int = 0
@@ -165,8 +168,10 @@ class MllpServer:
         config: MllpConfig = MllpConfig(),
         *,
         on_stored: Callable[[StoredBatch], bool | None] | None = None,
+        on_refused: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.sink = sink
+        self.on_refused = on_refused  # (sending facility, peer address, reason): an unauthenticated sender
         self.config = config
         self.on_stored = on_stored
         self.stats = ServerStats()
@@ -179,6 +184,10 @@ class MllpServer:
         self._closing = False
         self._all_gone: asyncio.Event | None = None
         self._known_patients: set[str] = set()  # patients this server has stored (ORU need not resend them)
+        # a store's keys: patient ids keyed by its secret, conflict keys by a keyed digest (issue 15)
+        keyring = getattr(sink, "keyring", None)
+        self._patient_id_for = getattr(keyring, "pseudonym", None)
+        self._keyed_digest: Callable[[bytes], str] | None = getattr(keyring, "digest", None)
         self._ack_ids = itertools.count(1)
         self._ack_prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFFF:x}"
         self.port: int | None = None
@@ -276,10 +285,13 @@ class MllpServer:
             elif len(item) > self.config.offload_bytes and self._readers is not None and self._loop is not None:
                 self.stats.offloaded += 1
                 conn.busy = True
-                future = self._loop.run_in_executor(self._readers, prepare_frame, item, self.config.assume_tz)
+                future = self._loop.run_in_executor(self._readers, prepare_frame, item, self.config.assume_tz,
+                                                   self._patient_id_for)  # fmt: skip
                 future.add_done_callback(lambda f: self._prepared(f, item, conn, slot, received))
             else:
-                self._store_units(prepare_frame(item, self.config.assume_tz), conn, slot, received)
+                self._store_units(
+                    prepare_frame(item, self.config.assume_tz, self._patient_id_for), conn, slot, received
+                )
         except Exception:  # never lose a frame to a bug: answer it and keep serving
             self._internal_error(conn, slot)
 
@@ -316,8 +328,35 @@ class MllpServer:
 
         self._submit(_Job("reject", raw, reason=raw.reason), logged)
 
+    def _refused_sender(self, units: list[Unit], conn: _Connection, header: Hl7Message | None) -> str | None:
+        """Why the frame's sender may not send (:mod:`medtwin.interop.mllp_auth`), or None."""
+        policy = self.config.senders
+        if policy is None:
+            return None
+        for unit in units:
+            message = unit.message or _salvage_header(unit.payload) or header
+            facility = message.sending_facility if message is not None else ""
+            why = policy.check(facility, conn.host, conn.cert_names)
+            if why is not None:
+                self.stats.refused_senders += 1
+                log.warning("refused MLLP sender %r from %s: %s", facility, conn.peer, why)
+                if self.on_refused is not None:
+                    try:
+                        self.on_refused(facility, conn.peer, why)
+                    except Exception:  # the audit's trouble must not keep the connection open
+                        log.exception("on_refused failed")
+                return why
+        return None
+
     def _store_units(self, units: list[Unit], conn: _Connection, slot: _Slot, received: datetime) -> None:
         header = units[0].message or _salvage_header(units[0].payload)
+        refused = self._refused_sender(units, conn, header)
+        if refused is not None:  # nothing of an unauthenticated sender is stored: NAK, then close
+            conn.settle(
+                slot, self._ack(header, Outcome(REJECTED, "sender not authorized", (("207", "MSH^1^4", refused),)))
+            )
+            conn.close()
+            return
         outcomes: list[Outcome | None] = [None] * len(units)
         for i, unit in enumerate(units):
             done = self._settler(conn, slot, header, outcomes, i)
@@ -413,10 +452,12 @@ class MllpServer:
                         Outcome(ERROR, errors=(("205", "MSH^1^10", "conflicting resend could not be keyed"),)),
                     )
                     return
-                key = control_key(head, message_digest(head))
-                self._write_unit(
-                    unit, received, done, result.related_raw_id, map_again(unit, key, self.config.assume_tz)
-                )
+                digest = message_digest(head)
+                if self._keyed_digest is not None:  # a plain SHA-256 in the key would confirm a guessed message
+                    digest = self._keyed_digest(digest.encode())
+                key = control_key(head, digest)
+                again = map_again(unit, key, self.config.assume_tz, self._patient_id_for)
+                self._write_unit(unit, received, done, result.related_raw_id, again)
                 return
             if result.raw_duplicate:
                 self.stats.duplicates += 1

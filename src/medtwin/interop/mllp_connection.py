@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from medtwin.interop.mllp_auth import cert_names
 from medtwin.interop.mllp_framing import END_BLOCK, START_BLOCK, FrameError, MllpFramer
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # no more reads: close once every owed ACK is out
         self.lost = False
         self.counted = False
+        self.cert_names: frozenset[str] = frozenset()  # names of a verified TLS client certificate
         self.last_active = 0.0
         self.partial_since: float | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -63,6 +65,7 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.cert_names = cert_names(transport.get_extra_info("peercert"))
         if (
             len(server._connections) >= server.config.max_connections
             or server._peers.get(self.host, 0) >= server.config.per_peer

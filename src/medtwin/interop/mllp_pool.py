@@ -52,12 +52,18 @@ log = logging.getLogger("medtwin.interop.mllp")
 _PARENT_POLL_S = 0.2
 
 
-def server_ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """A server-side TLS context from a PEM certificate chain and key file (None when *cert* is None)."""
+def server_ssl_context(cert: str | None, key: str | None, client_ca: str | None = None) -> ssl.SSLContext | None:
+    """A server-side TLS context from a PEM certificate chain and key file (None when *cert* is None); with
+    *client_ca* (PEM) every client must present a certificate issued by it (mutual TLS: the handshake fails
+    without one; :mod:`medtwin.interop.mllp_auth` then checks the facility it names)."""
     if cert is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(client_ca)
     return ctx
 
 
@@ -69,6 +75,7 @@ class _ChildSpec:
     config: MllpConfig
     tls_cert: str | None
     tls_key: str | None
+    client_ca: str | None = None
 
 
 class ListenerPool:
@@ -89,6 +96,7 @@ class ListenerPool:
         write_lock: SharedWriteLock,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        client_ca: str | None = None,
     ) -> None:
         if extra < 1:
             raise ValidationError(f"ListenerPool: extra must be at least 1, got {extra}")
@@ -102,7 +110,7 @@ class ListenerPool:
             raise ValidationError("ListenerPool: an in-memory database cannot be shared by processes; use a file")
         self.extra = extra
         self.write_lock = write_lock
-        self._spec = _ChildSpec(url, replace(config, ssl_context=None, reuse_port=True), tls_cert, tls_key)
+        self._spec = _ChildSpec(url, replace(config, ssl_context=None, reuse_port=True), tls_cert, tls_key, client_ca)
         self._ctx = multiprocessing.get_context("spawn")
         self._stop: Any = None
         self._children: list[tuple[Any, multiprocessing.connection.Connection]] = []
@@ -218,7 +226,9 @@ async def _serve(
 ) -> None:
     store = Store(spec.db, write_lock=lock.yielding(), checkpoints_elsewhere=True)
     try:
-        config = replace(spec.config, port=port, ssl_context=server_ssl_context(spec.tls_cert, spec.tls_key))
+        config = replace(
+            spec.config, port=port, ssl_context=server_ssl_context(spec.tls_cert, spec.tls_key, spec.client_ca)
+        )
         server = MllpServer(store, config)
         prepare_service_heap()  # this process is a service of its own (medtwin.service)
         await server.start()

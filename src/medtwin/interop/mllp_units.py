@@ -11,7 +11,7 @@ no longer refuses the others either.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
@@ -56,12 +56,20 @@ class Outcome:
     stored: bool = False
 
 
-def _read(unit: Unit, assume_tz: tzinfo) -> Unit:
+PatientIdFor = Callable[[str | None, str], str] | None
+"""The keyed patient-id function of the store written to (``store.keyring.pseudonym``); None: the process key."""
+
+
+def _read(unit: Unit, assume_tz: tzinfo, patient_id_for: PatientIdFor = None) -> Unit:
     """Map *unit* 's parsed message; any error, expected or not, refuses the unit instead of escaping."""
     if unit.message is None:
         return unit
     try:
-        unit.mapped = map_message(unit.message, assume_tz=assume_tz)
+        unit.mapped = (
+            map_message(unit.message, assume_tz=assume_tz)
+            if patient_id_for is None
+            else map_message(unit.message, assume_tz=assume_tz, patient_id_for=patient_id_for)
+        )
     except Hl7Error as exc:
         unit.error = exc
     except Exception as exc:  # a bug must not cost the frame: the unit is refused and kept as a dead letter
@@ -70,7 +78,7 @@ def _read(unit: Unit, assume_tz: tzinfo) -> Unit:
     return unit
 
 
-def prepare_frame(payload: bytes, assume_tz: tzinfo) -> list[Unit]:
+def prepare_frame(payload: bytes, assume_tz: tzinfo, patient_id_for: PatientIdFor = None) -> list[Unit]:
     """The units of one frame: decoded, split, parsed and mapped (linear in the frame's size; may run in a worker
     thread for a large frame). A frame that cannot be decoded or split is one unit with its error."""
     try:
@@ -89,20 +97,22 @@ def prepare_frame(payload: bytes, assume_tz: tzinfo) -> list[Unit]:
                 unit.message = parse_message(text)
             except Hl7Error as member_error:
                 unit.error = member_error
-            units.append(_read(unit, assume_tz))
+            units.append(_read(unit, assume_tz, patient_id_for))
         return units
     except Exception as exc:
         log.exception("unexpected error while reading a frame")
         return [Unit(payload, error=Hl7Error(f"cannot process the message: {type(exc).__name__}: {exc}"))]
     if len(messages) == 1:
-        return [_read(Unit(payload, messages[0]), assume_tz)]
-    return [_read(Unit(encode_message(m.text), m), assume_tz) for m in messages]
+        return [_read(Unit(payload, messages[0]), assume_tz, patient_id_for)]
+    return [_read(Unit(encode_message(m.text), m), assume_tz, patient_id_for) for m in messages]
 
 
-def map_again(unit: Unit, key: str, assume_tz: tzinfo) -> MappedMessage:
+def map_again(unit: Unit, key: str, assume_tz: tzinfo, patient_id_for: PatientIdFor = None) -> MappedMessage:
     """*unit* 's message mapped with the provenance key *key* (a conflicting resend kept beside the first)."""
     assert unit.message is not None
-    return map_message(unit.message, assume_tz=assume_tz, key=key)
+    if patient_id_for is None:
+        return map_message(unit.message, assume_tz=assume_tz, key=key)
+    return map_message(unit.message, assume_tz=assume_tz, key=key, patient_id_for=patient_id_for)
 
 
 def combine(outcomes: Sequence[Outcome]) -> Outcome:

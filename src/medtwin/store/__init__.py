@@ -5,6 +5,7 @@ SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is select
 shipped in this package and applied on open. See docs/store.md.
 """
 
+from medtwin.store import access_tables as access_tables  # registers the identity tables on the one metadata
 from medtwin.store.batch import raw_digest
 from medtwin.store.config import StoreConfigError, resolve_database_url
 from medtwin.store.cursors import AcceptedMessage, accepted_after, last_raw_id, load_cursor, save_cursor

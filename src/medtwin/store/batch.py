@@ -21,6 +21,7 @@ The caller owns the transaction: if anything raises, nothing of the batch is sto
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import sqlite3
@@ -35,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from medtwin.errors import ValidationError
 from medtwin.records import Encounter, Patient, Provenance, Record
 from medtwin.store import codec, rows, schema
+from medtwin.store.protect import FHIR_SYSTEM_KEY, SYSTEM_KEY, Sealer
 from medtwin.store.resources import FhirResource, PatientLinks, write_links, write_resources
 from medtwin.store.versions import encounter_as_of, merge_encounter, merge_patient, same_content
 
@@ -51,6 +53,8 @@ __all__ = [
     "raw_digest",
     "raw_row",
     "raw_values",
+    "seal_raw",
+    "sqlite_begin_immediate",
     "write_items",
 ]
 
@@ -163,6 +167,11 @@ _SQLITE_INSERTS: dict[tuple[str, tuple[str, ...], int], str] = {}
 _SQLITE_MAX_ROWS = 1024  # rows per statement at most (and at most the driver's bound-parameter limit allows)
 
 
+def sqlite_begin_immediate(conn: Connection) -> None:
+    """Start *conn*'s write transaction with ``BEGIN IMMEDIATE`` (the write lock now) unless one is open."""
+    _sqlite_driver(conn)
+
+
 def _sqlite_driver(conn: Connection) -> sqlite3.Connection:
     """The pysqlite connection under *conn*, in a write transaction (``BEGIN IMMEDIATE`` when none is open).
 
@@ -264,11 +273,14 @@ def write_items(
     items: Sequence[tuple[Sequence[Record | FhirResource | PatientLinks], RawMessage | None]],
     groups: Sequence[dict[type[Any], list[Any]]],
     encoded: Sequence[dict[type[Any], list[tuple[Any, ...]]]] | None = None,
+    sealer: Sealer | None = None,
 ) -> list[ItemOutcome]:
     """Write *items* (with their records already grouped by :func:`group_records`) on *conn*; one outcome each.
 
     *encoded* (SQLite): each item's value tuples from :func:`encode_plain`, best computed before the transaction
-    (encoded here when not given); ignored elsewhere.
+    (encoded here when not given); ignored elsewhere. *sealer*: encryption at rest (:mod:`medtwin.store.protect`):
+    raw payloads, patient bodies and identities and kept FHIR resources are sealed, digests keyed (the store always
+    gives one; None writes plaintext, for tools that read old databases only).
     """
     if dialect != "sqlite":
         encoded = [{} for _ in groups]
@@ -278,9 +290,19 @@ def write_items(
     for item in batch:
         item.outcome.records = len(item.records) - len(item.groups.get(PatientLinks, ()))
     driver = _sqlite_driver(conn) if dialect == "sqlite" else None
+    if sealer is not None:
+        refs = [_item_ref(item) for item in batch]
+        sealer.prepare(
+            [*(r for r, item in zip(refs, batch, strict=True) if item.raw is not None),
+             *(p.patient_id for item in batch for p in item.groups.get(Patient, ())),
+             *(r.patient_id or FHIR_SYSTEM_KEY for item in batch for r in item.groups.get(FhirResource, ()))]
+        )  # fmt: skip
+        for item, ref in zip(batch, refs, strict=True):
+            if item.raw is not None:
+                item.raw = seal_raw(sealer, item.raw, ref)
     _write_raws(conn, driver, batch)
     live = [item for item in batch if not (item.outcome.raw_duplicate or item.outcome.raw_conflict)]
-    _write_patients(conn, dialect, driver, live)
+    _write_patients(conn, dialect, driver, live, sealer)
     _write_encounters(conn, dialect, live)
     for kind, _table, _pk, _row_of in _PLAIN:
         owners = [(item, len(g)) for item in live if (g := item.groups.get(kind))]
@@ -302,7 +324,8 @@ def write_items(
                 else:
                     item.outcome.duplicates += 1
     kept = [(item, r) for item in live for r in item.groups.get(FhirResource, ())]
-    for (item, _), status in zip(kept, write_resources(conn, insert_rows, [r for _, r in kept]), strict=True):
+    written = write_resources(conn, insert_rows, [r for _, r in kept], sealer)
+    for (item, _), status in zip(kept, written, strict=True):
         if status == "inserted":
             item.outcome.inserted += 1
         elif status == "updated":
@@ -326,6 +349,7 @@ RAW_COLUMNS = (
     "digest",
     "related_raw_id",
     "relation",
+    "key_ref",
 )
 _RAW_RETURNING = ("raw_id", "source_system", "source_id", "status")
 KEPT_STATUSES = ("accepted", "unmapped")  # one row per (source system, source id) among these (revision 0006)
@@ -370,7 +394,51 @@ def raw_values(
         digest,
         related_id,
         relation if related_id is not None else None,
+        raw.key_ref,
     )
+
+
+def _item_ref(item: _Item) -> str:
+    """The key a raw payload is sealed under: the one patient its records belong to, else the system key."""
+    pids = {p.patient_id for p in item.groups.get(Patient, ())}
+    if not pids:
+        for kind, records in item.groups.items():
+            if kind is PatientLinks:
+                continue
+            for r in records:
+                pid = getattr(r, "patient_id", None)
+                if pid:
+                    pids.add(pid)
+                    if len(pids) > 1:
+                        return SYSTEM_KEY
+    return next(iter(pids)) if len(pids) == 1 else SYSTEM_KEY
+
+
+def seal_raw(sealer: Sealer, raw: RawMessage, ref: str) -> RawMessage:
+    """*raw* with its payload and reason sealed under *ref* and its digest keyed (the plain SHA-256 is never
+    stored). The reason is sealed because the reasons of mappers and validators may quote the input."""
+    data = raw.payload_bytes
+    digest = sealer.digest(raw.digest or raw_digest(data))
+    payload = sealer.seal_bytes(ref, data) if data else data
+    reason = sealer.seal_text(ref, raw.reason) if raw.reason else raw.reason
+    # a copy with four fields changed, without dataclasses.replace's second validation (done when *raw* was made;
+    # it is a few microseconds per message on the listener's hot path)
+    sealed = object.__new__(type(raw))
+    for name in _field_names(type(raw)):
+        object.__setattr__(sealed, name, getattr(raw, name))
+    for name, value in (("payload", payload), ("digest", digest), ("key_ref", ref), ("reason", reason)):
+        object.__setattr__(sealed, name, value)
+    return sealed
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(kind: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
 
 
 def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **options: Any) -> dict[str, Any]:
@@ -492,7 +560,13 @@ def _version_provenance(conn: Connection, kind: str, keys: set[tuple[str, str]])
     return {(r[0], r[1], r[2]) for r in conn.execute(stmt)}
 
 
-def _version_row(kind: str, record_id: str, as_of: datetime | None, record: Record, now: datetime) -> dict[str, Any]:
+def _seal(sealer: Sealer | None, ref: str, text: str) -> str:
+    return text if sealer is None else sealer.seal_text(ref, text)
+
+
+def _version_row(
+    kind: str, record_id: str, as_of: datetime | None, record: Record, now: datetime, sealer: Sealer | None = None
+) -> dict[str, Any]:
     p = record.provenance
     return {
         "kind": kind,
@@ -501,22 +575,29 @@ def _version_row(kind: str, record_id: str, as_of: datetime | None, record: Reco
         "source_system": p.source_system if p else None,
         "source_id": p.source_id if p else None,
         "recorded": now,
-        "body": codec.encode(record),
+        "body": _seal(sealer, record_id, codec.encode(record)) if kind == "patient" else codec.encode(record),
     }
 
 
 _STORED_PATIENTS: dict[tuple[str, str | None], Patient] = {}
 
 
-def _stored_patient(body: str, identity: str | None) -> Patient:
-    """The patient stored as *body* (+ *identity*), decoded once per distinct stored text.
+def _stored_patient(body: str, identity: str | None, sealer: Sealer | None = None) -> Patient | None:
+    """The patient stored as *body* (+ *identity*), opened (*sealer*) and decoded once per distinct stored text.
 
     Every ORU repeats its patient, so a stream reads the same few stored rows in every batch; the key is the
-    stored text itself, so an update (new text) can never be answered from the cache.
+    stored (sealed) text itself, so an update (new text) can never be answered from the cache. None: the row's key
+    was destroyed (an erased patient).
     """
     key = (body, identity)
     patient = _STORED_PATIENTS.get(key)
     if patient is None:
+        if sealer is not None:
+            opened = sealer.open_text(body)
+            identity = None if identity is None else sealer.open_text(identity)
+            if opened is None:
+                return None
+            body = opened
         patient = codec.decode(Patient, body)
         if identity is not None:
             patient = Patient(
@@ -547,7 +628,17 @@ def _stored_patient_rows(conn: Connection, driver: sqlite3.Connection | None, id
     return list(conn.execute(stmt))
 
 
-def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection | None, live: list[_Item]) -> None:
+def _sealed_patient_row(sealer: Sealer | None, row: dict[str, Any], pid: str) -> dict[str, Any]:
+    """A patients row with its body sealed and the birth date column left empty (it is in the sealed body)."""
+    if sealer is not None:
+        row["body"] = sealer.seal_text(pid, row["body"])
+        row["birth_date"] = None
+    return row
+
+
+def _write_patients(
+    conn: Connection, dialect: str, driver: sqlite3.Connection | None, live: list[_Item], sealer: Sealer | None
+) -> None:
     pending: list[tuple[_Item, Patient]] = [(item, p) for item in live for p in item.groups.get(Patient, ())]
     if not pending:
         return
@@ -555,7 +646,9 @@ def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection |
     ids = sorted({p.patient_id for _, p in pending})
     stored: dict[str, Patient] = {}
     for body, identity in _stored_patient_rows(conn, driver, ids):
-        patient = _stored_patient(body, identity)
+        patient = _stored_patient(body, identity, sealer)
+        if patient is None:  # its key was destroyed: an erased patient's leftover row
+            continue
         stored[patient.patient_id] = patient
     new_keys = {k for _, p in pending if p.patient_id not in stored and (k := _key(p.provenance)) is not None}
     taken = _taken_provenance(conn, p_t, new_keys)
@@ -602,7 +695,10 @@ def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection |
         return
     now = datetime.now(UTC)
     if created:
-        conn.execute(p_t.insert(), [rows.TABLE_OF[Patient][2](current[pid]) for pid in sorted(created)])
+        conn.execute(
+            p_t.insert(),
+            [_sealed_patient_row(sealer, rows.TABLE_OF[Patient][2](current[pid]), pid) for pid in sorted(created)],
+        )
     if changed:
         stmt_up = (
             update(p_t)
@@ -618,15 +714,24 @@ def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection |
         )
         params = []
         for pid in sorted(changed):
-            row = rows.TABLE_OF[Patient][2](current[pid])
+            row = _sealed_patient_row(sealer, rows.TABLE_OF[Patient][2](current[pid]), pid)
             row["b_id"] = row.pop("patient_id")
             params.append(row)
         conn.execute(stmt_up, params)
     identities = [
-        {"patient_id": pid, "body": codec.encode_identity(ident)}
+        {"patient_id": pid, "body": _seal(sealer, pid, codec.encode_identity(ident))}
         for pid in sorted(created | changed)
         if (ident := current[pid].identity) is not None
     ]
+    if sealer is not None:
+        blinds = [
+            b
+            for pid in sorted(created | changed)
+            if (ident := current[pid].identity) is not None
+            for b in sealer.blind_rows(pid, ident)
+        ]
+        if blinds:
+            insert_rows(conn, schema.identity_index, blinds)
     if identities:
         ins = postgresql.insert(i_t) if dialect == "postgresql" else sqlite.insert(i_t)
         conn.execute(
@@ -635,10 +740,10 @@ def _write_patients(conn: Connection, dialect: str, driver: sqlite3.Connection |
     v_t = schema.record_versions
     v_ids = conn.execute(
         v_t.insert().returning(v_t.c.version_id, sort_by_parameter_order=True),
-        [_version_row("patient", p.patient_id, None, p, now) for p in versions],
+        [_version_row("patient", p.patient_id, None, p, now, sealer) for p in versions],
     ).scalars()
     ident_rows = [
-        {"version_id": int(vid), "body": codec.encode_identity(p.identity)}
+        {"version_id": int(vid), "body": _seal(sealer, p.patient_id, codec.encode_identity(p.identity))}
         for vid, p in zip(v_ids, versions, strict=True)
         if p.identity is not None
     ]

@@ -59,7 +59,7 @@ def accepted_after(
         stmt = stmt.where(t.c.content_type.in_(list(content_type)))
     with store._reading() as conn:
         rows = conn.execute(stmt.order_by(t.c.raw_id).limit(limit)).all()
-    return [AcceptedMessage(int(r[0]), r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+    return [AcceptedMessage(int(r[0]), r[1], r[2], store.keys.open(bytes(r[3])) or b"", r[4]) for r in rows]
 
 
 def last_raw_id(store: Store) -> int:

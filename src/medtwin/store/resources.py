@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Table, bindparam, select, text, tuple_, updat
 from medtwin.errors import ValidationError
 from medtwin.records import Provenance
 from medtwin.store import schema
+from medtwin.store.protect import FHIR_SYSTEM_KEY, Sealer
 
 __all__ = ["FhirResource", "Inserter", "PatientLinks", "kept_bodies", "write_links", "write_resources"]
 
@@ -65,8 +66,14 @@ def write_links(conn: Connection, insert: Inserter, links: Sequence[PatientLinks
         insert(conn, schema.patient_references, [dict(zip(columns, row, strict=True)) for row in sorted(rows)])
 
 
-def write_resources(conn: Connection, insert: Inserter, resources: Sequence[FhirResource]) -> list[str]:
-    """Store *resources* (in the caller's transaction); for each, ``inserted``, ``updated`` or ``duplicate``."""
+def write_resources(
+    conn: Connection, insert: Inserter, resources: Sequence[FhirResource], sealer: Sealer | None = None
+) -> list[str]:
+    """Store *resources* (in the caller's transaction); for each, ``inserted``, ``updated`` or ``duplicate``.
+
+    With *sealer* every body is stored sealed under its compartment's patient (``system:fhir`` outside any), and
+    a stored body is opened to compare it with a new one.
+    """
     if not resources:
         return []
     t, v = schema.fhir_resources, schema.record_versions
@@ -84,10 +91,11 @@ def write_resources(conn: Connection, insert: Inserter, resources: Sequence[Fhir
         for row in conn.execute(stmt):
             if (row[0], row[1]) in latest:
                 stored[(row[0], row[1])] = (row[2], row[3], row[4])
+    opened = {k: (sealer.open_text(b) if sealer is not None else b) for k, (b, _, _) in stored.items()}
     new = [r for k, r in latest.items() if k not in stored]
-    changed = [r for k, r in latest.items() if k in stored and stored[k][0] != r.body]
+    changed = [r for k, r in latest.items() if k in stored and opened[k] != r.body]
     if new:
-        insert(conn, t, [_row(r, now) for r in new])
+        insert(conn, t, [_row(r, now, sealer) for r in new])
     if changed:
         conn.execute(
             v.insert(),
@@ -99,7 +107,7 @@ def write_resources(conn: Connection, insert: Inserter, resources: Sequence[Fhir
                     "source_system": stored[(r.resource_type, r.resource_id)][1],
                     "source_id": stored[(r.resource_type, r.resource_id)][2],
                     "recorded": now,
-                    "body": stored[(r.resource_type, r.resource_id)][0],  # the body being replaced
+                    "body": stored[(r.resource_type, r.resource_id)][0],  # the body being replaced (as stored)
                 }
                 for r in changed
             ],
@@ -115,7 +123,7 @@ def write_resources(conn: Connection, insert: Inserter, resources: Sequence[Fhir
                 body=bindparam("body"),
             ),
             [
-                {k: val for k, val in _row(r, now).items() if k not in ("resource_type", "resource_id")}
+                {k: val for k, val in _row(r, now, sealer).items() if k not in ("resource_type", "resource_id")}
                 | {"b_type": r.resource_type, "b_id": r.resource_id}
                 for r in changed
             ],
@@ -129,7 +137,7 @@ def write_resources(conn: Connection, insert: Inserter, resources: Sequence[Fhir
     return out
 
 
-def _row(r: FhirResource, now: datetime) -> dict[str, Any]:
+def _row(r: FhirResource, now: datetime, sealer: Sealer | None = None) -> dict[str, Any]:
     p = r.provenance
     return {
         "resource_type": r.resource_type,
@@ -138,7 +146,7 @@ def _row(r: FhirResource, now: datetime) -> dict[str, Any]:
         "source_system": p.source_system if p else None,
         "source_id": p.source_id if p else None,
         "recorded": now,
-        "body": r.body,
+        "body": r.body if sealer is None else sealer.seal_text(r.patient_id or FHIR_SYSTEM_KEY, r.body),
     }
 
 

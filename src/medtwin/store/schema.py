@@ -36,18 +36,23 @@ __all__ = [
     "KEPT_RAW",
     "NOT_LOINC_PRIMARY",
     "UTCDateTime",
+    "audit_checkpoints",
+    "audit_log",
     "conditions",
     "consumer_cursors",
     "encounter_locations",
     "encounters",
     "events",
     "fhir_resources",
+    "identity_index",
+    "key_settings",
     "medication_administrations",
     "medication_requests",
     "metadata",
     "observations",
     "patient_identity",
     "patient_identity_versions",
+    "patient_keys",
     "patient_references",
     "patients",
     "raw_inbound",
@@ -324,6 +329,9 @@ raw_inbound = Table(
     Column("digest", String(64)),
     Column("related_raw_id", BigInteger),
     Column("relation", String(20)),
+    # revision 0010: the key the payload is encrypted under (a patient id, or "system:raw" for payloads tied to no
+    # patient); erasing a patient deletes the rows under their key
+    Column("key_ref", String(200)),
     # One *kept* row (accepted, or unmapped: stored without records) per (source system, source id): that is the
     # idempotency key. Rejected and duplicate arrivals are logged as extra rows (a corrected resend must still be
     # accepted).
@@ -336,6 +344,7 @@ raw_inbound = Table(
         postgresql_where=KEPT_RAW,
     ),
     Index("ix_raw_inbound_source", "source_system", "source_id"),
+    Index("ix_raw_inbound_key_ref", "key_ref"),
     Index("ix_raw_inbound_status_received", "status", "received"),
     # the entries that refer to one (its duplicates, conflicting resends, retries): `medtwin inbox show` (0006)
     Index(
@@ -420,4 +429,70 @@ consumer_cursors = Table(
     Column("name", String(200), primary_key=True),
     Column("position", BigInteger, nullable=False),
     Column("updated", UTCDateTime(), nullable=False),
+)
+
+
+# -- security (revision 0010) ---------------------------------------------------------------------------------------
+# The audit trail (medtwin.security.audit): an append-only hash chain, one row per event. ``hash`` is SHA-256 of the
+# previous row's hash and this row's canonical content; ``time`` is kept as canonical ISO text (UTC, microseconds) so
+# the bytes hashed are the bytes stored on every database. Only pseudonymous patient ids are written here.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("role", String(60), nullable=False),
+    Column("action", String(30), nullable=False),
+    Column("resource", String(400), nullable=False),
+    Column("patient_id", String(200)),
+    Column("outcome", String(20), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("purpose", String(200)),
+    Column("detail", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_log_action", "action", "seq"),
+    Index("ix_audit_log_patient", "patient_id", "seq"),
+)
+
+# A signed checkpoint of the chain's head after every appended batch (Ed25519 over seq and hash).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("signed_at", String(40), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+# Each patient's data key (AES-256-GCM), wrapped by a master key (medtwin.crypto); erasing the patient deletes the
+# row (crypto-shredding). ``key_ref`` is the key id under which payloads not tied to a patient are kept ("system:...").
+patient_keys = Table(
+    "patient_keys",
+    metadata,
+    Column("key_ref", String(200), primary_key=True),
+    Column("master_key_id", String(64), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created", UTCDateTime(), nullable=False),
+)
+
+# Facts about the keys that are safe to keep in the database: the id of the keyring a store was written under and a
+# check value of the secret (so a wrong key file is refused instead of writing ids no one can join up).
+key_settings = Table(
+    "key_settings",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Keyed blind index of patient identifiers (revision 0010): HMAC-SHA-256 of "system|value" under a secret that is not
+# in the database, so an MRN finds its patient without the MRN being stored in clear.
+identity_index = Table(
+    "identity_index",
+    metadata,
+    Column("blind", String(64), primary_key=True),
+    Column("patient_id", String(200), primary_key=True),
+    Index("ix_identity_index_patient", "patient_id"),
 )

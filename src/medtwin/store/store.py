@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -34,10 +36,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from medtwin import codes as mcodes
+from medtwin.crypto import SYSTEM_KEY, DataKeys, Keyring, KeyringError, open_keyring
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.records import (
     Coding,
@@ -69,11 +73,13 @@ from medtwin.store.engine import (
 )
 from medtwin.store.locks import SharedWriteLock, file_lock, lock_path_for
 from medtwin.store.migrate import upgrade_to_head
+from medtwin.store.protect import Sealer, load_wrapped_keys
 from medtwin.store.resources import FhirResource, PatientLinks, kept_bodies
 
 __all__ = ["EventNotFoundError", "RawLogEntry", "RawMessage", "RawStatus", "Store", "WriteResult"]
 
 RawStatus = str
+_log = logging.getLogger("medtwin.store")
 
 
 class _LockedRead:
@@ -155,6 +161,7 @@ class RawMessage:
     related_raw_id: int | None = None
     relation: str | None = None
     digest: str | None = None
+    key_ref: str | None = None  # set by the store: the data key the payload is sealed under
 
     def __post_init__(self) -> None:
         if not self.source_system or not self.source_id:
@@ -247,6 +254,14 @@ class Store:
         SQLite: a :class:`~medtwin.store.locks.SharedWriteLock` taken around every write transaction, shared with
         the other processes that write the file (the listener and its twin runtime worker), so that none of them
         waits in SQLite's sleeping busy handler. None (default): a lock for this process's threads only.
+    keyring
+        The keys of encryption at rest (:mod:`medtwin.crypto`). None (default): ``$MEDTWIN_MASTER_KEY``,
+        ``$MEDTWIN_KEY_FILE``, else the key file beside the database (created 0600, with a warning, when the store
+        creates it). A keyring that does not belong to the database is refused.
+    encryption
+        Seal identities and payloads (the default, always). ``False``, or ``$MEDTWIN_UNSAFE_NO_ENCRYPTION=1``, writes
+        them in clear: only for measuring what encryption costs (bench/ingest_fhir.py, bench/stream.py
+        ``--encryption off``); a warning is logged on every open. Rows already sealed still read back.
     synchronous
         SQLite: ``"FULL"`` (default): a returned write is on disk. ``"NORMAL"``: commits are not synced (a power
         loss can take the last ones back, never half of one); only for a writer of derived data that is computed
@@ -265,6 +280,8 @@ class Store:
         synchronous: str = "FULL",
         checkpoints_elsewhere: bool = False,
         create: bool = True,
+        keyring: Keyring | None = None,
+        encryption: bool | None = None,
     ) -> None:
         if cache_mib < 1:
             raise ValidationError(f"Store: cache_mib must be at least 1, got {cache_mib}")
@@ -294,6 +311,12 @@ class Store:
             self._write_lock = write_lock if write_lock is not None else threading.Lock()
         if migrate:
             self._migrate()
+        self._open_keys(keyring, create=create, check=migrate)
+        self.encryption = (
+            encryption if encryption is not None else os.environ.get("MEDTWIN_UNSAFE_NO_ENCRYPTION", "") != "1"
+        )
+        if not self.encryption:
+            _log.warning("store %s writes identities and payloads IN CLEAR (benchmark setting)", safe_url(self.url))
         path = self._engine.url.database
         if background and self._dialect == "sqlite" and path and not is_memory_url(self.url):
             assert checkpoint_interval_s is not None
@@ -310,6 +333,35 @@ class Store:
         except (OperationalError, InterfaceError) as exc:
             self._engine.dispose()
             raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {reason(exc)}") from exc
+
+    def _open_keys(self, keyring: Keyring | None, *, create: bool, check: bool) -> None:
+        """Open the keyring, the data-key cache (forgetting keys of rolled-back transactions), check that the
+        keyring belongs to this database, and seal what an older release stored in clear (once)."""
+        try:
+            self.keyring = keyring if keyring is not None else open_keyring(self.url, create=create)
+        except KeyringError as exc:
+            self._engine.dispose()
+            raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
+        self.keys = DataKeys(self.keyring, self._load_keys)
+        sa_event.listen(self._engine, "commit", lambda _conn: self.keys.committed())
+        sa_event.listen(self._engine, "rollback", lambda _conn: self.keys.rolled_back())
+        if not check:
+            return
+        from medtwin.store import legacy  # the one-time sealing of rows written before revision 0010
+
+        try:
+            legacy.check_and_protect(self)
+        except KeyringError as exc:
+            self._engine.dispose()
+            raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
+
+    def _load_keys(self, refs: list[str]) -> dict[str, tuple[str, bytes]]:
+        with self._reading() as conn:
+            return load_wrapped_keys(conn, refs)
+
+    def sealer(self, conn: Connection | None = None) -> Sealer:
+        """Seals and opens values under this store's keys; with *conn* (a write transaction) it may create keys."""
+        return Sealer(self.keys, conn)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @property
@@ -392,7 +444,24 @@ class Store:
             if tx is not None:  # commit, or roll back on failure
                 tx.__exit__(type(failure) if failure else None, failure, failure.__traceback__ if failure else None)
 
+    @contextmanager
+    def audit_transaction(self) -> Iterator[Connection]:
+        """A write transaction for a read-then-append (the audit chain: read the head, append after it), joining
+        this thread's open unit of work. On SQLite it holds the database's write lock from its first statement
+        (``BEGIN IMMEDIATE``), so no other process appends between the read and the write; PostgreSQL callers
+        take a lock of their own (an advisory lock)."""
+        with self._transaction() as conn:
+            if self._dialect == "sqlite":
+                batch.sqlite_begin_immediate(conn)
+            yield conn
+
     def _insert_raw(self, conn: Connection, raw: RawMessage, status: str, reason: str | None) -> int:
+        """A raw row tied to no records (a dead letter): sealed under the system key (its patient is not known)."""
+        if self.encryption:
+            sealer = self.sealer(conn)
+            ref = raw.key_ref or SYSTEM_KEY
+            raw = batch.seal_raw(sealer, dataclasses.replace(raw, reason=None), ref)
+            reason = sealer.seal_text(ref, reason) if reason else reason
         stmt = schema.raw_inbound.insert().returning(schema.raw_inbound.c.raw_id)
         return int(conn.execute(stmt, batch.raw_row(raw, status, reason, 0)).scalar_one())
 
@@ -424,7 +493,8 @@ class Store:
         # rows encoded before the write lock is taken: other writers (threads, the twin worker) wait less
         encoded = [batch.encode_plain(g) for g in groups] if self._dialect == "sqlite" else None
         with self._transaction() as conn:
-            outcomes = batch.write_items(conn, self._dialect, items, groups, encoded)
+            sealer = self.sealer(conn) if self.encryption else None
+            outcomes = batch.write_items(conn, self._dialect, items, groups, encoded, sealer)
         return [
             WriteResult(
                 inserted=o.inserted,
@@ -457,8 +527,12 @@ class Store:
             return self._insert_raw(conn, raw, status, reason)
 
     # -- raw log ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _raw_entry(row: Any) -> RawLogEntry:
+    def _raw_entry(self, row: Any) -> RawLogEntry:
+        payload = None
+        if "payload" in row._fields:
+            payload = self.keys.open(bytes(row.payload)) if row.payload else b""
+            if payload is None:  # its key was destroyed (the patient was erased)
+                payload = b""
         return RawLogEntry(
             raw_id=int(row.raw_id),
             source_system=row.source_system,
@@ -466,9 +540,9 @@ class Store:
             content_type=row.content_type,
             received=row.received,
             status=row.status,
-            reason=row.reason,
+            reason=None if row.reason is None else (self.keys.open_text(row.reason) or ""),
             record_count=int(row.record_count),
-            payload=bytes(row.payload) if "payload" in row._fields else None,
+            payload=payload,
             related_raw_id=None if row.related_raw_id is None else int(row.related_raw_id),
             relation=row.relation,
         )
@@ -487,7 +561,8 @@ class Store:
         if before is not None:
             stmt = stmt.where(t.c.raw_id < before)
         with self._reading() as conn:
-            return [self._raw_entry(r) for r in conn.execute(stmt)]
+            rows = conn.execute(stmt).all()
+        return [self._raw_entry(r) for r in rows]
 
     def raw_entry(self, raw_id: int) -> RawLogEntry | None:
         """The raw inbound entry *raw_id*, payload included, or None."""
@@ -502,7 +577,8 @@ class Store:
         t = schema.raw_inbound
         stmt = select(*(c for c in t.c if c.name != "payload")).where(t.c.related_raw_id == raw_id)
         with self._reading() as conn:
-            return [self._raw_entry(r) for r in conn.execute(stmt.order_by(t.c.raw_id))]
+            rows = conn.execute(stmt.order_by(t.c.raw_id)).all()
+        return [self._raw_entry(r) for r in rows]
 
     def raw_seen(
         self, source_system: str, source_id: str, *, statuses: Sequence[str] = ("accepted",)
@@ -537,7 +613,8 @@ class Store:
         p, i = schema.patients, schema.patient_identity
         stmt = select(p.c.body, i.c.body).select_from(p.outerjoin(i)).order_by(p.c.patient_id)
         with self._reading() as conn:
-            return [self._patient(body, ident) for body, ident in conn.execute(stmt)]
+            rows = conn.execute(stmt).all()
+        return [self._patient(body, ident) for body, ident in rows]
 
     def patient_ids(self, prefix: str = "", *, limit: int | None = None) -> list[str]:
         """The ids of the patients whose id starts with *prefix* (case-sensitive), at most *limit* of them.
@@ -560,12 +637,23 @@ class Store:
         with self._reading() as conn:
             return [str(r[0]) for r in conn.execute(stmt)]
 
-    @staticmethod
-    def _patient(body: str, identity: str | None) -> Patient:
-        patient = codec.decode(Patient, body)
-        if identity is None:
+    def _patient(self, body: str, identity: str | None) -> Patient:
+        opened = self.keys.open_text(body)
+        if opened is None:
+            raise StoreConfigError("a patient row outlived its erased key")
+        patient = codec.decode(Patient, opened)
+        ident = None if identity is None else self.keys.open_text(identity)
+        if ident is None:
             return patient
-        return dataclasses.replace(patient, identity=codec.decode_identity(identity))
+        return dataclasses.replace(patient, identity=codec.decode_identity(ident))
+
+    def find_patients(self, value: str, system: str | None = None) -> list[str]:
+        """The ids of the patients with identifier *value* (under *system*, or any system when None), through
+        the keyed blind index (``identity_index``): MRNs are not stored in clear, so they cannot be searched."""
+        t = schema.identity_index
+        blind = self.keyring.blind_index(system, value)
+        with self._reading() as conn:
+            return sorted(str(r[0]) for r in conn.execute(select(t.c.patient_id).where(t.c.blind == blind)))
 
     def patient(self, patient_id: str) -> Patient | None:
         """The patient *patient_id* with identity, or None."""
@@ -703,7 +791,8 @@ class Store:
         """The FHIR resources kept whole for *patient_id* (JSON text): those in the patient's compartment, then the
         resources outside any compartment that they refer to (see :mod:`medtwin.store.resources`)."""
         with self._reading() as conn:
-            return kept_bodies(conn, patient_id)
+            bodies = kept_bodies(conn, patient_id)
+        return [b for b in map(self.keys.open_text, bodies) if b is not None]
 
     # -- events -------------------------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> None:

@@ -496,8 +496,12 @@ def _rows_by_patient(
         stmt = stmt.where(extra)
     found: dict[str, list[Any]] = defaultdict(list)
     with store.engine.connect() as conn:
-        for pid, body in conn.execute(stmt):
-            found[pid].append(codec.decode(record_type, body))
+        rows = conn.execute(stmt).all()
+    bodies = [body for _, body in rows]
+    if table is schema.patients:  # sealed at rest (docs/security-data.md): opened with the keys fetched together
+        bodies = [b or "{}" for b in store.keys.open_texts(bodies)]
+    for (pid, _), body in zip(rows, bodies, strict=True):
+        found[pid].append(codec.decode(record_type, body))
     return found
 
 

@@ -77,26 +77,39 @@ the snapshot volume of the runtime's one-a-minute snapshots; a restart processes
 _TAKEN = (Observation, MedicationAdministration, MedicationRequest, Patient)
 
 
-def stored_records(payload: bytes, key: str | None, assume_tz: tzinfo) -> list[Record]:
+def stored_records(
+    payload: bytes, key: str | None, assume_tz: tzinfo, patient_id_for: Callable[[str | None, str], str] | None = None
+) -> list[Record]:
     """The records of a stored HL7 v2 raw entry, mapped again as the listener mapped them: with the entry's key
     (*key*, its ``source_id``: a conflicting resend's records carry a key of their own) when it holds one message;
-    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key."""
+    an entry of several messages (a batch frame stored whole before issue 13) with each message's own key.
+    *patient_id_for*: the store's keyed patient ids (``store.keyring.pseudonym``), as the listener used."""
     messages = parse_payload(payload)
     one = key if len(messages) == 1 else None
-    return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
+    if patient_id_for is None:
+        return [r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one).records]
+    return [
+        r for m in messages for r in map_message(m, assume_tz=assume_tz, key=one, patient_id_for=patient_id_for).records
+    ]
 
 
 FOLLOWED_CONTENT_TYPES = (CONTENT_TYPE, DEVICE_CONTENT_TYPE)
 """The raw-log entries the twins follow: HL7 v2 messages (MLLP) and device readings (MQTT)."""
 
 
-def stored_message_records(message: AcceptedMessage, assume_tz: tzinfo = UTC) -> list[Record]:
+def stored_message_records(
+    message: AcceptedMessage,
+    assume_tz: tzinfo = UTC,
+    patient_id_for: Callable[[str | None, str], str] | None = None,
+) -> list[Record]:
     """The records a stored raw entry was mapped to, mapped again (the mappings are deterministic): an HL7 v2
     message (:func:`stored_records`) or a device reading (:func:`medtwin.interop.device_obs.stored_device_records`);
-    only the kinds the twins take (observations, medication administrations and requests, patients)."""
+    only the kinds the twins take (observations, medication administrations and requests, patients).
+    *patient_id_for*: the store's keyed patient ids, as the listener used (:func:`stored_records`)."""
     if message.content_type == DEVICE_CONTENT_TYPE:
         return list(stored_device_records(message.payload))
-    return [r for r in stored_records(message.payload, message.source_id, assume_tz) if isinstance(r, _TAKEN)]
+    mapped = stored_records(message.payload, message.source_id, assume_tz, patient_id_for)
+    return [r for r in mapped if isinstance(r, _TAKEN)]
 
 
 class LogFollower:
@@ -140,7 +153,7 @@ class LogFollower:
         out: list[tuple[Sequence[Record], float]] = []
         for message in found:
             try:
-                records = stored_message_records(message, self.assume_tz)
+                records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
@@ -260,7 +273,12 @@ def record_skipped(
     if payload is not None:
         try:
             patient_id = next(
-                (r.patient_id for r in stored_records(payload, None, assume_tz) if isinstance(r, Observation)), None
+                (
+                    r.patient_id
+                    for r in stored_records(payload, None, assume_tz, store.keyring.pseudonym)
+                    if isinstance(r, Observation)
+                ),
+                None,
             )
         except Exception:  # it may not map at all: the alert names the raw message only
             patient_id = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -21,17 +22,20 @@ from typing import Any
 
 import orjson
 
+from medtwin.crypto import Keyring
 from medtwin.interop.fhir.errors import FhirInputError
 from medtwin.interop.fhir.payload import ParsedPayload, input_errors, parse_payload
 from medtwin.records import Record
 from medtwin.store import FhirResource, PatientLinks, RawMessage, Store
 
 __all__ = [
+    "DocumentResult",
     "FhirLimits",
     "FileReport",
     "IngestReport",
     "ParsedPayload",
     "fhir_files",
+    "ingest_document",
     "ingest_file",
     "ingest_paths",
     "parse_payload",
@@ -154,7 +158,13 @@ def _messages(exc: FhirInputError) -> list[str]:
 
 
 def _parse_ndjson_line(
-    line: bytes, *, file: str, line_number: int, source_system: str, limits: FhirLimits
+    line: bytes,
+    *,
+    file: str,
+    line_number: int,
+    source_system: str,
+    limits: FhirLimits,
+    patient_id_for: Callable[[str], str] | None = None,
 ) -> ParsedPayload:
     """One NDJSON line: a resource, or a whole Bundle (some exporters write one a line), all or nothing."""
     if len(line) > limits.max_line_bytes:
@@ -162,7 +172,9 @@ def _parse_ndjson_line(
                              line=line_number)  # fmt: skip
     obj = _loads(line, file=file, line=line_number)
     # a Bundle on a line keeps its rules: urn:uuid references resolve within it, one invalid entry rejects it all
-    return parse_payload(obj, file=file, source_system=source_system, max_string=limits.max_string_chars)
+    return parse_payload(
+        obj, file=file, source_system=source_system, max_string=limits.max_string_chars, patient_id_for=patient_id_for
+    )
 
 
 def fhir_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -180,8 +192,10 @@ def fhir_files(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _keyed_file_digest(path: Path, keyring: Keyring) -> str:
+    """The keyed digest of a file's bytes (HMAC-SHA-256, as the store keys payload digests): a plain SHA-256 in the
+    raw log's key would let whoever reads the database confirm a guessed file."""
+    h = hmac.new(keyring.subkey("content-digest"), digestmod=hashlib.sha256)
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
@@ -197,22 +211,25 @@ class _Pending:
     raw: RawMessage
 
 
-def _file_raw(data: bytes, source_system: str) -> RawMessage:
-    """The raw-log entry of a JSON file's bytes, keyed by their SHA-256."""
+def _file_raw(data: bytes, source_system: str, keyring: Keyring) -> RawMessage:
+    """The raw-log entry of a JSON file's bytes, keyed by their keyed digest (``hmac:...``; ``sha256:...`` before
+    issue 15)."""
     return RawMessage(
         source_system=source_system,
-        source_id=f"sha256:{hashlib.sha256(data).hexdigest()}",
+        source_id=f"hmac:{keyring.digest(data)}",
         payload=data,
         content_type=FHIR_JSON,
         received=_now(),
     )
 
 
-def _refused_file(path: Path, report: FileReport, source_system: str, reason: str, data: bytes) -> _Pending:
+def _refused_file(
+    path: Path, report: FileReport, source_system: str, reason: str, data: bytes, keyring: Keyring
+) -> _Pending:
     """A file logged as rejected with *reason* (its first 4 KiB when it was refused for its size)."""
     report.errors.append(reason)
     report.status = "rejected"
-    return _Pending(report, [], _with(_file_raw(data, source_system), status="rejected", reason=reason))
+    return _Pending(report, [], _with(_file_raw(data, source_system, keyring), status="rejected", reason=reason))
 
 
 def _prepare_json(store: Store, path: Path, report: FileReport, source_system: str, limits: FhirLimits) -> _Pending:
@@ -225,9 +242,9 @@ def _prepare_json(store: Store, path: Path, report: FileReport, source_system: s
             f"{path}: {size} bytes, over the limit of {limits.max_file_bytes} for one JSON file (medtwin ingest "
             f"--max-file-mb; bulk data belongs in NDJSON, which is streamed); its first {len(sample)} bytes are kept"
         )
-        return _refused_file(path, report, source_system, reason, sample)
+        return _refused_file(path, report, source_system, reason, sample, store.keyring)
     data = path.read_bytes()
-    raw = _file_raw(data, source_system)
+    raw = _file_raw(data, source_system, store.keyring)
     seen = store.raw_seen(raw.source_system, raw.source_id, statuses=("accepted", "unmapped"))
     if seen is not None:
         report.status = "duplicate"
@@ -239,6 +256,7 @@ def _prepare_json(store: Store, path: Path, report: FileReport, source_system: s
             file=str(path),
             source_system=source_system,
             max_string=limits.max_string_chars,
+            patient_id_for=store.keyring.pseudonym.fhir,
         )
     except FhirInputError as exc:
         report.errors.extend(_messages(exc))
@@ -307,13 +325,13 @@ def _ingest_ndjson(
     store: Store, path: Path, report: FileReport, source_system: str, chunk_lines: int, limits: FhirLimits
 ) -> None:
     report.size_bytes = path.stat().st_size
-    digest = _sha256_file(path)
+    digest = _keyed_file_digest(path, store.keyring)
     statuses: set[str] = set()
     for chunk in _ndjson_chunks(path, chunk_lines, limits.max_line_bytes):
         first, last = chunk[0][0], chunk[-1][0]
         raw = RawMessage(
             source_system=source_system,
-            source_id=f"sha256:{digest}#lines={first}-{last}",
+            source_id=f"hmac:{digest}#lines={first}-{last}",
             payload=b"",
             content_type=FHIR_NDJSON,
             received=_now(),
@@ -329,12 +347,17 @@ def _ingest_ndjson(
         for number, line in chunk:
             try:
                 parsed = _parse_ndjson_line(
-                    line, file=str(path), line_number=number, source_system=source_system, limits=limits
+                    line,
+                    file=str(path),
+                    line_number=number,
+                    source_system=source_system,
+                    limits=limits,
+                    patient_id_for=store.keyring.pseudonym.fhir,
                 )
             except FhirInputError as exc:
                 errors = [e.located(file=str(path), line=number) for e in input_errors(exc)]
                 report.errors.extend(str(e) for e in errors)
-                bad = _with(raw, source_id=f"sha256:{digest}#line={number}", payload=line[:_SAMPLE])
+                bad = _with(raw, source_id=f"hmac:{digest}#line={number}", payload=line[:_SAMPLE])
                 store.reject(bad, "\n".join(str(e) for e in errors))
                 resources += 1
                 continue
@@ -425,9 +448,76 @@ def ingest_paths(
                 if on_file is not None:
                     on_file(file_report)
                 continue
-            pending.append(_refused_file(path, file_report, source_system, reason, path.read_bytes()[:_SAMPLE]))
+            pending.append(
+                _refused_file(path, file_report, source_system, reason, path.read_bytes()[:_SAMPLE], store.keyring)
+            )
         if pending_bytes >= group_bytes:
             _commit(store, pending, on_file)
             pending_bytes = 0
     _commit(store, pending, on_file)
     return report
+
+
+@dataclass(slots=True)
+class DocumentResult:
+    """What ingesting one document received over the network did: the *report* (as for a file), each problem
+    (*problems*: located errors with their element paths; empty when it was stored) and the parsed records."""
+
+    report: FileReport
+    problems: list[FhirInputError] = field(default_factory=list)
+    parsed: ParsedPayload | None = None
+    raw_id: int | None = None
+
+
+def ingest_document(
+    store: Store,
+    data: bytes,
+    *,
+    name: str = "<request>",
+    source_system: str = "fhir-api",
+    limits: FhirLimits = FhirLimits(),
+    check: Callable[[ParsedPayload], None] | None = None,
+) -> DocumentResult:
+    """Ingest one FHIR JSON document (a Bundle or a resource) given as bytes, as :func:`ingest_paths` ingests a
+    file: the same validation, the same raw inbound log (a refused document is logged as rejected with its
+    reasons), the same idempotency (the same bytes again are a duplicate).
+
+    *check* is called with the parsed document before anything is written (the API server's authorization); an
+    exception it raises propagates and nothing is stored.
+    """
+    report = FileReport(path=name, kind="json", size_bytes=len(data))
+    if len(data) > limits.max_file_bytes:
+        reason = f"{name}: {len(data)} bytes, over the limit of {limits.max_file_bytes} for one JSON document"
+        problem = FhirInputError(f"{len(data)} bytes, over the limit of {limits.max_file_bytes}", file=name)
+        pending = _refused_file(Path(name), report, source_system, reason, data[:_SAMPLE], store.keyring)
+        raw_id = store.reject(pending.raw, reason)
+        return DocumentResult(report, [problem], None, raw_id)
+    raw = _file_raw(data, source_system, store.keyring)
+    try:
+        parsed = parse_payload(
+            _loads(data, file=name),
+            file=name,
+            source_system=source_system,
+            max_string=limits.max_string_chars,
+            patient_id_for=store.keyring.pseudonym.fhir,
+        )  # fmt: skip
+    except FhirInputError as exc:
+        problems = input_errors(exc)
+        report.errors.extend(str(e) for e in problems)
+        report.status = "rejected"
+        raw_id = store.reject(raw, "\n".join(report.errors))
+        return DocumentResult(report, problems, None, raw_id)
+    if check is not None:
+        check(parsed)
+    report.resources = parsed.resources
+    report.unmapped = parsed.unmapped
+    report.warnings = parsed.warnings
+    note = _unmapped_note(parsed.unmapped)
+    if not parsed.records and not parsed.kept and parsed.unmapped:
+        report.status = "unmapped"
+        return DocumentResult(report, [], parsed, store.log_raw(raw, "unmapped", note))
+    result = store.write(parsed.items, _with(raw, reason=note))
+    report.inserted, report.duplicates = result.inserted + result.updated, result.duplicates
+    if result.raw_duplicate:
+        report.status = "duplicate"
+    return DocumentResult(report, [], parsed, result.raw_id or result.related_raw_id)

@@ -16,7 +16,7 @@ still means the same outside the bundle it came in.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,11 +129,18 @@ def _compartment(entry: _Entry, refs: Mapping[str, tuple[str, str]]) -> str | No
 
 
 def parse_payload(
-    obj: Any, *, file: str = "<input>", source_system: str = "fhir", max_string: int | None = None
+    obj: Any,
+    *,
+    file: str = "<input>",
+    source_system: str = "fhir",
+    max_string: int | None = None,
+    patient_id_for: Callable[[str], str] | None = None,
 ) -> ParsedPayload:
     """Map a parsed FHIR JSON document (a Bundle or a single resource), all or nothing for its structure.
 
     *max_string*: a JSON string longer than this many characters is an error (a size limit; None: none).
+    *patient_id_for*: FHIR Patient id -> medtwin patient id (the store's keyed pseudonym,
+    ``store.keyring.pseudonym.fhir``): records, compartments and the Patient references of kept resources use it.
 
     Raises
     ------
@@ -155,7 +162,7 @@ def parse_payload(
                 for e in validate_bundle_shell(obj, max_string=max_string)
             ]
         )
-        return _parse_bundle(obj, entries, out, file, source_system, max_string)
+        return _parse_bundle(obj, entries, out, file, source_system, max_string, patient_id_for)
     rtype = obj.get("resourceType") if isinstance(obj, dict) else None
     if isinstance(rtype, str) and rtype not in KNOWN_R4_TYPES:
         raise FhirInputError(f"unknown resourceType {rtype!r}", file=file, resource=f"{rtype}/{obj.get('id')}",
@@ -167,7 +174,7 @@ def parse_payload(
     out.resources = 1
     entry = _Entry(None, obj, str(rtype), rid, references)
     links: dict[str, dict[tuple[str, str], None]] = {}
-    _keep_or_map(entry, {}, {}, out, file, source_system, {}, links)
+    _keep_or_map(entry, {}, {}, out, file, source_system, {}, links, patient_id_for)
     out.links = [PatientLinks(patient_id=p, references=tuple(targets)) for p, targets in links.items()]
     return out
 
@@ -179,6 +186,7 @@ def _parse_bundle(
     file: str,
     source_system: str,
     max_string: int | None,
+    patient_id_for: Callable[[str], str] | None = None,
 ) -> ParsedPayload:
     refs: dict[str, tuple[str, str]] = {}
     medications: dict[str, Any] = {}
@@ -219,7 +227,7 @@ def _parse_bundle(
             )
         first_seen.setdefault(key, (entry.index, entry.resource))
         out.resources += 1
-        _keep_or_map(entry, refs, medications, out, file, source_system, compartments, links)
+        _keep_or_map(entry, refs, medications, out, file, source_system, compartments, links, patient_id_for)
     out.links = [PatientLinks(patient_id=p, references=tuple(targets)) for p, targets in links.items()]
     return out
 
@@ -233,9 +241,12 @@ def _keep_or_map(
     source_system: str,
     compartments: Mapping[tuple[str, str | None], str | None],
     links: dict[str, dict[tuple[str, str], None]],
+    patient_id_for: Callable[[str], str] | None = None,
 ) -> None:
     """Map one valid resource to a record, or keep it whole; note the patient's links to resources outside it."""
     patient = compartments.get((entry.rtype, entry.rid)) if compartments else _compartment(entry, refs)
+    if patient is not None and patient_id_for is not None:
+        patient = patient_id_for(patient)
     if patient is not None:
         outside = _outside(entry, refs, compartments)
         if outside:
@@ -251,6 +262,7 @@ def _keep_or_map(
                 medications=medications,
                 warnings=out.warnings,
                 fallback_id=entry.rid,
+                patient_id_for=patient_id_for,
             )
         except FhirInputError as exc:  # valid R4, but not what medtwin needs: keep it, say why
             item, why = Unmapped(entry.rtype), exc.problem if exc.field is None else f"{exc.field}: {exc.problem}"
@@ -265,18 +277,27 @@ def _keep_or_map(
                              resource=entry.rtype, field=f"{entry.rtype}.id")  # fmt: skip
     for reference in entry.references:  # normalisation: references inside the bundle become Type/id
         target = refs.get(reference.get("reference", ""))
+        if target is None and patient_id_for is not None:
+            target = _resolve(reference.get("reference"), refs)
         if target is not None:
-            reference["reference"] = f"{target[0]}/{target[1]}"
+            tid = patient_id_for(target[1]) if patient_id_for is not None and target[0] == "Patient" else target[1]
+            reference["reference"] = f"{target[0]}/{tid}"
+            if target[0] == "Patient" and patient_id_for is not None:
+                reference.pop("display", None)  # Synthea writes the patient's name there
     out.unmapped[label] += 1
     if why:
         out.warnings.append(f"{where}: kept as FHIR JSON, not mapped to a record: {why}")
+    rid = entry.rid
+    if entry.rtype == "Patient" and patient_id_for is not None:  # a Patient that could not be mapped
+        rid = patient_id_for(rid)
+        entry.resource["id"] = rid
     out.kept.append(
         FhirResource(
             resource_type=entry.rtype,
-            resource_id=entry.rid,
+            resource_id=rid,
             body=orjson.dumps(entry.resource).decode(),
             patient_id=patient,
-            provenance=Provenance(source_system=source_system, source_id=f"{entry.rtype}/{entry.rid}"),
+            provenance=Provenance(source_system=source_system, source_id=f"{entry.rtype}/{rid}"),
         )
     )
 

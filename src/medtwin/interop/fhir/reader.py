@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import ChainMap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -108,6 +108,11 @@ class _Ctx:
     rtype: str
     rid: str
     warnings: list[str] = field(default_factory=list)
+    patient_id_for: Callable[[str], str] | None = None
+
+    def pid(self, fhir_id: str) -> str:
+        """The medtwin patient id of the FHIR Patient *fhir_id* (keyed by the store's secret when given)."""
+        return fhir_id if self.patient_id_for is None else self.patient_id_for(fhir_id)
 
     def fail(self, fld: str, problem: str) -> FhirInputError:
         return FhirInputError(problem, resource=f"{self.rtype}/{self.rid}", field=f"{self.rtype}.{fld}")
@@ -217,7 +222,7 @@ def _subject(ctx: _Ctx, res: Mapping[str, Any], key: str = "subject") -> str:
     pid = _ref(ctx, res, key, expect="Patient")
     if pid is None:
         raise ctx.fail(key, "missing required element (the patient)")
-    return pid
+    return ctx.pid(pid)
 
 
 def _quantity(ctx: _Ctx, q: Any, fld: str, code: Coding | None = None) -> Quantity:
@@ -304,12 +309,12 @@ def _patient(ctx: _Ctx, res: Mapping[str, Any]) -> Patient:
         address=_address(res.get("address") or []),
     )
     return Patient(
-        patient_id=ctx.rid,
+        patient_id=ctx.pid(ctx.rid),
         gender=gender,
         birth_date=birth_date,
         deceased=_dt(ctx, res, "deceasedDateTime"),
         identity=identity,
-        provenance=Provenance(source_system=ctx.source_system, source_id=f"Patient/{ctx.rid}"),
+        provenance=Provenance(source_system=ctx.source_system, source_id=f"Patient/{ctx.pid(ctx.rid)}"),
     )
 
 
@@ -544,6 +549,7 @@ def map_resource(
     medications: Mapping[str, Any] | None = None,
     warnings: list[str] | None = None,
     fallback_id: str | None = None,
+    patient_id_for: Callable[[str], str] | None = None,
 ) -> Record | Unmapped:
     """The medtwin record for one FHIR R4 *resource* (a parsed JSON object), or :class:`Unmapped`.
 
@@ -561,6 +567,9 @@ def map_resource(
         A list that receives non-fatal notes (units kept as written).
     fallback_id
         The id to use when the resource has none (e.g. the uuid of its ``fullUrl``).
+    patient_id_for
+        FHIR Patient id -> medtwin patient id (the store's keyed pseudonym: a FHIR logical id is often the MRN
+        itself, Synthea's is); None keeps the FHIR id.
 
     Raises
     ------
@@ -581,7 +590,7 @@ def map_resource(
         return Unmapped(rtype)
     if not isinstance(rid, str) or not rid:
         raise FhirInputError("missing id (and no fullUrl to take it from)", resource=rtype, field=f"{rtype}.id")
-    ctx = _Ctx(source_system=source_system, refs=refs or {}, rtype=rtype, rid=rid)
+    ctx = _Ctx(source_system=source_system, refs=refs or {}, rtype=rtype, rid=rid, patient_id_for=patient_id_for)
     # its own contained Medications, then the bundle's: looked up, never copied (a copy of the bundle's for each
     # MedicationRequest made N Medications + N MedicationRequests take quadratic time)
     own = {

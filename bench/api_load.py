@@ -1,0 +1,310 @@
+"""API load benchmark: patient read + observation search with authentication, authorization and audit on, and the
+same endpoints with security off, in the same run.
+
+The server (``medtwin.server`` on uvicorn, uvloop + httptools, one process) runs in a child process over a SQLite
+store seeded with patients and observations; the load generator (httpx, asyncio) runs in this one, on loopback.
+Two phases per mode:
+
+* fixed rate (open loop): ``--rate`` requests/s for ``--seconds``; latency is measured from each request's
+  *scheduled* send time, so a stalled server cannot hide its queue (coordinated omission);
+* maximum throughput (closed loop): ``--concurrency`` requests in flight for ``--max-seconds``.
+
+Secure mode: every request carries a bearer token (ES256 JWT; 20 clinicians, one token each), is authorised
+against role, scopes, care team and consent, and is audited durably in the hash chain (group commit) before it is
+answered. Requests alternate ``GET /fhir/Patient/{id}`` and ``GET /fhir/Observation?patient={id}&_count=20``.
+CPU time of the server process is measured (psutil) as well as wall time.
+
+    .venv/bin/python bench/api_load.py                  # 500 req/s for 60 s, max for 15 s, each mode
+    .venv/bin/python bench/api_load.py --quick          # 5 s each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+PATIENTS = 200
+OBSERVATIONS = 100  # per patient
+CLINICIANS = 20
+
+
+def _seed(db: str, tmp: Path) -> list[str]:
+    from medtwin import codes
+    from medtwin.records import Identifier, Observation, Patient, PatientIdentity, Quantity
+    from medtwin.security.accounts import Accounts
+    from medtwin.store import Store
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    ids = [f"pt-bench-{i:04d}" for i in range(PATIENTS)]
+    with Store(db) as store:
+        records: list[Any] = []
+        for i, pid in enumerate(ids):
+            records.append(
+                Patient(
+                    patient_id=pid,
+                    gender="female",
+                    identity=PatientIdentity(
+                        identifiers=(Identifier(system="urn:mrn", value=f"B{i:05d}", type_code="MR"),),
+                        family=f"Bench{i}",
+                        given=("Pat",),
+                    ),
+                )
+            )
+            records.extend(
+                Observation(
+                    patient_id=pid,
+                    code=codes.HEART_RATE,
+                    effective=t0 + timedelta(minutes=5 * k),
+                    value=Quantity(value=60 + k % 40, unit="/min"),
+                )
+                for k in range(OBSERVATIONS)
+            )
+        store.write(records)
+        accounts = Accounts(store.engine)
+        for pid in ids:
+            accounts.assign("bench-team", pid)
+    return ids
+
+
+def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
+    import uvicorn
+
+    from medtwin.server import Platform, ServerSettings, create_app
+
+    settings = ServerSettings(
+        security=secure,
+        rate_per_s=10_000.0,  # on, but far above the load: the limiter's cost is measured, not its refusals
+        rate_burst=10_000,
+        jwt_key_path=os.path.join(tmp, "jwt.pem"),
+        audit_key_path=os.path.join(tmp, f"audit-{int(secure)}.key"),
+    )
+    platform_ = Platform.open(settings, db)
+    app = create_app(platform_, close_platform=True)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="error",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        timeout_keep_alive=120,
+    )
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.02)
+        port_queue.put(server.servers[0].sockets[0].getsockname()[1])
+        await task
+
+    asyncio.run(main())
+
+
+def _tokens(db: str, tmp: Path) -> list[str]:
+    from medtwin.security.scopes import parse_scopes
+    from medtwin.security.tokens import SigningKey, TokenService, TokenSettings
+    from medtwin.store import Store
+
+    with Store(db, migrate=False) as store:
+        service = TokenService(
+            store.engine, SigningKey.load_or_create(tmp / "jwt.pem"), TokenSettings(access_ttl_s=3600)
+        )
+        return [
+            service.issue(TokenService.grant(f"dr-{i}", "clinician", parse_scopes("user/*.rs"), teams=("bench-team",)))[
+                "access_token"
+            ]
+            for i in range(CLINICIANS)
+        ]
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def _request(i: int, ids: list[str], tokens: list[str]) -> tuple[str, dict[str, str]]:
+    pid = ids[i % len(ids)]
+    headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens else {}
+    if i % 2:
+        return f"/fhir/Observation?patient={pid}&_count=20&date=ge2026-11-01", headers
+    return f"/fhir/Patient/{pid}", headers
+
+
+async def _fixed_rate(
+    base: str, ids: list[str], tokens: list[str], rate: float, seconds: float, grace_s: float = 10.0
+) -> dict[str, Any]:
+    """Send at *rate* for *seconds* (open loop), then wait at most *grace_s* for the answers still due; requests
+    unanswered by then are counted (``unfinished``) with the time they had waited as their latency (a lower bound),
+    so an overloaded server cannot make the run last longer than asked or hide its queue."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    latencies: list[float] = []
+    errors = 0
+    due_times: dict[int, float] = {}
+    # no pool timeout: a request waits for a connection, and that wait counts in its latency (from its due time)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
+        start = time.perf_counter()
+        total = int(rate * seconds)
+        tasks = []
+
+        async def one(i: int, due: float) -> None:
+            nonlocal errors
+            path, headers = _request(i, ids, tokens)
+            try:
+                r = await client.get(path, headers=headers)
+            except httpx.HTTPError:
+                errors += 1
+                due_times.pop(i, None)
+                return
+            if r.status_code != 200:
+                errors += 1
+            latencies.append(time.perf_counter() - due)
+            due_times.pop(i, None)
+
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            due_times[i] = due
+            tasks.append(asyncio.create_task(one(i, due)))
+        sent_wall = time.perf_counter() - start
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        stopped = time.perf_counter()
+        for task in pending:
+            task.cancel()
+        unfinished = list(due_times.values())
+        latencies.extend(stopped - due for due in unfinished)
+    answered = total - len(unfinished) - errors
+    return {
+        "sent": total,
+        "answered": answered,
+        "errors": errors,
+        "unfinished": len(unfinished),
+        "offered_per_s": total / sent_wall,
+        "answered_per_s": answered / (stopped - start),
+        "p50_ms": _pct(latencies, 50) * 1e3,
+        "p99_ms": _pct(latencies, 99) * 1e3,
+        "max_ms": max(latencies) * 1e3,
+    }
+
+
+async def _max_rate(base: str, ids: list[str], tokens: list[str], concurrency: int, seconds: float) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    done = 0
+    errors = 0
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
+        stop = time.perf_counter() + seconds
+        counter = iter(range(10**9))
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop:
+                path, headers = _request(next(counter), ids, tokens)
+                try:
+                    r = await client.get(path, headers=headers)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                done += 1
+                errors += r.status_code != 200
+            return None
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {"requests": done, "errors": errors, "per_s": done / wall}
+
+
+def _run_mode(db: str, tmp: Path, ids: list[str], secure: bool, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    proc = ctx.Process(target=_serve, args=(db, str(tmp), secure, ports), daemon=True)
+    proc.start()
+    try:
+        port = ports.get(timeout=120)
+        base = f"http://127.0.0.1:{port}"
+        tokens = _tokens(db, tmp) if secure else []
+        server = psutil.Process(proc.pid)
+        asyncio.run(_fixed_rate(base, ids, tokens, 50, 1.0))  # warm-up: caches, connections
+        cpu0, client0 = server.cpu_times(), time.process_time()
+        fixed = asyncio.run(_fixed_rate(base, ids, tokens, args.rate, args.seconds))
+        cpu1, client1 = server.cpu_times(), time.process_time()
+        fixed["server_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+        fixed["server_cpu_ms_per_request"] = fixed["server_cpu_s"] * 1e3 / max(1, fixed["answered"])
+        fixed["client_cpu_s"] = client1 - client0
+        cpu0 = server.cpu_times()
+        top = asyncio.run(_max_rate(base, ids, tokens, args.concurrency, args.max_seconds))
+        cpu1 = server.cpu_times()
+        top["server_cpu_ms_per_request"] = (
+            ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) * 1e3 / max(1, top["requests"])
+        )
+        return {"fixed_rate": fixed, "max_rate": top}
+    finally:
+        proc.terminate()
+        proc.join(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="5 s per phase")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds = args.max_seconds = 5.0
+    random.seed(1)
+    with tempfile.TemporaryDirectory(prefix="medtwin-api-bench-") as name:
+        tmp = Path(name)
+        db = f"sqlite:///{tmp / 'bench.db'}"
+        ids = _seed(db, tmp)
+        results = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs, Python {sys.version.split()[0]}",
+            "load": psutil.getloadavg(),
+            "secure": _run_mode(db, tmp, ids, True, args),
+            "insecure": _run_mode(db, tmp, ids, False, args),
+        }
+    sec, ins = results["secure"], results["insecure"]
+    results["throughput_ratio_secure_over_insecure"] = sec["max_rate"]["per_s"] / ins["max_rate"]["per_s"]
+    results["security_cost_pct"] = 100 * (1 - results["throughput_ratio_secure_over_insecure"])
+    # on a shared machine wall-clock throughput moves with the neighbours' load; the server's CPU time per request
+    # does much less: the throughput one core could give is its inverse
+    results["cpu_ratio_insecure_over_secure"] = (
+        ins["max_rate"]["server_cpu_ms_per_request"] / sec["max_rate"]["server_cpu_ms_per_request"]
+    )
+    print(json.dumps(results, indent=2))
+    f = sec["fixed_rate"]
+    print(
+        f"\nsecure @ {args.rate:.0f}/s offered, {f['answered_per_s']:.0f}/s answered ({f['unfinished']} unfinished): "
+        f"p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms (goal < 50), "
+        f"{f['errors']} errors; max {sec['max_rate']['per_s']:.0f}/s vs {ins['max_rate']['per_s']:.0f}/s insecure: "
+        f"ratio {results['throughput_ratio_secure_over_insecure']:.2f} "
+        f"(security costs {results['security_cost_pct']:.0f} %, goal < 25 %); server CPU per request "
+        f"{sec['max_rate']['server_cpu_ms_per_request']:.2f} vs {ins['max_rate']['server_cpu_ms_per_request']:.2f} ms: "
+        f"CPU-bound throughput ratio {results['cpu_ratio_insecure_over_secure']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

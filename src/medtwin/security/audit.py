@@ -1,0 +1,683 @@
+"""The audit trail: an append-only hash chain of :class:`AuditEvent` rows with Ed25519-signed checkpoints.
+
+Every read and write of patient data, every login, token refresh and denied request is one event (who, role,
+what, which patient: pseudonymous id only, when, outcome, source address, purpose of use). Rows live in the
+store's ``audit_log`` table (revision 0010); each row's ``hash`` is SHA-256 over the previous row's hash and the
+row's canonical content, so changing, deleting, inserting or reordering a row breaks the chain from that row on.
+
+A chain alone does not show that its *end* was cut off (nor a forged row appended at the end, since SHA-256 needs
+no key). So every appended batch also writes a **checkpoint**: the sequence number and hash of the new head,
+signed with an Ed25519 key that is not in the database, into ``audit_checkpoints`` in the same transaction, and
+into a *head file* outside the database (``<signing key>.head``, replaced atomically and fsync'd). Verification
+(:meth:`AuditTrail.verify`) requires every row to be covered by a signed checkpoint, every checkpoint's hash to
+be the chain's hash at its sequence number, and the head file not to be ahead of the log (rows deleted at the end
+together with their checkpoints). An attacker who can write the database but holds neither the signing key nor
+the head file cannot hide a change. Ship the head file (or the checkpoints) to a separate host for stronger
+protection: someone with the signing key can re-sign a rewritten chain.
+
+**Batched and durable.** :meth:`AuditTrail.record` hands the event to one writer thread and waits until the batch
+holding it has committed (group commit: every caller waiting at the same moment shares one transaction and one
+disk sync, SQLite ``synchronous=FULL`` / PostgreSQL commit). So an event is on disk when ``record`` returns, and
+the request it audits answers after that: a crash loses no event whose request was answered.
+:meth:`AuditTrail.record_nowait` returns a future instead (for an asyncio server: ``await
+asyncio.wrap_future(trail.record_nowait(e))`` or :meth:`AuditTrail.arecord`).
+
+Several processes may append to one chain (a server and ``medtwin patient erase``): the append runs in a write
+transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a transaction-level advisory lock), which reads the head and
+appends after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Connection, Engine, func, insert, select, text
+
+from medtwin.errors import ValidationError
+from medtwin.store import Store, schema
+from medtwin.store.engine import is_memory_url, sqlite_file
+
+__all__ = [
+    "ACTIONS",
+    "GENESIS",
+    "OUTCOMES",
+    "AuditEvent",
+    "AuditRecord",
+    "AuditTrail",
+    "VerifyResult",
+    "default_signing_key_path",
+    "load_signing_key",
+    "to_fhir",
+]
+
+ACTIONS = (
+    "read",
+    "search",
+    "create",
+    "update",
+    "delete",
+    "login",
+    "token",
+    "refresh",
+    "logout",
+    "denied",
+    "break-glass",
+    "erase",
+    "export",
+    "refused-sender",
+    "key-rotate",
+)
+"""The actions an event may name (``refused-sender``: an MLLP sender that failed authentication)."""
+
+OUTCOMES = ("success", "denied", "error")
+GENESIS = "0" * 64
+"""The ``prev_hash`` of the first row."""
+
+_FIELDS = ("time", "actor", "role", "action", "resource", "patient_id", "outcome", "source", "purpose", "detail")
+_SIGNED = b"medtwin-audit-checkpoint/1"
+_ADVISORY_LOCK = 0x6D_74_61_75_64  # "mtaud": PostgreSQL transaction lock serialising appends
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEvent:
+    """One audited action. *patient_id* is the pseudonymous id (never a name or MRN); *resource* names what was
+    touched (``Patient/pt-...``, ``Observation?patient=pt-...``); *source* is the caller's network address."""
+
+    time: datetime
+    actor: str
+    role: str
+    action: str
+    resource: str
+    patient_id: str | None = None
+    outcome: str = "success"
+    source: str = ""
+    purpose: str | None = None
+    detail: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.time.tzinfo is None or self.time.utcoffset() is None:
+            raise ValidationError(f"AuditEvent.time: {self.time.isoformat()} has no time zone")
+        if self.action not in ACTIONS:
+            raise ValidationError(f"AuditEvent.action: {self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.outcome not in OUTCOMES:
+            raise ValidationError(f"AuditEvent.outcome: {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
+        if not self.actor:
+            raise ValidationError("AuditEvent.actor: required (a user or client id, or 'system')")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditRecord:
+    """A stored event: its sequence number and place in the chain."""
+
+    seq: int
+    event: AuditEvent
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of :meth:`AuditTrail.verify`: *first_bad_seq* is the first record that cannot be trusted
+    (None when ok), *reason* says what is wrong; *records* and *checkpoints* are how many were checked."""
+
+    ok: bool
+    first_bad_seq: int | None
+    reason: str
+    records: int = 0
+    checkpoints: int = 0
+
+
+def _canonical_time(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _row_values(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "time": _canonical_time(event.time),
+        "actor": event.actor[:200],
+        "role": event.role[:60],
+        "action": event.action,
+        "resource": event.resource[:400],
+        "patient_id": event.patient_id,
+        "outcome": event.outcome,
+        "source": event.source[:200],
+        "purpose": None if event.purpose is None else event.purpose[:200],
+        "detail": event.detail,
+    }
+
+
+def _chain_hash(prev_hash: str, seq: int, values: dict[str, Any]) -> str:
+    """SHA-256 over the previous hash and the canonical JSON of (seq, the event's stored fields)."""
+    doc = {"seq": seq, **{k: values[k] for k in _FIELDS}}
+    return hashlib.sha256(prev_hash.encode() + orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _checkpoint_message(seq: int, head: str) -> bytes:
+    return b"|".join((_SIGNED, str(seq).encode(), head.encode()))
+
+
+def _key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def default_signing_key_path(url: str) -> Path | None:
+    """Where the signing key of the store at *url* lives when none is given: beside a SQLite file
+    (``<database>.audit-key``); ``~/.config/medtwin/audit-<hash of the URL>.key`` for a server database; None
+    (a key for this process only) for an in-memory database."""
+    env = os.environ.get("MEDTWIN_AUDIT_KEY_FILE")
+    if env:
+        return Path(env)
+    if is_memory_url(url):
+        return None
+    path = sqlite_file(url)
+    if path is not None:
+        return Path(path + ".audit-key")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return Path.home() / ".config" / "medtwin" / f"audit-{digest}.key"
+
+
+def load_signing_key(path: Path | None, *, create: bool = True) -> Ed25519PrivateKey:
+    """The Ed25519 key in *path* (PEM, PKCS#8); created there (mode 0600) when the file does not exist and
+    *create* is true (else a :class:`ValidationError`)."""
+    if path is None:
+        return Ed25519PrivateKey.generate()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise ValidationError(
+                f"no audit signing key at {str(path)!r} (give --signing-key or $MEDTWIN_AUDIT_KEY_FILE)"
+            ) from None
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it in between
+            return load_signing_key(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        return key
+    except OSError as exc:
+        raise ValidationError(f"cannot read the audit signing key {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except ValueError as exc:
+        raise ValidationError(f"audit signing key {str(path)!r} is not a PEM private key ({exc})") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValidationError(f"audit signing key {str(path)!r} is not an Ed25519 key")
+    key = loaded
+    return key
+
+
+def _write_head(path: Path, seq: int, head: str, signature: str, key_id: str) -> None:
+    """Replace the head file atomically (write, fsync, rename, fsync the folder): never half a head."""
+    tmp = path.with_name(path.name + ".tmp")
+    doc = orjson.dumps({"seq": seq, "hash": head, "signature": signature, "key_id": key_id})
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, doc)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class AuditTrail:
+    """Append to and check the audit chain of a store.
+
+    Parameters
+    ----------
+    store
+        A :class:`~medtwin.store.Store` (shared, not closed by :meth:`close`), a database URL or an engine (a
+        store is opened on it and closed by :meth:`close`).
+    signing_key_path
+        The Ed25519 key that signs checkpoints (PEM; created 0600 when missing). Default:
+        :func:`default_signing_key_path`. Its head file is the same path + ``.head``.
+    max_batch
+        Events per transaction at most.
+    create_key
+        Create the signing key when it does not exist (the default; False for commands that only check).
+    """
+
+    def __init__(
+        self,
+        store: Store | str | Engine,
+        signing_key_path: str | Path | None = None,
+        *,
+        max_batch: int = 512,
+        create_key: bool = True,
+    ) -> None:
+        if isinstance(store, Store):
+            self._store, self._owned = store, False
+        elif isinstance(store, Engine):
+            self._store, self._owned = Store(store.url.render_as_string(hide_password=False)), True
+        else:
+            self._store, self._owned = Store(store), True
+        path = Path(signing_key_path) if signing_key_path is not None else default_signing_key_path(self._store.url)
+        try:
+            self._key = load_signing_key(path, create=create_key)
+        except BaseException:
+            if self._owned:
+                self._store.close()
+            raise
+        self._public = self._key.public_key()
+        self.key_id = _key_id(self._public)
+        self.head_path: Path | None = None if path is None else path.with_name(path.name + ".head")
+        self._max_batch = max(1, max_batch)
+        self._queue: queue.Queue[tuple[AuditEvent, concurrent.futures.Future[int]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def record(self, event: AuditEvent) -> int:
+        """Append *event*; returns its sequence number once the batch holding it is committed (durable)."""
+        return self.record_nowait(event).result()
+
+    def record_nowait(self, event: AuditEvent) -> concurrent.futures.Future[int]:
+        """Queue *event* for the writer; the future resolves to its sequence number once it is committed."""
+        if not isinstance(event, AuditEvent):
+            raise ValidationError(f"AuditTrail.record: expected AuditEvent, got {type(event).__name__}")
+        if self._closed:
+            raise ValidationError("AuditTrail.record: the trail is closed")
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._ensure_writer()
+        self._queue.put((event, fut))
+        return fut
+
+    async def arecord(self, event: AuditEvent) -> int:
+        """:meth:`record` for asyncio code: awaits the commit without blocking the event loop."""
+        return await asyncio.wrap_future(self.record_nowait(event))
+
+    def record_many(self, events: Iterable[AuditEvent]) -> list[int]:
+        """Append several events (one transaction when they fit a batch); their sequence numbers."""
+        futures = [self.record_nowait(e) for e in events]
+        return [f.result() for f in futures]
+
+    def flush(self) -> None:
+        """Wait until every event queued so far is committed."""
+        if self._thread is None:
+            return
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._queue.put((_FLUSH, done))
+        done.result()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, and close the store if this trail opened it."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        if self._owned:
+            self._store.close()
+
+    def __enter__(self) -> AuditTrail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_writer(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="medtwin-audit-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            events = [(e, f) for e, f in batch if e is not _FLUSH]
+            try:
+                seqs = self._append([e for e, _ in events]) if events else []
+            except BaseException as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+            else:
+                for (_, fut), seq in zip(events, seqs, strict=True):
+                    fut.set_result(seq)
+                for e, fut in batch:
+                    if e is _FLUSH:
+                        fut.set_result(0)
+            if stop:
+                return
+
+    def append_in(self, conn: Connection, events: Iterable[AuditEvent]) -> list[int]:
+        """Append *events* on *conn*, inside the caller's write transaction (from the store's
+        :meth:`~medtwin.store.Store.audit_transaction`), so the audit rows commit with the change they audit
+        (``medtwin patient erase`` does this). Call :meth:`sync_head` after the commit to update the head file."""
+        return self._append_on(conn, list(events))[0]
+
+    def sync_head(self) -> None:
+        """Write the head file from the newest checkpoint in the database (after :meth:`append_in`'s commit)."""
+        if self.head_path is None:
+            return
+        c = schema.audit_checkpoints
+        with self._store.engine.connect() as conn:
+            row = conn.execute(select(c).order_by(c.c.seq.desc()).limit(1)).first()
+        if row is not None:
+            _write_head(self.head_path, int(row.seq), row.hash, row.signature, row.key_id)
+
+    def _append(self, events: list[AuditEvent]) -> list[int]:
+        with self._store.audit_transaction() as conn:
+            seqs, head = self._append_on(conn, events)
+        if self.head_path is not None and head is not None:
+            _write_head(self.head_path, *head)
+        return seqs
+
+    def _append_on(
+        self, conn: Connection, events: list[AuditEvent]
+    ) -> tuple[list[int], tuple[int, str, str, str] | None]:
+        if not events:
+            return [], None
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+        t = schema.audit_log
+        last = conn.execute(select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
+        seq, prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+        rows = []
+        seqs = []
+        for event in events:
+            seq += 1
+            values = _row_values(event)
+            digest = _chain_hash(prev, seq, values)
+            rows.append({"seq": seq, **values, "prev_hash": prev, "hash": digest})
+            seqs.append(seq)
+            prev = digest
+        conn.execute(insert(t), rows)
+        signature = self._key.sign(_checkpoint_message(seq, prev)).hex()
+        conn.execute(
+            insert(schema.audit_checkpoints),
+            {
+                "seq": seq,
+                "hash": prev,
+                "signed_at": _canonical_time(datetime.now(UTC)),
+                "key_id": self.key_id,
+                "signature": signature,
+            },
+        )
+        return seqs, (seq, prev, signature, self.key_id)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def records(
+        self, *, action: str | None = None, patient_id: str | None = None, after: int = 0, limit: int | None = None
+    ) -> list[AuditRecord]:
+        """Stored events in chain order (optionally one action or patient, after sequence number *after*)."""
+        t = schema.audit_log
+        stmt = select(t).where(t.c.seq > after).order_by(t.c.seq)
+        if action is not None:
+            stmt = stmt.where(t.c.action == action)
+        if patient_id is not None:
+            stmt = stmt.where(t.c.patient_id == patient_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._store.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(stmt)]
+
+    def count(self) -> int:
+        """Number of stored events."""
+        with self._store.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(schema.audit_log)).scalar_one())
+
+    def review(self) -> list[AuditRecord]:
+        """The break-glass events, oldest first (``medtwin audit review``)."""
+        return self.records(action="break-glass")
+
+    def export_fhir(self, *, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stored events as FHIR R4 AuditEvent resources (BALP-style, see :func:`to_fhir`)."""
+        return [to_fhir(r) for r in self.records(after=after, limit=limit)]
+
+    # -- checking --------------------------------------------------------------------------------------------
+    def verify(self) -> VerifyResult:
+        """Check the whole chain, the signed checkpoints and the head file; name the first bad record.
+
+        Detected: a modified row (its hash no longer matches its content), a deleted row (a gap in the sequence
+        numbers, or a chain link that no longer matches), an inserted or reordered row (a broken link, or a chain
+        recomputed by the intruder that no longer matches a signed checkpoint), rows appended without a
+        checkpoint, and a truncated end (a checkpoint or the head file beyond the last row).
+        """
+        t, c = schema.audit_log, schema.audit_checkpoints
+        with self._store.engine.connect() as conn:
+            checkpoints = {int(r.seq): r for r in conn.execute(select(c).order_by(c.c.seq))}
+            rows: Iterator[Any] = iter(conn.execute(select(t).order_by(t.c.seq)).all())
+        good: dict[int, str] = {}
+        expected, prev, n = 1, GENESIS, 0
+        for row in rows:
+            n += 1
+            seq = int(row.seq)
+            if seq != expected:
+                why = f"record {expected} is missing (the next stored record is {seq})"
+                return VerifyResult(False, expected, why, n, len(checkpoints))
+            if row.prev_hash != prev:
+                why = f"record {seq} does not follow record {seq - 1} (a record was inserted, removed or reordered)"
+                return VerifyResult(False, seq, why, n, len(checkpoints))
+            values = {k: getattr(row, k) for k in _FIELDS}
+            if _chain_hash(prev, seq, values) != row.hash:
+                why = f"record {seq} was modified (its content does not match its hash)"
+                return VerifyResult(False, seq, why, n, len(checkpoints))
+            good[seq] = row.hash
+            prev, expected = row.hash, seq + 1
+        last = expected - 1
+        covered = 0
+        for seq, cp in checkpoints.items():
+            try:
+                self._public.verify(bytes.fromhex(cp.signature), _checkpoint_message(seq, cp.hash))
+            except (InvalidSignature, ValueError):
+                why = f"the checkpoint at record {seq} has no valid signature (key {self.key_id})"
+                return VerifyResult(False, covered + 1, why, n, len(checkpoints))
+            if seq > last:
+                why = f"the log was truncated: a signed checkpoint covers record {seq} but the log ends at {last}"
+                return VerifyResult(False, last + 1, why, n, len(checkpoints))
+            if good[seq] != cp.hash:
+                why = (
+                    f"records {covered + 1}..{seq} do not match the signed checkpoint at record {seq} "
+                    "(the chain was rewritten)"
+                )
+                return VerifyResult(False, covered + 1, why, n, len(checkpoints))
+            covered = seq
+        head = self._read_head()
+        if head is not None:
+            hseq, hhash = head
+            if hseq > last:
+                why = (
+                    f"the log was truncated: the head file outside the database names record {hseq}, "
+                    f"the log ends at {last}"
+                )
+                return VerifyResult(False, last + 1, why, n, len(checkpoints))
+            if hseq > 0 and good.get(hseq) != hhash:
+                why = f"record {hseq} does not match the head file outside the database"
+                return VerifyResult(False, hseq, why, n, len(checkpoints))
+        if covered < last:
+            why = f"records {covered + 1}..{last} are not covered by a signed checkpoint (appended outside medtwin)"
+            return VerifyResult(False, covered + 1, why, n, len(checkpoints))
+        return VerifyResult(True, None, f"{n} records and {len(checkpoints)} checkpoints verified", n, len(checkpoints))
+
+    def _read_head(self) -> tuple[int, str] | None:
+        if self.head_path is None:
+            return None
+        try:
+            doc = orjson.loads(self.head_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError):
+            return (2**62, "unreadable head file")
+        try:
+            self._public.verify(bytes.fromhex(doc["signature"]), _checkpoint_message(int(doc["seq"]), doc["hash"]))
+        except (InvalidSignature, ValueError, KeyError, TypeError):
+            return (2**62, "head file without a valid signature")
+        return int(doc["seq"]), str(doc["hash"])
+
+
+_FLUSH: Any = object()
+
+
+def _record(row: Any) -> AuditRecord:
+    return AuditRecord(
+        seq=int(row.seq),
+        event=AuditEvent(
+            time=datetime.fromisoformat(row.time),
+            actor=row.actor,
+            role=row.role,
+            action=row.action,
+            resource=row.resource,
+            patient_id=row.patient_id,
+            outcome=row.outcome,
+            source=row.source,
+            purpose=row.purpose,
+            detail=row.detail,
+        ),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+# -- FHIR AuditEvent (IHE BALP style) --------------------------------------------------------------------------------
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+_REST = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+_CRUDE = {"read": "R", "search": "E", "create": "C", "update": "U", "delete": "D", "erase": "D", "export": "R"}
+_OUTCOME = {"success": "0", "denied": "4", "error": "8"}
+_SUBTYPE = {"read": "read", "search": "search-type", "create": "create", "update": "update", "delete": "delete"}
+_SECURITY = {
+    "login": ("110122", "Login"),
+    "logout": ("110123", "Logout"),
+    "token": ("110122", "Login"),
+    "refresh": ("110122", "Login"),
+    "denied": ("110113", "Security Alert"),
+    "break-glass": ("110113", "Security Alert"),
+    "refused-sender": ("110113", "Security Alert"),
+    "key-rotate": ("110137", "User Security Attributes Changed"),
+}
+
+
+def to_fhir(record: AuditRecord) -> dict[str, Any]:
+    """*record* as a FHIR R4 AuditEvent (the IHE Basic Audit Log Patterns' shape).
+
+    RESTful actions: type ``rest`` with the FHIR interaction as subtype; logins and security events: DICOM
+    110114 User Authentication / 110113 Security Alert; erasure and export: DICOM 110110 Patient Record / 110106
+    Export. The patient is an entity with role 1 (Patient) referenced by its pseudonymous id; the chain's
+    sequence number and hash travel as the AuditEvent's id and an entity detail, so an export can be checked
+    against the log.
+    """
+    e = record.event
+    if e.action in _SUBTYPE:
+        type_ = {"system": _REST, "code": "rest", "display": "Restful Operation"}
+        subtype = [{"system": _INTERACTION, "code": _SUBTYPE[e.action]}]
+    elif e.action in _SECURITY:
+        code, display = _SECURITY[e.action]
+        auth = e.action in ("login", "logout", "token", "refresh")
+        type_ = {"system": _DCM, "code": "110114" if auth else "110113",
+                 "display": "User Authentication" if auth else "Security Alert"}  # fmt: skip
+        subtype = [{"system": _DCM, "code": code, "display": display}]
+    elif e.action == "export":
+        type_ = {"system": _DCM, "code": "110106", "display": "Export"}
+        subtype = []
+    else:  # erase
+        type_ = {"system": _DCM, "code": "110110", "display": "Patient Record"}
+        subtype = [{"system": _INTERACTION, "code": "delete"}]
+    agent: dict[str, Any] = {
+        "type": {"coding": [{"system": _DCM, "code": "110153", "display": "Source Role ID"}]},
+        "who": {"identifier": {"value": e.actor}},
+        "requestor": True,
+        "role": [{"text": e.role}],
+    }
+    if e.source:
+        agent["network"] = {"address": e.source, "type": "2"}
+    if e.purpose:
+        agent["purposeOfUse"] = [{"text": e.purpose}]
+    entities: list[dict[str, Any]] = [
+        {
+            "what": {"reference": e.resource}
+            if "/" in e.resource and "?" not in e.resource
+            else {"display": e.resource},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+            "detail": [
+                {"type": "medtwin-audit-seq", "valueString": str(record.seq)},
+                {"type": "medtwin-audit-hash", "valueString": record.hash},
+            ],
+        }
+    ]
+    if "?" in e.resource:
+        entities[0]["query"] = base64.b64encode(e.resource.encode()).decode()
+    if e.patient_id:
+        entities.append(
+            {
+                "what": {"reference": f"Patient/{e.patient_id}"},
+                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": f"medtwin-audit-{record.seq}",
+        "type": type_,
+        "recorded": _canonical_time(e.time),
+        "outcome": _OUTCOME[e.outcome],
+        "agent": [agent],
+        "source": {
+            "observer": {"display": "medtwin"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": entities,
+    }
+    if subtype:
+        resource["subtype"] = subtype
+    if e.action in _CRUDE:
+        resource["action"] = _CRUDE[e.action]
+    if e.detail:
+        resource["outcomeDesc"] = e.detail
+    if e.action == "break-glass":
+        resource["purposeOfEvent"] = [
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG",
+                         "display": "break the glass"}]}
+        ]  # fmt: skip
+    return resource

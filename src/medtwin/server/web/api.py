@@ -1,0 +1,479 @@
+"""The web app's JSON endpoints (``/app/api/...``): what each screen shows, under the API's access rules.
+
+Every endpoint authenticates the bearer token (:func:`medtwin.server.guard.caller`), checks the role and scopes
+(:func:`~medtwin.server.guard.require`) and the care relationship for each patient
+(:func:`~medtwin.server.guard.patient_access`: a patient outside the caller's care is "not found"; a clinician may
+break the glass by stating a reason in ``X-Break-Glass-Reason``, audited and flagged for review), and appends an
+audit record of what was read or written. Researchers get no identified screen here: they read de-identified data
+through the API's research views. The computations are in :mod:`medtwin.server.web.data`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from medtwin.errors import MedtwinError
+from medtwin.security.principal import Principal
+from medtwin.server.errors import ApiError, JSONBody, not_found
+from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
+from medtwin.server.web import data
+
+__all__ = ["CLIENT_ID", "router"]
+
+router = APIRouter(prefix="/app/api", tags=["web app"], include_in_schema=False)
+
+CLIENT_ID = "medtwin-web"
+"""The web app's OAuth client id (a public client: authorization code + PKCE)."""
+_CLINICAL = ("admin", "clinician", "nurse", "pharmacist")
+
+
+def _identified_only(principal: Principal) -> None:
+    if principal.role not in _CLINICAL:
+        raise ApiError(403, "forbidden", f"this screen shows identified patient data, which the {principal.role} "
+                                         "role does not see (use the de-identified research views)")  # fmt: skip
+
+
+def _admin_only(principal: Principal) -> None:
+    if principal.role != "admin":
+        raise ApiError(403, "forbidden", "administration is for the admin role")
+
+
+async def _patient(request: Request, principal: Principal, patient_id: str, resource: str, action: str,
+                   what: str) -> None:  # fmt: skip
+    if len(patient_id) > 64 or not patient_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ApiError(400, "invalid", "patient id: letters, digits, '-', '_', '.' (at most 64)")
+    _identified_only(principal)
+    await require(request, principal, resource, action, what)
+    access = await patient_access(request, principal, patient_id, resource, action, what)
+    if access is not None and access.deidentify:  # pragma: no cover - researchers are refused above
+        raise not_found(what)
+
+
+def _idle_s(request: Request) -> int:
+    platform = platform_of(request)
+    override = platform.extra.get("web.idle_s")
+    return int(override) if override is not None else int(platform.settings.idle_timeout_s)
+
+
+@router.get("/config")
+async def config(request: Request) -> JSONBody:
+    """What the browser needs before sign-in: client id, idle timeout, issuer endpoints (no secret)."""
+    platform = platform_of(request)
+    oidc = platform.settings.oidc_issuer
+    return JSONBody({
+        "client_id": CLIENT_ID, "idle_s": _idle_s(request), "security": platform.settings.security,
+        "authorize": "/oauth/authorize", "token": "/oauth/token", "revoke": "/oauth/revoke",
+        "external_oidc": oidc, "scope": "openid user/*.cruds",
+    })  # fmt: skip
+
+
+@router.get("/me")
+async def me(principal: Principal = Depends(caller)) -> JSONBody:
+    """Who is signed in (the token's subject, role, wards and care teams)."""
+    return JSONBody({"subject": principal.subject, "username": principal.username, "role": principal.role,
+                     "wards": sorted(principal.wards), "teams": sorted(principal.teams)})  # fmt: skip
+
+
+def _row(store: Any, pid: str, unit: str | None, bed: str | None, now: datetime) -> dict[str, Any]:
+    return data.board_row(store, pid, unit=unit, bed=bed, now=now)
+
+
+@router.get("/ward")
+async def ward(request: Request, unit: str | None = Query(None, max_length=80),
+               principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """The ward board: every patient with an open encounter on the caller's wards (admins and pharmacists: every
+    ward, or *unit*), or in the caller's care teams."""
+    _identified_only(principal)
+    what = "Patient?ward=" + (unit or ",".join(sorted(principal.wards)) or "*")
+    await require(request, principal, "Observation", "s", what)
+    platform = platform_of(request)
+    store = platform.store
+    if principal.role in ("admin", "pharmacist"):
+        wards: list[str] | None = None if unit is None else [unit]
+    else:
+        wards = sorted(principal.wards) if unit is None else [w for w in principal.wards if w == unit]
+    listed: list[tuple[str, str | None, str | None]] = list(await run_in_threadpool(data.ward_patients, store, wards))
+    if principal.teams:
+        team_ids = platform.accounts.patients_of(sorted(principal.teams))
+        seen = {pid for pid, _, _ in listed}
+        everyone = {pid: (u, b) for pid, u, b in await run_in_threadpool(data.ward_patients, store, None)}
+        listed += [(pid, *everyone.get(pid, (None, None))) for pid in sorted(team_ids - seen)]
+    rows = []
+    now = datetime.now(UTC)
+    for pid, unit_name, bed in listed:
+        access = await patient_access(request, principal, pid, "Observation", "s", what, raise_denied=False,
+                                      audit_denied=False)  # fmt: skip
+        if access is None or access.deidentify:
+            continue
+        rows.append(await run_in_threadpool(_row, store, pid, unit_name, bed, now))
+    await platform.record(principal, "search", what, source=source_of(request), detail=f"{len(rows)} patients")
+    units = sorted({u for _, u, _ in await run_in_threadpool(data.ward_patients, store, None) if u})
+    return JSONBody({"wards": wards, "all_units": units if principal.role in ("admin", "pharmacist") else None,
+                     "rows": rows, "at": now.isoformat()})  # fmt: skip
+
+
+@router.get("/ward/row/{patient_id}")
+async def ward_row(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """One board row (the board fetches it when the live stream says the patient changed)."""
+    what = f"Patient/{patient_id}/board"
+    await _patient(request, principal, patient_id, "Observation", "r", what)
+    platform = platform_of(request)
+    store = platform.store
+    where = await run_in_threadpool(lambda: data.ward_of(store.encounters(patient_id)))
+    row = await run_in_threadpool(lambda: data.board_row(store, patient_id, unit=where[0] if where else None,
+                                                         bed=where[1] if where else None))  # fmt: skip
+    await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request))
+    return JSONBody(row)
+
+
+@router.get("/ward/rows")
+async def ward_rows(request: Request, ids: str = Query(..., max_length=40_000),
+                    principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """Several board rows at once (comma-separated patient ids, at most 500): the board's live refresh, without the
+    NEWS2 trend (the board appends the new score to the trend it has). A patient the caller may not see is left out
+    (audited as a denial)."""
+    import asyncio
+
+    _identified_only(principal)
+    wanted = list(dict.fromkeys(i for i in ids.split(",") if i))[:500]
+    what = "Patient?board-rows"
+    await require(request, principal, "Observation", "r", what)
+    platform = platform_of(request)
+    store = platform.store
+    allowed = []
+    for pid in wanted:
+        if len(pid) > 64:
+            continue
+        access = await patient_access(request, principal, pid, "Observation", "r", f"Patient/{pid}/board",
+                                      raise_denied=False)  # fmt: skip
+        if access is not None and not access.deidentify:
+            allowed.append(pid)
+
+    def read() -> list[dict[str, Any]]:
+        out = []
+        for pid in allowed:
+            where = data.ward_of(store.encounters(pid))
+            out.append(data.board_row(store, pid, unit=where[0] if where else None, bed=where[1] if where else None,
+                                      trend=False))  # fmt: skip
+        return out
+
+    rows = await run_in_threadpool(read)
+    source = source_of(request)
+    await asyncio.gather(*(platform.record(principal, "read", f"Patient/{pid}/board", patient_id=pid, source=source)
+                           for pid in allowed))  # fmt: skip
+    return JSONBody({"rows": rows})
+
+
+@router.get("/patients")
+async def patients(request: Request, q: str | None = Query(None, max_length=100),
+                   principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """Patients the caller reaches (name or MRN containing *q*), for the patient list."""
+    _identified_only(principal)
+    what = "Patient?list"
+    await require(request, principal, "Patient", "s", what)
+    platform = platform_of(request)
+    store = platform.store
+    found = await run_in_threadpool(store.patients)
+    encounters = await run_in_threadpool(store.encounters)
+    open_units: dict[str, str] = {}
+    for e in encounters:
+        if e.end is None and e.locations:
+            open_units[e.patient_id] = e.locations[-1].unit
+    out = []
+    needle = (q or "").strip().lower()
+    for p in found:
+        name, mrn = data._name(p) or "", data._mrn(p) or ""
+        if needle and needle not in name.lower() and needle not in mrn.lower():
+            continue
+        access = await patient_access(request, principal, p.patient_id, "Patient", "s", what, raise_denied=False,
+                                      audit_denied=False)  # fmt: skip
+        if access is None or access.deidentify:
+            continue
+        out.append({"id": p.patient_id, "name": name, "mrn": mrn, "gender": p.gender,
+                    "birth_date": p.birth_date.isoformat() if p.birth_date else None,
+                    "unit": open_units.get(p.patient_id)})  # fmt: skip
+    await platform.record(principal, "search", what, source=source_of(request), detail=f"{len(out)} listed")
+    return JSONBody({"patients": out})
+
+
+@router.get("/patient/{patient_id}")
+async def patient(request: Request, patient_id: str, hours: float = Query(24.0, gt=0, le=24 * 30),
+                  principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """The patient page: summary, vitals and NEWS2 series, alert timeline, record summary."""
+    what = f"Patient/{patient_id}"
+    await _patient(request, principal, patient_id, "Patient", "r", what)
+    platform = platform_of(request)
+    try:
+        view = await run_in_threadpool(data.patient_view, platform.store, patient_id, hours=hours)
+    except KeyError:
+        raise not_found(what) from None
+    await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request),
+                          detail="web: patient page")  # fmt: skip
+    return JSONBody(view)
+
+
+@router.get("/patient/{patient_id}/glucose")
+async def glucose(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """CGM trace, AGP bands, consensus metrics."""
+    what = f"Observation?patient={patient_id}&code=glucose"
+    await _patient(request, principal, patient_id, "Observation", "s", what)
+    platform = platform_of(request)
+    view = await run_in_threadpool(data.glucose_view, platform.store, patient_id)
+    await platform.record(principal, "search", what, patient_id=patient_id, source=source_of(request))
+    return JSONBody(view)
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ApiError(400, "invalid", f"{key}: a number is required")
+    try:
+        return float(value)
+    except ValueError:
+        raise ApiError(400, "invalid", f"{key}: {value!r} is not a number") from None
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "invalid", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "the body must be a JSON object")
+    return body
+
+
+@router.post("/patient/{patient_id}/glucose/whatif")
+async def glucose_whatif(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """The twin's replay of the recorded days under the recorded therapy and under a changed one."""
+    what = f"Patient/{patient_id}/glucose-twin/what-if"
+    await _patient(request, principal, patient_id, "Observation", "r", what)
+    body = await _json(request)
+    args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0))}
+    platform = platform_of(request)
+    try:
+        out = await run_in_threadpool(
+            lambda: data.glucose_whatif(platform.store, patient_id, bolus_scale=args["bolus_scale"],
+                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"])
+        )  # fmt: skip
+    except KeyError:
+        raise ApiError(404, "not-found", "this patient has no glucose twin") from None
+    except MedtwinError as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
+    await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request),
+                          detail=f"what-if {args}")  # fmt: skip
+    return JSONBody(out)
+
+
+@router.get("/patient/{patient_id}/dosing")
+async def dosing(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """Vancomycin doses and levels, MAP fit and prediction band, regimen options."""
+    what = f"MedicationAdministration?patient={patient_id}&dosing"
+    await _patient(request, principal, patient_id, "MedicationAdministration", "s", what)
+    platform = platform_of(request)
+    try:
+        out = await run_in_threadpool(data.dosing_view, platform.store, patient_id)
+    except KeyError:
+        raise ApiError(404, "not-found", "this patient has no vancomycin course in the record") from None
+    except MedtwinError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request))
+    return JSONBody(out)
+
+
+@router.post("/patient/{patient_id}/dosing/propose")
+async def propose(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """Store the chosen regimen as a MedicationRequest proposal (intent ``proposal``, status ``draft``), audited."""
+    what = f"MedicationRequest?patient={patient_id}&proposal"
+    await _patient(request, principal, patient_id, "MedicationRequest", "c", what)
+    body = await _json(request)
+    interval = body.get("interval_h")
+    interval_h = None if interval is None else _number(body, "interval_h", 0.0)
+    platform = platform_of(request)
+    try:
+        records = await run_in_threadpool(
+            lambda: data.dosing_proposal_records(platform.store, patient_id, interval_h=interval_h)
+        )
+    except KeyError:
+        raise ApiError(404, "not-found", "this patient has no vancomycin course in the record") from None
+    except MedtwinError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    await run_in_threadpool(platform.store.write, records)
+    request_record = records[0]
+    await platform.record(principal, "create", f"MedicationRequest/{request_record.request_id}",
+                          patient_id=patient_id, source=source_of(request),
+                          detail=f"dosing proposal {request_record.dose.value:g} mg every "
+                                 f"{request_record.interval_h:g} h")  # fmt: skip
+    return JSONBody({"request_id": request_record.request_id, "intent": request_record.intent,
+                     "status": request_record.status, "dose_mg": request_record.dose.value,
+                     "interval_h": request_record.interval_h, "note": request_record.note}, 201)  # fmt: skip
+
+
+# -- hospital ------------------------------------------------------------------------------------------------------
+def _hospital_role(principal: Principal) -> None:
+    if principal.role not in (*_CLINICAL, "researcher"):
+        raise ApiError(403, "forbidden", f"the hospital view is not available to the {principal.role} role")
+
+
+@router.get("/hospital")
+async def hospital(request: Request, horizon_h: int = Query(72, ge=24, le=72),
+                   principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """Census by unit and the occupancy forecast of the example hospital (no patient data)."""
+    _hospital_role(principal)
+    platform = platform_of(request)
+    reps = int(platform.extra.get("web.hospital_reps", 40))
+    out = await run_in_threadpool(lambda: data.hospital_view(horizon_h=horizon_h, n_reps=reps))
+    await platform.record(principal, "read", "Hospital/forecast", source=source_of(request))
+    return JSONBody(out)
+
+
+@router.post("/hospital/whatif")
+async def hospital_whatif(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Baseline and one scenario (beds, staffing, surge) side by side."""
+    _hospital_role(principal)
+    body = await _json(request)
+    platform = platform_of(request)
+    reps = int(platform.extra.get("web.whatif_reps", 8))
+    try:
+        out = await run_in_threadpool(lambda: data.hospital_whatif(body, n_reps=reps))
+    except (MedtwinError, ValueError, TypeError) as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
+    await platform.record(principal, "read", "Hospital/what-if", source=source_of(request), detail=str(body)[:200])
+    return JSONBody(out)
+
+
+# -- administration --------------------------------------------------------------------------------------------------
+@router.get("/admin/users")
+async def admin_users(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Users and roles."""
+    _admin_only(principal)
+    platform = platform_of(request)
+    users = await run_in_threadpool(platform.accounts.users)
+    await platform.record(principal, "search", "User?all", source=source_of(request))
+    return JSONBody({"users": [{"id": u.user_id, "username": u.username, "role": u.role, "wards": list(u.wards),
+                                "teams": list(u.teams), "disabled": u.disabled} for u in users]})  # fmt: skip
+
+
+@router.post("/admin/users/{username}/disabled")
+async def admin_disable(request: Request, username: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """Disable (``{"disabled": true}``) or enable a user."""
+    _admin_only(principal)
+    body = await _json(request)
+    platform = platform_of(request)
+    try:
+        user = await run_in_threadpool(platform.accounts.set_disabled, username, bool(body.get("disabled", True)))
+    except MedtwinError as exc:
+        raise ApiError(404, "not-found", str(exc)) from None
+    await platform.record(principal, "update", f"User/{user.user_id}", source=source_of(request),
+                          detail=f"disabled={user.disabled}")  # fmt: skip
+    return JSONBody({"username": user.username, "disabled": user.disabled})
+
+
+@router.get("/admin/careteams")
+async def admin_careteams(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Care-team membership (team, patient) with the patients' names."""
+    from medtwin.store.access_tables import care_team_patients
+
+    _admin_only(principal)
+    platform = platform_of(request)
+
+    def read() -> list[dict[str, Any]]:
+        with platform.store.engine.connect() as conn:
+            rows = list(conn.execute(select(care_team_patients.c.team, care_team_patients.c.patient_id)))
+        out = []
+        for team, pid in rows:
+            p = platform.store.patient(pid)
+            out.append({"team": team, "patient_id": pid, "name": None if p is None else data._name(p)})
+        return sorted(out, key=lambda r: (r["team"], r["name"] or ""))
+
+    teams = await run_in_threadpool(read)
+    await platform.record(principal, "search", "CareTeam?all", source=source_of(request))
+    return JSONBody({"assignments": teams})
+
+
+@router.post("/admin/careteams")
+async def admin_assign(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Assign (``{"team", "patient_id"}``) or, with ``"remove": true``, unassign a patient."""
+    _admin_only(principal)
+    body = await _json(request)
+    team, pid = str(body.get("team", "")).strip(), str(body.get("patient_id", "")).strip()
+    if not team or not pid:
+        raise ApiError(400, "invalid", "team and patient_id are required")
+    platform = platform_of(request)
+    if await run_in_threadpool(platform.store.patient, pid) is None:
+        raise not_found(f"Patient/{pid}")
+    if body.get("remove"):
+        await run_in_threadpool(platform.accounts.unassign, team, pid)
+    else:
+        await run_in_threadpool(platform.accounts.assign, team, pid)
+    platform.policy.invalidate(pid)
+    await platform.record(principal, "update", f"CareTeam/{team}", patient_id=pid, source=source_of(request),
+                          detail="unassign" if body.get("remove") else "assign")  # fmt: skip
+    return JSONBody({"team": team, "patient_id": pid, "assigned": not body.get("remove")})
+
+
+@router.get("/admin/consents")
+async def admin_consents(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Consent resources on record (FHIR Consent: status, scope, provision)."""
+    from medtwin.store import schema
+
+    _admin_only(principal)
+    platform = platform_of(request)
+
+    def read() -> list[dict[str, Any]]:
+        import orjson
+
+        t = schema.fhir_resources
+        with platform.store.engine.connect() as conn:
+            rows = list(conn.execute(select(t.c.patient_id, t.c.body).where(t.c.resource_type == "Consent")))
+        out = []
+        for pid, body in rows:
+            c = orjson.loads(body)
+            scope = ((c.get("scope") or {}).get("coding") or [{}])[0]
+            provision = c.get("provision") or {}
+            out.append({"patient_id": pid, "id": c.get("id"), "status": c.get("status"),
+                        "scope": scope.get("code"), "provision": provision.get("type"),
+                        "period": provision.get("period"), "date": c.get("dateTime")})  # fmt: skip
+        return out
+
+    consents = await run_in_threadpool(read)
+    await platform.record(principal, "search", "Consent?all", source=source_of(request))
+    return JSONBody({"consents": consents})
+
+
+def _audit_json(r: Any) -> dict[str, Any]:
+    e = r.event
+    return {"seq": r.seq, "time": e.time.isoformat(), "actor": e.actor, "role": e.role, "action": e.action,
+            "resource": e.resource, "patient_id": e.patient_id, "outcome": e.outcome, "source": e.source,
+            "purpose": e.purpose, "detail": e.detail}  # fmt: skip
+
+
+@router.get("/admin/audit")
+async def admin_audit(request: Request, limit: int = Query(200, ge=1, le=2000),
+                      principal: Principal = Depends(caller)) -> JSONBody:  # fmt: skip
+    """The newest audit records, the chain's verification and the break-glass review list."""
+    _admin_only(principal)
+    platform = platform_of(request)
+    trail = platform.audit
+    if trail is None:
+        return JSONBody({"enabled": False, "records": [], "verify": None, "break_glass": []})
+    await run_in_threadpool(trail.flush)
+
+    def read() -> dict[str, Any]:
+        total = trail.count()
+        records = trail.records(after=max(0, total - limit))
+        result = trail.verify()
+        glass = trail.review()
+        return {"enabled": True, "total": total, "records": [_audit_json(r) for r in reversed(records)],
+                "verify": {"ok": result.ok, "first_bad_seq": result.first_bad_seq, "reason": result.reason,
+                           "records": result.records, "checkpoints": result.checkpoints},
+                "break_glass": [_audit_json(r) for r in reversed(glass)]}  # fmt: skip
+
+    out = await run_in_threadpool(read)
+    await platform.record(principal, "search", "AuditEvent?all", source=source_of(request))
+    return JSONBody(out)

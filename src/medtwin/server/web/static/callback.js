@@ -1,0 +1,2 @@
+/* The authorization code is exchanged by app.js (MT.ready) on this page. */
+"use strict";
