@@ -86,16 +86,27 @@ def hl7_secrets() -> set[str]:
 
 
 def leaks(data: bytes, secrets: set[str]) -> list[str]:
-    """The secrets found in *data*. A secret under 6 characters counts only between delimiters (quotes, HL7
-    separators, spaces): 3 letters occur by chance in megabytes of ciphertext, 5 bytes with delimiters do not; a
-    short number only outside hex digits (pg_dump writes sealed bytes as hex, where 7 digits occur by chance)."""
+    """The secrets found in *data* as plaintext holds them, never by chance inside sealed data.
+
+    Plaintext (JSON bodies, HL7 text, pg_dump's COPY lines) delimits every value, so short secrets count only where
+    a delimiter surrounds them: a number under 8 digits between quotes, HL7 separators or white space (digits occur
+    by chance in timestamps' fractions and in the hex pg_dump writes for sealed bytes); a name under 6 letters also
+    beside ``,`` or ``:``; a hex-like value under 16 characters outside hex digits; a word of base64 letters under 12
+    characters outside base64 text. Longer secrets count anywhere.
+    """
     out = []
     for s in sorted(secrets):
         token = re.escape(s.encode())
-        # a short name: as plaintext holds it (a JSON string, an HL7 component, a word), never by chance
-        pattern = token if len(s) >= 6 else rb"[\s\"^|~&,:]" + token + rb"[\s\"^|~&,:]"
-        if len(s) < 16 and re.fullmatch(r"[0-9a-fA-F-]+", s):  # pg_dump writes bytea as hex: a number by chance
+        if len(s) < 8 and re.fullmatch(r"[0-9-]+", s):
+            pattern = rb"[\s\"^|~&]" + token + rb"[\s\"^|~&]"
+        elif len(s) < 6:
+            pattern = rb"[\s\"^|~&,:]" + token + rb"[\s\"^|~&,:]"
+        elif len(s) < 16 and re.fullmatch(r"[0-9a-fA-F-]+", s):
             pattern = rb"(?<![0-9a-fA-F])" + token + rb"(?![0-9a-fA-F])"
+        elif len(s) < 12 and re.fullmatch(r"[A-Za-z0-9+/=]+", s):
+            pattern = rb"(?<![A-Za-z0-9+/=])" + token + rb"(?![A-Za-z0-9+/=])"
+        else:
+            pattern = token
         if re.search(pattern, data):
             out.append(s)
     return out
