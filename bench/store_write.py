@@ -13,7 +13,11 @@ file in WAL mode with ``synchronous=FULL`` (one durable commit per batch, as the
 * ``fast-0004``: ``write_batch`` as shipped, on the observation indexes of revision 0004 (patient+LOINC+time and
   patient+time, before revision 0005);
 * ``fast``: ``write_batch`` as shipped (multi-row inserts of value tuples, checkpoint every 10,000 pages) on the
-  current schema (revision 0005's observation indexes).
+  current schema (revision 0005's observation indexes), with encryption at rest (payloads and identities sealed
+  under per-patient AES-256-GCM keys, keyed digests: what medtwin always does since issue 15);
+* ``fast-clear``: the same with encryption at rest switched off (``Store(encryption=False)``): what encryption costs.
+
+The older schemas (``legacy``, ``fast-0004``) have no key tables, so they run in clear.
 
 ``--growth N`` instead writes N messages in groups of 16 into one file per schema (0004 and current) and prints the
 CPU per message for every 20,000: whether the write cost grows with the database.
@@ -130,7 +134,7 @@ def _previous_release_store(db: Path) -> Store:
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), "0002")
     engine.dispose()
-    store = Store(f"sqlite:///{db}", migrate=False)
+    store = Store(f"sqlite:///{db}", migrate=False, encryption=False)  # revision 0002: no key tables
     event.listen(store.engine, "connect", lambda dbapi, _rec: dbapi.execute("PRAGMA wal_autocheckpoint=1000"))
     return store
 
@@ -141,13 +145,15 @@ def _store_at(db: Path, revision: str) -> Store:
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), revision)
     engine.dispose()
-    return Store(f"sqlite:///{db}", migrate=False)
+    return Store(f"sqlite:///{db}", migrate=False, encryption=False)  # before revision 0010: no key tables
 
 
 def _open(kind: str, db: Path) -> Store:
     if kind == "legacy":
         return _previous_release_store(db)
-    return _store_at(db, "0004") if kind == "fast-0004" else Store(f"sqlite:///{db}")
+    if kind == "fast-0004":
+        return _store_at(db, "0004")
+    return Store(f"sqlite:///{db}", encryption=kind != "fast-clear")
 
 
 def run(kind: str, batches: list[list[Item]], db: Path) -> tuple[float, float]:
@@ -174,12 +180,13 @@ def run(kind: str, batches: list[list[Item]], db: Path) -> tuple[float, float]:
     return n / elapsed, 1e6 * cpu / n
 
 
-KINDS = ("legacy", "generic", "fast-0004", "fast")
+KINDS = ("legacy", "generic", "fast-0004", "fast", "fast-clear")
 LABELS = {
     "legacy": "legacy per-message path",
     "generic": "bulk, generic binds",
     "fast-0004": "fast path, 0004 indexes",
-    "fast": "fast path, 0005 indexes",
+    "fast": "fast path, encrypted",
+    "fast-clear": "fast path, in clear",
 }
 
 
@@ -212,7 +219,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="40 batches per side, 1 round")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"messages per batch (default {BATCH})")
     parser.add_argument("--growth", type=int, default=0, help="messages for the growth run instead (e.g. 200000)")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"comma-separated sides to run (default all: {','.join(KINDS)})"
+    )
     args = parser.parse_args()
+    kinds = tuple(k for k in KINDS if k in args.kinds.split(","))
     if args.growth:
         growth(args.growth)
         return
@@ -222,26 +233,29 @@ def main() -> None:
     print(f"mapping {n_batches * size} messages ...", file=sys.stderr)
     items = messages(n_batches * size, 0)
     batches = [items[i : i + size] for i in range(0, len(items), size)]
-    rates: dict[str, list[float]] = {k: [] for k in KINDS}
-    cpus: dict[str, list[float]] = {k: [] for k in KINDS}
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    cpus: dict[str, list[float]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for kind in KINDS if r % 2 == 0 else tuple(reversed(KINDS)):
+            for kind in kinds if r % 2 == 0 else tuple(reversed(kinds)):
                 rate, cpu = run(kind, batches, Path(tmp) / f"{kind}-{r}.db")
                 rates[kind].append(rate)
                 cpus[kind].append(cpu)
-    med = {k: (statistics.median(rates[k]), statistics.median(cpus[k])) for k in KINDS}
+    med = {k: (statistics.median(rates[k]), statistics.median(cpus[k])) for k in kinds}
     print(f"store_write: {n_batches} batches x {size} ORU messages (1 patient + 7 obs + raw), SQLite WAL sync=FULL")
     print(f"python {platform.python_version()}, {platform.machine()}, rounds={rounds} (median)")
-    for k in KINDS:
+    for k in kinds:
         rate, cpu = med[k]
         each = [round(x) for x in rates[k]]
         print(f"  {LABELS[k]:<24}: {rate:8,.0f} msg/s wall  {cpu:7.1f} us CPU/msg  (rounds: {each})")
-    for k in ("legacy", "generic", "fast-0004"):
+    for k in [k for k in ("legacy", "generic", "fast-0004", "fast-clear") if k in med and "fast" in med]:
         print(
             f"  ratio fast/{k:<13}: {med['fast'][0] / med[k][0]:.2f}x msg/s, "
             f"{med[k][1] / med['fast'][1]:.2f}x less CPU per message"
         )
+    if "fast" in med and "fast-clear" in med:
+        print(f"  encryption at rest: {med['fast'][1] - med['fast-clear'][1]:+.1f} us CPU per message "
+              f"({med['fast'][1] / med['fast-clear'][1]:.3f}x the CPU of the same writes in clear)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -228,9 +228,7 @@ def test_two_ingests_on_a_fresh_sqlite_file_do_not_race_the_schema(tmp_path: Pat
         assert store.counts()["patients"] == 2
 
 
-def _normalised(
-    bundle: dict[str, Any], pseudonym: Any = None
-) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+def _normalised(bundle: dict[str, Any], pseudonym: Any = None) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     """The bundle's resources by type, with references inside it rewritten to Type/id (the documented
     normalisation of kept resources); with *pseudonym* (a store's ``keyring.pseudonym.fhir``) the Patient's id
     and the references to it become the keyed patient id, without their display (docs/security-data.md)."""

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from medtwin.interop.fhir import fhir_files, ingest_file, ingest_paths
 from medtwin.crypto import generate_keyring
+from medtwin.interop.fhir import fhir_files, ingest_file, ingest_paths
 from medtwin.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
@@ -146,7 +146,10 @@ def test_ndjson_matches_the_bundle(tmp_path: Path) -> None:
     path = tmp_path / "export.ndjson"
     path.write_text("\n".join(_ndjson_lines()))
     ring = generate_keyring()  # one keyring: the same FHIR Patient gets the same keyed id in both stores
-    with Store(f"sqlite:///{tmp_path / 'a.db'}", keyring=ring) as a, Store(f"sqlite:///{tmp_path / 'b.db'}", keyring=ring) as b:
+    with (
+        Store(f"sqlite:///{tmp_path / 'a.db'}", keyring=ring) as a,
+        Store(f"sqlite:///{tmp_path / 'b.db'}", keyring=ring) as b,
+    ):
         assert ingest_file(a, path).ok
         assert ingest_file(b, LIZ).ok
         pid = a.patients()[0].patient_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_events_get_consecutive_numbers_and_verify(trail: AuditTrail) -> None:
     records = trail.records()
     assert [r.seq for r in records] == list(range(1, 11))
     assert records[0].prev_hash == GENESIS
-    assert all(b.prev_hash == a.hash for a, b in zip(records, records[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(records))
     assert records[3].event == _event(3)
     result = trail.verify()
     assert result.ok, result.reason
@@ -148,7 +149,8 @@ def test_rewritten_chain_fails_the_signed_checkpoint(trail: AuditTrail) -> None:
             prev = h
     result = trail.verify()
     assert not result.ok
-    assert result.first_bad_seq is not None and result.first_bad_seq <= 2  # the span of the first broken checkpoint
+    assert result.first_bad_seq is not None
+    assert result.first_bad_seq <= 2
     assert "checkpoint" in result.reason
 
 
@@ -236,8 +238,45 @@ def test_fhir_balp_codes() -> None:
     rec.record(_event(1, action="read"))
     rec.record(_event(2, action="break-glass", purpose="unconscious patient in ED"))
     read, glass = rec.export_fhir()
-    assert read["type"]["code"] == "rest" and read["subtype"][0]["code"] == "read" and read["action"] == "R"
+    assert read["type"]["code"] == "rest"
+    assert read["subtype"][0]["code"] == "read"
+    assert read["action"] == "R"
     assert glass["purposeOfEvent"][0]["coding"][0]["code"] == "BTG"
     assert [r.event.action for r in rec.review()] == ["break-glass"]
     assert to_fhir(rec.records()[0])["outcome"] == "0"
     rec.close()
+
+
+def test_audit_and_keys_cli(tmp_path: Path) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from medtwin.cli import app
+
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = Store(db)
+    trail = AuditTrail(store)
+    trail.record(_event(1, action="read"))
+    trail.record(_event(2, action="break-glass", purpose="unconscious patient"))
+    trail.close()
+    store.close()
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify", "--db", db, "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert orjson.loads(ok.stdout)["records"] == 2
+    review = runner.invoke(app, ["audit", "review", "--db", db, "--json"])
+    assert [r["purpose"] for r in orjson.loads(review.stdout)] == ["unconscious patient"]
+    out = tmp_path / "audit.json"
+    assert runner.invoke(app, ["audit", "export", "--db", db, "-o", str(out)]).exit_code == 0
+    assert len(orjson.loads(out.read_bytes())["entry"]) == 2
+    rotated = runner.invoke(app, ["keys", "rotate", "--db", db, "--json"])
+    assert rotated.exit_code == 0, rotated.output
+    status = runner.invoke(app, ["keys", "status", "--db", db, "--json"])
+    assert orjson.loads(status.stdout)["current_master_key"] == orjson.loads(rotated.stdout)["new_key_id"]
+    store = Store(db)
+    with store.engine.begin() as conn:
+        conn.execute(update(schema.audit_log).where(schema.audit_log.c.seq == 1).values(actor="x"))
+    store.close()
+    bad = runner.invoke(app, ["audit", "verify", "--db", db])
+    assert bad.exit_code == 1
+    assert "broken at record 1" in bad.output

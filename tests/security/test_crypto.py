@@ -16,12 +16,11 @@ from sqlalchemy import select, update
 
 from medtwin.crypto import (
     DataKeys,
-    KeyError_,
+    KeyringError,
     PseudonymKey,
     generate_keyring,
     keyring_from_env,
     load_keyring,
-    open_keyring,
 )
 from medtwin.interop.hl7v2 import map_message, parse_message
 from medtwin.records import Identifier, Patient, PatientIdentity
@@ -52,7 +51,8 @@ def test_a_new_database_gets_a_key_file_beside_it_mode_0600_with_a_warning(
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert "secret store" in caplog.text
     ring = load_keyring(key_file)
-    assert len(ring.current[1]) == 32 and len(ring.secret) == 32
+    assert len(ring.current[1]) == 32
+    assert len(ring.secret) == 32
 
 
 def test_another_key_file_is_refused(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_keyring_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     assert store.keyring.secret == keyring_from_env(key).secret
     store.close()
     assert Store(f"sqlite:///{tmp_path / 'env.db'}").patient("pt-1").identity.family == "Doe"  # type: ignore[union-attr]
-    with pytest.raises(KeyError_, match="32 bytes"):
+    with pytest.raises(KeyringError, match="32 bytes"):
         keyring_from_env(base64.b64encode(b"short").decode())
 
 
@@ -89,13 +89,14 @@ def test_sealed_values_open_only_under_their_key() -> None:
     keys = DataKeys(ring, lambda refs: {r: store[r] for r in refs if r in store})
     aead = keys.keys_for(["pt-a"], create=store.update)["pt-a"]
     sealed = DataKeys.seal_text_with(aead, "pt-a", "Janet Doe")
-    assert "Janet" not in sealed and keys.open_text(sealed) == "Janet Doe"
+    assert "Janet" not in sealed
+    assert keys.open_text(sealed) == "Janet Doe"
     blob = DataKeys.seal_with(aead, "pt-a", b"PID|1||MRN")
     assert keys.open(blob) == b"PID|1||MRN"
     assert DataKeys.seal_with(aead, "pt-a", b"x") != DataKeys.seal_with(aead, "pt-a", b"x")  # fresh nonce
     moved = blob.replace(b"pt-a", b"pt-b", 1)
     store["pt-b"] = store["pt-a"]
-    with pytest.raises(KeyError_):  # the key ref is associated data: a value moved to another patient fails
+    with pytest.raises(KeyringError):  # the key ref is associated data: a value moved to another patient fails
         keys.open(moved)
     keys.forget()
     del store["pt-a"]
@@ -122,8 +123,11 @@ def test_identity_is_sealed_and_mrn_found_by_blind_index(tmp_path: Path) -> None
     with store.engine.connect() as conn:
         body, birth = conn.execute(select(schema.patients.c.body, schema.patients.c.birth_date)).one()
         ident = conn.execute(select(schema.patient_identity.c.body)).scalar_one()
-    assert body.startswith("mte1.") and ident.startswith("mte1.") and birth is None
-    assert "1950" not in body and "Doe" not in ident
+    assert body.startswith("mte1.")
+    assert ident.startswith("mte1.")
+    assert birth is None
+    assert "1950" not in body
+    assert "Doe" not in ident
     assert store.patient("pt-1") == _patient()
     assert store.find_patients("MRN-1") == ["pt-1"]
     assert store.find_patients("MRN-1", system="HOSP") == ["pt-1"]
@@ -140,7 +144,8 @@ def test_rotation_rewraps_without_reencrypting(tmp_path: Path) -> None:
         old_wrapped = dict(conn.execute(select(schema.patient_keys.c.key_ref, schema.patient_keys.c.wrapped)).all())
     old_id = store.keyring.current[0]
     report = rotate_master_key(store)
-    assert report.rewrapped == 2 and report.retired == (old_id,)
+    assert report.rewrapped == 2
+    assert report.retired == (old_id,)
     with store.engine.connect() as conn:
         after = dict(conn.execute(select(schema.patient_identity.c.patient_id, schema.patient_identity.c.body)).all())
         rows = conn.execute(select(schema.patient_keys.c.key_ref, schema.patient_keys.c.master_key_id,
@@ -161,13 +166,18 @@ def test_rows_of_an_older_release_are_sealed_and_rekeyed(tmp_path: Path) -> None
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = Store(url)
     old_hl7 = legacy_patient_id("HOSP", "MRN-1")
-    from medtwin.codes import HEART_RATE
-    from medtwin.records import Observation, Quantity, Provenance
     from datetime import UTC, datetime
-    from medtwin.store import RawMessage
 
-    obs = Observation(patient_id=old_hl7, code=HEART_RATE, effective=datetime(2024, 1, 1, tzinfo=UTC),
-                      value=Quantity(value=80, unit="/min"), provenance=Provenance(source_system="s", source_id="o1"))
+    from medtwin.codes import HEART_RATE
+    from medtwin.records import Observation, Provenance, Quantity
+
+    obs = Observation(
+        patient_id=old_hl7,
+        code=HEART_RATE,
+        effective=datetime(2024, 1, 1, tzinfo=UTC),
+        value=Quantity(value=80, unit="/min"),
+        provenance=Provenance(source_system="s", source_id="o1"),
+    )
     store.write([_patient(old_hl7), _patient("ee9f8dd8-72d2-4769-8020-89e504b1504b", "ee9f8dd8"), obs])
     # make it look like an older release wrote it: everything in clear, the protection not yet done
     from medtwin.store import codec
@@ -180,7 +190,9 @@ def test_rows_of_an_older_release_are_sealed_and_rekeyed(tmp_path: Path) -> None
             conn.execute(update(schema.patient_identity).where(schema.patient_identity.c.patient_id == pid)
                          .values(body=codec.encode_identity(p.identity)))  # type: ignore[arg-type]  # fmt: skip
         conn.execute(schema.identity_index.delete())
-        conn.execute(update(schema.raw_inbound).values(payload=b"PID|1||MRN-1", digest=hashlib.sha256(b"x").hexdigest()))
+        conn.execute(
+            update(schema.raw_inbound).values(payload=b"PID|1||MRN-1", digest=hashlib.sha256(b"x").hexdigest())
+        )
         conn.execute(schema.key_settings.delete().where(schema.key_settings.c.name == "protected_at_rest"))
     store.close()
     store = Store(url)

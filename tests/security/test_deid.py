@@ -22,8 +22,13 @@ def _old_patient(store: Store, pid: str, born: date, address: str) -> None:
                 identity=PatientIdentity(identifiers=(Identifier(system="H", value="MRN-42", type_code="MR"),),
                                          family="Oldman", given=("Abe",), telecom=("617-555-0199", "abe@example.org"),
                                          address=address))  # fmt: skip
-    obs = Observation(patient_id=pid, code=HEART_RATE, effective=datetime(2024, 3, 10, 8, 30, tzinfo=UTC),
-                      value=Quantity(value=72, unit="/min"), provenance=Provenance(source_system="dev-7", source_id=f"SN-{pid}"))  # fmt: skip
+    obs = Observation(
+        patient_id=pid,
+        code=HEART_RATE,
+        effective=datetime(2024, 3, 10, 8, 30, tzinfo=UTC),
+        value=Quantity(value=72, unit="/min"),
+        provenance=Provenance(source_system="dev-7", source_id=f"SN-{pid}"),
+    )
     store.write([p, obs])
 
 
@@ -39,7 +44,8 @@ def test_zip3_rule() -> None:
     assert zip3("PO Box 1, Hanover NH 03601-1234") == "036" if "036" not in RESTRICTED_ZIP3 else "000"
     assert all(zip3(f"x {z}45") == "000" for z in RESTRICTED_ZIP3)
     assert len(RESTRICTED_ZIP3) == 17
-    assert zip3("no zip here") is None and zip3(None) is None
+    assert zip3("no zip here") is None
+    assert zip3(None) is None
 
 
 def test_patient_fields(store: Store) -> None:
@@ -54,7 +60,8 @@ def test_patient_fields(store: Store) -> None:
             assert s not in text
         assert set(res) <= {"resourceType", "id", "gender", "birthDate", "extension", "address", "deceasedDateTime"}
     # (C) ages over 89: no birth date at all, the age group instead
-    assert "birthDate" not in old and old["extension"][0]["valueString"] == "90 or older"
+    assert "birthDate" not in old
+    assert old["extension"][0]["valueString"] == "90 or older"
     # (C) other birth dates: shifted by the patient's secret offset (1-365 days back)
     shift = store.keyring.date_shift_days("pt-young")
     assert -365 <= shift <= -1
@@ -63,13 +70,15 @@ def test_patient_fields(store: Store) -> None:
     assert old["address"] == [{"postalCode": "000"}]
     assert young["address"] == [{"postalCode": "021"}]
     # (R) research ids are consistent and not the platform id
-    assert young["id"] == research_id(store.keyring, "pt-young") and young["id"].startswith("rs-")
+    assert young["id"] == research_id(store.keyring, "pt-young")
+    assert young["id"].startswith("rs-")
     assert young_obs["subject"]["reference"] == f"Patient/{young['id']}"
     # observation: time shifted by the same offset, device identifier (provenance) gone, value kept
     assert young_obs["effectiveDateTime"].startswith(
         date.fromordinal(date(2024, 3, 10).toordinal() + shift).isoformat()
     )
-    assert "identifier" not in young_obs and young_obs["valueQuantity"]["value"] == 72
+    assert "identifier" not in young_obs
+    assert young_obs["valueQuantity"]["value"] == 72
 
 
 def test_year_only_mode(store: Store) -> None:

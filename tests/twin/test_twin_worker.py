@@ -274,9 +274,12 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
         (skipped,) = [e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]
         assert skipped.data["raw_id"] == poisoned
         assert skipped.event_id == f"twin-skipped-{poisoned}"
-        assert skipped.patient_id == hl7v2.map_message(
-            hl7v2.parse_payload(payloads[7])[0], patient_id_for=store.keyring.pseudonym
-        ).records[0].patient_id
+        assert (
+            skipped.patient_id
+            == hl7v2.map_message(hl7v2.parse_payload(payloads[7])[0], patient_id_for=store.keyring.pseudonym)
+            .records[0]
+            .patient_id
+        )
         # stepping over the same message again (a restart before the cursor moved on) stores the alert once
         assert record_skipped(store, poisoned, "again") is not None
         assert len([e for e in store.events(kind="alert") if e.code == SKIPPED_CODE]) == 1

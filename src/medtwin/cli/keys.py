@@ -26,21 +26,23 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
     with store_errors(console), open_existing(db, console) as store:
         with store.engine.connect() as conn:
             t = schema.patient_keys
-            by_master = dict(conn.execute(select(t.c.master_key_id, func.count()).group_by(t.c.master_key_id)).all())
+            stmt = select(t.c.master_key_id, func.count()).group_by(t.c.master_key_id)
+            by_master: dict[str, int] = {str(k): int(v) for k, v in conn.execute(stmt)}
         ring = store.keyring
+    source = str(ring.path) if ring.path else "$MEDTWIN_MASTER_KEY (or a keyring of this process)"
     doc = {
-        "source": str(ring.path) if ring.path else "$MEDTWIN_MASTER_KEY (or a keyring of this process)",
+        "source": source,
         "current_master_key": ring.current[0],
         "master_keys": [k for k, _ in ring.master_keys],
-        "data_keys_by_master_key": {str(k): int(v) for k, v in by_master.items()},
+        "data_keys_by_master_key": by_master,
     }
     if as_json:
         print_json(doc)
         return
     out = make_console()
-    out.print(f"keyring: {escape(doc['source'])}")
+    out.print(f"keyring: {escape(source)}")
     out.print(f"current master key: {ring.current[0]} ({len(ring.master_keys)} held)")
-    for k, v in doc["data_keys_by_master_key"].items():
+    for k, v in by_master.items():
         out.print(f"  {v} data keys wrapped by {escape(k)}")
 
 

@@ -63,11 +63,10 @@ async def listen_for(
     """
     from pathlib import Path
 
-    from medtwin.interop.mllp_auth import LOOPBACK_ONLY, SenderPolicy, load_senders
-    from medtwin.security.audit import AuditEvent, AuditTrail
-
     from medtwin.interop.mllp import MllpConfig, MllpServer
+    from medtwin.interop.mllp_auth import LOOPBACK_ONLY, SenderPolicy, load_senders
     from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
+    from medtwin.security.audit import AuditEvent, AuditTrail
     from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store

@@ -35,6 +35,7 @@ __all__ = [
     "open_existing",
     "print_json",
     "register",
+    "resolve_patient",
     "run_ingest_demo",
     "sample_bundles",
     "store_errors",
@@ -285,7 +286,10 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
     make_console().print(table)
 
 
-def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
+def resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
+    """The patient whose id is *patient_id*, whose FHIR Patient id it is (medtwin ids are keyed from it), whose id
+    starts with it (one only), or whose identifier (MRN) it is (the keyed blind index); otherwise the exit to raise
+    after printing why on *console* (no such patient, or an ambiguous prefix with the ids it matches)."""
     if not patient_id or len(patient_id) > _MAX_ID_CHARS:
         raise fail(console, f"a patient id has 1 to {_MAX_ID_CHARS} characters; this one has {len(patient_id)}")
     found = store.patient(patient_id) or store.patient(store.keyring.pseudonym.fhir(patient_id))  # or a FHIR id
@@ -333,7 +337,7 @@ def patient(
     if target is not None:
         raise fail(console, f"unexpected argument {target!r} (did you mean `medtwin patient erase {target}`?)")
     with store_errors(console), open_existing(db, console) as store:
-        p = _resolve_patient(store, patient_id, console)
+        p = resolve_patient(store, patient_id, console)
         conditions = store.conditions(p.patient_id)
         meds = store.medication_requests(p.patient_id)
         latest = store.latest_observations(p.patient_id, _LATEST)
@@ -458,11 +462,11 @@ def export(
         if deidentify:
             from medtwin.security.deid import deidentified_bundle
 
-            ids = [_resolve_patient(store, patient_id, console).patient_id] if patient_id else store.patient_ids()
+            ids = [resolve_patient(store, patient_id, console).patient_id] if patient_id else store.patient_ids()
             bundle = deidentified_bundle(store, ids, dates=dates)  # type: ignore[arg-type]
         else:
             assert patient_id is not None
-            p = _resolve_patient(store, patient_id, console)
+            p = resolve_patient(store, patient_id, console)
             bundle = patient_bundle(store, p.patient_id)
     data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
     if out is None:
@@ -481,7 +485,7 @@ def _erase(target: str, db: str | None, as_json: bool, yes: bool, why: str | Non
 
     console = make_console(stderr=as_json)
     with store_errors(console), open_existing(db, console) as store:
-        p = _resolve_patient(store, target, console)
+        p = resolve_patient(store, target, console)
         if not yes and not typer.confirm(f"erase patient {p.patient_id} and destroy their key? this cannot be undone"):
             raise fail(console, "not erased")
         try:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from medtwin.crypto.keys import KeyError_, Keyring
+from medtwin.crypto.keys import Keyring, KeyringError
 
 __all__ = [
     "SYSTEM_KEY",
@@ -68,11 +68,11 @@ def wrap_key(master: bytes, key_ref: str, data_key: bytes) -> bytes:
 
 
 def unwrap_key(master: bytes, key_ref: str, wrapped: bytes) -> bytes:
-    """The data key in *wrapped*; :class:`KeyError_` when *master* is not the key it was wrapped with."""
+    """The data key in *wrapped*; :class:`KeyringError` when *master* is not the key it was wrapped with."""
     try:
         return AESGCM(master).decrypt(wrapped[:12], wrapped[12:], _WRAP_AAD + key_ref.encode())
     except InvalidTag:
-        raise KeyError_(f"the data key of {key_ref!r} does not open with this master key") from None
+        raise KeyringError(f"the data key of {key_ref!r} does not open with this master key") from None
 
 
 class DataKeys:
@@ -202,7 +202,7 @@ class DataKeys:
         try:
             return aead.decrypt(body[:12], body[12:], ref.encode())
         except InvalidTag:
-            raise KeyError_(f"a value sealed under {ref!r} does not open (damaged or moved)") from None
+            raise KeyringError(f"a value sealed under {ref!r} does not open (damaged or moved)") from None
 
     def open_texts(self, values: list[str]) -> list[str | None]:
         """:meth:`open_text` of many values, their keys fetched together first (one query per 500 uncached keys
@@ -221,11 +221,11 @@ class DataKeys:
             ref = base64.urlsafe_b64decode(head).decode()
             raw = base64.b64decode(body)
         except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise KeyError_("a sealed text value is damaged (bad base64)") from None
+            raise KeyringError("a sealed text value is damaged (bad base64)") from None
         aead = self.keys_for([ref]).get(ref)
         if aead is None:
             return None
         try:
             return aead.decrypt(raw[:12], raw[12:], ref.encode()).decode()
         except InvalidTag:
-            raise KeyError_(f"a value sealed under {ref!r} does not open (damaged or moved)") from None
+            raise KeyringError(f"a value sealed under {ref!r} does not open (damaged or moved)") from None

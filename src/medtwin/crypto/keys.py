@@ -38,8 +38,8 @@ from medtwin.errors import MedtwinError
 __all__ = [
     "KEY_FILE_ENV",
     "MASTER_KEY_ENV",
-    "KeyError_",
     "Keyring",
+    "KeyringError",
     "PseudonymKey",
     "default_key_path",
     "generate_keyring",
@@ -58,7 +58,7 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _log = logging.getLogger("medtwin.crypto")
 
 
-class KeyError_(MedtwinError):  # noqa: N801 - KeyError is a builtin
+class KeyringError(MedtwinError):
     """A keyring that cannot be read, is malformed, or does not belong to the database."""
 
 
@@ -68,13 +68,13 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
-        raise KeyError_(f"{what}: expected base64 text, got {type(text).__name__}")
+        raise KeyringError(f"{what}: expected base64 text, got {type(text).__name__}")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise KeyError_(f"{what}: not valid base64") from None
+        raise KeyringError(f"{what}: not valid base64") from None
     if len(raw) != 32:
-        raise KeyError_(f"{what}: expected 32 bytes (256 bits), got {len(raw)}")
+        raise KeyringError(f"{what}: expected 32 bytes (256 bits), got {len(raw)}")
     return raw
 
 
@@ -123,12 +123,12 @@ class Keyring:
         return self.master_keys[0]
 
     def master(self, key_id: str) -> bytes:
-        """The master key *key_id*; :class:`KeyError_` when this keyring does not hold it."""
+        """The master key *key_id*; :class:`KeyringError` when this keyring does not hold it."""
         for kid, key in self.master_keys:
             if kid == key_id:
                 return key
         held = ", ".join(k for k, _ in self.master_keys)
-        raise KeyError_(f"master key {key_id!r} is not in the keyring (it holds {held}): was it rotated away?")
+        raise KeyringError(f"master key {key_id!r} is not in the keyring (it holds {held}): was it rotated away?")
 
     def subkey(self, label: str) -> bytes:
         """The key of one keyed function: HMAC-SHA-256(secret, ``medtwin/`` + label)."""
@@ -193,20 +193,20 @@ def generate_keyring(path: Path | None = None) -> Keyring:
 
 
 def parse_keyring(data: bytes | str, *, where: str, path: Path | None = None) -> Keyring:
-    """The keyring in *data* (its JSON); :class:`KeyError_` naming *where* when it is not one."""
+    """The keyring in *data* (its JSON); :class:`KeyringError` naming *where* when it is not one."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise KeyError_(f"{where}: not a medtwin keyring (JSON: {exc})") from None
+        raise KeyringError(f"{where}: not a medtwin keyring (JSON: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-        raise KeyError_(f'{where}: not a medtwin keyring (no "format": "{_FORMAT}")')
+        raise KeyringError(f'{where}: not a medtwin keyring (no "format": "{_FORMAT}")')
     masters = doc.get("master_keys")
     if not isinstance(masters, list) or not masters:
-        raise KeyError_(f"{where}: master_keys must be a non-empty list")
+        raise KeyringError(f"{where}: master_keys must be a non-empty list")
     keys: list[tuple[str, bytes]] = []
     for i, m in enumerate(masters):
         if not isinstance(m, dict):
-            raise KeyError_(f"{where}: master_keys[{i}] must be an object with id and key")
+            raise KeyringError(f"{where}: master_keys[{i}] must be an object with id and key")
         key = _unb64(m.get("key"), f"{where}: master_keys[{i}].key")
         keys.append((str(m.get("id") or _master_id(key)), key))
     return Keyring(master_keys=tuple(keys), secret=_unb64(doc.get("secret"), f"{where}: secret"), path=path)
@@ -240,11 +240,11 @@ def save_keyring(keyring: Keyring, path: Path) -> None:
 
 
 def load_keyring(path: Path) -> Keyring:
-    """The keyring in the file *path*; :class:`KeyError_` when it cannot be read or is not one."""
+    """The keyring in the file *path*; :class:`KeyringError` when it cannot be read or is not one."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"cannot read key file {str(path)!r}: {exc.strerror or exc}") from None
+        raise KeyringError(f"cannot read key file {str(path)!r}: {exc.strerror or exc}") from None
     return parse_keyring(data, where=f"key file {str(path)!r}", path=path)
 
 
@@ -281,7 +281,7 @@ def open_keyring(url: str, *, create: bool = True, path: Path | None = None) -> 
     if path.exists():
         return load_keyring(path)
     if not create:
-        raise KeyError_(
+        raise KeyringError(
             f"no key file at {str(path)!r}: the database's data keys are wrapped by the master key in it "
             f"(set ${KEY_FILE_ENV} or ${MASTER_KEY_ENV})"
         )
@@ -291,7 +291,7 @@ def open_keyring(url: str, *, create: bool = True, path: Path | None = None) -> 
     except FileExistsError:  # another process created it in between: use theirs
         return load_keyring(path)
     except OSError as exc:
-        raise KeyError_(f"cannot create key file {str(path)!r}: {exc.strerror or exc}") from None
+        raise KeyringError(f"cannot create key file {str(path)!r}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as f:
         f.write(keyring.to_json())
         f.flush()

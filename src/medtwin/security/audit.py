@@ -221,11 +221,12 @@ def load_signing_key(path: Path | None, *, create: bool = True) -> Ed25519Privat
     except OSError as exc:
         raise ValidationError(f"cannot read the audit signing key {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        loaded = serialization.load_pem_private_key(data, password=None)
     except ValueError as exc:
         raise ValidationError(f"audit signing key {str(path)!r} is not a PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(loaded, Ed25519PrivateKey):
         raise ValidationError(f"audit signing key {str(path)!r} is not an Ed25519 key")
+    key = loaded
     return key
 
 
@@ -372,7 +373,7 @@ class AuditTrail:
             events = [(e, f) for e, f in batch if e is not _FLUSH]
             try:
                 seqs = self._append([e for e, _ in events]) if events else []
-            except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the error
+            except BaseException as exc:
                 for _, fut in batch:
                     fut.set_exception(exc)
             else:
@@ -521,7 +522,10 @@ class AuditTrail:
         if head is not None:
             hseq, hhash = head
             if hseq > last:
-                why = f"the log was truncated: the head file outside the database names record {hseq}, the log ends at {last}"
+                why = (
+                    f"the log was truncated: the head file outside the database names record {hseq}, "
+                    f"the log ends at {last}"
+                )
                 return VerifyResult(False, last + 1, why, n, len(checkpoints))
             if hseq > 0 and good.get(hseq) != hhash:
                 why = f"record {hseq} does not match the head file outside the database"
@@ -626,7 +630,9 @@ def to_fhir(record: AuditRecord) -> dict[str, Any]:
         agent["purposeOfUse"] = [{"text": e.purpose}]
     entities: list[dict[str, Any]] = [
         {
-            "what": {"reference": e.resource} if "/" in e.resource and "?" not in e.resource else {"display": e.resource},
+            "what": {"reference": e.resource}
+            if "/" in e.resource and "?" not in e.resource
+            else {"display": e.resource},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
             "detail": [
                 {"type": "medtwin-audit-seq", "valueString": str(record.seq)},
@@ -653,8 +659,13 @@ def to_fhir(record: AuditRecord) -> dict[str, Any]:
         "agent": [agent],
         "source": {
             "observer": {"display": "medtwin"},
-            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
-                      "display": "Application Server"}],
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
         },
         "entity": entities,
     }

@@ -102,7 +102,7 @@ def make_dev_certificates(
                 decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .sign(ca_key, hashes.SHA256())
     )
     out = DevCertificates(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, select, update
 
-from medtwin.crypto import KeyError_, Keyring, new_master_key, save_keyring, unwrap_key, wrap_key
+from medtwin.crypto import Keyring, KeyringError, new_master_key, save_keyring, unwrap_key, wrap_key
 from medtwin.security.audit import AuditEvent, AuditTrail
 from medtwin.store import Store, schema
 
@@ -37,13 +37,13 @@ def rotate_master_key(
 
     Raises
     ------
-    KeyError_
+    KeyringError
         The keyring did not come from a file (``$MEDTWIN_MASTER_KEY``: rotate in the secret store instead, with the
         keyring JSON holding the new key first), or a data key does not open with the current keyring.
     """
     old = store.keyring
     if old.path is None:
-        raise KeyError_(
+        raise KeyringError(
             "keys rotate needs a key file ($MEDTWIN_KEY_FILE or the file beside the database); a keyring given in "
             "$MEDTWIN_MASTER_KEY is rotated in the secret store that holds it"
         )

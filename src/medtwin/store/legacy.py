@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, select, text, update
 
-from medtwin.crypto import SYSTEM_KEY, KeyError_, is_sealed, is_sealed_text
+from medtwin.crypto import SYSTEM_KEY, KeyringError, is_sealed, is_sealed_text
 from medtwin.store import codec, schema
 from medtwin.store.protect import FHIR_SYSTEM_KEY, Sealer
 
@@ -56,7 +56,7 @@ def check_and_protect(store: Store) -> None:
     known = settings.get(_CHECK)
     if known is not None and known != check:
         where = f" ({store.keyring.path})" if store.keyring.path else ""
-        raise KeyError_(
+        raise KeyringError(
             f"the keyring{where} does not belong to this database (its check value differs): open it with the key "
             "file or $MEDTWIN_MASTER_KEY it was written with"
         )
@@ -113,7 +113,7 @@ def protect_rows(conn: Connection, sealer: Sealer) -> None:
         new = _new_id(sealer, pid, identity)
         if new != pid:
             if conn.execute(select(p.c.patient_id).where(p.c.patient_id == new)).first() is not None:
-                raise KeyError_(f"re-keying patient {pid!r}: its new id {new!r} is already taken")
+                raise KeyringError(f"re-keying patient {pid!r}: its new id {new!r} is already taken")
             plain_body = body.replace(f'"patient_id":"{pid}"', f'"patient_id":"{new}"')
             # the identity row refers to the patient (ON DELETE CASCADE): take both out, put them back renamed
             row = dict(conn.execute(select(p).where(p.c.patient_id == pid)).mappings().one())

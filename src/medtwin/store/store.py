@@ -29,7 +29,9 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
+    null,
     or_,
     select,
     update,
@@ -39,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from medtwin import codes as mcodes
-from medtwin.crypto import SYSTEM_KEY, DataKeys, KeyError_, Keyring, open_keyring
+from medtwin.crypto import SYSTEM_KEY, DataKeys, Keyring, KeyringError, open_keyring
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.records import (
     Coding,
@@ -337,7 +339,7 @@ class Store:
         keyring belongs to this database, and seal what an older release stored in clear (once)."""
         try:
             self.keyring = keyring if keyring is not None else open_keyring(self.url, create=create)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             self._engine.dispose()
             raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
         self.keys = DataKeys(self.keyring, self._load_keys)
@@ -349,7 +351,7 @@ class Store:
 
         try:
             legacy.check_and_protect(self)
-        except KeyError_ as exc:
+        except KeyringError as exc:
             self._engine.dispose()
             raise StoreConfigError(f"cannot open database {safe_url(self.url)}: {exc}") from None
 
@@ -848,6 +850,9 @@ class Store:
                         status=bindparam("b_status"),
                         time=bindparam("b_time"),
                         body=bindparam("b_body"),
+                        # an escalation re-activates an acknowledged alert: its acknowledgement no longer applies
+                        status_by=case((bindparam("b_status") == "active", null()), else_=t.c.status_by),
+                        status_time=case((bindparam("b_status") == "active", null()), else_=t.c.status_time),
                     ),
                     [
                         {

@@ -125,10 +125,10 @@ class LogFollower:
         out: list[tuple[Sequence[Record], float]] = []
         for message in found:
             try:
-                records: list[Record] = [
-                    r for r in stored_records(message.payload, message.source_id, self.assume_tz, self.store.keyring.pseudonym)
-                    if isinstance(r, Observation)
-                ]  # fmt: skip
+                mapped = stored_records(
+                    message.payload, message.source_id, self.assume_tz, self.store.keyring.pseudonym
+                )
+                records: list[Record] = [r for r in mapped if isinstance(r, Observation)]
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
