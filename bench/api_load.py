@@ -134,6 +134,10 @@ def _tokens(db: str, tmp: Path) -> list[str]:
         ]
 
 
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -165,11 +169,16 @@ async def _fixed_rate(
         total = int(rate * seconds)
         tasks = []
 
+        # at most 256 requests in flight; the rest wait here (their wait counts): httpx's pool handles thousands
+        # of queued requests in time that grows with the queue, which made the client the bottleneck
+        in_flight = asyncio.Semaphore(256)
+
         async def one(i: int, due: float) -> None:
             nonlocal errors
             path, headers = _request(i, ids, tokens)
             try:
-                r = await client.get(path, headers=headers)
+                async with in_flight:
+                    r = await client.get(path, headers=headers)
             except httpx.HTTPError:
                 errors += 1
                 due_times.pop(i, None)
@@ -179,13 +188,17 @@ async def _fixed_rate(
             latencies.append(time.perf_counter() - due)
             due_times.pop(i, None)
 
+        end = start + seconds
         for i in range(total):
             due = start + i / rate
+            if due >= end or time.perf_counter() >= end:  # a slow client stops on time too: it sent fewer
+                break
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             due_times[i] = due
             tasks.append(asyncio.create_task(one(i, due)))
+        total = len(tasks)
         sent_wall = time.perf_counter() - start
         _, pending = await asyncio.wait(tasks, timeout=grace_s)
         stopped = time.perf_counter()
@@ -244,13 +257,16 @@ def _run_mode(db: str, tmp: Path, ids: list[str], secure: bool, args: argparse.N
         base = f"http://127.0.0.1:{port}"
         tokens = _tokens(db, tmp) if secure else []
         server = psutil.Process(proc.pid)
+        _say(f"{'secure' if secure else 'insecure'} server on port {port}; warm-up")
         asyncio.run(_fixed_rate(base, ids, tokens, 50, 1.0))  # warm-up: caches, connections
+        _say(f"fixed rate {args.rate:.0f}/s for {args.seconds:.0f} s")
         cpu0, client0 = server.cpu_times(), time.process_time()
         fixed = asyncio.run(_fixed_rate(base, ids, tokens, args.rate, args.seconds))
         cpu1, client1 = server.cpu_times(), time.process_time()
         fixed["server_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         fixed["server_cpu_ms_per_request"] = fixed["server_cpu_s"] * 1e3 / max(1, fixed["answered"])
         fixed["client_cpu_s"] = client1 - client0
+        _say(f"answered {fixed['answered']} of {fixed['sent']}; maximum rate for {args.max_seconds:.0f} s")
         cpu0 = server.cpu_times()
         top = asyncio.run(_max_rate(base, ids, tokens, args.concurrency, args.max_seconds))
         cpu1 = server.cpu_times()
@@ -277,6 +293,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medtwin-api-bench-") as name:
         tmp = Path(name)
         db = f"sqlite:///{tmp / 'bench.db'}"
+        _say(f"seeding {PATIENTS} patients x {OBSERVATIONS} observations")
         ids = _seed(db, tmp)
         results = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),

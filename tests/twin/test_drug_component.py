@@ -77,7 +77,7 @@ def store_messages(store: Store, payloads: list[bytes]) -> str:
     patient_id = ""
     for payload in payloads:  # one message at a time, as they arrive
         (message,) = hl7v2.parse_payload(payload)
-        mapped = hl7v2.map_message(message)
+        mapped = hl7v2.map_message(message, patient_id_for=store.keyring.pseudonym)  # the store's keyed ids
         assert mapped.supported, mapped.notes
         assert not mapped.refused, mapped.notes
         patient_id = mapped.patient_id or patient_id
