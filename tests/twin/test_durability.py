@@ -51,7 +51,7 @@ def build_log(path: Path) -> int:
     for payload, content_type, device in feed:
         if content_type == CONTENT_TYPE:
             (message,) = hl7v2.parse_payload(payload)
-            records = list(hl7v2.map_message(message).records)
+            records = list(hl7v2.map_message(message, patient_id_for=store.keyring.pseudonym).records)
             raw = RawMessage(
                 source_system=message.source_system,
                 source_id=message.control_id,
@@ -105,8 +105,9 @@ def test_kill_9_of_the_worker_changes_nothing(tmp_path: Path) -> None:
     base = tmp_path / "log.db"
     last = build_log(base)
     straight, crashed = tmp_path / "straight.db", tmp_path / "crashed.db"
-    shutil.copy(base, straight)
-    shutil.copy(base, crashed)
+    for copy in (straight, crashed):  # each copy with the keyring it was written with (encryption at rest)
+        shutil.copy(base, copy)
+        shutil.copy(f"{base}.keys", f"{copy}.keys")
 
     store = Store(f"sqlite:///{straight}")
     runtime = TwinRuntime(store, snapshot_every=None)

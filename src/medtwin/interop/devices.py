@@ -74,7 +74,9 @@ def list_devices(store: Store) -> list[DeviceBinding]:
     t = store_schema.fhir_resources
     stmt = select(t.c.body).where(t.c.resource_type == "Device").order_by(t.c.resource_id)
     with store._reading() as conn:
-        return [_binding(body) for body in conn.execute(stmt).scalars()]
+        bodies = list(conn.execute(stmt).scalars())
+    opened = (store.keys.open_text(b) for b in bodies)  # kept resources are sealed at rest (medtwin.crypto)
+    return [_binding(body) for body in opened if body is not None]
 
 
 def bound_patient(store: Store, device_id: str) -> str | None:
@@ -82,7 +84,8 @@ def bound_patient(store: Store, device_id: str) -> str | None:
     t = store_schema.fhir_resources
     stmt = select(t.c.body).where(t.c.resource_type == "Device", t.c.resource_id == device_id)
     with store._reading() as conn:
-        body = conn.execute(stmt).scalar()
+        sealed = conn.execute(stmt).scalar()
+    body = store.keys.open_text(sealed) if sealed is not None else None  # None too once the patient's key is erased
     if body is None:
         return None
     binding = _binding(body)
