@@ -1,7 +1,7 @@
 """In-silico validation of the personal glucose twin over the 30 virtual patients, and the identifiability analysis
 behind its choice of parameters; prints the tables of docs/models/glucose_twin.md.
 
-    .venv/bin/python bench/glucose_twin_validation.py --seed 2 --out validation.json      # 30 patients, ~15 min
+    .venv/bin/python bench/glucose_twin_validation.py --seed 2 --out validation.json      # 30 patients
     .venv/bin/python bench/glucose_twin_validation.py --patients adult#001,child#003      # a few
     .venv/bin/python bench/glucose_twin_validation.py --identifiability                   # the parameter choice
     .venv/bin/python bench/glucose_twin_validation.py --compare-sets                      # its empirical check (MAP)
@@ -48,9 +48,9 @@ CANDIDATE_SETS = (
 )
 
 
-def compare_sets() -> None:
+def compare_sets(population: str) -> None:
     t0 = time.perf_counter()
-    rows = compare_parameter_sets(all_patient_names(), CANDIDATE_SETS)
+    rows = compare_parameter_sets(all_patient_names(), CANDIDATE_SETS, population=population)
     print(f"\nMAP fits of 30 patients per set ({time.perf_counter() - t0:.0f} s)\n")
     print(
         "| identified | fit RMSE vs true BG | x1.3: replay RMSE, abs dTIR <= 5 | -20 min: replay RMSE, abs dTIR <= 5 |"
@@ -72,24 +72,41 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the full report (JSON)")
     parser.add_argument("--identifiability", action="store_true")
     parser.add_argument("--compare-sets", action="store_true")
+    parser.add_argument(
+        "--population",
+        choices=("group", "all"),
+        default="group",
+        help="prior from the patient's age group (default) or from all other patients",
+    )
+    parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
+    parser.add_argument("--no-advice", action="store_true")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load {os.getloadavg()}")
     if args.identifiability:
         identifiability()
         return
     if args.compare_sets:
-        compare_sets()
+        compare_sets(args.population)
         return
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
-    t0 = time.perf_counter()
-    report = validate_twin(names, seed=args.seed)
-    wall = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
+                           advice=not args.no_advice)  # fmt: skip
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=1))
     s = doc["summary"]
-    print(f"\n{s['patients']} patients, seed {args.seed}, {wall:.0f} s")
+    st = doc["settings"]
+    print(
+        f"\n{s['patients']} patients, seed {args.seed}, prior: {args.population}, {wall:.0f} s wall ({cpu:.0f} s CPU), "
+        f"load {os.getloadavg()}"
+    )
+    print(
+        f"cohort fit (fit_cohort, all patients batched): {st['cohort_fit_s']:.1f} s wall, "
+        f"{st['cohort_fit_cpu_s']:.1f} s CPU"
+    )
     f = s["fit"]
     print(f"fit: converged {f['converged']}/{s['patients']}, median {f['simulations_median']:.0f} simulations, "
           f"{f['seconds_median']:.1f} s; worst R-hat {f['rhat_max']:.3f}, smallest ESS {f['ess_min']:.0f}")  # fmt: skip

@@ -248,7 +248,7 @@ def _run_period_parallel(
 ) -> None:  # pragma: no cover
     for b in prange(x.shape[0]):
         # prange's index is unsigned: unified with the literal 0 inside, it would become a float
-        _member_period(np.int64(b), x, p, meal_state, meals, insulin_u_min, n_sub, bg_out, eaten_out)
+        _member_period(np.int64(b), x, p, meal_state, meals, insulin_u_min, n_sub, bg_out, eaten_out)  # type: ignore[arg-type]
 
 
 @njit(cache=True)
@@ -285,8 +285,9 @@ def _bb_parallel(
     insulin_out: FloatArray,
 ) -> None:  # pragma: no cover
     for b in prange(x.shape[0]):
-        _member_bb(np.int64(b), x, p, meal_state, meals, noise, sensor_limits, st, warmup, pump, quest, n_sub,
-                   bg_out, cgm_out, eaten_out, insulin_out)  # fmt: skip
+        member: int = np.int64(b)  # type: ignore[assignment]
+        _member_bb(member, x, p, meal_state, meals, noise, sensor_limits, st, warmup, pump, quest, n_sub, bg_out,
+                   cgm_out, eaten_out, insulin_out)  # fmt: skip
 
 
 @njit(cache=True)
