@@ -81,6 +81,9 @@ class DoseOutcome:
     tbr_pct: float
     median_nadir_mg_dl: float
     median_peak_mg_dl: float
+    low_nadir_mg_dl: float
+    """The low quantile (``max_hypo_probability``, 5 %) of the predicted lowest glucose, model error included: the
+    dose is allowed when it is >= 70 mg/dL."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,8 +117,25 @@ _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(5)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 
 
+def _mixture_quantile(centres: FloatArray, weights: FloatArray, sd: float, q: float) -> float:
+    """The *q* quantile of the mixture sum_i weights_i N(centres_i, sd^2) (the particles' value plus model error),
+    by bisection on its distribution function."""
+    if sd <= 0:
+        order = np.argsort(centres)
+        cum = np.cumsum(weights[order])
+        return float(centres[order][min(int(np.searchsorted(cum, q)), centres.size - 1)])
+    lo, hi = float(centres.min()) - 6.0 * sd, float(centres.max()) + 6.0 * sd
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if float(weights @ ndtr((mid - centres) / sd)) < q:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
 def _outcomes(doses: FloatArray, bg: FloatArray, weights: FloatArray, risk_sd: float,
-              hypo_sd: float) -> list[DoseOutcome]:  # fmt: skip
+              hypo_sd: float, quantile: float) -> list[DoseOutcome]:  # fmt: skip
     """Outcomes of each dose from BG paths ``(T, doses, particles)``: the risk index averaged over a model error
     e ~ N(0, risk_sd^2) (a level shift over the horizon, Gauss-Hermite quadrature), the hypo probability over
     e ~ N(0, hypo_sd^2)."""
@@ -134,6 +154,7 @@ def _outcomes(doses: FloatArray, bg: FloatArray, weights: FloatArray, risk_sd: f
             hypo_probability=float(weights @ below[c]), tir_pct=float(weights @ tir[c]),
             tbr_pct=float(weights @ tbr[c]), median_nadir_mg_dl=float(np.median(nadir[c])),
             median_peak_mg_dl=float(np.median(bg[:, c].max(axis=0))),
+            low_nadir_mg_dl=_mixture_quantile(nadir[c], weights, hypo_sd, quantile),
         ))  # fmt: skip
     return out
 
@@ -149,7 +170,7 @@ def advise_meal_bolus(
     max_hypo_probability: float = 0.05,
     candidates: int = 41,
     risk_error: float = 1.0,
-    hypo_error: float = 0.5,
+    hypo_error: float = 1.0,
 ) -> BolusAdvice:
     """The twin's bolus for *carbs_g* eaten at the forecaster's last reading, and the calculator's for comparison
     (see the module docstring); neither is given: the caller records the bolus it chooses."""
@@ -168,7 +189,7 @@ def advise_meal_bolus(
     doses = np.unique(np.round(np.concatenate([np.linspace(0.0, top, candidates), [calc]]) / _STEP_U) * _STEP_U)
     bg = forecaster.simulate_ahead(horizon_min, boluses_u=doses, carbs_g=carbs_g)
     sd = forecaster.posterior.residual_sd_mg_dl
-    outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd)
+    outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd, max_hypo_probability)
     feasible = [o for o in outcomes if o.hypo_probability <= max_hypo_probability]
     if feasible:
         best = min(feasible, key=lambda o: o.risk_index)

@@ -65,8 +65,8 @@ class FitSettings:
     """Sampler settings. ``walkers=0`` picks an even number >= 2 (d + 1) + 2 and >= 24."""
 
     walkers: int = 0
-    burn_in: int = 150
-    check_every: int = 50
+    burn_in: int = 90
+    check_every: int = 25
     max_steps: int = 1500
     rhat_max: float = 1.05
     ess_min: float = 200.0
