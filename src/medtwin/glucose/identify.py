@@ -555,10 +555,11 @@ def _sample(
         proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d))
     blocks: list[FloatArray] = []
     while True:
-        run = yield from _ensemble(objective, position, settings.check_every, rng, position_lp, proposal)
+        steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
         position, position_lp = run.last
         blocks.append(run.chain)
-        total += settings.check_every
+        total += steps
         accepted += run.accepted
         kept = np.concatenate(blocks)
         if kept.shape[0] < 2 * settings.check_every:
