@@ -342,7 +342,7 @@ def advise_command(
         _print_json({"twin": str(twin), **advice.to_dict()})
         return
     table = Table(title=f"meal bolus for {carbs:g} g at {advice.glucose_mg_dl:.0f} mg/dL (IOB {advice.iob_u:.2f} U)")
-    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "nadir, 5 %", "peak", "risk index"):
+    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "5% nadir", "peak", "risk index"):
         table.add_column(col)
     for label, o in (("twin", advice.twin), ("calculator", advice.calculator)):
         table.add_row(label, f"{o.bolus_u:.2f}", f"{o.hypo_probability:.0%}", f"{o.tir_pct:.0f}",
