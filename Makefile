@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medtwin-installed
 
-.PHONY: demo test test-slow lint format typecheck bench install clean
+.PHONY: demo test test-slow test-ci-slow lint format typecheck bench install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: lint typecheck
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# the slow tests CI runs after `make test`: the README tour's long lines and the MLLP attacks beside a live client
+CI_SLOW := tests/test_readme.py tests/adversarial/test_mllp_attacks.py
+test-ci-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(CI_SLOW)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

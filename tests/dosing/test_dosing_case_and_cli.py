@@ -65,11 +65,22 @@ def test_crcl_in_l_per_h_is_converted() -> None:
         ({"doses": [{"time": "2026-11-01T08:00:00", "amount": 1000}], "origin": None, "levels": []}, "no time zone"),
         ({"target": {"metric": "auc", "value": 400}}, "start_h and end_h"),
         ({"model": "nosuchmodel"}, "unknown model"),
+        (
+            {"doses": [{"time_h": 0, "amount": 1000, "duraton_h": 1}]},
+            r"unknown keys \['duraton_h'\]; did you mean 'dur",
+        ),
     ],
 )
 def test_bad_cases_raise_clear_errors(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(CaseError if "model" not in changes else Exception, match=message):
         parse_case(case_dict(**changes))
+
+
+def test_csv_case_with_a_misspelt_record_type_names_the_closest(tmp_path: Path) -> None:
+    path = tmp_path / "case.csv"
+    path.write_text("record,name,time_h,value,unit\nmodel,goti2018_vancomycin,,,\ndoze,,0,1000,mg\n")
+    with pytest.raises(CaseError, match=r"case.csv:3: unknown record type 'doze'; did you mean 'dose'\?"):
+        load_case(path)
 
 
 def test_out_of_range_covariate_and_implausible_dose_are_warned() -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from medtwin.cli import app
 from medtwin.dosing import ModelError, analyze_case, load_case, load_model, parse_case
 from medtwin.dosing.expressions import MAX_DEPTH, ExpressionError, compile_expression
-from medtwin.dosing.modelfile import did_you_mean, infer_parameter_units
+from medtwin.dosing.modelfile import infer_parameter_units
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pk"
 runner = CliRunner()
@@ -170,13 +170,6 @@ def test_expression_limits_are_enforced_without_recursion() -> None:
         with pytest.raises(ExpressionError, match="not a finite number"):
             expr.evaluate({"WT": np.float64(70.0), "ZERO": np.float64(0.0)})
     assert compile_expression("max(2, 3) + min(1, 0)").evaluate({}) == 3.0
-
-
-def test_did_you_mean() -> None:
-    assert (
-        did_you_mean("proportinal_sd", ["proportional_sd", "additive_sd_mg_l"]) == "; did you mean 'proportional_sd'?"
-    )
-    assert did_you_mean("zzz", ["proportional_sd"]) == ""
 
 
 def test_a_division_by_zero_for_one_patient_names_the_field(tmp_path: Path) -> None:

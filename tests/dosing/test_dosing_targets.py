@@ -178,8 +178,9 @@ def test_combined_target_counts_only_samples_meeting_every_criterion() -> None:
     ("raw", "message"),
     [
         ({"metric": "time_to_threshold_ss", "value": 18}, "needs threshold_mg_l"),
-        ({"metric": "time_to_threshold", "value": 18}, "unknown metric"),
-        ({"metric": "auc24_ss", "value": 500, "treshold_mg_l": 1}, "unknown keys"),
+        ({"metric": "time_to_threshold", "value": 18}, "unknown metric 'time_to_threshold'; did you mean 'time_to_"),
+        ({"metric": "auc24_ss", "value": 500, "treshold_mg_l": 1}, "unknown keys.*did you mean 'threshold_mg_l'"),
+        ({"metric": "auc24_ss", "value": 500, "also": [{"metric": "trough_ss", "hihg": 5}]}, "did you mean 'high'"),
         ({"metric": "auc24_ss", "value": 500, "also": [{"metric": "auc", "high": 5}]}, "constraints use"),
         ({"metric": "auc24_ss", "value": 500, "also": [{"metric": "trough_ss"}]}, "give 'low', 'high'"),
         ({"metric": "auc24_ss", "value": 500, "also": [{"metric": "trough_ss", "low": 20, "high": 10}]}, "low < high"),

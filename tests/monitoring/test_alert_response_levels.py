@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from collections import Counter
@@ -209,6 +210,31 @@ def test_upsert_events_replaces_known_ids_and_inserts_new_ones(tmp_path: Path) -
         assert (stored[first.event_id].message, stored[first.event_id].status) == ("two", "active")
         assert store.event_counts(kind="alert") == {"active": 2}
         assert store.events(kind="alert", status="active", patient_id="p1")  # the status column follows
+
+
+def test_an_escalation_clears_who_acknowledged_the_alert_and_when(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    path = tmp_path / "ack.db"
+    with Store(f"sqlite:///{path}") as store:
+        alert = Event(kind="alert", code="x", time=T0, message="one", patient_id="p1", severity="low")
+        store.add_events([alert])
+        store.update_event_status(alert.event_id, "acknowledged", by="nurse-1")
+        resolved = Event(kind="alert", code="z", time=T0, message="z", patient_id="p1", severity="low")
+        store.add_events([resolved])
+        resolved = store.update_event_status(resolved.event_id, "resolved", by="nurse-2")
+        escalated = dataclasses.replace(alert, severity="high", status="active")
+        still = dataclasses.replace(resolved, message="z, again")
+        store.upsert_events([escalated, still])
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        rows = {
+            r[0]: (r[1], r[2], r[3] is not None)
+            for r in conn.execute(text("SELECT event_id, status, status_by, status_time FROM events"))
+        }
+    engine.dispose()
+    assert rows[alert.event_id] == ("active", None, False)  # the acknowledgement no longer holds
+    assert rows[resolved.event_id] == ("resolved", "nurse-2", True)  # a non-active version keeps who and when
 
 
 def identified_store(tmp_path: Path) -> tuple[str, list[Event]]:

@@ -184,10 +184,29 @@ def test_cli_risk_patient_table_json_and_fhir(tmp_path: Path) -> None:
     R4Bundle(orjson.loads(res.stdout), strict=True)
     bad = runner.invoke(app, ["risk", "nobody", "--db", db])
     assert bad.exit_code == 1
-    assert "no patient 'nobody'" in bad.output
+    assert "no patient with id 'nobody'" in bad.output
     bad = runner.invoke(app, ["risk", "pt-1", "--db", db, "--model", "framingham"])
     assert bad.exit_code == 1
     assert "unknown equation" in bad.output
+
+
+def test_cli_risk_patient_accepts_a_unique_id_prefix(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    at = ["--at", "2026-06-01T00:00:00Z", "--set", "race=white", "--model", "pce", "--no-save"]
+    res = runner.invoke(app, ["risk", "pt-", "--db", db, *at, "--json"])
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(res.stdout)["patient_id"] == "pt-1"
+    with Store(db) as s:
+        s.write(_patient("pt-2"))
+    ambiguous = runner.invoke(app, ["risk", "pt-", "--db", db, *at])
+    assert ambiguous.exit_code == 1
+    assert "'pt-' matches 2 patients (pt-1, pt-2); give more of the id" in ambiguous.stderr
+    assert runner.invoke(app, ["risk", "pt-2", "--db", db, *at]).exit_code == 0  # a whole id is never ambiguous
+    missing = runner.invoke(app, ["risk", "pt-1", "--db", f"sqlite:///{tmp_path / 'typo.db'}", *at])
+    assert missing.exit_code == 1
+    assert not (tmp_path / "typo.db").exists()  # a mistyped --db is an error, not a new empty database
+    bad = runner.invoke(app, ["risk", "pt-1", "--db", db, "--model", "prevent-cvd-10"])
+    assert "did you mean 'prevent-cvd-10y'?" in bad.output
 
 
 def test_cli_risk_cohort_writes_every_patient(tmp_path: Path) -> None:

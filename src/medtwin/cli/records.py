@@ -35,6 +35,7 @@ __all__ = [
     "open_existing",
     "print_json",
     "register",
+    "resolve_patient",
     "run_ingest_demo",
     "sample_bundles",
     "store_errors",
@@ -285,7 +286,9 @@ def patients(db: DbOption = None, as_json: JsonOption = False) -> None:
     make_console().print(table)
 
 
-def _resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
+def resolve_patient(store: Store, patient_id: str, console: Console) -> Patient:
+    """The patient whose id is *patient_id* or, failing that, starts with it (one only); otherwise the exit to
+    raise after printing why on *console* (no such patient, or an ambiguous prefix with the ids it matches)."""
     if not patient_id or len(patient_id) > _MAX_ID_CHARS:
         raise fail(console, f"a patient id has 1 to {_MAX_ID_CHARS} characters; this one has {len(patient_id)}")
     found = store.patient(patient_id)
@@ -311,7 +314,7 @@ def patient(
     """Show one patient: demographics, conditions, medications, latest vitals and results (labs)."""
     console = make_console(stderr=as_json)
     with store_errors(console), open_existing(db, console) as store:
-        p = _resolve_patient(store, patient_id, console)
+        p = resolve_patient(store, patient_id, console)
         conditions = store.conditions(p.patient_id)
         meds = store.medication_requests(p.patient_id)
         latest = store.latest_observations(p.patient_id, _LATEST)
@@ -421,7 +424,7 @@ def export(
     """Export a patient's record as a FHIR R4 Bundle (JSON)."""
     console = make_console(stderr=True)
     with store_errors(console), open_existing(db, console) as store:
-        p = _resolve_patient(store, patient_id, console)
+        p = resolve_patient(store, patient_id, console)
         bundle = patient_bundle(store, p.patient_id)
     data = orjson.dumps(bundle, option=orjson.OPT_INDENT_2) + b"\n"
     if out is None:

@@ -22,8 +22,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from medtwin.cli.console import make_console
-from medtwin.errors import MedtwinError
-from medtwin.risk import EQUATIONS
+from medtwin.cli.records import open_existing, resolve_patient, store_errors
+from medtwin.errors import MedtwinError, did_you_mean
+from medtwin.risk import EQUATIONS, read_cohort
 from medtwin.risk.validation import Outcome, evaluate, reliability_plot
 from medtwin.store import Store
 from medtwin.twin.risk_assessment import assess_patient, cohort_risks
@@ -92,15 +93,14 @@ def _overrides(values: list[str] | None) -> dict[str, Any]:
 def _models(models: list[str] | None) -> list[str] | None:
     unknown = [m for m in models or [] if m not in EQUATIONS]
     if unknown:
-        raise _fail(f"unknown equation(s) {', '.join(unknown)}; known: {', '.join(EQUATIONS)}")
+        hint = did_you_mean(unknown[0], EQUATIONS)
+        raise _fail(f"unknown equation(s) {', '.join(unknown)}{hint}; known: {', '.join(EQUATIONS)}")
     return models or None
 
 
 def _open(db: str | None) -> Store:
-    try:
-        return Store(db)
-    except MedtwinError as exc:
-        raise _fail(str(exc)) from None
+    """The existing store at *db* (a mistyped path is an error, never a new empty database)."""
+    return open_existing(db, make_console(stderr=True))
 
 
 def _dump(data: Any) -> None:
@@ -109,7 +109,7 @@ def _dump(data: Any) -> None:
 
 @app.command("patient")
 def patient(
-    patient_id: Annotated[str, typer.Argument(help="Patient id.")],
+    patient_id: Annotated[str, typer.Argument(help="Patient id (or a unique prefix of it).")],
     db: DbOption = None,
     at: AtOption = None,
     model: ModelOption = None,
@@ -120,18 +120,15 @@ def patient(
     save: Annotated[bool, typer.Option("--save/--no-save", help="Store the RiskAssessments.")] = True,
 ) -> None:
     """Every equation for one patient from their record: a table, then each result explained."""
-    with _open(db) as store:
+    when, names, overrides = _when(at), _models(model), _overrides(set_)
+    errors = make_console(stderr=True)
+    with store_errors(errors), _open(db) as store:
+        patient_id = resolve_patient(store, patient_id, errors).patient_id
         result = assess_patient(
-            store,
-            patient_id,
-            as_of=_when(at),
-            names=_models(model),
-            overrides=_overrides(set_),
-            bp_target=bp_target,
-            save=save,
+            store, patient_id, as_of=when, names=names, overrides=overrides, bp_target=bp_target, save=save
         )
-    if result is None:
-        raise _fail(f"no patient {patient_id!r} in the store")
+    if result is None:  # erased between the two reads
+        raise _fail(f"no patient with id {patient_id!r}")
     if as_fhir:
         _dump(
             {
@@ -223,11 +220,10 @@ def cohort(
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise _fail(f"{path}: no such file")
-    if path.suffix.lower() in (".csv", ".txt"):
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+    try:
+        return pd.DataFrame(read_cohort(path))
+    except MedtwinError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _age_band(age: pd.Series) -> np.ndarray:

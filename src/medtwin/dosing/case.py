@@ -46,7 +46,7 @@ from medtwin.dosing.model import CovariateSpec, PKModel
 from medtwin.dosing.modelfile import load_model
 from medtwin.dosing.optimize import STEADY_STATE_METRICS, Metric
 from medtwin.dosing.regimen import Dose
-from medtwin.errors import UnitError, ValidationError
+from medtwin.errors import UnitError, ValidationError, did_you_mean
 from medtwin.records import utc
 
 __all__ = [
@@ -356,9 +356,10 @@ def _constraint(raw: Any, where: str) -> Constraint:
     metric = str(raw.get("metric", ""))
     if metric not in ("auc24_ss", "trough_ss", "peak_ss"):
         raise CaseError(f"{where}.metric: constraints use auc24_ss, trough_ss or peak_ss, got {metric!r}")
-    unknown = set(raw) - {"metric", "low", "high"}
+    unknown = sorted(set(raw) - {"metric", "low", "high"})
     if unknown:
-        raise CaseError(f"{where}: unknown keys {sorted(unknown)} (use metric, low, high)")
+        hint = did_you_mean(unknown[0], ("metric", "low", "high"))
+        raise CaseError(f"{where}: unknown keys {unknown}{hint} (use metric, low, high)")
     if "low" not in raw and "high" not in raw:
         raise CaseError(f"{where}: give 'low', 'high' or both")
     low = _num(raw["low"], f"{where}.low") if "low" in raw else 0.0
@@ -377,10 +378,12 @@ def parse_target(raw: Mapping[str, Any], where: str = "target") -> TargetSpec:
     """
     metric = str(raw.get("metric", "auc24_ss"))
     if metric not in _TARGET_METRICS:
-        raise CaseError(f"{where}.metric: unknown metric {metric!r}; known: {', '.join(_TARGET_METRICS)}")
-    unknown = set(raw) - _TARGET_KEYS
+        hint = did_you_mean(metric, _TARGET_METRICS)
+        raise CaseError(f"{where}.metric: unknown metric {metric!r}{hint}; known: {', '.join(_TARGET_METRICS)}")
+    unknown = sorted(set(raw) - _TARGET_KEYS)
     if unknown:
-        raise CaseError(f"{where}: unknown keys {sorted(unknown)} (known: {', '.join(sorted(_TARGET_KEYS))})")
+        hint = did_you_mean(unknown[0], _TARGET_KEYS)
+        raise CaseError(f"{where}: unknown keys {unknown}{hint} (known: {', '.join(sorted(_TARGET_KEYS))})")
     low = _num(raw["low"], f"{where}.low") if "low" in raw else None
     high = _num(raw["high"], f"{where}.high") if "high" in raw else None
     if "value" in raw:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medtwin.errors import ValidationError
+from medtwin.errors import ValidationError, did_you_mean
 
 __all__ = [
     "CASE_KEYS",
@@ -69,7 +69,8 @@ def check_keys(entry: Any, allowed: frozenset[str], where: str) -> Mapping[str, 
         raise CaseError(f"{where}: expected an object, got {entry!r}")
     unknown = sorted(str(k) for k in entry if str(k) not in allowed and not str(k).startswith("_"))
     if unknown:
-        raise CaseError(f"{where}: unknown keys {unknown} (known: {', '.join(sorted(allowed))})")
+        hint = did_you_mean(unknown[0], allowed)
+        raise CaseError(f"{where}: unknown keys {unknown}{hint} (known: {', '.join(sorted(allowed))})")
     return entry
 
 
@@ -104,6 +105,9 @@ CSV_FIELDS = (
     "end_h",
     "threshold_mg_l",
 )
+
+
+_RECORD_TYPES = ("model", "patient", "covariate", "dose", "level", "target", "target_also", "regimen")
 
 
 def csv_to_mapping(path: Path) -> dict[str, Any]:
@@ -179,7 +183,7 @@ def csv_to_mapping(path: Path) -> dict[str, Any]:
                 else:
                     data["regimen"][r["name"]] = r["value"]
             else:
-                raise CaseError(f"{where}: unknown record type {kind!r}")
+                raise CaseError(f"{where}: unknown record type {kind!r}{did_you_mean(kind, _RECORD_TYPES)}")
     if target_also:
         data.setdefault("target", {"metric": "auc24_ss", "low": 400, "high": 600})["also"] = target_also
     return data

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from medtwin.dosing.model import PKModel
-from medtwin.dosing.modelfile import SCHEMA_VERSION, did_you_mean, load_model
+from medtwin.dosing.modelfile import SCHEMA_VERSION, load_model
 from medtwin.dosing.optimize import steady_state_metrics
 from medtwin.dosing.regimen import Dose, Route, predict_concentrations, predict_system
-from medtwin.errors import ValidationError
+from medtwin.errors import ValidationError, did_you_mean
 
 __all__ = ["PROFILE_TIMES_H", "ModelCheck", "check_model"]
 

@@ -3,8 +3,8 @@
 A model file (docs/dosing-model-format.md) must not be silently wrong: a misspelt key
 (``proportional_sd`` written ``proportinal_sd``) would otherwise set that term to its default and
 change every fit without a word.  So every table accepts only its known keys and an unknown one is
-a :class:`ModelError` with the closest known key (:func:`did_you_mean`); every value is read with
-its type (a number, a pair of numbers, a matrix) and a wrong one names the file, the table and the
+a :class:`ModelError` with the closest known key (:func:`~medtwin.errors.did_you_mean`); every value is read
+with its type (a number, a pair of numbers, a matrix) and a wrong one names the file, the table and the
 key; keys starting with ``_`` are comments, as in case files.  The file must start with
 ``schema = 1`` (:data:`SCHEMA_VERSION`).  An eta that no expression uses, a covariate that no
 expression reads, and an expression that is not finite for the model's typical patient (eta = 0,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import math
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -31,9 +30,9 @@ import numpy.typing as npt
 from medtwin import codes
 from medtwin.dosing.expressions import Expression, ExpressionError, compile_expression, finite_number
 from medtwin.dosing.model import RATE_NAMES, CovariateSpec, ErrorKind, ErrorModel, ModelError, PKModel
-from medtwin.errors import UnitError
+from medtwin.errors import UnitError, did_you_mean
 
-__all__ = ["SCHEMA_VERSION", "did_you_mean", "infer_parameter_units", "library_models", "load_model"]
+__all__ = ["SCHEMA_VERSION", "infer_parameter_units", "library_models", "load_model"]
 
 FloatArray = npt.NDArray[np.float64]
 _DERIVATIONS = ("cockcroft_gault",)
@@ -80,15 +79,6 @@ _STRUCTURE_KEYS = frozenset(
 )
 _OMEGA_KEYS = frozenset({"etas", "variance", "cv_percent", "correlation", "cv_to_variance"})
 _ERROR_KEYS = frozenset({"model", "additive_sd_mg_l", "additive_var", "proportional_sd", "proportional_var"})
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of *known* to *word*, or ``""`` when none is close."""
-    options = sorted(set(known))
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not close:  # a case slip ("Schema") or a prefix ("compartment") is close even when short
-        close = [k for k in options if k.lower() == word.lower() or k.startswith(word) or word.startswith(k)][:1]
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _check_keys(entry: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:

@@ -2,10 +2,12 @@
 validate them on a local population (discrimination, calibration, fairness, recalibration).
 
 Numbers in, numbers out: every equation takes a mapping of column -> array (one value per person) and returns
-arrays, refusing or flagging, with a named reason, anyone outside its validity range. See docs/models/ for each
-equation's source, conventions and checks.
+arrays, refusing or flagging, with a named reason, anyone outside its validity range; ``read_cohort`` reads a
+Parquet or CSV cohort into such columns without per-row conversions. See docs/models/ for each equation's source,
+conventions and checks.
 """
 
+from medtwin.risk.cohort import read_cohort
 from medtwin.risk.core import Problem, RiskResult
 from medtwin.risk.equations import EQUATIONS, Equation, cohort_table, compute_all
 from medtwin.risk.explain import Explanation, ExplanationLine, WhatIf, bp_at_target, explain, statin, stop_smoking
@@ -33,6 +35,7 @@ __all__ = [
     "pooled_cohort",
     "prevent",
     "qrisk3",
+    "read_cohort",
     "statin",
     "stop_smoking",
 ]

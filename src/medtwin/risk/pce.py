@@ -37,6 +37,7 @@ from medtwin.risk.core import (
     cohort_size,
     column,
     flag_column,
+    nan_to_num,
     sex_column,
     text_codes,
 )
@@ -121,7 +122,7 @@ def pooled_cohort(inputs: Inputs) -> RiskResult:
     beta = {t: np.array([coefs[g][t] for g in _GROUPS])[group] for t in coefs[_GROUPS[0]]}
     with np.errstate(invalid="ignore", divide="ignore"):
         ln_age = np.log(age)
-        t = np.nan_to_num(treated)
+        t = nan_to_num(treated)
 
         def chol_part(x: FloatArray) -> FloatArray:
             out: FloatArray = (beta["ln_tc"] + beta["ln_age_x_ln_tc"] * ln_age) * np.log(x)
@@ -137,23 +138,21 @@ def pooled_cohort(inputs: Inputs) -> RiskResult:
             out: FloatArray = np.where(on_treatment == 1, treated_b, untreated_b) * np.log(x)
             return out
 
-        smoke_part = (beta["smoker"] + beta["ln_age_x_smoker"] * ln_age) * np.nan_to_num(smoker)
-        dm_part = beta["diabetes"] * np.nan_to_num(diabetes)
+        smoke_part = (beta["smoker"] + beta["ln_age_x_smoker"] * ln_age) * nan_to_num(smoker)
+        dm_part = beta["diabetes"] * nan_to_num(diabetes)
         age_part = beta["ln_age"] * ln_age + beta["ln_age_sq"] * ln_age**2
         ref = PCE_REFERENCE
+        ref_chol = chol_part(np.full(n, ref["total_chol_mg_dl"]))
+        ref_hdl = hdl_part(np.full(n, ref["hdl_mg_dl"]))
+        ref_bp = bp_part(np.full(n, ref["sbp_mm_hg"]), np.zeros(n))
         contributions = {
-            "cholesterol": chol_part(tc) - chol_part(np.full(n, ref["total_chol_mg_dl"])),
-            "hdl": hdl_part(hdl) - hdl_part(np.full(n, ref["hdl_mg_dl"])),
-            "bp": bp_part(sbp, t) - bp_part(np.full(n, ref["sbp_mm_hg"]), np.zeros(n)),
+            "cholesterol": chol_part(tc) - ref_chol,
+            "hdl": hdl_part(hdl) - ref_hdl,
+            "bp": bp_part(sbp, t) - ref_bp,
             "smoking": smoke_part,
             "diabetes": dm_part,
         }
-        reference_lp = (
-            age_part
-            + chol_part(np.full(n, ref["total_chol_mg_dl"]))
-            + hdl_part(np.full(n, ref["hdl_mg_dl"]))
-            + bp_part(np.full(n, ref["sbp_mm_hg"]), np.zeros(n))
-        )
+        reference_lp = age_part + ref_chol + ref_hdl + ref_bp
         lp = reference_lp + sum(contributions.values())
         s0 = beta["s0_10y"]
         risk = 1.0 - np.power(s0, np.exp(lp - beta["mean"]))

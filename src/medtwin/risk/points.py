@@ -37,7 +37,17 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from medtwin.risk.core import Checks, FloatArray, Inputs, Problem, cohort_size, column, flag_column, sex_column
+from medtwin.risk.core import (
+    Checks,
+    FloatArray,
+    Inputs,
+    Problem,
+    cohort_size,
+    column,
+    flag_column,
+    nan_to_num,
+    sex_column,
+)
 
 __all__ = ["FINDRISC_BANDS", "ScoreResult", "cha2ds2_vasc", "findrisc", "has_bled"]
 
@@ -77,10 +87,15 @@ class ScoreResult:
         return [p.describe(i) for p in self.problems if p.mask[i]]
 
 
-def _band(points: FloatArray, labels: npt.ArrayLike) -> npt.NDArray[np.object_]:
-    out = np.asarray(labels, dtype=object).copy()
-    out[np.isnan(points)] = None
-    return out
+# band words as objects, gathered by index: a million-row band column holds references to these few strings
+_CHA2DS2_BANDS = np.array(["low", "intermediate", "high"], dtype=object)
+_HAS_BLED_BANDS = np.array(["not high", "high"], dtype=object)
+
+
+def _band(points: FloatArray, labels: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
+    """*labels* (a new object array, one per person, changed in place) with None where the score is refused."""
+    labels[np.isnan(points)] = None
+    return labels
 
 
 def _yes_no(flags: dict[str, FloatArray], labels: dict[str, str]) -> dict[str, Callable[[int], str]]:
@@ -91,8 +106,12 @@ def _yes_no(flags: dict[str, FloatArray], labels: dict[str, str]) -> dict[str, C
 
 
 def _finish(checks: Checks, items: dict[str, FloatArray]) -> FloatArray:
-    total: FloatArray = np.sum(np.stack(list(items.values())), axis=0)
-    return np.where(checks.refused, np.nan, total)
+    first, *rest = items.values()
+    total = first.copy()
+    for v in rest:  # whole points: the sum is exact in any order
+        total += v
+    total[checks.refused] = np.nan
+    return total
 
 
 def findrisc(inputs: Inputs) -> ScoreResult:
@@ -146,7 +165,7 @@ def findrisc(inputs: Inputs) -> ScoreResult:
         }
     points = _finish(checks, items)
     bounds = np.array([b[0] for b in FINDRISC_BANDS])
-    idx = np.searchsorted(bounds, np.nan_to_num(points), side="left").clip(0, len(bounds) - 1)
+    idx = np.searchsorted(bounds, nan_to_num(points), side="left").clip(0, len(bounds) - 1)
     names = np.array([b[1] for b in FINDRISC_BANDS], dtype=object)[idx]
     risk = np.array([b[2] for b in FINDRISC_BANDS])[idx]
     words: dict[str, Callable[[int], str]] = {
@@ -196,12 +215,12 @@ def cha2ds2_vasc(inputs: Inputs, *, require_af: bool = True) -> ScoreResult:
         checks.refuse("af", flag_column(inputs, "af", n) != 1, "no atrial fibrillation recorded (the score is for AF)")
     with np.errstate(invalid="ignore"):
         items = {
-            "heart_failure": np.nan_to_num(flags["heart_failure"]),
-            "hypertension": np.nan_to_num(flags["hypertension"]),
+            "heart_failure": nan_to_num(flags["heart_failure"]),
+            "hypertension": nan_to_num(flags["hypertension"]),
             "age": np.select([age >= 75, age >= 65], [2.0, 1.0], 0.0),
-            "diabetes": np.nan_to_num(flags["diabetes"]),
-            "stroke_tia": 2.0 * np.nan_to_num(flags["stroke_tia"]),
-            "vascular_disease": np.nan_to_num(flags["vascular_disease"]),
+            "diabetes": nan_to_num(flags["diabetes"]),
+            "stroke_tia": 2.0 * nan_to_num(flags["stroke_tia"]),
+            "vascular_disease": nan_to_num(flags["vascular_disease"]),
             "sex": np.where(male == 0, 1.0, 0.0),
         }
     points = _finish(checks, items)
@@ -209,7 +228,7 @@ def cha2ds2_vasc(inputs: Inputs, *, require_af: bool = True) -> ScoreResult:
     words["age"] = lambda i: f"age {age[i]:.0f}"
     words["sex"] = lambda i: "female" if male[i] == 0 else "male"
     without_sex = points - items["sex"]
-    band = _band(points, np.where(without_sex >= 2, "high", np.where(without_sex == 1, "intermediate", "low")))
+    band = _band(points, _CHA2DS2_BANDS[np.where(without_sex >= 2, 2, np.where(without_sex == 1, 1, 0))])
     return ScoreResult(
         model="cha2ds2-vasc",
         title="CHA2DS2-VASc (Lip 2010), stroke risk in AF",
@@ -255,9 +274,9 @@ def has_bled(inputs: Inputs) -> ScoreResult:
     checks.flag("labile_inr", np.isnan(labile), "labile INR not known (applies to vitamin K antagonists): counted 0")
     with np.errstate(invalid="ignore"):
         items = {
-            "hypertension": np.nan_to_num(htn),
-            **{k: np.nan_to_num(v) for k, v in flags.items()},
-            "labile_inr": np.nan_to_num(labile),
+            "hypertension": nan_to_num(htn),
+            **{k: nan_to_num(v) for k, v in flags.items()},
+            "labile_inr": nan_to_num(labile),
             "elderly": (age > 65).astype(float),
         }
     points = _finish(checks, items)
@@ -265,7 +284,7 @@ def has_bled(inputs: Inputs) -> ScoreResult:
     words["hypertension"] = lambda i: "uncontrolled hypertension" if items["hypertension"][i] else "BP controlled"
     words["labile_inr"] = lambda i: "labile INR" if labile[i] == 1 else "INR not labile or not applicable"
     words["elderly"] = lambda i: f"age {age[i]:.0f}"
-    band = _band(points, np.where(points >= 3, "high", "not high"))
+    band = _band(points, _HAS_BLED_BANDS[(points >= 3).astype(np.intp)])
     return ScoreResult(
         model="has-bled",
         title="HAS-BLED (Pisters 2010), 1-year major bleeding in AF",

@@ -40,6 +40,7 @@ from importlib import resources
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from medtwin.errors import ValidationError
 from medtwin.risk.core import (
@@ -51,6 +52,7 @@ from medtwin.risk.core import (
     cohort_size,
     column,
     flag_column,
+    nan_to_num,
     sex_column,
 )
 
@@ -208,10 +210,10 @@ def prevent(
         )
 
     a = (age - 55) / 10
-    d = np.nan_to_num(diabetes)
-    s = np.nan_to_num(smoker)
-    bpt = np.nan_to_num(treated)
-    st = np.nan_to_num(statin)
+    d = nan_to_num(diabetes)
+    s = nan_to_num(smoker)
+    bpt = nan_to_num(treated)
+    st = nan_to_num(statin)
 
     def non_hdl(t: FloatArray, h: FloatArray) -> FloatArray:
         out: FloatArray = (t - h) * MG_DL_TO_MMOL_L - 3.5
@@ -247,10 +249,10 @@ def prevent(
             c: dict[str, FloatArray] = c,
             v: str = v,
         ) -> dict[str, FloatArray]:
-            nh = np.nan_to_num(non_hdl(tc_, hdl_))
-            ht = np.nan_to_num(hdl_term(hdl_))
+            nh = nan_to_num(non_hdl(tc_, hdl_))
+            ht = nan_to_num(hdl_term(hdl_))
             sbp_hi = (np.maximum(sbp_, 110) - 130) / 20
-            bmi_hi = np.nan_to_num((np.maximum(bmi_, 30) - 30) / 5)
+            bmi_hi = nan_to_num((np.maximum(bmi_, 30) - 30) / 5)
             egfr_lo = (np.minimum(egfr_, 60) - 60) / -15
             out = {
                 "cholesterol": c["non_hdl_c_per_1_mmol_l"] * nh
@@ -265,7 +267,7 @@ def prevent(
                 + c["age_per_10yr_x_sbp_gteq110_mm_hg_per_20_mmhg"] * a * sbp_hi,
                 "diabetes": c["diabetes"] * dm + c["age_per_10yr_x_diabetes"] * a * dm,
                 "smoking": c["current_smoking"] * smoke + c["age_per_10yr_x_current_smoking"] * a * smoke,
-                "bmi": c["bmi_lt30_per_5_kg_m2"] * np.nan_to_num((np.minimum(bmi_, 30) - 25) / 5)
+                "bmi": c["bmi_lt30_per_5_kg_m2"] * nan_to_num((np.minimum(bmi_, 30) - 25) / 5)
                 + c["bmi_gt30_per_5_kg_m2"] * bmi_hi
                 + c["age_per_10yr_x_bmi_gteq30_per_5_kg_m2"] * a * bmi_hi,
                 "egfr": c["egfr_lt60_per_15_ml"] * egfr_lo
@@ -280,7 +282,7 @@ def prevent(
                     np.isnan(acr_), c["miss_ln_acr"], c["ln_acr"] * np.log(np.where(np.isnan(acr_), 1.0, acr_))
                 )
             if v in ("hba1c", "full"):
-                shift = np.nan_to_num(a1c - 5.3)
+                shift = nan_to_num(a1c - 5.3)
                 out["hba1c"] = np.where(
                     np.isnan(a1c),
                     c["miss_hba1c"],
@@ -375,19 +377,20 @@ def prevent(
     )
 
 
-def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
-    """The PREVENT terms of every person as one matrix, terms x people (rows named as the coefficient tables')."""
+def _design(c: dict[str, FloatArray], n: int, out: FloatArray | None = None) -> tuple[list[str], FloatArray]:
+    """The PREVENT terms of every person as one matrix, terms x people (rows named as the coefficient tables'),
+    written into the first *n* columns of *out* when given (a buffer reused from chunk to chunk)."""
     age, tc, hdl, sbp = c["age_years"], c["total_chol_mg_dl"], c["hdl_mg_dl"], c["sbp_mm_hg"]
     bmi, egfr, acr, a1c, sdi = c["bmi_kg_m2"], c["egfr_ml_min_1_73m2"], c["uacr_mg_g"], c["hba1c_pct"], c["sdi_decile"]
-    dm, smoke, bpt, st = (np.nan_to_num(c[k]) for k in ("diabetes", "smoker", "bp_treated", "statin"))
+    dm, smoke, bpt, st = (nan_to_num(c[k]) for k in ("diabetes", "smoker", "bp_treated", "statin"))
     a = (age - 55) / 10
     with np.errstate(invalid="ignore", divide="ignore"):
-        nh = np.nan_to_num((tc - hdl) * MG_DL_TO_MMOL_L - 3.5)
-        ht = np.nan_to_num((hdl * MG_DL_TO_MMOL_L - 1.3) / 0.3)
+        nh = nan_to_num((tc - hdl) * MG_DL_TO_MMOL_L - 3.5)
+        ht = nan_to_num((hdl * MG_DL_TO_MMOL_L - 1.3) / 0.3)
         sbp_hi = (np.maximum(sbp, 110) - 130) / 20
-        bmi_hi = np.nan_to_num((np.maximum(bmi, 30) - 30) / 5)
+        bmi_hi = nan_to_num((np.maximum(bmi, 30) - 30) / 5)
         egfr_lo = (np.minimum(egfr, 60) - 60) / -15
-        shift = np.nan_to_num(a1c - 5.3)
+        shift = nan_to_num(a1c - 5.3)
         terms = {
             "age_per_10_years": a,
             "age_per_10_years_squared": a * a,
@@ -397,7 +400,7 @@ def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
             "sbp_gteq110_per_20_mmhg": sbp_hi,
             "diabetes": dm,
             "current_smoking": smoke,
-            "bmi_lt30_per_5_kg_m2": np.nan_to_num((np.minimum(bmi, 30) - 25) / 5),
+            "bmi_lt30_per_5_kg_m2": nan_to_num((np.minimum(bmi, 30) - 25) / 5),
             "bmi_gt30_per_5_kg_m2": bmi_hi,
             "egfr_lt60_per_15_ml": egfr_lo,
             "egfr_gteq60_per_15_ml": (np.maximum(egfr, 60) - 90) / -15,
@@ -415,7 +418,7 @@ def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
             "sdi_decile_between_4_and_6": ((sdi >= 4) & (sdi <= 6)).astype(float),
             "sdi_decile_between_7_and_10": (sdi >= 7).astype(float),
             "miss_sdi": np.isnan(sdi).astype(float),
-            "ln_acr": np.nan_to_num(np.log(acr)),
+            "ln_acr": nan_to_num(np.log(acr)),
             "miss_ln_acr": np.isnan(acr).astype(float),
             "hba1c_minus_5.3_x_diabetes": shift * dm,
             "hba1c_minus_5.3_x_1_minus_diabetes": shift * (1 - dm),
@@ -423,7 +426,11 @@ def _design(c: dict[str, FloatArray], n: int) -> tuple[list[str], FloatArray]:
             "const": np.ones(n),
         }
     names = list(terms)
-    return names, np.stack([terms[k] for k in names])
+    if out is None:
+        return names, np.stack([terms[k] for k in names])
+    for i, k in enumerate(names):
+        out[i, :n] = terms[k]
+    return names, out[: len(names), :n]
 
 
 def prevent_cohort(inputs: Inputs, *, chunk: int = 100_000) -> dict[tuple[str, int, str], FloatArray]:
@@ -437,27 +444,28 @@ def prevent_cohort(inputs: Inputs, *, chunk: int = 100_000) -> dict[tuple[str, i
     keys = [(v, y, o) for v in PREVENT_VARIANTS for y in (10, 30) for o in PREVENT_OUTCOMES]
     coefs: list[FloatArray] = []
     risk = np.empty((len(keys), n))
+    buffer: FloatArray | None = None  # the first (largest) chunk's design matrix, refilled by the next chunks
     for start in range(0, n, chunk):  # a chunk's design stays in cache; the whole cohort's would not
         stop = min(n, start + chunk)
-        names, design = _design({k: v[start:stop] for k, v in cols.items()}, stop - start)
+        names, design = _design({k: v[start:stop] for k, v in cols.items()}, stop - start, buffer)
+        if buffer is None:
+            buffer = design
         if not coefs:  # per sex: models x terms
             coefs = [
                 np.array([[_table(v, y)[t][2 * PREVENT_OUTCOMES.index(o) + s] for t in names] for v, y, o in keys])
                 for s in (0, 1)
             ]
-        for s, rows in enumerate((np.flatnonzero(~male[start:stop]), np.flatnonzero(male[start:stop]))):
-            if rows.size == 0:
-                continue
-            lp = coefs[s] @ design[:, rows]
-            np.negative(lp, out=lp)
-            np.exp(lp, out=lp)
-            lp += 1.0
-            np.reciprocal(lp, out=lp)
-            risk[:, start + rows] = lp
-    for y in (10, 30):
-        for o in PREVENT_OUTCOMES:
-            refused = _validate(inputs, n, o, y, cols).refused
-            for j, k in enumerate(keys):
-                if k[1:] == (y, o):
-                    risk[j, refused] = np.nan
+        # both sexes' coefficients for everyone, then each person's own: cheaper than gathering and scattering
+        lp = coefs[1] @ design
+        np.copyto(lp, coefs[0] @ design, where=~male[start:stop])
+        np.negative(lp, out=lp)
+        np.exp(lp, out=lp)
+        lp += 1.0
+        np.reciprocal(lp, out=risk[:, start:stop])
+    refusals: dict[tuple[int, bool], npt.NDArray[np.bool_]] = {}
+    for j, (_, y, o) in enumerate(keys):
+        lipids = o != "hf"  # total CVD and ASCVD read the same inputs with the same ranges: one check serves both
+        if (y, lipids) not in refusals:
+            refusals[y, lipids] = _validate(inputs, n, o, y, cols).refused
+        risk[j, refusals[y, lipids]] = np.nan
     return {k: risk[j] for j, k in enumerate(keys)}

@@ -46,6 +46,7 @@ from medtwin.risk.core import (
     cohort_size,
     column,
     flag_column,
+    nan_to_num,
     sex_column,
 )
 
@@ -110,16 +111,20 @@ def _linear_predictor(sex: str, x: dict[str, np.ndarray]) -> tuple[FloatArray, F
         age_1 = (dage**-1.0 if sex == "male" else dage**-2.0) - centre["age_1"]
         age_2 = (dage**3.0 if sex == "male" else dage) - centre["age_2"]
 
+        effects: dict[str, FloatArray] = {}
+
         def eff(term: str) -> FloatArray:
-            """Coefficient of *term* at each person's age (main effect plus both age interactions)."""
-            main = model["continuous"].get(term, model["boolean"].get(term))
-            out: FloatArray = main + x1.get(term, 0.0) * age_1 + x2.get(term, 0.0) * age_2
-            return out
+            """Coefficient of *term* at each person's age (main effect plus both age interactions), once per term."""
+            if term not in effects:
+                main = model["continuous"].get(term, model["boolean"].get(term))
+                effects[term] = main + x1.get(term, 0.0) * age_1 + x2.get(term, 0.0) * age_2
+            return effects[term]
 
         def bmi_part(b: FloatArray | float) -> FloatArray:
             d = np.asarray(b) / 10
-            out: FloatArray = eff("bmi_1") * (d**-2.0 - centre["bmi_1"]) + eff("bmi_2") * (
-                d**-2.0 * np.log(d) - centre["bmi_2"]
+            d_2 = d**-2.0
+            out: FloatArray = eff("bmi_1") * (d_2 - centre["bmi_1"]) + eff("bmi_2") * (
+                d_2 * np.log(d) - centre["bmi_2"]
             )
             return out
 
@@ -127,16 +132,19 @@ def _linear_predictor(sex: str, x: dict[str, np.ndarray]) -> tuple[FloatArray, F
             out: FloatArray = eff(term) * (value - centre[term])
             return out
 
+        # the reference person's parts, used twice (contributions and the reference linear predictor)
+        ref_bmi = bmi_part(_REF["bmi"])
+        ref = {term: centred(term, _REF[term]) for term in ("rati", "sbp", "sbps5", "town")}
         smoke_main = np.asarray(model["smoke"])[x["smoke"]]
         smoke_x1 = np.array([0.0] + [x1[f"smoke_{k}"] for k in range(1, 5)])[x["smoke"]]
         smoke_x2 = np.array([0.0] + [x2[f"smoke_{k}"] for k in range(1, 5)])[x["smoke"]]
         contributions = {
             "smoking": smoke_main + smoke_x1 * age_1 + smoke_x2 * age_2,
-            "bmi": bmi_part(x["bmi"]) - bmi_part(_REF["bmi"]),
-            "ratio": centred("rati", x["rati"]) - centred("rati", _REF["rati"]),
-            "sbp": centred("sbp", x["sbp"]) - centred("sbp", _REF["sbp"]),
-            "sbp_sd": centred("sbps5", x["sbps5"]) - centred("sbps5", _REF["sbps5"]),
-            "townsend": centred("town", x["town"]) - centred("town", _REF["town"]),
+            "bmi": bmi_part(x["bmi"]) - ref_bmi,
+            "ratio": centred("rati", x["rati"]) - ref["rati"],
+            "sbp": centred("sbp", x["sbp"]) - ref["sbp"],
+            "sbp_sd": centred("sbps5", x["sbps5"]) - ref["sbps5"],
+            "townsend": centred("town", x["town"]) - ref["town"],
             "diabetes": eff("b_type1") * x["b_type1"] + eff("b_type2") * x["b_type2"],
         }
         for col, (term, _) in QRISK3_CONDITIONS.items():
@@ -145,11 +153,11 @@ def _linear_predictor(sex: str, x: dict[str, np.ndarray]) -> tuple[FloatArray, F
             np.asarray(model["ethrisk"])[x["eth"]]
             + model["continuous"]["age_1"] * age_1
             + model["continuous"]["age_2"] * age_2
-            + bmi_part(_REF["bmi"])
-            + centred("rati", _REF["rati"])
-            + centred("sbp", _REF["sbp"])
-            + centred("sbps5", _REF["sbps5"])
-            + centred("town", _REF["town"])
+            + ref_bmi
+            + ref["rati"]
+            + ref["sbp"]
+            + ref["sbps5"]
+            + ref["town"]
         ) * np.ones(n)
         lp = reference_lp + sum(contributions.values())
     return lp, reference_lp, contributions
@@ -212,11 +220,11 @@ def qrisk3(inputs: Inputs) -> RiskResult:
     checks.flag("sbp_sd_mm_hg", np.isnan(sbps5), "SD of recent systolic BPs not known: 0 used, as QRISK3's engine does")
     checks.flag("townsend", np.isnan(town), "Townsend deprivation score not known: 0 used, as QRISK3's engine does")
     checks.flag("ethnicity_qrisk", np.isnan(eth), "ethnicity not recorded: 'white or not stated' used, as QRISK3 does")
-    sbps5_u = np.nan_to_num(sbps5)
-    town_u = np.nan_to_num(town_u)
+    sbps5_u = nan_to_num(sbps5)
+    town_u = nan_to_num(town_u)
     eth_i = np.nan_to_num(eth, nan=1.0).clip(1, 9).astype(int) - 1
-    smoke_i = np.nan_to_num(smoke).clip(0, 4).astype(int)
-    dtype_i = np.nan_to_num(dtype).clip(0, 2).astype(int)
+    smoke_i = nan_to_num(smoke).clip(0, 4).astype(int)
+    dtype_i = nan_to_num(dtype).clip(0, 2).astype(int)
 
     flags = {}
     for col, (term, label) in QRISK3_CONDITIONS.items():
@@ -224,7 +232,7 @@ def qrisk3(inputs: Inputs) -> RiskResult:
         if col == "erectile_dysfunction":
             values = np.where(male == 1, values, 0.0)
         checks.flag(col, np.isnan(values), f"{label}: not recorded, counted as absent")
-        flags[term] = np.nan_to_num(values)
+        flags[term] = nan_to_num(values)
     flags["b_type1"] = (dtype_i == 1).astype(float)
     flags["b_type2"] = (dtype_i == 2).astype(float)
 

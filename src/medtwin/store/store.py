@@ -27,7 +27,9 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
+    null,
     or_,
     select,
     update,
@@ -759,6 +761,9 @@ class Store:
                         status=bindparam("b_status"),
                         time=bindparam("b_time"),
                         body=bindparam("b_body"),
+                        # an escalation re-activates an acknowledged alert: its acknowledgement no longer applies
+                        status_by=case((bindparam("b_status") == "active", null()), else_=t.c.status_by),
+                        status_time=case((bindparam("b_status") == "active", null()), else_=t.c.status_time),
                     ),
                     [
                         {

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medtwin.dosing.casefile import STANDARD_COVARIATE_FIELDS
-from medtwin.errors import ValidationError
+from medtwin.errors import ValidationError, did_you_mean
 from medtwin.glucose.devices import pump_spec, sensor_spec
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.patients import GROUPS, resolve_patient_names
@@ -45,7 +45,7 @@ from medtwin.trials.protocol import (
     TdmSpec,
     TrialSpec,
 )
-from medtwin.trials.specfile import SpecError, Table, check_number, did_you_mean
+from medtwin.trials.specfile import SpecError, Table, check_number
 from medtwin.trials.virtual_patients import FREE_PARAMETERS
 
 __all__ = ["MAX_POPULATION", "example_specs", "load_spec", "parse_spec"]
@@ -80,7 +80,7 @@ def _variable(t: Table, key: str, names: tuple[str, ...]) -> str:
     if kind not in VARIABLE_KINDS or not name:
         raise SpecError(f"{t.at(key)}: {text!r} is not 'group' or 'parameter:NAME', 'baseline:NAME', 'covariate:NAME'")
     if name not in names:
-        raise SpecError(f"{t.at(key)}: unknown {kind} {name!r}{did_you_mean(name, names)}")
+        raise SpecError(f"{t.at(key)}: unknown {kind} {name!r}{did_you_mean(name, names, brackets=True)}")
     return text
 
 
@@ -126,9 +126,8 @@ _DISTRIBUTION_KEYS = ("distribution", "mean", "sd", "median", "cv_pct", "min", "
 def _covariate_distribution(name: str, raw: Any, where: str) -> CovariateDistribution:
     if name not in STANDARD_COVARIATE_FIELDS:
         known = sorted(STANDARD_COVARIATE_FIELDS)
-        raise SpecError(
-            f"{where}: unknown patient field {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}"
-        )
+        hint = did_you_mean(name, known, brackets=True)
+        raise SpecError(f"{where}: unknown patient field {name!r}{hint}; known: {', '.join(known)}")
     if not isinstance(raw, Mapping):
         return CovariateDistribution(field=name, distribution="fixed", a=check_number(raw, where))
     t = Table(raw, where, _DISTRIBUTION_KEYS)

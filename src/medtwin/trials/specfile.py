@@ -8,24 +8,17 @@ are comments. :class:`SpecError` is the only error raised.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medtwin.errors import ValidationError
+from medtwin.errors import ValidationError, did_you_mean
 
-__all__ = ["SpecError", "Table", "check_number", "did_you_mean"]
+__all__ = ["SpecError", "Table", "check_number"]
 
 
 class SpecError(ValidationError):
     """A trial spec that cannot be run (names the file, table, key and what was wrong)."""
-
-
-def did_you_mean(word: str, known: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` when a known word is close to *word*, else an empty string."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Table:
@@ -40,9 +33,8 @@ class Table:
             if str(key).startswith("_"):
                 continue
             if key not in known:
-                raise SpecError(
-                    f"{where}: unknown key {key!r}{did_you_mean(str(key), known)}; known keys: {', '.join(known)}"
-                )
+                hint = did_you_mean(str(key), known, brackets=True)
+                raise SpecError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(known)}")
 
     def __contains__(self, key: str) -> bool:
         return key in self.raw
@@ -63,9 +55,8 @@ class Table:
         if not isinstance(value, str):
             raise SpecError(f"{self.at(key)}: expected a string, got {value!r}")
         if choices is not None and value not in choices:
-            raise SpecError(
-                f"{self.at(key)}: {value!r} is not one of {', '.join(choices)}{did_you_mean(value, choices)}"
-            )
+            hint = did_you_mean(value, choices, brackets=True)
+            raise SpecError(f"{self.at(key)}: {value!r} is not one of {', '.join(choices)}{hint}")
         return value
 
     def number(
@@ -107,7 +98,8 @@ class Table:
             raise SpecError(f"{self.at(key)}: expected a list of strings, got {value!r}")
         for v in value:
             if choices is not None and v not in choices:
-                raise SpecError(f"{self.at(key)}: {v!r} is not one of {', '.join(choices)}{did_you_mean(v, choices)}")
+                hint = did_you_mean(v, choices, brackets=True)
+                raise SpecError(f"{self.at(key)}: {v!r} is not one of {', '.join(choices)}{hint}")
         return tuple(value)
 
     def numbers(self, key: str, default: Sequence[float] | None = None, *, low: float = -math.inf) -> tuple[float, ...]:
