@@ -1,10 +1,11 @@
 """In-silico validation of the personal glucose twin over the 30 virtual patients, and the identifiability analysis
 behind its choice of parameters; prints the tables of docs/models/glucose_twin.md.
 
-    .venv/bin/python bench/glucose_twin_validation.py --seed 2 --out validation.json      # 30 patients, ~15 min
+    .venv/bin/python bench/glucose_twin_validation.py --seed 2 --out validation.json      # 30 patients
     .venv/bin/python bench/glucose_twin_validation.py --patients adult#001,child#003      # a few
     .venv/bin/python bench/glucose_twin_validation.py --identifiability                   # the parameter choice
     .venv/bin/python bench/glucose_twin_validation.py --compare-sets                      # its empirical check (MAP)
+    .venv/bin/python bench/glucose_twin_validation.py --quality-flags                     # the unexplained-rise rule
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ CANDIDATE_SETS = (
 )
 
 
-def compare_sets() -> None:
+def compare_sets(population: str) -> None:
     t0 = time.perf_counter()
-    rows = compare_parameter_sets(all_patient_names(), CANDIDATE_SETS)
+    rows = compare_parameter_sets(all_patient_names(), CANDIDATE_SETS, population=population)
     print(f"\nMAP fits of 30 patients per set ({time.perf_counter() - t0:.0f} s)\n")
     print(
         "| identified | fit RMSE vs true BG | x1.3: replay RMSE, abs dTIR <= 5 | -20 min: replay RMSE, abs dTIR <= 5 |"
@@ -65,6 +66,53 @@ def compare_sets() -> None:
         )
 
 
+def quality_flags(seeds: tuple[int, ...] = (1, 2)) -> None:
+    """How often the unexplained-rise rule fires when every meal is recorded (in silico): on the noisy CGM, on the true
+    glucose sampled the same way, and with the readings smoothed first; and whether it finds a lunch left out of
+    the records (its bolus kept)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    import medtwin.glucose.data_quality as dq
+    from medtwin.glucose.insilico import simulate_therapy_a
+
+    rule = dq._unexplained_rises
+
+    def smoothed(half: float):  # type: ignore[no-untyped-def]
+        def f(data, t, g, artefacts):  # type: ignore[no-untyped-def]
+            if half:
+                g = np.array([g[np.abs(t - ti) <= half].mean() for ti in t])
+            return rule(data, t, g, artefacts)
+
+        return f
+
+    print(
+        "| seed | smoothing | false flags per patient (noisy CGM) | on true BG | readings left out "
+        "| unrecorded lunch found |"
+    )
+    print("|---|---|---|---|---|---|")
+    for seed in seeds:
+        sim = simulate_therapy_a(all_patient_names(), days=2, seed=seed)
+        for half in (0.0, 10.0, 15.0, 20.0):
+            dq._unexplained_rises = smoothed(half)
+            noisy, truth, left, found = [], [], [], []
+            for b, w in enumerate(sim.data):
+                q = dq.assess_quality(w)
+                noisy.append(q.count("unexplained-rise"))
+                left.append(q.n_excluded / w.cgm_t_min.size)
+                tb = sim.result.bg_mg_dl[np.rint(w.cgm_t_min).astype(int), b]
+                truth.append(dq.assess_quality(replace(w, cgm_mg_dl=tb)).count("unexplained-rise"))
+                keep = ~((w.carbs_t_min > 600) & (w.carbs_t_min < 900))
+                lunch = float(w.carbs_t_min[~keep][0])
+                q2 = dq.assess_quality(replace(w, carbs_t_min=w.carbs_t_min[keep], carbs_g=w.carbs_g[keep]))
+                found.append(any(abs(i.start_min - lunch) < 90 for i in q2.issues if i.kind == "unexplained-rise"))
+            print(f"| {seed} | +-{half:.0f} min | {np.mean(noisy):.2f} | {np.mean(truth):.2f} | "
+                  f"{100 * np.mean(left):.1f} % (max {100 * np.max(left):.0f} %) | "
+                  f"{100 * np.mean(found):.0f} % |")  # fmt: skip
+        dq._unexplained_rises = rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
@@ -72,24 +120,45 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the full report (JSON)")
     parser.add_argument("--identifiability", action="store_true")
     parser.add_argument("--compare-sets", action="store_true")
+    parser.add_argument("--quality-flags", action="store_true", help="false alarms of the unexplained-rise rule")
+    parser.add_argument(
+        "--population",
+        choices=("group", "all"),
+        default="group",
+        help="prior from the patient's age group (default) or from all other patients",
+    )
+    parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
+    parser.add_argument("--no-advice", action="store_true")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load {os.getloadavg()}")
     if args.identifiability:
         identifiability()
         return
+    if args.quality_flags:
+        quality_flags()
+        return
     if args.compare_sets:
-        compare_sets()
+        compare_sets(args.population)
         return
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
-    t0 = time.perf_counter()
-    report = validate_twin(names, seed=args.seed)
-    wall = time.perf_counter() - t0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
+                           advice=not args.no_advice)  # fmt: skip
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall
     if args.out is not None:
         args.out.write_text(json.dumps(doc, indent=1))
     s = doc["summary"]
-    print(f"\n{s['patients']} patients, seed {args.seed}, {wall:.0f} s")
+    st = doc["settings"]
+    print(
+        f"\n{s['patients']} patients, seed {args.seed}, prior: {args.population}, {wall:.0f} s wall ({cpu:.0f} s CPU), "
+        f"load {os.getloadavg()}"
+    )
+    print(
+        f"cohort fit (fit_cohort, all patients batched): {st['cohort_fit_s']:.1f} s wall, "
+        f"{st['cohort_fit_cpu_s']:.1f} s CPU"
+    )
     f = s["fit"]
     print(f"fit: converged {f['converged']}/{s['patients']}, median {f['simulations_median']:.0f} simulations, "
           f"{f['seconds_median']:.1f} s; worst R-hat {f['rhat_max']:.3f}, smallest ESS {f['ess_min']:.0f}")  # fmt: skip

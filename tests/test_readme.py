@@ -70,7 +70,7 @@ def test_the_parser_check_rejects_what_does_not_exist(args: list[str]) -> None:
 # -- the tour runs as written ---------------------------------------------------------------------------------------
 ROOT = README.parent
 # What a fresh clone has that the tour's command lines read (copied into an empty folder, which is the working folder).
-_TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "tests/fixtures/pk")
+_TOUR_INPUTS = ("src/medtwin/data/samples", "src/medtwin/data/cgm", "src/medtwin/data/therapy", "tests/fixtures/pk")
 # Lines that need another process running: `listen &` then `monitors`; tests/cli/test_monitor_cli.py runs both
 # together through `medtwin demo-terminal` (listener, twin runtime and virtual monitors in one command).
 # `medtwin demo` (the platform, until Ctrl-C) runs in tests/web/test_browser.py; `demo-terminal` in test_monitor_cli.py.
@@ -88,12 +88,15 @@ _NEEDS_A_PROMPT = ("medtwin users add ",)
 # Lines that read the user's own data, which a fresh clone does not have (outcomes to evaluate predictions on).
 _NEEDS_YOUR_DATA = (
     "medtwin risk evaluate ",
-    "medtwin glucose twin ",
     "medtwin dose --patient ",
-)  # glucose twin: until a
-# sample therapy file ships; dose --patient: a drug course in the record (tests/twin/test_drug_component.py runs it)
-# Lines that take tens of seconds (Dask clusters, 20 patient-days): run by `make test-slow`.
-_SLOW = ("medtwin glucose simulate ", "medtwin glucose metrics run.parquet", "medtwin hospital ")
+)  # dose --patient: a drug course in the record (tests/twin/test_drug_component.py runs it)
+# Lines that take tens of seconds (Dask clusters, 20 patient-days, identifying a glucose twin): `make test-slow`.
+_SLOW = (
+    "medtwin glucose simulate ",
+    "medtwin glucose metrics run.parquet",
+    "medtwin hospital ",
+    "medtwin glucose twin ",
+)
 
 
 def _tour(slow: bool) -> list[str]:
@@ -144,5 +147,6 @@ def test_the_readme_tour_slow_lines_run_as_written(tmp_path: Path, monkeypatch: 
     lines = _tour(slow=True)
     assert len(lines) >= 6
     _run_tour(lines, tmp_path, monkeypatch)
-    for made in ("agp.png", "run.parquet", "adt.csv", "model.json", "forecast.png"):
+    for made in ("agp.png", "run.parquet", "adt.csv", "model.json", "forecast.png", "me.json", "fit.png", "replay.png",
+                 "twin_forecast.png"):  # fmt: skip
         assert (tmp_path / made).is_file(), made

@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from medtwin.errors import ValidationError
-from medtwin.glucose.identify import ConvergenceError, FitSettings, Posterior, fit, update
+from medtwin.glucose.identify import (
+    ConvergenceError,
+    FitSettings,
+    Posterior,
+    fit,
+    fit_cohort,
+    fit_map,
+    fit_map_cohort,
+    update,
+)
 from medtwin.glucose.twin_model import population_prior, population_values
 
 
@@ -67,3 +76,29 @@ def test_fit_refuses_data_it_cannot_use(twin_days: Any) -> None:
     no_basal = replace(data, basal_t_min=np.zeros(1), basal_u_h=np.zeros(1))
     with pytest.raises(ValidationError, match="basal rate is 0"):
         fit(no_basal)
+
+
+def test_a_batched_cohort_fit_gives_each_person_their_own_fit(twin_days: Any) -> None:
+    """fit_cohort advances several fits in lockstep with one kernel call per round: each posterior is the one that
+    fitting that person alone gives (same draws), people of different lengths and priors together."""
+    data = twin_days.data[0]
+    people = [data.window(0.0, 600.0), data.window(1440.0, 1440.0 + 480.0)]
+    priors = [population_prior("adult", exclude=["adult#001"]), population_prior("all", exclude=["adult#001"])]
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, require_convergence=False, walkers=24)
+    together = fit_cohort(people, priors, settings=settings)
+    for person, prior, batched in zip(people, priors, together, strict=True):
+        alone = fit(person, prior, settings=settings)
+        np.testing.assert_array_equal(batched.draws, alone.draws)
+        np.testing.assert_array_equal(batched.map_theta, alone.map_theta)
+        assert batched.diagnostics.simulations == alone.diagnostics.simulations
+    maps = fit_map_cohort(people, priors, settings=settings)
+    np.testing.assert_array_equal(maps[1][0], fit_map(people[1], priors[1], settings=settings)[0])
+
+
+def test_a_cohort_fit_names_the_person_whose_fit_failed(twin_days: Any) -> None:
+    data = twin_days.data[0]
+    good = data.window(0.0, 600.0)
+    bad = replace(data.window(0.0, 20.0), source="person B")
+    with pytest.raises(ValidationError, match=r"1 of 2 fits failed: person B: .*usable CGM readings"):
+        fit_cohort([good, bad], settings=FitSettings(burn_in=30, check_every=10, max_steps=60,
+                                                      require_convergence=False))  # fmt: skip

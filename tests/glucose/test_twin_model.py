@@ -110,3 +110,31 @@ def test_ou_whitening_decorrelates_an_ou_process() -> None:
     w = ou_whiten(e, t, 45.0)
     assert abs(np.corrcoef(w[1:], w[:-1])[0, 1]) < 0.03
     assert np.std(w) == pytest.approx(1.0, abs=0.03)
+
+
+def test_simulate_starts_at_the_initial_glucose_and_runs_each_member_on_its_own_inputs() -> None:
+    """Row 0 of a simulation is the glucose at the start (it was once read after the kernel had advanced the state,
+    giving the glucose at the end); members of different people in one batch (column maps, own lengths) get the
+    trajectories they get alone."""
+    sim = simulate_therapy_a(["adult#001"], days=1, seed=2)
+    data = sim.data[0]
+    prior = population_prior("adult")
+    model = PersonalModel(prior, body_weight_kg=70.0, basal_u_h=float(data.basal_u_h[0]))
+    theta = prior.sample(3, np.random.default_rng(1))
+    bg = model.simulate(theta, data, initial_glucose_mg_dl=np.array([90.0, 140.0, 200.0]), minutes=600)
+    np.testing.assert_allclose(bg[0], [90.0, 140.0, 200.0])
+    assert bg.shape == (601, 3)
+    # the same members with their inputs in two columns and their own lengths
+    p, _ = model.parameters(theta)
+    x = model.initial_state(p, np.array([90.0, 140.0, 200.0]))
+    meals, insulin = data.minute_inputs(600)
+    two_meals = np.stack([meals, np.zeros(600)], axis=1)
+    two_insulin = np.stack([insulin, insulin * 2.0], axis=1)
+    mixed = run_inputs(x, p, np.zeros((3, 5)), two_meals, two_insulin, meal_col=np.array([0, 1, 0]),
+                       insulin_col=np.array([0, 1, 0]), stop=np.array([600, 300, 450]))  # fmt: skip
+    np.testing.assert_array_equal(mixed[:, 0], bg[1:, 0])
+    np.testing.assert_array_equal(mixed[:450, 2], bg[1:451, 2])
+    assert np.all(np.isnan(mixed[450:, 2]))
+    assert np.all(np.isnan(mixed[300:, 1]))
+    alone = model.simulate(theta[1:2], data, initial_glucose_mg_dl=140.0, minutes=600)
+    assert not np.allclose(mixed[:300, 1], alone[1:301, 0])  # other inputs: another trajectory

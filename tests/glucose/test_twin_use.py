@@ -140,6 +140,12 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
     assert small.twin.hypo_probability <= 0.05
     assert big.twin.hypo_probability <= 0.05
     assert big.twin.bolus_u > small.twin.bolus_u
+    # the constraint is on the low (5 %) quantile of the predicted nadir, model error included
+    assert small.twin.low_nadir_mg_dl >= 70.0 - 0.01
+    assert big.twin.low_nadir_mg_dl >= 70.0 - 0.01
+    assert all(o.low_nadir_mg_dl <= o.median_nadir_mg_dl for o in big.candidates)
+    riskier = [o for o in big.candidates if o.bolus_u > big.twin.bolus_u]
+    assert all(o.low_nadir_mg_dl <= big.twin.low_nadir_mg_dl + 1e-6 for o in riskier)
     assert big.twin.risk_index <= big.calculator.risk_index + 1e-12  # the calculator's dose is one of the candidates
     assert abs(round(big.twin.bolus_u / 0.05) * 0.05 - big.twin.bolus_u) < 1e-9
     with pytest.raises(ValidationError):
@@ -155,3 +161,16 @@ def test_parkes_grid_zones() -> None:
     assert frac["A"] == pytest.approx(12.5)
     with pytest.raises(ValidationError):
         parkes_zones([100.0], [-1.0])
+
+
+def test_the_low_quantile_of_a_particle_mixture() -> None:
+    from scipy.special import ndtr
+
+    from medtwin.glucose.advise import _mixture_quantile
+
+    centres = np.array([80.0, 100.0, 140.0])
+    weights = np.array([0.2, 0.5, 0.3])
+    q = _mixture_quantile(centres, weights, 10.0, 0.05)
+    assert float(weights @ ndtr((q - centres) / 10.0)) == pytest.approx(0.05, abs=1e-9)
+    assert _mixture_quantile(centres, weights, 0.0, 0.05) == 80.0  # no model error: the particles' own quantile
+    assert _mixture_quantile(centres, weights, 0.0, 0.5) == 100.0

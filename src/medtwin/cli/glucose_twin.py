@@ -327,7 +327,8 @@ def advise_command(
     target: _Target = None,
     json: _Json = False,
 ) -> None:
-    """A meal bolus chosen on the twin (lowest glucose risk, P(<70 mg/dL) <= 5 %) next to the bolus calculator."""
+    """A meal bolus chosen on the twin (lowest glucose risk with the 5 % quantile of the predicted nadir >= 70 mg/dL)
+    next to the bolus calculator."""
     try:
         t = _load(twin)
         bolus = _bolus_settings(cr, cf, target, t.bolus_settings)
@@ -341,11 +342,12 @@ def advise_command(
         _print_json({"twin": str(twin), **advice.to_dict()})
         return
     table = Table(title=f"meal bolus for {carbs:g} g at {advice.glucose_mg_dl:.0f} mg/dL (IOB {advice.iob_u:.2f} U)")
-    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "peak", "risk index"):
+    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "5% nadir", "peak", "risk index"):
         table.add_column(col)
     for label, o in (("twin", advice.twin), ("calculator", advice.calculator)):
         table.add_row(label, f"{o.bolus_u:.2f}", f"{o.hypo_probability:.0%}", f"{o.tir_pct:.0f}",
-                      f"{o.median_nadir_mg_dl:.0f}", f"{o.median_peak_mg_dl:.0f}", f"{o.risk_index:.2f}")  # fmt: skip
+                      f"{o.median_nadir_mg_dl:.0f}", f"{o.low_nadir_mg_dl:.0f}", f"{o.median_peak_mg_dl:.0f}",
+                      f"{o.risk_index:.2f}")  # fmt: skip
     table.caption = (f"predicted by the twin over {advice.horizon_min // 60} h"
                      + ("" if advice.feasible else "; no dose keeps P(<70) <= 5 %: the safest is shown"))  # fmt: skip
     Console().print(table)

@@ -143,7 +143,9 @@ def _patient_minute(
     return to_eat
 
 
-def _run_period(
+@njit(cache=True)
+def _member_period(
+    b: int,
     x: FloatArray,
     p: FloatArray,
     meal_state: FloatArray,
@@ -153,15 +155,12 @@ def _run_period(
     bg_out: FloatArray,
     eaten_out: FloatArray,
 ) -> None:  # pragma: no cover
-    """Advance every member len(meals) minutes; meals (minutes, B); record BG and eaten CHO per minute."""
-    n_min = meals.shape[0]
-    for b in prange(x.shape[0]):
-        work = np.empty((6, 13))
-        xb = x[b]
-        pb = p[b]
-        for k in range(n_min):
-            eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], insulin_u_min[b], meal_state, n_sub, work)
-            bg_out[k, b] = xb[12] / pb[30]
+    work = np.empty((6, 13))
+    xb = x[b]
+    pb = p[b]
+    for k in range(meals.shape[0]):
+        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], insulin_u_min[b], meal_state, n_sub, work)
+        bg_out[k, b] = xb[12] / pb[30]
 
 
 @njit(cache=True)
@@ -171,7 +170,9 @@ def _quantize(rate: float, inc: float, lo: float, hi: float) -> float:  # pragma
     return out
 
 
-def _bb_closed_loop(
+@njit(cache=True)
+def _member_bb(
+    b: int,
     x: FloatArray,
     p: FloatArray,
     meal_state: FloatArray,
@@ -188,58 +189,130 @@ def _bb_closed_loop(
     eaten_out: FloatArray,
     insulin_out: FloatArray,
 ) -> None:  # pragma: no cover
-    """The whole closed loop with the basal-bolus controller, member by member (see simulation.py).
-
-    noise: (readings, B) sensor noise (zeros for a noise-free sensor); pump: [min_bolus, max_bolus, inc_bolus,
-    min_basal, max_basal, inc_basal]; quest: (B, 4) columns CR, CF, target, correction threshold.
-    """
+    # the whole closed loop of member b with the basal-bolus controller (see bb_closed_loop)
     n_min = meals.shape[0]
     lo = sensor_limits[0]
     hi = sensor_limits[1]
-    for b in prange(x.shape[0]):
-        work = np.empty((6, 13))
-        xb = x[b]
-        pb = p[b]
-        basal = pb[31] * pb[0] / _PMOL_PER_U
+    work = np.empty((6, 13))
+    xb = x[b]
+    pb = p[b]
+    basal = pb[31] * pb[0] / _PMOL_PER_U
+    bg = xb[12] / pb[30]
+    bg_out[0, b] = bg
+    cgm_out[0, b] = min(max(bg + noise[0, b], lo), hi)
+    r = warmup
+    reading = min(max(bg + noise[r, b], lo), hi)
+    r += 1
+    delivered = _quantize(basal, pump[5], pump[3], pump[4]) + _quantize(0.0, pump[2], pump[0], pump[1])
+    cgm_sum = 0.0
+    meal_sum = 0.0
+    for k in range(n_min):
+        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], delivered, meal_state, n_sub, work)
+        insulin_out[k, b] = delivered
         bg = xb[12] / pb[30]
-        bg_out[0, b] = bg
-        cgm_out[0, b] = min(max(bg + noise[0, b], lo), hi)
-        r = warmup
-        reading = min(max(bg + noise[r, b], lo), hi)
-        r += 1
-        delivered = _quantize(basal, pump[5], pump[3], pump[4]) + _quantize(0.0, pump[2], pump[0], pump[1])
-        cgm_sum = 0.0
-        meal_sum = 0.0
-        for k in range(n_min):
-            eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], delivered, meal_state, n_sub, work)
-            insulin_out[k, b] = delivered
-            bg = xb[12] / pb[30]
-            bg_out[k + 1, b] = bg
-            if (k + 1) % st == 0:
-                reading = min(max(bg + noise[r, b], lo), hi)
-                r += 1
-            cgm_out[k + 1, b] = reading
-            cgm_sum += reading
-            meal_sum += meals[k, b]
-            if (k + 1) % st == 0:
-                cgm = cgm_sum / st
-                bolus = 0.0
-                if meal_sum > 0:
-                    bolus = meal_sum / quest[b, 0]
-                    if cgm > quest[b, 3]:
-                        bolus += (cgm - quest[b, 2]) / quest[b, 1]
-                bolus = bolus / st
-                delivered = _quantize(basal, pump[5], pump[3], pump[4]) + _quantize(bolus, pump[2], pump[0], pump[1])
-                cgm_sum = 0.0
-                meal_sum = 0.0
+        bg_out[k + 1, b] = bg
+        if (k + 1) % st == 0:
+            reading = min(max(bg + noise[r, b], lo), hi)
+            r += 1
+        cgm_out[k + 1, b] = reading
+        cgm_sum += reading
+        meal_sum += meals[k, b]
+        if (k + 1) % st == 0:
+            cgm = cgm_sum / st
+            bolus = 0.0
+            if meal_sum > 0:
+                bolus = meal_sum / quest[b, 0]
+                if cgm > quest[b, 3]:
+                    bolus += (cgm - quest[b, 2]) / quest[b, 1]
+            bolus = bolus / st
+            delivered = _quantize(basal, pump[5], pump[3], pump[4]) + _quantize(bolus, pump[2], pump[0], pump[1])
+            cgm_sum = 0.0
+            meal_sum = 0.0
 
 
-# Each loop kernel in two builds: threads over members for cohorts, serial for small batches (thread start-up
-# and contention on a busy machine cost more than one patient-day takes).
-_run_period_parallel = njit(cache=True, parallel=True)(_run_period)
-_run_period_serial = njit(cache=True)(_run_period)
-_bb_parallel = njit(cache=True, parallel=True)(_bb_closed_loop)
-_bb_serial = njit(cache=True)(_bb_closed_loop)
+# Each loop kernel as two functions, threaded over members for cohorts and serial for small batches (thread start-up
+# and contention on a busy machine cost more than one patient-day takes). Two functions, not two builds of one:
+# numba's on-disk cache names a function's entries by its qualified name and keys them by signature only, not by
+# the parallel option, so a threaded and a serial build of one function would both load whichever was compiled
+# first (tests/glucose/test_kernel_builds.py).
+@njit(cache=True, parallel=True)
+def _run_period_parallel(
+    x: FloatArray,
+    p: FloatArray,
+    meal_state: FloatArray,
+    meals: FloatArray,
+    insulin_u_min: FloatArray,
+    n_sub: int,
+    bg_out: FloatArray,
+    eaten_out: FloatArray,
+) -> None:  # pragma: no cover
+    for b in prange(x.shape[0]):
+        # prange's index is unsigned: unified with the literal 0 inside, it would become a float
+        _member_period(np.int64(b), x, p, meal_state, meals, insulin_u_min, n_sub, bg_out, eaten_out)  # type: ignore[arg-type]
+
+
+@njit(cache=True)
+def _run_period_serial(
+    x: FloatArray,
+    p: FloatArray,
+    meal_state: FloatArray,
+    meals: FloatArray,
+    insulin_u_min: FloatArray,
+    n_sub: int,
+    bg_out: FloatArray,
+    eaten_out: FloatArray,
+) -> None:  # pragma: no cover
+    for b in range(x.shape[0]):
+        _member_period(b, x, p, meal_state, meals, insulin_u_min, n_sub, bg_out, eaten_out)
+
+
+@njit(cache=True, parallel=True)
+def _bb_parallel(
+    x: FloatArray,
+    p: FloatArray,
+    meal_state: FloatArray,
+    meals: FloatArray,
+    noise: FloatArray,
+    sensor_limits: FloatArray,
+    st: int,
+    warmup: int,
+    pump: FloatArray,
+    quest: FloatArray,
+    n_sub: int,
+    bg_out: FloatArray,
+    cgm_out: FloatArray,
+    eaten_out: FloatArray,
+    insulin_out: FloatArray,
+) -> None:  # pragma: no cover
+    for b in prange(x.shape[0]):
+        member: int = np.int64(b)  # type: ignore[assignment]
+        _member_bb(member, x, p, meal_state, meals, noise, sensor_limits, st, warmup, pump, quest, n_sub, bg_out,
+                   cgm_out, eaten_out, insulin_out)  # fmt: skip
+
+
+@njit(cache=True)
+def _bb_serial(
+    x: FloatArray,
+    p: FloatArray,
+    meal_state: FloatArray,
+    meals: FloatArray,
+    noise: FloatArray,
+    sensor_limits: FloatArray,
+    st: int,
+    warmup: int,
+    pump: FloatArray,
+    quest: FloatArray,
+    n_sub: int,
+    bg_out: FloatArray,
+    cgm_out: FloatArray,
+    eaten_out: FloatArray,
+    insulin_out: FloatArray,
+) -> None:  # pragma: no cover
+    for b in range(x.shape[0]):
+        _member_bb(b, x, p, meal_state, meals, noise, sensor_limits, st, warmup, pump, quest, n_sub, bg_out,
+                   cgm_out, eaten_out, insulin_out)  # fmt: skip
+
+
 PARALLEL_MIN_BATCH = 64
 
 

@@ -10,10 +10,13 @@ these trajectories are the simglucose-exact model's.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit, prange  # type: ignore[import-untyped]
 
 from medtwin.glucose._kernels import _patient_minute
 from medtwin.sim.model import FloatArray
+
+IntArray = npt.NDArray[np.int64]
 
 __all__ = ["PARALLEL_MIN_WORK", "run_inputs"]
 
@@ -29,16 +32,19 @@ def _member_inputs(
     meal_state: FloatArray,
     meals_g: FloatArray,
     insulin_u_min: FloatArray,
+    meal_col: IntArray,
+    insulin_col: IntArray,
+    stop: IntArray,
     n_sub: int,
     bg_out: FloatArray,
 ) -> None:  # pragma: no cover
-    # inputs are (minutes, C): C = 1 shared by every member, or one column per member
+    # member b reads its inputs from columns meal_col[b], insulin_col[b] and runs minutes [0, stop[b])
     work = np.empty((6, 13))
     xb = x[b]
     pb = p[b]
-    cm = 0 if meals_g.shape[1] == 1 else b
-    ci = 0 if insulin_u_min.shape[1] == 1 else b
-    for k in range(meals_g.shape[0]):
+    cm = meal_col[b]
+    ci = insulin_col[b]
+    for k in range(stop[b]):
         _patient_minute(b, xb, pb, meals_g[k, cm], insulin_u_min[k, ci], meal_state, n_sub, work)
         bg_out[k, b] = xb[12] / pb[30]
 
@@ -52,12 +58,16 @@ def _run_inputs_parallel(
     meal_state: FloatArray,
     meals_g: FloatArray,
     insulin_u_min: FloatArray,
+    meal_col: IntArray,
+    insulin_col: IntArray,
+    stop: IntArray,
     n_sub: int,
     bg_out: FloatArray,
 ) -> None:  # pragma: no cover
     for b in prange(x.shape[0]):
         # prange's index is unsigned: unified with the literal 0 inside, it would become a float
-        _member_inputs(np.int64(b), x, p, meal_state, meals_g, insulin_u_min, n_sub, bg_out)  # type: ignore[arg-type]
+        member = np.int64(b)
+        _member_inputs(member, x, p, meal_state, meals_g, insulin_u_min, meal_col, insulin_col, stop, n_sub, bg_out)  # type: ignore[arg-type]
 
 
 @njit(cache=True)
@@ -67,11 +77,22 @@ def _run_inputs_serial(
     meal_state: FloatArray,
     meals_g: FloatArray,
     insulin_u_min: FloatArray,
+    meal_col: IntArray,
+    insulin_col: IntArray,
+    stop: IntArray,
     n_sub: int,
     bg_out: FloatArray,
 ) -> None:  # pragma: no cover
     for b in range(x.shape[0]):
-        _member_inputs(b, x, p, meal_state, meals_g, insulin_u_min, n_sub, bg_out)
+        _member_inputs(b, x, p, meal_state, meals_g, insulin_u_min, meal_col, insulin_col, stop, n_sub, bg_out)
+
+
+def _columns(a: FloatArray, b: int, what: str) -> IntArray:
+    if a.shape[1] == 1:
+        return np.zeros(b, dtype=np.int64)
+    if a.shape[1] != b:
+        raise ValueError(f"{what}: {a.shape[1]} columns for {b} members")
+    return np.arange(b, dtype=np.int64)
 
 
 def run_inputs(
@@ -81,13 +102,19 @@ def run_inputs(
     meals_g: FloatArray,
     insulin_u_min: FloatArray,
     n_sub: int = 1,
+    *,
+    meal_col: IntArray | None = None,
+    insulin_col: IntArray | None = None,
+    stop: IntArray | None = None,
 ) -> FloatArray:
     """Advance states *x* ``(B, 13)`` (in place) under per-minute inputs; return BG ``(minutes, B)`` in mg/dL.
 
     *p* is ``(B, 32)`` in ``PARAM_ORDER``; *meal_state* ``(B, 5)`` the meal bookkeeping of
     :class:`~medtwin.glucose.simulation.PatientBatch` (updated in place); *meals_g* the carbohydrate announced in
-    each minute and *insulin_u_min* the insulin delivered during it, ``(minutes,)`` shared by every member or
-    ``(minutes, B)``.
+    each minute and *insulin_u_min* the insulin delivered during it, ``(minutes,)`` shared by every member,
+    ``(minutes, B)`` one column per member, or ``(minutes, C)`` with *meal_col* / *insulin_col* ``(B,)`` naming each
+    member's column (members of different people in one batch). *stop* ``(B,)``: member b runs only its first
+    ``stop[b]`` minutes (its BG after that is NaN).
     """
     meals = np.ascontiguousarray(meals_g, dtype=np.float64)
     insulin = np.ascontiguousarray(insulin_u_min, dtype=np.float64)
@@ -95,7 +122,16 @@ def run_inputs(
         meals = meals[:, None]
     if insulin.ndim == 1:
         insulin = insulin[:, None]
-    bg = np.empty((meals.shape[0], x.shape[0]))
-    kernel = _run_inputs_parallel if x.shape[0] * meals.shape[0] >= PARALLEL_MIN_WORK and x.shape[0] > 1 else None
-    (kernel or _run_inputs_serial)(x, p, meal_state, meals, insulin, n_sub, bg)
+    n, b = meals.shape[0], x.shape[0]
+    mc = _columns(meals, b, "meals") if meal_col is None else np.ascontiguousarray(meal_col, dtype=np.int64)
+    ic = _columns(insulin, b, "insulin") if insulin_col is None else np.ascontiguousarray(insulin_col, dtype=np.int64)
+    if stop is None:
+        st = np.full(b, n, dtype=np.int64)
+        bg = np.empty((n, b))
+    else:
+        st = np.minimum(np.ascontiguousarray(stop, dtype=np.int64), n)
+        bg = np.full((n, b), np.nan)
+    work = int(st.sum())
+    kernel = _run_inputs_parallel if work >= PARALLEL_MIN_WORK and b > 1 else _run_inputs_serial
+    kernel(x, p, meal_state, meals, insulin, mc, ic, st, n_sub, bg)
     return bg

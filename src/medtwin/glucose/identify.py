@@ -27,26 +27,33 @@ steps are added until every parameter has rank-normalised split R-hat <= *rhat_m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
 from medtwin.errors import MedtwinError, ValidationError
+from medtwin.glucose._kernels import PARAM_ORDER
+from medtwin.glucose._twin_kernels import run_inputs
 from medtwin.glucose.data_quality import DataQuality, assess_quality
 from medtwin.glucose.identifiability import ou_whiten
 from medtwin.glucose.therapy_data import TherapyData
 from medtwin.glucose.twin_model import PersonalModel, PopulationPrior, population_prior
-from medtwin.sim.ensemble import TProposal, run_ensemble
+from medtwin.sim.ensemble import EnsembleRun, TProposal, ensemble_steps
 from medtwin.sim.mcmc_diagnostics import summarize_chains
 from medtwin.sim.model import FloatArray
 
-__all__ = ["ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit", "fit_map", "update"]
+__all__ = [
+    "ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit", "fit_cohort", "fit_map",
+    "fit_map_cohort", "update",
+]  # fmt: skip
 
 _G0_LOG_SD = 0.1
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _MOVES = (("independence", 1.0),)
+_VG = PARAM_ORDER.index("Vg")
 
 
 class ConvergenceError(MedtwinError):
@@ -58,8 +65,8 @@ class FitSettings:
     """Sampler settings. ``walkers=0`` picks an even number >= 2 (d + 1) + 2 and >= 24."""
 
     walkers: int = 0
-    burn_in: int = 150
-    check_every: int = 50
+    burn_in: int = 90
+    check_every: int = 25
     max_steps: int = 1500
     rhat_max: float = 1.05
     ess_min: float = 200.0
@@ -127,6 +134,7 @@ class Objective:
         sd = np.sqrt(np.diag(prior.cov))
         self.sd = np.concatenate([sd, [_G0_LOG_SD]])
         self.prior_chol_inv = np.linalg.inv(np.linalg.cholesky(prior.cov))
+        self._inputs: tuple[FloatArray, FloatArray] | None = None
 
     @property
     def dim(self) -> int:
@@ -135,15 +143,23 @@ class Objective:
 
     def predict(self, theta: FloatArray) -> FloatArray:
         """Model BG at the fitted readings ``(B, n)``."""
-        theta = np.atleast_2d(theta)
-        self.simulations += theta.shape[0]
-        bg = self.model.simulate(theta[:, :-1], self.data, initial_glucose_mg_dl=np.exp(theta[:, -1]),
-                                 minutes=self.minutes)  # fmt: skip
-        return np.asarray(bg[self.index].T, dtype=np.float64)
+        return _drive([self._predict_steps(np.atleast_2d(theta))])[0]
 
     def whitened(self, theta: FloatArray) -> FloatArray:
         """Whitened residuals ``(B, n)`` (unit-free up to sigma)."""
-        return np.asarray(ou_whiten((self.y - self.predict(theta)).T, self.t, self.tau_min).T, dtype=np.float64)
+        return _drive([self.whitened_steps(np.atleast_2d(theta))])[0]
+
+    def __call__(self, theta: FloatArray) -> FloatArray:
+        return _drive([self.log_prob_steps(np.atleast_2d(theta))])[0]
+
+    def _predict_steps(self, theta: FloatArray) -> Steps[FloatArray]:
+        bg: FloatArray = yield (self, theta)
+        return bg
+
+    def whitened_steps(self, theta: FloatArray) -> Steps[FloatArray]:
+        """:meth:`whitened` as steps of :func:`_drive` (the simulation batched with other fits')."""
+        bg = yield from self._predict_steps(theta)
+        return np.asarray(ou_whiten((self.y - bg).T, self.t, self.tau_min).T, dtype=np.float64)
 
     def prior_residuals(self, theta: FloatArray) -> FloatArray:
         """Standardised prior residuals ``(B, dim)`` (their squared sum is -2 log prior)."""
@@ -151,21 +167,32 @@ class Objective:
         z = (theta[:, :-1] - self.mean[:-1]) @ self.prior_chol_inv.T
         return np.concatenate([z, ((theta[:, -1] - self.mean[-1]) / _G0_LOG_SD)[:, None]], axis=1)
 
-    def __call__(self, theta: FloatArray) -> FloatArray:
+    def log_prob_steps(self, theta: FloatArray) -> Steps[FloatArray]:
+        """The log posterior of each row of *theta* as steps of :func:`_drive`."""
         theta = np.atleast_2d(theta)
         out = np.full(theta.shape[0], -np.inf)
         ok = np.all(np.abs(theta - self.mean) <= _MAX_PRIOR_Z * self.sd, axis=1)
         if np.any(ok):
-            w = self.whitened(theta[ok])
+            w = yield from self.whitened_steps(theta[ok])
             q = np.sum(w * w, axis=1)
             z = self.prior_residuals(theta[ok])
             value = -0.5 * self.t.size * np.log(q) - 0.5 * np.sum(z * z, axis=1)
             out[ok] = np.where(np.isfinite(value), value, -np.inf)
         return out
 
+    def simulation_inputs(self) -> tuple[FloatArray, FloatArray]:
+        """Per-minute carbohydrate (g) and insulin (U/min) up to the last fitted reading (computed once)."""
+        if self._inputs is None:
+            self._inputs = self.data.minute_inputs(self.minutes)
+        return self._inputs
+
     def estimate_tau(self, theta: FloatArray) -> float:
         """Correlation time maximising the OU profile likelihood of the residuals at *theta*."""
-        e = self.y - self.predict(theta)[0]
+        return _drive([self.estimate_tau_steps(theta)])[0]
+
+    def estimate_tau_steps(self, theta: FloatArray) -> Steps[float]:
+        """:meth:`estimate_tau` as steps of :func:`_drive`."""
+        e = self.y - (yield from self._predict_steps(np.atleast_2d(theta)))[0]
         dt = np.diff(self.t)
         best = (-np.inf, self.tau_min)
         for tau in _TAU_GRID_MIN:
@@ -175,6 +202,67 @@ class Objective:
             ll = -0.5 * e.size * np.log(q / e.size) - 0.5 * float(np.sum(np.log(1.0 - rho**2)))
             best = max(best, (ll, float(tau)))
         return best[1]
+
+
+T = TypeVar("T")
+Request = tuple[Objective, FloatArray]
+"""A fit's request: the rows of log parameters whose model BG at its fitted readings it needs next."""
+Steps = Generator[Request, FloatArray, T]
+"""A fit (or part of one) written as a generator: it yields requests and is sent the model BG ``(B, n)``."""
+
+
+def _predict_batch(requests: Sequence[Request]) -> list[FloatArray]:
+    """Model BG at each request's fitted readings, every request's rows simulated in one kernel call (each person
+    with their own parameters, inputs and length)."""
+    ps, xs, stops, cols = [], [], [], []
+    longest = max(obj.minutes for obj, _ in requests)
+    meals = np.zeros((longest, len(requests)))
+    insulin = np.zeros((longest, len(requests)))
+    for j, (obj, theta) in enumerate(requests):
+        p, _ = obj.model.parameters(theta[:, :-1])
+        ps.append(p)
+        xs.append(obj.model.initial_state(p, np.exp(theta[:, -1])))
+        m, i = obj.simulation_inputs()
+        meals[: obj.minutes, j] = m
+        insulin[: obj.minutes, j] = i
+        stops.append(np.full(theta.shape[0], obj.minutes, dtype=np.int64))
+        cols.append(np.full(theta.shape[0], j, dtype=np.int64))
+        obj.simulations += theta.shape[0]
+    p_all = np.ascontiguousarray(np.concatenate(ps))
+    x_all = np.concatenate(xs)
+    start_bg = x_all[:, 12] / p_all[:, _VG]  # before run_inputs advances x_all in place
+    col = np.concatenate(cols)
+    bg = run_inputs(x_all, p_all, np.zeros((x_all.shape[0], 5)), meals, insulin, meal_col=col, insulin_col=col,
+                    stop=np.concatenate(stops))  # fmt: skip
+    out, lo = [], 0
+    for obj, theta in requests:
+        hi = lo + theta.shape[0]
+        full = np.concatenate([start_bg[None, lo:hi], bg[: obj.minutes, lo:hi]], axis=0)
+        out.append(np.asarray(full[obj.index].T, dtype=np.float64))
+        lo = hi
+    return out
+
+
+def _drive(processes: Sequence[Steps[T]]) -> list[T]:
+    """Run fits (generators) in lockstep: each round, the requests of all that are still running are simulated in
+    one batch and the results sent back; returns each one's return value (an exception is raised as is)."""
+    results: list[Any] = [None] * len(processes)
+    pending: dict[int, Request] = {}
+    for i, g in enumerate(processes):
+        try:
+            pending[i] = next(g)
+        except StopIteration as done:
+            results[i] = done.value
+    while pending:
+        keys = list(pending)
+        answers = _predict_batch([pending[i] for i in keys])
+        for i, answer in zip(keys, answers, strict=True):
+            try:
+                pending[i] = processes[i].send(answer)
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return results
 
 
 def _spaced(t_min: FloatArray, spacing_min: float) -> np.ndarray:
@@ -190,14 +278,14 @@ def _spaced(t_min: FloatArray, spacing_min: float) -> np.ndarray:
 
 def _levenberg_marquardt(
     objective: Objective, starts: FloatArray, *, iterations: int = 40, step: float = 2e-3
-) -> tuple[FloatArray, FloatArray]:
+) -> Steps[tuple[FloatArray, FloatArray]]:
     """Minimise -log posterior from every start at once; return the best point and its stacked Jacobian
     (whitened data rows / sigma, then prior rows) for the Laplace approximation."""
     s, d = starts.shape
     theta = starts.copy()
     lam = np.full(s, 1e-2)
     active = np.ones(s, dtype=bool)
-    value = -objective(theta)
+    value = -(yield from objective.log_prob_steps(theta))
     n = objective.t.size
     jac = np.zeros((s, n + d, d))
     for _ in range(iterations):
@@ -207,7 +295,7 @@ def _levenberg_marquardt(
         batch = np.repeat(theta[rows], d + 1, axis=0)
         for j in range(d):
             batch[j + 1 :: d + 1, j] += step
-        w = objective.whitened(batch).reshape(rows.size, d + 1, n)
+        w = (yield from objective.whitened_steps(batch)).reshape(rows.size, d + 1, n)
         z = objective.prior_residuals(batch).reshape(rows.size, d + 1, d)
         sigma = np.sqrt(np.sum(w[:, 0] ** 2, axis=1) / n)
         resid = np.concatenate([w[:, 0] / sigma[:, None], z[:, 0]], axis=1)
@@ -223,7 +311,7 @@ def _levenberg_marquardt(
                 damped = jtj + lam[row] * factor * np.diag(np.diag(jtj) + 1e-9)
                 trials.append(theta[row] - np.linalg.solve(damped, grad))
                 owners.append((row, factor))
-        trial_value = -objective(np.array(trials))
+        trial_value = -(yield from objective.log_prob_steps(np.array(trials)))
         for row in rows:
             mine = [k for k, (o, _) in enumerate(owners) if o == row]
             k = min(mine, key=lambda i: trial_value[i])
@@ -323,7 +411,48 @@ def _reference_basal(data: TherapyData) -> float:
 def fit(data: TherapyData, prior: PopulationPrior | None = None, *, settings: FitSettings = FitSettings()) -> Posterior:
     """Identify the person's parameters from *data* starting from *prior* (the whole virtual population when
     omitted); see the module docstring. *data* must carry the body weight."""
+    return _drive([_fit_steps(data, prior, settings, time.perf_counter())])[0]
+
+
+def fit_cohort(
+    datasets: Sequence[TherapyData],
+    priors: Sequence[PopulationPrior | None] | None = None,
+    *,
+    settings: FitSettings = FitSettings(),
+) -> list[Posterior]:
+    """Identify many people at once: the same fit as :func:`fit` for each (same settings and seed, so the same
+    posterior), advanced in lockstep so that every round simulates all people's candidate parameters in one batch
+    of the compiled kernel (threads share a batch of hundreds of members better than one person's dozen, and the
+    Python work of a round is paid once). ``Diagnostics.seconds`` of each is the wall time of the whole cohort.
+    A person whose fit fails (bad data, or not converged when convergence is required) makes it raise, naming them.
+    """
+    if priors is None:
+        priors = [None] * len(datasets)
+    if len(priors) != len(datasets):
+        raise ValidationError(f"fit_cohort: {len(datasets)} data sets but {len(priors)} priors")
     started = time.perf_counter()
+    results = _drive([_guarded(_fit_steps(d, p, settings, started)) for d, p in zip(datasets, priors, strict=True)])
+    failed = [(d, r) for d, r in zip(datasets, results, strict=True) if isinstance(r, MedtwinError)]
+    if failed:
+        what = "; ".join(f"{d.source or f'data set {k}'}: {r}" for k, (d, r) in enumerate(failed))
+        raise failed[0][1].__class__(f"{len(failed)} of {len(datasets)} fits failed: {what}")
+    seconds = time.perf_counter() - started
+    return [
+        replace(p, diagnostics=replace(p.diagnostics, seconds=seconds)) for p in results if isinstance(p, Posterior)
+    ]
+
+
+def _guarded(steps: Steps[T]) -> Steps[T | MedtwinError]:
+    """*steps*, returning a medtwin error instead of raising it (one person's failure does not stop a cohort)."""
+    try:
+        return (yield from steps)
+    except MedtwinError as exc:
+        return exc
+
+
+def _fit_steps(
+    data: TherapyData, prior: PopulationPrior | None, settings: FitSettings, started: float
+) -> Steps[Posterior]:
     if data.body_weight_kg is None:
         raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
     prior = prior if prior is not None else population_prior("all")
@@ -332,11 +461,12 @@ def fit(data: TherapyData, prior: PopulationPrior | None = None, *, settings: Fi
     objective = Objective(model, data, quality)
     rng = np.random.default_rng(settings.seed)
     d = objective.dim
-    theta_map, jac = _map(objective, settings, rng)
+    theta_map, jac = yield from _map(objective, settings, rng)
     sigma = _residual_sd(model, data, quality, theta_map)
     cov = np.asarray(np.linalg.inv(jac.T @ jac + 1e-9 * np.eye(d)), dtype=np.float64)
     walkers = settings.walkers or max(24, 2 * d + 2 + (2 * d + 2) % 2)
-    kept, total, acceptance, rhat, ess_b, ess_t, converged = _sample(objective, theta_map, cov, walkers, settings, rng)
+    sampled = yield from _sample(objective, theta_map, cov, walkers, settings, rng)
+    kept, total, acceptance, rhat, ess_b, ess_t, converged = sampled
     names = (*prior.names, "G0")
     diagnostics = Diagnostics(
         rhat=dict(zip(names, rhat.tolist(), strict=True)), ess_bulk=dict(zip(names, ess_b.tolist(), strict=True)),
@@ -366,14 +496,14 @@ def fit(data: TherapyData, prior: PopulationPrior | None = None, *, settings: Fi
     )  # fmt: skip
 
 
-def _map(objective: Objective, settings: FitSettings, rng: np.random.Generator) -> tuple[FloatArray, FloatArray]:
+def _map(objective: Objective, settings: FitSettings, rng: np.random.Generator) -> Steps[tuple[FloatArray, FloatArray]]:
     """MAP from the prior mean and prior draws, then again after the residual correlation time is estimated."""
     prior = objective.model.prior
     starts = np.tile(objective.mean, (max(1, settings.starts), 1))
     starts[1:, :-1] = prior.mean + (prior.sample(starts.shape[0] - 1, rng) - prior.mean) * 0.5
-    theta, _ = _levenberg_marquardt(objective, starts)
-    objective.tau_min = objective.estimate_tau(theta)
-    return _levenberg_marquardt(objective, theta[None, :], iterations=15)
+    theta, _ = yield from _levenberg_marquardt(objective, starts)
+    objective.tau_min = yield from objective.estimate_tau_steps(theta)
+    return (yield from _levenberg_marquardt(objective, theta[None, :], iterations=15))
 
 
 def fit_map(
@@ -381,12 +511,22 @@ def fit_map(
 ) -> tuple[FloatArray, PersonalModel]:
     """The MAP log parameters (identified ones, then log G0) and the model they parametrise, without sampling: for
     quick comparisons of priors or parameter sets (the twin itself is always the sampled posterior)."""
-    if data.body_weight_kg is None:
-        raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
-    quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
-    model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
-    theta, _ = _map(Objective(model, data, quality), settings, np.random.default_rng(settings.seed))
-    return theta, model
+    return fit_map_cohort([data], [prior], settings=settings)[0]
+
+
+def fit_map_cohort(
+    datasets: Sequence[TherapyData], priors: Sequence[PopulationPrior], *, settings: FitSettings = FitSettings()
+) -> list[tuple[FloatArray, PersonalModel]]:
+    """:func:`fit_map` for many people, their simulations batched as in :func:`fit_cohort`."""
+    objectives = []
+    for data, prior in zip(datasets, priors, strict=True):
+        if data.body_weight_kg is None:
+            raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
+        quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
+        model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
+        objectives.append(Objective(model, data, quality))
+    found = _drive([_map(o, settings, np.random.default_rng(settings.seed)) for o in objectives])
+    return [(theta, o.model) for (theta, _), o in zip(found, objectives, strict=True)]
 
 
 def _sample(
@@ -396,18 +536,17 @@ def _sample(
     walkers: int,
     settings: FitSettings,
     rng: np.random.Generator,
-) -> tuple[FloatArray, int, float, FloatArray, FloatArray, FloatArray, bool]:
+) -> Steps[tuple[FloatArray, int, float, FloatArray, FloatArray, FloatArray, bool]]:
     """Warm-up (proposal adapted twice), then blocks until converged; returns the kept draws
     ``(steps, walkers, d)``, steps run, acceptance, R-hat, bulk and tail ESS, and whether it converged."""
     d = center.size
-    position = _start_walkers(objective, center, cov, walkers, rng)
+    position = yield from _start_walkers(objective, center, cov, walkers, rng)
     position_lp = None
     proposal = TProposal(center, cov, scales=(1.0, 1.5))
     total = accepted = 0
     pooled: list[FloatArray] = []
     for steps in _warmup_rounds(settings.burn_in):
-        run = run_ensemble(objective, position, steps, rng=rng, start_log_prob=position_lp, proposal=proposal,
-                           moves=_MOVES)  # fmt: skip
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
         position, position_lp = run.last
         total += steps
         accepted += run.accepted
@@ -416,11 +555,11 @@ def _sample(
         proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d))
     blocks: list[FloatArray] = []
     while True:
-        run = run_ensemble(objective, position, settings.check_every, rng=rng, start_log_prob=position_lp,
-                           proposal=proposal, moves=_MOVES)  # fmt: skip
+        steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
         position, position_lp = run.last
         blocks.append(run.chain)
-        total += settings.check_every
+        total += steps
         accepted += run.accepted
         kept = np.concatenate(blocks)
         if kept.shape[0] < 2 * settings.check_every:
@@ -431,6 +570,25 @@ def _sample(
             return kept, total, accepted / (total * walkers), rhat, ess_b, ess_t, converged
 
 
+def _ensemble(
+    objective: Objective,
+    start: FloatArray,
+    steps: int,
+    rng: np.random.Generator,
+    start_log_prob: FloatArray | None,
+    proposal: TProposal,
+) -> Steps[EnsembleRun]:
+    """The ensemble sampler (:func:`medtwin.sim.ensemble.ensemble_steps`) on *objective*, as steps of :func:`_drive`."""
+    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, proposal=proposal, moves=_MOVES)
+    try:
+        points = next(run)
+        while True:
+            points = run.send((yield from objective.log_prob_steps(points)))
+    except StopIteration as done:
+        result: EnsembleRun = done.value
+        return result
+
+
 def _warmup_rounds(steps: int) -> tuple[int, int, int]:
     """Three adaptation rounds of growing length (1/5, 1/3, the rest of *steps*)."""
     first, second = max(10, steps // 5), max(10, steps // 3)
@@ -439,13 +597,13 @@ def _warmup_rounds(steps: int) -> tuple[int, int, int]:
 
 def _start_walkers(
     objective: Objective, center: FloatArray, cov: FloatArray, walkers: int, rng: np.random.Generator
-) -> FloatArray:
+) -> Steps[FloatArray]:
     """Walkers from N(center, 1.5^2 cov), redrawn until each has a finite density."""
     out = np.empty((walkers, center.size))
     need = np.arange(walkers)
     for _ in range(20):
         out[need] = rng.multivariate_normal(center, 2.25 * cov, size=need.size)
-        need = need[~np.isfinite(objective(out[need]))]
+        need = need[~np.isfinite((yield from objective.log_prob_steps(out[need])))]
         if need.size == 0:
             return out
     raise ValidationError("could not place the sampler's walkers where the posterior is positive")

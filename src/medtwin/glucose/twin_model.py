@@ -240,5 +240,6 @@ class PersonalModel:
         x = self.initial_state(p, initial_glucose_mg_dl)
         meal_state = np.zeros((p.shape[0], 5))
         meals, insulin = data.minute_inputs(minutes)
+        start = x[None, :, 12] / p[None, :, _PARAM_INDEX["Vg"]]  # before run_inputs advances x in place
         bg = run_inputs(x, p, meal_state, meals, insulin)
-        return np.concatenate([x[None, :, 12] / p[None, :, _PARAM_INDEX["Vg"]], bg], axis=0)
+        return np.concatenate([start, bg], axis=0)

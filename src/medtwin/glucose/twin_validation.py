@@ -31,7 +31,7 @@ from medtwin.glucose.devices import CGMSensor, sensor_spec
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.error_grid import parkes_zone_fractions
 from medtwin.glucose.forecast import GlucoseForecaster
-from medtwin.glucose.identify import FitSettings, Posterior, fit, fit_map
+from medtwin.glucose.identify import FitSettings, Posterior, fit_cohort, fit_map_cohort
 from medtwin.glucose.insilico import START, simulate_therapy_a, true_glucose
 from medtwin.glucose.patients import Cohort
 from medtwin.glucose.replay import replay
@@ -238,6 +238,15 @@ class ValidationReport:
                               "advice": p.advice} for p in self.patients]}  # fmt: skip
 
 
+def _prior_for(name: str, population: str, identified: Sequence[str] | None = None) -> Any:
+    """The leave-one-out prior of virtual patient *name*: from the whole population (``all``) or from the patients
+    of its own age group (``group``: what a user gives with ``--population``)."""
+    group = name.split("#")[0] if population == "group" else population
+    if identified is None:
+        return population_prior(group, exclude=[name])
+    return population_prior(group, identified=identified, exclude=[name])
+
+
 def validate_twin(
     names: Sequence[str],
     *,
@@ -246,28 +255,34 @@ def validate_twin(
     therapies_b: Sequence[Therapy] = DEFAULT_THERAPIES_B,
     forecast: bool = True,
     advice: bool = True,
+    population: str = "group",
     settings: FitSettings = FitSettings(require_convergence=False),
 ) -> ValidationReport:
-    """Run the protocol of the module docstring for the virtual patients *names*."""
+    """Run the protocol of the module docstring for the virtual patients *names* (all fits in one batched run,
+    :func:`~medtwin.glucose.identify.fit_cohort`); *population* ``group`` takes each patient's prior from the other
+    patients of its age group, ``all`` from all the others."""
     sim = simulate_therapy_a(names, days=days + 1, seed=seed)
     fit_minutes = 1440.0 * days
+    windows = [sim.data[b].window(0.0, fit_minutes) for b in range(len(sim.cohort.names))]
+    started = time.perf_counter()
+    cpu = time.process_time()
+    posteriors = fit_cohort(windows, [_prior_for(n, population) for n in sim.cohort.names], settings=settings)
+    cohort_s, cohort_cpu = time.perf_counter() - started, time.process_time() - cpu
     results = []
     for b, name in enumerate(sim.cohort.names):
-        full = sim.data[b]
-        fit_data = full.window(0.0, fit_minutes)
-        prior = population_prior("all", exclude=[name])
-        posterior = fit(fit_data, prior, settings=settings)
+        posterior, fit_data = posteriors[b], windows[b]
         d = posterior.diagnostics
         summary = {"seconds": d.seconds, "simulations": d.simulations, "converged": d.converged,
                    "rhat_max": max(d.rhat.values()), "ess_min": min(min(d.ess_bulk.values()), min(d.ess_tail.values())),
                    "steps": d.steps}  # fmt: skip
         rep = _replay_scores(posterior, sim.cohort, b, fit_data, therapies_b, seed)
-        fc = _forecast_scores(posterior, full, sim.result.bg_mg_dl[:, b], fit_minutes, seed) if forecast else {}
+        fc = _forecast_scores(posterior, sim.data[b], sim.result.bg_mg_dl[:, b], fit_minutes, seed) if forecast else {}
         adv = _advice_day(posterior, sim.cohort, b, seed + 1000) if advice else {}
         results.append(PatientResult(name=name, fit=summary, replay=rep, forecast=fc, advice=adv))
     return ValidationReport(
         patients=tuple(results),
         settings={"days": days, "seed": seed, "therapies_b": [t.to_dict() for t in therapies_b],
+                  "prior_population": population, "cohort_fit_s": cohort_s, "cohort_fit_cpu_s": cohort_cpu,
                   "identified": list(population_prior("all").names), "sampler": {
                       k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min")}},
     )  # fmt: skip
@@ -280,19 +295,20 @@ def compare_parameter_sets(
     days: int = 2,
     seed: int = 1,
     therapies_b: Sequence[Therapy] = DEFAULT_THERAPIES_B,
+    population: str = "group",
 ) -> list[dict[str, Any]]:
     """For each set of identified parameters: MAP fits (no sampling) on therapy A, the replay of each therapy B at
     the MAP against the truth; medians over *names* of the fit RMSE against true BG, the replay RMSE, and the share
     of patients whose replayed time in range is within 5 points. The empirical check of the identifiability
-    analysis (leave-one-out priors)."""
+    analysis (leave-one-out priors, *population* as in :func:`validate_twin`; all patients' MAP fits batched)."""
     sim = simulate_therapy_a(names, days=days, seed=seed)
     out = []
     for identified in candidate_sets:
         rows = []
-        for b, name in enumerate(sim.cohort.names):
+        priors = [_prior_for(name, population, identified) for name in sim.cohort.names]
+        found = fit_map_cohort(list(sim.data), priors)
+        for b, (theta, model) in enumerate(found):
             data = sim.data[b]
-            prior = population_prior("all", identified=identified, exclude=[name])
-            theta, model = fit_map(data, prior)
             g0 = float(np.exp(theta[-1]))
             fitted = model.simulate(theta[None, :-1], data, initial_glucose_mg_dl=g0)[:, 0]
             n = min(fitted.size, sim.result.bg_mg_dl.shape[0])

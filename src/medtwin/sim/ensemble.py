@@ -20,7 +20,7 @@ sampler is written once over any ``log_prob(theta (B, d)) -> (B,)``; -inf marks 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from medtwin.errors import ValidationError
 from medtwin.sim.model import FloatArray
 
-__all__ = ["EnsembleRun", "LogProb", "TProposal", "run_ensemble"]
+__all__ = ["EnsembleRun", "LogProb", "TProposal", "ensemble_steps", "run_ensemble"]
 
 LogProb = Callable[[FloatArray], FloatArray]
 _STRETCH_A = 2.0
@@ -105,8 +105,7 @@ def _propose(
     return y, np.zeros(n)
 
 
-def run_ensemble(
-    log_prob: LogProb,
+def ensemble_steps(
     start: FloatArray,
     steps: int,
     *,
@@ -114,9 +113,10 @@ def run_ensemble(
     start_log_prob: FloatArray | None = None,
     moves: tuple[tuple[str, float], ...] = (("de", 0.8), ("stretch", 0.2)),
     proposal: TProposal | None = None,
-) -> EnsembleRun:
-    """Run the ensemble from *start* ``(walkers, d)`` for *steps* steps (see the module docstring); the
-    ``independence`` move needs *proposal*."""
+) -> Generator[FloatArray, FloatArray, EnsembleRun]:
+    """:func:`run_ensemble` as a generator: it yields each batch of points ``(n, d)`` whose log densities it needs and
+    is sent them back ``(n,)``; its return value is the run. A caller can so advance many runs in lockstep and
+    evaluate all their batches at once (``medtwin.glucose.identify.fit_cohort``)."""
     walkers, d = start.shape
     if walkers < 2 * d + 2 or walkers % 2:
         raise ValidationError(f"ensemble: need an even number of walkers >= 2 d + 2 = {2 * d + 2}, got {walkers}")
@@ -127,7 +127,10 @@ def run_ensemble(
         raise ValidationError("ensemble: the independence and walk moves need a proposal")
     weights = np.array([w for _, w in moves], dtype=np.float64)
     x = np.array(start, dtype=np.float64)
-    lp = log_prob(x) if start_log_prob is None else np.array(start_log_prob, dtype=np.float64)
+    if start_log_prob is None:
+        lp = np.array((yield x.copy()), dtype=np.float64)
+    else:
+        lp = np.array(start_log_prob, dtype=np.float64)
     evaluations = 0 if start_log_prob is not None else walkers
     if not np.all(np.isfinite(lp)):
         raise ValidationError(f"ensemble: {int(np.sum(~np.isfinite(lp)))} starting walkers have zero density")
@@ -141,7 +144,7 @@ def run_ensemble(
         for which in (0, 1):
             own, other = halves[which], halves[1 - which]
             y, log_factor = _propose(move, x[own], x[other], rng, s, proposal)
-            lp_y = log_prob(y)
+            lp_y = np.asarray((yield y), dtype=np.float64)
             evaluations += own.size
             ok = np.log(rng.random(own.size)) < lp_y - lp[own] + log_factor
             ok &= np.isfinite(lp_y)
@@ -153,3 +156,25 @@ def run_ensemble(
     return EnsembleRun(
         chain=chain, log_prob=chain_lp, accepted=accepted, proposed=steps * walkers, evaluations=evaluations
     )
+
+
+def run_ensemble(
+    log_prob: LogProb,
+    start: FloatArray,
+    steps: int,
+    *,
+    rng: np.random.Generator,
+    start_log_prob: FloatArray | None = None,
+    moves: tuple[tuple[str, float], ...] = (("de", 0.8), ("stretch", 0.2)),
+    proposal: TProposal | None = None,
+) -> EnsembleRun:
+    """Run the ensemble from *start* ``(walkers, d)`` for *steps* steps (see the module docstring); the
+    ``independence`` move needs *proposal*."""
+    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, moves=moves, proposal=proposal)
+    try:
+        points = next(run)
+        while True:
+            points = run.send(log_prob(points))
+    except StopIteration as done:
+        result: EnsembleRun = done.value
+        return result
