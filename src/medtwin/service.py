@@ -24,12 +24,16 @@ import gc
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["PARENT_GRACE_S", "SERVICE_GC_THRESHOLDS", "exit_with_parent", "prepare_service_heap"]
+__all__ = ["PARENT_GRACE_S", "SERVICE_GC_THRESHOLDS", "drain_batch", "exit_with_parent", "prepare_service_heap"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PARENT_GRACE_S = 10.0
 """Seconds a child has, after its parent died, to stop on its own before it is ended (``os._exit``)."""
@@ -74,3 +78,20 @@ def exit_with_parent(
     thread = threading.Thread(target=watch, name="medtwin-parent-watch", daemon=True)
     thread.start()
     return thread
+
+
+def drain_batch(
+    q: queue.SimpleQueue[T | None] | queue.Queue[T | None], first: T, max_batch: int
+) -> tuple[list[T], bool]:
+    """A writer thread's next group: *first* and whatever else is queued now, up to *max_batch* items, without
+    waiting; and whether the stop sentinel (None) was met (the group is still to be written, then the thread ends)."""
+    batch = [first]
+    while len(batch) < max_batch:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            return batch, True
+        batch.append(nxt)
+    return batch, False

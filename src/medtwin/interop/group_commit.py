@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from medtwin.records import Record
+from medtwin.service import drain_batch
 from medtwin.store import RawMessage, WriteResult, raw_digest
 
 __all__ = ["GroupCommitWriter", "IngestSink", "MemorySink", "StoredBatch"]
@@ -176,17 +177,7 @@ class GroupCommitWriter:
             item = self._queue.get()
             if item is None:
                 return
-            batch = [item]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = drain_batch(self._queue, item, self.max_batch)
             started = time.perf_counter()
             cpu = time.thread_time()
             self._commit(batch)

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
 from medtwin.errors import ValidationError
+from medtwin.service import drain_batch
 from medtwin.store import Store, schema
 from medtwin.store.engine import is_memory_url, sqlite_file
 
@@ -359,17 +360,7 @@ class AuditTrail:
             first = self._queue.get()
             if first is None:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = drain_batch(self._queue, first, self._max_batch)
             events = [(e, f) for e, f in batch if e is not _FLUSH]
             try:
                 seqs = self._append([e for e, _ in events]) if events else []
