@@ -18,9 +18,11 @@ from medtwin.crypto import (
     DataKeys,
     KeyringError,
     PseudonymKey,
+    default_key_path,
     generate_keyring,
     keyring_from_env,
     load_keyring,
+    open_keyring,
 )
 from medtwin.interop.hl7v2 import map_message, parse_message
 from medtwin.records import Identifier, Patient, PatientIdentity
@@ -53,6 +55,24 @@ def test_a_new_database_gets_a_key_file_beside_it_mode_0600_with_a_warning(
     ring = load_keyring(key_file)
     assert len(ring.current[1]) == 32
     assert len(ring.secret) == 32
+
+
+def test_a_server_database_key_goes_to_a_private_config_folder_created_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEDTWIN_MASTER_KEY", raising=False)
+    monkeypatch.delenv("MEDTWIN_KEY_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "fresh-home"))  # a fresh account: no ~/.config at all
+    url = "postgresql+psycopg://medtwin@127.0.0.1:5432/test"
+    path = default_key_path(url)
+    assert path is not None
+    assert not path.parent.exists()
+    ring = open_keyring(url)
+    assert ring.path == path
+    assert ring.generated
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_keyring(path).secret == ring.secret
 
 
 def test_another_key_file_is_refused(tmp_path: Path) -> None:

@@ -286,7 +286,8 @@ def open_keyring(url: str, *, create: bool = True, path: Path | None = None) -> 
             f"(set ${KEY_FILE_ENV} or ${MASTER_KEY_ENV})"
         )
     keyring = generate_keyring(path)
-    try:
+    try:  # ~/.config/medtwin may not exist yet on a fresh account: create it private
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it in between: use theirs
         return load_keyring(path)
