@@ -18,9 +18,11 @@ def _claims(**extra: Any) -> dict[str, Any]:
 
 
 def test_the_default_mapping_reads_medtwin_claims() -> None:
-    p = ClaimMapping().principal(_claims(medtwin_role="nurse", wards=["W1"], teams=["cardio"], scope="openid user/*.rs"))
+    claims = _claims(medtwin_role="nurse", wards=["W1"], teams=["cardio"], scope="openid user/*.rs")
+    p = ClaimMapping().principal(claims)
     assert (p.role, p.wards, p.teams, p.username) == ("nurse", frozenset({"W1"}), frozenset({"cardio"}), "ada")
-    assert p.scopes.permits("Observation", "r") and not p.scopes.permits("Observation", "c")
+    assert p.scopes.permits("Observation", "r")
+    assert not p.scopes.permits("Observation", "c")
     assert ClaimMapping().principal(_claims(medtwin_role=["offline", "clinician"])).role == "clinician"
 
 
@@ -57,7 +59,8 @@ def test_a_user_with_no_mapped_role_is_refused_with_what_was_seen() -> None:
 def test_the_default_scope_applies_only_to_a_token_without_smart_scopes() -> None:
     mapping = ClaimMapping(default_scope="user/*.rs")
     plain = mapping.principal(_claims(medtwin_role="nurse", scope="openid profile"))
-    assert plain.scopes.permits("Patient", "r") and "openid" in plain.scopes.other
+    assert plain.scopes.permits("Patient", "r")
+    assert "openid" in plain.scopes.other
     narrow = mapping.principal(_claims(medtwin_role="nurse", scope="openid user/Observation.r"))
     assert not narrow.scopes.permits("Patient", "r")  # the token's own SMART scopes are never widened
 
@@ -120,6 +123,22 @@ def test_a_wrong_file_says_where(tmp_path: Path, text: str, message: str) -> Non
     path.write_text(text)
     with pytest.raises(ValidationError, match=message):
         OidcSettings.from_file(path)
+
+
+def test_the_example_in_docs_security_md_is_valid(tmp_path: Path) -> None:
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    assert len(blocks) == 1
+    path = tmp_path / "oidc.toml"
+    path.write_text(blocks[0])
+    s = OidcSettings.from_file(path)
+    assert s.client_id == "medtwin-web"
+    assert s.claims.roles[0] == ("medtwin-doctor", "clinician")
+    p = s.claims.principal(_claims(realm_access={"roles": ["medtwin-pharmacy"]}, groups=["/wards/W2", "/teams/t"]))
+    assert (p.role, p.wards, p.teams) == ("pharmacist", frozenset({"W2"}), frozenset({"t"}))
+    assert p.scopes.permits("MedicationRequest", "c")  # the default scope (the role limits it again in the policy)
 
 
 def test_serve_takes_one_source_of_the_external_issuer(tmp_path: Path) -> None:

@@ -174,7 +174,8 @@ class LoopbackIdP:
             def _send(self, status: int, body: str | dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 data = (json.dumps(body) if isinstance(body, dict) else body).encode()
                 self.send_response(status)
-                heads = {"Content-Type": "application/json" if isinstance(body, dict) else "text/plain", **(headers or {})}
+                kind = "application/json" if isinstance(body, dict) else "text/plain"
+                heads = {"Content-Type": kind, **(headers or {})}
                 origin = self.headers.get("Origin")
                 if origin:  # CORS for the browser app's token exchange, refresh and revocation
                     heads["Access-Control-Allow-Origin"] = origin
