@@ -156,3 +156,31 @@ def test_serve_takes_one_source_of_the_external_issuer(tmp_path: Path) -> None:
         _oidc_settings(path, "https://i", "medtwin", None)
     with pytest.raises(ValidationError, match="needs --oidc-issuer"):
         _oidc_settings(None, None, "medtwin", "web")
+
+
+def test_an_unreachable_issuer_is_asked_again_only_after_a_pause() -> None:
+    import httpx
+
+    from medtwin.security.oidc import OidcVerifier
+
+    calls: list[str] = []
+    up = False
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(str(request.url))
+        if not up:
+            return httpx.Response(503)
+        return httpx.Response(200, json={"issuer": "https://idp.example.org", "jwks_uri": "https://idp.example.org/k"})
+
+    now = [1000.0]
+    http = httpx.Client(transport=httpx.MockTransport(answer))
+    verifier = OidcVerifier("https://idp.example.org", "medtwin", http=http, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(TokenError, match="cannot read"):
+            verifier.discovery()
+    assert len(calls) == 1  # the failure is remembered, not retried on every page
+    up = True
+    now[0] += 31.0
+    assert verifier.discovery()["jwks_uri"] == "https://idp.example.org/k"
+    assert verifier.discovery()["jwks_uri"] == "https://idp.example.org/k"
+    assert len(calls) == 2  # read once, then kept

@@ -277,6 +277,21 @@ def test_a_provider_user_without_a_medtwin_role_is_denied(platform: Platform, id
     page.wait_for_selector("#login-reason:has-text('refused')")
 
 
+def test_automatic_logoff_also_ends_the_providers_session(platform: Platform, idp: LoopbackIdP, context: Any) -> None:
+    page = context.new_page()
+    page.clock.install()
+    _external_sign_in(page, platform, idp, "kim.ext")
+    page.wait_for_selector("#board tbody tr")
+    before = len(idp.logouts)
+    page.clock.fast_forward("14:30")
+    page.wait_for_selector("#idle-dialog[open]")
+    page.clock.fast_forward("01:00")
+    page.wait_for_url("**/app/login")
+    page.wait_for_selector("#login-reason:has-text('inactivity')")
+    assert len(idp.logouts) == before + 1
+    assert page.evaluate("() => sessionStorage.getItem('mt.token')") is None
+
+
 @pytest.mark.parametrize("tamper", ["state", "nonce"])
 def test_a_tampered_state_or_nonce_is_refused(platform: Platform, idp: LoopbackIdP, context: Any,
                                               tamper: str) -> None:  # fmt: skip

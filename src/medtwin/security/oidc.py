@@ -265,6 +265,7 @@ class OidcVerifier:
         self.cache_size = cache_size
         self._keys: dict[str, Any] = {}
         self._discovery: dict[str, Any] | None = None
+        self._discovery_failed: tuple[float, TokenError] | None = None
         self._fetched = -1e18
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Principal] = OrderedDict()
@@ -275,7 +276,9 @@ class OidcVerifier:
         return cls(settings.issuer, settings.audience, claims=settings.claims, **kwargs)
 
     def discovery(self) -> dict[str, Any]:
-        """The issuer's discovery document (read once; again after a failure).
+        """The issuer's discovery document (read once; after a failure, read again no sooner than
+        ``min_refetch_s`` seconds or 30 s later, whichever is less: an unreachable issuer does not make every page
+        of the web app wait for its timeout).
 
         Raises
         ------
@@ -283,18 +286,26 @@ class OidcVerifier:
             ``temporarily_unavailable``: it cannot be read; ``server_error``: it names another issuer or no JWKS.
         """
         doc = self._discovery
-        if doc is None:
-            url = f"{self.issuer}/.well-known/openid-configuration"
+        if doc is not None:
+            return doc
+        failed = self._discovery_failed
+        if failed is not None and self.clock() - failed[0] < min(self.min_refetch_s, 30.0):
+            raise failed[1]
+        url = f"{self.issuer}/.well-known/openid-configuration"
+        try:
             try:
-                doc = self.http.get(url).raise_for_status().json()
+                got = self.http.get(url).raise_for_status().json()
             except (httpx.HTTPError, ValueError) as exc:
                 raise TokenError("temporarily_unavailable", f"cannot read {url}: {exc}") from None
-            if not isinstance(doc, dict):
+            if not isinstance(got, dict):
                 raise TokenError("server_error", f"{url}: not a JSON object")
-            if str(doc.get("issuer", "")).rstrip("/") != self.issuer or not isinstance(doc.get("jwks_uri"), str):
+            if str(got.get("issuer", "")).rstrip("/") != self.issuer or not isinstance(got.get("jwks_uri"), str):
                 raise TokenError("server_error", f"{url}: the issuer or jwks_uri does not match {self.issuer}")
-            self._discovery = doc
-        return doc
+        except TokenError as exc:
+            self._discovery_failed = (self.clock(), exc)
+            raise
+        self._discovery = got
+        return got
 
     def _fetch_keys(self) -> None:
         now = self.clock()

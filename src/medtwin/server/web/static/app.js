@@ -166,7 +166,9 @@ const MT = (() => {
         body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: t.refresh, client_id: iss.client_id }) });
     } catch (e) { return false; }
     if (!r.ok) return false;
-    saveTokens(await r.json(), t.kind, t.id_token);
+    const body = await r.json();
+    if (signingOut) return false;   // a sign-out began meanwhile: do not bring the tokens back
+    saveTokens(body, t.kind, t.id_token);
     return true;
   }
 

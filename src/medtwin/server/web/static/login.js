@@ -5,7 +5,8 @@
   const params = new URLSearchParams(location.search);
   const reasons = { idle: "You were signed out after a period of inactivity.", expired: "Your session ended; please sign in again.",
     "signed-out": "You are signed out.", denied: "You are signed out (medtwin access was refused)." };
-  const why = reasons[params.get("reason") || MT.takeSignOutReason()];
+  const stored = MT.takeSignOutReason();   // set before a sign-out through the identity provider's logout
+  const why = reasons[params.get("reason") || stored];
   if (why) MT.status("login-reason", why);
   const next = params.get("next");
   const target = next && next.startsWith("/app") ? next : "/app/";
