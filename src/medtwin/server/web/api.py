@@ -143,9 +143,10 @@ async def signin_external(request: Request) -> JSONBody:
             raise TokenError("invalid_token", "the access token is not of the ID token's user and issuer")
     except TokenError as exc:
         await platform.record(who, "login", what, outcome="denied", source=source, detail=f"access token: {exc}")
-        if exc.error == "insufficient_scope":
-            raise ApiError(403, "access-denied", f"{exc}. Ask your administrator to give you a medtwin role at "
-                                                 f"{settings.name}.") from None  # fmt: skip
+        if exc.error == "insufficient_scope":  # the claims read and what they held are in the audit record
+            raise ApiError(403, "access-denied", f"Your account {who.username or subject!r} at {settings.name} has no "
+                                                 "medtwin role. Ask your administrator to give you one "
+                                                 "(a clinical role, your wards and care teams).") from None  # fmt: skip
         raise ApiError(401, exc.error, f"sign-in refused: {exc}") from None
     await platform.record(principal, "login", f"user:{principal.username or subject}", source=source,
                           detail=f"external OpenID Connect sign-in ({verifier.issuer})")  # fmt: skip
