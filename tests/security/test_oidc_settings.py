@@ -102,6 +102,9 @@ def test_the_documented_file_is_read(tmp_path: Path) -> None:
                                                                                  "/wards/")  # fmt: skip
     assert s.claims.teams_claim == "teams"  # not given: the default
     assert s.scope == "openid profile"
+    assert s.builtin_signin is True
+    path.write_text(EXAMPLE.replace('name = "St', 'builtin_signin = false\nname = "St'))
+    assert OidcSettings.from_file(path).builtin_signin is False
 
 
 @pytest.mark.parametrize(
@@ -114,6 +117,7 @@ def test_the_documented_file_is_read(tmp_path: Path) -> None:
         ('[oidc]\nissuer = "https://i"\n[oidc.claims]\nroles = "nurse"\n', r"claims.roles must be a table"),
         ('[oidc]\nissuer = "ldap://i"\n', r"an http\(s\) URL is required"),
         ('[oidc]\nissuer = "https://i"\nclient_id = 5\n', r"client_id must be a non-empty string, not 5"),
+        ('[oidc]\nissuer = "https://i"\nbuiltin_signin = "no"\n', r"builtin_signin must be true or false"),
         ("[store]\nurl = 'sqlite://'\n", r"no \[oidc\] table"),
         ("[oidc\n", r"oidc.toml: "),
     ],

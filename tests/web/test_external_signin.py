@@ -25,10 +25,12 @@ KEYCLOAK_CLAIMS = ClaimMapping(role_claim="realm_access.roles", roles=(("medtwin
 
 
 class Web:
-    def __init__(self, idp: LoopbackIdP, folder: Any, *, client_id: str | None = "medtwin-web") -> None:
+    def __init__(self, idp: LoopbackIdP, folder: Any, *, client_id: str | None = "medtwin-web",
+                 builtin_signin: bool = True) -> None:  # fmt: skip
         self.idp = idp
         self.store = Store(f"sqlite:///{folder / 'ext.db'}")
-        oidc = OidcSettings(idp.url, client_id=client_id, name="Test Hospital IdP", claims=KEYCLOAK_CLAIMS)
+        oidc = OidcSettings(idp.url, client_id=client_id, name="Test Hospital IdP", claims=KEYCLOAK_CLAIMS,
+                            builtin_signin=builtin_signin)  # fmt: skip
         settings = ServerSettings(issuer="http://127.0.0.1:9", rate_per_s=None, oidc=oidc, argon2_time_cost=1,
                                   argon2_memory_kib=1024, audit_key_path=str(folder / "audit.key"))  # fmt: skip
         self.platform = Platform.open(settings, self.store)
@@ -64,7 +66,9 @@ def web(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_the_config_names_the_external_issuers_endpoints_from_its_discovery_document(web: Web) -> None:
-    ext = web.client.get("/app/api/config").json()["external"]
+    config = web.client.get("/app/api/config").json()
+    assert config["builtin"] is True  # offered beside it unless configured away
+    ext = config["external"]
     assert ext["available"] is True
     assert ext["name"] == "Test Hospital IdP"
     assert ext["client_id"] == "medtwin-web"
@@ -201,12 +205,26 @@ def test_without_a_web_client_id_the_issuer_is_trusted_but_not_offered(tmp_path:
         idp.close()
 
 
+def test_the_page_can_offer_the_provider_only(tmp_path: Any) -> None:
+    idp = LoopbackIdP()
+    web = Web(idp, tmp_path, builtin_signin=False)
+    try:
+        config = web.client.get("/app/api/config").json()
+        assert config["builtin"] is False
+        assert config["external"]["available"] is True
+    finally:
+        web.close()
+        idp.close()
+
+
 def test_an_unreachable_issuer_is_shown_as_unavailable(tmp_path: Any) -> None:
     idp = LoopbackIdP()
     idp.close()  # nobody answers at its address now
-    web = Web(idp, tmp_path)
+    web = Web(idp, tmp_path, builtin_signin=False)
     try:
-        ext = web.client.get("/app/api/config").json()["external"]
+        config = web.client.get("/app/api/config").json()
+        assert config["builtin"] is True  # configured away, but the provider cannot be reached: offered anyway
+        ext = config["external"]
         assert ext["available"] is False
         assert "cannot read" in ext["error"]
         assert "authorize" not in ext

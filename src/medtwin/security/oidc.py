@@ -149,7 +149,17 @@ class ClaimMapping:
 _CLAIM_KEYS = {"role": "role_claim", "wards": "wards_claim", "ward_prefix": "ward_prefix", "teams": "teams_claim",
                "team_prefix": "team_prefix", "username": "username_claim",
                "default_scope": "default_scope"}  # fmt: skip
-_OIDC_KEYS = ("issuer", "audience", "client_id", "redirect_uri", "post_logout_redirect_uri", "name", "scope", "claims")
+_OIDC_KEYS = (
+    "issuer",
+    "audience",
+    "client_id",
+    "redirect_uri",
+    "post_logout_redirect_uri",
+    "name",
+    "scope",
+    "builtin_signin",
+    "claims",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +172,8 @@ class OidcSettings:
     tokens but the sign-in page offers no button for it. *redirect_uri*: the callback registered there (default: the
     app's ``/app/callback`` on the origin it is served from); *post_logout_redirect_uri* likewise (default
     ``/app/login``). *name*: the button's label ("Sign in with *name*"). *scope*: what the app asks for.
+    *builtin_signin*: False: the sign-in page offers the external issuer only (medtwin's own accounts still sign
+    in through the API's OAuth endpoints, e.g. an administrator's local account).
     """
 
     issuer: str
@@ -172,6 +184,7 @@ class OidcSettings:
     post_logout_redirect_uri: str | None = None
     name: str = "your organisation's sign-in"
     scope: str = "openid profile"
+    builtin_signin: bool = True
 
     def __post_init__(self) -> None:
         if not self.issuer.startswith(("https://", "http://")):
@@ -214,7 +227,11 @@ class OidcSettings:
                 raise ValidationError(f"{where}: unknown key claims.{key!r} (known: {known})")
         try:
             claims = ClaimMapping(**mapping)
-            values = {k: text(k, v) for k, v in table.items() if k != "claims"}
+            values: dict[str, Any] = {k: text(k, v) for k, v in table.items() if k not in ("claims", "builtin_signin")}
+            if "builtin_signin" in table:
+                if not isinstance(table["builtin_signin"], bool):
+                    raise ValidationError(f"builtin_signin must be true or false, not {table['builtin_signin']!r}")
+                values["builtin_signin"] = table["builtin_signin"]
             return cls(claims=claims, **values)
         except ValidationError as exc:
             raise ValidationError(f"{where}: {exc}") from None

@@ -66,12 +66,17 @@ def _idle_s(request: Request) -> int:
 async def config(request: Request) -> JSONBody:
     """What the browser needs before sign-in: client id, idle timeout, the built-in issuer's endpoints and, when an
     external OpenID Connect issuer is configured with a web client id, its endpoints from its discovery document
-    (no secret: both are public clients with PKCE)."""
+    (no secret: both are public clients with PKCE), and whether the page offers the built-in sign-in."""
     platform = platform_of(request)
+    external = await _external_config(platform)
+    oidc = platform.settings.oidc
+    # the built-in sign-in is offered unless configured away, and always while the external issuer is unreachable
+    builtin = external is None or not external["available"] or oidc is None or oidc.builtin_signin
     return JSONBody({
         "client_id": CLIENT_ID, "idle_s": _idle_s(request), "security": platform.settings.security,
         "authorize": "/oauth/authorize", "token": "/oauth/token", "revoke": "/oauth/revoke",
-        "scope": "openid user/*.cruds", "external": await _external_config(platform),
+        "scope": "openid user/*.cruds", "external": external,
+        "builtin": builtin,
     })  # fmt: skip
 
 

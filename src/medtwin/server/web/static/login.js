@@ -12,8 +12,10 @@
   const target = next && next.startsWith("/app") ? next : "/app/";
   document.getElementById("signin").addEventListener("click", () => MT.signIn(target, false));
   const c = await MT.getConfig();
+  if (!c.builtin) document.getElementById("builtin").hidden = true;   // the provider only (configured)
   if (c.external) {
     document.getElementById("oidc").hidden = false;
+    document.getElementById("builtin-or").hidden = false;
     document.getElementById("oidc-name").textContent = c.external.name;
     const button = document.getElementById("signin-external");
     if (c.external.available) {
