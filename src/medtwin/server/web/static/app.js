@@ -213,11 +213,13 @@ const MT = (() => {
       const ext = (await getConfig()).external;
       try {   // this API refuses the access token from now on
         await fetch("/app/api/signout/external", { method: "POST", headers: { Authorization: "Bearer " + t.access } });
-        if (t.refresh && ext && ext.revoke) {
+      } catch (e) { /* signed out locally all the same */ }
+      if (t.refresh && ext && ext.revoke) {
+        try {
           await fetch(ext.revoke, { method: "POST", headers: FORM,
             body: new URLSearchParams({ token: t.refresh, token_type_hint: "refresh_token", client_id: ext.client_id }) });
-        }
-      } catch (e) { /* signed out locally all the same */ }
+        } catch (e) { /* the provider's session is ended below all the same */ }
+      }
       endSession(ext, t.id_token, reason);
       return;
     }
