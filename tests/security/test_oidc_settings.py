@@ -188,3 +188,16 @@ def test_an_unreachable_issuer_is_asked_again_only_after_a_pause() -> None:
     assert verifier.discovery()["jwks_uri"] == "https://idp.example.org/k"
     assert verifier.discovery()["jwks_uri"] == "https://idp.example.org/k"
     assert len(calls) == 2  # read once, then kept
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_serve_and_demo_refuse_a_wrong_file_before_starting(tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from medtwin.cli import app
+
+    path = tmp_path / "oidc.toml"
+    path.write_text('[oidc]\nissuer = "https://i"\n[oidc.claims.roles]\nChiefs = "boss"\n')
+    result = CliRunner().invoke(app, [command, "--oidc-config", str(path), "--port", "0"])
+    assert result.exit_code != 0
+    assert "'boss' is not one of" in result.output
