@@ -398,7 +398,11 @@ def test_glucose_what_if_shows_two_curves(platform: Platform, context: Any, shot
     page.wait_for_selector("#agp-chart .main-svg")
     assert "Time in range 70-180" in page.inner_text("#cgm-metrics")
     page.fill("#bolus-scale", "1.3")
-    page.click("#whatif-run")
+    page.fill("#meal-scale", "1.2")
+    with page.expect_response("**/glucose/whatif", timeout=60_000) as answer:
+        page.click("#whatif-run")
+    changed = answer.value.json()["curves"][1]["therapy"]
+    assert (changed["bolus_scale"], changed["meal_scale"]) == (1.3, 1.2)  # the form's insulin and meal changes
     page.wait_for_selector("#whatif-table:not([hidden])", timeout=60_000)
     curves = page.evaluate(
         "document.getElementById('whatif-chart').data.filter(t => t.mode === 'lines' && t.fill === undefined"

@@ -349,16 +349,19 @@ async def _json(request: Request) -> dict[str, Any]:
 
 @router.post("/patient/{patient_id}/glucose/whatif")
 async def glucose_whatif(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
-    """The twin's replay of the recorded days under the recorded therapy and under a changed one."""
+    """The twin's replay of the recorded days under the recorded therapy and under a changed one (bolus and basal
+    scale, bolus shift, meal size)."""
     what = f"Patient/{patient_id}/glucose-twin/what-if"
     await _patient(request, principal, patient_id, "Observation", "r", what)
     body = await _json(request)
-    args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0))}
+    args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0),
+                                                 ("meal_scale", 1.0))}  # fmt: skip
     platform = platform_of(request)
     try:
         out = await run_in_threadpool(
             lambda: data.glucose_whatif(platform.store, patient_id, bolus_scale=args["bolus_scale"],
-                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"])
+                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"],
+                                        meal_scale=args["meal_scale"])
         )  # fmt: skip
     except KeyError:
         raise ApiError(404, "not-found", "this patient has no glucose twin") from None
