@@ -234,6 +234,7 @@ def test_sign_in_with_the_hospital_identity_provider_then_sign_out(platform: Pla
     wait_for_monitor_patients(platform)
     page = context.new_page()
     page.goto(platform.origin + "/app/login")
+    page.wait_for_selector("#signin-external:visible")  # shown once the page has read the config
     assert page.inner_text("#signin-external") == "Sign in with Test Hospital IdP"
     assert page.is_visible("#signin")  # the built-in sign-in stays beside it
     page.screenshot(path=str(shots / "login-external.png"))
