@@ -72,6 +72,12 @@ def test_replay_forecast_advise(tmp_path: Path, twin_file: Path, twin_days: Any)
     )
     assert res.exit_code == 0, res.output
     assert "tir_pct" in res.stdout
+    res = runner.invoke(app, ["glucose", "twin", "replay", str(twin_file), "--meal-scale", "1.5", "--draws", "20",
+                              "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    recorded, bigger = json.loads(res.stdout)["replays"]
+    assert bigger["therapy"]["meal_scale"] == 1.5
+    assert bigger["metrics"]["mean_mg_dl"]["median"] > recorded["metrics"]["mean_mg_dl"]["median"]
 
     new = twin_days.data[0].window(2880.0, 3060.0).write_csv(tmp_path / "new.csv")
     fpng = tmp_path / "forecast.png"

@@ -176,6 +176,13 @@ def test_therapies_rewrite_boluses_and_basal() -> None:
     b = apply_therapy(d, Therapy(bolus_scale=1.3, bolus_shift_min=-20))
     np.testing.assert_allclose(b.bolus_u, [4.5 * 1.3])
     np.testing.assert_allclose(b.bolus_t_min, [5.0])
+    np.testing.assert_array_equal(b.carbs_g, d.carbs_g)  # meals as recorded unless asked
+    m = apply_therapy(d, Therapy(meal_scale=1.5))
+    np.testing.assert_allclose(m.carbs_g, d.carbs_g * 1.5)
+    np.testing.assert_array_equal(m.carbs_t_min, d.carbs_t_min)
+    np.testing.assert_array_equal(m.bolus_u, d.bolus_u)
+    with pytest.raises(ValidationError, match="scales must be >= 0"):
+        Therapy(meal_scale=-1.0)
     # local day starts at 06:00 here: a 06:30 segment starts 30 minutes in
     p = apply_therapy(d, Therapy(basal_profile=parse_basal_profile("00:00=0.5,06:30=1.5,22:00=0.6")))
     np.testing.assert_allclose(p.basal_rate_at(np.array([0.0, 29.0, 30.0, 16 * 60.0 + 1])), [0.5, 0.5, 1.5, 0.6])

@@ -23,19 +23,23 @@ from medtwin.glucose.therapy import Therapy, apply_therapy
 def test_replay_tracks_the_truth_of_another_therapy(twin_days: Any, twin_posterior: Posterior) -> None:
     data = twin_days.data[0].window(0.0, 2880.0)
     twin = PersonalGlucoseTwin(data, twin_posterior)
-    recorded, more, earlier = twin.replay(
-        [Therapy(), Therapy(name="x1.3", bolus_scale=1.3), Therapy(name="-20", bolus_shift_min=-20)], draws=100
-    )
+    recorded, more, earlier, bigger_meals = twin.replay(
+        [Therapy(), Therapy(name="x1.3", bolus_scale=1.3), Therapy(name="-20", bolus_shift_min=-20),
+         Therapy(name="meals x1.3", meal_scale=1.3)], draws=100,
+    )  # fmt: skip
     # the recorded days: the band (of true glucose, not of noisy readings) holds the virtual patient's glucose
     true_bg = twin_days.result.bg_mg_dl[: recorded.median_mg_dl.size, 0]
     inside = (true_bg >= recorded.lo95_mg_dl) & (true_bg <= recorded.hi95_mg_dl)
     assert inside.mean() > 0.8
-    for result, therapy in ((more, Therapy(bolus_scale=1.3)), (earlier, Therapy(bolus_shift_min=-20))):
+    for result, therapy in ((more, Therapy(bolus_scale=1.3)), (earlier, Therapy(bolus_shift_min=-20)),
+                            (bigger_meals, Therapy(meal_scale=1.3))):  # fmt: skip
         truth = true_glucose(twin_days.cohort, [apply_therapy(data, therapy)])[:, 0]
         n = min(truth.size, result.median_mg_dl.size)
         assert np.sqrt(np.mean((result.median_mg_dl[:n] - truth[:n]) ** 2)) < 15.0
     assert more.metrics["mean_mg_dl"][0] < recorded.metrics["mean_mg_dl"][0] - 5.0  # more insulin, lower glucose
     assert more.insulin_u[0] > recorded.insulin_u[0]
+    assert bigger_meals.metrics["mean_mg_dl"][0] > recorded.metrics["mean_mg_dl"][0] + 5.0  # same insulin, more food
+    assert bigger_meals.insulin_u[0] == pytest.approx(recorded.insulin_u[0])
     assert set(more.to_dict()["metrics"]) >= {"tir_pct", "tbr_level1_pct", "cv_pct", "lbgi"}
 
 
@@ -48,6 +52,9 @@ def test_closed_loop_replay_with_a_controller(twin_days: Any, twin_posterior: Po
     )  # fmt: skip
     assert basal_only.metrics["mean_mg_dl"][0] > bb.metrics["mean_mg_dl"][0] + 20  # no meal boluses: high glucose
     assert bb.insulin_u[0] > basal_only.insulin_u[0]
+    (bb_bigger,) = twin.replay([Therapy(name="bb, meals x1.5", controller="basal-bolus", cr_g_per_u=10.0,
+                                        cf_mg_dl_per_u=20.0, meal_scale=1.5)], draws=40)  # fmt: skip
+    assert bb_bigger.insulin_u[0] > bb.insulin_u[0] * 1.1  # the controller is told the bigger meals and boluses more
 
 
 def _forecaster(twin_days: Any, twin_posterior: Posterior) -> tuple[GlucoseForecaster, Any]:

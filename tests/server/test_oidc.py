@@ -16,6 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from medtwin.security.oidc import OidcSettings
+
 from .conftest import Api, make_api, seed_patient
 
 
@@ -92,7 +94,7 @@ def issuer() -> Iterator[Issuer]:
 
 @pytest.fixture
 def oidc_api(issuer: Issuer, tmp_path: Path) -> Iterator[Api]:
-    api = make_api(f"sqlite:///{tmp_path / 'oidc.db'}", tmp_path, oidc_issuer=issuer.url)
+    api = make_api(f"sqlite:///{tmp_path / 'oidc.db'}", tmp_path, oidc=OidcSettings(issuer.url))
     assert api.platform.oidc is not None
     api.platform.oidc.min_refetch_s = 0.0
     api.platform.extra["pid"] = seed_patient(api.store, "o1", ward="W1", index=1).patient_id

@@ -31,7 +31,10 @@ if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
                 allow_module_level=True)  # fmt: skip
 
 from medtwin.cli.platform_demo import free_port, run_platform_demo  # noqa: E402
+from medtwin.security.oidc import ClaimMapping, OidcSettings  # noqa: E402
 from medtwin.store import Store  # noqa: E402
+
+from .oidc_issuer import LoopbackIdP  # noqa: E402
 
 PASSWORD = "browser-test-pw"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
@@ -40,8 +43,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 class Platform:
     """The demo platform running in a background thread with its own event loop."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, oidc: OidcSettings | None = None) -> None:
         self.folder = folder
+        self.oidc = oidc
         self.info: dict[str, Any] = {}
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -65,7 +69,7 @@ class Platform:
             await run_platform_demo(data_dir=self.folder, host="127.0.0.1", port=free_port(), mllp_port=0,
                                     minutes=None, monitors=True, patients=6, time_scale=720.0, interval_s=0.5,
                                     console=Console(file=io.StringIO()), stop=self.stop, on_ready=ready,
-                                    password=PASSWORD)  # fmt: skip
+                                    password=PASSWORD, oidc=self.oidc)  # fmt: skip
 
         try:
             run_loop(main())
@@ -92,8 +96,22 @@ class Platform:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(tmp_path_factory.mktemp("platform"))
+def idp() -> Iterator[LoopbackIdP]:
+    """The hospital's identity provider (a loopback OpenID Connect provider with Keycloak-style claims)."""
+    made = LoopbackIdP(alg="RS256")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, idp: LoopbackIdP) -> Iterator[Platform]:
+    claims = ClaimMapping(role_claim="realm_access.roles", roles=(("medtwin-doctor", "clinician"),
+                          ("medtwin-nurse", "nurse")), wards_claim="groups", ward_prefix="/wards/",
+                          teams_claim="groups", team_prefix="/teams/", default_scope="user/*.cruds")  # fmt: skip
+    oidc = OidcSettings(idp.url, client_id=idp.client_id, name="Test Hospital IdP", claims=claims)
+    p = Platform(tmp_path_factory.mktemp("platform"), oidc)
     p.thread.start()
     assert p.ready.wait(240), "the platform did not start within 240 s"
     if p.error is not None:
@@ -199,6 +217,97 @@ def test_sign_in_and_the_ward_shows_its_patients(platform: Platform, context: An
     page.screenshot(path=str(shots / "ward.png"), full_page=True)
 
 
+# -- sign in with the hospital's identity provider ------------------------------------------------------------------
+def _external_sign_in(page: Any, platform: Platform, idp: LoopbackIdP, username: str) -> None:
+    page.goto(platform.origin + "/app/login")
+    page.click("#signin-external")
+    page.wait_for_url(idp.url + "/authorize?**")
+    page.fill("input[name=username]", username)
+    page.click("button[type=submit]")
+    page.wait_for_url(platform.origin + "/app/**")
+
+
+def test_sign_in_with_the_hospital_identity_provider_then_sign_out(platform: Platform, idp: LoopbackIdP,
+                                                                   context: Any, shots: Path) -> None:  # fmt: skip
+    import httpx
+
+    wait_for_monitor_patients(platform)
+    page = context.new_page()
+    page.goto(platform.origin + "/app/login")
+    page.wait_for_selector("#signin-external:visible")  # shown once the page has read the config
+    assert page.inner_text("#signin-external") == "Sign in with Test Hospital IdP"
+    assert page.is_visible("#signin")  # the built-in sign-in stays beside it
+    page.screenshot(path=str(shots / "login-external.png"))
+    _external_sign_in(page, platform, idp, "kim.ext")
+    page.wait_for_url("**/app/ward")
+    page.wait_for_function("() => document.querySelectorAll('#board tbody tr').length >= 5")
+    text = page.inner_text("#board tbody")
+    assert "VM-0001" in text
+    assert "VM-0006" not in text
+    assert page.is_visible("text=kim.ext · nurse")
+    exchange = idp.token_requests[-1]
+    assert exchange["grant_type"] == "authorization_code"
+    assert len(exchange["code_verifier"]) >= 43
+    stored = page.evaluate("() => [Object.keys(localStorage).length, JSON.parse(sessionStorage.getItem('mt.token'))]")
+    assert stored[0] == 0
+    assert stored[1]["kind"] == "external"
+    access = stored[1]["access"]
+    page.click("#signout")
+    page.wait_for_url("**/app/login")
+    page.wait_for_selector("#login-reason:has-text('signed out')")
+    assert idp.logouts[-1]["id_token_hint"] == stored[1]["id_token"]  # the provider's session ended too
+    assert stored[1]["refresh"] in idp.revoked
+    me = httpx.get(platform.origin + "/app/api/me", headers={"Authorization": "Bearer " + access})
+    assert me.status_code == 401  # the API refuses the signed-out token
+
+
+def test_a_provider_user_without_a_medtwin_role_is_denied(platform: Platform, idp: LoopbackIdP, context: Any,
+                                                          shots: Path) -> None:  # fmt: skip
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = context.new_page()
+    _external_sign_in(page, platform, idp, "visitor")
+    page.wait_for_selector("#callback-title:has-text('Access denied')")
+    assert "no medtwin role" in page.inner_text("#status")
+    assert page.evaluate("() => sessionStorage.getItem('mt.token')") is None
+    bad = [v["id"] for v in Axe().run(page).response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, bad
+    page.screenshot(path=str(shots / "access-denied.png"))
+    page.click("#denied-signout")
+    page.wait_for_url("**/app/login")
+    page.wait_for_selector("#login-reason:has-text('refused')")
+
+
+def test_automatic_logoff_also_ends_the_providers_session(platform: Platform, idp: LoopbackIdP, context: Any) -> None:
+    page = context.new_page()
+    page.clock.install()
+    _external_sign_in(page, platform, idp, "kim.ext")
+    page.wait_for_selector("#board tbody tr")
+    before = len(idp.logouts)
+    page.clock.fast_forward("14:30")
+    page.wait_for_selector("#idle-dialog[open]")
+    page.clock.fast_forward("01:00")
+    page.wait_for_url("**/app/login")
+    page.wait_for_selector("#login-reason:has-text('inactivity')")
+    assert len(idp.logouts) == before + 1
+    assert page.evaluate("() => sessionStorage.getItem('mt.token')") is None
+
+
+@pytest.mark.parametrize("tamper", ["state", "nonce"])
+def test_a_tampered_state_or_nonce_is_refused(platform: Platform, idp: LoopbackIdP, context: Any,
+                                              tamper: str) -> None:  # fmt: skip
+    page = context.new_page()
+    idp.tamper[tamper] = "not-the-one-the-browser-sent"
+    try:
+        _external_sign_in(page, platform, idp, "kim.ext")
+        page.wait_for_selector("#status.error")
+    finally:
+        idp.tamper.clear()
+    text = page.inner_text("#status")
+    assert ("does not match this browser's request" if tamper == "state" else "nonce") in text, text
+    assert page.evaluate("() => sessionStorage.getItem('mt.token')") is None
+
+
 def _send_deteriorating_patient(platform: Platform, mrn: str) -> None:
     """Admit a new patient to WARD-A over ADT and send one ORU^R01 with NEWS2 >= 7 (RCP 2017 high)."""
     from medtwin import codes
@@ -290,7 +399,11 @@ def test_glucose_what_if_shows_two_curves(platform: Platform, context: Any, shot
     page.wait_for_selector("#agp-chart .main-svg")
     assert "Time in range 70-180" in page.inner_text("#cgm-metrics")
     page.fill("#bolus-scale", "1.3")
-    page.click("#whatif-run")
+    page.fill("#meal-scale", "1.2")
+    with page.expect_response("**/glucose/whatif", timeout=60_000) as answer:
+        page.click("#whatif-run")
+    changed = answer.value.json()["curves"][1]["therapy"]
+    assert (changed["bolus_scale"], changed["meal_scale"]) == (1.3, 1.2)  # the form's insulin and meal changes
     page.wait_for_selector("#whatif-table:not([hidden])", timeout=60_000)
     curves = page.evaluate(
         "document.getElementById('whatif-chart').data.filter(t => t.mode === 'lines' && t.fill === undefined"

@@ -200,6 +200,7 @@ def replay_command(
     bolus_scale: Annotated[float, typer.Option(help="Multiply every recorded bolus.")] = 1.0,
     bolus_shift_min: Annotated[float, typer.Option(help="Move every bolus (minutes; negative = earlier).")] = 0.0,
     basal_scale: Annotated[float, typer.Option(help="Multiply the basal rate.")] = 1.0,
+    meal_scale: Annotated[float, typer.Option(help="Multiply every recorded meal's carbohydrate.")] = 1.0,
     basal_profile: Annotated[
         str | None, typer.Option(help="Daily basal profile, e.g. 00:00=0.8,06:00=1.1 (U/h).")
     ] = None,
@@ -223,7 +224,8 @@ def replay_command(
             raise ValidationError(f"--controller {controller!r}: use basal-bolus or basal")
         alternative = Therapy(
             name=name or "alternative", bolus_scale=bolus_scale, bolus_shift_min=bolus_shift_min,
-            basal_scale=basal_scale, basal_profile=parse_basal_profile(basal_profile) if basal_profile else None,
+            basal_scale=basal_scale, meal_scale=meal_scale,
+            basal_profile=parse_basal_profile(basal_profile) if basal_profile else None,
             controller=controller,  # type: ignore[arg-type]
             cr_g_per_u=bolus.cr_g_per_u if bolus else None, cf_mg_dl_per_u=bolus.cf_mg_dl_per_u if bolus else None,
             target_mg_dl=bolus.target_mg_dl if bolus and controller else 140.0,

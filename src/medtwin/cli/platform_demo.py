@@ -18,13 +18,16 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medtwin.cli.console import heading, make_console
 from medtwin.cli.records import fail
 from medtwin.errors import MedtwinError
+
+if TYPE_CHECKING:
+    from medtwin.security.oidc import OidcSettings
 
 __all__ = ["free_port", "register", "run_platform_demo"]
 
@@ -81,8 +84,10 @@ async def run_platform_demo(
     on_ready: Any = None,
     password: str | None = None,
     idle_s: float | None = None,
+    oidc: OidcSettings | None = None,
 ) -> dict[str, Any]:
-    """Seed *data_dir*'s database (first run only), then serve the platform until *stop* or *minutes*."""
+    """Seed *data_dir*'s database (first run only), then serve the platform until *stop* or *minutes*; *oidc*
+    (:class:`medtwin.security.oidc.OidcSettings`): also sign in with that external issuer."""
     from medtwin.cli.serve import serve_for
     from medtwin.monitoring.virtual import virtual_ward
     from medtwin.security.accounts import Accounts
@@ -110,7 +115,7 @@ async def run_platform_demo(
         store.close()
 
     stop = stop or asyncio.Event()
-    settings = ServerSettings(issuer=origin, idle_timeout_s=int(idle_s) if idle_s else 900)
+    settings = ServerSettings(issuer=origin, idle_timeout_s=int(idle_s) if idle_s else 900, oidc=oidc)
     mllp_ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     api_ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -186,11 +191,19 @@ def register(app: typer.Typer) -> None:
         no_glucose_twin: bool = typer.Option(
             False, "--no-glucose-twin", help="Skip fitting the glucose twin (faster)."
         ),
+        oidc_config: Path | None = typer.Option(
+            None, help="Also sign in with the external OpenID Connect issuer of this TOML file's [oidc] table."
+        ),
     ) -> None:
         """The whole platform in the browser: web app, API, MLLP listener, twins, virtual monitors, demo users."""
         from medtwin.cli.monitor import run_loop
+        from medtwin.security.oidc import OidcSettings
 
         console = make_console()
+        try:
+            oidc = None if oidc_config is None else OidcSettings.from_file(oidc_config)
+        except MedtwinError as exc:
+            raise fail(console, str(exc)) from None
         temp = data_dir is None
         folder = Path(tempfile.mkdtemp(prefix="medtwin-demo-")) if data_dir is None else data_dir
         folder.mkdir(parents=True, exist_ok=True)
@@ -198,7 +211,7 @@ def register(app: typer.Typer) -> None:
             run_loop(run_platform_demo(
                 data_dir=folder, host=host, port=port or free_port(host), mllp_port=mllp_port, minutes=minutes,
                 monitors=not no_monitors, patients=patients, time_scale=time_scale, interval_s=interval,
-                console=console, glucose=not no_glucose_twin))  # fmt: skip
+                console=console, glucose=not no_glucose_twin, oidc=oidc))  # fmt: skip
         except (MedtwinError, OSError) as exc:
             raise fail(console, str(exc)) from None
         except KeyboardInterrupt:  # pragma: no cover - the signal handler normally stops it first

@@ -11,13 +11,16 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medtwin.cli.console import make_console
 from medtwin.cli.records import fail
-from medtwin.errors import MedtwinError
+from medtwin.errors import MedtwinError, ValidationError
+
+if TYPE_CHECKING:
+    from medtwin.security.oidc import OidcSettings
 
 __all__ = ["app", "serve_for"]
 
@@ -131,6 +134,25 @@ async def serve_for(
     return summary
 
 
+def _oidc_settings(path: Path | None, issuer: str | None, audience: str, client_id: str | None) -> OidcSettings | None:
+    """The external issuer of ``--oidc-config`` or ``--oidc-issuer`` (not both); ``--oidc-client-id`` overrides the
+    file's client id."""
+    from dataclasses import replace
+
+    from medtwin.security.oidc import OidcSettings
+
+    if path is not None and issuer is not None:
+        raise ValidationError("--oidc-config and --oidc-issuer: give one (the file names the issuer)")
+    if path is not None:
+        settings = OidcSettings.from_file(path)
+        return settings if client_id is None else replace(settings, client_id=client_id)
+    if issuer is not None:
+        return OidcSettings(issuer, audience, client_id=client_id)
+    if client_id is not None:
+        raise ValidationError("--oidc-client-id needs --oidc-issuer or --oidc-config")
+    return None
+
+
 @app.command("serve")
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
@@ -146,6 +168,12 @@ def serve(
     issuer: str | None = typer.Option(None, help="This server's issuer URL, the tokens' iss (default: its base URL)."),
     oidc_issuer: str | None = typer.Option(None, help="Also trust this external OpenID Connect issuer."),
     oidc_audience: str = typer.Option("medtwin", help="The audience the external issuer's tokens must name."),
+    oidc_client_id: str | None = typer.Option(
+        None, help="The web app's client id at the external issuer: the sign-in page offers sign-in with it."
+    ),
+    oidc_config: Path | None = typer.Option(
+        None, help="TOML file with an [oidc] table: issuer, client id, claim mapping (docs/security.md)."
+    ),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="An origin allowed by CORS (none by default)."),
     max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body accepted, in MiB."),
     rate_limit: float = typer.Option(50.0, min=0.0, help="Requests per second per client (0 = no limit)."),
@@ -160,10 +188,13 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise fail(console, "--tls-cert and --tls-key go together")
     https = tls_cert is not None
+    try:
+        oidc = _oidc_settings(oidc_config, oidc_issuer, oidc_audience, oidc_client_id)
+    except MedtwinError as exc:
+        raise fail(console, str(exc)) from None
     settings = ServerSettings(
         issuer=issuer or f"{'https' if https else 'http'}://{host}:{port}",
-        oidc_issuer=oidc_issuer,
-        oidc_audience=oidc_audience,
+        oidc=oidc,
         cors_origins=tuple(cors_origin),
         max_body_bytes=int(max_body_mb * (1 << 20)),
         rate_per_s=rate_limit or None,

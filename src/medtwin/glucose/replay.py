@@ -29,7 +29,7 @@ from medtwin.glucose.identify import Posterior
 from medtwin.glucose.metrics import summary_metrics_batch
 from medtwin.glucose.patients import Cohort
 from medtwin.glucose.simulation import simulate_closed_loop
-from medtwin.glucose.therapy import Therapy, apply_therapy
+from medtwin.glucose.therapy import Therapy, apply_therapy, with_meals
 from medtwin.glucose.therapy_data import TherapyData
 from medtwin.sim.model import FloatArray
 
@@ -138,7 +138,7 @@ def replay(
     out = []
     for therapy in therapies:
         if therapy.closed_loop:
-            bg, insulin = _closed_loop(posterior, theta, data, therapy)
+            bg, insulin = _closed_loop(posterior, theta, with_meals(data, therapy), therapy)
         else:
             changed = apply_therapy(data, therapy)
             bg = model.simulate(theta[:, :-1], changed, initial_glucose_mg_dl=np.exp(theta[:, -1]))

@@ -3,7 +3,9 @@
 Open-loop changes rewrite the recorded insulin (every bolus scaled or moved, the basal scaled or replaced by a
 daily profile); closed-loop changes let a controller decide the insulin on the twin's own simulated glucose (the
 bolus calculator with another carbohydrate ratio or correction factor, simglucose's basal-bolus controller, basal
-only). Meals stay as recorded in both: the question is always "the same days, another therapy".
+only). Meals stay as recorded in both ("the same days, another therapy"), unless *meal_scale* asks "and what if
+every meal had been bigger or smaller" (every recorded carbohydrate amount multiplied, at its recorded time; a
+closed-loop controller is told the changed amounts, an open-loop therapy keeps its recorded boluses).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from medtwin.errors import ValidationError
 from medtwin.glucose.therapy_data import TherapyData
 
-__all__ = ["Therapy", "apply_therapy", "parse_basal_profile"]
+__all__ = ["Therapy", "apply_therapy", "parse_basal_profile", "with_meals"]
 
 ControllerName = Literal["basal-bolus", "basal"]
 
@@ -30,6 +32,7 @@ class Therapy:
       (-20 = 20 minutes earlier; a bolus cannot move before the data start).
     - *basal_scale*: the recorded basal multiplied; *basal_profile*: ``((minute of local day, U/h), ...)``
       replacing it (local day of the data's UTC offset).
+    - *meal_scale*: every recorded meal's carbohydrate multiplied (1.5 = half as much again), at its time.
     - *controller*: ``basal-bolus`` (meal bolus CHO / CR plus (CGM - target) / CF above 150 mg/dL, simglucose's
       controller, needs *cr_g_per_u* and *cf_mg_dl_per_u*) or ``basal`` (the reference basal rate only): the
       insulin is then decided on the twin's simulated glucose, in closed loop.
@@ -39,6 +42,7 @@ class Therapy:
     bolus_scale: float = 1.0
     bolus_shift_min: float = 0.0
     basal_scale: float = 1.0
+    meal_scale: float = 1.0
     basal_profile: tuple[tuple[float, float], ...] | None = None
     controller: ControllerName | None = None
     cr_g_per_u: float | None = None
@@ -46,7 +50,7 @@ class Therapy:
     target_mg_dl: float = 140.0
 
     def __post_init__(self) -> None:
-        if self.bolus_scale < 0 or self.basal_scale < 0:
+        if self.bolus_scale < 0 or self.basal_scale < 0 or self.meal_scale < 0:
             raise ValidationError(f"therapy {self.name!r}: scales must be >= 0")
         if self.controller not in (None, "basal-bolus", "basal"):
             raise ValidationError(f"therapy {self.name!r}: unknown controller {self.controller!r} (basal-bolus, basal)")
@@ -67,7 +71,7 @@ class Therapy:
         """JSON-ready form."""
         return {
             "name": self.name, "bolus_scale": self.bolus_scale, "bolus_shift_min": self.bolus_shift_min,
-            "basal_scale": self.basal_scale,
+            "basal_scale": self.basal_scale, "meal_scale": self.meal_scale,
             "basal_profile": None if self.basal_profile is None else [list(s) for s in self.basal_profile],
             "controller": self.controller, "cr_g_per_u": self.cr_g_per_u, "cf_mg_dl_per_u": self.cf_mg_dl_per_u,
             "target_mg_dl": self.target_mg_dl,
@@ -97,8 +101,14 @@ def parse_basal_profile(profile: Sequence[tuple[float, float]] | str) -> tuple[t
     return out
 
 
+def with_meals(data: TherapyData, therapy: Therapy) -> TherapyData:
+    """The recorded days with every meal's carbohydrate multiplied by *therapy*'s ``meal_scale``."""
+    return data if therapy.meal_scale == 1.0 else replace(data, carbs_g=data.carbs_g * therapy.meal_scale)
+
+
 def apply_therapy(data: TherapyData, therapy: Therapy) -> TherapyData:
-    """The recorded days with the open-loop part of *therapy* applied (boluses, basal); meals unchanged."""
+    """The recorded days with the open-loop part of *therapy* applied (boluses, basal, meal sizes)."""
+    data = with_meals(data, therapy)
     bolus_t = np.maximum(data.bolus_t_min + therapy.bolus_shift_min, 0.0)
     order = np.argsort(bolus_t, kind="stable")
     basal_t, basal_u = data.basal_t_min, data.basal_u_h * therapy.basal_scale

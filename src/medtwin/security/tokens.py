@@ -394,6 +394,23 @@ class TokenService:
             self._cache.pop(token, None)
         return principal.subject
 
+    def revoke_ids(self, ids: Sequence[str], expires: datetime) -> None:
+        """Revoke token or session ids of another issuer (an external issuer's token at logout) until *expires*;
+        :meth:`is_revoked` then says so in every server process (they share the revocation table)."""
+        with self.engine.begin() as conn:
+            for token_id in ids:
+                seen = conn.execute(select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == token_id))
+                if seen.first() is None:
+                    conn.execute(insert(revoked_tokens), {"token_id": token_id, "expires": expires})
+        with self._lock:
+            self._revoked.update(ids)
+
+    def is_revoked(self, ids: Sequence[str]) -> bool:
+        """True when one of *ids* was revoked (:meth:`revoke_ids`), as far as this process knows (2 s)."""
+        self._refresh_revocations(self.clock())
+        revoked = self._revoked
+        return any(i in revoked for i in ids)
+
     # -- verifying --------------------------------------------------------------------------------------------
     def _refresh_revocations(self, now: float) -> None:
         if now - self._revoked_read < self.settings.revocation_refresh_s:

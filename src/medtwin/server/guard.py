@@ -2,7 +2,8 @@
 
 * :func:`caller`: the bearer token (``Authorization: Bearer``; the live-stream endpoints also take
   ``?access_token=`` because browsers cannot set headers on EventSource and WebSocket) verified into a
-  :class:`~medtwin.security.Principal`; a missing or bad token is 401 and audited.
+  :class:`~medtwin.security.Principal`; a missing or bad token is 401 and audited (a valid external token of a
+  user with no medtwin role: 403).
 * :func:`require`: the role and scopes permit the interaction on the type at all, else 403 (it depends on the
   token only, so it tells nothing about any patient).
 * :func:`patient_access`: the decision for one patient; a denial is answered exactly as a missing resource (404),
@@ -74,8 +75,10 @@ async def authenticate(conn: HTTPConnection, *, query_token: bool = False) -> Pr
         await platform.record(
             None, "denied", conn.url.path, outcome="denied", source=source_of(conn), detail=f"{exc.error}: {exc}"
         )
+        # a valid token of a user the external issuer knows but who has no medtwin role: 403 (RFC 6750 3.1)
+        status = 403 if exc.error == "insufficient_scope" else 401
         raise ApiError(
-            401, exc.error, str(exc), headers={"WWW-Authenticate": f'Bearer realm="medtwin", error="{exc.error}"'}
+            status, exc.error, str(exc), headers={"WWW-Authenticate": f'Bearer realm="medtwin", error="{exc.error}"'}
         ) from None
 
 

@@ -22,15 +22,15 @@ from sqlalchemy import select
 
 from medtwin.security.accounts import Accounts
 from medtwin.security.audit import AuditEvent, AuditTrail
-from medtwin.security.oidc import OidcVerifier
+from medtwin.security.oidc import OidcSettings, OidcVerifier
 from medtwin.security.policy import Policy
 from medtwin.security.principal import Principal
 from medtwin.security.scopes import parse_scopes
-from medtwin.security.tokens import SigningKey, TokenService, TokenSettings
+from medtwin.security.tokens import SigningKey, TokenError, TokenService, TokenSettings
 from medtwin.store import Store, schema
 from medtwin.store.engine import is_memory_url, sqlite_file
 
-__all__ = ["UNSECURED", "Platform", "ServerSettings", "StoreFacts", "default_jwt_key_path"]
+__all__ = ["UNSECURED", "Platform", "ServerSettings", "StoreFacts", "default_jwt_key_path", "external_token_ids"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +39,10 @@ class ServerSettings:
 
     *security* False turns authentication, authorization and audit off (benchmarks only: every caller is
     :data:`UNSECURED`). *issuer*: the built-in issuer's URL (``iss``). *jwt_key_path*: its ES256 key (default:
-    beside a SQLite database, ``<db>.jwt-key.pem``; generated, mode 0600). *oidc_issuer*: also trust this external
-    OpenID Connect issuer (with *oidc_audience* and *oidc_role_claim*). *audit_key_path*: the audit chain's
-    signing key (default: the audit module's). *cors_origins*: origins allowed by CORS (none by default).
+    beside a SQLite database, ``<db>.jwt-key.pem``; generated, mode 0600). *oidc*: also trust this external
+    OpenID Connect issuer (and offer the web app's sign-in with it when it names a client id). *audit_key_path*:
+    the audit chain's signing key (default: the audit module's). *cors_origins*: origins allowed by CORS (none by
+    default).
     *audit_window_s*: audit events of concurrent requests are gathered this long and appended in one transaction
     of the chain (each request is still answered only after its event is committed; 0: no gathering).
     """
@@ -53,9 +54,7 @@ class ServerSettings:
     access_ttl_s: int = 900
     refresh_ttl_s: int = 12 * 3600
     idle_timeout_s: int = 900
-    oidc_issuer: str | None = None
-    oidc_audience: str = "medtwin"
-    oidc_role_claim: str = "medtwin_role"
+    oidc: OidcSettings | None = None
     audit_key_path: str | None = None
     max_body_bytes: int = 16 << 20
     rate_per_s: float | None = 50.0
@@ -114,6 +113,16 @@ def _unverified_issuer(token: str) -> str | None:
         return None
     iss = claims.get("iss") if isinstance(claims, dict) else None
     return iss if isinstance(iss, str) else None
+
+
+def external_token_ids(token: str, principal: Principal) -> list[str]:
+    """The revocation ids of an external issuer's access token: a digest of the token itself, and its session at
+    the issuer (``sid``) when it names one (so tokens the issuer refreshes in that session are refused too)."""
+    ids = ["ext:" + hashlib.sha256(token.encode()).hexdigest()[:40]]
+    if principal.session_id:
+        session = f"{principal.issuer} {principal.session_id}".encode()
+        ids.append("ext-sid:" + hashlib.sha256(session).hexdigest()[:40])
+    return ids
 
 
 def default_jwt_key_path(store: Store) -> Path | None:
@@ -198,8 +207,8 @@ class Platform:
             policy = Policy(StoreFacts(opened, accounts), ttl_s=settings.policy_ttl_s)
             if audit is None and settings.security:
                 audit = AuditTrail(opened, settings.audit_key_path)
-            if oidc is None and settings.oidc_issuer:
-                oidc = OidcVerifier(settings.oidc_issuer, settings.oidc_audience, role_claim=settings.oidc_role_claim)
+            if oidc is None and settings.oidc is not None:
+                oidc = OidcVerifier.from_settings(settings.oidc)
         except BaseException:
             if owns:
                 opened.close()
@@ -215,8 +224,17 @@ class Platform:
             The token is not valid.
         """
         if self.oidc is not None and _unverified_issuer(token) == self.oidc.issuer:
-            return self.oidc.verify(token)
+            principal = self.oidc.verify(token)
+            if self.tokens.is_revoked(external_token_ids(token, principal)):
+                raise TokenError("invalid_token", "the access token was revoked (signed out)")
+            return principal
         return self.tokens.verify(token)
+
+    def revoke_external(self, token: str, principal: Principal) -> None:
+        """Sign-out of an external issuer's user: refuse this access token, and the other tokens of its session at
+        that issuer (``sid``), from now until it expires (the issuer itself may still honour them elsewhere)."""
+        expires = datetime.fromtimestamp(min(principal.expires, 4e9), UTC)
+        self.tokens.revoke_ids(external_token_ids(token, principal), expires)
 
     async def record(
         self,

@@ -19,6 +19,8 @@ from starlette.concurrency import run_in_threadpool
 
 from medtwin.errors import MedtwinError
 from medtwin.security.principal import Principal
+from medtwin.security.scopes import parse_scopes
+from medtwin.security.tokens import TokenError
 from medtwin.server.errors import ApiError, JSONBody, not_found
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
 from medtwin.server.web import data
@@ -62,21 +64,118 @@ def _idle_s(request: Request) -> int:
 
 @router.get("/config")
 async def config(request: Request) -> JSONBody:
-    """What the browser needs before sign-in: client id, idle timeout, issuer endpoints (no secret)."""
+    """What the browser needs before sign-in: client id, idle timeout, the built-in issuer's endpoints and, when an
+    external OpenID Connect issuer is configured with a web client id, its endpoints from its discovery document
+    (no secret: both are public clients with PKCE), and whether the page offers the built-in sign-in."""
     platform = platform_of(request)
-    oidc = platform.settings.oidc_issuer
+    external = await _external_config(platform)
+    oidc = platform.settings.oidc
+    # the built-in sign-in is offered unless configured away, and always while the external issuer is unreachable
+    builtin = external is None or not external["available"] or oidc is None or oidc.builtin_signin
     return JSONBody({
         "client_id": CLIENT_ID, "idle_s": _idle_s(request), "security": platform.settings.security,
         "authorize": "/oauth/authorize", "token": "/oauth/token", "revoke": "/oauth/revoke",
-        "external_oidc": oidc, "scope": "openid user/*.cruds",
+        "scope": "openid user/*.cruds", "external": external,
+        "builtin": builtin,
     })  # fmt: skip
+
+
+def _endpoint(doc: dict[str, Any], key: str, *, required: bool) -> str | None:
+    value = doc.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+        raise TokenError("server_error", f"the discovery document's {key} is {value!r}, not an http(s) URL")
+    return value
+
+
+async def _external_config(platform: Any) -> dict[str, Any] | None:
+    settings = platform.settings.oidc
+    if settings is None or not settings.client_id or platform.oidc is None:
+        return None
+    out: dict[str, Any] = {"name": settings.name, "issuer": platform.oidc.issuer, "available": False}
+    try:
+        doc = await run_in_threadpool(platform.oidc.discovery)
+        out.update(authorize=_endpoint(doc, "authorization_endpoint", required=True),
+                   token=_endpoint(doc, "token_endpoint", required=True),
+                   revoke=_endpoint(doc, "revocation_endpoint", required=False),
+                   end_session=_endpoint(doc, "end_session_endpoint", required=False))  # fmt: skip
+    except TokenError as exc:
+        out["error"] = str(exc)
+        return out
+    out.update(available=True, client_id=settings.client_id, scope=settings.scope, redirect_uri=settings.redirect_uri,
+               post_logout_redirect_uri=settings.post_logout_redirect_uri)  # fmt: skip
+    return out
+
+
+def _me(principal: Principal) -> dict[str, Any]:
+    return {"subject": principal.subject, "username": principal.username, "role": principal.role,
+            "wards": sorted(principal.wards), "teams": sorted(principal.teams)}  # fmt: skip
+
+
+@router.post("/signin/external")
+async def signin_external(request: Request) -> JSONBody:
+    """Finish a sign-in with the external issuer: the browser sends the access token it got (``Authorization:
+    Bearer``) with the ID token and the nonce it sent (``{"id_token", "nonce"}``). The ID token's signature, issuer,
+    audience (the web client), expiry and nonce are checked, and the access token must be the same user's; a user
+    whose claims map to no medtwin role is refused with 403. Every outcome is audited as a ``login``."""
+    platform = platform_of(request)
+    settings = platform.settings.oidc
+    if settings is None or not settings.client_id or platform.oidc is None:
+        raise ApiError(404, "not-found", "no external OpenID Connect issuer is configured for the web app")
+    verifier = platform.oidc
+    source = source_of(request)
+    what = f"oidc:{verifier.issuer}"
+    body = await _json(request)
+    id_token, nonce = body.get("id_token"), body.get("nonce")
+    header = request.headers.get("authorization", "")
+    access = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not isinstance(id_token, str) or not isinstance(nonce, str) or not access:
+        raise ApiError(400, "invalid", 'an access token (Authorization: Bearer) and {"id_token", "nonce"} are needed')
+    client_id = settings.client_id
+    try:
+        id_claims = await run_in_threadpool(lambda: verifier.verify_id_token(id_token, client_id=client_id,
+                                                                             nonce=nonce))  # fmt: skip
+    except TokenError as exc:
+        await platform.record(None, "login", what, outcome="denied", source=source, detail=f"ID token: {exc}")
+        raise ApiError(401, exc.error, f"sign-in refused: {exc}") from None
+    subject = str(id_claims["sub"])
+    name = id_claims.get(verifier.claims.username_claim)
+    who = Principal(subject, "none", parse_scopes(""), username=name if isinstance(name, str) else None)
+    try:
+        principal = await run_in_threadpool(platform.verify, access)
+        if principal.issuer != verifier.issuer or principal.subject != subject:
+            raise TokenError("invalid_token", "the access token is not of the ID token's user and issuer")
+    except TokenError as exc:
+        await platform.record(who, "login", what, outcome="denied", source=source, detail=f"access token: {exc}")
+        if exc.error == "insufficient_scope":  # the claims read and what they held are in the audit record
+            raise ApiError(403, "access-denied", f"Your account {who.username or subject!r} at {settings.name} has no "
+                                                 "medtwin role. Ask your administrator to give you one "
+                                                 "(a clinical role, your wards and care teams).") from None  # fmt: skip
+        raise ApiError(401, exc.error, f"sign-in refused: {exc}") from None
+    await platform.record(principal, "login", f"user:{principal.username or subject}", source=source,
+                          detail=f"external OpenID Connect sign-in ({verifier.issuer})")  # fmt: skip
+    return JSONBody(_me(principal))
+
+
+@router.post("/signout/external")
+async def signout_external(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Sign out an external issuer's user: this API refuses the access token (and its session's, ``sid``) from now
+    on; the browser then ends the session at the issuer (its ``end_session_endpoint``). Audited as ``logout``."""
+    platform = platform_of(request)
+    if platform.oidc is None or principal.issuer != platform.oidc.issuer:
+        raise ApiError(400, "invalid", "this is not a token of the external issuer (use /oauth/revoke)")
+    header = request.headers.get("authorization", "")
+    await run_in_threadpool(platform.revoke_external, header[7:].strip(), principal)
+    await platform.record(principal, "logout", "session", source=source_of(request),
+                          detail=f"external OpenID Connect sign-out ({platform.oidc.issuer})")  # fmt: skip
+    return JSONBody({"revoked": True})
 
 
 @router.get("/me")
 async def me(principal: Principal = Depends(caller)) -> JSONBody:
     """Who is signed in (the token's subject, role, wards and care teams)."""
-    return JSONBody({"subject": principal.subject, "username": principal.username, "role": principal.role,
-                     "wards": sorted(principal.wards), "teams": sorted(principal.teams)})  # fmt: skip
+    return JSONBody(_me(principal))
 
 
 def _row(store: Any, pid: str, unit: str | None, bed: str | None, now: datetime) -> dict[str, Any]:
@@ -250,16 +349,19 @@ async def _json(request: Request) -> dict[str, Any]:
 
 @router.post("/patient/{patient_id}/glucose/whatif")
 async def glucose_whatif(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
-    """The twin's replay of the recorded days under the recorded therapy and under a changed one."""
+    """The twin's replay of the recorded days under the recorded therapy and under a changed one (bolus and basal
+    scale, bolus shift, meal size)."""
     what = f"Patient/{patient_id}/glucose-twin/what-if"
     await _patient(request, principal, patient_id, "Observation", "r", what)
     body = await _json(request)
-    args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0))}
+    args = {k: _number(body, k, d) for k, d in (("bolus_scale", 1.0), ("basal_scale", 1.0), ("bolus_shift_min", 0.0),
+                                                 ("meal_scale", 1.0))}  # fmt: skip
     platform = platform_of(request)
     try:
         out = await run_in_threadpool(
             lambda: data.glucose_whatif(platform.store, patient_id, bolus_scale=args["bolus_scale"],
-                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"])
+                                        basal_scale=args["basal_scale"], bolus_shift_min=args["bolus_shift_min"],
+                                        meal_scale=args["meal_scale"])
         )  # fmt: skip
     except KeyError:
         raise ApiError(404, "not-found", "this patient has no glucose twin") from None

@@ -327,20 +327,29 @@ def glucose_view(store: Store, patient_id: str) -> dict[str, Any]:
 
 
 def glucose_whatif(store: Store, patient_id: str, *, bolus_scale: float = 1.0, basal_scale: float = 1.0,
-                   bolus_shift_min: float = 0.0, draws: int = 60) -> dict[str, Any]:  # fmt: skip
-    """Replay the twin's recorded days under the recorded therapy and under the changed one: two curves with
-    their 95 % bands and metrics. Raises KeyError when the patient has no glucose twin."""
+                   bolus_shift_min: float = 0.0, meal_scale: float = 1.0,
+                   draws: int = 60) -> dict[str, Any]:  # fmt: skip
+    """Replay the twin's recorded days under the recorded therapy and under the changed one (insulin, and the size of
+    every meal): two curves with their 95 % bands and metrics. Raises KeyError when the patient has no glucose
+    twin."""
     from medtwin.glucose import PersonalGlucoseTwin, Therapy
 
     snap = store.latest_snapshot(GLUCOSE_TWIN_PREFIX + patient_id)
     if snap is None:
         raise KeyError(patient_id)
     for name, value, lo, hi in (("bolus_scale", bolus_scale, 0.0, 3.0), ("basal_scale", basal_scale, 0.0, 3.0),
-                                ("bolus_shift_min", bolus_shift_min, -120.0, 120.0)):  # fmt: skip
+                                ("bolus_shift_min", bolus_shift_min, -120.0, 120.0),
+                                ("meal_scale", meal_scale, 0.0, 3.0)):  # fmt: skip
         if not (lo <= value <= hi) or math.isnan(value):
             raise ValidationError(f"{name}: {value:g} is outside {lo:g}..{hi:g}")
     twin = PersonalGlucoseTwin.restore(snap[1])
-    changed = Therapy(name="what-if", bolus_scale=bolus_scale, basal_scale=basal_scale, bolus_shift_min=bolus_shift_min)
+    changed = Therapy(
+        name="what-if",
+        bolus_scale=bolus_scale,
+        basal_scale=basal_scale,
+        bolus_shift_min=bolus_shift_min,
+        meal_scale=meal_scale,
+    )
     recorded, whatif = twin.replay([Therapy(), changed], draws=draws, seed=1)
     start = twin.data.start
     out: dict[str, Any] = {"patient_id": patient_id, "start": _iso(start), "curves": []}

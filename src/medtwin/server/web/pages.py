@@ -13,12 +13,16 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-__all__ = ["PAGES", "PAGE_CSP", "router"]
+from medtwin.security.tokens import TokenError
+
+__all__ = ["PAGES", "PAGE_CSP", "page_csp", "router"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -26,7 +30,34 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "connect-src 'self'; font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
             "object-src 'none'")  # fmt: skip
 """The pages' policy. Inline styles are allowed because Plotly.js sets style attributes on the SVG it draws;
-no inline script, no other origin."""
+no inline script, no other origin (but the external OpenID Connect issuer's, for connections only: the browser
+exchanges its authorization code at that issuer's token endpoint, :func:`page_csp`)."""
+
+
+def _origin(url: object) -> str | None:
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+async def page_csp(request: Request) -> str:
+    """:data:`PAGE_CSP`, with ``connect-src`` widened to the external issuer's token and revocation endpoints when
+    the web app signs in with one (their origins, from its discovery document)."""
+    platform = getattr(request.app.state, "platform", None)
+    settings = getattr(getattr(platform, "settings", None), "oidc", None)
+    verifier = getattr(platform, "oidc", None)
+    if settings is None or not settings.client_id or verifier is None:
+        return PAGE_CSP
+    origins = {_origin(verifier.issuer)}
+    try:
+        doc = await run_in_threadpool(verifier.discovery)
+    except TokenError:
+        doc = {}
+    origins |= {_origin(doc.get(k)) for k in ("token_endpoint", "revocation_endpoint")}
+    extra = " ".join(sorted(o for o in origins if o))
+    return PAGE_CSP.replace("connect-src 'self'", f"connect-src 'self' {extra}")
+
 
 #: path -> (template, title, script, roles that see it in the navigation)
 PAGES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
@@ -52,10 +83,10 @@ def _env() -> Environment:
                        trim_blocks=True, lstrip_blocks=True)  # fmt: skip
 
 
-def _page(template: str, *, status: int = 200, **context: object) -> HTMLResponse:
+async def _page(request: Request, template: str, *, status: int = 200, **context: object) -> HTMLResponse:
     nav = [(path, title, roles) for path, (_, title, _, roles) in PAGES.items()]
     html = _env().get_template(template).render(nav=nav, **context)
-    return HTMLResponse(html, status, headers={"Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(html, status, headers={"Content-Security-Policy": await page_csp(request)})
 
 
 @router.get("/")
@@ -66,30 +97,31 @@ async def root() -> Response:
 
 @router.get("/app")
 @router.get("/app/")
-async def home() -> Response:
+async def home(request: Request) -> Response:
     """The signed-in user's home page (chosen by role in the browser)."""
-    return _page("home.html", title="medtwin", script="app.js", page="home")
+    return await _page(request, "home.html", title="medtwin", script="app.js", page="home")
 
 
 @router.get("/app/login")
-async def login() -> Response:
+async def login(request: Request) -> Response:
     """Sign-in: starts the authorization-code flow with PKCE."""
-    return _page("login.html", title="Sign in", script="login.js", page="login")
+    return await _page(request, "login.html", title="Sign in", script="login.js", page="login")
 
 
 @router.get("/app/callback")
-async def callback() -> Response:
+async def callback(request: Request) -> Response:
     """Where the issuer sends the browser back with the authorization code."""
-    return _page("callback.html", title="Signing in", script="callback.js", page="callback")
+    return await _page(request, "callback.html", title="Signing in", script="callback.js", page="callback")
 
 
 @router.get("/app/patient/{patient_id}")
-async def patient_page(patient_id: str) -> Response:
+async def patient_page(request: Request, patient_id: str) -> Response:
     """A patient's twin page (the id is checked here; the data is read, and access decided, by the API)."""
     if not _ID.match(patient_id):
-        return _page("message.html", status=404, title="Not found", script="app.js", page="error",
+        return await _page(request, "message.html", status=404, title="Not found", script="app.js", page="error",
                      message="No such page.")  # fmt: skip
-    return _page("patient.html", title="Patient", script="patient.js", page="patient", patient_id=patient_id)
+    return await _page(request, "patient.html", title="Patient", script="patient.js", page="patient",
+                       patient_id=patient_id)  # fmt: skip
 
 
 @router.get("/app/static/vendor/plotly.min.js")
@@ -109,14 +141,14 @@ async def static(name: str) -> Response:
 
 
 @router.get("/app/{page}")
-async def named_page(page: str) -> Response:
+async def named_page(request: Request, page: str) -> Response:
     """The ward board, patient list, hospital, research and administration pages."""
     entry = PAGES.get(page)
     if entry is None:
-        return _page("message.html", status=404, title="Not found", script="app.js", page="error",
+        return await _page(request, "message.html", status=404, title="Not found", script="app.js", page="error",
                      message="No such page.")  # fmt: skip
     template, title, script, roles = entry
-    return _page(template, title=title, script=script, page=page, roles=roles)
+    return await _page(request, template, title=title, script=script, page=page, roles=roles)
 
 
 @lru_cache(maxsize=1)

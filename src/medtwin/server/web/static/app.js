@@ -1,10 +1,11 @@
-/* medtwin web app: sign-in (authorization code + PKCE), the signed-in user's token, API calls, role-aware
-   navigation, automatic logoff after inactivity, the break-glass dialog. No third-party code. */
+/* medtwin web app: sign-in (authorization code + PKCE, with the built-in issuer or the configured external OpenID
+   Connect issuer), the signed-in user's tokens (in this tab's sessionStorage), API calls, role-aware navigation,
+   automatic logoff after inactivity, the break-glass dialog. No third-party code. */
 "use strict";
 
 const MT = (() => {
   const S = window.sessionStorage;
-  const TOKEN = "mt.token", PKCE = "mt.pkce", ME = "mt.me";
+  const TOKEN = "mt.token", PKCE = "mt.pkce", ME = "mt.me", BYE = "mt.signout-reason";
   let config = null;
   let me = null;
 
@@ -58,42 +59,92 @@ const MT = (() => {
     return b64url(a);
   }
 
-  function redirectUri() { return location.origin + "/app/callback"; }
+  // The issuer a sign-in uses: the built-in one, or (external) the OpenID Connect issuer of the config.
+  function issuerOf(c, external) {
+    if (!external) return { authorize: c.authorize, token: c.token, client_id: c.client_id, scope: c.scope };
+    return c.external && c.external.available ? c.external : null;
+  }
 
-  async function signIn(next) {
+  function redirectUri(iss) { return (iss && iss.redirect_uri) || location.origin + "/app/callback"; }
+
+  const FORM = { "Content-Type": "application/x-www-form-urlencoded" };
+
+  async function signIn(next, external) {
     const c = await getConfig();
+    const iss = issuerOf(c, external);
+    if (!iss) throw new Error("the external sign-in is not available");
     const verifier = randomString(48);
     const challenge = b64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
     const state = randomString(16);
-    S.setItem(PKCE, JSON.stringify({ verifier, state, next: next || "/app/" }));
-    const q = new URLSearchParams({ response_type: "code", client_id: c.client_id, redirect_uri: redirectUri(),
-      scope: c.scope, state, code_challenge: challenge, code_challenge_method: "S256" });
-    location.assign(c.authorize + "?" + q.toString());
+    const nonce = external ? randomString(16) : null;   // bound into the ID token: checked by the API at sign-in
+    S.setItem(PKCE, JSON.stringify({ verifier, state, nonce, external: !!external, next: next || "/app/" }));
+    const q = new URLSearchParams({ response_type: "code", client_id: iss.client_id, redirect_uri: redirectUri(iss),
+      scope: iss.scope, state, code_challenge: challenge, code_challenge_method: "S256" });
+    if (nonce) q.set("nonce", nonce);
+    location.assign(iss.authorize + (iss.authorize.includes("?") ? "&" : "?") + q.toString());
   }
 
-  function saveTokens(body) {
+  function saveTokens(body, kind, idToken) {
     S.setItem(TOKEN, JSON.stringify({ access: body.access_token, refresh: body.refresh_token || null,
-      expires: Date.now() + 1000 * (body.expires_in || 900) }));
+      expires: Date.now() + 1000 * (body.expires_in || 900), kind, id_token: body.id_token || idToken || null }));
+  }
+
+  function failSignIn(text) { status("status", "Sign-in failed: " + text, true); }
+
+  function deny(message, c, idToken) {   // a user the identity provider knows but medtwin does not
+    document.getElementById("callback-title").textContent = "Access denied";
+    status("status", message || "Your account has no role in medtwin.", true);
+    const actions = document.getElementById("denied-actions");
+    actions.hidden = false;
+    document.getElementById("denied-signout").addEventListener("click", () => endSession(c.external, idToken, "denied"));
   }
 
   async function finishSignIn() {
     const params = new URLSearchParams(location.search);
     const saved = JSON.parse(S.getItem(PKCE) || "null");
-    S.removeItem(PKCE);
-    if (!saved || params.get("state") !== saved.state || !params.get("code")) {
-      status("status", "Sign-in failed: the answer does not match this browser's request. Please sign in again.", true);
+    S.removeItem(PKCE);   // single use: a second answer (a replayed URL) finds nothing to match
+    if (!saved || params.get("state") !== saved.state) {
+      failSignIn("the answer does not match this browser's request. Please sign in again.");
       return;
     }
+    if (params.get("error")) { failSignIn(params.get("error_description") || params.get("error")); return; }
     const c = await getConfig();
-    const form = new URLSearchParams({ grant_type: "authorization_code", code: params.get("code"),
-      redirect_uri: redirectUri(), client_id: c.client_id, code_verifier: saved.verifier });
-    const r = await fetch(c.token, { method: "POST", body: form,
-      headers: { "Content-Type": "application/x-www-form-urlencoded" } });
-    const body = await r.json();
-    if (!r.ok) { status("status", "Sign-in failed: " + (body.error_description || body.error), true); return; }
-    saveTokens(body);
-    S.removeItem(ME);
+    const iss = issuerOf(c, saved.external);
+    if (!params.get("code") || !iss) { failSignIn("no authorization code, or the issuer is not available."); return; }
+    let r, body;
+    try {
+      r = await fetch(iss.token, { method: "POST", headers: FORM, body: new URLSearchParams({
+        grant_type: "authorization_code", code: params.get("code"), redirect_uri: redirectUri(iss),
+        client_id: iss.client_id, code_verifier: saved.verifier }) });
+      body = await r.json();
+    } catch (e) { failSignIn("the issuer's token endpoint did not answer (" + e.message + ")."); return; }
+    if (!r.ok) { failSignIn(body.error_description || body.error); return; }
+    if (!saved.external) {
+      saveTokens(body, "builtin");
+      S.removeItem(ME);
+    } else {
+      if (!body.id_token || !body.access_token) { failSignIn("the identity provider returned no ID token."); return; }
+      const check = await fetch("/app/api/signin/external", { method: "POST",
+        headers: { Authorization: "Bearer " + body.access_token, "Content-Type": "application/json" },
+        body: JSON.stringify({ id_token: body.id_token, nonce: saved.nonce }) });
+      const answer = await check.json().catch(() => ({}));
+      if (check.status === 403) { deny(answer.message, c, body.id_token); return; }
+      if (!check.ok) { failSignIn(answer.message || "the API refused the tokens (" + check.status + ")."); return; }
+      saveTokens(body, "external");
+      S.setItem(ME, JSON.stringify(answer));
+    }
     location.replace(saved.next && saved.next.startsWith("/app") ? saved.next : "/app/");
+  }
+
+  // Ends the session at the external issuer too (RP-initiated logout): on a shared ward computer the next user
+  // must not be signed in as the previous one by the identity provider's own session.
+  function endSession(ext, idToken, reason) {
+    S.setItem(BYE, reason || "");
+    if (!ext || !ext.end_session) { location.assign("/app/login"); return; }
+    const q = new URLSearchParams({ client_id: ext.client_id,
+      post_logout_redirect_uri: ext.post_logout_redirect_uri || location.origin + "/app/login" });
+    if (idToken) q.set("id_token_hint", idToken);
+    location.assign(ext.end_session + (ext.end_session.includes("?") ? "&" : "?") + q.toString());
   }
 
   function tokens() { return JSON.parse(S.getItem(TOKEN) || "null"); }
@@ -107,11 +158,17 @@ const MT = (() => {
   async function doRefresh() {
     const t = tokens();
     if (!t || !t.refresh) return false;
-    const c = await getConfig();
-    const r = await fetch(c.token, { method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: t.refresh, client_id: c.client_id }) });
+    const iss = issuerOf(await getConfig(), t.kind === "external");
+    if (!iss) return false;
+    let r;
+    try {
+      r = await fetch(iss.token, { method: "POST", headers: FORM,
+        body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: t.refresh, client_id: iss.client_id }) });
+    } catch (e) { return false; }
     if (!r.ok) return false;
-    saveTokens(await r.json());
+    const body = await r.json();
+    if (signingOut) return false;   // a sign-out began meanwhile: do not bring the tokens back
+    saveTokens(body, t.kind, t.id_token);
     return true;
   }
 
@@ -152,9 +209,23 @@ const MT = (() => {
     signingOut = true;
     const t = tokens();
     S.removeItem(TOKEN); S.removeItem(ME);
+    if (t && t.kind === "external") {
+      const ext = (await getConfig()).external;
+      try {   // this API refuses the access token from now on
+        await fetch("/app/api/signout/external", { method: "POST", headers: { Authorization: "Bearer " + t.access } });
+      } catch (e) { /* signed out locally all the same */ }
+      if (t.refresh && ext && ext.revoke) {
+        try {
+          await fetch(ext.revoke, { method: "POST", headers: FORM,
+            body: new URLSearchParams({ token: t.refresh, token_type_hint: "refresh_token", client_id: ext.client_id }) });
+        } catch (e) { /* the provider's session is ended below all the same */ }
+      }
+      endSession(ext, t.id_token, reason);
+      return;
+    }
     if (t) {
       try {
-        await fetch("/oauth/revoke", { method: "POST", headers: { "Content-Type": "application/x-www-form-urlencoded" },
+        await fetch("/oauth/revoke", { method: "POST", headers: FORM,
           body: new URLSearchParams({ token: t.refresh || t.access }) });
       } catch (e) { /* signed out locally all the same */ }
     }
@@ -232,6 +303,12 @@ const MT = (() => {
   }
 
   const ready = boot();
+  function takeSignOutReason() {   // why the last sign-out happened, when it went through the issuer's logout
+    const reason = S.getItem(BYE);
+    S.removeItem(BYE);
+    return reason;
+  }
+
   return { el, fmt, fmtTime, status, api, apiJson, signIn, signOut, accessToken, askBreakGlass, ready, getConfig,
-    homeFor, get me() { return me; } };
+    homeFor, takeSignOutReason, get me() { return me; } };
 })();

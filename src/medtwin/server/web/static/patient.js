@@ -127,7 +127,7 @@
     btn.disabled = true;
     MT.status("whatif-status", "Replaying the recorded days on the twin…");
     const body = { bolus_scale: +document.getElementById("bolus-scale").value, basal_scale: +document.getElementById("basal-scale").value,
-      bolus_shift_min: +document.getElementById("bolus-shift").value };
+      bolus_shift_min: +document.getElementById("bolus-shift").value, meal_scale: +document.getElementById("meal-scale").value };
     const w = await call("/app/api/patient/" + enc + "/glucose/whatif", { method: "POST", json: body });
     btn.disabled = false;
     if (!w.ok) { MT.status("whatif-status", (w.body && w.body.message) || "The what-if failed.", true); return; }
