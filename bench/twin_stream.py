@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,46 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a running process from /proc (None when it is gone or not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuSampler:
+    """The last CPU seconds seen of each process in *pids*, sampled every 0.2 s until :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.seen: dict[str, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            self.sample()
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            cpu = _proc_cpu(pid)
+            if cpu is not None:
+                self.seen[name] = cpu
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.seen.items()}
 
 
 # -- 1. the glucose component alone ------------------------------------------------------------------------------
@@ -147,14 +188,16 @@ def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str,
     """The MQTT run (module docstring); the private broker is stopped whatever happens."""
     broker, port, broker_note = _broker(tmp)
     try:
-        return _end_to_end(patients, days, particles, tmp, port, broker_note)
+        return _end_to_end(patients, days, particles, tmp, port, broker_note, None if broker is None else broker.pid)
     finally:
         if broker is not None:
             broker.terminate()
             broker.wait(10)
 
 
-def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, broker_note: str) -> dict[str, Any]:
+def _end_to_end(
+    patients: int, days: int, particles: int, tmp: Path, port: int, broker_note: str, broker_pid: int | None
+) -> dict[str, Any]:
     from medtwin.interop.devices import register_device
     from medtwin.interop.mqtt import MqttListener
     from medtwin.records import Patient
@@ -181,6 +224,12 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
     listener = MqttListener(store, f"mqtt://127.0.0.1:{port}", "devices/+/obs", client_id="bench-listener")
     listener.start()
     cpu0 = _cpu()
+    own0 = _own_cpu()
+    pids = {"publisher": publisher.pid, "worker": worker.pid or 0}
+    if broker_pid is not None:
+        pids["broker"] = broker_pid
+    before = {name: _proc_cpu(pid) or 0.0 for name, pid in pids.items()}
+    sampler = _CpuSampler(pids)
     publisher.stdin.write("go\n")
     publisher.stdin.flush()
     published = json.loads(publisher.stdout.readline())
@@ -197,6 +246,7 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
         time.sleep(0.1)
     stored_at = time.time()
     stats = listener.stop()
+    listener_cpu = _own_cpu() - own0
     report = worker.stop(timeout_s=3600)  # it processes what is stored, checkpoints every twin, and reports
     done_at = time.time()
     last = last_raw_id(store)
@@ -204,6 +254,8 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
     store.close()
     publisher.wait(60)
     cpu = _cpu() - cpu0
+    per_process = {name: round(v - before[name], 1) for name, v in sampler.stop().items()}
+    per_process["listener (bench process)"] = round(listener_cpu, 1)
     first = float(published["first_publish"])
     return {
         "patients": patients, "days": days, "particles": particles, "readings": expected, "broker": broker_note,
@@ -214,7 +266,8 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
         "stored_per_s": round(expected / (stored_at - first)),
         "processed_p50_ms": report.get("processed_p50_ms"), "processed_p99_ms": report.get("processed_p99_ms"),
         "worker_busy_s": round(float(report.get("busy_s", 0.0)), 2), "alerts": report.get("alerts"),
-        "cpu_s_all_processes": round(cpu, 1), "worker_read_to_end": processed_to == last,
+        "cpu_s_all_processes": round(cpu, 1), "cpu_ms_per_reading": round(1e3 * cpu / expected, 3),
+        "cpu_s_per_process": per_process, "worker_read_to_end": processed_to == last,
         "worker_messages": report.get("messages"),
     }  # fmt: skip
 
