@@ -179,7 +179,7 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
     sentinel_bg = _horizon([fs[i] for i in screened], [members[i] for i in screened])
     full = [not f.alert_screen for f in fs]
     for i, bg in zip(screened, sentinel_bg, strict=True):
-        full[i] = fs[i].needs_full_horizon(bg)
+        full[i] = fs[i].needs_full_horizon(members[i], bg)  # type: ignore[arg-type]
     chosen = [i for i, need in enumerate(full) if need]
     paths = dict(zip(chosen, _horizon([fs[i] for i in chosen], [None] * len(chosen)), strict=True))
     out = []

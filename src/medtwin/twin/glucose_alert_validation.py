@@ -143,7 +143,7 @@ Probe = Callable[[int, Sequence[GlucoseComponent]], None]
 
 
 def replay_virtual_patients(
-    days: float,
+    days: int,
     *,
     seed: int = 1,
     names: Sequence[str] | None = None,
@@ -204,6 +204,7 @@ def _records(i: int, minute: int, at: datetime, result: Any, basal_u_min: float)
                                 value=Quantity(value=carbs, unit="g"), observation_id=f"c-{i}-{minute}"))  # fmt: skip
     if minute % 5 == 0:
         value = float(np.clip(result.cgm_mg_dl[minute, i], 40.0, 400.0))
+        reading = Quantity(value=value, unit="mg/dL")
         recs.append(Observation(patient_id=pid, code=codes.GLUCOSE_INTERSTITIAL, effective=at,
-                                value=Quantity(value=value, unit="mg/dL"), observation_id=f"g-{i}-{minute}"))  # fmt: skip
+                                observation_id=f"g-{i}-{minute}", value=reading))  # fmt: skip
     return recs
