@@ -62,6 +62,7 @@ class Recorder:
         self.probs: dict[str, list[list[float]]] = {name: [] for name in RULES}
         self.p54: list[list[float]] = []
         self.p54_either: list[list[float]] = []
+        self.p54_cgm: list[list[float]] = []
         self.cgm30: list[list[float]] = []
         self.bg30: list[list[float]] = []
         self.patients = patients
@@ -71,6 +72,7 @@ class Recorder:
         row = {name: [0.0] * self.patients for name in RULES}
         p54 = [0.0] * self.patients
         p54_either = [0.0] * self.patients
+        p54_cgm = [0.0] * self.patients
         cgm30 = [float("nan")] * self.patients
         bg30 = [float("nan")] * self.patients
         for c in components:
@@ -88,6 +90,7 @@ class Recorder:
                 row[name][i] = float(np.sum(w[paths[: horizon + 1].min(axis=0) < level]))
             p54[i] = float(np.sum(w[bg.min(axis=0) < 54.0]))
             p54_either[i] = float(np.sum(w[either.min(axis=0) < 54.0]))
+            p54_cgm[i] = float(np.sum(w[cgm.min(axis=0) < 54.0]))
             rho = np.exp(-30.0 / f.tau_min)
             cgm30[i] = _weighted_median(bg[30] + rho * f.sensor_error, w)
             bg30[i] = _weighted_median(bg[30], w)
@@ -95,6 +98,7 @@ class Recorder:
             self.probs[name].append(row[name])
         self.p54.append(p54)
         self.p54_either.append(p54_either)
+        self.p54_cgm.append(p54_cgm)
         self.cgm30.append(cgm30)
         self.bg30.append(bg30)
 
@@ -129,13 +133,16 @@ def evaluate(days: int, seed: int, particles: int) -> dict[str, Any]:
     minutes = recorder.minutes
     p54 = np.asarray(recorder.p54)
     p54_either = np.asarray(recorder.p54_either)
+    p54_cgm = np.asarray(recorder.p54_cgm)
     rules = {}
     for name, (_, _, probability) in RULES.items():
         p = np.asarray(recorder.probs[name])
-        severe = p54 if name.startswith("p(<70") else p54_either if name.startswith("either") else np.zeros_like(p)
+        severe = {"p(<70": p54, "either p(<70": p54_either, "cgm p(<70": p54_cgm}.get(
+            name.split(" in ")[0], np.zeros_like(p)
+        )
         rules[name] = score_alerts(alerts_of_rule(minutes, p, severe, probability), episodes, days).to_dict()
-    rule = np.asarray(recorder.probs["either p(<70 in 30 min) >= 0.5"])
-    full_alerts = alerts_of_rule(minutes, rule, p54_either, _ALERT_PROBABILITY)
+    rule = np.asarray(recorder.probs["cgm p(<70 in 30 min) >= 0.5"])
+    full_alerts = alerts_of_rule(minutes, rule, p54_cgm, _ALERT_PROBABILITY)
     full = score_alerts(full_alerts, episodes, days)
     trend = []  # the baseline without a twin: the CGM now or its 15-minute trend extrapolated 30 min below 70
     for m in minutes:

@@ -11,15 +11,17 @@ particle forward on the known inputs (the basal rate in force and any bolus or m
 future) and reports median and 95 % prediction intervals of the CGM reading at each horizon (the model's glucose,
 the remaining sensor error rho^h e and fresh noise).
 
-Alert: when at least half the particles' weight goes below 70 mg/dL within 30 minutes, an ``alert`` Event
-``glucose-low-predicted`` (medium; high when below 54 mg/dL) is raised once and raised again only when its severity
-rises; it resolves after three updates without the condition. A particle goes below when its model glucose or the
-CGM it predicts (model glucose plus the carried sensor error rho^h e, which at h = 0 is the reading itself) does:
-the model glucose alone, the rule until 2026-12-07, detected 16 of 66 simulated episodes on the 30 virtual patients
-(3 days, seed 1, 128 particles; 10 before onset) against 57 of 66 (30 before onset) for the predicted CGM, with
-0.57 vs 0.77 false alerts per patient-day (bench/twin_hypo_alerts.py, docs/living-twin.md). The levels are the
+Alert: when at least half the particles' weight predicts a CGM reading below 70 mg/dL within 30 minutes (the
+particle's model glucose plus its carried sensor error rho^h e, which at h = 0 is the present reading), an ``alert``
+Event ``glucose-low-predicted`` (medium; high below 54 mg/dL) is raised once and raised again only when its
+severity rises; it resolves after three updates without the condition. The rule until 2026-12-07 compared the model
+glucose alone with 70 mg/dL: on the 30 virtual patients (3 days, seed 1, 128 particles, twins not identified) it
+alerted 16 of 66 simulated episodes (10 before onset) against 57 of 66 (30 before onset) for the predicted CGM, with
+0.57 vs 0.77 false alerts per patient-day; the lower of the two per particle gave 55 of 66 with 1.13 false alerts
+per patient-day (bench/twin_hypo_alerts.py, docs/living-twin.md: the figures on other seeds). The levels are the
 consensus hypoglycaemia levels 1 and 2 (Battelino et al. 2019, doi:10.2337/dci19-0028); the 30-minute horizon and
-the half-weight probability are medtwin's choices (Dexcom's "urgent low soon" alert: 55 mg/dL within 20 minutes).
+the half-weight probability are medtwin's choices (Dexcom's "urgent low soon": 55 mg/dL within 20 minutes; the
+variants compared are in the bench).
 
 The alert horizon is screened (:data:`ALERT_SCREEN_MARGIN_MG_DL`): first only the sentinel particles, those at the
 weighted quantiles :data:`ALERT_SENTINEL_QUANTILES` of the present model glucose, are run 30 minutes ahead; every
@@ -307,13 +309,13 @@ class GlucoseForecaster:
         pos = np.minimum(np.searchsorted(cw, np.asarray(ALERT_SENTINEL_QUANTILES) * cw[-1]), order.size - 1)
         return np.unique(order[pos])
 
-    def low_paths(self, bg: FloatArray, members: IntArray | None = None) -> FloatArray:
-        """The lowest of each particle's model glucose and the CGM it predicts (model glucose plus the carried sensor
-        error rho^h e) at each minute *h* of *bg* ``(minutes + 1, N)`` (row 0: now; *members*: the particles of *bg*'s
-        columns, None: all): what the alert compares with 70 and 54 mg/dL."""
+    def cgm_paths(self, bg: FloatArray, members: IntArray | None = None) -> FloatArray:
+        """The CGM each particle predicts (its model glucose plus its carried sensor error rho^h e) at each minute *h*
+        of the model glucose paths *bg* ``(minutes + 1, N)`` (row 0: now, where it is the reading itself; *members*:
+        the particles of *bg*'s columns, None: all): what the alert compares with 70 and 54 mg/dL."""
         e = self.sensor_error if members is None else self.sensor_error[members]
         rho = np.exp(-np.arange(bg.shape[0], dtype=np.float64) / self.tau_min)
-        return np.minimum(bg, bg + rho[:, None] * e)
+        return bg + rho[:, None] * e
 
     def needs_full_horizon(self, members: IntArray, sentinel_bg: FloatArray) -> bool:
         """Whether the sentinels' (*members*) model BG paths *sentinel_bg* ``(minutes, S)`` come near enough to 70 mg/dL
@@ -321,7 +323,7 @@ class GlucoseForecaster:
         if not self.alert_screen:
             return True
         now = self.x[members, 12] / self.params[members, _VG]
-        low = self.low_paths(np.concatenate([now[None, :], sentinel_bg], axis=0), members)
+        low = self.cgm_paths(np.concatenate([now[None, :], sentinel_bg], axis=0), members)
         return float(np.min(low)) < _HYPO_MG_DL + ALERT_SCREEN_MARGIN_MG_DL
 
     def _run_members(self, idx: IntArray, minutes: int) -> FloatArray:
@@ -339,7 +341,7 @@ class GlucoseForecaster:
     def _alert_from_paths(self, bg: FloatArray) -> list[Event]:
         """The alert events for the particles' model BG paths *bg* ``(minutes + 1, N)`` over the alert horizon (the
         batched filter of :mod:`medtwin.glucose.stream` computes the paths of many people in one call)."""
-        low = self.low_paths(bg).min(axis=0)
+        low = self.cgm_paths(bg).min(axis=0)
         p70 = float(np.sum(self.weights[low < _HYPO_MG_DL]))
         p54 = float(np.sum(self.weights[low < _SEVERE_HYPO_MG_DL]))
         return self._alert_from_probabilities(p70, p54)
