@@ -19,7 +19,7 @@ A private Mosquitto (``mosquitto`` on PATH) is started on a free port with no in
 default window of 20 unacknowledged messages per client does not cap the group commit; without one it uses
 127.0.0.1:1883 and says so.
 
-    .venv/bin/python bench/twin_stream.py --patients 1000 --days 7     # the issue's week (2,044,000 readings)
+    .venv/bin/python bench/twin_stream.py --patients 1000 --days 7     # the issue's week (2,038,000 readings)
     .venv/bin/python bench/twin_stream.py --patients 1000 --days 1 --rate 1500   # latency at a sustained rate
     .venv/bin/python bench/twin_stream.py --quick                      # 100 patients, 1 day
 """
