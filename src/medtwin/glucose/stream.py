@@ -174,12 +174,11 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
             f._resample()
     # the alert horizon, screened as GlucoseForecaster._check_alert does: the sentinels of every screened person in
     # one call, then every particle of those who need it (and of those not screened) in a second one
-    members = [f.sentinels() if f.alert_screen else None for f in fs]
-    screened = [i for i, m in enumerate(members) if m is not None]
-    sentinel_bg = _horizon([fs[i] for i in screened], [members[i] for i in screened])
+    sentinels = {i: f.sentinels() for i, f in enumerate(fs) if f.alert_screen}
+    sentinel_bg = _horizon([fs[i] for i in sentinels], list(sentinels.values()))
     full = [not f.alert_screen for f in fs]
-    for i, bg in zip(screened, sentinel_bg, strict=True):
-        full[i] = fs[i].needs_full_horizon(members[i], bg)  # type: ignore[arg-type]
+    for (i, idx), bg in zip(sentinels.items(), sentinel_bg, strict=True):
+        full[i] = fs[i].needs_full_horizon(idx, bg)
     chosen = [i for i, need in enumerate(full) if need]
     paths = dict(zip(chosen, _horizon([fs[i] for i in chosen], [None] * len(chosen)), strict=True))
     out = []
