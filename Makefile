@@ -37,8 +37,9 @@ test: lint typecheck
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# the slow tests CI runs after `make test`: the README tour's long lines and the MLLP attacks beside a live client
-CI_SLOW := tests/test_readme.py tests/adversarial/test_mllp_attacks.py
+# the slow tests CI runs after `make test`: the README tour's long lines, the MLLP attacks beside a live client, and
+# the predicted-low alerts on the 30 virtual patients (~3 min: the figures of docs/living-twin.md)
+CI_SLOW := tests/test_readme.py tests/adversarial/test_mllp_attacks.py tests/twin/test_glucose_alerts.py
 test-ci-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(CI_SLOW)
 

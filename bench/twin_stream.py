@@ -7,19 +7,20 @@ Two measurements, in one run:
    what the runtime does) against the same readings one patient at a time (the baseline: the forecaster's own
    ``update``); readings/s of each and the ratio. The outputs are identical (tests/twin/test_glucose_component.py).
 2. End to end: P simulated wearers (UVA/Padova, medtwin.glucose, closed loop) publish D days of 5-minute CGM as
-   compact JSON over MQTT (QoS 1) from a publisher process as fast as the broker takes them; ``medtwin listen
-   --mqtt`` 's listener (PUBACK after the durable commit) stores them and the twin runtime worker (own process,
-   following the store) forecasts on each. Readings/s from the first publish to the last reading processed;
-   receipt-to-processed latency p50/p99 from the worker (the time from the listener's commit, when its PUBACK
-   goes, to the twins having processed the reading, forecast included, and committed their outputs); CPU seconds
-   of every process.
+   compact JSON over MQTT (QoS 1) from a publisher process, as fast as the broker takes them or paced at ``--rate``
+   readings/s; ``medtwin listen --mqtt`` 's listener (PUBACK after the durable commit) stores them and the twin
+   runtime worker (own process, following the store) forecasts on each. Readings/s from the first publish to the
+   last reading processed; receipt-to-processed latency p50/p99 from the worker (the time from the listener's
+   commit, when its PUBACK goes, to the twins having processed the reading, forecast included, and committed their
+   outputs: in an unpaced run mostly the backlog, so the latency figure comes from a paced run); CPU seconds of
+   every process (from /proc while they run) and per reading, the development measure on a shared machine.
 
 A private Mosquitto (``mosquitto`` on PATH) is started on a free port with no in-flight limit, so the broker's
 default window of 20 unacknowledged messages per client does not cap the group commit; without one it uses
 127.0.0.1:1883 and says so.
 
-    .venv/bin/python bench/twin_stream.py --patients 1000 --days 7     # the issue's week (about 2 million readings)
-    .venv/bin/python bench/twin_stream.py --patients 1000 --days 1     # one day
+    .venv/bin/python bench/twin_stream.py --patients 1000 --days 7     # the issue's week (2,038,000 readings)
+    .venv/bin/python bench/twin_stream.py --patients 1000 --days 1 --rate 1500   # latency at a sustained rate
     .venv/bin/python bench/twin_stream.py --quick                      # 100 patients, 1 day
 """
 
@@ -35,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +49,46 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _own_cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of a running process from /proc (None when it is gone or not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuSampler:
+    """The last CPU seconds seen of each process in *pids*, sampled every 0.2 s until :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.seen: dict[str, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            self.sample()
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            cpu = _proc_cpu(pid)
+            if cpu is not None:
+                self.seen[name] = cpu
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.seen.items()}
 
 
 # -- 1. the glucose component alone ------------------------------------------------------------------------------
@@ -119,7 +161,7 @@ import json, sys, time
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from medtwin.cli.devices import simulated_readings
-port, patients, days = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, patients, days, rate = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 _, readings = simulated_readings(patients, days, seed=1)
 payloads = [(f"devices/sim-cgm-{i:04d}/obs", json.dumps(p)) for _, i, p in readings]
 client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
@@ -131,6 +173,10 @@ sys.stdin.readline()
 t0 = time.time()
 infos = []
 for k, (topic, body) in enumerate(payloads):
+    if rate > 0 and k % 50 == 0:  # paced: message k leaves at k / rate s
+        ahead = t0 + k / rate - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
     infos.append(client.publish(topic, body, qos=1))
     if k % 2000 == 1999:  # flow control: the client's queue is bounded
         for info in infos[-4000:-2000]:
@@ -143,18 +189,28 @@ client.disconnect()
 """
 
 
-def end_to_end(patients: int, days: int, particles: int, tmp: Path) -> dict[str, Any]:
+def end_to_end(patients: int, days: int, particles: int, tmp: Path, rate: float = 0.0) -> dict[str, Any]:
     """The MQTT run (module docstring); the private broker is stopped whatever happens."""
     broker, port, broker_note = _broker(tmp)
     try:
-        return _end_to_end(patients, days, particles, tmp, port, broker_note)
+        return _end_to_end(patients, days, particles, tmp, port, broker_note, None if broker is None else broker.pid,
+                           rate)  # fmt: skip
     finally:
         if broker is not None:
             broker.terminate()
             broker.wait(10)
 
 
-def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, broker_note: str) -> dict[str, Any]:
+def _end_to_end(
+    patients: int,
+    days: int,
+    particles: int,
+    tmp: Path,
+    port: int,
+    broker_note: str,
+    broker_pid: int | None,
+    rate: float,
+) -> dict[str, Any]:
     from medtwin.interop.devices import register_device
     from medtwin.interop.mqtt import MqttListener
     from medtwin.records import Patient
@@ -169,7 +225,7 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
         register_device(setup, f"sim-cgm-{i:04d}", f"pt-sim-cgm-{i:04d}")
     setup.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(patients), str(days)],
+    publisher = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(port), str(patients), str(days), str(rate)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
     assert publisher.stdout is not None
     assert publisher.stdin is not None
@@ -181,6 +237,12 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
     listener = MqttListener(store, f"mqtt://127.0.0.1:{port}", "devices/+/obs", client_id="bench-listener")
     listener.start()
     cpu0 = _cpu()
+    own0 = _own_cpu()
+    pids = {"publisher": publisher.pid, "worker": worker.pid or 0}
+    if broker_pid is not None:
+        pids["broker"] = broker_pid
+    before = {name: _proc_cpu(pid) or 0.0 for name, pid in pids.items()}
+    sampler = _CpuSampler(pids)
     publisher.stdin.write("go\n")
     publisher.stdin.flush()
     published = json.loads(publisher.stdout.readline())
@@ -197,6 +259,7 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
         time.sleep(0.1)
     stored_at = time.time()
     stats = listener.stop()
+    listener_cpu = _own_cpu() - own0
     report = worker.stop(timeout_s=3600)  # it processes what is stored, checkpoints every twin, and reports
     done_at = time.time()
     last = last_raw_id(store)
@@ -204,9 +267,12 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
     store.close()
     publisher.wait(60)
     cpu = _cpu() - cpu0
+    per_process = {name: round(v - before[name], 1) for name, v in sampler.stop().items()}
+    per_process["listener (bench process)"] = round(listener_cpu, 1)
     first = float(published["first_publish"])
     return {
         "patients": patients, "days": days, "particles": particles, "readings": expected, "broker": broker_note,
+        "publish_rate": "as fast as the broker takes them" if rate <= 0 else f"paced at {rate:g} readings/s",
         "stored": stats.stored, "duplicates": stats.duplicates, "rejected": stats.rejected, "commits": stats.commits,
         "publish_s": round(published["seconds"], 2), "stored_s": round(stored_at - first, 2),
         "end_to_end_s": round(done_at - first, 2), "readings_per_s": round(expected / (done_at - first)),
@@ -214,7 +280,8 @@ def _end_to_end(patients: int, days: int, particles: int, tmp: Path, port: int, 
         "stored_per_s": round(expected / (stored_at - first)),
         "processed_p50_ms": report.get("processed_p50_ms"), "processed_p99_ms": report.get("processed_p99_ms"),
         "worker_busy_s": round(float(report.get("busy_s", 0.0)), 2), "alerts": report.get("alerts"),
-        "cpu_s_all_processes": round(cpu, 1), "worker_read_to_end": processed_to == last,
+        "cpu_s_all_processes": round(cpu, 1), "cpu_ms_per_reading": round(1e3 * cpu / expected, 3),
+        "cpu_s_per_process": per_process, "worker_read_to_end": processed_to == last,
         "worker_messages": report.get("messages"),
     }  # fmt: skip
 
@@ -224,6 +291,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--particles", type=int, default=128)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="publish paced at this many readings/s (0: as fast as the broker takes them)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="100 patients, 1 day")
     parser.add_argument("--skip-mqtt", action="store_true", help="only the in-process comparison")
     args = parser.parse_args()
@@ -237,7 +306,7 @@ def main() -> None:
     print(json.dumps(result["in_process"]), flush=True)
     if not args.skip_mqtt:
         with tempfile.TemporaryDirectory() as tmp:
-            result["end_to_end"] = end_to_end(args.patients, args.days, args.particles, Path(tmp))
+            result["end_to_end"] = end_to_end(args.patients, args.days, args.particles, Path(tmp), args.rate)
     print(json.dumps(result, indent=2))
 
 

@@ -106,6 +106,7 @@ def run_inputs(
     meal_col: IntArray | None = None,
     insulin_col: IntArray | None = None,
     stop: IntArray | None = None,
+    parallel: bool | None = None,
 ) -> FloatArray:
     """Advance states *x* ``(B, 13)`` (in place) under per-minute inputs; return BG ``(minutes, B)`` in mg/dL.
 
@@ -114,7 +115,8 @@ def run_inputs(
     each minute and *insulin_u_min* the insulin delivered during it, ``(minutes,)`` shared by every member,
     ``(minutes, B)`` one column per member, or ``(minutes, C)`` with *meal_col* / *insulin_col* ``(B,)`` naming each
     member's column (members of different people in one batch). *stop* ``(B,)``: member b runs only its first
-    ``stop[b]`` minutes (its BG after that is NaN).
+    ``stop[b]`` minutes (its BG after that is NaN). *parallel*: the threaded build (None: from
+    :data:`PARALLEL_MIN_WORK` member-minutes on).
     """
     meals = np.ascontiguousarray(meals_g, dtype=np.float64)
     insulin = np.ascontiguousarray(insulin_u_min, dtype=np.float64)
@@ -132,6 +134,7 @@ def run_inputs(
         st = np.minimum(np.ascontiguousarray(stop, dtype=np.int64), n)
         bg = np.full((n, b), np.nan)
     work = int(st.sum())
-    kernel = _run_inputs_parallel if work >= PARALLEL_MIN_WORK and b > 1 else _run_inputs_serial
+    threaded = work >= PARALLEL_MIN_WORK if parallel is None else parallel
+    kernel = _run_inputs_parallel if threaded and b > 1 else _run_inputs_serial
     kernel(x, p, meal_state, meals, insulin, mc, ic, st, n_sub, bg)
     return bg

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from medtwin.errors import ValidationError
-from medtwin.glucose._twin_kernels import run_inputs
+from medtwin.glucose._twin_kernels import IntArray, run_inputs
 from medtwin.glucose.forecast import (
     _ALERT_HORIZON_MIN,
     _PROCESS_NOISE_PER_SQRT_MIN,
@@ -84,6 +84,9 @@ def _population_posterior(
     )  # fmt: skip
 
 
+# The serial kernel build in both calls: a streaming worker shares the cores with the listener and the broker, and
+# the threaded build's idle threads cost CPU they need (measured on the 2-core VM, 300 patients x 23 readings:
+# 0.94 CPU s serial vs 1.36 threaded, docs/benchmarks.md).
 def _run_together(
     forecasters: Sequence[GlucoseForecaster],
     spans: Sequence[tuple[float, float]],
@@ -95,14 +98,15 @@ def _run_together(
     meals_cols, insulin_cols = [], []
     for f, (t0, t1) in zip(forecasters, spans, strict=True):
         meals, insulin = f._inputs(t0, t1)
-        n = f.weights.size
-        meals_cols.append(np.repeat(meals[:, None], n, axis=1))
-        insulin_cols.append(np.repeat(insulin[:, None], n, axis=1))
+        meals_cols.append(meals)
+        insulin_cols.append(insulin)
     sizes = [a.shape[0] for a in x]
+    column = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     xs = np.concatenate(list(x))
     ms = np.concatenate(list(meal_state))
     ps = np.concatenate([f.params for f in forecasters])
-    bg = run_inputs(xs, ps, ms, np.concatenate(meals_cols, axis=1), np.concatenate(insulin_cols, axis=1))
+    bg = run_inputs(xs, ps, ms, np.stack(meals_cols, axis=1), np.stack(insulin_cols, axis=1), meal_col=column,
+                    insulin_col=column, parallel=False)  # fmt: skip
     out: list[FloatArray] = []
     start = 0
     for i, n in enumerate(sizes):
@@ -168,13 +172,49 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
         f.last_cgm_mg_dl = float(cgm)
         if 1.0 / np.sum(f.weights**2) < 0.5 * f.weights.size:
             f._resample()
-    # the alert horizon: every particle of every person run on copies of its state, in one call
-    paths = _run_together(fs, [(f.t_min, f.t_min + _ALERT_HORIZON_MIN) for f in fs], [f.x.copy() for f in fs],
-                          [f.meal_state.copy() for f in fs])  # fmt: skip
+    # the alert horizon, screened as GlucoseForecaster._check_alert does: the sentinels of every screened person in
+    # one call, then every particle of those who need it (and of those not screened) in a second one
+    sentinels = {i: f.sentinels() for i, f in enumerate(fs) if f.alert_screen}
+    sentinel_bg = _horizon([fs[i] for i in sentinels], list(sentinels.values()))
+    full = [not f.alert_screen for f in fs]
+    for (i, idx), bg in zip(sentinels.items(), sentinel_bg, strict=True):
+        full[i] = fs[i].needs_full_horizon(idx, bg)
+    chosen = [i for i, need in enumerate(full) if need]
+    paths = dict(zip(chosen, _horizon([fs[i] for i in chosen], [None] * len(chosen)), strict=True))
     out = []
-    for f, bg in zip(fs, paths, strict=True):
+    for i, f in enumerate(fs):
+        if i not in paths:
+            out.append(f._alert_from_probabilities(0.0, 0.0))
+            continue
         now = f.x[:, 12] / f.params[:, _VG]
-        out.append(f._alert_from_paths(np.concatenate([now[None, :], bg], axis=0)))
+        out.append(f._alert_from_paths(np.concatenate([now[None, :], paths[i]], axis=0)))
+    return out
+
+
+def _horizon(forecasters: Sequence[GlucoseForecaster], members: Sequence[IntArray | None]) -> list[FloatArray]:
+    """Model BG ``(horizon, M_i)`` of particles *members[i]* (None: all) of each forecaster over the alert horizon,
+    on copies of their states, in one kernel call."""
+    if not forecasters:
+        return []
+    meals_cols, insulin_cols, xs, ms, ps, sizes = [], [], [], [], [], []
+    for f, idx in zip(forecasters, members, strict=True):
+        meals, insulin = f._inputs(f.t_min, f.t_min + _ALERT_HORIZON_MIN)
+        sel = slice(None) if idx is None else idx
+        x = f.x[sel]
+        meals_cols.append(meals)
+        insulin_cols.append(insulin)
+        xs.append(x)
+        ms.append(f.meal_state[sel])
+        ps.append(f.params[sel])
+        sizes.append(x.shape[0])
+    column = np.repeat(np.arange(len(forecasters), dtype=np.int64), sizes)
+    bg = run_inputs(np.concatenate(xs), np.concatenate(ps), np.concatenate(ms), np.stack(meals_cols, axis=1),
+                    np.stack(insulin_cols, axis=1), meal_col=column, insulin_col=column, parallel=False)  # fmt: skip
+    out = []
+    start = 0
+    for n in sizes:
+        out.append(bg[:, start : start + n])
+        start += n
     return out
 
 

@@ -496,6 +496,11 @@ class RuntimeProcess:
         self._stop: Any = None
         self.stats: dict[str, Any] = {}
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before :meth:`start`)."""
+        return None if self._proc is None else int(self._proc.pid)
+
     def start(self, timeout_s: float = 120.0) -> int:
         """Start the child and wait until its cursor is in place; returns the log position it starts after."""
         parent, child = self._ctx.Pipe()
