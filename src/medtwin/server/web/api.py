@@ -529,7 +529,7 @@ async def admin_create_user(request: Request, principal: Principal = Depends(cal
     if not isinstance(role, str):
         raise ApiError(400, "invalid", "role: one of " + ", ".join(ROLES))
     if password is not None and not isinstance(password, str):
-        raise ApiError(400, "invalid", "password: a string (or leave it out for a one-time initial password)")
+        raise ApiError(400, "invalid", "password: a string (or leave it out for a random initial password, shown once)")
     wards, teams = _name_list(body, "wards") or [], _name_list(body, "teams") or []
     generated = None if password else secrets.token_urlsafe(12)
     initial: str = password or generated or ""

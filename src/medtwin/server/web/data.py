@@ -466,6 +466,7 @@ def report_view(patient_id: str, report: Any, origin: datetime, doses: Sequence[
     band = report.band
     return {
         "patient_id": patient_id,
+        "drug": report.case.model.drug,
         "model": d["model"],
         "origin": _iso(origin),
         "covariates": d["covariates"],
