@@ -395,3 +395,33 @@ def test_only_admins_manage_users(web: Any, user: str) -> None:
     users = {u["username"]: u for u in client.get("/app/api/admin/users", headers=admin).json()["users"]}
     assert f"sneak-{user}" not in users
     assert users["nurse.ali"]["role"] == "nurse"
+
+
+# The new endpoints by role, from the rules as documented (docs/security.md "Policy", docs/web.md): the dosing panel
+# is for the clinical roles within their reach (a nurse outside the ward: not found), a proposal needs
+# MedicationRequest create (not nurses), researchers get no identified screen, user management is for admins only.
+ACCESS = {  # user -> (entered case of Alberto (WARD-A), proposal from an entered case for Chet (no ward), users)
+    "admin": (200, 201, 201),
+    "dr.lee": (200, 404, 403),  # Chet is outside Dr Lee's wards and teams
+    "nurse.kim": (200, 403, 403),
+    "nurse.ali": (404, 403, 403),  # Alberto is on WARD-A, not nurse Ali's ward
+    "pharm.diaz": (200, 201, 403),
+    "res.olsen": (403, 403, 403),
+}
+
+
+@pytest.mark.parametrize("user", sorted(ACCESS))
+def test_access_matrix_of_the_entered_dosing_and_user_endpoints(web: Any, user: str) -> None:
+    client, _, names = web
+    who = _token(client, user)
+    got = (
+        client.post(f"/app/api/patient/{names['Alberto Atencio']}/dosing/entered", json=_entered(), headers=who),
+        client.post(f"/app/api/patient/{names['Chet Thompson']}/dosing/propose", json={"entered": _entered()},
+                    headers=who),
+        client.post("/app/api/admin/users", json={"username": f"m-{user}", "role": "nurse"}, headers=who),
+    )  # fmt: skip
+    assert tuple(r.status_code for r in got) == ACCESS[user], [r.text[:200] for r in got]
+    for r in got:
+        if r.status_code >= 400:
+            assert "Alberto" not in r.text
+            assert "Chet" not in r.text
