@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -440,6 +440,49 @@ def test_dosing_recommendation_shows_the_regimen_table_and_proposes(platform: Pl
         store.close()
 
 
+def test_dosing_from_entered_doses_and_levels_for_a_patient_without_a_course(platform: Platform, context: Any,
+                                                                             shots: Path) -> None:  # fmt: skip
+    ids = patient_ids(platform)
+    pid = ids["Chet Thompson"]  # no vancomycin course in the record; pharmacists reach every patient
+    page = context.new_page()
+    sign_in(page, platform, "pharm.diaz", path=f"/app/patient/{pid}")
+    page.wait_for_selector("#dosing-entry-box[open]")  # no course: the entry form is open, the record's run hidden
+    assert page.is_hidden("#dosing-run")
+    local = datetime.now().replace(second=0, microsecond=0)
+    page.click("#entry-add-dose")
+    page.fill("#entry-doses tbody tr:nth-child(1) .e-time", (local - timedelta(hours=13)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#entry-doses tbody tr:nth-child(1) .e-amount", "1500")
+    page.click("#entry-add-level")
+    page.fill("#entry-levels tbody tr:nth-child(1) .e-time", (local - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M"))
+    page.fill("#entry-levels tbody tr:nth-child(1) .e-value", "980")  # a unit slip: refused, the row is named
+    page.fill("#entry-weight", "78")
+    page.fill("#entry-scr", "1.0")
+    page.click("#entry-run")
+    page.wait_for_selector("#entry-errors li")
+    assert "levels[0].value_mg_l" in page.inner_text("#entry-errors")
+    page.fill("#entry-levels tbody tr:nth-child(1) .e-value", "9.8")
+    page.click("#entry-run")
+    page.wait_for_selector("#regimens:not([hidden])", timeout=60_000)
+    assert page.locator("#regimens tbody tr").count() == 3  # every 8, 12 and 24 h
+    assert "entered data" in page.inner_text("#regimens caption")
+    used = page.inner_text("#dosing-data")
+    assert "1500 mg" in used
+    assert "9.8 mg/L" in used
+    assert "entered (not in the record)" in used
+    page.locator("#dosing").screenshot(path=str(shots / "dosing-entered.png"))
+    page.locator("#regimens tbody tr").nth(2).locator("button:has-text('Propose')").click()
+    page.wait_for_selector("#dosing-status:has-text('from entered data')")
+    store = platform.store()
+    try:
+        proposals = [m for m in store.medication_requests(pid) if m.intent == "proposal"]
+        assert [m.interval_h for m in proposals] == [24]
+        assert "from entered data: 1 dose(s), 1 level(s), weight, creatinine" in (proposals[0].note or "")
+        vanco = [a for a in store.medication_administrations(pid) if "vanco" in (a.medication.display or "").lower()]
+        assert vanco == []  # the entered dose is not written into the record
+    finally:
+        store.close()
+
+
 # -- hospital -------------------------------------------------------------------------------------------------------
 def test_hospital_forecast_and_what_if(platform: Platform, context: Any, shots: Path) -> None:
     page = context.new_page()
@@ -486,6 +529,15 @@ def test_a_clinician_breaks_the_glass_and_it_is_reviewed(platform: Platform, con
     assert "Chain verified" in admin.inner_text("#chain"), admin.inner_text("#chain")
     assert "covering WARD-B overnight" in admin.inner_text("#bg-table")
     admin.screenshot(path=str(shots / "admin.png"), full_page=True)
+    admin.fill("#nu-name", "nurse.new")  # create a user from the page: a random initial password, shown once
+    admin.select_option("#nu-role", "nurse")
+    admin.fill("#nu-wards", "WARD-B")
+    admin.click("#new-user button[type=submit]")
+    admin.wait_for_selector("#nu-secret:has-text('Initial password of nurse.new')")
+    admin.wait_for_selector("#users-table tbody tr:has-text('nurse.new')")
+    admin.select_option("select[aria-label='Role of nurse.new']", "clinician")
+    admin.click("button[aria-label='Save the access of nurse.new']")
+    admin.wait_for_selector("#admin-status:has-text('Saved nurse.new: clinician')")
 
 
 def test_a_researcher_sees_no_identified_page(platform: Platform, context: Any, shots: Path) -> None:

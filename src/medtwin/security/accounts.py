@@ -64,6 +64,17 @@ def _check_role(role: str) -> None:
         raise ValidationError(f"role {role!r} is not one of {', '.join(ROLES)}")
 
 
+def _names(what: str, names: Sequence[str]) -> list[str]:
+    """Ward or care-team names: non-empty, at most 80 characters, no duplicates (order kept)."""
+    out: list[str] = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip() or len(name) > 80:
+            raise ValidationError(f"{what}[{i}]: {name!r} is not a name (1 to 80 characters)")
+        if name.strip() not in out:
+            out.append(name.strip())
+    return out
+
+
 class Accounts:
     """Users, clients and care-team membership in the database behind *engine*.
 
@@ -92,8 +103,8 @@ class Accounts:
             "username": username,
             "password_hash": self.hasher.hash(password),
             "role": role,
-            "wards": json.dumps(list(wards)),
-            "teams": json.dumps(list(teams)),
+            "wards": json.dumps(_names("wards", wards)),
+            "teams": json.dumps(_names("teams", teams)),
             "disabled": False,
             "created": datetime.now(UTC),
         }
@@ -133,6 +144,33 @@ class Accounts:
         """Disable (or enable again) a user; raises :class:`AccountError` for an unknown name."""
         with self.engine.begin() as conn:
             done = conn.execute(update(users).where(users.c.username == username).values(disabled=disabled))
+        if done.rowcount == 0:
+            raise AccountError(f"no user named {username!r}")
+        found = self.user(username)
+        assert found is not None
+        return found
+
+    def update_user(
+        self,
+        username: str,
+        *,
+        role: str | None = None,
+        wards: Sequence[str] | None = None,
+        teams: Sequence[str] | None = None,
+    ) -> User:
+        """Change a user's role, wards or care teams (None: unchanged); raises :class:`AccountError` for an unknown
+        name. Tokens already issued keep the claims they were issued with until they expire or are refreshed."""
+        values: dict[str, object] = {}
+        if role is not None:
+            _check_role(role)
+            values["role"] = role
+        for name, names in (("wards", wards), ("teams", teams)):
+            if names is not None:
+                values[name] = json.dumps(_names(name, names))
+        if not values:
+            raise ValidationError("nothing to change: give a role, wards or teams")
+        with self.engine.begin() as conn:
+            done = conn.execute(update(users).where(users.c.username == username).values(**values))
         if done.rowcount == 0:
             raise AccountError(f"no user named {username!r}")
         found = self.user(username)

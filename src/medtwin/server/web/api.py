@@ -10,6 +10,7 @@ through the API's research views. The computations are in :mod:`medtwin.server.w
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,12 +19,13 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.errors import MedtwinError
+from medtwin.security.accounts import ROLES, AccountError
 from medtwin.security.principal import Principal
 from medtwin.security.scopes import parse_scopes
 from medtwin.security.tokens import TokenError
 from medtwin.server.errors import ApiError, JSONBody, not_found
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
-from medtwin.server.web import data
+from medtwin.server.web import data, dosing_entry
 
 __all__ = ["CLIENT_ID", "router"]
 
@@ -388,32 +390,70 @@ async def dosing(request: Request, patient_id: str, principal: Principal = Depen
     return JSONBody(out)
 
 
+def _entry(body: Any) -> dosing_entry.Entry:
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "the entered data must be a JSON object")
+    try:
+        return dosing_entry.parse_entry(body)
+    except dosing_entry.EntryError as exc:
+        raise ApiError(400, "invalid", f"entered dosing data refused (nothing computed or stored): {exc}",
+                       issues=exc.issues) from None  # fmt: skip
+
+
+@router.post("/patient/{patient_id}/dosing/entered")
+async def dosing_entered(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """The dosing panel of an entered case: the record's doses and levels plus entered ones (and an entered weight
+    or creatinine), MAP fit, band, regimen options. Nothing is written into the record
+    (:mod:`medtwin.server.web.dosing_entry`)."""
+    what = f"MedicationAdministration?patient={patient_id}&dosing&entered"
+    await _patient(request, principal, patient_id, "MedicationAdministration", "s", what)
+    entry = _entry(await _json(request))
+    platform = platform_of(request)
+    try:
+        out = await run_in_threadpool(dosing_entry.entered_view, platform.store, patient_id, entry)
+    except MedtwinError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    await platform.record(principal, "read", what, patient_id=patient_id, source=source_of(request),
+                          detail=f"entered case: {entry.n_rows} entered value(s), include_record="
+                                 f"{entry.include_record}")  # fmt: skip
+    return JSONBody(out)
+
+
 @router.post("/patient/{patient_id}/dosing/propose")
 async def propose(request: Request, patient_id: str, principal: Principal = Depends(caller)) -> JSONBody:
-    """Store the chosen regimen as a MedicationRequest proposal (intent ``proposal``, status ``draft``), audited."""
+    """Store the chosen regimen as a MedicationRequest proposal (intent ``proposal``, status ``draft``), audited;
+    with ``"entered": {...}`` (the body of ``dosing/entered``), the regimen of that entered case."""
     what = f"MedicationRequest?patient={patient_id}&proposal"
     await _patient(request, principal, patient_id, "MedicationRequest", "c", what)
     body = await _json(request)
     interval = body.get("interval_h")
     interval_h = None if interval is None else _number(body, "interval_h", 0.0)
+    entry = None if body.get("entered") is None else _entry(body["entered"])
     platform = platform_of(request)
     try:
-        records = await run_in_threadpool(
-            lambda: data.dosing_proposal_records(platform.store, patient_id, interval_h=interval_h)
-        )
+        if entry is None:
+            records = await run_in_threadpool(
+                lambda: data.dosing_proposal_records(platform.store, patient_id, interval_h=interval_h)
+            )
+        else:
+            records = await run_in_threadpool(
+                lambda: dosing_entry.entered_proposal_records(platform.store, patient_id, entry, interval_h=interval_h)
+            )
     except KeyError:
         raise ApiError(404, "not-found", "this patient has no vancomycin course in the record") from None
     except MedtwinError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     await run_in_threadpool(platform.store.write, records)
     request_record = records[0]
+    from_entered = "" if entry is None else f", from entered data ({entry.n_rows} value(s))"
     await platform.record(principal, "create", f"MedicationRequest/{request_record.request_id}",
                           patient_id=patient_id, source=source_of(request),
                           detail=f"dosing proposal {request_record.dose.value:g} mg every "
-                                 f"{request_record.interval_h:g} h")  # fmt: skip
+                                 f"{request_record.interval_h:g} h" + from_entered)  # fmt: skip
     return JSONBody({"request_id": request_record.request_id, "intent": request_record.intent,
                      "status": request_record.status, "dose_mg": request_record.dose.value,
-                     "interval_h": request_record.interval_h, "note": request_record.note}, 201)  # fmt: skip
+                     "interval_h": request_record.interval_h, "note": request_record.note,
+                     "from_entered": entry is not None}, 201)  # fmt: skip
 
 
 # -- hospital ------------------------------------------------------------------------------------------------------
@@ -457,8 +497,88 @@ async def admin_users(request: Request, principal: Principal = Depends(caller)) 
     platform = platform_of(request)
     users = await run_in_threadpool(platform.accounts.users)
     await platform.record(principal, "search", "User?all", source=source_of(request))
-    return JSONBody({"users": [{"id": u.user_id, "username": u.username, "role": u.role, "wards": list(u.wards),
-                                "teams": list(u.teams), "disabled": u.disabled} for u in users]})  # fmt: skip
+    return JSONBody({"users": [_user_json(u) for u in users], "roles": list(ROLES)})
+
+
+def _user_json(u: Any) -> dict[str, Any]:
+    return {"id": u.user_id, "username": u.username, "role": u.role, "wards": list(u.wards), "teams": list(u.teams),
+            "disabled": u.disabled}  # fmt: skip
+
+
+def _name_list(body: dict[str, Any], key: str) -> list[str] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):  # the form's comma-separated field
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, "invalid", f"{key}: a list of names (or one comma-separated string) is required")
+    return value
+
+
+@router.post("/admin/users")
+async def admin_create_user(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Create a user (``{"username", "role", "password"?, "wards"?, "teams"?}``) with an argon2id password hash
+    (:meth:`medtwin.security.accounts.Accounts.add_user`, as ``medtwin users add``). Without a password, a random
+    initial password is made and answered once (it is not stored or audited in clear); audited as ``create``."""
+    _admin_only(principal)
+    body = await _json(request)
+    username, role, password = body.get("username"), body.get("role"), body.get("password")
+    if not isinstance(username, str) or not username.strip():
+        raise ApiError(400, "invalid", "username: a name is required")
+    if not isinstance(role, str):
+        raise ApiError(400, "invalid", "role: one of " + ", ".join(ROLES))
+    if password is not None and not isinstance(password, str):
+        raise ApiError(400, "invalid", "password: a string (or leave it out for a random initial password, shown once)")
+    wards, teams = _name_list(body, "wards") or [], _name_list(body, "teams") or []
+    generated = None if password else secrets.token_urlsafe(12)
+    initial: str = password or generated or ""
+    platform = platform_of(request)
+    try:
+        user = await run_in_threadpool(lambda: platform.accounts.add_user(username.strip(), initial,
+                                                                          role, wards=wards, teams=teams))  # fmt: skip
+    except AccountError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    except MedtwinError as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
+    await platform.record(principal, "create", f"User/{user.user_id}", source=source_of(request),
+                          detail=f"user {user.username}: role {user.role}, wards {list(user.wards)}, teams "
+                                 f"{list(user.teams)}, " + ("initial password generated" if generated else
+                                                            "password set by the admin"))  # fmt: skip
+    out = _user_json(user)
+    if generated is not None:
+        out["initial_password"] = generated
+    return JSONBody(out, 201)
+
+
+@router.post("/admin/users/{username}/access")
+async def admin_user_access(request: Request, username: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """Change a user's role, wards or care teams (``{"role"?, "wards"?, "teams"?}``); admins cannot change their
+    own role (no lock-out by mistake). Issued tokens keep their claims until they expire; audited as ``update``."""
+    _admin_only(principal)
+    body = await _json(request)
+    role = body.get("role")
+    if role is not None and not isinstance(role, str):
+        raise ApiError(400, "invalid", "role: one of " + ", ".join(ROLES))
+    wards, teams = _name_list(body, "wards"), _name_list(body, "teams")
+    platform = platform_of(request)
+    before = await run_in_threadpool(platform.accounts.user, username)
+    if before is None or before.username != username:
+        raise ApiError(404, "not-found", f"no user named {username!r}")
+    if role is not None and role != before.role and before.user_id == principal.subject:
+        raise ApiError(409, "conflict", "you cannot change your own role (ask another admin)")
+    try:
+        user = await run_in_threadpool(lambda: platform.accounts.update_user(username, role=role, wards=wards,
+                                                                             teams=teams))  # fmt: skip
+    except AccountError as exc:
+        raise ApiError(404, "not-found", str(exc)) from None
+    except MedtwinError as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
+    changes = [f"{k} {getattr(before, k)!r} -> {getattr(user, k)!r}" for k in ("role", "wards", "teams")
+               if getattr(before, k) != getattr(user, k)]  # fmt: skip
+    await platform.record(principal, "update", f"User/{user.user_id}", source=source_of(request),
+                          detail="; ".join(changes) or "no change")  # fmt: skip
+    return JSONBody(_user_json(user))
 
 
 @router.post("/admin/users/{username}/disabled")

@@ -46,6 +46,7 @@ __all__ = [
     "hospital_view",
     "hospital_whatif",
     "patient_view",
+    "report_view",
     "ward_of",
     "ward_patients",
 ]
@@ -448,8 +449,16 @@ def dosing_view(store: Store, patient_id: str, *, n_samples: int = 500) -> dict[
     case_data = dosing_case(store, patient_id)
     case = parse_case(case_data, source=f"patient {patient_id}")
     report = analyze_case(case, n_samples=n_samples, seed=0)
+    doses = [{**r, "source": "record"} for r in case_data["doses"]]
+    levels = [{**lv, "source": "record"} for lv in case_data["levels"]]
+    return report_view(patient_id, report, datetime.fromisoformat(case_data["origin"]), doses, levels)
+
+
+def report_view(patient_id: str, report: Any, origin: datetime, doses: Sequence[Mapping[str, Any]],
+                levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The dosing panel's JSON of a :class:`medtwin.dosing.DosingReport` whose times count from *origin*; *doses*
+    and *levels* are the rows shown (``time_h``, and ``source``: ``record`` or ``entered``)."""
     d = report.to_dict()
-    origin = datetime.fromisoformat(case_data["origin"])
 
     def at(hours: float) -> str | None:
         return _iso(origin + timedelta(hours=float(hours)))
@@ -457,12 +466,13 @@ def dosing_view(store: Store, patient_id: str, *, n_samples: int = 500) -> dict[
     band = report.band
     return {
         "patient_id": patient_id,
+        "drug": report.case.model.drug,
         "model": d["model"],
         "origin": _iso(origin),
         "covariates": d["covariates"],
         "target": d["target"],
-        "doses": [{**r, "time": at(r["time_h"])} for r in case_data["doses"]],
-        "levels": [{**lv, "time": at(lv["time_h"])} for lv in case_data["levels"]],
+        "doses": [{**r, "time": at(r["time_h"])} for r in doses],
+        "levels": [{**lv, "time": at(lv["time_h"])} for lv in levels],
         "level_fit": d["levels"],
         "parameters": d["parameters"],
         "estimation": d["estimation"],
@@ -477,6 +487,7 @@ def dosing_view(store: Store, patient_id: str, *, n_samples: int = 500) -> dict[
         "recommended": d["recommended"],
         "loading_dose": d["loading_dose"],
         "warnings": d["warnings"],
+        "notes": d["notes"],
     }
 
 

@@ -6,16 +6,49 @@
   const el = MT.el;
   const td = (text, cls) => el("td", { text: text === null || text === undefined || text === "" ? "–" : String(text), class: cls });
 
+  const names = (text) => text.split(",").map((x) => x.trim()).filter(Boolean);
+
   async function users() {
     const r = await MT.apiJson("/app/api/admin/users");
     if (!r.ok) { MT.status("admin-status", (r.body && r.body.message) || "Not available.", true); return false; }
+    const roleSelect = document.getElementById("nu-role");
+    if (!roleSelect.options.length) roleSelect.replaceChildren(...r.body.roles.map((x) => el("option", { value: x, text: x, selected: x === "clinician" })));
     document.querySelector("#users-table tbody").replaceChildren(...r.body.users.map((u) => {
       const b = el("button", { type: "button", class: "secondary", text: u.disabled ? "Enable" : "Disable", "aria-label": (u.disabled ? "Enable " : "Disable ") + u.username });
       b.addEventListener("click", async () => { await MT.apiJson("/app/api/admin/users/" + encodeURIComponent(u.username) + "/disabled", { method: "POST", json: { disabled: !u.disabled } }); users(); });
-      return el("tr", {}, td(u.username), td(u.role), td(u.wards.join(", ")), td(u.teams.join(", ")), td(u.disabled ? "disabled" : "active"), el("td", {}, u.username === me.username ? null : b));
+      const self = u.username === me.username;
+      const role = el("select", { "aria-label": "Role of " + u.username, disabled: self, title: self ? "You cannot change your own role" : null },
+        ...r.body.roles.map((x) => el("option", { value: x, text: x, selected: x === u.role })));
+      const wards = el("input", { value: u.wards.join(", "), "aria-label": "Wards of " + u.username, size: "14" });
+      const teams = el("input", { value: u.teams.join(", "), "aria-label": "Care teams of " + u.username, size: "12" });
+      const save = el("button", { type: "button", class: "secondary", text: "Save", "aria-label": "Save the access of " + u.username });
+      save.addEventListener("click", async () => {
+        const json = { wards: names(wards.value), teams: names(teams.value) };
+        if (!self) json.role = role.value;
+        const res = await MT.apiJson("/app/api/admin/users/" + encodeURIComponent(u.username) + "/access", { method: "POST", json });
+        MT.status("admin-status", res.ok ? "Saved " + u.username + ": " + res.body.role + "." : (res.body && res.body.message) || "Could not save.", !res.ok);
+        if (res.ok) users();
+      });
+      return el("tr", {}, td(u.username), el("td", {}, role), el("td", {}, wards), el("td", {}, teams), el("td", {}, save),
+        td(u.disabled ? "disabled" : "active"), el("td", {}, self ? null : b));
     }));
     return true;
   }
+
+  document.getElementById("new-user").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = (id) => document.getElementById(id).value;
+    const json = { username: v("nu-name").trim(), role: v("nu-role"), wards: names(v("nu-wards")), teams: names(v("nu-teams")) };
+    if (v("nu-password")) json.password = v("nu-password");
+    const r = await MT.apiJson("/app/api/admin/users", { method: "POST", json });
+    const secret = document.getElementById("nu-secret");
+    secret.textContent = "";
+    if (!r.ok) { MT.status("admin-status", (r.body && r.body.message) || "Could not create the user.", true); return; }
+    MT.status("admin-status", "Created " + r.body.username + " (" + r.body.role + ").");
+    if (r.body.initial_password) secret.textContent = "Initial password of " + r.body.username + ": " + r.body.initial_password + " (shown once; give it to the user in person).";
+    document.getElementById("new-user").reset();
+    users();
+  });
 
   async function teams() {
     const r = await MT.apiJson("/app/api/admin/careteams");

@@ -48,7 +48,7 @@
     timeline(p.alerts);
     record(p);
     if (p.has_glucose) glucose();
-    if (p.has_dosing) document.getElementById("dosing").hidden = false;
+    dosingPanel(p.has_dosing);
   }
 
   function vitals(p) {
@@ -148,6 +148,62 @@
   }
 
   // -- dosing ------------------------------------------------------------------------------------------------
+  // The record's course (when there is one) or an entered case: the entered rows are sent with every run and with
+  // "propose", and are never written into the record (docs/web.md, "Dosing panel").
+  let entered = null;   // the entered case of the regimen table shown, or null when it came from the record alone
+
+  function dosingPanel(hasCourse) {
+    document.getElementById("dosing").hidden = false;
+    document.getElementById("dosing-run").hidden = !hasCourse;
+    if (!hasCourse) {
+      MT.status("dosing-status", "No vancomycin course in the record: enter the doses and levels to fit the model.");
+      document.getElementById("dosing-entry-box").open = true;
+    }
+  }
+
+  function entryRow(kind) {
+    const n = document.querySelectorAll("#entry-" + kind + "s tbody tr").length + 1;
+    const name = (kind === "dose" ? "Dose " : "Level ") + n;
+    const cells = [el("td", {}, el("input", { type: "datetime-local", class: "e-time", "aria-label": name + " time", required: "" }))];
+    if (kind === "dose") {
+      cells.push(el("td", {}, el("input", { type: "number", class: "e-amount", min: "1", max: "6000", step: "any", "aria-label": name + " amount (mg)", required: "" })));
+      cells.push(el("td", {}, el("input", { type: "number", class: "e-duration", min: "0", max: "48", step: "any", value: "1", "aria-label": name + " infusion (h)" })));
+    } else {
+      cells.push(el("td", {}, el("input", { type: "number", class: "e-value", min: "0", max: "200", step: "any", "aria-label": name + " concentration (mg/L)", required: "" })));
+    }
+    const rm = el("button", { type: "button", class: "secondary", text: "Remove", "aria-label": "Remove " + name.toLowerCase() });
+    const tr = el("tr", {}, ...cells, el("td", {}, rm));
+    rm.addEventListener("click", () => tr.remove());
+    document.querySelector("#entry-" + kind + "s tbody").append(tr);
+  }
+  document.getElementById("entry-add-dose").addEventListener("click", () => entryRow("dose"));
+  document.getElementById("entry-add-level").addEventListener("click", () => entryRow("level"));
+
+  function when(input) {   // datetime-local is the browser's local time: sent as UTC with its zone
+    if (!input.value) return "";
+    const t = new Date(input.value);
+    return isNaN(t.getTime()) ? input.value : t.toISOString();
+  }
+
+  function entryBody() {
+    const num = (input) => input.value === "" ? null : Number(input.value);
+    const body = { drug: document.getElementById("entry-drug").value, include_record: document.getElementById("entry-include").checked,
+      doses: [...document.querySelectorAll("#entry-doses tbody tr")].map((tr) => ({ time: when(tr.querySelector(".e-time")),
+        amount_mg: num(tr.querySelector(".e-amount")), duration_h: num(tr.querySelector(".e-duration")) })),
+      levels: [...document.querySelectorAll("#entry-levels tbody tr")].map((tr) => ({ time: when(tr.querySelector(".e-time")), value_mg_l: num(tr.querySelector(".e-value")) })) };
+    for (const [key, id] of [["weight_kg", "entry-weight"], ["scr_mg_dl", "entry-scr"]]) {
+      const v = num(document.getElementById(id));
+      if (v !== null) body[key] = v;
+    }
+    return body;
+  }
+
+  function showErrors(res) {
+    const list = document.getElementById("entry-errors");
+    list.replaceChildren(...((res.body && res.body.issues) || []).map((i) => el("li", { text: i.path + ": " + i.problem })));
+    MT.status("dosing-status", (res.body && res.body.message) || "The dosing analysis failed.", true);
+  }
+
   document.getElementById("dosing-run").addEventListener("click", async () => {
     const btn = document.getElementById("dosing-run");
     btn.disabled = true;
@@ -155,14 +211,46 @@
     const d = await call("/app/api/patient/" + enc + "/dosing");
     btn.disabled = false;
     if (!d.ok) { MT.status("dosing-status", (d.body && d.body.message) || "The dosing analysis failed.", true); return; }
-    const x = d.body;
-    Charts.draw("dosing-chart", [
+    entered = null;
+    showDosing(d.body);
+  });
+
+  document.getElementById("dosing-entry").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const btn = document.getElementById("entry-run");
+    const body = entryBody();
+    btn.disabled = true;
+    document.getElementById("entry-errors").replaceChildren();
+    MT.status("dosing-status", "Fitting the model to the record's and the entered data (MAP) and simulating the options…");
+    const d = await call("/app/api/patient/" + enc + "/dosing/entered", { method: "POST", json: body });
+    btn.disabled = false;
+    if (!d.ok) { showErrors(d); return; }
+    entered = body;
+    showDosing(d.body);
+  });
+
+  function showDosing(x) {
+    const drug = x.drug || "vancomycin";
+    const src = (rows, which) => rows.filter((r) => (r.source || "record") === which);
+    const traces = [
       ...Charts.band(x.band.t, x.band.p05, x.band.p95, "90 % prediction band", "rgba(11,92,173,0.2)"),
       { x: x.band.t, y: x.band.map, type: "scatter", mode: "lines", name: "MAP fit", line: { color: "#17324d", width: 2 } },
-      { x: x.levels.map((l) => l.time), y: x.levels.map((l) => l.value), type: "scatter", mode: "markers", name: "measured levels (mg/L)", marker: { size: 10, color: "#b3141b" } },
-      { x: x.doses.map((dd) => dd.time), y: x.doses.map(() => 0), type: "scatter", mode: "markers", name: "doses", marker: { symbol: "triangle-up", size: 10, color: "#5a2d82" },
-        text: x.doses.map((dd) => dd.amount.value + " " + dd.amount.unit), hoverinfo: "text+x" },
-    ], { title: { text: "Vancomycin concentration" }, yaxis: { title: { text: "mg/L" } } });
+    ];
+    for (const [which, name, marker] of [["record", "measured levels, record (mg/L)", { size: 10, color: "#b3141b" }],
+      ["entered", "entered levels (mg/L)", { size: 11, color: "#b3141b", symbol: "diamond-open", line: { width: 2 } }]]) {
+      const ls = src(x.levels, which);
+      if (ls.length) traces.push({ x: ls.map((l) => l.time), y: ls.map((l) => l.value), type: "scatter", mode: "markers", name, marker });
+    }
+    traces.push({ x: x.doses.map((dd) => dd.time), y: x.doses.map(() => 0), type: "scatter", mode: "markers", name: "doses", marker: { symbol: "triangle-up", size: 10, color: "#5a2d82" },
+      text: x.doses.map((dd) => dd.amount.value + " " + dd.amount.unit + ((dd.source === "entered") ? " (entered)" : "")), hoverinfo: "text+x" });
+    Charts.draw("dosing-chart", traces, { title: { text: drug[0].toUpperCase() + drug.slice(1) + " concentration" }, yaxis: { title: { text: "mg/L" } } });
+    const used = document.getElementById("dosing-data");
+    used.querySelector("tbody").replaceChildren(
+      ...x.doses.map((dd) => el("tr", { class: dd.source === "entered" ? "entered" : "" }, el("td", { text: "dose" }), el("td", { text: MT.fmtTime(dd.time, true) }),
+        el("td", { class: "num", text: dd.amount.value + " " + dd.amount.unit + " over " + dd.duration_h + " h" }), el("td", { text: dd.source === "entered" ? "entered (not in the record)" : "record" }))),
+      ...x.levels.map((l) => el("tr", { class: l.source === "entered" ? "entered" : "" }, el("td", { text: "level" }), el("td", { text: MT.fmtTime(l.time, true) }),
+        el("td", { class: "num", text: l.value + " " + l.unit }), el("td", { text: l.source === "entered" ? "entered (not in the record)" : "record" }))));
+    used.hidden = false;
     const tbody = document.querySelector("#regimens tbody");
     tbody.replaceChildren();
     for (const p of x.proposals) {
@@ -179,16 +267,20 @@
         el("td", { class: "num", text: p.pta === null || p.pta === undefined ? "–" : Math.round(100 * p.pta) + " %" }),
         el("td", { text: p.in_target ? "yes" : "no" }), el("td", {}, btnP)));
     }
-    document.getElementById("regimens").hidden = false;
+    const regimens = document.getElementById("regimens");
+    regimens.querySelector("caption").textContent = "Regimen options (target " + x.target.metric + " " + x.target.low + "-" + x.target.high + ")" + (entered ? " from the record and entered data" : "");
+    regimens.hidden = false;
     document.getElementById("dosing-model").textContent = "Model: " + x.model.title + " (" + x.model.citation + ", doi:" + x.model.doi + "). Target " +
       x.target.metric + " " + x.target.low + "-" + x.target.high + ". " + (x.warnings.length ? "Warnings: " + x.warnings.join("; ") : "");
-    MT.status("dosing-status", x.proposals.length + " regimen options.");
-  });
+    MT.status("dosing-status", x.proposals.length + " regimen options" + (entered ? " (with entered data, not written into the record)." : "."));
+  }
 
   async function propose(p, btn) {
     btn.disabled = true;
-    const res = await call("/app/api/patient/" + enc + "/dosing/propose", { method: "POST", json: { interval_h: p.interval_h } });
+    const json = entered ? { interval_h: p.interval_h, entered } : { interval_h: p.interval_h };
+    const res = await call("/app/api/patient/" + enc + "/dosing/propose", { method: "POST", json });
     if (!res.ok) { btn.disabled = false; MT.status("dosing-status", (res.body && res.body.message) || "Could not store the proposal.", true); return; }
-    MT.status("dosing-status", "Proposal stored: MedicationRequest " + res.body.request_id + " (" + res.body.dose_mg + " mg every " + res.body.interval_h + " h, draft), audited.");
+    MT.status("dosing-status", "Proposal stored: MedicationRequest " + res.body.request_id + " (" + res.body.dose_mg + " mg every " + res.body.interval_h + " h, draft" +
+      (res.body.from_entered ? ", from entered data" : "") + "), audited.");
   }
 })();
