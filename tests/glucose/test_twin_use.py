@@ -161,12 +161,12 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
         advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, policy="boldest")
 
 
-@pytest.mark.parametrize("cr_g_per_u", [10.0, 3.0])
+@pytest.mark.parametrize("cr_g_per_u", [10.0, 1.0])
 def test_guard_advice_never_exceeds_the_calculator(
     twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float
 ) -> None:
     """The default policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
-    (a CR of 3 g/U makes the calculator's dose for 90 g an overdose the twin must cut)."""
+    (a CR of 1 g/U makes the calculator's dose for 90 g an overdose the twin must cut)."""
     f, data = _forecaster(twin_days, twin_posterior)
     for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
         f.update(data.start + timedelta(minutes=float(t)), float(g))
@@ -181,7 +181,7 @@ def test_guard_advice_never_exceeds_the_calculator(
         larger = [o for o in advice.candidates if advice.twin.bolus_u < o.bolus_u <= calc.bolus_u]
         assert larger
         assert all(o.hypo_probability > 0.05 for o in larger)
-    if cr_g_per_u == 3.0:
+    if cr_g_per_u == 1.0:
         assert calc.hypo_probability > 0.05  # the case the parameter is there for
 
 
