@@ -54,7 +54,7 @@ _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make 
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _MOVES = (("independence", 1.0),)
 _VG = PARAM_ORDER.index("Vg")
-_DEFAULT_WALKERS = 16
+_DEFAULT_WALKERS = 24
 
 
 class ConvergenceError(MedtwinError):
@@ -63,11 +63,11 @@ class ConvergenceError(MedtwinError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitSettings:
-    """Sampler settings. ``walkers=0`` picks 16 (the chains are independent, so any number >= 2 is valid; 16 gave the
-    fewest simulations per converged fit in silico, docs/models/glucose_twin.md)."""
+    """Sampler settings. ``walkers=0`` picks 24 (the chains are independent, so any number >= 2 is valid; 12 and 16
+    with a shorter warm-up converged fewer fits in silico for no saving of simulations, docs/models/glucose_twin.md)."""
 
     walkers: int = 0
-    burn_in: int = 60
+    burn_in: int = 90
     check_every: int = 25
     max_steps: int = 1500
     rhat_max: float = 1.05
