@@ -31,8 +31,8 @@ def test_protocol_runs_end_to_end_on_one_patient() -> None:
 @pytest.mark.slow
 def test_thirty_patients_meet_the_documented_figures() -> None:
     s = validate_twin(all_patient_names(), seed=2).summary()
-    # 28/30 on seed 2 with 24 walkers (second session), 26/30 with 16 walkers (third session): regression guard
-    assert s["fit"]["converged"] >= 26
+    # 28/30 (second session) and 29/30 (third) on seed 2 with 24 walkers: a regression guard, not a goal
+    assert s["fit"]["converged"] >= 28
     for key in ("replay: boluses x1.3", "replay: boluses 20 min earlier"):
         assert s[key]["rmse_median_mg_dl"] <= 15.0  # goal
         assert s[key]["coverage_95_pooled"] >= 0.90  # goal
@@ -47,6 +47,6 @@ def test_thirty_patients_meet_the_documented_figures() -> None:
     assert fc["coverage_95_30"] >= 0.85
     adv = s["advice"]
     # goal: no more time below 70 than the calculator (met with the guard policy: 0.60 vs 2.16 % on seed 2) and more
-    # time in range (NOT met: 84.0 vs 86.9 %; regression guard at the measured level)
+    # time in range (NOT met: 83.9 vs 86.9 %; regression guard at the measured level)
     assert adv["twin_tbr_pct"] <= adv["calculator_tbr_pct"]
     assert adv["twin_tir_pct"] > adv["calculator_tir_pct"] - 4.0
