@@ -98,8 +98,21 @@ def test_replay_forecast_advise(tmp_path: Path, twin_file: Path, twin_days: Any)
         assert advice["twin"]["hypo_probability"] <= 0.05
     assert advice["twin"]["hypo_probability"] <= advice["calculator"]["hypo_probability"]
     assert advice["calculator"]["bolus_u"] >= 0
+    assert advice["twin"]["bolus_u"] <= advice["calculator"]["bolus_u"] + 1e-9  # the default policy: guard
     res = runner.invoke(app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--cr", "10"])
     assert res.exit_code == 0  # CF comes from the twin file
+    res = runner.invoke(
+        app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--policy", "risk", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    risk = json.loads(res.stdout)
+    if risk["feasible"]:
+        assert risk["twin"]["hypo_probability"] <= 0.05
+    if risk["calculator"]["hypo_probability"] <= 0.05:  # the calculator's dose is a candidate of the risk policy
+        assert risk["twin"]["risk_index"] <= risk["calculator"]["risk_index"] + 1e-9
+    res = runner.invoke(app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--policy", "bold"])
+    assert res.exit_code != 0
+    assert "policy" in res.output
 
 
 def test_commands_refuse_a_bad_twin_file(tmp_path: Path) -> None:

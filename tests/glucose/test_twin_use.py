@@ -140,8 +140,8 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
     f, data = _forecaster(twin_days, twin_posterior)
     for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
         f.update(data.start + timedelta(minutes=float(t)), float(g))
-    small = advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
-    big = advise_meal_bolus(f, 90.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21)
+    small = advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21, policy="risk")
+    big = advise_meal_bolus(f, 90.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, candidates=21, policy="risk")
     assert small.feasible
     assert big.feasible
     assert small.twin.hypo_probability <= 0.05
@@ -157,6 +157,32 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
     assert abs(round(big.twin.bolus_u / 0.05) * 0.05 - big.twin.bolus_u) < 1e-9
     with pytest.raises(ValidationError):
         advise_meal_bolus(f, 0.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0)
+    with pytest.raises(ValidationError, match="policy"):
+        advise_meal_bolus(f, 30.0, cr_g_per_u=10.0, cf_mg_dl_per_u=20.0, policy="boldest")
+
+
+@pytest.mark.parametrize("cr_g_per_u", [10.0, 1.0])
+def test_guard_advice_never_exceeds_the_calculator(
+    twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float
+) -> None:
+    """The default policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
+    (a CR of 1 g/U makes the calculator's dose for 90 g an overdose the twin must cut)."""
+    f, data = _forecaster(twin_days, twin_posterior)
+    for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+    advice = advise_meal_bolus(f, 90.0, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=20.0, candidates=21)
+    calc = advice.calculator
+    assert advice.twin.bolus_u <= calc.bolus_u + 1e-9
+    if calc.hypo_probability <= 0.05:
+        assert advice.twin.bolus_u == pytest.approx(calc.bolus_u)
+    else:
+        assert advice.twin.bolus_u < calc.bolus_u
+        assert advice.twin.hypo_probability <= 0.05
+        larger = [o for o in advice.candidates if advice.twin.bolus_u < o.bolus_u <= calc.bolus_u]
+        assert larger
+        assert all(o.hypo_probability > 0.05 for o in larger)
+    if cr_g_per_u == 1.0:
+        assert calc.hypo_probability > 0.05  # the case the parameter is there for
 
 
 def test_parkes_grid_zones() -> None:

@@ -31,7 +31,8 @@ def test_protocol_runs_end_to_end_on_one_patient() -> None:
 @pytest.mark.slow
 def test_thirty_patients_meet_the_documented_figures() -> None:
     s = validate_twin(all_patient_names(), seed=2).summary()
-    assert s["fit"]["converged"] >= 28  # 28/30 on seed 2 (2 stopped at max_steps with R-hat just above 1.05)
+    # 28/30 (second session) and 29/30 (third) on seed 2 with 24 walkers: a regression guard, not a goal
+    assert s["fit"]["converged"] >= 28
     for key in ("replay: boluses x1.3", "replay: boluses 20 min earlier"):
         assert s[key]["rmse_median_mg_dl"] <= 15.0  # goal
         assert s[key]["coverage_95_pooled"] >= 0.90  # goal
@@ -45,7 +46,7 @@ def test_thirty_patients_meet_the_documented_figures() -> None:
         assert fc[f"parkes_ab_pct_{h}"] >= 99.0
     assert fc["coverage_95_30"] >= 0.85
     adv = s["advice"]
-    # goal (more time in range, no more time below 70 than the calculator) NOT met on seed 2 (82.3 vs 86.9 %,
-    # 2.31 vs 2.16 %): regression guards at the measured level
-    assert adv["twin_tir_pct"] > adv["calculator_tir_pct"] - 6.0
-    assert adv["twin_tbr_pct"] < adv["calculator_tbr_pct"] + 0.5
+    # goal: no more time below 70 than the calculator (met with the guard policy: 0.60 vs 2.16 % on seed 2) and more
+    # time in range (NOT met: 83.9 vs 86.9 %; regression guard at the measured level)
+    assert adv["twin_tbr_pct"] <= adv["calculator_tbr_pct"]
+    assert adv["twin_tir_pct"] > adv["calculator_tir_pct"] - 4.0

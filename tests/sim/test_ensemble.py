@@ -39,7 +39,9 @@ def test_every_move_samples_a_correlated_gaussian(moves: tuple[tuple[str, float]
     draws = run.chain[200:].reshape(-1, 3)
     np.testing.assert_allclose(draws.mean(axis=0), MEAN, atol=0.12)
     np.testing.assert_allclose(np.cov(draws, rowvar=False), COV, atol=0.2)
-    assert set(calls[1:]) == {8}  # each step evaluates one half of the walkers in one batch
+    independent = all(m in ("independence", "walk") for m, _ in moves)
+    # moves using the other walkers evaluate one half of them per batch; independent chains all of them at once
+    assert set(calls[1:]) == ({16} if independent else {8})
     assert run.evaluations == sum(calls)
     assert 0.05 < run.acceptance < 0.95
 
@@ -48,12 +50,24 @@ def test_ensemble_refuses_bad_setups() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValidationError, match="even number"):
         run_ensemble(_log_prob, np.zeros((5, 3)), 1, rng=rng)
+    with pytest.raises(ValidationError, match=">= 2 walkers"):
+        run_ensemble(_log_prob, np.zeros((1, 3)), 1, rng=rng, moves=(("walk", 1.0),), proposal=TProposal(MEAN, COV))
     with pytest.raises(ValidationError, match="unknown moves"):
         run_ensemble(_log_prob, np.zeros((8, 3)), 1, rng=rng, moves=(("leap", 1.0),))
     with pytest.raises(ValidationError, match="need a proposal"):
         run_ensemble(_log_prob, np.zeros((8, 3)), 1, rng=rng, moves=(("independence", 1.0),))
     with pytest.raises(ValidationError, match="zero density"):
         run_ensemble(_log_prob, np.full((8, 3), 9.0), 1, rng=rng, moves=(("stretch", 1.0),))
+
+
+def test_independent_chains_need_fewer_walkers_than_the_ensemble_moves() -> None:
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(4, 3)) * 0.1  # 4 < 2 d + 2: allowed for chains that do not use each other
+    run = run_ensemble(_log_prob, start, 1500, rng=rng, moves=(("independence", 0.8), ("walk", 0.2)),
+                       proposal=TProposal(MEAN, COV * 1.2))  # fmt: skip
+    draws = run.chain[300:].reshape(-1, 3)
+    np.testing.assert_allclose(draws.mean(axis=0), MEAN, atol=0.15)
+    np.testing.assert_allclose(np.cov(draws, rowvar=False), COV, atol=0.25)
 
 
 def test_t_proposal_density_is_normalised_consistently() -> None:

@@ -327,16 +327,24 @@ def advise_command(
     cr: _Cr = None,
     cf: _Cf = None,
     target: _Target = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="guard: the calculator's dose, lowered only as far as P(<70) <= 5 % needs; risk: the dose "
+            "of least predicted risk with P(<70) <= 5 %, up to twice the calculator's (in silico it gave "
+            "more lows than the calculator)."
+        ),
+    ] = "guard",
     json: _Json = False,
 ) -> None:
-    """A meal bolus chosen on the twin (lowest glucose risk with the 5 % quantile of the predicted nadir >= 70 mg/dL)
-    next to the bolus calculator."""
+    """A meal bolus chosen on the twin (default: the calculator's dose, lowered when the 5 % quantile of the predicted
+    nadir is below 70 mg/dL) next to the bolus calculator."""
     try:
         t = _load(twin)
         bolus = _bolus_settings(cr, cf, target, t.bolus_settings)
         if bolus is None:
             raise ValidationError("give --cr and --cf (or store them in the twin with `fit --cr --cf`)")
-        advice = t.advise(carbs, bolus_settings=bolus)
+        advice = t.advise(carbs, bolus_settings=bolus, policy=policy)
         _save(t, twin)
     except MedtwinError as exc:
         raise _fail(str(exc)) from None

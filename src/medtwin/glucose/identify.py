@@ -54,6 +54,7 @@ _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make 
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _MOVES = (("independence", 1.0),)
 _VG = PARAM_ORDER.index("Vg")
+_DEFAULT_WALKERS = 24
 
 
 class ConvergenceError(MedtwinError):
@@ -62,7 +63,8 @@ class ConvergenceError(MedtwinError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitSettings:
-    """Sampler settings. ``walkers=0`` picks an even number >= 2 (d + 1) + 2 and >= 24."""
+    """Sampler settings. ``walkers=0`` picks 24 (the chains are independent, so any number >= 2 is valid; 12 and 16
+    with a shorter warm-up converged fewer fits in silico for no saving of simulations, docs/models/glucose_twin.md)."""
 
     walkers: int = 0
     burn_in: int = 90
@@ -464,7 +466,7 @@ def _fit_steps(
     theta_map, jac = yield from _map(objective, settings, rng)
     sigma = _residual_sd(model, data, quality, theta_map)
     cov = np.asarray(np.linalg.inv(jac.T @ jac + 1e-9 * np.eye(d)), dtype=np.float64)
-    walkers = settings.walkers or max(24, 2 * d + 2 + (2 * d + 2) % 2)
+    walkers = settings.walkers or _DEFAULT_WALKERS
     sampled = yield from _sample(objective, theta_map, cov, walkers, settings, rng)
     kept, total, acceptance, rhat, ess_b, ess_t, converged = sampled
     names = (*prior.names, "G0")

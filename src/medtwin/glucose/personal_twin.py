@@ -98,13 +98,16 @@ class PersonalGlucoseTwin:
         """Forecast from the last reading."""
         return self.forecaster.forecast(horizons_min)
 
-    def advise(self, carbs_g: float, *, bolus_settings: BolusSettings | None = None) -> BolusAdvice:
-        """The twin's meal bolus for *carbs_g* now, next to the standard calculator's."""
+    def advise(
+        self, carbs_g: float, *, bolus_settings: BolusSettings | None = None, policy: str = "guard"
+    ) -> BolusAdvice:
+        """The twin's meal bolus for *carbs_g* now, next to the standard calculator's (*policy*: see
+        :func:`~medtwin.glucose.advise.advise_meal_bolus`)."""
         s = bolus_settings or self.bolus_settings
         if s is None:
             raise ValidationError("advice needs the bolus calculator settings (CR, CF, target)")
         return advise_meal_bolus(self.forecaster, carbs_g, cr_g_per_u=s.cr_g_per_u, cf_mg_dl_per_u=s.cf_mg_dl_per_u,
-                                 target_mg_dl=s.target_mg_dl)  # fmt: skip
+                                 target_mg_dl=s.target_mg_dl, policy=policy)  # fmt: skip
 
     def snapshot(self) -> bytes:
         """The whole twin as JSON bytes (data, posterior, filter state, settings)."""

@@ -13,8 +13,10 @@ Moves (each leaves the posterior invariant; a step picks one at random by *weigh
   approximation (a Laplace fit, or an earlier run's moments) it decorrelates walkers in a few steps where the local
   moves need dozens (Tierney L. Markov chains for exploring posterior distributions. Ann Stat 1994;22(4):1701-28).
 
-The walkers are split in two halves and each half moves using the other (Foreman-Mackey D, et al. emcee: the MCMC
-hammer. PASP 2013;125:306-12, doi:10.1086/670067), which keeps detailed balance with a batched density. The
+For the moves that use other walkers (stretch, de) the walkers are split in two halves and each half moves using the
+other (Foreman-Mackey D, et al. emcee: the MCMC hammer. PASP 2013;125:306-12, doi:10.1086/670067), which keeps
+detailed balance with a batched density; with only moves that do not (independence, walk) the walkers are
+independent chains, all moved in one batch per step, and any number >= 2 will do. The
 sampler is written once over any ``log_prob(theta (B, d)) -> (B,)``; -inf marks impossible parameters.
 """
 
@@ -118,11 +120,14 @@ def ensemble_steps(
     is sent them back ``(n,)``; its return value is the run. A caller can so advance many runs in lockstep and
     evaluate all their batches at once (``medtwin.glucose.identify.fit_cohort``)."""
     walkers, d = start.shape
-    if walkers < 2 * d + 2 or walkers % 2:
-        raise ValidationError(f"ensemble: need an even number of walkers >= 2 d + 2 = {2 * d + 2}, got {walkers}")
     names = [m for m, _ in moves]
     if any(m not in ("stretch", "de", "independence", "walk") for m in names):
         raise ValidationError(f"ensemble: unknown moves {names} (stretch, de, independence, walk)")
+    independent = all(m in ("independence", "walk") for m in names)
+    if independent and walkers < 2:
+        raise ValidationError(f"ensemble: need >= 2 walkers, got {walkers}")
+    if not independent and (walkers < 2 * d + 2 or walkers % 2):
+        raise ValidationError(f"ensemble: need an even number of walkers >= 2 d + 2 = {2 * d + 2}, got {walkers}")
     if ("independence" in names or "walk" in names) and proposal is None:
         raise ValidationError("ensemble: the independence and walk moves need a proposal")
     weights = np.array([w for _, w in moves], dtype=np.float64)
@@ -136,13 +141,15 @@ def ensemble_steps(
         raise ValidationError(f"ensemble: {int(np.sum(~np.isfinite(lp)))} starting walkers have zero density")
     chain = np.empty((steps, walkers, d))
     chain_lp = np.empty((steps, walkers))
+    # moves that use the other walkers update one half from the other; moves that do not (independence, walk) update
+    # every walker at once: independent chains, one batch per step
     half = walkers // 2
-    halves = (np.arange(half), np.arange(half, walkers))
+    halves = (np.arange(walkers),) if independent else (np.arange(half), np.arange(half, walkers))
     accepted = 0
     for s in range(steps):
         move = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        for which in (0, 1):
-            own, other = halves[which], halves[1 - which]
+        for which in range(len(halves)):
+            own, other = halves[which], halves[-1 - which]
             y, log_factor = _propose(move, x[own], x[other], rng, s, proposal)
             lp_y = np.asarray((yield y), dtype=np.float64)
             evaluations += own.size
