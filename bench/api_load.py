@@ -89,6 +89,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
     import uvicorn
 
     from medtwin.server import Platform, ServerSettings, create_app
+    from medtwin.service import prepare_service_heap
 
     settings = ServerSettings(
         security=secure,
@@ -99,6 +100,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
     )
     platform_ = Platform.open(settings, db)
     app = create_app(platform_, close_platform=True)
+    prepare_service_heap()  # as `medtwin serve` does (medtwin.service)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
