@@ -2,8 +2,10 @@
 same endpoints with security off, in the same run.
 
 The server (``medtwin.server`` on uvicorn, uvloop + httptools, one process) runs in a child process over a SQLite
-store seeded with patients and observations; the load generator (httpx, asyncio) runs in this one, on loopback.
-Two phases per mode:
+store seeded with patients and observations; the load generator runs in this one, on loopback: a small HTTP/1.1
+keep-alive client on asyncio streams (uvloop), about 0.1 ms of CPU a request (``--client httpx``: httpx's
+AsyncClient, about 2.4 ms a request on the 2-core VM: more than the server, so on a small machine it, not the
+server, set the pace). Two phases per mode:
 
 * fixed rate (open loop): ``--rate`` requests/s for ``--seconds``; latency is measured from each request's
   *scheduled* send time, so a stalled server cannot hide its queue (coordinated omission);
@@ -16,6 +18,7 @@ CPU time of the server process is measured (psutil) as well as wall time.
 
     .venv/bin/python bench/api_load.py                  # 500 req/s for 60 s, max for 15 s, each mode
     .venv/bin/python bench/api_load.py --quick          # 5 s each
+    .venv/bin/python bench/api_load.py --client httpx   # the load generator of the first runs
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from typing import Any
 
 import httpx
 import psutil
+
+from medtwin.interop.mllp import run as run_loop
 
 PATIENTS = 200
 OBSERVATIONS = 100  # per patient
@@ -84,6 +89,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
     import uvicorn
 
     from medtwin.server import Platform, ServerSettings, create_app
+    from medtwin.service import prepare_service_heap
 
     settings = ServerSettings(
         security=secure,
@@ -94,6 +100,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
     )
     platform_ = Platform.open(settings, db)
     app = create_app(platform_, close_platform=True)
+    prepare_service_heap()  # as `medtwin serve` does (medtwin.service)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -114,7 +121,7 @@ def _serve(db: str, tmp: str, secure: bool, port_queue: Any) -> None:
         port_queue.put(server.servers[0].sockets[0].getsockname()[1])
         await task
 
-    asyncio.run(main())
+    run_loop(main())  # uvloop, as `medtwin serve` runs (the Config's loop= only applies to uvicorn.run)
 
 
 def _tokens(db: str, tmp: Path) -> list[str]:
@@ -145,6 +152,88 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+class _ClientError(Exception):
+    """A request that got no complete HTTP answer."""
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: one request at a time, answers read by their Content-Length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def get(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"transfer-encoding":
+                raise _ClientError("chunked answers are not expected from these endpoints")
+        if length is None:
+            raise _ClientError("an answer without Content-Length")
+        await self.reader.readexactly(length)
+        return status
+
+
+class _RawClient:
+    """GET requests over at most *max_connections* keep-alive connections to *host*:*port* (a request waits for a
+    free connection; that wait is part of its latency)."""
+
+    def __init__(self, base: str, max_connections: int) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        self.idle: list[_Connection] = []
+        self.slots = asyncio.Semaphore(max_connections)
+
+    async def get(self, path: str, headers: dict[str, str]) -> int:
+        async with self.slots:
+            conn = self.idle.pop() if self.idle else _Connection(*await asyncio.open_connection(self.host, self.port))
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            request = f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}\r\n".encode()
+            try:
+                status = await conn.get(request)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, _ClientError):
+                conn.writer.close()
+                raise _ClientError(f"GET {path}: no complete answer") from None
+            except BaseException:  # cancelled mid-answer: the connection's state is unknown
+                conn.writer.close()
+                raise
+            self.idle.append(conn)
+            return status
+
+    async def aclose(self) -> None:
+        for conn in self.idle:
+            conn.writer.close()
+        self.idle.clear()
+
+
+class _HttpxClient:
+    """The same interface over httpx's AsyncClient."""
+
+    def __init__(self, base: str, max_connections: int) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # no pool timeout: a request waits for a connection, and that wait counts in its latency
+        self.client = httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None))
+
+    async def get(self, path: str, headers: dict[str, str]) -> int:
+        try:
+            return (await self.client.get(path, headers=headers)).status_code
+        except httpx.HTTPError as exc:
+            raise _ClientError(f"GET {path}: {exc}") from None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _client(kind: str, base: str, max_connections: int) -> _RawClient | _HttpxClient:
+    return _HttpxClient(base, max_connections) if kind == "httpx" else _RawClient(base, max_connections)
+
+
 def _request(i: int, ids: list[str], tokens: list[str]) -> tuple[str, dict[str, str]]:
     pid = ids[i % len(ids)]
     headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens else {}
@@ -154,23 +243,28 @@ def _request(i: int, ids: list[str], tokens: list[str]) -> tuple[str, dict[str, 
 
 
 async def _fixed_rate(
-    base: str, ids: list[str], tokens: list[str], rate: float, seconds: float, grace_s: float = 10.0
+    client_kind: str,
+    base: str,
+    ids: list[str],
+    tokens: list[str],
+    rate: float,
+    seconds: float,
+    grace_s: float = 10.0,
 ) -> dict[str, Any]:
     """Send at *rate* for *seconds* (open loop), then wait at most *grace_s* for the answers still due; requests
     unanswered by then are counted (``unfinished``) with the time they had waited as their latency (a lower bound),
     so an overloaded server cannot make the run last longer than asked or hide its queue."""
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     latencies: list[float] = []
     errors = 0
     due_times: dict[int, float] = {}
-    # no pool timeout: a request waits for a connection, and that wait counts in its latency (from its due time)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
+    client = _client(client_kind, base, 256)
+    try:
         start = time.perf_counter()
         total = int(rate * seconds)
         tasks = []
 
-        # at most 256 requests in flight; the rest wait here (their wait counts): httpx's pool handles thousands
-        # of queued requests in time that grows with the queue, which made the client the bottleneck
+        # at most 256 requests in flight; the rest wait here (their wait counts in their latency, from their due
+        # time): httpx's pool handles thousands of queued requests in time that grows with the queue
         in_flight = asyncio.Semaphore(256)
 
         async def one(i: int, due: float) -> None:
@@ -178,12 +272,12 @@ async def _fixed_rate(
             path, headers = _request(i, ids, tokens)
             try:
                 async with in_flight:
-                    r = await client.get(path, headers=headers)
-            except httpx.HTTPError:
+                    status = await client.get(path, headers)
+            except _ClientError:
                 errors += 1
                 due_times.pop(i, None)
                 return
-            if r.status_code != 200:
+            if status != 200:
                 errors += 1
             latencies.append(time.perf_counter() - due)
             due_times.pop(i, None)
@@ -206,6 +300,8 @@ async def _fixed_rate(
             task.cancel()
         unfinished = list(due_times.values())
         latencies.extend(stopped - due for due in unfinished)
+    finally:
+        await client.aclose()
     answered = total - len(unfinished) - errors
     return {
         "sent": total,
@@ -220,11 +316,13 @@ async def _fixed_rate(
     }
 
 
-async def _max_rate(base: str, ids: list[str], tokens: list[str], concurrency: int, seconds: float) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+async def _max_rate(
+    client_kind: str, base: str, ids: list[str], tokens: list[str], concurrency: int, seconds: float
+) -> dict[str, Any]:
     done = 0
     errors = 0
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=httpx.Timeout(60, pool=None)) as client:
+    client = _client(client_kind, base, concurrency)
+    try:
         stop = time.perf_counter() + seconds
         counter = iter(range(10**9))
 
@@ -233,17 +331,19 @@ async def _max_rate(base: str, ids: list[str], tokens: list[str], concurrency: i
             while time.perf_counter() < stop:
                 path, headers = _request(next(counter), ids, tokens)
                 try:
-                    r = await client.get(path, headers=headers)
-                except httpx.HTTPError:
+                    status = await client.get(path, headers)
+                except _ClientError:
                     errors += 1
                     continue
                 done += 1
-                errors += r.status_code != 200
+                errors += status != 200
             return None
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+    finally:
+        await client.aclose()
     return {"requests": done, "errors": errors, "per_s": done / wall}
 
 
@@ -258,21 +358,23 @@ def _run_mode(db: str, tmp: Path, ids: list[str], secure: bool, args: argparse.N
         tokens = _tokens(db, tmp) if secure else []
         server = psutil.Process(proc.pid)
         _say(f"{'secure' if secure else 'insecure'} server on port {port}; warm-up")
-        asyncio.run(_fixed_rate(base, ids, tokens, 50, 1.0))  # warm-up: caches, connections
+        run_loop(_fixed_rate(args.client, base, ids, tokens, 50, 1.0))  # warm-up: caches, connections
         _say(f"fixed rate {args.rate:.0f}/s for {args.seconds:.0f} s")
         cpu0, client0 = server.cpu_times(), time.process_time()
-        fixed = asyncio.run(_fixed_rate(base, ids, tokens, args.rate, args.seconds))
+        fixed = run_loop(_fixed_rate(args.client, base, ids, tokens, args.rate, args.seconds))
         cpu1, client1 = server.cpu_times(), time.process_time()
         fixed["server_cpu_s"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         fixed["server_cpu_ms_per_request"] = fixed["server_cpu_s"] * 1e3 / max(1, fixed["answered"])
         fixed["client_cpu_s"] = client1 - client0
+        fixed["client_cpu_ms_per_request"] = fixed["client_cpu_s"] * 1e3 / max(1, fixed["sent"])
         _say(f"answered {fixed['answered']} of {fixed['sent']}; maximum rate for {args.max_seconds:.0f} s")
-        cpu0 = server.cpu_times()
-        top = asyncio.run(_max_rate(base, ids, tokens, args.concurrency, args.max_seconds))
-        cpu1 = server.cpu_times()
+        cpu0, client0 = server.cpu_times(), time.process_time()
+        top = run_loop(_max_rate(args.client, base, ids, tokens, args.concurrency, args.max_seconds))
+        cpu1, client1 = server.cpu_times(), time.process_time()
         top["server_cpu_ms_per_request"] = (
             ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) * 1e3 / max(1, top["requests"])
         )
+        top["client_cpu_ms_per_request"] = (client1 - client0) * 1e3 / max(1, top["requests"])
         return {"fixed_rate": fixed, "max_rate": top}
     finally:
         proc.terminate()
@@ -286,6 +388,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="5 s per phase")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="load generator: our HTTP/1.1 client or httpx"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds = args.max_seconds = 5.0
@@ -299,6 +404,7 @@ def main() -> None:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {psutil.cpu_count()} CPUs, Python {sys.version.split()[0]}",
             "load": psutil.getloadavg(),
+            "client": args.client,
             "secure": _run_mode(db, tmp, ids, True, args),
             "insecure": _run_mode(db, tmp, ids, False, args),
         }
@@ -310,10 +416,15 @@ def main() -> None:
     results["cpu_ratio_insecure_over_secure"] = (
         ins["max_rate"]["server_cpu_ms_per_request"] / sec["max_rate"]["server_cpu_ms_per_request"]
     )
+    results["load_after"] = psutil.getloadavg()
     print(json.dumps(results, indent=2))
-    f = sec["fixed_rate"]
+    f, g = sec["fixed_rate"], ins["fixed_rate"]
     print(
-        f"\nsecure @ {args.rate:.0f}/s offered, {f['answered_per_s']:.0f}/s answered ({f['unfinished']} unfinished): "
+        f"\ninsecure @ {args.rate:.0f}/s offered, {g['answered_per_s']:.0f}/s answered ({g['unfinished']} unfinished): "
+        f"p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms, {g['errors']} errors"
+    )
+    print(
+        f"secure @ {args.rate:.0f}/s offered, {f['answered_per_s']:.0f}/s answered ({f['unfinished']} unfinished): "
         f"p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms (goal < 50), "
         f"{f['errors']} errors; max {sec['max_rate']['per_s']:.0f}/s vs {ins['max_rate']['per_s']:.0f}/s insecure: "
         f"ratio {results['throughput_ratio_secure_over_insecure']:.2f} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def _event(i: int, action: str = "read", **kw: object) -> AuditEvent:
 def trail(store_url: str, tmp_path: Path) -> AuditTrail:
     t = AuditTrail(store_url, tmp_path / "audit.key")
     t.record_many(_event(i) for i in range(10))
+    t.flush()  # the head file names record 10 (it is otherwise written at most once a second)
     yield t
     t.close()
 
@@ -180,8 +182,123 @@ def test_truncation_with_checkpoints_removed_is_detected_by_the_head_file(trail:
         conn.execute(delete(schema.audit_log).where(schema.audit_log.c.seq > 7))
         conn.execute(delete(schema.audit_checkpoints).where(schema.audit_checkpoints.c.seq > 7))
     result = trail.verify()
-    assert (result.ok, result.first_bad_seq) == (False, 8)
+    assert (result.ok, result.first_bad_seq) == (False, 8), result.reason
     assert "head file" in result.reason
+
+
+def _head_seq(trail: AuditTrail) -> int:
+    import orjson
+
+    assert trail.head_path is not None
+    return int(orjson.loads(trail.head_path.read_bytes())["seq"])
+
+
+def _cut_after(trail: AuditTrail, seq: int) -> None:
+    """An intruder deletes the records after *seq* and their checkpoints (a consistent, shorter chain)."""
+    with _engine(trail).begin() as conn:
+        conn.execute(delete(schema.audit_log).where(schema.audit_log.c.seq > seq))
+        conn.execute(delete(schema.audit_checkpoints).where(schema.audit_checkpoints.c.seq > seq))
+
+
+@pytest.fixture
+def lagging(store_url: str, tmp_path: Path) -> AuditTrail:
+    """A trail whose head file names record 3 while records 4..9 are committed (the head thread rests an hour)."""
+    t = AuditTrail(store_url, tmp_path / "audit.key", head_interval_s=3600)
+    t.record_many(_event(i) for i in range(3))
+    t.flush()
+    t.record_many(_event(i) for i in range(3, 9))
+    yield t
+    t.close()
+
+
+def test_the_head_file_lags_at_most_one_interval_and_flush_brings_it_up(lagging: AuditTrail) -> None:
+    assert lagging.count() == 9
+    assert _head_seq(lagging) == 3  # written at the flush; the next write waits for the interval
+    assert lagging.verify().ok  # a head file behind the log is consistent
+    lagging.flush()
+    assert _head_seq(lagging) == 9
+
+
+def test_a_cut_reaching_the_head_files_record_is_detected_while_the_head_lags(lagging: AuditTrail) -> None:
+    _cut_after(lagging, 2)
+    result = lagging.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 3)
+    assert "head file" in result.reason
+
+
+def test_a_cut_after_the_head_files_record_is_caught_by_the_next_append(lagging: AuditTrail) -> None:
+    """Records 4..9 are not in the head file yet; cutting them is refused at the next append, which writes
+    nothing (the requests it audits fail: nothing is answered unaudited)."""
+    from medtwin.security.audit import AuditIntegrityError
+
+    _cut_after(lagging, 5)
+    with pytest.raises(AuditIntegrityError, match="cut off"):
+        lagging.record(_event(20))
+    assert lagging.count() == 5
+
+
+def test_a_rewritten_last_record_is_caught_by_the_next_append(lagging: AuditTrail) -> None:
+    from medtwin.security.audit import AuditIntegrityError, _chain_hash
+
+    t = schema.audit_log
+    with _engine(lagging).begin() as conn:
+        row = conn.execute(select(t).where(t.c.seq == 9)).one()
+        values = {k: getattr(row, k) for k in row._fields}
+        values["actor"] = "someone-else"
+        conn.execute(
+            update(t).where(t.c.seq == 9).values(actor="someone-else", hash=_chain_hash(row.prev_hash, 9, values))
+        )
+    with pytest.raises(AuditIntegrityError, match="rewritten"):
+        lagging.record(_event(20))
+
+
+def test_close_writes_the_head_file(lagging: AuditTrail, store_url: str, tmp_path: Path) -> None:
+    lagging.close()
+    assert _head_seq(lagging) == 9
+    again = AuditTrail(store_url, tmp_path / "audit.key")  # the next start, after an intruder's cut
+    _cut_after(again, 8)
+    result = again.verify()
+    assert (result.ok, result.first_bad_seq) == (False, 9)
+    assert "head file" in result.reason
+    again.close()
+
+
+def test_interval_zero_writes_the_head_before_the_event_is_acknowledged(store_url: str, tmp_path: Path) -> None:
+    t = AuditTrail(store_url, tmp_path / "audit.key", head_interval_s=0)
+    for i in range(1, 4):
+        assert t.record(_event(i)) == i
+        assert _head_seq(t) == i
+    t.close()
+
+
+def test_the_head_thread_writes_the_newest_head_without_a_flush(store_url: str, tmp_path: Path) -> None:
+    """No flush, no close: the head thread alone brings the head file to the last record (interval 0.05 s)."""
+    t = AuditTrail(store_url, tmp_path / "audit.key", head_interval_s=0.05)
+    t.record(_event(1))
+    t.record_many(_event(i) for i in range(2, 6))
+    deadline = time.monotonic() + 30
+    assert t.head_path is not None
+    while (not t.head_path.exists() or _head_seq(t) < 5) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _head_seq(t) == 5
+    t.close()
+
+
+def test_another_trail_appending_in_between_is_not_a_cut(trail: AuditTrail, tmp_path: Path) -> None:
+    again = AuditTrail(trail._store, tmp_path / "audit.key")
+    assert again.record(_event(11)) == 11
+    again.close()
+    assert trail.record(_event(12)) == 12
+    trail.flush()
+    assert trail.verify().ok
+
+
+def test_record_many_nowait_commits_a_group_with_one_future(trail: AuditTrail) -> None:
+    future = trail.record_many_nowait([_event(20), _event(21), _event(22)])
+    assert future.result() == [11, 12, 13]
+    assert [r.event for r in trail.records(after=10)] == [_event(20), _event(21), _event(22)]
+    with pytest.raises(ValidationError, match="expected AuditEvent"):
+        trail.record_many_nowait([_event(23), "not an event"])  # type: ignore[list-item]
 
 
 def test_forged_checkpoint_signature_is_detected(trail: AuditTrail) -> None:

@@ -86,6 +86,37 @@ def test_a_bundle_posted_is_readable_and_searchable_as_valid_r4(api: Api) -> Non
     assert api.client.get("/fhir/Patient", params={"birthdate": "1987"}, headers=h).json()["total"] == 0
 
 
+def test_identifier_search_goes_through_the_blind_index_without_decrypting_everyone(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FHIR ``identifier`` and the REST ``mrn`` look the patient up by the keyed blind index: no patient list is read
+    (identities are encrypted at rest: that would decrypt every patient)."""
+    seeded = [seed_patient(api.store, f"mrn-{i}", ward=None, index=i) for i in range(3)]
+    target = seeded[1]
+
+    def refuse() -> None:
+        raise AssertionError("an identifier search must not read every patient")
+
+    monkeypatch.setattr(api.store, "patients", refuse)
+    h = _admin(api)
+
+    def ids(params: dict[str, str]) -> list[str]:
+        r = api.client.get("/fhir/Patient", params=params, headers=h)
+        assert r.status_code == 200, r.text
+        return [e["resource"]["id"] for e in valid_r4(r.json()).get("entry", [])]
+
+    assert ids({"identifier": target.mrn}) == [target.patient_id]
+    assert ids({"identifier": f"urn:mrn|{target.mrn}"}) == [target.patient_id]
+    assert ids({"identifier": f"urn:other|{target.mrn}"}) == []
+    assert ids({"identifier": "MRN-0000"}) == []
+    assert ids({"identifier": target.mrn, "name": seeded[0].name.split()[1]}) == []  # every parameter must match
+    r = api.client.get("/fhir/Patient", params={"identifier": "urn:mrn|"}, headers=h)
+    assert r.status_code == 400
+    assert "identifier" in r.json()["issue"][0]["diagnostics"]
+    listed = api.client.get("/api/patients", params={"mrn": target.mrn}, headers=h).json()["patients"]
+    assert [p["id"] for p in listed] == [target.patient_id]
+
+
 def test_observation_paging_follows_next_links_without_gaps_or_repeats(api: Api) -> None:
     LIZ = _load_liz(api)
     h = _admin(api)

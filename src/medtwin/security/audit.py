@@ -7,20 +7,40 @@ row's canonical content, so changing, deleting, inserting or reordering a row br
 
 A chain alone does not show that its *end* was cut off (nor a forged row appended at the end, since SHA-256 needs
 no key). So every appended batch also writes a **checkpoint**: the sequence number and hash of the new head,
-signed with an Ed25519 key that is not in the database, into ``audit_checkpoints`` in the same transaction, and
-into a *head file* outside the database (``<signing key>.head``, replaced atomically and fsync'd). Verification
-(:meth:`AuditTrail.verify`) requires every row to be covered by a signed checkpoint, every checkpoint's hash to
-be the chain's hash at its sequence number, and the head file not to be ahead of the log (rows deleted at the end
-together with their checkpoints). An attacker who can write the database but holds neither the signing key nor
+signed with an Ed25519 key that is not in the database, into ``audit_checkpoints`` in the same transaction.
+Verification (:meth:`AuditTrail.verify`) requires every row to be covered by a signed checkpoint and every
+checkpoint's hash to be the chain's hash at its sequence number. Rows deleted at the end *together with their
+checkpoints* leave a shorter chain that is still consistent, so the newest checkpoint is also kept outside the
+database, in a *head file* (``<signing key>.head``, replaced atomically and fsync'd), and verification fails when
+the head file is ahead of the log. An attacker who can write the database but holds neither the signing key nor
 the head file cannot hide a change. Ship the head file (or the checkpoints) to a separate host for stronger
 protection: someone with the signing key can re-sign a rewritten chain.
+
+**What truncation is detected, and when.** The head file is written by a thread of its own at most every
+*head_interval_s* (1 s by default), after the batch it names has committed, and at once by :meth:`AuditTrail.flush`
+and :meth:`AuditTrail.close`: its disk syncs (the file and its folder: several milliseconds on a busy disk, and most
+of a transaction's CPU) are then off every request's path and paid about once a second, not once a transaction. So:
+
+* a cut that removes any record up to the one the head file names is reported by ``medtwin audit verify``;
+* while the trail is open, every append first checks that the database still ends with (or continues past) the
+  record this trail committed last, with the same hash; if not, the append fails with :class:`AuditIntegrityError`
+  (the requests it audits fail with it: nothing is answered unaudited) and the cut is logged. So a cut of the
+  newest records is also caught at the next append, before any new record can take their numbers;
+* not detected: the records appended during the last *head_interval_s* before the process ended without
+  :meth:`AuditTrail.close` (a crash, ``kill -9``), if an intruder deletes exactly those rows and their checkpoints
+  before the trail is opened again. *head_interval_s* = 0 writes the head file within every batch's append, before
+  its events are acknowledged (no such window; about 1 ms of CPU and two more disk syncs per transaction).
+
+Crash durability of the events themselves does not depend on the head file: an event is acknowledged only after
+the database transaction holding it (its row and the signed checkpoint) has committed.
 
 **Batched and durable.** :meth:`AuditTrail.record` hands the event to one writer thread and waits until the batch
 holding it has committed (group commit: every caller waiting at the same moment shares one transaction and one
 disk sync, SQLite ``synchronous=FULL`` / PostgreSQL commit). So an event is on disk when ``record`` returns, and
 the request it audits answers after that: a crash loses no event whose request was answered.
 :meth:`AuditTrail.record_nowait` returns a future instead (for an asyncio server: ``await
-asyncio.wrap_future(trail.record_nowait(e))`` or :meth:`AuditTrail.arecord`).
+asyncio.wrap_future(trail.record_nowait(e))`` or :meth:`AuditTrail.arecord`); :meth:`AuditTrail.record_many_nowait`
+queues several events as one unit with one future (the API server's gathered events).
 
 Several processes may append to one chain (a server and ``medtwin patient erase``): the append runs in a write
 transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL a transaction-level advisory lock), which reads the head and
@@ -33,9 +53,11 @@ import asyncio
 import base64
 import concurrent.futures
 import hashlib
+import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +68,9 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
-from medtwin.errors import ValidationError
+from medtwin.errors import MedtwinError, ValidationError
 from medtwin.service import drain_batch
 from medtwin.store import Store, schema
 from medtwin.store.engine import is_memory_url, sqlite_file
@@ -58,6 +80,7 @@ __all__ = [
     "GENESIS",
     "OUTCOMES",
     "AuditEvent",
+    "AuditIntegrityError",
     "AuditRecord",
     "AuditTrail",
     "VerifyResult",
@@ -89,9 +112,20 @@ OUTCOMES = ("success", "denied", "error")
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first row."""
 
+log = logging.getLogger(__name__)
+
 _FIELDS = ("time", "actor", "role", "action", "resource", "patient_id", "outcome", "source", "purpose", "detail")
+_LOG_COLUMNS = ("seq", *_FIELDS, "prev_hash", "hash")
+_CHECKPOINT_COLUMNS = ("seq", "hash", "signed_at", "key_id", "signature")
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+"""The positional parameter mark of each DB-API paramstyle medtwin's drivers use (sqlite3: qmark; psycopg: pyformat)."""
 _SIGNED = b"medtwin-audit-checkpoint/1"
 _ADVISORY_LOCK = 0x6D_74_61_75_64  # "mtaud": PostgreSQL transaction lock serialising appends
+
+
+class AuditIntegrityError(MedtwinError):
+    """The stored chain no longer ends with what this process appended (records cut off or rewritten): no more
+    events are appended after it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +200,12 @@ def _chain_hash(prev_hash: str, seq: int, values: dict[str, Any]) -> str:
     """SHA-256 over the previous hash and the canonical JSON of (seq, the event's stored fields)."""
     doc = {"seq": seq, **{k: values[k] for k in _FIELDS}}
     return hashlib.sha256(prev_hash.encode() + orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _insert_sql(table: Any, columns: tuple[str, ...], mark: str) -> str:
+    missing = [c for c in columns if c not in table.c]
+    assert not missing, f"{table.name} has no column(s) {missing}"
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
 
 
 def _checkpoint_message(seq: int, head: str) -> bytes:
@@ -249,6 +289,21 @@ def _write_head(path: Path, seq: int, head: str, signature: str, key_id: str) ->
         os.close(dir_fd)
 
 
+_Head = tuple[int, str, str, str]
+"""A checkpoint as the head file holds it: sequence number, hash, signature (hex), key id."""
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One item of the writer's queue: *events* to commit together and the *future* their caller waits on
+    (resolved to the one sequence number when *single*, else to the list; a *flush* marker has no events)."""
+
+    events: tuple[AuditEvent, ...]
+    future: concurrent.futures.Future[Any]
+    single: bool
+    flush: bool = False
+
+
 class AuditTrail:
     """Append to and check the audit chain of a store.
 
@@ -261,9 +316,13 @@ class AuditTrail:
         The Ed25519 key that signs checkpoints (PEM; created 0600 when missing). Default:
         :func:`default_signing_key_path`. Its head file is the same path + ``.head``.
     max_batch
-        Events per transaction at most.
+        Queued units (events, or groups of :meth:`record_many_nowait`) per transaction at most.
     create_key
         Create the signing key when it does not exist (the default; False for commands that only check).
+    head_interval_s
+        The head file is rewritten at most this often, off the writer's path (see the module docstring for the
+        truncation this leaves undetected after a crash); 0: within every append, before its events are
+        acknowledged.
     """
 
     def __init__(
@@ -273,6 +332,7 @@ class AuditTrail:
         *,
         max_batch: int = 512,
         create_key: bool = True,
+        head_interval_s: float = 1.0,
     ) -> None:
         if isinstance(store, Store):
             self._store, self._owned = store, False
@@ -290,11 +350,22 @@ class AuditTrail:
         self._public = self._key.public_key()
         self.key_id = _key_id(self._public)
         self.head_path: Path | None = None if path is None else path.with_name(path.name + ".head")
+        self.head_interval_s = max(0.0, head_interval_s)
         self._max_batch = max(1, max_batch)
-        self._queue: queue.Queue[tuple[AuditEvent, concurrent.futures.Future[int]] | None] = queue.Queue()
+        self._queue: queue.Queue[_Unit | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._committed: tuple[int, str] | None = None  # (seq, hash) of the last record this trail committed
+        # the head file: the newest committed checkpoint waits in _head_due for the head thread (or flush)
+        self._head_cond = threading.Condition()
+        self._head_due: _Head | None = None
+        self._newest_head: _Head | None = None
+        self._head_stopping = False
+        self._head_thread: threading.Thread | None = None
+        self._head_io = threading.Lock()
+        self._head_written = 0  # the sequence number in the head file this process wrote last, and when
+        self._head_written_at = -float("inf")
 
     # -- writing ---------------------------------------------------------------------------------------------
     def record(self, event: AuditEvent) -> int:
@@ -305,12 +376,26 @@ class AuditTrail:
         """Queue *event* for the writer; the future resolves to its sequence number once it is committed."""
         if not isinstance(event, AuditEvent):
             raise ValidationError(f"AuditTrail.record: expected AuditEvent, got {type(event).__name__}")
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._put(_Unit((event,), fut, single=True))
+        return fut
+
+    def record_many_nowait(self, events: Iterable[AuditEvent]) -> concurrent.futures.Future[list[int]]:
+        """Queue *events* as one unit (committed in one transaction, in order); the future resolves to their
+        sequence numbers once they are committed."""
+        batch = tuple(events)
+        for event in batch:
+            if not isinstance(event, AuditEvent):
+                raise ValidationError(f"AuditTrail.record: expected AuditEvent, got {type(event).__name__}")
+        fut: concurrent.futures.Future[list[int]] = concurrent.futures.Future()
+        self._put(_Unit(batch, fut, single=False))
+        return fut
+
+    def _put(self, unit: _Unit) -> None:
         if self._closed:
             raise ValidationError("AuditTrail.record: the trail is closed")
-        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._ensure_writer()
-        self._queue.put((event, fut))
-        return fut
+        self._queue.put(unit)
 
     async def arecord(self, event: AuditEvent) -> int:
         """:meth:`record` for asyncio code: awaits the commit without blocking the event loop."""
@@ -322,15 +407,19 @@ class AuditTrail:
         return [f.result() for f in futures]
 
     def flush(self) -> None:
-        """Wait until every event queued so far is committed."""
+        """Wait until every event queued so far is committed, and write the head file for the newest of them."""
         if self._thread is None:
             return
-        done: concurrent.futures.Future[int] = concurrent.futures.Future()
-        self._queue.put((_FLUSH, done))
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Unit((), done, single=False, flush=True))
         done.result()
+        head = self._newest_head  # the head thread may hold it already: writing it twice is a no-op
+        if head is not None:
+            self._store_head(head)
 
     def close(self) -> None:
-        """Commit what is queued, stop the writer, and close the store if this trail opened it."""
+        """Commit what is queued, write the head file, stop the threads, and close the store if this trail opened
+        it."""
         if self._closed:
             return
         self.flush()
@@ -338,6 +427,11 @@ class AuditTrail:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
+        if self._head_thread is not None:
+            with self._head_cond:
+                self._head_stopping = True
+                self._head_cond.notify_all()
+            self._head_thread.join()
         if self._owned:
             self._store.close()
 
@@ -352,6 +446,9 @@ class AuditTrail:
             return
         with self._start_lock:
             if self._thread is None:
+                if self.head_path is not None and self.head_interval_s > 0:
+                    self._head_thread = threading.Thread(target=self._run_head, name="medtwin-audit-head", daemon=True)
+                    self._head_thread.start()
                 self._thread = threading.Thread(target=self._run, name="medtwin-audit-writer", daemon=True)
                 self._thread.start()
 
@@ -361,20 +458,53 @@ class AuditTrail:
             if first is None:
                 return
             batch, stop = drain_batch(self._queue, first, self._max_batch)
-            events = [(e, f) for e, f in batch if e is not _FLUSH]
+            events = [e for unit in batch for e in unit.events]
             try:
-                seqs = self._append([e for e, _ in events]) if events else []
+                seqs = self._append(events) if events else []
             except BaseException as exc:
-                for _, fut in batch:
-                    fut.set_exception(exc)
+                for unit in batch:
+                    unit.future.set_exception(exc)
             else:
-                for (_, fut), seq in zip(events, seqs, strict=True):
-                    fut.set_result(seq)
-                for e, fut in batch:
-                    if e is _FLUSH:
-                        fut.set_result(0)
+                at = 0
+                for unit in batch:
+                    n = len(unit.events)
+                    if unit.flush:
+                        unit.future.set_result(None)
+                    else:
+                        unit.future.set_result(seqs[at] if unit.single else seqs[at : at + n])
+                    at += n
             if stop:
                 return
+
+    def _run_head(self) -> None:
+        """The head thread: write the newest committed checkpoint once *head_interval_s* has passed since the head
+        file was last written (by this thread or :meth:`flush`); until the trail is closed."""
+        while True:
+            with self._head_cond:
+                while self._head_due is None and not self._head_stopping:
+                    self._head_cond.wait()
+                rest = self._head_written_at + self.head_interval_s - time.monotonic()
+                if rest > 0:  # close() cuts the rest short
+                    self._head_cond.wait_for(lambda: self._head_stopping, timeout=rest)
+                head, self._head_due = self._head_due, None
+                if head is None and self._head_stopping:
+                    return
+            if head is None:  # flush() wrote it meanwhile
+                continue
+            try:
+                self._store_head(head)
+            except OSError:  # the next checkpoint tries again; a head file that is behind still verifies
+                log.exception("cannot write the audit head file %s", self.head_path)
+
+    def _store_head(self, head: _Head) -> None:
+        """Write *head* to the head file unless a newer one is already there (writes never go backwards)."""
+        if self.head_path is None:
+            return
+        with self._head_io:
+            if head[0] <= self._head_written:
+                return
+            _write_head(self.head_path, *head)
+            self._head_written, self._head_written_at = head[0], time.monotonic()
 
     def append_in(self, conn: Connection, events: Iterable[AuditEvent]) -> list[int]:
         """Append *events* on *conn*, inside the caller's write transaction (from the store's
@@ -390,46 +520,73 @@ class AuditTrail:
         with self._store.engine.connect() as conn:
             row = conn.execute(select(c).order_by(c.c.seq.desc()).limit(1)).first()
         if row is not None:
-            _write_head(self.head_path, int(row.seq), row.hash, row.signature, row.key_id)
+            self._store_head((int(row.seq), row.hash, row.signature, row.key_id))
 
     def _append(self, events: list[AuditEvent]) -> list[int]:
         with self._store.audit_transaction() as conn:
             seqs, head = self._append_on(conn, events)
-        if self.head_path is not None and head is not None:
-            _write_head(self.head_path, *head)
+        if head is None:
+            return seqs
+        self._committed = (head[0], head[1])
+        self._newest_head = head
+        if self.head_path is not None:
+            if self.head_interval_s <= 0:
+                self._store_head(head)
+            else:
+                with self._head_cond:
+                    self._head_due = head
+                    self._head_cond.notify()
         return seqs
 
-    def _append_on(
-        self, conn: Connection, events: list[AuditEvent]
-    ) -> tuple[list[int], tuple[int, str, str, str] | None]:
+    def _check_continues(self, cursor: Any, mark: str, seq: int, prev: str) -> None:
+        """Raise :class:`AuditIntegrityError` unless the stored chain (ending at *seq* with hash *prev*) still holds
+        the last record this trail committed, unchanged."""
+        mine = self._committed
+        if mine is None or (seq, prev) == mine:
+            return
+        stored: str | None = prev
+        if seq > mine[0]:  # another process appended since (``medtwin patient erase``): ours must still be there
+            cursor.execute(f"SELECT hash FROM {schema.audit_log.name} WHERE seq = {mark}", (mine[0],))
+            row = cursor.fetchone()
+            stored = None if row is None else str(row[0])
+        if seq < mine[0] or stored != mine[1]:
+            why = (
+                f"the audit log ends at record {seq} but this process committed record {mine[0]}: records were cut off"
+                if seq < mine[0]
+                else f"record {mine[0]} of the audit log is not the one this process committed: the chain was rewritten"
+            )
+            log.error("audit chain tampered with: %s; refusing to append", why)
+            raise AuditIntegrityError(why + " (run `medtwin audit verify`)")
+
+    def _append_on(self, conn: Connection, events: list[AuditEvent]) -> tuple[list[int], _Head | None]:
         if not events:
             return [], None
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
-        t = schema.audit_log
-        last = conn.execute(select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
-        seq, prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
-        rows = []
-        seqs = []
-        for event in events:
-            seq += 1
-            values = _row_values(event)
-            digest = _chain_hash(prev, seq, values)
-            rows.append({"seq": seq, **values, "prev_hash": prev, "hash": digest})
-            seqs.append(seq)
-            prev = digest
-        conn.execute(insert(t), rows)
-        signature = self._key.sign(_checkpoint_message(seq, prev)).hex()
-        conn.execute(
-            insert(schema.audit_checkpoints),
-            {
-                "seq": seq,
-                "hash": prev,
-                "signed_at": _canonical_time(datetime.now(UTC)),
-                "key_id": self.key_id,
-                "signature": signature,
-            },
-        )
+        # the rows go through the driver's own cursor, inside the transaction *conn* holds: SQLAlchemy's statement
+        # machinery cost more CPU per batch than the append itself (bench/api_load.py, docs/benchmarks.md)
+        mark = _MARKS[conn.dialect.paramstyle]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(f"SELECT seq, hash FROM {schema.audit_log.name} ORDER BY seq DESC LIMIT 1")
+            last = cursor.fetchone()
+            seq, prev = (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+            self._check_continues(cursor, mark, seq, prev)
+            rows = []
+            seqs = []
+            for event in events:
+                seq += 1
+                values = _row_values(event)
+                digest = _chain_hash(prev, seq, values)
+                rows.append((seq, *[values[k] for k in _FIELDS], prev, digest))
+                seqs.append(seq)
+                prev = digest
+            cursor.executemany(_insert_sql(schema.audit_log, _LOG_COLUMNS, mark), rows)
+            signature = self._key.sign(_checkpoint_message(seq, prev)).hex()
+            checkpoint = (seq, prev, _canonical_time(datetime.now(UTC)), self.key_id, signature)
+            cursor.execute(_insert_sql(schema.audit_checkpoints, _CHECKPOINT_COLUMNS, mark), checkpoint)
+        finally:
+            cursor.close()
         return seqs, (seq, prev, signature, self.key_id)
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -540,9 +697,6 @@ class AuditTrail:
         except (InvalidSignature, ValueError, KeyError, TypeError):
             return (2**62, "head file without a valid signature")
         return int(doc["seq"]), str(doc["hash"])
-
-
-_FLUSH: Any = object()
 
 
 def _record(row: Any) -> AuditRecord:

@@ -35,7 +35,7 @@ from medtwin.server.queries import ObservationQuery, in_date_range, parse_date_p
 from medtwin.server.research_view import research_resource, research_resources
 from medtwin.store import schema
 
-__all__ = ["FHIR_ID", "SEARCH_TYPES", "capability_statement", "check_id", "router", "searchset"]
+__all__ = ["FHIR_ID", "SEARCH_TYPES", "capability_statement", "check_id", "router", "search_candidates", "searchset"]
 
 router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
 
@@ -227,6 +227,21 @@ def patient_matches(
     return True
 
 
+def search_candidates(store: Any, identifier: str | None) -> list[Patient]:
+    """The patients a search must look at: with an *identifier* (``value`` or ``system|value``) only those the
+    store's keyed blind index finds for it (identifiers are encrypted at rest, so the index is the only way to look
+    one up without decrypting every patient); otherwise every patient."""
+    if identifier is None:
+        return list(store.patients())
+    system, bar, value = identifier.partition("|")
+    if not bar:
+        system, value = "", identifier
+    if not value:
+        raise ApiError(400, "invalid", f"identifier={identifier[:80]!r}: expected value or system|value")
+    found = (store.patient(pid) for pid in store.find_patients(value, system or None))
+    return [p for p in found if p is not None]
+
+
 @router.get("/Patient", response_class=FhirJSON, responses=_RESPONSES, summary="Search patients")
 async def search_patients(
     request: Request,
@@ -259,7 +274,7 @@ async def search_patients(
             "forbidden",
             "researchers see de-identified data: search by name, identifier or birth date is not available to them",
         )
-    patients = await run_in_threadpool(platform.store.patients)
+    patients = await run_in_threadpool(search_candidates, platform.store, identifier)
     found: list[dict[str, Any]] = []
     for p in patients:
         if not patient_matches(p, name, identifier, birthdate, gender):

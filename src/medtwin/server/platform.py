@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -288,17 +287,15 @@ class Platform:
 
     async def _append(self, batch: list[tuple[AuditEvent, asyncio.Future[int]]]) -> None:
         assert self.audit is not None
-        futures = [self.audit.record_nowait(event) for event, _ in batch]  # queued together: one transaction
-        with contextlib.suppress(Exception):  # the writer commits in queue order: once the last is done, all are
-            await asyncio.wrap_future(futures[-1])
-        for (_, waiter), future in zip(batch, futures, strict=True):
-            try:
-                seq = future.result(timeout=0) if future.done() else await asyncio.wrap_future(future)
-            except Exception as exc:  # the request that waits for it fails: nothing is answered unaudited
+        try:  # one unit for the writer: one transaction, one future, one wake-up of this loop
+            seqs = await asyncio.wrap_future(self.audit.record_many_nowait([event for event, _ in batch]))
+        except Exception as exc:  # the requests that wait for it fail: nothing is answered unaudited
+            for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_exception(exc)
-            else:
-                if not waiter.done():
+        else:
+            for (_, waiter), seq in zip(batch, seqs, strict=True):
+                if not waiter.done():  # a request cancelled meanwhile (its client went away)
                     waiter.set_result(seq)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from medtwin.records import Event, Patient
 from medtwin.security.policy import REACH, Access
 from medtwin.security.principal import Principal
 from medtwin.server.errors import ERROR_RESPONSES, ApiError, JSONBody, not_found
-from medtwin.server.fhir_api import check_id, patient_matches
+from medtwin.server.fhir_api import check_id, patient_matches, search_candidates
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
 from medtwin.server.queries import record_by_id
 from medtwin.server.research_view import research_resources
@@ -96,7 +96,7 @@ async def list_patients(
     await require(request, principal, "Patient", "s", what)
     if principal.role == "researcher" and (name or mrn or birthdate):
         raise ApiError(403, "forbidden", "researchers see de-identified data: no search by name, MRN or birth date")
-    patients = await run_in_threadpool(platform.store.patients)
+    patients = await run_in_threadpool(search_candidates, platform.store, mrn)
     out: list[dict[str, Any]] = []
     for p in patients:
         if not patient_matches(p, name, mrn, birthdate, None):
