@@ -542,8 +542,8 @@ def test_a_clinician_breaks_the_glass_and_it_is_reviewed(platform: Platform, con
     admin.click("button[aria-label='Reset the password of nurse.new']")
     admin.wait_for_selector("#nu-secret:has-text('New password of nurse.new')")
     shown = admin.inner_text("#nu-secret").split(": ", 1)[1].split(" ", 1)[0]
-    signed = admin.request.post(platform.origin + "/oauth/token",
-                                form={"grant_type": "password", "username": "nurse.new", "password": shown})  # fmt: skip
+    form = {"grant_type": "password", "username": "nurse.new", "password": shown}
+    signed = admin.request.post(platform.origin + "/oauth/token", form=form)
     assert signed.status == 200, signed.text()
 
 
