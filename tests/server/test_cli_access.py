@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from medtwin.cli import app
@@ -71,6 +72,71 @@ def test_users_add_list_disable_and_assign(tmp_path: Path) -> None:
         accounts = Accounts(store.engine)
         assert accounts.authenticate("ada", "long enough pw") is None  # disabled
         assert accounts.teams_of(pid) == {"t1"}
+
+
+def test_users_passwd_ends_the_sessions_and_never_echoes_the_password(tmp_path: Path) -> None:
+    from medtwin.security.scopes import parse_scopes
+    from medtwin.security.tokens import SigningKey, TokenError, TokenService
+
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    Store(db).close()
+    runner = CliRunner()
+    add = runner.invoke(app, ["users", "add", "ada", "--role", "nurse", "--password-stdin", "--db", db],
+                        input="first password\n")  # fmt: skip
+    assert add.exit_code == 0, add.output
+    with Store(db) as store:
+        user = Accounts(store.engine).user("ada")
+        assert user is not None
+        tokens = TokenService(store.engine, SigningKey.generate())
+        refresh = tokens.issue(TokenService.grant(user.user_id, "nurse", parse_scopes("user/*.rs")), refresh=True)
+    r = runner.invoke(app, ["users", "passwd", "ada", "--password-stdin", "--db", db], input="second password\n")
+    assert r.exit_code == 0, r.output
+    assert "1 session(s) ended" in r.output
+    assert "second password" not in r.output
+    with Store(db) as store:
+        accounts = Accounts(store.engine)
+        assert accounts.authenticate("ada", "first password") is None
+        assert accounts.authenticate("ada", "second password") is not None
+        with pytest.raises(TokenError, match="password reset"):
+            TokenService(store.engine, SigningKey.generate()).refresh(refresh["refresh_token"])
+    # the prompt asks twice, hidden; a mismatch is asked again, the password is never printed
+    prompted = runner.invoke(app, ["users", "passwd", "ada", "--db", db],
+                             input="third password\nthird passwrd\nthird password\nthird password\n")  # fmt: skip
+    assert prompted.exit_code == 0, prompted.output
+    assert "third password" not in prompted.output
+    assert "0 session(s) ended" in prompted.output
+    short = runner.invoke(app, ["users", "passwd", "ada", "--password-stdin", "--db", db], input="short\n")
+    assert short.exit_code == 1
+    assert "at least 8" in short.output
+    unknown = runner.invoke(app, ["users", "passwd", "bob", "--password-stdin", "--db", db], input="long enough\n")
+    assert unknown.exit_code == 1
+    assert "no user named 'bob'" in unknown.output
+    with Store(db) as store:
+        assert Accounts(store.engine).authenticate("ada", "third password") is not None
+
+
+def test_users_set_changes_role_wards_and_teams(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    Store(db).close()
+    runner = CliRunner()
+    add = runner.invoke(app, ["users", "add", "ada", "--role", "nurse", "--ward", "W1", "--team", "t1",
+                              "--password-stdin", "--db", db], input="long enough pw\n")  # fmt: skip
+    assert add.exit_code == 0, add.output
+    r = runner.invoke(app, ["users", "set", "ada", "--role", "clinician", "--wards", "W2, W3", "--db", db, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) | {"user_id": None} == {"user_id": None, "username": "ada", "role": "clinician",
+                                                        "wards": ["W2", "W3"], "teams": ["t1"]}  # fmt: skip
+    cleared = runner.invoke(app, ["users", "set", "ada", "--teams", "", "--db", db])
+    assert cleared.exit_code == 0, cleared.output
+    with Store(db) as store:
+        user = Accounts(store.engine).user("ada")
+        assert user is not None
+        assert (user.role, user.wards, user.teams) == ("clinician", ("W2", "W3"), ())
+    for args, said in ((["--role", "surgeon"], "not one of"), ([], "nothing to change")):
+        bad = runner.invoke(app, ["users", "set", "ada", *args, "--db", db])
+        assert bad.exit_code == 1, args
+        assert said in bad.output
+    assert "no user named" in runner.invoke(app, ["users", "set", "bob", "--role", "nurse", "--db", db]).output
 
 
 def test_clients_add_prints_the_secret_once(tmp_path: Path) -> None:

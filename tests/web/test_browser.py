@@ -538,6 +538,13 @@ def test_a_clinician_breaks_the_glass_and_it_is_reviewed(platform: Platform, con
     admin.select_option("select[aria-label='Role of nurse.new']", "clinician")
     admin.click("button[aria-label='Save the access of nurse.new']")
     admin.wait_for_selector("#admin-status:has-text('Saved nurse.new: clinician')")
+    admin.once("dialog", lambda dialog: dialog.accept())  # "Reset the password of nurse.new?"
+    admin.click("button[aria-label='Reset the password of nurse.new']")
+    admin.wait_for_selector("#nu-secret:has-text('New password of nurse.new')")
+    shown = admin.inner_text("#nu-secret").split(": ", 1)[1].split(" ", 1)[0]
+    form = {"grant_type": "password", "username": "nurse.new", "password": shown}
+    signed = admin.request.post(platform.origin + "/oauth/token", form=form)
+    assert signed.status == 200, signed.text()
 
 
 def test_a_researcher_sees_no_identified_page(platform: Platform, context: Any, shots: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -425,3 +426,46 @@ def test_access_matrix_of_the_entered_dosing_and_user_endpoints(web: Any, user: 
         if r.status_code >= 400:
             assert "Alberto" not in r.text
             assert "Chet" not in r.text
+
+
+def test_admin_resets_a_password_once_shown_sessions_end_and_the_audit_holds_no_password(web: Any) -> None:
+    client, platform, _ = web
+    admin = _token(client, "admin")
+    made = client.post("/app/api/admin/users", json={"username": "nurse.reset", "role": "nurse",
+                                                    "password": "first-password-1"}, headers=admin)  # fmt: skip
+    assert made.status_code == 201, made.text
+    login = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
+                                              "password": "first-password-1"})  # fmt: skip
+    assert login.status_code == 200, login.text
+    refresh = login.json()["refresh_token"]
+    url = "/app/api/admin/users/nurse.reset/password"
+    assert client.post(url, json={}).status_code == 401
+    for who in ("pharm.diaz", "dr.lee", "nurse.kim", "res.olsen"):
+        assert client.post(url, json={}, headers=_token(client, who)).status_code == 403, who
+    assert client.post("/app/api/admin/users/nobody.here/password", json={}, headers=admin).status_code == 404
+    assert client.post("/app/api/admin/users/admin/password", json={}, headers=admin).status_code == 409
+    r = client.post(url, json={}, headers=admin)
+    assert r.status_code == 200, r.text
+    new_password = r.json()["new_password"]
+    assert len(new_password) >= 16
+    assert r.json()["sessions_ended"] == 1
+    # the session opened before the reset cannot be refreshed; the old password no longer signs in; the new one does
+    again = client.post("/oauth/token", data={"grant_type": "refresh_token", "refresh_token": refresh})
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_grant"
+    old = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
+                                            "password": "first-password-1"})  # fmt: skip
+    assert old.status_code in (400, 401)
+    new = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
+                                            "password": new_password})  # fmt: skip
+    assert new.status_code == 200, new.text
+    listed = client.get("/app/api/admin/users", headers=admin).json()
+    assert new_password not in json.dumps(listed)
+    platform.audit.flush()
+    user_id = r.json()["id"]
+    records = list(platform.audit.records())
+    resets = [
+        x for x in records if x.event.resource == f"User/{user_id}" and "password reset" in (x.event.detail or "")
+    ]
+    assert len(resets) == 1
+    assert all(new_password not in repr(x) for x in records)

@@ -222,7 +222,7 @@ def _target_mapping(text: str | None, also: list[str], current: TargetSpec) -> d
 
 def _record_case(patient_id: str, db: str | None, drug: str | None, model: str | None) -> PatientCase:
     """The case of *patient_id* from the store (:mod:`medtwin.dosing.record_case`)."""
-    from medtwin.dosing.record_case import DEFAULT_MODELS, case_from_records, drug_of, recorded_course
+    from medtwin.dosing.record_case import case_from_patient_records
     from medtwin.store import Store
 
     store = Store(db, create=False)
@@ -240,15 +240,7 @@ def _record_case(patient_id: str, db: str | None, drug: str | None, model: str |
         observations = store.observations(patient.patient_id)
     finally:
         store.close()
-    drugs = sorted({d for a in administrations if (d := drug_of(a.medication)) is not None})
-    if drug is None:
-        if len(drugs) != 1:
-            raise CaseError(f"patient {patient.patient_id}: {'no' if not drugs else 'several'} drugs with a library "
-                            f"model in the record ({', '.join(drugs) or 'none of ' + ', '.join(DEFAULT_MODELS)}); "
-                            "name one with --drug")  # fmt: skip
-        drug = drugs[0]
-    course = recorded_course(drug, patient, administrations, observations)
-    return case_from_records(patient.patient_id, course, model=model)
+    return case_from_patient_records(patient.patient_id, patient, administrations, observations, drug=drug, model=model)
 
 
 @app.command("report")

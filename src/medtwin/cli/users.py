@@ -1,4 +1,4 @@
-"""`medtwin users add|list|disable|enable|assign`: the people who use the API server.
+"""`medtwin users add|list|passwd|set|disable|enable|assign`: the people who use the API server.
 
 Passwords are read from a prompt (or ``--password-stdin`` for scripts), never from the command line, where other
 users of the machine could read them in the process list.
@@ -20,7 +20,9 @@ from medtwin.security.accounts import ROLES, Accounts
 
 __all__ = ["app"]
 
-app = typer.Typer(help="API users: add, list, disable, enable; assign patients to care teams.", no_args_is_help=True)
+app = typer.Typer(
+    help="API users: add, list, passwd, set, disable, enable; assign patients to care teams.", no_args_is_help=True
+)
 
 RoleOption = Annotated[str, typer.Option("--role", help=f"One of {', '.join(ROLES)}.")]
 
@@ -98,6 +100,62 @@ def users_list(db: DbOption = None, as_json: JsonOption = False) -> None:
             u.user_id,
         )
     console.print(table)
+
+
+@app.command("passwd")
+def users_passwd(
+    username: str = typer.Argument(..., help="Login name."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from standard input."),
+    db: DbOption = None,
+) -> None:
+    """Set a user's password (argon2id hash; asked for twice, or read from stdin) and end all the user's sessions."""
+    console = make_console()
+    password = _password(password_stdin)
+    with store_errors(console), open_existing(db, console) as store:
+        try:
+            user, ended = Accounts(store.engine).set_password(username, password)
+        except MedtwinError as exc:
+            raise fail(console, str(exc)) from None
+    console.print(
+        f"password of {escape(user.username)} changed; {ended} session(s) ended (refresh tokens revoked)",
+        highlight=False,
+    )
+
+
+def _name_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+@app.command("set")
+def users_set(
+    username: str = typer.Argument(..., help="Login name."),
+    role: str | None = typer.Option(None, "--role", help=f"New role, one of {', '.join(ROLES)}."),
+    wards: str | None = typer.Option(None, "--wards", help="The user's wards, comma-separated ('' for none)."),
+    teams: str | None = typer.Option(None, "--teams", help="The user's care teams, comma-separated ('' for none)."),
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a user's role, wards or care teams (what is not given stays); issued tokens keep their claims until
+    they are refreshed or expire."""
+    console = make_console(stderr=as_json)
+    with store_errors(console), open_existing(db, console) as store:
+        try:
+            user = Accounts(store.engine).update_user(
+                username, role=role, wards=_name_list(wards), teams=_name_list(teams)
+            )
+        except MedtwinError as exc:
+            raise fail(console, str(exc)) from None
+    if as_json:
+        print_json({"user_id": user.user_id, "username": user.username, "role": user.role,
+                    "wards": list(user.wards), "teams": list(user.teams)})  # fmt: skip
+    else:
+        console.print(
+            f"{escape(user.username)}: role {user.role}, wards {escape(', '.join(user.wards) or '-')}, "
+            f"teams {escape(', '.join(user.teams) or '-')}",
+            highlight=False,
+        )
 
 
 def _set_disabled(username: str, disabled: bool, db: str | None) -> None:

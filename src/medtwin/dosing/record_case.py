@@ -13,7 +13,8 @@ What is read (records of one patient):
 
 The model is the drug's default (:data:`DEFAULT_MODELS`) unless one is named; the target is the drug's default
 (:data:`DEFAULT_TARGETS`) unless one is given. The case is then validated by :func:`medtwin.dosing.parse_case`
-exactly as a case file is, so ``medtwin dose --patient`` and the twin's drug component give the same report.
+exactly as a case file is, so ``medtwin dose --patient``, the web app's dosing panel (:func:`case_from_patient_records`)
+and the twin's drug component give the same report.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "LEVEL_CODES",
     "RecordedCourse",
+    "case_from_patient_records",
     "case_from_records",
     "drug_of",
     "recorded_course",
@@ -223,3 +225,32 @@ def case_from_records(
         mapping["regimen"] = dict(regimen)
     case = parse_case(mapping, source=f"record of {where}")
     return dataclasses.replace(case, notes=(*case.notes, *(f"from the record: {u}" for u in used)))
+
+
+def case_from_patient_records(
+    patient_id: str,
+    patient: Patient | None,
+    administrations: Sequence[MedicationAdministration],
+    observations: Sequence[Observation],
+    *,
+    drug: str | None = None,
+    model: str | None = None,
+) -> PatientCase:
+    """The :class:`PatientCase` of one patient's records: the course of *drug* (by default the one drug of the
+    record with a library model) made a case by :func:`case_from_records`; what ``medtwin dose --patient`` and the
+    web app's dosing panel both analyse.
+
+    Raises
+    ------
+    CaseError
+        No drug with a library model in the record, or several and *drug* not given, or anything
+        :func:`case_from_records` refuses.
+    """
+    if drug is None:
+        drugs = sorted({d for a in administrations if (d := drug_of(a.medication)) is not None})
+        if len(drugs) != 1:
+            raise CaseError(f"patient {patient_id}: {'no' if not drugs else 'several'} drugs with a library "
+                            f"model in the record ({', '.join(drugs) or 'none of ' + ', '.join(DEFAULT_MODELS)}); "
+                            "name one with --drug")  # fmt: skip
+        drug = drugs[0]
+    return case_from_records(patient_id, recorded_course(drug, patient, administrations, observations), model=model)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.records import new_id
 from medtwin.security.scopes import parse_scopes
-from medtwin.store.access_tables import care_team_patients, clients, users
+from medtwin.store.access_tables import care_team_patients, clients, revoked_tokens, token_families, users
 
 __all__ = ["ROLES", "AccountError", "Accounts", "Client", "User"]
 
@@ -176,6 +176,44 @@ class Accounts:
         found = self.user(username)
         assert found is not None
         return found
+
+    def set_password(self, username: str, password: str) -> tuple[User, int]:
+        """Replace a user's password (argon2id hash, as :meth:`add_user`) and end every session of the user: their
+        refresh tokens are revoked and their sessions' access tokens listed as revoked (the token service rejects
+        them within its revocation refresh, 2 s). Returns the user and how many sessions were ended.
+
+        Raises
+        ------
+        AccountError
+            No user with this name.
+        ValidationError
+            A password under 8 characters.
+        """
+        if len(password) < 8:
+            raise ValidationError("password: at least 8 characters")
+        password_hash = self.hasher.hash(password)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(users.c.user_id).where(users.c.username == username)).first()
+            if row is None:
+                raise AccountError(f"no user named {username!r}")
+            conn.execute(update(users).where(users.c.user_id == row.user_id).values(password_hash=password_hash))
+            live = conn.execute(
+                select(token_families.c.family_id, token_families.c.expires).where(
+                    (token_families.c.subject == row.user_id) & token_families.c.revoked.is_(None)
+                )
+            ).all()
+            for family_id, expires in live:
+                conn.execute(
+                    update(token_families)
+                    .where(token_families.c.family_id == family_id)
+                    .values(revoked="password reset")
+                )
+                listed = select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == family_id)
+                if conn.execute(listed).first() is None:
+                    conn.execute(insert(revoked_tokens), {"token_id": family_id, "expires": expires})
+        found = self.user(username)
+        assert found is not None
+        return found, len(live)
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The enabled user whose password this is, or None (unknown name, wrong password, disabled: alike)."""

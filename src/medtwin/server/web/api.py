@@ -596,6 +596,30 @@ async def admin_disable(request: Request, username: str, principal: Principal = 
     return JSONBody({"username": user.username, "disabled": user.disabled})
 
 
+@router.post("/admin/users/{username}/password")
+async def admin_reset_password(request: Request, username: str, principal: Principal = Depends(caller)) -> JSONBody:
+    """Reset a user's password to a random one, answered once (``new_password``) to be handed to the user in person;
+    the argon2id hash replaces the old one and every session of the user ends
+    (:meth:`medtwin.security.accounts.Accounts.set_password`, as ``medtwin users passwd``). Audited as ``update``
+    without the password. An admin's own password is changed with ``medtwin users passwd`` (no lock-out here)."""
+    _admin_only(principal)
+    platform = platform_of(request)
+    before = await run_in_threadpool(platform.accounts.user, username)
+    if before is None or before.username != username:
+        raise ApiError(404, "not-found", f"no user named {username!r}")
+    if before.user_id == principal.subject:
+        raise ApiError(409, "conflict", "you cannot reset your own password here (use `medtwin users passwd`)")
+    password = secrets.token_urlsafe(12)
+    try:
+        user, ended = await run_in_threadpool(platform.accounts.set_password, username, password)
+    except AccountError as exc:
+        raise ApiError(404, "not-found", str(exc)) from None
+    await platform.record(principal, "update", f"User/{user.user_id}", source=source_of(request),
+                          detail=f"user {user.username}: password reset by an admin (random password generated, "
+                                 f"shown once); {ended} session(s) ended")  # fmt: skip
+    return JSONBody({**_user_json(user), "new_password": password, "sessions_ended": ended})
+
+
 @router.get("/admin/careteams")
 async def admin_careteams(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
     """Care-team membership (team, patient) with the patients' names."""

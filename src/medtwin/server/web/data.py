@@ -12,9 +12,10 @@ dictionaries; access control, audit and HTTP live in :mod:`medtwin.server.web.ap
 * Glucose panel: CGM trace, AGP percentile bands (5/25/50/75/95 % by time of day, Battelino et al., Diabetes Care
   2019, doi:10.2337/dci19-0028), the consensus metrics (:func:`medtwin.glucose.cgm_metrics`) and the twin's
   what-if replay (:meth:`medtwin.glucose.PersonalGlucoseTwin.replay`).
-* Dosing panel: the vancomycin doses and levels of the record turned into a dosing case (Cockcroft-Gault from the
-  latest serum creatinine, weight, age and sex) and analysed by :func:`medtwin.dosing.analyze_case` (MAP fit,
-  prediction band, regimen options with AUC24, trough and probability of target attainment).
+* Dosing panel: the vancomycin doses and levels of the record turned into a dosing case by
+  :func:`medtwin.dosing.record_case.case_from_patient_records` (the same case as ``medtwin dose --patient``) and
+  analysed by :func:`medtwin.dosing.analyze_case` (MAP fit, prediction band, regimen options with AUC24, trough
+  and probability of target attainment).
 * Hospital page: the example hospital's census, occupancy forecast fan charts (P10/P50/P90, P(unit full)) and
   scenario comparisons (:mod:`medtwin.hospital`).
 """
@@ -25,27 +26,30 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medtwin import codes
 from medtwin.errors import ValidationError
 from medtwin.monitoring.vitals import LatestVitals
-from medtwin.records import Coding, Encounter, Event, MedicationAdministration, Observation, Patient, Quantity
+from medtwin.records import Coding, Encounter, Event, Observation, Patient, Quantity
 from medtwin.store import Store
+
+if TYPE_CHECKING:
+    from medtwin.dosing import PatientCase
 
 __all__ = [
     "GLUCOSE_TWIN_PREFIX",
     "VITALS",
     "board_row",
-    "dosing_case",
     "dosing_view",
     "glucose_view",
     "glucose_whatif",
     "hospital_view",
     "hospital_whatif",
     "patient_view",
+    "record_dosing_case",
     "report_view",
     "ward_of",
     "ward_patients",
@@ -264,7 +268,7 @@ def patient_view(
         ][-15:],
         "has_glucose": _has_cgm(store, patient_id)
         or store.latest_snapshot(GLUCOSE_TWIN_PREFIX + patient_id) is not None,
-        "has_dosing": bool(_vancomycin_doses(store, patient_id)),
+        "has_dosing": _has_vancomycin(store, patient_id),
     }  # fmt: skip
     if identified:
         view["name"] = _name(p)
@@ -366,92 +370,50 @@ def glucose_whatif(store: Store, patient_id: str, *, bolus_scale: float = 1.0, b
 
 
 # -- dosing panel ------------------------------------------------------------------------------------------------
-_VANCO = "372735009"
+_RETRACTED = frozenset({"entered-in-error", "cancelled", "not-done"})
 
 
-def _vancomycin_doses(store: Store, patient_id: str) -> list[MedicationAdministration]:
-    return [a for a in store.medication_administrations(patient_id)
-            if a.medication.code == _VANCO or "vancomycin" in (a.medication.display or "").lower()]  # fmt: skip
+def _has_vancomycin(store: Store, patient_id: str) -> bool:
+    from medtwin.dosing.record_case import drug_of
+
+    return any(a.status not in _RETRACTED and drug_of(a.medication) == "vancomycin"
+               for a in store.medication_administrations(patient_id))  # fmt: skip
 
 
-def dosing_case(store: Store, patient_id: str, *, now: datetime | None = None) -> dict[str, Any]:
-    """The dosing case (the JSON structure of :func:`medtwin.dosing.parse_case`) of the patient's vancomycin
-    course: doses and levels from the record, covariates from the latest weight and serum creatinine.
+def record_dosing_case(store: Store, patient_id: str) -> PatientCase:
+    """The dosing case of the patient's vancomycin course, built from the record by
+    :func:`medtwin.dosing.record_case.case_from_patient_records`: the same case as ``medtwin dose --patient ID
+    --drug vancomycin`` (covariates, infusion durations, the next-dose time of the regimen options).
 
     Raises
     ------
     KeyError
         The patient has no vancomycin administration.
-    ValidationError
-        A covariate the model needs is not in the record.
+    medtwin.dosing.CaseError
+        A covariate the model needs is not in the record (named), or a dose or level the model cannot use.
     """
-    doses = _vancomycin_doses(store, patient_id)
-    if not doses:
+    from medtwin.dosing.record_case import case_from_patient_records
+
+    if not _has_vancomycin(store, patient_id):
         raise KeyError(patient_id)
-    p = store.patient(patient_id)
-    origin = doses[0].start
-    latest = store.latest_observations(patient_id, [codes.BODY_WEIGHT, codes.CREATININE_SERUM])
-    weight = latest.get(codes.BODY_WEIGHT.code)
-    scr = latest.get(codes.CREATININE_SERUM.code)
-    missing = [n for n, o in (("body weight (LOINC 29463-7)", weight), ("serum creatinine (LOINC 2160-0)", scr))
-               if o is None or not isinstance(o.value, Quantity)]  # fmt: skip
-    if p is None or p.birth_date is None or p.gender not in ("male", "female"):
-        missing.append("birth date and sex")
-    if missing:
-        raise ValidationError(f"patient {patient_id}: the dosing model needs {', '.join(missing)} in the record")
-    if weight is None or scr is None or p is None or p.birth_date is None:  # pragma: no cover - refused above
-        raise ValidationError(f"patient {patient_id}: weight, creatinine, birth date and sex are required")
-    if not isinstance(weight.value, Quantity) or not isinstance(scr.value, Quantity):  # pragma: no cover
-        raise ValidationError(f"patient {patient_id}: weight and creatinine must be quantities")
-    age = (origin.date() - p.birth_date).days / 365.25
-
-    def h(t: datetime) -> float:
-        return round((t - origin).total_seconds() / 3600.0, 4)
-
-    dose_rows: list[dict[str, Any]] = []
-    for a in doses:
-        if a.dose is None:
-            continue
-        duration = 1.0 if a.end is None else max(0.05, h(a.end) - h(a.start))
-        dose_rows.append({"time_h": h(a.start), "amount": {"value": a.dose.value, "unit": a.dose.unit},
-                          "duration_h": round(duration, 4)})  # fmt: skip
-    levels: list[dict[str, Any]] = [
-        {"time_h": h(o.effective), "value": o.value.value, "unit": o.value.unit, "id": o.observation_id}
-        for o in store.observations(patient_id, codes.VANCOMYCIN_SERUM)
-        if isinstance(o.value, Quantity)
-    ]
-    times: list[float] = [float(r["time_h"]) for r in dose_rows] + [float(lv["time_h"]) for lv in levels]
-    last = max(times)
-    now_h = h(now) if now is not None else last
-    start_h = max(math.ceil(max(now_h, last) + 1.0), 1)
-    return {
-        "patient_id": patient_id,
-        "model": "goti2018_vancomycin",
-        "origin": origin.isoformat(),
-        "covariates": {
-            "weight_kg": {"value": weight.value.value, "unit": weight.value.unit},
-            "scr": {"value": scr.value.value, "unit": scr.value.unit},
-            "age_y": round(age, 1),
-            "sex": p.gender,
-            "dialysis": 0,
-        },
-        "doses": dose_rows,
-        "levels": levels,
-        "target": {"metric": "auc24_ss", "low": 400, "high": 600, "value": 500},
-        "regimen": {"start_h": start_h, "intervals_h": [8, 12, 24], "increment_mg": 250, "max_rate_mg_h": 1000},
-    }
+    return case_from_patient_records(patient_id, store.patient(patient_id), store.medication_administrations(
+        patient_id), store.observations(patient_id), drug="vancomycin")  # fmt: skip
 
 
 def dosing_view(store: Store, patient_id: str, *, n_samples: int = 500) -> dict[str, Any]:
-    """MAP fit, prediction band and regimen options of the patient's vancomycin course."""
-    from medtwin.dosing import analyze_case, parse_case
+    """MAP fit, prediction band and regimen options of the patient's vancomycin course (:func:`record_dosing_case`,
+    analysed by :func:`medtwin.dosing.analyze_case` with seed 0)."""
+    from medtwin.dosing import analyze_case
 
-    case_data = dosing_case(store, patient_id)
-    case = parse_case(case_data, source=f"patient {patient_id}")
+    case = record_dosing_case(store, patient_id)
     report = analyze_case(case, n_samples=n_samples, seed=0)
-    doses = [{**r, "source": "record"} for r in case_data["doses"]]
-    levels = [{**lv, "source": "record"} for lv in case_data["levels"]]
-    return report_view(patient_id, report, datetime.fromisoformat(case_data["origin"]), doses, levels)
+    if case.origin is None:  # pragma: no cover - a case from the record always has its first dose as origin
+        raise ValidationError(f"patient {patient_id}: the dosing case has no origin")
+    doses = [{"time_h": round(d.time_h, 4), "amount": {"value": d.amount_mg, "unit": "mg"},
+              "duration_h": round(d.infusion_duration_h, 4), "source": "record"} for d in case.doses]  # fmt: skip
+    levels = [{"time_h": round(lv.time_h, 4), "value": lv.value_mg_l, "unit": "mg/L", "id": lv.observation_id,
+               "source": "record"} for lv in case.levels]  # fmt: skip
+    return report_view(patient_id, report, case.origin, doses, levels)
 
 
 def report_view(patient_id: str, report: Any, origin: datetime, doses: Sequence[Mapping[str, Any]],
@@ -497,10 +459,9 @@ def dosing_proposal_records(store: Store, patient_id: str, *, interval_h: float 
     Observations) for the recommended regimen, or for the option with dosing interval *interval_h*."""
     from dataclasses import replace
 
-    from medtwin.dosing import analyze_case, parse_case, to_records
+    from medtwin.dosing import analyze_case, to_records
 
-    case = parse_case(dosing_case(store, patient_id), source=f"patient {patient_id}")
-    report = analyze_case(case, n_samples=500, seed=0)
+    report = analyze_case(record_dosing_case(store, patient_id), n_samples=500, seed=0)
     if interval_h is not None:
         chosen = [p for p in report.proposals if abs(p.interval_h - interval_h) < 1e-9]
         if not chosen:

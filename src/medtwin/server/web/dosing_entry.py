@@ -197,12 +197,7 @@ def _case(store: Store, patient_id: str, entry: Entry) -> tuple[PatientCase, Rec
         scr = (*scr, (now, entry.scr_mg_dl, f"{_ENTERED}creatinine"))
     merged = dataclasses.replace(course, doses=tuple(sorted(doses)), levels=tuple(sorted(levels)),
                                  weights_kg=tuple(sorted(weights)), creatinine_mg_dl=tuple(sorted(scr)))  # fmt: skip
-    regimen = None
-    if entry.drug == "vancomycin" and merged.doses:  # the record panel's options (medtwin.server.web.data)
-        last = max([d[0] for d in merged.doses] + [lv[0] for lv in merged.levels])
-        start_h = max(math.ceil((max(last, now) - merged.doses[0][0]).total_seconds() / 3600.0 + 1.0), 1)
-        regimen = {"start_h": start_h, "intervals_h": [8, 12, 24], "increment_mg": 250, "max_rate_mg_h": 1000}
-    case = case_from_records(patient_id, merged, regimen=regimen)
+    case = case_from_records(patient_id, merged)  # regimen options as the record panel and `medtwin dose`
     notes = tuple(_entered_note(n) if _ENTERED in n else n for n in case.notes)
     return dataclasses.replace(case, source=f"record and entered data of patient {patient_id}", notes=notes), merged
 

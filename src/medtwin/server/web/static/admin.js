@@ -29,8 +29,16 @@
         MT.status("admin-status", res.ok ? "Saved " + u.username + ": " + res.body.role + "." : (res.body && res.body.message) || "Could not save.", !res.ok);
         if (res.ok) users();
       });
+      const reset = el("button", { type: "button", class: "secondary", text: "Reset password", "aria-label": "Reset the password of " + u.username });
+      reset.addEventListener("click", async () => {
+        if (!window.confirm("Reset the password of " + u.username + "? Their sessions end and a new random password is shown once.")) return;
+        const res = await MT.apiJson("/app/api/admin/users/" + encodeURIComponent(u.username) + "/password", { method: "POST", json: {} });
+        const secret = document.getElementById("nu-secret");
+        secret.textContent = res.ok ? "New password of " + res.body.username + ": " + res.body.new_password + " (shown once; give it to the user in person; " + res.body.sessions_ended + " session(s) ended)." : "";
+        MT.status("admin-status", res.ok ? "Password of " + u.username + " reset." : (res.body && res.body.message) || "Could not reset the password.", !res.ok);
+      });
       return el("tr", {}, td(u.username), el("td", {}, role), el("td", {}, wards), el("td", {}, teams), el("td", {}, save),
-        td(u.disabled ? "disabled" : "active"), el("td", {}, self ? null : b));
+        td(u.disabled ? "disabled" : "active"), el("td", {}, self ? null : b, self ? null : reset));
     }));
     return true;
   }
