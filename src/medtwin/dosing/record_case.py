@@ -68,7 +68,7 @@ DEFAULT_TARGETS: dict[str, dict[str, Any]] = {
     "gentamicin": {"metric": "peak_ss", "low": 5, "high": 10, "value": 8, "also": [{"metric": "trough_ss", "high": 2}]},
 }
 
-_RETRACTED = frozenset({"entered-in-error", "cancelled", "not-done"})
+RETRACTED_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done"})
 
 
 def drug_of(medication: Coding) -> str | None:
@@ -132,7 +132,7 @@ def recorded_course(
     """The *drug* course in these records (see the module docstring); doses and levels in time order."""
     doses = []
     for adm in administrations:
-        if adm.status in _RETRACTED or drug_of(adm.medication) != drug:
+        if adm.status in RETRACTED_STATUSES or drug_of(adm.medication) != drug:
             continue
         duration = adm.infusion_duration_h or 0.0
         doses.append((adm.start, _mg(adm.dose, f"MedicationAdministration {adm.administration_id}"), duration,
@@ -140,7 +140,7 @@ def recorded_course(
     level_codes = LEVEL_CODES.get(drug, frozenset())
     levels, weights, heights, scr = [], [], [], []
     for obs in observations:
-        if obs.status in _RETRACTED:
+        if obs.status in RETRACTED_STATUSES:
             continue
         code = obs.code.code if obs.code.system == codes.LOINC else None
         if code in level_codes:

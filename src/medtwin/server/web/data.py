@@ -370,13 +370,10 @@ def glucose_whatif(store: Store, patient_id: str, *, bolus_scale: float = 1.0, b
 
 
 # -- dosing panel ------------------------------------------------------------------------------------------------
-_RETRACTED = frozenset({"entered-in-error", "cancelled", "not-done"})
-
-
 def _has_vancomycin(store: Store, patient_id: str) -> bool:
-    from medtwin.dosing.record_case import drug_of
+    from medtwin.dosing.record_case import RETRACTED_STATUSES, drug_of
 
-    return any(a.status not in _RETRACTED and drug_of(a.medication) == "vancomycin"
+    return any(a.status not in RETRACTED_STATUSES and drug_of(a.medication) == "vancomycin"
                for a in store.medication_administrations(patient_id))  # fmt: skip
 
 
