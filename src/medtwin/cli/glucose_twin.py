@@ -330,9 +330,9 @@ def advise_command(
     policy: Annotated[
         str,
         typer.Option(
-            help="guard: the calculator's dose, lowered only as far as P(<70) <= 5 % needs; risk: the dose "
-            "of least predicted risk with P(<70) <= 5 %, up to twice the calculator's (in silico it gave "
-            "more lows than the calculator)."
+            help="Advice policy. guard: the calculator's dose, lowered only as far as P(<70) <= 5 % needs; "
+            "risk: the dose of least predicted risk with P(<70) <= 5 %, up to twice the calculator's (in silico "
+            "it gave more lows than the calculator)."
         ),
     ] = "guard",
     json: _Json = False,
