@@ -233,3 +233,41 @@ def test_a_child_that_cannot_bind_the_port_fails_the_start_with_its_reason(tmp_p
         pool.stop()
         store.close()
         taken.close()
+
+
+def test_every_listener_process_audits_the_senders_it_refuses(tmp_path: Path) -> None:
+    """A refused sender is an audit event whichever process the kernel gave its connection to (before, the extra
+    processes only logged theirs): 24 connections spread over 2 processes, 24 ``refused-sender`` records."""
+    from medtwin.security.audit import AuditTrail
+
+    senders = tmp_path / "senders.toml"
+    senders.write_text('[senders]\nSOMEONE-ELSE = ["127.0.0.1/32"]\n')  # ICU1, the fixture's facility, is not listed
+    db_url = migrated(tmp_path)
+    proc, port = start_listener(db_url, 2, "--senders", str(senders))
+
+    async def refused(connections: int) -> list[str]:
+        async def one(c: int) -> str:
+            async with await MllpClient.connect("127.0.0.1", port, timeout_s=30) as client:
+                ack = await client.send(message(c))
+            return ack.split("MSA|", 1)[1][:2]
+
+        return list(await asyncio.gather(*(one(c) for c in range(connections))))
+
+    try:
+        codes = asyncio.run(refused(24))
+    finally:
+        out, summary = stop(proc)
+    assert codes == ["AR"] * 24
+    assert summary["process_errors"] == [], out
+    store = Store(db_url)
+    trail = AuditTrail(store)
+    try:
+        records = trail.records(action="refused-sender")
+        assert len(records) == 24
+        assert {r.event.actor for r in records} == {"ICU1"}
+        assert all(r.event.outcome == "denied" and "not an allowed sender" in (r.event.detail or "") for r in records)
+        assert trail.verify().ok
+        assert store.raw_log(status=None, limit=100) == []  # nothing of a refused sender is stored
+    finally:
+        trail.close()
+        store.close()

@@ -67,7 +67,7 @@ async def listen_for(
     from medtwin.interop.mllp import MllpConfig, MllpServer
     from medtwin.interop.mllp_auth import LOOPBACK_ONLY, SenderPolicy, load_senders
     from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
-    from medtwin.security.audit import AuditEvent, AuditTrail
+    from medtwin.security.audit import SenderRefusals
     from medtwin.service import prepare_service_heap
     from medtwin.twin import RuntimeProcess, TwinRuntime
     from medtwin.twin.worker import listener_store
@@ -109,6 +109,7 @@ async def listen_for(
                 tls_cert=tls_files[0],
                 tls_key=tls_files[1],
                 client_ca=client_ca,
+                refusals=SenderRefusals,  # every listener process audits the senders it refuses
             )
         except BaseException:
             store.close()
@@ -131,14 +132,7 @@ async def listen_for(
             store.close()
             raise
     on_stored = None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic))
-    trail = AuditTrail(store)
-
-    def refused(facility: str, peer: str, why: str) -> None:  # queued: the event loop does not wait for the commit
-        trail.record_nowait(
-            AuditEvent(time=datetime.now(UTC), actor=facility or "unknown", role="device", action="refused-sender",
-                       resource="MLLP", outcome="denied", source=peer, detail=why)
-        )  # fmt: skip
-
+    refused = SenderRefusals(store)  # queued: the event loop does not wait for the commit
     server = MllpServer(store, config, on_stored=on_stored, on_refused=refused)
     stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,7 +174,7 @@ async def listen_for(
             if "error" in report:
                 console.print(f"[red]twin runtime worker: {report['error']}[/red]")
             events = report.get("events")
-        trail.close()
+        refused.close()
         store.close()
     stats = server.stats
     counters = ("accepted", "duplicates", "rejected", "unmapped", "errors", "records")

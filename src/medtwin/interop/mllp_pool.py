@@ -35,8 +35,9 @@ import multiprocessing.connection
 import os
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from medtwin.errors import ValidationError
 from medtwin.interop.mllp import MllpConfig, MllpServer, run
@@ -45,11 +46,20 @@ from medtwin.store import SharedWriteLock, Store
 from medtwin.store.config import resolve_database_url
 from medtwin.store.engine import is_memory_url
 
-__all__ = ["ListenerPool", "server_ssl_context"]
+__all__ = ["ListenerPool", "RefusalRecorder", "server_ssl_context"]
 
 log = logging.getLogger("medtwin.interop.mllp")
 
 _PARENT_POLL_S = 0.2
+
+
+class RefusalRecorder(Protocol):
+    """What a listener process does with a refused sender (``MllpServer(on_refused=...)``), then closes at its
+    end; ``medtwin listen`` gives :class:`medtwin.security.audit.SenderRefusals` (the audit chain)."""
+
+    def __call__(self, facility: str, peer: str, why: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def server_ssl_context(cert: str | None, key: str | None, client_ca: str | None = None) -> ssl.SSLContext | None:
@@ -76,6 +86,7 @@ class _ChildSpec:
     tls_cert: str | None
     tls_key: str | None
     client_ca: str | None = None
+    refusals: Callable[[Store], RefusalRecorder] | None = None  # a class or module-level function: sent by pickle
 
 
 class ListenerPool:
@@ -84,7 +95,9 @@ class ListenerPool:
     Start the parent's server first with ``MllpConfig(reuse_port=True)`` and pass its bound port to
     :meth:`start`. *write_lock* is the lock of the parent's store (:func:`medtwin.twin.worker.listener_store`);
     *config* gives the limits of each child (``max_connections`` is per process); its ``ssl_context`` is ignored:
-    give the PEM files as *tls_cert* / *tls_key* and each child loads them.
+    give the PEM files as *tls_cert* / *tls_key* and each child loads them. *refusals* makes, in each child and on
+    its store, the recorder of refused senders (a class or a module-level function, since it is sent to the child);
+    without it a child only logs its refusals.
     """
 
     def __init__(
@@ -97,6 +110,7 @@ class ListenerPool:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         client_ca: str | None = None,
+        refusals: Callable[[Store], RefusalRecorder] | None = None,
     ) -> None:
         if extra < 1:
             raise ValidationError(f"ListenerPool: extra must be at least 1, got {extra}")
@@ -110,7 +124,9 @@ class ListenerPool:
             raise ValidationError("ListenerPool: an in-memory database cannot be shared by processes; use a file")
         self.extra = extra
         self.write_lock = write_lock
-        self._spec = _ChildSpec(url, replace(config, ssl_context=None, reuse_port=True), tls_cert, tls_key, client_ca)
+        self._spec = _ChildSpec(
+            url, replace(config, ssl_context=None, reuse_port=True), tls_cert, tls_key, client_ca, refusals
+        )
         self._ctx = multiprocessing.get_context("spawn")
         self._stop: Any = None
         self._children: list[tuple[Any, multiprocessing.connection.Connection]] = []
@@ -225,11 +241,13 @@ async def _serve(
     spec: _ChildSpec, port: int, lock: SharedWriteLock, stop: Any, conn: multiprocessing.connection.Connection
 ) -> None:
     store = Store(spec.db, write_lock=lock.yielding(), checkpoints_elsewhere=True)
+    refusals: RefusalRecorder | None = None
     try:
         config = replace(
             spec.config, port=port, ssl_context=server_ssl_context(spec.tls_cert, spec.tls_key, spec.client_ca)
         )
-        server = MllpServer(store, config)
+        refusals = None if spec.refusals is None else spec.refusals(store)
+        server = MllpServer(store, config, on_refused=refusals)
         prepare_service_heap()  # this process is a service of its own (medtwin.service)
         await server.start()
         conn.send({"ready": os.getpid()})
@@ -242,4 +260,8 @@ async def _serve(
             with contextlib.suppress(OSError):  # the parent is gone: nobody to report to
                 conn.send({"pid": os.getpid(), **asdict(server.stats)})
     finally:
-        store.close()
+        try:
+            if refusals is not None:  # its queued refusals are committed before the store goes
+                refusals.close()
+        finally:
+            store.close()

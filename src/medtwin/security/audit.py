@@ -83,6 +83,7 @@ __all__ = [
     "AuditIntegrityError",
     "AuditRecord",
     "AuditTrail",
+    "SenderRefusals",
     "VerifyResult",
     "default_signing_key_path",
     "load_signing_key",
@@ -736,6 +737,27 @@ _SECURITY = {
     "refused-sender": ("110113", "Security Alert"),
     "key-rotate": ("110137", "User Security Attributes Changed"),
 }
+
+
+class SenderRefusals:
+    """The MLLP listener's ``on_refused`` (:class:`medtwin.interop.mllp.MllpServer`): each refused sender becomes a
+    ``refused-sender`` event in the audit chain (actor: the facility it claimed, source: the peer address, outcome
+    denied, detail: why). One per listener process, each with its own trail on the same chain (the chain takes
+    appends from several trails); queued, so the event loop does not wait for the commit. :meth:`close` commits what
+    is queued. Given to :class:`medtwin.interop.mllp_pool.ListenerPool` as a class, each listener process makes its
+    own."""
+
+    def __init__(self, store: Store) -> None:
+        self._trail = AuditTrail(store)
+
+    def __call__(self, facility: str, peer: str, why: str) -> None:
+        self._trail.record_nowait(
+            AuditEvent(time=datetime.now(UTC), actor=facility or "unknown", role="device", action="refused-sender",
+                       resource="MLLP", outcome="denied", source=peer, detail=why)
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._trail.close()
 
 
 def to_fhir(record: AuditRecord) -> dict[str, Any]:
