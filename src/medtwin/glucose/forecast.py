@@ -208,22 +208,35 @@ class GlucoseForecaster:
         meals, insulin = self._inputs(self.t_min, t_new)
         if meals.size:
             run_inputs(self.x, self.params, self.meal_state, meals, insulin)
-            dt = float(meals.size)
-            shock = np.exp(self.rng.normal(0.0, _PROCESS_NOISE_PER_SQRT_MIN * math.sqrt(dt), self.x.shape[0]))
-            self.x[:, 3] *= shock
-            self.x[:, 4] *= shock
-            self.x[:, 12] *= shock
+            self._shock(float(meals.size))
         self.t_min = float(math.floor(t_new + 1e-9))
 
+    def _shock(self, minutes: float) -> None:
+        """The process noise of *minutes* of simulation, drawn from this forecaster's own generator."""
+        shock = np.exp(self.rng.normal(0.0, _PROCESS_NOISE_PER_SQRT_MIN * math.sqrt(minutes), self.x.shape[0]))
+        self.x[:, 3] *= shock
+        self.x[:, 4] *= shock
+        self.x[:, 12] *= shock
+
     def _assimilate(self, t: float, cgm: float) -> None:
+        dt = self._begin(t, cgm)
+        self._advance(t)
+        self._weigh(t, dt, cgm)
+
+    def _begin(self, t: float, cgm: float) -> float:
+        """Before a reading at *t*: start the state at the first one, refuse one older than the state; the minutes
+        since the previous reading (inf for the first)."""
         if not self.started:  # nothing is known before the first reading: start from the basal state at it
             self.t_min = float(math.floor(t + 1e-9))
             self.x = self.posterior.model().initial_state(self.params, cgm)
             self.started = True
         elif t < self.t_min:
             raise ValidationError(f"reading at {t:.1f} min is older than the twin's state ({self.t_min:.1f} min)")
-        dt = math.inf if self._last_reading_min is None else max(t - self._last_reading_min, 1.0)
-        self._advance(t)
+        return math.inf if self._last_reading_min is None else max(t - self._last_reading_min, 1.0)
+
+    def _weigh(self, t: float, dt: float, cgm: float) -> None:
+        """After the advance to *t*: weight the particles by the reading (AR(1) sensor error), resample if the
+        effective sample size fell below half."""
         bg = self.x[:, 12] / self.params[:, _VG]
         rho = math.exp(-dt / self.tau_min)
         innovation_sd = self.sensor_sd * math.sqrt(1.0 - rho * rho)
@@ -234,7 +247,7 @@ class GlucoseForecaster:
         self.weights = w / w.sum()
         self.sensor_error = cgm - bg
         self._last_reading_min = t
-        self.last_cgm_mg_dl = cgm
+        self.last_cgm_mg_dl = float(cgm)
         if 1.0 / np.sum(self.weights**2) < 0.5 * self.weights.size:
             self._resample()
 

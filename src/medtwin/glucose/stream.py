@@ -23,7 +23,6 @@ from medtwin.errors import ValidationError
 from medtwin.glucose._twin_kernels import IntArray, run_inputs
 from medtwin.glucose.forecast import (
     _ALERT_HORIZON_MIN,
-    _PROCESS_NOISE_PER_SQRT_MIN,
     _VG,
     GlucoseForecaster,
 )
@@ -131,11 +130,7 @@ def _advance_many(forecasters: Sequence[GlucoseForecaster], targets: Sequence[fl
             _run_together(fs, [(f.t_min, targets[i]) for f, i in zip(fs, members, strict=True)],
                           [f.x for f in fs], [f.meal_state for f in fs])  # fmt: skip
             for f in fs:  # each draws its process noise from its own generator, as _advance does
-                shock = np.exp(f.rng.normal(0.0, _PROCESS_NOISE_PER_SQRT_MIN * math.sqrt(float(minutes)),
-                                            f.x.shape[0]))  # fmt: skip
-                f.x[:, 3] *= shock
-                f.x[:, 4] *= shock
-                f.x[:, 12] *= shock
+                f._shock(float(minutes))
         for i in members:
             forecasters[i].t_min = float(math.floor(targets[i] + 1e-9))
 
@@ -149,29 +144,11 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
         if not 20.0 <= cgm <= 600.0:
             raise ValidationError(f"CGM reading {cgm} mg/dL at {at.isoformat()} is outside 20-600 mg/dL")
         t = f._minutes(at)
-        if not f.started:
-            f.t_min = float(math.floor(t + 1e-9))
-            f.x = f.posterior.model().initial_state(f.params, cgm)
-            f.started = True
-        elif t < f.t_min:
-            raise ValidationError(f"reading at {t:.1f} min is older than the twin's state ({f.t_min:.1f} min)")
+        dts.append(f._begin(t, float(cgm)))
         ts.append(t)
-        dts.append(math.inf if f._last_reading_min is None else max(t - f._last_reading_min, 1.0))
     _advance_many(fs, ts)
     for f, t, dt, (_, _, cgm) in zip(fs, ts, dts, items, strict=True):
-        bg = f.x[:, 12] / f.params[:, _VG]
-        rho = math.exp(-dt / f.tau_min)
-        innovation_sd = f.sensor_sd * math.sqrt(1.0 - rho * rho)
-        resid = cgm - bg - rho * f.sensor_error
-        logw = np.log(f.weights) - 0.5 * (resid / innovation_sd) ** 2
-        logw -= logw.max()
-        w = np.exp(logw)
-        f.weights = w / w.sum()
-        f.sensor_error = cgm - bg
-        f._last_reading_min = t
-        f.last_cgm_mg_dl = float(cgm)
-        if 1.0 / np.sum(f.weights**2) < 0.5 * f.weights.size:
-            f._resample()
+        f._weigh(t, dt, float(cgm))
     # the alert horizon, screened as GlucoseForecaster._check_alert does: the sentinels of every screened person in
     # one call, then every particle of those who need it (and of those not screened) in a second one
     sentinels = {i: f.sentinels() for i, f in enumerate(fs) if f.alert_screen}
