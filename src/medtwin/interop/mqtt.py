@@ -36,6 +36,7 @@ from medtwin.interop.device_obs import (
 )
 from medtwin.interop.devices import bound_patient
 from medtwin.records import Observation
+from medtwin.service import drain_batch
 from medtwin.store import RawMessage, Store
 
 __all__ = ["MqttListener", "MqttStats", "StoredReading", "parse_mqtt_url"]
@@ -219,17 +220,7 @@ class MqttListener:
             first = self._inbox.get()
             if first is None:
                 return
-            group = [first]
-            stop = False
-            while len(group) < self.max_group:
-                try:
-                    nxt = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                group.append(nxt)
+            group, stop = drain_batch(self._inbox, first, self.max_group)
             while True:
                 try:
                     self.store_group(group)
