@@ -56,6 +56,9 @@ async def _patient(request: Request, principal: Principal, patient_id: str, reso
     access = await patient_access(request, principal, patient_id, resource, action, what)
     if access is not None and access.deidentify:  # pragma: no cover - researchers are refused above
         raise not_found(what)
+    store = platform_of(request).store
+    if await run_in_threadpool(store.patient, patient_id) is None:
+        raise not_found(what)  # as a denial answers: a caller cannot tell "not there" from "not yours"
 
 
 def _idle_s(request: Request) -> int:
