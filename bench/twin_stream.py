@@ -300,8 +300,12 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="publish paced at this many readings/s (0: as fast as the broker takes them)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=None,
-                        help="twin worker processes, each owning a shard of the patients (default: medtwin listen's)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="twin worker processes, each owning a shard of the patients (default: medtwin listen's)",
+    )
     parser.add_argument("--quick", action="store_true", help="100 patients, 1 day")
     parser.add_argument("--skip-mqtt", action="store_true", help="only the in-process comparison")
     args = parser.parse_args()

@@ -94,6 +94,8 @@ def save_cursor(store: Store, name: str, position: int) -> None:
 def cursors_of(store: Store, names: Sequence[str], prefix: str) -> dict[str, int]:
     """The saved positions of the consumers named in *names* or whose name starts with *prefix* (name -> position)."""
     t = schema.consumer_cursors
-    stmt = select(t.c.name, t.c.position).where(t.c.name.in_(list(names)) | t.c.name.startswith(prefix, autoescape=True))
+    stmt = select(t.c.name, t.c.position).where(
+        t.c.name.in_(list(names)) | t.c.name.startswith(prefix, autoescape=True)
+    )
     with store._reading() as conn:
         return {str(name): int(position) for name, position in conn.execute(stmt)}

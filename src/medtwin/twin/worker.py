@@ -198,10 +198,12 @@ class LogFollower:
         is not mapped at all: its envelope names the patient)."""
         if self.shards == 1:
             return stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
-        if message.content_type == DEVICE_CONTENT_TYPE and not self.owns(str(orjson.loads(message.payload)["patient_id"])):
-            return []
+        if message.content_type == DEVICE_CONTENT_TYPE:
+            patient_id = str(orjson.loads(message.payload)["patient_id"])  # the envelope names the bound patient
+            if not self.owns(patient_id):
+                return []
         records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
-        return [r for r in records if self.owns(r.patient_id)]
+        return [r for r in records if self.owns(r.patient_id or "")]
 
     def poll(self) -> list[tuple[Sequence[Record], float]]:
         """The next messages' observations with their receipt times on the ``time.monotonic()`` clock.
@@ -365,7 +367,8 @@ def record_skipped(
         patient_id=patient_id,
         message=f"raw message {raw_id} was stepped over by the twin runtime ({reason[:300]}): its data is stored but "
         "not in the scores and alerts",
-        data={"raw_id": raw_id, "reason": reason[:1000], **({"shard": f"{shard + 1} of {shards}"} if shards > 1 else {})},
+        data={"raw_id": raw_id, "reason": reason[:1000]}
+        | ({"shard": f"{shard + 1} of {shards}"} if shards > 1 else {}),
         source="medtwin.twin.worker",
         event_id=f"twin-skipped-{raw_id}" if shards == 1 else f"twin-skipped-{raw_id}-{shard + 1}-of-{shards}",
     )
