@@ -247,8 +247,10 @@ def test_forgetting_applied_inputs_changes_no_output(monkeypatch: pytest.MonkeyP
 
     kept, kept_events, kept_answers = run(forget=False, batched=False)
     kept_rng = kept.rng.bit_generator.state
-    assert len(kept.carbs) == 13 and len(kept.basal) == 9  # the reference really held every input
-    assert any(kept_events) and any(a[1] > 0 for a in kept_answers)  # alerts and insulin on board were exercised
+    assert len(kept.carbs) == 13  # the reference really held every input
+    assert len(kept.basal) == 9
+    assert any(kept_events)  # alerts and insulin on board were exercised
+    assert any(a[1] > 0 for a in kept_answers)
     for batched in (False, True):
         trimmed, events, answers = run(forget=True, batched=batched)
         assert events == kept_events
@@ -258,5 +260,6 @@ def test_forgetting_applied_inputs_changes_no_output(monkeypatch: pytest.MonkeyP
         for name in ("x", "weights", "sensor_error", "params", "meal_state"):
             np.testing.assert_array_equal(getattr(trimmed, name), getattr(kept, name))
         assert trimmed.rng.bit_generator.state == kept_rng
-        assert trimmed.carbs == [] and len(trimmed.basal) == 1  # only what can still matter is kept
+        assert trimmed.carbs == []  # only what can still matter is kept
+        assert len(trimmed.basal) == 1
         assert all(trimmed.t_min - t <= BOLUS_MEMORY_MIN + 1 for t, _ in trimmed.bolus)
