@@ -263,3 +263,19 @@ def test_forgetting_applied_inputs_changes_no_output(monkeypatch: pytest.MonkeyP
         assert trimmed.carbs == []  # only what can still matter is kept
         assert len(trimmed.basal) == 1
         assert all(trimmed.t_min - t <= BOLUS_MEMORY_MIN + 1 for t, _ in trimmed.bolus)
+
+
+def test_the_forecasts_hypo_probability_is_the_predicted_low_alerts() -> None:
+    """``Forecast.hypo_probability_30min`` reckons a low as the alert does (predicted CGM: model glucose plus the
+    carried sensor error), so the probability shown with a forecast is the one the alert fired on."""
+    posterior = population_posterior(body_weight_kg=70, basal_u_h=1.0, draws=64)
+    f = GlucoseForecaster(posterior, T0, particles=64, seed=2, alert_screen=False)
+    fired = []
+    for k, value in enumerate(trace("fall", 36)):
+        for e in f.update(T0 + timedelta(minutes=5 * k), value):
+            if e.status != "resolved":
+                fired.append((e.data["probability"], e.data["threshold_mg_dl"], f.forecast().hypo_probability_30min))
+    medium = [(p, shown) for p, threshold, shown in fired if threshold == 70.0]
+    assert medium, "the falling trace raised no predicted-low alert"
+    for p, shown in medium:
+        assert shown == pytest.approx(p, abs=1e-12)

@@ -74,8 +74,10 @@ has taken a bolus, a meal and a basal rate into its state once it has advanced p
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Forecast:
-    """CGM forecasts from *at*: per horizon (minutes) the median and 95 % interval, the per-minute path, and the
-    probability of glucose below 70 mg/dL within 30 minutes."""
+    """CGM forecasts from *at*: per horizon (minutes) the median and 95 % interval, the per-minute path, and
+    ``hypo_probability_30min``: the probability (particles' weight) of a CGM reading below 70 mg/dL within 30 minutes,
+    each particle's predicted CGM being its model glucose plus its carried sensor error, as the predicted-low alert
+    reckons it (the alert's probability at the same reading; until 2026-12-07 this field used model glucose)."""
 
     at: datetime
     horizons_min: tuple[int, ...]
@@ -328,7 +330,7 @@ class GlucoseForecaster:
         noise_sd = self.sensor_sd * np.sqrt(1.0 - rho**2)
         cgm = bg + rho * self.sensor_error + noise_sd * self.rng.standard_normal(bg.shape)
         q = _weighted_quantiles(cgm, self.weights, (0.5, 0.025, 0.975))
-        low = np.min(bg[: _ALERT_HORIZON_MIN + 1], axis=0) < _HYPO_MG_DL
+        low = self.cgm_paths(bg[: _ALERT_HORIZON_MIN + 1]).min(axis=0) < _HYPO_MG_DL  # as the alert reckons it
         return Forecast(
             at=self.start + timedelta(minutes=self.t_min), horizons_min=horizons,
             median_mg_dl=tuple(float(q[0, k]) for k in horizons), lo95_mg_dl=tuple(float(q[1, k]) for k in horizons),
