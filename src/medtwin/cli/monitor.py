@@ -307,7 +307,7 @@ def register(app: typer.Typer) -> None:
             min=1,
             max=64,
             help="Twin worker processes (--runtime process), each owning a shard of the patients: the twins' work on "
-            "several cores (docs/living-twin.md). Default: 2.",
+            "several cores (docs/living-twin.md). Default: 2 (1 with --runtime thread).",
         ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
@@ -316,7 +316,8 @@ def register(app: typer.Typer) -> None:
         from medtwin.twin.worker import DEFAULT_WORKERS
 
         console = make_console()
-        twin_workers = DEFAULT_WORKERS if twin_workers is None else twin_workers
+        if twin_workers is None:  # the thread runtime is one runtime; a process runtime shards by default
+            twin_workers = 1 if runtime == "thread" and mqtt is None else DEFAULT_WORKERS
         if mqtt is not None:
             try:
                 summary = listen_mqtt(db, mqtt, topic, None if minutes is None else minutes * 60, console,
@@ -346,7 +347,7 @@ def register(app: typer.Typer) -> None:
                     pseudonymous=pseudonymous,
                     client_ca=client_ca,
                     senders=senders,
-                    twin_workers=1 if runtime == "thread" else twin_workers,
+                    twin_workers=twin_workers,
                 )
             )
         except ValidationError as exc:  # a refused option combination: say which, no traceback
