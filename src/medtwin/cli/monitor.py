@@ -307,7 +307,7 @@ def register(app: typer.Typer) -> None:
             min=1,
             max=64,
             help="Twin worker processes (--runtime process), each owning a shard of the patients: the twins' work on "
-            "several cores (docs/living-twin.md). Default: 2 (1 with --runtime thread).",
+            "several cores (docs/living-twin.md). Default: 2 with --mqtt, else 1.",
         ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
@@ -316,8 +316,8 @@ def register(app: typer.Typer) -> None:
         from medtwin.twin.worker import DEFAULT_WORKERS
 
         console = make_console()
-        if twin_workers is None:  # the thread runtime is one runtime; a process runtime shards by default
-            twin_workers = 1 if runtime == "thread" and mqtt is None else DEFAULT_WORKERS
+        if twin_workers is None:  # MQTT wearables: the twins' filter is the limit, so both cores (docs/living-twin.md)
+            twin_workers = DEFAULT_WORKERS if mqtt is not None else 1
         if mqtt is not None:
             try:
                 summary = listen_mqtt(db, mqtt, topic, None if minutes is None else minutes * 60, console,

@@ -547,8 +547,10 @@ def listener_store(db: str | None, *, shared_lock: bool = True) -> tuple[Store, 
 
 
 DEFAULT_WORKERS = 2
-"""Twin worker processes by default: on two cores the week of CGM at 1,000 wearers needs both
-(docs/benchmarks.md, "Living twin"); each owns the patients :func:`shard_of` gives it."""
+"""Twin worker processes of ``medtwin listen --mqtt`` by default: on two cores the CGM wearers' twins (the glucose
+filter) are the limit and need both cores (docs/benchmarks.md, "Living twin"); each owns the patients
+:func:`shard_of` gives it. The MLLP listener keeps one: the vitals twins keep up at 1,000 msg/s with one worker,
+and every worker reads and maps each HL7 v2 message to find its patients' records."""
 
 
 class RuntimeProcess:
