@@ -164,7 +164,6 @@ class LogFollower:
         if shards < 1 or not 0 <= shard < shards:
             raise ValidationError(f"twin worker shard {shard} of {shards}: need 0 <= shard < shards")
         self.store = store
-        self.consumer = name
         self.name = shard_consumer(name, shard, shards)
         self.shard = shard
         self.shards = shards
