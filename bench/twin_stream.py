@@ -9,7 +9,8 @@ Two measurements, in one run:
 2. End to end: P simulated wearers (UVA/Padova, medtwin.glucose, closed loop) publish D days of 5-minute CGM as
    compact JSON over MQTT (QoS 1) from a publisher process, as fast as the broker takes them or paced at ``--rate``
    readings/s; ``medtwin listen --mqtt`` 's listener (PUBACK after the durable commit) stores them and the twin
-   runtime worker (own process, following the store) forecasts on each. Readings/s from the first publish to the
+   runtime workers (``--workers`` processes following the store, each owning a shard of the patients; default
+   ``medtwin listen`` 's) forecast on each. Readings/s from the first publish to the
    last reading processed; receipt-to-processed latency p50/p99 from the worker (the time from the listener's
    commit, when its PUBACK goes, to the twins having processed the reading, forecast included, and committed their
    outputs: in an unpaced run mostly the backlog, so the latency figure comes from a paced run); CPU seconds of
@@ -189,12 +190,14 @@ client.disconnect()
 """
 
 
-def end_to_end(patients: int, days: int, particles: int, tmp: Path, rate: float = 0.0) -> dict[str, Any]:
+def end_to_end(
+    patients: int, days: int, particles: int, tmp: Path, rate: float = 0.0, workers: int = 1
+) -> dict[str, Any]:
     """The MQTT run (module docstring); the private broker is stopped whatever happens."""
     broker, port, broker_note = _broker(tmp)
     try:
         return _end_to_end(patients, days, particles, tmp, port, broker_note, None if broker is None else broker.pid,
-                           rate)  # fmt: skip
+                           rate, workers)  # fmt: skip
     finally:
         if broker is not None:
             broker.terminate()
@@ -210,13 +213,14 @@ def _end_to_end(
     broker_note: str,
     broker_pid: int | None,
     rate: float,
+    workers: int,
 ) -> dict[str, Any]:
     from medtwin.interop.devices import register_device
     from medtwin.interop.mqtt import MqttListener
     from medtwin.records import Patient
     from medtwin.store import Store, last_raw_id, load_cursor
     from medtwin.twin import RuntimeProcess
-    from medtwin.twin.worker import DEFAULT_CONSUMER, listener_store
+    from medtwin.twin.worker import listener_store
 
     db = f"sqlite:///{tmp / 'twins.db'}"
     setup = Store(db)
@@ -231,14 +235,15 @@ def _end_to_end(
     assert publisher.stdin is not None
     expected = json.loads(publisher.stdout.readline())["ready"]
     store, lock = listener_store(db)
-    worker = RuntimeProcess(db, write_lock=lock,
+    worker = RuntimeProcess(db, write_lock=lock, workers=workers,
                             settings={"glucose_particles": particles, "glucose_reidentify": False})  # fmt: skip
     worker.start()
     listener = MqttListener(store, f"mqtt://127.0.0.1:{port}", "devices/+/obs", client_id="bench-listener")
     listener.start()
     cpu0 = _cpu()
     own0 = _own_cpu()
-    pids = {"publisher": publisher.pid, "worker": worker.pid or 0}
+    pids = {"publisher": publisher.pid}
+    pids |= {"worker" if workers == 1 else f"worker {k + 1}": pid for k, pid in enumerate(worker.pids)}
     if broker_pid is not None:
         pids["broker"] = broker_pid
     before = {name: _proc_cpu(pid) or 0.0 for name, pid in pids.items()}
@@ -263,7 +268,7 @@ def _end_to_end(
     report = worker.stop(timeout_s=3600)  # it processes what is stored, checkpoints every twin, and reports
     done_at = time.time()
     last = last_raw_id(store)
-    processed_to = load_cursor(store, DEFAULT_CONSUMER) or 0
+    processed_to = min(load_cursor(store, name) or 0 for name in worker.consumers)
     store.close()
     publisher.wait(60)
     cpu = _cpu() - cpu0
@@ -271,7 +276,8 @@ def _end_to_end(
     per_process["listener (bench process)"] = round(listener_cpu, 1)
     first = float(published["first_publish"])
     return {
-        "patients": patients, "days": days, "particles": particles, "readings": expected, "broker": broker_note,
+        "patients": patients, "days": days, "particles": particles, "workers": workers, "readings": expected,
+        "broker": broker_note,
         "publish_rate": "as fast as the broker takes them" if rate <= 0 else f"paced at {rate:g} readings/s",
         "stored": stats.stored, "duplicates": stats.duplicates, "rejected": stats.rejected, "commits": stats.commits,
         "publish_s": round(published["seconds"], 2), "stored_s": round(stored_at - first, 2),
@@ -280,6 +286,7 @@ def _end_to_end(
         "stored_per_s": round(expected / (stored_at - first)),
         "processed_p50_ms": report.get("processed_p50_ms"), "processed_p99_ms": report.get("processed_p99_ms"),
         "worker_busy_s": round(float(report.get("busy_s", 0.0)), 2), "alerts": report.get("alerts"),
+        "worker_busy_s_per_shard": [round(float(r.get("busy_s", 0.0)), 2) for r in report.get("shards", [report])],
         "cpu_s_all_processes": round(cpu, 1), "cpu_ms_per_reading": round(1e3 * cpu / expected, 3),
         "cpu_s_per_process": per_process, "worker_read_to_end": processed_to == last,
         "worker_messages": report.get("messages"),
@@ -293,6 +300,12 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="publish paced at this many readings/s (0: as fast as the broker takes them)")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="twin worker processes, each owning a shard of the patients (default: medtwin listen's)",
+    )
     parser.add_argument("--quick", action="store_true", help="100 patients, 1 day")
     parser.add_argument("--skip-mqtt", action="store_true", help="only the in-process comparison")
     args = parser.parse_args()
@@ -306,7 +319,10 @@ def main() -> None:
     print(json.dumps(result["in_process"]), flush=True)
     if not args.skip_mqtt:
         with tempfile.TemporaryDirectory() as tmp:
-            result["end_to_end"] = end_to_end(args.patients, args.days, args.particles, Path(tmp), args.rate)
+            from medtwin.twin.worker import DEFAULT_WORKERS
+
+            workers = DEFAULT_WORKERS if args.workers is None else args.workers
+            result["end_to_end"] = end_to_end(args.patients, args.days, args.particles, Path(tmp), args.rate, workers)
     print(json.dumps(result, indent=2))
 
 

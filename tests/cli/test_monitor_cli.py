@@ -155,6 +155,7 @@ def test_monitors_fail_cleanly_without_a_listener() -> None:
         (["--processes", "2", "--runtime", "thread"], "needs --runtime process"),
         (["--processes", "2", "--db", "sqlite://"], "in-memory database cannot be shared"),
         (["--runtime", "fiber"], "not one of process, thread"),
+        (["--twin-workers", "2", "--runtime", "thread"], "--twin-workers above 1 needs --runtime process"),
     ],
 )
 def test_listen_refuses_an_option_combination_with_the_reason(options: list[str], why: str) -> None:

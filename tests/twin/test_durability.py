@@ -21,7 +21,7 @@ from medtwin.interop.virtual_feed import sample_to_oru
 from medtwin.monitoring.virtual import virtual_ward
 from medtwin.store import RawMessage, Store, last_raw_id, load_cursor, save_cursor
 from medtwin.twin import LogFollower, TwinRuntime, follow
-from medtwin.twin.worker import DEFAULT_CONSUMER
+from medtwin.twin.worker import DEFAULT_CONSUMER, shard_consumer, shard_of
 
 START = datetime(2026, 11, 1, 6, tzinfo=UTC)
 
@@ -96,38 +96,54 @@ import sys
 from medtwin.store import Store
 from medtwin.twin import LogFollower, TwinRuntime, follow
 store = Store(sys.argv[1])
-follow(LogFollower(store, batch=10), TwinRuntime(store, snapshot_every=None), should_stop=lambda: False,
-       group_window_s=0.01, cursor_every_s=0.3)
+shard, shards = int(sys.argv[2]), int(sys.argv[3])
+follow(LogFollower(store, batch=10, shard=shard, shards=shards), TwinRuntime(store, snapshot_every=None),
+       should_stop=lambda: False, group_window_s=0.01, cursor_every_s=0.3)
 """
+
+
+def copies(base: Path, *paths: Path) -> None:
+    for copy in paths:  # each copy with the keyring it was written with (encryption at rest)
+        shutil.copy(base, copy)
+        shutil.copy(f"{base}.keys", f"{copy}.keys")
+
+
+def uninterrupted(path: Path) -> None:
+    store = Store(f"sqlite:///{path}")
+    runtime = TwinRuntime(store, snapshot_every=None)
+    follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
+    runtime.close()
+    store.close()
+
+
+def start_worker(url: str, shard: int = 0, shards: int = 1) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(shard), str(shards)],
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+
+
+def kill_9_past(store: Store, child: subprocess.Popen[bytes], cursor: str, position: int) -> int:
+    """SIGKILL *child* once its cursor *cursor* is past *position*; returns the cursor it left."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if (load_cursor(store, cursor) or 0) > position:
+            break
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    return load_cursor(store, cursor) or 0
 
 
 def test_kill_9_of_the_worker_changes_nothing(tmp_path: Path) -> None:
     base = tmp_path / "log.db"
     last = build_log(base)
     straight, crashed = tmp_path / "straight.db", tmp_path / "crashed.db"
-    for copy in (straight, crashed):  # each copy with the keyring it was written with (encryption at rest)
-        shutil.copy(base, copy)
-        shutil.copy(f"{base}.keys", f"{copy}.keys")
-
-    store = Store(f"sqlite:///{straight}")
-    runtime = TwinRuntime(store, snapshot_every=None)
-    follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
-    runtime.close()
-    store.close()
+    copies(base, straight, crashed)
+    uninterrupted(straight)
 
     url = f"sqlite:///{crashed}"
-    child = subprocess.Popen([sys.executable, "-c", WORKER, url], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = start_worker(url)
     store = Store(url)
-    deadline = time.monotonic() + 120
-    position = 0
-    while time.monotonic() < deadline and child.poll() is None:
-        position = load_cursor(store, DEFAULT_CONSUMER) or 0
-        if position > last // 3:
-            break
-        time.sleep(0.02)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    at_kill = load_cursor(store, DEFAULT_CONSUMER) or 0
+    at_kill = kill_9_past(store, child, DEFAULT_CONSUMER, last // 3)
     assert 0 < at_kill < last, f"the kill came at raw id {at_kill} of {last}: not mid-log"
     runtime = TwinRuntime(store, snapshot_every=None)  # a restarted worker: twins from the checkpoint's snapshots
     follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
@@ -138,4 +154,46 @@ def test_kill_9_of_the_worker_changes_nothing(tmp_path: Path) -> None:
     assert got == want
     codes_ = {code for _, code, _, _ in want[0]}
     assert {"drug-proposal", "glucose-low-predicted"} <= codes_
+    assert len(want[1]) == 2
+
+
+def test_kill_9_of_one_sharded_worker_changes_nothing(tmp_path: Path) -> None:
+    """Two workers, each owning a shard of the patients: one is killed mid-log while the other runs on; restarted, it
+    gives the alerts and proposals of one uninterrupted unsharded worker, none lost, none stored twice."""
+    base = tmp_path / "log.db"
+    last = build_log(base)
+    straight, crashed = tmp_path / "straight.db", tmp_path / "crashed.db"
+    copies(base, straight, crashed)
+    uninterrupted(straight)
+
+    url = f"sqlite:///{crashed}"
+    store = Store(url)
+    for k in range(2):  # the sharded layout continues from the unsharded worker's cursor (0 here)
+        assert LogFollower(store, shard=k, shards=2).position == 0
+    names = [shard_consumer(DEFAULT_CONSUMER, k, 2) for k in range(2)]
+    victim, survivor = start_worker(url, 0, 2), start_worker(url, 1, 2)
+    try:
+        at_kill = kill_9_past(store, victim, names[0], last // 3)
+        assert 0 < at_kill < last, f"the kill came at raw id {at_kill} of {last}: not mid-log"
+        runtime = TwinRuntime(store, snapshot_every=None)  # shard 1 restarted from its checkpoint
+        follow(LogFollower(store, shard=0, shards=2), runtime, should_stop=lambda: True, group_window_s=0.0)
+        runtime.close()
+        kill_9_past(store, survivor, names[1], last - 1)  # the other one ran on meanwhile, through the log
+    finally:
+        if survivor.poll() is None:
+            survivor.kill()
+            survivor.wait()
+    runtime = TwinRuntime(store, snapshot_every=None)  # whatever shard 2 had not checkpointed when it was stopped
+    follow(LogFollower(store, shard=1, shards=2), runtime, should_stop=lambda: True, group_window_s=0.0)
+    runtime.close()
+    assert [load_cursor(store, name) for name in names] == [last, last]
+    # a real split: the two CGM wearers (fixed ids; the HL7 patients' ids are keyed per store) are in different shards
+    assert {shard_of("pt-cgm-1", 2), shard_of("pt-cgm-2", 2)} == {0, 1}
+    for pid in ("pt-cgm-1", "pt-cgm-2"):
+        assert store.latest_snapshot(f"patient:{pid}") is not None  # each wearer's twin ran and was checkpointed
+    store.close()
+
+    want, got = outcome(straight), outcome(crashed)
+    assert got == want
+    assert {"drug-proposal", "glucose-low-predicted"} <= {code for _, code, _, _ in want[0]}
     assert len(want[1]) == 2

@@ -5,6 +5,7 @@ mid-stream give the same outputs; re-identification applies at a deterministic r
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +205,77 @@ def test_reidentification_applies_at_a_fixed_reading(monkeypatch: pytest.MonkeyP
     assert glucose.identifications == 1
     assert glucose.posterior is not None
     assert glucose.posterior.body_weight_kg == 80
+
+
+def test_forgetting_applied_inputs_changes_no_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two days with meals, boluses (one entered late, one planned ahead) and basal changes: a forecaster that drops the
+    inputs its state has passed (and boluses past the calculator's insulin on board) gives bit-identical filtering,
+    alerts, forecasts and advice to one that keeps everything, batched and one at a time; and its lists stay short."""
+    from medtwin.glucose.advise import advise_meal_bolus
+    from medtwin.glucose.forecast import BOLUS_MEMORY_MIN
+
+    posterior = population_posterior(body_weight_kg=70, basal_u_h=1.0, draws=64)
+
+    def run(forget: bool, batched: bool) -> tuple[GlucoseForecaster, list[list[tuple[str, str | None]]], list[Any]]:
+        if not forget:
+            monkeypatch.setattr(GlucoseForecaster, "forget_applied_inputs", lambda self: None)
+        f = GlucoseForecaster(posterior, T0, particles=32, seed=4)
+        events, answers = [], []
+        for k in range(2 * 288):
+            at = T0 + timedelta(minutes=5 * k)
+            if k % 96 == 10:  # a meal every 8 h with its bolus, and a correction bolus charted 40 min late
+                f.add_carbs(at + timedelta(minutes=1.5), 50.0)
+                f.add_bolus(at + timedelta(minutes=1.5), 4.0)
+            if k % 96 == 30:
+                f.add_bolus(at - timedelta(minutes=40), 1.0)
+            if k % 96 == 60:  # a snack at the reading's own minute: the next advance takes it in
+                f.add_carbs(at, 15.0)
+            if k % 144 == 50:  # a temporary basal rate, then back
+                f.set_basal(at + timedelta(minutes=2.5), 0.4)
+                f.set_basal(at + timedelta(minutes=62.5), 1.0)
+            if k == 500:  # planned ahead: a meal in 3 h
+                f.add_carbs(at + timedelta(hours=3), 30.0)
+            dip = k % 288 - 200  # a fall to 52 mg/dL once a day
+            value = max(52.0, 150.0 - 5.0 * dip) if 0 <= dip <= 40 else 130.0 + 30.0 * np.sin(k / 25.0)
+            out = update_many([(f, at, value)])[0] if batched else f.update(at, value)
+            events.append([(e.code, e.severity) for e in out])
+            if k % 35 == 34:  # every 175 min: some advice comes 4-6 h after a bolus
+                advice = advise_meal_bolus(f, 40.0, cr_g_per_u=10.0, cf_mg_dl_per_u=40.0)
+                answers.append((f.forecast().to_dict(), advice.iob_u, advice.twin.bolus_u, f.simulate_ahead(90)))
+        monkeypatch.undo()
+        return f, events, answers
+
+    kept, kept_events, kept_answers = run(forget=False, batched=False)
+    kept_rng = kept.rng.bit_generator.state
+    assert len(kept.carbs) == 13  # the reference really held every input
+    assert len(kept.basal) == 9
+    assert any(kept_events)  # alerts and insulin on board were exercised
+    assert any(a[1] > 0 for a in kept_answers)
+    for batched in (False, True):
+        trimmed, events, answers = run(forget=True, batched=batched)
+        assert events == kept_events
+        for a, b in zip(answers, kept_answers, strict=True):
+            assert a[:3] == b[:3]
+            np.testing.assert_array_equal(a[3], b[3])
+        for name in ("x", "weights", "sensor_error", "params", "meal_state"):
+            np.testing.assert_array_equal(getattr(trimmed, name), getattr(kept, name))
+        assert trimmed.rng.bit_generator.state == kept_rng
+        assert trimmed.carbs == []  # only what can still matter is kept
+        assert len(trimmed.basal) == 1
+        assert all(trimmed.t_min - t <= BOLUS_MEMORY_MIN + 1 for t, _ in trimmed.bolus)
+
+
+def test_the_forecasts_hypo_probability_is_the_predicted_low_alerts() -> None:
+    """``Forecast.hypo_probability_30min`` reckons a low as the alert does (predicted CGM: model glucose plus the
+    carried sensor error), so the probability shown with a forecast is the one the alert fired on."""
+    posterior = population_posterior(body_weight_kg=70, basal_u_h=1.0, draws=64)
+    f = GlucoseForecaster(posterior, T0, particles=64, seed=2, alert_screen=False)
+    fired = []
+    for k, value in enumerate(trace("fall", 36)):
+        for e in f.update(T0 + timedelta(minutes=5 * k), value):
+            if e.status != "resolved":
+                fired.append((e.data["probability"], e.data["threshold_mg_dl"], f.forecast().hypo_probability_30min))
+    medium = [(p, shown) for p, threshold, shown in fired if threshold == 70.0]
+    assert medium, "the falling trace raised no predicted-low alert"
+    for p, shown in medium:
+        assert shown == pytest.approx(p, abs=1e-12)

@@ -18,7 +18,7 @@ from medtwin.monitoring.virtual import virtual_ward
 from medtwin.records import Event
 from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor
 from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
-from medtwin.twin.worker import SKIPPED_CODE, listener_store, record_skipped
+from medtwin.twin.worker import SKIPPED_CODE, listener_store, record_skipped, shard_consumer, shard_of
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -172,10 +172,51 @@ def test_a_stored_message_that_no_longer_maps_is_logged_and_passed(
         assert skipped.status == "active"
 
 
-@pytest.mark.parametrize("as_listen", [False, True], ids=["plain", "shared-lock+checkpointer"])
-def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: Path, as_listen: bool) -> None:
+def record_keys(items: list[tuple[Any, float]]) -> list[tuple[str, str]]:
+    return [(r.patient_id, getattr(r, "observation_id", type(r).__name__)) for records, _ in items for r in records]
+
+
+def test_sharded_followers_see_every_record_exactly_once_and_a_patient_in_one_shard(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store_messages(store, feed(96, patients=12))
+        everything = record_keys(LogFollower(store).poll())
+        shards = [record_keys(LogFollower(store, shard=k, shards=3).poll()) for k in range(3)]
+        assert sorted(everything) == sorted(k for shard in shards for k in shard)  # none lost, none twice
+        owners = [{pid for pid, _ in shard} for shard in shards]
+        assert all(owners)  # 12 patients over 3 shards: each gets some
+        assert sum(len(o) for o in owners) == len({pid for pid, _ in everything}) == 12  # a patient in one shard
+        for k, patients in enumerate(owners):
+            assert {shard_of(pid, 3) for pid in patients} == {k}
+        cursors = [load_cursor(store, shard_consumer("twin-runtime", k, 3)) for k in range(3)]
+        assert cursors == [0, 0, 0]  # a new layout starts where the unsharded worker's cursor was
+
+
+def test_shard_of_is_stable_across_processes_and_spread() -> None:
+    assert [shard_of(f"pt-{i}", 2) for i in range(8)] == [shard_of(f"pt-{i}", 2) for i in range(8)]
+    assert shard_of("pt-sim-cgm-0000", 1) == 0
+    counts = [0, 0]
+    for i in range(1000):
+        counts[shard_of(f"pt-sim-cgm-{i:04d}", 2)] += 1
+    assert 400 < counts[0] < 600  # the bench's 1,000 wearers split about evenly
+    # pinned: a release that changed the hash would hand patients to another worker, whose twins lack their state
+    assert shard_consumer("twin-runtime", 1, 2) == "twin-runtime/shard-2-of-2"
+    assert [shard_of(p, 2) for p in ("a", "pt-5d2c", "pt-sim-cgm-0001")] == PINNED_SHARDS
+
+
+PINNED_SHARDS = [1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("as_listen", "workers"),
+    [(False, 1), (True, 1), (True, 2)],
+    ids=["plain", "shared-lock+checkpointer", "two-sharded-workers"],
+)
+def test_runtime_process_beside_the_listener_raises_and_stores_alerts(
+    tmp_path: Path, as_listen: bool, workers: int
+) -> None:
     """*as_listen*: as `medtwin listen` runs them: a write lock shared with the (spawned) worker, and the listener's
-    WAL checkpoints in a background thread."""
+    WAL checkpoints in a background thread; *workers*: worker processes, each owning a shard of the patients."""
     db = f"sqlite:///{tmp_path / 'live.db'}"
     listener, lock = listener_store(db) if as_listen else (Store(db), None)
     payloads = feed(60)
@@ -188,9 +229,10 @@ def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: 
                     for payload in payloads:
                         assert "MSA|AA|" in await client.send(payload)
 
-    worker = RuntimeProcess(db, write_lock=lock)
+    worker = RuntimeProcess(db, write_lock=lock, workers=workers)
     start = worker.start()
     assert start == 0
+    assert len(set(worker.pids)) == workers
     try:
         asyncio.run(main())
     finally:
@@ -202,7 +244,13 @@ def test_runtime_process_beside_the_listener_raises_and_stores_alerts(tmp_path: 
     with Store(db) as store:
         alerts = store.events(kind="alert")
         assert len(alerts) == stats["alerts"]
-        assert load_cursor(store, "twin-runtime") == last_raw_id(store)
+        assert [load_cursor(store, name) for name in worker.consumers] == [last_raw_id(store)] * workers
+        if workers > 1:
+            assert [s["messages"] for s in stats["shards"]] == [60] * workers  # each reads the log, keeps its own
+            assert sum(s["alerts"] for s in stats["shards"]) == stats["alerts"]
+            assert {shard_of(a.patient_id or "", workers) for a in alerts} == set(range(workers))
+            assert summary(alerts) == summary(latest([e for e in direct_events(payloads, store.keyring.pseudonym)
+                                                      if e.kind == "alert"]))  # fmt: skip
         assert store.latest_snapshot(f"patient:{alerts[0].patient_id}") is not None  # twins snapshotted at stop
 
 

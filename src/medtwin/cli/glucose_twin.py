@@ -310,7 +310,7 @@ def forecast_command(
         table.add_column(col)
     for h, m, lo, hi in zip(fc.horizons_min, fc.median_mg_dl, fc.lo95_mg_dl, fc.hi95_mg_dl, strict=True):
         table.add_row(str(h), f"{m:.0f}", f"{lo:.0f} - {hi:.0f}")
-    table.caption = f"P(glucose < 70 mg/dL within 30 min) = {fc.hypo_probability_30min:.0%}"
+    table.caption = f"P(CGM < 70 mg/dL within 30 min) = {fc.hypo_probability_30min:.0%} (as the predicted-low alert)"
     Console().print(table)
     for e in events:
         Console().print(f"[red]alert[/red] {e.time:%H:%M} {escape(e.message)} ({e.status})")

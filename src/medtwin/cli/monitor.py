@@ -54,13 +54,15 @@ async def listen_for(
     max_connections_per_peer: int | None = None,
     client_ca: str | None = None,
     senders: str | None = None,
+    twin_workers: int = 1,
 ) -> dict[str, Any]:
     """Run the MLLP listener and the twin runtime until *stop* is set or *seconds* pass; returns the counts.
 
     Alerts are printed as they fire (unless *quiet*) with the patient's name, MRN and location from the store, or
     the pseudonymous id only with *pseudonymous* (:class:`medtwin.cli.alerts.AlertPrinter`). Senders are
     authenticated (:mod:`medtwin.interop.mllp_auth`): by client certificate with *client_ca*, by the allow-list in
-    the *senders* file, else from this host only; a refused sender is recorded in the audit chain.
+    the *senders* file, else from this host only; a refused sender is recorded in the audit chain. *twin_workers*:
+    the twin worker processes (each owns a shard of the patients: medtwin.twin.worker) with ``--runtime process``.
     """
     from pathlib import Path
 
@@ -76,6 +78,10 @@ async def listen_for(
         raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
     if processes < 1:
         raise ValidationError(f"--processes: at least 1, got {processes}")
+    if twin_workers < 1:
+        raise ValidationError(f"--twin-workers: at least 1, got {twin_workers}")
+    if twin_workers > 1 and runtime_mode == "thread":
+        raise ValidationError("--twin-workers above 1 needs --runtime process (the thread is one runtime)")
     if processes > 1 and runtime_mode == "thread":  # the thread sees only its own process's messages
         raise ValidationError("--processes above 1 needs --runtime process (a runtime thread would miss the messages "
                               "the other listener processes store)")  # fmt: skip
@@ -125,7 +131,7 @@ async def listen_for(
             runtime.subscribe(printer)
         runtime.start()
     else:  # the twins follow the store's raw log in their own process (medtwin.twin.worker)
-        worker = RuntimeProcess(db, freshness=freshness, on_event=printer, write_lock=write_lock)
+        worker = RuntimeProcess(db, freshness=freshness, on_event=printer, write_lock=write_lock, workers=twin_workers)
         try:
             await loop.run_in_executor(None, worker.start)
         except BaseException:
@@ -148,7 +154,7 @@ async def listen_for(
         console.print(
             f"listening on {host}:{bound} (MLLP{', TLS' if ssl_context else ''}) store={store.url}; "
             f"{processes} listener process{'es' if processes > 1 else ''}; "
-            f"twin runtime: {'own process' if worker is not None else 'thread'}",
+            f"twin runtime: {_workers_text(twin_workers) if worker is not None else 'thread'}",
             highlight=False,
         )
         if on_ready is not None:
@@ -202,16 +208,19 @@ def listen_mqtt(
     freshness_minutes: float = 60.0,
     pseudonymous: bool = False,
     stop: threading.Event | None = None,
+    twin_workers: int = 1,
 ) -> dict[str, Any]:
     """Store device readings from MQTT (QoS 1, persistent session, PUBACK after the commit) with the twin runtime
-    following the store in its own process (medtwin.interop.mqtt, medtwin.twin.worker); returns the counts."""
+    following the store in *twin_workers* processes of its own, each owning a shard of the patients
+    (medtwin.interop.mqtt, medtwin.twin.worker); returns the counts."""
     from medtwin.interop.mqtt import MqttListener
     from medtwin.twin import RuntimeProcess
     from medtwin.twin.worker import listener_store
 
     store, write_lock = listener_store(db, shared_lock=True)
     printer = None if quiet else alerts.AlertPrinter(db, pseudonymous=pseudonymous)
-    worker = RuntimeProcess(db, freshness=timedelta(minutes=freshness_minutes), on_event=printer, write_lock=write_lock)
+    worker = RuntimeProcess(db, freshness=timedelta(minutes=freshness_minutes), on_event=printer, write_lock=write_lock,
+                            workers=twin_workers)  # fmt: skip
     stop = stop or threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     listener: MqttListener | None = None
@@ -221,7 +230,7 @@ def listen_mqtt(
         listener = MqttListener(store, url, topic, client_id=client_id)
         listener.start()
         console.print(f"listening on {url} topic {topic!r} (MQTT, QoS 1, session {client_id!r}) store={store.url}; "
-                      "twin runtime: own process", highlight=False)  # fmt: skip
+                      f"twin runtime: {_workers_text(twin_workers)}", highlight=False)  # fmt: skip
         stop.wait(seconds)
     finally:
         for sig, handler in previous.items():
@@ -234,6 +243,10 @@ def listen_mqtt(
     return {"stored": 0 if stats is None else stats.stored, "duplicates": 0 if stats is None else stats.duplicates,
             "rejected": 0 if stats is None else stats.rejected, "acked": 0 if stats is None else stats.acked,
             "events": report.get("events")}  # fmt: skip
+
+
+def _workers_text(workers: int) -> str:
+    return "own process" if workers == 1 else f"{workers} worker processes (patients sharded)"
 
 
 def _partial_score(name: str, total: int, missing: tuple[str, ...], suffix: str) -> str:
@@ -288,16 +301,28 @@ def register(app: typer.Typer) -> None:
         client_id: str = typer.Option(
             "medtwin-listener", "--client-id", help="With --mqtt: the persistent session's client id."
         ),
+        twin_workers: int | None = typer.Option(
+            None,
+            "--twin-workers",
+            min=1,
+            max=64,
+            help="Twin worker processes (--runtime process), each owning a shard of the patients: the twins' work on "
+            "several cores (docs/living-twin.md). Default: 2 with --mqtt, else 1.",
+        ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
 
         With --mqtt: device readings from an MQTT broker instead (docs/living-twin.md)."""
+        from medtwin.twin.worker import DEFAULT_WORKERS
+
         console = make_console()
+        if twin_workers is None:  # MQTT wearables: the twins' filter is the limit, so both cores (docs/living-twin.md)
+            twin_workers = DEFAULT_WORKERS if mqtt is not None else 1
         if mqtt is not None:
             try:
                 summary = listen_mqtt(db, mqtt, topic, None if minutes is None else minutes * 60, console,
                                       quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
-                                      pseudonymous=pseudonymous)  # fmt: skip
+                                      pseudonymous=pseudonymous, twin_workers=twin_workers)  # fmt: skip
             except (ValidationError, RuntimeError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
@@ -322,6 +347,7 @@ def register(app: typer.Typer) -> None:
                     pseudonymous=pseudonymous,
                     client_ca=client_ca,
                     senders=senders,
+                    twin_workers=twin_workers,
                 )
             )
         except ValidationError as exc:  # a refused option combination: say which, no traceback

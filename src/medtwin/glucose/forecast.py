@@ -51,7 +51,7 @@ from medtwin.glucose.therapy_data import TherapyData
 from medtwin.records import Event, utc
 from medtwin.sim.model import FloatArray
 
-__all__ = ["ALERT_SCREEN_MARGIN_MG_DL", "ALERT_SENTINEL_QUANTILES", "Forecast", "GlucoseForecaster"]
+__all__ = ["ALERT_SCREEN_MARGIN_MG_DL", "ALERT_SENTINEL_QUANTILES", "BOLUS_MEMORY_MIN", "Forecast", "GlucoseForecaster"]
 
 _VG = PARAM_ORDER.index("Vg")
 _PROCESS_NOISE_PER_SQRT_MIN = 0.004
@@ -65,12 +65,19 @@ ALERT_SENTINEL_QUANTILES = (0.05, 0.2, 0.35, 0.5)
 """Weighted quantiles of the present model glucose whose particles screen the alert horizon (module docstring)."""
 ALERT_SCREEN_MARGIN_MG_DL = 20.0
 """Every particle is run over the alert horizon when a sentinel's path comes below 70 mg/dL + this margin."""
+BOLUS_MEMORY_MIN = 360.0
+"""How long a bolus is kept after the filter's state has passed it: the insulin-on-board duration of the bolus
+calculator (:func:`medtwin.glucose.advise.insulin_on_board`, 6 h), the one reader of past boluses. The model itself
+has taken a bolus, a meal and a basal rate into its state once it has advanced past their minute
+(:meth:`GlucoseForecaster.forget_applied_inputs`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Forecast:
-    """CGM forecasts from *at*: per horizon (minutes) the median and 95 % interval, the per-minute path, and the
-    probability of glucose below 70 mg/dL within 30 minutes."""
+    """CGM forecasts from *at*: per horizon (minutes) the median and 95 % interval, the per-minute path, and
+    ``hypo_probability_30min``: the probability (particles' weight) of a CGM reading below 70 mg/dL within 30 minutes,
+    each particle's predicted CGM being its model glucose plus its carried sensor error, as the predicted-low alert
+    reckons it (the alert's probability at the same reading; until 2026-12-07 this field used model glucose)."""
 
     at: datetime
     horizons_min: tuple[int, ...]
@@ -201,6 +208,23 @@ class GlucoseForecaster:
                     out[k] += v
         return meals, insulin
 
+    def forget_applied_inputs(self) -> None:
+        """Drop the inputs no computation can use any more, so a long stream costs per reading what a short one does:
+        meals before the state's minute (every run starts there: the model state holds them), boluses older than
+        :data:`BOLUS_MEMORY_MIN` (kept for the calculator's insulin on board), and basal rates before the one in
+        force at the state's minute. Forecasts, alerts and advice are unchanged (tests/glucose/test_forecast.py)."""
+        k0 = math.floor(self.t_min + 1e-9)
+        if self.carbs and math.floor(min(t for t, _ in self.carbs) + 1e-9) < k0:
+            self.carbs = [(t, v) for t, v in self.carbs if math.floor(t + 1e-9) >= k0]
+        oldest_bolus = k0 - BOLUS_MEMORY_MIN - 1.0
+        if self.bolus and min(t for t, _ in self.bolus) < oldest_bolus:
+            self.bolus = [(t, v) for t, v in self.bolus if t >= oldest_bolus]
+        # the rate of minute m is the last entry at or before m (_inputs): the last at or before k0 stays
+        if len(self.basal) > 1 and self.basal[1][0] <= k0:
+            times = [t for t, _ in self.basal]
+            in_force = int(np.searchsorted(times, float(k0), side="right")) - 1
+            self.basal = self.basal[in_force:]
+
     # -- filtering ------------------------------------------------------------------------------------------------
     def _advance(self, t_new: float) -> None:
         if t_new <= self.t_min:
@@ -210,6 +234,7 @@ class GlucoseForecaster:
             run_inputs(self.x, self.params, self.meal_state, meals, insulin)
             self._shock(float(meals.size))
         self.t_min = float(math.floor(t_new + 1e-9))
+        self.forget_applied_inputs()
 
     def _shock(self, minutes: float) -> None:
         """The process noise of *minutes* of simulation, drawn from this forecaster's own generator."""
@@ -305,7 +330,7 @@ class GlucoseForecaster:
         noise_sd = self.sensor_sd * np.sqrt(1.0 - rho**2)
         cgm = bg + rho * self.sensor_error + noise_sd * self.rng.standard_normal(bg.shape)
         q = _weighted_quantiles(cgm, self.weights, (0.5, 0.025, 0.975))
-        low = np.min(bg[: _ALERT_HORIZON_MIN + 1], axis=0) < _HYPO_MG_DL
+        low = self.cgm_paths(bg[: _ALERT_HORIZON_MIN + 1]).min(axis=0) < _HYPO_MG_DL  # as the alert reckons it
         return Forecast(
             at=self.start + timedelta(minutes=self.t_min), horizons_min=horizons,
             median_mg_dl=tuple(float(q[0, k]) for k in horizons), lo95_mg_dl=tuple(float(q[1, k]) for k in horizons),

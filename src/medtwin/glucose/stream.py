@@ -133,6 +133,7 @@ def _advance_many(forecasters: Sequence[GlucoseForecaster], targets: Sequence[fl
                 f._shock(float(minutes))
         for i in members:
             forecasters[i].t_min = float(math.floor(targets[i] + 1e-9))
+            forecasters[i].forget_applied_inputs()
 
 
 def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[list[Event]]:

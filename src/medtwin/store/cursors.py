@@ -25,7 +25,7 @@ from medtwin.store import schema
 if TYPE_CHECKING:
     from medtwin.store.store import Store
 
-__all__ = ["AcceptedMessage", "accepted_after", "last_raw_id", "load_cursor", "save_cursor"]
+__all__ = ["AcceptedMessage", "accepted_after", "cursors_of", "last_raw_id", "load_cursor", "save_cursor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +89,13 @@ def save_cursor(store: Store, name: str, position: int) -> None:
         ).rowcount
         if not moved and conn.execute(select(t.c.position).where(t.c.name == name)).first() is None:
             conn.execute(t.insert().values(name=name, position=position, updated=now))
+
+
+def cursors_of(store: Store, names: Sequence[str], prefix: str) -> dict[str, int]:
+    """The saved positions of the consumers named in *names* or whose name starts with *prefix* (name -> position)."""
+    t = schema.consumer_cursors
+    stmt = select(t.c.name, t.c.position).where(
+        t.c.name.in_(list(names)) | t.c.name.startswith(prefix, autoescape=True)
+    )
+    with store._reading() as conn:
+        return {str(name): int(position) for name, position in conn.execute(stmt)}

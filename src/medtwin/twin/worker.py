@@ -18,6 +18,7 @@ then saves its cursor. So:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -29,6 +30,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
+import orjson
+
+from medtwin.errors import ValidationError
 from medtwin.interop.device_obs import DEVICE_CONTENT_TYPE, stored_device_records
 from medtwin.interop.hl7v2 import map_message, parse_payload
 from medtwin.interop.mllp import CONTENT_TYPE
@@ -44,6 +48,7 @@ from medtwin.store import (
     resolve_database_url,
     save_cursor,
 )
+from medtwin.store.cursors import cursors_of
 from medtwin.store.engine import sqlite_file
 from medtwin.store.locks import lock_path_for
 from medtwin.twin.runtime import TwinRuntime
@@ -61,6 +66,8 @@ __all__ = [
     "listener_store",
     "record_skipped",
     "recover_and_follow",
+    "shard_consumer",
+    "shard_of",
     "stored_message_records",
     "stored_records",
 ]
@@ -112,6 +119,23 @@ def stored_message_records(
     return [r for r in mapped if isinstance(r, _TAKEN)]
 
 
+_SHARD_SEPARATOR = "/shard-"
+
+
+def shard_of(patient_id: str, shards: int) -> int:
+    """The worker shard (0 to *shards* - 1) that owns *patient_id*: a stable hash of the id (BLAKE2b), the same in
+    every process, run and release (Python's ``hash`` of a string is salted per process)."""
+    if shards == 1:
+        return 0
+    digest = hashlib.blake2b(patient_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def shard_consumer(name: str, shard: int, shards: int) -> str:
+    """The cursor name of shard *shard* of *shards* of consumer *name* (unsharded: *name* itself)."""
+    return name if shards == 1 else f"{name}{_SHARD_SEPARATOR}{shard + 1}-of-{shards}"
+
+
 class LogFollower:
     """Reads the accepted HL7 v2 messages after a saved cursor and maps them to their observations.
 
@@ -119,24 +143,66 @@ class LogFollower:
     far, saved by :meth:`commit`. A consumer that has never saved a cursor starts at the end of the log (it does
     not replay history) and saves that position at once, so a listener started after it cannot store a message it
     would skip.
+
+    Sharded (*shards* above 1): the follower of shard *shard* returns only the records of the patients it owns
+    (:func:`shard_of`) and keeps a cursor of its own (:func:`shard_consumer`); the followers of shards 0 to
+    *shards* - 1 together return every record exactly once. A shard without a saved cursor starts at the lowest
+    cursor of the consumer's other layouts (a change of the worker count: messages in between are processed again,
+    at least once, as after a crash), or at the end of the log when there is none.
     """
 
     def __init__(
-        self, store: Store, *, name: str = DEFAULT_CONSUMER, assume_tz: tzinfo = UTC, batch: int = 500
+        self,
+        store: Store,
+        *,
+        name: str = DEFAULT_CONSUMER,
+        assume_tz: tzinfo = UTC,
+        batch: int = 500,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
+        if shards < 1 or not 0 <= shard < shards:
+            raise ValidationError(f"twin worker shard {shard} of {shards}: need 0 <= shard < shards")
         self.store = store
-        self.name = name
+        self.name = shard_consumer(name, shard, shards)
+        self.shard = shard
+        self.shards = shards
         self.assume_tz = assume_tz
         self.batch = batch
-        saved = load_cursor(store, name)
+        saved = load_cursor(store, self.name)
         if saved is None:
-            saved = last_raw_id(store)
-            save_cursor(store, name, saved)
+            others = cursors_of(store, [name], f"{name}{_SHARD_SEPARATOR}")
+            saved = min(others.values()) if others else last_raw_id(store)
+            save_cursor(store, self.name, saved)
         self.position = saved
         self.read = saved
         self.messages = 0
         self.unmappable = 0
         self.last_poll_full = False
+        self._owned: dict[str, bool] = {}
+
+    def owns(self, patient_id: str) -> bool:
+        """Whether this follower's shard owns *patient_id* (always, unsharded)."""
+        if self.shards == 1:
+            return True
+        mine = self._owned.get(patient_id)
+        if mine is None:
+            if len(self._owned) > 1_000_000:  # a bound on memory: the answer is cheap to compute again
+                self._owned.clear()
+            mine = self._owned[patient_id] = shard_of(patient_id, self.shards) == self.shard
+        return mine
+
+    def _records(self, message: AcceptedMessage) -> list[Record]:
+        """The records of *message* that this follower's shard owns (a device reading of another shard's patient
+        is not mapped at all: its envelope names the patient)."""
+        if self.shards == 1:
+            return stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
+        if message.content_type == DEVICE_CONTENT_TYPE:
+            patient_id = str(orjson.loads(message.payload)["patient_id"])  # the envelope names the bound patient
+            if not self.owns(patient_id):
+                return []
+        records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
+        return [r for r in records if self.owns(r.patient_id or "")]
 
     def poll(self) -> list[tuple[Sequence[Record], float]]:
         """The next messages' observations with their receipt times on the ``time.monotonic()`` clock.
@@ -153,13 +219,15 @@ class LogFollower:
         out: list[tuple[Sequence[Record], float]] = []
         for message in found:
             try:
-                records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
+                records = self._records(message)
             except Exception as exc:
                 self.unmappable += 1
                 log.warning("twin runtime: accepted raw message %d no longer maps (%s); skipped", message.raw_id, exc)
-                record_skipped(self.store, message.raw_id, f"it no longer maps: {exc}")
+                record_skipped(self.store, message.raw_id, f"it no longer maps: {exc}", shard=self.shard,
+                               shards=self.shards)  # fmt: skip
                 continue
-            out.append((records, now_mono - (now_wall - message.received).total_seconds()))
+            if records or self.shards == 1:
+                out.append((records, now_mono - (now_wall - message.received).total_seconds()))
         self.messages += len(found)
         self.read = found[-1].raw_id
         return out
@@ -260,14 +328,22 @@ SKIPPED_CODE = "twin-message-skipped"
 
 
 def record_skipped(
-    store: Store, raw_id: int, reason: str, *, payload: bytes | None = None, assume_tz: tzinfo = UTC
+    store: Store,
+    raw_id: int,
+    reason: str,
+    *,
+    payload: bytes | None = None,
+    assume_tz: tzinfo = UTC,
+    shard: int = 0,
+    shards: int = 1,
 ) -> Event | None:
     """Store an alert that the twins never saw the accepted raw message *raw_id*, and why (returns it).
 
     The message and its observations stay stored; only the twin's scores and alerts miss it, so a person has to
     know (a monitoring gap for that patient): the alert (code :data:`SKIPPED_CODE`, severity medium, the raw id in
     its data) stays active until acknowledged. Its id comes from the raw id, so a worker that steps over the same
-    message again after a restart stores it once. The patient is named when the payload still maps.
+    message again after a restart stores it once (a sharded worker's: one per shard, *shard* of *shards*, each
+    naming the shard whose patients miss it). The patient is named when the payload still maps.
     """
     patient_id = None
     if payload is not None:
@@ -290,9 +366,10 @@ def record_skipped(
         patient_id=patient_id,
         message=f"raw message {raw_id} was stepped over by the twin runtime ({reason[:300]}): its data is stored but "
         "not in the scores and alerts",
-        data={"raw_id": raw_id, "reason": reason[:1000]},
+        data={"raw_id": raw_id, "reason": reason[:1000]}
+        | ({"shard": f"{shard + 1} of {shards}"} if shards > 1 else {}),
         source="medtwin.twin.worker",
-        event_id=f"twin-skipped-{raw_id}",
+        event_id=f"twin-skipped-{raw_id}" if shards == 1 else f"twin-skipped-{raw_id}-{shard + 1}-of-{shards}",
     )
     try:
         store.add_events([event])
@@ -314,6 +391,8 @@ def recover_and_follow(
     attempts: int = 3,
     isolate_messages: int = 100,
     abandon: Callable[[], bool] | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """:func:`follow` that survives failures; returns :class:`WorkerStats` as a dict (of the last attempt) plus
     ``restarts``, ``skipped`` and ``messages_read`` (every read, re-reads after a restart included).
@@ -325,14 +404,15 @@ def recover_and_follow(
     alert records it (:func:`record_skipped`), as it does for a stored message that no longer maps.
     Stepping over is a cursor write: while the store cannot be written (disk full, database down) nothing is
     skipped and the worker keeps retrying every *retry_pause_s*. *abandon*: as for :func:`follow` (and no retry
-    once it returns True).
+    once it returns True). *shard* of *shards*: the patients this worker owns, and its cursor (:class:`LogFollower`).
     """
     restarts = skipped = failures = stop_retries = read = 0
     failed_at: int | None = None
     isolating = False
     while True:
         runtime = make_runtime()
-        follower = LogFollower(store, name=name, assume_tz=assume_tz, batch=1 if isolating else 500)
+        follower = LogFollower(store, name=name, assume_tz=assume_tz, batch=1 if isolating else 500, shard=shard,
+                               shards=shards)  # fmt: skip
         if on_ready is not None:
             on_ready(follower.position)
             on_ready = None
@@ -355,13 +435,14 @@ def recover_and_follow(
                 try:
                     bad = accepted_after(store, position, content_type=FOLLOWED_CONTENT_TYPES, limit=1)
                     if bad:
-                        save_cursor(store, name, bad[0].raw_id)
+                        save_cursor(store, follower.name, bad[0].raw_id)
                         skipped += 1
                         failures = stop_retries = 0  # progress
                         log.error("twin runtime: raw message %d failed %d times on its own; stepped over",
                                   bad[0].raw_id, attempts)  # fmt: skip
                         record_skipped(store, bad[0].raw_id, f"it failed {attempts} times on its own",
-                                       payload=bad[0].payload, assume_tz=assume_tz)  # fmt: skip
+                                       payload=bad[0].payload, assume_tz=assume_tz, shard=shard,
+                                       shards=shards)  # fmt: skip
                 except Exception:
                     log.exception("twin runtime: cannot step over the message after raw id %d; retrying", position)
             isolating = True
@@ -390,8 +471,11 @@ def _child(
     write_lock: SharedWriteLock | None = None,
     checkpoints_elsewhere: bool = False,
     settings: dict[str, Any] | None = None,
+    shard: int = 0,
+    shards: int = 1,
 ) -> None:
-    """The worker process: follow the log until told to stop (or until the parent dies), then report."""
+    """The worker process (shard *shard* of *shards*): follow the log until told to stop (or until the parent
+    dies), then report."""
     # NORMAL sync: the worker writes derived data only (events, NEWS2, snapshots, its cursor after them), computed
     # again from the durable raw log if a power loss takes its last commits back; its commits then hold the write
     # lock, which the listener waits for, for the WAL write only, not for a disk sync (docs/store.md)
@@ -429,6 +513,8 @@ def _child(
             assume_tz=assume_tz,
             on_ready=lambda position: conn.send({"ready": position}),
             abandon=orphaned.is_set,
+            shard=shard,
+            shards=shards,
         )
         conn.send(report)
     except Exception as exc:  # report, then fail: the parent shows why
@@ -459,9 +545,19 @@ def listener_store(db: str | None, *, shared_lock: bool = True) -> tuple[Store, 
     return Store(db, checkpoint_interval_s=LISTENER_CHECKPOINT_S, write_lock=view), lock
 
 
-class RuntimeProcess:
-    """A :class:`TwinRuntime` following the store's raw log in a child process (see the module docstring).
+DEFAULT_WORKERS = 2
+"""Twin worker processes of ``medtwin listen --mqtt`` by default: on two cores the CGM wearers' twins (the glucose
+filter) are the limit and need both cores (docs/benchmarks.md, "Living twin"); each owns the patients
+:func:`shard_of` gives it. The MLLP listener keeps one: the vitals twins keep up at 1,000 msg/s with one worker,
+and every worker reads and maps each HL7 v2 message to find its patients' records."""
 
+
+class RuntimeProcess:
+    """:class:`TwinRuntime` s following the store's raw log in child processes (see the module docstring).
+
+    *workers* processes (``spawn``), each owning a shard of the patients (:func:`shard_of`: every record of a
+    patient goes to the same worker, which keeps its own cursor and its twins' snapshots), so the twins' work runs
+    on several cores; one worker is the unsharded layout of earlier releases (cursor :data:`DEFAULT_CONSUMER`).
     *db* is the database URL as given to :class:`~medtwin.store.Store` (None: the configured default, resolved
     in the child exactly as in the parent). *on_event* must be a module-level function (it is sent to the child
     by reference); it is called in the child for every event, e.g. to print alerts. *write_lock*: the lock of the
@@ -482,7 +578,10 @@ class RuntimeProcess:
         on_event: Callable[[Event], None] | None = None,
         write_lock: SharedWriteLock | None = None,
         settings: dict[str, Any] | None = None,
+        workers: int = 1,
     ) -> None:
+        if not 1 <= workers <= 64:
+            raise ValidationError(f"twin workers: 1 to 64, got {workers}")
         self.db = db
         self.settings = settings
         self.write_lock = write_lock
@@ -490,68 +589,99 @@ class RuntimeProcess:
         self.name = name
         self.assume_tz = assume_tz
         self.on_event = on_event
+        self.workers = workers
         self._ctx = multiprocessing.get_context("spawn")
-        self._proc: Any = None
-        self._conn: multiprocessing.connection.Connection | None = None
+        self._procs: list[Any] = []
+        self._conns: list[multiprocessing.connection.Connection] = []
         self._stop: Any = None
         self.stats: dict[str, Any] = {}
 
     @property
     def pid(self) -> int | None:
-        """The child's process id (None before :meth:`start`)."""
-        return None if self._proc is None else int(self._proc.pid)
+        """The first child's process id (None before :meth:`start`)."""
+        return int(self._procs[0].pid) if self._procs else None
+
+    @property
+    def pids(self) -> list[int]:
+        """Every child's process id, shard by shard (empty before :meth:`start`)."""
+        return [int(p.pid) for p in self._procs]
+
+    @property
+    def consumers(self) -> list[str]:
+        """The cursor names of the shards (:func:`shard_consumer`)."""
+        return [shard_consumer(self.name, k, self.workers) for k in range(self.workers)]
 
     def start(self, timeout_s: float = 120.0) -> int:
-        """Start the child and wait until its cursor is in place; returns the log position it starts after."""
-        parent, child = self._ctx.Pipe()
+        """Start the children and wait until their cursors are in place; returns the lowest log position they start
+        after."""
         self._stop = self._ctx.Event()
-        self._proc = self._ctx.Process(
-            target=_child,
-            args=(
-                self.db,
-                self.freshness.total_seconds(),
-                self.name,
-                self.assume_tz,
-                self.on_event,
-                child,
-                self._stop,
-                self.write_lock,
-                self.write_lock is not None,  # a listener's lock: that listener checkpoints (listener_store)
-                self.settings,
-            ),
-            name="medtwin-twin-runtime",
-            daemon=True,
-        )
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        if not parent.poll(timeout_s):
-            self._proc.kill()
-            raise RuntimeError(f"the twin runtime worker did not start within {timeout_s:.0f} s")
-        reply = parent.recv()
-        if "ready" not in reply:
-            self._proc.join(10)
-            raise RuntimeError(f"the twin runtime worker failed to start: {reply.get('error', reply)}")
-        return int(reply["ready"])
+        positions = []
+        for shard in range(self.workers):
+            parent, child = self._ctx.Pipe()
+            proc = self._ctx.Process(
+                target=_child,
+                args=(
+                    self.db,
+                    self.freshness.total_seconds(),
+                    self.name,
+                    self.assume_tz,
+                    self.on_event,
+                    child,
+                    self._stop,
+                    self.write_lock,
+                    self.write_lock is not None,  # a listener's lock: that listener checkpoints (listener_store)
+                    self.settings,
+                    shard,
+                    self.workers,
+                ),
+                name="medtwin-twin-runtime" if self.workers == 1 else f"medtwin-twin-runtime-{shard + 1}",
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+        for proc, parent in zip(self._procs, self._conns, strict=True):
+            if not parent.poll(timeout_s):
+                self._kill_all()
+                raise RuntimeError(f"the twin runtime worker did not start within {timeout_s:.0f} s")
+            reply = parent.recv()
+            if "ready" not in reply:
+                proc.join(10)
+                self._kill_all()
+                raise RuntimeError(f"the twin runtime worker failed to start: {reply.get('error', reply)}")
+            positions.append(int(reply["ready"]))
+        return min(positions)
+
+    def _kill_all(self) -> None:
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
 
     def stop(self, timeout_s: float = 120.0) -> dict[str, Any]:
-        """Ask the child to finish what is stored, snapshot its twins and exit; returns its statistics."""
-        if self._proc is None or self._conn is None:
+        """Ask the children to finish what is stored, snapshot their twins and exit; returns their statistics (with
+        several workers: summed or the slowest shard's, and each shard's under ``shards``)."""
+        if not self._procs:
             return self.stats
         self._stop.set()
-        if self._conn.poll(timeout_s):
-            try:
-                self.stats = dict(self._conn.recv())
-            except EOFError:
-                self.stats = {"error": "the twin runtime worker exited without a report"}
-        else:
-            self.stats = {"error": f"the twin runtime worker did not stop within {timeout_s:.0f} s"}
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-        self._conn.close()
-        self._proc = self._conn = None
+        deadline = time.monotonic() + timeout_s
+        reports: list[dict[str, Any]] = []
+        for conn in self._conns:
+            if conn.poll(max(0.0, deadline - time.monotonic())):
+                try:
+                    reports.append(dict(conn.recv()))
+                except EOFError:
+                    reports.append({"error": "the twin runtime worker exited without a report"})
+            else:
+                reports.append({"error": f"the twin runtime worker did not stop within {timeout_s:.0f} s"})
+        for proc in self._procs:
+            proc.join(10)
+        self._kill_all()
+        self.stats = reports[0] if len(reports) == 1 else _merged(reports)
         return self.stats
 
     def __enter__(self) -> RuntimeProcess:
@@ -560,3 +690,27 @@ class RuntimeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_SUMMED = ("events", "alerts", "unmappable", "restarts", "skipped")
+_SLOWEST = ("busy_s", "processed_p50_ms", "processed_p99_ms", "alert_p50_ms", "alert_p99_ms")
+
+
+def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of several shards' workers: counts summed, the slowest shard's times and latencies, the lowest
+    position; each shard's own report under ``shards``; the first error, naming its shard."""
+    out: dict[str, Any] = {"workers": len(reports), "shards": reports}
+    for key in _SUMMED:
+        out[key] = sum(int(r.get(key, 0)) for r in reports)
+    for key in _SLOWEST:
+        values = [float(r[key]) for r in reports if key in r]
+        if values:
+            out[key] = max(values)
+    out["messages"] = max((int(r.get("messages", 0)) for r in reports), default=0)  # each reads the whole log
+    positions = [int(r["position"]) for r in reports if "position" in r]
+    if positions:
+        out["position"] = min(positions)
+    errors = [f"shard {k + 1} of {len(reports)}: {r['error']}" for k, r in enumerate(reports) if "error" in r]
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
