@@ -45,12 +45,17 @@ from scipy.special import ndtr
 from medtwin.errors import ValidationError
 from medtwin.glucose.forecast import GlucoseForecaster
 from medtwin.glucose.metrics import risk_components
+from medtwin.glucose.therapy_data import TherapyData
 from medtwin.sim.model import FloatArray
 
-__all__ = ["POLICIES", "BolusAdvice", "DoseOutcome", "advise_meal_bolus", "calculator_bolus", "insulin_on_board"]
+__all__ = [
+    "POLICIES", "AdviceCalibration", "BolusAdvice", "DoseOutcome", "advise_meal_bolus", "calculator_bolus",
+    "calibrate_advice", "insulin_on_board",
+]  # fmt: skip
 
 _STEP_U = 0.05
-POLICIES = ("guard", "risk")
+_RAISE_HYPO_PROBABILITY = 0.01
+POLICIES = ("guard", "risk", "calibrated")
 
 
 def insulin_on_board(
@@ -126,6 +131,83 @@ def _asdict(o: DoseOutcome) -> dict[str, float]:
     return {k: float(getattr(o, k)) for k in o.__slots__}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdviceCalibration:
+    """How well the twin predicted this person's lowest glucose after meals it was not fitted on
+    (:func:`calibrate_advice`): the ``calibrated`` policy's predictive error of the nadir.
+
+    ``errors_mg_dl``: per meal, the observed nadir (lowest 15-minute mean of the CGM readings over the horizon) minus
+    the twin's predicted median nadir (the meal and its recorded bolus known, the state filtered up to the meal).
+    ``bias_mg_dl`` = sum(errors) / (meals + prior_meals); ``sd_mg_dl`` = sqrt((sum((errors - bias)^2) + prior_meals
+    s^2) / (meals + prior_meals)), s the fit's residual SD: the person's own error, shrunk towards no bias and the
+    fit's error as if *prior_meals* meals had shown those."""
+
+    meals: int
+    bias_mg_dl: float
+    sd_mg_dl: float
+    errors_mg_dl: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"meals": self.meals, "bias_mg_dl": round(self.bias_mg_dl, 2), "sd_mg_dl": round(self.sd_mg_dl, 2),
+                "errors_mg_dl": [round(e, 2) for e in self.errors_mg_dl]}  # fmt: skip
+
+
+def _smoothed_min(t: FloatArray, y: FloatArray, window_min: float = 15.0) -> float:
+    """The lowest centred moving mean of readings over *window_min* (sensor noise would bias a plain minimum low)."""
+    half = window_min / 2.0
+    lo = np.searchsorted(t, t - half, side="left")
+    hi = np.searchsorted(t, t + half, side="right")
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    return float(np.min((c[hi] - c[lo]) / (hi - lo)))
+
+
+def calibrate_advice(
+    forecaster: GlucoseForecaster,
+    data: TherapyData,
+    from_min: float,
+    *,
+    horizon_min: int = 300,
+    prior_meals: float = 3.0,
+) -> AdviceCalibration:
+    """The twin's error in predicting the post-meal nadir on the meals of *data* from *from_min* on (data the
+    posterior was not fitted on), with *forecaster* (the twin's particles, not yet started) filtering every reading
+    of *data* and predicting, at the last reading before each such meal, the nadir over *horizon_min* with the
+    recorded meals and boluses. Meals whose horizon runs past the data are skipped; none gives bias 0 and the fit's
+    residual SD."""
+    if forecaster.started:
+        raise ValidationError("advice calibration needs a forecaster that has not assimilated readings yet")
+    if prior_meals <= 0:
+        raise ValidationError(f"prior_meals {prior_meals} must be > 0")
+    f = forecaster
+    f.basal = list(zip(data.basal_t_min.tolist(), data.basal_u_h.tolist(), strict=True))
+    f.bolus = list(zip(data.bolus_t_min.tolist(), data.bolus_u.tolist(), strict=True))
+    f.carbs = list(zip(data.carbs_t_min.tolist(), data.carbs_g.tolist(), strict=True))
+    t, y, censored = data.cgm_t_min, data.cgm_mg_dl, data.cgm_censored
+    meals = [float(m) for m in data.carbs_t_min if m >= from_min and m + horizon_min <= t[-1]]
+    errors: list[float] = []
+    for i in range(t.size):
+        if not censored[i]:
+            f._assimilate(float(t[i]), float(y[i]))
+        nxt = float(t[i + 1]) if i + 1 < t.size else math.inf
+        for m in meals:
+            if f.started and t[i] <= m < nxt:
+                end = m + horizon_min
+                bg = f.simulate_ahead(math.ceil(end - f.t_min))[:, 0, :]
+                nadir = bg[math.ceil(m - f.t_min) :].min(axis=0)
+                order = np.argsort(nadir)
+                cum = np.cumsum(f.weights[order])
+                predicted = float(nadir[order][min(int(np.searchsorted(cum, 0.5)), nadir.size - 1)])
+                inside = (t >= m) & (t <= end) & (censored == 0)
+                if np.count_nonzero(inside) >= 10:
+                    errors.append(_smoothed_min(t[inside], y[inside]) - predicted)
+    s = f.posterior.residual_sd_mg_dl
+    e = np.asarray(errors, dtype=np.float64)
+    bias = float(e.sum() / (e.size + prior_meals))
+    sd = math.sqrt((float(np.sum((e - bias) ** 2)) + prior_meals * s * s) / (e.size + prior_meals))
+    return AdviceCalibration(meals=int(e.size), bias_mg_dl=bias, sd_mg_dl=sd, errors_mg_dl=tuple(errors))
+
+
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(5)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 
@@ -148,15 +230,15 @@ def _mixture_quantile(centres: FloatArray, weights: FloatArray, sd: float, q: fl
 
 
 def _outcomes(doses: FloatArray, bg: FloatArray, weights: FloatArray, risk_sd: float,
-              hypo_sd: float, quantile: float) -> list[DoseOutcome]:  # fmt: skip
+              hypo_sd: float, quantile: float, nadir_shift: float = 0.0) -> list[DoseOutcome]:  # fmt: skip
     """Outcomes of each dose from BG paths ``(T, doses, particles)``: the risk index averaged over a model error
     e ~ N(0, risk_sd^2) (a level shift over the horizon, Gauss-Hermite quadrature), the hypo probability over
-    e ~ N(0, hypo_sd^2)."""
+    nadir + nadir_shift + e, e ~ N(0, hypo_sd^2)."""
     risk = np.zeros(bg.shape[1:])
     for node, w in zip(_GH_NODES, _GH_WEIGHTS, strict=True):
         rl, rh = risk_components(bg + node * risk_sd)
         risk += w * (rl + rh).mean(axis=0)
-    nadir = bg.min(axis=0)
+    nadir = bg.min(axis=0) + nadir_shift
     below = ndtr((70.0 - nadir) / hypo_sd) if hypo_sd > 0 else (nadir < 70.0).astype(np.float64)
     tir = ((bg >= 70) & (bg <= 180)).mean(axis=0) * 100
     tbr = (bg < 70).mean(axis=0) * 100
@@ -185,6 +267,8 @@ def advise_meal_bolus(
     risk_error: float = 1.0,
     hypo_error: float = 1.0,
     policy: str = "guard",
+    calibration: AdviceCalibration | None = None,
+    raise_limit: float = 0.0,
 ) -> BolusAdvice:
     """The twin's bolus for *carbs_g* eaten at the forecaster's last reading, and the calculator's for comparison
     (see the module docstring); neither is given: the caller records the bolus it chooses. *policy* ``guard``
@@ -192,6 +276,10 @@ def advise_meal_bolus(
     of least predicted risk among all that meet the constraint, up to twice the calculator's."""
     if policy not in POLICIES:
         raise ValidationError(f"advice policy {policy!r}: use one of {POLICIES}")
+    if policy == "calibrated" and calibration is None:
+        raise ValidationError("advice policy 'calibrated' needs the twin's calibration (calibrate_advice)")
+    if not 0 <= raise_limit <= 1:
+        raise ValidationError(f"raise_limit {raise_limit} must be in [0, 1]")
     if not 0 < carbs_g <= 400:
         raise ValidationError(f"carbohydrate {carbs_g} g must be in (0, 400] g")
     if not forecaster.started:
@@ -207,16 +295,24 @@ def advise_meal_bolus(
     doses = np.unique(np.round(np.concatenate([np.linspace(0.0, top, candidates), [calc]]) / _STEP_U) * _STEP_U)
     bg = forecaster.simulate_ahead(horizon_min, boluses_u=doses, carbs_g=carbs_g)
     sd = forecaster.posterior.residual_sd_mg_dl
-    outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd, max_hypo_probability)
+    if calibration is not None and policy == "calibrated":
+        outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, calibration.sd_mg_dl,
+                             max_hypo_probability, calibration.bias_mg_dl)  # fmt: skip
+    else:
+        outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd, max_hypo_probability)
     at_calc = next(o for o in outcomes if abs(o.bolus_u - calc) < 1e-9)
     allowed = [o for o in outcomes if policy == "risk" or o.bolus_u <= calc + 1e-9]
     feasible = [o for o in allowed if o.hypo_probability <= max_hypo_probability]
     if not feasible:
         best = min(allowed, key=lambda o: (o.hypo_probability, o.bolus_u))
-    elif policy == "guard":
-        best = max(feasible, key=lambda o: o.bolus_u)
-    else:
+    elif policy == "risk":
         best = min(feasible, key=lambda o: o.risk_index)
+    else:
+        best = max(feasible, key=lambda o: o.bolus_u)
+        if policy == "calibrated" and raise_limit > 0 and best is at_calc:
+            more = [o for o in outcomes if calc < o.bolus_u <= calc * (1 + raise_limit) + 1e-9
+                    and o.hypo_probability <= _RAISE_HYPO_PROBABILITY]  # fmt: skip
+            best = min([at_calc, *more], key=lambda o: o.risk_index)
     return BolusAdvice(
         carbs_g=float(carbs_g), glucose_mg_dl=glucose, iob_u=iob, twin=best, calculator=at_calc,
         candidates=tuple(outcomes), feasible=bool(feasible), horizon_min=horizon_min,
