@@ -331,8 +331,10 @@ def advise_command(
         str,
         typer.Option(
             help="Advice policy. guard: the calculator's dose, lowered only as far as P(<70) <= 5 % needs; "
-            "risk: the dose of least predicted risk with P(<70) <= 5 %, up to twice the calculator's (in silico "
-            "it gave more lows than the calculator)."
+            "calibrated: the calculator's dose, lowered only when a low is more likely than not (P(<70) > 50 %) "
+            "with the twin's own post-meal error measured on the last recorded day (in-sample here), to the "
+            "largest dose where it is not; risk: the dose of least predicted risk with P(<70) <= 5 %, up to twice "
+            "the calculator's (in silico it gave more lows than the calculator)."
         ),
     ] = "guard",
     json: _Json = False,

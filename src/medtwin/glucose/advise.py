@@ -49,12 +49,17 @@ from medtwin.glucose.therapy_data import TherapyData
 from medtwin.sim.model import FloatArray
 
 __all__ = [
-    "POLICIES", "AdviceCalibration", "BolusAdvice", "DoseOutcome", "advise_meal_bolus", "calculator_bolus",
+    "CALIBRATED_LOW_PROBABILITY", "POLICIES", "AdviceCalibration", "BolusAdvice", "DoseOutcome",
+    "advise_meal_bolus", "calculator_bolus",
     "calibrate_advice", "insulin_on_board",
 ]  # fmt: skip
 
 _STEP_U = 0.05
 _RAISE_HYPO_PROBABILITY = 0.01
+CALIBRATED_LOW_PROBABILITY = 0.5
+"""The ``calibrated`` policy cuts the calculator's dose only when a low is more likely than this under the person's
+calibrated error, and to the largest dose where it is not (chosen on the seed-1 in-silico run)."""
+_NADIR_WINDOW_MIN = 30.0
 POLICIES = ("guard", "risk", "calibrated")
 
 
@@ -136,8 +141,10 @@ class AdviceCalibration:
     """How well the twin predicted this person's lowest glucose after meals it was not fitted on
     (:func:`calibrate_advice`): the ``calibrated`` policy's predictive error of the nadir.
 
-    ``errors_mg_dl``: per meal, the observed nadir (lowest 15-minute mean of the CGM readings over the horizon) minus
-    the twin's predicted median nadir (the meal and its recorded bolus known, the state filtered up to the meal).
+    ``errors_mg_dl``: per meal, the twin's error around its predicted lowest glucose: the mean of CGM minus the twin's
+    predicted (particle-mean) glucose over the readings within 30 minutes of the predicted nadir (the meal and its
+    recorded bolus known, the state filtered up to the meal). A mean over ~20 readings, not the lowest reading:
+    the lowest of noisy readings is biased low.
     ``bias_mg_dl`` = sum(errors) / (meals + prior_meals); ``sd_mg_dl`` = sqrt((sum((errors - bias)^2) + prior_meals
     s^2) / (meals + prior_meals)), s the fit's residual SD: the person's own error, shrunk towards no bias and the
     fit's error as if *prior_meals* meals had shown those."""
@@ -153,15 +160,6 @@ class AdviceCalibration:
                 "errors_mg_dl": [round(e, 2) for e in self.errors_mg_dl]}  # fmt: skip
 
 
-def _smoothed_min(t: FloatArray, y: FloatArray, window_min: float = 15.0) -> float:
-    """The lowest centred moving mean of readings over *window_min* (sensor noise would bias a plain minimum low)."""
-    half = window_min / 2.0
-    lo = np.searchsorted(t, t - half, side="left")
-    hi = np.searchsorted(t, t + half, side="right")
-    c = np.concatenate([[0.0], np.cumsum(y)])
-    return float(np.min((c[hi] - c[lo]) / (hi - lo)))
-
-
 def calibrate_advice(
     forecaster: GlucoseForecaster,
     data: TherapyData,
@@ -173,8 +171,8 @@ def calibrate_advice(
     """The twin's error in predicting the post-meal nadir on the meals of *data* from *from_min* on (data the
     posterior was not fitted on), with *forecaster* (the twin's particles, not yet started) filtering every reading
     of *data* and predicting, at the last reading before each such meal, the nadir over *horizon_min* with the
-    recorded meals and boluses. Meals whose horizon runs past the data are skipped; none gives bias 0 and the fit's
-    residual SD."""
+    recorded meals and boluses, and scoring it around the predicted nadir (:class:`AdviceCalibration`). Meals whose
+    horizon runs past the data are skipped; none gives bias 0 and the fit's residual SD."""
     if forecaster.started:
         raise ValidationError("advice calibration needs a forecaster that has not assimilated readings yet")
     if prior_meals <= 0:
@@ -194,13 +192,13 @@ def calibrate_advice(
             if f.started and t[i] <= m < nxt:
                 end = m + horizon_min
                 bg = f.simulate_ahead(math.ceil(end - f.t_min))[:, 0, :]
-                nadir = bg[math.ceil(m - f.t_min) :].min(axis=0)
-                order = np.argsort(nadir)
-                cum = np.cumsum(f.weights[order])
-                predicted = float(nadir[order][min(int(np.searchsorted(cum, 0.5)), nadir.size - 1)])
-                inside = (t >= m) & (t <= end) & (censored == 0)
-                if np.count_nonzero(inside) >= 10:
-                    errors.append(_smoothed_min(t[inside], y[inside]) - predicted)
+                path = bg @ f.weights  # the twin's mean glucose, minute by minute from its last reading
+                first = math.ceil(m - f.t_min)
+                t_low = f.t_min + first + float(np.argmin(path[first:]))
+                near = (np.abs(t - t_low) <= _NADIR_WINDOW_MIN) & (t >= m) & (t <= end) & (censored == 0)
+                if np.count_nonzero(near) >= 5:
+                    minute = np.rint(t[near] - f.t_min).astype(np.int64)
+                    errors.append(float(np.mean(y[near] - path[minute])))
     s = f.posterior.residual_sd_mg_dl
     e = np.asarray(errors, dtype=np.float64)
     bias = float(e.sum() / (e.size + prior_meals))
@@ -262,7 +260,7 @@ def advise_meal_bolus(
     cf_mg_dl_per_u: float,
     target_mg_dl: float = 110.0,
     horizon_min: int = 300,
-    max_hypo_probability: float = 0.05,
+    max_hypo_probability: float | None = None,
     candidates: int = 41,
     risk_error: float = 1.0,
     hypo_error: float = 1.0,
@@ -280,6 +278,10 @@ def advise_meal_bolus(
         raise ValidationError("advice policy 'calibrated' needs the twin's calibration (calibrate_advice)")
     if not 0 <= raise_limit <= 1:
         raise ValidationError(f"raise_limit {raise_limit} must be in [0, 1]")
+    if max_hypo_probability is None:
+        max_hypo_probability = CALIBRATED_LOW_PROBABILITY if policy == "calibrated" else 0.05
+    if not 0 < max_hypo_probability < 1:
+        raise ValidationError(f"max_hypo_probability {max_hypo_probability} must be in (0, 1)")
     if not 0 < carbs_g <= 400:
         raise ValidationError(f"carbohydrate {carbs_g} g must be in (0, 400] g")
     if not forecaster.started:

@@ -144,7 +144,7 @@ def _forecast_scores(posterior: Posterior, data: TherapyData, truth: FloatArray,
 
 def _advice_day(posterior: Posterior, cohort: Cohort, b: int, seed: int, *, policy: str = "guard",
                 calibration: AdviceCalibration | None = None, raise_limit: float = 0.0,
-                max_hypo_probability: float = 0.05,
+                max_hypo_probability: float | None = None,
                 arms: Sequence[str] = ("calculator", "twin")) -> dict[str, float]:  # fmt: skip
     """One day lived twice by the true patient: calculator boluses vs the twin's (see the module docstring); the
     twin's with *policy* (and its *calibration*, *raise_limit*, *max_hypo_probability*)."""
