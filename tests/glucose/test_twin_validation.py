@@ -25,7 +25,8 @@ def test_protocol_runs_end_to_end_on_one_patient() -> None:
     assert fc["gain_vs_linear_30_pct"] > 25.0
     assert fc["parkes_ab_pct_30"] > 95.0
     assert set(s["advice"]) == {"calculator_tir_pct", "calculator_tbr_pct", "calculator_insulin_u", "twin_tir_pct",
-                                "twin_tbr_pct", "twin_insulin_u"}  # fmt: skip
+                                "twin_tbr_pct", "twin_insulin_u", "calibration_bias_mg_dl",
+                                "calibration_sd_mg_dl"}  # fmt: skip
 
 
 @pytest.mark.slow
