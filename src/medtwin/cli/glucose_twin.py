@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medtwin.errors import MedtwinError, ValidationError
+from medtwin.glucose.advise import CALIBRATED_LOW_PROBABILITY
 from medtwin.glucose.data_quality import assess_quality
 from medtwin.glucose.identify import ConvergenceError, FitSettings
 from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
@@ -354,12 +355,14 @@ def advise_command(
         _print_json({"twin": str(twin), **advice.to_dict()})
         return
     table = Table(title=f"meal bolus for {carbs:g} g at {advice.glucose_mg_dl:.0f} mg/dL (IOB {advice.iob_u:.2f} U)")
-    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "5% nadir", "peak", "risk index"):
+    q = CALIBRATED_LOW_PROBABILITY if policy == "calibrated" else 0.05
+    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", f"{q:.0%} nadir", "peak", "risk index"):
         table.add_column(col)
     for label, o in (("twin", advice.twin), ("calculator", advice.calculator)):
         table.add_row(label, f"{o.bolus_u:.2f}", f"{o.hypo_probability:.0%}", f"{o.tir_pct:.0f}",
                       f"{o.median_nadir_mg_dl:.0f}", f"{o.low_nadir_mg_dl:.0f}", f"{o.median_peak_mg_dl:.0f}",
                       f"{o.risk_index:.2f}")  # fmt: skip
-    table.caption = (f"predicted by the twin over {advice.horizon_min // 60} h"
-                     + ("" if advice.feasible else "; no dose keeps P(<70) <= 5 %: the safest is shown"))  # fmt: skip
+    table.caption = f"predicted by the twin over {advice.horizon_min // 60} h" + (
+        "" if advice.feasible else f"; no dose keeps P(<70) <= {q:.0%}: the safest is shown"
+    )
     Console().print(table)
