@@ -38,6 +38,8 @@ error (:func:`calibrate_advice`: the twin's errors around its predicted post-mea
 shrunk towards the fit's residual SD), not the fit's: the guard's 5 % quantile with the fit's error cut whenever a low
 was merely possible, and cut doses the calculator had right (in silico, seed 2: 16 of 30 people got less insulin,
 time in range 83.9 vs 86.9 %; the calibrated policy: 9 of 30, 86.4 vs 86.9 %, time below 70 mg/dL 1.16 vs 2.16 %).
+On the development seed the 0.5 threshold with the fit's own error did as well as with the calibration, so the
+threshold, not the calibration, is what the figures support so far (docs/models/glucose_twin.md).
 With ``raise_limit`` r > 0 it may also give up to (1 + r) x the calculator's dose when that keeps P(low) <= 1 % and
 lowers the predicted risk index (off by default; not evaluated in silico).
 """
