@@ -41,7 +41,8 @@ time in range 83.9 vs 86.9 %; the calibrated policy: 9 of 30, 86.4 vs 86.9 %, ti
 On the development seed the 0.5 threshold with the fit's own error did as well as with the calibration, so the
 threshold, not the calibration, is what the figures support so far (docs/models/glucose_twin.md).
 With ``raise_limit`` r > 0 it may also give up to (1 + r) x the calculator's dose when that keeps P(low) <= 1 % and
-lowers the predicted risk index (off by default; not evaluated in silico).
+lowers the predicted risk index (off by default: on the development seed r = 0.2 added 0.7 points of time in range
+and gave two people lows the calculator did not).
 """
 
 from __future__ import annotations
