@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from medtwin.glucose import all_patient_names
+from medtwin.glucose.advise import POLICIES
 from medtwin.glucose.identifiability import analyse_identifiability
 from medtwin.glucose.therapy import Therapy
 from medtwin.glucose.twin_model import DEFAULT_IDENTIFIED
@@ -129,6 +130,7 @@ def main() -> None:
     )
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
+    parser.add_argument("--advice-policy", choices=POLICIES, default="calibrated", help="the twin's bolus policy")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load {os.getloadavg()}")
     if args.identifiability:
@@ -143,7 +145,7 @@ def main() -> None:
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
     t0, cpu0 = time.perf_counter(), time.process_time()
     report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
-                           advice=not args.no_advice)  # fmt: skip
+                           advice=not args.no_advice, advice_policy=args.advice_policy)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall

@@ -110,6 +110,14 @@ def test_replay_forecast_advise(tmp_path: Path, twin_file: Path, twin_days: Any)
         assert risk["twin"]["hypo_probability"] <= 0.05
     if risk["calculator"]["hypo_probability"] <= 0.05:  # the calculator's dose is a candidate of the risk policy
         assert risk["twin"]["risk_index"] <= risk["calculator"]["risk_index"] + 1e-9
+    res = runner.invoke(
+        app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--policy", "calibrated", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    cal = json.loads(res.stdout)
+    assert cal["twin"]["bolus_u"] <= cal["calculator"]["bolus_u"] + 1e-9  # never more than the calculator
+    if cal["calculator"]["hypo_probability"] <= 0.5:  # a low not more likely than not: the calculator's dose
+        assert cal["twin"]["bolus_u"] == pytest.approx(cal["calculator"]["bolus_u"])
     res = runner.invoke(app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--policy", "bold"])
     assert res.exit_code != 0
     assert "policy" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -11,7 +12,13 @@ import numpy as np
 import pytest
 
 from medtwin.errors import ValidationError
-from medtwin.glucose.advise import advise_meal_bolus, calculator_bolus, insulin_on_board
+from medtwin.glucose.advise import (
+    AdviceCalibration,
+    advise_meal_bolus,
+    calculator_bolus,
+    calibrate_advice,
+    insulin_on_board,
+)
 from medtwin.glucose.error_grid import parkes_zone_fractions, parkes_zones
 from medtwin.glucose.forecast import GlucoseForecaster
 from medtwin.glucose.identify import Posterior
@@ -183,6 +190,85 @@ def test_guard_advice_never_exceeds_the_calculator(
         assert all(o.hypo_probability > 0.05 for o in larger)
     if cr_g_per_u == 1.0:
         assert calc.hypo_probability > 0.05  # the case the parameter is there for
+
+
+def test_advice_calibration_scores_the_unseen_day(twin_days: Any, twin_posterior: Posterior) -> None:
+    """The twin's nadir errors on the meals of the day it was not fitted on, and their shrunk bias and SD."""
+    data = twin_days.data[0]
+    cal = calibrate_advice(GlucoseForecaster(twin_posterior, data.start, particles=64), data, 2880.0)
+    day3 = [m for m in data.carbs_t_min if m >= 2880.0 and m + 300 <= data.cgm_t_min[-1]]
+    assert cal.meals == len(day3) == len(cal.errors_mg_dl) >= 2
+    e = np.array(cal.errors_mg_dl)
+    assert np.all(np.abs(e) < 60.0)  # an identified twin predicts the post-meal nadir of an unseen day
+    s = twin_posterior.residual_sd_mg_dl
+    assert cal.bias_mg_dl == pytest.approx(e.sum() / (e.size + 3.0))
+    assert cal.sd_mg_dl == pytest.approx(np.sqrt((np.sum((e - cal.bias_mg_dl) ** 2) + 3 * s * s) / (e.size + 3)))
+    assert abs(cal.bias_mg_dl) < abs(e.mean()) + 1e-12  # shrunk towards no bias
+    assert json.loads(json.dumps(cal.to_dict()))["meals"] == cal.meals
+    started = GlucoseForecaster(twin_posterior, data.start, particles=16)
+    started.update(data.start, 120.0)
+    with pytest.raises(ValidationError, match="not assimilated"):
+        calibrate_advice(started, data, 2880.0)
+    none = calibrate_advice(GlucoseForecaster(twin_posterior, data.start, particles=16), data, 1e6)
+    assert none.meals == 0
+    assert none.bias_mg_dl == 0.0
+    assert none.sd_mg_dl == pytest.approx(s)
+
+
+def _cal(bias: float, sd: float) -> AdviceCalibration:
+    return AdviceCalibration(meals=3, bias_mg_dl=bias, sd_mg_dl=sd, errors_mg_dl=(bias, bias, bias))
+
+
+@pytest.mark.parametrize("cr_g_per_u", [10.0, 1.0])
+def test_calibrated_advice_cuts_only_a_likely_low(twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float) -> None:
+    """The calibrated policy: never above the calculator (no raise allowed); the calculator's dose unless a low is
+    more likely than *max_hypo_probability* under the calibrated error, then the largest dose below it that is not;
+    a twin that over-predicted lows (positive bias) cuts less; a certain low (CR 1 g/U) is cut."""
+    f, data = _forecaster(twin_days, twin_posterior)
+    for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+    kw: dict[str, Any] = {"cr_g_per_u": cr_g_per_u, "cf_mg_dl_per_u": 20.0, "candidates": 21, "policy": "calibrated"}
+    for p in (0.05, 0.5):
+        advice = advise_meal_bolus(f, 90.0, calibration=_cal(0.0, 10.0), max_hypo_probability=p, **kw)
+        calc = advice.calculator
+        assert advice.twin.bolus_u <= calc.bolus_u + 1e-9
+        if calc.hypo_probability <= p:
+            assert advice.twin.bolus_u == pytest.approx(calc.bolus_u)
+        else:
+            assert advice.twin.hypo_probability <= p
+            larger = [o for o in advice.candidates if advice.twin.bolus_u < o.bolus_u <= calc.bolus_u]
+            assert larger
+            assert all(o.hypo_probability > p for o in larger)
+        lifted = advise_meal_bolus(f, 90.0, calibration=_cal(40.0, 10.0), max_hypo_probability=p, **kw)
+        assert lifted.twin.bolus_u >= advice.twin.bolus_u - 1e-9
+        assert lifted.calculator.hypo_probability <= calc.hypo_probability + 1e-12
+    if cr_g_per_u == 1.0:  # 90 U for 90 g: a low is certain, the dose is cut
+        assert calc.hypo_probability > 0.99
+        assert advice.twin.bolus_u < calc.bolus_u
+        assert advice.twin.hypo_probability <= 0.5
+    with pytest.raises(ValidationError, match="calibration"):
+        advise_meal_bolus(f, 90.0, **kw)
+
+
+def test_calibrated_advice_raises_only_within_its_limit(twin_days: Any, twin_posterior: Posterior) -> None:
+    """With raise_limit r the calibrated policy may give up to (1 + r) x the calculator's dose, only a dose whose
+    P(low) <= 1 % under the calibrated error, and only when it lowers the predicted risk index."""
+    f, data = _forecaster(twin_days, twin_posterior)
+    for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+    kw: dict[str, Any] = {"cf_mg_dl_per_u": 20.0, "candidates": 41, "policy": "calibrated"}
+    tight = advise_meal_bolus(f, 60.0, cr_g_per_u=30.0, calibration=_cal(0.0, 5.0), raise_limit=0.2, **kw)
+    calc = tight.calculator
+    assert calc.bolus_u <= tight.twin.bolus_u <= 1.2 * calc.bolus_u + 1e-9
+    if tight.twin.bolus_u > calc.bolus_u:
+        assert tight.twin.hypo_probability <= 0.01
+        assert tight.twin.risk_index < calc.risk_index
+    # an under-dosing calculator (CR 30 g/U) and a twin sure of no low: it raises
+    assert tight.twin.bolus_u > calc.bolus_u
+    unsure = advise_meal_bolus(f, 60.0, cr_g_per_u=30.0, calibration=_cal(-60.0, 40.0), raise_limit=0.2, **kw)
+    assert unsure.twin.bolus_u <= unsure.calculator.bolus_u + 1e-9
+    with pytest.raises(ValidationError, match="raise_limit"):
+        advise_meal_bolus(f, 60.0, cr_g_per_u=30.0, calibration=_cal(0.0, 5.0), raise_limit=2.0, **kw)
 
 
 def test_parkes_grid_zones() -> None:

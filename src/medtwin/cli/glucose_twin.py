@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from medtwin.errors import MedtwinError, ValidationError
+from medtwin.glucose.advise import CALIBRATED_LOW_PROBABILITY
 from medtwin.glucose.data_quality import assess_quality
 from medtwin.glucose.identify import ConvergenceError, FitSettings
 from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
@@ -331,8 +332,10 @@ def advise_command(
         str,
         typer.Option(
             help="Advice policy. guard: the calculator's dose, lowered only as far as P(<70) <= 5 % needs; "
-            "risk: the dose of least predicted risk with P(<70) <= 5 %, up to twice the calculator's (in silico "
-            "it gave more lows than the calculator)."
+            "calibrated: the calculator's dose, lowered only when a low is more likely than not (P(<70) > 50 %) "
+            "with the twin's own post-meal error measured on the last recorded day (in-sample here), to the "
+            "largest dose where it is not; risk: the dose of least predicted risk with P(<70) <= 5 %, up to twice "
+            "the calculator's (in silico it gave more lows than the calculator)."
         ),
     ] = "guard",
     json: _Json = False,
@@ -352,12 +355,14 @@ def advise_command(
         _print_json({"twin": str(twin), **advice.to_dict()})
         return
     table = Table(title=f"meal bolus for {carbs:g} g at {advice.glucose_mg_dl:.0f} mg/dL (IOB {advice.iob_u:.2f} U)")
-    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", "5% nadir", "peak", "risk index"):
+    q = CALIBRATED_LOW_PROBABILITY if policy == "calibrated" else 0.05
+    for col in ("", "bolus (U)", "P(<70)", "TIR %", "nadir", f"{q:.0%} nadir", "peak", "risk index"):
         table.add_column(col)
     for label, o in (("twin", advice.twin), ("calculator", advice.calculator)):
         table.add_row(label, f"{o.bolus_u:.2f}", f"{o.hypo_probability:.0%}", f"{o.tir_pct:.0f}",
                       f"{o.median_nadir_mg_dl:.0f}", f"{o.low_nadir_mg_dl:.0f}", f"{o.median_peak_mg_dl:.0f}",
                       f"{o.risk_index:.2f}")  # fmt: skip
-    table.caption = (f"predicted by the twin over {advice.horizon_min // 60} h"
-                     + ("" if advice.feasible else "; no dose keeps P(<70) <= 5 %: the safest is shown"))  # fmt: skip
+    table.caption = f"predicted by the twin over {advice.horizon_min // 60} h" + (
+        "" if advice.feasible else f"; no dose keeps P(<70) <= {q:.0%}: the safest is shown"
+    )
     Console().print(table)

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from medtwin.errors import ValidationError
-from medtwin.glucose.advise import BolusAdvice, advise_meal_bolus
+from medtwin.glucose.advise import AdviceCalibration, BolusAdvice, advise_meal_bolus, calibrate_advice
 from medtwin.glucose.forecast import Forecast, GlucoseForecaster
 from medtwin.glucose.identify import FitSettings, Posterior, fit, update
 from medtwin.glucose.replay import ReplayResult, replay
@@ -99,15 +99,28 @@ class PersonalGlucoseTwin:
         return self.forecaster.forecast(horizons_min)
 
     def advise(
-        self, carbs_g: float, *, bolus_settings: BolusSettings | None = None, policy: str = "guard"
-    ) -> BolusAdvice:
+        self, carbs_g: float, *, bolus_settings: BolusSettings | None = None, policy: str = "guard",
+        calibration: AdviceCalibration | None = None,
+    ) -> BolusAdvice:  # fmt: skip
         """The twin's meal bolus for *carbs_g* now, next to the standard calculator's (*policy*: see
-        :func:`~medtwin.glucose.advise.advise_meal_bolus`)."""
+        :func:`~medtwin.glucose.advise.advise_meal_bolus`). Policy ``calibrated`` without a *calibration*: the
+        twin's nadir errors on the last recorded day (:meth:`advice_calibration`)."""
         s = bolus_settings or self.bolus_settings
         if s is None:
             raise ValidationError("advice needs the bolus calculator settings (CR, CF, target)")
+        if policy == "calibrated" and calibration is None:
+            calibration = self.advice_calibration()
         return advise_meal_bolus(self.forecaster, carbs_g, cr_g_per_u=s.cr_g_per_u, cf_mg_dl_per_u=s.cf_mg_dl_per_u,
-                                 target_mg_dl=s.target_mg_dl, policy=policy)  # fmt: skip
+                                 target_mg_dl=s.target_mg_dl, policy=policy, calibration=calibration)  # fmt: skip
+
+    def advice_calibration(self, data: TherapyData | None = None) -> AdviceCalibration:
+        """How well the twin predicts this person's post-meal nadirs (:func:`~medtwin.glucose.advise.calibrate_advice`)
+        on the meals of *data*'s last day; without *data*, on the recorded days' last day, which the posterior was
+        fitted on: then the error is in-sample (smaller than on new days; in silico the calibration is on a day
+        the twin was not fitted on, docs/models/glucose_twin.md)."""
+        d = self.data if data is None else data
+        f = GlucoseForecaster(self.posterior, d.start, particles=128, basal_u_h=float(d.basal_u_h[0]))
+        return calibrate_advice(f, d, max(d.duration_min - 1440.0, 0.0))
 
     def snapshot(self) -> bytes:
         """The whole twin as JSON bytes (data, posterior, filter state, settings)."""

@@ -13,6 +13,7 @@ Protocol per virtual patient (:mod:`medtwin.glucose.insilico`; the twin never se
 4. Advice: one more day (new random meals) is lived twice by the true patient from its steady state, once with
    every meal bolus from the standard calculator (the patient's Quest CR and CF, target 120 mg/dL, IOB) and once
    with the twin's bolus (its filter following that day's CGM); time in range and below 70 mg/dL of the true BG.
+   The ``calibrated`` policy's error is measured on the meals of the last day of step 3 (assimilated, not fitted).
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from medtwin.glucose._twin_kernels import run_inputs
-from medtwin.glucose.advise import advise_meal_bolus, calculator_bolus, insulin_on_board
+from medtwin.glucose.advise import (
+    AdviceCalibration,
+    advise_meal_bolus,
+    calculator_bolus,
+    calibrate_advice,
+    insulin_on_board,
+)
 from medtwin.glucose.devices import CGMSensor, sensor_spec
 from medtwin.glucose.envs import DEFAULT_MEALS
 from medtwin.glucose.error_grid import parkes_zone_fractions
@@ -136,8 +143,12 @@ def _forecast_scores(posterior: Posterior, data: TherapyData, truth: FloatArray,
     return out
 
 
-def _advice_day(posterior: Posterior, cohort: Cohort, b: int, seed: int) -> dict[str, float]:
-    """One day lived twice by the true patient: calculator boluses vs the twin's (see the module docstring)."""
+def _advice_day(posterior: Posterior, cohort: Cohort, b: int, seed: int, *, policy: str = "guard",
+                calibration: AdviceCalibration | None = None, raise_limit: float = 0.0,
+                max_hypo_probability: float | None = None,
+                arms: Sequence[str] = ("calculator", "twin")) -> dict[str, float]:  # fmt: skip
+    """One day lived twice by the true patient: calculator boluses vs the twin's (see the module docstring); the
+    twin's with *policy* (and its *calibration*, *raise_limit*, *max_hypo_probability*)."""
     rng = np.random.default_rng(seed)
     plan = daily_meals(1, 1, DEFAULT_MEALS, rng=rng)[0]
     meal_minutes = [round(m) for m, _ in plan]
@@ -147,7 +158,7 @@ def _advice_day(posterior: Posterior, cohort: Cohort, b: int, seed: int) -> dict
     basal_u_h = float(one.basal_u_per_min[0] * 60.0)
     cr, cf = float(one.cr_g_per_u[0]), float(one.cf_mg_dl_per_u[0])
     out: dict[str, float] = {}
-    for arm in ("calculator", "twin"):
+    for arm in arms:
         patient = PatientBatch(one)
         f = GlucoseForecaster(posterior, START, particles=128, seed=seed, basal_u_h=basal_u_h)
         bg_day = [float(patient.bg_mg_dl[0])]
@@ -165,8 +176,17 @@ def _advice_day(posterior: Posterior, cohort: Cohort, b: int, seed: int) -> dict
                         dose = calculator_bolus(grams, reading, iob, cr_g_per_u=cr, cf_mg_dl_per_u=cf,
                                                 target_mg_dl=_CALCULATOR_TARGET_MG_DL)  # fmt: skip
                     else:
-                        dose = advise_meal_bolus(f, grams, cr_g_per_u=cr, cf_mg_dl_per_u=cf,
-                                                 target_mg_dl=_CALCULATOR_TARGET_MG_DL).twin.bolus_u  # fmt: skip
+                        dose = advise_meal_bolus(
+                            f,
+                            grams,
+                            cr_g_per_u=cr,
+                            cf_mg_dl_per_u=cf,
+                            target_mg_dl=_CALCULATOR_TARGET_MG_DL,
+                            policy=policy,
+                            calibration=calibration,
+                            raise_limit=raise_limit,
+                            max_hypo_probability=max_hypo_probability,
+                        ).twin.bolus_u
                     meals[0] += grams
                     insulin[0] += dose
                     boluses.append((float(k), dose))
@@ -257,10 +277,12 @@ def validate_twin(
     advice: bool = True,
     population: str = "group",
     settings: FitSettings = FitSettings(require_convergence=False),
+    advice_policy: str = "calibrated",
 ) -> ValidationReport:
     """Run the protocol of the module docstring for the virtual patients *names* (all fits in one batched run,
     :func:`~medtwin.glucose.identify.fit_cohort`); *population* ``group`` takes each patient's prior from the other
-    patients of its age group, ``all`` from all the others."""
+    patients of its age group, ``all`` from all the others; *advice_policy*: the twin's bolus policy
+    (:func:`~medtwin.glucose.advise.advise_meal_bolus`; ``calibrated`` is calibrated on the last, assimilated day)."""
     sim = simulate_therapy_a(names, days=days + 1, seed=seed)
     fit_minutes = 1440.0 * days
     windows = [sim.data[b].window(0.0, fit_minutes) for b in range(len(sim.cohort.names))]
@@ -277,12 +299,23 @@ def validate_twin(
                    "steps": d.steps}  # fmt: skip
         rep = _replay_scores(posterior, sim.cohort, b, fit_data, therapies_b, seed)
         fc = _forecast_scores(posterior, sim.data[b], sim.result.bg_mg_dl[:, b], fit_minutes, seed) if forecast else {}
-        adv = _advice_day(posterior, sim.cohort, b, seed + 1000) if advice else {}
+        adv = {}
+        if advice:
+            calibration = None
+            if advice_policy == "calibrated":  # the twin's nadir errors on the assimilated last day, not fitted on
+                data = sim.data[b]
+                filt = GlucoseForecaster(posterior, data.start, particles=128, seed=seed,
+                                         basal_u_h=float(data.basal_u_h[0]))  # fmt: skip
+                calibration = calibrate_advice(filt, data, fit_minutes)
+            adv = _advice_day(posterior, sim.cohort, b, seed + 1000, policy=advice_policy, calibration=calibration)
+            if calibration is not None:
+                adv |= {"calibration_bias_mg_dl": calibration.bias_mg_dl, "calibration_sd_mg_dl": calibration.sd_mg_dl}
         results.append(PatientResult(name=name, fit=summary, replay=rep, forecast=fc, advice=adv))
     return ValidationReport(
         patients=tuple(results),
         settings={"days": days, "seed": seed, "therapies_b": [t.to_dict() for t in therapies_b],
-                  "prior_population": population, "cohort_fit_s": cohort_s, "cohort_fit_cpu_s": cohort_cpu,
+                  "prior_population": population, "advice_policy": advice_policy, "cohort_fit_s": cohort_s,
+                  "cohort_fit_cpu_s": cohort_cpu,
                   "identified": list(population_prior("all").names), "sampler": {
                       k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min")}},
     )  # fmt: skip
