@@ -29,6 +29,12 @@ from medtwin.glucose._kernels import _MG_PER_G, _PMOL_PER_U
 from medtwin.sim.model import FloatArray
 
 IntArray = npt.NDArray[np.int64]
+Insulin = tuple[float, float, float, float, float, float, float]
+"""Ip, X, I1, Id, Il, Isc1, Isc2."""
+Glucose = tuple[float, float, float, float, float, float]
+"""qsto1, qsto2, Qgut, Gp, Gt, Gs."""
+Gut = tuple[float, float, float, float, float]
+Rates = tuple[float, ...]
 
 __all__ = ["MAX_STEP_MIN", "run_readings"]
 
@@ -97,82 +103,96 @@ def _insulin_propagator(p: FloatArray, h: float, out: FloatArray) -> None:  # pr
 
 
 @njit(cache=True)
-def _advance_insulin(prop: FloatArray, z: FloatArray, ins: float, out: FloatArray) -> None:  # pragma: no cover
-    for i in range(7):
-        s = prop[i, 7] * ins + prop[i, 8]
-        for j in range(7):
-            s += prop[i, j] * z[j]
-        out[i] = s
+def _advance_insulin(q: FloatArray, z: Insulin, u: float) -> Insulin:  # pragma: no cover
+    # q[:, :7] z + q[:, 7] u + q[:, 8], skipping the entries that are zero for every parameter set (Isc1 feeds Isc2,
+    # both feed Ip and Il, which feed each other and X, I1 -> Id; only X has a constant term): 35 of 63 terms
+    z0, z1, z2, z3, z4, z5, z6 = z
+    return (
+        q[0, 0] * z0 + q[0, 4] * z4 + q[0, 5] * z5 + q[0, 6] * z6 + q[0, 7] * u,
+        q[1, 1] * z1 + q[1, 0] * z0 + q[1, 4] * z4 + q[1, 5] * z5 + q[1, 6] * z6 + q[1, 7] * u + q[1, 8],
+        q[2, 2] * z2 + q[2, 0] * z0 + q[2, 4] * z4 + q[2, 5] * z5 + q[2, 6] * z6 + q[2, 7] * u,
+        q[3, 3] * z3 + q[3, 2] * z2 + q[3, 0] * z0 + q[3, 4] * z4 + q[3, 5] * z5 + q[3, 6] * z6 + q[3, 7] * u,
+        q[4, 0] * z0 + q[4, 4] * z4 + q[4, 5] * z5 + q[4, 6] * z6 + q[4, 7] * u,
+        q[5, 5] * z5 + q[5, 7] * u,
+        q[6, 5] * z5 + q[6, 6] * z6 + q[6, 7] * u,
+    )
 
 
 @njit(cache=True)
 def _glucose_rhs(
-    g: FloatArray, p: FloatArray, c: FloatArray, cho: float, x_ins: float, id_ins: float, dg: FloatArray
-) -> None:  # pragma: no cover
-    # g = (qsto1, qsto2, Qgut, Gp, Gt, Gs): rows 0-4 and 12 of _kernels._rhs with X = x_ins and Id = id_ins
-    kmax = p[2]
-    kmin = p[3]
-    if c[4] > 0:
-        qsto = g[0] + g[1]
-        kgut = kmin + (kmax - kmin) / 2.0 * (math.tanh(c[0] * (qsto - c[2])) - math.tanh(c[1] * (qsto - c[3])) + 2.0)
+    g: Glucose, k: Rates, gut: Gut, cho: float, x_ins: float, id_ins: float
+) -> Glucose:  # pragma: no cover
+    # g = (qsto1, qsto2, Qgut, Gp, Gt, Gs): rows 0-4 and 12 of _kernels._rhs with X = x_ins and Id = id_ins;
+    # k = p[0:18] and ksc (see _rates), gut = the constants of _kernels._gut_constants; in scalars, not arrays:
+    # the array version spent most of its time making views
+    q1, q2, qgut, gp, gt, gs = g
+    kmax = k[2]
+    kmin = k[3]
+    if gut[4] > 0:
+        qsto = q1 + q2
+        kgut = kmin + (kmax - kmin) / 2.0 * (
+            math.tanh(gut[0] * (qsto - gut[2])) - math.tanh(gut[1] * (qsto - gut[3])) + 2.0
+        )
     else:
         kgut = kmax
-    dg[0] = -kmax * g[0] + cho
-    dg[1] = kmax * g[0] - g[1] * kgut
-    dg[2] = kgut * g[1] - p[1] * g[2]
-    rat = p[6] * p[1] * g[2] / p[0]
-    egp = p[7] - p[8] * g[3] - p[9] * id_ins
+    rat = k[6] * k[1] * qgut / k[0]
+    egp = k[7] - k[8] * gp - k[9] * id_ins
     if egp < 0.0:
         egp = 0.0
-    et = p[11] * (g[3] - p[12]) if g[3] > p[12] else 0.0
-    d3 = egp + rat - p[10] - et - p[13] * g[3] + p[14] * g[4]
-    dg[3] = d3 if g[3] >= 0 else 0.0
-    uid = (p[15] + p[16] * x_ins) * g[4] / (p[17] + g[4])
-    d4 = -uid + p[13] * g[3] - p[14] * g[4]
-    dg[4] = d4 if g[4] >= 0 else 0.0
-    d5 = -p[29] * g[5] + p[29] * g[3]
-    dg[5] = d5 if g[5] >= 0 else 0.0
+    et = k[11] * (gp - k[12]) if gp > k[12] else 0.0
+    d3 = egp + rat - k[10] - et - k[13] * gp + k[14] * gt
+    uid = (k[15] + k[16] * x_ins) * gt / (k[17] + gt)
+    d4 = -uid + k[13] * gp - k[14] * gt
+    d5 = -k[18] * gs + k[18] * gp
+    return (
+        -kmax * q1 + cho,
+        kmax * q1 - q2 * kgut,
+        kgut * q2 - k[1] * qgut,
+        d3 if gp >= 0 else 0.0,
+        d4 if gt >= 0 else 0.0,
+        d5 if gs >= 0 else 0.0,
+    )
 
 
 @njit(cache=True)
 def _glucose_rk4(
-    g: FloatArray,
-    p: FloatArray,
-    c: FloatArray,
-    cho: float,
-    h: float,
-    ins0: FloatArray,
-    insm: FloatArray,
-    ins1: FloatArray,
-    work: FloatArray,
-) -> None:  # pragma: no cover
+    g: Glucose, k: Rates, gut: Gut, cho: float, h: float, ins0: Insulin, insm: Insulin, ins1: Insulin
+) -> Glucose:  # pragma: no cover
     # one RK4 step of length h; ins0 / insm / ins1: insulin states at t, t + h/2, t + h (X at 1, Id at 3)
-    k1, k2, k3, k4, gt = work[0], work[1], work[2], work[3], work[4]
-    _glucose_rhs(g, p, c, cho, ins0[1], ins0[3], k1)
-    for i in range(6):
-        gt[i] = g[i] + 0.5 * h * k1[i]
-    _glucose_rhs(gt, p, c, cho, insm[1], insm[3], k2)
-    for i in range(6):
-        gt[i] = g[i] + 0.5 * h * k2[i]
-    _glucose_rhs(gt, p, c, cho, insm[1], insm[3], k3)
-    for i in range(6):
-        gt[i] = g[i] + h * k3[i]
-    _glucose_rhs(gt, p, c, cho, ins1[1], ins1[3], k4)
-    for i in range(6):
-        g[i] = g[i] + (h / 6.0) * (k1[i] + 2.0 * (k2[i] + k3[i]) + k4[i])
+    a = _glucose_rhs(g, k, gut, cho, ins0[1], ins0[3])
+    b = _glucose_rhs(_axpy(g, 0.5 * h, a), k, gut, cho, insm[1], insm[3])
+    c = _glucose_rhs(_axpy(g, 0.5 * h, b), k, gut, cho, insm[1], insm[3])
+    d = _glucose_rhs(_axpy(g, h, c), k, gut, cho, ins1[1], ins1[3])
+    w = h / 6.0
+    return (
+        g[0] + w * (a[0] + 2.0 * (b[0] + c[0]) + d[0]),
+        g[1] + w * (a[1] + 2.0 * (b[1] + c[1]) + d[1]),
+        g[2] + w * (a[2] + 2.0 * (b[2] + c[2]) + d[2]),
+        g[3] + w * (a[3] + 2.0 * (b[3] + c[3]) + d[3]),
+        g[4] + w * (a[4] + 2.0 * (b[4] + c[4]) + d[4]),
+        g[5] + w * (a[5] + 2.0 * (b[5] + c[5]) + d[5]),
+    )
 
 
 @njit(cache=True)
-def _gut_constants(p: FloatArray, dbar: float, c: FloatArray) -> None:  # pragma: no cover
+def _axpy(g: Glucose, h: float, d: Glucose) -> Glucose:  # pragma: no cover
+    return (g[0] + h * d[0], g[1] + h * d[1], g[2] + h * d[2], g[3] + h * d[3], g[4] + h * d[4], g[5] + h * d[5])
+
+
+@njit(cache=True)
+def _gut_constants(p: FloatArray, dbar: float) -> Gut:  # pragma: no cover
     # as _kernels._gut_constants
     if dbar > 0:
-        c[0] = 5.0 / 2.0 / (1.0 - p[4]) / dbar
-        c[1] = 5.0 / 2.0 / p[5] / dbar
-        c[2] = p[4] * dbar
-        c[3] = p[5] * dbar
-        c[4] = 1.0
-    else:
-        c[4] = 0.0
+        return (5.0 / 2.0 / (1.0 - p[4]) / dbar, 5.0 / 2.0 / p[5] / dbar, p[4] * dbar, p[5] * dbar, 1.0)
+    return (0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@njit(cache=True)
+def _rates(p: FloatArray) -> Rates:  # pragma: no cover
+    # the parameters of the glucose part: BW, kabs, kmax, kmin, b, d, f, kp1, kp2, kp3, Fsnc, ke1, ke2, k1, k2, Vm0,
+    # Vmx, Km0 (PARAM_ORDER 0-17), then ksc
+    return (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15],
+            p[16], p[17], p[29])  # fmt: skip
 
 
 @njit(cache=True)
@@ -198,19 +218,13 @@ def _member_readings(
     half = np.empty((7, 9))
     _insulin_propagator(pb, 1.0, full)
     _insulin_propagator(pb, 0.5, half)
-    work = np.empty((5, 6))
-    c = np.empty(5)
-    g = np.empty(6)
-    for i in range(5):
-        g[i] = xb[i]
-    g[5] = xb[12]
-    traj = np.empty((max_step + 1, 7))  # exact insulin states at the minutes of the current step
-    for i in range(7):
-        traj[0, i] = xb[_INSULIN + i]
-    mid = np.empty(7)
+    rates = _rates(pb)
+    vg = pb[30]
+    g = (xb[0], xb[1], xb[2], xb[3], xb[4], xb[12])
+    z = (xb[5], xb[6], xb[7], xb[8], xb[9], xb[10], xb[11])
     ins_scale = _PMOL_PER_U / pb[0]
     if wanted[0, cb] > 0:
-        bg_out[0, b] = g[5] / pb[30]
+        bg_out[0, b] = g[5] / vg
     k = 0
     while k < end:
         # the meal bookkeeping of _patient_minute for minute k
@@ -236,25 +250,26 @@ def _member_readings(
             # (the bookkeeping of those minutes is the no-meal one above: nothing changes)
             while h < max_step and k + h < end and wanted[k + h, cb] <= 0 and meals_g[k + h, cb] <= 0:
                 h += 1
-        _gut_constants(pb, meal_state[b, 2] + meal_state[b, 3] * _MG_PER_G, c)
+        gut = _gut_constants(pb, meal_state[b, 2] + meal_state[b, 3] * _MG_PER_G)
+        # exact insulin states at the minutes of the step and at its middle (half a minute on for odd h)
+        start = z
+        mid = z
         for j in range(h):
-            _advance_insulin(full, traj[j], insulin_u_min[k + j, cb] * ins_scale, traj[j + 1])
-        if h % 2 == 0:
-            for i in range(7):
-                mid[i] = traj[h // 2, i]
-        else:
-            _advance_insulin(half, traj[h // 2], insulin_u_min[k + h // 2, cb] * ins_scale, mid)
-        _glucose_rk4(g, pb, c, to_eat * _MG_PER_G, float(h), traj[0], mid, traj[h], work)
-        for i in range(7):
-            traj[0, i] = traj[h, i]
+            u = insulin_u_min[k + j, cb] * ins_scale
+            if 2 * j + 1 == h:
+                mid = _advance_insulin(half, z, u)
+            z = _advance_insulin(full, z, u)
+            if 2 * j + 2 == h:
+                mid = z
+        g = _glucose_rk4(g, rates, gut, to_eat * _MG_PER_G, float(h), start, mid, z)
         k += h
         if wanted[k, cb] > 0:
-            bg_out[k, b] = g[5] / pb[30]
+            bg_out[k, b] = g[5] / vg
     for i in range(5):
         xb[i] = g[i]
     xb[12] = g[5]
     for i in range(7):
-        xb[_INSULIN + i] = traj[0, i]
+        xb[_INSULIN + i] = z[i]
 
 
 @njit(cache=True, parallel=True)
