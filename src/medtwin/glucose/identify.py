@@ -53,6 +53,10 @@ _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make 
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _MOVES = (("independence", 1.0),)
 _DEFAULT_WALKERS = 24
+_SCALES = (1.0, 2.0)
+"""Scales of the adapted proposal's two t components: the wide one lets walkers leave the posterior's tails, where a
+proposal fitted to few warm-up draws is thin and an independence sampler stays put (with one component, seed 1:
+3 fits stopped at 1,500 steps with ESS < 200 and R-hat <= 1.03; docs/models/glucose_twin.md)."""
 
 
 class ConvergenceError(MedtwinError):
@@ -560,7 +564,7 @@ def _sample(
         accepted += run.accepted
         pooled = [*pooled[-1:], run.chain[steps // 3 :].reshape(-1, d)]
         warm = np.concatenate(pooled)
-        proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d))
+        proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d), scales=_SCALES)
     blocks: list[FloatArray] = []
     while True:
         steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
