@@ -9,17 +9,20 @@ noise and model error are strongly autocorrelated at CGM sampling rates (simgluc
 3-minute readings, 0.71 at 15 minutes), and treating 5-minute readings as independent would make the posterior
 several times too narrow. sigma is integrated out analytically under its Jeffreys prior 1/sigma, leaving
 log L = -(n/2) log Q with Q the whitened residual sum of squares; tau is set at the MAP (profile likelihood over
-5-300 min) and held fixed while sampling. Readings flagged by :func:`~medtwin.glucose.data_quality.assess_quality`
-(sensor limits, compression lows, unexplained rises) are left out.
+5-300 min) and held fixed while sampling. The model BG at the readings comes from the split kernel
+(:mod:`medtwin.glucose._split_kernels`: exact insulin, glucose in steps of up to 3 minutes, within 0.06 mg/dL of the
+minute-exact kernel for prior draws that stay above 10 mg/dL). Readings flagged by
+:func:`~medtwin.glucose.data_quality.assess_quality` (sensor limits, compression lows, unexplained rises) are left
+out.
 
 Algorithm: (1) MAP by Levenberg-Marquardt from several starts (the prior mean and prior draws), Jacobians by
 forward differences, every start and every difference of one iteration simulated in one batch; (2) walkers drawn
 around the MAP from the Laplace approximation (inflated 1.5x); (3) a population of independence Metropolis-Hastings
 chains, one walker each, all evaluated in one batch per step (:mod:`medtwin.sim.ensemble`), whose multivariate-t
-proposal is refitted to the walkers' draws in three warm-up rounds and then frozen (on these posteriors the
-adapted proposal is accepted 40-50 % of the time, where the stretch and differential-evolution moves needed
-5-10 times more steps for the same R-hat); (4) convergence enforced: after the warm-up, blocks of
-steps are added until every parameter has rank-normalised split R-hat <= *rhat_max* and bulk and tail ESS >=
+proposal is refitted to the walkers' draws in three warm-up rounds and then frozen beside a copy twice as wide (on
+these posteriors the adapted proposal is accepted 25-50 % of the time, where the stretch and differential-evolution
+moves needed 5-10 times more steps for the same R-hat); (4) convergence enforced: after the warm-up, blocks of steps
+are added until every parameter has rank-normalised split R-hat <= *rhat_max* and bulk and tail ESS >=
 *ess_min* over all draws after the warm-up, which are what is kept; past *max_steps* the fit raises
 :class:`ConvergenceError` (or, with ``require_convergence=False``, returns a posterior marked not converged).
 """
