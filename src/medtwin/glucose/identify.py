@@ -19,9 +19,9 @@ Algorithm: (1) MAP by Levenberg-Marquardt from several starts (the prior mean an
 forward differences, every start and every difference of one iteration simulated in one batch; (2) walkers drawn
 around the MAP from the Laplace approximation (inflated 1.5x); (3) a population of independence Metropolis-Hastings
 chains, one walker each, all evaluated in one batch per step (:mod:`medtwin.sim.ensemble`), whose multivariate-t
-proposal is refitted to the walkers' draws in three warm-up rounds and then frozen beside a copy twice as wide (on
-these posteriors the adapted proposal is accepted 25-50 % of the time, where the stretch and differential-evolution
-moves needed 5-10 times more steps for the same R-hat); (4) convergence enforced: after the warm-up, blocks of steps
+proposal is refitted to the walkers' draws in three warm-up rounds and then frozen (on these posteriors the adapted
+proposal is accepted 25-50 % of the time, where the stretch and differential-evolution moves needed 5-10 times more
+steps for the same R-hat); (4) convergence enforced: after the warm-up, blocks of steps
 are added until every parameter has rank-normalised split R-hat <= *rhat_max* and bulk and tail ESS >=
 *ess_min* over all draws after the warm-up, which are what is kept; past *max_steps* the fit raises
 :class:`ConvergenceError` (or, with ``require_convergence=False``, returns a posterior marked not converged).
@@ -56,10 +56,6 @@ _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make 
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _MOVES = (("independence", 1.0),)
 _DEFAULT_WALKERS = 24
-_SCALES = (1.0, 2.0)
-"""Scales of the adapted proposal's two t components: the wide one lets walkers leave the posterior's tails, where a
-proposal fitted to few warm-up draws is thin and an independence sampler stays put (with one component, seed 1:
-3 fits stopped at 1,500 steps with ESS < 200 and R-hat <= 1.03; docs/models/glucose_twin.md)."""
 
 
 class ConvergenceError(MedtwinError):
@@ -567,7 +563,7 @@ def _sample(
         accepted += run.accepted
         pooled = [*pooled[-1:], run.chain[steps // 3 :].reshape(-1, d)]
         warm = np.concatenate(pooled)
-        proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d), scales=_SCALES)
+        proposal = TProposal(warm.mean(axis=0), np.cov(warm, rowvar=False) + 1e-10 * np.eye(d))
     blocks: list[FloatArray] = []
     while True:
         steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
