@@ -127,6 +127,9 @@ def main() -> None:
         default="group",
         help="prior from the patient's age group (default) or from all other patients",
     )
+    parser.add_argument(
+        "--identified", default=None, help="comma-separated parameters the twin identifies (default: the twin's own)"
+    )
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
     args = parser.parse_args()
@@ -142,8 +145,9 @@ def main() -> None:
         return
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
     t0, cpu0 = time.perf_counter(), time.process_time()
+    identified = None if args.identified is None else tuple(args.identified.split(","))
     report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
-                           advice=not args.no_advice)  # fmt: skip
+                           advice=not args.no_advice, identified=identified)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall
