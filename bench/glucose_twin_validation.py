@@ -6,6 +6,7 @@ behind its choice of parameters; prints the tables of docs/models/glucose_twin.m
     .venv/bin/python bench/glucose_twin_validation.py --identifiability                   # the parameter choice
     .venv/bin/python bench/glucose_twin_validation.py --compare-sets                      # its empirical check (MAP)
     .venv/bin/python bench/glucose_twin_validation.py --quality-flags                     # the unexplained-rise rule
+    .venv/bin/python bench/glucose_twin_validation.py --fixed-uncertainty                 # what the fixed ones hide
 """
 
 from __future__ import annotations
@@ -67,6 +68,46 @@ def compare_sets(population: str) -> None:
         )
 
 
+def fixed_uncertainty(seed: int = 1) -> None:
+    """For each parameter the twin holds fixed: how much its population uncertainty moves the *difference* between
+    the replay of boluses x1.3 and the recorded therapy (RMS over 2 days of the sensitivity of that difference times
+    the prior log-SD, at the truth, median over the 30 patients; the part of the dose response the posterior
+    cannot carry while the parameter is fixed), and the linearised expected replay RMSE of the difference if it were
+    identified as well (the analysis of medtwin.glucose.identifiability)."""
+    import numpy as np
+
+    from medtwin.glucose.identifiability import _replay_error, ou_whiten, sensitivities
+    from medtwin.glucose.insilico import simulate_therapy_a
+    from medtwin.glucose.therapy import apply_therapy
+    from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+
+    sim = simulate_therapy_a(all_patient_names(), days=2, seed=seed)
+    truth = population_values(sim.cohort.names)
+    per_patient = []
+    for b, name in enumerate(sim.cohort.names):
+        prior = population_prior(name.split("#")[0], identified=CANDIDATE_PARAMETERS, exclude=[name])
+        data = sim.data[b]
+        model = PersonalModel(prior, body_weight_kg=float(truth["BW"][b]), basal_u_h=float(data.basal_u_h[0]))
+        theta = np.log([truth[c][b] for c in CANDIDATE_PARAMETERS])
+        grid = np.arange(0.0, data.duration_min, 5.0)
+        _, s_a = sensitivities(model, data, theta, data.cgm_t_min)
+        _, s_b = sensitivities(model, apply_therapy(data, Therapy(bolus_scale=1.3)), theta, grid)
+        _, s_a_grid = sensitivities(model, data, theta, grid)
+        w = ou_whiten(s_a, data.cgm_t_min, 44.0) / 11.0
+        per_patient.append((w.T @ w, s_b - s_a_grid, prior.cov, prior.mean - theta))
+    k = [CANDIDATE_PARAMETERS.index(n) for n in DEFAULT_IDENTIFIED]
+    base = np.median([_replay_error(k, *pp) for pp in per_patient])
+    print(f"seed {seed}; the twin's set: expected RMSE of the x1.3-minus-A difference {base:.2f} mg/dL\n")
+    print("| fixed parameter | its uncertainty in the x1.3 difference (mg/dL) | expected RMSE if identified too |")
+    print("|---|---|---|")
+    for j, c in enumerate(CANDIDATE_PARAMETERS):
+        if j in k:
+            continue
+        moved = np.median([np.sqrt(np.mean(pp[1][:, j] ** 2) * pp[2][j, j]) for pp in per_patient])
+        err = np.median([_replay_error([*k, j], *pp) for pp in per_patient])
+        print(f"| {c} | {moved:.2f} | {err:.2f} |")
+
+
 def quality_flags(seeds: tuple[int, ...] = (1, 2)) -> None:
     """How often the unexplained-rise rule fires when every meal is recorded (in silico): on the noisy CGM, on the true
     glucose sampled the same way, and with the readings smoothed first; and whether it finds a lunch left out of
@@ -122,11 +163,15 @@ def main() -> None:
     parser.add_argument("--identifiability", action="store_true")
     parser.add_argument("--compare-sets", action="store_true")
     parser.add_argument("--quality-flags", action="store_true", help="false alarms of the unexplained-rise rule")
+    parser.add_argument("--fixed-uncertainty", action="store_true", help="dose-response uncertainty of fixed ones")
     parser.add_argument(
         "--population",
         choices=("group", "all"),
         default="group",
         help="prior from the patient's age group (default) or from all other patients",
+    )
+    parser.add_argument(
+        "--identified", default=None, help="comma-separated parameters the twin identifies (default: the twin's own)"
     )
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
@@ -139,13 +184,18 @@ def main() -> None:
     if args.quality_flags:
         quality_flags()
         return
+    if args.fixed_uncertainty:
+        fixed_uncertainty(args.seed)
+        return
     if args.compare_sets:
         compare_sets(args.population)
         return
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
     t0, cpu0 = time.perf_counter(), time.process_time()
+    identified = None if args.identified is None else tuple(args.identified.split(","))
     report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
-                           advice=not args.no_advice, advice_policy=args.advice_policy)  # fmt: skip
+                           advice=not args.no_advice, advice_policy=args.advice_policy,
+                           identified=identified)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall

@@ -278,17 +278,21 @@ def validate_twin(
     population: str = "group",
     settings: FitSettings = FitSettings(require_convergence=False),
     advice_policy: str = "calibrated",
+    identified: Sequence[str] | None = None,
 ) -> ValidationReport:
     """Run the protocol of the module docstring for the virtual patients *names* (all fits in one batched run,
     :func:`~medtwin.glucose.identify.fit_cohort`); *population* ``group`` takes each patient's prior from the other
     patients of its age group, ``all`` from all the others; *advice_policy*: the twin's bolus policy
-    (:func:`~medtwin.glucose.advise.advise_meal_bolus`; ``calibrated`` is calibrated on the last, assimilated day)."""
+    (:func:`~medtwin.glucose.advise.advise_meal_bolus`; ``calibrated`` is calibrated on the last, assimilated day);
+    *identified*: the parameters the twin identifies (default:
+    :data:`~medtwin.glucose.twin_model.DEFAULT_IDENTIFIED`)."""
     sim = simulate_therapy_a(names, days=days + 1, seed=seed)
     fit_minutes = 1440.0 * days
     windows = [sim.data[b].window(0.0, fit_minutes) for b in range(len(sim.cohort.names))]
     started = time.perf_counter()
     cpu = time.process_time()
-    posteriors = fit_cohort(windows, [_prior_for(n, population) for n in sim.cohort.names], settings=settings)
+    posteriors = fit_cohort(windows, [_prior_for(n, population, identified) for n in sim.cohort.names],
+                            settings=settings)  # fmt: skip
     cohort_s, cohort_cpu = time.perf_counter() - started, time.process_time() - cpu
     results = []
     for b, name in enumerate(sim.cohort.names):
@@ -316,7 +320,7 @@ def validate_twin(
         settings={"days": days, "seed": seed, "therapies_b": [t.to_dict() for t in therapies_b],
                   "prior_population": population, "advice_policy": advice_policy, "cohort_fit_s": cohort_s,
                   "cohort_fit_cpu_s": cohort_cpu,
-                  "identified": list(population_prior("all").names), "sampler": {
+                  "identified": list(_prior_for(names[0], population, identified).names), "sampler": {
                       k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min")}},
     )  # fmt: skip
 
