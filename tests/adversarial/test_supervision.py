@@ -34,7 +34,7 @@ raw = RawMessage(source_system="BEDSIDE_MON@ICU1", source_id="HELD-1", payload=p
                  content_type="x-application/hl7-v2+er7", received=datetime.now(UTC))
 store.write([], raw)
 lock.acquire()  # and never let go: the worker's next write waits for this process
-print(worker._proc.pid, flush=True)
+print(worker.pid, flush=True)
 time.sleep(600)
 """
 
