@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -200,8 +201,9 @@ def reading_observation(reading: DeviceReading, patient_id: str) -> Observation:
     )
 
 
-def stored_device_records(payload: bytes) -> list[Observation]:
-    """The records of a stored envelope (:func:`envelope`), mapped again exactly as the listener mapped them."""
-    doc = orjson.loads(payload)
+def stored_device_records(payload: bytes | Mapping[str, Any]) -> list[Observation]:
+    """The records of a stored envelope (:func:`envelope`; its bytes or its parsed JSON), mapped again exactly as the
+    listener mapped them."""
+    doc = orjson.loads(payload) if isinstance(payload, bytes) else payload
     reading = parse_reading(str(doc["payload"]).encode(), str(doc["topic"]))
     return [reading_observation(reading, str(doc["patient_id"]))]

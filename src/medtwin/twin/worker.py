@@ -198,9 +198,8 @@ class LogFollower:
         if self.shards == 1:
             return stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
         if message.content_type == DEVICE_CONTENT_TYPE:
-            patient_id = str(orjson.loads(message.payload)["patient_id"])  # the envelope names the bound patient
-            if not self.owns(patient_id):
-                return []
+            doc = orjson.loads(message.payload)  # the envelope names the bound patient: parsed once, mapped if ours
+            return list(stored_device_records(doc)) if self.owns(str(doc["patient_id"])) else []
         records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
         return [r for r in records if self.owns(r.patient_id or "")]
 
