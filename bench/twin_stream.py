@@ -159,34 +159,31 @@ def _broker(tmp: Path) -> tuple[subprocess.Popen[bytes] | None, int, str]:
 
 PUBLISHER = """
 import json, sys, time
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from medtwin.cli.devices import simulated_readings
+from medtwin.interop.mqtt_wire import DISCONNECT_PACKET, MqttSocket, PublishWindow, encode_connect, encode_publish
 port, patients, days, rate = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 _, readings = simulated_readings(patients, days, seed=1)
-payloads = [(f"devices/sim-cgm-{i:04d}/obs", json.dumps(p)) for _, i, p in readings]
-client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-client.max_inflight_messages_set(1000)
-client.connect("127.0.0.1", port)
-client.loop_start()
-print(json.dumps({"ready": len(payloads)}), flush=True)
+packets = []  # encoded before the clock starts: the devices' own work is not the platform's
+for k, (_, i, p) in enumerate(readings):
+    mid = k % 65535 + 1
+    packets.append((mid, encode_publish(f"devices/sim-cgm-{i:04d}/obs", json.dumps(p).encode(), mid)))
+conn, connack = MqttSocket.open("127.0.0.1", port, encode_connect("bench-publisher", clean_start=True,
+                                                                  keep_alive_s=0), 10)
+window = PublishWindow(conn, min(1000, connack.receive_maximum))  # QoS 1: at most 1,000 unacknowledged
+print(json.dumps({"ready": len(packets)}), flush=True)
 sys.stdin.readline()
 t0 = time.time()
-infos = []
-for k, (topic, body) in enumerate(payloads):
-    if rate > 0 and k % 50 == 0:  # paced: message k leaves at k / rate s
+step = 50 if rate > 0 else 1000
+for k in range(0, len(packets), step):
+    if rate > 0:  # paced: message k leaves at k / rate s
         ahead = t0 + k / rate - time.time()
         if ahead > 0:
             time.sleep(ahead)
-    infos.append(client.publish(topic, body, qos=1))
-    if k % 2000 == 1999:  # flow control: the client's queue is bounded
-        for info in infos[-4000:-2000]:
-            info.wait_for_publish(600)
-for info in infos:
-    info.wait_for_publish(600)
-print(json.dumps({"first_publish": t0, "published": len(infos), "seconds": time.time() - t0}), flush=True)
-client.loop_stop()
-client.disconnect()
+    window.publish(packets[k : k + step])
+window.wait_all(600)
+print(json.dumps({"first_publish": t0, "published": window.acked, "seconds": time.time() - t0}), flush=True)
+conn.send(DISCONNECT_PACKET)
+conn.close()
 """
 
 

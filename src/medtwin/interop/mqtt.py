@@ -313,20 +313,25 @@ class MqttListener:
         return out
 
     def _write_loop(self) -> None:
+        carry: list[_Inbound] = []  # what did not fit in the last group (a receive holds many messages)
+        stop = False
         while True:
-            first = self._inbox.get()
-            if first is None:
-                return
-            group, stop = list(first), False
-            while len(group) < self.max_group:  # what else has arrived, without waiting
+            group = carry
+            if not group:
+                first = self._inbox.get()
+                if first is None:
+                    return
+                group = first
+            while len(group) < self.max_group and not stop:  # what else has arrived, without waiting
                 try:
                     more = self._inbox.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
                     stop = True
-                    break
-                group.extend(more)
+                else:
+                    group = group + more
+            group, carry = group[: self.max_group], group[self.max_group :]
             while True:
                 try:
                     self.store_group(group)
@@ -334,7 +339,7 @@ class MqttListener:
                 except Exception:  # the store is down or full: keep the messages (unacknowledged) and retry
                     log.exception("MQTT listener: storing %d messages failed; retrying", len(group))
                     time.sleep(1.0)
-            if stop:
+            if stop and not carry:
                 return
 
     def store_group(self, group: Sequence[_Inbound]) -> None:
