@@ -104,9 +104,9 @@ def bound_patients(store: Store, device_ids: Sequence[str]) -> dict[str, str | N
         )
         with store._reading() as conn:
             found = conn.execute(stmt).all()
-        for device_id, sealed in found:
-            body = store.keys.open_text(sealed)  # None once the patient's key is erased
-            if body is not None:
+        bodies = store.keys.open_texts([sealed for _, sealed in found])  # keys fetched together
+        for (device_id, _), body in zip(found, bodies, strict=True):
+            if body is not None:  # None once the patient's key is erased
                 binding = _binding(body)
                 out[device_id] = binding.patient_id if binding.status == "active" else None
     return out
