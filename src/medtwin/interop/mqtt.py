@@ -330,7 +330,7 @@ class MqttListener:
                 if more is None:
                     stop = True
                 else:
-                    group = group + more
+                    group.extend(more)  # a list of the network thread's, handed over: ours to extend
             group, carry = group[: self.max_group], group[self.max_group :]
             while True:
                 try:
