@@ -200,3 +200,49 @@ def test_publish_window_waits_for_acks_and_reuses_packet_ids() -> None:
     broker.close()
     assert window.acked == 5
     assert seen == [1, 2, 1, 2, 1]  # an id is used again only after its PUBACK
+
+
+def test_listener_reconnects_and_never_acks_on_the_wrong_connection(tmp_path: Path) -> None:
+    """The broker drops the connection before the PUBACK: the listener reconnects to the same session, and the
+    message, resent under a new id, is stored once and acknowledged under the new id only."""
+    store = Store(f"sqlite:///{tmp_path / 'reconnect.db'}")
+    store.write([Patient(patient_id="pt-1", gender="female")])
+    register_device(store, "cgm-1", "pt-1")
+    broker = ScriptedBroker()
+    payload = json.dumps({"code": "99504-3", "value": 101, "unit": "mg/dL", "time": "2026-05-01T12:00:00Z"}).encode()
+    second: list[tuple[int, int]] = []
+
+    def serve() -> None:
+        for connection, mid in ((1, 5), (2, 9)):
+            conn = broker.accept()
+            broker.buffer.clear()
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 1
+            assert body[7] & 0x02 == 0  # clean start off: the session persists
+            conn.sendall(b"\x20\x03" + (b"\x01" if connection == 2 else b"\x00") + b"\x00\x00")
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 8
+            conn.sendall(
+                b"\x90\x04" + bytes(body[:2]) + b"\x00\x01" + encode_publish("devices/cgm-1/obs", payload, mid)
+            )
+            if connection == 1:
+                conn.close()  # before any PUBACK: the message is not acknowledged on this connection
+                continue
+            for kind, _, body in broker.packets(1):
+                second.append((kind, decode_puback(body)[0]))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{broker.port}", "devices/+/obs", client_id="t")
+    listener.start()
+    try:
+        thread.join(30)
+        assert second == [(PUBACK, 9)]
+        assert len(store.observations("pt-1")) == 1  # stored once, though it arrived twice
+    finally:
+        stats = listener.stop()
+        broker.close()
+        store.close()
+    assert stats.stored + stats.duplicates == 2
+    assert stats.stale_acks + stats.acked == 2
+    assert stats.acked >= 1
