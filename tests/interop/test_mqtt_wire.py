@@ -7,6 +7,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from medtwin.interop.devices import register_device
 from medtwin.interop.mqtt import MqttListener
 from medtwin.interop.mqtt_wire import (
+    PINGREQ_PACKET,
+    PINGRESP,
     PUBACK,
     PUBLISH,
     MqttProtocolError,
@@ -246,3 +249,50 @@ def test_listener_reconnects_and_never_acks_on_the_wrong_connection(tmp_path: Pa
     assert stats.stored + stats.duplicates == 2
     assert stats.stale_acks + stats.acked == 2
     assert stats.acked >= 1
+
+
+class AckingConnection:
+    """A connection on which the writer keeps sending PUBACKs while the broker has nothing to send: only a PINGREQ
+    gets an answer (a PINGRESP) from it."""
+
+    def __init__(self) -> None:
+        self.last_received = self.last_sent = time.monotonic()
+        self.pings = 0
+        self.answer = False
+
+    def receive(self, timeout_s: float | None) -> list[tuple[int, int, memoryview]]:
+        time.sleep(0.02)
+        self.last_sent = time.monotonic()  # the writer's PUBACKs
+        if self.answer:
+            self.answer = False
+            self.last_received = time.monotonic()
+            return [(PINGRESP, 0, memoryview(b""))]
+        return []
+
+    def send(self, data: bytes) -> None:
+        assert data == PINGREQ_PACKET
+        self.pings += 1
+        self.answer = True
+
+
+def test_keep_alive_pings_a_quiet_broker_even_while_acknowledging(tmp_path: Path) -> None:
+    """Sending PUBACKs does not tell the listener that the broker is alive: when nothing has come for half the
+    keep-alive interval it pings, and a broker that answers is kept (before: dropped after 1.5 intervals)."""
+    listener = MqttListener(Store(f"sqlite:///{tmp_path / 'k.db'}"), "mqtt://127.0.0.1:1", keep_alive_s=1)
+    listener._keep_alive_now = 0.2
+    conn = AckingConnection()
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            listener._read(conn)  # type: ignore[arg-type]
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    time.sleep(1.0)  # five keep-alive intervals
+    listener._closing.set()
+    thread.join(5)
+    assert failed == []
+    assert conn.pings >= 3

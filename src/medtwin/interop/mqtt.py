@@ -150,8 +150,11 @@ class MqttListener:
         self._bindings: dict[str, tuple[float, str | None]] = {}
 
     # -- the connection (network thread) ---------------------------------------------------------------------------
-    def _connect(self, timeout_s: float) -> MqttSocket:
-        """A new connection of the persistent session, subscribed; raises OSError or MqttProtocolError."""
+    def _connect(self, timeout_s: float, *, wait_for_suback: bool = True) -> MqttSocket:
+        """A new connection of the persistent session, subscribed; raises OSError or MqttProtocolError.
+
+        Without *wait_for_suback* (a reconnect, when the session already holds the subscription) the SUBACK is
+        checked by :meth:`_read` as it comes, behind whatever the broker resends first."""
         packet = encode_connect(
             self.client_id,
             clean_start=False,
@@ -165,7 +168,7 @@ class MqttListener:
             conn.send(encode_subscribe(1, self.topic, qos=1))
             early: list[Publish] = []  # the session's queued messages may come before the SUBACK
             deadline = time.monotonic() + timeout_s
-            subscribed = False
+            subscribed = not wait_for_suback
             while not subscribed:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -200,7 +203,7 @@ class MqttListener:
         while not self._closing.is_set():
             try:
                 if conn is None:
-                    conn = self._connect(10.0)
+                    conn = self._connect(10.0, wait_for_suback=False)
                     log.info("MQTT listener reconnected to %s:%d", self.host, self.port)
                 delay = 1.0
                 self._read(conn)
@@ -219,11 +222,17 @@ class MqttListener:
             delay = min(30.0, 2 * delay)
 
     def _read(self, conn: MqttSocket) -> None:
-        """Queue the messages of *conn* for the writer, one list per receive, until it fails or the listener stops."""
+        """Queue the messages of *conn* for the writer, one list per receive, until it fails or the listener stops.
+
+        Keep alive: a PINGREQ goes when nothing has come from the broker, or nothing has been sent to it, for half
+        the keep-alive interval (at most one per half interval); the connection is taken for dead when nothing at
+        all, not even a PINGRESP, has come for 1.5 intervals."""
         generation = self._generation
         keep_alive = self._keep_alive_now
-        wait = min(1.0, keep_alive / 2) if keep_alive else 1.0
+        half = keep_alive / 2
+        wait = min(1.0, half) if keep_alive else 1.0
         inbox = self._inbox
+        last_ping = time.monotonic()
         while not self._closing.is_set():
             packets = conn.receive(wait)
             now = time.monotonic()
@@ -232,15 +241,22 @@ class MqttListener:
                 if kind == PUBLISH:
                     p = decode_publish(flags, body)
                     batch.append(_Inbound(p.mid, p.qos, p.topic, p.payload, now, generation))
+                elif kind == SUBACK:  # of a reconnect (start() waits for the first)
+                    _, codes = decode_suback(body)
+                    if not codes or codes[0] >= 0x80:
+                        raise MqttProtocolError(f"subscription to {self.topic!r} refused: reason "
+                                                f"0x{codes[0] if codes else 0:02x}")  # fmt: skip
                 elif kind == DISCONNECT:
                     raise ConnectionError(f"the broker disconnected (reason 0x{body[0] if len(body) else 0:02x})")
-                elif kind not in (PINGRESP, SUBACK):
+                elif kind != PINGRESP:
                     raise MqttProtocolError(f"unexpected MQTT packet type {kind}")
             if batch:
                 inbox.put(batch)
             if keep_alive:
-                if now - conn.last_sent >= keep_alive / 2:
+                quiet = now - conn.last_received >= half or now - conn.last_sent >= half
+                if quiet and now - last_ping >= half:
                     conn.send(PINGREQ_PACKET)
+                    last_ping = now
                 if now - conn.last_received > 1.5 * keep_alive:
                     raise ConnectionError(f"nothing from the broker for {1.5 * keep_alive:g} s (keep alive)")
 
