@@ -21,15 +21,15 @@ of the time in silico). An earlier setting (hypo_error 0.5, chosen on one in-sil
 more time below 70 mg/dL than the calculator's on another (3.52 vs 2.16 %, docs/models/glucose_twin.md).
 Doses are in pump steps of 0.05 U.
 
-Four policies choose among the candidates. ``risk`` is the rule above. ``guard`` (the default until the fifth session) takes the calculator's
-dose and lets the twin only *lower* it, and only as far as the same hypoglycaemia constraint needs: the largest
-candidate up to the calculator's dose with P(nadir + e < 70 mg/dL) <= 5 %, i.e. the calculator's own dose whenever the
-twin finds it safe. Why: the calculator's CR and CF are the person's clinically set therapy, and two days of data
-identify how glucose responds to *more or less* insulin poorly (docs/models/glucose_twin.md), so the twin's evidence
-is used where a wrong answer is cheap (a few hours higher glucose) and not where it is dangerous (more insulin than
-the calculator's). This is the asymmetry of predictive low-glucose suspend, which only ever withholds insulin when a
-low is predicted (Forlenza GP et al. Diabetes Care 2018;41(10):2155-61, doi:10.2337/dc18-0771). In silico the
-``risk`` policy gave some people more time below 70 mg/dL than the calculator (docs/models/glucose_twin.md).
+Four policies choose among the candidates. ``risk`` is the rule above. ``guard`` (the default until the fifth session)
+takes the calculator's dose and lets the twin only *lower* it, and only as far as the same hypoglycaemia constraint
+needs: the largest candidate up to the calculator's dose with P(nadir + e < 70 mg/dL) <= 5 %, i.e. the calculator's own
+dose whenever the twin finds it safe. Why: the calculator's CR and CF are the person's clinically set therapy, and two
+days of data identify how glucose responds to *more or less* insulin poorly (docs/models/glucose_twin.md), so the twin's
+evidence is used where a wrong answer is cheap (a few hours higher glucose) and not where it is dangerous (more insulin
+than the calculator's). This is the asymmetry of predictive low-glucose suspend, which only ever withholds insulin when
+a low is predicted (Forlenza GP et al. Diabetes Care 2018;41(10):2155-61, doi:10.2337/dc18-0771). In silico the ``risk``
+policy gave some people more time below 70 mg/dL than the calculator (docs/models/glucose_twin.md).
 
 ``calibrated`` keeps the guard's asymmetry but asks for evidence before a cut: the calculator's dose unless a low under
 it is *more likely than not* (P > ``CALIBRATED_LOW_PROBABILITY``, 0.5), then the largest dose below it where it no
