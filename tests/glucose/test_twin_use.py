@@ -174,12 +174,12 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
 def test_guard_advice_never_exceeds_the_calculator(
     twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float
 ) -> None:
-    """The default policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
+    """The guard policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
     (a CR of 1 g/U makes the calculator's dose for 90 g an overdose the twin must cut)."""
     f, data = _forecaster(twin_days, twin_posterior)
     for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
         f.update(data.start + timedelta(minutes=float(t)), float(g))
-    advice = advise_meal_bolus(f, 90.0, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=20.0, candidates=21)
+    advice = advise_meal_bolus(f, 90.0, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=20.0, candidates=21, policy="guard")
     calc = advice.calculator
     assert advice.twin.bolus_u <= calc.bolus_u + 1e-9
     if calc.hypo_probability <= 0.05:
