@@ -380,7 +380,8 @@ def _robust_advice(forecaster: GlucoseForecaster, carbs_g: float, calc: float, g
                                         * _STEP_U, [calc]]))  # fmt: skip
     scales = np.asarray(ROBUST_EFFECT_SCALES)
     effective = np.maximum(calc + scales[:, None] * (nominal - calc)[None, :], 0.0)  # (scenarios, doses)
-    doses, index = np.unique(np.round(effective, 6), return_inverse=True)
+    unique, index = np.unique(np.round(effective, 6), return_inverse=True)
+    doses = np.asarray(unique, dtype=np.float64)
     index = index.reshape(effective.shape)
     bg = forecaster.simulate_ahead(horizon_min, boluses_u=doses, carbs_g=carbs_g)
     sd = forecaster.posterior.residual_sd_mg_dl
