@@ -302,6 +302,10 @@ def test_robust_advice_moves_off_the_calculator_only_when_every_scenario_agrees(
         assert twin.bolus_u < calc.bolus_u - 1.0
     without = advise_meal_bolus(f, 90.0, **kw)  # the fit's residual SD as the error
     assert lo * calc.bolus_u - 0.05 <= without.twin.bolus_u <= hi * calc.bolus_u + 0.05
+    for p in (0.01, 1e-6):  # a stricter hypoglycaemia limit is honoured, not replaced by the policy's 5 %
+        strict = advise_meal_bolus(f, 90.0, calibration=_cal(0.0, 5.0), max_hypo_probability=p, **kw)
+        if strict.twin.bolus_u > strict.calculator.bolus_u:
+            assert strict.twin.hypo_probability <= p
 
 
 def test_parkes_grid_zones() -> None:

@@ -324,7 +324,9 @@ def advise_meal_bolus(
     if not 0 <= raise_limit <= 1:
         raise ValidationError(f"raise_limit {raise_limit} must be in [0, 1]")
     if max_hypo_probability is None:
-        max_hypo_probability = CALIBRATED_LOW_PROBABILITY if policy == "calibrated" else 0.05
+        max_hypo_probability = {"calibrated": CALIBRATED_LOW_PROBABILITY, "robust": ROBUST_HYPO_PROBABILITY}.get(
+            policy, 0.05
+        )
     if not 0 < max_hypo_probability < 1:
         raise ValidationError(f"max_hypo_probability {max_hypo_probability} must be in (0, 1)")
     if not 0 < carbs_g <= 400:
@@ -340,7 +342,7 @@ def advise_meal_bolus(
                             target_mg_dl=target_mg_dl)  # fmt: skip
     if policy == "robust":
         return _robust_advice(forecaster, carbs_g, calc, glucose, iob, horizon_min, candidates, calibration,
-                              risk_error, hypo_error)  # fmt: skip
+                              risk_error, hypo_error, max_hypo_probability)  # fmt: skip
     top = max(2.0 * calc, 2.0 * carbs_g / cr_g_per_u, 1.0)
     doses = np.unique(np.round(np.concatenate([np.linspace(0.0, top, candidates), [calc]]) / _STEP_U) * _STEP_U)
     bg = forecaster.simulate_ahead(horizon_min, boluses_u=doses, carbs_g=carbs_g)
@@ -371,10 +373,11 @@ def advise_meal_bolus(
 
 def _robust_advice(forecaster: GlucoseForecaster, carbs_g: float, calc: float, glucose: float, iob: float,
                    horizon_min: int, candidates: int, calibration: AdviceCalibration | None, risk_error: float,
-                   hypo_error: float) -> BolusAdvice:  # fmt: skip
+                   hypo_error: float, max_hypo_probability: float) -> BolusAdvice:  # fmt: skip
     """The ``robust`` policy (module docstring): the dose in ``ROBUST_DOSE_RANGE`` x the calculator's of least expected
     risk index over the dose-response scenarios, among those that lower the risk index against the calculator's
-    dose in *every* scenario and keep the worst scenario's P(low) within the constraint."""
+    dose in *every* scenario and keep the worst scenario's P(low) within the constraint (*max_hypo_probability*,
+    ``ROBUST_HYPO_PROBABILITY`` by default, or the calculator's own worst-scenario P(low) where that is higher)."""
     lo, hi = ROBUST_DOSE_RANGE
     nominal = np.unique(np.concatenate([np.round(calc * np.linspace(lo, hi, max(candidates // 3, 3)) / _STEP_U)
                                         * _STEP_U, [calc]]))  # fmt: skip
@@ -387,14 +390,14 @@ def _robust_advice(forecaster: GlucoseForecaster, carbs_g: float, calc: float, g
     sd = forecaster.posterior.residual_sd_mg_dl
     if calibration is not None:
         outcomes = _outcomes(doses, bg, forecaster.weights, calibration.sd_mg_dl, calibration.sd_mg_dl,
-                             ROBUST_HYPO_PROBABILITY, calibration.bias_mg_dl, calibration.bias_mg_dl)  # fmt: skip
+                             max_hypo_probability, calibration.bias_mg_dl, calibration.bias_mg_dl)  # fmt: skip
     else:
-        outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd, ROBUST_HYPO_PROBABILITY)
+        outcomes = _outcomes(doses, bg, forecaster.weights, risk_error * sd, hypo_error * sd, max_hypo_probability)
     risk = np.array([[outcomes[i].risk_index for i in row] for row in index])  # (scenarios, doses)
     hypo = np.array([[outcomes[i].hypo_probability for i in row] for row in index])
     c = int(np.argmin(np.abs(nominal - calc)))
     worst_hypo = hypo.max(axis=0)
-    allowed = (worst_hypo <= max(ROBUST_HYPO_PROBABILITY, worst_hypo[c]) + 1e-12) & np.all(
+    allowed = (worst_hypo <= max(max_hypo_probability, worst_hypo[c]) + 1e-12) & np.all(
         risk <= risk[:, [c]] + 1e-12, axis=0
     )
     expected = np.asarray(ROBUST_EFFECT_WEIGHTS) @ risk
@@ -403,5 +406,5 @@ def _robust_advice(forecaster: GlucoseForecaster, carbs_g: float, calc: float, g
     picked = [outcomes[i] for i in index[nominal_row]]
     return BolusAdvice(
         carbs_g=float(carbs_g), glucose_mg_dl=glucose, iob_u=iob, twin=picked[best], calculator=picked[c],
-        candidates=tuple(picked), feasible=bool(worst_hypo[best] <= ROBUST_HYPO_PROBABILITY), horizon_min=horizon_min,
+        candidates=tuple(picked), feasible=bool(worst_hypo[best] <= max_hypo_probability), horizon_min=horizon_min,
     )  # fmt: skip
