@@ -87,14 +87,17 @@ def run_shard(db: str, shard: int, shards: int, particles: int, profile: bool) -
             "alerts": stats.alerts}  # fmt: skip
 
 
-def alerts_digest(db: str) -> tuple[int, str]:
-    """The number of stored alerts and a digest of them (id, code, severity, status, time, data)."""
+def alerts_digest(db: str, dump: str | None = None) -> tuple[int, str]:
+    """The number of stored alerts and a digest of them (id, code, severity, status, time, data); *dump*: a file
+    to write them to (to compare two runs alert by alert)."""
     from medtwin.store import Store
 
     store = Store(db)
     rows = sorted((e.event_id, e.code, e.severity or "", e.status, e.time.isoformat(),
                    json.dumps(dict(e.data), sort_keys=True, default=str)) for e in store.events() if e.kind == "alert")  # fmt: skip
     store.close()
+    if dump:
+        Path(dump).write_text(json.dumps(rows, indent=1))
     return len(rows), hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
@@ -105,12 +108,13 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", type=int, default=None, help="cProfile this shard (0-based)")
+    parser.add_argument("--dump", default=None, help="write the stored alerts to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = f"sqlite:///{Path(tmp) / 'twins.db'}"
         readings = fill(db, args.patients, args.days)
         shards = [run_shard(db, k, args.workers, args.particles, args.profile == k) for k in range(args.workers)]
-        count, digest = alerts_digest(db)
+        count, digest = alerts_digest(db, args.dump)
     cpu = sum(s["cpu_s"] for s in shards)
     print(json.dumps({
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),

@@ -308,8 +308,9 @@ def follow(
     both moving. The price: alerts come up to one window later, and after a crash up to *cursor_every_s* of
     messages are processed again from the checkpoint's state; the twins are deterministic and their outputs' ids
     come from their inputs, so that gives the same alerts and proposals again, stored once.
-    A backlog is read without waiting. With *max_messages* it returns once it has read that many; once *abandon*
-    returns True (the parent process died) it saves its cursor and returns at once, backlog or not.
+    A backlog is read without waiting; once caught up, a checkpoint that came due is made without waiting for the
+    next message. With *max_messages* it returns once it has read that many; once *abandon* returns True (the
+    parent process died) it saves its cursor and returns at once, backlog or not.
     """
     busy = 0.0
     saved_at = time.monotonic()
@@ -330,6 +331,11 @@ def follow(
                 break
             if follower.last_poll_full:
                 continue
+        elif follower.read != follower.position and time.monotonic() - saved_at >= cursor_every_s:
+            # caught up with a checkpoint still due (the last group came before it was): saved now, not at the next
+            # message, so an idle worker's cursor (and a shard's past the others' entries) reaches the log's end
+            runtime.checkpoint(also=follower.commit)
+            saved_at = time.monotonic()
         elif should_stop():
             break
         time.sleep(group_window_s)
