@@ -93,8 +93,11 @@ def alerts_digest(db: str, dump: str | None = None) -> tuple[int, str]:
     from medtwin.store import Store
 
     store = Store(db)
-    rows = sorted((e.event_id, e.code, e.severity or "", e.status, e.time.isoformat(),
-                   json.dumps(dict(e.data), sort_keys=True, default=str)) for e in store.events() if e.kind == "alert")  # fmt: skip
+    rows = sorted(
+        (e.event_id, e.code, e.severity or "", e.status, e.time.isoformat(),
+         json.dumps(dict(e.data), sort_keys=True, default=str))
+        for e in store.events() if e.kind == "alert"
+    )  # fmt: skip
     store.close()
     if dump:
         Path(dump).write_text(json.dumps(rows, indent=1))

@@ -16,8 +16,9 @@ AT = datetime(2026, 12, 7, 8, tzinfo=UTC)
 
 
 def obs(pid: str, k: int) -> Observation:
-    return Observation(observation_id=f"o-{pid}-{k}", patient_id=pid, code=Coding(system="http://loinc.org", code="8867-4"),
-                       effective=AT, value=Quantity(value=70.0 + k, unit="/min"))  # fmt: skip
+    return Observation(observation_id=f"o-{pid}-{k}", patient_id=pid,
+                       code=Coding(system="http://loinc.org", code="8867-4"), effective=AT,
+                       value=Quantity(value=70.0 + k, unit="/min"))  # fmt: skip
 
 
 def raw(key: str) -> RawMessage:
@@ -51,7 +52,8 @@ def test_the_sql_shard_test_agrees_with_shard_of_for_every_stored_hash(store_url
         with store._reading() as conn:
             stored = dict(conn.execute(select(t.c.source_id, t.c.patient_hash)).all())
         assert {k: stored[k] for k in pids} == {pid: patient_hash(pid) for pid in pids}
-        assert stored["two-patients"] is None and stored["no-records"] is None
+        assert stored["two-patients"] is None
+        assert stored["no-records"] is None
         for n in (2, 3, 5):
             seen: list[list[str]] = []
             for k in range(n):
