@@ -388,3 +388,17 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
     expected = direct_events([p for i, p in enumerate(payloads) if i != 7], store.keyring.pseudonym)
     # every other message reached the twins
     assert summary(alerts) == summary([e for e in expected if e.kind == "alert"])
+
+
+def test_merged_report_takes_the_slowest_shard_that_has_a_figure() -> None:
+    from medtwin.twin.worker import _merged
+
+    shards = [
+        {"messages": 7, "shared_messages": 2, "alerts": 0, "alert_p50_ms": float("nan"), "busy_s": 1.0},
+        {"messages": 5, "shared_messages": 2, "alerts": 3, "alert_p50_ms": 12.5, "busy_s": 2.0},
+    ]
+    merged = _merged(shards)
+    assert merged["alert_p50_ms"] == 12.5  # the shard whose patients raised no alert has no latency to report
+    assert merged["busy_s"] == 2.0
+    assert merged["messages"] == 10  # each entry once: the 2 tied to no single patient were read by both
+    assert merged["alerts"] == 3

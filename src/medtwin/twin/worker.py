@@ -19,6 +19,7 @@ then saves its cursor. So:
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -737,8 +738,8 @@ def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": len(reports), "shards": reports}
     for key in _SUMMED:
         out[key] = sum(int(r.get(key, 0)) for r in reports)
-    for key in _SLOWEST:
-        values = [float(r[key]) for r in reports if key in r]
+    for key in _SLOWEST:  # a shard without alerts (its patients raised none) has no alert latency: NaN, left out
+        values = [v for r in reports if key in r and not math.isnan(v := float(r[key]))]
         if values:
             out[key] = max(values)
     # each shard reads its own patients' entries, and every shard the entries tied to no single patient
