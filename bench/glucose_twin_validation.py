@@ -175,7 +175,7 @@ def main() -> None:
     )
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
-    parser.add_argument("--advice-policy", choices=POLICIES, default="calibrated", help="the twin's bolus policy")
+    parser.add_argument("--advice-policy", choices=POLICIES, default="robust", help="the twin's bolus policy")
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, load {os.getloadavg()}")
     if args.identifiability:

@@ -96,9 +96,18 @@ def test_replay_forecast_advise(tmp_path: Path, twin_file: Path, twin_days: Any)
     # the twin's dose keeps P(< 70) <= 5 %, or, when no dose can, is the safest one
     if advice["feasible"]:
         assert advice["twin"]["hypo_probability"] <= 0.05
-    assert advice["twin"]["hypo_probability"] <= advice["calculator"]["hypo_probability"]
-    assert advice["calculator"]["bolus_u"] >= 0
-    assert advice["twin"]["bolus_u"] <= advice["calculator"]["bolus_u"] + 1e-9  # the default policy: guard
+    calc_u, twin_u = advice["calculator"]["bolus_u"], advice["twin"]["bolus_u"]
+    assert calc_u >= 0
+    assert 0.6 * calc_u - 0.05 <= twin_u <= 1.3 * calc_u + 0.05  # the default policy: robust
+    if twin_u != pytest.approx(calc_u):
+        assert advice["twin"]["risk_index"] < advice["calculator"]["risk_index"]
+    res = runner.invoke(
+        app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--policy", "guard", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    guard = json.loads(res.stdout)
+    assert guard["twin"]["hypo_probability"] <= guard["calculator"]["hypo_probability"]
+    assert guard["twin"]["bolus_u"] <= guard["calculator"]["bolus_u"] + 1e-9
     res = runner.invoke(app, ["glucose", "twin", "advise", str(twin_file), "--carbs", "60", "--cr", "10"])
     assert res.exit_code == 0  # CF comes from the twin file
     res = runner.invoke(

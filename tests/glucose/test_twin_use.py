@@ -13,6 +13,8 @@ import pytest
 
 from medtwin.errors import ValidationError
 from medtwin.glucose.advise import (
+    ROBUST_DOSE_RANGE,
+    ROBUST_HYPO_PROBABILITY,
     AdviceCalibration,
     advise_meal_bolus,
     calculator_bolus,
@@ -172,12 +174,12 @@ def test_advice_keeps_hypoglycaemia_unlikely(twin_days: Any, twin_posterior: Pos
 def test_guard_advice_never_exceeds_the_calculator(
     twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float
 ) -> None:
-    """The default policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
+    """The guard policy: the calculator's dose when the twin finds it safe, else the largest dose below it that is
     (a CR of 1 g/U makes the calculator's dose for 90 g an overdose the twin must cut)."""
     f, data = _forecaster(twin_days, twin_posterior)
     for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
         f.update(data.start + timedelta(minutes=float(t)), float(g))
-    advice = advise_meal_bolus(f, 90.0, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=20.0, candidates=21)
+    advice = advise_meal_bolus(f, 90.0, cr_g_per_u=cr_g_per_u, cf_mg_dl_per_u=20.0, candidates=21, policy="guard")
     calc = advice.calculator
     assert advice.twin.bolus_u <= calc.bolus_u + 1e-9
     if calc.hypo_probability <= 0.05:
@@ -269,6 +271,37 @@ def test_calibrated_advice_raises_only_within_its_limit(twin_days: Any, twin_pos
     assert unsure.twin.bolus_u <= unsure.calculator.bolus_u + 1e-9
     with pytest.raises(ValidationError, match="raise_limit"):
         advise_meal_bolus(f, 60.0, cr_g_per_u=30.0, calibration=_cal(0.0, 5.0), raise_limit=2.0, **kw)
+
+
+@pytest.mark.parametrize("cr_g_per_u", [10.0, 30.0, 1.0])
+def test_robust_advice_moves_off_the_calculator_only_when_every_scenario_agrees(
+    twin_days: Any, twin_posterior: Posterior, cr_g_per_u: float
+) -> None:
+    """The robust policy: a dose within ROBUST_DOSE_RANGE x the calculator's; the calculator's unless another dose
+    lowers the risk index in every dose-response scenario (so its nominal risk is lower too) and keeps P(low) within
+    the constraint; an under-dosing calculator (CR 30 g/U) is raised by a sure twin and not by an unsure one, a
+    certain overdose (CR 1 g/U: 90 U for 90 g) is cut."""
+    f, data = _forecaster(twin_days, twin_posterior)
+    for t, g in zip(data.cgm_t_min[:200], data.cgm_mg_dl[:200], strict=True):
+        f.update(data.start + timedelta(minutes=float(t)), float(g))
+    kw: dict[str, Any] = {"cr_g_per_u": cr_g_per_u, "cf_mg_dl_per_u": 20.0, "candidates": 30, "policy": "robust"}
+    sure = advise_meal_bolus(f, 90.0, calibration=_cal(0.0, 5.0), **kw)
+    calc, twin = sure.calculator, sure.twin
+    lo, hi = ROBUST_DOSE_RANGE
+    assert lo * calc.bolus_u - 0.05 <= twin.bolus_u <= hi * calc.bolus_u + 0.05
+    if twin.bolus_u != pytest.approx(calc.bolus_u):
+        assert twin.risk_index < calc.risk_index
+    if twin.bolus_u > calc.bolus_u:
+        assert twin.hypo_probability <= ROBUST_HYPO_PROBABILITY
+    unsure = advise_meal_bolus(f, 90.0, calibration=_cal(-40.0, 40.0), **kw)
+    if cr_g_per_u == 30.0:  # 3 U for 90 g: glucose stays high; the sure twin raises, the unsure one does not
+        assert twin.bolus_u > calc.bolus_u
+        assert unsure.twin.bolus_u <= unsure.calculator.bolus_u + 1e-9
+    if cr_g_per_u == 1.0:
+        assert calc.hypo_probability > 0.99
+        assert twin.bolus_u < calc.bolus_u - 1.0
+    without = advise_meal_bolus(f, 90.0, **kw)  # the fit's residual SD as the error
+    assert lo * calc.bolus_u - 0.05 <= without.twin.bolus_u <= hi * calc.bolus_u + 0.05
 
 
 def test_parkes_grid_zones() -> None:

@@ -47,7 +47,7 @@ def test_thirty_patients_meet_the_documented_figures() -> None:
         assert fc[f"parkes_ab_pct_{h}"] >= 99.0
     assert fc["coverage_95_30"] >= 0.85
     adv = s["advice"]
-    # goal: no more time below 70 than the calculator (met with the calibrated policy: 1.16 vs 2.16 % on seed 2) and
-    # more time in range (NOT met: 86.4 vs 86.9 %; regression guard at the measured level)
+    # goal: more time in range than the calculator without more time below 70 (the robust policy, the default since
+    # the fifth session: 89.4 vs 86.9 % and 1.62 vs 2.16 % on seed 2; the calibrated policy missed the first half)
     assert adv["twin_tbr_pct"] <= adv["calculator_tbr_pct"]
-    assert adv["twin_tir_pct"] > adv["calculator_tir_pct"] - 1.5
+    assert adv["twin_tir_pct"] > adv["calculator_tir_pct"]

@@ -91,12 +91,17 @@ def test_bad_payloads_say_why(payload: bytes, topic: str, reason: str) -> None:
     assert reason in str(err.value)
 
 
-class FakeClient:
+class FakeConnection:
+    """Records the PUBACKs the listener writes (each 4 bytes: 0x40, 0x02 and the packet id)."""
+
     def __init__(self) -> None:
         self.acks: list[int] = []
 
-    def ack(self, mid: int, qos: int) -> None:
-        self.acks.append(mid)
+    def send(self, data: bytes) -> None:
+        assert len(data) % 4 == 0
+        for k in range(0, len(data), 4):
+            assert data[k : k + 2] == b"\x40\x02"
+            self.acks.append(int.from_bytes(data[k + 2 : k + 4], "big"))
 
 
 def make_store(tmp_path: Path) -> Store:
@@ -109,9 +114,10 @@ def make_store(tmp_path: Path) -> Store:
 def test_acknowledged_after_the_commit_stored_once_and_dead_letters(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     listener = MqttListener(store, "mqtt://127.0.0.1:1")
-    listener._client = FakeClient()
+    connection = FakeConnection()
+    listener._conn = connection
     listener._generation = 1
-    acked: list[int] = listener._client.acks
+    acked: list[int] = connection.acks
     msgs = [
         _Inbound(i + 1, 1, "devices/cgm-1/obs", compact("cgm-1", 5 * i, 100 + i), time.monotonic(), 1) for i in range(3)
     ]

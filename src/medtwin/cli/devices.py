@@ -115,10 +115,15 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt
              db: str | None = DbOption, seed: int = typer.Option(1, "--seed", help="Meal randomization seed."),
              as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:  # fmt: skip
     """Publish simulated CGM wearers' readings over MQTT (QoS 1) in accelerated time."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     from medtwin.interop.mqtt import parse_mqtt_url
+    from medtwin.interop.mqtt_wire import (
+        DISCONNECT_PACKET,
+        MqttProtocolError,
+        MqttSocket,
+        PublishWindow,
+        encode_connect,
+        encode_publish,
+    )
 
     try:
         host, port = parse_mqtt_url(mqtt)
@@ -129,28 +134,35 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt
     if register:
         _register_wearers(db, devices)
     names, readings = simulated_readings(cgm, days, seed=seed)
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"medtwin-sim-{int(time.time())}")
-    try:
-        client.connect(host, port)
-    except OSError as exc:
+    steps: dict[datetime, list[tuple[int, bytes]]] = {}  # the readings of each simulated time, encoded
+    for k, (at, i, payload) in enumerate(readings):
+        mid = k % 65_535 + 1
+        topic = f"{prefix}devices/{devices[i]}/obs"
+        steps.setdefault(at, []).append((mid, encode_publish(topic, json.dumps(payload).encode(), mid)))
+    client_id = f"medtwin-sim-{int(time.time())}"
+    try:  # no keep alive: at a slow --speed the wearers can be silent for minutes
+        conn, connack = MqttSocket.open(host, port, encode_connect(client_id, clean_start=True, keep_alive_s=0), 10.0)
+    except (OSError, MqttProtocolError) as exc:
         typer.echo(f"error: cannot reach the MQTT broker at {host}:{port}: {exc}", err=True)
         raise typer.Exit(2) from None
-    client.loop_start()
+    window = PublishWindow(conn, min(1000, connack.receive_maximum))  # QoS 1, at most 1,000 unacknowledged
     t0 = time.monotonic()
     first = readings[0][0] if readings else datetime.now(UTC)
-    infos = []
-    for at, i, payload in readings:
-        if speed > 0:
-            due = (at - first).total_seconds() / 60.0 / speed
-            wait = due - (time.monotonic() - t0)
-            if wait > 0:
-                time.sleep(wait)
-        infos.append(client.publish(f"{prefix}devices/{devices[i]}/obs", json.dumps(payload), qos=1))
-    for info in infos:
-        info.wait_for_publish(30)
-    client.loop_stop()
-    client.disconnect()
-    summary = {"wearers": cgm, "published": len(infos), "seconds": round(time.monotonic() - t0, 2),
+    try:
+        for at, packets in steps.items():
+            if speed > 0:
+                wait = (at - first).total_seconds() / 60.0 / speed - (time.monotonic() - t0)
+                if wait > 0:
+                    time.sleep(wait)
+            window.publish(packets)
+        window.wait_all(30)
+        conn.send(DISCONNECT_PACKET)
+    except (OSError, MqttProtocolError) as exc:
+        typer.echo(f"error: publishing to the MQTT broker at {host}:{port}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        conn.close()
+    summary = {"wearers": cgm, "published": window.acked, "seconds": round(time.monotonic() - t0, 2),
                "virtual_patients": sorted(set(names)),
                "devices": devices[:5] + (["..."] if cgm > 5 else [])}  # fmt: skip
     if as_json:

@@ -99,12 +99,14 @@ class PersonalGlucoseTwin:
         return self.forecaster.forecast(horizons_min)
 
     def advise(
-        self, carbs_g: float, *, bolus_settings: BolusSettings | None = None, policy: str = "guard",
+        self, carbs_g: float, *, bolus_settings: BolusSettings | None = None, policy: str = "robust",
         calibration: AdviceCalibration | None = None,
     ) -> BolusAdvice:  # fmt: skip
         """The twin's meal bolus for *carbs_g* now, next to the standard calculator's (*policy*: see
         :func:`~medtwin.glucose.advise.advise_meal_bolus`). Policy ``calibrated`` without a *calibration*: the
-        twin's nadir errors on the last recorded day (:meth:`advice_calibration`)."""
+        twin's nadir errors on the last recorded day (:meth:`advice_calibration`); ``robust`` (the default) without one:
+        the fit's residual SD as the twin's error (pass a calibration on days the twin was not fitted on to use the
+        person's own out-of-sample error, as the in-silico validation does)."""
         s = bolus_settings or self.bolus_settings
         if s is None:
             raise ValidationError("advice needs the bolus calculator settings (CR, CF, target)")

@@ -9,6 +9,7 @@ in the store's version history. The MQTT listener accepts readings only from reg
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -17,7 +18,7 @@ from medtwin.errors import ValidationError
 from medtwin.store import FhirResource, Store
 from medtwin.store import schema as store_schema
 
-__all__ = ["DeviceBinding", "bound_patient", "list_devices", "register_device"]
+__all__ = ["DeviceBinding", "bound_patient", "bound_patients", "list_devices", "register_device"]
 
 _DEVICE_ID_CHARS = 64
 
@@ -90,3 +91,22 @@ def bound_patient(store: Store, device_id: str) -> str | None:
         return None
     binding = _binding(body)
     return binding.patient_id if binding.status == "active" else None
+
+
+def bound_patients(store: Store, device_ids: Sequence[str]) -> dict[str, str | None]:
+    """:func:`bound_patient` of each of *device_ids*, read in one query per 500 devices."""
+    t = store_schema.fhir_resources
+    out: dict[str, str | None] = dict.fromkeys(device_ids)
+    ids = list(out)
+    for start in range(0, len(ids), 500):
+        stmt = select(t.c.resource_id, t.c.body).where(
+            t.c.resource_type == "Device", t.c.resource_id.in_(ids[start : start + 500])
+        )
+        with store._reading() as conn:
+            found = conn.execute(stmt).all()
+        bodies = store.keys.open_texts([sealed for _, sealed in found])  # keys fetched together
+        for (device_id, _), body in zip(found, bodies, strict=True):
+            if body is not None:  # None once the patient's key is erased
+                binding = _binding(body)
+                out[device_id] = binding.patient_id if binding.status == "active" else None
+    return out

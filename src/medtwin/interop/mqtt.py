@@ -1,7 +1,8 @@
 """MQTT ingest of device readings: QoS 1, a persistent session, and the PUBACK only after the durable commit.
 
-:class:`MqttListener` subscribes (paho-mqtt, MQTT 5, ``clean_start`` off with a session expiry, so the broker keeps
-the subscription and the unacknowledged messages while the listener is down) with manual acknowledgement: a
+:class:`MqttListener` subscribes (MQTT 5 through :mod:`medtwin.interop.mqtt_wire`, ``clean_start`` off with a
+session expiry, so the broker keeps the subscription and the unacknowledged messages while the listener is down)
+with acknowledgement after the commit: a
 message is acknowledged only once its reading (the envelope of :mod:`medtwin.interop.device_obs` and its
 Observation) or, for a bad payload, its dead letter with the reason, is committed. Messages are stored in groups
 (one transaction, one disk sync for all messages waiting, as the MLLP listener does). So a crash at any moment
@@ -14,6 +15,7 @@ connection: after a reconnect the broker resends the unacknowledged messages und
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -22,21 +24,37 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from medtwin.errors import ValidationError
 from medtwin.interop.device_obs import (
     DEVICE_CONTENT_TYPE,
     DevicePayloadError,
+    DeviceReading,
     device_from_topic,
     envelope,
     parse_reading,
     reading_observation,
 )
-from medtwin.interop.devices import bound_patient
+from medtwin.interop.devices import bound_patients
+from medtwin.interop.mqtt_wire import (
+    DISCONNECT,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PINGRESP,
+    PUBLISH,
+    SUBACK,
+    MqttProtocolError,
+    MqttSocket,
+    Publish,
+    decode_publish,
+    decode_suback,
+    encode_connect,
+    encode_pubacks,
+    encode_subscribe,
+)
 from medtwin.records import Observation
-from medtwin.service import drain_batch
 from medtwin.store import RawMessage, Store
 
 __all__ = ["MqttListener", "MqttStats", "StoredReading", "parse_mqtt_url"]
@@ -76,8 +94,7 @@ class StoredReading:
     received_monotonic: float
 
 
-@dataclass(frozen=True, slots=True)
-class _Inbound:
+class _Inbound(NamedTuple):
     mid: int
     qos: int
     topic: str
@@ -91,7 +108,9 @@ class MqttListener:
 
     *on_stored* is called (in the writer thread, after the commit) with the group's stored readings, for a twin
     runtime in the same process. *receive_maximum*: how many unacknowledged messages the broker may have in flight
-    to this client (MQTT 5 Receive Maximum): the group commit needs a window of many messages.
+    to this client (MQTT 5 Receive Maximum): the group commit needs a window of many messages. The connection is
+    :mod:`medtwin.interop.mqtt_wire`'s (a network thread reading whole receive buffers of packets, and the PUBACKs
+    of a group sent in one write); it reconnects by itself, with the same persistent session, when it drops.
     """
 
     def __init__(
@@ -104,6 +123,7 @@ class MqttListener:
         session_expiry_s: int = 7 * 24 * 3600,
         receive_maximum: int = 2000,
         max_group: int = 1000,
+        keep_alive_s: int = 30,
         on_stored: Callable[[Sequence[StoredReading]], None] | None = None,
         keep_latencies: bool = False,
     ) -> None:
@@ -114,77 +134,152 @@ class MqttListener:
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
         self.max_group = max_group
+        self.keep_alive_s = keep_alive_s
         self.on_stored = on_stored
         self.keep_latencies = keep_latencies
         self.stats = MqttStats()
-        self._inbox: queue.Queue[_Inbound | None] = queue.Queue()
-        self._generation = 0
-        self._generation_lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[list[_Inbound] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _conn and _generation together
+        self._generation = 0  # one per connection: a message id is valid on its own connection only
+        self._conn: Any = None  # the MqttSocket of the current connection (None while disconnected)
+        self._closing = threading.Event()
         self._connected = threading.Event()
         self._writer: threading.Thread | None = None
+        self._network: threading.Thread | None = None
+        self._keep_alive_now = keep_alive_s  # the broker's Server Keep Alive, when it names one
         self._bindings: dict[str, tuple[float, str | None]] = {}
-        self._client: Any = None
 
-    # -- MQTT callbacks (paho's network thread) ------------------------------------------------------------------
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if getattr(reason_code, "is_failure", False):
-            log.error("MQTT connection refused: %s", reason_code)
-            return
-        with self._generation_lock:
-            self._generation += 1
-        client.subscribe(self.topic, qos=1)  # the SUBACK sets _subscribed (start() waits for it)
+    # -- the connection (network thread) ---------------------------------------------------------------------------
+    def _connect(self, timeout_s: float, *, wait_for_suback: bool = True) -> MqttSocket:
+        """A new connection of the persistent session, subscribed; raises OSError or MqttProtocolError.
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
-        if any(getattr(code, "is_failure", False) for code in reason_codes):
-            log.error("MQTT subscription to %r refused: %s", self.topic, reason_codes)
-            return
-        self._connected.set()
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        self._connected.clear()
-        with self._generation_lock:
-            self._generation += 1  # the message ids of the closed connection are void
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self._inbox.put(
-            _Inbound(
-                message.mid, message.qos, message.topic, bytes(message.payload), time.monotonic(), self._generation
-            )
+        Without *wait_for_suback* (a reconnect, when the session already holds the subscription) the SUBACK is
+        checked by :meth:`_read` as it comes, behind whatever the broker resends first."""
+        packet = encode_connect(
+            self.client_id,
+            clean_start=False,
+            keep_alive_s=self.keep_alive_s,
+            session_expiry_s=self.session_expiry_s,
+            receive_maximum=self.receive_maximum,
         )
+        conn, connack = MqttSocket.open(self.host, self.port, packet, timeout_s)
+        try:
+            keep_alive = self.keep_alive_s if connack.server_keep_alive is None else connack.server_keep_alive
+            conn.send(encode_subscribe(1, self.topic, qos=1))
+            early: list[Publish] = []  # the session's queued messages may come before the SUBACK
+            deadline = time.monotonic() + timeout_s
+            subscribed = not wait_for_suback
+            while not subscribed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MqttProtocolError(f"no SUBACK for {self.topic!r} in {timeout_s:g} s")
+                for kind, flags, body in conn.receive(left):
+                    if kind == PUBLISH:
+                        early.append(decode_publish(flags, body))
+                    elif kind == SUBACK:
+                        _, codes = decode_suback(body)
+                        if not codes or codes[0] >= 0x80:
+                            raise MqttProtocolError(f"subscription to {self.topic!r} refused: reason "
+                                                    f"0x{codes[0] if codes else 0:02x}")  # fmt: skip
+                        subscribed = True
+                    elif kind != PINGRESP:
+                        raise MqttProtocolError(f"unexpected MQTT packet type {kind} before the SUBACK")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._generation += 1
+            self._conn = conn
+            generation = self._generation
+        self._keep_alive_now = keep_alive
+        if early:
+            now = time.monotonic()
+            self._inbox.put([_Inbound(p.mid, p.qos, p.topic, p.payload, now, generation) for p in early])
+        self._connected.set()
+        return conn
+
+    def _network_loop(self, conn: MqttSocket | None) -> None:
+        delay = 1.0
+        while not self._closing.is_set():
+            try:
+                if conn is None:
+                    conn = self._connect(10.0, wait_for_suback=False)
+                    log.info("MQTT listener reconnected to %s:%d", self.host, self.port)
+                delay = 1.0
+                self._read(conn)
+            except (OSError, MqttProtocolError) as exc:
+                if not self._closing.is_set():
+                    log.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
+            with self._lock:
+                self._generation += 1  # the message ids of the closed connection are void
+                self._conn = None
+            self._connected.clear()
+            if conn is not None:
+                conn.close()
+                conn = None
+            if self._closing.wait(delay):
+                return
+            delay = min(30.0, 2 * delay)
+
+    def _read(self, conn: MqttSocket) -> None:
+        """Queue the messages of *conn* for the writer, one list per receive, until it fails or the listener stops.
+
+        Keep alive: a PINGREQ goes when nothing has come from the broker, or nothing has been sent to it, for half
+        the keep-alive interval (at most one per half interval); the connection is taken for dead when nothing at
+        all, not even a PINGRESP, has come for 1.5 intervals."""
+        generation = self._generation
+        keep_alive = self._keep_alive_now
+        half = keep_alive / 2
+        wait = min(1.0, half) if keep_alive else 1.0
+        inbox = self._inbox
+        last_ping = time.monotonic()
+        while not self._closing.is_set():
+            packets = conn.receive(wait)
+            now = time.monotonic()
+            batch: list[_Inbound] = []
+            for kind, flags, body in packets:
+                if kind == PUBLISH:
+                    p = decode_publish(flags, body)
+                    batch.append(_Inbound(p.mid, p.qos, p.topic, p.payload, now, generation))
+                elif kind == SUBACK:  # of a reconnect (start() waits for the first)
+                    _, codes = decode_suback(body)
+                    if not codes or codes[0] >= 0x80:
+                        raise MqttProtocolError(f"subscription to {self.topic!r} refused: reason "
+                                                f"0x{codes[0] if codes else 0:02x}")  # fmt: skip
+                elif kind == DISCONNECT:
+                    raise ConnectionError(f"the broker disconnected (reason 0x{body[0] if len(body) else 0:02x})")
+                elif kind != PINGRESP:
+                    raise MqttProtocolError(f"unexpected MQTT packet type {kind}")
+            if batch:
+                inbox.put(batch)
+            if keep_alive:
+                quiet = now - conn.last_received >= half or now - conn.last_sent >= half
+                if quiet and now - last_ping >= half:
+                    conn.send(PINGREQ_PACKET)
+                    last_ping = now
+                if now - conn.last_received > 1.5 * keep_alive:
+                    raise ConnectionError(f"nothing from the broker for {1.5 * keep_alive:g} s (keep alive)")
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 10.0) -> None:
         """Connect (persistent session), subscribe and start storing; returns once the subscription is acknowledged;
         raises when the broker cannot be reached or refuses."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
-                             manual_ack=True)  # fmt: skip
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = self.receive_maximum
+        self._closing.clear()
         self._writer = threading.Thread(target=self._write_loop, name="mqtt-writer", daemon=True)
         self._writer.start()
         try:
-            client.connect(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+            conn = self._connect(timeout_s)  # connected and subscribed: nothing published after start() is lost
         except OSError as exc:
-            self._inbox.put(None)
+            self.stop()
             raise ValidationError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from None
-        self._client = client
-        client.loop_start()
-        if not self._connected.wait(timeout_s):  # connected and subscribed: nothing published after start() is lost
+        except MqttProtocolError as exc:
             self.stop()
             raise ValidationError(
                 f"the MQTT broker at {self.host}:{self.port} did not accept the connection and subscription to "
-                f"{self.topic!r}"
-            )
+                f"{self.topic!r}: {exc}"
+            ) from None
+        self._network = threading.Thread(target=self._network_loop, args=(conn,), name="mqtt-network", daemon=True)
+        self._network.start()
 
     def stop(self) -> MqttStats:
         """Store and acknowledge what has arrived, then disconnect (the session stays on the broker)."""
@@ -192,10 +287,19 @@ class MqttListener:
             self._inbox.put(None)
             self._writer.join(30)
             self._writer = None
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
+        self._closing.set()
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(OSError):  # already gone: the session stays all the same
+                conn.send(DISCONNECT_PACKET)
+        if self._network is not None:
+            self._network.join(10)
+            self._network = None
+        elif conn is not None:
+            conn.close()
+        with self._lock:
+            self._conn = None
         return self.stats
 
     def __enter__(self) -> MqttListener:
@@ -206,21 +310,44 @@ class MqttListener:
         self.stop()
 
     # -- storing ---------------------------------------------------------------------------------------------------
-    def _patient_of(self, device_id: str) -> str | None:
+    def _patients_of(self, device_ids: set[str]) -> dict[str, str | None]:
+        """The bound patient of each of *device_ids*: cached for :data:`_BINDING_TTL_S`, the expired ones read
+        again in one query."""
         now = time.monotonic()
-        cached = self._bindings.get(device_id)
-        if cached is not None and now - cached[0] < _BINDING_TTL_S:
-            return cached[1]
-        patient = bound_patient(self.store, device_id)
-        self._bindings[device_id] = (now, patient)
-        return patient
+        out: dict[str, str | None] = {}
+        expired: list[str] = []
+        for device in device_ids:
+            cached = self._bindings.get(device)
+            if cached is not None and now - cached[0] < _BINDING_TTL_S:
+                out[device] = cached[1]
+            else:
+                expired.append(device)
+        if expired:
+            for device, patient in bound_patients(self.store, expired).items():
+                self._bindings[device] = (now, patient)
+                out[device] = patient
+        return out
 
     def _write_loop(self) -> None:
+        carry: list[_Inbound] = []  # what did not fit in the last group (a receive holds many messages)
+        stop = False
         while True:
-            first = self._inbox.get()
-            if first is None:
-                return
-            group, stop = drain_batch(self._inbox, first, self.max_group)
+            group = carry
+            if not group:
+                first = self._inbox.get()
+                if first is None:
+                    return
+                group = first
+            while len(group) < self.max_group and not stop:  # what else has arrived, without waiting
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    group.extend(more)  # a list of the network thread's, handed over: ours to extend
+            group, carry = group[: self.max_group], group[self.max_group :]
             while True:
                 try:
                     self.store_group(group)
@@ -228,7 +355,7 @@ class MqttListener:
                 except Exception:  # the store is down or full: keep the messages (unacknowledged) and retry
                     log.exception("MQTT listener: storing %d messages failed; retrying", len(group))
                     time.sleep(1.0)
-            if stop:
+            if stop and not carry:
                 return
 
     def store_group(self, group: Sequence[_Inbound]) -> None:
@@ -236,21 +363,25 @@ class MqttListener:
         items: list[tuple[list[Any], RawMessage | None]] = []
         stored: list[StoredReading] = []
         now = datetime.now(UTC)
+        parsed: list[tuple[_Inbound, DeviceReading | DevicePayloadError]] = []
         for m in group:
-            device = device_from_topic(m.topic) or "unknown"
-            raw_key = f"{SOURCE_SYSTEM_PREFIX}{device}"
             try:
-                reading = parse_reading(m.payload, m.topic)
-                patient = self._patient_of(reading.device_id)
-                if patient is None:
-                    raise DevicePayloadError(f"device {reading.device_id!r} is not registered and bound to a patient")
+                parsed.append((m, parse_reading(m.payload, m.topic)))
             except DevicePayloadError as exc:
+                parsed.append((m, exc))
+        patients = self._patients_of({r.device_id for _, r in parsed if isinstance(r, DeviceReading)})
+        for m, reading in parsed:
+            patient = patients.get(reading.device_id) if isinstance(reading, DeviceReading) else None
+            if not isinstance(reading, DeviceReading) or patient is None:
+                error = reading if isinstance(reading, DevicePayloadError) else DevicePayloadError(
+                    f"device {reading.device_id!r} is not registered and bound to a patient")  # fmt: skip
+                raw_key = f"{SOURCE_SYSTEM_PREFIX}{device_from_topic(m.topic) or 'unknown'}"
                 self.stats.rejected += 1
                 self.store.reject(
                     RawMessage(source_system=raw_key[:200], source_id=f"mqtt-{now.timestamp():.6f}-{m.mid}",
                                payload=m.payload, content_type="application/json", received=now,
-                               status="rejected", reason=f"{m.topic[:200]}: {exc}"),
-                    f"{m.topic[:200]}: {exc}",
+                               status="rejected", reason=f"{m.topic[:200]}: {error}"),
+                    f"{m.topic[:200]}: {error}",
                 )  # fmt: skip
                 continue
             obs = reading_observation(reading, patient)
@@ -288,15 +419,25 @@ class MqttListener:
                 log.exception("MQTT listener: the on_stored callback failed")
 
     def _acknowledge(self, group: Sequence[_Inbound]) -> None:
-        client = self._client
+        """The PUBACKs of *group*, in one write, on the connection each message came on (if it is still open)."""
+        with self._lock:
+            conn, generation = self._conn, self._generation
         now = time.monotonic()
+        mids: list[int] = []
         for m in group:
             if m.qos == 0:
                 continue
-            if client is None or m.generation != self._generation:
+            if conn is None or m.generation != generation:
                 self.stats.stale_acks += 1  # the broker resends it on the new connection
                 continue
-            client.ack(m.mid, m.qos)
-            self.stats.acked += 1
+            mids.append(m.mid)
             if self.keep_latencies:
                 self.stats.ack_latencies_s.append(now - m.received)
+        if not mids:
+            return
+        try:
+            conn.send(encode_pubacks(mids))
+        except OSError:  # the connection dropped meanwhile: the broker resends these on the next one
+            self.stats.stale_acks += len(mids)
+            return
+        self.stats.acked += len(mids)

@@ -1,0 +1,298 @@
+"""The MQTT 5 subset of medtwin.interop.mqtt_wire: packet encoding and decoding, packets cut anywhere by TCP, and the
+listener against a scripted broker (messages that come in the CONNACK's segment, PUBACKs only after the commit)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from medtwin.interop.devices import register_device
+from medtwin.interop.mqtt import MqttListener
+from medtwin.interop.mqtt_wire import (
+    PINGREQ_PACKET,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    MqttProtocolError,
+    MqttSocket,
+    PublishWindow,
+    _read_varint,
+    _varint,
+    decode_connack,
+    decode_puback,
+    decode_publish,
+    decode_suback,
+    encode_connect,
+    encode_pubacks,
+    encode_publish,
+    encode_subscribe,
+    split_packets,
+)
+from medtwin.records import Patient
+from medtwin.store import Store
+
+
+@pytest.mark.parametrize("n", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455])
+def test_variable_byte_integer_round_trip(n: int) -> None:
+    data = _varint(n)
+    assert len(data) == 1 + (n > 127) + (n > 16_383) + (n > 2_097_151)
+    assert _read_varint(data, 0) == (n, len(data))
+    assert _read_varint(data[:-1], 0) is None  # cut short: wait for more bytes
+
+
+def test_variable_byte_integer_limits() -> None:
+    with pytest.raises(MqttProtocolError):
+        _varint(268_435_456)
+    with pytest.raises(MqttProtocolError, match="more than 4 bytes"):
+        _read_varint(b"\xff\xff\xff\xff\x01", 0)
+
+
+def test_publish_round_trip_and_packets_cut_anywhere() -> None:
+    big = b"x" * 300  # a remaining length of two bytes
+    packets = [
+        encode_publish("devices/cgm-1/obs", b'{"value": 1}', 7),
+        encode_publish("devices/cgm-2/obs", big, 65_535),
+        encode_publish("devices/cgm-3/obs", b"q0", 0, qos=0),
+        encode_pubacks([1, 2, 513]),
+    ]
+    stream = b"".join(packets)
+    for cut in range(1, 40):  # the same stream in chunks of every size up to 40 bytes
+        buffer = bytearray()
+        got = []
+        for k in range(0, len(stream), cut):
+            buffer += stream[k : k + cut]
+            got.extend(split_packets(buffer))
+        assert not buffer
+        kinds = [kind for kind, _, _ in got]
+        assert kinds == [PUBLISH, PUBLISH, PUBLISH, PUBACK, PUBACK, PUBACK]
+        publishes = [decode_publish(flags, body) for kind, flags, body in got if kind == PUBLISH]
+        assert [(p.mid, p.qos, p.topic, p.payload) for p in publishes] == [
+            (7, 1, "devices/cgm-1/obs", b'{"value": 1}'),
+            (65_535, 1, "devices/cgm-2/obs", big),
+            (0, 0, "devices/cgm-3/obs", b"q0"),
+        ]
+        assert [decode_puback(body) for kind, _, body in got if kind == PUBACK] == [(1, 0), (2, 0), (513, 0)]
+
+
+def test_publish_properties_are_skipped_but_aliases_and_qos_2_refused() -> None:
+    props = bytes((0x01, 1)) + struct.pack(">BI", 0x02, 60)  # payload format indicator, message expiry
+    body = struct.pack(">H", 3) + b"a/b" + struct.pack(">H", 9) + _varint(len(props)) + props + b"payload"
+    p = decode_publish(0x02, memoryview(body))
+    assert (p.mid, p.qos, p.topic, p.payload) == (9, 1, "a/b", b"payload")
+    alias = struct.pack(">H", 3) + b"a/b" + struct.pack(">H", 9) + b"\x03\x23\x00\x01" + b"payload"
+    with pytest.raises(MqttProtocolError, match="topic alias"):
+        decode_publish(0x02, memoryview(alias))
+    with pytest.raises(MqttProtocolError, match="QoS 2"):
+        decode_publish(0x04, memoryview(body))
+
+
+def test_connect_subscribe_and_acks_encoding() -> None:
+    connect = encode_connect("listener-1", clean_start=False, keep_alive_s=30, session_expiry_s=3600,
+                             receive_maximum=2000)  # fmt: skip
+    (kind, flags, body), *_ = split_packets(bytearray(connect))
+    assert (kind, flags) == (1, 0)
+    assert bytes(body[:10]) == b"\x00\x04MQTT\x05\x00\x00\x1e"  # v5, clean start off, keep alive 30 s
+    assert bytes(body[10:19]) == b"\x08\x11\x00\x00\x0e\x10\x21\x07\xd0"  # session expiry 3600, receive max 2000
+    assert bytes(body[19:]) == b"\x00\x0alistener-1"
+    assert encode_subscribe(1, "devices/+/obs") == b"\x82\x13\x00\x01\x00\x00\x0ddevices/+/obs\x01"
+    assert encode_pubacks([1, 258]) == b"\x40\x02\x00\x01\x40\x02\x01\x02"
+    connack = decode_connack(memoryview(b"\x01\x00\x03\x21\x00\x14"))
+    assert (connack.session_present, connack.reason_code, connack.receive_maximum) == (True, 0, 20)
+    assert decode_suback(memoryview(b"\x00\x01\x00\x80")) == (1, b"\x80")
+    assert decode_puback(memoryview(b"\x00\x05\x87\x00")) == (5, 0x87)
+
+
+class ScriptedBroker:
+    """One connection of a broker that speaks just enough MQTT 5 for the tests: it records what it receives."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.buffer = bytearray()
+
+    def accept(self) -> socket.socket:
+        self.server.settimeout(10)
+        self.conn, _ = self.server.accept()
+        self.conn.settimeout(10)
+        return self.conn
+
+    def packets(self, count: int) -> list[tuple[int, int, memoryview]]:
+        assert self.conn is not None
+        got: list[tuple[int, int, memoryview]] = []
+        while len(got) < count:
+            got.extend(split_packets(self.buffer))
+            if len(got) < count:
+                data = self.conn.recv(65536)
+                assert data, "the client closed the connection"
+                self.buffer += data
+        return got
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+def test_listener_keeps_messages_sent_with_the_connack_and_acks_after_the_commit(tmp_path: Path) -> None:
+    """A resumed session's messages can share a TCP segment with the CONNACK: none may be lost, and each is
+    acknowledged only once stored."""
+    store = Store(f"sqlite:///{tmp_path / 'wire.db'}")
+    store.write([Patient(patient_id="pt-1", gender="female")])
+    register_device(store, "cgm-1", "pt-1")
+    broker = ScriptedBroker()
+    payload = json.dumps({"code": "99504-3", "value": 101, "unit": "mg/dL", "time": "2026-05-01T12:00:00Z"})
+    later = json.dumps({"code": "99504-3", "value": 102, "unit": "mg/dL", "time": "2026-05-01T12:05:00Z"})
+    acks: list[int] = []
+
+    def serve() -> None:
+        conn = broker.accept()
+        [(kind, _, _)] = broker.packets(1)
+        assert kind == 1  # CONNECT
+        conn.sendall(b"\x20\x03\x01\x00\x00" + encode_publish("devices/cgm-1/obs", payload.encode(), 41))
+        [(kind, _, body)] = broker.packets(1)
+        assert kind == 8  # SUBSCRIBE
+        conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+        conn.sendall(encode_publish("devices/cgm-1/obs", later.encode(), 42))
+        for kind, _, body in broker.packets(2):
+            assert kind == PUBACK
+            acks.append(decode_puback(body)[0])
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{broker.port}", "devices/+/obs", client_id="t")
+    listener.start()
+    try:
+        thread.join(20)
+        assert sorted(acks) == [41, 42]
+        assert len(store.observations("pt-1")) == 2  # stored before each PUBACK went (the writer acks after commit)
+    finally:
+        listener.stop()
+        broker.close()
+        store.close()
+
+
+def test_publish_window_waits_for_acks_and_reuses_packet_ids() -> None:
+    broker = ScriptedBroker()
+    seen: list[int] = []
+
+    def serve() -> None:
+        conn = broker.accept()
+        broker.packets(1)  # CONNECT
+        conn.sendall(b"\x20\x06\x00\x00\x03\x21\x00\x02")  # CONNACK: receive maximum 2
+        while len(seen) < 5:
+            for _, flags, body in broker.packets(1):
+                p = decode_publish(flags, body)
+                seen.append(p.mid)
+                conn.sendall(encode_pubacks([p.mid]))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    conn, connack = MqttSocket.open("127.0.0.1", broker.port, encode_connect("p", clean_start=True, keep_alive_s=0), 10)
+    window = PublishWindow(conn, connack.receive_maximum)
+    window.publish([(1 + k % 2, encode_publish("devices/a/obs", b"{}", 1 + k % 2)) for k in range(5)])
+    window.wait_all(10)
+    thread.join(10)
+    conn.close()
+    broker.close()
+    assert window.acked == 5
+    assert seen == [1, 2, 1, 2, 1]  # an id is used again only after its PUBACK
+
+
+def test_listener_reconnects_and_never_acks_on_the_wrong_connection(tmp_path: Path) -> None:
+    """The broker drops the connection before the PUBACK: the listener reconnects to the same session, and the
+    message, resent under a new id, is stored once and acknowledged under the new id only."""
+    store = Store(f"sqlite:///{tmp_path / 'reconnect.db'}")
+    store.write([Patient(patient_id="pt-1", gender="female")])
+    register_device(store, "cgm-1", "pt-1")
+    broker = ScriptedBroker()
+    payload = json.dumps({"code": "99504-3", "value": 101, "unit": "mg/dL", "time": "2026-05-01T12:00:00Z"}).encode()
+    second: list[tuple[int, int]] = []
+
+    def serve() -> None:
+        for connection, mid in ((1, 5), (2, 9)):
+            conn = broker.accept()
+            broker.buffer.clear()
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 1
+            assert body[7] & 0x02 == 0  # clean start off: the session persists
+            conn.sendall(b"\x20\x03" + (b"\x01" if connection == 2 else b"\x00") + b"\x00\x00")
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 8
+            conn.sendall(
+                b"\x90\x04" + bytes(body[:2]) + b"\x00\x01" + encode_publish("devices/cgm-1/obs", payload, mid)
+            )
+            if connection == 1:
+                conn.close()  # before any PUBACK: the message is not acknowledged on this connection
+                continue
+            for kind, _, body in broker.packets(1):
+                second.append((kind, decode_puback(body)[0]))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{broker.port}", "devices/+/obs", client_id="t")
+    listener.start()
+    try:
+        thread.join(30)
+        assert second == [(PUBACK, 9)]
+        assert len(store.observations("pt-1")) == 1  # stored once, though it arrived twice
+    finally:
+        stats = listener.stop()
+        broker.close()
+        store.close()
+    assert stats.stored + stats.duplicates == 2
+    assert stats.stale_acks + stats.acked == 2
+    assert stats.acked >= 1
+
+
+class AckingConnection:
+    """A connection on which the writer keeps sending PUBACKs while the broker has nothing to send: only a PINGREQ
+    gets an answer (a PINGRESP) from it."""
+
+    def __init__(self) -> None:
+        self.last_received = self.last_sent = time.monotonic()
+        self.pings = 0
+        self.answer = False
+
+    def receive(self, timeout_s: float | None) -> list[tuple[int, int, memoryview]]:
+        time.sleep(0.02)
+        self.last_sent = time.monotonic()  # the writer's PUBACKs
+        if self.answer:
+            self.answer = False
+            self.last_received = time.monotonic()
+            return [(PINGRESP, 0, memoryview(b""))]
+        return []
+
+    def send(self, data: bytes) -> None:
+        assert data == PINGREQ_PACKET
+        self.pings += 1
+        self.answer = True
+
+
+def test_keep_alive_pings_a_quiet_broker_even_while_acknowledging(tmp_path: Path) -> None:
+    """Sending PUBACKs does not tell the listener that the broker is alive: when nothing has come for half the
+    keep-alive interval it pings, and a broker that answers is kept (before: dropped after 1.5 intervals)."""
+    listener = MqttListener(Store(f"sqlite:///{tmp_path / 'k.db'}"), "mqtt://127.0.0.1:1", keep_alive_s=1)
+    listener._keep_alive_now = 0.2
+    conn = AckingConnection()
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            listener._read(conn)  # type: ignore[arg-type]
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    time.sleep(1.0)  # five keep-alive intervals
+    listener._closing.set()
+    thread.join(5)
+    assert failed == []
+    assert conn.pings >= 3
