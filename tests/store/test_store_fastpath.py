@@ -27,6 +27,7 @@ from medtwin.records import Coding, Encounter, Event, Observation, Patient, Prov
 from medtwin.store import EventNotFoundError, RawMessage, Store, schema
 from medtwin.store.migrate import alembic_config
 from medtwin.store.rows import TABLES, loinc_code
+from medtwin.store.shards import entry_patient, patient_hash
 
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hl7v2"
@@ -149,6 +150,7 @@ def _core_write(store: Store, items: Sequence[tuple[Sequence[Record], RawMessage
                         "record_count": len(records),
                         "payload": raw.payload_bytes,
                         "digest": hashlib.sha256(raw.payload_bytes).hexdigest(),
+                        "patient_hash": None if (pid := entry_patient(records)) is None else patient_hash(pid),
                     },
                 )
             for kind, table, _, row_of in TABLES:

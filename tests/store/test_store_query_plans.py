@@ -46,6 +46,12 @@ def test_log_reads_do_not_scan_every_accepted_row(tmp_path: Path) -> None:
         (poll,) = _plans(store, lambda: accepted_after(store, 0, content_type=hl7), "raw_inbound")
         assert "USING INTEGER PRIMARY KEY (rowid>?)" in poll, poll
         assert "TEMP B-TREE" not in poll, poll
+        # a sharded worker's poll (its patients' entries up to the log's end) reads the same primary-key range
+        (sharded,) = _plans(
+            store, lambda: accepted_after(store, 0, content_type=hl7, shard=(1, 2), through=9), "raw_inbound"
+        )
+        assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in sharded, sharded
+        assert "TEMP B-TREE" not in sharded, sharded
         lookups = _plans(store, lambda: store.write([], raw("A")), "raw_inbound")  # a resend in a new transaction
         original = [p for p in lookups if "source" in p]
         assert original, lookups

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.twin.test_drug_component import course
 
+import medtwin
 from medtwin.interop import hl7v2
 from medtwin.interop.device_obs import DEVICE_CONTENT_TYPE, envelope, parse_reading, reading_observation
 from medtwin.interop.mllp import CONTENT_TYPE
@@ -117,8 +118,10 @@ def uninterrupted(path: Path) -> None:
 
 
 def start_worker(url: str, shard: int = 0, shards: int = 1) -> subprocess.Popen[bytes]:
+    # the medtwin this test imported (a worktree's src, not the environment's editable install)
+    path = os.pathsep.join([str(Path(medtwin.__file__).resolve().parents[1]), os.getcwd()])
     return subprocess.Popen([sys.executable, "-c", WORKER, url, str(shard), str(shards)],
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+                            env={**os.environ, "PYTHONPATH": path})  # fmt: skip
 
 
 def kill_9_past(store: Store, child: subprocess.Popen[bytes], cursor: str, position: int) -> int:
@@ -178,9 +181,9 @@ def test_kill_9_of_one_sharded_worker_changes_nothing(tmp_path: Path) -> None:
         runtime = TwinRuntime(store, snapshot_every=None)  # shard 1 restarted from its checkpoint
         follow(LogFollower(store, shard=0, shards=2), runtime, should_stop=lambda: True, group_window_s=0.0)
         runtime.close()
-        # the other one ran on meanwhile; killed wherever it is (its cursor is saved when it commits its own
-        # patients' records, so waiting for it to reach the end of the log could wait for the deadline)
-        kill_9_past(store, survivor, names[1], -1)
+        # the other one ran on meanwhile: it reaches the end of the log (its cursor moves past shard 1's entries,
+        # which it does not read) and is killed there
+        assert kill_9_past(store, survivor, names[1], last - 1) == last
     finally:
         if survivor.poll() is None:
             survivor.kill()

@@ -279,3 +279,25 @@ def test_the_forecasts_hypo_probability_is_the_predicted_low_alerts() -> None:
     assert medium, "the falling trace raised no predicted-low alert"
     for p, shown in medium:
         assert shown == pytest.approx(p, abs=1e-12)
+
+
+def test_an_alert_raised_and_resolved_in_one_group_is_stored_resolved(tmp_path: Any) -> None:
+    """The stored outcome does not depend on how the worker grouped the readings: one group, or one per reading."""
+    from medtwin.store import Store
+    from medtwin.twin import TwinRuntime
+
+    values = [max(55.0, 160.0 - 6.0 * k) for k in range(25)] + [60.0 + 8.0 * k for k in range(15)]
+    readings = [cgm("g", 5 * k, v) for k, v in enumerate(values)]
+    outcomes = []
+    for name, groups in (("apart", [[r] for r in readings]), ("together", [readings])):
+        with Store(f"sqlite:///{tmp_path}/{name}.db") as store:
+            runtime = TwinRuntime(store, snapshot_every=None,
+                                  settings={"glucose_particles": 32, "glucose_reidentify": False})  # fmt: skip
+            for group in groups:  # a group: one transaction of the worker, one message per reading
+                runtime.process_many([([r], None) for r in group])
+            outcomes.append(sorted((e.event_id, e.status) for e in store.events(kind="alert")))
+    apart, together = outcomes
+    lows = [(i, s) for i, s in apart if "glucose-low" in i]
+    assert lows
+    assert all(s == "resolved" for _, s in lows)
+    assert together == apart

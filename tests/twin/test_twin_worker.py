@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from medtwin.interop import hl7v2
 from medtwin.interop.mllp import CONTENT_TYPE, MllpClient, MllpConfig, MllpServer
 from medtwin.interop.virtual_feed import sample_to_oru
 from medtwin.monitoring.virtual import virtual_ward
 from medtwin.records import Event
-from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor
+from medtwin.store import RawMessage, Store, accepted_after, last_raw_id, load_cursor, save_cursor, schema
+from medtwin.store.shards import patient_hash, shard_of_hash
 from medtwin.twin import LogFollower, RuntimeProcess, TwinRuntime, follow
 from medtwin.twin.worker import SKIPPED_CODE, listener_store, record_skipped, shard_consumer, shard_of
 
@@ -192,6 +194,51 @@ def test_sharded_followers_see_every_record_exactly_once_and_a_patient_in_one_sh
         assert cursors == [0, 0, 0]  # a new layout starts where the unsharded worker's cursor was
 
 
+def test_a_sharded_follower_reads_only_its_patients_entries_and_follows_the_logs_end(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store_messages(store, feed(48, patients=12))
+        shards = [LogFollower(store, shard=k, shards=3) for k in range(3)]
+        polled = [record_keys(f.poll()) for f in shards]
+        assert sum(f.messages for f in shards) == 48  # each entry read by one shard: none read three times
+        assert all(f.shared_messages == 0 for f in shards)
+        assert [f.read for f in shards] == [last_raw_id(store)] * 3  # past the others' entries too
+        # entries without a patient hash (stored before revision 0030) are read by every shard, records kept once
+        with store._transaction() as conn:
+            conn.execute(update(schema.raw_inbound).values(patient_hash=None))
+        again = [LogFollower(store, shard=k, shards=3) for k in range(3)]
+        assert sorted(k for f in again for k in record_keys(f.poll())) == sorted(k for p in polled for k in p)
+        assert [f.shared_messages for f in again] == [48] * 3
+        # a shard with nothing of its own after its cursor still moves it to the end of the log (and saves it)
+        end = last_raw_id(store)
+        store_messages(store, feed(4, prefix="X", patients=1))  # one patient's messages: one shard's
+        (owner,) = {shard_of_hash(m.patient_hash or 0, 3) for m in accepted_after(store, end)}
+        idle = (owner + 1) % 3
+        follower = LogFollower(store, shard=idle, shards=3)
+        assert follower.position < end
+        follow(follower, TwinRuntime(store, snapshot_every=None), should_stop=lambda: True, group_window_s=0.0,
+               cursor_every_s=0.0)  # fmt: skip
+        assert load_cursor(store, shard_consumer("twin-runtime", idle, 3)) == last_raw_id(store)
+
+
+def test_an_entry_whose_records_are_not_of_the_patient_stored_with_it_is_skipped_with_a_record(
+    tmp_path: Path,
+) -> None:
+    with Store(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        save_cursor(store, "twin-runtime", 0)
+        store_messages(store, feed(4, patients=1))
+        (pid,) = {pid for pid, _ in record_keys(LogFollower(store).poll())}
+        other = next(f"pt-{i}" for i in range(50) if shard_of(f"pt-{i}", 2) != shard_of(pid, 2))
+        with store._transaction() as conn:  # as if the mapping now gave another patient than the stored one
+            conn.execute(update(schema.raw_inbound).values(patient_hash=patient_hash(other)))
+        wrong = LogFollower(store, shard=shard_of(other, 2), shards=2)
+        assert wrong.poll() == []
+        assert wrong.unmappable == 4  # refused, not dropped: recorded as skipped
+        skipped = [e for e in store.events() if e.code == SKIPPED_CODE]
+        assert len(skipped) == 4
+        assert "not the one it was stored for" in skipped[0].message
+
+
 def test_shard_of_is_stable_across_processes_and_spread() -> None:
     assert [shard_of(f"pt-{i}", 2) for i in range(8)] == [shard_of(f"pt-{i}", 2) for i in range(8)]
     assert shard_of("pt-sim-cgm-0000", 1) == 0
@@ -246,9 +293,16 @@ def test_runtime_process_beside_the_listener_raises_and_stores_alerts(
         assert len(alerts) == stats["alerts"]
         assert [load_cursor(store, name) for name in worker.consumers] == [last_raw_id(store)] * workers
         if workers > 1:
-            assert [s["messages"] for s in stats["shards"]] == [60] * workers  # each reads the log, keeps its own
+            # each reads its own patients' messages only (selected in SQL by the stored patient hash); the patients'
+            # ids are keyed per store, so which shard gets how many differs from run to run
+            owners = [shard_of(hl7v2.map_message(hl7v2.parse_payload(p)[0], patient_id_for=store.keyring.pseudonym)
+                               .records[0].patient_id or "", workers) for p in payloads]  # fmt: skip
+            assert [s["messages"] for s in stats["shards"]] == [owners.count(k) for k in range(workers)]
+            assert all(s["shared_messages"] == 0 for s in stats["shards"])
             assert sum(s["alerts"] for s in stats["shards"]) == stats["alerts"]
-            assert {shard_of(a.patient_id or "", workers) for a in alerts} == set(range(workers))
+            assert [s["alerts"] for s in stats["shards"]] == [
+                sum(1 for a in alerts if shard_of(a.patient_id or "", workers) == k) for k in range(workers)
+            ]
             assert summary(alerts) == summary(latest([e for e in direct_events(payloads, store.keyring.pseudonym)
                                                       if e.kind == "alert"]))  # fmt: skip
         assert store.latest_snapshot(f"patient:{alerts[0].patient_id}") is not None  # twins snapshotted at stop
@@ -334,3 +388,17 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
     expected = direct_events([p for i, p in enumerate(payloads) if i != 7], store.keyring.pseudonym)
     # every other message reached the twins
     assert summary(alerts) == summary([e for e in expected if e.kind == "alert"])
+
+
+def test_merged_report_takes_the_slowest_shard_that_has_a_figure() -> None:
+    from medtwin.twin.worker import _merged
+
+    shards = [
+        {"messages": 7, "shared_messages": 2, "alerts": 0, "alert_p50_ms": float("nan"), "busy_s": 1.0},
+        {"messages": 5, "shared_messages": 2, "alerts": 3, "alert_p50_ms": 12.5, "busy_s": 2.0},
+    ]
+    merged = _merged(shards)
+    assert merged["alert_p50_ms"] == 12.5  # the shard whose patients raised no alert has no latency to report
+    assert merged["busy_s"] == 2.0
+    assert merged["messages"] == 10  # each entry once: the 2 tied to no single patient were read by both
+    assert merged["alerts"] == 3

@@ -30,23 +30,24 @@ PARAM_ORDER = (
 )  # fmt: skip
 
 
-@njit(cache=True)
-def _gut_constants(p: FloatArray, dbar: float, c: FloatArray) -> None:  # pragma: no cover
-    # constant within a minute: a, c of the gastric-emptying tanh terms and b*Dbar, d*Dbar
+State = tuple[float, float, float, float, float, float, float, float, float, float, float, float, float]
+"""The 13 states of one member (qsto1, qsto2, Qgut, Gp, Gt, Ip, X, I1, Id, Il, Isc1, Isc2, Gs) in scalars: the minute
+step works on scalars, not on array rows, so they stay in registers (an array row is re-read after every store,
+as the compiler cannot tell it from the others: the step ran 3-5 times slower; docs/benchmarks.md, "Living twin").
+The arithmetic is the same operations in the same order: the results are bit-identical."""
+Gut = tuple[float, float, float, float, float]
+
+
+@njit(cache=True, inline="always")
+def _gut_constants(p: FloatArray, dbar: float) -> Gut:  # pragma: no cover
+    # constant within a minute: a, c of the gastric-emptying tanh terms and b*Dbar, d*Dbar, and whether they apply
     if dbar > 0:
-        c[0] = 5.0 / 2.0 / (1.0 - p[4]) / dbar
-        c[1] = 5.0 / 2.0 / p[5] / dbar
-        c[2] = p[4] * dbar
-        c[3] = p[5] * dbar
-        c[4] = 1.0
-    else:
-        c[4] = 0.0
+        return (5.0 / 2.0 / (1.0 - p[4]) / dbar, 5.0 / 2.0 / p[5] / dbar, p[4] * dbar, p[5] * dbar, 1.0)
+    return (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @njit(cache=True)
-def _rhs(
-    x: FloatArray, p: FloatArray, c: FloatArray, cho: float, ins: float, dx: FloatArray
-) -> None:  # pragma: no cover
+def _rhs(x: State, p: FloatArray, c: Gut, cho: float, ins: float) -> State:  # pragma: no cover
     kmax = p[2]
     kmin = p[3]
     if c[4] > 0:
@@ -54,73 +55,90 @@ def _rhs(
         kgut = kmin + (kmax - kmin) / 2.0 * (math.tanh(c[0] * (qsto - c[2])) - math.tanh(c[1] * (qsto - c[3])) + 2.0)
     else:
         kgut = kmax
-    dx[0] = -kmax * x[0] + cho
-    dx[1] = kmax * x[0] - x[1] * kgut
-    dx[2] = kgut * x[1] - p[1] * x[2]
     rat = p[6] * p[1] * x[2] / p[0]
     egp = p[7] - p[8] * x[3] - p[9] * x[8]
     if egp < 0.0:
         egp = 0.0
     et = p[11] * (x[3] - p[12]) if x[3] > p[12] else 0.0
     d3 = egp + rat - p[10] - et - p[13] * x[3] + p[14] * x[4]
-    dx[3] = d3 if x[3] >= 0 else 0.0
     uid = (p[15] + p[16] * x[6]) * x[4] / (p[17] + x[4])
     d4 = -uid + p[13] * x[3] - p[14] * x[4]
-    dx[4] = d4 if x[4] >= 0 else 0.0
     d5 = -(p[19] + p[20]) * x[5] + p[18] * x[9] + p[26] * x[10] + p[27] * x[11]
-    dx[5] = d5 if x[5] >= 0 else 0.0
     it = x[5] / p[22]
-    dx[6] = -p[23] * x[6] + p[23] * (it - p[24])
-    dx[7] = -p[25] * (x[7] - it)
-    dx[8] = -p[25] * (x[8] - x[7])
     d9 = -(p[18] + p[21]) * x[9] + p[19] * x[5]
-    dx[9] = d9 if x[9] >= 0 else 0.0
     d10 = ins - (p[26] + p[28]) * x[10]
-    dx[10] = d10 if x[10] >= 0 else 0.0
     d11 = p[28] * x[10] - p[27] * x[11]
-    dx[11] = d11 if x[11] >= 0 else 0.0
     d12 = -p[29] * x[12] + p[29] * x[3]
-    dx[12] = d12 if x[12] >= 0 else 0.0
+    return (
+        -kmax * x[0] + cho,
+        kmax * x[0] - x[1] * kgut,
+        kgut * x[1] - p[1] * x[2],
+        d3 if x[3] >= 0 else 0.0,
+        d4 if x[4] >= 0 else 0.0,
+        d5 if x[5] >= 0 else 0.0,
+        -p[23] * x[6] + p[23] * (it - p[24]),
+        -p[25] * (x[7] - it),
+        -p[25] * (x[8] - x[7]),
+        d9 if x[9] >= 0 else 0.0,
+        d10 if x[10] >= 0 else 0.0,
+        d11 if x[11] >= 0 else 0.0,
+        d12 if x[12] >= 0 else 0.0,
+    )
 
 
-@njit(cache=True)
-def _rk4_minute(
-    x: FloatArray, p: FloatArray, cho: float, ins: float, dbar: float, n_sub: int, work: FloatArray
-) -> None:  # pragma: no cover
+@njit(cache=True, inline="always")
+def _axpy(x: State, a: float, k: State) -> State:  # pragma: no cover
+    # x + a * k, state by state
+    return (x[0] + a * k[0], x[1] + a * k[1], x[2] + a * k[2], x[3] + a * k[3], x[4] + a * k[4], x[5] + a * k[5],
+            x[6] + a * k[6], x[7] + a * k[7], x[8] + a * k[8], x[9] + a * k[9], x[10] + a * k[10],
+            x[11] + a * k[11], x[12] + a * k[12])  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _rk4_combine(x: State, w: float, k1: State, k2: State, k3: State, k4: State) -> State:  # pragma: no cover
+    # x + w * (k1 + 2 (k2 + k3) + k4), state by state
+    return (
+        x[0] + w * (k1[0] + 2.0 * (k2[0] + k3[0]) + k4[0]), x[1] + w * (k1[1] + 2.0 * (k2[1] + k3[1]) + k4[1]),
+        x[2] + w * (k1[2] + 2.0 * (k2[2] + k3[2]) + k4[2]), x[3] + w * (k1[3] + 2.0 * (k2[3] + k3[3]) + k4[3]),
+        x[4] + w * (k1[4] + 2.0 * (k2[4] + k3[4]) + k4[4]), x[5] + w * (k1[5] + 2.0 * (k2[5] + k3[5]) + k4[5]),
+        x[6] + w * (k1[6] + 2.0 * (k2[6] + k3[6]) + k4[6]), x[7] + w * (k1[7] + 2.0 * (k2[7] + k3[7]) + k4[7]),
+        x[8] + w * (k1[8] + 2.0 * (k2[8] + k3[8]) + k4[8]), x[9] + w * (k1[9] + 2.0 * (k2[9] + k3[9]) + k4[9]),
+        x[10] + w * (k1[10] + 2.0 * (k2[10] + k3[10]) + k4[10]),
+        x[11] + w * (k1[11] + 2.0 * (k2[11] + k3[11]) + k4[11]),
+        x[12] + w * (k1[12] + 2.0 * (k2[12] + k3[12]) + k4[12]),
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _rk4_minute(x: State, p: FloatArray, cho: float, ins: float, dbar: float, n_sub: int) -> State:  # pragma: no cover
     h = 1.0 / n_sub
-    k1 = work[0]
-    k2 = work[1]
-    k3 = work[2]
-    k4 = work[3]
-    xt = work[4]
-    c = work[5]
-    _gut_constants(p, dbar, c)
+    c = _gut_constants(p, dbar)
     for _ in range(n_sub):
-        _rhs(x, p, c, cho, ins, k1)
-        for i in range(13):
-            xt[i] = x[i] + 0.5 * h * k1[i]
-        _rhs(xt, p, c, cho, ins, k2)
-        for i in range(13):
-            xt[i] = x[i] + 0.5 * h * k2[i]
-        _rhs(xt, p, c, cho, ins, k3)
-        for i in range(13):
-            xt[i] = x[i] + h * k3[i]
-        _rhs(xt, p, c, cho, ins, k4)
-        for i in range(13):
-            x[i] = x[i] + (h / 6.0) * (k1[i] + 2.0 * (k2[i] + k3[i]) + k4[i])
+        k1 = _rhs(x, p, c, cho, ins)
+        k2 = _rhs(_axpy(x, 0.5 * h, k1), p, c, cho, ins)
+        k3 = _rhs(_axpy(x, 0.5 * h, k2), p, c, cho, ins)
+        k4 = _rhs(_axpy(x, h, k3), p, c, cho, ins)
+        x = _rk4_combine(x, h / 6.0, k1, k2, k3, k4)
+    return x
 
 
 @njit(cache=True)
-def _patient_minute(
-    b: int,
-    x: FloatArray,
-    p: FloatArray,
-    meal: float,
-    insulin_u_min: float,
-    meal_state: FloatArray,
-    n_sub: int,
-    work: FloatArray,
-) -> float:  # pragma: no cover
+def _load(row: FloatArray) -> State:  # pragma: no cover
+    return (row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11],
+            row[12])  # fmt: skip
+
+
+@njit(cache=True)
+def _store(x: State, row: FloatArray) -> None:  # pragma: no cover
+    for i in range(13):
+        row[i] = x[i]
+
+
+@njit(cache=True, inline="always")
+def _minute_step(
+    b: int, x: State, p: FloatArray, meal: float, insulin_u_min: float, meal_state: FloatArray, n_sub: int
+) -> tuple[State, float]:  # pragma: no cover
+    # one minute of member b: the meal bookkeeping, then RK4; the new state and the carbohydrate eaten (g)
     # meal_state columns: planned_g, last_cho_g_min, last_qsto_mg, food_taken_g, eating (0/1)
     planned = meal_state[b, 0] + meal
     to_eat = 0.0
@@ -139,7 +157,16 @@ def _patient_minute(
         meal_state[b, 4] = 0.0
     meal_state[b, 1] = to_eat
     dbar = meal_state[b, 2] + meal_state[b, 3] * _MG_PER_G
-    _rk4_minute(x, p, to_eat * _MG_PER_G, insulin_u_min * _PMOL_PER_U / p[0], dbar, n_sub, work)
+    return _rk4_minute(x, p, to_eat * _MG_PER_G, insulin_u_min * _PMOL_PER_U / p[0], dbar, n_sub), to_eat
+
+
+@njit(cache=True)
+def _patient_minute(
+    b: int, x: FloatArray, p: FloatArray, meal: float, insulin_u_min: float, meal_state: FloatArray, n_sub: int
+) -> float:  # pragma: no cover
+    # _minute_step on the state row x (updated in place); the carbohydrate eaten (g)
+    state, to_eat = _minute_step(b, _load(x), p, meal, insulin_u_min, meal_state, n_sub)
+    _store(state, x)
     return to_eat
 
 
@@ -155,11 +182,10 @@ def _member_period(
     bg_out: FloatArray,
     eaten_out: FloatArray,
 ) -> None:  # pragma: no cover
-    work = np.empty((6, 13))
     xb = x[b]
     pb = p[b]
     for k in range(meals.shape[0]):
-        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], insulin_u_min[b], meal_state, n_sub, work)
+        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], insulin_u_min[b], meal_state, n_sub)
         bg_out[k, b] = xb[12] / pb[30]
 
 
@@ -193,7 +219,6 @@ def _member_bb(
     n_min = meals.shape[0]
     lo = sensor_limits[0]
     hi = sensor_limits[1]
-    work = np.empty((6, 13))
     xb = x[b]
     pb = p[b]
     basal = pb[31] * pb[0] / _PMOL_PER_U
@@ -207,7 +232,7 @@ def _member_bb(
     cgm_sum = 0.0
     meal_sum = 0.0
     for k in range(n_min):
-        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], delivered, meal_state, n_sub, work)
+        eaten_out[k, b] = _patient_minute(b, xb, pb, meals[k, b], delivered, meal_state, n_sub)
         insulin_out[k, b] = delivered
         bg = xb[12] / pb[30]
         bg_out[k + 1, b] = bg

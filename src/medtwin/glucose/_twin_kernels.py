@@ -3,7 +3,7 @@
 Identification, replay and forecasting all simulate a batch of candidate patients (posterior samples, MCMC
 walkers, particles) under the same minute-by-minute insulin and announced carbohydrate, which the closed-loop
 kernels of :mod:`medtwin.glucose._kernels` do not take (they hold insulin constant over a control period). The
-minute step itself is theirs (``_patient_minute``: meal queue at 5 g/min, gastric-emptying bookkeeping, RK4), so
+minute step itself is theirs (``_minute_step``: meal queue at 5 g/min, gastric-emptying bookkeeping, RK4), so
 these trajectories are the simglucose-exact model's.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange  # type: ignore[import-untyped]
 
-from medtwin.glucose._kernels import _patient_minute
+from medtwin.glucose._kernels import _load, _minute_step, _store
 from medtwin.sim.model import FloatArray
 
 IntArray = npt.NDArray[np.int64]
@@ -38,15 +38,17 @@ def _member_inputs(
     n_sub: int,
     bg_out: FloatArray,
 ) -> None:  # pragma: no cover
-    # member b reads its inputs from columns meal_col[b], insulin_col[b] and runs minutes [0, stop[b])
-    work = np.empty((6, 13))
+    # member b reads its inputs from columns meal_col[b], insulin_col[b] and runs minutes [0, stop[b]); its state in
+    # scalars meanwhile (medtwin.glucose._kernels.State)
     xb = x[b]
     pb = p[b]
     cm = meal_col[b]
     ci = insulin_col[b]
+    state = _load(xb)
     for k in range(stop[b]):
-        _patient_minute(b, xb, pb, meals_g[k, cm], insulin_u_min[k, ci], meal_state, n_sub, work)
-        bg_out[k, b] = xb[12] / pb[30]
+        state, _ = _minute_step(b, state, pb, meals_g[k, cm], insulin_u_min[k, ci], meal_state, n_sub)
+        bg_out[k, b] = state[12] / pb[30]
+    _store(state, xb)
 
 
 # Two functions, not two builds of one: numba's cache keys a function by name and signature only, so a threaded

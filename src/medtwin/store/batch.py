@@ -38,6 +38,7 @@ from medtwin.records import Encounter, Patient, Provenance, Record
 from medtwin.store import codec, rows, schema
 from medtwin.store.protect import FHIR_SYSTEM_KEY, SYSTEM_KEY, Sealer
 from medtwin.store.resources import FhirResource, PatientLinks, write_links, write_resources
+from medtwin.store.shards import entry_patient, patient_hash
 from medtwin.store.versions import encounter_as_of, merge_encounter, merge_patient, same_content
 
 if TYPE_CHECKING:
@@ -350,6 +351,7 @@ RAW_COLUMNS = (
     "related_raw_id",
     "relation",
     "key_ref",
+    "patient_hash",
 )
 _RAW_RETURNING = ("raw_id", "source_system", "source_id", "status")
 KEPT_STATUSES = ("accepted", "unmapped")  # one row per (source system, source id) among these (revision 0006)
@@ -373,11 +375,14 @@ def raw_values(
     payload: bytes | None = None,
     related: tuple[int | None, str] | None = None,
     time: Callable[[datetime], Any] | None = None,
+    patient: str | None = None,
 ) -> tuple[Any, ...]:
     """The raw log row of *raw* in :data:`RAW_COLUMNS` order: the one place a raw entry is encoded.
 
     *payload* replaces the message's (a duplicate keeps none); *related* is (raw id, relation) when the entry refers
-    to another (else the message's own); *time* turns the receipt time into what the driver binds.
+    to another (else the message's own); *time* turns the receipt time into what the driver binds; *patient*: the
+    one patient the entry's records belong to (:func:`medtwin.store.shards.entry_patient`), stored as its hash so a
+    consumer sharded by patient selects its entries in SQL (None: no single patient).
     """
     data = raw.payload_bytes if payload is None else payload
     digest = (raw.digest or raw_digest(data)) if payload is None else (raw_digest(data) if data else None)
@@ -395,6 +400,7 @@ def raw_values(
         related_id,
         relation if related_id is not None else None,
         raw.key_ref,
+        None if patient is None else patient_hash(patient),
     )
 
 
@@ -448,15 +454,15 @@ def raw_row(raw: RawMessage, status: str, reason: str | None, count: int, **opti
 
 def _insert_raws(conn: Connection, driver: sqlite3.Connection | None, items: list[_Item]) -> list[tuple[Any, ...]]:
     """Insert the raw row of each of *items*; (raw id, source system, source id, status) of each row inserted."""
-    pairs = [(i.raw, i.outcome.records) for i in items if i.raw is not None]
+    triples = [(i.raw, i.outcome.records, entry_patient(i.records)) for i in items if i.raw is not None]
     t = schema.raw_inbound
     if driver is not None:
-        values = [raw_values(r, r.status, r.reason, n, time=schema.sqlite_utc_text) for r, n in pairs]
+        values = [raw_values(r, r.status, r.reason, n, time=schema.sqlite_utc_text, patient=p) for r, n, p in triples]
         done = _sqlite_insert(driver, t, RAW_COLUMNS, values)
         if done is not None:
             stmt = f"SELECT {', '.join(_RAW_RETURNING)} FROM raw_inbound WHERE raw_id > ? ORDER BY raw_id"
             return driver.execute(stmt, (done[0],)).fetchall()
-    params = [raw_row(r, r.status, r.reason, n) for r, n in pairs]
+    params = [raw_row(r, r.status, r.reason, n, patient=p) for r, n, p in triples]
     return sorted((tuple(r) for r in _bulk_insert(conn, t, params, _RAW_RETURNING)), key=lambda r: int(r[0]))
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 
 from medtwin.errors import ValidationError
 from medtwin.store import schema
+from medtwin.store.shards import in_shard
 
 if TYPE_CHECKING:
     from medtwin.store.store import Store
@@ -31,35 +32,50 @@ __all__ = ["AcceptedMessage", "accepted_after", "cursors_of", "last_raw_id", "lo
 @dataclass(frozen=True, slots=True)
 class AcceptedMessage:
     """One accepted raw message: its log id, when it was received (UTC), its payload, and its key in the raw log
-    (``source_id``: the key its records' provenance was built from, which a consumer mapping it again must use)."""
+    (``source_id``: the key its records' provenance was built from, which a consumer mapping it again must use);
+    *patient_hash*: the stored hash of the one patient its records belong to (None: no single patient, or stored
+    before revision 0030; :mod:`medtwin.store.shards`)."""
 
     raw_id: int
     received: datetime
     content_type: str
     payload: bytes
     source_id: str = ""
+    patient_hash: int | None = None
 
 
 def accepted_after(
-    store: Store, position: int, *, content_type: str | Sequence[str] | None = None, limit: int = 1000
+    store: Store,
+    position: int,
+    *,
+    content_type: str | Sequence[str] | None = None,
+    limit: int = 1000,
+    shard: tuple[int, int] | None = None,
+    through: int | None = None,
 ) -> list[AcceptedMessage]:
     """The accepted raw messages with ``raw_id > position`` (of *content_type*, or of any of several, when given),
-    oldest first."""
+    oldest first; with *through*, only those up to that raw id. *shard* ``(k, n)``: only the messages of the
+    patients of shard k of n and those tied to no single patient (:func:`medtwin.store.shards.in_shard`)."""
     if limit < 1:
         raise ValidationError(f"accepted_after: limit must be at least 1, got {limit}")
     t = schema.raw_inbound
     # the primary-key range after *position*: by the (status, received) index each call scanned every accepted row
     # of the log and sorted the matches (26 ms of CPU per call at 300,000 rows; bench/raw_log_poll.py)
-    stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload, t.c.source_id).where(
+    stmt = select(t.c.raw_id, t.c.received, t.c.content_type, t.c.payload, t.c.source_id, t.c.patient_hash).where(
         t.c.raw_id > position, schema.unindexed(t.c.status) == "accepted"
     )
+    if through is not None:
+        stmt = stmt.where(t.c.raw_id <= through)
     if isinstance(content_type, str):
         stmt = stmt.where(t.c.content_type == content_type)
     elif content_type is not None:
         stmt = stmt.where(t.c.content_type.in_(list(content_type)))
+    if shard is not None and shard[1] > 1:
+        stmt = stmt.where(in_shard(t.c.patient_hash, shard[0], shard[1]))
     with store._reading() as conn:
         rows = conn.execute(stmt.order_by(t.c.raw_id).limit(limit)).all()
-    return [AcceptedMessage(int(r[0]), r[1], r[2], store.keys.open(bytes(r[3])) or b"", r[4]) for r in rows]
+    open_ = store.keys.open
+    return [AcceptedMessage(int(r[0]), r[1], r[2], open_(bytes(r[3])) or b"", r[4], r[5]) for r in rows]
 
 
 def last_raw_id(store: Store) -> int:

@@ -332,6 +332,11 @@ raw_inbound = Table(
     # revision 0010: the key the payload is encrypted under (a patient id, or "system:raw" for payloads tied to no
     # patient); erasing a patient deletes the rows under their key
     Column("key_ref", String(200)),
+    # revision 0030: the hash of the one patient the entry's records belong to (NULL: none, or several), so a
+    # consumer sharded by patient reads its own entries in SQL (medtwin.store.shards). Not indexed: a consumer
+    # reads the primary-key range after its cursor and the test is on each row of it (an index would cost every
+    # insert of the listener and save nothing there)
+    Column("patient_hash", BigInteger),
     # One *kept* row (accepted, or unmapped: stored without records) per (source system, source id): that is the
     # idempotency key. Rejected and duplicate arrivals are logged as extra rows (a corrected resend must still be
     # accepted).

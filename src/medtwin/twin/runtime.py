@@ -187,14 +187,18 @@ class TwinRuntime:
                     ):
                         to_write.append(vitals.last_news2_observation)
             flushed = self._flush(list(touched.values()))
-            for twin in touched.values():  # alerts the other components saw clear (vitals: above)
+            if flushed:
+                self._collect(flushed, latest_received, events, to_write, cleared)
+            # alerts the other components saw clear (vitals: above), after their raises: a component's alert raised
+            # and cleared in the same group (the glucose filter's, whose ids are new at every raise) ends resolved,
+            # as when each message is a group of its own (until 2026-12-07 it stayed active: the outcome depended
+            # on how messages were grouped)
+            for twin in touched.values():
                 for component in twin.components.values():
                     gone = getattr(component, "cleared", None)
                     if gone:
                         cleared.extend(gone)
                         gone.clear()
-            if flushed:
-                self._collect(flushed, latest_received, events, to_write, cleared)
             if self.store is not None:
                 self._dirty.update(touched)
             unit = getattr(self.store, "unit_of_work", None)

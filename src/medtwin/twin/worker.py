@@ -18,8 +18,8 @@ then saves its cursor. So:
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -51,6 +51,7 @@ from medtwin.store import (
 from medtwin.store.cursors import cursors_of
 from medtwin.store.engine import sqlite_file
 from medtwin.store.locks import lock_path_for
+from medtwin.store.shards import shard_of as store_shard_of
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
@@ -124,11 +125,9 @@ _SHARD_SEPARATOR = "/shard-"
 
 def shard_of(patient_id: str, shards: int) -> int:
     """The worker shard (0 to *shards* - 1) that owns *patient_id*: a stable hash of the id (BLAKE2b), the same in
-    every process, run and release (Python's ``hash`` of a string is salted per process)."""
-    if shards == 1:
-        return 0
-    digest = hashlib.blake2b(patient_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
+    every process, run and release (Python's ``hash`` of a string is salted per process), and the one the raw log
+    stores with each entry (:mod:`medtwin.store.shards`), so a worker selects its own entries in SQL."""
+    return store_shard_of(patient_id, shards)
 
 
 def shard_consumer(name: str, shard: int, shards: int) -> str:
@@ -146,9 +145,12 @@ class LogFollower:
 
     Sharded (*shards* above 1): the follower of shard *shard* returns only the records of the patients it owns
     (:func:`shard_of`) and keeps a cursor of its own (:func:`shard_consumer`); the followers of shards 0 to
-    *shards* - 1 together return every record exactly once. A shard without a saved cursor starts at the lowest
-    cursor of the consumer's other layouts (a change of the worker count: messages in between are processed again,
-    at least once, as after a crash), or at the end of the log when there is none.
+    *shards* - 1 together return every record exactly once. It reads, in SQL, only the entries stored with the hash
+    of one of its patients and those tied to no single patient (a batch of several, an entry stored before the
+    hash was: these it maps and keeps its own records of); its position moves past the other shards' entries
+    whether or not a poll found any of its own, so its cursor follows the log's end. A shard without a saved
+    cursor starts at the lowest cursor of the consumer's other layouts (a change of the worker count: messages in
+    between are processed again, at least once, as after a crash), or at the end of the log when there is none.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class LogFollower:
         self.position = saved
         self.read = saved
         self.messages = 0
+        self.shared_messages = 0  # of them, entries tied to no single patient: every shard reads those
         self.unmappable = 0
         self.last_poll_full = False
         self._owned: dict[str, bool] = {}
@@ -194,14 +197,27 @@ class LogFollower:
 
     def _records(self, message: AcceptedMessage) -> list[Record]:
         """The records of *message* that this follower's shard owns (a device reading of another shard's patient
-        is not mapped at all: its envelope names the patient)."""
+        is not mapped at all: its envelope names the patient).
+
+        An entry stored with a patient's hash was selected for this shard by that hash: a record of it that this
+        shard does not own (the mapping no longer gives the patient the entry was stored for) would reach no
+        worker, so the entry is refused (:class:`ValidationError`) and, like one that no longer maps, skipped
+        with a record of why."""
         if self.shards == 1:
             return stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
         if message.content_type == DEVICE_CONTENT_TYPE:
             doc = orjson.loads(message.payload)  # the envelope names the bound patient: parsed once, mapped if ours
-            return list(stored_device_records(doc)) if self.owns(str(doc["patient_id"])) else []
+            patient = str(doc["patient_id"])
+            if self.owns(patient):
+                return list(stored_device_records(doc))
+            if message.patient_hash is not None:
+                raise ValidationError(f"its patient {patient!r} is not the one it was stored for (shard hash)")
+            return []
         records = stored_message_records(message, self.assume_tz, self.store.keyring.pseudonym)
-        return [r for r in records if self.owns(r.patient_id or "")]
+        mine = [r for r in records if self.owns(r.patient_id or "")]
+        if message.patient_hash is not None and len(mine) != len(records):
+            raise ValidationError("a record's patient is not the one it was stored for (shard hash)")
+        return mine
 
     def poll(self) -> list[tuple[Sequence[Record], float]]:
         """The next messages' observations with their receipt times on the ``time.monotonic()`` clock.
@@ -210,9 +226,16 @@ class LogFollower:
         maps (a changed mapping, a different time zone setting) is logged with its raw id and skipped, never
         silently.
         """
-        found = accepted_after(self.store, self.read, content_type=FOLLOWED_CONTENT_TYPES, limit=self.batch)
+        sharded = self.shards > 1
+        # sharded: the log's end first, then this shard's entries up to it; a poll that is not full has seen every
+        # entry up to that end (one writer commits at a time: no lower id can commit after a higher one is seen)
+        end = last_raw_id(self.store) if sharded else None
+        found = accepted_after(self.store, self.read, content_type=FOLLOWED_CONTENT_TYPES, limit=self.batch,
+                               shard=(self.shard, self.shards) if sharded else None, through=end)  # fmt: skip
         self.last_poll_full = len(found) == self.batch
         if not found:
+            if end is not None and end > self.read:
+                self.read = end  # only the other shards' entries (or none accepted) up to the end
             return []
         now_wall, now_mono = datetime.now(UTC), time.monotonic()
         out: list[tuple[Sequence[Record], float]] = []
@@ -225,10 +248,13 @@ class LogFollower:
                 record_skipped(self.store, message.raw_id, f"it no longer maps: {exc}", shard=self.shard,
                                shards=self.shards)  # fmt: skip
                 continue
-            if records or self.shards == 1:
+            if records or not sharded:
                 out.append((records, now_mono - (now_wall - message.received).total_seconds()))
         self.messages += len(found)
-        self.read = found[-1].raw_id
+        if sharded:
+            self.shared_messages += sum(1 for m in found if m.patient_hash is None)
+        last = found[-1].raw_id
+        self.read = last if end is None or self.last_poll_full else max(last, end)
         return out
 
     def commit(self) -> None:
@@ -240,9 +266,10 @@ class LogFollower:
 
 @dataclass(frozen=True, slots=True)
 class WorkerStats:
-    """What a worker did: messages read, events raised, alerts and their receipt-to-alert latency (over the most
-    recent 100,000 alerts), and the receipt-to-processed latency of the most recent 100,000 messages (twins updated,
-    forecasts made, outputs committed)."""
+    """What a worker did: messages read (a sharded worker: its patients' and, of them, ``shared_messages``, those
+    tied to no single patient, which every shard reads), events raised, alerts and their receipt-to-alert latency
+    (over the most recent 100,000 alerts), and the receipt-to-processed latency of the most recent 100,000 messages
+    (twins updated, forecasts made, outputs committed)."""
 
     messages: int
     unmappable: int
@@ -254,6 +281,7 @@ class WorkerStats:
     position: int
     processed_p50_ms: float = float("nan")
     processed_p99_ms: float = float("nan")
+    shared_messages: int = 0
 
 
 def _pct(values: list[float], p: float) -> float:
@@ -281,8 +309,9 @@ def follow(
     both moving. The price: alerts come up to one window later, and after a crash up to *cursor_every_s* of
     messages are processed again from the checkpoint's state; the twins are deterministic and their outputs' ids
     come from their inputs, so that gives the same alerts and proposals again, stored once.
-    A backlog is read without waiting. With *max_messages* it returns once it has read that many; once *abandon*
-    returns True (the parent process died) it saves its cursor and returns at once, backlog or not.
+    A backlog is read without waiting; once caught up, a checkpoint that came due is made without waiting for the
+    next message. With *max_messages* it returns once it has read that many; once *abandon* returns True (the
+    parent process died) it saves its cursor and returns at once, backlog or not.
     """
     busy = 0.0
     saved_at = time.monotonic()
@@ -303,6 +332,11 @@ def follow(
                 break
             if follower.last_poll_full:
                 continue
+        elif follower.read != follower.position and time.monotonic() - saved_at >= cursor_every_s:
+            # caught up with a checkpoint still due (the last group came before it was): saved now, not at the next
+            # message, so an idle worker's cursor (and a shard's past the others' entries) reaches the log's end
+            runtime.checkpoint(also=follower.commit)
+            saved_at = time.monotonic()
         elif should_stop():
             break
         time.sleep(group_window_s)
@@ -320,6 +354,7 @@ def follow(
         position=follower.position,
         processed_p50_ms=_pct(processed, 50),
         processed_p99_ms=_pct(processed, 99),
+        shared_messages=follower.shared_messages,
     )
 
 
@@ -432,7 +467,8 @@ def recover_and_follow(
             log.exception("twin runtime failed after raw id %d; restarting from the saved cursor", position)
             if isolating and failures >= attempts:
                 try:
-                    bad = accepted_after(store, position, content_type=FOLLOWED_CONTENT_TYPES, limit=1)
+                    bad = accepted_after(store, position, content_type=FOLLOWED_CONTENT_TYPES, limit=1,
+                                         shard=(shard, shards))  # fmt: skip
                     if bad:
                         save_cursor(store, follower.name, bad[0].raw_id)
                         skipped += 1
@@ -696,16 +732,19 @@ _SLOWEST = ("busy_s", "processed_p50_ms", "processed_p99_ms", "alert_p50_ms", "a
 
 
 def _merged(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report of several shards' workers: counts summed, the slowest shard's times and latencies, the lowest
-    position; each shard's own report under ``shards``; the first error, naming its shard."""
+    """One report of several shards' workers: counts summed (messages: each entry once), the slowest shard's times
+    and latencies, the lowest position; each shard's own report under ``shards``; the first error, naming its
+    shard."""
     out: dict[str, Any] = {"workers": len(reports), "shards": reports}
     for key in _SUMMED:
         out[key] = sum(int(r.get(key, 0)) for r in reports)
-    for key in _SLOWEST:
-        values = [float(r[key]) for r in reports if key in r]
+    for key in _SLOWEST:  # a shard without alerts (its patients raised none) has no alert latency: NaN, left out
+        values = [v for r in reports if key in r and not math.isnan(v := float(r[key]))]
         if values:
             out[key] = max(values)
-    out["messages"] = max((int(r.get("messages", 0)) for r in reports), default=0)  # each reads the whole log
+    # each shard reads its own patients' entries, and every shard the entries tied to no single patient
+    shared = max((int(r.get("shared_messages", 0)) for r in reports), default=0)
+    out["messages"] = sum(int(r.get("messages", 0)) - int(r.get("shared_messages", 0)) for r in reports) + shared
     positions = [int(r["position"]) for r in reports if "position" in r]
     if positions:
         out["position"] = min(positions)
