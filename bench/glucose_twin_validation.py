@@ -79,7 +79,13 @@ def fixed_uncertainty(seed: int = 1) -> None:
     from medtwin.glucose.identifiability import _replay_error, ou_whiten, sensitivities
     from medtwin.glucose.insilico import simulate_therapy_a
     from medtwin.glucose.therapy import apply_therapy
-    from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+    from medtwin.glucose.twin_model import (
+        CANDIDATE_PARAMETERS,
+        PersonalModel,
+        population_prior,
+        population_values,
+        to_unconstrained,
+    )
 
     sim = simulate_therapy_a(all_patient_names(), days=2, seed=seed)
     truth = population_values(sim.cohort.names)
@@ -88,7 +94,7 @@ def fixed_uncertainty(seed: int = 1) -> None:
         prior = population_prior(name.split("#")[0], identified=CANDIDATE_PARAMETERS, exclude=[name])
         data = sim.data[b]
         model = PersonalModel(prior, body_weight_kg=float(truth["BW"][b]), basal_u_h=float(data.basal_u_h[0]))
-        theta = np.log([truth[c][b] for c in CANDIDATE_PARAMETERS])
+        theta = to_unconstrained(CANDIDATE_PARAMETERS, np.array([truth[c][b] for c in CANDIDATE_PARAMETERS]))
         grid = np.arange(0.0, data.duration_min, 5.0)
         _, s_a = sensitivities(model, data, theta, data.cgm_t_min)
         _, s_b = sensitivities(model, apply_therapy(data, Therapy(bolus_scale=1.3)), theta, grid)

@@ -41,7 +41,7 @@ from medtwin.glucose._split_kernels import MAX_STEP_MIN, run_readings
 from medtwin.glucose.data_quality import DataQuality, assess_quality
 from medtwin.glucose.identifiability import ou_whiten
 from medtwin.glucose.therapy_data import TherapyData
-from medtwin.glucose.twin_model import PersonalModel, PopulationPrior, population_prior
+from medtwin.glucose.twin_model import PersonalModel, PopulationPrior, population_prior, to_natural
 from medtwin.sim.ensemble import EnsembleRun, TProposal, ensemble_steps
 from medtwin.sim.mcmc_diagnostics import summarize_chains
 from medtwin.sim.model import FloatArray
@@ -368,7 +368,7 @@ class Posterior:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Median and central 95 % interval of each parameter in its own units."""
-        values = np.exp(self.draws)
+        values = np.concatenate([to_natural(self.prior.names, self.draws[:, :-1]), np.exp(self.draws[:, -1:])], axis=1)
         lo, med, hi = np.percentile(values, [2.5, 50.0, 97.5], axis=0)
         return {n: {"median": float(med[j]), "lo95": float(lo[j]), "hi95": float(hi[j])}
                 for j, n in enumerate(self.names)}  # fmt: skip
