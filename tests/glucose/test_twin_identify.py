@@ -68,6 +68,22 @@ def test_update_with_new_days_narrows_the_posterior(twin_days: Any, twin_posteri
     assert logdet_after < logdet_before
 
 
+def test_differential_evolution_steps_use_enough_walkers_and_keep_the_fit_valid(twin_days: Any) -> None:
+    """With a share of differential-evolution steps (ter Braak 2006) the walkers are at least 2 d + 2 (one half moves
+    from the other's differences), and the fit runs and gives finite draws in the prior's support."""
+    with pytest.raises(ValidationError, match="de_weight"):
+        FitSettings(de_weight=1.0)
+    names = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki", "b", "k2")
+    prior = population_prior("adult", identified=names, exclude=["adult#001"])
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, require_convergence=False, de_weight=0.3)
+    post = fit(twin_days.data[0].window(0.0, 720.0), prior, settings=settings)
+    assert post.diagnostics.walkers == 2 * (len(names) + 1) + 2
+    assert np.all(np.isfinite(post.draws))
+    b = post.summary()["b"]
+    assert 0.0 < b["lo95"] < b["median"] < b["hi95"] < 1.0  # on the logit scale b stays a fraction
+    assert FitSettings(walkers=30, de_weight=0.3).walkers == 30
+
+
 def test_fit_refuses_data_it_cannot_use(twin_days: Any) -> None:
     data = twin_days.data[0].window(0.0, 720.0)
     with pytest.raises(ValidationError, match="body weight"):

@@ -54,7 +54,6 @@ __all__ = [
 _G0_LOG_SD = 0.1
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
-_MOVES = (("independence", 1.0),)
 _DEFAULT_WALKERS = 24
 
 
@@ -82,8 +81,11 @@ class FitSettings:
     exclude_unexplained_rises: bool = True
     seed: int = 1
     glucose_step_min: int = MAX_STEP_MIN
+    de_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.de_weight < 1.0:
+            raise ValidationError(f"de_weight {self.de_weight}: the share of differential-evolution steps, 0 to < 1")
         if not 1 <= self.glucose_step_min <= MAX_STEP_MIN:
             raise ValidationError(f"glucose_step_min {self.glucose_step_min}: 1 to {MAX_STEP_MIN} minutes")
         if self.max_steps < self.burn_in + 2 * self.check_every:
@@ -475,7 +477,7 @@ def _fit_steps(
     theta_map, jac = yield from _map(objective, settings, rng)
     sigma = _residual_sd(model, data, quality, theta_map)
     cov = np.asarray(np.linalg.inv(jac.T @ jac + 1e-9 * np.eye(d)), dtype=np.float64)
-    walkers = settings.walkers or _DEFAULT_WALKERS
+    walkers = _walkers(settings, d)
     sampled = yield from _sample(objective, theta_map, cov, walkers, settings, rng)
     kept, total, acceptance, rhat, ess_b, ess_t, converged = sampled
     names = (*prior.names, "G0")
@@ -557,7 +559,7 @@ def _sample(
     total = accepted = 0
     pooled: list[FloatArray] = []
     for steps in _warmup_rounds(settings.burn_in):
-        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal, _moves(settings))
         position, position_lp = run.last
         total += steps
         accepted += run.accepted
@@ -567,7 +569,7 @@ def _sample(
     blocks: list[FloatArray] = []
     while True:
         steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
-        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal, _moves(settings))
         position, position_lp = run.last
         blocks.append(run.chain)
         total += steps
@@ -581,6 +583,20 @@ def _sample(
             return kept, total, accepted / (total * walkers), rhat, ess_b, ess_t, converged
 
 
+def _walkers(settings: FitSettings, dim: int) -> int:
+    """Walkers of a fit: *settings.walkers*, or 24; with differential-evolution steps at least 2 dim + 2 and even
+    (the move updates one half of the walkers from the other)."""
+    if settings.walkers:
+        return settings.walkers
+    return max(_DEFAULT_WALKERS, 2 * dim + 2) if settings.de_weight > 0 else _DEFAULT_WALKERS
+
+
+def _moves(settings: FitSettings) -> tuple[tuple[str, float], ...]:
+    if settings.de_weight > 0:
+        return (("independence", 1.0 - settings.de_weight), ("de", settings.de_weight))
+    return (("independence", 1.0),)
+
+
 def _ensemble(
     objective: Objective,
     start: FloatArray,
@@ -588,9 +604,10 @@ def _ensemble(
     rng: np.random.Generator,
     start_log_prob: FloatArray | None,
     proposal: TProposal,
+    moves: tuple[tuple[str, float], ...],
 ) -> Steps[EnsembleRun]:
     """The ensemble sampler (:func:`medtwin.sim.ensemble.ensemble_steps`) on *objective*, as steps of :func:`_drive`."""
-    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, proposal=proposal, moves=_MOVES)
+    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, proposal=proposal, moves=moves)
     try:
         points = next(run)
         while True:
