@@ -60,7 +60,7 @@ LOGIT_PARAMETERS = frozenset({"b"})
 left in the stomach where gastric emptying is halfway down, Dalla Man 2007) must lie in (0, 1): its tanh slope is
 5 / (2 (1 - b) D), which becomes a step at b = 1 and turns over beyond it. The 30 virtual patients have b from 0.56
 to 0.99, and a log-normal prior fitted to them puts about 5 % of its mass above 1 (and the sampler's 6-SD box
-reaches b = 2.2): a region where the model is not the published one and the posterior has a cliff. On the logit
+reaches b = 2.1): a region where the model is not the published one and the posterior has a cliff. On the logit
 scale every value is a valid b. Every other parameter is positive and unbounded above: log scale."""
 
 _PARAM_INDEX = {name: i for i, name in enumerate(PARAM_ORDER)}
