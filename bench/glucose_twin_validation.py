@@ -15,10 +15,12 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from medtwin.glucose import all_patient_names
 from medtwin.glucose.advise import POLICIES
+from medtwin.glucose.identify import FitSettings
 from medtwin.glucose.identifiability import analyse_identifiability
 from medtwin.glucose.therapy import Therapy
 from medtwin.glucose.twin_model import DEFAULT_IDENTIFIED
@@ -179,6 +181,10 @@ def main() -> None:
     parser.add_argument(
         "--identified", default=None, help="comma-separated parameters the twin identifies (default: the twin's own)"
     )
+    parser.add_argument(
+        "--fallback", default=None, help="comma-separated parameters dropped where the fit with them does not converge"
+    )
+    parser.add_argument("--fallback-steps", type=int, default=None, help="step cap of the fit before the fallback")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
     parser.add_argument("--advice-policy", choices=POLICIES, default="calibrated", help="the twin's bolus policy")
@@ -199,9 +205,14 @@ def main() -> None:
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
     t0, cpu0 = time.perf_counter(), time.process_time()
     identified = None if args.identified is None else tuple(args.identified.split(","))
+    settings = FitSettings(require_convergence=False)
+    if args.fallback is not None:
+        settings = replace(settings, fallback=tuple(n for n in args.fallback.split(",") if n))
+    if args.fallback_steps is not None:
+        settings = replace(settings, fallback_steps=args.fallback_steps)
     report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
                            advice=not args.no_advice, advice_policy=args.advice_policy,
-                           identified=identified)  # fmt: skip
+                           identified=identified, settings=settings)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall
@@ -218,7 +229,8 @@ def main() -> None:
         f"{st['cohort_fit_cpu_s']:.1f} s CPU"
     )
     f = s["fit"]
-    print(f"fit: converged {f['converged']}/{s['patients']}, median {f['simulations_median']:.0f} simulations, "
+    print(f"fit: converged {f['converged']}/{s['patients']} ({f['fell_back']} fell back), "
+          f"{f['simulations_total']:.0f} simulations in all, median {f['simulations_median']:.0f}, "
           f"{f['seconds_median']:.1f} s; worst R-hat {f['rhat_max']:.3f}, smallest ESS {f['ess_min']:.0f}")  # fmt: skip
     print("\n| therapy B | replay RMSE median (p90), mg/dL | abs dTIR <= 5 points | abs dTIR median | 95 % band |")
     print("|---|---|---|---|---|")

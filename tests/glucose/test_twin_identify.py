@@ -120,3 +120,48 @@ def test_a_cohort_fit_names_the_person_whose_fit_failed(twin_days: Any) -> None:
     with pytest.raises(ValidationError, match=r"1 of 2 fits failed: person B: .*usable CGM readings"):
         fit_cohort([good, bad], settings=FitSettings(burn_in=30, check_every=10, max_steps=60,
                                                       require_convergence=False))  # fmt: skip
+
+
+RICH = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki", "b", "k2")
+
+
+def test_dropping_parameters_gives_the_smaller_sets_own_prior() -> None:
+    rich = population_prior("adult", identified=RICH, exclude=["adult#001"])
+    small = population_prior("adult", identified=RICH[:-2], exclude=["adult#001"])
+    dropped = rich.without(("b", "k2"))
+    assert dropped.names == small.names
+    np.testing.assert_allclose(dropped.mean, small.mean, rtol=1e-12)
+    np.testing.assert_allclose(dropped.cov, small.cov, rtol=1e-12)
+    assert dropped.fixed == small.fixed
+    with pytest.raises(ValidationError, match="cannot drop"):
+        rich.without(("p2u",))
+
+
+def test_a_fit_that_does_not_converge_with_the_fallback_parameters_drops_them_and_says_so(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    prior = population_prior("adult", identified=RICH, exclude=["adult#001"])
+    # no fit reaches ESS 1e6: the rich one gives up at its cap, the smaller one is then the fit
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, fallback_steps=50, ess_min=1e6, walkers=24,
+                           require_convergence=False, fallback=("b", "k2"))  # fmt: skip
+    post = fit(data, prior, settings=settings)
+    assert post.diagnostics.dropped == ("b", "k2")
+    assert post.prior.names == RICH[:-2]
+    assert post.draws.shape[1] == len(RICH) - 2 + 1
+    assert post.diagnostics.steps == 60  # the smaller fit ran to its own cap, not the rich one's
+    alone = fit(data, prior.without(("b", "k2")), settings=replace(settings, fallback=()))
+    assert post.diagnostics.simulations > alone.diagnostics.simulations  # both fits are counted
+    back = Posterior.from_dict(json.loads(json.dumps(post.to_dict())))
+    assert back.diagnostics == post.diagnostics
+    # the fallback fit must converge or raise like any other
+    with pytest.raises(ConvergenceError, match="not converged after 60 steps"):
+        fit(data, prior, settings=replace(settings, require_convergence=True))
+
+
+def test_a_fallback_naming_no_identified_parameter_changes_nothing(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    prior = population_prior("adult", exclude=["adult#001"])
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, require_convergence=False, walkers=24)
+    plain = fit(data, prior, settings=settings)
+    with_fallback = fit(data, prior, settings=replace(settings, fallback=("b", "k2"), fallback_steps=50))
+    np.testing.assert_array_equal(plain.draws, with_fallback.draws)
+    assert with_fallback.diagnostics.dropped == ()

@@ -134,6 +134,18 @@ class PopulationPrior:
         """*n* draws ``(n, dim)`` of the log parameters."""
         return np.asarray(rng.multivariate_normal(self.mean, self.cov, size=n), dtype=np.float64)
 
+    def without(self, names: Sequence[str]) -> PopulationPrior:
+        """The marginal prior of the other identified parameters, *names* fixed at their population values (the
+        same prior as :func:`population_prior` with the smaller set: the mean and covariance are per-parameter and
+        *fixed* holds every parameter)."""
+        unknown = [n for n in names if n not in self.names]
+        keep = [j for j, n in enumerate(self.names) if n not in names]
+        if unknown or not keep:
+            raise ValidationError(f"cannot drop {list(names)} from the identified {list(self.names)}")
+        return PopulationPrior(names=tuple(self.names[j] for j in keep), mean=self.mean[keep].copy(),
+                               cov=self.cov[np.ix_(keep, keep)].copy(), fixed=dict(self.fixed), group=self.group,
+                               members=self.members)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (saved with the posterior)."""
         return {
