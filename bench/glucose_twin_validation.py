@@ -20,8 +20,8 @@ from pathlib import Path
 
 from medtwin.glucose import all_patient_names
 from medtwin.glucose.advise import POLICIES
-from medtwin.glucose.identify import FitSettings
 from medtwin.glucose.identifiability import analyse_identifiability
+from medtwin.glucose.identify import FitSettings
 from medtwin.glucose.therapy import Therapy
 from medtwin.glucose.twin_model import DEFAULT_IDENTIFIED
 from medtwin.glucose.twin_validation import compare_parameter_sets, validate_twin

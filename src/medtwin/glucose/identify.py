@@ -627,7 +627,8 @@ def _sample(
         rhat, ess_b, ess_t = summarize_chains(kept)
         converged = bool(np.all(rhat <= settings.rhat_max) and np.all(np.minimum(ess_b, ess_t) >= settings.ess_min))
         if give_up_early and kept.shape[0] >= _GIVE_UP_AFTER and not converged:
-            projected = float(np.min(np.minimum(ess_b, ess_t))) * (settings.max_steps - settings.burn_in) / kept.shape[0]
+            ess_now = float(np.min(np.minimum(ess_b, ess_t)))
+            projected = ess_now * (settings.max_steps - settings.burn_in) / kept.shape[0]
             if projected * _GIVE_UP_MARGIN < settings.ess_min:
                 return kept, total, accepted / (total * walkers), rhat, ess_b, ess_t, False
         if converged or total >= settings.max_steps:

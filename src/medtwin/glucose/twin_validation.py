@@ -323,8 +323,8 @@ def validate_twin(
                   "prior_population": population, "advice_policy": advice_policy, "cohort_fit_s": cohort_s,
                   "cohort_fit_cpu_s": cohort_cpu,
                   "identified": list(_prior_for(names[0], population, identified).names), "sampler": {
-                      k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min", "fallback",
-                                                     "fallback_steps")}},
+                      k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min",
+                                                        "fallback", "fallback_steps")}},
     )  # fmt: skip
 
 
