@@ -15,11 +15,13 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from medtwin.glucose import all_patient_names
 from medtwin.glucose.advise import POLICIES
 from medtwin.glucose.identifiability import analyse_identifiability
+from medtwin.glucose.identify import FitSettings
 from medtwin.glucose.therapy import Therapy
 from medtwin.glucose.twin_model import DEFAULT_IDENTIFIED
 from medtwin.glucose.twin_validation import compare_parameter_sets, validate_twin
@@ -79,7 +81,13 @@ def fixed_uncertainty(seed: int = 1) -> None:
     from medtwin.glucose.identifiability import _replay_error, ou_whiten, sensitivities
     from medtwin.glucose.insilico import simulate_therapy_a
     from medtwin.glucose.therapy import apply_therapy
-    from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+    from medtwin.glucose.twin_model import (
+        CANDIDATE_PARAMETERS,
+        PersonalModel,
+        population_prior,
+        population_values,
+        to_unconstrained,
+    )
 
     sim = simulate_therapy_a(all_patient_names(), days=2, seed=seed)
     truth = population_values(sim.cohort.names)
@@ -88,7 +96,7 @@ def fixed_uncertainty(seed: int = 1) -> None:
         prior = population_prior(name.split("#")[0], identified=CANDIDATE_PARAMETERS, exclude=[name])
         data = sim.data[b]
         model = PersonalModel(prior, body_weight_kg=float(truth["BW"][b]), basal_u_h=float(data.basal_u_h[0]))
-        theta = np.log([truth[c][b] for c in CANDIDATE_PARAMETERS])
+        theta = to_unconstrained(CANDIDATE_PARAMETERS, np.array([truth[c][b] for c in CANDIDATE_PARAMETERS]))
         grid = np.arange(0.0, data.duration_min, 5.0)
         _, s_a = sensitivities(model, data, theta, data.cgm_t_min)
         _, s_b = sensitivities(model, apply_therapy(data, Therapy(bolus_scale=1.3)), theta, grid)
@@ -173,6 +181,10 @@ def main() -> None:
     parser.add_argument(
         "--identified", default=None, help="comma-separated parameters the twin identifies (default: the twin's own)"
     )
+    parser.add_argument(
+        "--fallback", default=None, help="comma-separated parameters dropped where the fit with them does not converge"
+    )
+    parser.add_argument("--fallback-steps", type=int, default=None, help="step cap of the fit before the fallback")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
     parser.add_argument("--advice-policy", choices=POLICIES, default="robust", help="the twin's bolus policy")
@@ -193,9 +205,14 @@ def main() -> None:
     names = all_patient_names() if args.patients == "all" else tuple(args.patients.split(","))
     t0, cpu0 = time.perf_counter(), time.process_time()
     identified = None if args.identified is None else tuple(args.identified.split(","))
+    settings = FitSettings(require_convergence=False)
+    if args.fallback is not None:
+        settings = replace(settings, fallback=tuple(n for n in args.fallback.split(",") if n))
+    if args.fallback_steps is not None:
+        settings = replace(settings, fallback_steps=args.fallback_steps)
     report = validate_twin(names, seed=args.seed, population=args.population, forecast=not args.no_forecast,
                            advice=not args.no_advice, advice_policy=args.advice_policy,
-                           identified=identified)  # fmt: skip
+                           identified=identified, settings=settings)  # fmt: skip
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     doc = report.to_dict()
     doc["wall_s"] = wall
@@ -212,7 +229,8 @@ def main() -> None:
         f"{st['cohort_fit_cpu_s']:.1f} s CPU"
     )
     f = s["fit"]
-    print(f"fit: converged {f['converged']}/{s['patients']}, median {f['simulations_median']:.0f} simulations, "
+    print(f"fit: converged {f['converged']}/{s['patients']} ({f['fell_back']} fell back), "
+          f"{f['simulations_total']:.0f} simulations in all, median {f['simulations_median']:.0f}, "
           f"{f['seconds_median']:.1f} s; worst R-hat {f['rhat_max']:.3f}, smallest ESS {f['ess_min']:.0f}")  # fmt: skip
     print("\n| therapy B | replay RMSE median (p90), mg/dL | abs dTIR <= 5 points | abs dTIR median | 95 % band |")
     print("|---|---|---|---|---|")

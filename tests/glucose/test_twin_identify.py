@@ -68,6 +68,22 @@ def test_update_with_new_days_narrows_the_posterior(twin_days: Any, twin_posteri
     assert logdet_after < logdet_before
 
 
+def test_differential_evolution_steps_use_enough_walkers_and_keep_the_fit_valid(twin_days: Any) -> None:
+    """With a share of differential-evolution steps (ter Braak 2006) the walkers are at least 2 d + 2 (one half moves
+    from the other's differences), and the fit runs and gives finite draws in the prior's support."""
+    with pytest.raises(ValidationError, match="de_weight"):
+        FitSettings(de_weight=1.0)
+    names = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki", "b", "k2")
+    prior = population_prior("adult", identified=names, exclude=["adult#001"])
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, require_convergence=False, de_weight=0.3)
+    post = fit(twin_days.data[0].window(0.0, 720.0), prior, settings=settings)
+    assert post.diagnostics.walkers == 2 * (len(names) + 1) + 2
+    assert np.all(np.isfinite(post.draws))
+    b = post.summary()["b"]
+    assert 0.0 < b["lo95"] < b["median"] < b["hi95"] < 1.0  # on the logit scale b stays a fraction
+    assert FitSettings(walkers=30, de_weight=0.3).walkers == 30
+
+
 def test_fit_refuses_data_it_cannot_use(twin_days: Any) -> None:
     data = twin_days.data[0].window(0.0, 720.0)
     with pytest.raises(ValidationError, match="body weight"):
@@ -104,3 +120,48 @@ def test_a_cohort_fit_names_the_person_whose_fit_failed(twin_days: Any) -> None:
     with pytest.raises(ValidationError, match=r"1 of 2 fits failed: person B: .*usable CGM readings"):
         fit_cohort([good, bad], settings=FitSettings(burn_in=30, check_every=10, max_steps=60,
                                                       require_convergence=False))  # fmt: skip
+
+
+RICH = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki", "b", "k2")
+
+
+def test_dropping_parameters_gives_the_smaller_sets_own_prior() -> None:
+    rich = population_prior("adult", identified=RICH, exclude=["adult#001"])
+    small = population_prior("adult", identified=RICH[:-2], exclude=["adult#001"])
+    dropped = rich.without(("b", "k2"))
+    assert dropped.names == small.names
+    np.testing.assert_allclose(dropped.mean, small.mean, rtol=1e-12)
+    np.testing.assert_allclose(dropped.cov, small.cov, rtol=1e-12)
+    assert dropped.fixed == small.fixed
+    with pytest.raises(ValidationError, match="cannot drop"):
+        rich.without(("p2u",))
+
+
+def test_a_fit_that_does_not_converge_with_the_fallback_parameters_drops_them_and_says_so(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    prior = population_prior("adult", identified=RICH, exclude=["adult#001"])
+    # no fit reaches ESS 1e6: the rich one gives up at its cap, the smaller one is then the fit
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, fallback_steps=50, ess_min=1e6, walkers=24,
+                           require_convergence=False, fallback=("b", "k2"))  # fmt: skip
+    post = fit(data, prior, settings=settings)
+    assert post.diagnostics.dropped == ("b", "k2")
+    assert post.prior.names == RICH[:-2]
+    assert post.draws.shape[1] == len(RICH) - 2 + 1
+    assert post.diagnostics.steps == 60  # the smaller fit ran to its own cap, not the rich one's
+    alone = fit(data, prior.without(("b", "k2")), settings=replace(settings, fallback=()))
+    assert post.diagnostics.simulations > alone.diagnostics.simulations  # both fits are counted
+    back = Posterior.from_dict(json.loads(json.dumps(post.to_dict())))
+    assert back.diagnostics == post.diagnostics
+    # the fallback fit must converge or raise like any other
+    with pytest.raises(ConvergenceError, match="not converged after 60 steps"):
+        fit(data, prior, settings=replace(settings, require_convergence=True))
+
+
+def test_a_fallback_naming_no_identified_parameter_changes_nothing(twin_days: Any) -> None:
+    data = twin_days.data[0].window(0.0, 720.0)
+    prior = population_prior("adult", exclude=["adult#001"])
+    settings = FitSettings(burn_in=30, check_every=10, max_steps=60, require_convergence=False, walkers=24)
+    plain = fit(data, prior, settings=settings)
+    with_fallback = fit(data, prior, settings=replace(settings, fallback=("b", "k2"), fallback_steps=50))
+    np.testing.assert_array_equal(plain.draws, with_fallback.draws)
+    assert with_fallback.diagnostics.dropped == ()

@@ -12,7 +12,15 @@ from medtwin.glucose._twin_kernels import run_inputs
 from medtwin.glucose.identifiability import collinearity_index, ou_whiten, sensitivities
 from medtwin.glucose.insilico import simulate_therapy_a, true_glucose
 from medtwin.glucose.simulation import PatientBatch, simulate_open_loop
-from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+from medtwin.glucose.twin_model import (
+    CANDIDATE_PARAMETERS,
+    PersonalModel,
+    PopulationPrior,
+    population_prior,
+    population_values,
+    to_natural,
+    to_unconstrained,
+)
 
 
 def test_basal_glucose_parametrisation_reproduces_all_30_patients() -> None:
@@ -23,11 +31,41 @@ def test_basal_glucose_parametrisation_reproduces_all_30_patients() -> None:
     for b in range(cohort.size):
         model = PersonalModel(prior, body_weight_kg=float(cohort.params["BW"][b]),
                               basal_u_h=float(cohort.basal_u_per_min[b] * 60.0))  # fmt: skip
-        theta = np.log([values[c][b] for c in CANDIDATE_PARAMETERS])
+        theta = to_unconstrained(CANDIDATE_PARAMETERS, np.array([values[c][b] for c in CANDIDATE_PARAMETERS]))
         p, gb = model.parameters(theta[None, :])
         truth = np.array([cohort.params[k][b] for k in PARAM_ORDER])
         np.testing.assert_allclose(p[0], truth, rtol=1e-9)
         np.testing.assert_allclose(model.initial_state(p, gb)[0], cohort.x0[b], rtol=1e-9, atol=1e-12)
+
+
+def test_b_is_identified_on_the_logit_scale_so_every_prior_draw_is_a_fraction() -> None:
+    """A log-normal prior on b (0.56-0.99 in the 30 patients) puts mass above 1, where the gastric-emptying tanh slope
+    5 / (2 (1 - b) D) turns over; on the logit scale every draw is in (0, 1) and the transform round-trips."""
+    names = ("Gb", "kmin", "b", "k2")
+    prior = population_prior("adult", identified=names)
+    values = to_natural(names, prior.sample(20000, np.random.default_rng(4)))
+    assert np.all((values[:, 2] > 0.0) & (values[:, 2] < 1.0))
+    log_b = np.log(population_values(load_cohort("all").names)["b"])
+    assert np.mean(np.random.default_rng(4).normal(log_b.mean(), log_b.std(), 20000) > 0.0) > 0.02  # the old prior
+    np.testing.assert_allclose(to_unconstrained(names, values), prior.sample(20000, np.random.default_rng(4)))
+    model = PersonalModel(prior, body_weight_kg=60.0, basal_u_h=1.0)
+    p, _ = model.parameters(prior.mean[None, :])
+    assert 0.0 < p[0, PARAM_ORDER.index("b")] < 1.0
+    with pytest.raises(ValidationError, match="b must lie in"):
+        to_unconstrained(names, np.array([[140.0, 0.01, 1.2, 0.1]]))
+
+
+def test_a_prior_saved_with_b_on_the_log_scale_is_refused() -> None:
+    prior = population_prior("adult", identified=("Gb", "b"))
+    saved = prior.to_dict()
+    assert saved["logit"] == ["b"]
+    assert PopulationPrior.from_dict(saved).names == ("Gb", "b")
+    del saved["logit"]
+    with pytest.raises(ValidationError, match="fit the twin again"):
+        PopulationPrior.from_dict(saved)
+    plain = population_prior("adult").to_dict()
+    del plain["logit"]  # the default set has no logit parameter: earlier snapshots still load
+    assert PopulationPrior.from_dict(plain).names == population_prior("adult").names
 
 
 def test_steady_state_holds_for_any_identified_values() -> None:

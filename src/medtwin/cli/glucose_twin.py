@@ -184,6 +184,9 @@ def fit_command(
                       f"{min(d.ess_bulk[name], d.ess_tail[name]):.0f}")  # fmt: skip
     table.caption = (f"{d.walkers} walkers x {d.steps} steps, {d.simulations} simulations, {d.seconds:.1f} s; "
                      f"{'converged' if d.converged else 'NOT converged'}; written to {twin}")  # fmt: skip
+    if d.dropped:
+        table.caption += (f"; {', '.join(d.dropped)} held at population values (the fit identifying them did not "
+                          "converge)")  # fmt: skip
     console.print(table)
     for issue in post.data_summary["quality"]["issues"]:
         console.print(

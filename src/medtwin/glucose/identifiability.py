@@ -3,8 +3,9 @@ patients.
 
 For each virtual patient the analysis simulates the records of therapy A (:mod:`medtwin.glucose.insilico`) and
 computes, at the true parameters, the sensitivity of CGM to every candidate parameter (central differences in log
-space). With the CGM error as an Ornstein-Uhlenbeck process (SD *sigma*, correlation time *tau*: simglucose's
-Dexcom noise has SD 11 mg/dL and a 15-minute autocorrelation of 0.71, i.e. tau ~ 44 min) the whitened sensitivities
+space; logit for b, :data:`~medtwin.glucose.twin_model.LOGIT_PARAMETERS`). With the CGM error as an
+Ornstein-Uhlenbeck process (SD *sigma*, correlation time *tau*: simglucose's Dexcom noise has SD 11 mg/dL and a
+15-minute autocorrelation of 0.71, i.e. tau ~ 44 min) the whitened sensitivities
 give the Fisher information. For a set K of identified parameters, the others fixed at the population values,
 the linearised Bayesian estimate has error
 
@@ -31,7 +32,13 @@ import numpy as np
 from medtwin.glucose.insilico import simulate_therapy_a
 from medtwin.glucose.therapy import Therapy, apply_therapy
 from medtwin.glucose.therapy_data import TherapyData
-from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, PersonalModel, population_prior, population_values
+from medtwin.glucose.twin_model import (
+    CANDIDATE_PARAMETERS,
+    PersonalModel,
+    population_prior,
+    population_values,
+    to_unconstrained,
+)
 from medtwin.sim.model import FloatArray
 
 __all__ = ["IdentifiabilityReport", "analyse_identifiability", "collinearity_index", "ou_whiten", "sensitivities"]
@@ -139,7 +146,7 @@ def analyse_identifiability(
         prior = population_prior(group, identified=candidates, exclude=[name])
         data = sim.data[b]
         model = PersonalModel(prior, body_weight_kg=float(truth["BW"][b]), basal_u_h=float(data.basal_u_h[0]))
-        theta = np.log([truth[c][b] for c in candidates])
+        theta = to_unconstrained(candidates, np.array([truth[c][b] for c in candidates]))
         _, s_a = sensitivities(model, data, theta, data.cgm_t_min)
         _, s_b = sensitivities(model, apply_therapy(data, therapy_b), theta, np.arange(0.0, data.duration_min, 5.0))
         w = ou_whiten(s_a, data.cgm_t_min, tau_min) / sigma_mg_dl

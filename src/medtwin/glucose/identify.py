@@ -41,7 +41,7 @@ from medtwin.glucose._split_kernels import MAX_STEP_MIN, run_readings
 from medtwin.glucose.data_quality import DataQuality, assess_quality
 from medtwin.glucose.identifiability import ou_whiten
 from medtwin.glucose.therapy_data import TherapyData
-from medtwin.glucose.twin_model import PersonalModel, PopulationPrior, population_prior
+from medtwin.glucose.twin_model import PersonalModel, PopulationPrior, population_prior, to_natural
 from medtwin.sim.ensemble import EnsembleRun, TProposal, ensemble_steps
 from medtwin.sim.mcmc_diagnostics import summarize_chains
 from medtwin.sim.model import FloatArray
@@ -54,8 +54,12 @@ __all__ = [
 _G0_LOG_SD = 0.1
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
-_MOVES = (("independence", 1.0),)
 _DEFAULT_WALKERS = 24
+_GIVE_UP_AFTER = 200
+"""Kept steps (after the warm-up) before a fit with a fallback may be given up on its ESS trajectory."""
+_GIVE_UP_MARGIN = 1.5
+"""A fit with a fallback is given up when its extrapolated smallest ESS x this is below the ESS required (the
+ESS of a short run is noisy: a fit that might still make it is not given up)."""
 
 
 class ConvergenceError(MedtwinError):
@@ -82,8 +86,18 @@ class FitSettings:
     exclude_unexplained_rises: bool = True
     seed: int = 1
     glucose_step_min: int = MAX_STEP_MIN
+    de_weight: float = 0.0
+    fallback: tuple[str, ...] = ()
+    fallback_steps: int = 1000
 
     def __post_init__(self) -> None:
+        if self.fallback and self.fallback_steps < self.burn_in + 2 * self.check_every:
+            raise ValidationError(
+                f"fallback_steps {self.fallback_steps} < burn_in + 2 x check_every = "
+                f"{self.burn_in + 2 * self.check_every}"
+            )
+        if not 0.0 <= self.de_weight < 1.0:
+            raise ValidationError(f"de_weight {self.de_weight}: the share of differential-evolution steps, 0 to < 1")
         if not 1 <= self.glucose_step_min <= MAX_STEP_MIN:
             raise ValidationError(f"glucose_step_min {self.glucose_step_min}: 1 to {MAX_STEP_MIN} minutes")
         if self.max_steps < self.burn_in + 2 * self.check_every:
@@ -107,10 +121,20 @@ class Diagnostics:
     acceptance: float
     simulations: int
     seconds: float
+    dropped: tuple[str, ...] = ()
+    """Parameters of the prior's set left at their population values because the fit with them did not converge
+    (:attr:`FitSettings.fallback`); ``simulations`` counts both fits."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {k: getattr(self, k) for k in self.__slots__}
+        out = {k: getattr(self, k) for k in self.__slots__}
+        out["dropped"] = list(self.dropped)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Diagnostics:
+        """Inverse of :meth:`to_dict` (snapshots from before the fallback have no ``dropped``: none)."""
+        return cls(**{**d, "dropped": tuple(d.get("dropped", ()))})
 
 
 class Objective:
@@ -368,7 +392,7 @@ class Posterior:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Median and central 95 % interval of each parameter in its own units."""
-        values = np.exp(self.draws)
+        values = np.concatenate([to_natural(self.prior.names, self.draws[:, :-1]), np.exp(self.draws[:, -1:])], axis=1)
         lo, med, hi = np.percentile(values, [2.5, 50.0, 97.5], axis=0)
         return {n: {"median": float(med[j]), "lo95": float(lo[j]), "hi95": float(hi[j])}
                 for j, n in enumerate(self.names)}  # fmt: skip
@@ -397,7 +421,7 @@ class Posterior:
             prior=PopulationPrior.from_dict(d["prior"]), draws=np.asarray(d["draws"], dtype=np.float64),
             map_theta=np.asarray(d["map_theta"], dtype=np.float64), body_weight_kg=float(d["body_weight_kg"]),
             basal_u_h=float(d["basal_u_h"]), residual_tau_min=float(d["residual_tau_min"]),
-            residual_sd_mg_dl=float(d["residual_sd_mg_dl"]), diagnostics=Diagnostics(**d["diagnostics"]),
+            residual_sd_mg_dl=float(d["residual_sd_mg_dl"]), diagnostics=Diagnostics.from_dict(d["diagnostics"]),
             data_summary=dict(d.get("data_summary", {})),
         )  # fmt: skip
 
@@ -464,9 +488,30 @@ def _guarded(steps: Steps[T]) -> Steps[T | MedtwinError]:
 def _fit_steps(
     data: TherapyData, prior: PopulationPrior | None, settings: FitSettings, started: float
 ) -> Steps[Posterior]:
+    """One person's fit; with *settings.fallback* naming parameters of the prior, first with them (at most
+    *fallback_steps*, given up early when the ESS will not make it), then, if that did not converge, without them
+    (the plain fit, which must converge or raise as any other)."""
     if data.body_weight_kg is None:
         raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
     prior = prior if prior is not None else population_prior("all")
+    drop = tuple(n for n in settings.fallback if n in prior.names)
+    if not drop or len(drop) == prior.dim:
+        return (yield from _fit_once(data, prior, settings, started))
+    rich = replace(settings, max_steps=min(settings.max_steps, settings.fallback_steps), require_convergence=False)
+    first = yield from _fit_once(data, prior, rich, started, give_up_early=True)
+    if first.diagnostics.converged:
+        return first
+    second = yield from _fit_once(data, prior.without(drop), settings, started)
+    d = second.diagnostics
+    total = d.simulations + first.diagnostics.simulations
+    return replace(second, diagnostics=replace(d, dropped=drop, simulations=total))
+
+
+def _fit_once(
+    data: TherapyData, prior: PopulationPrior, settings: FitSettings, started: float, *, give_up_early: bool = False
+) -> Steps[Posterior]:
+    if data.body_weight_kg is None:
+        raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
     quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
     model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
     objective = Objective(model, data, quality, glucose_step_min=settings.glucose_step_min)
@@ -475,8 +520,8 @@ def _fit_steps(
     theta_map, jac = yield from _map(objective, settings, rng)
     sigma = _residual_sd(model, data, quality, theta_map)
     cov = np.asarray(np.linalg.inv(jac.T @ jac + 1e-9 * np.eye(d)), dtype=np.float64)
-    walkers = settings.walkers or _DEFAULT_WALKERS
-    sampled = yield from _sample(objective, theta_map, cov, walkers, settings, rng)
+    walkers = _walkers(settings, d)
+    sampled = yield from _sample(objective, theta_map, cov, walkers, settings, rng, give_up_early)
     kept, total, acceptance, rhat, ess_b, ess_t, converged = sampled
     names = (*prior.names, "G0")
     diagnostics = Diagnostics(
@@ -547,9 +592,13 @@ def _sample(
     walkers: int,
     settings: FitSettings,
     rng: np.random.Generator,
+    give_up_early: bool = False,
 ) -> Steps[tuple[FloatArray, int, float, FloatArray, FloatArray, FloatArray, bool]]:
     """Warm-up (proposal adapted twice), then blocks until converged; returns the kept draws
-    ``(steps, walkers, d)``, steps run, acceptance, R-hat, bulk and tail ESS, and whether it converged."""
+    ``(steps, walkers, d)``, steps run, acceptance, R-hat, bulk and tail ESS, and whether it converged. With
+    *give_up_early*, it also stops (not converged) once the smallest ESS, extrapolated linearly in the kept steps
+    to *max_steps*, falls short of *ess_min* by more than :data:`_GIVE_UP_MARGIN` (judged from
+    :data:`_GIVE_UP_AFTER` kept steps on)."""
     d = center.size
     position = yield from _start_walkers(objective, center, cov, walkers, rng)
     position_lp = None
@@ -557,7 +606,7 @@ def _sample(
     total = accepted = 0
     pooled: list[FloatArray] = []
     for steps in _warmup_rounds(settings.burn_in):
-        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal, _moves(settings))
         position, position_lp = run.last
         total += steps
         accepted += run.accepted
@@ -567,7 +616,7 @@ def _sample(
     blocks: list[FloatArray] = []
     while True:
         steps = max(1, min(settings.check_every, settings.max_steps - total))  # never past max_steps
-        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal)
+        run = yield from _ensemble(objective, position, steps, rng, position_lp, proposal, _moves(settings))
         position, position_lp = run.last
         blocks.append(run.chain)
         total += steps
@@ -577,8 +626,27 @@ def _sample(
             continue
         rhat, ess_b, ess_t = summarize_chains(kept)
         converged = bool(np.all(rhat <= settings.rhat_max) and np.all(np.minimum(ess_b, ess_t) >= settings.ess_min))
+        if give_up_early and kept.shape[0] >= _GIVE_UP_AFTER and not converged:
+            ess_now = float(np.min(np.minimum(ess_b, ess_t)))
+            projected = ess_now * (settings.max_steps - settings.burn_in) / kept.shape[0]
+            if projected * _GIVE_UP_MARGIN < settings.ess_min:
+                return kept, total, accepted / (total * walkers), rhat, ess_b, ess_t, False
         if converged or total >= settings.max_steps:
             return kept, total, accepted / (total * walkers), rhat, ess_b, ess_t, converged
+
+
+def _walkers(settings: FitSettings, dim: int) -> int:
+    """Walkers of a fit: *settings.walkers*, or 24; with differential-evolution steps at least 2 dim + 2 and even
+    (the move updates one half of the walkers from the other)."""
+    if settings.walkers:
+        return settings.walkers
+    return max(_DEFAULT_WALKERS, 2 * dim + 2) if settings.de_weight > 0 else _DEFAULT_WALKERS
+
+
+def _moves(settings: FitSettings) -> tuple[tuple[str, float], ...]:
+    if settings.de_weight > 0:
+        return (("independence", 1.0 - settings.de_weight), ("de", settings.de_weight))
+    return (("independence", 1.0),)
 
 
 def _ensemble(
@@ -588,9 +656,10 @@ def _ensemble(
     rng: np.random.Generator,
     start_log_prob: FloatArray | None,
     proposal: TProposal,
+    moves: tuple[tuple[str, float], ...],
 ) -> Steps[EnsembleRun]:
     """The ensemble sampler (:func:`medtwin.sim.ensemble.ensemble_steps`) on *objective*, as steps of :func:`_drive`."""
-    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, proposal=proposal, moves=_MOVES)
+    run = ensemble_steps(start, steps, rng=rng, start_log_prob=start_log_prob, proposal=proposal, moves=moves)
     try:
         points = next(run)
         while True:

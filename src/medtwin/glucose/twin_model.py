@@ -10,10 +10,11 @@ rate u2ss; kp1 and the basal insulin Ib then follow from the steady state:
     kp1 = Fsnc + ke1 max(Gp - ke2, 0) + k1 Gp - k2 Gt + kp2 Gp + kp3 Ib
 
 These reproduce the 30 virtual patients' own x0, kp1 and Ib to 1e-11 (tests). The identified parameters are
-estimated in log space with a log-normal prior built from the virtual patients (mean and covariance of their log
-values, leave-one-out when validating); every other parameter is fixed at the population geometric mean of the
-chosen group. Which parameters are identified, and why, is in docs/models/glucose_twin.md (identifiability
-analysis over the 30 patients, :mod:`medtwin.glucose.identifiability`).
+estimated in log space (b, a fraction, in logit space: :data:`LOGIT_PARAMETERS`) with a normal prior there built
+from the virtual patients (mean and covariance of their log values, leave-one-out when validating); every other
+parameter is fixed at the population geometric mean of the chosen group. Which parameters are identified, and why,
+is in docs/models/glucose_twin.md (identifiability analysis over the 30 patients,
+:mod:`medtwin.glucose.identifiability`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ from medtwin.sim.model import FloatArray
 __all__ = [
     "CANDIDATE_PARAMETERS",
     "DEFAULT_IDENTIFIED",
+    "LOGIT_PARAMETERS",
     "PersonalModel",
     "PopulationPrior",
     "population_prior",
     "population_values",
+    "to_natural",
+    "to_unconstrained",
 ]
 
 CANDIDATE_PARAMETERS = (
@@ -51,7 +55,41 @@ kp1 and Ib are derived)."""
 DEFAULT_IDENTIFIED = ("Gb", "Vmx", "kp3", "k1", "m4", "kmax", "kmin", "d", "ki")
 """Identified by default: the identifiability analysis (docs/models/glucose_twin.md) keeps these."""
 
+LOGIT_PARAMETERS = frozenset({"b"})
+"""Fractions identified on the logit scale, log(v / (1 - v)), instead of the log scale. b (the fraction of the meal
+left in the stomach where gastric emptying is halfway down, Dalla Man 2007) must lie in (0, 1): its tanh slope is
+5 / (2 (1 - b) D), which becomes a step at b = 1 and turns over beyond it. The 30 virtual patients have b from 0.56
+to 0.99, and a log-normal prior fitted to them puts about 5 % of its mass above 1 (and the sampler's 6-SD box
+reaches b = 2.1): a region where the model is not the published one and the posterior has a cliff. On the logit
+scale every value is a valid b. Every other parameter is positive and unbounded above: log scale."""
+
 _PARAM_INDEX = {name: i for i, name in enumerate(PARAM_ORDER)}
+
+
+def to_unconstrained(names: Sequence[str], values: FloatArray) -> FloatArray:
+    """The sampler's coordinates of parameter *values* (natural units, columns in the order of *names*): log, or
+    logit for :data:`LOGIT_PARAMETERS`."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.log(v)
+    for j, name in enumerate(names):
+        if name in LOGIT_PARAMETERS:
+            col = v[..., j]
+            if np.any((col <= 0.0) | (col >= 1.0)):
+                raise ValidationError(f"{name} must lie in (0, 1) (a fraction), got {col}")
+            out[..., j] = np.log(col / (1.0 - col))
+    return np.asarray(out, dtype=np.float64)
+
+
+def to_natural(names: Sequence[str], theta: FloatArray) -> FloatArray:
+    """Inverse of :func:`to_unconstrained`: parameter values in their own units."""
+    t = np.asarray(theta, dtype=np.float64)
+    out = np.exp(t)
+    for j, name in enumerate(names):
+        if name in LOGIT_PARAMETERS:
+            out[..., j] = 1.0 / (1.0 + np.exp(-t[..., j]))
+    return np.asarray(out, dtype=np.float64)
+
+
 _GB_PRIOR_SD = 0.25
 """Log-SD of the basal-glucose prior. The virtual patients all sit at 133-153 mg/dL on their own basal rate; a
 real person's basal rate is rarely that exact, so Gb gets a wide prior and the overnight data decide it."""
@@ -69,7 +107,8 @@ def population_values(names: Sequence[str]) -> dict[str, FloatArray]:
 class PopulationPrior:
     """Log-normal prior of the identified parameters and the values the others are fixed at.
 
-    *mean*/*cov* are of the natural logarithms of *names*; *fixed* holds every model parameter (per kg where the
+    *mean*/*cov* are of the sampler's coordinates of *names* (natural logarithms; logits for
+    :data:`LOGIT_PARAMETERS`, see :func:`to_unconstrained`); *fixed* holds every model parameter (per kg where the
     model is per kg) at the population value, BW, kp1 and Ib excepted (person-specific or derived).
     """
 
@@ -95,18 +134,39 @@ class PopulationPrior:
         """*n* draws ``(n, dim)`` of the log parameters."""
         return np.asarray(rng.multivariate_normal(self.mean, self.cov, size=n), dtype=np.float64)
 
+    def without(self, names: Sequence[str]) -> PopulationPrior:
+        """The marginal prior of the other identified parameters, *names* fixed at their population values (the
+        same prior as :func:`population_prior` with the smaller set: the mean and covariance are per-parameter and
+        *fixed* holds every parameter)."""
+        unknown = [n for n in names if n not in self.names]
+        keep = [j for j, n in enumerate(self.names) if n not in names]
+        if unknown or not keep:
+            raise ValidationError(f"cannot drop {list(names)} from the identified {list(self.names)}")
+        return PopulationPrior(names=tuple(self.names[j] for j in keep), mean=self.mean[keep].copy(),
+                               cov=self.cov[np.ix_(keep, keep)].copy(), fixed=dict(self.fixed), group=self.group,
+                               members=self.members)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (saved with the posterior)."""
         return {
             "names": list(self.names), "mean": self.mean.tolist(), "cov": self.cov.tolist(), "fixed": self.fixed,
             "group": self.group, "members": list(self.members),
+            "logit": [n for n in self.names if n in LOGIT_PARAMETERS],
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PopulationPrior:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`. A prior saved before the logit scale (no ``logit`` entry) that identifies a
+        parameter of :data:`LOGIT_PARAMETERS` is refused: its mean and covariance are on the log scale."""
+        names = tuple(d["names"])
+        expected = [n for n in names if n in LOGIT_PARAMETERS]
+        if list(d.get("logit", [])) != expected:
+            raise ValidationError(
+                f"prior saved with {list(d.get('logit', []))} on the logit scale, this version identifies {expected} "
+                "on it (log scale before 2026-12-07): fit the twin again"
+            )
         return cls(
-            names=tuple(d["names"]), mean=np.asarray(d["mean"], dtype=np.float64),
+            names=names, mean=np.asarray(d["mean"], dtype=np.float64),
             cov=np.asarray(d["cov"], dtype=np.float64), fixed={k: float(v) for k, v in d["fixed"].items()},
             group=str(d["group"]), members=tuple(d["members"]),
         )  # fmt: skip
@@ -122,10 +182,10 @@ def population_prior(
     """The prior over *identified* from the virtual patients of *group* (``adult``, ``adolescent``, ``child``,
     ``all``), leaving out the patients in *exclude* (leave-one-out validation).
 
-    The mean is the group's mean log value; the covariance is the within-group covariance pooled over all 30
-    patients (10 per group are too few for a covariance of their own), with the prior SDs multiplied by
-    *sd_inflation*. Gb gets a wide prior (log-SD 0.25). Parameters not identified are fixed at the group's
-    geometric mean.
+    The mean is the group's mean log value (logit for :data:`LOGIT_PARAMETERS`); the covariance is the
+    within-group covariance pooled over all 30 patients (10 per group are too few for a covariance of their own),
+    with the prior SDs multiplied by *sd_inflation*. Gb gets a wide prior (log-SD 0.25). Parameters not identified
+    are fixed at the group's geometric mean.
     """
     if group not in (*GROUPS, "all"):
         raise ValidationError(f"unknown population {group!r} (use one of {(*GROUPS, 'all')})")
@@ -139,7 +199,7 @@ def population_prior(
     if len(members) < 3:
         raise ValidationError(f"population {group!r} without {list(exclude)} has {len(members)} patients, need 3")
     values = population_values(pool)
-    logs = np.log(np.stack([values[n] for n in identified], axis=1))
+    logs = to_unconstrained(identified, np.stack([values[n] for n in identified], axis=1))
     groups = np.array([n.split("#")[0] for n in pool])
     centred = logs.copy()
     for g in set(groups):
@@ -180,12 +240,12 @@ class PersonalModel:
         self._columns = [(_PARAM_INDEX[n] if n != "Gb" else -1) for n in prior.names]
 
     def parameters(self, theta: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """Full parameter rows ``(B, 32)`` in ``PARAM_ORDER`` and basal glucose ``(B,)`` for log parameters
-        *theta* ``(B, dim)``; kp1 and Ib are set so the basal state is a steady state."""
+        """Full parameter rows ``(B, 32)`` in ``PARAM_ORDER`` and basal glucose ``(B,)`` for log (logit)
+        parameters *theta* ``(B, dim)``; kp1 and Ib are set so the basal state is a steady state."""
         theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
         p = np.tile(self._base, (theta.shape[0], 1))
         gb = np.full(theta.shape[0], self.prior.fixed["Gb"])
-        values = np.exp(theta)
+        values = to_natural(self.prior.names, theta)
         for j, col in enumerate(self._columns):
             if col < 0:
                 gb = values[:, j]

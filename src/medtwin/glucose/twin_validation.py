@@ -221,6 +221,8 @@ class ValidationReport:
             "seconds_median": float(np.median([f["seconds"] for f in fits])),
             "simulations_median": float(np.median([f["simulations"] for f in fits])),
             "converged": int(sum(bool(f["converged"]) for f in fits)),
+            "fell_back": int(sum(bool(f.get("dropped")) for f in fits)),
+            "simulations_total": float(sum(f["simulations"] for f in fits)),
             "rhat_max": float(max(f["rhat_max"] for f in fits)), "ess_min": float(min(f["ess_min"] for f in fits)),
         }  # fmt: skip
         for name in self.patients[0].replay:
@@ -304,7 +306,7 @@ def validate_twin(
         d = posterior.diagnostics
         summary = {"seconds": d.seconds, "simulations": d.simulations, "converged": d.converged,
                    "rhat_max": max(d.rhat.values()), "ess_min": min(min(d.ess_bulk.values()), min(d.ess_tail.values())),
-                   "steps": d.steps}  # fmt: skip
+                   "steps": d.steps, "dropped": list(d.dropped), "total_simulations": d.simulations}  # fmt: skip
         rep = _replay_scores(posterior, sim.cohort, b, fit_data, therapies_b, seed)
         fc = _forecast_scores(posterior, sim.data[b], sim.result.bg_mg_dl[:, b], fit_minutes, seed) if forecast else {}
         adv = {}
@@ -328,7 +330,8 @@ def validate_twin(
                   "prior_population": population, "advice_policy": advice_policy, "cohort_fit_s": cohort_s,
                   "cohort_fit_cpu_s": cohort_cpu,
                   "identified": list(_prior_for(names[0], population, identified).names), "sampler": {
-                      k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min")}},
+                      k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min",
+                                                        "fallback", "fallback_steps")}},
     )  # fmt: skip
 
 
