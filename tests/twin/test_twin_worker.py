@@ -402,3 +402,21 @@ def test_merged_report_takes_the_slowest_shard_that_has_a_figure() -> None:
     assert merged["busy_s"] == 2.0
     assert merged["messages"] == 10  # each entry once: the 2 tied to no single patient were read by both
     assert merged["alerts"] == 3
+
+
+def test_sharded_workers_share_the_cores_for_compiled_threads() -> None:
+    """Each of N sharded worker processes runs the glucose kernels on cores // N threads (at least one), so N workers
+    beside the listener do not each start a spinning thread per core; one worker keeps numba's default."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numba; from medtwin.twin.worker import _share_cores; before = numba.get_num_threads(); "
+        "_share_cores({n}); print(before, numba.get_num_threads())"
+    )
+    cores = len(os.sched_getaffinity(0))
+    for n, expected in ((1, None), (2, max(1, cores // 2)), (64, 1)):
+        out = subprocess.run([sys.executable, "-c", code.format(n=n)], capture_output=True, text=True, check=True)
+        before, after = (int(v) for v in out.stdout.split())
+        assert after == (before if expected is None else min(before, expected))

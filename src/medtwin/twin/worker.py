@@ -22,6 +22,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import threading
 import time
@@ -495,6 +496,21 @@ def recover_and_follow(
         return {**asdict(stats), "restarts": restarts, "skipped": skipped, "messages_read": read}
 
 
+def _share_cores(shards: int) -> None:
+    """Give each of *shards* worker processes its share of the cores for the compiled glucose kernels' threads.
+
+    numba's threaded kernels start one thread per core in every process, and its OpenMP layer keeps idle threads
+    spinning for a while after each parallel loop: *shards* workers beside the listener would each run as many
+    threads as there are cores, and the spinning is CPU taken from the other processes. The shards are already
+    the parallelism, so a worker uses ``cores // shards`` threads (at least one)."""
+    if shards <= 1:
+        return
+    import numba
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, cores // shards)))
+
+
 def _child(
     db: str | None,
     freshness_s: float,
@@ -511,6 +527,7 @@ def _child(
 ) -> None:
     """The worker process (shard *shard* of *shards*): follow the log until told to stop (or until the parent
     dies), then report."""
+    _share_cores(shards)
     # NORMAL sync: the worker writes derived data only (events, NEWS2, snapshots, its cursor after them), computed
     # again from the durable raw log if a power loss takes its last commits back; its commits then hold the write
     # lock, which the listener waits for, for the WAL write only, not for a disk sync (docs/store.md)
