@@ -508,7 +508,8 @@ def _share_cores(shards: int) -> None:
     import numba
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, cores // shards)))
+    limit = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(limit, cores // shards)))
 
 
 def _child(
