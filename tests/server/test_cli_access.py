@@ -61,7 +61,7 @@ def test_users_add_list_disable_and_assign(tmp_path: Path) -> None:
     assert "not one of" in r.output
     listed = json.loads(runner.invoke(app, ["users", "list", "--db", db, "--json"]).stdout)
     assert [(u["username"], u["wards"], u["disabled"]) for u in listed] == [("ada", ["W1"], False)]
-    assert "password" not in json.dumps(listed)
+    assert "password_hash" not in json.dumps(listed)
     assert "argon2" not in json.dumps(listed)
     assert runner.invoke(app, ["users", "disable", "ada", "--db", db]).exit_code == 0
     assert runner.invoke(app, ["users", "assign", "t1", pid, "--db", db]).exit_code == 0
@@ -113,6 +113,37 @@ def test_users_passwd_ends_the_sessions_and_never_echoes_the_password(tmp_path: 
     assert "no user named 'bob'" in unknown.output
     with Store(db) as store:
         assert Accounts(store.engine).authenticate("ada", "third password") is not None
+
+
+def test_a_password_set_by_the_cli_must_be_changed_unless_no_force_change(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    Store(db).close()
+    runner = CliRunner()
+    add = runner.invoke(
+        app, ["users", "add", "ada", "--password-stdin", "--db", db, "--json"], input="first password\n"
+    )
+    assert add.exit_code == 0, add.output
+    assert json.loads(add.stdout)["password_change_required"] is True
+    svc = runner.invoke(app, ["users", "add", "svc.lab", "--role", "device", "--no-force-change", "--password-stdin",
+                              "--db", db], input="a service password\n")  # fmt: skip
+    assert svc.exit_code == 0, svc.output
+    assert "must be changed" not in svc.output
+    listed = {u["username"]: u for u in json.loads(runner.invoke(app, ["users", "list", "--db", db, "--json"]).stdout)}
+    assert (listed["ada"]["password_change_required"], listed["svc.lab"]["password_change_required"]) == (True, False)
+    table = runner.invoke(app, ["users", "list", "--db", db])
+    assert "must change password" in table.output
+    with Store(db) as store:
+        Accounts(store.engine).change_password("ada", "first password", "ada's own password")
+    passwd = runner.invoke(app, ["users", "passwd", "ada", "--password-stdin", "--db", db], input="reset password\n")
+    assert "must be changed at the next sign-in" in passwd.output
+    kept = runner.invoke(app, ["users", "passwd", "svc.lab", "--no-force-change", "--password-stdin", "--db", db],
+                         input="rotated service password\n")  # fmt: skip
+    assert kept.exit_code == 0
+    assert "must be changed" not in kept.output
+    with Store(db) as store:
+        accounts = Accounts(store.engine)
+        assert accounts.user("ada").password_change_required  # type: ignore[union-attr]
+        assert not accounts.user("svc.lab").password_change_required  # type: ignore[union-attr]
 
 
 def test_users_set_changes_role_wards_and_teams(tmp_path: Path) -> None:

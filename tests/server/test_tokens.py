@@ -224,3 +224,129 @@ def test_bad_tokens_are_401_with_a_reason(users: Api, kind: str) -> None:
     assert r.status_code == 401
     assert r.json()["message"]
     assert "Zyx" not in r.text
+
+
+def _authorize_params(api: Api) -> tuple[dict[str, str], str]:
+    """A registered public client's authorization request (PKCE S256) and its verifier."""
+    if api.platform.accounts.client("web") is None:
+        api.platform.accounts.add_client(
+            "web", "clinician", "user/*.rs", redirect_uris=["https://app.example/cb"], public=True
+        )
+    verifier = secrets.token_urlsafe(48)
+    params = {
+        "response_type": "code",
+        "client_id": "web",
+        "redirect_uri": "https://app.example/cb",
+        "scope": "openid user/*.rs",
+        "state": "s-456",
+        "code_challenge": b64url(hashlib.sha256(verifier.encode()).digest()),
+        "code_challenge_method": "S256",
+    }
+    return params, verifier
+
+
+def _ticket(page: str) -> str:
+    start = page.index('name="ticket" value="') + len('name="ticket" value="')
+    return page[start : page.index('"', start)]
+
+
+def test_a_required_password_change_blocks_every_token_until_it_is_done(users: Api) -> None:
+    users.platform.accounts.set_password("ada", "the admins choice", password_change_required=True)
+    refused = users.client.post(
+        "/oauth/token", data={"grant_type": "password", "username": "ada", "password": "the admins choice"}
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_grant"
+    assert "must be changed" in refused.json()["error_description"]
+    assert "/app/login" in refused.json()["error_description"]  # where to change it
+    wrong = users.client.post(
+        "/oauth/token", data={"grant_type": "password", "username": "ada", "password": "not the password"}
+    )
+    assert "must be changed" not in wrong.text  # the mark is told only to who knows the password
+
+    params, verifier = _authorize_params(users)
+    form = users.client.post(
+        "/oauth/authorize", data={**params, "username": "ada", "password": "the admins choice"}, follow_redirects=False
+    )
+    assert form.status_code == 200  # no code: the change form
+    assert "Choose a new password" in form.text
+    assert 'name="new_password_again"' in form.text
+    assert "the admins choice" not in form.text
+    assert "<script" not in form.text
+    csp = form.headers["content-security-policy"]
+    assert "form-action 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert form.headers["x-frame-options"] == "DENY"
+    ticket = _ticket(form.text)
+    change = {"ticket": ticket, "current_password": "the admins choice"}
+    url = "/oauth/authorize/password"
+    for new, again, words in [
+        ("ada's own password", "ada's own passw0rd", "The two new passwords differ"),
+        ("short", "short", "at least 8 characters are needed"),
+        ("the admins choice", "the admins choice", "the new password is the current one"),
+    ]:
+        r = users.client.post(url, data={**change, "new_password": new, "new_password_again": again})
+        assert r.status_code == 200
+        assert words in r.text, r.text
+        assert _ticket(r.text) == ticket
+    mine = {"new_password": "ada's own password", "new_password_again": "ada's own password"}
+    r = users.client.post(url, data={**change, **mine, "current_password": "a wrong guess"})
+    assert "The current password is wrong" in r.text
+    done = users.client.post(url, data={**change, **mine}, follow_redirects=False)
+    assert done.status_code == 303  # the sign-in goes on, with a code for the client
+    query = parse_qs(urlsplit(done.headers["location"]).query)
+    assert query["state"] == ["s-456"]
+    exchange = {"grant_type": "authorization_code", "code": query["code"][0], "client_id": "web",
+                "redirect_uri": "https://app.example/cb", "code_verifier": verifier}  # fmt: skip
+    tokens = users.client.post("/oauth/token", data=exchange)
+    assert tokens.status_code == 200, tokens.text
+    assert _me(users, tokens.json()["access_token"]) == 200
+    again = users.client.post(url, data={**change, "new_password": "x" * 20, "new_password_again": "x" * 20})
+    assert again.status_code == 400  # the ticket was used
+    user = users.platform.accounts.user("ada")
+    assert user is not None
+    assert not user.password_change_required
+    assert _login(users, password="ada's own password")["access_token"]
+    users.platform.audit.flush()
+    trail = [r.event for r in users.platform.audit.records() if r.event.resource == f"User/{user.user_id}"]
+    assert [(e.action, e.outcome) for e in trail] == [("update", "denied")] * 4 + [("update", "success")]
+    assert "wrong" in (trail[3].detail or "")
+    assert "required change" in (trail[4].detail or "")
+    logins = [r.event for r in users.platform.audit.records() if r.event.action == "login"]
+    assert any(e.outcome == "denied" and e.detail == "password change required" for e in logins)
+    for record in users.platform.audit.records():
+        for secret in ("the admins choice", "ada's own password", "a wrong guess"):
+            assert secret not in repr(record.event)
+
+
+def test_the_change_form_allows_five_tries_and_an_unknown_ticket_nothing(users: Api) -> None:
+    users.platform.accounts.set_password("ada", "the admins choice", password_change_required=True)
+    params, _ = _authorize_params(users)
+    form = users.client.post("/oauth/authorize", data={**params, "username": "ada", "password": "the admins choice"})
+    ticket = _ticket(form.text)
+    bad = {
+        "ticket": ticket,
+        "current_password": "a wrong guess",
+        "new_password": "n" * 10,
+        "new_password_again": "n" * 10,
+    }
+    statuses = [users.client.post("/oauth/authorize/password", data=bad).status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 200, 400, 400]  # the fifth refusal ends the sign-in
+    right = {**bad, "current_password": "the admins choice"}
+    assert users.client.post("/oauth/authorize/password", data=right).status_code == 400
+    assert users.client.post("/oauth/authorize/password", data={**right, "ticket": "forged"}).status_code == 400
+    assert users.platform.accounts.authenticate("ada", "the admins choice") is not None  # nothing changed
+
+
+def test_a_code_issued_before_an_administrators_reset_gives_no_token(users: Api) -> None:
+    params, verifier = _authorize_params(users)
+    r = users.client.post(
+        "/oauth/authorize", data={**params, "username": "ada", "password": "correct horse"}, follow_redirects=False
+    )
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    users.platform.accounts.set_password("ada", "the admins choice", password_change_required=True)
+    exchange = {"grant_type": "authorization_code", "code": code, "client_id": "web",
+                "redirect_uri": "https://app.example/cb", "code_verifier": verifier}  # fmt: skip
+    refused = users.client.post("/oauth/token", data=exchange)
+    assert refused.status_code == 400
+    assert "must be changed" in refused.json()["error_description"]

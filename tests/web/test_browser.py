@@ -544,7 +544,68 @@ def test_a_clinician_breaks_the_glass_and_it_is_reviewed(platform: Platform, con
     shown = admin.inner_text("#nu-secret").split(": ", 1)[1].split(" ", 1)[0]
     form = {"grant_type": "password", "username": "nurse.new", "password": shown}
     signed = admin.request.post(platform.origin + "/oauth/token", form=form)
-    assert signed.status == 200, signed.text()
+    assert signed.status == 400, signed.text()  # the reset password is right, but must be changed first
+    assert "must be changed" in signed.json()["error_description"]
+    admin.wait_for_selector("#users-table tbody tr:has-text('nurse.new'):has-text('must change password')")
+
+
+def test_a_first_sign_in_asks_for_a_new_password_and_the_account_page_changes_it(platform: Platform, context: Any,
+                                                                                 shots: Path) -> None:  # fmt: skip
+    from argon2 import PasswordHasher
+    from axe_playwright_python.sync_playwright import Axe
+
+    from medtwin.security.accounts import Accounts
+
+    store = platform.store()
+    try:  # as `medtwin users add` makes a user: the administrator's password must be changed at the first sign-in
+        Accounts(store.engine, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)).add_user(
+            "nurse.first", "set-by-the-admin", "nurse", wards=["WARD-A"], password_change_required=True
+        )
+    finally:
+        store.close()
+    page = context.new_page()
+    page.goto(platform.origin + "/app/login")
+    page.click("#signin")
+    page.wait_for_url("**/oauth/authorize**")
+    page.fill("input[name=username]", "nurse.first")
+    page.fill("input[name=password]", "set-by-the-admin")
+    page.click("button[type=submit]")
+    page.wait_for_selector("h1:has-text('Choose a new password')")
+    page.fill("input[name=current_password]", "set-by-the-admin")
+    page.fill("input[name=new_password]", "a ward nurse's own words")
+    page.fill("input[name=new_password_again]", "a ward nurse's own wordz")
+    page.click("button[type=submit]")
+    page.wait_for_selector("[role=alert]:has-text('The two new passwords differ')")
+    bad = [v["id"] for v in Axe().run(page).response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, bad
+    page.screenshot(path=str(shots / "password-required.png"))
+    page.fill("input[name=current_password]", "set-by-the-admin")
+    page.fill("input[name=new_password]", "a ward nurse's own words")
+    page.fill("input[name=new_password_again]", "a ward nurse's own words")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/app/ward")  # the sign-in went on to the nurse's board
+    page.wait_for_selector("#who:has-text('nurse.first')")
+    page.click("#account-link")  # self-service: the account page, from the header
+    page.wait_for_url("**/app/account")
+    page.wait_for_selector("#password-section:not([hidden])")
+    for current, new, shown in [
+        ("not my password", "my second own words", "Your current password is not right"),
+        ("a ward nurse's own words", "Nurse.First", "this is the user name"),
+        ("a ward nurse's own words", "my second own words", "Your password is changed"),
+    ]:
+        page.fill("#pw-current", current)
+        page.fill("#pw-new", new)
+        page.fill("#pw-again", new)
+        page.click("#pw-submit")
+        page.wait_for_selector(f"#password-status:has-text('{shown}')")
+    assert "error" not in (page.get_attribute("#password-status", "class") or "")
+    page.screenshot(path=str(shots / "account.png"))
+    token = platform.origin + "/oauth/token"
+    for password, status in [("a ward nurse's own words", 400), ("my second own words", 200)]:
+        r = page.request.post(token, form={"grant_type": "password", "username": "nurse.first", "password": password})
+        assert r.status == status, (password, r.text())
+    page.goto(platform.origin + "/app/ward")  # the session that made the change goes on
+    page.wait_for_selector("#board tbody tr")
 
 
 def test_a_researcher_sees_no_identified_page(platform: Platform, context: Any, shots: Path) -> None:
@@ -610,7 +671,8 @@ def test_every_page_has_no_serious_or_critical_accessibility_violation(platform:
              "dosing-patient": (f"/app/patient/{ids['Alberto Atencio']}", "#vitals-chart .main-svg"),
              "hospital": ("/app/hospital", "#forecast-charts .main-svg"),
              "admin": ("/app/admin", "#audit-table tbody tr"),
-             "research": ("/app/research", "#research tbody tr")}  # fmt: skip
+             "research": ("/app/research", "#research tbody tr"),
+             "account": ("/app/account", "#password-section:not([hidden])")}  # fmt: skip
     for name, (path, ready) in pages.items():
         page.goto(platform.origin + path)
         page.wait_for_selector(ready, timeout=90_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -336,6 +337,13 @@ def test_admin_creates_a_user_who_signs_in_and_changes_their_access(web: Any) ->
         stored = conn.execute(select(users.c.password_hash).where(users.c.username == "dr.new")).scalar_one()
     assert stored.startswith("$argon2id$")
     assert initial not in stored
+    first = client.post("/oauth/token", data={"grant_type": "password", "username": "dr.new", "password": initial})
+    assert first.status_code == 400  # an admin-made password must be changed by its user before any token
+    assert "must be changed" in first.json()["error_description"]
+    listed = {u["username"]: u for u in client.get("/app/api/admin/users", headers=admin).json()["users"]}
+    assert listed["dr.new"]["password_change_required"] is True
+    platform.accounts.change_password("dr.new", initial, "dr.new's own password")  # as the sign-in form does
+    initial = "dr.new's own password"
     signin = client.post("/oauth/token", data={"grant_type": "password", "username": "dr.new", "password": initial})
     assert signin.status_code == 200
     assert client.get("/app/api/me", headers={"Authorization": "Bearer " + signin.json()["access_token"]}
@@ -434,8 +442,9 @@ def test_admin_resets_a_password_once_shown_sessions_end_and_the_audit_holds_no_
     made = client.post("/app/api/admin/users", json={"username": "nurse.reset", "role": "nurse",
                                                     "password": "first-password-1"}, headers=admin)  # fmt: skip
     assert made.status_code == 201, made.text
+    platform.accounts.change_password("nurse.reset", "first-password-1", "own-password-1")  # the required change
     login = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
-                                              "password": "first-password-1"})  # fmt: skip
+                                              "password": "own-password-1"})  # fmt: skip
     assert login.status_code == 200, login.text
     refresh = login.json()["refresh_token"]
     url = "/app/api/admin/users/nurse.reset/password"
@@ -454,11 +463,14 @@ def test_admin_resets_a_password_once_shown_sessions_end_and_the_audit_holds_no_
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
     old = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
-                                            "password": "first-password-1"})  # fmt: skip
+                                            "password": "own-password-1"})  # fmt: skip
     assert old.status_code in (400, 401)
+    assert "must be changed" not in old.text
     new = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.reset",
                                             "password": new_password})  # fmt: skip
-    assert new.status_code == 200, new.text
+    assert new.status_code == 400, new.text  # the reset password signs in only to be changed
+    assert "must be changed" in new.json()["error_description"]
+    assert r.json()["password_change_required"] is True
     listed = client.get("/app/api/admin/users", headers=admin).json()
     assert new_password not in json.dumps(listed)
     platform.audit.flush()
@@ -469,3 +481,103 @@ def test_admin_resets_a_password_once_shown_sessions_end_and_the_audit_holds_no_
     ]
     assert len(resets) == 1
     assert all(new_password not in repr(x) for x in records)
+
+
+# -- a user's own password ------------------------------------------------------------------------------------------
+def _sign_in(client: TestClient, user: str, password: str) -> dict[str, str]:
+    r = client.post("/oauth/token", data={"grant_type": "password", "username": user, "password": password})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_a_user_changes_their_own_password_and_their_other_sessions_end(web: Any) -> None:
+    client, platform, _ = web
+    platform.accounts.add_user("nurse.self", "my first password", "nurse", wards=["WARD-A"])
+    here, elsewhere = _sign_in(client, "nurse.self", "my first password"), _sign_in(client, "nurse.self",
+                                                                                     "my first password")  # fmt: skip
+    me = {"Authorization": "Bearer " + here["access_token"]}
+    assert client.get("/app/api/me", headers=me).json()["local_account"] is True
+    url = "/app/api/me/password"
+    assert client.post(url, json={"current_password": "my first password", "new_password": "x" * 12}).status_code == 401
+    assert client.post(url, json={"new_password": "x" * 12}, headers=me).status_code == 400
+    wrong = client.post(url, json={"current_password": "not my password", "new_password": "my second password"},
+                        headers=me)  # fmt: skip
+    assert (wrong.status_code, wrong.json()["error"]) == (403, "wrong-password")
+    assert "current_password" in wrong.json()["message"]
+    for new, words in [("short", "at least 8 characters are needed, this one has 5"),
+                       ("y" * 257, "at most 256 characters"),
+                       ("NURSE.SELF", "this is the user name"),
+                       ("my first password", "the new password is the current one")]:  # fmt: skip
+        r = client.post(url, json={"current_password": "my first password", "new_password": new}, headers=me)
+        assert (r.status_code, r.json()["error"]) == (400, "password-policy"), r.text
+        assert words in r.json()["message"]
+        assert "no other rule" in r.json()["message"]
+    assert _sign_in(client, "nurse.self", "my first password")  # nothing was changed by the refusals
+    ok = client.post(url, json={"current_password": "my first password", "new_password": "my second password"},
+                     headers=me)  # fmt: skip
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"changed": True, "other_sessions_ended": 2}  # elsewhere, and the check sign-in above
+    assert client.get("/app/api/me", headers=me).status_code == 200  # this session goes on ...
+    assert client.post("/oauth/token", data={"grant_type": "refresh_token",
+                                             "refresh_token": here["refresh_token"]}).status_code == 200  # fmt: skip
+    stolen = client.post("/oauth/token", data={"grant_type": "refresh_token",
+                                               "refresh_token": elsewhere["refresh_token"]})  # fmt: skip
+    assert stolen.status_code == 400
+    assert "password changed" in stolen.json()["error_description"]
+    deadline = time.monotonic() + 15  # the other session's access token is refused once revocations are re-read
+    while (
+        client.get("/app/api/me", headers={"Authorization": "Bearer " + elsewhere["access_token"]}).status_code != 401
+    ):
+        assert time.monotonic() < deadline, "the other session's access token is still accepted"
+        time.sleep(0.2)
+    old = client.post("/oauth/token", data={"grant_type": "password", "username": "nurse.self",
+                                            "password": "my first password"})  # fmt: skip
+    assert old.status_code == 400
+    assert _sign_in(client, "nurse.self", "my second password")
+    platform.audit.flush()
+    user = platform.accounts.user("nurse.self")
+    assert user is not None
+    trail = [x.event for x in platform.audit.records() if x.event.resource == f"User/{user.user_id}"]
+    assert [(e.action, e.outcome, e.actor) for e in trail] == [("update", "denied", user.user_id)] * 5 + [
+        ("update", "success", user.user_id)]  # fmt: skip
+    assert "wrong current password" in (trail[0].detail or "")
+    assert "account page" in (trail[-1].detail or "")
+    assert "2 other session(s) ended" in (trail[-1].detail or "")
+    for record in platform.audit.records():
+        for secret in ("my first password", "my second password", "not my password"):
+            assert secret not in repr(record.event)
+
+
+def test_a_sign_in_without_a_medtwin_password_has_none_to_change(web: Any) -> None:
+    client, platform, _ = web
+    from medtwin.security.scopes import parse_scopes
+    from medtwin.security.tokens import TokenService
+
+    ghost = platform.tokens.issue(TokenService.grant("no-such-user", "clinician", parse_scopes("user/*.rs"),
+                                                     username="ghost"))  # fmt: skip
+    r = client.post("/app/api/me/password", json={"current_password": "whatever1", "new_password": "whatever2"},
+                    headers={"Authorization": "Bearer " + ghost["access_token"]})  # fmt: skip
+    assert r.status_code == 409
+    assert "identity provider" in r.json()["message"]
+
+
+def test_an_admin_made_user_gets_no_token_until_the_change_and_then_it_is_cleared(web: Any) -> None:
+    client, platform, _ = web
+    admin = _token(client, "admin")
+    made = client.post("/app/api/admin/users", headers=admin, json={"username": "ph.first", "role": "pharmacist"})
+    initial = made.json()["initial_password"]
+    assert made.json()["password_change_required"] is True
+    refused = client.post("/oauth/token", data={"grant_type": "password", "username": "ph.first",
+                                                "password": initial})  # fmt: skip
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_grant")
+    assert "must be changed" in refused.json()["error_description"]
+    platform.accounts.change_password("ph.first", initial, "pharmacy first own")
+    listed = {u["username"]: u for u in client.get("/app/api/admin/users", headers=admin).json()["users"]}
+    assert listed["ph.first"]["password_change_required"] is False
+    assert _sign_in(client, "ph.first", "pharmacy first own")
+    reset = client.post("/app/api/admin/users/ph.first/password", json={}, headers=admin)
+    assert reset.json()["password_change_required"] is True  # a reset is forced to change again
+    again = client.post("/oauth/token", data={"grant_type": "password", "username": "ph.first",
+                                              "password": reset.json()["new_password"]})  # fmt: skip
+    assert again.status_code == 400
+    assert "must be changed" in again.json()["error_description"]

@@ -1,7 +1,10 @@
 """`medtwin users add|list|passwd|set|disable|enable|assign`: the people who use the API server.
 
 Passwords are read from a prompt (or ``--password-stdin`` for scripts), never from the command line, where other
-users of the machine could read them in the process list.
+users of the machine could read them in the process list. A password set here is the administrator's, so the user
+must choose their own at their next sign-in (``password_change_required``); ``--no-force-change`` leaves it valid,
+for a service account whose password lives in a script or a secret store and that signs in with the ``password``
+grant.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ app = typer.Typer(
 )
 
 RoleOption = Annotated[str, typer.Option("--role", help=f"One of {', '.join(ROLES)}.")]
+NoForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-force-change",
+        help="Do not make the user change this password at the next sign-in (a scripted service account).",
+    ),
+]
 
 
 def _password(stdin: bool) -> str:
@@ -40,15 +50,19 @@ def users_add(
     ward: list[str] = typer.Option([], "--ward", help="A ward (unit) whose patients the user looks after; repeat."),
     team: list[str] = typer.Option([], "--team", help="A care team the user belongs to; repeat."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    no_force_change: NoForceOption = False,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Add a user (argon2id password hash; the password is asked for, or read from stdin)."""
+    """Add a user (argon2id password hash; the password is asked for, or read from stdin); the user must change it
+    at the first sign-in unless --no-force-change."""
     console = make_console(stderr=as_json)
     password = _password(password_stdin)
     with store_errors(console), open_existing(db, console) as store:
         try:
-            user = Accounts(store.engine).add_user(username, password, role, wards=ward, teams=team)
+            user = Accounts(store.engine).add_user(
+                username, password, role, wards=ward, teams=team, password_change_required=not no_force_change
+            )
         except MedtwinError as exc:
             raise fail(console, str(exc)) from None
     if as_json:
@@ -59,10 +73,12 @@ def users_add(
                 "role": user.role,
                 "wards": list(user.wards),
                 "teams": list(user.teams),
+                "password_change_required": user.password_change_required,
             }
         )
     else:
-        console.print(f"added {escape(user.username)} ({user.role}) id {user.user_id}", highlight=False)
+        then = "; the password must be changed at the first sign-in" if user.password_change_required else ""
+        console.print(f"added {escape(user.username)} ({user.role}) id {user.user_id}{then}", highlight=False)
 
 
 @app.command("list")
@@ -81,6 +97,7 @@ def users_list(db: DbOption = None, as_json: JsonOption = False) -> None:
                     "wards": list(u.wards),
                     "teams": list(u.teams),
                     "disabled": u.disabled,
+                    "password_change_required": u.password_change_required,
                     "created": u.created.isoformat(),
                 }
                 for u in users
@@ -96,7 +113,7 @@ def users_list(db: DbOption = None, as_json: JsonOption = False) -> None:
             u.role,
             escape(", ".join(u.wards)),
             escape(", ".join(u.teams)),
-            "disabled" if u.disabled else "active",
+            ("disabled" if u.disabled else "active") + (", must change password" if u.password_change_required else ""),
             u.user_id,
         )
     console.print(table)
@@ -106,18 +123,23 @@ def users_list(db: DbOption = None, as_json: JsonOption = False) -> None:
 def users_passwd(
     username: str = typer.Argument(..., help="Login name."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from standard input."),
+    no_force_change: NoForceOption = False,
     db: DbOption = None,
 ) -> None:
-    """Set a user's password (argon2id hash; asked for twice, or read from stdin) and end all the user's sessions."""
+    """Set a user's password (argon2id hash; asked for twice, or read from stdin) and end all the user's sessions;
+    the user must change it at the next sign-in unless --no-force-change."""
     console = make_console()
     password = _password(password_stdin)
     with store_errors(console), open_existing(db, console) as store:
         try:
-            user, ended = Accounts(store.engine).set_password(username, password)
+            user, ended = Accounts(store.engine).set_password(
+                username, password, password_change_required=not no_force_change
+            )
         except MedtwinError as exc:
             raise fail(console, str(exc)) from None
+    then = "; it must be changed at the next sign-in" if user.password_change_required else ""
     console.print(
-        f"password of {escape(user.username)} changed; {ended} session(s) ended (refresh tokens revoked)",
+        f"password of {escape(user.username)} changed; {ended} session(s) ended (refresh tokens revoked){then}",
         highlight=False,
     )
 

@@ -4,6 +4,12 @@ Passwords and client secrets are hashed with argon2id (RFC 9106; argon2-cffi's d
 a copy of the database yields no password. A user has one role (:data:`ROLES`), the wards and care teams whose
 patients they look after; a client (device, service, browser app) has a role, the scopes it may be granted and,
 for the authorization-code flow, its registered redirect URIs.
+
+Passwords follow NIST SP 800-63B section 5.1.1.2 (memorized secrets, :func:`check_password`): 8 to 256 characters
+of any kind, not the user name, a new one not the current one, and no composition rule (no "one digit, one
+capital"), because such rules make passwords more predictable, not stronger. A password an administrator sets
+(``medtwin users add/passwd``, the web app's administration) can be marked *password_change_required*: the built-in
+issuer then issues no token until the user has chosen their own with :meth:`Accounts.change_password`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -24,14 +31,70 @@ from medtwin.records import new_id
 from medtwin.security.scopes import parse_scopes
 from medtwin.store.access_tables import care_team_patients, clients, revoked_tokens, token_families, users
 
-__all__ = ["ROLES", "AccountError", "Accounts", "Client", "User"]
+__all__ = [
+    "PASSWORD_MAX_CHARS",
+    "PASSWORD_MIN_CHARS",
+    "PASSWORD_RULE",
+    "ROLES",
+    "AccountError",
+    "Accounts",
+    "Client",
+    "CurrentPasswordError",
+    "PasswordPolicyError",
+    "User",
+    "check_password",
+]
 
 ROLES = ("admin", "clinician", "nurse", "pharmacist", "researcher", "device")
 """The roles of medtwin's policy (docs/security.md, "Roles")."""
 
 
+PASSWORD_MIN_CHARS = 8
+"""The shortest password accepted (NIST SP 800-63B 5.1.1.2: at least 8 characters when the user chooses it)."""
+PASSWORD_MAX_CHARS = 256
+"""The longest (NIST: allow at least 64; the cap bounds the hashing work one request can ask for)."""
+PASSWORD_RULE = (
+    f"a password needs {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters of any kind (letters, digits, spaces, "
+    "symbols; no other rule) and must not be the user name or, when changed, the current password"
+)
+"""The password policy in words, repeated in every refusal so that the user learns the whole rule at once."""
+
+
 class AccountError(MedtwinError):
     """An account operation that cannot be done (unknown user, duplicate name, bad role)."""
+
+
+class PasswordPolicyError(ValidationError):
+    """A password the policy (:func:`check_password`) refuses; the message names the rule broken and the policy."""
+
+
+class CurrentPasswordError(AccountError):
+    """The current password given to :meth:`Accounts.change_password` is wrong (or the account is unknown or
+    disabled: alike, so that the answer tells nothing about which names exist)."""
+
+
+def check_password(password: str, *, username: str, current: str | None = None) -> None:
+    """Check *password* against the policy (NIST SP 800-63B 5.1.1.2); raises :class:`PasswordPolicyError`.
+
+    Length is counted in characters (Unicode code points), so a password of accented letters or another script is
+    measured as the user sees it. *username* is refused as a password whatever its case; *current* (the password
+    being replaced, when known) is refused as the new one.
+    """
+    if not isinstance(password, str):
+        raise PasswordPolicyError(f"password: a text is required; {PASSWORD_RULE}")
+    n = len(password)
+    if n < PASSWORD_MIN_CHARS:
+        raise PasswordPolicyError(
+            f"password: at least {PASSWORD_MIN_CHARS} characters are needed, this one has {n}; {PASSWORD_RULE}"
+        )
+    if n > PASSWORD_MAX_CHARS:
+        raise PasswordPolicyError(
+            f"password: at most {PASSWORD_MAX_CHARS} characters, this one has {n}; {PASSWORD_RULE}"
+        )
+    if password.casefold() == username.casefold():
+        raise PasswordPolicyError(f"password: this is the user name (in some case), which is refused; {PASSWORD_RULE}")
+    if current is not None and password == current:
+        raise PasswordPolicyError(f"password: the new password is the current one, which is refused; {PASSWORD_RULE}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +108,8 @@ class User:
     teams: tuple[str, ...]
     disabled: bool
     created: datetime
+    password_change_required: bool = False
+    """Set when an administrator set the password: no token is issued until the user has changed it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +155,22 @@ class Accounts:
 
     # -- users ------------------------------------------------------------------------------------------------
     def add_user(
-        self, username: str, password: str, role: str, *, wards: Sequence[str] = (), teams: Sequence[str] = ()
+        self,
+        username: str,
+        password: str,
+        role: str,
+        *,
+        wards: Sequence[str] = (),
+        teams: Sequence[str] = (),
+        password_change_required: bool = False,
     ) -> User:
-        """Create a user; raises :class:`AccountError` when the name is taken."""
+        """Create a user; raises :class:`AccountError` when the name is taken and :class:`PasswordPolicyError` for a
+        password the policy refuses. *password_change_required*: the user must choose their own password before
+        the issuer gives them a token (what an administrator's ``medtwin users add`` and the web app set)."""
         _check_role(role)
         if not username or len(username) > 200:
             raise ValidationError("username: 1 to 200 characters")
-        if len(password) < 8:
-            raise ValidationError("password: at least 8 characters")
+        check_password(password, username=username)
         row = {
             "user_id": new_id(),
             "username": username,
@@ -107,6 +180,7 @@ class Accounts:
             "teams": json.dumps(_names("teams", teams)),
             "disabled": False,
             "created": datetime.now(UTC),
+            "password_change_required": password_change_required,
         }
         try:
             with self.engine.begin() as conn:
@@ -126,6 +200,7 @@ class Accounts:
             teams=tuple(json.loads(get("teams"))),
             disabled=bool(get("disabled")),
             created=get("created"),
+            password_change_required=bool(get("password_change_required")),
         )
 
     def users(self) -> list[User]:
@@ -177,46 +252,100 @@ class Accounts:
         assert found is not None
         return found
 
-    def set_password(self, username: str, password: str) -> tuple[User, int]:
+    def set_password(self, username: str, password: str, *, password_change_required: bool = False) -> tuple[User, int]:
         """Replace a user's password (argon2id hash, as :meth:`add_user`) and end every session of the user: their
         refresh tokens are revoked and their sessions' access tokens listed as revoked (the token service rejects
-        them within its revocation refresh, 2 s). Returns the user and how many sessions were ended.
+        them within its revocation refresh, 2 s). *password_change_required*: the user must choose their own
+        password at their next sign-in (an administrator's reset). Returns the user and how many sessions ended.
 
         Raises
         ------
         AccountError
             No user with this name.
-        ValidationError
-            A password under 8 characters.
+        PasswordPolicyError
+            A password the policy (:func:`check_password`) refuses.
         """
-        if len(password) < 8:
-            raise ValidationError("password: at least 8 characters")
+        check_password(password, username=username)
         password_hash = self.hasher.hash(password)
         with self.engine.begin() as conn:
             row = conn.execute(select(users.c.user_id).where(users.c.username == username)).first()
             if row is None:
                 raise AccountError(f"no user named {username!r}")
-            conn.execute(update(users).where(users.c.user_id == row.user_id).values(password_hash=password_hash))
-            live = conn.execute(
-                select(token_families.c.family_id, token_families.c.expires).where(
-                    (token_families.c.subject == row.user_id) & token_families.c.revoked.is_(None)
-                )
-            ).all()
-            for family_id, expires in live:
-                conn.execute(
-                    update(token_families)
-                    .where(token_families.c.family_id == family_id)
-                    .values(revoked="password reset")
-                )
-                listed = select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == family_id)
-                if conn.execute(listed).first() is None:
-                    conn.execute(insert(revoked_tokens), {"token_id": family_id, "expires": expires})
+            conn.execute(
+                update(users)
+                .where(users.c.user_id == row.user_id)
+                .values(password_hash=password_hash, password_change_required=password_change_required)
+            )
+            ended = self._end_sessions(conn, row.user_id, "password reset")
         found = self.user(username)
         assert found is not None
-        return found, len(live)
+        return found, ended
 
-    def authenticate(self, username: str, password: str) -> User | None:
-        """The enabled user whose password this is, or None (unknown name, wrong password, disabled: alike)."""
+    def change_password(
+        self, username: str, current: str, new: str, *, keep_session: str | None = None
+    ) -> tuple[User, int]:
+        """The user's own change of password: *current* is verified as :meth:`authenticate` verifies it (the same
+        argon2id check, as slow for an unknown name; a disabled account is refused), *new* must pass the policy
+        (:func:`check_password`, and differ from *current*), its argon2id hash replaces the old one, the
+        *password_change_required* mark is cleared, and every session of the user but *keep_session* (the refresh
+        token family of the session making the change, when there is one) ends, as :meth:`set_password` ends them:
+        whoever holds a session opened with the old password loses it (OWASP ASVS 4.0 3.3.3). Returns the user and
+        how many sessions ended.
+
+        The current password is checked before the policy, so a refusal by the policy ("must differ from the current
+        one") is never an oracle for someone who does not know the current password.
+
+        Raises
+        ------
+        CurrentPasswordError
+            Wrong current password, unknown name, or a disabled account (one message for all three).
+        PasswordPolicyError
+            A new password the policy refuses.
+        AccountError
+            The password was changed by someone else between the check and the write (nothing is changed).
+        """
+        row = self._verified(username, current)
+        if row is None:
+            raise CurrentPasswordError("the current password is wrong (or the account is unknown or disabled)")
+        check_password(new, username=row.username, current=current)
+        password_hash = self.hasher.hash(new)
+        with self.engine.begin() as conn:
+            # the old hash in the condition: an administrator's reset between the check and here is not overwritten
+            done = conn.execute(
+                update(users)
+                .where((users.c.user_id == row.user_id) & (users.c.password_hash == row.password_hash))
+                .values(password_hash=password_hash, password_change_required=False)
+            )
+            if done.rowcount == 0:
+                raise AccountError(f"the password of {username!r} was changed meanwhile; nothing was changed")
+            ended = self._end_sessions(conn, row.user_id, "password changed", keep=keep_session)
+        found = self.user(row.user_id)
+        assert found is not None
+        return found, ended
+
+    @staticmethod
+    def _end_sessions(conn: Any, user_id: str, why: str, *, keep: str | None = None) -> int:
+        """Revoke the live refresh-token families of *user_id* but *keep*, and list them as revoked so that their
+        access tokens are refused too; returns how many ended."""
+        live = conn.execute(
+            select(token_families.c.family_id, token_families.c.expires).where(
+                (token_families.c.subject == user_id) & token_families.c.revoked.is_(None)
+            )
+        ).all()
+        ended = 0
+        for family_id, expires in live:
+            if family_id == keep:
+                continue
+            conn.execute(update(token_families).where(token_families.c.family_id == family_id).values(revoked=why))
+            listed = select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == family_id)
+            if conn.execute(listed).first() is None:
+                conn.execute(insert(revoked_tokens), {"token_id": family_id, "expires": expires})
+            ended += 1
+        return ended
+
+    def _verified(self, username: str, password: str) -> Any:
+        """The row of the enabled user *username* whose password this is, or None. An unknown name costs the same
+        argon2id verification (against a dummy hash) as a known one, so timing does not tell names apart."""
         with self.engine.connect() as conn:
             row = conn.execute(select(users).where(users.c.username == username)).first()
         stored = self._dummy_hash if row is None else row.password_hash
@@ -226,7 +355,13 @@ class Accounts:
             return None
         if row is None or row.disabled:
             return None
-        return self._user(row)
+        return row
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The enabled user whose password this is, or None (unknown name, wrong password, disabled: alike). The
+        user may have *password_change_required* set: the caller decides what that allows (the issuer: no token)."""
+        row = self._verified(username, password)
+        return None if row is None else self._user(row)
 
     # -- clients ----------------------------------------------------------------------------------------------
     def add_client(

@@ -6,6 +6,13 @@ Grants (RFC 6749): ``password`` (+ refresh) for users, ``client_credentials`` fo
 are those it asks for within those it was registered with. ``/oauth/revoke`` is logout (RFC 7009). Every login,
 token, refresh and logout is audited, failures included. Authorization codes live in this process for 60 s and
 are single use.
+
+A user whose password was set by an administrator (``password_change_required``) gets no token: the ``password``
+grant answers ``invalid_grant`` saying so and where to change it, and the sign-in form of the authorization-code
+flow answers with a change-password form (current, new, repeated), bound to that sign-in by a single-use ticket of
+this process (10 minutes, 5 tries); a successful change continues the sign-in with its code. The change is
+:meth:`medtwin.security.accounts.Accounts.change_password` (the policy, the argon2id hash, other sessions ended)
+and is audited as an ``update`` of the user, refusals included, never with a password.
 """
 
 from __future__ import annotations
@@ -25,6 +32,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from medtwin.errors import MedtwinError
+from medtwin.security.accounts import (
+    PASSWORD_MAX_CHARS,
+    PASSWORD_MIN_CHARS,
+    PASSWORD_RULE,
+    CurrentPasswordError,
+    User,
+)
 from medtwin.security.principal import Principal
 from medtwin.security.scopes import ScopeSet, parse_scopes
 from medtwin.security.tokens import TokenError, TokenService, b64url
@@ -32,7 +46,7 @@ from medtwin.server.errors import JSONBody
 from medtwin.server.guard import platform_of, source_of
 from medtwin.server.platform import Platform
 
-__all__ = ["DEFAULT_USER_SCOPES", "router"]
+__all__ = ["DEFAULT_USER_SCOPES", "audit_password_change", "router"]
 
 router = APIRouter(tags=["OAuth2 / OpenID"])
 
@@ -44,6 +58,19 @@ _FORM = {
 }
 _TOKEN_DOC = {"requestBody": {"required": True, "content": _FORM}}
 _CODE_TTL_S = 60.0
+_TICKET_TTL_S = 600.0
+_TICKET_TRIES = 5
+_AUTHORIZE_KEYS = (
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "patient",
+    "response_type",
+)
+"""The parameters of an authorization request that the sign-in carries on (never the credentials)."""
 
 
 def _oauth_error(error: str, description: str, status: int = 400) -> JSONBody:
@@ -97,6 +124,28 @@ def _check_patient_context(platform: Platform, grant_principal: Principal, patie
         raise TokenError("invalid_request", "patient: no such patient in your care")
 
 
+def _user_principal(user: User) -> Principal:
+    """The user as an audit record names them (no token: a sign-in or a password change on the issuer's form)."""
+    return Principal(subject=user.user_id, role=user.role, scopes=parse_scopes(""), username=user.username)
+
+
+async def audit_password_change(
+    request: Request, user: User, *, by: Principal | None = None, refused: str | None = None, ended: int = 0, how: str
+) -> None:
+    """Audit a user's change of their own password as an ``update`` of ``User/<id>``: *refused* (why, never the
+    password) for a refusal, else the number of other sessions *ended*. *how*: where (the sign-in form, the web
+    app's account page). *by*: the caller's principal when the change came with a token."""
+    platform = platform_of(request)
+    actor = by or _user_principal(user)
+    if refused is not None:
+        await platform.record(actor, "update", f"User/{user.user_id}", outcome="denied", source=source_of(request),
+                              detail=f"user {user.username}: password change refused ({how}): {refused}")  # fmt: skip
+        return
+    await platform.record(actor, "update", f"User/{user.user_id}", source=source_of(request),
+                          detail=f"user {user.username}: password changed by the user ({how}); {ended} other "
+                                 "session(s) ended")  # fmt: skip
+
+
 def _principal_of(grant: Any) -> Principal:
     return Principal(
         subject=grant.subject,
@@ -121,6 +170,14 @@ async def _password_grant(request: Request, platform: Platform, form: dict[str, 
             detail="bad credentials or disabled",
         )
         return _oauth_error("invalid_grant", "unknown user, wrong password, or the account is disabled")
+    if user.password_change_required:
+        await platform.record(_user_principal(user), "login", f"user:{user.username}", outcome="denied",
+                              source=source_of(request), detail="password change required")  # fmt: skip
+        return _oauth_error(
+            "invalid_grant",
+            f"the password of {user.username} was set by an administrator and must be changed before a token is "
+            f"issued: sign in once at {_issuer_base(request)}/app/login (the sign-in form asks for a new password)",
+        )
     grant = TokenService.grant(
         user.user_id,
         user.role,
@@ -200,6 +257,8 @@ async def _code_grant(request: Request, platform: Platform, form: dict[str, str]
     user = platform.accounts.user(code.user_id)
     if user is None or user.disabled:
         return _oauth_error("invalid_grant", "the account can no longer log in")
+    if user.password_change_required:  # an administrator reset the password after the code was issued
+        return _oauth_error("invalid_grant", "the password must be changed first: sign in again")
     grant = TokenService.grant(
         user.user_id,
         user.role,
@@ -281,6 +340,64 @@ _LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><tit
 <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
 <button type="submit">Sign in</button></form></body></html>"""
 
+_CHANGE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>medtwin: choose a new password</title></head><body><main>
+<h1>Choose a new password</h1>
+<p>The password of <strong>{username}</strong> was set by an administrator. Choose your own to finish signing in;
+your other sessions end.</p>
+<p id="rule">Rule: {rule}.</p>
+{error}<form method="post" action="/oauth/authorize/password">
+<input type="hidden" name="ticket" value="{ticket}">
+<input type="text" name="username" value="{username}" autocomplete="username" hidden>
+<p><label>Current password <input name="current_password" type="password" autocomplete="current-password"
+required></label></p>
+<p><label>New password <input name="new_password" type="password" autocomplete="new-password" required
+minlength="{min}" maxlength="{max}" aria-describedby="rule"></label></p>
+<p><label>New password again <input name="new_password_again" type="password" autocomplete="new-password" required
+minlength="{min}" maxlength="{max}"></label></p>
+<button type="submit">Change password and sign in</button></form></main></body></html>"""
+
+
+@dataclass(slots=True)
+class _ChangeTicket:
+    """A sign-in stopped for a required password change: who, the authorization request to continue, until when
+    (Unix seconds) and how many tries are left."""
+
+    user_id: str
+    username: str
+    params: dict[str, str]
+    expires: float
+    tries: int = _TICKET_TRIES
+
+
+def _change_form(ticket: str, username: str, error: str | None = None) -> HTMLResponse:
+    shown = "" if error is None else f'<p role="alert"><strong>{html.escape(error)}</strong></p>\n'
+    page = _CHANGE_PAGE.format(username=html.escape(username, quote=True), ticket=html.escape(ticket, quote=True),
+                               rule=html.escape(PASSWORD_RULE), error=shown, min=PASSWORD_MIN_CHARS,
+                               max=PASSWORD_MAX_CHARS)  # fmt: skip
+    return HTMLResponse(page)
+
+
+def _code_redirect(platform: Platform, params: dict[str, str], redirect: str, user_id: str) -> Response:
+    """Issue a single-use authorization code for *user_id* and send the browser to the client with it."""
+    code = secrets.token_urlsafe(32)
+    codes: dict[str, _Code] = platform.extra.setdefault("codes", {})
+    now = time.time()
+    for stale in [k for k, c in codes.items() if c.expires < now]:
+        del codes[stale]
+    codes[code] = _Code(
+        params["client_id"],
+        redirect,
+        params["code_challenge"],
+        user_id,
+        params.get("scope", ""),
+        params.get("patient") or None,
+        now + _CODE_TTL_S,
+    )
+    query = {"code": code, **({"state": params["state"]} if "state" in params else {})}
+    sep = "&" if urlsplit(redirect).query else "?"
+    return RedirectResponse(f"{redirect}{sep}{urlencode(query)}", status_code=303)
+
 
 def _authorize_params(params: dict[str, str], platform: Platform) -> tuple[str | None, str]:
     """(error or None, redirect uri) of an authorization request."""
@@ -310,18 +427,10 @@ async def authorize_form(request: Request) -> Response:
     error, _ = _authorize_params(params, platform)
     if error is not None:
         return HTMLResponse(f"<!doctype html><p>{html.escape(error)}</p>", 400)
-    keep = (
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "code_challenge",
-        "code_challenge_method",
-        "patient",
-        "response_type",
-    )
     hidden = "".join(
-        f'<input type="hidden" name="{k}" value="{html.escape(params[k], quote=True)}">' for k in keep if k in params
+        f'<input type="hidden" name="{k}" value="{html.escape(params[k], quote=True)}">'
+        for k in _AUTHORIZE_KEYS
+        if k in params
     )
     page = _LOGIN_PAGE.format(
         client=html.escape(params["client_id"]), scope=html.escape(params.get("scope", "")), hidden=hidden
@@ -334,6 +443,7 @@ async def authorize_form(request: Request) -> Response:
     openapi_extra=_TOKEN_DOC,
     summary="Sign in; redirects with a code",
     responses={
+        200: {"description": "The password was set by an administrator: the change-password form"},
         303: {"description": "Redirect to the client with code and state"},
         400: {"description": "Bad request"},
         401: {"description": "Bad credentials"},
@@ -359,23 +469,79 @@ async def authorize(request: Request) -> Response:
             detail="bad credentials or disabled (authorize)",
         )
         return HTMLResponse("<!doctype html><p>Wrong user name or password.</p>", 401)
-    code = secrets.token_urlsafe(32)
-    codes: dict[str, _Code] = platform.extra.setdefault("codes", {})
-    now = time.time()
-    for stale in [k for k, c in codes.items() if c.expires < now]:
-        del codes[stale]
-    codes[code] = _Code(
-        form["client_id"],
-        redirect,
-        form["code_challenge"],
-        user.user_id,
-        form.get("scope", ""),
-        form.get("patient") or None,
-        now + _CODE_TTL_S,
-    )
-    query = {"code": code, **({"state": form["state"]} if "state" in form else {})}
-    sep = "&" if urlsplit(redirect).query else "?"
-    return RedirectResponse(f"{redirect}{sep}{urlencode(query)}", status_code=303)
+    if user.password_change_required:
+        ticket = secrets.token_urlsafe(32)
+        tickets: dict[str, _ChangeTicket] = platform.extra.setdefault("password_tickets", {})
+        now = time.time()
+        for stale in [k for k, t in tickets.items() if t.expires < now]:
+            del tickets[stale]
+        params = {k: form[k] for k in _AUTHORIZE_KEYS if k in form}  # not the password
+        tickets[ticket] = _ChangeTicket(user.user_id, user.username, params, now + _TICKET_TTL_S)
+        await platform.record(
+            _user_principal(user),
+            "login",
+            f"user:{user.username}",
+            outcome="denied",
+            source=source_of(request),
+            detail="password change required (change form shown)",
+        )
+        return _change_form(ticket, user.username)
+    return _code_redirect(platform, form, redirect, user.user_id)
+
+
+@router.post(
+    "/oauth/authorize/password",
+    openapi_extra=_TOKEN_DOC,
+    summary="A required password change at sign-in; redirects with a code",
+    responses={
+        200: {"description": "The change form again, with the reason of the refusal"},
+        303: {"description": "Password changed: redirect to the client with code and state"},
+        400: {"description": "Unknown, used or expired ticket"},
+        413: {"description": "Too large"},
+        429: {"description": "Rate limited"},
+    },
+)
+async def authorize_change_password(request: Request) -> Response:
+    """Change the password that an administrator set (the form the sign-in answered with), then continue that
+    sign-in. The ticket of the form ties the change to the sign-in that just checked the password; a refusal shows
+    the form again with its reason, at most 5 times per ticket."""
+    platform = platform_of(request)
+    form = await _form(request)
+    tickets: dict[str, _ChangeTicket] = platform.extra.setdefault("password_tickets", {})
+    key = form.get("ticket", "")
+    ticket = tickets.get(key)
+    if ticket is None or ticket.expires < time.time() or ticket.tries <= 0:
+        tickets.pop(key, None)
+        return HTMLResponse("<!doctype html><p>This sign-in has expired; sign in again.</p>", 400)
+    found = await run_in_threadpool(platform.accounts.user, ticket.user_id)
+    error, redirect = _authorize_params(ticket.params, platform)
+    if found is None or error is not None:
+        tickets.pop(key, None)
+        return HTMLResponse("<!doctype html><p>This sign-in can no longer continue; sign in again.</p>", 400)
+    user, ticket.tries = found, ticket.tries - 1
+    new, again = form.get("new_password", ""), form.get("new_password_again", "")
+    refused: str | None = None
+    ended = 0
+    if new != again:
+        refused = "the two new passwords differ"
+    else:
+        try:
+            _, ended = await run_in_threadpool(
+                platform.accounts.change_password, ticket.username, form.get("current_password", ""), new
+            )
+        except CurrentPasswordError:
+            refused = "the current password is wrong"
+        except MedtwinError as exc:  # the policy, or a reset meanwhile
+            refused = str(exc)
+    if refused is not None:
+        await audit_password_change(request, user, refused=refused, how="sign-in form, required change")
+        if ticket.tries <= 0:
+            tickets.pop(key, None)
+            return HTMLResponse(f"<!doctype html><p>{html.escape(refused)}. Too many tries: sign in again.</p>", 400)
+        return _change_form(key, ticket.username, refused[:1].upper() + refused[1:] + ".")
+    tickets.pop(key, None)
+    await audit_password_change(request, user, ended=ended, how="sign-in form, required change")
+    return _code_redirect(platform, ticket.params, redirect, user.user_id)
 
 
 def _issuer_base(request: Request) -> str:

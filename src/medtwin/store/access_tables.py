@@ -1,4 +1,5 @@
-"""The tables of identity and access used by medtwin.security (created by migration 0020_security).
+"""The tables of identity and access used by medtwin.security (created by migration 0020_security; 0040 adds
+``users.password_change_required``, the forced change of an administrator-set password).
 
 Users and clients keep argon2id hashes of their passwords and secrets, never the secrets. Refresh tokens are kept
 as SHA-256 digests (a database leak yields no usable token), grouped in families (one per login) so that a reused
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Index, String, Table, Text
+from sqlalchemy import Boolean, Column, Index, String, Table, Text, false
 
 from medtwin.store.schema import UTCDateTime, metadata
 
@@ -40,6 +41,8 @@ users = Table(
     Column("teams", Text, nullable=False),  # JSON list of care-team names
     Column("disabled", Boolean, nullable=False),
     _created(),
+    # set when an administrator sets the password; cleared when the user changes it (migration 0040)
+    Column("password_change_required", Boolean, nullable=False, server_default=false()),
 )
 
 clients = Table(

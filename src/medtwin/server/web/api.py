@@ -19,12 +19,13 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from medtwin.errors import MedtwinError
-from medtwin.security.accounts import ROLES, AccountError
+from medtwin.security.accounts import ROLES, AccountError, CurrentPasswordError, PasswordPolicyError
 from medtwin.security.principal import Principal
 from medtwin.security.scopes import parse_scopes
 from medtwin.security.tokens import TokenError
 from medtwin.server.errors import ApiError, JSONBody, not_found
 from medtwin.server.guard import caller, patient_access, platform_of, require, source_of
+from medtwin.server.oauth import audit_password_change
 from medtwin.server.web import data, dosing_entry
 
 __all__ = ["CLIENT_ID", "router"]
@@ -113,9 +114,13 @@ async def _external_config(platform: Any) -> dict[str, Any] | None:
     return out
 
 
-def _me(principal: Principal) -> dict[str, Any]:
+def _me(principal: Principal, *, local_issuer: str | None = None) -> dict[str, Any]:
+    """Who the token names; *local_account*: whether the user signs in with a password of medtwin's own (the
+    built-in issuer's user token), which the account page then offers to change."""
+    local = principal.issuer == local_issuer and principal.username is not None and principal.role != "device"
     return {"subject": principal.subject, "username": principal.username, "role": principal.role,
-            "wards": sorted(principal.wards), "teams": sorted(principal.teams)}  # fmt: skip
+            "wards": sorted(principal.wards), "teams": sorted(principal.teams), "issuer": principal.issuer,
+            "local_account": local}  # fmt: skip
 
 
 @router.post("/signin/external")
@@ -178,9 +183,45 @@ async def signout_external(request: Request, principal: Principal = Depends(call
 
 
 @router.get("/me")
-async def me(principal: Principal = Depends(caller)) -> JSONBody:
-    """Who is signed in (the token's subject, role, wards and care teams)."""
-    return JSONBody(_me(principal))
+async def me(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """Who is signed in (the token's subject, role, wards and care teams, and whether the password is medtwin's)."""
+    return JSONBody(_me(principal, local_issuer=platform_of(request).settings.issuer))
+
+
+@router.post("/me/password")
+async def change_own_password(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
+    """The signed-in user changes their own password (``{"current_password", "new_password"}``) with
+    :meth:`medtwin.security.accounts.Accounts.change_password`: the current password is checked, the new one must
+    pass the policy (NIST SP 800-63B 5.1.1.2: 8 to 256 characters, not the user name, not the current one), and
+    every other session of the user ends while this one goes on. Audited as an ``update`` of the user, refusals
+    included, never with a password. 403 ``wrong-password`` for a wrong current password, 400 ``password-policy``
+    naming the rule, 409 when the account's password is not medtwin's (the hospital's identity provider)."""
+    platform = platform_of(request)
+    body = await _json(request)
+    current, new = body.get("current_password"), body.get("new_password")
+    if not isinstance(current, str) or not isinstance(new, str) or not current:
+        raise ApiError(400, "invalid", 'the body needs {"current_password", "new_password"} (two strings)')
+    found = None
+    if principal.issuer == platform.settings.issuer and principal.client_id != principal.subject:
+        found = await run_in_threadpool(platform.accounts.user, principal.subject)
+    if found is None or found.user_id != principal.subject:
+        raise ApiError(409, "conflict", "this sign-in has no medtwin password to change (an account of the "
+                                        "hospital's identity provider changes its password there)")  # fmt: skip
+    user, how = found, "web app account page"
+    try:
+        _, ended = await run_in_threadpool(lambda: platform.accounts.change_password(
+            user.username, current, new, keep_session=principal.session_id))  # fmt: skip
+    except CurrentPasswordError:
+        await audit_password_change(request, user, by=principal, refused="wrong current password", how=how)
+        raise ApiError(403, "wrong-password", "current_password: this is not your current password") from None
+    except PasswordPolicyError as exc:
+        await audit_password_change(request, user, by=principal, refused=str(exc), how=how)
+        raise ApiError(400, "password-policy", f"new_password: {exc}") from None
+    except AccountError as exc:  # an administrator reset it meanwhile
+        await audit_password_change(request, user, by=principal, refused=str(exc), how=how)
+        raise ApiError(409, "conflict", str(exc)) from None
+    await audit_password_change(request, user, by=principal, ended=ended, how=how)
+    return JSONBody({"changed": True, "other_sessions_ended": ended})
 
 
 def _row(store: Any, pid: str, unit: str | None, bed: str | None, now: datetime) -> dict[str, Any]:
@@ -505,7 +546,7 @@ async def admin_users(request: Request, principal: Principal = Depends(caller)) 
 
 def _user_json(u: Any) -> dict[str, Any]:
     return {"id": u.user_id, "username": u.username, "role": u.role, "wards": list(u.wards), "teams": list(u.teams),
-            "disabled": u.disabled}  # fmt: skip
+            "disabled": u.disabled, "password_change_required": u.password_change_required}  # fmt: skip
 
 
 def _name_list(body: dict[str, Any], key: str) -> list[str] | None:
@@ -523,7 +564,8 @@ def _name_list(body: dict[str, Any], key: str) -> list[str] | None:
 async def admin_create_user(request: Request, principal: Principal = Depends(caller)) -> JSONBody:
     """Create a user (``{"username", "role", "password"?, "wards"?, "teams"?}``) with an argon2id password hash
     (:meth:`medtwin.security.accounts.Accounts.add_user`, as ``medtwin users add``). Without a password, a random
-    initial password is made and answered once (it is not stored or audited in clear); audited as ``create``."""
+    initial password is made and answered once (it is not stored or audited in clear); either way the user must
+    change it at their first sign-in. Audited as ``create``."""
     _admin_only(principal)
     body = await _json(request)
     username, role, password = body.get("username"), body.get("role"), body.get("password")
@@ -538,16 +580,16 @@ async def admin_create_user(request: Request, principal: Principal = Depends(cal
     initial: str = password or generated or ""
     platform = platform_of(request)
     try:
-        user = await run_in_threadpool(lambda: platform.accounts.add_user(username.strip(), initial,
-                                                                          role, wards=wards, teams=teams))  # fmt: skip
+        user = await run_in_threadpool(lambda: platform.accounts.add_user(
+            username.strip(), initial, role, wards=wards, teams=teams, password_change_required=True))  # fmt: skip
     except AccountError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     except MedtwinError as exc:
         raise ApiError(400, "invalid", str(exc)) from None
+    how = "initial password generated" if generated else "password set by the admin"
     await platform.record(principal, "create", f"User/{user.user_id}", source=source_of(request),
                           detail=f"user {user.username}: role {user.role}, wards {list(user.wards)}, teams "
-                                 f"{list(user.teams)}, " + ("initial password generated" if generated else
-                                                            "password set by the admin"))  # fmt: skip
+                                 f"{list(user.teams)}, {how}, to be changed at the first sign-in")  # fmt: skip
     out = _user_json(user)
     if generated is not None:
         out["initial_password"] = generated
@@ -602,24 +644,33 @@ async def admin_disable(request: Request, username: str, principal: Principal = 
 @router.post("/admin/users/{username}/password")
 async def admin_reset_password(request: Request, username: str, principal: Principal = Depends(caller)) -> JSONBody:
     """Reset a user's password to a random one, answered once (``new_password``) to be handed to the user in person;
-    the argon2id hash replaces the old one and every session of the user ends
-    (:meth:`medtwin.security.accounts.Accounts.set_password`, as ``medtwin users passwd``). Audited as ``update``
-    without the password. An admin's own password is changed with ``medtwin users passwd`` (no lock-out here)."""
+    the argon2id hash replaces the old one, every session of the user ends
+    (:meth:`medtwin.security.accounts.Accounts.set_password`, as ``medtwin users passwd``) and the user must change
+    it at their next sign-in. Audited as ``update`` without the password. An admin changes their own password on
+    the account page (``POST /app/api/me/password``) or with ``medtwin users passwd`` (409 here: no lock-out)."""
     _admin_only(principal)
     platform = platform_of(request)
     before = await run_in_threadpool(platform.accounts.user, username)
     if before is None or before.username != username:
         raise ApiError(404, "not-found", f"no user named {username!r}")
     if before.user_id == principal.subject:
-        raise ApiError(409, "conflict", "you cannot reset your own password here (use `medtwin users passwd`)")
+        raise ApiError(
+            409,
+            "conflict",
+            "you cannot reset your own password here: change it on your account page "
+            "(/app/account) or with `medtwin users passwd`",
+        )
     password = secrets.token_urlsafe(12)
     try:
-        user, ended = await run_in_threadpool(platform.accounts.set_password, username, password)
+        user, ended = await run_in_threadpool(
+            lambda: platform.accounts.set_password(username, password, password_change_required=True)
+        )
     except AccountError as exc:
         raise ApiError(404, "not-found", str(exc)) from None
     await platform.record(principal, "update", f"User/{user.user_id}", source=source_of(request),
                           detail=f"user {user.username}: password reset by an admin (random password generated, "
-                                 f"shown once); {ended} session(s) ended")  # fmt: skip
+                                 f"shown once, to be changed at the next sign-in); {ended} session(s) "
+                                 "ended")  # fmt: skip
     return JSONBody({**_user_json(user), "new_password": password, "sessions_ended": ended})
 
 

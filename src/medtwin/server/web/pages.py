@@ -73,7 +73,7 @@ PAGES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "admin": ("admin.html", "Administration", "admin.js", ("admin",)),
 }
 _STATIC = ("app.css", "app.js", "charts.js", "ward.js", "patients.js", "patient.js", "hospital.js", "research.js",
-           "admin.js", "login.js", "callback.js")  # fmt: skip
+           "admin.js", "login.js", "callback.js", "account.js")  # fmt: skip
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -112,6 +112,13 @@ async def login(request: Request) -> Response:
 async def callback(request: Request) -> Response:
     """Where the issuer sends the browser back with the authorization code."""
     return await _page(request, "callback.html", title="Signing in", script="callback.js", page="callback")
+
+
+@router.get("/app/account")
+async def account(request: Request) -> Response:
+    """The signed-in user's account: who they are, and the change of their own password (every role; reached from
+    the header, not the navigation)."""
+    return await _page(request, "account.html", title="Your account", script="account.js", page="account")
 
 
 @router.get("/app/patient/{patient_id}")

@@ -38,7 +38,7 @@
         MT.status("admin-status", res.ok ? "Password of " + u.username + " reset." : (res.body && res.body.message) || "Could not reset the password.", !res.ok);
       });
       return el("tr", {}, td(u.username), el("td", {}, role), el("td", {}, wards), el("td", {}, teams), el("td", {}, save),
-        td(u.disabled ? "disabled" : "active"), el("td", {}, self ? null : b, self ? null : reset));
+        td((u.disabled ? "disabled" : "active") + (u.password_change_required ? ", must change password" : "")), el("td", {}, self ? null : b, self ? null : reset));
     }));
     return true;
   }

@@ -294,6 +294,8 @@ const MT = (() => {
     }
     const who = document.getElementById("who");
     if (who) who.textContent = (me.username || me.subject) + " · " + me.role;
+    const account = document.getElementById("account-link");
+    if (account) account.hidden = false;
     const so = document.getElementById("signout");
     if (so) { so.hidden = false; so.addEventListener("click", () => signOut("signed-out")); }
     const c = await getConfig();
