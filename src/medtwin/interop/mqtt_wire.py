@@ -435,7 +435,9 @@ class MqttSocket:
                     return []
                 data = self.sock.recv(_RECV_BYTES)
             else:
-                if not self._tls.pending():  # decrypted bytes wait in OpenSSL, unseen by select
+                with self._send_lock:
+                    pending = self._tls.pending()
+                if not pending:  # decrypted bytes wait in OpenSSL, unseen by select
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     ready, _, _ = select.select([self.sock], [], [], left)
                     if not ready:
