@@ -130,7 +130,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     tls = f"cafile {ca_file}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n"
     (d / "mosquitto.conf").write_text(
         f"per_listener_settings false\nallow_anonymous false\npassword_file {d / 'passwd'}\npersistence false\n"
-        f"user root\nlog_dest file {d / 'mosquitto.log'}\n"
+        f"user root\nlog_dest file {d / 'mosquitto.log'}\nmax_queued_messages 0\n"
         f"listener {port} 127.0.0.1\n{tls}require_certificate false\n"
         f"listener {mtls_port} 127.0.0.1\n{tls}require_certificate true\n"
     )
@@ -263,3 +263,16 @@ def test_mutual_tls_needs_the_client_certificate(broker: PrivateBroker) -> None:
     conn, connack = with_cert.open(connect, 10)
     conn.close()
     assert connack.reason_code == 0
+
+
+def test_medtwin_listen_exits_with_the_reason_when_refused(broker: PrivateBroker, tmp_path: Path) -> None:
+    """`medtwin listen --mqtt` with a wrong password in its password file: exit status 2 and the broker's reason,
+    at once (no reconnect loop), the password nowhere in the output."""
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password\n")
+    result = CliRunner().invoke(app, ["listen", "--mqtt", f"mqtts://{USER}@localhost:{broker.port}", "--mqtt-ca",
+                                      broker.ca, "--mqtt-password-file", str(wrong), "--db",
+                                      f"sqlite:///{tmp_path / 'l.db'}", "--twin-workers", "1", "--quiet"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "CONNACK reason 0x87 (not authorized); user 'listener', password from --mqtt-password-file" in result.output
+    assert "not-the-password" not in result.output

@@ -146,19 +146,18 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help=f"Broker URL. {MQTT_UR
         topic = f"{prefix}devices/{devices[i]}/obs"
         steps.setdefault(at, []).append((mid, encode_publish(topic, json.dumps(payload).encode(), mid)))
     client_id = f"medtwin-sim-{int(time.time())}"
-    connect = encode_connect(
-        client_id,
-        clean_start=True,
-        keep_alive_s=0,  # no keep alive: at a slow --speed the
-        username=broker.username,
-        password=broker.password,
-    )  # wearers can be silent for minutes
+    # no keep alive: at a slow --speed the wearers can be silent for minutes
+    connect = encode_connect(client_id, clean_start=True, keep_alive_s=0, username=broker.username,
+                             password=broker.password)  # fmt: skip
     try:
         conn, connack = broker.open(connect, 10.0)
     except MqttAccessError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (OSError, MqttProtocolError) as exc:
+    except MqttProtocolError as exc:
+        typer.echo(f"error: the MQTT broker at {broker.url} did not accept the connection: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
         typer.echo(f"error: cannot reach the MQTT broker at {broker.url}: {exc}", err=True)
         raise typer.Exit(2) from None
     window = PublishWindow(conn, min(1000, connack.receive_maximum))  # QoS 1, at most 1,000 unacknowledged

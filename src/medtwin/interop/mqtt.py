@@ -219,6 +219,8 @@ class MqttListener:
                     self._generation += 1
                     self._conn = None
                 self._connected.clear()
+                if conn is not None:
+                    conn.close()
                 if self.on_failure is not None:
                     self.on_failure(exc)
                 return
