@@ -1,7 +1,8 @@
 """MQTT over TLS with a user name and password, end to end against a private Mosquitto: a throwaway CA and server
 certificate made here, a password file made with mosquitto_passwd, anonymous clients refused. Readings arrive and
 are stored; a wrong password, an untrusted CA, a missing client certificate and a plaintext client are each refused
-with an error that says which. Skipped with a notice when mosquitto or mosquitto_passwd is missing."""
+with an error that says which. The Mosquitto tests are skipped with a notice when mosquitto or mosquitto_passwd is
+missing; the host-name check runs against a TLS server in this process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import ipaddress
 import json
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,8 +52,10 @@ def _cert(
     *,
     ca: bool = False,
     server: bool = False,
+    names: tuple[str, ...] = ("localhost", "127.0.0.1"),
 ) -> x509.Certificate:
-    """A certificate valid for a day, with the extensions a strict verifier wants (Python's default context)."""
+    """A certificate valid for a day, with the extensions a strict verifier wants (Python's default context); a
+    server's for the host *names* (DNS names or IP addresses)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     now = dt.datetime.now(dt.UTC)
     issuer_name, issuer_key = (name, key) if issuer is None else (issuer[0].subject, issuer[1])
@@ -75,8 +80,13 @@ def _cert(
         eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
     if server:
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        sans: list[x509.GeneralName] = []
+        for host in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -276,3 +286,30 @@ def test_medtwin_listen_exits_with_the_reason_when_refused(broker: PrivateBroker
     assert result.exit_code == 2
     assert "CONNACK reason 0x87 (not authorized); user 'listener', password from --mqtt-password-file" in result.output
     assert "not-the-password" not in result.output
+
+
+def test_a_certificate_for_another_host_name_is_refused(tmp_path: Path) -> None:
+    """Hostname checking is on: a broker whose certificate (from a trusted CA) names another host is refused (a
+    TLS server in this process; no Mosquitto needed)."""
+    ca_key, key = _key(), _key()
+    ca = _cert("medtwin test CA", ca_key, None, ca=True)
+    ca_file = _write(tmp_path / "ca.pem", ca)
+    elsewhere = _cert("broker", key, (ca, ca_key), server=True, names=("broker.elsewhere.example",))
+    server_pem = _write(tmp_path / "server.pem", elsewhere, key)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(server_pem, str(tmp_path / "server.key"))
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listening.accept()
+        with conn, pytest.raises(ssl.SSLError):  # the client aborts the handshake
+            server_context.wrap_socket(conn, server_side=True)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    remote = broker_from_url(f"mqtts://127.0.0.1:{port}", ca_file=ca_file)
+    with pytest.raises(MqttAccessError, match=r"failed verification: (IP address|Hostname) mismatch"):
+        remote.open(encode_connect("c", clean_start=True, keep_alive_s=0), 10)
+    thread.join(10)
+    listening.close()
