@@ -242,6 +242,7 @@ def test_an_untrusted_broker_certificate_says_what_failed(broker: PrivateBroker,
     assert f"TLS: the certificate of the MQTT broker at localhost:{broker.port} failed verification" in message
     assert ("self-signed certificate in certificate chain" in message  # the broker sends its CA along
             or "unable to get local issuer certificate" in message)  # fmt: skip
+    assert f"trusted: the CA(s) of --mqtt-ca {broker.other_ca}; client certificate: none" in message
     system = broker_from_url(f"mqtts://localhost:{broker.port}")
     with pytest.raises(MqttAccessError, match="failed verification"):
         system.open(encode_connect("c", clean_start=True, keep_alive_s=0), 10)

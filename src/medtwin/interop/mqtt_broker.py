@@ -36,7 +36,8 @@ _EXAMPLE = "mqtt://HOST[:PORT] or mqtts://[USER@]HOST[:PORT], e.g. mqtts://liste
 class MqttBroker:
     """An MQTT broker to connect to (module docstring): address, TLS context (None: plain TCP) and credentials.
 
-    *password_source* says where the password came from (for error messages; never the password itself)."""
+    *password_source* says where the password came from, *ca_file* and *cert_file* which files TLS uses (for error
+    messages; never the password itself)."""
 
     host: str
     port: int
@@ -44,6 +45,8 @@ class MqttBroker:
     username: str | None = None
     password: bytes | None = field(default=None, repr=False)
     password_source: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
 
     @property
     def url(self) -> str:
@@ -63,7 +66,8 @@ class MqttBroker:
 
     def _credentials_said(self, reason_code: int | None) -> str:
         if reason_code is None:  # TLS
-            return "the broker's CA is taken from --mqtt-ca when given, else from the system's CAs"
+            trusted = f"the CA(s) of --mqtt-ca {self.ca_file}" if self.ca_file else "the system's CAs (no --mqtt-ca)"
+            return f"trusted: {trusted}; client certificate: {self.cert_file or 'none (no --mqtt-cert)'}"
         if self.username is None:
             return "no user name was sent (name one in the URL: mqtts://USER@HOST)"
         source = self.password_source or f"none: set ${PASSWORD_ENV} or give --mqtt-password-file"
@@ -115,7 +119,7 @@ def broker_from_url(
     if password is not None and not tls and not _loopback(host):
         raise ValidationError(f"MQTT URL for {host}: a password would cross the network in the clear over "
                               f"{scheme}://; use mqtts:// (plain TCP carries one to this machine only)")  # fmt: skip
-    return MqttBroker(host, port or _DEFAULT_PORTS[scheme], context, username, password, source)
+    return MqttBroker(host, port or _DEFAULT_PORTS[scheme], context, username, password, source, ca_file, cert_file)
 
 
 def _password(password_file: str | None, environ: Mapping[str, str]) -> tuple[bytes | None, str | None]:

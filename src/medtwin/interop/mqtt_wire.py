@@ -65,8 +65,9 @@ class MqttProtocolError(MedtwinError):
 
 class MqttAccessError(MqttProtocolError):
     """The broker refused this client for a reason that connecting again will not fix: its credentials (CONNACK
-    0x86), its authorization (0x87), or TLS (the broker's certificate failed verification, or the broker refused the
-    client's certificate). *reason_code* is the CONNACK's, or None for TLS."""
+    0x86), its authorization (0x87; also 0x8A banned, 0x8C bad authentication method), or TLS (the broker's
+    certificate failed verification, or the broker refused the client's certificate). *reason_code* is the
+    CONNACK's, or None for TLS."""
 
     def __init__(self, message: str, reason_code: int | None = None) -> None:
         super().__init__(message)
