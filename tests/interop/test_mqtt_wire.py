@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from medtwin.errors import ValidationError
 from medtwin.interop.devices import register_device
 from medtwin.interop.mqtt import MqttListener
+from medtwin.interop.mqtt_broker import broker_from_url
 from medtwin.interop.mqtt_wire import (
     PINGREQ_PACKET,
     PINGRESP,
     PUBACK,
     PUBLISH,
+    MqttAccessError,
     MqttProtocolError,
     MqttSocket,
     PublishWindow,
@@ -106,6 +109,53 @@ def test_connect_subscribe_and_acks_encoding() -> None:
     assert (connack.session_present, connack.reason_code, connack.receive_maximum) == (True, 0, 20)
     assert decode_suback(memoryview(b"\x00\x01\x00\x80")) == (1, b"\x80")
     assert decode_puback(memoryview(b"\x00\x05\x87\x00")) == (5, 0x87)
+
+
+def test_connect_with_user_name_and_password_follows_the_mqtt_5_layout() -> None:
+    """MQTT 5.0 sections 3.1.2.3 (Connect Flags: bit 7 User Name, bit 6 Password, bit 1 Clean Start) and 3.1.3 (the
+    payload: Client Identifier, then User Name as a UTF-8 string, then Password as Binary Data, each with a two-byte
+    length)."""
+    packet = encode_connect("c-1", clean_start=True, keep_alive_s=60, username="wärd-7", password=b"p\x00\xffw")
+    user = "wärd-7".encode()
+    body = (b"\x00\x04MQTT\x05" + bytes((0b1100_0010,)) + b"\x00\x3c" + b"\x00"  # no properties
+            + b"\x00\x03c-1" + len(user).to_bytes(2, "big") + user + b"\x00\x04p\x00\xffw")  # fmt: skip
+    assert packet == b"\x10" + bytes((len(body),)) + body
+    (kind, flags, parsed), *_ = split_packets(bytearray(packet))
+    assert (kind, flags, bytes(parsed)) == (1, 0, body)
+    only_user = encode_connect("c", clean_start=False, keep_alive_s=0, username="u")
+    assert only_user[9] == 0x80
+    assert only_user.endswith(b"\x00\x01c\x00\x01u")
+    only_password = encode_connect("c", clean_start=False, keep_alive_s=0, password=b"")  # allowed by MQTT 5
+    assert only_password[9] == 0x40
+    assert only_password.endswith(b"\x00\x01c\x00\x00")
+    assert encode_connect("c", clean_start=False, keep_alive_s=0)[9] == 0x00
+    with pytest.raises(MqttProtocolError, match="password of 65536 bytes"):
+        encode_connect("c", clean_start=True, keep_alive_s=0, password=b"x" * 65_536)
+
+
+@pytest.mark.parametrize(
+    ("code", "said"), [(0x86, "0x86 (bad user name or password)"), (0x87, "0x87 (not authorized)")]
+)
+def test_refused_credentials_are_a_specific_error(code: int, said: str) -> None:
+    connack = bytes((0x20, 3, 0, code, 0))
+    broker = ScriptedBroker()
+
+    def serve() -> None:
+        conn = broker.accept()
+        broker.packets(1)
+        conn.sendall(connack)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    remote = broker_from_url(f"mqtt://ward@127.0.0.1:{broker.port}", environ={"MEDTWIN_MQTT_PASSWORD": "pw"})
+    with pytest.raises(MqttAccessError) as err:
+        remote.open(encode_connect("c", clean_start=True, keep_alive_s=0), 10)
+    thread.join(10)
+    broker.close()
+    assert err.value.reason_code == code
+    assert str(err.value) == (f"the MQTT broker at 127.0.0.1:{broker.port} refused this client: CONNACK reason {said}"
+                              f"; user 'ward', password from $MEDTWIN_MQTT_PASSWORD")  # fmt: skip
+    assert decode_connack(memoryview(connack[2:])).reason_code == code
 
 
 class ScriptedBroker:
@@ -296,3 +346,67 @@ def test_keep_alive_pings_a_quiet_broker_even_while_acknowledging(tmp_path: Path
     thread.join(5)
     assert failed == []
     assert conn.pings >= 3
+
+
+def test_credentials_refused_on_a_reconnect_end_the_listener_instead_of_retrying(tmp_path: Path) -> None:
+    """The broker accepts the listener, drops it, and refuses its credentials on the reconnect (CONNACK 0x86): the
+    listener tells *on_failure* and its network thread ends (no reconnect loop), and the CONNECTs carried the user
+    name and password."""
+    store = Store(f"sqlite:///{tmp_path / 'refused.db'}")
+    broker = ScriptedBroker()
+    connects: list[bytes] = []
+
+    def serve() -> None:
+        for connection in (1, 2):
+            conn = broker.accept()
+            broker.buffer.clear()
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 1
+            connects.append(bytes(body))
+            if connection == 2:
+                conn.sendall(b"\x20\x03\x00\x86\x00")
+                return
+            conn.sendall(b"\x20\x03\x00\x00\x00")
+            [(kind, _, body)] = broker.packets(1)
+            conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+            conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    failures: list[MqttAccessError] = []
+    remote = broker_from_url(f"mqtt://ward@127.0.0.1:{broker.port}", environ={"MEDTWIN_MQTT_PASSWORD": "pw"})
+    listener = MqttListener(store, remote, "devices/+/obs", client_id="t", on_failure=failures.append)
+    listener.start()
+    try:
+        thread.join(20)
+        network = listener._network
+        assert network is not None
+        network.join(10)
+        assert not network.is_alive()  # gave up: no reconnect loop
+        assert [f.reason_code for f in failures] == [0x86]
+        assert "user 'ward', password from $MEDTWIN_MQTT_PASSWORD" in str(failures[0])
+    finally:
+        listener.stop()
+        broker.close()
+        store.close()
+    assert len(connects) == 2
+    assert all(c[7] & 0xC0 == 0xC0 and c.endswith(b"\x00\x04ward\x00\x02pw") for c in connects)
+
+
+def test_a_refusal_at_the_start_is_a_validation_error(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'start.db'}")
+    broker = ScriptedBroker()
+
+    def serve() -> None:
+        conn = broker.accept()
+        broker.packets(1)
+        conn.sendall(b"\x20\x03\x00\x87\x00")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{broker.port}", "devices/+/obs")
+    with pytest.raises(ValidationError, match=r"CONNACK reason 0x87 \(not authorized\); no user name was sent"):
+        listener.start()
+    thread.join(10)
+    broker.close()
+    store.close()

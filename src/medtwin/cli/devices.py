@@ -4,7 +4,8 @@
 controller and randomized meals) and publishes their 5-minute CGM readings and carbohydrate intake as compact JSON
 (docs/living-twin.md) to ``<prefix>devices/<id>/obs`` at QoS 1, in accelerated time (``--speed`` simulated minutes per
 real second). ``--register`` first stores a Patient per wearer and binds its device (so ``medtwin listen --mqtt``
-accepts the readings).
+accepts the readings). The broker is reached as ``medtwin listen --mqtt`` reaches it: ``mqtts://`` for TLS, the
+URL's user with the password from a file or the environment (medtwin.interop.mqtt_broker).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from typing import Any
 import typer
 
 from medtwin.cli.console import make_console
+from medtwin.cli.mqtt_options import (
+    MQTT_URL_HELP,
+    MqttCaOption,
+    MqttCertOption,
+    MqttKeyOption,
+    MqttPasswordFileOption,
+    broker_or_exit,
+)
 from medtwin.cli.records import open_existing, print_json, store_errors
 from medtwin.errors import MedtwinError
 
@@ -105,7 +114,9 @@ def simulated_readings(
 
 
 @app.command("simulate")
-def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt://127.0.0.1:1883."),
+def simulate(mqtt: str = typer.Option(..., "--mqtt", help=f"Broker URL. {MQTT_URL_HELP}"),
+             mqtt_ca: str | None = MqttCaOption, mqtt_cert: str | None = MqttCertOption,
+             mqtt_key: str | None = MqttKeyOption, mqtt_password_file: str | None = MqttPasswordFileOption,
              cgm: int = typer.Option(4, "--cgm", min=1, max=10_000, help="Number of simulated CGM wearers."),
              days: int = typer.Option(1, "--days", min=1, max=14, help="Simulated days."),
              speed: float = typer.Option(60.0, "--speed", min=0.0,
@@ -115,21 +126,16 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt
              db: str | None = DbOption, seed: int = typer.Option(1, "--seed", help="Meal randomization seed."),
              as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON.")) -> None:  # fmt: skip
     """Publish simulated CGM wearers' readings over MQTT (QoS 1) in accelerated time."""
-    from medtwin.interop.mqtt import parse_mqtt_url
     from medtwin.interop.mqtt_wire import (
         DISCONNECT_PACKET,
+        MqttAccessError,
         MqttProtocolError,
-        MqttSocket,
         PublishWindow,
         encode_connect,
         encode_publish,
     )
 
-    try:
-        host, port = parse_mqtt_url(mqtt)
-    except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    broker = broker_or_exit(mqtt, mqtt_ca, mqtt_cert, mqtt_key, mqtt_password_file)
     devices = [f"sim-cgm-{i:04d}" for i in range(cgm)]
     if register:
         _register_wearers(db, devices)
@@ -140,10 +146,19 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt
         topic = f"{prefix}devices/{devices[i]}/obs"
         steps.setdefault(at, []).append((mid, encode_publish(topic, json.dumps(payload).encode(), mid)))
     client_id = f"medtwin-sim-{int(time.time())}"
-    try:  # no keep alive: at a slow --speed the wearers can be silent for minutes
-        conn, connack = MqttSocket.open(host, port, encode_connect(client_id, clean_start=True, keep_alive_s=0), 10.0)
-    except (OSError, MqttProtocolError) as exc:
-        typer.echo(f"error: cannot reach the MQTT broker at {host}:{port}: {exc}", err=True)
+    # no keep alive: at a slow --speed the wearers can be silent for minutes
+    connect = encode_connect(client_id, clean_start=True, keep_alive_s=0, username=broker.username,
+                             password=broker.password)  # fmt: skip
+    try:
+        conn, connack = broker.open(connect, 10.0)
+    except MqttAccessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except MqttProtocolError as exc:
+        typer.echo(f"error: the MQTT broker at {broker.url} did not accept the connection: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot reach the MQTT broker at {broker.url}: {exc}", err=True)
         raise typer.Exit(2) from None
     window = PublishWindow(conn, min(1000, connack.receive_maximum))  # QoS 1, at most 1,000 unacknowledged
     t0 = time.monotonic()
@@ -158,7 +173,7 @@ def simulate(mqtt: str = typer.Option(..., "--mqtt", help="Broker URL, e.g. mqtt
         window.wait_all(30)
         conn.send(DISCONNECT_PACKET)
     except (OSError, MqttProtocolError) as exc:
-        typer.echo(f"error: publishing to the MQTT broker at {host}:{port}: {exc}", err=True)
+        typer.echo(f"error: publishing to the MQTT broker at {broker.url}: {exc}", err=True)
         raise typer.Exit(2) from None
     finally:
         conn.close()

@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,9 +17,21 @@ from rich.table import Table
 
 from medtwin.cli import alerts
 from medtwin.cli.console import make_console
+from medtwin.cli.mqtt_options import (
+    MQTT_URL_HELP,
+    MqttCaOption,
+    MqttCertOption,
+    MqttKeyOption,
+    MqttPasswordFileOption,
+    broker_or_exit,
+)
 from medtwin.errors import ValidationError
 from medtwin.monitoring import mews_score, news2_score, qsofa_score
 from medtwin.monitoring.virtual import virtual_ward
+
+if TYPE_CHECKING:
+    from medtwin.interop.mqtt_broker import MqttBroker
+    from medtwin.interop.mqtt_wire import MqttAccessError
 
 __all__ = ["listen_for", "listen_mqtt", "register", "run_loop"]
 
@@ -198,7 +210,7 @@ async def listen_for(
 
 def listen_mqtt(
     db: str | None,
-    url: str,
+    url: str | MqttBroker,
     topic: str,
     seconds: float | None,
     console: Console,
@@ -212,8 +224,11 @@ def listen_mqtt(
 ) -> dict[str, Any]:
     """Store device readings from MQTT (QoS 1, persistent session, PUBACK after the commit) with the twin runtime
     following the store in *twin_workers* processes of its own, each owning a shard of the patients
-    (medtwin.interop.mqtt, medtwin.twin.worker); returns the counts."""
+    (medtwin.interop.mqtt, medtwin.twin.worker); returns the counts. *url*: an ``mqtt://`` URL or a broker with TLS
+    and credentials (medtwin.interop.mqtt_broker). Raises ValidationError when the broker refuses this client, at
+    the start or on a reconnect (credentials, authorization, certificates: retrying would not help)."""
     from medtwin.interop.mqtt import MqttListener
+    from medtwin.interop.mqtt_broker import MqttBroker, broker_from_url
     from medtwin.twin import RuntimeProcess
     from medtwin.twin.worker import listener_store
 
@@ -225,11 +240,19 @@ def listen_mqtt(
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     listener: MqttListener | None = None
     report: dict[str, Any] = {}
+    refused: list[MqttAccessError] = []
+
+    def give_up(exc: MqttAccessError) -> None:
+        refused.append(exc)
+        stop.set()
+
     try:
+        broker = url if isinstance(url, MqttBroker) else broker_from_url(url)
         worker.start()
-        listener = MqttListener(store, url, topic, client_id=client_id)
+        listener = MqttListener(store, broker, topic, client_id=client_id, on_failure=give_up)
         listener.start()
-        console.print(f"listening on {url} topic {topic!r} (MQTT, QoS 1, session {client_id!r}) store={store.url}; "
+        console.print(f"listening on {broker.url} topic {topic!r} (MQTT, QoS 1, session {client_id!r}) "
+                      f"store={store.url}; "
                       f"twin runtime: {_workers_text(twin_workers)}", highlight=False)  # fmt: skip
         stop.wait(seconds)
     finally:
@@ -240,6 +263,8 @@ def listen_mqtt(
         store.close()
     if "error" in report:
         console.print(f"[red]twin runtime worker: {report['error']}[/red]")
+    if refused:
+        raise ValidationError(f"{refused[0]}; stopped (what was received is stored and acknowledged)")
     return {"stored": 0 if stats is None else stats.stored, "duplicates": 0 if stats is None else stats.duplicates,
             "rejected": 0 if stats is None else stats.rejected, "acked": 0 if stats is None else stats.acked,
             "events": report.get("events")}  # fmt: skip
@@ -295,8 +320,12 @@ def register(app: typer.Typer) -> None:
             "on a machine with cores to spare. --max-connections is per process.",
         ),
         mqtt: str | None = typer.Option(
-            None, "--mqtt", help="Listen to an MQTT broker instead (mqtt://HOST[:PORT]): device readings, QoS 1."
+            None, "--mqtt", help=f"Listen to an MQTT broker instead: device readings, QoS 1. {MQTT_URL_HELP}"
         ),
+        mqtt_ca: str | None = MqttCaOption,
+        mqtt_cert: str | None = MqttCertOption,
+        mqtt_key: str | None = MqttKeyOption,
+        mqtt_password_file: str | None = MqttPasswordFileOption,
         topic: str = typer.Option("devices/+/obs", "--topic", help="With --mqtt: the topic filter to subscribe to."),
         client_id: str = typer.Option(
             "medtwin-listener", "--client-id", help="With --mqtt: the persistent session's client id."
@@ -318,9 +347,13 @@ def register(app: typer.Typer) -> None:
         console = make_console()
         if twin_workers is None:  # MQTT wearables: the twins' filter is the limit, so both cores (docs/living-twin.md)
             twin_workers = DEFAULT_WORKERS if mqtt is not None else 1
+        if mqtt is None and (mqtt_ca or mqtt_cert or mqtt_key or mqtt_password_file):
+            typer.echo("error: --mqtt-ca, --mqtt-cert, --mqtt-key and --mqtt-password-file go with --mqtt", err=True)
+            raise typer.Exit(2)
         if mqtt is not None:
+            broker = broker_or_exit(mqtt, mqtt_ca, mqtt_cert, mqtt_key, mqtt_password_file)
             try:
-                summary = listen_mqtt(db, mqtt, topic, None if minutes is None else minutes * 60, console,
+                summary = listen_mqtt(db, broker, topic, None if minutes is None else minutes * 60, console,
                                       quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
                                       pseudonymous=pseudonymous, twin_workers=twin_workers)  # fmt: skip
             except (ValidationError, RuntimeError) as exc:

@@ -11,6 +11,11 @@ resent reading is recognised by its key (device, reading id or code and time) an
 
 An acknowledgement is only sent on the connection that received the message (a message id belongs to one
 connection: after a reconnect the broker resends the unacknowledged messages under new ids).
+
+The broker is reached as :mod:`medtwin.interop.mqtt_broker` says (``mqtts://`` for TLS, user name and password). A
+refusal that connecting again cannot fix (credentials, authorization, a certificate: :class:`MqttAccessError`)
+fails :meth:`MqttListener.start`, and when it comes on a reconnect it ends the listener's reconnecting (logged, and
+told to *on_failure*) instead of retrying forever; the broker keeps the session's messages meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 from medtwin.errors import ValidationError
 from medtwin.interop.device_obs import (
@@ -38,6 +42,7 @@ from medtwin.interop.device_obs import (
     reading_observation,
 )
 from medtwin.interop.devices import bound_patients
+from medtwin.interop.mqtt_broker import MqttBroker, broker_from_url, parse_mqtt_url
 from medtwin.interop.mqtt_wire import (
     DISCONNECT,
     DISCONNECT_PACKET,
@@ -45,6 +50,7 @@ from medtwin.interop.mqtt_wire import (
     PINGRESP,
     PUBLISH,
     SUBACK,
+    MqttAccessError,
     MqttProtocolError,
     MqttSocket,
     Publish,
@@ -63,14 +69,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_SYSTEM_PREFIX = "device:"
 _BINDING_TTL_S = 5.0  # a device newly bound or rebound is seen within this long
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """(host, port) of ``mqtt://host[:port]`` (port 1883 by default)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValidationError(f"MQTT URL {url!r}: expected mqtt://HOST[:PORT], e.g. mqtt://127.0.0.1:1883")
-    return parts.hostname, parts.port or 1883
 
 
 @dataclass(slots=True)
@@ -111,12 +109,15 @@ class MqttListener:
     to this client (MQTT 5 Receive Maximum): the group commit needs a window of many messages. The connection is
     :mod:`medtwin.interop.mqtt_wire`'s (a network thread reading whole receive buffers of packets, and the PUBACKs
     of a group sent in one write); it reconnects by itself, with the same persistent session, when it drops.
+
+    *url* is an ``mqtt://`` URL, or a :class:`MqttBroker` (TLS and credentials: :func:`broker_from_url`).
+    *on_failure* is called (in the network thread) when a reconnect is refused for good (module docstring).
     """
 
     def __init__(
         self,
         store: Store,
-        url: str,
+        url: str | MqttBroker,
         topic: str = "devices/+/obs",
         *,
         client_id: str = "medtwin-listener",
@@ -126,9 +127,12 @@ class MqttListener:
         keep_alive_s: int = 30,
         on_stored: Callable[[Sequence[StoredReading]], None] | None = None,
         keep_latencies: bool = False,
+        on_failure: Callable[[MqttAccessError], None] | None = None,
     ) -> None:
         self.store = store
-        self.host, self.port = parse_mqtt_url(url)
+        self.broker = url if isinstance(url, MqttBroker) else broker_from_url(url)
+        self.host, self.port = self.broker.host, self.broker.port
+        self.on_failure = on_failure
         self.topic = topic
         self.client_id = client_id
         self.session_expiry_s = session_expiry_s
@@ -161,8 +165,10 @@ class MqttListener:
             keep_alive_s=self.keep_alive_s,
             session_expiry_s=self.session_expiry_s,
             receive_maximum=self.receive_maximum,
+            username=self.broker.username,
+            password=self.broker.password,
         )
-        conn, connack = MqttSocket.open(self.host, self.port, packet, timeout_s)
+        conn, connack = self.broker.open(packet, timeout_s)
         try:
             keep_alive = self.keep_alive_s if connack.server_keep_alive is None else connack.server_keep_alive
             conn.send(encode_subscribe(1, self.topic, qos=1))
@@ -207,6 +213,17 @@ class MqttListener:
                     log.info("MQTT listener reconnected to %s:%d", self.host, self.port)
                 delay = 1.0
                 self._read(conn)
+            except MqttAccessError as exc:  # connecting again would be refused again: give up, say why
+                log.error("MQTT listener: %s; not reconnecting", exc)
+                with self._lock:
+                    self._generation += 1
+                    self._conn = None
+                self._connected.clear()
+                if conn is not None:
+                    conn.close()
+                if self.on_failure is not None:
+                    self.on_failure(exc)
+                return
             except (OSError, MqttProtocolError) as exc:
                 if not self._closing.is_set():
                     log.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
@@ -272,6 +289,9 @@ class MqttListener:
         except OSError as exc:
             self.stop()
             raise ValidationError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from None
+        except MqttAccessError as exc:
+            self.stop()
+            raise ValidationError(str(exc)) from None
         except MqttProtocolError as exc:
             self.stop()
             raise ValidationError(

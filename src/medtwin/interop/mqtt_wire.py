@@ -7,10 +7,16 @@ three ``recv`` calls per packet, a Properties object built and cleared for every
 per PUBACK), a third of the listener's budget. Here one ``recv`` of up to 256 KiB is cut into all the packets it
 holds, and the PUBACKs of a whole group commit leave in one ``sendall``.
 
-What is implemented: CONNECT (clean start, keep alive, Session Expiry Interval, Receive Maximum), CONNACK,
-SUBSCRIBE/SUBACK, PUBLISH at QoS 0 and 1 both ways, PUBACK, PINGREQ/PINGRESP and DISCONNECT. Not implemented, and
-refused with :class:`MqttProtocolError` if the broker sends them: QoS 2 (the subscription asks for at most QoS 1,
-so a conforming broker never sends it), AUTH, and topic aliases (not asked for in CONNECT, so never sent).
+What is implemented: CONNECT (clean start, keep alive, Session Expiry Interval, Receive Maximum, user name and
+password), CONNACK, SUBSCRIBE/SUBACK, PUBLISH at QoS 0 and 1 both ways, PUBACK, PINGREQ/PINGRESP and DISCONNECT, on
+TCP or on TLS (an :class:`ssl.SSLContext` given to :meth:`MqttSocket.open`). Not implemented, and refused with
+:class:`MqttProtocolError` if the broker sends them: QoS 2 (the subscription asks for at most QoS 1, so a conforming
+broker never sends it), AUTH (enhanced authentication: not asked for), and topic aliases (not asked for in CONNECT,
+so never sent).
+
+On TLS, the socket's reads and writes are serialized by one lock and the reads do not block (OpenSSL does not allow
+one connection to be read and written by two threads at once; the listener reads in its network thread while its
+writer thread sends the PUBACKs).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -28,6 +35,7 @@ from medtwin.errors import MedtwinError
 
 __all__ = [
     "Connack",
+    "MqttAccessError",
     "MqttProtocolError",
     "MqttSocket",
     "Publish",
@@ -53,6 +61,26 @@ DISCONNECT_PACKET = b"\xe0\x00"  # reason 0, normal disconnection: the session (
 
 class MqttProtocolError(MedtwinError):
     """The broker sent something this client does not accept (a malformed packet, QoS 2, a refused request)."""
+
+
+class MqttAccessError(MqttProtocolError):
+    """The broker refused this client for a reason that connecting again will not fix: its credentials (CONNACK
+    0x86), its authorization (0x87; also 0x8A banned, 0x8C bad authentication method), or TLS (the broker's
+    certificate failed verification, or the broker refused the client's certificate). *reason_code* is the
+    CONNACK's, or None for TLS."""
+
+    def __init__(self, message: str, reason_code: int | None = None) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+# CONNACK reason codes that say the client itself is refused (MQTT 5.0 section 3.2.2.2)
+_ACCESS_REFUSALS = {0x86: "bad user name or password", 0x87: "not authorized", 0x8A: "banned",
+                    0x8C: "bad authentication method"}  # fmt: skip
+# TLS alerts by which a broker refuses the client's certificate (OpenSSL's reason names)
+_CLIENT_CERT_ALERTS = ("ALERT_CERTIFICATE_REQUIRED", "ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA",
+                       "ALERT_CERTIFICATE_UNKNOWN", "ALERT_CERTIFICATE_EXPIRED", "ALERT_CERTIFICATE_REVOKED",
+                       "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +142,37 @@ def _packet(first_byte: int, body: bytes) -> bytes:
 
 
 def encode_connect(
-    client_id: str, *, clean_start: bool, keep_alive_s: int, session_expiry_s: int = 0, receive_maximum: int = 0
+    client_id: str,
+    *,
+    clean_start: bool,
+    keep_alive_s: int,
+    session_expiry_s: int = 0,
+    receive_maximum: int = 0,
+    username: str | None = None,
+    password: bytes | None = None,
 ) -> bytes:
-    """A CONNECT packet (MQTT 5, no will, no credentials); *receive_maximum* 0 leaves it unsaid (65,535)."""
+    """A CONNECT packet (MQTT 5, no will); *receive_maximum* 0 leaves it unsaid (65,535).
+
+    *username* and *password* (None: absent) set the User Name and Password Flags (bits 7 and 6 of the Connect Flags,
+    section 3.1.2.8-9) and follow the Client Identifier in the payload, the user name as a UTF-8 string and the
+    password as Binary Data (section 3.1.3.5-6); MQTT 5 allows a password without a user name."""
     props = b""
     if session_expiry_s:
         props += struct.pack(">BI", _PROP_SESSION_EXPIRY, session_expiry_s)
     if receive_maximum:
         props += struct.pack(">BH", _PROP_RECEIVE_MAXIMUM, receive_maximum)
     flags = 0x02 if clean_start else 0x00
+    payload = _string(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _string(username)
+    if password is not None:
+        if len(password) > 65_535:
+            raise MqttProtocolError(f"MQTT password of {len(password)} bytes (at most 65,535)")
+        flags |= 0x40
+        payload += struct.pack(">H", len(password)) + password
     body = _string("MQTT") + struct.pack(">BBH", 5, flags, keep_alive_s) + _varint(len(props)) + props
-    return _packet(CONNECT << 4, body + _string(client_id))
+    return _packet(CONNECT << 4, body + payload)
 
 
 def encode_subscribe(mid: int, topic_filter: str, qos: int = 1) -> bytes:
@@ -265,23 +313,40 @@ def decode_suback(body: memoryview) -> tuple[int, bytes]:
 
 
 class MqttSocket:
-    """One MQTT connection on a blocking TCP socket: whole packets in, bytes out (sends from several threads are
-    serialized by a lock, so the writer thread's PUBACKs and the network thread's PINGREQ never interleave)."""
+    """One MQTT connection on a blocking TCP socket, or a TLS one: whole packets in, bytes out (sends from several
+    threads are serialized by a lock, so the writer thread's PUBACKs and the network thread's PINGREQ never
+    interleave; on TLS the reads take the same lock, and do not block, module docstring)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
         self._buffer = bytearray()
         self._early: list[tuple[int, int, memoryview]] = []  # packets that came with the CONNACK
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # on TLS: every read and write of the socket
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
 
     @classmethod
-    def open(cls, host: str, port: int, connect_packet: bytes, timeout_s: float) -> tuple[MqttSocket, Connack]:
-        """Connect to *host*:*port*, send *connect_packet* and wait for the CONNACK (raises OSError when the broker
-        cannot be reached, :class:`MqttProtocolError` when it refuses)."""
+    def open(
+        cls, host: str, port: int, connect_packet: bytes, timeout_s: float, *, tls: ssl.SSLContext | None = None
+    ) -> tuple[MqttSocket, Connack]:
+        """Connect to *host*:*port* (over TLS with *tls*, whose checks of the broker's certificate for the name
+        *host* apply), send *connect_packet* and wait for the CONNACK.
+
+        Raises OSError when the broker cannot be reached, :class:`MqttAccessError` when it refuses this client
+        (credentials, authorization, a certificate), :class:`MqttProtocolError` for any other refusal."""
         sock = socket.create_connection((host, port), timeout=timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=host)  # the handshake, within timeout_s
+            except ssl.SSLError as exc:
+                sock.close()
+                raise _tls_refusal(exc, host, port) from None
+            except BaseException:
+                sock.close()
+                raise
+            sock.setblocking(False)  # reads never wait while holding the lock (writes wait in _send_tls)
         conn = cls(sock)
         try:
             conn.send(connect_packet)
@@ -297,10 +362,20 @@ class MqttSocket:
                     conn._early = packets[1:]  # a session's queued messages can follow in the same segment
                     connack = decode_connack(body)
                     if connack.reason_code >= 0x80:
-                        detail = f"0x{connack.reason_code:02x} {connack.reason or ''}".rstrip()
-                        raise MqttProtocolError(f"the MQTT broker at {host}:{port} refused the connection: {detail}")
-                    sock.settimeout(None)
+                        raise _connack_refusal(connack, host, port)
+                    if tls is None:
+                        sock.settimeout(None)
                     return conn, connack
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate is told after the handshake
+            conn.close()
+            if isinstance(exc, ssl.SSLEOFError):
+                raise _closed_after_handshake(host, port) from None
+            raise _tls_refusal(exc, host, port) from None
+        except ConnectionError:
+            conn.close()
+            if tls is not None:
+                raise _closed_after_handshake(host, port) from None
+            raise
         except BaseException:
             conn.close()
             raise
@@ -308,8 +383,41 @@ class MqttSocket:
     def send(self, data: bytes) -> None:
         """Write *data* whole (raises OSError when the connection is gone)."""
         with self._send_lock:
-            self.sock.sendall(data)
+            if self._tls is not None:
+                self._send_tls(data)
+            else:
+                self.sock.sendall(data)
             self.last_sent = time.monotonic()
+
+    def _send_tls(self, data: bytes) -> None:
+        """Write *data* whole on the non-blocking TLS socket, waiting while it cannot take more (lock held)."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except ssl.SSLWantWriteError:  # the same bytes are offered again, as OpenSSL requires
+                select.select([], [self.sock], [])
+            except ssl.SSLWantReadError:
+                select.select([self.sock], [], [])
+
+    def _recv_tls(self) -> bytes | None:
+        """What TLS has decrypted, up to 256 KiB, without waiting: None when nothing yet (the bytes that came were
+        a partial record, or a record with no data, such as a TLS 1.3 session ticket), b"" when the broker closed."""
+        chunks: list[bytes] = []
+        size = 0
+        with self._send_lock:
+            while size < _RECV_BYTES:
+                try:
+                    data = self.sock.recv(_RECV_BYTES - size)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                if not data:
+                    if not chunks:
+                        return b""
+                    break
+                chunks.append(data)
+                size += len(data)
+        return b"".join(chunks) if chunks else None
 
     def receive(self, timeout_s: float | None) -> list[tuple[int, int, memoryview]]:
         """The packets that arrive within *timeout_s* (None: wait for some); [] on a timeout; raises
@@ -317,14 +425,28 @@ class MqttSocket:
         if self._early:
             packets, self._early = self._early, []
             return packets
+        deadline = None if timeout_s is None or self._tls is None else time.monotonic() + timeout_s
         while True:
             packets = split_packets(self._buffer)
             if packets:
                 return packets
-            ready, _, _ = select.select([self.sock], [], [], timeout_s)
-            if not ready:
-                return []
-            data = self.sock.recv(_RECV_BYTES)
+            if self._tls is None:
+                ready, _, _ = select.select([self.sock], [], [], timeout_s)
+                if not ready:
+                    return []
+                data = self.sock.recv(_RECV_BYTES)
+            else:
+                with self._send_lock:
+                    pending = self._tls.pending()
+                if not pending:  # decrypted bytes wait in OpenSSL, unseen by select
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    ready, _, _ = select.select([self.sock], [], [], left)
+                    if not ready:
+                        return []
+                tls_data = self._recv_tls()
+                if tls_data is None:
+                    continue
+                data = tls_data
             if not data:
                 raise ConnectionError("the MQTT broker closed the connection")
             self.last_received = time.monotonic()
@@ -334,6 +456,39 @@ class MqttSocket:
         """Close the socket (no DISCONNECT: send :data:`DISCONNECT_PACKET` first for a clean close)."""
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _connack_refusal(connack: Connack, host: str, port: int) -> MqttProtocolError:
+    """The error of a CONNACK with a failure *connack.reason_code*: :class:`MqttAccessError` for the codes that
+    refuse the client itself."""
+    code = connack.reason_code
+    said = f": {connack.reason}" if connack.reason else ""
+    if code in _ACCESS_REFUSALS:
+        return MqttAccessError(f"the MQTT broker at {host}:{port} refused this client: CONNACK reason 0x{code:02x} "
+                                 f"({_ACCESS_REFUSALS[code]}){said}", code)  # fmt: skip
+    return MqttProtocolError(f"the MQTT broker at {host}:{port} refused the connection: 0x{code:02x}{said}")
+
+
+def _closed_after_handshake(host: str, port: int) -> MqttProtocolError:
+    """The error of a TLS connection closed by the broker before the CONNACK (with TLS 1.3 a broker's refusal of
+    the client certificate comes after the client's handshake is done, often as a bare close)."""
+    return MqttProtocolError(f"TLS: the MQTT broker at {host}:{port} closed the connection before the CONNACK: it "
+                             f"refused this client at the TLS level (a broker that requires a client certificate "
+                             f"does so when none is given, or one it does not trust)")  # fmt: skip
+
+
+def _tls_refusal(exc: ssl.SSLError, host: str, port: int) -> MqttProtocolError:
+    """The error of a failed TLS handshake: :class:`MqttAccessError` when a certificate was refused, either
+    side's (what failed, said in words)."""
+    where = f"the MQTT broker at {host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return MqttAccessError(f"TLS: the certificate of {where} failed verification: {exc.verify_message} (it must "
+                                 f"name {host!r} and be issued by a CA this client trusts)")  # fmt: skip
+    reason = exc.reason or str(exc)
+    if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+        return MqttAccessError(f"TLS: {where} refused this client's certificate ({reason})")
+    hint = " (is it a TLS listener?)" if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE") else ""
+    return MqttProtocolError(f"TLS with {where} failed: {reason}{hint}")
 
 
 class PublishWindow:
