@@ -37,9 +37,9 @@ __all__ = [
     "CANDIDATE_PARAMETERS",
     "DEFAULT_IDENTIFIED",
     "LOGIT_PARAMETERS",
+    "TIED_PARAMETERS",
     "PersonalModel",
     "PopulationPrior",
-    "TIED_PARAMETERS",
     "population_prior",
     "population_values",
     "to_natural",
@@ -64,27 +64,15 @@ to 0.99, and a log-normal prior fitted to them puts about 5 % of its mass above 
 reaches b = 2.1): a region where the model is not the published one and the posterior has a cliff. On the logit
 scale every value is a valid b. Every other parameter is positive and unbounded above: log scale."""
 
-TIED_PARAMETERS = {"m2": "m4", "m30": "m1", "Vm0": "k1"}
-"""Parameters that the published model derives from others, so that where the partner (value) is identified and the
-key is not, the key is not held at its population value but follows from the partner as the model's derivation
-says (Dalla Man 2007; the virtual patients' values satisfy each to rounding, tests):
-
-- ``m2``, ``m30`` (insulin kinetics from the clearance CL and the basal hepatic extraction HEb): m2 = 3/5 CL / (HEb
-  Vi BW) and m4 = 2/5 CL / (Vi BW), so m2 = 3 / (2 HEb) m4; m30 = HEb / (1 - HEb) m1. HEb is 0.6 in all 30 patients
-  (m2 = 2.5 m4, m30 = 1.5 m1): the key follows its partner in the population's ratio.
-- ``Vm0`` (insulin-independent glucose utilisation) from the basal state: the tissue takes up Uidb = EGPb - Fsnc
-  at basal, k1 Gpb - k2 Gtb = Uidb gives Gtb, and Vm0 = Uidb (Km0 + Gtb) / Gtb. The population varies EGPb little
-  (log-SD 0.18) and Vm0 much (0.43, because Gtb = 31-383 mg/kg follows k1 and k2), so with k1 identified the model
-  holds EGPb at its population value and derives Vm0 (and Gtb), instead of holding Vm0 and letting the basal
-  uptake follow k1.
-
-A held m2 beside an identified m4 is a hepatic extraction no patient has; a held Vm0 beside an identified k1 is a
-curvature of glucose uptake at low glucose that no patient has: the fit then bends the identified parameters to
-make up for it, and replays of more insulin, which take glucose where therapy A did not, inherit the error."""
-
-_GT_FLOOR_MG_KG = 1.0
-"""Floor of the derived basal tissue glucose Gtb (mg/kg; the 30 patients: 31-383) where k1 Gpb <= EGPb - Fsnc, a
-corner far in the prior's tail where the derivation has no positive solution."""
+TIED_PARAMETERS = {"m2": "m4", "m30": "m1"}
+"""Parameters that the published model derives from another (Dalla Man 2007, insulin kinetics from the clearance
+CL and the basal hepatic extraction HEb): m2 = 3/5 CL / (HEb Vi BW) and m4 = 2/5 CL / (Vi BW), so m2 = 3 / (2 HEb)
+m4; m30 = HEb / (1 - HEb) m1. HEb is 0.6 in all 30 virtual patients (m2 = 2.5 m4 and m30 = 1.5 m1 in each, to
+rounding: tests). Where the partner (value) is identified and the key is not, the key is not held at its population
+value but follows the partner in the population's ratio (its population value *given* the partner): a held m2
+beside an identified m4 is a hepatic extraction no patient has, and the fit bends m4 and the insulin sensitivities
+to make up for it. (Vm0, which the published model derives from the basal production EGPb, k1 and k2, was derived
+the same way in a trial and replayed "boluses x1.3" worse: docs/models/glucose_twin.md, seventh session.)"""
 
 _PARAM_INDEX = {name: i for i, name in enumerate(PARAM_ORDER)}
 
@@ -293,9 +281,6 @@ class PersonalModel:
             else:
                 p[:, col] = values[:, j]
         for name in self.prior.tied:
-            if name == "Vm0":
-                self._derive_vm0(p, gb)
-                continue
             partner = TIED_PARAMETERS[name]
             ratio = self.prior.fixed[name] / self.prior.fixed[partner]
             p[:, _PARAM_INDEX[name]] = p[:, _PARAM_INDEX[partner]] * ratio
@@ -308,14 +293,6 @@ class PersonalModel:
                           + p[:, i["kp2"]] * gp + p[:, i["kp3"]] * ib)  # fmt: skip
         p[:, i["Ib"]] = ib
         return np.ascontiguousarray(p), gb
-
-    def _derive_vm0(self, p: FloatArray, gb: FloatArray) -> None:
-        """Set Vm0 in the rows *p* from the basal state at basal glucose *gb* (mg/dL) with EGPb held
-        (:data:`TIED_PARAMETERS`): Gtb = (k1 Gpb - (EGPb - Fsnc)) / k2, Vm0 = (EGPb - Fsnc) (Km0 + Gtb) / Gtb."""
-        i = _PARAM_INDEX
-        uptake = self.prior.fixed["EGPb"] - p[:, i["Fsnc"]]
-        gt = np.maximum((p[:, i["k1"]] * gb * p[:, i["Vg"]] - uptake) / p[:, i["k2"]], _GT_FLOOR_MG_KG)
-        p[:, i["Vm0"]] = uptake * (p[:, i["Km0"]] + gt) / gt
 
     @staticmethod
     def _basal_state(p: FloatArray, gb: FloatArray) -> FloatArray:
