@@ -267,7 +267,7 @@ class ValidationReport:
                               "advice": p.advice} for p in self.patients]}  # fmt: skip
 
 
-def _prior_for(name: str, population: str, identified: Sequence[str] | None = None, *, tie: bool = True) -> Any:
+def _prior_for(name: str, population: str, identified: Sequence[str] | None = None, *, tie: bool = False) -> Any:
     """The leave-one-out prior of virtual patient *name*: from the whole population (``all``) or from the patients
     of its own age group (``group``: what a user gives with ``--population``); *tie* as in
     :func:`~medtwin.glucose.twin_model.population_prior`."""
@@ -289,7 +289,7 @@ def validate_twin(
     settings: FitSettings = FitSettings(require_convergence=False),
     advice_policy: str = "robust",
     identified: Sequence[str] | None = None,
-    tie: bool = True,
+    tie: bool = False,
 ) -> ValidationReport:
     """Run the protocol of the module docstring for the virtual patients *names* (all fits in one batched run,
     :func:`~medtwin.glucose.identify.fit_cohort`); *population* ``group`` takes each patient's prior from the other
@@ -298,8 +298,8 @@ def validate_twin(
     assimilated day);
     *identified*: the parameters the twin identifies (default:
     :data:`~medtwin.glucose.twin_model.DEFAULT_IDENTIFIED`); *tie*: parameters of
-    :data:`~medtwin.glucose.twin_model.TIED_PARAMETERS` follow their identified partner (``False``: held at the
-    population value, the twin before 2026-12-07 21:00 UTC)."""
+    :data:`~medtwin.glucose.twin_model.TIED_PARAMETERS` follow their identified partner (``False``, the default:
+    held at the population value)."""
     sim = simulate_therapy_a(names, days=days + 1, seed=seed)
     fit_minutes = 1440.0 * days
     windows = [sim.data[b].window(0.0, fit_minutes) for b in range(len(sim.cohort.names))]
@@ -351,7 +351,7 @@ def compare_parameter_sets(
     seed: int = 1,
     therapies_b: Sequence[Therapy] = DEFAULT_THERAPIES_B,
     population: str = "group",
-    tie: bool = True,
+    tie: bool = False,
 ) -> list[dict[str, Any]]:
     """For each set of identified parameters: MAP fits (no sampling) on therapy A, the replay of each therapy B at
     the MAP against the truth; medians over *names* of the fit RMSE against true BG, the replay RMSE, and the share
