@@ -176,3 +176,31 @@ def test_simulate_starts_at_the_initial_glucose_and_runs_each_member_on_its_own_
     assert np.all(np.isnan(mixed[300:, 1]))
     alone = model.simulate(theta[1:2], data, initial_glucose_mg_dl=140.0, minutes=600)
     assert not np.allclose(mixed[:300, 1], alone[1:301, 0])  # other inputs: another trajectory
+
+
+def test_m2_follows_an_identified_m4_in_the_ratio_every_virtual_patient_has() -> None:
+    """m2 = 3 / (2 HEb) m4 and m30 = HEb / (1 - HEb) m1 (Dalla Man 2007) with HEb = 0.6 in all 30 patients: a held m2
+    beside an identified m4 would be a hepatic extraction no patient has. m30 stays held while m1 is."""
+    values = population_values(load_cohort("all").names)
+    np.testing.assert_allclose(values["m2"] / values["m4"], 2.5, rtol=1e-9)
+    np.testing.assert_allclose(values["m30"] / values["m1"], 1.5, rtol=1e-9)
+    assert population_prior("child").tied == ()  # held by default (not validated as the default)
+    prior = population_prior("child", exclude=["child#002"], tie=True)
+    assert prior.tied == ("m2",)
+    theta = prior.sample(5, np.random.default_rng(7))
+    p, _ = PersonalModel(prior, body_weight_kg=40.0, basal_u_h=0.5).parameters(theta)
+    m4 = p[:, PARAM_ORDER.index("m4")]
+    assert np.ptp(m4) > 0.01
+    np.testing.assert_allclose(p[:, PARAM_ORDER.index("m2")] / m4, 2.5, rtol=1e-9)
+    np.testing.assert_allclose(p[:, PARAM_ORDER.index("m30")], prior.fixed["m30"])
+    held = population_prior("child", exclude=["child#002"])
+    p_held, _ = PersonalModel(held, body_weight_kg=40.0, basal_u_h=0.5).parameters(theta)
+    np.testing.assert_allclose(p_held[:, PARAM_ORDER.index("m2")], held.fixed["m2"])
+    assert prior.without(["m4"]).tied == ()
+    assert population_prior("adult", identified=("Gb", "m2", "m4"), tie=True).tied == ()
+    assert PopulationPrior.from_dict(prior.to_dict()).tied == ("m2",)
+    saved = prior.to_dict()
+    del saved["tied"]  # a prior saved before the tie replays as it was fitted: m2 held
+    assert PopulationPrior.from_dict(saved).tied == ()
+    with pytest.raises(ValidationError, match="partner is identified"):
+        PopulationPrior.from_dict({**prior.to_dict(), "tied": ["m30"]})

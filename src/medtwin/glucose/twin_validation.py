@@ -97,6 +97,7 @@ def _replay_scores(posterior: Posterior, cohort: Cohort, b: int, data: TherapyDa
         out[result.therapy.name] = {
             "rmse_mg_dl": float(np.sqrt(np.mean((med - truth) ** 2))), "coverage_95": float(np.mean(inside)),
             "tir_true_pct": float(_tir(truth[:, None])[0]), "tir_twin_pct": result.metrics["tir_pct"][0],
+            "tir_twin_lo95_pct": result.metrics["tir_pct"][1], "tir_twin_hi95_pct": result.metrics["tir_pct"][2],
             "tbr_true_pct": float(_tbr(truth[:, None])[0]),
             "tbr_twin_pct": result.metrics["tbr_level1_pct"][0] + result.metrics["tbr_level2_pct"][0],
         }  # fmt: skip
@@ -213,7 +214,8 @@ class ValidationReport:
     settings: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
-        """Cohort figures: replay (median RMSE, share of patients with |dTIR| <= 5, pooled band coverage),
+        """Cohort figures: replay (median RMSE, share of patients with |dTIR| <= 5, pooled band coverage, share of
+        patients whose true TIR lies in the 95 % interval of the posterior draws' TIR),
         forecast (pooled RMSE/MAE, Parkes A+B, coverage, improvement over the baselines), advice (mean TIR/TBR)."""
         out: dict[str, Any] = {"patients": len(self.patients)}
         fits = [p.fit for p in self.patients]
@@ -233,6 +235,8 @@ class ValidationReport:
                 "rmse_p90_mg_dl": float(np.percentile([x["rmse_mg_dl"] for x in r], 90)),
                 "share_abs_dtir_le_5": float(np.mean(dtir <= 5.0)), "abs_dtir_median": float(np.median(dtir)),
                 "coverage_95_pooled": float(np.mean([x["coverage_95"] for x in r])),
+                "share_tir_in_95": float(np.mean([x.get("tir_twin_lo95_pct", np.nan) <= x["tir_true_pct"]
+                                                  <= x.get("tir_twin_hi95_pct", np.nan) for x in r])),
             }  # fmt: skip
         fc = [p.forecast for p in self.patients if p.forecast]
         if fc:
@@ -263,13 +267,14 @@ class ValidationReport:
                               "advice": p.advice} for p in self.patients]}  # fmt: skip
 
 
-def _prior_for(name: str, population: str, identified: Sequence[str] | None = None) -> Any:
+def _prior_for(name: str, population: str, identified: Sequence[str] | None = None, *, tie: bool = False) -> Any:
     """The leave-one-out prior of virtual patient *name*: from the whole population (``all``) or from the patients
-    of its own age group (``group``: what a user gives with ``--population``)."""
+    of its own age group (``group``: what a user gives with ``--population``); *tie* as in
+    :func:`~medtwin.glucose.twin_model.population_prior`."""
     group = name.split("#")[0] if population == "group" else population
     if identified is None:
-        return population_prior(group, exclude=[name])
-    return population_prior(group, identified=identified, exclude=[name])
+        return population_prior(group, exclude=[name], tie=tie)
+    return population_prior(group, identified=identified, exclude=[name], tie=tie)
 
 
 def validate_twin(
@@ -284,6 +289,7 @@ def validate_twin(
     settings: FitSettings = FitSettings(require_convergence=False),
     advice_policy: str = "robust",
     identified: Sequence[str] | None = None,
+    tie: bool = False,
 ) -> ValidationReport:
     """Run the protocol of the module docstring for the virtual patients *names* (all fits in one batched run,
     :func:`~medtwin.glucose.identify.fit_cohort`); *population* ``group`` takes each patient's prior from the other
@@ -291,13 +297,15 @@ def validate_twin(
     (:func:`~medtwin.glucose.advise.advise_meal_bolus`; ``robust`` and ``calibrated`` are calibrated on the last,
     assimilated day);
     *identified*: the parameters the twin identifies (default:
-    :data:`~medtwin.glucose.twin_model.DEFAULT_IDENTIFIED`)."""
+    :data:`~medtwin.glucose.twin_model.DEFAULT_IDENTIFIED`); *tie*: parameters of
+    :data:`~medtwin.glucose.twin_model.TIED_PARAMETERS` follow their identified partner (``False``, the default:
+    held at the population value)."""
     sim = simulate_therapy_a(names, days=days + 1, seed=seed)
     fit_minutes = 1440.0 * days
     windows = [sim.data[b].window(0.0, fit_minutes) for b in range(len(sim.cohort.names))]
     started = time.perf_counter()
     cpu = time.process_time()
-    posteriors = fit_cohort(windows, [_prior_for(n, population, identified) for n in sim.cohort.names],
+    posteriors = fit_cohort(windows, [_prior_for(n, population, identified, tie=tie) for n in sim.cohort.names],
                             settings=settings)  # fmt: skip
     cohort_s, cohort_cpu = time.perf_counter() - started, time.process_time() - cpu
     results = []
@@ -329,7 +337,7 @@ def validate_twin(
         settings={"days": days, "seed": seed, "therapies_b": [t.to_dict() for t in therapies_b],
                   "prior_population": population, "advice_policy": advice_policy, "cohort_fit_s": cohort_s,
                   "cohort_fit_cpu_s": cohort_cpu,
-                  "identified": list(_prior_for(names[0], population, identified).names), "sampler": {
+                  "identified": list(_prior_for(names[0], population, identified).names), "tie": tie, "sampler": {
                       k: getattr(settings, k) for k in ("burn_in", "check_every", "max_steps", "rhat_max", "ess_min",
                                                         "fallback", "fallback_steps")}},
     )  # fmt: skip
@@ -343,16 +351,18 @@ def compare_parameter_sets(
     seed: int = 1,
     therapies_b: Sequence[Therapy] = DEFAULT_THERAPIES_B,
     population: str = "group",
+    tie: bool = False,
 ) -> list[dict[str, Any]]:
     """For each set of identified parameters: MAP fits (no sampling) on therapy A, the replay of each therapy B at
     the MAP against the truth; medians over *names* of the fit RMSE against true BG, the replay RMSE, and the share
     of patients whose replayed time in range is within 5 points. The empirical check of the identifiability
-    analysis (leave-one-out priors, *population* as in :func:`validate_twin`; all patients' MAP fits batched)."""
+    analysis (leave-one-out priors, *population* and *tie* as in :func:`validate_twin`; all patients' MAP fits
+    batched)."""
     sim = simulate_therapy_a(names, days=days, seed=seed)
     out = []
     for identified in candidate_sets:
         rows = []
-        priors = [_prior_for(name, population, identified) for name in sim.cohort.names]
+        priors = [_prior_for(name, population, identified, tie=tie) for name in sim.cohort.names]
         found = fit_map_cohort(list(sim.data), priors)
         for b, (theta, model) in enumerate(found):
             data = sim.data[b]
