@@ -169,16 +169,56 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
                        strict=True):  # fmt: skip
         full[i] = need
     chosen = [i for i, need in enumerate(full) if need]
-    bg, sizes = _horizon([fs[i] for i in chosen], [None] * len(chosen), [inputs[i] for i in chosen])
-    paths = dict(zip(chosen, _split(bg, sizes), strict=True))
-    out = []
-    for i, f in enumerate(fs):
-        if i not in paths:
-            out.append(f._alert_from_probabilities(0.0, 0.0))
+    alerts = dict(zip(chosen, _full_horizon_many([fs[i] for i in chosen], [inputs[i] for i in chosen]), strict=True))
+    return [alerts[i] if i in alerts else f._alert_from_probabilities(0.0, 0.0) for i, f in enumerate(fs)]
+
+
+_MAJORITY_MARGIN = 1e-6
+"""Weight above one half that the particles run first must carry (far above the rounding of a sum of weights)."""
+
+
+def _full_horizon_many(
+    fs: Sequence[GlucoseForecaster], inputs: Sequence[tuple[FloatArray, FloatArray]]
+) -> list[list[Event]]:
+    """The alert events of running every particle of each forecaster over the alert horizon
+    (:meth:`GlucoseForecaster._alert_from_paths`), in two stages that give exactly those events.
+
+    First the particles of highest present model glucose that carry more than half the weight (plus
+    :data:`_MAJORITY_MARGIN`) are run: when none of them predicts a CGM below 70 mg/dL, under half the weight can,
+    so neither level is reached and the events are those of probabilities 0 (they depend on the probabilities only
+    when a level is reached). Otherwise the rest are run too and the paths of all particles, each the same as in one
+    call (the kernel integrates every particle on its own), decide as before."""
+    if not fs:
+        return []
+    now = [f.x[:, 12] / f.params[:, _VG] for f in fs]
+    first: list[IntArray] = []
+    for f, bg_now in zip(fs, now, strict=True):
+        order = np.argsort(-bg_now, kind="stable")
+        cw = np.cumsum(f.weights[order])
+        k = min(int(np.searchsorted(cw, 0.5 + _MAJORITY_MARGIN, side="right")), order.size - 1)
+        first.append(np.sort(order[: k + 1]))
+    bg, sizes = _horizon(fs, first, inputs)
+    out: list[list[Event] | None] = []
+    rest: dict[int, FloatArray] = {}  # undecided: the first stage's paths
+    for j, (f, idx, paths) in enumerate(zip(fs, first, _split(bg, sizes), strict=True)):
+        if idx.size == f.weights.size:  # every particle ran (sorted: in their order)
+            out.append(f._alert_from_paths(np.concatenate([now[j][None, :], paths], axis=0)))
             continue
-        now = f.x[:, 12] / f.params[:, _VG]
-        out.append(f._alert_from_paths(np.concatenate([now[None, :], paths[i]], axis=0)))
-    return out
+        low = f.cgm_paths(np.concatenate([now[j][idx][None, :], paths], axis=0), idx).min(axis=0)
+        if bool(np.all(low >= _HYPO_MG_DL)):
+            out.append(f._alert_from_probabilities(0.0, 0.0))
+        else:
+            out.append(None)
+            rest[j] = paths
+    others = [np.setdiff1d(np.arange(fs[j].weights.size), first[j]) for j in rest]
+    bg, sizes = _horizon([fs[j] for j in rest], others, [inputs[j] for j in rest])
+    for (j, first_paths), idx, paths in zip(rest.items(), others, _split(bg, sizes), strict=True):
+        f = fs[j]
+        full = np.empty((paths.shape[0], f.weights.size))
+        full[:, first[j]] = first_paths
+        full[:, idx] = paths
+        out[j] = f._alert_from_paths(np.concatenate([now[j][None, :], full], axis=0))
+    return [events if events is not None else [] for events in out]
 
 
 def _rows(vectors: Sequence[FloatArray]) -> FloatArray:
