@@ -248,13 +248,13 @@ def _weigh_many(
     bg = _rows([f.x[:, 12] for f in fs]) / _rows([f.params[:, _VG] for f in fs])
     rho = [math.exp(-dt / f.tau_min) for f, dt in zip(fs, dts, strict=True)]
     innovation_sd = np.array([f.sensor_sd * math.sqrt(1.0 - r * r) for f, r in zip(fs, rho, strict=True)])[:, None]
-    cgm = np.array(cgms)[:, None]
-    resid = cgm - bg - np.array(rho)[:, None] * _rows([f.sensor_error for f in fs])
+    reading = np.array(cgms)[:, None]
+    resid = reading - bg - np.array(rho)[:, None] * _rows([f.sensor_error for f in fs])
     logw = np.log(_rows([f.weights for f in fs])) - 0.5 * (resid / innovation_sd) ** 2
     logw -= logw.max(axis=1, keepdims=True)
     w = np.exp(logw)
     weights = w / w.sum(axis=1, keepdims=True)
-    error = cgm - bg
+    error = reading - bg
     resample = 1.0 / np.sum(weights**2, axis=1) < 0.5 * n
     for k, (f, t, c) in enumerate(zip(fs, ts, cgms, strict=True)):
         f.weights = weights[k].copy()  # copies: a row view would keep the whole round's array alive
@@ -305,7 +305,8 @@ def _screen_many(fs: Sequence[GlucoseForecaster], inputs: Sequence[tuple[FloatAr
     rho = np.repeat(_rows([_rho(f.tau_min, bg.shape[0] + 1) for f in fs]).T, sizes, axis=1)
     low = np.concatenate([now[rows, cols][None, :], bg], axis=0) + rho * error
     starts = np.cumsum([0, *sizes[:-1]])
-    return (np.minimum.reduceat(low.min(axis=0), starts) < _HYPO_MG_DL + ALERT_SCREEN_MARGIN_MG_DL).tolist()
+    near = np.minimum.reduceat(low.min(axis=0), starts) < _HYPO_MG_DL + ALERT_SCREEN_MARGIN_MG_DL
+    return [bool(v) for v in near]
 
 
 def _split(bg: FloatArray, sizes: Sequence[int]) -> list[FloatArray]:
