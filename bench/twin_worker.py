@@ -7,8 +7,9 @@ publisher's readings, seed 1) are stored as ``medtwin listen --mqtt`` stores the
 transaction, encryption at rest on), then each of the *workers* shards (:class:`medtwin.twin.LogFollower`) follows
 the whole log in turn with the runtime's settings (128 particles, no re-identification, as bench/twin_stream.py),
 as a backlog (500 messages a poll), saving its cursor and its twins every 60 s. Printed per shard: CPU seconds
-(``time.process_time``) and CPU ms per reading of the whole log, and a digest of the stored alerts, so a change of
-the worker can be checked for identical outputs (same digest) as well as timed.
+(``time.process_time``) and CPU ms per reading of the whole log, a digest of the stored alerts and one of every
+twin's final snapshot, so a change of the worker can be checked for identical outputs (same digests) as well as
+timed.
 
     PYTHONPATH=src .venv/bin/python bench/twin_worker.py --patients 200 --days 2
     PYTHONPATH=src .venv/bin/python bench/twin_worker.py --patients 200 --days 2 --profile 0   # cProfile shard 1
@@ -104,6 +105,25 @@ def alerts_digest(db: str, dump: str | None = None) -> tuple[int, str]:
     return len(rows), hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+def snapshots_digest(db: str) -> tuple[int, str]:
+    """The number of twins and a digest of each one's last snapshot (its whole state after the run: particles,
+    generators, alert state), so a change meant to keep the outputs can be checked beyond the alerts."""
+    from sqlalchemy import func, select
+
+    from medtwin.store import Store, schema
+
+    t = schema.twin_snapshots
+    store = Store(db)
+    last = select(func.max(t.c.snapshot_id)).group_by(t.c.twin_id)
+    with store._reading() as conn:
+        rows = conn.execute(select(t.c.twin_id, t.c.blob).where(t.c.snapshot_id.in_(last)).order_by(t.c.twin_id)).all()
+    store.close()
+    digest = hashlib.sha256()
+    for twin_id, blob in rows:
+        digest.update(twin_id.encode() + b"\0" + bytes(blob) + b"\0")
+    return len(rows), digest.hexdigest()[:16]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=200)
@@ -118,13 +138,14 @@ def main() -> None:
         readings = fill(db, args.patients, args.days)
         shards = [run_shard(db, k, args.workers, args.particles, args.profile == k) for k in range(args.workers)]
         count, digest = alerts_digest(db, args.dump)
+        twins, twins_digest = snapshots_digest(db)
     cpu = sum(s["cpu_s"] for s in shards)
     print(json.dumps({
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
         "patients": args.patients, "days": args.days, "particles": args.particles, "workers": args.workers,
         "readings": readings, "shards": shards, "worker_cpu_s": round(cpu, 2),
         "worker_cpu_ms_per_reading": round(1e3 * cpu / readings, 3), "alerts_stored": count,
-        "alerts_digest": digest,
+        "alerts_digest": digest, "twins": twins, "twins_digest": twins_digest,
     }, indent=2))  # fmt: skip
 
 

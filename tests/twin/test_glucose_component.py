@@ -61,6 +61,49 @@ def test_update_many_equals_one_at_a_time() -> None:
         assert a.forecast().median_mg_dl == b.forecast().median_mg_dl
 
 
+def test_update_many_rows_are_bit_identical_to_one_at_a_time() -> None:
+    """The round's weighting, resampling, process noise and alert screen computed as rows of arrays (stream.py) give
+    every bit the forecasters give alone: 14 people (falls to a low that runs the full horizon, highs, flat days,
+    a basal change, meals and boluses), one with another particle count and one unscreened (the per-person paths),
+    several readings of one person in a round."""
+    posterior = population_posterior(body_weight_kg=70, basal_u_h=1.0, draws=64)
+
+    def people() -> list[GlucoseForecaster]:
+        fs = [GlucoseForecaster(posterior, T0, particles=48, seed=s) for s in range(12)]
+        fs.append(GlucoseForecaster(posterior, T0, particles=24, seed=12))
+        fs.append(GlucoseForecaster(posterior, T0, particles=48, seed=13, alert_screen=False))
+        for k, f in enumerate(fs):
+            if k % 3 == 0:
+                f.add_bolus(T0 + timedelta(minutes=40 + k), 3.0 + k % 4)
+                f.add_carbs(T0 + timedelta(minutes=40 + k), 30.0 + 5 * k)
+            if k % 4 == 1:
+                f.set_basal(T0 + timedelta(minutes=62.5), 1.6)
+        return fs
+
+    seq, bat = people(), people()
+    kinds = ["fall", "high", "flat", "fall"]
+    traces = [trace(kinds[k % 4], 40) for k in range(len(seq))]
+    raised = 0
+    for step in range(40):
+        at = T0 + timedelta(minutes=5 * step + (3 if step % 9 == 4 else 0))
+        want = [[(e.code, e.severity, e.status, dict(e.data)) for e in f.update(at, traces[k][step])]
+                for k, f in enumerate(seq)]  # fmt: skip
+        items = [(f, at, traces[k][step]) for k, f in enumerate(bat)]
+        if step % 10 == 5:  # a second reading of two people in the same call: taken in a later round
+            later = at + timedelta(minutes=2)
+            want += [[(e.code, e.severity, e.status, dict(e.data)) for e in seq[k].update(later, 64.0)] for k in (0, 5)]
+            items += [(bat[k], later, 64.0) for k in (0, 5)]
+        got = [[(e.code, e.severity, e.status, dict(e.data)) for e in events] for events in update_many(items)]
+        assert got == want
+        raised += sum(len(w) for w in want)
+    assert raised >= 4  # alerts were raised (and the full horizon run)
+    for a, b in zip(seq, bat, strict=True):
+        for name in ("x", "weights", "sensor_error", "params", "meal_state"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.rng.bit_generator.state == b.rng.bit_generator.state
+        assert (a.t_min, a.alert_level, a.last_cgm_mg_dl) == (b.t_min, b.alert_level, b.last_cgm_mg_dl)
+
+
 def overdose(minutes: int = 360, bolus_u: float = 12.0, pid: str = "vp") -> tuple[list[Record], list[float]]:
     """adult#001 (UVA/Padova) on its basal rate with a correction bolus of *bolus_u* U at 30 min and no meal: the
     records a twin receives (weight, basal rate, the bolus, CGM every 5 min = the simulated glucose) and the

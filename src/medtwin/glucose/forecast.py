@@ -195,11 +195,15 @@ class GlucoseForecaster:
         """Per-minute announced carbohydrate and insulin (U/min) over ``[t0, t1)`` (whole minutes)."""
         k0, k1 = math.floor(t0 + 1e-9), math.floor(t1 + 1e-9)
         n = max(k1 - k0, 0)
-        minutes = np.arange(k0, k1, dtype=np.float64)
-        times = np.array([t for t, _ in self.basal])
-        rates = np.array([r for _, r in self.basal])
-        idx = np.maximum(np.searchsorted(times, minutes, side="right") - 1, 0)
-        insulin = rates[idx] / 60.0
+        if len(self.basal) == 1:  # one rate in force throughout (most calls: older rates are forgotten)
+            insulin = np.empty(n)
+            insulin.fill(self.basal[0][1] / 60.0)
+        else:
+            minutes = np.arange(k0, k1, dtype=np.float64)
+            times = np.array([t for t, _ in self.basal])
+            rates = np.array([r for _, r in self.basal])
+            idx = np.maximum(np.searchsorted(times, minutes, side="right") - 1, 0)
+            insulin = rates[idx] / 60.0
         meals = np.zeros(n)
         for events, out in ((self.bolus, insulin), (self.carbs, meals)):
             for t, v in events:
@@ -280,11 +284,12 @@ class GlucoseForecaster:
         n = self.weights.size
         positions = (self.rng.random() + np.arange(n)) / n
         idx = np.minimum(np.searchsorted(np.cumsum(self.weights), positions), n - 1)
-        self.x = self.x[idx].copy()
-        self.params = self.params[idx].copy()
-        self.meal_state = self.meal_state[idx].copy()
-        self.sensor_error = self.sensor_error[idx].copy()
-        self.weights = np.full(n, 1.0 / n)
+        self.x = self.x[idx]  # fancy indexing copies
+        self.params = self.params[idx]
+        self.meal_state = self.meal_state[idx]
+        self.sensor_error = self.sensor_error[idx]
+        self.weights = np.empty(n)  # np.full's Python wrapper costs more than the fill, on every resampling
+        self.weights.fill(1.0 / n)
 
     def update(self, at: datetime, cgm_mg_dl: float) -> list[Event]:
         """Assimilate a CGM reading; return the alert events it causes (a predicted low, or its resolution)."""

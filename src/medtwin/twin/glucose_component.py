@@ -213,8 +213,8 @@ class GlucoseComponent:
     def after(self, at: datetime, mg: float, oid: str, events: list[Event]) -> list[Record]:
         """The component's outputs for one assimilated reading (*events*: the filter's alert events)."""
         out: list[Record] = []
-        self.readings.append((at.isoformat(), mg))
         self.last_reading = (at.isoformat(), mg)
+        self.readings.append(self.last_reading)
         for e in events:
             if e.status == "resolved":
                 self.cleared.extend(self.open_low)
