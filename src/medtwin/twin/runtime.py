@@ -292,12 +292,15 @@ class TwinRuntime:
                 self.store.save_snapshot(twin.twin_id, twin.snapshot(), datetime.now(UTC))
 
     def _save_dirty(self) -> None:
+        """Snapshot every twin changed since the last checkpoint: all encoded first, then stored, so that in a unit
+        of work the write lock (taken at the first write) is held for the inserts only, not while hundreds of
+        twins are encoded (about 1 ms each with a glucose filter; the listener's commits wait for that lock)."""
         assert self.store is not None
         at = datetime.now(UTC)
-        for patient_id in sorted(self._dirty):
-            twin = self.twins.get(patient_id)
-            if twin is not None:
-                self.store.save_snapshot(twin.twin_id, twin.snapshot(), at)
+        twins = (self.twins.get(patient_id) for patient_id in sorted(self._dirty))
+        blobs = [(twin.twin_id, twin.snapshot()) for twin in twins if twin is not None]
+        for twin_id, blob in blobs:
+            self.store.save_snapshot(twin_id, blob, at)
         self._dirty.clear()
 
     def checkpoint(self, *, also: Callable[[], None] | None = None) -> None:

@@ -298,33 +298,43 @@ def follow(
     cursor_every_s: float = CHECKPOINT_EVERY_S,
     max_messages: int | None = None,
     abandon: Callable[[], bool] | None = None,
+    first_checkpoint_s: float | None = None,
 ) -> WorkerStats:
     """Process the log until *should_stop* returns True and nothing is left to read; return the statistics.
 
-    The worker reads whatever arrived during the last *group_window_s* as one group, stores the group's outputs
-    (events, NEWS2 Observations, resolved alerts, due snapshots) in one transaction, and saves its cursor in that
-    transaction at most every *cursor_every_s* (and when it stops), together with a snapshot of every twin changed
-    since the last such checkpoint (:meth:`TwinRuntime.checkpoint`): the saved twins and the saved cursor always
-    describe the same point of the log. The listener shares SQLite's single writer lock: every runtime transaction
-    is one more wait for the lock, for the worker and for the listener, so a few larger runtime transactions keep
-    both moving. The price: alerts come up to one window later, and after a crash up to *cursor_every_s* of
-    messages are processed again from the checkpoint's state; the twins are deterministic and their outputs' ids
-    come from their inputs, so that gives the same alerts and proposals again, stored once.
+    The worker polls the log every *group_window_s* (measured from one poll's start to the next: a group that takes
+    longer to process is followed by the next poll at once) and reads what arrived since as one group, stores the
+    group's outputs (events, NEWS2 Observations, resolved alerts) in one transaction and, at most every
+    *cursor_every_s* (the first time after *first_checkpoint_s*, default *cursor_every_s*) and when it stops,
+    checkpoints: its cursor with a snapshot of every twin changed since the last checkpoint, in one transaction
+    right after the group's (:meth:`TwinRuntime.checkpoint`), so the saved twins and the saved cursor always
+    describe the same point of the log and the group's outputs do not wait for the snapshots. The listener shares
+    SQLite's single writer lock: every runtime transaction is one more wait for the lock, for the worker and for
+    the listener, so a few larger runtime transactions keep both moving. The price: alerts come up to one window
+    later, and after a crash up to *cursor_every_s* of messages are processed again from the checkpoint's state;
+    the twins are deterministic and their outputs' ids come from their inputs, so that gives the same alerts and
+    proposals again, stored once.
     A backlog is read without waiting; once caught up, a checkpoint that came due is made without waiting for the
     next message. With *max_messages* it returns once it has read that many; once *abandon* returns True (the
     parent process died) it saves its cursor and returns at once, backlog or not.
+
+    Until 2026-12-07 the worker slept a whole window after processing each group (a poll every window plus the
+    group's processing time) and made its checkpoints inside a group's transaction, the group's outputs waiting
+    for every twin's snapshot (docs/benchmarks.md, "Living twin": commit-to-forecast latency).
     """
     busy = 0.0
-    saved_at = time.monotonic()
+    first = cursor_every_s if first_checkpoint_s is None else first_checkpoint_s
+    saved_at = time.monotonic() - (cursor_every_s - first)  # as if the last checkpoint were that long ago
     while True:
+        polled_at = time.monotonic()
         before = follower.read
         items = follower.poll()
         if follower.read != before:
             started = time.perf_counter()
+            runtime.process_many(items)
             save = time.monotonic() - saved_at >= cursor_every_s
-            # the cursor, and the snapshots of the twins changed since the last one, in the group's transaction
-            runtime.process_many(items, also=follower.commit if save else None, checkpoint=save)
-            if save:
+            if save:  # the cursor and the snapshots of the twins changed since the last one, after the group's commit
+                runtime.checkpoint(also=follower.commit)
                 saved_at = time.monotonic()
             busy += time.perf_counter() - started
             if max_messages is not None and follower.messages >= max_messages:
@@ -340,7 +350,8 @@ def follow(
             saved_at = time.monotonic()
         elif should_stop():
             break
-        time.sleep(group_window_s)
+        # the rest of the window since this poll began: a group's processing is part of the window, not added to it
+        time.sleep(max(0.0, polled_at + group_window_s - time.monotonic()))
     runtime.checkpoint(also=follower.commit)
     latencies = sorted(runtime.alert_latencies_s)
     processed = sorted(runtime.processed_latencies_s)
@@ -459,7 +470,10 @@ def recover_and_follow(
                 isolating = False
                 stop_retries = 0  # progress
                 continue
-            stats = follow(follower, runtime, should_stop=should_stop, abandon=abandon)
+            # shard k of n checkpoints first (k + 1) / n of an interval after it starts: shards started together
+            # would otherwise snapshot all their twins in the same second, every interval, both cores at once
+            stats = follow(follower, runtime, should_stop=should_stop, abandon=abandon,
+                           first_checkpoint_s=CHECKPOINT_EVERY_S * (shard + 1) / shards)  # fmt: skip
         except Exception:
             restarts += 1
             position = follower.position
