@@ -92,14 +92,23 @@ def outcome(path: Path) -> tuple[list[tuple[str, str, str | None, str]], list[tu
     return events, proposals
 
 
-# a checkpoint every 0.05 s: the kill lands mid-log although the twins now finish a shard in well under a second
+# The twins finish this log in well under a second, faster than a loaded test process wakes from its 20 ms polls
+# of the cursor (the kill came at the log's end 1 run in 3 on a loaded machine): each group of 10 entries waits
+# 0.1 s after it is read and before it is processed, so the whole log takes ~4 s and the kill lands mid-log,
+# between a group's read and its commit or in its processing; checkpoints every 0.05 s.
 WORKER = """
-import sys
+import sys, time
 from medtwin.store import Store
 from medtwin.twin import LogFollower, TwinRuntime, follow
 store = Store(sys.argv[1])
 shard, shards = int(sys.argv[2]), int(sys.argv[3])
-follow(LogFollower(store, batch=10, shard=shard, shards=shards), TwinRuntime(store, snapshot_every=None),
+runtime = TwinRuntime(store, snapshot_every=None)
+process_many = runtime.process_many
+def throttled(items):
+    time.sleep(0.1)
+    return process_many(items)
+runtime.process_many = throttled
+follow(LogFollower(store, batch=10, shard=shard, shards=shards), runtime,
        should_stop=lambda: False, group_window_s=0.01, cursor_every_s=0.05)
 """
 
