@@ -23,6 +23,7 @@ from medtwin.errors import ValidationError
 from medtwin.glucose._twin_kernels import IntArray, run_inputs
 from medtwin.glucose.forecast import (
     _ALERT_HORIZON_MIN,
+    _ALERT_PROBABILITY,
     _HYPO_MG_DL,
     _PROCESS_NOISE_PER_SQRT_MIN,
     _VG,
@@ -174,7 +175,8 @@ def _step(items: Sequence[tuple[GlucoseForecaster, datetime, float]]) -> list[li
 
 
 _MAJORITY_MARGIN = 1e-6
-"""Weight above one half that the particles run first must carry (far above the rounding of a sum of weights)."""
+"""Weight above 1 - the alert probability (one half) that the particles run first must carry (far above the
+rounding of a sum of weights)."""
 
 
 def _full_horizon_many(
@@ -183,11 +185,12 @@ def _full_horizon_many(
     """The alert events of running every particle of each forecaster over the alert horizon
     (:meth:`GlucoseForecaster._alert_from_paths`), in two stages that give exactly those events.
 
-    First the particles of highest present model glucose that carry more than half the weight (plus
-    :data:`_MAJORITY_MARGIN`) are run: when none of them predicts a CGM below 70 mg/dL, under half the weight can,
-    so neither level is reached and the events are those of probabilities 0 (they depend on the probabilities only
-    when a level is reached). Otherwise the rest are run too and the paths of all particles, each the same as in one
-    call (the kernel integrates every particle on its own), decide as before."""
+    First the particles of highest present model glucose that carry more than 1 - the alert probability of the weight
+    (more than half; plus :data:`_MAJORITY_MARGIN`) are run: when none of them predicts a CGM below 70 mg/dL, less
+    than the alert probability of the weight can, so neither level is reached and the events are those of
+    probabilities 0 (they depend on the probabilities only when a level is reached). Otherwise the rest are run too
+    and the paths of all particles, each the same as in one call (the kernel integrates every particle on its own),
+    decide as before."""
     if not fs:
         return []
     now = [f.x[:, 12] / f.params[:, _VG] for f in fs]
@@ -195,7 +198,7 @@ def _full_horizon_many(
     for f, bg_now in zip(fs, now, strict=True):
         order = np.argsort(-bg_now, kind="stable")
         cw = np.cumsum(f.weights[order])
-        k = min(int(np.searchsorted(cw, 0.5 + _MAJORITY_MARGIN, side="right")), order.size - 1)
+        k = min(int(np.searchsorted(cw, 1.0 - _ALERT_PROBABILITY + _MAJORITY_MARGIN, side="right")), order.size - 1)
         first.append(np.sort(order[: k + 1]))
     bg, sizes = _horizon(fs, first, inputs)
     out: list[list[Event] | None] = []
