@@ -8,6 +8,8 @@ behind its choice of parameters; prints the tables of docs/models/glucose_twin.m
     .venv/bin/python bench/glucose_twin_validation.py --quality-flags                     # the unexplained-rise rule
     .venv/bin/python bench/glucose_twin_validation.py --fixed-uncertainty                 # what the fixed ones hide
     .venv/bin/python bench/glucose_twin_validation.py --dose-response-oracle --seed 1    # why x1.3 misses (MAP)
+    .venv/bin/python bench/glucose_twin_validation.py --replay-estimators --seed 1 --fits /tmp/fits-seed1.pkl
+                                                        # the replay's TIR estimators from the same (saved) fits
 """
 
 from __future__ import annotations
@@ -237,6 +239,55 @@ def quality_flags(seeds: tuple[int, ...] = (1, 2)) -> None:
         dq._unexplained_rises = rule
 
 
+def replay_estimators(seed: int, cache: Path | None) -> None:
+    """The share of patients with |dTIR| <= 5 for each way of reading the twin's TIR off the same fits and replays
+    (the validation's replay step: same simulation, fits, replay seed; fits from *cache* when it exists, as
+    ``bench/glucose_advice_policies.py`` saves them): the posterior mean of the draws' TIR (the twin's estimate), their
+    median (before 2026-12-07), the TIR of the pointwise median curve, and the mean with the residual-SD error added
+    to each draw (what the band carries; a sensitivity figure, not an estimate of true-BG TIR)."""
+    import numpy as np
+
+    from glucose_advice_policies import fits  # type: ignore[import-not-found]
+    from medtwin.glucose.replay import replay
+    from medtwin.glucose.twin_validation import DEFAULT_THERAPIES_B, _replay_scores, _tir
+
+    names = all_patient_names()
+    sim, posteriors = fits(names, seed, cache)
+    rows: dict[str, list[dict[str, float]]] = {t.name: [] for t in DEFAULT_THERAPIES_B}
+    for b, name in enumerate(names):
+        window = sim.data[b].window(0.0, 2880.0)
+        scores = _replay_scores(posteriors[b], sim.cohort, b, window, DEFAULT_THERAPIES_B, seed)
+        noise = np.random.default_rng(seed + 7)
+        for result in replay(posteriors[b], window, DEFAULT_THERAPIES_B, seed=seed):
+            r = dict(scores[result.therapy.name])
+            n = int(result.draws.shape[0])
+            bg = result.draws[1:n] + noise.normal(0.0, posteriors[b].residual_sd_mg_dl, result.draws[1:n].shape)
+            r["tir_twin_mean_with_error_pct"] = float(np.mean(_tir(bg)))
+            r["name"] = name  # type: ignore[assignment]
+            rows[result.therapy.name].append(r)
+    keys = (("posterior mean (twin)", "tir_twin_pct"), ("median of draws (before)", "tir_twin_median_of_draws_pct"),
+            ("TIR of median curve", "tir_twin_of_median_curve_pct"),
+            ("mean, residual error added", "tir_twin_mean_with_error_pct"))  # fmt: skip
+    print(f"\nseed {seed}, {len(names)} patients, load {os.getloadavg()}\n")
+    print(
+        "| therapy B | RMSE median (p90) | band | " + " | ".join(f"{k}: abs dTIR <= 5, median" for k, _ in keys) + " |"
+    )
+    print("|---|---|---|" + "---|" * len(keys))
+    for therapy, r in rows.items():
+        rmse = [x["rmse_mg_dl"] for x in r]
+        cells = []
+        for _, key in keys:
+            d = np.array([abs(x[key] - x["tir_true_pct"]) for x in r])
+            cells.append(f"{100 * np.mean(d <= 5.0):.0f} %, {np.median(d):.1f}")
+        print(f"| {therapy} | {np.median(rmse):.1f} ({np.percentile(rmse, 90):.1f}) | "
+              f"{100 * np.mean([x['coverage_95'] for x in r]):.1f} % | " + " | ".join(cells) + " |")  # fmt: skip
+    print("\nx1.3 patients off by > 5 with any estimator (true TIR; twin mean / median of draws / median curve):")
+    for x in rows[DEFAULT_THERAPIES_B[0].name]:
+        d = [x[key] - x["tir_true_pct"] for _, key in keys[:3]]
+        if max(abs(v) for v in d) > 5.0:
+            print(f"  {x['name']}: {x['tir_true_pct']:.1f}; " + " / ".join(f"{v:+.1f}" for v in d))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
@@ -265,6 +316,8 @@ def main() -> None:
         action="store_true",
         help="m2 (m30) follows an identified m4 (m1) in the population's ratio instead of being held (TIED_PARAMETERS)",
     )
+    parser.add_argument("--replay-estimators", action="store_true", help="the replay's TIR estimators, same fits")
+    parser.add_argument("--fits", type=Path, default=None, help="with --replay-estimators: saved fits (made if absent)")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
     parser.add_argument("--advice-policy", choices=POLICIES, default="robust", help="the twin's bolus policy")
@@ -278,6 +331,9 @@ def main() -> None:
         return
     if args.fixed_uncertainty:
         fixed_uncertainty(args.seed)
+        return
+    if args.replay_estimators:
+        replay_estimators(args.seed, args.fits)
         return
     if args.dose_response_oracle:
         dose_response_oracle(args.seed)
