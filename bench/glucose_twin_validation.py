@@ -242,9 +242,10 @@ def quality_flags(seeds: tuple[int, ...] = (1, 2)) -> None:
 def replay_estimators(seed: int, cache: Path | None) -> None:
     """The share of patients with |dTIR| <= 5 for each way of reading the twin's TIR off the same fits and replays
     (the validation's replay step: same simulation, fits, replay seed; fits from *cache* when it exists, as
-    ``bench/glucose_advice_policies.py`` saves them): the posterior mean of the draws' TIR (the twin's estimate), their
-    median (before 2026-12-07), the TIR of the pointwise median curve, and the mean with the residual-SD error added
-    to each draw (what the band carries; a sensitivity figure, not an estimate of true-BG TIR)."""
+    ``bench/glucose_advice_policies.py`` saves them): the median of the draws' TIR (the twin's estimate, what the
+    replay reports), their mean (the posterior expectation), the TIR of the pointwise median curve, and the mean with
+    the residual-SD error added to each draw (what the band carries; a sensitivity figure, not an estimate of
+    true-BG TIR)."""
     import numpy as np
 
     from glucose_advice_policies import fits  # type: ignore[import-not-found]
@@ -265,7 +266,7 @@ def replay_estimators(seed: int, cache: Path | None) -> None:
             r["tir_twin_mean_with_error_pct"] = float(np.mean(_tir(bg)))
             r["name"] = name  # type: ignore[assignment]
             rows[result.therapy.name].append(r)
-    keys = (("posterior mean (twin)", "tir_twin_pct"), ("median of draws (before)", "tir_twin_median_of_draws_pct"),
+    keys = (("median of draws (twin)", "tir_twin_pct"), ("posterior mean", "tir_twin_mean_pct"),
             ("TIR of median curve", "tir_twin_of_median_curve_pct"),
             ("mean, residual error added", "tir_twin_mean_with_error_pct"))  # fmt: skip
     print(f"\nseed {seed}, {len(names)} patients, load {os.getloadavg()}\n")

@@ -7,8 +7,9 @@ Protocol per virtual patient (:mod:`medtwin.glucose.insilico`; the twin never se
    the first ``days`` days' records only, from the population prior of the *other* 29 patients (leave-one-out).
 2. Replay: each therapy B applied to the recorded fit days and simulated on the true patient (open loop) is the
    truth; the twin's replay of B is compared with it (RMSE of the median, 95 % band coverage, time in range: the
-   twin's is the posterior expectation, the mean over draws of each draw's noise-free TIR, see
-   :func:`replay_tir_estimates`; the median of the draws' TIR and the TIR of the median curve are reported beside).
+   twin's is the median of the draws' noise-free TIR, the figure :func:`~medtwin.glucose.replay.replay` and the CLI
+   report; the posterior mean and the TIR of the median curve are reported beside, see
+   :func:`replay_tir_estimates`).
 3. Forecast: the particle filter assimilates the fit days, then every reading of the last day; from every other
    reading it forecasts 30 and 60 minutes ahead, scored against the CGM reading then (what a user sees) and the
    true glucose, next to persistence and linear extrapolation of the last 15 minutes.
@@ -81,11 +82,11 @@ def replay_tir_estimates(draws_mg_dl: FloatArray) -> dict[str, float]:
     (row 0, the start, left out as in :func:`~medtwin.glucose.replay.replay`'s metrics; no model/sensor error added:
     the truth compared with is the noise-free glucose).
 
-    ``mean``: the posterior expectation of the person's TIR, the mean over draws of each draw's TIR; it equals the
-    time average of the posterior probability of being in range at each minute, and is the twin's estimate
-    (validation's ``tir_twin_pct``). ``median``: the median of the draws' TIR (the replay's reported metric, the
-    validation's estimate before 2026-12-07). ``median_curve``: the TIR of the pointwise median trajectory, shown for
-    contrast only (near 70 mg/dL it is neither of the others)."""
+    ``median``: the median of the draws' TIR, the figure the replay reports to its user and so the one validated
+    (``tir_twin_pct``; the Bayes estimate under the absolute error the criterion |dTIR| <= 5 reads). ``mean``: the
+    posterior expectation, the mean over draws of each draw's TIR, which equals the time average of the posterior
+    probability of being in range at each minute. ``median_curve``: the TIR of the pointwise median trajectory, shown
+    for contrast only (near 70 mg/dL it is neither of the others)."""
     bg = np.asarray(draws_mg_dl, dtype=np.float64)
     if bg.ndim != 2 or bg.shape[0] < 2 or bg.shape[1] < 1:
         raise ValueError(f"replay_tir_estimates: draws must be (minutes + 1 >= 2, n >= 1), got shape {bg.shape}")
@@ -124,8 +125,8 @@ def _replay_scores(posterior: Posterior, cohort: Cohort, b: int, data: TherapyDa
         tir = replay_tir_estimates(result.draws[:n])
         out[result.therapy.name] = {
             "rmse_mg_dl": float(np.sqrt(np.mean((med - truth) ** 2))), "coverage_95": float(np.mean(inside)),
-            "tir_true_pct": float(_tir(truth[:, None])[0]), "tir_twin_pct": tir["mean"],
-            "tir_twin_median_of_draws_pct": tir["median"], "tir_twin_of_median_curve_pct": tir["median_curve"],
+            "tir_true_pct": float(_tir(truth[:, None])[0]), "tir_twin_pct": tir["median"],
+            "tir_twin_mean_pct": tir["mean"], "tir_twin_of_median_curve_pct": tir["median_curve"],
             "tir_twin_lo95_pct": result.metrics["tir_pct"][1], "tir_twin_hi95_pct": result.metrics["tir_pct"][2],
             "tbr_true_pct": float(_tbr(truth[:, None])[0]),
             "tbr_twin_pct": result.metrics["tbr_level1_pct"][0] + result.metrics["tbr_level2_pct"][0],
@@ -245,7 +246,7 @@ class ValidationReport:
     def summary(self) -> dict[str, Any]:
         """Cohort figures: replay (median RMSE, share of patients with |dTIR| <= 5, pooled band coverage, share of
         patients whose true TIR lies in the 95 % interval of the posterior draws' TIR; ``share_abs_dtir_le_5`` is
-        of the posterior-mean TIR, ``..._median_of_draws`` and ``..._of_median_curve`` of the alternatives),
+        of the median of the draws' TIR, ``..._mean`` and ``..._of_median_curve`` of the alternatives),
         forecast (pooled RMSE/MAE, Parkes A+B, coverage, improvement over the baselines), advice (mean TIR/TBR)."""
         out: dict[str, Any] = {"patients": len(self.patients)}
         fits = [p.fit for p in self.patients]
@@ -263,7 +264,7 @@ class ValidationReport:
             alternatives = {
                 f"share_abs_dtir_le_5_{key}": float(np.mean([abs(x[f"tir_twin_{key}_pct"] - x["tir_true_pct"]) <= 5.0
                                                              for x in r]))
-                for key in ("median_of_draws", "of_median_curve") if f"tir_twin_{key}_pct" in r[0]
+                for key in ("mean", "of_median_curve") if f"tir_twin_{key}_pct" in r[0]
             }  # fmt: skip
             out[f"replay: {name}"] = {
                 "rmse_median_mg_dl": float(np.median([x["rmse_mg_dl"] for x in r])),
