@@ -101,6 +101,11 @@ class _Inbound(NamedTuple):
     generation: int
 
 
+def _device_order(item: tuple[_Inbound, DeviceReading | DevicePayloadError]) -> str:
+    reading = item[1]
+    return reading.device_id if isinstance(reading, DeviceReading) else ""
+
+
 class MqttListener:
     """Stores device readings from MQTT into *store* and acknowledges them after the commit (module docstring).
 
@@ -390,6 +395,10 @@ class MqttListener:
             except DevicePayloadError as exc:
                 parsed.append((m, exc))
         patients = self._patients_of({r.device_id for _, r in parsed if isinstance(r, DeviceReading)})
+        # by device (stable: one device's readings keep their order, so the first of a resent key is still the one
+        # kept): the rows of one device then go into the (source, key) and (patient, time) indexes one after
+        # another, near each other, instead of one leaf page each across the whole group
+        parsed.sort(key=_device_order)
         for m, reading in parsed:
             patient = patients.get(reading.device_id) if isinstance(reading, DeviceReading) else None
             if not isinstance(reading, DeviceReading) or patient is None:
