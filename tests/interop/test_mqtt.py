@@ -204,11 +204,11 @@ def test_acknowledged_after_the_commit_stored_once_and_dead_letters(tmp_path: Pa
 
 
 def test_a_group_of_several_devices_keeps_each_devices_arrival_order(tmp_path: Path) -> None:
-    """The listener stores a group device by device: within a device the arrival order holds, so of a key sent
+    """Readings of several devices interleaved in one group: each device's arrival order holds, so of a key sent
     twice in one group (another value the second time) the first is stored and the second kept as a conflict."""
     store = make_store(tmp_path)
     store.write([Patient(patient_id="pt-2", gender="male")])
-    register_device(store, "cgm-0", "pt-2")  # sorts before cgm-1: the group is reordered
+    register_device(store, "cgm-0", "pt-2")
     listener = MqttListener(store, "mqtt://127.0.0.1:1")
     connection = FakeConnection()
     listener._conn = connection
