@@ -117,6 +117,17 @@ class Quantity:
             raise ValidationError(f"Quantity.unit: a UCUM unit string is required, got {self.unit!r}")
         _set(self, "value", float(self.value))
 
+    @classmethod
+    def prevalidated(cls, value: float, unit: str) -> Quantity:
+        """A Quantity from a finite float and a unit string its caller has checked, without ``__post_init__``
+        (hot mappers; the constructor's result for the same arguments compares equal)."""
+        obj: Any = _QuantitySlots()  # as in Observation.prevalidated
+        obj.value = value
+        obj.unit = unit
+        obj.__class__ = cls
+        quantity: Quantity = obj
+        return quantity
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Provenance:
@@ -329,6 +340,12 @@ class _ObservationSlots:
     """Observation's slots, mutable and unchecked: the object :meth:`Observation.prevalidated` fills."""
 
     __slots__ = Observation.__slots__
+
+
+class _QuantitySlots:
+    """Quantity's slots, mutable and unchecked: the object :meth:`Quantity.prevalidated` fills."""
+
+    __slots__ = Quantity.__slots__
 
 
 class _ProvenanceSlots:

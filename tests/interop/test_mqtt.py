@@ -21,7 +21,13 @@ from tests.twin.test_glucose_component import T0 as START
 from tests.twin.test_glucose_component import overdose
 
 from medtwin import codes
-from medtwin.interop.device_obs import DEVICE_CONTENT_TYPE, DevicePayloadError, parse_reading, stored_device_records
+from medtwin.interop.device_obs import (
+    DEVICE_CONTENT_TYPE,
+    DevicePayloadError,
+    parse_reading,
+    reading_observation,
+    stored_device_records,
+)
 from medtwin.interop.devices import bound_patient, list_devices, register_device
 from medtwin.interop.mqtt import MqttListener, _Inbound
 from medtwin.records import Observation, Patient
@@ -62,6 +68,43 @@ def test_compact_and_fhir_payloads() -> None:
     r2 = parse_reading(json.dumps(fhir).encode(), "site/devices/oxi-2/obs")
     assert (r2.device_id, r2.value, r2.unit, r2.key) == ("oxi-2", 72.0, "/min", "r-77")
     assert r2.time == datetime(2026, 5, 1, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("payload", "topic"),
+    [
+        (compact("cgm-1", 0, 6.0, unit="mmol/L"), "devices/cgm-1/obs"),  # converted to mg/dL
+        (compact("cgm-1", 5, 112), "devices/cgm-1/obs"),  # an int value
+        (compact("oxi-2", 0, 97.5, code="59408-5", unit="%"), "devices/oxi-2/obs"),  # a vital sign
+    ],
+)
+def test_reading_observation_equals_the_validated_construction(payload: bytes, topic: str) -> None:
+    """The listener's prevalidated Observation (Quantity and Provenance without __post_init__) is the one the
+    validating constructors build: equal, same field types, and the same stored row and body."""
+    from medtwin.records import Provenance, Quantity
+    from medtwin.store import rows, schema
+
+    r = parse_reading(payload, topic)
+    fast = reading_observation(r, "pt-1")
+    slow = Observation(
+        observation_id=fast.observation_id,
+        patient_id="pt-1",
+        code=r.code,
+        effective=r.time,
+        value=Quantity(value=r.value, unit=r.unit),
+        status="final",
+        category=fast.category,
+        device=f"Device/{r.device_id}",
+        provenance=Provenance(source_system=f"device:{r.device_id}", source_id=r.key),
+    )
+    assert fast == slow
+    assert type(fast.value) is Quantity
+    assert type(fast.value.value) is float
+    assert type(fast.provenance) is Provenance
+    assert fast.value == slow.value
+    assert fast.provenance == slow.provenance
+    values = rows.VALUES_OF[Observation]
+    assert values(fast, schema.sqlite_utc_text) == values(slow, schema.sqlite_utc_text)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +201,42 @@ def test_acknowledged_after_the_commit_stored_once_and_dead_letters(tmp_path: Pa
     assert any((e.relation or "") == "conflict-of" for e in store.raw_log(status="rejected"))
     assert bound_patient(store, "cgm-1") == "pt-1"
     assert [d.device_id for d in list_devices(store)] == ["cgm-1"]
+
+
+def test_a_group_of_several_devices_keeps_each_devices_arrival_order(tmp_path: Path) -> None:
+    """Readings of several devices interleaved in one group: each device's arrival order holds, so of a key sent
+    twice in one group (another value the second time) the first is stored and the second kept as a conflict."""
+    store = make_store(tmp_path)
+    store.write([Patient(patient_id="pt-2", gender="male")])
+    register_device(store, "cgm-0", "pt-2")
+    listener = MqttListener(store, "mqtt://127.0.0.1:1")
+    connection = FakeConnection()
+    listener._conn = connection
+    listener._generation = 1
+    now = time.monotonic()
+    msgs = [
+        _Inbound(1, 1, "devices/cgm-1/obs", compact("cgm-1", 0, 100), now, 1),
+        _Inbound(2, 1, "devices/cgm-0/obs", compact("cgm-0", 0, 140), now, 1),
+        _Inbound(3, 1, "devices/cgm-1/obs", compact("cgm-1", 0, 250), now, 1),  # the first key, another value
+        _Inbound(4, 1, "devices/cgm-1/obs", compact("cgm-1", 5, 101), now, 1),
+        _Inbound(5, 1, "devices/cgm-0/obs", compact("cgm-0", 5, 141), now, 1),
+    ]
+    listener.store_group(msgs)
+    assert sorted(connection.acks) == [1, 2, 3, 4, 5]
+    assert (listener.stats.stored, listener.stats.rejected, listener.stats.duplicates) == (4, 1, 0)
+    assert [o.value.value for o in store.observations("pt-1")] == [100.0, 101.0]  # type: ignore[union-attr]
+    assert [o.value.value for o in store.observations("pt-2")] == [140.0, 141.0]  # type: ignore[union-attr]
+    stored = accepted_after(store, 0, content_type=DEVICE_CONTENT_TYPE)
+    for device in ("cgm-0", "cgm-1"):  # raw ids increase in each device's arrival order
+        times = [
+            o.effective for m in stored for o in stored_device_records(m.payload) if o.device == f"Device/{device}"
+        ]
+        assert times == sorted(times)
+        assert len(times) == 2
+    conflict = [e for e in store.raw_log(status="rejected") if (e.relation or "") == "conflict-of"]
+    assert len(conflict) == 1
+    assert conflict[0].payload is not None
+    assert [o.value.value for o in stored_device_records(conflict[0].payload)] == [250.0]  # type: ignore[union-attr]
 
 
 def _broker_up() -> bool:

@@ -208,7 +208,9 @@ def reading_observation(reading: DeviceReading, patient_id: str) -> Observation:
     """The Observation of *reading* for *patient_id*: id from the device and key (a redelivery maps to it again)."""
     if not patient_id:
         raise DevicePayloadError(f"reading {reading.key[:80]!r} of {reading.device_id!r}: no patient id")
-    provenance = Provenance(source_system=f"device:{reading.device_id}", source_id=reading.key)
+    # prevalidated parts: the device id and key are non-empty (parse_reading), the value a finite float (_number
+    # or the unit conversion) and the unit a non-empty string
+    provenance = Provenance.prevalidated(f"device:{reading.device_id}", reading.key)
     digest = hashlib.blake2b(f"{reading.device_id}|{reading.key}".encode(), digest_size=10).hexdigest()
     millis = max(0, int(reading.time.timestamp() * 1000))
     # prevalidated: what the constructor checks holds by construction (ids non-empty, the time aware and in UTC
@@ -218,7 +220,7 @@ def reading_observation(reading: DeviceReading, patient_id: str) -> Observation:
         patient_id=patient_id,
         code=reading.code,
         effective=reading.time,
-        value=Quantity(value=reading.value, unit=reading.unit),
+        value=Quantity.prevalidated(float(reading.value), reading.unit),
         status="final",
         category="vital-signs" if reading.code.code in _VITAL_CODES else None,
         device=f"Device/{reading.device_id}",
