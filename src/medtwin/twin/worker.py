@@ -52,7 +52,7 @@ from medtwin.store import (
 from medtwin.store.cursors import cursors_of
 from medtwin.store.engine import sqlite_file
 from medtwin.store.locks import lock_path_for
-from medtwin.store.shards import shard_of as store_shard_of
+from medtwin.store.shards import shard_of  # the worker shard that owns a patient: the raw log's stored hash
 from medtwin.twin.runtime import TwinRuntime
 
 __all__ = [
@@ -122,13 +122,6 @@ def stored_message_records(
 
 
 _SHARD_SEPARATOR = "/shard-"
-
-
-def shard_of(patient_id: str, shards: int) -> int:
-    """The worker shard (0 to *shards* - 1) that owns *patient_id*: a stable hash of the id (BLAKE2b), the same in
-    every process, run and release (Python's ``hash`` of a string is salted per process), and the one the raw log
-    stores with each entry (:mod:`medtwin.store.shards`), so a worker selects its own entries in SQL."""
-    return store_shard_of(patient_id, shards)
 
 
 def shard_consumer(name: str, shard: int, shards: int) -> str:
