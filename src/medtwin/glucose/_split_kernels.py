@@ -14,7 +14,8 @@ kernel splits the model:
   steps there, with the meal bookkeeping of ``_patient_minute``: 5 g/min, Dbar from the stomach at the meal's start).
 
 Its BG differs from the minute-exact kernel's by a fraction of a mg/dL over the prior (test_split_kernel_accuracy;
-docs/models/glucose_twin.md, Sampling); forecasts, replays and the simulator keep the minute-exact kernel.
+docs/models/glucose_twin.md, "Numerics of the likelihood"); forecasts, replays and the simulator keep the
+minute-exact kernel.
 """
 
 from __future__ import annotations

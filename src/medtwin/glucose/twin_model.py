@@ -72,7 +72,8 @@ rounding: tests). Where the partner (value) is identified and the key is not, th
 value but follows the partner in the population's ratio (its population value *given* the partner): a held m2
 beside an identified m4 is a hepatic extraction no patient has, and the fit bends m4 and the insulin sensitivities
 to make up for it. (Vm0, which the published model derives from the basal production EGPb, k1 and k2, was derived
-the same way in a trial and replayed "boluses x1.3" worse: docs/models/glucose_twin.md, seventh session.)"""
+the same way in a trial and replayed "boluses x1.3" worse: docs/models/glucose_twin.md, "Variants tried and not
+adopted".)"""
 
 _PARAM_INDEX = {name: i for i, name in enumerate(PARAM_ORDER)}
 
