@@ -381,6 +381,16 @@ def main() -> None:
             print(f"| {key[8:]} | {r['rmse_median_mg_dl']:.1f} ({r['rmse_p90_mg_dl']:.1f}) | "
                   f"{100 * r['share_abs_dtir_le_5']:.0f} % | {r['abs_dtir_median']:.1f} | "
                   f"{100 * r['coverage_95_pooled']:.1f} % | {100 * r['share_tir_in_95']:.0f} % |")  # fmt: skip
+    for key, r in s.items():
+        if key.startswith("replay: "):
+            misses = [(p["name"], p["replay"][key[8:]]) for p in doc["patients"]]
+            misses = [(n, x["tir_twin_pct"] - x["tir_true_pct"]) for n, x in misses
+                      if abs(x["tir_twin_pct"] - x["tir_true_pct"]) > 5.0]  # fmt: skip
+            print(f"{key[8:]}: misses " + (", ".join(f"{n} {d:+.1f}" for n, d in misses) or "none"))
+            if "patients_truth_reaches_zero" in r:
+                zero, share = r["patients_truth_reaches_zero"], 100 * r["share_abs_dtir_le_5_before_zero"]
+                print(f"  true glucose reaches 0 mg/dL (held there by the simulator) for {zero} patients; "
+                      f"abs dTIR <= 5 read up to that minute: {share:.0f} %")  # fmt: skip
     fc = s.get("forecast")
     if fc:
         print(

@@ -12,7 +12,9 @@ import pytest
 
 from medtwin.glucose import all_patient_names
 from medtwin.glucose.identify import FitSettings
-from medtwin.glucose.twin_validation import replay_tir_estimates, validate_twin
+from medtwin.glucose.insilico import simulate_therapy_a, true_glucose
+from medtwin.glucose.therapy import Therapy, apply_therapy
+from medtwin.glucose.twin_validation import _member, replay_tir_estimates, tir_before_zero, validate_twin
 
 
 def test_replay_tir_estimates_tell_the_expectation_from_the_median_and_the_median_curve() -> None:
@@ -35,6 +37,32 @@ def test_expected_tir_is_the_time_average_of_the_probability_in_range() -> None:
     assert replay_tir_estimates(bg)["mean"] == pytest.approx(100.0 * in_range.mean(axis=1).mean())
     with pytest.raises(ValueError, match="draws must be"):
         replay_tir_estimates(bg[:1])
+
+
+def test_tir_before_zero_reads_both_up_to_the_first_minute_the_truth_reaches_zero() -> None:
+    truth = np.array([120.0, 100.0, 60.0, 0.0, 0.0, 0.0])  # reaches 0 at minute 3, held there
+    draws = np.array([[120.0, 120.0], [100.0, 100.0], [90.0, 60.0], [80.0, 50.0], [100.0, 40.0], [120.0, 90.0]])
+    out = tir_before_zero(truth, draws)
+    assert out["minutes_at_zero"] == 3.0
+    assert out["tir_true_pct"] == pytest.approx(50.0)  # minutes 1-2: 100 in, 60 out
+    assert out["tir_twin_pct"] == pytest.approx(75.0)  # draws' TIR over minutes 1-2: 100 % and 50 %, median 75
+    never = tir_before_zero(truth + 200.0, draws)
+    assert never["minutes_at_zero"] == 0.0
+    assert never["tir_true_pct"] == 0.0  # all above 180
+    assert never["tir_twin_pct"] == replay_tir_estimates(draws)["median"]
+    with pytest.raises(ValueError, match="tir_before_zero"):
+        tir_before_zero(truth, draws[:3])
+
+
+def test_the_simulator_holds_a_glucose_that_reaches_zero_there() -> None:
+    # what tir_before_zero is for: simglucose's clamp stops Gp below 0, so too much insulin leaves glucose at 0 for good
+    sim = simulate_therapy_a(["child#003"], days=2, seed=1)
+    flooded = apply_therapy(sim.data[0], Therapy(name="boluses x4", bolus_scale=4.0))
+    bg = true_glucose(_member(sim.cohort, 0), [flooded])[:, 0]
+    first = int(np.flatnonzero(bg <= 0.0)[0])
+    assert first < bg.size - 60
+    assert np.all(bg[first:] <= 0.0)  # meals after it do not raise it again
+    assert np.any(sim.data[0].carbs_t_min > first)
 
 
 def test_protocol_runs_end_to_end_on_one_patient() -> None:

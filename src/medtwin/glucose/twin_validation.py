@@ -59,6 +59,7 @@ __all__ = [
     "ValidationReport",
     "compare_parameter_sets",
     "replay_tir_estimates",
+    "tir_before_zero",
     "validate_twin",
 ]
 
@@ -95,6 +96,27 @@ def replay_tir_estimates(draws_mg_dl: FloatArray) -> dict[str, float]:
             "median_curve": float(_tir(np.median(bg[1:], axis=1)[:, None])[0])}  # fmt: skip
 
 
+def tir_before_zero(truth_mg_dl: FloatArray, draws_mg_dl: FloatArray) -> dict[str, float]:
+    """The true and the twin's (median of draws) time in range read only up to the first minute the true glucose
+    reaches 0 mg/dL, and how many minutes it stays there.
+
+    The 2008 model as simglucose integrates it stops a glucose state once it is below zero (``dGp = 0`` when
+    ``Gp < 0``, :mod:`medtwin.glucose._kernels`), so a truth that reaches 0 mg/dL stays there for the rest of the
+    days: a state of the simulator, not of a person (the 2008 model has no counter-regulation). A replay whose truth
+    does so is compared on the whole days for the goal, and on the minutes before it as a secondary figure.
+    *truth_mg_dl* ``(minutes + 1,)`` and *draws_mg_dl* ``(minutes + 1, n)`` start at minute 0 (left out)."""
+    truth = np.asarray(truth_mg_dl, dtype=np.float64)
+    draws = np.asarray(draws_mg_dl, dtype=np.float64)
+    if truth.ndim != 1 or draws.ndim != 2 or draws.shape[0] != truth.size or truth.size < 2:
+        raise ValueError(f"tir_before_zero: truth (m,) and draws (m, n) with m >= 2, got {truth.shape}, {draws.shape}")
+    zero = np.flatnonzero(truth[1:] <= 0.0)
+    end = int(zero[0]) + 1 if zero.size else truth.size
+    if end < 2:
+        return {"minutes_at_zero": float(truth.size - 1), "tir_true_pct": 0.0, "tir_twin_pct": float("nan")}
+    return {"minutes_at_zero": float(truth.size - end), "tir_true_pct": float(_tir(truth[1:end, None])[0]),
+            "tir_twin_pct": replay_tir_estimates(draws[:end])["median"]}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PatientResult:
     """One virtual patient's figures (see :meth:`ValidationReport.summary` for their meaning)."""
@@ -123,11 +145,15 @@ def _replay_scores(posterior: Posterior, cohort: Cohort, b: int, data: TherapyDa
         truth, med = truth[:n], result.median_mg_dl[:n]
         inside = (truth >= result.lo95_mg_dl[:n]) & (truth <= result.hi95_mg_dl[:n])
         tir = replay_tir_estimates(result.draws[:n])
+        before_zero = tir_before_zero(truth, result.draws[:n])
         out[result.therapy.name] = {
             "rmse_mg_dl": float(np.sqrt(np.mean((med - truth) ** 2))), "coverage_95": float(np.mean(inside)),
             "tir_true_pct": float(_tir(truth[:, None])[0]), "tir_twin_pct": tir["median"],
             "tir_twin_mean_pct": tir["mean"], "tir_twin_of_median_curve_pct": tir["median_curve"],
             "tir_twin_lo95_pct": result.metrics["tir_pct"][1], "tir_twin_hi95_pct": result.metrics["tir_pct"][2],
+            "truth_minutes_at_zero": before_zero["minutes_at_zero"],
+            "tir_true_before_zero_pct": before_zero["tir_true_pct"],
+            "tir_twin_before_zero_pct": before_zero["tir_twin_pct"],
             "tbr_true_pct": float(_tbr(truth[:, None])[0]),
             "tbr_twin_pct": result.metrics["tbr_level1_pct"][0] + result.metrics["tbr_level2_pct"][0],
         }  # fmt: skip
@@ -246,7 +272,10 @@ class ValidationReport:
     def summary(self) -> dict[str, Any]:
         """Cohort figures: replay (median RMSE, share of patients with |dTIR| <= 5, pooled band coverage, share of
         patients whose true TIR lies in the 95 % interval of the posterior draws' TIR; ``share_abs_dtir_le_5`` is
-        of the median of the draws' TIR, ``..._mean`` and ``..._of_median_curve`` of the alternatives),
+        of the median of the draws' TIR, ``..._mean`` and ``..._of_median_curve`` of the alternatives;
+        ``patients_truth_reaches_zero``: patients whose true glucose under the therapy reaches 0 mg/dL, which the
+        simulator (as simglucose) then holds for the rest of the days, and ``share_abs_dtir_le_5_before_zero`` the share
+        with both TIRs read only up to that minute: a secondary figure, the goal is read on the whole days),
         forecast (pooled RMSE/MAE, Parkes A+B, coverage, improvement over the baselines), advice (mean TIR/TBR)."""
         out: dict[str, Any] = {"patients": len(self.patients)}
         fits = [p.fit for p in self.patients]
@@ -275,6 +304,11 @@ class ValidationReport:
                                                   <= x.get("tir_twin_hi95_pct", np.nan) for x in r])),
                 **alternatives,
             }  # fmt: skip
+            if "truth_minutes_at_zero" in r[0]:
+                before = [abs(x["tir_twin_before_zero_pct"] - x["tir_true_before_zero_pct"]) <= 5.0 for x in r]
+                zero = int(sum(x["truth_minutes_at_zero"] > 0 for x in r))
+                out[f"replay: {name}"]["patients_truth_reaches_zero"] = zero
+                out[f"replay: {name}"]["share_abs_dtir_le_5_before_zero"] = float(np.mean(before))
         fc = [p.forecast for p in self.patients if p.forecast]
         if fc:
             s: dict[str, float] = {}
