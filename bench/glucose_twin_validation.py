@@ -8,6 +8,7 @@ behind its choice of parameters; prints the tables of docs/models/glucose_twin.m
     .venv/bin/python bench/glucose_twin_validation.py --quality-flags                     # the unexplained-rise rule
     .venv/bin/python bench/glucose_twin_validation.py --fixed-uncertainty                 # what the fixed ones hide
     .venv/bin/python bench/glucose_twin_validation.py --dose-response-oracle --seed 1    # why x1.3 misses (MAP)
+    .venv/bin/python bench/glucose_twin_validation.py --prior-screen --seeds 1,2          # prior variants (MAP)
     .venv/bin/python bench/glucose_twin_validation.py --replay-estimators --seed 1 --fits /tmp/fits-seed1.pkl
                                                         # the replay's TIR estimators from the same (saved) fits
 """
@@ -289,6 +290,125 @@ def replay_estimators(seed: int, cache: Path | None) -> None:
             print(f"  {x['name']}: {x['tir_true_pct']:.1f}; " + " / ".join(f"{v:+.1f}" for v in d))
 
 
+def prior_screen(seeds: tuple[int, ...], variants: tuple[str, ...] | None = None, out: Path | None = None) -> None:
+    """MAP screen of prior / likelihood variants against the baseline, side by side, with the protocol of
+    :func:`dose_response_oracle` (therapy A for 2 days, leave-one-out priors, replay of boluses x1.3 at the MAP against
+    the truth). Variants: the prior conditioned on the therapy settings (``conditioned_prior``) inferred from the
+    records (CR; CF where a correction bolus identifies it), as a user knows them (the Quest table), and those known
+    settings mis-set by log-normal noise of SD 0.2 (taken at face value, or with the error in the model); the
+    unexplained-rise rule off; the m2 tie. Per seed: share with abs dTIR <= 5, median abs dTIR, mean signed dTIR,
+    and dTIR per patient."""
+    import numpy as np
+
+    from medtwin.glucose.bolus_inference import infer_bolus_settings
+    from medtwin.glucose.identify import fit_map_cohort
+    from medtwin.glucose.insilico import simulate_therapy_a, true_glucose
+    from medtwin.glucose.therapy import apply_therapy
+    from medtwin.glucose.twin_model import CANDIDATE_PARAMETERS, conditioned_prior, coupled_prior, population_prior
+    from medtwin.glucose.twin_validation import _member, _tir
+
+    names = all_patient_names()
+    loose = FitSettings(exclude_unexplained_rises=False)
+
+    def plain(tie: bool):  # type: ignore[no-untyped-def]
+        return lambda k, s: population_prior(names[k].split("#")[0], exclude=[names[k]], tie=tie)
+
+    identified = tuple(n for n in DEFAULT_IDENTIFIED if n != "Gb")
+    held = tuple(n for n in CANDIDATE_PARAMETERS if n not in DEFAULT_IDENTIFIED)
+
+    def cond(source: str, *, sd: float = 0.0, tie: bool = False, select: bool = False,  # type: ignore[no-untyped-def]
+             only: tuple[str, ...] | None = None):  # fmt: skip
+        def make(k, s):  # type: ignore[no-untyped-def]
+            return conditioned_prior(names[k].split("#")[0], s[source][k], exclude=[names[k]], settings_log_sd=sd,
+                                     tie=tie, select_by_loo=select, conditioned=only)  # fmt: skip
+
+        return make
+
+    table = {  # name: (prior maker, fit settings)
+        "baseline": (plain(False), FitSettings()),
+        "baseline tie": (plain(True), FitSettings()),
+        "rises kept": (plain(False), loose),
+        "settings from records": (cond("records"), FitSettings()),
+        "settings from records, LOO-selected": (cond("records", select=True), FitSettings()),
+        "settings from records, tie": (cond("records", tie=True), FitSettings()),
+        "settings from records, rises kept": (cond("records"), loose),
+        "settings known": (cond("known"), FitSettings()),
+        "settings mis-set 0.2": (cond("noisy"), FitSettings()),
+        "settings mis-set 0.2, error modelled": (cond("noisy", sd=0.2), FitSettings()),
+        "held coupled": (lambda k, s: coupled_prior(plain(False)(k, s), exclude=[names[k]]), FitSettings()),
+        "held coupled, all": (
+            lambda k, s: coupled_prior(plain(False)(k, s), exclude=[names[k]], select_by_loo=False),
+            FitSettings(),
+        ),
+        "held coupled, records identified only": (
+            lambda k, s: coupled_prior(cond("records", only=identified)(k, s), exclude=[names[k]]),
+            FitSettings(),
+        ),
+        "records, identified only": (cond("records", only=identified), FitSettings()),
+        "records, identified only, LOO-selected": (cond("records", only=identified, select=True), FitSettings()),
+        "records, held only": (cond("records", only=held), FitSettings()),
+        "known, identified only": (cond("known", only=identified), FitSettings()),
+        "mis-set 0.2, identified only": (cond("noisy", only=identified), FitSettings()),
+        "mis-set 0.2, identified only, error modelled": (cond("noisy", only=identified, sd=0.2), FitSettings()),
+    }
+    chosen = tuple(table) if variants is None else variants
+    doc: dict[str, object] = {}
+    for seed in seeds:
+        t0 = time.process_time()
+        sim = simulate_therapy_a(names, days=2, seed=seed)
+        a = list(sim.data)
+        b = [apply_therapy(d, Therapy(bolus_scale=1.3)) for d in a]
+        true_b = [true_glucose(_member(sim.cohort, k), [b[k]])[:, 0] for k in range(len(names))]
+        inferred = [infer_bolus_settings(d, target_mg_dl=140.0, correction_threshold_mg_dl=150.0,
+                                         sample_period_min=3.0) for d in a]  # fmt: skip
+        known = [{"cr_g_per_u": float(sim.cohort.cr_g_per_u[k]), "cf_mg_dl_per_u": float(sim.cohort.cf_mg_dl_per_u[k])}
+                 for k in range(len(names))]  # fmt: skip
+        noise = np.random.default_rng(1000 + seed).normal(0.0, 0.2, (len(names), 2))
+        sources = {
+            "records": [{"cr_g_per_u": s.cr_g_per_u} | ({} if s.cf_mg_dl_per_u is None else
+                                                        {"cf_mg_dl_per_u": s.cf_mg_dl_per_u}) for s in inferred],
+            "known": known,
+            "noisy": [{k: v * float(np.exp(e)) for (k, v), e in zip(s.items(), noise[j], strict=True)}
+                      for j, s in enumerate(known)],
+        }  # fmt: skip
+        cr_err = np.array([np.log(s.cr_g_per_u / k["cr_g_per_u"]) for s, k in zip(inferred, known, strict=True)])
+        cf_err = np.array([np.log(s.cf_mg_dl_per_u / k["cf_mg_dl_per_u"]) for s, k in zip(inferred, known, strict=True)
+                           if s.cf_mg_dl_per_u is not None])  # fmt: skip
+        print(f"\nseed {seed}: settings from the records: CR for {len(inferred)}/{len(names)}, max abs log error "
+              f"{np.max(np.abs(cr_err)):.1e}; CF for {cf_err.size}/{len(names)} (a correction bolus in the 2 days), "
+              f"max abs log error {np.max(np.abs(cf_err), initial=0.0):.1e}")  # fmt: skip
+        rows: dict[str, list[float]] = {}
+        for label in chosen:
+            make, settings = table[label]
+            found = fit_map_cohort(a, [make(k, sources) for k in range(len(names))], settings=settings)
+            d = []
+            for k, (theta, model) in enumerate(found):
+                bg = model.simulate(theta[None, :-1], b[k], initial_glucose_mg_dl=float(np.exp(theta[-1])))[:, 0]
+                n = min(bg.size, true_b[k].size)
+                d.append(float(_tir(bg[:n, None])[0] - _tir(true_b[k][:n, None])[0]))
+            rows[label] = d
+        print(f"seed {seed}, MAP fits, replay of boluses x1.3 ({time.process_time() - t0:.0f} s CPU, "
+              f"load {os.getloadavg()[0]:.1f})\n")  # fmt: skip
+        print("| variant | abs dTIR <= 5 | patients | vs baseline | median abs dTIR | mean signed dTIR |")
+        print("|---|---|---|---|---|---|")
+        ok0 = int(np.sum(np.abs(rows[chosen[0]]) <= 5.0))
+        for label, d in rows.items():
+            x = np.array(d)
+            ok = int(np.sum(np.abs(x) <= 5.0))
+            print(f"| {label} | {100 * ok / x.size:.0f} % | {ok} | {ok - ok0:+d} | {np.median(np.abs(x)):.1f} | "
+                  f"{x.mean():+.1f} |")  # fmt: skip
+        print("\ndTIR per patient (x1.3, twin minus truth; * = abs > 5): " + " / ".join(rows))
+        for k, n in enumerate(names):
+            print(f"{n}: " + " / ".join(f"{rows[v][k]:+.1f}{'*' if abs(rows[v][k]) > 5 else ''}" for v in rows))
+        doc[str(seed)] = {
+            "names": list(names),
+            "dtir": rows,
+            "inferred": [{"cr": s.cr_g_per_u, "cf": s.cf_mg_dl_per_u, "corrections": s.corrections} for s in inferred],
+        }
+    if out is not None:
+        out.write_text(json.dumps(doc, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
@@ -317,6 +437,9 @@ def main() -> None:
         action="store_true",
         help="m2 (m30) follows an identified m4 (m1) in the population's ratio instead of being held (TIED_PARAMETERS)",
     )
+    parser.add_argument("--prior-screen", action="store_true", help="MAP screen of prior variants (--seeds)")
+    parser.add_argument("--seeds", default="1,2", help="with --prior-screen: comma-separated seeds")
+    parser.add_argument("--variants", default=None, help="with --prior-screen: variant names separated by ;")
     parser.add_argument("--replay-estimators", action="store_true", help="the replay's TIR estimators, same fits")
     parser.add_argument("--fits", type=Path, default=None, help="with --replay-estimators: saved fits (made if absent)")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
@@ -332,6 +455,10 @@ def main() -> None:
         return
     if args.fixed_uncertainty:
         fixed_uncertainty(args.seed)
+        return
+    if args.prior_screen:
+        variants = None if args.variants is None else tuple(args.variants.split(";"))
+        prior_screen(tuple(int(x) for x in args.seeds.split(",")), variants, args.out)
         return
     if args.replay_estimators:
         replay_estimators(args.seed, args.fits)

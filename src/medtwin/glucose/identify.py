@@ -403,7 +403,8 @@ class Posterior:
         cov = np.cov(person, rowvar=False) * sd_inflation**2 + np.eye(person.shape[1]) * 1e-8
         return PopulationPrior(names=self.prior.names, mean=person.mean(axis=0), cov=cov, fixed=self.prior.fixed,
                                group=f"posterior({self.prior.group})", members=self.prior.members,
-                               tied=self.prior.tied)  # fmt: skip
+                               tied=self.prior.tied, coupling=self.prior.coupling,
+                               coupling_center=self.prior.coupling_center)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the twin's snapshot keeps it)."""

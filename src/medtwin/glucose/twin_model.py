@@ -20,7 +20,7 @@ is in docs/models/glucose_twin.md (identifiability analysis over the 30 patients
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,9 +37,13 @@ __all__ = [
     "CANDIDATE_PARAMETERS",
     "DEFAULT_IDENTIFIED",
     "LOGIT_PARAMETERS",
+    "SETTINGS_COVARIATES",
+    "SUBSYSTEMS",
     "TIED_PARAMETERS",
     "PersonalModel",
     "PopulationPrior",
+    "conditioned_prior",
+    "coupled_prior",
     "population_prior",
     "population_values",
     "to_natural",
@@ -133,8 +137,18 @@ class PopulationPrior:
     group: str
     members: tuple[str, ...]
     tied: tuple[str, ...] = ()
+    coupling: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """Held parameters that follow the identified ones (:func:`coupled_prior`): name -> slopes of its log value on
+    the identified coordinates, about *coupling_center* (empty, the default: held at their *fixed* value)."""
+    coupling_center: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        odd = [n for n, v in self.coupling.items() if n in self.names or n in self.tied or len(v) != len(self.names)]
+        if odd or (self.coupling and len(self.coupling_center) != len(self.names)):
+            raise ValidationError(
+                f"coupling {odd or list(self.coupling)}: held, untied parameters with one slope per identified one "
+                f"({len(self.names)}) and a centre of that length"
+            )
         wrong = [t for t in self.tied if TIED_PARAMETERS.get(t) not in self.names or t in self.names]
         if wrong:
             raise ValidationError(
@@ -166,9 +180,12 @@ class PopulationPrior:
         if unknown or not keep:
             raise ValidationError(f"cannot drop {list(names)} from the identified {list(self.names)}")
         tied = tuple(t for t in self.tied if TIED_PARAMETERS[t] not in names)
+        coupling = {n: tuple(v[j] for j in keep) for n, v in self.coupling.items()}
+        center = tuple(self.coupling_center[j] for j in keep) if self.coupling else ()
         return PopulationPrior(names=tuple(self.names[j] for j in keep), mean=self.mean[keep].copy(),
                                cov=self.cov[np.ix_(keep, keep)].copy(), fixed=dict(self.fixed), group=self.group,
-                               members=self.members, tied=tied)  # fmt: skip
+                               members=self.members, tied=tied, coupling=coupling,
+                               coupling_center=center)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (saved with the posterior)."""
@@ -176,6 +193,7 @@ class PopulationPrior:
             "names": list(self.names), "mean": self.mean.tolist(), "cov": self.cov.tolist(), "fixed": self.fixed,
             "group": self.group, "members": list(self.members),
             "logit": [n for n in self.names if n in LOGIT_PARAMETERS], "tied": list(self.tied),
+            "coupling": {n: list(v) for n, v in self.coupling.items()}, "coupling_center": list(self.coupling_center),
         }  # fmt: skip
 
     @classmethod
@@ -194,6 +212,8 @@ class PopulationPrior:
             names=names, mean=np.asarray(d["mean"], dtype=np.float64),
             cov=np.asarray(d["cov"], dtype=np.float64), fixed={k: float(v) for k, v in d["fixed"].items()},
             group=str(d["group"]), members=tuple(d["members"]), tied=tuple(d.get("tied", ())),
+            coupling={n: tuple(float(x) for x in v) for n, v in d.get("coupling", {}).items()},
+            coupling_center=tuple(float(x) for x in d.get("coupling_center", ())),
         )  # fmt: skip
 
 
@@ -281,6 +301,10 @@ class PersonalModel:
                 gb = values[:, j]
             else:
                 p[:, col] = values[:, j]
+        if self.prior.coupling:
+            shift = theta - np.asarray(self.prior.coupling_center)
+            for name, slopes in self.prior.coupling.items():
+                p[:, _PARAM_INDEX[name]] = self.prior.fixed[name] * np.exp(shift @ np.asarray(slopes))
         for name in self.prior.tied:
             partner = TIED_PARAMETERS[name]
             ratio = self.prior.fixed[name] / self.prior.fixed[partner]
@@ -337,3 +361,161 @@ class PersonalModel:
         start = x[None, :, 12] / p[None, :, _PARAM_INDEX["Vg"]]  # before run_inputs advances x in place
         bg = run_inputs(x, p, meal_state, meals, insulin)
         return np.concatenate([start, bg], axis=0)
+
+
+SETTINGS_COVARIATES = ("cr_g_per_u", "cf_mg_dl_per_u")
+"""Therapy settings a prior may be conditioned on (:func:`conditioned_prior`): the carbohydrate ratio (g/U) and
+the correction factor (mg/dL/U) of the person's bolus calculator, taken on the log scale."""
+
+
+def conditioned_prior(
+    group: str,
+    settings: dict[str, float],
+    *,
+    identified: Sequence[str] = DEFAULT_IDENTIFIED,
+    exclude: Sequence[str] = (),
+    conditioned: Sequence[str] | None = None,
+    settings_log_sd: float = 0.0,
+    tie: bool = False,
+    select_by_loo: bool = False,
+) -> PopulationPrior:
+    """:func:`population_prior` conditioned on the person's therapy *settings* (keys of
+    :data:`SETTINGS_COVARIATES`, natural units): a population regression of the log parameters on the log
+    settings, slopes pooled within the age groups (as the covariance is), leave-one-out through *exclude*.
+
+    For each parameter of *conditioned* (default: every one of :data:`CANDIDATE_PARAMETERS` but Gb, whose prior is
+    deliberately wide) the log value is predicted as ``group mean + B (log settings - group mean of the settings)``;
+    identified parameters get that as their prior mean, held ones as their value. The covariance is that of the
+    population's residuals from the regression (the plain within-group deviations for parameters not conditioned),
+    times the prediction's ``1 + d' (X'X)^-1 d`` for the person's centred settings d.
+
+    *settings_log_sd*: the SD of the error of the person's settings on the log scale (the population's are taken as
+    exact): the slopes are then those of the errors-in-variables regression (``(X'X + n s^2 I)^-1 X'Y``,
+    attenuated) and the covariance carries ``B' s^2 B``, so that noisy settings move the prior less.
+    *select_by_loo*: of *conditioned*, keep only the parameters whose leave-one-out prediction over the population
+    (without the people in *exclude*) has a smaller squared error with the settings than with the group mean alone.
+    Settings are clinicians' choices, so this is an empirical relation of the virtual population (the Quest table
+    against the parameters), not a physiological law.
+    """
+    unknown = [k for k in settings if k not in SETTINGS_COVARIATES]
+    bad = [k for k, v in settings.items() if not np.isfinite(v) or v <= 0]
+    if unknown or bad or not settings:
+        raise ValidationError(f"settings {settings}: give one or more of {SETTINGS_COVARIATES}, each finite and > 0")
+    if settings_log_sd < 0:
+        raise ValidationError(f"settings_log_sd {settings_log_sd} must be >= 0")
+    base = population_prior(group, identified=identified, exclude=exclude, tie=tie)
+    conditioned = tuple(n for n in CANDIDATE_PARAMETERS if n != "Gb") if conditioned is None else tuple(conditioned)
+    wrong = [n for n in conditioned if n not in CANDIDATE_PARAMETERS]
+    if wrong:
+        raise ValidationError(f"conditioned {wrong}: not parameters of {CANDIDATE_PARAMETERS}")
+    everyone = load_cohort("all")
+    excluded = {e.casefold() for e in exclude}
+    keep = np.array([n.casefold() not in excluded for n in everyone.names])
+    pool = tuple(n for n, k in zip(everyone.names, keep, strict=True) if k)
+    cols = [k for k in SETTINGS_COVARIATES if k in settings]
+    table = {"cr_g_per_u": everyone.cr_g_per_u, "cf_mg_dl_per_u": everyone.cf_mg_dl_per_u}
+    x = np.log(np.stack([table[k][keep] for k in cols], axis=1))
+    values = population_values(pool)
+    names = list(dict.fromkeys([*identified, *conditioned]))
+    y = to_unconstrained(names, np.stack([values[n] for n in names], axis=1))
+    groups = np.array([n.split("#")[0] for n in pool])
+    in_group = np.array([n in base.members for n in pool])
+    xc, yc = x.copy(), y.copy()
+    for g in set(groups):
+        xc[groups == g] -= x[groups == g].mean(axis=0)
+        yc[groups == g] -= y[groups == g].mean(axis=0)
+    dof = max(1, len(pool) - len(set(groups)) - len(cols))
+    gram = xc.T @ xc
+    slopes = np.linalg.solve(gram + len(pool) * settings_log_sd**2 * np.eye(len(cols)), xc.T @ yc)
+    if select_by_loo:
+        better = _loo_gain(x, y, groups) > 0
+        conditioned = tuple(n for j, n in enumerate(names) if n in conditioned and better[j])
+    slopes[:, [j for j, n in enumerate(names) if n not in conditioned]] = 0.0
+    d = np.log(np.array([settings[k] for k in cols])) - x[in_group].mean(axis=0)
+    predicted = y[in_group].mean(axis=0) + d @ slopes
+    residual = yc - xc @ slopes
+    k = [names.index(n) for n in identified]
+    cov = residual[:, k].T @ residual[:, k] / dof + settings_log_sd**2 * slopes[:, k].T @ slopes[:, k]
+    cov *= 1.0 + float(d @ np.linalg.solve(gram, d))
+    if "Gb" in identified:
+        i = list(identified).index("Gb")
+        cov[i, :] = cov[:, i] = 0.0
+        cov[i, i] = _GB_PRIOR_SD**2
+    cov += np.eye(len(identified)) * 1e-6
+    fixed = dict(base.fixed)
+    for j, n in enumerate(names):
+        if n in conditioned and n in fixed:
+            fixed[n] = float(to_natural([n], predicted[None, j : j + 1])[0, 0])
+    return PopulationPrior(names=base.names, mean=predicted[k], cov=cov, fixed=fixed, group=base.group,
+                           members=base.members, tied=base.tied)  # fmt: skip
+
+
+def _loo_gain(x: FloatArray, y: FloatArray, groups: np.ndarray) -> FloatArray:
+    """Per column of *y*: the leave-one-out squared error of the group mean minus that of the group mean plus the
+    within-group regression on *x* (positive: the regression predicts better)."""
+    plain = np.zeros(y.shape[1])
+    regressed = np.zeros(y.shape[1])
+    for i in range(y.shape[0]):
+        rest = np.arange(y.shape[0]) != i
+        xc, yc = x[rest].copy(), y[rest].copy()
+        g_rest = groups[rest]
+        for g in set(g_rest):
+            xc[g_rest == g] -= x[rest][g_rest == g].mean(axis=0)
+            yc[g_rest == g] -= y[rest][g_rest == g].mean(axis=0)
+        slopes = np.linalg.lstsq(xc, yc, rcond=None)[0]
+        mine = rest & (groups == groups[i])
+        base = y[mine].mean(axis=0)
+        plain += (y[i] - base) ** 2
+        regressed += (y[i] - base - (x[i] - x[mine].mean(axis=0)) @ slopes) ** 2
+    return np.asarray(plain - regressed, dtype=np.float64)
+
+
+SUBSYSTEMS = {
+    "glucose": ("Vg", "k1", "k2", "Vm0", "Vmx", "Km0", "kp2", "kp3", "p2u", "ki"),
+    "gut": ("kabs", "kmax", "kmin", "b", "d"),
+    "insulin": ("m1", "m2", "m4", "m30", "Vi"),
+    "subcutaneous": ("ka1", "ka2", "kd"),
+    "sensor": ("ksc",),
+}
+"""The subsystems of the model (Dalla Man et al. 2007: glucose kinetics with production and utilisation, gut
+absorption, insulin kinetics, subcutaneous insulin, the sensor's interstitial lag): :func:`coupled_prior` lets a
+held parameter follow the identified parameters of its own subsystem."""
+
+
+def coupled_prior(
+    prior: PopulationPrior, *, exclude: Sequence[str] = (), select_by_loo: bool = True
+) -> PopulationPrior:
+    """*prior* with its held parameters following the identified ones of their subsystem (:data:`SUBSYSTEMS`): the
+    log of a held parameter is the population's within-group regression on the identified coordinates of its
+    subsystem, ``log fixed + (theta - mean) B``, about the group mean (the population conditional mean of the held
+    parameter given the identified ones, where holding it at the group mean ignores their correlation; the m2 tie of
+    :data:`TIED_PARAMETERS` is the exact case). Gb and tied parameters take no part. *exclude*: the people left out
+    of the regression (those left out of *prior*); *select_by_loo*: couple only the held parameters whose
+    leave-one-out prediction over that population is better than the group mean's.
+    """
+    everyone = load_cohort("all").names
+    excluded = {e.casefold() for e in exclude}
+    pool = tuple(n for n in everyone if n.casefold() not in excluded)
+    values = population_values(pool)
+    groups = np.array([n.split("#")[0] for n in pool])
+    theta = to_unconstrained(prior.names, np.stack([values[n] for n in prior.names], axis=1))
+    coupling: dict[str, tuple[float, ...]] = {}
+    for members in SUBSYSTEMS.values():
+        cols = [j for j, n in enumerate(prior.names) if n in members]
+        held = [n for n in members if n not in prior.names and n not in prior.tied]
+        if not cols or not held:
+            continue
+        y = np.log(np.stack([values[n] for n in held], axis=1))
+        x = theta[:, cols]
+        xc, yc = x.copy(), y.copy()
+        for g in set(groups):
+            xc[groups == g] -= x[groups == g].mean(axis=0)
+            yc[groups == g] -= y[groups == g].mean(axis=0)
+        slopes = np.linalg.lstsq(xc, yc, rcond=None)[0]
+        keep = _loo_gain(x, y, groups) > 0 if select_by_loo else np.ones(len(held), dtype=bool)
+        for i, name in enumerate(held):
+            if keep[i]:
+                full = np.zeros(prior.dim)
+                full[cols] = slopes[:, i]
+                coupling[name] = tuple(full.tolist())
+    return replace(prior, coupling=coupling, coupling_center=tuple(prior.mean.tolist()) if coupling else ())
