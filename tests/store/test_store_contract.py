@@ -373,7 +373,7 @@ def test_reopening_runs_migrations_once(store_url: str) -> None:
     with Store(store_url) as s:
         assert len(s.observations("p1")) == 1
         with s.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0040"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0050"
 
 
 def test_write_refuses_non_records(store: Store) -> None:

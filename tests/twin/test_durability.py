@@ -95,20 +95,21 @@ def outcome(path: Path) -> tuple[list[tuple[str, str, str | None, str]], list[tu
 # The twins finish this log in well under a second, faster than a loaded test process wakes from its 20 ms polls
 # of the cursor (the kill came at the log's end 1 run in 3 on a loaded machine): each group of 10 entries waits
 # 0.1 s after it is read and before it is processed, so the whole log takes ~4 s and the kill lands mid-log,
-# between a group's read and its commit or in its processing; checkpoints every 0.05 s.
+# between a group's read and its commit or in its processing; checkpoints every 0.05 s. The worker holds the
+# consumer's lease (of the set named by its holder token) for 1 s at a time: a restart takes it over once it expires.
 WORKER = """
 import sys, time
 from medtwin.store import Store
 from medtwin.twin import LogFollower, TwinRuntime, follow
 store = Store(sys.argv[1])
-shard, shards = int(sys.argv[2]), int(sys.argv[3])
+shard, shards, holder = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 runtime = TwinRuntime(store, snapshot_every=None)
 process_many = runtime.process_many
 def throttled(items):
     time.sleep(0.1)
     return process_many(items)
 runtime.process_many = throttled
-follow(LogFollower(store, batch=10, shard=shard, shards=shards), runtime,
+follow(LogFollower(store, batch=10, shard=shard, shards=shards, holder=holder, lease_s=1.0), runtime,
        should_stop=lambda: False, group_window_s=0.01, cursor_every_s=0.05)
 """
 
@@ -127,10 +128,10 @@ def uninterrupted(path: Path) -> None:
     store.close()
 
 
-def start_worker(url: str, shard: int = 0, shards: int = 1) -> subprocess.Popen[bytes]:
+def start_worker(url: str, shard: int = 0, shards: int = 1, holder: str = "killed-worker") -> subprocess.Popen[bytes]:
     # the medtwin this test imported (a worktree's src, not the environment's editable install)
     path = os.pathsep.join([str(Path(medtwin.__file__).resolve().parents[1]), os.getcwd()])
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(shard), str(shards)],
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, str(shard), str(shards), holder],
                             env={**os.environ, "PYTHONPATH": path})  # fmt: skip
 
 
@@ -159,7 +160,8 @@ def test_kill_9_of_the_worker_changes_nothing(tmp_path: Path) -> None:
     at_kill = kill_9_past(store, child, DEFAULT_CONSUMER, last // 3)
     assert 0 < at_kill < last, f"the kill came at raw id {at_kill} of {last}: not mid-log"
     runtime = TwinRuntime(store, snapshot_every=None)  # a restarted worker: twins from the checkpoint's snapshots
-    follow(LogFollower(store), runtime, should_stop=lambda: True, group_window_s=0.0)
+    # another process: it takes the killed worker's lease over once it has expired (1 s after its last renewal)
+    follow(LogFollower(store, wait_s=10.0), runtime, should_stop=lambda: True, group_window_s=0.0)
     runtime.close()
     store.close()
 
@@ -181,15 +183,17 @@ def test_kill_9_of_one_sharded_worker_changes_nothing(tmp_path: Path) -> None:
 
     url = f"sqlite:///{crashed}"
     store = Store(url)
+    holder = "the-sharded-set"  # the two workers are one set (as a RuntimeProcess's): one lease, one holder
     for k in range(2):  # the sharded layout continues from the unsharded worker's cursor (0 here)
-        assert LogFollower(store, shard=k, shards=2).position == 0
+        assert LogFollower(store, shard=k, shards=2, holder=holder).position == 0
     names = [shard_consumer(DEFAULT_CONSUMER, k, 2) for k in range(2)]
-    victim, survivor = start_worker(url, 0, 2), start_worker(url, 1, 2)
+    victim, survivor = start_worker(url, 0, 2, holder), start_worker(url, 1, 2, holder)
     try:
         at_kill = kill_9_past(store, victim, names[0], last // 3)
         assert 0 < at_kill < last, f"the kill came at raw id {at_kill} of {last}: not mid-log"
         runtime = TwinRuntime(store, snapshot_every=None)  # shard 1 restarted from its checkpoint
-        follow(LogFollower(store, shard=0, shards=2), runtime, should_stop=lambda: True, group_window_s=0.0)
+        follow(LogFollower(store, shard=0, shards=2, holder=holder), runtime, should_stop=lambda: True,
+               group_window_s=0.0)  # fmt: skip
         runtime.close()
         # the other one ran on meanwhile: it reaches the end of the log (its cursor moves past shard 1's entries,
         # which it does not read) and is killed there
@@ -199,7 +203,7 @@ def test_kill_9_of_one_sharded_worker_changes_nothing(tmp_path: Path) -> None:
             survivor.kill()
             survivor.wait()
     runtime = TwinRuntime(store, snapshot_every=None)  # whatever shard 2 had not checkpointed when it was stopped
-    follow(LogFollower(store, shard=1, shards=2), runtime, should_stop=lambda: True, group_window_s=0.0)
+    follow(LogFollower(store, shard=1, shards=2, holder=holder), runtime, should_stop=lambda: True, group_window_s=0.0)
     runtime.close()
     assert [load_cursor(store, name) for name in names] == [last, last]
     # a real split: the two CGM wearers (fixed ids; the HL7 patients' ids are keyed per store) are in different shards

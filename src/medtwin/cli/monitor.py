@@ -342,6 +342,7 @@ def register(app: typer.Typer) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
 
         With --mqtt: device readings from an MQTT broker instead (docs/living-twin.md)."""
+        from medtwin.store.leases import ConsumerBusyError
         from medtwin.twin.worker import DEFAULT_WORKERS
 
         console = make_console()
@@ -356,7 +357,7 @@ def register(app: typer.Typer) -> None:
                 summary = listen_mqtt(db, broker, topic, None if minutes is None else minutes * 60, console,
                                       quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
                                       pseudonymous=pseudonymous, twin_workers=twin_workers)  # fmt: skip
-            except (ValidationError, RuntimeError) as exc:
+            except (ValidationError, ConsumerBusyError, RuntimeError) as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
             console.print(f"stopped: {json.dumps(summary)}", highlight=False)
@@ -383,7 +384,7 @@ def register(app: typer.Typer) -> None:
                     twin_workers=twin_workers,
                 )
             )
-        except ValidationError as exc:  # a refused option combination: say which, no traceback
+        except (ValidationError, ConsumerBusyError) as exc:  # a refused option combination, or another worker set
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         console.print(f"stopped: {json.dumps(summary)}", highlight=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from medtwin.errors import ValidationError
 from medtwin.store import schema
@@ -26,7 +26,15 @@ from medtwin.store.shards import in_shard
 if TYPE_CHECKING:
     from medtwin.store.store import Store
 
-__all__ = ["AcceptedMessage", "accepted_after", "cursors_of", "last_raw_id", "load_cursor", "save_cursor"]
+__all__ = [
+    "AcceptedMessage",
+    "accepted_after",
+    "cursors_of",
+    "delete_cursors",
+    "last_raw_id",
+    "load_cursor",
+    "save_cursor",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +115,20 @@ def save_cursor(store: Store, name: str, position: int) -> None:
             conn.execute(t.insert().values(name=name, position=position, updated=now))
 
 
-def cursors_of(store: Store, names: Sequence[str], prefix: str) -> dict[str, int]:
-    """The saved positions of the consumers named in *names* or whose name starts with *prefix* (name -> position)."""
+def cursors_of(store: Store, names: Sequence[str], prefix: str) -> dict[str, tuple[int, datetime]]:
+    """The saved positions of the consumers named in *names* or whose name starts with *prefix*, with when each was
+    last saved (name -> (position, updated))."""
     t = schema.consumer_cursors
-    stmt = select(t.c.name, t.c.position).where(
+    stmt = select(t.c.name, t.c.position, t.c.updated).where(
         t.c.name.in_(list(names)) | t.c.name.startswith(prefix, autoescape=True)
     )
     with store._reading() as conn:
-        return {str(name): int(position) for name, position in conn.execute(stmt)}
+        return {str(name): (int(position), updated) for name, position, updated in conn.execute(stmt)}
+
+
+def delete_cursors(store: Store, names: Sequence[str]) -> None:
+    """Forget the saved positions of the consumers *names* (a consumer without one starts as a new one)."""
+    if names:
+        t = schema.consumer_cursors
+        with store._transaction() as conn:
+            conn.execute(delete(t).where(t.c.name.in_(list(names))))

@@ -40,6 +40,7 @@ __all__ = [
     "audit_log",
     "conditions",
     "consumer_cursors",
+    "consumer_leases",
     "encounter_locations",
     "encounters",
     "events",
@@ -433,6 +434,17 @@ consumer_cursors = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("position", BigInteger, nullable=False),
+    Column("updated", UTCDateTime(), nullable=False),
+)
+
+# Which worker set follows a consumer's cursors (revision 0050): the holder's token and until when its lease runs
+# (medtwin.store.leases).
+consumer_leases = Table(
+    "consumer_leases",
+    metadata,
+    Column("consumer", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires", UTCDateTime(), nullable=False),
     Column("updated", UTCDateTime(), nullable=False),
 )
 

@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import threading
 import time
@@ -45,12 +46,21 @@ from medtwin.store import (
     Store,
     accepted_after,
     last_raw_id,
-    load_cursor,
     resolve_database_url,
     save_cursor,
 )
-from medtwin.store.cursors import cursors_of
+from medtwin.store.cursors import cursors_of, delete_cursors
 from medtwin.store.engine import sqlite_file
+from medtwin.store.leases import (
+    DEFAULT_LEASE_S,
+    ConsumerLease,
+    ConsumerLeaseLostError,
+    acquire_lease,
+    keep_lease,
+    new_holder,
+    process_holder,
+    release_lease,
+)
 from medtwin.store.locks import lock_path_for
 from medtwin.store.shards import shard_of  # the worker shard that owns a patient: the raw log's stored hash
 from medtwin.twin.runtime import TwinRuntime
@@ -129,6 +139,28 @@ def shard_consumer(name: str, shard: int, shards: int) -> str:
     return name if shards == 1 else f"{name}{_SHARD_SEPARATOR}{shard + 1}-of-{shards}"
 
 
+_SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
+Layouts = dict[int, dict[str, tuple[int, datetime]]]
+
+
+def saved_layouts(store: Store, name: str) -> Layouts:
+    """The saved cursors of consumer *name*, by layout: shard count -> {cursor name: (position, when saved)}."""
+    layouts: Layouts = {}
+    for cursor, saved in cursors_of(store, [name], f"{name}{_SHARD_SEPARATOR}").items():
+        if cursor == name:
+            shards = 1
+        else:
+            found = _SHARD_NAME.fullmatch(cursor[len(name) + len(_SHARD_SEPARATOR) :])
+            shards = int(found.group(2)) if found and 0 < int(found.group(1)) <= int(found.group(2)) else 0
+        if shards:
+            layouts.setdefault(shards, {})[cursor] = saved
+    return layouts
+
+
+def _last_saved(cursors: dict[str, tuple[int, datetime]]) -> datetime:
+    return max(updated for _, updated in cursors.values())
+
+
 class LogFollower:
     """Reads the accepted HL7 v2 messages after a saved cursor and maps them to their observations.
 
@@ -142,9 +174,21 @@ class LogFollower:
     *shards* - 1 together return every record exactly once. It reads, in SQL, only the entries stored with the hash
     of one of its patients and those tied to no single patient (a batch of several, an entry stored before the
     hash was: these it maps and keeps its own records of); its position moves past the other shards' entries
-    whether or not a poll found any of its own, so its cursor follows the log's end. A shard without a saved
-    cursor starts at the lowest cursor of the consumer's other layouts (a change of the worker count: messages in
-    between are processed again, at least once, as after a crash), or at the end of the log when there is none.
+    whether or not a poll found any of its own, so its cursor follows the log's end.
+
+    A change of the worker count (a new layout) starts each shard at the lowest cursor of the layout that ran last
+    (the most recently saved; with the layouts saved after it when it never ran whole): messages in between are
+    processed again, at least once, as after a crash. Layouts before it are not consulted (a 4-shard layout of
+    last month would replay a month), and once every shard of the running layout has saved past an older
+    layout's cursors, those are deleted (:meth:`commit`). A shard's own cursor saved before another layout ran is
+    stale and is replaced the same way. With no other layout it starts at the lowest cursor of its own layout, or
+    at the end of the log when there is none.
+
+    One worker set follows a consumer at a time: the follower holds the consumer's lease (*name*, as *holder*,
+    this process's own token by default; the shards of one set share one) and renews it while it polls and with
+    every cursor save, which commits only while the lease is held (:mod:`medtwin.store.leases`). Another holder's
+    live lease refuses it (:class:`~medtwin.store.leases.ConsumerBusyError`) after waiting up to *wait_s* for that
+    lease to expire; *lease_s*: how long its own lease runs after each renewal.
     """
 
     def __init__(
@@ -156,20 +200,24 @@ class LogFollower:
         batch: int = 500,
         shard: int = 0,
         shards: int = 1,
+        holder: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        wait_s: float = 0.0,
     ) -> None:
         if shards < 1 or not 0 <= shard < shards:
             raise ValidationError(f"twin worker shard {shard} of {shards}: need 0 <= shard < shards")
         self.store = store
+        self.consumer = name
         self.name = shard_consumer(name, shard, shards)
         self.shard = shard
         self.shards = shards
         self.assume_tz = assume_tz
         self.batch = batch
-        saved = load_cursor(store, self.name)
-        if saved is None:
-            others = cursors_of(store, [name], f"{name}{_SHARD_SEPARATOR}")
-            saved = min(others.values()) if others else last_raw_id(store)
-            save_cursor(store, self.name, saved)
+        self.lease = ConsumerLease(name, holder or process_holder(), lease_s)
+        acquire_lease(store, self.lease, wait_s=wait_s)
+        self._renew_at = time.monotonic() + lease_s / 3
+        self._others_retired = False
+        saved = self._start()
         self.position = saved
         self.read = saved
         self.messages = 0
@@ -177,6 +225,49 @@ class LogFollower:
         self.unmappable = 0
         self.last_poll_full = False
         self._owned: dict[str, bool] = {}
+
+    def _start(self) -> int:
+        """The position this shard starts after (saved, when it is not its own saved cursor; see the class)."""
+        layouts = saved_layouts(self.store, self.consumer)
+        own = layouts.pop(self.shards, {})
+        mine = own.pop(self.name, None)
+        newest_first = sorted(layouts.items(), key=lambda item: _last_saved(item[1]), reverse=True)
+        if mine is not None and (not newest_first or mine[1] >= _last_saved(newest_first[0][1])):
+            return mine[0]
+        behind: list[int] = []
+        for shards, cursors in newest_first:  # the newest layouts, down to the newest that ran whole
+            behind += [position for position, _ in cursors.values()]
+            if len(cursors) == shards:
+                break
+        if not behind:
+            behind = [position for position, _ in own.values()]
+        start = min(behind) if behind else last_raw_id(self.store)
+        with self.store.unit_of_work():
+            if mine is not None:  # stale (another layout ran since): replaced, backwards too
+                delete_cursors(self.store, [self.name])
+            save_cursor(self.store, self.name, start)
+        return start
+
+    def _retire_other_layouts(self) -> None:
+        """Delete the cursors of the consumer's other layouts that every shard of this one has saved past (after
+        they all saved since the others last did: a shard not yet started may hold a stale cursor)."""
+        layouts = saved_layouts(self.store, self.consumer)
+        own = layouts.pop(self.shards, {})
+        if not layouts:
+            self._others_retired = True
+            return
+        if len(own) < self.shards or min(u for _, u in own.values()) < max(map(_last_saved, layouts.values())):
+            return
+        floor = min(position for position, _ in own.values())
+        passed = [name for cursors in layouts.values() for name, (position, _) in cursors.items() if position <= floor]
+        delete_cursors(self.store, passed)
+
+    def keep_lease_when_due(self) -> None:
+        """Renew the lease when a third of it has passed (raises
+        :class:`~medtwin.store.leases.ConsumerLeaseLostError` when another set has taken it over)."""
+        if time.monotonic() >= self._renew_at:
+            keep_lease(self.store, self.lease)
+            self._renew_at = time.monotonic() + self.lease.lease_s / 3
 
     def owns(self, patient_id: str) -> bool:
         """Whether this follower's shard owns *patient_id* (always, unsharded)."""
@@ -220,6 +311,7 @@ class LogFollower:
         maps (a changed mapping, a different time zone setting) is logged with its raw id and skipped, never
         silently.
         """
+        self.keep_lease_when_due()
         sharded = self.shards > 1
         # sharded: the log's end first, then this shard's entries up to it; a poll that is not full has seen every
         # entry up to that end (one writer commits at a time: no lower id can commit after a higher one is seen)
@@ -252,9 +344,15 @@ class LogFollower:
         return out
 
     def commit(self) -> None:
-        """Save the position after every message :meth:`poll` has returned (call once they are processed)."""
+        """Save the position after every message :meth:`poll` has returned (call once they are processed), with the
+        lease renewed in the same transaction: nothing is saved once another worker set has taken the lease over."""
         if self.read != self.position:
-            save_cursor(self.store, self.name, self.read)
+            with self.store.unit_of_work():
+                keep_lease(self.store, self.lease)
+                save_cursor(self.store, self.name, self.read)
+                if not self._others_retired:
+                    self._retire_other_layouts()
+            self._renew_at = time.monotonic() + self.lease.lease_s / 3
             self.position = self.read
 
 
@@ -432,6 +530,8 @@ def recover_and_follow(
     abandon: Callable[[], bool] | None = None,
     shard: int = 0,
     shards: int = 1,
+    holder: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> dict[str, Any]:
     """:func:`follow` that survives failures; returns :class:`WorkerStats` as a dict (of the last attempt) plus
     ``restarts``, ``skipped`` and ``messages_read`` (every read, re-reads after a restart included).
@@ -443,7 +543,9 @@ def recover_and_follow(
     alert records it (:func:`record_skipped`), as it does for a stored message that no longer maps.
     Stepping over is a cursor write: while the store cannot be written (disk full, database down) nothing is
     skipped and the worker keeps retrying every *retry_pause_s*. *abandon*: as for :func:`follow` (and no retry
-    once it returns True). *shard* of *shards*: the patients this worker owns, and its cursor (:class:`LogFollower`).
+    once it returns True). *shard* of *shards*: the patients this worker owns, and its cursor; *holder*, *lease_s*:
+    the consumer's lease (:class:`LogFollower`). A lease taken over by another worker set is not retried: its
+    :class:`~medtwin.store.leases.ConsumerLeaseLostError` is raised.
     """
     restarts = skipped = failures = stop_retries = read = 0
     failed_at: int | None = None
@@ -451,7 +553,7 @@ def recover_and_follow(
     while True:
         runtime = make_runtime()
         follower = LogFollower(store, name=name, assume_tz=assume_tz, batch=1 if isolating else 500, shard=shard,
-                               shards=shards)  # fmt: skip
+                               shards=shards, holder=holder, lease_s=lease_s)  # fmt: skip
         if on_ready is not None:
             on_ready(follower.position)
             on_ready = None
@@ -467,6 +569,8 @@ def recover_and_follow(
             # would otherwise snapshot all their twins in the same second, every interval, both cores at once
             stats = follow(follower, runtime, should_stop=should_stop, abandon=abandon,
                            first_checkpoint_s=CHECKPOINT_EVERY_S * (shard + 1) / shards)  # fmt: skip
+        except ConsumerLeaseLostError:
+            raise  # another worker set follows these cursors now: a restart here would be refused
         except Exception:
             restarts += 1
             position = follower.position
@@ -478,7 +582,9 @@ def recover_and_follow(
                     bad = accepted_after(store, position, content_type=FOLLOWED_CONTENT_TYPES, limit=1,
                                          shard=(shard, shards))  # fmt: skip
                     if bad:
-                        save_cursor(store, follower.name, bad[0].raw_id)
+                        with store.unit_of_work():
+                            keep_lease(store, follower.lease)
+                            save_cursor(store, follower.name, bad[0].raw_id)
                         skipped += 1
                         failures = stop_retries = 0  # progress
                         log.error("twin runtime: raw message %d failed %d times on its own; stepped over",
@@ -532,9 +638,11 @@ def _child(
     settings: dict[str, Any] | None = None,
     shard: int = 0,
     shards: int = 1,
+    holder: str | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> None:
-    """The worker process (shard *shard* of *shards*): follow the log until told to stop (or until the parent
-    dies), then report."""
+    """The worker process (shard *shard* of *shards*, of the set whose lease *holder* holds): follow the log until
+    told to stop (or until the parent dies), then report."""
     _share_cores(shards)
     # NORMAL sync: the worker writes derived data only (events, NEWS2, snapshots, its cursor after them), computed
     # again from the durable raw log if a power loss takes its last commits back; its commits then hold the write
@@ -575,6 +683,8 @@ def _child(
             abandon=orphaned.is_set,
             shard=shard,
             shards=shards,
+            holder=holder,
+            lease_s=lease_s,
         )
         conn.send(report)
     except Exception as exc:  # report, then fail: the parent shows why
@@ -626,6 +736,11 @@ class RuntimeProcess:
     that found the WAL past 10,000 pages ran a 15-30 ms checkpoint while holding the write lock, and the listener's
     ACKs waited for it). *settings*: the twin components' settings (picklable values, e.g.
     ``{"glucose_particles": 64}``).
+
+    One set of workers follows a store's consumer *name*: :meth:`start` takes the consumer's lease for the set
+    before it starts a process (:mod:`medtwin.store.leases`; the workers renew it every third of *lease_s*), and
+    raises :class:`~medtwin.store.leases.ConsumerBusyError` while another set holds it, after waiting up to
+    *lease_s* for a lease that is no longer renewed (a set that was killed) to expire; :meth:`stop` gives it up.
     """
 
     def __init__(
@@ -639,9 +754,11 @@ class RuntimeProcess:
         write_lock: SharedWriteLock | None = None,
         settings: dict[str, Any] | None = None,
         workers: int = 1,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if not 1 <= workers <= 64:
             raise ValidationError(f"twin workers: 1 to 64, got {workers}")
+        self.lease = ConsumerLease(name, new_holder(), lease_s)
         self.db = db
         self.settings = settings
         self.write_lock = write_lock
@@ -674,6 +791,7 @@ class RuntimeProcess:
     def start(self, timeout_s: float = 120.0) -> int:
         """Start the children and wait until their cursors are in place; returns the lowest log position they start
         after."""
+        self._with_store(lambda store: acquire_lease(store, self.lease, wait_s=self.lease.lease_s))
         self._stop = self._ctx.Event()
         positions = []
         for shard in range(self.workers):
@@ -693,6 +811,8 @@ class RuntimeProcess:
                     self.settings,
                     shard,
                     self.workers,
+                    self.lease.holder,
+                    self.lease.lease_s,
                 ),
                 name="medtwin-twin-runtime" if self.workers == 1 else f"medtwin-twin-runtime-{shard + 1}",
                 daemon=True,
@@ -713,6 +833,14 @@ class RuntimeProcess:
             positions.append(int(reply["ready"]))
         return min(positions)
 
+    def _with_store(self, use: Callable[[Store], None]) -> None:
+        store = Store(self.db, cache_mib=WORKER_CACHE_MIB, write_lock=self.write_lock,
+                      checkpoints_elsewhere=self.write_lock is not None)  # fmt: skip
+        try:
+            use(store)
+        finally:
+            store.close()
+
     def _kill_all(self) -> None:
         for proc in self._procs:
             if proc.is_alive():
@@ -721,6 +849,11 @@ class RuntimeProcess:
         for conn in self._conns:
             conn.close()
         self._procs, self._conns = [], []
+        try:  # every worker of the set has exited: the next set may start at once
+            self._with_store(lambda store: release_lease(store, self.lease))
+        except Exception as exc:  # the workers are stopped all the same; the lease then runs out by itself
+            log.warning("twin runtime: cannot give up the lease of %r (%s); it expires in %.0f s", self.name, exc,
+                        self.lease.lease_s)  # fmt: skip
 
     def stop(self, timeout_s: float = 120.0) -> dict[str, Any]:
         """Ask the children to finish what is stored, snapshot their twins and exit; returns their statistics (with
