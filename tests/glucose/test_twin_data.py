@@ -191,3 +191,27 @@ def test_therapies_rewrite_boluses_and_basal() -> None:
             parse_basal_profile(bad)
     with pytest.raises(ValidationError, match="needs CR"):
         Therapy(controller="basal-bolus")
+
+
+def test_sensor_limit_readings_are_left_out_or_kept_as_bounds() -> None:
+    d = _trace([60.0, 55.0, 50.0, 45.0, 40.0, 40.0, 40.0, 42.0, 44.0])  # a slow low, two readings at the limit
+    d = TherapyData(**{**{k: getattr(d, k) for k in d.__dataclass_fields__},
+                       "cgm_censored": np.array([0, 0, 0, 0, 0, 1, 1, 0, 0.0])})  # fmt: skip
+    dropped = assess_quality(d)
+    assert dropped.fit_mask.tolist() == [1, 1, 1, 1, 1, 0, 0, 1, 1]
+    assert "left out of the fit" in dropped.issues[0].detail
+    bounds = assess_quality(d, fit_sensor_limits=True)
+    assert bounds.fit_mask.tolist() == [1] * 9
+    assert [i.kind for i in bounds.issues] == ["sensor-limit"]
+    assert "fitted as bounds" in bounds.issues[0].detail
+
+
+def test_in_silico_records_mark_the_sensors_clipped_readings_censored() -> None:
+    from medtwin.glucose.devices import sensor_spec
+    from medtwin.glucose.insilico import simulate_therapy_a
+
+    spec = sensor_spec("Dexcom")
+    d = simulate_therapy_a(["child#004"], days=2, seed=4).data[0]  # deep lows under the calculator's doses
+    at_limit = (d.cgm_mg_dl <= spec.min_mg_dl) | (d.cgm_mg_dl >= spec.max_mg_dl)
+    assert at_limit.sum() > 10
+    np.testing.assert_array_equal(d.cgm_censored > 0, at_limit)

@@ -165,3 +165,32 @@ def test_a_fallback_naming_no_identified_parameter_changes_nothing(twin_days: An
     with_fallback = fit(data, prior, settings=replace(settings, fallback=("b", "k2"), fallback_steps=50))
     np.testing.assert_array_equal(plain.draws, with_fallback.draws)
     assert with_fallback.diagnostics.dropped == ()
+
+
+def test_sensor_limit_readings_are_bounds_in_the_likelihood(twin_days: Any) -> None:
+    from medtwin.glucose.data_quality import assess_quality
+    from medtwin.glucose.identify import Objective
+    from medtwin.glucose.twin_model import PersonalModel
+
+    data = twin_days.data[0]
+    censored = np.zeros(data.cgm_t_min.size)
+    censored[[0, 5]] = 1.0  # the first two fitted readings (3-min readings taken 15 min apart)
+    values = data.cgm_mg_dl.copy()
+    values[0], values[5] = 40.0, 400.0  # a Low, a High
+    data = replace(data, cgm_mg_dl=values, cgm_censored=censored)
+    model = PersonalModel(population_prior("adult"), body_weight_kg=float(data.body_weight_kg or 70.0), basal_u_h=1.0)
+    quality = assess_quality(data, fit_sensor_limits=True, exclude_unexplained_rises=False)
+    assert "compression-low" not in [i.kind for i in quality.issues]  # (rises are listed, not left out, here)
+    objective = Objective(model, data, quality)
+    assert objective.below.tolist()[:2] == [True, False]
+    assert objective.above.tolist()[:2] == [False, True]
+    bg = np.full((2, objective.t.size), 100.0)
+    bg[1, 0], bg[1, 1] = 30.0, 450.0  # on the limits' far sides: consistent with Low and High
+    e = objective.residuals(bg)
+    assert e[0, 0] == pytest.approx(-60.0)  # model 100 above a Low at 40: the excess is the residual
+    assert e[0, 1] == pytest.approx(300.0)  # model 100 below a High at 400
+    assert e[1, 0] == 0.0
+    assert e[1, 1] == 0.0
+    np.testing.assert_allclose(e[:, 2:], np.tile(objective.y[2:] - 100.0, (2, 1)))
+    dropped = Objective(model, data, assess_quality(data, exclude_unexplained_rises=False))
+    assert dropped.t.size == objective.t.size - 2

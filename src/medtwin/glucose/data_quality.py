@@ -2,7 +2,8 @@
 
 - **Gaps** (readings more than *gap_min* apart): nothing is inferred inside; the model runs through them on the
   recorded insulin and meals, and the fit resumes at the next reading.
-- **Sensor limits** (``Low``/``High``, readings at 40 / 400 mg/dL): censored values, left out of the fit.
+- **Sensor limits** (``Low``/``High``, readings at 40 / 400 mg/dL): censored values, fitted as bounds
+  (``fit_sensor_limits``, what the identification asks for by default) or left out of the fit.
 - **Compression lows**: a fall of >= 30 mg/dL at >= 2 mg/dL/min to a nadir below 70 mg/dL and a rise of >= 30
   mg/dL at the same speed within an hour, with no carbohydrate recorded in between. Interstitial glucose cannot
   fall and recover that fast without treatment (the model's plasma-to-interstitial exchange limits both), so it is
@@ -116,8 +117,12 @@ def _unexplained_rises(
     return found
 
 
-def assess_quality(data: TherapyData, *, gap_min: float = 15.0, exclude_unexplained_rises: bool = True) -> DataQuality:
-    """Find gaps, sensor-limit readings, compression lows and unexplained rises (see the module docstring)."""
+def assess_quality(
+    data: TherapyData, *, gap_min: float = 15.0, exclude_unexplained_rises: bool = True, fit_sensor_limits: bool = False
+) -> DataQuality:
+    """Find gaps, sensor-limit readings, compression lows and unexplained rises (see the module docstring). With
+    *fit_sensor_limits* the sensor-limit readings stay in the fit as bounds (the likelihood of
+    :mod:`medtwin.glucose.identify`) instead of being left out."""
     t, g = data.cgm_t_min, data.cgm_mg_dl
     mask = np.ones(t.size, dtype=bool)
     issues: list[DataIssue] = []
@@ -130,9 +135,12 @@ def assess_quality(data: TherapyData, *, gap_min: float = 15.0, exclude_unexplai
         issues.append(DataIssue("gap", t0, t1, detail))
     censored = data.cgm_censored > 0
     if np.any(censored):
-        mask &= ~censored
+        if not fit_sensor_limits:
+            mask &= ~censored
+        use = ("fitted as bounds: the glucose was at or beyond the limit" if fit_sensor_limits
+               else "left out of the fit")  # fmt: skip
         issues.append(DataIssue("sensor-limit", float(t[censored][0]), float(t[censored][-1]),
-                                f"{int(censored.sum())} Low/High readings (censored) left out of the fit"))  # fmt: skip
+                                f"{int(censored.sum())} Low/High readings (censored) {use}"))  # fmt: skip
     lows = _compression_lows(data, t, g)
     for t0, t1, nadir in lows:
         mask &= ~((t >= t0) & (t <= t1))

@@ -12,8 +12,11 @@ log L = -(n/2) log Q with Q the whitened residual sum of squares; tau is set at 
 5-300 min) and held fixed while sampling. The model BG at the readings comes from the split kernel
 (:mod:`medtwin.glucose._split_kernels`: exact insulin, glucose in steps of up to 3 minutes, within 0.06 mg/dL of the
 minute-exact kernel for prior draws that stay above 10 mg/dL). Readings flagged by
-:func:`~medtwin.glucose.data_quality.assess_quality` (sensor limits, compression lows, unexplained rises) are left
-out.
+:func:`~medtwin.glucose.data_quality.assess_quality` (compression lows, unexplained rises) are left out; sensor-limit
+readings (a CGM's Low and High) are bounds (``FitSettings.sensor_limits_as_bounds``, the default): a Low says the
+glucose was at or below the limit, so a model below it leaves no residual and a model above it the excess, as if the
+limit had been read (a one-sided residual under the same whitening; left out, the hours a child spends below 40 mg/dL
+told the fit nothing).
 
 Algorithm: (1) MAP by Levenberg-Marquardt from several starts (the prior mean and prior draws), Jacobians by
 forward differences, every start and every difference of one iteration simulated in one batch; (2) walkers drawn
@@ -52,6 +55,8 @@ __all__ = [
 ]  # fmt: skip
 
 _G0_LOG_SD = 0.1
+_MID_RANGE_MG_DL = 200.0
+"""A censored reading below this is a Low (the glucose at or below it), at or above it a High."""
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _DEFAULT_WALKERS = 24
@@ -84,6 +89,7 @@ class FitSettings:
     starts: int = 4
     keep_draws: int = 400
     exclude_unexplained_rises: bool = True
+    sensor_limits_as_bounds: bool = True
     seed: int = 1
     glucose_step_min: int = MAX_STEP_MIN
     de_weight: float = 0.0
@@ -157,6 +163,11 @@ class Objective:
             raise ValidationError(f"{data.source or 'data'}: {np.count_nonzero(mask)} usable CGM readings, need 10")
         self.t = data.cgm_t_min[mask]
         self.y = data.cgm_mg_dl[mask]
+        # sensor-limit readings kept in the fit are bounds: a Low says the glucose was at or below the limit, a High
+        # at or above it, so a model on the right side of the limit leaves no residual there
+        limit = data.cgm_censored[mask] > 0
+        self.below = limit & (self.y < _MID_RANGE_MG_DL)
+        self.above = limit & (self.y >= _MID_RANGE_MG_DL)
         self.index = np.rint(self.t).astype(np.int64)
         self.minutes = int(self.index[-1])
         early = data.cgm_mg_dl[(data.cgm_t_min <= 15.0) & (data.cgm_censored == 0)]
@@ -194,7 +205,16 @@ class Objective:
     def whitened_steps(self, theta: FloatArray) -> Steps[FloatArray]:
         """:meth:`whitened` as steps of :func:`_drive` (the simulation batched with other fits')."""
         bg = yield from self._predict_steps(theta)
-        return np.asarray(ou_whiten((self.y - bg).T, self.t, self.tau_min).T, dtype=np.float64)
+        return np.asarray(ou_whiten(self.residuals(bg).T, self.t, self.tau_min).T, dtype=np.float64)
+
+    def residuals(self, bg: FloatArray) -> FloatArray:
+        """Readings minus model BG ``(B, n)``; at a sensor-limit reading only the part on the wrong side of it."""
+        e: FloatArray = self.y - np.atleast_2d(bg)
+        if np.any(self.below):
+            e[:, self.below] = np.minimum(e[:, self.below], 0.0)
+        if np.any(self.above):
+            e[:, self.above] = np.maximum(e[:, self.above], 0.0)
+        return e
 
     def prior_residuals(self, theta: FloatArray) -> FloatArray:
         """Standardised prior residuals ``(B, dim)`` (their squared sum is -2 log prior)."""
@@ -227,7 +247,7 @@ class Objective:
 
     def estimate_tau_steps(self, theta: FloatArray) -> Steps[float]:
         """:meth:`estimate_tau` as steps of :func:`_drive`."""
-        e = self.y - (yield from self._predict_steps(np.atleast_2d(theta)))[0]
+        e = self.residuals((yield from self._predict_steps(np.atleast_2d(theta))))[0]
         dt = np.diff(self.t)
         best = (-np.inf, self.tau_min)
         for tau in _TAU_GRID_MIN:
@@ -428,8 +448,8 @@ class Posterior:
 
 
 def _residual_sd(model: PersonalModel, data: TherapyData, quality: DataQuality, theta: FloatArray) -> float:
-    """SD (mg/dL) of CGM minus the model at *theta* over every reading the fit may use."""
-    use = quality.fit_mask > 0
+    """SD (mg/dL) of CGM minus the model at *theta* over every reading the fit may use (sensor-limit ones aside)."""
+    use = (quality.fit_mask > 0) & (data.cgm_censored == 0)
     bg = model.simulate(theta[None, :-1], data, initial_glucose_mg_dl=np.exp(theta[-1]))[:, 0]
     residual = data.cgm_mg_dl[use] - bg[np.rint(data.cgm_t_min[use]).astype(np.int64)]
     return float(np.sqrt(np.mean(residual**2)))
@@ -513,7 +533,11 @@ def _fit_once(
 ) -> Steps[Posterior]:
     if data.body_weight_kg is None:
         raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
-    quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
+    quality = assess_quality(
+        data,
+        exclude_unexplained_rises=settings.exclude_unexplained_rises,
+        fit_sensor_limits=settings.sensor_limits_as_bounds,
+    )
     model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
     objective = Objective(model, data, quality, glucose_step_min=settings.glucose_step_min)
     rng = np.random.default_rng(settings.seed)
@@ -579,7 +603,11 @@ def fit_map_cohort(
     for data, prior in zip(datasets, priors, strict=True):
         if data.body_weight_kg is None:
             raise ValidationError(f"{data.source or 'data'}: the body weight (kg) is needed to identify the model")
-        quality = assess_quality(data, exclude_unexplained_rises=settings.exclude_unexplained_rises)
+        quality = assess_quality(
+            data,
+            exclude_unexplained_rises=settings.exclude_unexplained_rises,
+            fit_sensor_limits=settings.sensor_limits_as_bounds,
+        )
         model = PersonalModel(prior, body_weight_kg=data.body_weight_kg, basal_u_h=_reference_basal(data))
         objectives.append(Objective(model, data, quality, glucose_step_min=settings.glucose_step_min))
     found = _drive([_map(o, settings, np.random.default_rng(settings.seed)) for o in objectives])

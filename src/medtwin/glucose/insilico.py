@@ -38,12 +38,24 @@ class InSilicoDays:
     data: tuple[TherapyData, ...]
 
 
-def therapy_data_from_result(result: ClosedLoopResult, member: int, *, body_weight_kg: float) -> TherapyData:
+def therapy_data_from_result(
+    result: ClosedLoopResult,
+    member: int,
+    *,
+    body_weight_kg: float,
+    cgm_limits_mg_dl: tuple[float, float] | None = None,
+) -> TherapyData:
     """The records of one member of a closed-loop run: CGM readings every sample period, one bolus per control
-    period in which the pump delivered more than basal, the basal rate, and the announced carbohydrate."""
+    period in which the pump delivered more than basal, the basal rate, and the announced carbohydrate. Readings at
+    the sensor's limits *cgm_limits_mg_dl* (the simulated sensor clips there) are marked censored, as a CGM export
+    marks its Low and High readings."""
     st = result.sample_time_min
     minutes = result.insulin_u_min.shape[0]
     cgm_t = np.arange(0, minutes + 1, st, dtype=np.float64)
+    cgm = result.cgm_mg_dl[::st, member].copy()
+    censored = np.zeros(cgm_t.size)
+    if cgm_limits_mg_dl is not None:
+        censored[(cgm <= cgm_limits_mg_dl[0]) | (cgm >= cgm_limits_mg_dl[1])] = 1.0
     insulin = result.insulin_u_min[:, member]
     basal = float(np.min(insulin))
     extra = (insulin - basal).reshape(-1, st).sum(axis=1)
@@ -51,8 +63,8 @@ def therapy_data_from_result(result: ClosedLoopResult, member: int, *, body_weig
     carbs = result.cho_announced_g[:, member]
     carbs_k = np.flatnonzero(carbs > 0)
     return TherapyData(
-        start=START, cgm_t_min=cgm_t, cgm_mg_dl=result.cgm_mg_dl[::st, member].copy(),
-        cgm_censored=np.zeros(cgm_t.size), bolus_t_min=(bolus_k * st).astype(np.float64), bolus_u=extra[bolus_k],
+        start=START, cgm_t_min=cgm_t, cgm_mg_dl=cgm,
+        cgm_censored=censored, bolus_t_min=(bolus_k * st).astype(np.float64), bolus_u=extra[bolus_k],
         basal_t_min=np.zeros(1), basal_u_h=np.array([basal * 60.0]), carbs_t_min=carbs_k.astype(np.float64),
         carbs_g=carbs[carbs_k].copy(), body_weight_kg=body_weight_kg, source=f"in silico {result.names[member]}",
     )  # fmt: skip
@@ -70,6 +82,7 @@ def simulate_therapy_a(
     """*days* of the basal-bolus controller with randomized meals (times SD 30 min, sizes x0.7-1.3) and CGM noise
     (member i seeded ``seed + i``), from ``START`` (midnight UTC)."""
     cohort = load_cohort(list(names))
+    spec = sensor_spec(sensor)
     minutes = 1440 * days
     rng = np.random.default_rng(seed)
     plan = meal_matrix(minutes, daily_meals(cohort.size, days, meals, rng=rng), cohort.size)
@@ -78,11 +91,13 @@ def simulate_therapy_a(
         minutes=minutes,
         meals=plan,
         controller=make_controller("basal-bolus", cohort),
-        sensor=CGMSensor(sensor_spec(sensor), [seed + i for i in range(cohort.size)]),
+        sensor=CGMSensor(spec, [seed + i for i in range(cohort.size)]),
         pump=InsulinPump(pump_spec(pump)),
     )
+    limits = (spec.min_mg_dl, spec.max_mg_dl)
     data = tuple(
-        therapy_data_from_result(result, b, body_weight_kg=float(cohort.params["BW"][b])) for b in range(cohort.size)
+        therapy_data_from_result(result, b, body_weight_kg=float(cohort.params["BW"][b]), cgm_limits_mg_dl=limits)
+        for b in range(cohort.size)
     )
     return InSilicoDays(cohort=cohort, result=result, data=data)
 
