@@ -10,6 +10,8 @@ behind its choice of parameters; prints the tables of docs/models/glucose_twin.m
     .venv/bin/python bench/glucose_twin_validation.py --dose-response-oracle --seed 1    # why x1.3 misses (MAP)
     .venv/bin/python bench/glucose_twin_validation.py --replay-estimators --seed 1 --fits /tmp/fits-seed1.pkl
                                                         # the replay's TIR estimators from the same (saved) fits
+    .venv/bin/python bench/glucose_twin_validation.py --held-mixture --donors group --seed 1 --tie
+                                                        # held parameters from donors, weighed by evidence (MAP)
 """
 
 from __future__ import annotations
@@ -289,6 +291,115 @@ def replay_estimators(seed: int, cache: Path | None) -> None:
             print(f"  {x['name']}: {x['tir_true_pct']:.1f}; " + " / ".join(f"{v:+.1f}" for v in d))
 
 
+def _weighted_median(values, weights):  # type: ignore[no-untyped-def]
+    """The smallest value whose cumulative weight (values sorted) reaches half the total."""
+    import numpy as np
+
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def held_mixture(seed: int, donors: str, tie: bool, out: Path | None, chunk: int = 150) -> None:
+    """The parameters the twin holds taken not at the group's geometric mean but from "donors": for each patient k
+    and each donor j (the other members of k's age group, or all 29 others) the MAP of the 9 with every held
+    parameter at donor j's true value, weighed by its Laplace evidence (a Bayesian model average over the
+    population's joint distribution of the held parameters; the patient's own values are never used). The replay
+    of boluses x1.3 combined as (a) the highest-evidence donor's TIR, (b) the weighted median and (c) the weighted
+    mean of the donors' TIRs; beside it the protocol (held at the group mean) and the oracle (held at the truth),
+    with the same data and MAP protocol as ``--dose-response-oracle``."""
+    from dataclasses import replace as dc_replace
+
+    import numpy as np
+
+    from medtwin.glucose.identify import fit_map_evidence_cohort
+    from medtwin.glucose.insilico import simulate_therapy_a, true_glucose
+    from medtwin.glucose.therapy import apply_therapy
+    from medtwin.glucose.twin_model import population_prior, population_values
+    from medtwin.glucose.twin_validation import _member, _tir
+
+    names = all_patient_names()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    sim = simulate_therapy_a(names, days=2, seed=seed)
+    truth = population_values(names)
+    priors = [population_prior(n.split("#")[0], exclude=[n], tie=tie) for n in names]
+    a = list(sim.data)
+    b = [apply_therapy(d, Therapy(bolus_scale=1.3)) for d in a]
+    true_b = [true_glucose(_member(sim.cohort, k), [b[k]])[:, 0] for k in range(len(names))]
+    tir_true = np.array([_tir(t[:, None])[0] for t in true_b])
+
+    def held_at(k: int, j: int):  # type: ignore[no-untyped-def]
+        """Patient k's prior with every held parameter at patient j's true value."""
+        p = priors[k]
+        return dc_replace(p, fixed={n: (float(truth[n][j]) if n in truth else v) for n, v in p.fixed.items()})
+
+    def donors_of(k: int) -> list[int]:
+        group = names[k].split("#")[0]
+        return [j for j, n in enumerate(names) if j != k and (donors == "all" or n.split("#")[0] == group)]
+
+    jobs = [(k, None) for k in range(len(names))] + [(k, k) for k in range(len(names))]
+    jobs += [(k, j) for k in range(len(names)) for j in donors_of(k)]
+    fits = []
+    for lo in range(0, len(jobs), chunk):
+        part = jobs[lo : lo + chunk]
+        fits += fit_map_evidence_cohort([a[k] for k, _ in part],
+                                        [priors[k] if j is None else held_at(k, j) for k, j in part])  # fmt: skip
+    fit_cpu = time.process_time() - cpu0
+
+    def tir_of(k: int, f) -> float:  # type: ignore[no-untyped-def]
+        """The twin's TIR under x1.3 at fit *f* over the minutes of the truth's (as in the oracle)."""
+        bg = f.model.simulate(f.theta[None, :-1], b[k], initial_glucose_mg_dl=float(np.exp(f.theta[-1])))[:, 0]
+        if bg.size < true_b[k].size:
+            raise RuntimeError(f"{names[k]}: replay of {bg.size} minutes, truth {true_b[k].size}")
+        return float(_tir(bg[: true_b[k].size, None])[0])
+
+    results: dict[str, list[float]] = {"A (the protocol)": [], "A, held at the truth (oracle)": [],
+                                       "mixture (a) top donor": [], "mixture (b) weighted median": [],
+                                       "mixture (c) weighted mean": []}  # fmt: skip
+    per_patient = []
+    for k, name in enumerate(names):
+        mine = [(j, f) for (kk, j), f in zip(jobs, fits, strict=True) if kk == k]
+        base = next(f for j, f in mine if j is None)
+        oracle = next(f for j, f in mine if j == k)
+        comp = [(j, f) for j, f in mine if j is not None and j != k]
+        ev = np.array([f.log_evidence for _, f in comp])
+        w = np.exp(ev - ev.max())
+        w /= w.sum()
+        tirs = np.array([tir_of(k, f) for _, f in comp])
+        top = int(np.argmax(ev))
+        row = {"name": name, "tir_true": float(tir_true[k]), "protocol": tir_of(k, base), "oracle": tir_of(k, oracle),
+               "top": float(tirs[top]), "median": _weighted_median(tirs, w), "mean": float(np.sum(w * tirs)),
+               "n_eff": float(1.0 / np.sum(w**2)), "top_donor": names[comp[top][0]],
+               "evidence_protocol_minus_top": float(base.log_evidence - ev.max()),
+               "evidence_oracle_minus_top": float(oracle.log_evidence - ev.max()),
+               "components": [{"donor": names[j], "log_evidence": float(f.log_evidence), "weight": float(wj),
+                               "tir": float(t), "tau_min": f.tau_min}
+                              for (j, f), wj, t in zip(comp, w, tirs, strict=True)]}  # fmt: skip
+        per_patient.append(row)
+        for label, key in zip(results, ("protocol", "oracle", "top", "median", "mean"), strict=True):
+            results[label].append(row[key] - row["tir_true"])
+    print(f"\nseed {seed}, donors: {donors}, tie: {tie}; {len(jobs)} MAP fits, {fit_cpu:.0f} s CPU, "
+          f"{time.perf_counter() - t0:.0f} s wall, load {os.getloadavg()}\n")  # fmt: skip
+    print("| held parameters | abs dTIR <= 5 | median abs dTIR | mean signed dTIR |")
+    print("|---|---|---|---|")
+    for label, d in results.items():
+        x = np.array(d)
+        print(f"| {label} | {100 * np.mean(np.abs(x) <= 5):.0f} % | {np.median(np.abs(x)):.1f} | {x.mean():+.1f} |")
+    n_eff = np.array([r["n_eff"] for r in per_patient])
+    print(f"\neffective components 1 / sum w^2: median {np.median(n_eff):.2f}, range {n_eff.min():.2f}-"
+          f"{n_eff.max():.2f}; log evidence of the protocol / the oracle minus the top donor's: median "
+          f"{np.median([r['evidence_protocol_minus_top'] for r in per_patient]):+.1f} / "
+          f"{np.median([r['evidence_oracle_minus_top'] for r in per_patient]):+.1f}\n")  # fmt: skip
+    print("| patient | true TIR | dTIR protocol | oracle | top | w. median | w. mean | n_eff | top donor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in per_patient:
+        d = [r[key] - r["tir_true"] for key in ("protocol", "oracle", "top", "median", "mean")]
+        print(f"| {r['name']} | {r['tir_true']:.1f} | " + " | ".join(f"{v:+.1f}" for v in d)
+              + f" | {r['n_eff']:.2f} | {r['top_donor']} |")  # fmt: skip
+    if out is not None:
+        out.write_text(json.dumps({"seed": seed, "donors": donors, "tie": tie, "patients": per_patient}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
@@ -318,6 +429,8 @@ def main() -> None:
         help="m2 (m30) follows an identified m4 (m1) in the population's ratio instead of being held (TIED_PARAMETERS)",
     )
     parser.add_argument("--replay-estimators", action="store_true", help="the replay's TIR estimators, same fits")
+    parser.add_argument("--held-mixture", action="store_true", help="held parameters from donors, evidence-weighted")
+    parser.add_argument("--donors", choices=("group", "all"), default="group", help="with --held-mixture")
     parser.add_argument("--fits", type=Path, default=None, help="with --replay-estimators: saved fits (made if absent)")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
@@ -338,6 +451,9 @@ def main() -> None:
         return
     if args.dose_response_oracle:
         dose_response_oracle(args.seed)
+        return
+    if args.held_mixture:
+        held_mixture(args.seed, args.donors, args.tie, args.out)
         return
     if args.compare_sets:
         sets = CANDIDATE_SETS if args.identified is None else (tuple(args.identified.split(",")),)

@@ -18,6 +18,7 @@ from medtwin.glucose.identify import (
     fit_cohort,
     fit_map,
     fit_map_cohort,
+    fit_map_evidence_cohort,
     update,
 )
 from medtwin.glucose.twin_model import population_prior, population_values
@@ -111,6 +112,23 @@ def test_a_batched_cohort_fit_gives_each_person_their_own_fit(twin_days: Any) ->
         assert batched.diagnostics.simulations == alone.diagnostics.simulations
     maps = fit_map_cohort(people, priors, settings=settings)
     np.testing.assert_array_equal(maps[1][0], fit_map(people[1], priors[1], settings=settings)[0])
+
+
+def test_the_evidence_of_held_values_prefers_the_persons_own(twin_days: Any) -> None:
+    """fit_map_evidence_cohort: the same MAP as fit_map_cohort, and a Laplace evidence that ranks the person's own
+    held values above the group's mean, and the group's mean above held values no patient has (Vm0 and kp2 x 3)."""
+    data = twin_days.data[0].window(0.0, 2880.0)
+    prior = population_prior("adult", exclude=["adult#001"])
+    truth = population_values(["adult#001"])
+    own = replace(prior, fixed={n: (float(truth[n][0]) if n in truth else v) for n, v in prior.fixed.items()})
+    wrong = replace(own, fixed={**own.fixed, "Vm0": 3.0 * own.fixed["Vm0"], "kp2": 3.0 * own.fixed["kp2"]})
+    fits = fit_map_evidence_cohort([data] * 3, [prior, own, wrong])
+    np.testing.assert_array_equal(fits[0].theta, fit_map_cohort([data], [prior])[0][0])
+    evidence = [f.log_evidence for f in fits]
+    assert evidence[1] > evidence[0] + 3.0, evidence  # 2 days: -801 (own), -807 (group mean), -815 (x 3)
+    assert evidence[0] > evidence[2] + 3.0, evidence
+    assert all(np.isfinite(f.log_evidence) for f in fits)
+    assert all(5.0 <= f.tau_min <= 300.0 for f in fits)
 
 
 def test_a_cohort_fit_names_the_person_whose_fit_failed(twin_days: Any) -> None:
