@@ -10,8 +10,9 @@ behind its choice of parameters; prints the tables of docs/models/glucose_twin.m
     .venv/bin/python bench/glucose_twin_validation.py --dose-response-oracle --seed 1    # why x1.3 misses (MAP)
     .venv/bin/python bench/glucose_twin_validation.py --replay-estimators --seed 1 --fits /tmp/fits-seed1.pkl
                                                         # the replay's TIR estimators from the same (saved) fits
-    .venv/bin/python bench/glucose_twin_validation.py --held-mixture --donors group --seed 1 --tie
+    .venv/bin/python bench/glucose_twin_validation.py --held-mixture --donors group --seed 1 --tie --out s1.json
                                                         # held parameters from donors, weighed by evidence (MAP)
+    .venv/bin/python bench/glucose_twin_validation.py --pool-mixture s1.json s2.json   # pooled over seeds
 """
 
 from __future__ import annotations
@@ -400,6 +401,30 @@ def held_mixture(seed: int, donors: str, tie: bool, out: Path | None, chunk: int
         out.write_text(json.dumps({"seed": seed, "donors": donors, "tie": tie, "patients": per_patient}, indent=1))
 
 
+def pool_mixture(paths: list[Path]) -> None:
+    """Pooled figures of ``--held-mixture`` runs (their ``--out`` files, one per seed): the share within 5 points, the
+    median absolute and mean signed dTIR of each reading, and, against the protocol, how many misses become hits
+    and hits misses (two-sided sign test on those that change)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    keys = ("protocol", "oracle", "top", "median", "mean")
+    runs = [json.loads(p.read_text()) for p in paths]
+    d = {k: np.array([r[k] - r["tir_true"] for doc in runs for r in doc["patients"]]) for k in keys}
+    print(f"{d['protocol'].size} patient-replays: seeds {[doc['seed'] for doc in runs]}, donors "
+          f"{sorted({doc['donors'] for doc in runs})}, tie {sorted({doc['tie'] for doc in runs})}\n")  # fmt: skip
+    print("| held parameters | abs dTIR <= 5 | median abs dTIR | mean signed dTIR | misses -> hits, hits -> misses "
+          "(sign test p) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    hit0 = np.abs(d["protocol"]) <= 5.0
+    for k in keys:
+        hit = np.abs(d[k]) <= 5.0
+        gained, lost = int(np.sum(hit & ~hit0)), int(np.sum(~hit & hit0))
+        p = binomtest(gained, gained + lost).pvalue if gained + lost else 1.0
+        change = "-" if k == "protocol" else f"{gained}, {lost} (p {p:.2f})"
+        print(f"| {k} | {100 * np.mean(hit):.1f} % | {np.median(np.abs(d[k])):.2f} | {d[k].mean():+.2f} | {change} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="all", help="comma-separated names or 'all'")
@@ -431,6 +456,7 @@ def main() -> None:
     parser.add_argument("--replay-estimators", action="store_true", help="the replay's TIR estimators, same fits")
     parser.add_argument("--held-mixture", action="store_true", help="held parameters from donors, evidence-weighted")
     parser.add_argument("--donors", choices=("group", "all"), default="group", help="with --held-mixture")
+    parser.add_argument("--pool-mixture", nargs="+", type=Path, default=None, help="--held-mixture --out files")
     parser.add_argument("--fits", type=Path, default=None, help="with --replay-estimators: saved fits (made if absent)")
     parser.add_argument("--no-forecast", action="store_true", help="skip the forecast part (the slowest)")
     parser.add_argument("--no-advice", action="store_true")
@@ -451,6 +477,9 @@ def main() -> None:
         return
     if args.dose_response_oracle:
         dose_response_oracle(args.seed)
+        return
+    if args.pool_mixture:
+        pool_mixture(args.pool_mixture)
         return
     if args.held_mixture:
         held_mixture(args.seed, args.donors, args.tie, args.out)
