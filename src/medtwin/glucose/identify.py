@@ -55,6 +55,7 @@ __all__ = [
 ]  # fmt: skip
 
 _G0_LOG_SD = 0.1
+PRIOR_DF: float | None = None
 _MID_RANGE_MG_DL = 200.0
 """A censored reading below this is a Low (the glucose at or below it), at or above it a High."""
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
@@ -220,6 +221,12 @@ class Objective:
         """Standardised prior residuals ``(B, dim)`` (their squared sum is -2 log prior)."""
         theta = np.atleast_2d(theta)
         z = (theta[:, :-1] - self.mean[:-1]) @ self.prior_chol_inv.T
+        if PRIOR_DF is not None:  # multivariate t: -2 log p = (df + d) log(1 + q / df), as a residual of that norm
+            q = np.sum(z * z, axis=1, keepdims=True)
+            d = z.shape[1]
+            scale = np.sqrt(np.where(q > 1e-12, (PRIOR_DF + d) * np.log1p(q / PRIOR_DF) / np.maximum(q, 1e-12),
+                                     (PRIOR_DF + d) / PRIOR_DF))
+            z = z * scale
         return np.concatenate([z, ((theta[:, -1] - self.mean[-1]) / _G0_LOG_SD)[:, None]], axis=1)
 
     def log_prob_steps(self, theta: FloatArray) -> Steps[FloatArray]:
