@@ -139,3 +139,14 @@ def test_commands_refuse_a_bad_twin_file(tmp_path: Path) -> None:
         res = runner.invoke(app, ["glucose", "twin", *args])
         assert res.exit_code == 1
         assert "not a glucose twin snapshot" in res.output
+
+
+def test_replay_warns_when_the_twins_glucose_reaches_zero(twin_file: Path) -> None:
+    res = runner.invoke(app, ["glucose", "twin", "replay", str(twin_file), "--bolus-scale", "6", "--name", "x6",
+                              "--draws", "20"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.stdout
+    assert "reach 0 mg/dL" in " ".join(res.stdout.split())
+    res = runner.invoke(app, ["glucose", "twin", "replay", str(twin_file), "--bolus-scale", "1.1", "--draws", "20"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" not in res.stdout

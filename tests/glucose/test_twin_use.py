@@ -330,3 +330,17 @@ def test_the_low_quantile_of_a_particle_mixture() -> None:
     assert float(weights @ ndtr((q - centres) / 10.0)) == pytest.approx(0.05, abs=1e-9)
     assert _mixture_quantile(centres, weights, 0.0, 0.05) == 80.0  # no model error: the particles' own quantile
     assert _mixture_quantile(centres, weights, 0.0, 0.5) == 100.0
+
+
+def test_replay_counts_the_draws_that_reach_zero_glucose(twin_days: Any, twin_posterior: Posterior) -> None:
+    from medtwin.glucose.replay import _summarise
+
+    bg = np.full((5, 4), 120.0)
+    bg[2:, 1] = 0.0  # one draw reaches 0 at minute 2 and the model holds it there
+    bg[0, 2] = 0.0  # minute 0 (the start) is not counted
+    out = _summarise(Therapy(), bg, np.ones(4), 0.0, np.random.default_rng(1))
+    assert out.zero_pct == pytest.approx(25.0)
+    assert out.to_dict()["zero_pct"] == pytest.approx(25.0)
+    data = twin_days.data[0].window(0.0, 1440.0)
+    (flooded,) = PersonalGlucoseTwin(data, twin_posterior).replay([Therapy(name="x6", bolus_scale=6.0)], draws=40)
+    assert flooded.zero_pct > 50.0  # six times the boluses: the twin's glucose reaches the floor

@@ -251,7 +251,14 @@ def replay_command(
                                 for r in results))  # fmt: skip
     table.add_row("insulin (U)", *(f"{r.insulin_u[0]:.1f}" for r in results))
     table.caption = "median [95 % interval] over the posterior; Battelino 2019 consensus ranges"
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for r in results:
+        if r.zero_pct > 0:
+            name = escape(r.therapy.name)
+            console.print(f"[bold red]warning:[/] under {name} {r.zero_pct:.0f} % of the twin's draws reach 0 mg/dL: "
+                          "severe hypoglycaemia; the model (no counter-regulation) holds them there, so the metrics "
+                          "say nothing reliable about the hours after it")  # fmt: skip
 
 
 @app.command("forecast")

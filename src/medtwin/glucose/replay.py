@@ -11,6 +11,11 @@ noise), so "residual minus sensor noise" would leave nothing for the parameters 
 model's simplifications: the band for true glucose is conservative by at most the sensor's noise. Metrics are
 computed per draw (without the model error) and reported as median and 95 % interval (Battelino 2019 consensus
 ranges, see :mod:`medtwin.glucose.metrics`).
+
+``zero_pct``: the share of draws whose glucose reaches 0 mg/dL under the therapy. The 2008 model has no
+counter-regulation and, as simglucose, stops a glucose state once it is below zero, so such a draw stays at 0 for the
+rest of the days: the twin predicts severe hypoglycaemia there, and nothing about the hours after it (the metrics of
+those draws count the rest of the days as below range).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class ReplayResult:
     metrics: dict[str, tuple[float, float, float]]
     insulin_u: tuple[float, float, float]
     """Total insulin delivered over the days (median, lo95, hi95)."""
+    zero_pct: float = 0.0
+    """Share of draws (%) whose glucose reaches 0 mg/dL (see the module docstring)."""
 
     def to_dict(self, *, every_min: int = 5) -> dict[str, Any]:
         """JSON-ready form with the band every *every_min* minutes."""
@@ -62,6 +69,7 @@ class ReplayResult:
             "lo95_mg_dl": self.lo95_mg_dl[idx].round(2).tolist(), "hi95_mg_dl": self.hi95_mg_dl[idx].round(2).tolist(),
             "metrics": {k: {"median": v[0], "lo95": v[1], "hi95": v[2]} for k, v in self.metrics.items()},
             "insulin_u": {"median": self.insulin_u[0], "lo95": self.insulin_u[1], "hi95": self.insulin_u[2]},
+            "zero_pct": self.zero_pct,
         }  # fmt: skip
 
 
@@ -118,6 +126,7 @@ def _summarise(therapy: Therapy, bg: FloatArray, insulin: FloatArray, error_sd: 
     return ReplayResult(
         therapy=therapy, median_mg_dl=np.median(bg, axis=1), lo95_mg_dl=lo, hi95_mg_dl=hi, draws=bg,
         metrics=metrics, insulin_u=(float(iq[0]), float(iq[1]), float(iq[2])),
+        zero_pct=float(100.0 * np.mean(np.any(bg[1:] <= 0.0, axis=0))),
     )  # fmt: skip
 
 
