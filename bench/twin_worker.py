@@ -67,7 +67,7 @@ def run_shard(db: str, shard: int, shards: int, particles: int, profile: bool) -
     from medtwin.store import Store
     from medtwin.twin import LogFollower, TwinRuntime, follow
 
-    store = Store(db, cache_mib=8, synchronous="NORMAL")  # the worker's settings (medtwin.twin.worker._child)
+    store = Store(db, cache_mib=8, synchronous="NORMAL")  # the worker's settings (medtwin.twin.worker_process._child)
     runtime = TwinRuntime(store, snapshot_every=None,
                           settings={"glucose_particles": particles, "glucose_reidentify": False})  # fmt: skip
     follower = LogFollower(store, shard=shard, shards=shards)

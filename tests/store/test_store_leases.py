@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from medtwin.store.leases import (
     ConsumerBusyError,
     ConsumerLease,
     ConsumerLeaseLostError,
+    HeldLease,
     acquire_lease,
     keep_lease,
     new_holder,
@@ -88,3 +90,24 @@ def test_the_lease_of_a_killed_process_on_this_machine_is_taken_over_at_once(sto
     acquire_lease(store, alive)
     with pytest.raises(ConsumerBusyError, match=f"pid {os.getpid()} "):
         acquire_lease(store, ConsumerLease("another-consumer", new_holder()))
+
+
+def test_a_held_lease_is_renewed_by_its_thread_until_released_and_says_when_it_is_lost(store: Store) -> None:
+    lost: list[str] = []
+    held = HeldLease(
+        store, ConsumerLease("twin-runtime", "listen thread", lease_s=1.5), on_lost=lambda: lost.append("first")
+    )
+    time.sleep(3.5)  # past two periods: alive only because its thread renews it
+    with pytest.raises(ConsumerBusyError, match="held by listen thread"):
+        acquire_lease(store, ConsumerLease("twin-runtime", "another set"), wait_s=1.0)
+    held.release()
+    acquire_lease(store, ConsumerLease("twin-runtime", "another set"))  # given up: taken at once
+    with pytest.raises(ConsumerBusyError, match="held by another set"):
+        HeldLease(store, ConsumerLease("twin-runtime", "listen thread"))
+    release_lease(store, ConsumerLease("twin-runtime", "another set"))
+    taken_over = HeldLease(store, ConsumerLease("twin-runtime", "stalled", lease_s=0.6),
+                           on_lost=lambda: lost.append("stalled"))  # fmt: skip
+    release_lease(store, taken_over.lease)  # as if it had expired and another set had taken it over
+    assert taken_over.lost.wait(5)
+    taken_over.release()  # after a loss: nothing to give up
+    assert lost == ["stalled"]  # the first was released, never lost

@@ -393,7 +393,7 @@ def test_a_message_that_always_fails_is_isolated_and_stepped_over(
 
 
 def test_merged_report_takes_the_slowest_shard_that_has_a_figure() -> None:
-    from medtwin.twin.worker import _merged
+    from medtwin.twin.worker_process import _merged
 
     shards = [
         {"messages": 7, "shared_messages": 2, "alerts": 0, "alert_p50_ms": float("nan"), "busy_s": 1.0},
@@ -414,7 +414,7 @@ def test_sharded_workers_share_the_cores_for_compiled_threads() -> None:
     import sys
 
     code = (
-        "import numba; from medtwin.twin.worker import _share_cores; before = numba.get_num_threads(); "
+        "import numba; from medtwin.twin.worker_process import _share_cores; before = numba.get_num_threads(); "
         "_share_cores({n}); print(before, numba.get_num_threads())"
     )
     cores = len(os.sched_getaffinity(0))

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from medtwin.twin import TwinRuntime, follow
-from medtwin.twin import worker as worker_module
+from medtwin.twin import TwinRuntime, follow, follow_loop, worker_process
 
 
 class FakeClock:
@@ -93,7 +92,7 @@ class ScriptedRuntime:
 def run(monkeypatch: pytest.MonkeyPatch, groups: list[int], *, group_s: float, checkpoint_s: float = 0.0,
         **kw: Any) -> tuple[FakeClock, list[tuple[str, float]], Any]:  # fmt: skip
     clock = FakeClock()
-    monkeypatch.setattr(worker_module, "time", clock)
+    monkeypatch.setattr(follow_loop, "time", clock)
     log: list[tuple[str, float]] = []
     follower = ScriptedFollower(groups, clock, log)
     runtime = ScriptedRuntime(clock, log, group_s, checkpoint_s)
@@ -146,17 +145,17 @@ def test_shards_are_given_staggered_first_checkpoints(monkeypatch: pytest.Monkey
         seen.append(first_checkpoint_s)
         raise SystemExit  # enough: recover_and_follow's first call is what is checked
 
-    monkeypatch.setattr(worker_module, "follow", fake_follow)
+    monkeypatch.setattr(worker_process, "follow", fake_follow)
 
     class NoStore:
         pass
 
-    monkeypatch.setattr(worker_module, "LogFollower", lambda *a, **kw: SimpleNamespace(position=0, messages=0))
+    monkeypatch.setattr(worker_process, "LogFollower", lambda *a, **kw: SimpleNamespace(position=0, messages=0))
     for shard in range(3):
         with pytest.raises(SystemExit):
-            worker_module.recover_and_follow(NoStore(), lambda: NoStore(), should_stop=lambda: False,  # type: ignore[arg-type]
-                                             shard=shard, shards=3)  # fmt: skip
-    every = worker_module.CHECKPOINT_EVERY_S
+            worker_process.recover_and_follow(NoStore(), lambda: NoStore(), should_stop=lambda: False,  # type: ignore[arg-type]
+                                              shard=shard, shards=3)  # fmt: skip
+    every = follow_loop.CHECKPOINT_EVERY_S
     assert seen == pytest.approx([every / 3, 2 * every / 3, every])
 
 

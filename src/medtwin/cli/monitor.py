@@ -30,8 +30,11 @@ from medtwin.monitoring import mews_score, news2_score, qsofa_score
 from medtwin.monitoring.virtual import virtual_ward
 
 if TYPE_CHECKING:
+    from medtwin.interop.group_commit import StoredBatch
     from medtwin.interop.mqtt_broker import MqttBroker
     from medtwin.interop.mqtt_wire import MqttAccessError
+    from medtwin.store.leases import HeldLease
+    from medtwin.twin import TwinRuntime
 
 __all__ = ["listen_for", "listen_mqtt", "register", "run_loop"]
 
@@ -67,6 +70,7 @@ async def listen_for(
     client_ca: str | None = None,
     senders: str | None = None,
     twin_workers: int = 1,
+    lease_s: float | None = None,
 ) -> dict[str, Any]:
     """Run the MLLP listener and the twin runtime until *stop* is set or *seconds* pass; returns the counts.
 
@@ -75,6 +79,10 @@ async def listen_for(
     authenticated (:mod:`medtwin.interop.mllp_auth`): by client certificate with *client_ca*, by the allow-list in
     the *senders* file, else from this host only; a refused sender is recorded in the audit chain. *twin_workers*:
     the twin worker processes (each owns a shard of the patients: medtwin.twin.worker) with ``--runtime process``.
+
+    One twin worker set follows a store: the worker processes, or the runtime thread, hold the consumer's lease
+    (:mod:`medtwin.store.leases`; renewed every third of *lease_s*, default ``DEFAULT_LEASE_S``), and another set
+    holding it refuses this one with :class:`~medtwin.store.leases.ConsumerBusyError` before a message is accepted.
     """
     from pathlib import Path
 
@@ -83,8 +91,9 @@ async def listen_for(
     from medtwin.interop.mllp_pool import ListenerPool, server_ssl_context
     from medtwin.security.audit import SenderRefusals
     from medtwin.service import prepare_service_heap
+    from medtwin.store.leases import DEFAULT_LEASE_S, ConsumerLease, HeldLease, new_holder
     from medtwin.twin import RuntimeProcess, TwinRuntime
-    from medtwin.twin.worker import listener_store
+    from medtwin.twin.worker import DEFAULT_CONSUMER, listener_store
 
     if runtime_mode not in ("process", "thread"):
         raise ValidationError(f"--runtime: {runtime_mode!r} is not one of process, thread")
@@ -134,22 +143,34 @@ async def listen_for(
             raise
     loop = asyncio.get_running_loop()
     freshness = timedelta(minutes=freshness_minutes)
+    lease_s = DEFAULT_LEASE_S if lease_s is None else lease_s
     runtime: TwinRuntime | None = None
     worker: RuntimeProcess | None = None
+    lease: HeldLease | None = None
     printer = None if quiet else alerts.AlertPrinter(db, pseudonymous=pseudonymous)
     if runtime_mode == "thread":
+        # the thread is a worker set too: beside another (a `medtwin listen` of either runtime on this store) every
+        # message would reach the twins twice; it holds the consumer's lease as a RuntimeProcess does, taken before
+        # anything starts, and the twins take no more messages once another set has taken it over
+        held = ConsumerLease(DEFAULT_CONSUMER, new_holder(), lease_s)
+        try:
+            lease = await loop.run_in_executor(None, lambda: HeldLease(store, held, wait_s=held.lease_s))
+        except BaseException:
+            store.close()
+            raise
         runtime = TwinRuntime(store, freshness=freshness)
         if printer is not None:
             runtime.subscribe(printer)
         runtime.start()
     else:  # the twins follow the store's raw log in their own process (medtwin.twin.worker)
-        worker = RuntimeProcess(db, freshness=freshness, on_event=printer, write_lock=write_lock, workers=twin_workers)
+        worker = RuntimeProcess(db, freshness=freshness, on_event=printer, write_lock=write_lock, workers=twin_workers,
+                                lease_s=lease_s)  # fmt: skip
         try:
             await loop.run_in_executor(None, worker.start)
         except BaseException:
             store.close()
             raise
-    on_stored = None if runtime is None else (lambda b: runtime.offer(b.records, b.received_monotonic))
+    on_stored = None if runtime is None or lease is None else _offer_while_held(runtime, lease)
     refused = SenderRefusals(store)  # queued: the event loop does not wait for the commit
     server = MllpServer(store, config, on_stored=on_stored, on_refused=refused)
     stop = stop or asyncio.Event()
@@ -187,6 +208,8 @@ async def listen_for(
         if runtime is not None:
             await loop.run_in_executor(None, runtime.close)
             events = runtime.events_published
+        if lease is not None:
+            await loop.run_in_executor(None, _give_up, lease, console)
         if worker is not None:
             report = await loop.run_in_executor(None, worker.stop)
             if "error" in report:
@@ -268,6 +291,29 @@ def listen_mqtt(
     return {"stored": 0 if stats is None else stats.stored, "duplicates": 0 if stats is None else stats.duplicates,
             "rejected": 0 if stats is None else stats.rejected, "acked": 0 if stats is None else stats.acked,
             "events": report.get("events")}  # fmt: skip
+
+
+def _offer_while_held(runtime: TwinRuntime, lease: HeldLease) -> Callable[[StoredBatch], bool]:
+    """The listener's hand-off to the runtime thread: each stored batch (False while its queue is full: the server
+    offers again), until *lease* is lost (another worker set follows the log now, these messages included)."""
+
+    def offer(batch: StoredBatch) -> bool:
+        return lease.lost.is_set() or runtime.offer(batch.records, batch.received_monotonic)
+
+    return offer
+
+
+def _give_up(lease: HeldLease, console: Console) -> None:
+    """Release the runtime thread's lease (said when it was lost; a lease that cannot be released expires)."""
+    try:
+        lease.release()
+    except Exception as exc:  # the listener is stopped all the same; the lease runs out by itself
+        console.print(f"[red]twin runtime thread: cannot give up the lease of {lease.lease.consumer!r} ({exc}); it "
+                      f"expires in {lease.lease.lease_s:.0f} s[/red]")  # fmt: skip
+    if lease.lost.is_set():
+        console.print(f"[red]twin runtime thread: the lease of {lease.lease.consumer!r} was taken over by another "
+                      "worker set; these twins took no messages after that (that set follows the stored log)"
+                      "[/red]")  # fmt: skip
 
 
 def _workers_text(workers: int) -> str:

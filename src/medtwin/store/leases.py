@@ -11,6 +11,9 @@ one lease period, never forever. A holder on the same machine whose process is g
 id, boot and process-id namespace: :func:`new_holder`) is taken over at once: a listener restarted after a crash
 does not wait for the lease to run out.
 
+A worker set that saves no cursor (the twin runtime thread of ``medtwin listen --runtime thread``, fed by its own
+listener) holds the same lease from a thread that renews it (:class:`HeldLease`).
+
 A row, not an operating-system lock: it works alike on SQLite and PostgreSQL (workers on several hosts), and the
 check is in the database that holds the cursors. Expiry is judged on each process's own clock (UTC): hosts sharing
 a PostgreSQL store need synchronised clocks, well within a lease period.
@@ -23,7 +26,9 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -43,6 +48,7 @@ __all__ = [
     "ConsumerBusyError",
     "ConsumerLease",
     "ConsumerLeaseLostError",
+    "HeldLease",
     "acquire_lease",
     "keep_lease",
     "new_holder",
@@ -209,3 +215,52 @@ def release_lease(store: Store, lease: ConsumerLease) -> None:
     t = schema.consumer_leases
     with store._transaction() as conn:
         conn.execute(delete(t).where(t.c.consumer == lease.consumer, t.c.holder == lease.holder))
+
+
+class HeldLease:
+    """*lease* taken (as :func:`acquire_lease` takes it, waiting up to *wait_s*) and renewed from a thread of its own
+    every third of its period until :meth:`release`: for a worker set with no cursor saves to renew it with.
+
+    A renewal that finds the lease taken over (the process stalled past its period and another set started) sets
+    :attr:`lost` and calls *on_lost* in the renewing thread: the set must stop, another follows the consumer now. A
+    renewal that fails otherwise (the database out of reach for a moment) is logged and tried again a third of a
+    period later; past the period, another set may take the lease over, and the next renewal finds it lost.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        lease: ConsumerLease,
+        *,
+        wait_s: float = 0.0,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        acquire_lease(store, lease, wait_s=wait_s)
+        self.store = store
+        self.lease = lease
+        self.lost = threading.Event()
+        self._on_lost = on_lost
+        self._released = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name=f"medtwin-lease-{lease.consumer}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._released.wait(self.lease.lease_s / 3):
+            try:
+                keep_lease(self.store, self.lease)
+            except ConsumerLeaseLostError as exc:
+                log.error("%s", exc)
+                self.lost.set()
+                if self._on_lost is not None:
+                    self._on_lost()
+                return
+            except Exception as exc:
+                log.warning("consumer %r: cannot renew the lease of %s (%s); trying again in %.1f s",
+                            self.lease.consumer, self.lease.holder, exc, self.lease.lease_s / 3)  # fmt: skip
+
+    def release(self) -> None:
+        """Stop renewing the lease and give it up (when it is still held), so the next set starts at once."""
+        self._released.set()
+        self._thread.join()
+        if not self.lost.is_set():
+            release_lease(self.store, self.lease)
