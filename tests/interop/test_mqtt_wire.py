@@ -95,6 +95,25 @@ def test_publish_properties_are_skipped_but_aliases_and_qos_2_refused() -> None:
         decode_publish(0x04, memoryview(body))
 
 
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_truncated_or_garbled_publish_is_a_protocol_error(qos: int) -> None:
+    """A PUBLISH cut anywhere (its remaining length said so) or with a topic that is not UTF-8 is refused with
+    MqttProtocolError, which drops the connection, not the listener (before: IndexError, which ended its network
+    thread)."""
+    whole = encode_publish("devices/cgm-1/obs", b"{}", 7, qos=qos)
+    [(_, flags, body)] = split_packets(bytearray(whole))
+    header = 2 + len("devices/cgm-1/obs") + 2 * qos + 1  # topic, packet id, properties' length
+    for cut in range(header):
+        with pytest.raises(MqttProtocolError, match="truncated PUBLISH"):
+            decode_publish(flags, body[:cut])
+    props = struct.pack(">H", 3) + b"a/b" + b"\x00\x09" + b"\x05\x01\x01"  # 5 bytes of properties said, 2 there
+    with pytest.raises(MqttProtocolError, match="truncated MQTT properties"):
+        decode_publish(0x02, memoryview(props))
+    with pytest.raises(MqttProtocolError, match="not UTF-8"):
+        decode_publish(0x02, memoryview(struct.pack(">H", 2) + b"\xff\xfe" + b"\x00\x09\x00{}"))
+    assert decode_publish(flags, body).payload == b"{}"
+
+
 def test_connect_subscribe_and_acks_encoding() -> None:
     connect = encode_connect("listener-1", clean_start=False, keep_alive_s=30, session_expiry_s=3600,
                              receive_maximum=2000)  # fmt: skip
@@ -410,3 +429,87 @@ def test_a_refusal_at_the_start_is_a_validation_error(tmp_path: Path) -> None:
     thread.join(10)
     broker.close()
     store.close()
+
+
+def test_a_malformed_packet_drops_the_connection_and_the_listener_reconnects(tmp_path: Path) -> None:
+    """The broker sends a PUBLISH cut short inside its own length: the listener drops that connection, logs why,
+    connects again and stores what the broker sends next (before: the network thread died of an IndexError and the
+    listener never connected again, while `medtwin listen` went on running)."""
+    store = Store(f"sqlite:///{tmp_path / 'malformed.db'}")
+    store.write([Patient(patient_id="pt-1", gender="female")])
+    register_device(store, "cgm-1", "pt-1")
+    broker = ScriptedBroker()
+    payload = json.dumps({"code": "99504-3", "value": 101, "unit": "mg/dL", "time": "2026-05-01T12:00:00Z"}).encode()
+    acks: list[int] = []
+
+    def serve() -> None:
+        for connection in (1, 2):
+            conn = broker.accept()
+            broker.buffer.clear()
+            broker.packets(1)  # CONNECT
+            conn.sendall(b"\x20\x03" + (b"\x01" if connection == 2 else b"\x00") + b"\x00\x00")
+            [(kind, _, body)] = broker.packets(1)
+            assert kind == 8
+            conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+            if connection == 1:
+                conn.sendall(b"\x32\x04\x00\x05ab")  # QoS 1, a topic of 5 bytes in a body of 4
+                assert conn.recv(65536) == b""  # the listener closes this connection
+                conn.close()
+                continue
+            conn.sendall(encode_publish("devices/cgm-1/obs", payload, 3))
+            for kind, _, body in broker.packets(1):
+                assert kind == PUBACK
+                acks.append(decode_puback(body)[0])
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    listener = MqttListener(store, f"mqtt://127.0.0.1:{broker.port}", "devices/+/obs", client_id="t",
+                            reconnect_delay_s=0.05)  # fmt: skip
+    listener.start()
+    try:
+        thread.join(20)
+        assert acks == [3]
+        assert len(store.observations("pt-1")) == 1
+    finally:
+        listener.stop()
+        broker.close()
+        store.close()
+
+
+class FailingConnection:
+    """A connection whose read fails with an error no MQTT client expects (a bug's, say)."""
+
+    last_received = last_sent = 0.0
+
+    def receive(self, timeout_s: float | None) -> list[tuple[int, int, memoryview]]:
+        raise ValueError("an unexpected failure")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_error_is_logged_and_the_listener_connects_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever fails on a connection, the network thread logs it (with its traceback) and connects again: it never
+    ends but on a refusal of this client (MqttAccessError) or the listener's stop."""
+    listener = MqttListener(Store(f"sqlite:///{tmp_path / 'u.db'}"), "mqtt://127.0.0.1:1", reconnect_delay_s=0.01)
+    connects: list[float] = []
+
+    def connect(timeout_s: float, *, wait_for_suback: bool = True) -> MqttSocket:
+        connects.append(timeout_s)
+        if len(connects) >= 2:
+            listener._closing.set()
+        return FailingConnection()  # type: ignore[return-value]
+
+    listener._connect = connect  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="medtwin.interop.mqtt"):
+        thread = threading.Thread(target=listener._network_loop, args=(FailingConnection(),))
+        thread.start()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert len(connects) == 2  # it connected again after each failure
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors
+    assert "lost (ValueError: an unexpected failure)" in errors[0].getMessage()
+    assert errors[0].exc_info is not None

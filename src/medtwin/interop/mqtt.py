@@ -15,7 +15,11 @@ connection: after a reconnect the broker resends the unacknowledged messages und
 The broker is reached as :mod:`medtwin.interop.mqtt_broker` says (``mqtts://`` for TLS, user name and password). A
 refusal that connecting again cannot fix (credentials, authorization, a certificate: :class:`MqttAccessError`)
 fails :meth:`MqttListener.start`, and when it comes on a reconnect it ends the listener's reconnecting (logged, and
-told to *on_failure*) instead of retrying forever; the broker keeps the session's messages meanwhile.
+told to *on_failure*) instead of retrying forever; the broker keeps the session's messages meanwhile. Any other
+failure drops that connection only, never the listener: a broker stopped, restarted or out of reach, a connection
+closed without a TLS close_notify (a bare TCP close or a reset, also in the middle of the TLS handshake or before
+the CONNACK), a malformed packet. The listener connects again after *reconnect_delay_s*, twice as long after each
+failed try (up to 30 s), and logs the loss, each failed try and the reconnect as warnings.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class MqttListener:
 
     *url* is an ``mqtt://`` URL, or a :class:`MqttBroker` (TLS and credentials: :func:`broker_from_url`).
     *on_failure* is called (in the network thread) when a reconnect is refused for good (module docstring).
+    *reconnect_delay_s*: the wait before the first try to reconnect after the connection is lost; it doubles with
+    each failed try, up to 30 s, and starts again from this once a connection is made.
     """
 
     def __init__(
@@ -133,11 +139,13 @@ class MqttListener:
         on_stored: Callable[[Sequence[StoredReading]], None] | None = None,
         keep_latencies: bool = False,
         on_failure: Callable[[MqttAccessError], None] | None = None,
+        reconnect_delay_s: float = 1.0,
     ) -> None:
         self.store = store
         self.broker = url if isinstance(url, MqttBroker) else broker_from_url(url)
         self.host, self.port = self.broker.host, self.broker.port
         self.on_failure = on_failure
+        self.reconnect_delay_s = reconnect_delay_s
         self.topic = topic
         self.client_id = client_id
         self.session_expiry_s = session_expiry_s
@@ -210,13 +218,20 @@ class MqttListener:
         return conn
 
     def _network_loop(self, conn: MqttSocket | None) -> None:
-        delay = 1.0
+        """Read *conn*, and when it fails connect again (the same session) with backoff until the listener stops
+        or the broker refuses this client for good (module docstring); each loss, failed try and reconnect is
+        logged as a warning, so that ``medtwin listen`` shows an outage from its start to its end."""
+        delay = self.reconnect_delay_s
+        tries = 0  # failed tries to reconnect since the connection was lost
+        lost_at = 0.0
         while not self._closing.is_set():
             try:
                 if conn is None:
                     conn = self._connect(10.0, wait_for_suback=False)
-                    log.info("MQTT listener reconnected to %s:%d", self.host, self.port)
-                delay = 1.0
+                    log.warning("MQTT listener reconnected to %s:%d after %.1f s without a connection (%d failed "
+                                "%s)", self.host, self.port, time.monotonic() - lost_at, tries,
+                                "try" if tries == 1 else "tries")  # fmt: skip
+                delay, tries = self.reconnect_delay_s, 0
                 self._read(conn)
             except MqttAccessError as exc:  # connecting again would be refused again: give up, say why
                 log.error("MQTT listener: %s; not reconnecting", exc)
@@ -229,9 +244,14 @@ class MqttListener:
                 if self.on_failure is not None:
                     self.on_failure(exc)
                 return
-            except (OSError, MqttProtocolError) as exc:
-                if not self._closing.is_set():
-                    log.warning("MQTT connection to %s:%d lost (%s); reconnecting", self.host, self.port, exc)
+            except (OSError, MqttProtocolError) as exc:  # a broker gone (a bare close or reset included), or refusing
+                self._log_retry(conn is not None, exc, tries, delay)  # for a reason that may pass: try again
+            except Exception as exc:  # a bug of the broker's or ours: drop this connection, never the listener
+                self._log_retry(conn is not None, exc, tries, delay, unexpected=True)
+            if conn is not None:
+                lost_at = time.monotonic()
+            else:
+                tries += 1
             with self._lock:
                 self._generation += 1  # the message ids of the closed connection are void
                 self._conn = None
@@ -242,6 +262,22 @@ class MqttListener:
             if self._closing.wait(delay):
                 return
             delay = min(30.0, 2 * delay)
+
+    def _log_retry(
+        self, connected: bool, exc: Exception, tries: int, delay: float, *, unexpected: bool = False
+    ) -> None:
+        if self._closing.is_set():
+            return
+        why = f"{type(exc).__name__}: {exc}" if unexpected else str(exc) or type(exc).__name__
+        where = f"{self.host}:{self.port}"
+        if connected:
+            said = f"MQTT connection to {where} lost ({why}); reconnecting, next try in {delay:g} s"
+        else:
+            said = f"MQTT listener: reconnecting to {where} failed (try {tries + 1}: {why}); next try in {delay:g} s"
+        if unexpected:
+            log.error("%s", said, exc_info=exc)
+        else:
+            log.warning("%s", said)
 
     def _read(self, conn: MqttSocket) -> None:
         """Queue the messages of *conn* for the writer, one list per receive, until it fails or the listener stops.

@@ -198,6 +198,8 @@ def _properties(body: memoryview, pos: int) -> tuple[dict[int, int | str], int]:
         raise MqttProtocolError("truncated MQTT properties")
     length, pos = got
     end = pos + length
+    if end > len(body):
+        raise MqttProtocolError(f"truncated MQTT properties ({length} bytes said, {len(body) - pos} there)")
     out: dict[int, int | str] = {}
     while pos < end:
         ident = body[pos]
@@ -267,9 +269,15 @@ def decode_publish(flags: int, body: memoryview) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos > 1:
         raise MqttProtocolError(f"PUBLISH at QoS {qos}: this client subscribes with QoS 1 at most")
-    n = (body[0] << 8) | body[1]
-    topic = bytes(body[2 : 2 + n]).decode()
+    size = len(body)
+    n = (body[0] << 8) | body[1] if size >= 2 else 0
     pos = 2 + n
+    if size < pos + 2 * qos + 1:  # the topic, the packet id at QoS 1 and the properties' length
+        raise MqttProtocolError(f"truncated PUBLISH: {size} bytes, too short for its topic of {n} bytes")
+    try:
+        topic = bytes(body[2:pos]).decode()
+    except UnicodeDecodeError:
+        raise MqttProtocolError("PUBLISH topic that is not UTF-8") from None
     mid = 0
     if qos:
         mid = (body[pos] << 8) | body[pos + 1]
@@ -470,24 +478,31 @@ def _connack_refusal(connack: Connack, host: str, port: int) -> MqttProtocolErro
 
 
 def _closed_after_handshake(host: str, port: int) -> MqttProtocolError:
-    """The error of a TLS connection closed by the broker before the CONNACK (with TLS 1.3 a broker's refusal of
-    the client certificate comes after the client's handshake is done, often as a bare close)."""
-    return MqttProtocolError(f"TLS: the MQTT broker at {host}:{port} closed the connection before the CONNACK: it "
-                             f"refused this client at the TLS level (a broker that requires a client certificate "
-                             f"does so when none is given, or one it does not trust)")  # fmt: skip
+    """The error of a TLS connection closed by the broker before the CONNACK without a TLS alert: a broker that
+    stopped or restarted does this, and so, with TLS 1.3 (where the client's side of the handshake is done before
+    the broker has checked the client's certificate), may a broker that refuses the client's certificate. It cannot
+    be told which, so it is not an :class:`MqttAccessError`: the listener tries again."""
+    return MqttProtocolError(f"TLS: the MQTT broker at {host}:{port} closed the connection before the CONNACK, "
+                             f"without a TLS alert: it stopped or restarted, or it refused this client at the TLS "
+                             f"level (a broker that requires a client certificate may do so when none is given, or "
+                             f"one it does not trust)")  # fmt: skip
 
 
 def _tls_refusal(exc: ssl.SSLError, host: str, port: int) -> MqttProtocolError:
     """The error of a failed TLS handshake: :class:`MqttAccessError` when a certificate was refused, either
     side's (what failed, said in words)."""
     where = f"the MQTT broker at {host}:{port}"
+    if isinstance(exc, ssl.SSLEOFError):  # a bare TCP close in the handshake: no certificate was refused
+        return MqttProtocolError(f"TLS with {where} failed: it closed the connection during the handshake, without "
+                                 f"a TLS alert (it stopped or restarted, or it is not a TLS listener)")  # fmt: skip
     if isinstance(exc, ssl.SSLCertVerificationError):
         return MqttAccessError(f"TLS: the certificate of {where} failed verification: {exc.verify_message} (it must "
                                  f"name {host!r} and be issued by a CA this client trusts)")  # fmt: skip
     reason = exc.reason or str(exc)
     if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
         return MqttAccessError(f"TLS: {where} refused this client's certificate ({reason})")
-    hint = " (is it a TLS listener?)" if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE") else ""
+    hint = " (is it a TLS listener?)" if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                                     "UNEXPECTED_MESSAGE") else ""  # fmt: skip
     return MqttProtocolError(f"TLS with {where} failed: {reason}{hint}")
 
 
