@@ -150,3 +150,23 @@ def test_replay_warns_when_the_twins_glucose_reaches_zero(twin_file: Path) -> No
     res = runner.invoke(app, ["glucose", "twin", "replay", str(twin_file), "--bolus-scale", "1.1", "--draws", "20"])
     assert res.exit_code == 0, res.output
     assert "warning:" not in res.stdout
+
+
+def test_forecast_takes_low_readings_as_evidence_and_alerts(tmp_path: Path, twin_file: Path, twin_days: Any) -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    new = twin_days.data[0].window(2880.0, 3060.0)
+    censored = np.zeros(new.cgm_t_min.size)
+    censored[-8:] = 1.0  # the sensor reads Low for the last 24 minutes
+    values = new.cgm_mg_dl.copy()
+    values[-8:] = 39.0
+    csv = replace(new, cgm_mg_dl=values, cgm_censored=censored).write_csv(tmp_path / "low.csv")
+    assert csv.read_text().count(",Low,") == 8
+    res = runner.invoke(app, ["glucose", "twin", "forecast", str(twin_file), str(csv), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["skipped_readings"] <= 1  # the reading at the twin's state only: the Lows are used
+    assert any(a["code"] == "glucose-low-predicted" and a["status"] == "active" for a in report["alerts"])
+    assert report["forecast"]["horizons"][0]["median_mg_dl"] < 70.0

@@ -344,3 +344,35 @@ def test_replay_counts_the_draws_that_reach_zero_glucose(twin_days: Any, twin_po
     data = twin_days.data[0].window(0.0, 1440.0)
     (flooded,) = PersonalGlucoseTwin(data, twin_posterior).replay([Therapy(name="x6", bolus_scale=6.0)], draws=40)
     assert flooded.zero_pct > 50.0  # six times the boluses: the twin's glucose reaches the floor
+
+
+def test_a_cgm_low_reading_moves_the_filter_under_the_limit_and_raises_the_alert(
+    twin_days: Any, twin_posterior: Posterior
+) -> None:
+    """A sensor that reads Low (below 40 mg/dL) while the twin expects ~100: the Low is evidence, not a gap."""
+    data = twin_days.data[0]
+
+    def filtered() -> GlucoseForecaster:
+        f = GlucoseForecaster(twin_posterior, data.start, particles=128, basal_u_h=float(data.basal_u_h[0]))
+        for k in range(0, 120, 5):
+            assert f.update(data.start + timedelta(minutes=k), 110.0) == []
+        return f
+
+    skipped, bounded = filtered(), filtered()
+    lows = [data.start + timedelta(minutes=k) for k in range(120, 150, 5)]
+    events = [e for at in lows for e in bounded.update_limit(at, 40.0)]
+    for at in lows:  # what the twin did before: Low readings not assimilated
+        skipped._advance(skipped._minutes(at))
+    now, later = bounded.forecast((1, 30)).median_mg_dl
+    assert now < 45.0  # the CGM the twin expects a minute on sits at the limit (the sensor error carries it)
+    assert later < skipped.forecast((30,)).median_mg_dl[0] - 20.0
+    assert [e.code for e in events][:1] == ["glucose-low-predicted"]
+    assert events[-1].severity == "high"  # below 54 mg/dL
+    assert bounded.last_cgm_mg_dl == 40.0
+    # a High reading is the bound the other way: the twin's glucose goes above it
+    high = filtered()
+    for k in range(120, 150, 5):
+        high.update_limit(data.start + timedelta(minutes=k), 400.0, below=False)
+    assert high.forecast((1,)).median_mg_dl[0] > 390.0
+    with pytest.raises(ValidationError, match="outside 20-600"):
+        high.update_limit(data.start + timedelta(minutes=200), 10.0)

@@ -27,7 +27,7 @@ from rich.table import Table
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.advise import CALIBRATED_LOW_PROBABILITY
 from medtwin.glucose.data_quality import assess_quality
-from medtwin.glucose.identify import ConvergenceError, FitSettings
+from medtwin.glucose.identify import SENSOR_LIMIT_SPLIT_MG_DL, ConvergenceError, FitSettings
 from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
 from medtwin.glucose.therapy import Therapy, parse_basal_profile
 from medtwin.glucose.therapy_data import TherapyData, read_nightscout, read_therapy_csv
@@ -297,10 +297,13 @@ def forecast_command(
             for tm, g in zip(new.carbs_t_min, new.carbs_g, strict=True):
                 f.add_carbs(new.start + _after(tm), float(g))
             for tm, g, censored in zip(new.cgm_t_min, new.cgm_mg_dl, new.cgm_censored, strict=True):
-                if tm + offset <= f.t_min or censored:
+                if tm + offset <= f.t_min:
                     skipped_old += 1
                     continue
-                events += t.observe(new.start + _after(tm), float(g))
+                if censored:  # a Low / High: the glucose at or beyond the sensor's limit
+                    events += t.observe_limit(new.start + _after(tm), float(g), below=g < SENSOR_LIMIT_SPLIT_MG_DL)
+                else:
+                    events += t.observe(new.start + _after(tm), float(g))
                 recent_t.append(tm + offset)
                 recent_g.append(float(g))
         fc = t.forecast(hs)
@@ -326,9 +329,7 @@ def forecast_command(
     for e in events:
         Console().print(f"[red]alert[/red] {e.time:%H:%M} {escape(e.message)} ({e.status})")
     if skipped_old:
-        Console(stderr=True).print(
-            f"note: {skipped_old} reading(s) at or before the twin's state (or Low/High) not used"
-        )
+        Console(stderr=True).print(f"note: {skipped_old} reading(s) at or before the twin's state not used")
 
 
 @app.command("advise")

@@ -76,6 +76,7 @@ from scipy.special import ndtr
 
 from medtwin.errors import ValidationError
 from medtwin.glucose.forecast import GlucoseForecaster
+from medtwin.glucose.identify import SENSOR_LIMIT_SPLIT_MG_DL
 from medtwin.glucose.metrics import risk_components
 from medtwin.glucose.therapy_data import TherapyData
 from medtwin.sim.model import FloatArray
@@ -227,7 +228,9 @@ def calibrate_advice(
     meals = [float(m) for m in data.carbs_t_min if m >= from_min and m + horizon_min <= t[-1]]
     errors: list[float] = []
     for i in range(t.size):
-        if not censored[i]:
+        if censored[i]:
+            f._assimilate_limit(float(t[i]), float(y[i]), below=y[i] < SENSOR_LIMIT_SPLIT_MG_DL)
+        else:
             f._assimilate(float(t[i]), float(y[i]))
         nxt = float(t[i + 1]) if i + 1 < t.size else math.inf
         for m in meals:

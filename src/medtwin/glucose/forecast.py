@@ -41,11 +41,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from scipy.special import log_ndtr
 
 from medtwin.errors import ValidationError
 from medtwin.glucose._kernels import PARAM_ORDER
 from medtwin.glucose._twin_kernels import IntArray, run_inputs
-from medtwin.glucose.identify import Posterior
+from medtwin.glucose.identify import SENSOR_LIMIT_SPLIT_MG_DL, Posterior
 from medtwin.glucose.replay import posterior_draws
 from medtwin.glucose.therapy_data import TherapyData
 from medtwin.records import Event, utc
@@ -164,7 +165,9 @@ class GlucoseForecaster:
         f.bolus = list(zip(data.bolus_t_min.tolist(), data.bolus_u.tolist(), strict=True))
         f.carbs = list(zip(data.carbs_t_min.tolist(), data.carbs_g.tolist(), strict=True))
         for t, g, censored in zip(data.cgm_t_min, data.cgm_mg_dl, data.cgm_censored, strict=True):
-            if not censored:
+            if censored:
+                f._assimilate_limit(float(t), float(g), below=g < SENSOR_LIMIT_SPLIT_MG_DL)
+            else:
                 f._assimilate(float(t), float(g))
         return f
 
@@ -252,6 +255,11 @@ class GlucoseForecaster:
         self._advance(t)
         self._weigh(t, dt, cgm)
 
+    def _assimilate_limit(self, t: float, limit: float, *, below: bool) -> None:
+        dt = self._begin(t, limit)
+        self._advance(t)
+        self._weigh_limit(t, dt, limit, below)
+
     def _begin(self, t: float, cgm: float) -> float:
         """Before a reading at *t*: start the state at the first one, refuse one older than the state; the minutes
         since the previous reading (inf for the first)."""
@@ -280,6 +288,28 @@ class GlucoseForecaster:
         if 1.0 / np.sum(self.weights**2) < 0.5 * self.weights.size:
             self._resample()
 
+    def _weigh_limit(self, t: float, dt: float, limit: float, below: bool) -> None:
+        """After the advance to *t*: weight the particles by a sensor-limit reading, the probability that their CGM
+        (model glucose plus the AR(1) sensor error) lies at or below *limit* (a Low; *below* False: at or above, a
+        High). Each particle's sensor error becomes its expectation given the bound (the mean of its normal
+        innovation truncated at the limit), as a numeric reading sets it to the reading minus the model glucose."""
+        bg = self.x[:, 12] / self.params[:, _VG]
+        rho = math.exp(-dt / self.tau_min)
+        innovation_sd = self.sensor_sd * math.sqrt(1.0 - rho * rho)
+        z = (limit - bg - rho * self.sensor_error) / innovation_sd
+        side = z if below else -z
+        log_p = log_ndtr(side)
+        logw = np.log(self.weights) + log_p
+        logw -= logw.max()
+        w = np.exp(logw)
+        self.weights = w / w.sum()
+        mills = np.exp(-0.5 * side * side - 0.5 * math.log(2.0 * math.pi) - log_p)  # phi / Phi of the side
+        self.sensor_error = rho * self.sensor_error + (-innovation_sd if below else innovation_sd) * mills
+        self._last_reading_min = t
+        self.last_cgm_mg_dl = float(limit)
+        if 1.0 / np.sum(self.weights**2) < 0.5 * self.weights.size:
+            self._resample()
+
     def _resample(self) -> None:
         n = self.weights.size
         positions = (self.rng.random() + np.arange(n)) / n
@@ -296,6 +326,15 @@ class GlucoseForecaster:
         if not 20.0 <= cgm_mg_dl <= 600.0:
             raise ValidationError(f"CGM reading {cgm_mg_dl} mg/dL at {at.isoformat()} is outside 20-600 mg/dL")
         self._assimilate(self._minutes(at), float(cgm_mg_dl))
+        return self._check_alert()
+
+    def update_limit(self, at: datetime, limit_mg_dl: float, *, below: bool = True) -> list[Event]:
+        """Assimilate a sensor-limit reading: a CGM's Low (*below*: the glucose at or below *limit_mg_dl*, e.g. 40)
+        or High (at or above it, e.g. 400); return the alert events it causes. A Low moves the particles to the
+        glucose under the limit, so the predicted-low alert follows (skipping it, the twin would not know)."""
+        if not 20.0 <= limit_mg_dl <= 600.0:
+            raise ValidationError(f"CGM limit {limit_mg_dl} mg/dL at {at.isoformat()} is outside 20-600 mg/dL")
+        self._assimilate_limit(self._minutes(at), float(limit_mg_dl), below=below)
         return self._check_alert()
 
     # -- forecasting ----------------------------------------------------------------------------------------------

@@ -50,13 +50,13 @@ from medtwin.sim.mcmc_diagnostics import summarize_chains
 from medtwin.sim.model import FloatArray
 
 __all__ = [
-    "ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit", "fit_cohort", "fit_map",
-    "fit_map_cohort", "update",
+    "SENSOR_LIMIT_SPLIT_MG_DL", "ConvergenceError", "Diagnostics", "FitSettings", "Objective", "Posterior", "fit",
+    "fit_cohort", "fit_map", "fit_map_cohort", "update",
 ]  # fmt: skip
 
 _G0_LOG_SD = 0.1
-_MID_RANGE_MG_DL = 200.0
-"""A censored reading below this is a Low (the glucose at or below it), at or above it a High."""
+SENSOR_LIMIT_SPLIT_MG_DL = 200.0
+"""A sensor-limit (censored) reading below this is a Low (the glucose at or below it), at or above it a High."""
 _MAX_PRIOR_Z = 6.0  # parameters beyond 6 prior SDs are refused (they also make the ODEs stiff for RK4)
 _TAU_GRID_MIN = np.geomspace(5.0, 300.0, 40)
 _DEFAULT_WALKERS = 24
@@ -166,8 +166,8 @@ class Objective:
         # sensor-limit readings kept in the fit are bounds: a Low says the glucose was at or below the limit, a High
         # at or above it, so a model on the right side of the limit leaves no residual there
         limit = data.cgm_censored[mask] > 0
-        self.below = limit & (self.y < _MID_RANGE_MG_DL)
-        self.above = limit & (self.y >= _MID_RANGE_MG_DL)
+        self.below = limit & (self.y < SENSOR_LIMIT_SPLIT_MG_DL)
+        self.above = limit & (self.y >= SENSOR_LIMIT_SPLIT_MG_DL)
         self.index = np.rint(self.t).astype(np.int64)
         self.minutes = int(self.index[-1])
         early = data.cgm_mg_dl[(data.cgm_t_min <= 15.0) & (data.cgm_censored == 0)]
