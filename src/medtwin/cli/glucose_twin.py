@@ -157,7 +157,12 @@ def fit_command(
         _save(result, twin)
         recorded = result.replay([Therapy()], draws=100)[0] if plot is not None else None
         if plot is not None and recorded is not None:
-            plot_fit(plot, records, recorded, assess_quality(records, exclude_unexplained_rises=not keep_unexplained))
+            plot_fit(
+                plot,
+                records,
+                recorded,
+                assess_quality(records, exclude_unexplained_rises=not keep_unexplained, fit_sensor_limits=True),
+            )
     except ConvergenceError as exc:
         raise _fail(f"{exc} (nothing written)", code=2) from None
     except MedtwinError as exc:
