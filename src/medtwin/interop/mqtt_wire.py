@@ -404,24 +404,29 @@ class MqttSocket:
         with self._send_lock:
             if self._broken is not None:
                 raise ConnectionError(self._broken)
-            view = memoryview(data)
-            deadline: float | None = None
-            while view:
-                try:
-                    view = view[self.sock.send(view) :]  # the common case: all of it, at once
-                    continue
-                except (BlockingIOError, ssl.SSLWantWriteError):  # TLS: the same bytes offered again, as OpenSSL
-                    readable = False  # requires
-                except ssl.SSLWantReadError:
-                    readable = True
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + (float("inf") if self.send_timeout_s is None else self.send_timeout_s)
-                if now >= deadline:
-                    raise self._stalled()
-                left = None if deadline == float("inf") else deadline - now
-                select.select([self.sock] if readable else [], [] if readable else [self.sock], [], left)
+            try:
+                sent = self.sock.send(data)  # the common case: all of it, at once
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
             self.last_sent = time.monotonic()
+
+    def _send_rest(self, view: memoryview) -> None:
+        """Write *view* whole, waiting while the socket cannot take more, for :attr:`send_timeout_s` (lock held)."""
+        deadline = None if self.send_timeout_s is None else time.monotonic() + self.send_timeout_s
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+                continue
+            except (BlockingIOError, ssl.SSLWantWriteError):  # TLS: the same bytes offered again, as OpenSSL requires
+                readable = False
+            except ssl.SSLWantReadError:
+                readable = True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise self._stalled()
+            select.select([self.sock] if readable else [], [] if readable else [self.sock], [], left)
 
     def _stalled(self) -> TimeoutError:
         """Break the connection whose write the broker has not taken in :attr:`send_timeout_s` (lock held)."""
