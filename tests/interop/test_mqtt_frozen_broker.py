@@ -26,9 +26,12 @@ from medtwin.interop.mqtt_broker import broker_from_url
 from medtwin.interop.mqtt_wire import (
     CONNECT,
     PINGREQ,
+    PINGREQ_PACKET,
     PUBACK,
     SUBSCRIBE,
+    MqttSocket,
     decode_puback,
+    encode_pubacks,
     encode_publish,
     split_packets,
 )
@@ -204,3 +207,39 @@ def test_a_broker_that_stops_reading_is_dropped_and_nothing_is_lost_or_doubled(
     assert len(lost) == 1, warnings
     assert "took no data for 3 s: it has stopped reading" in lost[0]
     assert any("reconnected" in w for w in warnings), warnings
+
+
+def test_a_write_the_peer_does_not_take_breaks_the_connection_for_both_threads() -> None:
+    """MqttSocket alone: a send that waits past *send_timeout_s* raises TimeoutError, wakes a receive waiting (with
+    no timeout) in another thread with ConnectionError saying why, and every later send fails the same way."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()  # never reads
+    conn = MqttSocket(client, send_timeout_s=0.3)
+    woken: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            conn.receive(None)
+        except BaseException as exc:
+            woken.append(exc)
+
+    def fill() -> None:
+        for _ in range(10_000):  # 160 MiB at most: far more than the buffers between them hold
+            conn.send(encode_pubacks([1]) * 4096)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with pytest.raises(TimeoutError, match=r"took no data for 0\.3 s: it has stopped reading"):
+            fill()
+        reader.join(5)
+        assert not reader.is_alive()
+        assert [type(e) for e in woken] == [ConnectionError]
+        assert "took no data for 0.3 s" in str(woken[0])
+        with pytest.raises(ConnectionError, match="took no data"):
+            conn.send(PINGREQ_PACKET)
+    finally:
+        conn.close()
+        peer.close()
+        server.close()
