@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -577,7 +578,8 @@ def test_medtwin_listen_rides_out_broker_restarts_and_says_so(pki: Pki, tmp_path
     assert listen.returncode == 0, err
     assert len(times) == len(set(times)) == 300
     assert json.loads(out.rsplit("stopped: ", 1)[1])["stored"] == 300
-    lines = [line for line in err.splitlines() if line.startswith("MQTT ")]
+    logged = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (?:WARNING|ERROR) medtwin\.interop\.mqtt: (MQTT .*)$")
+    lines = [m.group(1) for m in map(logged.match, err.splitlines()) if m]  # time, level, logger: message
     assert len([line for line in lines if f"connection to localhost:{broker.port} lost (" in line]) == 2, err
     assert len([line for line in lines if "reconnected" in line]) == 2, err
     assert len([line for line in lines if "failed (try 1: " in line]) == 2, err

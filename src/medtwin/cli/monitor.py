@@ -17,6 +17,7 @@ from rich.table import Table
 
 from medtwin.cli import alerts
 from medtwin.cli.console import make_console
+from medtwin.cli.log_stderr import check_log_level, log_to_stderr
 from medtwin.cli.mqtt_options import (
     MQTT_URL_HELP,
     MqttCaOption,
@@ -384,6 +385,11 @@ def register(app: typer.Typer) -> None:
             help="Twin worker processes (--runtime process), each owning a shard of the patients: the twins' work on "
             "several cores (docs/living-twin.md). Default: 2 with --mqtt, else 1.",
         ),
+        log_level: str = typer.Option(
+            "info",
+            "--log-level",
+            help="Log to stderr from this level up (UTC time, logger): debug, info, warning, error.",
+        ),
     ) -> None:
         """MLLP listener + twin runtime on the configured store: stores HL7 v2, acknowledges, raises alerts.
 
@@ -391,49 +397,57 @@ def register(app: typer.Typer) -> None:
         from medtwin.store.leases import ConsumerBusyError
         from medtwin.twin.worker import DEFAULT_WORKERS
 
-        console = make_console()
-        if twin_workers is None:  # MQTT wearables: the twins' filter is the limit, so both cores (docs/living-twin.md)
-            twin_workers = DEFAULT_WORKERS if mqtt is not None else 1
-        if mqtt is None and (mqtt_ca or mqtt_cert or mqtt_key or mqtt_password_file):
-            typer.echo("error: --mqtt-ca, --mqtt-cert, --mqtt-key and --mqtt-password-file go with --mqtt", err=True)
-            raise typer.Exit(2)
-        if mqtt is not None:
-            broker = broker_or_exit(mqtt, mqtt_ca, mqtt_cert, mqtt_key, mqtt_password_file)
+        try:
+            level = check_log_level(log_level)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        with log_to_stderr(level):  # the listener's warnings (a broker lost, a reconnect) with their time
+            console = make_console()
+            if twin_workers is None:  # MQTT wearables: the twins' filter is the limit, so both cores (living-twin.md)
+                twin_workers = DEFAULT_WORKERS if mqtt is not None else 1
+            if mqtt is None and (mqtt_ca or mqtt_cert or mqtt_key or mqtt_password_file):
+                typer.echo(
+                    "error: --mqtt-ca, --mqtt-cert, --mqtt-key and --mqtt-password-file go with --mqtt", err=True
+                )
+                raise typer.Exit(2)
+            if mqtt is not None:
+                broker = broker_or_exit(mqtt, mqtt_ca, mqtt_cert, mqtt_key, mqtt_password_file)
+                try:
+                    summary = listen_mqtt(db, broker, topic, None if minutes is None else minutes * 60, console,
+                                          quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
+                                          pseudonymous=pseudonymous, twin_workers=twin_workers)  # fmt: skip
+                except (ValidationError, ConsumerBusyError, RuntimeError) as exc:
+                    typer.echo(f"error: {exc}", err=True)
+                    raise typer.Exit(2) from exc
+                console.print(f"stopped: {json.dumps(summary)}", highlight=False)
+                return
             try:
-                summary = listen_mqtt(db, broker, topic, None if minutes is None else minutes * 60, console,
-                                      quiet=quiet, client_id=client_id, freshness_minutes=freshness_minutes,
-                                      pseudonymous=pseudonymous, twin_workers=twin_workers)  # fmt: skip
-            except (ValidationError, ConsumerBusyError, RuntimeError) as exc:
+                summary = run_loop(
+                    listen_for(
+                        db,
+                        host,
+                        port,
+                        None if minutes is None else minutes * 60,
+                        console,
+                        max_connections=max_connections,
+                        max_connections_per_peer=max_connections_per_peer,
+                        quiet=quiet,
+                        freshness_minutes=freshness_minutes,
+                        runtime_mode=runtime,
+                        service_heap=True,
+                        processes=processes,
+                        tls_files=(tls_cert, tls_key),
+                        pseudonymous=pseudonymous,
+                        client_ca=client_ca,
+                        senders=senders,
+                        twin_workers=twin_workers,
+                    )
+                )
+            except (ValidationError, ConsumerBusyError) as exc:  # a refused option combination, or another worker set
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from exc
             console.print(f"stopped: {json.dumps(summary)}", highlight=False)
-            return
-        try:
-            summary = run_loop(
-                listen_for(
-                    db,
-                    host,
-                    port,
-                    None if minutes is None else minutes * 60,
-                    console,
-                    max_connections=max_connections,
-                    max_connections_per_peer=max_connections_per_peer,
-                    quiet=quiet,
-                    freshness_minutes=freshness_minutes,
-                    runtime_mode=runtime,
-                    service_heap=True,
-                    processes=processes,
-                    tls_files=(tls_cert, tls_key),
-                    pseudonymous=pseudonymous,
-                    client_ca=client_ca,
-                    senders=senders,
-                    twin_workers=twin_workers,
-                )
-            )
-        except (ValidationError, ConsumerBusyError) as exc:  # a refused option combination, or another worker set
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        console.print(f"stopped: {json.dumps(summary)}", highlight=False)
 
     @app.command("monitors")
     def monitors(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from medtwin.cli.console import make_console
+from medtwin.cli.log_stderr import check_log_level, log_to_stderr
 from medtwin.cli.records import fail
 from medtwin.errors import MedtwinError, ValidationError
 
@@ -190,6 +191,9 @@ def serve(
     rate_limit: float = typer.Option(50.0, min=0.0, help="Requests per second per client (0 = no limit)."),
     idle_minutes: float = typer.Option(15.0, min=1.0, help="A session idle this long ends (no refresh)."),
     minutes: float | None = typer.Option(None, help="Stop after this many minutes (default: until Ctrl-C)."),
+    log_level: str = typer.Option(
+        "info", "--log-level", help="Log to stderr from this level up (UTC time, logger): debug, info, warning, error."
+    ),
 ) -> None:
     """The API server: FHIR R4 facade, patients, twins, alerts, live events (SSE, WebSocket), OAuth2 + SMART."""
     from medtwin.cli.monitor import run_loop
@@ -201,7 +205,8 @@ def serve(
     https = tls_cert is not None
     try:
         oidc = _oidc_settings(oidc_config, oidc_issuer, oidc_audience, oidc_client_id)
-    except MedtwinError as exc:
+        level = check_log_level(log_level)
+    except (MedtwinError, ValueError) as exc:
         raise fail(console, str(exc)) from None
     settings = ServerSettings(
         issuer=issuer or f"{'https' if https else 'http'}://{host}:{port}",
@@ -213,18 +218,19 @@ def serve(
         https=https,
     )
     try:
-        run_loop(
-            serve_for(
-                settings,
-                db,
-                host,
-                port,
-                mllp_port=mllp,
-                tls=(str(tls_cert) if tls_cert else None, str(tls_key) if tls_key else None),
-                seconds=None if minutes is None else minutes * 60,
-                quiet=False,
-                service_heap=True,
+        with log_to_stderr(level):  # uvicorn's own loggers keep their handlers (they do not propagate)
+            run_loop(
+                serve_for(
+                    settings,
+                    db,
+                    host,
+                    port,
+                    mllp_port=mllp,
+                    tls=(str(tls_cert) if tls_cert else None, str(tls_key) if tls_key else None),
+                    seconds=None if minutes is None else minutes * 60,
+                    quiet=False,
+                    service_heap=True,
+                )
             )
-        )
     except (MedtwinError, OSError) as exc:
         raise fail(console, str(exc)) from None

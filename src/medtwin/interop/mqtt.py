@@ -20,6 +20,13 @@ failure drops that connection only, never the listener: a broker stopped, restar
 closed without a TLS close_notify (a bare TCP close or a reset, also in the middle of the TLS handshake or before
 the CONNACK), a malformed packet. The listener connects again after *reconnect_delay_s*, twice as long after each
 failed try (up to 30 s), and logs the loss, each failed try and the reconnect as warnings.
+
+A broker that is frozen but keeps its TCP connections open (a stopped process, a hung host) stops reading, and once
+its receive window is full nothing more can be written to it: a write (the PUBACKs of a group, a PINGREQ) that it has
+not taken within 1.5 keep-alive intervals (60 s with keep alive off) drops the connection as above, so neither
+thread waits on it for good. The PUBACKs it never took are not lost: their readings are stored, and the broker
+resends them (and any it did take, if it lost them) on the next connection, where they are recognised and stored
+once.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_SYSTEM_PREFIX = "device:"
 _BINDING_TTL_S = 5.0  # a device newly bound or rebound is seen within this long
+_KEEP_ALIVE_OFF_S = 40  # what bounds a write, as the keep-alive interval does, where keep alive is off (0)
 
 
 @dataclass(slots=True)
@@ -184,6 +192,7 @@ class MqttListener:
         conn, connack = self.broker.open(packet, timeout_s)
         try:
             keep_alive = self.keep_alive_s if connack.server_keep_alive is None else connack.server_keep_alive
+            conn.send_timeout_s = 1.5 * (keep_alive or _KEEP_ALIVE_OFF_S)  # a frozen broker: module docstring
             conn.send(encode_subscribe(1, self.topic, qos=1))
             early: list[Publish] = []  # the session's queued messages may come before the SUBACK
             deadline = time.monotonic() + timeout_s

@@ -1,5 +1,5 @@
-"""The part of MQTT 5 (OASIS standard, 2019) that device ingest uses, on a blocking socket: a connection that
-subscribes with QoS 1 and acknowledges many messages in one write, and a QoS 1 publisher with an in-flight window.
+"""The part of MQTT 5 (OASIS standard, 2019) that device ingest uses: a connection that subscribes with QoS 1 and
+acknowledges many messages in one write, and a QoS 1 publisher with an in-flight window.
 
 Why not paho-mqtt here (docs/architecture.md, "Wearables over MQTT"): profiled on the living-twin bench, paho's
 network thread and its per-message acknowledgement path cost about 0.1 ms of CPU per reading (one ``select`` and
@@ -14,9 +14,12 @@ TCP or on TLS (an :class:`ssl.SSLContext` given to :meth:`MqttSocket.open`). Not
 broker never sends it), AUTH (enhanced authentication: not asked for), and topic aliases (not asked for in CONNECT,
 so never sent).
 
-On TLS, the socket's reads and writes are serialized by one lock and the reads do not block (OpenSSL does not allow
-one connection to be read and written by two threads at once; the listener reads in its network thread while its
-writer thread sends the PUBACKs).
+The socket does not block: a read waits in ``select`` for what comes, and a write that the broker does not take
+waits there too, for at most :attr:`MqttSocket.send_timeout_s`, after which the connection is broken for both threads
+(a broker that is frozen but keeps the TCP connection open stops reading: its receive window fills, and a blocking
+write would wait forever, holding the lock that the other thread's reads or keep-alive need). On TLS, the socket's
+reads and writes are serialized by one lock (OpenSSL does not allow one connection to be read and written by two
+threads at once; the listener reads in its network thread while its writer thread sends the PUBACKs).
 """
 
 from __future__ import annotations
@@ -321,16 +324,23 @@ def decode_suback(body: memoryview) -> tuple[int, bytes]:
 
 
 class MqttSocket:
-    """One MQTT connection on a blocking TCP socket, or a TLS one: whole packets in, bytes out (sends from several
+    """One MQTT connection on a non-blocking TCP socket, or a TLS one: whole packets in, bytes out (sends from several
     threads are serialized by a lock, so the writer thread's PUBACKs and the network thread's PINGREQ never
-    interleave; on TLS the reads take the same lock, and do not block, module docstring)."""
+    interleave; on TLS the reads take the same lock, module docstring).
 
-    def __init__(self, sock: socket.socket) -> None:
+    *send_timeout_s*: how long one :meth:`send` may wait for the broker to take its bytes (None: as long as it
+    takes); past it the send raises TimeoutError and the connection is broken: every later send or receive, in any
+    thread, raises ConnectionError saying why (a partly written packet cannot be taken back)."""
+
+    def __init__(self, sock: socket.socket, send_timeout_s: float | None = None) -> None:
+        sock.setblocking(False)
         self.sock = sock
+        self.send_timeout_s = send_timeout_s
         self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
         self._buffer = bytearray()
         self._early: list[tuple[int, int, memoryview]] = []  # packets that came with the CONNACK
-        self._send_lock = threading.Lock()  # on TLS: every read and write of the socket
+        self._send_lock = threading.Lock()  # every write; on TLS, every read too
+        self._broken: str | None = None  # why the connection was given up on this side
         self.last_received = time.monotonic()
         self.last_sent = time.monotonic()
 
@@ -342,7 +352,9 @@ class MqttSocket:
         *host* apply), send *connect_packet* and wait for the CONNACK.
 
         Raises OSError when the broker cannot be reached, :class:`MqttAccessError` when it refuses this client
-        (credentials, authorization, a certificate), :class:`MqttProtocolError` for any other refusal."""
+        (credentials, authorization, a certificate), :class:`MqttProtocolError` for any other refusal. The CONNECT
+        is written within *timeout_s*; later writes wait as long as it takes until the caller sets
+        :attr:`send_timeout_s`."""
         sock = socket.create_connection((host, port), timeout=timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
@@ -354,8 +366,7 @@ class MqttSocket:
             except BaseException:
                 sock.close()
                 raise
-            sock.setblocking(False)  # reads never wait while holding the lock (writes wait in _send_tls)
-        conn = cls(sock)
+        conn = cls(sock, send_timeout_s=timeout_s)
         try:
             conn.send(connect_packet)
             deadline = time.monotonic() + timeout_s
@@ -371,8 +382,7 @@ class MqttSocket:
                     connack = decode_connack(body)
                     if connack.reason_code >= 0x80:
                         raise _connack_refusal(connack, host, port)
-                    if tls is None:
-                        sock.settimeout(None)
+                    conn.send_timeout_s = None
                     return conn, connack
         except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate is told after the handshake
             conn.close()
@@ -389,24 +399,42 @@ class MqttSocket:
             raise
 
     def send(self, data: bytes) -> None:
-        """Write *data* whole (raises OSError when the connection is gone)."""
+        """Write *data* whole; raises OSError when the connection is gone, TimeoutError (and the connection is
+        broken) when the broker has not taken it in :attr:`send_timeout_s`."""
         with self._send_lock:
-            if self._tls is not None:
-                self._send_tls(data)
-            else:
-                self.sock.sendall(data)
+            if self._broken is not None:
+                raise ConnectionError(self._broken)
+            try:
+                sent = self.sock.send(data)  # the common case: all of it, at once
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
             self.last_sent = time.monotonic()
 
-    def _send_tls(self, data: bytes) -> None:
-        """Write *data* whole on the non-blocking TLS socket, waiting while it cannot take more (lock held)."""
-        view = memoryview(data)
+    def _send_rest(self, view: memoryview) -> None:
+        """Write *view* whole, waiting while the socket cannot take more, for :attr:`send_timeout_s` (lock held)."""
+        deadline = None if self.send_timeout_s is None else time.monotonic() + self.send_timeout_s
         while view:
             try:
                 view = view[self.sock.send(view) :]
-            except ssl.SSLWantWriteError:  # the same bytes are offered again, as OpenSSL requires
-                select.select([], [self.sock], [])
+                continue
+            except (BlockingIOError, ssl.SSLWantWriteError):  # TLS: the same bytes offered again, as OpenSSL requires
+                readable = False
             except ssl.SSLWantReadError:
-                select.select([self.sock], [], [])
+                readable = True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise self._stalled()
+            select.select([self.sock] if readable else [], [] if readable else [self.sock], [], left)
+
+    def _stalled(self) -> TimeoutError:
+        """Break the connection whose write the broker has not taken in :attr:`send_timeout_s` (lock held)."""
+        self._broken = (f"the MQTT broker took no data for {self.send_timeout_s:g} s: it has stopped reading (frozen, "
+                        f"or overloaded), though its TCP connection is open")  # fmt: skip
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a receive waiting in the other thread
+        return TimeoutError(self._broken)
 
     def _recv_tls(self) -> bytes | None:
         """What TLS has decrypted, up to 256 KiB, without waiting: None when nothing yet (the bytes that came were
@@ -414,6 +442,8 @@ class MqttSocket:
         chunks: list[bytes] = []
         size = 0
         with self._send_lock:
+            if self._broken is not None:  # shut down: what is left unread would be read as plain bytes, not TLS
+                raise ConnectionError(self._broken)
             while size < _RECV_BYTES:
                 try:
                     data = self.sock.recv(_RECV_BYTES - size)
@@ -433,6 +463,8 @@ class MqttSocket:
         if self._early:
             packets, self._early = self._early, []
             return packets
+        if self._broken is not None:
+            raise ConnectionError(self._broken)
         deadline = None if timeout_s is None or self._tls is None else time.monotonic() + timeout_s
         while True:
             packets = split_packets(self._buffer)
@@ -442,7 +474,10 @@ class MqttSocket:
                 ready, _, _ = select.select([self.sock], [], [], timeout_s)
                 if not ready:
                     return []
-                data = self.sock.recv(_RECV_BYTES)
+                try:
+                    data = self.sock.recv(_RECV_BYTES)
+                except BlockingIOError:  # readable, but taken by nothing (a spurious wake-up)
+                    continue
             else:
                 with self._send_lock:
                     pending = self._tls.pending()
@@ -456,7 +491,7 @@ class MqttSocket:
                     continue
                 data = tls_data
             if not data:
-                raise ConnectionError("the MQTT broker closed the connection")
+                raise ConnectionError(self._broken or "the MQTT broker closed the connection")
             self.last_received = time.monotonic()
             self._buffer += data
 
