@@ -29,13 +29,7 @@ LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (DEBUG|INFO|WARNIN
 def _serve_twice(broker: ScriptedBroker, reconnected: threading.Event) -> None:
     """Accept the listener's session, drop it after the SUBACK, then take its reconnect and keep it."""
     for connection in (1, 2):
-        conn = broker.accept()
-        broker.buffer.clear()
-        broker.packets(1)  # CONNECT
-        conn.sendall(b"\x20\x03" + (b"\x01" if connection == 2 else b"\x00") + b"\x00\x00")
-        [(kind, _, body)] = broker.packets(1)
-        assert kind == 8  # SUBSCRIBE
-        conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+        conn = broker.session(present=connection == 2)
         if connection == 1:
             conn.close()
     reconnected.set()

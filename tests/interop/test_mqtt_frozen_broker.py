@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tests.interop.test_mqtt_tls_restart import LogRecords
 
 from medtwin.interop.devices import register_device
 from medtwin.interop.mqtt import MqttListener
@@ -140,15 +141,6 @@ class FrozenBroker:
                 conn.close()  # the frozen one with unread bytes: a reset, which frees a listener waiting to write
         self.server.close()
         self.thread.join(10)
-
-
-class LogRecords(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 @pytest.fixture

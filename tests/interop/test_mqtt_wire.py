@@ -192,6 +192,19 @@ class ScriptedBroker:
         self.conn.settimeout(10)
         return self.conn
 
+    def session(self, *, present: bool) -> socket.socket:
+        """Accept a connection and take the listener through CONNECT (CONNACK, session *present* or not) and its
+        SUBSCRIBE (SUBACK): the connection, ready for PUBLISHes."""
+        conn = self.accept()
+        self.buffer.clear()
+        [(kind, _, _)] = self.packets(1)
+        assert kind == 1  # CONNECT
+        conn.sendall(b"\x20\x03" + (b"\x01" if present else b"\x00") + b"\x00\x00")
+        [(kind, _, body)] = self.packets(1)
+        assert kind == 8  # SUBSCRIBE
+        conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+        return conn
+
     def packets(self, count: int) -> list[tuple[int, int, memoryview]]:
         assert self.conn is not None
         got: list[tuple[int, int, memoryview]] = []
@@ -444,13 +457,7 @@ def test_a_malformed_packet_drops_the_connection_and_the_listener_reconnects(tmp
 
     def serve() -> None:
         for connection in (1, 2):
-            conn = broker.accept()
-            broker.buffer.clear()
-            broker.packets(1)  # CONNECT
-            conn.sendall(b"\x20\x03" + (b"\x01" if connection == 2 else b"\x00") + b"\x00\x00")
-            [(kind, _, body)] = broker.packets(1)
-            assert kind == 8
-            conn.sendall(b"\x90\x04" + bytes(body[:2]) + b"\x00\x01")
+            conn = broker.session(present=connection == 2)
             if connection == 1:
                 conn.sendall(b"\x32\x04\x00\x05ab")  # QoS 1, a topic of 5 bytes in a body of 4
                 assert conn.recv(65536) == b""  # the listener closes this connection
