@@ -27,7 +27,7 @@ from rich.table import Table
 from medtwin.errors import MedtwinError, ValidationError
 from medtwin.glucose.advise import CALIBRATED_LOW_PROBABILITY
 from medtwin.glucose.data_quality import assess_quality
-from medtwin.glucose.identify import SENSOR_LIMIT_SPLIT_MG_DL, ConvergenceError, FitSettings
+from medtwin.glucose.identify import ConvergenceError, FitSettings
 from medtwin.glucose.personal_twin import BolusSettings, PersonalGlucoseTwin
 from medtwin.glucose.therapy import Therapy, parse_basal_profile
 from medtwin.glucose.therapy_data import TherapyData, read_nightscout, read_therapy_csv
@@ -306,7 +306,7 @@ def forecast_command(
                     skipped_old += 1
                     continue
                 if censored:  # a Low / High: the glucose at or beyond the sensor's limit
-                    events += t.observe_limit(new.start + _after(tm), float(g), below=g < SENSOR_LIMIT_SPLIT_MG_DL)
+                    events += t.observe_limit(new.start + _after(tm), float(g))
                 else:
                     events += t.observe(new.start + _after(tm), float(g))
                 recent_t.append(tm + offset)

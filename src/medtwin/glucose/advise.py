@@ -76,7 +76,6 @@ from scipy.special import ndtr
 
 from medtwin.errors import ValidationError
 from medtwin.glucose.forecast import GlucoseForecaster
-from medtwin.glucose.identify import SENSOR_LIMIT_SPLIT_MG_DL
 from medtwin.glucose.metrics import risk_components
 from medtwin.glucose.therapy_data import TherapyData
 from medtwin.sim.model import FloatArray
@@ -229,7 +228,7 @@ def calibrate_advice(
     errors: list[float] = []
     for i in range(t.size):
         if censored[i]:
-            f._assimilate_limit(float(t[i]), float(y[i]), below=y[i] < SENSOR_LIMIT_SPLIT_MG_DL)
+            f._assimilate_limit(float(t[i]), float(y[i]))
         else:
             f._assimilate(float(t[i]), float(y[i]))
         nxt = float(t[i + 1]) if i + 1 < t.size else math.inf

@@ -166,7 +166,7 @@ class GlucoseForecaster:
         f.carbs = list(zip(data.carbs_t_min.tolist(), data.carbs_g.tolist(), strict=True))
         for t, g, censored in zip(data.cgm_t_min, data.cgm_mg_dl, data.cgm_censored, strict=True):
             if censored:
-                f._assimilate_limit(float(t), float(g), below=g < SENSOR_LIMIT_SPLIT_MG_DL)
+                f._assimilate_limit(float(t), float(g))
             else:
                 f._assimilate(float(t), float(g))
         return f
@@ -255,10 +255,11 @@ class GlucoseForecaster:
         self._advance(t)
         self._weigh(t, dt, cgm)
 
-    def _assimilate_limit(self, t: float, limit: float, *, below: bool) -> None:
+    def _assimilate_limit(self, t: float, limit: float, *, below: bool | None = None) -> None:
+        """A sensor-limit reading: a Low (*below*) or a High; None: a Low when under the middle of the range."""
         dt = self._begin(t, limit)
         self._advance(t)
-        self._weigh_limit(t, dt, limit, below)
+        self._weigh_limit(t, dt, limit, limit < SENSOR_LIMIT_SPLIT_MG_DL if below is None else below)
 
     def _begin(self, t: float, cgm: float) -> float:
         """Before a reading at *t*: start the state at the first one, refuse one older than the state; the minutes
@@ -279,14 +280,8 @@ class GlucoseForecaster:
         innovation_sd = self.sensor_sd * math.sqrt(1.0 - rho * rho)
         resid = cgm - bg - rho * self.sensor_error
         logw = np.log(self.weights) - 0.5 * (resid / innovation_sd) ** 2
-        logw -= logw.max()
-        w = np.exp(logw)
-        self.weights = w / w.sum()
         self.sensor_error = cgm - bg
-        self._last_reading_min = t
-        self.last_cgm_mg_dl = float(cgm)
-        if 1.0 / np.sum(self.weights**2) < 0.5 * self.weights.size:
-            self._resample()
+        self._reweigh(logw, t, cgm)
 
     def _weigh_limit(self, t: float, dt: float, limit: float, below: bool) -> None:
         """After the advance to *t*: weight the particles by a sensor-limit reading, the probability that their CGM
@@ -299,14 +294,18 @@ class GlucoseForecaster:
         z = (limit - bg - rho * self.sensor_error) / innovation_sd
         side = z if below else -z
         log_p = log_ndtr(side)
-        logw = np.log(self.weights) + log_p
+        mills = np.exp(-0.5 * side * side - 0.5 * math.log(2.0 * math.pi) - log_p)  # phi / Phi of the side
+        self.sensor_error = rho * self.sensor_error + (-innovation_sd if below else innovation_sd) * mills
+        self._reweigh(np.log(self.weights) + log_p, t, limit)
+
+    def _reweigh(self, logw: FloatArray, t: float, reading: float) -> None:
+        """The particles' new weights from their log weights *logw* after the reading at *t*; resample if the
+        effective sample size fell below half."""
         logw -= logw.max()
         w = np.exp(logw)
         self.weights = w / w.sum()
-        mills = np.exp(-0.5 * side * side - 0.5 * math.log(2.0 * math.pi) - log_p)  # phi / Phi of the side
-        self.sensor_error = rho * self.sensor_error + (-innovation_sd if below else innovation_sd) * mills
         self._last_reading_min = t
-        self.last_cgm_mg_dl = float(limit)
+        self.last_cgm_mg_dl = float(reading)
         if 1.0 / np.sum(self.weights**2) < 0.5 * self.weights.size:
             self._resample()
 
@@ -328,10 +327,12 @@ class GlucoseForecaster:
         self._assimilate(self._minutes(at), float(cgm_mg_dl))
         return self._check_alert()
 
-    def update_limit(self, at: datetime, limit_mg_dl: float, *, below: bool = True) -> list[Event]:
+    def update_limit(self, at: datetime, limit_mg_dl: float, *, below: bool | None = None) -> list[Event]:
         """Assimilate a sensor-limit reading: a CGM's Low (*below*: the glucose at or below *limit_mg_dl*, e.g. 40)
-        or High (at or above it, e.g. 400); return the alert events it causes. A Low moves the particles to the
-        glucose under the limit, so the predicted-low alert follows (skipping it, the twin would not know)."""
+        or High (at or above it, e.g. 400; *below* None: a Low when under the middle of the range,
+        :data:`~medtwin.glucose.identify.SENSOR_LIMIT_SPLIT_MG_DL`); return the alert events it causes. A Low moves
+        the particles to the glucose under the limit, so the predicted-low alert follows (skipping it, the twin would
+        not know)."""
         if not 20.0 <= limit_mg_dl <= 600.0:
             raise ValidationError(f"CGM limit {limit_mg_dl} mg/dL at {at.isoformat()} is outside 20-600 mg/dL")
         self._assimilate_limit(self._minutes(at), float(limit_mg_dl), below=below)

@@ -94,9 +94,9 @@ class PersonalGlucoseTwin:
         """Assimilate a CGM reading; returns alert events (predicted low glucose)."""
         return self.forecaster.update(at, cgm_mg_dl)
 
-    def observe_limit(self, at: datetime, limit_mg_dl: float, *, below: bool = True) -> list[Event]:
-        """Assimilate a CGM's Low (*below*) or High reading at *limit_mg_dl*; returns alert events."""
-        return self.forecaster.update_limit(at, limit_mg_dl, below=below)
+    def observe_limit(self, at: datetime, limit_mg_dl: float) -> list[Event]:
+        """Assimilate a CGM's Low or High reading at *limit_mg_dl* (which one: by its value); returns alert events."""
+        return self.forecaster.update_limit(at, limit_mg_dl)
 
     def forecast(self, horizons_min: Sequence[int] = (30, 60, 120)) -> Forecast:
         """Forecast from the last reading."""
